@@ -1,0 +1,156 @@
+"""The VM runner: boot Debian's stock kernel under virtme-ng (TCG), run one command in it, stream its output.
+
+These machines' host kernel has XFRM but no ESP, so whatever needs ESP packets to flow runs in a
+disposable VM. The guest sees the host's root read-only over 9p, with RAM overlays for /etc, /var and
+/tmp; results come back through `outdir`, which the guest can write (`--rwdir`).
+
+The VM's first line from the guest entry point (`guest.py`) is a marker; no marker means no boot, and
+that fails the run with the console's tail, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .procs import HarnessError, tail
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+GUEST_UP_MARKER = "@@ikt-guest-up"
+GUEST_NO_ESP_EXIT = 3
+
+
+class VmError(HarnessError):
+    """The VM could not boot, or the guest could not do what the run needs (e.g. no ESP)."""
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    kernel: Path
+    memory: str = "2G"
+    cpus: int = 2
+    timeout: float = 45 * 60.0
+
+    @classmethod
+    def default(cls) -> VmSpec:
+        timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "2700"))
+        return cls(kernel=find_debian_kernel(), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class VmResult:
+    returncode: int
+    boot_seconds: float  # from starting qemu to the guest's first line
+    total_seconds: float
+    console_log: Path
+    session_id: int  # vng's pid, the session of every process the VM run made
+    leftover_pids: tuple[int, ...]  # processes of that session still alive after vng ended (then killed)
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path.name.removeprefix("vmlinuz-")))
+
+
+def find_debian_kernel(boot: Path = Path("/boot")) -> Path:
+    kernels = sorted(boot.glob("vmlinuz-*"), key=_version_key)
+    if not kernels:
+        raise VmError(f"no kernel image in {boot}: run scripts/setup (it installs Debian's linux-image-amd64)")
+    return kernels[-1]
+
+
+def _vng() -> str:
+    venv_bin = Path(sys.executable).parent
+    found = shutil.which("vng", path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        raise VmError("vng (virtme-ng) not found next to this Python: run scripts/setup")
+    return found
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live pids whose session id is `sid` (the VM's process tree: vng, qemu, virtiofsd)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid:  # fields after the comm: state ppid pgrp session ...
+            pids.append(int(entry.name))
+    return pids
+
+
+def guest_command(outdir: Path, argv: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """The shell command vng runs in the guest: the guest entry point, given a command file in `outdir`."""
+    (outdir / "command.json").write_text(json.dumps({"argv": list(argv), "env": env or {}}))
+    return shlex.join([sys.executable, "-m", "netns_tests.harness.guest", str(outdir)])
+
+
+def run_in_vm(spec: VmSpec, outdir: Path, argv: Sequence[str], on_line: Callable[[str], None],
+              env: dict[str, str] | None = None) -> VmResult:
+    """Boot the VM, run `argv` in the guest (after the guest entry's module preloads and ESP check)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    console_log = outdir / "console.log"
+    vng_argv = [_vng(), "-r", str(spec.kernel), "--disable-kvm", "--disable-microvm", "--force-9p",
+                "--memory", spec.memory, "--cpus", str(spec.cpus), "--rwdir", str(outdir),
+                "--exec", guest_command(outdir, argv, env)]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # vng execs virtme-run
+    started = time.monotonic()
+    boot_seconds = -1.0
+    proc = subprocess.Popen(vng_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
+                            env={**os.environ, "PATH": path})
+    timed_out = False
+    try:
+        with open(console_log, "w") as log:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                if boot_seconds < 0 and GUEST_UP_MARKER in line:
+                    boot_seconds = time.monotonic() - started
+                    continue
+                on_line(line)
+                if time.monotonic() - started > spec.timeout:
+                    timed_out = True
+                    break
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait(timeout=max(1.0, spec.timeout - (time.monotonic() - started)))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait()
+    except BaseException:
+        # Interrupted (Ctrl-C): the VM goes with us.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    leftovers = session_pids(proc.pid)
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    result = VmResult(returncode=returncode, boot_seconds=boot_seconds,
+                      total_seconds=time.monotonic() - started, console_log=console_log,
+                      session_id=proc.pid, leftover_pids=tuple(leftovers))
+    console = tail(console_log.read_text(errors="replace"), 30)
+    if timed_out:
+        raise VmError(f"the VM run exceeded {spec.timeout:.0f} s and was killed; console tail:\n{console}")
+    if boot_seconds < 0:
+        raise VmError(f"the VM did not boot (vng exit {returncode}, kernel {spec.kernel}); console tail:\n"
+                      f"{console}")
+    if returncode == GUEST_NO_ESP_EXIT:
+        raise VmError(f"the guest kernel cannot install ESP SAs, so nothing can be tested there; "
+                      f"console tail:\n{console}")
+    return result

@@ -1,0 +1,164 @@
+"""pytest plugin for the netns suite: run it here, or in the VM and report the guest's results here.
+
+Where the netns tests run:
+- inside the guest (IKECTL_IN_GUEST=1, set by `guest.py`, which has checked ESP): here, directly;
+- on a host whose kernel installs ESP SAs: here, directly;
+- otherwise (these machines): each selected netns test becomes a `GuestItem` of the same node id. The
+  first one to run boots the VM once, runs all of them there in one guest pytest session, and every item
+  then reports its own guest result, failure text and logs. A VM that cannot boot fails every item with
+  the reason: nothing is skipped.
+IKECTL_NETNS_RUNNER=host|vm|auto (default auto) overrides the choice.
+
+Tests marked `host_after_vm` always run here, after all guest items (e.g. the check that the VM run left
+no qemu behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .kernel import probe_esp
+from .procs import HarnessError
+from .vm import VmError, VmResult, VmSpec, run_in_vm
+
+NETNS_DIR = Path(__file__).resolve().parents[1]
+
+
+class VmSession:
+    """One VM boot per pytest session, run lazily for all selected guest items."""
+
+    def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
+        self.config = config
+        self.nodeids = nodeids
+        self.result: VmResult | None = None
+        self.error: str | None = None
+        self.tests: dict[str, dict[str, Any]] = {}
+        self.outdir: Path | None = None
+
+    def run_once(self) -> None:
+        if self.result is not None or self.error is not None:
+            return
+        self.outdir = Path(tempfile.mkdtemp(prefix="ikt-vm-"))
+        report = self.outdir / "report.json"
+        # The project tree is read-only in the guest: no cache, no hypothesis database (the netns suite
+        # has no property tests).
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                "-p", "netns_tests.harness.guest_report",
+                "--guest-report", str(report), "-v", "--basetemp=/run/ikt-pytest", *self.nodeids]
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+
+        def show(line: str) -> None:
+            if reporter is not None:
+                reporter.write_line(f"vm| {line}")
+
+        try:
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                show(f"booting Debian's kernel under TCG for {len(self.nodeids)} netns test(s) "
+                     f"(about 30 s, then the tests; output in {self.outdir})")
+                self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show)
+                show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
+                     f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
+        except (VmError, HarnessError) as exc:
+            self.error = str(exc)
+            return
+        if not report.exists():
+            self.error = (f"the guest wrote no report (guest pytest exit {self.result.returncode}); "
+                          f"console: {self.result.console_log}")
+            return
+        self.tests = json.loads(report.read_text())["tests"]
+
+
+VM_SESSION = pytest.StashKey[VmSession | None]()
+
+
+class GuestTestFailed(Exception):
+    pass
+
+
+class GuestItem(pytest.Item):
+    """A netns test that ran in the VM; this item reports what happened to it there."""
+
+    def runtest(self) -> None:
+        session = self.config.stash[VM_SESSION]
+        assert session is not None
+        session.run_once()
+        if session.error is not None:
+            raise GuestTestFailed(f"the netns suite could not run in the VM: {session.error}")
+        entry = session.tests.get(self.nodeid)
+        if entry is None:
+            console = session.result.console_log if session.result else "?"
+            raise GuestTestFailed(f"the guest produced no result for this test (console: {console})")
+        for title, content in entry["sections"]:
+            self.add_report_section("call", f"guest: {title}", content)
+        if entry["outcome"] == "skipped":
+            pytest.skip(f"skipped in the guest: {entry['longrepr']}")
+        if entry["outcome"] != "passed":
+            raise GuestTestFailed(f"{entry['outcome']} in the VM:\n{entry['longrepr']}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GuestTestFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.name} (in the VM)"
+
+
+def netns_runner() -> str:
+    """'here' or 'vm', for this process."""
+    if os.environ.get("IKECTL_IN_GUEST") == "1":
+        return "here"
+    choice = os.environ.get("IKECTL_NETNS_RUNNER", "auto")
+    if choice == "host":
+        return "here"
+    if choice == "vm":
+        return "vm"
+    if choice != "auto":
+        raise pytest.UsageError(f"IKECTL_NETNS_RUNNER={choice!r}: expected host, vm or auto")
+    return "here" if probe_esp().available else "vm"
+
+
+def _is_netns_item(item: pytest.Item) -> bool:
+    return NETNS_DIR in Path(item.path).resolve().parents
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: the guest runs exactly what is selected
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    config.stash[VM_SESSION] = None
+    netns_items = [i for i in items if _is_netns_item(i)]
+    if not netns_items:
+        return
+    if os.geteuid() != 0:
+        raise pytest.UsageError("the netns tests need root (namespaces, pluto, tcpdump): run scripts/test "
+                                "as root, or select only tests/ for the unprivileged unit tests")
+    after = [i for i in netns_items if i.get_closest_marker("host_after_vm")]
+    if netns_runner() == "here":
+        items[:] = [i for i in items if i not in after] + after
+        return
+    guest_ids = [i.nodeid for i in netns_items if i not in after]
+    config.stash[VM_SESSION] = VmSession(config, guest_ids)
+    replaced: list[pytest.Item] = []
+    for item in items:
+        if item in after:
+            continue
+        if _is_netns_item(item) and item.parent is not None:
+            replaced.append(GuestItem.from_parent(item.parent, name=item.name))
+        else:
+            replaced.append(item)
+    items[:] = replaced + after
+
+
+@pytest.fixture(scope="session")
+def vm_session(request: pytest.FixtureRequest) -> VmSession | None:
+    """The VM run of this session, or None when the netns tests ran here."""
+    return request.config.stash.get(VM_SESSION, None)
