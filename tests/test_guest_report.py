@@ -1,0 +1,44 @@
+"""The guest's pytest plugin writes every outcome, failure text and report section to JSON."""
+
+import json
+
+pytest_plugins = ["pytester"]
+
+
+def test_outcomes_and_sections_reach_the_json(pytester):
+    pytester.makepyfile(
+        test_sample="""
+        import pytest
+
+        def test_ok():
+            pass
+
+        def test_fails(request):
+            request.node.add_report_section("call", "log of pluto@client", "pluto said no")
+            assert 1 == 2, "the reason"
+
+        def test_skipped():
+            pytest.skip("no reason really")
+
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("setup broke")
+
+        def test_error(broken):
+            pass
+        """
+    )
+    report = pytester.path / "report.json"
+    result = pytester.runpytest("-p", "netns_tests.harness.guest_report", "--guest-report", str(report),
+                                "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1, skipped=1, errors=1)
+    data = json.loads(report.read_text())
+    tests = data["tests"]
+    assert data["exitstatus"] == 1
+    assert tests["test_sample.py::test_ok"]["outcome"] == "passed"
+    failed = tests["test_sample.py::test_fails"]
+    assert failed["outcome"] == "failed" and "the reason" in failed["longrepr"]
+    assert ["Captured log of pluto@client call", "pluto said no"] in failed["sections"]
+    assert tests["test_sample.py::test_skipped"]["outcome"] == "skipped"
+    error = tests["test_sample.py::test_error"]
+    assert error["outcome"] == "error" and "setup broke" in error["longrepr"]
