@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from netns_tests.harness import vm
+from netns_tests.harness import guest, vm
+from netns_tests.harness.kernel import EspSupport
 
 
 def test_newest_kernel_is_chosen(tmp_path: Path):
@@ -36,3 +37,25 @@ def test_session_pids_finds_a_sessions_processes():
         proc.kill()
         proc.wait()
     assert vm.session_pids(proc.pid) == []
+
+
+def test_a_vm_that_does_not_boot_fails_with_the_reason(tmp_path: Path):
+    bogus = tmp_path / "vmlinuz-0.0.0-bogus"
+    bogus.write_bytes(b"not a kernel")
+    spec = vm.VmSpec(kernel=bogus, timeout=120)
+    lines: list[str] = []
+    with pytest.raises(vm.VmError, match="did not boot") as error:
+        vm.run_in_vm(spec, tmp_path / "out", ["true"], lines.append)
+    assert str(bogus) in str(error.value)
+    assert (tmp_path / "out" / "console.log").exists()
+
+
+def test_the_guest_refuses_to_run_without_esp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    (tmp_path / "command.json").write_text(json.dumps({"argv": ["false"], "env": {}}))
+    monkeypatch.setattr(guest, "preload_modules", lambda: None)
+    monkeypatch.setattr(guest, "probe_esp", lambda: EspSupport(False, "6.18.0", "Requested AEAD algorithm not found."))
+    assert guest.main(["guest", str(tmp_path)]) == vm.GUEST_NO_ESP_EXIT
+    out = capsys.readouterr().out
+    assert out.startswith(vm.GUEST_UP_MARKER)
+    assert "cannot install ESP SAs: Requested AEAD algorithm not found." in out
+    assert json.loads((tmp_path / "guest-esp.json").read_text())["available"] is False
