@@ -1,0 +1,207 @@
+"""The XFRM client: policies and SAs of one network namespace over NETLINK_XFRM, through pyroute2.
+
+    with XfrmClient(netns="ikt-123-client") as xfrm:
+        xfrm.add_policy(Policy(Selector.of("10.0.0.1/32", "10.0.0.53/32", "udp", dport=53),
+                               Direction.OUT, priority=OWNED_PRIORITY_MIN, action=Action.BLOCK))
+        for policy in xfrm.policies(): ...
+
+Input is validated when the model objects are built; the kernel's refusals become KernelRefused
+subclasses carrying the kernel's own message; replies that do not decode become XfrmDecodeError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nlsocket import NetlinkSocket
+
+from . import codec, decode
+from . import messages as m
+from .constants import NETLINK_XFRM, Direction, Group, MsgType
+from .errors import InvalidXfrmInput, KernelRefused, XfrmError, refusal
+from .model import Address, Policy, SaInfo, SaSpec, algorithm
+
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+DEFAULT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.SA, Group.POLICY)
+
+
+class XfrmClient:
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        try:
+            # flags=0: a missing namespace is an error, not something to create.
+            self._sock = NetlinkSocket(family=NETLINK_XFRM, netns=netns, flags=0, ext_ack=True)
+        except FileNotFoundError:
+            raise XfrmError(f"no network namespace named {netns!r}") from None
+        self._sock.set_marshal(m.XfrmMarshal())
+        self._sock.bind()
+
+    def __enter__(self) -> XfrmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _request(self, operation: str, msg: m.XfrmMsg, msg_type: MsgType, flags: int) -> list[decode.Record]:
+        try:
+            replies = list(self._sock.nlm_request(msg, msg_type=int(msg_type), msg_flags=flags))
+        except NetlinkError as exc:
+            raise refusal(operation, exc.code, exc.args[1] if len(exc.args) > 1 else None) from None
+        return [decode.check(reply) for reply in replies if reply["header"]["type"] in m.MESSAGE_CLASSES]
+
+    # --- policies ---
+
+    def policies(self) -> list[Policy]:
+        records = self._request("list policies", m.empty(), MsgType.GETPOLICY, NLM_F_REQUEST | NLM_F_DUMP)
+        return [codec.policy_from(r.fields, r.attrs) for r in records]
+
+    def add_policy(self, policy: Policy) -> None:
+        _settable(policy)
+        self._request(f"add policy {_describe(policy)}", codec.encode_policy(policy), MsgType.NEWPOLICY,
+                      NLM_F_REQUEST | NLM_F_ACK)
+
+    def update_policy(self, policy: Policy) -> None:
+        """Add, or replace the policy with the same selector, direction and mark."""
+        _settable(policy)
+        self._request(f"update policy {_describe(policy)}", codec.encode_policy(policy), MsgType.UPDPOLICY,
+                      NLM_F_REQUEST | NLM_F_ACK)
+
+    def delete_policy(self, policy: Policy) -> None:
+        _settable(policy)
+        self._request(f"delete policy {_describe(policy)}", codec.encode_policy_id(policy), MsgType.DELPOLICY,
+                      NLM_F_REQUEST | NLM_F_ACK)
+
+    def flush_owned(self) -> list[Policy]:
+        """Delete the policies this project owns (priority band) and return them; touch nothing else."""
+        owned = [p for p in self.policies() if p.owned]
+        for policy in owned:
+            with contextlib.suppress(KernelRefused):  # gone meanwhile: that is what we wanted
+                self.delete_policy(policy)
+        return owned
+
+    # --- SAs ---
+
+    def sas(self, show_keys: bool = False) -> list[SaInfo]:
+        """The namespace's SAs, read-only. Keys are left out unless `show_keys`."""
+        records = self._request("list SAs", m.empty(), MsgType.GETSA, NLM_F_REQUEST | NLM_F_DUMP)
+        return [codec.sa_from(r.fields, r.attrs, show_keys) for r in records]
+
+    def add_sa(self, spec: SaSpec) -> None:
+        self._request(f"add SA spi 0x{spec.spi:08x} {spec.src} -> {spec.dst}", codec.encode_sa(spec),
+                      MsgType.NEWSA, NLM_F_REQUEST | NLM_F_ACK)
+
+    def delete_sa(self, dst: Address, spi: int) -> None:
+        self._request(f"delete SA spi 0x{spi:08x} to {dst}", codec.encode_sa_id(dst, spi), MsgType.DELSA,
+                      NLM_F_REQUEST | NLM_F_ACK)
+
+
+def _settable(policy: Policy) -> None:
+    if policy.direction > Direction.FWD:
+        raise InvalidXfrmInput(f"{policy.direction.name.lower()} policies belong to a socket (setsockopt), not to "
+                               "netlink")
+
+
+def _describe(policy: Policy) -> str:
+    sel = policy.selector
+    ports = "".join(f" {name} {port}" for name, port in (("sport", sel.sport), ("dport", sel.dport)) if port)
+    return f"{sel.src} -> {sel.dst} proto {sel.proto}{ports} dir {policy.direction.name.lower()}"
+
+
+# --- events ---
+
+async def monitor(netns: str | None = None,
+                  groups: Iterable[Group] = DEFAULT_GROUPS) -> AsyncGenerator[codec.XfrmEvent, None]:
+    """ACQUIRE, EXPIRE and policy/SA add/delete events of a namespace, as typed events, until cancelled."""
+    sock = _event_socket(netns, groups)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            data = await loop.sock_recv(sock, 1 << 16)
+            for record in decode.parse(data):
+                event = codec.event_from(record.msg_type, record.fields, record.attrs)
+                if event is not None:
+                    yield event
+    finally:
+        sock.close()
+
+
+def _event_socket(netns: str | None, groups: Iterable[Group]) -> socket.socket:
+    try:
+        sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK,
+                                                           socket_type=socket.SOCK_RAW, proto=NETLINK_XFRM,
+                                                           flags=0)
+    except FileNotFoundError:
+        raise XfrmError(f"no network namespace named {netns!r}") from None
+    sock.bind((0, 0))
+    for group in groups:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, int(group))
+    sock.setblocking(False)
+    return sock
+
+
+# --- the ESP probe and the larval-drop sysctl ---
+
+@dataclass(frozen=True)
+class EspSupport:
+    available: bool
+    detail: str  # the kernel's answer when it said no
+
+
+def probe_esp() -> EspSupport:
+    """Can this kernel install ESP SAs? Tries one AES-GCM SA in a throw-away namespace."""
+    name = f"ikectl-probe-{os.getpid()}"
+    pyroute2_netns.create(name)
+    try:
+        with XfrmClient(netns=name) as xfrm:
+            spec = SaSpec(src=ip_address("192.0.2.1"), dst=ip_address("192.0.2.2"), spi=0x1000,
+                          algorithms=(algorithm("aes-gcm-16", secrets.token_bytes(20)),))
+            try:
+                xfrm.add_sa(spec)
+            except KernelRefused as exc:
+                return EspSupport(False, exc.detail or str(exc))
+            return EspSupport(True, "")
+    finally:
+        pyroute2_netns.remove(name)
+
+
+LARVAL_DROP = "/proc/sys/net/core/xfrm_larval_drop"
+
+
+@contextlib.contextmanager
+def _in_netns(netns: str | None) -> Iterator[None]:
+    # /proc/sys/net shows the namespace of the thread that opens it.
+    if netns is None:
+        yield
+        return
+    pyroute2_netns.pushns(netns)
+    try:
+        yield
+    finally:
+        pyroute2_netns.popns()
+
+
+def larval_drop(netns: str | None = None) -> bool:
+    """Whether the namespace drops packets that trigger an ACQUIRE (True, the kernel's default) or
+    queues them until the SA is there (False)."""
+    with _in_netns(netns), open(LARVAL_DROP) as sysctl:
+        return sysctl.read().strip() != "0"
+
+
+def set_larval_drop(drop: bool, netns: str | None = None) -> None:
+    with _in_netns(netns), open(LARVAL_DROP, "w") as sysctl:
+        sysctl.write("1" if drop else "0")
+
+
