@@ -1,0 +1,226 @@
+"""The XFRM layer against the real kernel, in namespaces: policies agree with iproute2, ACQUIRE events
+arrive, flushing touches only what the project owns, and SAs carry traffic (where the kernel has ESP)."""
+
+import asyncio
+import re
+import secrets
+from ipaddress import ip_address
+
+import pytest
+
+from ikectl.xfrm import (
+    OWNED_PRIORITY_MIN,
+    Acquire,
+    Action,
+    AlreadyExists,
+    Direction,
+    EspUnsupported,
+    InvalidXfrmInput,
+    Mode,
+    Policy,
+    SaSpec,
+    Selector,
+    Template,
+    XfrmClient,
+    XfrmError,
+    algorithm,
+    larval_drop,
+    monitor,
+    probe_esp,
+    set_larval_drop,
+)
+from netns_tests.harness.pluto import PlutoConfig
+from netns_tests.harness.topology import Host, Topology
+
+TRAP = Policy(Selector.of("10.88.0.1/32", "10.88.0.53/32", "udp", dport=53), Direction.OUT, priority=1000,
+              templates=(Template(Mode.TRANSPORT),))
+BACKSTOP = Policy(Selector.of("fd88::1/128", "::/0", "tcp", dport=53), Direction.OUT, priority=OWNED_PRIORITY_MIN,
+                  action=Action.BLOCK)
+
+
+@pytest.fixture
+def pair(topology: Topology):
+    client, server = topology.add_host("client"), topology.add_host("server")
+    topology.link(client, server, "10.88.0.0/24", "fd88::/64", hosts=(1, 53))
+    return client, server
+
+
+def ip_policies(topology: Topology, host: Host) -> str:
+    return str(topology.run(host, ["ip", "xfrm", "policy"]).stdout)
+
+
+
+
+def test_policies_added_here_appear_in_ip_xfrm_as_intended(topology, pair):
+    client, _ = pair
+    with XfrmClient(client.netns) as xfrm:
+        xfrm.add_policy(TRAP)
+        xfrm.add_policy(BACKSTOP)
+    text = ip_policies(topology, client)
+    assert re.search(r"src 10\.88\.0\.1/32 dst 10\.88\.0\.53/32 proto udp dport 53 \n\tdir out priority 1000 "
+                     r"ptype main \n\ttmpl src 0\.0\.0\.0 dst 0\.0\.0\.0\n\t\tproto esp reqid 0 mode transport", text)
+    assert re.search(r"src fd88::1/128 dst ::/0 proto tcp dport 53 \n\tdir out action block priority 2130706432 ",
+                     text)
+
+
+def test_policies_added_with_ip_are_read_back(topology, pair):
+    client, _ = pair
+    topology.run(client, ["ip", "xfrm", "policy", "add", "src", "10.88.0.53/32", "dst", "10.88.0.1/32", "proto",
+                          "udp", "sport", "53", "dir", "in", "priority", "777", "tmpl", "src", "10.88.0.53", "dst",
+                          "10.88.0.1", "proto", "esp", "reqid", "42", "mode", "tunnel"])
+    with XfrmClient(client.netns) as xfrm:
+        (policy,) = xfrm.policies()
+    assert policy == Policy(Selector.of("10.88.0.53/32", "10.88.0.1/32", "udp", sport=53), Direction.IN, 777,
+                            templates=(Template(Mode.TUNNEL, 42, ip_address("10.88.0.53"), ip_address("10.88.0.1")),),
+                            index=policy.index)
+
+
+def test_update_replaces_and_delete_removes(topology, pair):
+    client, _ = pair
+    with XfrmClient(client.netns) as xfrm:
+        xfrm.add_policy(TRAP)
+        with pytest.raises(AlreadyExists, match="File exists"):
+            xfrm.add_policy(TRAP)
+        xfrm.update_policy(Policy(TRAP.selector, Direction.OUT, 1000, Action.BLOCK))
+        assert [p.action for p in xfrm.policies()] == [Action.BLOCK]
+        xfrm.delete_policy(TRAP)
+        assert xfrm.policies() == []
+
+
+def test_dns_hitting_a_trap_raises_an_acquire_with_its_selector(topology, pair):
+    client, _ = pair
+    with XfrmClient(client.netns) as xfrm:
+        xfrm.add_policy(TRAP)
+
+    async def first_acquire() -> tuple[Acquire, int]:
+        events = monitor(client.netns)
+        waiter = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.2)  # the monitor's socket is bound before the packet goes
+        with topology.socket(client) as sock:
+            sock.bind(("10.88.0.1", 0))
+            port = sock.getsockname()[1]
+            sock.sendto(b"query", ("10.88.0.53", 53))
+        while True:
+            event = await asyncio.wait_for(waiter, 10)
+            if isinstance(event, Acquire):
+                await events.aclose()
+                return event, port
+            waiter = asyncio.ensure_future(anext(events))
+
+    acquire, port = asyncio.run(first_acquire())
+    ifindex = int(topology.run(client, ["ip", "-o", "link", "show", "to-server"]).stdout.split(":")[0])
+    assert acquire.selector == Selector.of("10.88.0.1/32", "10.88.0.53/32", "udp", sport=port, dport=53,
+                                           ifindex=ifindex)
+    assert (acquire.src, acquire.dst) == (ip_address("10.88.0.1"), ip_address("10.88.0.53"))
+    assert acquire.policy.selector == TRAP.selector and acquire.policy.priority == 1000
+
+
+def test_flush_removes_only_owned_policies_with_pluto_and_user_policies_present(topology, pair, pluto):
+    client, _ = pair
+    daemon = pluto(client, PlutoConfig(conns="""
+conn dns
+	left=10.88.0.1
+	right=10.88.0.53
+	authby=null
+	leftid=%null
+	rightid=%null
+	leftprotoport=udp/0
+	rightprotoport=udp/53
+	leftupdown=%disabled
+	auto=ondemand
+"""))
+    daemon.addconn("--autoall")
+    topology.run(client, ["ip", "xfrm", "policy", "add", "src", "10.88.0.1/32", "dst", "10.88.0.9/32", "dir", "out",
+                          "priority", "500", "action", "block"])
+    with XfrmClient(client.netns) as xfrm:
+        others = xfrm.policies()
+        assert any(p.priority == 500 for p in others)
+        assert any(p.selector.dport == 53 and p.templates for p in others)  # pluto's trap
+        xfrm.add_policy(BACKSTOP)
+        xfrm.add_policy(Policy(Selector.of("10.88.0.1/32", "0.0.0.0/0", "udp", dport=53), Direction.OUT,
+                               OWNED_PRIORITY_MIN + 1, Action.BLOCK))
+        flushed = xfrm.flush_owned()
+        assert len(flushed) == 2 and all(p.owned for p in flushed)
+        assert xfrm.policies() == others
+
+
+def test_bad_input_installs_nothing(topology, pair):
+    client, _ = pair
+    with XfrmClient(client.netns) as xfrm:
+        xfrm.add_policy(TRAP)
+        before = ip_policies(topology, client)
+        with pytest.raises(InvalidXfrmInput):
+            xfrm.add_policy(Policy(Selector.of("10.88.0.1/32", "10.88.0.53/32", "udp", dport=65536),
+                                   Direction.OUT, 5))
+        with pytest.raises(InvalidXfrmInput):
+            xfrm.add_sa(SaSpec(ip_address("10.88.0.1"), ip_address("10.88.0.53"), 0x1000,
+                               (algorithm("no-such-cipher", bytes(16)),)))
+        with pytest.raises(AlreadyExists):
+            xfrm.add_policy(TRAP)
+        assert ip_policies(topology, client) == before
+        assert topology.run(client, ["ip", "xfrm", "state"]).stdout == ""
+
+
+def test_larval_drop_is_per_namespace(topology, pair):
+    client, server = pair
+    assert larval_drop(client.netns) and larval_drop(server.netns)
+    set_larval_drop(False, client.netns)
+    assert not larval_drop(client.netns) and larval_drop(server.netns)
+    assert topology.run(client, ["sysctl", "-n", "net.core.xfrm_larval_drop"]).stdout.strip() == "0"
+
+
+def sa_pair(key: bytes, spi_out: int, spi_in: int, a: str, b: str) -> tuple[SaSpec, SaSpec]:
+    algos = (algorithm("aes-gcm-16", key),)
+    return (SaSpec(ip_address(a), ip_address(b), spi_out, algos, Mode.TRANSPORT, reqid=1),
+            SaSpec(ip_address(b), ip_address(a), spi_in, algos, Mode.TRANSPORT, reqid=1))
+
+
+def test_esp_sa_carries_traffic_and_its_counters_move(topology, pair):
+    """Needs a kernel with ESP: runs in the VM on machines whose kernel has none."""
+    client, server = pair
+    assert probe_esp().available
+    key = secrets.token_bytes(20)
+    out_sa, in_sa = sa_pair(key, 0x1001, 0x1002, "10.88.0.1", "10.88.0.53")
+    for host, local, remote in ((client, "10.88.0.1/32", "10.88.0.53/32"), (server, "10.88.0.53/32", "10.88.0.1/32")):
+        with XfrmClient(host.netns) as xfrm:
+            xfrm.add_sa(out_sa)
+            xfrm.add_sa(in_sa)
+            template = (Template(Mode.TRANSPORT, reqid=1),)
+            xfrm.add_policy(Policy(Selector.of(local, remote, "udp"), Direction.OUT, 100, templates=template))
+            xfrm.add_policy(Policy(Selector.of(remote, local, "udp"), Direction.IN, 100, templates=template))
+    with topology.socket(server) as rx, topology.socket(client) as tx:
+        rx.bind(("10.88.0.53", 5300))
+        rx.settimeout(5)
+        for _ in range(3):
+            tx.sendto(b"inside ESP", ("10.88.0.53", 5300))
+            assert rx.recvfrom(100)[0] == b"inside ESP"
+    with XfrmClient(client.netns) as xfrm:
+        sas = {sa.spi: sa for sa in xfrm.sas()}
+        assert sas[0x1001].counters.packets == 3 and sas[0x1001].counters.bytes > 0
+        assert sas[0x1001].algorithms[0].name == "rfc4106(gcm(aes))" and sas[0x1001].algorithms[0].key is None
+        assert xfrm.sas(show_keys=True)[0].algorithms[0].key == key
+        xfrm.delete_sa(ip_address("10.88.0.53"), 0x1001)
+        assert 0x1001 not in {sa.spi for sa in xfrm.sas()}
+    with XfrmClient(server.netns) as xfrm:
+        assert {sa.spi: sa for sa in xfrm.sas()}[0x1001].counters.packets == 3
+
+
+@pytest.mark.host_after_vm
+def test_on_this_host_an_sa_installs_or_fails_with_a_typed_error(topology):
+    """On the host itself: where the kernel has no ESP (these machines) adding an SA raises
+    EspUnsupported quoting the kernel; where it has ESP, the SA is installed."""
+    host = topology.add_host("esphost")
+    spec, _ = sa_pair(secrets.token_bytes(20), 0x2001, 0x2002, "192.0.2.1", "192.0.2.2")
+    with XfrmClient(host.netns) as xfrm:
+        if probe_esp().available:
+            xfrm.add_sa(spec)
+            assert [sa.spi for sa in xfrm.sas()] == [0x2001]
+        else:
+            with pytest.raises(EspUnsupported, match="Requested AEAD algorithm not found"):
+                xfrm.add_sa(spec)
+            assert xfrm.sas() == []
+
+
+def test_a_missing_namespace_is_a_clear_error():
+    with pytest.raises(XfrmError, match="no network namespace named 'ikt-no-such-ns'"):
+        XfrmClient("ikt-no-such-ns")
