@@ -30,10 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ikectl.xfrm import SaInfo
+
 from .harness import procs
 from .harness.capture import Capture, PeerCounts
 from .harness.dnsclient import Answer, query
-from .harness.ipsec_view import IkeSa, KernelSa, ike_sas_from_log, kernel_sas
+from .harness.ipsec_view import IkeSa, algorithm_label, child_sas, ike_sas_from_log
 from .harness.kernel import probe_esp
 from .harness.pluto import Pluto, PlutoConfig
 from .harness.topology import Host, Topology
@@ -141,7 +143,7 @@ conn {name}-tcp
 class ResolverReport:
     resolver: LabResolver
     ike_sas: tuple[IkeSa, ...]
-    child_sas: tuple[KernelSa, ...]
+    child_sas: tuple[SaInfo, ...]
     answers: tuple[Answer, ...]
     wire: PeerCounts
 
@@ -155,7 +157,7 @@ class ResolverReport:
 
     @property
     def esp_packets(self) -> int:
-        return sum(sa.packets for sa in self.child_sas)
+        return sum(sa.counters.packets for sa in self.child_sas)
 
     def problems(self) -> list[str]:
         """Every way this resolver's run differs from what the lab expects (empty: as expected)."""
@@ -284,7 +286,7 @@ class Lab:
     def report(self, answers: dict[str, tuple[Answer, ...]], started: float) -> LabReport:
         assert self.capture is not None and self.client_pluto is not None
         client = self.hosts["client"]
-        sas = kernel_sas(self.topo, client)
+        sas = child_sas(client)
         time.sleep(0.2)  # let the last answers reach the capture file
         self.capture.stop()
         wire = self.capture.count(client.addresses())
@@ -294,8 +296,7 @@ class Lab:
             ResolverReport(
                 resolver=r,
                 ike_sas=tuple(s for s in ike if s.peer == r.address),
-                # SPI 0 marks a larval (ACQUIRE) state, not a Child SA.
-                child_sas=tuple(sa for sa in sas if r.address in (sa.src, sa.dst) and sa.spi != 0),
+                child_sas=tuple(sa for sa in sas if r.address in (str(sa.src), str(sa.dst))),
                 answers=answers[r.name],
                 wire=wire.peer(r.address),
             )
@@ -319,9 +320,10 @@ def format_report(report: LabReport) -> str:
             lines.append("  IKE SA     none")
         if r.child_sas:
             for sa in r.child_sas:
-                direction = "out" if sa.dst == res.address else "in "
-                lines.append(f"  Child SA   {direction} spi 0x{sa.spi:08x} ESP {sa.mode} "
-                             f"{', '.join(sa.algorithms)}: {sa.packets} packets, {sa.bytes} bytes")
+                direction = "out" if str(sa.dst) == res.address else "in "
+                lines.append(f"  Child SA   {direction} spi 0x{sa.spi:08x} ESP {sa.mode.name.lower()} "
+                             f"{', '.join(map(algorithm_label, sa.algorithms))}: {sa.counters.packets} packets, "
+                             f"{sa.counters.bytes} bytes")
         else:
             lines.append("  Child SA   none")
         first = r.first_answer

@@ -16,8 +16,8 @@ def test_lab_encrypts_dns_to_ike_resolvers_and_falls_back_to_clear(tmp_path: Pat
         r = by_name[name]
         assert r.answered == 4, text
         assert r.ike_sas, text
-        assert {sa.mode for sa in r.child_sas} == {"tunnel"}
-        assert len(r.child_sas) == 2 and all(sa.packets > 0 for sa in r.child_sas), text  # counters moved
+        assert {sa.mode.name for sa in r.child_sas} == {"TUNNEL"}
+        assert len(r.child_sas) == 2 and all(sa.counters.packets > 0 for sa in r.child_sas), text  # counters moved
         assert r.wire.esp >= 8, text
         assert r.wire.plaintext_dns == 0, text
     assert "NULL auth" in by_name["coffee"].ike_sas[0].method
