@@ -15,9 +15,12 @@ from ikectl.xfrm import (
     AlreadyExists,
     Direction,
     EspUnsupported,
+    Flushed,
     InvalidXfrmInput,
     Mode,
     Policy,
+    PolicyAdded,
+    PolicyDeleted,
     SaSpec,
     Selector,
     Template,
@@ -224,3 +227,31 @@ def test_on_this_host_an_sa_installs_or_fails_with_a_typed_error(topology):
 def test_a_missing_namespace_is_a_clear_error():
     with pytest.raises(XfrmError, match="no network namespace named 'ikt-no-such-ns'"):
         XfrmClient("ikt-no-such-ns")
+
+
+def test_policy_events_arrive_typed(topology, pair):
+    client, _ = pair
+
+    def add_delete_flush() -> None:
+        with XfrmClient(client.netns) as xfrm:
+            xfrm.add_policy(TRAP)
+            xfrm.delete_policy(TRAP)
+            xfrm.add_policy(BACKSTOP)  # a flush of an empty database sends no event
+        topology.run(client, ["ip", "xfrm", "policy", "flush"])
+
+    async def collect() -> list[object]:
+        events = monitor(client.netns)
+        first = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(add_delete_flush)  # XfrmClient is synchronous: keep it off the loop
+        seen: list[object] = [await asyncio.wait_for(first, 10)]
+        while len(seen) < 4:
+            seen.append(await asyncio.wait_for(anext(events), 10))
+        await events.aclose()
+        return seen
+
+    added, deleted, backstop, flushed = asyncio.run(collect())
+    assert isinstance(added, PolicyAdded) and added.policy.selector == TRAP.selector
+    assert isinstance(deleted, PolicyDeleted) and deleted.policy.priority == TRAP.priority
+    assert isinstance(backstop, PolicyAdded) and backstop.policy.owned
+    assert flushed == Flushed("policies")
