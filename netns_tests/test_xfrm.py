@@ -4,6 +4,7 @@ arrive, flushing touches only what the project owns, and SAs carry traffic (wher
 import asyncio
 import re
 import secrets
+from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
@@ -17,10 +18,12 @@ from ikectl.xfrm import (
     EspUnsupported,
     Flushed,
     InvalidXfrmInput,
+    Lifetime,
     Mode,
     Policy,
     PolicyAdded,
     PolicyDeleted,
+    SaExpired,
     SaSpec,
     Selector,
     Template,
@@ -255,3 +258,27 @@ def test_policy_events_arrive_typed(topology, pair):
     assert isinstance(deleted, PolicyDeleted) and deleted.policy.priority == TRAP.priority
     assert isinstance(backstop, PolicyAdded) and backstop.policy.owned
     assert flushed == Flushed("policies")
+
+
+def test_sa_lifetimes_raise_soft_then_hard_expire_events(topology, pair):
+    """Needs a kernel with ESP: runs in the VM on machines whose kernel has none."""
+    client, _ = pair
+    spec, _ = sa_pair(secrets.token_bytes(20), 0x3001, 0x3002, "10.88.0.1", "10.88.0.53")
+    spec = replace(spec, lifetime=Lifetime(soft_seconds=1, hard_seconds=2))
+
+    async def expiries() -> list[SaExpired]:
+        events = monitor(client.netns)
+        first = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(lambda: XfrmClient(client.netns).add_sa(spec))
+        seen = [await asyncio.wait_for(first, 15)]
+        while sum(isinstance(e, SaExpired) for e in seen) < 2:
+            seen.append(await asyncio.wait_for(anext(events), 15))
+        await events.aclose()
+        return [e for e in seen if isinstance(e, SaExpired)]
+
+    soft, hard = asyncio.run(expiries())
+    assert (soft.hard, hard.hard) == (False, True)
+    assert soft.sa.spi == hard.sa.spi == 0x3001
+    with XfrmClient(client.netns) as xfrm:
+        assert xfrm.sas() == []  # the hard expiry removed it

@@ -10,6 +10,7 @@ from ikectl.xfrm import (
     Action,
     Direction,
     InvalidXfrmInput,
+    Lifetime,
     Mode,
     Policy,
     SaSpec,
@@ -75,3 +76,10 @@ def test_ownership_is_the_priority_band():
     sel = Selector.of("10.0.0.1/32", "10.0.0.2/32")
     assert Policy(sel, Direction.OUT, OWNED_PRIORITY_MIN).owned
     assert not Policy(sel, Direction.OUT, 1360065).owned  # a pluto trap's priority
+
+
+def test_bad_lifetimes():
+    with pytest.raises(InvalidXfrmInput, match="soft lifetime 5 s is after the hard one 2 s"):
+        Lifetime(soft_seconds=5, hard_seconds=2)
+    with pytest.raises(InvalidXfrmInput, match="negative"):
+        Lifetime(soft_packets=-1)

@@ -18,6 +18,7 @@ from .errors import InvalidXfrmInput, XfrmDecodeError
 from .model import (
     Address,
     AlgorithmInfo,
+    Lifetime,
     Policy,
     SaCounters,
     SaInfo,
@@ -79,6 +80,16 @@ def selector_from(fields: Mapping[str, Any], prefix: str = "sel_") -> Selector:
 
 def _infinite_lifetime(prefix: str = "lft_") -> dict[str, int]:
     return {f"{prefix}{name}": XFRM_INF if "limit" in name else 0 for name in m.LIFETIME_CFG_NAMES}
+
+
+def _lifetime(lifetime: Lifetime) -> dict[str, int]:
+    values = {"lft_soft_add_expires_seconds": lifetime.soft_seconds,
+              "lft_hard_add_expires_seconds": lifetime.hard_seconds}
+    if lifetime.soft_packets is not None:
+        values["lft_soft_packet_limit"] = lifetime.soft_packets
+    if lifetime.hard_packets is not None:
+        values["lft_hard_packet_limit"] = lifetime.hard_packets
+    return values
 
 
 # --- policies ---
@@ -168,8 +179,8 @@ def encode_sa(spec: SaSpec) -> m.usersa_info:
     family = _family_of(spec.dst)
     values.update({
         "id_daddr": pack_address(spec.dst), "id_spi": spec.spi, "id_proto": 50, "saddr": pack_address(spec.src),
-        **_infinite_lifetime(), "reqid": spec.reqid, "family": family, "mode": int(spec.mode),
-        "replay_window": spec.replay_window,
+        **_infinite_lifetime(), **_lifetime(spec.lifetime), "reqid": spec.reqid, "family": family,
+        "mode": int(spec.mode), "replay_window": spec.replay_window,
     })
     for name, value in values.items():
         msg[name] = value

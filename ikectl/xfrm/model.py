@@ -162,6 +162,23 @@ def algorithm(name: str, key: bytes) -> Algorithm:
 
 
 @dataclass(frozen=True)
+class Lifetime:
+    """When an SA expires: seconds after it was added (0: never), or after so many packets (None: no limit).
+    The soft limit raises an EXPIRE event (time to rekey); the hard one removes the SA."""
+
+    soft_seconds: int = 0
+    hard_seconds: int = 0
+    soft_packets: int | None = None
+    hard_packets: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hard_seconds and self.soft_seconds > self.hard_seconds:
+            raise InvalidXfrmInput(f"soft lifetime {self.soft_seconds} s is after the hard one {self.hard_seconds} s")
+        if min(self.soft_seconds, self.hard_seconds, self.soft_packets or 0, self.hard_packets or 0) < 0:
+            raise InvalidXfrmInput("lifetimes cannot be negative")
+
+
+@dataclass(frozen=True)
 class SaSpec:
     """An ESP SA to install: either one AEAD algorithm, or encryption plus authentication."""
 
@@ -173,6 +190,7 @@ class SaSpec:
     reqid: int = 0
     selector: Selector | None = None
     replay_window: int = 32
+    lifetime: Lifetime = Lifetime()
 
     def __post_init__(self) -> None:
         if self.src.version != self.dst.version:
