@@ -1,0 +1,113 @@
+"""Profiles to libreswan config trees, through the Jinja2 templates in templates/.
+
+A `Profile` is everything a tree depends on, already validated (config.py, keys.py); `render_tree`
+turns it into file contents and `write_tree` writes them, touching nothing else. `check_tree` asks
+libreswan's own parser (`addconn --checkconfig`) whether it accepts the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .config import Address, Config, Mode, TrustedResolver
+from .errors import IkectlError
+from .keys import PinnedKey
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+ADDCONN = Path("/usr/libexec/ipsec/addconn")
+POLICY_GROUPS = ("private-or-clear", "private", "clear-or-private", "clear", "block")
+
+
+class RenderError(IkectlError):
+    """A tree could not be rendered, written, or was refused by libreswan's parser."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a client tree holds: opportunistic resolvers, a trusted one, or (the lab does this) both."""
+
+    mode: Mode
+    opportunistic: tuple[Address, ...] = ()  # coffee-shop: the resolvers tried with OE
+    trusted: TrustedResolver | None = None
+    left: str = "%defaultroute"
+    retransmit_interval_ms: int = 150
+    retransmit_timeout_s: int = 1
+
+    @classmethod
+    def from_config(cls, config: Config, resolvers: tuple[Address, ...], left: str = "%defaultroute") -> Profile:
+        if config.mode == Mode.TRUSTED:
+            return cls(Mode.TRUSTED, trusted=config.trusted, left=left)
+        # pluto retransmits at interval, 2x, 4x ... until the timeout: half the IKE timeout makes the
+        # first two tries fit in it.
+        return cls(Mode.COFFEE_SHOP, opportunistic=resolvers, left=left,
+                   retransmit_interval_ms=max(50, config.coffee_shop.ike_timeout_ms // 2))
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    # Rooted at the project's templates only; StrictUndefined: a missing value is an error, not "".
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                              autoescape=False)  # noqa: S701 - libreswan config, not HTML; inputs are validated
+
+
+def render_tree(profile: Profile) -> dict[str, str]:
+    """Relative path -> content of every file of the tree."""
+    env = environment()
+    try:
+        files = {
+            "ipsec.conf": env.get_template("ipsec.conf.j2").render(profile=profile, trusted=profile.trusted,
+                                                                   version=__version__),
+            "ipsec.secrets": "",
+        }
+        for group in POLICY_GROUPS:
+            content = ""
+            if group == "private-or-clear":
+                content = env.get_template("policies/private-or-clear.j2").render(profile=profile)
+            files[f"ipsec.d/policies/{group}"] = content
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {getattr(exc, 'name', '?')}: {exc}") from None
+    return files
+
+
+def render_responder(name: str, address: Address, resolver_id: str | None = None,
+                     key: PinnedKey | None = None) -> str:
+    """The conns of a resolver that answers IKE for its DNS: NULL auth, or authenticated by `key`."""
+    return environment().get_template("responder.conf.j2").render(name=name, address=address, id=resolver_id,
+                                                                  key=key)
+
+
+def write_tree(files: dict[str, str], outdir: Path) -> list[Path]:
+    """Write the tree into `outdir` (made if missing), each file replaced atomically; nothing else touched."""
+    written = []
+    try:
+        for relative, content in files.items():
+            path = outdir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w") as out:
+                out.write(content)
+            os.chmod(tmp, 0o600 if relative == "ipsec.secrets" else 0o644)
+            os.replace(tmp, path)
+            written.append(path)
+    except OSError as exc:
+        raise RenderError(f"{outdir}: cannot write the tree ({exc.strerror})") from None
+    return written
+
+
+def check_tree(outdir: Path) -> None:
+    """Ask libreswan's parser to load the tree's ipsec.conf; raise RenderError with its words if it refuses."""
+    if not ADDCONN.exists():
+        raise RenderError(f"{ADDCONN} not found: install libreswan to check a rendered tree")
+    proc = subprocess.run([str(ADDCONN), "--checkconfig", "--config", str(outdir / "ipsec.conf")],
+                          capture_output=True, text=True, check=False, timeout=30)
+    if proc.returncode != 0:
+        raise RenderError(f"libreswan refused {outdir / 'ipsec.conf'}: {(proc.stderr or proc.stdout).strip()}")

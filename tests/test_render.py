@@ -1,0 +1,104 @@
+"""`ikectl render`: golden trees for each mode, accepted by libreswan's own parser; bad input writes nothing.
+
+Regenerate the golden files after an intended change with IKECTL_UPDATE_GOLDEN=1 (and read the diff)."""
+
+import os
+import re
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from ikectl import cli, keys, render
+from ikectl.config import Mode, TrustedResolver
+
+GOLDEN = Path(__file__).parent / "golden"
+EC_KEY = keys.load(GOLDEN / "keys" / "ecdsa-p256.pub")
+RSA_KEY = keys.load(GOLDEN / "keys" / "rsa3072.pub")
+
+PROFILES = {
+    "coffee-shop": render.Profile(Mode.COFFEE_SHOP,
+                                  opportunistic=(ip_address("192.0.2.53"), ip_address("2001:db8::53"))),
+    "trusted-ecdsa": render.Profile(Mode.TRUSTED,
+                                    trusted=TrustedResolver(ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
+    "trusted-rsa-ipv6": render.Profile(Mode.TRUSTED, trusted=TrustedResolver(
+        ip_address("2001:db8::53"), "@dns6.example.net", RSA_KEY)),
+}
+
+
+def compare_with_golden(name: str, files: dict[str, str]) -> None:
+    root = GOLDEN / name
+    if os.environ.get("IKECTL_UPDATE_GOLDEN"):
+        render.write_tree(files, root)
+    on_disk = {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert on_disk == files
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_tree_matches_golden_and_libreswan_accepts_it(name: str, tmp_path: Path):
+    files = render.render_tree(PROFILES[name])
+    compare_with_golden(name, files)
+    render.write_tree(files, tmp_path)
+    render.check_tree(tmp_path)
+
+
+def test_every_opportunistic_conn_has_its_group_file():
+    """pluto reads an OE group from the policies file named after the conn; a mismatch loads no group and
+    DNS goes out in clear without any IKE attempt (the lab caught exactly that)."""
+    files = render.render_tree(PROFILES["coffee-shop"])
+    conns = re.findall(r"^conn (\S+)\n(?:\t.*\n)*?\tright=%opportunisticgroup$", files["ipsec.conf"], re.M)
+    assert conns == ["private-or-clear"]
+    for conn in conns:
+        assert "192.0.2.53/32 udp 0 53" in files[f"ipsec.d/policies/{conn}"]
+
+
+def test_responder_conns_match_golden_and_libreswan_accepts_them(tmp_path: Path):
+    for name, text in (("responder-null", render.render_responder("dns", ip_address("192.0.2.53"))),
+                       ("responder-ecdsa", render.render_responder("dns", ip_address("192.0.2.53"),
+                                                                   "@dns.example.net", EC_KEY))):
+        compare_with_golden(name, {"ipsec.conf": "config setup\n\n" + text})
+        (tmp_path / "ipsec.conf").write_text("config setup\n\n" + text)
+        render.check_tree(tmp_path)
+
+
+def test_libreswan_refusal_is_reported_with_its_words(tmp_path: Path):
+    (tmp_path / "ipsec.conf").write_text("conn x\n\tleftauthby=null\n")
+    with pytest.raises(render.RenderError, match="leftauthby"):
+        render.check_tree(tmp_path)
+
+
+def test_cli_renders_each_mode(tmp_path: Path, capsys):
+    key = GOLDEN / "keys" / "ecdsa-p256.pub"
+    assert cli.main(["render", "--mode", "trusted", "--resolver", "192.0.2.53", "--resolver-id", "@dns.example.net",
+                     "--resolver-pubkey", str(key), "--output", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t" / "ipsec.conf").read_text() == render.render_tree(PROFILES["trusted-ecdsa"])["ipsec.conf"]
+    assert cli.main(["render", "--mode", "coffee-shop", "--resolver", "192.0.2.53", "--resolver", "2001:db8::53",
+                     "--output", str(tmp_path / "c")]) == 0
+    assert sorted(p.name for p in (tmp_path / "c" / "ipsec.d" / "policies").iterdir()) == sorted(render.POLICY_GROUPS)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mode", "trusted", "--resolver", "192.0.2.53"], "needs exactly one --resolver, with --resolver-id"),
+    (["--mode", "coffee-shop", "--resolver", "192.0.2.300"], "--resolver 192.0.2.300: '192.0.2.300' is not an IP"),
+    (["--mode", "coffee-shop", "--resolver", "192.0.2.53", "--resolver-id", "@x.example"], "belong to --mode trusted"),
+    (["--mode", "trusted", "--resolver", "192.0.2.53", "--resolver-id", "@x.example", "--resolver-pubkey",
+      "/no/such/key"], "cannot read the resolver's public key"),
+    (["--mode", "trusted", "--resolver", "192.0.2.53", "--resolver-id", "x y", "--resolver-pubkey",
+      str(GOLDEN / "keys" / "ecdsa-p256.pub")], "'x y' is not an IKE ID"),
+])
+def test_cli_bad_input_is_exit_2_one_line_and_writes_nothing(tmp_path: Path, capsys, args, message):
+    out = tmp_path / "out"
+    assert cli.main(["render", *args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ikectl: error: ")
+    assert message in err
+    assert not out.exists()
+
+
+def test_cli_unknown_mode_is_a_usage_error(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["render", "--mode", "paranoid", "--resolver", "192.0.2.53", "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'paranoid'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
