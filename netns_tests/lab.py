@@ -8,8 +8,9 @@ One client, one router, three resolvers (each a namespace running unbound with t
     plain    10.77.3.53  no IKE at all: DNS must still be answered, in clear
     trusted  10.77.4.53  authenticated by a pinned raw ECDSA key: never clear
 
-The client runs pluto with an opportunistic (private-or-clear) group for coffee and plain and an
-authenticated conn for trusted, all limited to udp/53 and tcp/53. tcpdump on the router's client-facing
+The client runs pluto with the tree `ikectl render` makes: an opportunistic (private-or-clear) group for
+coffee and plain and an authenticated conn for trusted, all limited to udp/53 and tcp/53. The resolvers
+run pluto with ikectl's responder conns. tcpdump on the router's client-facing
 interface sees exactly what crosses the wire. The lab resolves names through each resolver and prints,
 per resolver, the IKE SA, the Child SA, the queries and the plaintext DNS packets seen on the wire; it
 exits 0 when every resolver behaved as expected and 1 otherwise.
@@ -28,8 +29,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from ipaddress import ip_address
 from pathlib import Path
 
+from ikectl import keys, render
+from ikectl.config import Mode, TrustedResolver
 from ikectl.xfrm import SaInfo
 
 from .harness import procs
@@ -60,83 +64,7 @@ RESOLVERS = (
     LabResolver("trusted", "10.77.4.0/24", "10.77.4.53", True, True,
                 "pinned-key ESP, 0 plaintext DNS packets"),
 )
-CLIENT_ADDRESS = "10.77.1.1"
 TRUSTED_ID = "@trusted.lab.example"
-
-# Both ends are plain libreswan at this stage; ikectl renders the client side once its modes exist.
-# Short retransmits: a resolver without IKE must fall back to clear in about a second, not 60.
-CLIENT_CONNS = """
-conn private-or-clear
-	left={client}
-	leftid=%null
-	right=%opportunisticgroup
-	rightid=%null
-	authby=null
-	type=tunnel
-	ikev2=insist
-	failureshunt=passthrough
-	negotiationshunt=hold
-	retransmit-interval=200
-	retransmit-timeout=1s
-	leftupdown=%disabled
-	auto=ondemand
-
-conn trusted-common
-	left={client}
-	leftid=%null
-	leftauth=null
-	right={trusted}
-	rightid={trusted_id}
-	rightauth=ecdsa
-	{trusted_key}
-	type=tunnel
-	ikev2=insist
-	failureshunt=drop
-	negotiationshunt=hold
-	leftupdown=%disabled
-	auto=ignore
-
-conn trusted-udp
-	also=trusted-common
-	leftprotoport=udp/0
-	rightprotoport=udp/53
-	auto=ondemand
-
-conn trusted-tcp
-	also=trusted-common
-	leftprotoport=tcp/0
-	rightprotoport=tcp/53
-	auto=ondemand
-"""
-
-# Responders accept any client: a template with a client subnet of 0.0.0.0/0 that libreswan narrows to
-# the initiator's selectors. (A bare right=%any template cannot be narrowed in 4.10, and a responder
-# cannot switch between protoport conns that are not host-pair instances; both measured in the VM.)
-RESPONDER_COMMON = """
-conn {name}-common
-	left={address}
-	right=%any
-	rightsubnet=0.0.0.0/0
-	rightid=%null
-	narrowing=yes
-	type=tunnel
-	ikev2=insist
-	leftupdown=%disabled
-	{auth}
-	auto=ignore
-
-conn {name}-udp
-	also={name}-common
-	leftprotoport=udp/53
-	rightprotoport=udp/0
-	auto=add
-
-conn {name}-tcp
-	also={name}-common
-	leftprotoport=tcp/53
-	rightprotoport=tcp/0
-	auto=add
-"""
 
 
 @dataclass(frozen=True)
@@ -252,24 +180,23 @@ class Lab:
 
         self.say("generating the trusted resolver's ECDSA key and starting pluto on coffee and trusted")
         coffee = Pluto(topo, self.hosts["coffee"], self.workdir / "pluto-coffee")
-        coffee.write_config(PlutoConfig(conns=RESPONDER_COMMON.format(
-            name="dns", address="10.77.2.53", auth="leftid=%null\n\tauthby=null")))
+        coffee.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address("10.77.2.53"))))
         trusted = Pluto(topo, self.hosts["trusted"], self.workdir / "pluto-trusted")
-        ckaid = trusted.new_hostkey("ecdsa")
-        trusted.write_config(PlutoConfig(conns=RESPONDER_COMMON.format(
-            name="dns", address="10.77.4.53",
-            auth=f"leftid={TRUSTED_ID}\n\tleftauth=ecdsa\n\trightauth=null\n\t{trusted.show_hostkey(ckaid, 'left')}")))
+        pin = keys.parse(trusted.show_hostkey(trusted.new_hostkey("ecdsa"), "right"))
+        trusted.write_config(PlutoConfig(conns=render.render_responder(
+            "dns", ip_address("10.77.4.53"), TRUSTED_ID, pin)))
         for responder in (coffee, trusted):
             self._start(responder)
             responder.addconn("--autoall")
 
-        self.say("starting pluto on the client: opportunistic group for coffee and plain, pinned key for trusted")
+        self.say("starting pluto on the client with ikectl's rendered profile: opportunistic group for coffee "
+                 "and plain, pinned key for trusted")
         pluto = Pluto(topo, client, self.workdir / "pluto-client")
-        pluto.write_config(PlutoConfig(
-            conns=CLIENT_CONNS.format(client=CLIENT_ADDRESS, trusted="10.77.4.53", trusted_id=TRUSTED_ID,
-                                      trusted_key=trusted.show_hostkey(ckaid, "right")),
-            policies={"private-or-clear": [f"{r.address}/32 {proto} 0 53" for r in RESOLVERS
-                                           if r.name != "trusted" for proto in ("udp", "tcp")]}))
+        profile = render.Profile(
+            Mode.COFFEE_SHOP, opportunistic=(ip_address("10.77.2.53"), ip_address("10.77.3.53")),
+            trusted=TrustedResolver(ip_address("10.77.4.53"), TRUSTED_ID, pin))
+        pluto.init_nss()
+        render.write_tree(render.render_tree(profile), pluto.dir)
         self._start(pluto)
         pluto.addconn("--autoall")
         self.client_pluto = pluto
@@ -291,7 +218,8 @@ class Lab:
         self.capture.stop()
         wire = self.capture.count(client.addresses())
         log = self.client_pluto.log_text()
-        ike = ike_sas_from_log(log, peers_by_conn={"trusted-udp": "10.77.4.53", "trusted-tcp": "10.77.4.53"})
+        ike = ike_sas_from_log(log, peers_by_conn={"ikectl-trusted-udp": "10.77.4.53",
+                                                   "ikectl-trusted-tcp": "10.77.4.53"})
         reports = tuple(
             ResolverReport(
                 resolver=r,
