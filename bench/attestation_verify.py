@@ -1,0 +1,82 @@
+"""Benchmark: offline verification time of each real attestation vector (target: under 50 ms each).
+
+    .venv/bin/python bench/attestation_verify.py [--runs 200]
+
+Reports the median and p95 of each verification, and each as a ratio against a baseline measured in
+the same run: one ECDSA P-256 signature verification with `cryptography` (the primitive every
+verification repeats several times), so the ratio says how many such operations a verification costs.
+Results and how to read them: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave_ike.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
+from enclave_ike.attestation.tdx import TdxCollateral, verify_quote
+
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "attestation"
+AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
+
+
+def measure(work: Callable[[], object], runs: int) -> tuple[float, float]:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    runs = parser.parse_args().runs
+    tdx, snp = VECTORS / "tdx", VECTORS / "sev-snp"
+    quote = (tdx / "tdx_quote_v4_spr_e4.dat").read_bytes()
+    root = x509.load_pem_x509_certificate((tdx / "intel_sgx_root_ca.pem").read_bytes())
+
+    def tdx_with_collateral() -> object:
+        collateral = TdxCollateral.load(
+            tcb_info=(tdx / "tdx_tcbinfo_v3_fmspc_50806f000000.json").read_bytes(),
+            qe_identity=(tdx / "tdx_qe_identity_v2.json").read_bytes(),
+            tcb_signing_chain=(tdx / "intel_tcb_signing_chain.pem").read_bytes(),
+            crls=[(tdx / c).read_bytes() for c in ("intel_pck_platform_crl.der", "intel_sgx_root_ca_crl.der")])
+        return verify_quote(quote, root=root, collateral=collateral, at=AT)
+
+    report = (snp / "snp_report_milan.bin").read_bytes()
+
+    def snp_with_chain() -> object:
+        ask, ark = load_ask_ark((snp / "amd_ask_ark_milan.pem").read_bytes())
+        return verify_report(report, vcek=load_vcek((snp / "snp_vcek_milan.der").read_bytes()), ask=ask, ark=ark,
+                             at=AT, policy=SnpPolicy(allow_debug=True))
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signature = key.sign(b"baseline", ec.ECDSA(hashes.SHA256()))
+
+    def baseline() -> object:
+        key.public_key().verify(signature, b"baseline", ec.ECDSA(hashes.SHA256()))
+        return None
+
+    base, _ = measure(baseline, runs)
+    print(f"baseline: one ECDSA P-256 verify, median {base * 1e3:.3f} ms ({runs} runs)")
+    for name, work in (("TDX quote v4 + collateral + CRLs", tdx_with_collateral),
+                       ("SEV-SNP report + VCEK/ASK/ARK", snp_with_chain)):
+        median, p95 = measure(work, runs)
+        verdict = "under" if median < 0.050 else "OVER"
+        print(f"{name}: median {median * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms, {median / base:.1f}x baseline "
+              f"({verdict} the 50 ms target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Intel TDX: the quote v4 (`quote`), the PCK certificate's SGX extension (`pck`), Intel's collateral
+(`collateral`), TCB level selection (`tcb`) and the verifier (`verify`)."""
+
+from .collateral import QeIdentity, TcbInfo
+from .pck import SgxExtensions, sgx_extensions
+from .quote import EnclaveReport, QeCertification, QuoteHeader, QuoteSignatureData, TdReportBody, TdxQuote
+from .tcb import TcbAssessment
+from .verify import TdxCollateral, TdxPolicy, TdxVerification, verify_quote
+
+__all__ = [
+    "EnclaveReport",
+    "QeCertification",
+    "QeIdentity",
+    "QuoteHeader",
+    "QuoteSignatureData",
+    "SgxExtensions",
+    "TcbAssessment",
+    "TcbInfo",
+    "TdReportBody",
+    "TdxCollateral",
+    "TdxPolicy",
+    "TdxQuote",
+    "TdxVerification",
+    "sgx_extensions",
+    "verify_quote",
+]

@@ -1,0 +1,600 @@
+"""The TDX verifier on real evidence: the Sapphire Rapids quote, PCK chain and collateral from go-tdx-guest (see
+../shared/vectors/attestation/SOURCES.md), used in place.
+
+The real quote verifies as its origin says: every signature and chain is valid, and its TCB level matches none in
+the shipped TCB info. Negative cases flip one bit in each signed region, truncate, change the root and the clock.
+Revocation, a matching TCB level and a debug TD need evidence Intel never signed, so a test PKI ("FakeIntel")
+re-signs the real quote's QE report and collateral under its own root; the verifier code path is the same.
+"""
+
+import hashlib
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from enclave_ike.attestation import EvidenceFormatError, VerificationFailed
+from enclave_ike.attestation.tdx import (
+    QuoteSignatureData,
+    TdxCollateral,
+    TdxPolicy,
+    TdxQuote,
+    TdxVerification,
+    sgx_extensions,
+    verify_quote,
+)
+from enclave_ike.attestation.tdx.pck import SGX_EXTENSIONS
+
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
+TDX = VECTORS / "tdx"
+AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors, as go-tdx-guest tests
+
+QUOTE = (TDX / "tdx_quote_v4_spr_e4.dat").read_bytes()
+SIGNED_END = 4935  # the signed quote; then go-tdx-guest's 39-byte trailer
+TRAILER = b"\nextra bytes(only for testing purpose)\n"
+
+# Offsets in the quote (header 48, body 584 from 48, signature data from 636).
+BODY, SIG_DATA = 48, 636
+QE_REPORT = SIG_DATA + 64 + 64 + 6
+QE_REPORT_SIGNATURE = QE_REPORT + 384
+QE_AUTH_DATA = QE_REPORT_SIGNATURE + 64 + 2
+PCK_CHAIN = QE_AUTH_DATA + 32 + 6
+
+MRTD = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
+RTMRS = (
+    "2927da70461cd63266f43230cc1849c03ef25ebe490062a801d8fcc80af42976823adf08f833c1e50b51779c6593f32a",
+    "2c700b8ba9b85783f8be9fb9443647bdc0bb3c50747f06297cc6538c25a5f589c4b56d035c59107c6bc5800db2cacb61",
+    "8652f0caaba7e215ea442dc36a4499d8fec3362f3a0b2ca151cbe4b3e6466fe59c7368b3c2287fc7c3bf5c924eb4424e",
+    "00" * 48,
+)
+REPORT_DATA = ("6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545"
+               "eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113")
+MRSEAM = "2fd279c16164a93dd5bf373d834328d46008c2b693af9ebb865b08b2ced320c9a89b4869a9fab60fbe9d0c5a5363c656"
+
+
+def read(name: str) -> bytes:
+    return (TDX / name).read_bytes()
+
+
+@cache
+def intel_root() -> x509.Certificate:
+    return x509.load_pem_x509_certificate(read("intel_sgx_root_ca.pem"))
+
+
+def intel_collateral(*, crls: tuple[str, ...] = ("intel_pck_platform_crl.der", "intel_sgx_root_ca_crl.der"),
+                     tcb_info: bytes | None = None, qe_identity: bytes | None = None) -> TdxCollateral:
+    return TdxCollateral.load(tcb_info=tcb_info or read("tdx_tcbinfo_v3_fmspc_50806f000000.json"),
+                              qe_identity=qe_identity or read("tdx_qe_identity_v2.json"),
+                              tcb_signing_chain=read("intel_tcb_signing_chain.pem"), crls=[read(c) for c in crls])
+
+
+@cache
+def real_collateral() -> TdxCollateral:
+    return intel_collateral()
+
+
+def verify(quote: bytes = QUOTE, *, at: datetime = AT, root: x509.Certificate | None = None,
+           collateral: TdxCollateral | None = None, policy: TdxPolicy | None = None) -> TdxVerification:
+    return verify_quote(quote, root=root or intel_root(), collateral=collateral or real_collateral(), at=at,
+                        policy=policy)
+
+
+def fields(result: TdxVerification) -> set[str]:
+    return {m.field for m in result.mismatches}
+
+
+def flipped(data: bytes, offset: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[offset] ^= 1 << bit
+    return bytes(out)
+
+
+# -- the real quote: parsed values ---------------------------------------------------------------------------
+
+def test_header_values():
+    header = TdxQuote.parse(QUOTE).header
+    assert (header.version, header.attestation_key_type, header.tee_type, header.qe_svn, header.pce_svn) == \
+        (4, 2, 0x81, 0, 0)
+    assert header.qe_vendor_id.hex() == "939a7233f79c4ca9940a0db3957f0607"
+
+
+def test_measurements_are_extracted_exactly():
+    body = TdxQuote.parse(QUOTE).body
+    assert body.mr_td.hex() == MRTD
+    assert tuple(rtmr.hex() for rtmr in body.rtmrs) == RTMRS
+    assert body.report_data.hex() == REPORT_DATA
+    assert body.mr_seam.hex() == MRSEAM
+    assert body.tee_tcb_svn.hex() == "03000400000000000000000000000000"
+    assert body.td_attributes.hex() == "0000004000000000"
+    assert body.xfam.hex() == "e71a060000000000"
+    assert body.mr_config_id == body.mr_owner == body.mr_owner_config == bytes(48)
+
+
+def test_signature_data_layout():
+    quote = TdxQuote.parse(QUOTE)
+    certification = quote.signature_data.certification
+    assert len(quote.signed_bytes) == 632
+    assert len(certification.pck_chain_pem) == 3677
+    assert certification.qe_auth_data == bytes(range(32))
+    assert quote.trailing == TRAILER
+    assert len(QUOTE) - len(TRAILER) == SIGNED_END
+
+
+def test_encoding_gives_back_the_quote():
+    assert TdxQuote.parse(QUOTE).to_bytes() == QUOTE
+
+
+def test_pck_certificate_extensions():
+    quote = TdxQuote.parse(QUOTE)
+    leaf = x509.load_pem_x509_certificates(quote.signature_data.certification.pck_chain_pem)[0]
+    pck = sgx_extensions(leaf)
+    assert pck.fmspc.hex() == "50806f000000"
+    assert pck.pce_id.hex() == "0000"
+    assert pck.tcb.pce_svn == 11
+    assert pck.tcb.cpu_svn.hex() == "03030202020100020000000000000000"
+    assert pck.tcb.sgx_components == (3, 3, 2, 2, 2, 1, 0, 2) + (0,) * 8
+
+
+# -- the real quote: verification ----------------------------------------------------------------------------
+
+def test_real_quote_is_authentic_but_its_tcb_level_is_not_in_the_tcb_info():
+    result = verify()
+    assert result.signatures_valid
+    assert [c.name for c in result.checks if not c.passed] == ["TCB level"]
+    (mismatch,) = result.mismatches
+    assert mismatch.field == "tcb.level"
+    # SOURCES.md: CPUSVN 3,3,2,2,2,1,0,2 is below 5,5,2,2,3,1,0,3 of both levels, and TEE_TCB_SVN[2] 4 below 5.
+    for shortfall in ("sgx[0] 3 < 5", "sgx[1] 3 < 5", "sgx[4] 2 < 3", "sgx[7] 2 < 3", "tdx[2] 4 < 5"):
+        assert shortfall in mismatch.actual
+    assert "fmspc 50806f000000" in mismatch.expected
+    assert result.tcb.status is None
+    assert not result.ok
+
+
+def test_real_quote_values_come_out_of_the_verification():
+    result = verify()
+    assert result.mrtd.hex() == MRTD
+    assert tuple(rtmr.hex() for rtmr in result.rtmrs) == RTMRS
+    assert result.report_data.hex() == REPORT_DATA
+
+
+def test_qe_matches_the_qe_identity_and_is_up_to_date():
+    result = verify()
+    assert result.check("QE identity").passed
+    assert result.tcb.qe_status == "UpToDate"
+    assert result.tcb.module_status == "UpToDate"
+
+
+def test_require_ok_raises_with_every_mismatch():
+    with pytest.raises(VerificationFailed) as caught:
+        verify().require_ok()
+    assert [m.field for m in caught.value.mismatches] == ["tcb.level"]
+    assert "tcb.level" in str(caught.value)
+
+
+def test_the_unsigned_trailer_may_be_absent_or_changed():
+    without = verify(QUOTE[:SIGNED_END])
+    changed = verify(QUOTE[:SIGNED_END] + b"anything")
+    assert fields(without) == fields(changed) == {"tcb.level"}
+
+
+# -- one bit flipped in each signed region -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("offset", "expected"), [
+    pytest.param(40, {"signature_data.signature"}, id="header-user-data"),
+    pytest.param(12, {"signature_data.signature", "header.qe_vendor_id"}, id="header-qe-vendor-id"),
+    pytest.param(BODY, {"signature_data.signature"}, id="body-tee-tcb-svn"),
+    pytest.param(BODY + 16 + 48 + 48 + 8 + 8 + 8, {"signature_data.signature"}, id="body-mrtd"),
+    pytest.param(BODY + 584 - 64 - 48, {"signature_data.signature"}, id="body-rtmr3"),
+    pytest.param(BODY + 584 - 1, {"signature_data.signature"}, id="body-report-data"),
+    pytest.param(SIG_DATA, {"signature_data.signature"}, id="quote-signature-r"),
+    pytest.param(SIG_DATA + 63, {"signature_data.signature"}, id="quote-signature-s"),
+    pytest.param(SIG_DATA + 64, {"signature_data.attestation_key", "qe_report.report_data"}, id="attestation-key"),
+    pytest.param(QE_REPORT + 64, {"qe_report_signature"}, id="qe-report-mrenclave"),
+    pytest.param(QE_REPORT + 128, {"qe_report_signature", "qe_report.mr_signer"}, id="qe-report-mrsigner"),
+    pytest.param(QE_REPORT + 320, {"qe_report_signature", "qe_report.report_data"}, id="qe-report-report-data"),
+    pytest.param(QE_REPORT_SIGNATURE, {"qe_report_signature"}, id="qe-report-signature"),
+    pytest.param(QE_AUTH_DATA, {"qe_report.report_data"}, id="qe-auth-data"),
+])
+def test_one_bit_flipped(offset: int, expected: set[str]):
+    result = verify(flipped(QUOTE, offset))
+    assert fields(result) - {"tcb.level"} == expected
+    assert not result.signatures_valid
+
+
+def _pem_with_leaf(quote: TdxQuote, leaf_der: bytes) -> bytes:
+    certs = x509.load_pem_x509_certificates(quote.signature_data.certification.pck_chain_pem)
+    leaf = x509.load_der_x509_certificate(leaf_der)
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf, *certs[1:]])
+
+
+def _with_pck_chain(pem: bytes) -> bytes:
+    quote = TdxQuote.parse(QUOTE)
+    certification = replace(quote.signature_data.certification, pck_chain_pem=pem)
+    return replace(quote, signature_data=replace(quote.signature_data, certification=certification)).to_bytes()
+
+
+def test_one_bit_flipped_in_the_pck_certificate_signature():
+    quote = TdxQuote.parse(QUOTE)
+    leaf = x509.load_pem_x509_certificates(quote.signature_data.certification.pck_chain_pem)[0]
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    result = verify(_with_pck_chain(_pem_with_leaf(quote, flipped(der, len(der) - 1))))
+    assert fields(result) - {"tcb.level"} == {"pck_leaf.signature"}
+
+
+def test_one_bit_flipped_in_the_pck_certificate_key():
+    quote = TdxQuote.parse(QUOTE)
+    leaf = x509.load_pem_x509_certificates(quote.signature_data.certification.pck_chain_pem)[0]
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    point = der.index(leaf.public_key().public_bytes(serialization.Encoding.X962,
+                                                     serialization.PublicFormat.UncompressedPoint))
+    with pytest.raises(EvidenceFormatError, match="pck_chain"):  # the flipped point is off the curve
+        verify(_with_pck_chain(_pem_with_leaf(quote, flipped(der, point + 10))))
+
+
+def test_one_character_changed_in_the_tcb_info():
+    document = read("tdx_tcbinfo_v3_fmspc_50806f000000.json").replace(b'"tcbEvaluationDataNumber":15',
+                                                                       b'"tcbEvaluationDataNumber":16')
+    result = verify(collateral=intel_collateral(tcb_info=document))
+    assert fields(result) - {"tcb.level"} == {"tcb_info.signature"}
+
+
+def test_one_character_changed_in_the_qe_identity():
+    document = read("tdx_qe_identity_v2.json").replace(b'"tcbEvaluationDataNumber":15',
+                                                       b'"tcbEvaluationDataNumber":14')
+    result = verify(collateral=intel_collateral(qe_identity=document))
+    assert fields(result) - {"tcb.level"} == {"qe_identity.signature"}
+
+
+def test_one_bit_flipped_in_the_tcb_info_signature():
+    document = read("tdx_tcbinfo_v3_fmspc_50806f000000.json").replace(b'"signature":"f6', b'"signature":"f7')
+    result = verify(collateral=intel_collateral(tcb_info=document))
+    assert fields(result) - {"tcb.level"} == {"tcb_info.signature"}
+
+
+# -- truncated and malformed evidence ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cut", "field"), [
+    (0, "tdx_quote.header.version"),
+    (30, "tdx_quote.header.user_data"),
+    (48, "tdx_quote.body.tee_tcb_svn"),
+    (200, "tdx_quote.body.mr_td"),
+    (631, "tdx_quote.body.report_data"),
+    (632, "tdx_quote.signature_data.size"),
+    (636, "tdx_quote.signature_data"),
+    (QE_REPORT + 100, "tdx_quote.signature_data"),
+    (PCK_CHAIN + 100, "tdx_quote.signature_data"),
+    (SIGNED_END - 1, "tdx_quote.signature_data"),
+])
+def test_truncated(cut: int, field: str):
+    with pytest.raises(EvidenceFormatError) as caught:
+        TdxQuote.parse(QUOTE[:cut])
+    assert caught.value.field == field
+    assert caught.value.offset is not None
+
+
+def _with_u16(data: bytes, offset: int, value: int) -> bytes:
+    return data[:offset] + value.to_bytes(2, "little") + data[offset + 2:]
+
+
+def test_declared_lengths_inside_the_signature_data_are_bounded():
+    # The QE auth data claims more bytes than its certification data holds.
+    with pytest.raises(EvidenceFormatError) as caught:
+        TdxQuote.parse(_with_u16(QUOTE, QE_AUTH_DATA - 2, 5000))
+    assert caught.value.field == "tdx_quote.qe_auth_data"
+
+
+def test_unsupported_version():
+    with pytest.raises(EvidenceFormatError, match="version 5 is not supported") as caught:
+        TdxQuote.parse(_with_u16(QUOTE, 0, 5))
+    assert caught.value.field == "tdx_quote.header.version"
+
+
+def test_unsupported_certification_data():
+    with pytest.raises(EvidenceFormatError, match="type 5 is not supported") as caught:
+        TdxQuote.parse(_with_u16(QUOTE, SIG_DATA + 128, 5))
+    assert caught.value.field == "tdx_quote.signature_data.certification.type"
+
+
+def test_malformed_collateral_names_the_json_path():
+    document = read("tdx_tcbinfo_v3_fmspc_50806f000000.json").replace(b'"pcesvn":11', b'"pcesvn":"11"')
+    with pytest.raises(EvidenceFormatError) as caught:
+        intel_collateral(tcb_info=document)
+    assert caught.value.field == "tcb_info.tcbLevels[0].tcb.pcesvn"
+
+
+# -- roots, time, CRLs ---------------------------------------------------------------------------------------
+
+def test_wrong_root():
+    other_root = FakeIntel.instance().root
+    result = verify(root=other_root)
+    assert {"pck_chain.root", "pck_ca.issuer", "tcb_signing_chain.root", "tcb_signer.issuer"} <= fields(result)
+    issuer = next(m for m in result.mismatches if m.field == "pck_ca.issuer")
+    assert "Test SGX Root CA" in issuer.expected
+    assert "Intel SGX Root CA" in issuer.actual
+    assert not result.signatures_valid
+
+
+def test_expired_pck_certificate():
+    # go-tdx-guest: at 2053-07-01 the PCK certificate "has expired ... after 2029-09-20T13:20:31Z".
+    result = verify(at=datetime(2053, 7, 1, tzinfo=UTC))
+    expired = next(m for m in result.mismatches if m.field == "pck_leaf.not_after")
+    assert expired.actual == "2029-09-20T13:20:31Z"
+    assert {"pck_ca.not_after", "intel_root.not_after", "tcb_signer.not_after"} <= fields(result)
+    assert not result.signatures_valid
+
+
+def test_pck_certificate_not_yet_valid():
+    result = verify(at=datetime(2018, 1, 1, tzinfo=UTC))
+    assert {"pck_leaf.not_before", "pck_ca.not_before", "intel_root.not_before"} <= fields(result)
+
+
+def test_collateral_past_its_next_update():
+    result = verify(at=datetime(2023, 7, 10, tzinfo=UTC))  # PCK CRL and QE identity expire 2023-07-08
+    assert fields(result) - {"tcb.level"} == {"pck_ca_crl.next_update", "qe_identity.nextUpdate"}
+
+
+def test_real_crls_are_checked_and_do_not_list_this_pck():
+    crl = x509.load_der_x509_crl(read("intel_pck_platform_crl.der"))
+    quote = TdxQuote.parse(QUOTE)
+    leaf = x509.load_pem_x509_certificates(quote.signature_data.certification.pck_chain_pem)[0]
+    assert len(crl) == 44
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is None
+    assert verify().check("PCK certificate chain").passed
+
+
+def test_missing_crls_fail_closed():
+    result = verify(collateral=intel_collateral(crls=()))
+    revocation = {m.field: m for m in result.mismatches if m.field.endswith(".revocation")}
+    assert set(revocation) == {"pck_leaf.revocation", "pck_ca.revocation", "tcb_signer.revocation"}
+    assert revocation["pck_leaf.revocation"].actual == "none supplied"
+
+
+def test_crl_with_a_bad_signature():
+    crl = bytearray(read("intel_pck_platform_crl.der"))
+    crl[-1] ^= 1
+    corrupted = x509.load_der_x509_crl(bytes(crl))
+    collateral = replace(real_collateral(), crls=(corrupted, *real_collateral().crls[1:]))
+    assert fields(verify(collateral=collateral)) - {"tcb.level"} == {"pck_ca_crl.signature"}
+
+
+# -- a test PKI under its own root: revocation, matching TCB levels, TD policy ------------------------------
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "enclave-ike tests"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+class FakeIntel:
+    """Root, PCK CA, PCK leaf (with the real leaf's SGX extension), TCB signer and attestation key of our own."""
+
+    _instance: "FakeIntel | None" = None
+
+    def __init__(self) -> None:
+        self.root_key, self.ca_key, self.leaf_key, self.tcb_key, self.attestation_key = (
+            ec.generate_private_key(ec.SECP256R1()) for _ in range(5))
+        self.root = self._cert("Test SGX Root CA", self.root_key, None, ca=True, path_length=1)
+        issued_by_root = (self.root, self.root_key)
+        self.ca = self._cert("Test SGX PCK Platform CA", self.ca_key, issued_by_root, ca=True, path_length=0)
+        real_leaf = x509.load_pem_x509_certificates(TdxQuote.parse(QUOTE).signature_data.certification
+                                                    .pck_chain_pem)[0]
+        self.sgx = real_leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS)).value
+        self.leaf = self.pck_certificate("Test SGX PCK Certificate")
+        self.tcb_signer = self._cert("Test SGX TCB Signing", self.tcb_key, issued_by_root, ca=False)
+
+    def pck_certificate(self, common_name: str) -> x509.Certificate:
+        return self._cert(common_name, self.leaf_key, (self.ca, self.ca_key), ca=False, extra=self.sgx)
+
+    @classmethod
+    def instance(cls) -> "FakeIntel":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    @staticmethod
+    def _cert(common_name: str, key: ec.EllipticCurvePrivateKey,
+              issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *, ca: bool,
+              path_length: int | None = None, extra: x509.ExtensionType | None = None) -> x509.Certificate:
+        """Self-signed when `issuer` (certificate, key) is None."""
+        issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (_name(common_name), key)
+        builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(issuer_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(datetime(2023, 1, 1, tzinfo=UTC))
+                   .not_valid_after(datetime(2030, 1, 1, tzinfo=UTC))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+                critical=True)
+        if extra is not None:
+            builder = builder.add_extension(extra, critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def quote(self, td_attributes: bytes | None = None, leaf: x509.Certificate | None = None) -> bytes:
+        """The real quote's body (optionally changed), attested by our attestation key, QE report and PCK chain."""
+        real = TdxQuote.parse(QUOTE)
+        key = self.attestation_key.public_key().public_bytes(serialization.Encoding.X962,
+                                                             serialization.PublicFormat.UncompressedPoint)[1:]
+        certification = real.signature_data.certification
+        qe_report = replace(certification.qe_report,
+                            report_data=hashlib.sha256(key + certification.qe_auth_data).digest() + bytes(32))
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf or self.leaf, self.ca, self.root))
+        certification = replace(certification, qe_report=qe_report, pck_chain_pem=chain,
+                                qe_report_signature=_raw_signature(self.leaf_key, qe_report.to_bytes()))
+        body = real.body if td_attributes is None else replace(real.body, td_attributes=td_attributes)
+        unsigned = replace(real, body=body, signature_data=QuoteSignatureData(bytes(64), key, certification))
+        signature = _raw_signature(self.attestation_key, unsigned.signed_bytes)
+        return replace(unsigned, signature_data=replace(unsigned.signature_data, signature=signature)).to_bytes()
+
+    def signed_json(self, body_key: str, body: dict) -> bytes:
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        signature = _raw_signature(self.tcb_key, raw).hex()
+        return b'{"%s":%s,"signature":"%s"}' % (body_key.encode(), raw, signature.encode())
+
+    def crl(self, issuer: x509.Certificate, revoked: tuple[x509.Certificate, ...] = (),
+            key: ec.EllipticCurvePrivateKey | None = None) -> x509.CertificateRevocationList:
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+                   .last_update(datetime(2023, 6, 1, tzinfo=UTC)).next_update(datetime(2023, 8, 1, tzinfo=UTC)))
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                .revocation_date(datetime(2023, 6, 1, tzinfo=UTC)).build())
+        signer = key or (self.root_key if issuer is self.root else self.ca_key)
+        return builder.sign(signer, hashes.SHA256())
+
+    def collateral(self, *, tcb_info: dict | None = None, qe_identity: dict | None = None,
+                   crls: tuple[x509.CertificateRevocationList, ...] | None = None) -> TdxCollateral:
+        real = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
+        real_qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
+        chain = self.tcb_signer.public_bytes(serialization.Encoding.PEM)
+        collateral = TdxCollateral.load(tcb_info=self.signed_json("tcbInfo", tcb_info or real),
+                                        qe_identity=self.signed_json("enclaveIdentity", qe_identity or real_qe),
+                                        tcb_signing_chain=chain, crls=())
+        return replace(collateral, crls=crls if crls is not None else (self.crl(self.ca), self.crl(self.root)))
+
+    def verify(self, quote: bytes | None = None, **kwargs) -> TdxVerification:
+        return verify_quote(quote or self.quote(), root=self.root, collateral=kwargs.pop("collateral", None)
+                            or self.collateral(), at=AT, **kwargs)
+
+
+def _tcb_info_with(levels: dict[int, dict]) -> dict:
+    """The real TCB info with some levels' SVNs replaced: {level index: {"sgx": [...], "tdx": [...]}}."""
+    info = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
+    for index, svns in levels.items():
+        tcb = info["tcbLevels"][index]["tcb"]
+        for kind, values in svns.items():
+            for component, svn in zip(tcb[f"{kind}tcbcomponents"], values, strict=True):
+                component["svn"] = svn
+    return info
+
+
+LOW_SGX, LOW_TDX = [3, 3, 2, 2, 2, 1, 0, 2] + [0] * 8, [3, 0, 4] + [0] * 13
+
+
+def test_test_pki_reproduces_the_real_result():
+    result = FakeIntel.instance().verify()
+    assert result.signatures_valid
+    assert fields(result) == {"tcb.level"}
+
+
+def test_revoked_pck_certificate():
+    pki = FakeIntel.instance()
+    collateral = pki.collateral(crls=(pki.crl(pki.ca, revoked=(pki.leaf,)), pki.crl(pki.root)))
+    result = pki.verify(collateral=collateral)
+    (revoked,) = [m for m in result.mismatches if m.field == "pck_leaf.revocation"]
+    assert revoked.expected == "not revoked"
+    assert f"serial {pki.leaf.serial_number:x} revoked on 2023-06-01T00:00:00Z" in revoked.actual
+    assert not result.signatures_valid
+
+
+def test_revoked_pck_ca():
+    pki = FakeIntel.instance()
+    collateral = pki.collateral(crls=(pki.crl(pki.ca), pki.crl(pki.root, revoked=(pki.ca,))))
+    assert fields(pki.verify(collateral=collateral)) - {"tcb.level"} == {"pck_ca.revocation"}
+
+
+def test_crl_signed_by_someone_else():
+    pki = FakeIntel.instance()
+    forged = pki.crl(pki.ca, revoked=(), key=ec.generate_private_key(ec.SECP256R1()))
+    collateral = pki.collateral(crls=(forged, pki.crl(pki.root)))
+    assert fields(pki.verify(collateral=collateral)) - {"tcb.level"} == {"pck_ca_crl.signature"}
+
+
+def test_tcb_up_to_date_when_the_platform_meets_the_top_level():
+    # As go-tdx-guest's TestVerifyUsingTcbInfoV4 does: lower the top level to the platform's SVNs.
+    pki = FakeIntel.instance()
+    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
+    assert result.tcb.status == "UpToDate"
+    assert result.ok
+    result.require_ok()
+
+
+def test_tcb_out_of_date_is_reported_with_its_advisories():
+    pki = FakeIntel.instance()
+    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
+    (status,) = result.mismatches
+    assert (status.field, status.expected) == ("tcb.status", "one of UpToDate")
+    assert status.actual.startswith("OutOfDate (INTEL-SA-00106")
+    assert result.signatures_valid
+    accepting = TdxPolicy(accepted_tcb_statuses=frozenset({"UpToDate", "OutOfDate"}))
+    assert pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})),
+                      policy=accepting).ok
+
+
+def test_tdx_components_alone_short_of_every_level():
+    pki = FakeIntel.instance()
+    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX}, 1: {"sgx": LOW_SGX}})))
+    (level,) = result.mismatches
+    assert level.field == "tcb.level"
+    assert "tdx[2] 4 < 5" in level.actual
+    assert "sgx[" not in level.actual
+
+
+def test_qe_out_of_date_makes_the_platform_out_of_date():
+    pki = FakeIntel.instance()
+    qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
+    qe["tcbLevels"] = [{"tcb": {"isvsvn": 5}, "tcbDate": "2023-06-01T00:00:00Z", "tcbStatus": "UpToDate"},
+                       {"tcb": {"isvsvn": 4}, "tcbDate": "2023-02-15T00:00:00Z", "tcbStatus": "OutOfDate"}]
+    collateral = pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}}), qe_identity=qe)
+    result = pki.verify(collateral=collateral)
+    assert (result.tcb.qe_status, result.tcb.status) == ("OutOfDate", "OutOfDate")
+    assert fields(result) == {"tcb.status"}
+
+
+def test_qe_from_another_signer():
+    pki = FakeIntel.instance()
+    qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
+    qe["mrsigner"] = "00" * 32
+    result = pki.verify(collateral=pki.collateral(qe_identity=qe))
+    assert fields(result) - {"tcb.level"} == {"qe_report.mr_signer"}
+    assert result.signatures_valid
+
+
+def test_tcb_info_for_another_platform():
+    pki = FakeIntel.instance()
+    info = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
+    info["fmspc"] = "00606a000000"
+    mismatch = next(m for m in pki.verify(collateral=pki.collateral(tcb_info=info)).mismatches
+                    if m.field == "tcb_info.fmspc")
+    assert (mismatch.expected, mismatch.actual) == ("50806f000000 (the PCK certificate's)", "00606a000000")
+
+
+def test_debug_td_is_refused_unless_allowed():
+    pki = FakeIntel.instance()
+    debug = pki.quote(td_attributes=bytes.fromhex("0100004000000000"))
+    assert fields(pki.verify(debug)) - {"tcb.level"} == {"body.td_attributes.debug"}
+    assert fields(pki.verify(debug, policy=TdxPolicy(allow_debug=True))) == {"tcb.level"}
+
+
+def test_pck_chain_must_end_in_a_pck_certificate():
+    pki = FakeIntel.instance()
+    result = pki.verify(pki.quote(leaf=pki.pck_certificate("Test SGX Something Else")))
+    (name,) = [m for m in result.mismatches if m.field != "tcb.level"]
+    assert name.field == "pck_leaf.subject"
+    assert "Test SGX Something Else" in name.actual
+
+
+def test_verification_time_must_be_timezone_aware():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        verify(at=datetime(2023, 7, 1))
+
+
+def test_every_check_reports_even_when_many_fail():
+    result = verify(flipped(QUOTE, BODY), at=AT + timedelta(days=10000), root=FakeIntel.instance().root)
+    failed = {c.name for c in result.checks if not c.passed}
+    assert {"quote signature", "PCK certificate chain", "TCB signing chain", "TCB info", "QE identity",
+            "TCB level"} <= failed
