@@ -1,19 +1,44 @@
-"""Attestation evidence: parsers and offline verifiers, one per evidence type (`tdx`, `snp`).
+"""Attestation evidence: parsers and offline verifiers, one per evidence type (`tdx`, `snp`, `sim`), the envelope
+that carries evidence to a client, the binding of a nonce and the IKE key into report data, and measurement specs.
 
 A verifier returns a Verification: every check it ran and the mismatches each found, so a caller can tell
-"authentic but out of date" from "forged". `require_ok()` turns any mismatch into VerificationFailed. See
-docs/attestation.md, "Verifiers".
+"authentic but out of date" from "forged". `require_ok()` turns any mismatch into VerificationFailed.
+`verify_envelope` is the client's single entry point. See docs/attestation.md.
 """
 
+from .binding import LABEL, report_data
+from .envelope import Collateral, Envelope, EnvelopeFormatError, Evidence, EvidenceKind
 from .errors import AttestationError, EvidenceFormatError, Mismatch, VerificationFailed
 from .outcome import Check, CheckKind, Verification
+from .sim import SimReport, SimVerification, sim_root_certificate, verify_sim_report
+from .spec import MeasurementEntry, MeasurementSpec, SpecFormatError
+from .verify import Appraisal, TrustAnchors, Verified, appraise, verify_envelope
 
 __all__ = [
+    "LABEL",
+    "Appraisal",
     "AttestationError",
     "Check",
     "CheckKind",
+    "Collateral",
+    "Envelope",
+    "EnvelopeFormatError",
+    "Evidence",
     "EvidenceFormatError",
+    "EvidenceKind",
+    "MeasurementEntry",
+    "MeasurementSpec",
     "Mismatch",
+    "SimReport",
+    "SimVerification",
+    "SpecFormatError",
+    "TrustAnchors",
     "Verification",
     "VerificationFailed",
+    "Verified",
+    "appraise",
+    "report_data",
+    "sim_root_certificate",
+    "verify_envelope",
+    "verify_sim_report",
 ]

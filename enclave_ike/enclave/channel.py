@@ -1,0 +1,80 @@
+"""The channel between enclave-ike and its sim enclave process: length-prefixed frames over a stream socket.
+
+    frame = uint32_be(length) || code (1 byte) || payload (length - 1 bytes),  1 <= length <= MAX_FRAME
+
+A request's code is an Op, a reply's a Status. There are three requests, and none of them has an answer that
+contains private key material:
+
+    PUBLIC_KEY  (no payload)         -> OK, SubjectPublicKeyInfo DER
+    SIGN        (the data to sign)   -> OK, the signature (RFC 7427 value: DER ECDSA-Sig-Value)
+    EVIDENCE    (64 bytes)           -> OK, a sim report binding those bytes
+    anything else                    -> ERROR, a UTF-8 reason
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from enum import IntEnum
+
+from .errors import ChannelError
+
+MAX_FRAME = 64 * 1024
+_LENGTH_SIZE = 4
+
+
+class Op(IntEnum):
+    PUBLIC_KEY = 1
+    SIGN = 2
+    EVIDENCE = 3
+
+
+class Status(IntEnum):
+    OK = 0
+    ERROR = 1
+
+
+@dataclass(frozen=True)
+class Frame:
+    code: int
+    payload: bytes = b""
+
+    def encode(self) -> bytes:
+        if not 0 <= self.code <= 0xFF:
+            raise ChannelError(f"frame code {self.code} does not fit a byte")
+        body = bytes([self.code]) + self.payload
+        if len(body) > MAX_FRAME:
+            raise ChannelError(f"frame of {len(body)} bytes, more than the {MAX_FRAME} allowed")
+        return len(body).to_bytes(_LENGTH_SIZE, "big") + body
+
+    @classmethod
+    def decode(cls, body: bytes) -> Frame:
+        if not body:
+            raise ChannelError("empty frame")
+        return cls(body[0], body[1:])
+
+
+def send(sock: socket.socket, frame: Frame) -> None:
+    sock.sendall(frame.encode())
+
+
+def receive(sock: socket.socket) -> Frame | None:
+    """The next frame, or None when the peer closed the channel between frames."""
+    first = sock.recv(_LENGTH_SIZE)
+    if not first:
+        return None
+    length = int.from_bytes(first + _read_exact(sock, _LENGTH_SIZE - len(first)), "big")
+    if not 1 <= length <= MAX_FRAME:
+        raise ChannelError(f"frame length {length} outside 1..{MAX_FRAME}")
+    return Frame.decode(_read_exact(sock, length))
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = sock.recv(remaining)
+        if not chunk:
+            raise ChannelError(f"channel closed inside a frame ({size - remaining} of {size} bytes read)")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,147 @@
+"""The `sim` backend: the IKE key lives in a separate process that only signs.
+
+enclave-ike starts `sim_child` with one end of a socketpair and keeps the other. The child generates the key and
+answers three requests (channel.py): the public key, a signature, and a sim report for given report data. No
+request returns private key material, and the key never exists in enclave-ike's own memory. The child exits when
+the channel closes, so it dies with enclave-ike even when enclave-ike is killed (the kernel closes its end).
+
+The process boundary shows the shape of a real enclave, not its protection: the child runs as the same user on the
+same kernel, and its evidence is signed by the simulated root (NOT SECURE, see attestation/sim.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..attestation.envelope import Evidence, EvidenceKind
+from ..attestation.sim import DEFAULT_REGISTERS, MAX_REGISTERS, REGISTER_SIZE
+from ..ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, PublicKey, SignatureScheme, Signer
+from . import channel
+from .channel import Frame, Op, Status
+from .errors import ChannelError, EnclaveError, EnclaveGone, EnclaveUnavailable
+from .sim_child import KEY_TYPES
+
+_SCHEMES = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384}
+STOP_TIMEOUT = 2.0
+
+
+class SimEnclave:
+    kind = EvidenceKind.SIM
+
+    def __init__(self, *, key_type: str = "ecdsa-p256", registers: Sequence[bytes] = DEFAULT_REGISTERS,
+                 timeout: float = 10.0) -> None:
+        if not 1 <= len(registers) <= MAX_REGISTERS or any(len(r) != REGISTER_SIZE for r in registers):
+            raise EnclaveError(f"registers: 1 to {MAX_REGISTERS} values of {REGISTER_SIZE} bytes each")
+        if key_type not in KEY_TYPES:
+            raise EnclaveError(f"key type {key_type!r}: expected one of {', '.join(sorted(KEY_TYPES))}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "enclave_ike.enclave.sim_child", "--fd", str(theirs.fileno()),
+                "--key", key_type, *(f"--register={register.hex()}" for register in registers)]
+        try:
+            process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            ours.close()
+            raise EnclaveUnavailable(f"sim enclave: cannot start {sys.executable}: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        ours.settimeout(timeout)
+        self._process, self._socket, self._lock = process, ours, threading.Lock()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _stop, process, ours)
+        try:
+            key = serialization.load_der_public_key(self._call(Op.PUBLIC_KEY))
+        except EnclaveError:
+            self.close()
+            raise
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SCHEMES:
+            self.close()
+            raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
+        self._signer = _ProcessSigner(self._call, key, _SCHEMES[key.curve.name])
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def signer(self) -> Signer:
+        return self._signer
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        if len(report_data) != 64:
+            raise EnclaveError(f"report data must be 64 bytes, got {len(report_data)}")
+        return Evidence(EvidenceKind.SIM, self._call(Op.EVIDENCE, report_data))
+
+    def close(self) -> None:
+        """Close the channel and wait for the child to exit (killing it if it does not)."""
+        with self._lock:
+            self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> SimEnclave:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, op: Op, payload: bytes = b"") -> bytes:
+        with self._lock:
+            if self._closed:
+                raise EnclaveGone("sim enclave: closed")
+            try:
+                channel.send(self._socket, Frame(op, payload))
+                reply = channel.receive(self._socket)
+            except (OSError, ChannelError) as exc:
+                self._closed = True  # the stream may be out of step now: never read a stale reply as fresh
+                raise EnclaveGone(f"sim enclave (pid {self.pid}){_exited(self._process) or f': {exc}'}") from None
+            if reply is None:
+                self._closed = True
+                raise EnclaveGone(f"sim enclave (pid {self.pid}){_exited(self._process) or ' closed the channel'}")
+        if reply.code == Status.ERROR:
+            raise EnclaveError(f"sim enclave refused: {reply.payload.decode('utf-8', 'replace')}")
+        if reply.code != Status.OK:
+            raise EnclaveError(f"sim enclave: unknown reply status {reply.code}")
+        return reply.payload
+
+
+class _ProcessSigner(Signer):
+    """Signs by asking the sim enclave process; holds only the public key."""
+
+    def __init__(self, call: Callable[[Op, bytes], bytes], key: ec.EllipticCurvePublicKey,
+                 scheme: SignatureScheme) -> None:
+        self._call, self._key, self._scheme = call, key, scheme
+
+    @property
+    def algorithm(self) -> SignatureScheme:
+        return self._scheme
+
+    def sign(self, data: bytes) -> bytes:
+        return self._call(Op.SIGN, data)
+
+    def public_key(self) -> PublicKey:
+        return self._key
+
+
+def _exited(process: subprocess.Popen[bytes]) -> str:
+    """' exited with status N' once the process has ended (given a moment to), else ''."""
+    try:
+        code = process.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return ""
+    return f" exited with status {code}"
+
+
+def _stop(process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    sock.close()
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,83 @@
+"""The sim enclave process. It generates the IKE key, answers PUBLIC_KEY, SIGN and EVIDENCE (channel.py) on one
+socket, and exits when that socket closes, which happens when enclave-ike exits, however it exits. The key is
+created here and no request returns it. SimEnclave starts it:
+
+    python -m enclave_ike.enclave.sim_child --fd N [--key ecdsa-p256|ecdsa-p384] [--register HEX]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..attestation.sim import DEFAULT_REGISTERS, make_sim_report
+from ..ikev2.crypto import Signer, SoftwareSigner
+from .channel import Frame, Op, Status, receive, send
+from .errors import ChannelError
+
+KEY_TYPES: dict[str, type[ec.EllipticCurve]] = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
+REPORT_DATA_SIZE = 64
+_PR_SET_DUMPABLE = 4
+
+
+def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...]) -> Frame:
+    """The reply to one request. Every reply is a public key, a signature, a sim report or a refusal."""
+    if request.code == Op.PUBLIC_KEY:
+        if request.payload:
+            return _refuse("PUBLIC_KEY takes no payload")
+        return Frame(Status.OK, signer.public_key().public_bytes(serialization.Encoding.DER,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+    if request.code == Op.SIGN:
+        return Frame(Status.OK, signer.sign(request.payload))
+    if request.code == Op.EVIDENCE:
+        if len(request.payload) != REPORT_DATA_SIZE:
+            return _refuse(f"EVIDENCE takes {REPORT_DATA_SIZE} bytes of report data, got {len(request.payload)}")
+        return Frame(Status.OK, make_sim_report(request.payload, registers).encode())
+    return _refuse(f"unknown request {request.code}")
+
+
+def _refuse(reason: str) -> Frame:
+    return Frame(Status.ERROR, reason.encode())
+
+
+def serve(sock: socket.socket, signer: Signer, registers: tuple[bytes, ...]) -> None:
+    while (request := receive(sock)) is not None:
+        send(sock, answer(request, signer, registers))
+
+
+def _harden() -> None:
+    """Keep the key out of core dumps, and away from ptrace and /proc/PID/mem of other processes of the same user.
+    Best effort: if prctl fails, the process is only as protected as any other."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enclave_ike.enclave.sim_child")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--key", choices=sorted(KEY_TYPES), default="ecdsa-p256")
+    parser.add_argument("--register", action="append", default=[], type=bytes.fromhex)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is enclave-ike's to handle; it closes the channel
+    _harden()
+    registers = tuple(args.register) or DEFAULT_REGISTERS
+    signer = SoftwareSigner(ec.generate_private_key(KEY_TYPES[args.key]()))
+    with socket.socket(fileno=args.fd) as sock:
+        try:
+            serve(sock, signer, registers)
+        except (ChannelError, OSError) as exc:
+            print(f"sim enclave: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
