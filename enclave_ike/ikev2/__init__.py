@@ -1,7 +1,10 @@
-"""Sans-I/O IKEv2 (RFC 7296): the wire codec (`payloads`, `wire`), the crypto suite (`crypto`) and the errors that
-map to Notify types (`errors`). Nothing in this package touches a socket, the clock, the kernel or a global
-source of randomness."""
+"""Sans-I/O IKEv2 (RFC 7296): the wire codec (`payloads`, `wire`), the crypto suite (`crypto`), the errors that
+map to Notify types (`errors`), policy (`config`), proposal and selector negotiation (`negotiation`), the IKE SA
+state machine (`state`) with its typed `events`, stateless cookies (`cookies`), the responder's dispatcher
+(`responder`) and a test initiator on the same core (`initiator`). Nothing in this package touches a socket, the
+clock, the kernel or a global source of randomness."""
 
+from .config import DnsSelectors, Endpoint, Identity, InitiatorConfig, Mode, PinnedPeer, ResponderConfig
 from .constants import (
     AuthMethod,
     DhGroup,
@@ -19,6 +22,7 @@ from .constants import (
 )
 from .errors import (
     AuthenticationFailed,
+    ChildSaNotFound,
     DecodeError,
     IkeError,
     IntegrityError,
@@ -29,24 +33,34 @@ from .errors import (
     InvalidSpi,
     LocalProtocolError,
     NoProposalChosen,
+    PolicyError,
     RemoteProtocolError,
+    TemporaryFailure,
     TsUnacceptable,
     UnsupportedAlgorithm,
     UnsupportedCriticalPayload,
 )
 from .payloads import IkeHeader, Message, Payload
+from .responder import Responder
+from .state import IkeSa, State
 
 __all__ = [
     "AuthMethod",
     "AuthenticationFailed",
+    "ChildSaNotFound",
     "DecodeError",
     "DhGroup",
+    "DnsSelectors",
     "EncrId",
+    "Endpoint",
     "ExchangeType",
     "HeaderFlag",
     "IdType",
+    "Identity",
     "IkeError",
     "IkeHeader",
+    "IkeSa",
+    "InitiatorConfig",
     "IntegId",
     "IntegrityError",
     "InvalidKePayload",
@@ -56,13 +70,20 @@ __all__ = [
     "InvalidSpi",
     "LocalProtocolError",
     "Message",
+    "Mode",
     "NoProposalChosen",
     "NotifyType",
     "Payload",
     "PayloadType",
+    "PinnedPeer",
+    "PolicyError",
     "PrfId",
     "ProtocolId",
     "RemoteProtocolError",
+    "Responder",
+    "ResponderConfig",
+    "State",
+    "TemporaryFailure",
     "TransformType",
     "TsType",
     "TsUnacceptable",

@@ -130,5 +130,34 @@ class IntegrityError(RemoteProtocolError):
     notify = None
 
 
+class PolicyError(LocalProtocolError):
+    """A policy (responder or initiator configuration) that cannot work; raised before any packet is handled."""
+
+    exit_code = 2
+
+
+class TemporaryFailure(RemoteProtocolError):
+    """The request cannot be served right now (RFC 7296 2.25: e.g. a rekey collides with another exchange)."""
+
+    notify = NotifyType.TEMPORARY_FAILURE
+
+
+class ChildSaNotFound(RemoteProtocolError):
+    """A REKEY_SA or Delete names a Child SA this IKE SA does not have (RFC 7296 2.25)."""
+
+    notify = NotifyType.CHILD_SA_NOT_FOUND
+
+
+class ErrorNotified(RemoteProtocolError):
+    """The peer answered our request with an error Notify (`received`). Nothing is sent back: responses are never
+    answered (RFC 7296 2.21)."""
+
+    notify = None
+
+    def __init__(self, message: str, *, received: int, data: bytes = b"") -> None:
+        self.received, self.data = received, data
+        super().__init__(message)
+
+
 class UnsupportedAlgorithm(LocalProtocolError):
     """A transform this suite does not implement was asked for (negotiation should never select one)."""

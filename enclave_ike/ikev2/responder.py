@@ -1,0 +1,318 @@
+"""The responder's dispatcher: datagrams in, to the right IKE SA, with bounded state. Still sans-I/O.
+
+`Responder.receive(data, source, now)` finds the IKE SA a datagram belongs to by its SPIs (our SPI is the one we
+chose; an IKE_SA_INIT request, whose responder SPI is zero, by the initiator's SPI and address), creates IKE SAs for
+new IKE_SA_INIT requests, and moves the SAs' datagrams and events into its own queues. The server around it sends
+`datagrams_to_send()` (each with its destination), applies `next_event()`, and calls `handle_timer(now)` at
+`get_timer()`.
+
+Bounded state (`Limits`): at most so many SAs and half-open SAs in all and per peer address; past those, a new
+IKE_SA_INIT is dropped. Past `cookie_threshold` half-open SAs, every IKE_SA_INIT must carry a COOKIE (RFC 7296
+2.6) made by the stateless `cookies` function; requests without one get a COOKIE answer and leave no state. Requests
+for an IKE SA we do not know get an unprotected INVALID_IKE_SPI answer (2.21.4), rate-limited; responses for one
+are dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter, deque
+from typing import Final
+
+from .config import Endpoint, Identity, ResponderConfig
+from .constants import AuthMethod, ExchangeType, HeaderFlag, NotifyType
+from .cookies import COOKIE_SECRET_SIZE, CookieSecrets, make_cookie, verify_cookie
+from .crypto import RandomSource
+from .errors import InvalidMajorVersion, RemoteProtocolError, UnsupportedCriticalPayload
+from .events import Event, IkeSaEstablished
+from .payloads import IKE_HEADER_SIZE, IKE_SPI_SIZE, Address, IkeHeader, Message, Nonce, Notify
+from .state import ZERO_SPI, IkeSa, IkeSaView, SpiAllocator, State, peek_header
+
+_FLAGS_OFFSET: Final = 19
+_EXCHANGE_OFFSET: Final = 18
+_MESSAGE_ID_OFFSET: Final = 20
+
+
+class Responder:
+    """All the responder's IKE SAs on one local endpoint."""
+
+    def __init__(self, config: ResponderConfig, *, local: Endpoint, random: RandomSource,
+                 cookie_secrets: CookieSecrets | None = None) -> None:
+        self.config = config
+        self.local = local
+        self._random = random
+        self._spis = SpiAllocator(random)
+        self._cookie_secrets = cookie_secrets or CookieSecrets(random(COOKIE_SECRET_SIZE))
+        self._sas: dict[bytes, IkeSa] = {}  # by our SPI
+        self._by_init: dict[tuple[Address, bytes], IkeSa] = {}  # by (peer address, SPIi) of its IKE_SA_INIT
+        self._init_key: dict[bytes, tuple[Address, bytes]] = {}
+        self._address: dict[bytes, Address] = {}  # the peer address each SA is counted under
+        self._half_open: set[bytes] = set()
+        self._half_open_per_peer: Counter[Address] = Counter()
+        self._sas_per_peer: Counter[Address] = Counter()
+        self._by_identity: dict[Identity, set[bytes]] = {}
+        self._timers: list[tuple[float, int, bytes]] = []
+        self._sequence = itertools.count()
+        self._events: deque[Event] = deque()
+        self._outbox: list[tuple[bytes, Endpoint]] = []
+        self._tokens = float(config.limits.invalid_spi_answers_per_second)
+        self._tokens_at: float | None = None
+        self.dropped = 0
+        self.cookies_sent = 0
+
+    # --- the sans-I/O interface ---
+
+    def receive(self, data: bytes, source: Endpoint, now: float, local: Endpoint | None = None) -> None:
+        """Handle one datagram (for port 4500, already without its non-ESP marker) that `source` sent us."""
+        try:
+            header = peek_header(data)
+        except InvalidMajorVersion:
+            self._answer_major_version(data, source, now)
+            return
+        except RemoteProtocolError:
+            self.dropped += 1
+            return
+        if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response and header.spi_r == ZERO_SPI:
+            self._receive_init(header, data, source, now, local or self.local)
+            return
+        own = header.spi_r if header.is_initiator else header.spi_i
+        sa = self._sas.get(own)
+        if sa is None or (header.spi_i, header.spi_r) != (sa.spi_i, sa.spi_r):
+            if header.is_response or header.exchange == ExchangeType.IKE_SA_INIT:
+                self.dropped += 1
+            else:
+                self._answer_invalid_spi(header, source, now)
+            return
+        sa.receive(data, now, source)
+        self._collect(sa, now)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        while self._timers:
+            deadline, _, spi = self._timers[0]
+            sa = self._sas.get(spi)
+            if sa is not None and sa.get_timer() == deadline:
+                return deadline
+            heapq.heappop(self._timers)  # stale: the SA is gone or its deadline moved (and was pushed again)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        while self._timers and self._timers[0][0] <= now:
+            _, _, spi = heapq.heappop(self._timers)
+            sa = self._sas.get(spi)
+            if sa is None:
+                continue
+            deadline = sa.get_timer()
+            if deadline is None or deadline > now:
+                continue
+            sa.handle_timer(now)
+            self._collect(sa, now)
+
+    # --- what the server may ask ---
+
+    @property
+    def demanding_cookies(self) -> bool:
+        return len(self._half_open) >= self.config.limits.cookie_threshold
+
+    @property
+    def half_open(self) -> int:
+        return len(self._half_open)
+
+    def __len__(self) -> int:
+        return len(self._sas)
+
+    def sa(self, own_spi: bytes) -> IkeSa | None:
+        return self._sas.get(own_spi)
+
+    def views(self) -> list[IkeSaView]:
+        return [sa.view() for sa in self._sas.values()]
+
+    def rotate_cookie_secret(self, secret: bytes) -> None:
+        """Start using a new cookie secret; cookies made with the current one stay valid until the next rotation."""
+        self._cookie_secrets = self._cookie_secrets.rotate(secret)
+
+    def delete(self, own_spi: bytes, now: float) -> None:
+        """Delete one IKE SA with the peer's knowledge (an INFORMATIONAL exchange)."""
+        sa = self._sas.get(own_spi)
+        if sa is not None and sa.established:
+            sa.delete(now)
+            self._collect(sa, now)
+
+    # --- IKE_SA_INIT ---
+
+    def _receive_init(self, header: IkeHeader, data: bytes, source: Endpoint, now: float, local: Endpoint) -> None:
+        key = (source.address, header.spi_i)
+        existing = self._by_init.get(key)
+        if existing is not None:  # a retransmission (answered from the cache) or a stray copy (dropped)
+            existing.receive(data, now, source)
+            self._collect(existing, now)
+            return
+        if header.message_id != 0 or not any(header.spi_i):
+            self.dropped += 1
+            return
+        message: Message | None
+        try:
+            message = Message.decode(data)
+        except UnsupportedCriticalPayload:
+            message = None  # the IKE SA answers it, if we take it at all
+        except RemoteProtocolError:
+            self.dropped += 1
+            return
+        if self.demanding_cookies and not self._cookie_ok(message, header, source):
+            return
+        limits = self.config.limits
+        if (len(self._half_open) >= limits.max_half_open
+                or self._half_open_per_peer[source.address] >= limits.max_half_open_per_peer
+                or len(self._sas) >= limits.max_sas
+                or self._sas_per_peer[source.address] >= limits.max_sas_per_peer):
+            self.dropped += 1
+            return
+        sa = IkeSa.responder(self.config, random=self._random, spis=self._spis, local=local, peer=source,
+                             spi_i=header.spi_i, spi_r=self._spis.ike(), now=now)
+        self._register(sa, source.address, key)
+        sa.receive(data, now, source)
+        if sa.state is State.EXPECT_IKE_SA_INIT:
+            sa.abandon(now, "IKE_SA_INIT not taken")
+        self._collect(sa, now)
+
+    def _cookie_ok(self, message: Message | None, header: IkeHeader, source: Endpoint) -> bool:
+        """With cookies demanded: whether the request carries a valid one. If not, answer with a fresh COOKIE (no
+        state is kept) or, for a request that cannot be answered, drop it."""
+        nonce = message.find(Nonce) if message is not None else None
+        if message is None or nonce is None:
+            self.dropped += 1
+            return False
+        first = message.payloads[0]
+        if (isinstance(first, Notify) and first.notify_type == NotifyType.COOKIE
+                and verify_cookie(self._cookie_secrets, first.data, nonce.data, source.address, header.spi_i)):
+            return True
+        cookie = make_cookie(self._cookie_secrets, nonce.data, source.address, header.spi_i)
+        self._answer_stateless(header, Notify(NotifyType.COOKIE, cookie), source)
+        self.cookies_sent += 1
+        return False
+
+    # --- answers without an IKE SA ---
+
+    def _answer_stateless(self, header: IkeHeader, notify: Notify, source: Endpoint) -> None:
+        answer = IkeHeader(header.spi_i, header.spi_r, header.exchange, HeaderFlag.RESPONSE, header.message_id)
+        self._outbox.append((Message(answer, (notify,)).encode(), source))
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.config.limits.invalid_spi_answers_per_second
+        if self._tokens_at is not None:
+            self._tokens = min(float(rate), self._tokens + max(0.0, now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _answer_invalid_spi(self, header: IkeHeader, source: Endpoint, now: float) -> None:
+        """RFC 7296 2.21.4: an unprotected INVALID_IKE_SPI with the SPIs, exchange and message ID copied."""
+        if not self._take_token(now):
+            self.dropped += 1
+            return
+        self._answer_stateless(header, Notify(NotifyType.INVALID_IKE_SPI), source)
+
+    def _answer_major_version(self, data: bytes, source: Endpoint, now: float) -> None:
+        """RFC 7296 2.5: an IKE_SA_INIT request of a higher major version gets INVALID_MAJOR_VERSION, in a version 2
+        header (rate-limited like INVALID_IKE_SPI); anything else of another version is dropped."""
+        if (len(data) < IKE_HEADER_SIZE or data[_EXCHANGE_OFFSET] != ExchangeType.IKE_SA_INIT
+                or data[_FLAGS_OFFSET] & HeaderFlag.RESPONSE or not self._take_token(now)):
+            self.dropped += 1
+            return
+        header = IkeHeader(data[:IKE_SPI_SIZE], data[IKE_SPI_SIZE:2 * IKE_SPI_SIZE], ExchangeType.IKE_SA_INIT,
+                           HeaderFlag.NONE,
+                           int.from_bytes(data[_MESSAGE_ID_OFFSET:_MESSAGE_ID_OFFSET + 4], "big"))
+        self._answer_stateless(header, Notify(NotifyType.INVALID_MAJOR_VERSION), source)
+
+    # --- bookkeeping ---
+
+    def _register(self, sa: IkeSa, address: Address, init_key: tuple[Address, bytes] | None) -> None:
+        spi = sa.own_spi
+        self._sas[spi] = sa
+        self._address[spi] = address
+        self._sas_per_peer[address] += 1
+        if init_key is not None:
+            self._by_init[init_key] = sa
+            self._init_key[spi] = init_key
+
+    def _unregister(self, spi: bytes) -> None:
+        sa = self._sas.pop(spi, None)
+        if sa is None:
+            return
+        address = self._address.pop(spi)
+        self._sas_per_peer[address] -= 1
+        if not self._sas_per_peer[address]:
+            del self._sas_per_peer[address]
+        self._set_half_open(spi, address, False)
+        init_key = self._init_key.pop(spi, None)
+        if init_key is not None and self._by_init.get(init_key) is sa:
+            del self._by_init[init_key]
+        if sa.peer_id is not None and sa.peer_id in self._by_identity:
+            self._by_identity[sa.peer_id].discard(spi)
+            if not self._by_identity[sa.peer_id]:
+                del self._by_identity[sa.peer_id]
+
+    def _set_half_open(self, spi: bytes, address: Address, half_open: bool) -> None:
+        if half_open and spi not in self._half_open:
+            self._half_open.add(spi)
+            self._half_open_per_peer[address] += 1
+        elif not half_open and spi in self._half_open:
+            self._half_open.discard(spi)
+            self._half_open_per_peer[address] -= 1
+            if not self._half_open_per_peer[address]:
+                del self._half_open_per_peer[address]
+
+    def _collect(self, sa: IkeSa, now: float) -> None:
+        """Move the SA's datagrams and events out, follow its state in the indexes, adopt a rekeyed successor."""
+        spi = sa.own_spi
+        self._outbox += sa.datagrams_to_send()
+        established: list[IkeSaEstablished] = []
+        while (event := sa.next_event()) is not None:
+            self._events.append(event)
+            if isinstance(event, IkeSaEstablished):
+                established.append(event)
+        successor, sa.successor = sa.successor, None
+        if successor is not None and successor.state is not State.DELETED:
+            self._register(successor, self._address[spi], None)
+            if successor.peer_id is not None and successor.peer_auth != AuthMethod.NULL:
+                self._by_identity.setdefault(successor.peer_id, set()).add(successor.own_spi)
+            self._collect(successor, now)
+        if sa.state is State.DELETED:
+            self._unregister(spi)
+            return
+        self._set_half_open(spi, self._address[spi], sa.state is State.EXPECT_IKE_AUTH)
+        for event in established:
+            self._initial_contact(sa, event, now)
+        deadline = sa.get_timer()
+        if deadline is not None:
+            heapq.heappush(self._timers, (deadline, next(self._sequence), spi))
+            if len(self._timers) > 4 * len(self._sas) + 1024:
+                self._rebuild_timers()
+
+    def _initial_contact(self, sa: IkeSa, event: IkeSaEstablished, now: float) -> None:
+        """RFC 7296 2.4: INITIAL_CONTACT from an authenticated identity makes its other IKE SAs stale. A NULL
+        identity names no one, so it never removes another peer's SA."""
+        if event.peer_auth == AuthMethod.NULL:
+            return
+        others = self._by_identity.setdefault(event.peer_id, set())
+        if event.initial_contact:
+            for spi in sorted(others - {sa.own_spi}):
+                other = self._sas.get(spi)
+                if other is not None:
+                    other.abandon(now, "INITIAL_CONTACT from the same identity")
+                    self._collect(other, now)
+        self._by_identity.setdefault(event.peer_id, set()).add(sa.own_spi)
+
+    def _rebuild_timers(self) -> None:
+        self._timers = [(deadline, next(self._sequence), spi) for spi, sa in self._sas.items()
+                        if (deadline := sa.get_timer()) is not None]
+        heapq.heapify(self._timers)

@@ -1,0 +1,850 @@
+"""The IKE SA state machine, in memory: the test initiator (enclave_ike.ikev2.initiator) against the Responder, with
+deterministic randomness and a clock that is just a number (the first rung of the interop ladder).
+
+Every exchange of RFC 7296 that the responder implements is completed here, and both sides must derive the same
+Child SA keys (the only keys that leave the core, in the events). The hostile cases check the RFC's answer (or its
+silence) and that nothing established moved: `views()` before and after are compared whole."""
+
+import hashlib
+import itertools
+from ipaddress import IPv4Address
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from enclave_ike.ikev2 import crypto as c
+from enclave_ike.ikev2.config import (
+    DnsSelectors,
+    Endpoint,
+    Identity,
+    InitiatorConfig,
+    Limits,
+    Mode,
+    PinnedPeer,
+    ResponderConfig,
+    Timers,
+)
+from enclave_ike.ikev2.constants import (
+    AuthMethod,
+    DhGroup,
+    EncrId,
+    ExchangeType,
+    HeaderFlag,
+    IntegId,
+    NotifyType,
+    PayloadType,
+    PrfId,
+    ProtocolId,
+)
+from enclave_ike.ikev2.cookies import CookieSecrets, make_cookie, verify_cookie
+from enclave_ike.ikev2.errors import PolicyError, TsUnacceptable
+from enclave_ike.ikev2.events import (
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    PeerAlive,
+    PeerErrorNotified,
+    ProtocolErrorEvent,
+    ResponseReceived,
+    SaDeleted,
+)
+from enclave_ike.ikev2.initiator import Initiator, exchange
+from enclave_ike.ikev2.negotiation import narrow_to_dns
+from enclave_ike.ikev2.payloads import (
+    Message,
+    Notify,
+    TrafficSelector,
+    UnknownPayload,
+)
+from enclave_ike.ikev2.responder import Responder
+from enclave_ike.ikev2.state import TRANSITIONS, Outcome, State
+
+I_END = Endpoint(IPv4Address("10.0.0.1"), 500)
+R_END = Endpoint(IPv4Address("10.0.0.53"), 500)
+HOST_I = TrafficSelector(I_END.address, I_END.address)
+HOST_R = TrafficSelector(R_END.address, R_END.address)
+UDP_TO_R = TrafficSelector(R_END.address, R_END.address, 17)
+DNS = DnsSelectors((R_END.address,))
+
+GCM256 = c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256)
+CBC128 = c.ChildSuite(EncrId.ENCR_AES_CBC, 128, IntegId.AUTH_HMAC_SHA2_256_128)
+IKE_X25519 = c.IkeSuite(EncrId.ENCR_AES_GCM_16, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.NONE, DhGroup.CURVE25519)
+IKE_P256 = c.IkeSuite(EncrId.ENCR_AES_GCM_16, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.NONE, DhGroup.ECP_256)
+IKE_CBC_MODP = c.IkeSuite(EncrId.ENCR_AES_CBC, 128, PrfId.PRF_HMAC_SHA2_384, IntegId.AUTH_HMAC_SHA2_384_192,
+                          DhGroup.MODP_2048)
+
+ECDSA_KEY = ec.derive_private_key(0x5EED_0F_0C0FFEE_D15EA5E, ec.SECP256R1())
+OTHER_ECDSA_KEY = ec.derive_private_key(0xBAD_C0DE, ec.SECP256R1())
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+RESOLVER_ID = Identity.fqdn("resolver.example")
+CLIENT_ID = Identity.fqdn("client.example")
+
+
+def seeded(seed: bytes) -> c.RandomSource:
+    """A deterministic RandomSource: SHA-256 in counter mode."""
+    counter = itertools.count()
+
+    def random(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(seed + next(counter).to_bytes(8, "big")).digest()
+        return out[:n]
+    return random
+
+
+def responder(config: ResponderConfig | None = None, seed: bytes = b"responder", **kwargs) -> Responder:
+    return Responder(config or ResponderConfig(local_id=Identity.null(), dns=DNS), local=R_END,
+                     random=seeded(seed), **kwargs)
+
+
+def initiator(config: InitiatorConfig | None = None, seed: bytes = b"initiator", now: float = 0.0,
+              local: Endpoint = I_END) -> Initiator:
+    return Initiator(config or InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,)), local=local, peer=R_END,
+                     random=seeded(seed), now=now)
+
+
+def drain(r: Responder) -> list:
+    out = []
+    while (event := r.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def of(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def assert_same_child(mine: ChildSaEstablished, theirs: ChildSaEstablished) -> None:
+    """Two views of one Child SA: SPIs, selectors and keys crosswise, everything else equal."""
+    assert (mine.spi_in, mine.spi_out) == (theirs.spi_out, theirs.spi_in)
+    assert (mine.local_ts, mine.remote_ts) == (theirs.remote_ts, theirs.local_ts)
+    assert (mine.suite, mine.mode, mine.protocol) == (theirs.suite, theirs.mode, ProtocolId.ESP)
+    k, t = mine.keys, theirs.keys
+    assert (k.encr_in, k.integ_in, k.encr_out, k.integ_out) == (t.encr_out, t.integ_out, t.encr_in, t.integ_in)
+    assert k.encr_in != k.encr_out
+    assert len(k.encr_in) == mine.suite.encryption.key_size
+    assert len(k.integ_in) == (mine.suite.integrity.key_size if mine.suite.integrity else 0)
+    assert k.encr_in.hex() not in repr(mine)
+
+
+def establish(icfg: InitiatorConfig | None = None, rcfg: ResponderConfig | None = None, **kwargs):
+    ini, resp = initiator(icfg), responder(rcfg, **kwargs)
+    transcript = exchange(ini, resp, 0.0)
+    return ini, resp, ini.events(), drain(resp), transcript
+
+
+def established_child(ini: Initiator, resp: Responder) -> bytes:
+    """The initiator's inbound SPI of its only Child SA."""
+    (spi,) = ini.sa.children
+    return spi
+
+
+def message(data: bytes) -> Message:
+    return Message.decode(data)
+
+
+# --- the table ---
+
+def test_transition_table_is_data_and_complete():
+    """Every state but DELETED has entries; every entry maps REFUSED; the responder's half and the requester's
+    half are both there."""
+    states = {state for state, _, _ in TRANSITIONS}
+    assert states == set(State) - {State.DELETED}
+    for key, transition in TRANSITIONS.items():
+        assert Outcome.REFUSED in transition.next_state, key
+    assert (State.EXPECT_IKE_SA_INIT, ExchangeType.IKE_SA_INIT, True) in TRANSITIONS
+    assert (State.ESTABLISHED, ExchangeType.IKE_SA_INIT, True) not in TRANSITIONS
+
+
+# --- IKE_SA_INIT and IKE_AUTH ---
+
+def test_null_auth_completes_and_narrows_the_child_to_udp53():
+    ini, resp, i_events, r_events, transcript = establish()
+    assert [d.direction for d in transcript] == ["i->r", "r->i", "i->r", "r->i"]
+    (i_ike,) = of(i_events, IkeSaEstablished)
+    (r_ike,) = of(r_events, IkeSaEstablished)
+    assert (i_ike.ike_spi_i, i_ike.ike_spi_r) == (r_ike.ike_spi_i, r_ike.ike_spi_r)
+    assert r_ike.peer_auth == i_ike.peer_auth == AuthMethod.NULL
+    assert r_ike.peer_id == Identity.null() and r_ike.peer == I_END and r_ike.initial_contact
+    assert r_ike.suite == i_ike.suite and r_ike.nat.detected is False
+    (i_child,) = of(i_events, ChildSaEstablished)
+    (r_child,) = of(r_events, ChildSaEstablished)
+    assert_same_child(i_child, r_child)
+    assert r_child.local_ts == (TrafficSelector(R_END.address, R_END.address, 17, 53, 53),)
+    assert r_child.remote_ts == (TrafficSelector(I_END.address, I_END.address, 17),)
+    assert r_child.mode is Mode.TRANSPORT and not r_child.udp_encapsulation
+    assert ini.sa.state is State.ESTABLISHED and len(resp) == 1 and resp.half_open == 0
+
+
+def test_any_protocol_is_narrowed_to_udp53_and_tcp53():
+    _, _, i_events, r_events, _ = establish(InitiatorConfig(tsi=(HOST_I,), tsr=(HOST_R,)))
+    (r_child,) = of(r_events, ChildSaEstablished)
+    assert r_child.local_ts == (TrafficSelector(R_END.address, R_END.address, 17, 53, 53),
+                                TrafficSelector(R_END.address, R_END.address, 6, 53, 53))
+    assert r_child.remote_ts == (TrafficSelector(I_END.address, I_END.address, 17),
+                                 TrafficSelector(I_END.address, I_END.address, 6))
+    assert_same_child(of(i_events, ChildSaEstablished)[0], r_child)
+
+
+def test_a_wide_initiator_proposal_is_narrowed_to_its_own_address():
+    everything = TrafficSelector(IPv4Address("0.0.0.0"), IPv4Address("255.255.255.255"))
+    tsi, tsr = narrow_to_dns((everything,), (everything,), DNS, I_END.address, peer_behind_nat=False)
+    assert tsi == (TrafficSelector(I_END.address, I_END.address, 17), TrafficSelector(I_END.address, I_END.address, 6))
+    assert tsr == DNS.selectors()
+    udp_from_i = TrafficSelector(I_END.address, I_END.address, 17)
+    tsi, tsr = narrow_to_dns((udp_from_i,), (everything,), DNS, I_END.address, peer_behind_nat=False)
+    assert tsi == (udp_from_i,) and tsr == (TrafficSelector(R_END.address, R_END.address, 17, 53, 53),)
+    with pytest.raises(TsUnacceptable):
+        narrow_to_dns((everything,), (TrafficSelector(R_END.address, R_END.address, 17, 80, 80),), DNS,
+                      I_END.address, peer_behind_nat=False)
+    with pytest.raises(TsUnacceptable):  # the initiator's side must be its own address
+        narrow_to_dns((TrafficSelector(IPv4Address("10.7.7.7"), IPv4Address("10.7.7.7")),), (everything,), DNS,
+                      I_END.address, peer_behind_nat=False)
+    with pytest.raises(TsUnacceptable):  # no range from behind a NAT
+        narrow_to_dns((everything,), (everything,), DNS, I_END.address, peer_behind_nat=True)
+
+
+@pytest.mark.parametrize("responder_key, initiator_key", [
+    (ECDSA_KEY, None), (RSA_KEY, None), (ECDSA_KEY, ECDSA_KEY), (ECDSA_KEY, RSA_KEY), (RSA_KEY, ECDSA_KEY),
+], ids=["ecdsa-resp/null-init", "rsapss-resp/null-init", "ecdsa-both", "ecdsa-resp/rsapss-init",
+        "rsapss-resp/ecdsa-init"])
+def test_rfc7427_signatures(responder_key, initiator_key):
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(responder_key),
+                           allow_null_peers=initiator_key is None,
+                           peer_keys=() if initiator_key is None else (
+                               PinnedPeer(CLIENT_ID, initiator_key.public_key()),))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_key=responder_key.public_key(),
+                           responder_id=RESOLVER_ID,
+                           local_id=Identity.null() if initiator_key is None else CLIENT_ID,
+                           signer=None if initiator_key is None else c.SoftwareSigner(initiator_key))
+    _, _, i_events, r_events, transcript = establish(icfg, rcfg)
+    (i_ike,) = of(i_events, IkeSaEstablished)
+    (r_ike,) = of(r_events, IkeSaEstablished)
+    assert i_ike.peer_auth == AuthMethod.DIGITAL_SIGNATURE and i_ike.peer_id == RESOLVER_ID
+    assert r_ike.peer_auth == (AuthMethod.NULL if initiator_key is None else AuthMethod.DIGITAL_SIGNATURE)
+    assert_same_child(of(i_events, ChildSaEstablished)[0], of(r_events, ChildSaEstablished)[0])
+    init_response = message(transcript[1].data)
+    hashes = [n for n in init_response.find_all(Notify) if n.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS]
+    assert len(hashes) == 1
+
+
+def test_wrong_pinned_key_fails_authentication_and_leaves_no_state():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+                           peer_keys=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID, signer=c.SoftwareSigner(ECDSA_KEY))
+    ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
+    assert [e.answered for e in of(r_events, ProtocolErrorEvent)] == [NotifyType.AUTHENTICATION_FAILED]
+    assert not of(r_events, IkeSaEstablished) and len(resp) == 0
+    assert ini.sa.state is State.DELETED
+
+
+def test_null_initiator_refused_where_null_is_not_allowed():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+                           peer_keys=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
+    _, resp, i_events, _, _ = establish(rcfg=rcfg)
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
+    assert len(resp) == 0
+
+
+def test_initiator_refuses_a_responder_with_the_wrong_key():
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(OTHER_ECDSA_KEY))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_key=ECDSA_KEY.public_key())
+    ini, _, i_events, _, _ = establish(icfg, rcfg)
+    assert not of(i_events, IkeSaEstablished)
+    assert ini.sa.state is State.DELETED
+    assert "does not verify" in of(i_events, ProtocolErrorEvent)[0].detail
+
+
+def test_invalid_ke_payload_retry():
+    """The initiator guesses Curve25519; the responder takes only P-256 and says so; the retry completes."""
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, ike_suites=(IKE_P256,))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), ike_suites=(IKE_X25519, IKE_P256))
+    _, _, i_events, r_events, transcript = establish(icfg, rcfg)
+    assert len(transcript) == 6
+    answer = message(transcript[1].data)
+    (notify,) = answer.find_all(Notify)
+    assert notify.notify_type == NotifyType.INVALID_KE_PAYLOAD and notify.data == (19).to_bytes(2, "big")
+    assert answer.header.spi_r == bytes(8)  # no state for a refused IKE_SA_INIT
+    assert of(i_events, IkeSaEstablished)[0].suite == IKE_P256
+    assert [e.answered for e in of(r_events, ProtocolErrorEvent)] == [NotifyType.INVALID_KE_PAYLOAD]
+    assert_same_child(of(i_events, ChildSaEstablished)[0], of(r_events, ChildSaEstablished)[0])
+
+
+def test_a_guess_the_responder_accepts_needs_no_retry():
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), ike_suites=(IKE_X25519, IKE_P256),
+                           first_group=DhGroup.ECP_256)
+    _, _, i_events, _, transcript = establish(icfg)
+    assert len(transcript) == 4 and of(i_events, IkeSaEstablished)[0].suite == IKE_P256
+
+
+def test_cbc_hmac_and_modp_2048():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, esp_suites=(CBC128,))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), ike_suites=(IKE_CBC_MODP,), esp_suites=(CBC128,))
+    _, _, i_events, r_events, _ = establish(icfg, rcfg)
+    assert of(r_events, IkeSaEstablished)[0].suite == IKE_CBC_MODP
+    assert_same_child(of(i_events, ChildSaEstablished)[0], of(r_events, ChildSaEstablished)[0])
+
+
+def test_no_proposal_chosen():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, ike_suites=(IKE_P256,))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), ike_suites=(IKE_CBC_MODP,))
+    ini, resp, i_events, _, transcript = establish(icfg, rcfg)
+    assert len(transcript) == 2 and len(resp) == 0
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.NO_PROPOSAL_CHOSEN]
+    assert ini.sa.state is State.DELETED
+
+
+def test_cookie_round():
+    """cookie_threshold 0: every IKE_SA_INIT needs a cookie. The first answer is a stateless COOKIE; the retry with
+    it as the first payload completes."""
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, limits=Limits(cookie_threshold=0))
+    ini, resp = initiator(), responder(rcfg)
+    first = ini.datagrams_to_send()
+    resp.receive(first[0][0], I_END, 0.0)
+    assert len(resp) == 0 and resp.cookies_sent == 1
+    ((cookie_answer, to),) = resp.datagrams_to_send()
+    assert to == I_END
+    answer = message(cookie_answer)
+    assert answer.header.spi_r == bytes(8) and answer.header.flags == HeaderFlag.RESPONSE
+    (cookie,) = answer.find_all(Notify)
+    assert cookie.notify_type == NotifyType.COOKIE and len(cookie.data) == 33
+    ini.receive(cookie_answer, R_END, 0.0)
+    transcript = exchange(ini, resp, 0.0)
+    retry = message(transcript[0].data)
+    assert retry.payloads[0] == cookie
+    assert retry.header.spi_i == message(first[0][0]).header.spi_i
+    assert of(ini.events(), ChildSaEstablished) and resp.cookies_sent == 1
+
+
+def test_cookie_then_invalid_ke_keeps_the_cookie():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, ike_suites=(IKE_P256,),
+                           limits=Limits(cookie_threshold=0))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), ike_suites=(IKE_X25519, IKE_P256))
+    _, _, i_events, _, transcript = establish(icfg, rcfg)
+    answers = [[n.notify_type for n in message(d.data).find_all(Notify)] for d in transcript[1:4:2]]
+    assert answers == [[NotifyType.COOKIE], [NotifyType.INVALID_KE_PAYLOAD]]
+    cookie = message(transcript[1].data).payloads[0]
+    assert message(transcript[2].data).payloads[0] == cookie == message(transcript[4].data).payloads[0]
+    assert of(i_events, IkeSaEstablished)
+
+
+def test_cookies_are_demanded_past_the_half_open_threshold():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, limits=Limits(cookie_threshold=2))
+    resp = responder(rcfg)
+    for n in range(3):
+        ini = initiator(seed=b"i%d" % n, local=Endpoint(IPv4Address(f"10.0.1.{n}"), 500))
+        resp.receive(ini.datagrams_to_send()[0][0], ini.local, 0.0)
+    assert resp.half_open == 2 and resp.cookies_sent == 1 and resp.demanding_cookies
+
+
+def test_cookie_function_is_stateless_and_rotates():
+    secrets = CookieSecrets(b"s" * 32)
+    args = (b"n" * 32, IPv4Address("192.0.2.1"), b"\x01" * 8)
+    cookie = make_cookie(secrets, *args)
+    assert cookie == make_cookie(CookieSecrets(b"s" * 32), *args) and verify_cookie(secrets, cookie, *args)
+    assert not verify_cookie(secrets, cookie, b"m" * 32, *args[1:])
+    assert not verify_cookie(secrets, cookie, args[0], IPv4Address("192.0.2.2"), args[2])
+    rotated = secrets.rotate(b"t" * 32)
+    assert verify_cookie(rotated, cookie, *args)
+    assert not verify_cookie(rotated.rotate(b"u" * 32), cookie, *args)
+    assert not verify_cookie(secrets, cookie[:-1], *args)
+
+
+def test_half_open_limits_per_peer():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, limits=Limits(max_half_open_per_peer=2))
+    resp = responder(rcfg)
+    for n in range(3):
+        resp.receive(initiator(seed=b"i%d" % n).datagrams_to_send()[0][0], I_END, 0.0)
+    assert resp.half_open == 2 and len(resp.datagrams_to_send()) == 2 and resp.dropped == 1
+
+
+def test_half_open_sa_expires():
+    ini, resp = initiator(), responder()
+    resp.receive(ini.datagrams_to_send()[0][0], I_END, 0.0)
+    assert resp.half_open == 1 and resp.get_timer() == 30.0
+    resp.handle_timer(29.9)
+    assert len(resp) == 1
+    resp.handle_timer(30.0)
+    assert len(resp) == 0 and resp.get_timer() is None and not drain(resp)
+
+
+def test_ike_sa_init_retransmission_gets_the_cached_answer():
+    ini, resp = initiator(), responder()
+    request = ini.datagrams_to_send()[0][0]
+    resp.receive(request, I_END, 0.0)
+    ((answer, _),) = resp.datagrams_to_send()
+    resp.receive(request, I_END, 0.5)
+    assert resp.datagrams_to_send() == [(answer, I_END)] and len(resp) == 1
+    altered = Message.decode(request)
+    other = Message(altered.header, altered.payloads[:-1]).encode()  # same SPIi and ID, different content
+    resp.receive(other, I_END, 0.6)
+    assert resp.datagrams_to_send() == [] and len(resp) == 1
+
+
+def test_initiator_retransmits_and_the_responder_answers_from_its_cache():
+    ini, resp = initiator(), responder()
+    lost = []
+
+    def lose_auth_answer(direction, data):
+        if direction == "r->i" and message(data).header.exchange == ExchangeType.IKE_AUTH and not lost:
+            lost.append(data)
+            return None
+        return data
+    transcript = exchange(ini, resp, 0.0, intercept=lose_auth_answer)
+    assert ini.sa.state is State.EXPECT_IKE_AUTH_RESPONSE and ini.get_timer() == 0.5
+    ini.handle_timer(0.5)
+    ((again, _),) = ini.datagrams_to_send()
+    assert again == transcript[-1].data
+    resp.receive(again, I_END, 0.5)
+    assert resp.datagrams_to_send() == [(lost[0], I_END)]
+    ini.receive(lost[0], R_END, 0.5)
+    assert ini.sa.state is State.ESTABLISHED
+
+
+def test_initiator_gives_up():
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), timers=Timers(retransmit=1.0, retransmit_tries=3))
+    ini = initiator(icfg)
+    sent = [ini.datagrams_to_send()]
+    for now in (1.0, 3.0):
+        ini.handle_timer(now)
+        sent.append(ini.datagrams_to_send())
+    assert ini.get_timer() == 7.0 and len({s[0][0] for s in sent}) == 1
+    ini.handle_timer(7.0)
+    assert ini.sa.state is State.DELETED and ini.get_timer() is None
+
+
+def test_nat_is_detected_and_the_inner_address_is_used():
+    inner = Endpoint(IPv4Address("192.168.1.10"), 500)
+    outside = Endpoint(IPv4Address("203.0.113.7"), 40000)
+    ini = initiator(InitiatorConfig(tsi=(TrafficSelector(inner.address, inner.address),), tsr=(UDP_TO_R,)),
+                    local=inner)
+    resp = responder()
+    exchange(ini, resp, 0.0, seen_as=outside)
+    r_events = drain(resp)
+    (r_ike,) = of(r_events, IkeSaEstablished)
+    assert r_ike.nat.peer_behind_nat and not r_ike.nat.local_behind_nat and r_ike.peer == outside
+    (i_ike,) = of(ini.events(), IkeSaEstablished)
+    assert i_ike.nat.local_behind_nat and not i_ike.nat.peer_behind_nat
+    (r_child,) = of(r_events, ChildSaEstablished)
+    assert r_child.udp_encapsulation and r_child.remote_ts == (TrafficSelector(inner.address, inner.address, 17),)
+
+
+# --- transport and tunnel mode, refused Child SAs ---
+
+def test_tunnel_mode_when_asked():
+    _, _, i_events, r_events, _ = establish(InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), mode=Mode.TUNNEL))
+    assert of(r_events, ChildSaEstablished)[0].mode is Mode.TUNNEL
+    assert_same_child(of(i_events, ChildSaEstablished)[0], of(r_events, ChildSaEstablished)[0])
+
+
+def test_transport_refused_by_a_tunnel_only_responder_gives_tunnel():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, modes=frozenset({Mode.TUNNEL}))
+    _, _, i_events, r_events, _ = establish(rcfg=rcfg)
+    assert of(i_events, ChildSaEstablished)[0].mode is Mode.TUNNEL
+    assert_same_child(of(i_events, ChildSaEstablished)[0], of(r_events, ChildSaEstablished)[0])
+
+
+@pytest.mark.parametrize("icfg, rcfg, notify", [
+    (InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), mode=Mode.TUNNEL),
+     ResponderConfig(local_id=Identity.null(), dns=DNS, modes=frozenset({Mode.TRANSPORT})),
+     NotifyType.NO_PROPOSAL_CHOSEN),
+    (InitiatorConfig(tsi=(HOST_I,), tsr=(TrafficSelector(IPv4Address("10.9.9.9"), IPv4Address("10.9.9.9")),)),
+     None, NotifyType.TS_UNACCEPTABLE),
+    (InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), esp_suites=(CBC128,)),
+     ResponderConfig(local_id=Identity.null(), dns=DNS, esp_suites=(GCM256,)), NotifyType.NO_PROPOSAL_CHOSEN),
+], ids=["tunnel-to-transport-only", "not-dns", "no-esp-proposal"])
+def test_a_refused_child_sa_still_establishes_the_ike_sa(icfg, rcfg, notify):
+    """RFC 7296 2.21.2: the IKE SA comes up, the Child SA does not; both sides say why."""
+    ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    assert of(i_events, IkeSaEstablished) and of(r_events, IkeSaEstablished)
+    assert not of(i_events, ChildSaEstablished) and not of(r_events, ChildSaEstablished)
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [notify]
+    assert [e.answered for e in of(r_events, ProtocolErrorEvent)] == [notify]
+    assert ini.sa.state is State.ESTABLISHED and not ini.sa.children and not resp.views()[0].children
+
+
+# --- CREATE_CHILD_SA ---
+
+def test_create_child_sa_without_and_with_pfs():
+    ini, resp, *_ = establish()
+    for suites in ((GCM256,), (c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256, dh_group=DhGroup.ECP_256),)):
+        ini.create_child_sa(1.0, esp_suites=suites)
+        transcript = exchange(ini, resp, 1.0)
+        assert len(transcript) == 2
+        (i_child,) = of(ini.events(), ChildSaEstablished)
+        (r_child,) = of(drain(resp), ChildSaEstablished)
+        assert_same_child(i_child, r_child)
+        assert r_child.suite == suites[0]
+    assert len(ini.sa.children) == 3 and len(resp.views()[0].children) == 3
+
+
+def test_create_child_sa_invalid_ke_and_no_proposal():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS,
+                           esp_suites=(c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256, dh_group=DhGroup.CURVE25519),))
+    ini, resp, *_ = establish(rcfg=rcfg)
+    before = resp.views()
+    p256 = c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256, dh_group=DhGroup.ECP_256)
+    x25519 = c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256, dh_group=DhGroup.CURVE25519)
+    ini.create_child_sa(1.0, esp_suites=(p256, x25519))
+    exchange(ini, resp, 1.0)
+    (refused,) = of(ini.events(), PeerErrorNotified)
+    assert refused.notify == NotifyType.INVALID_KE_PAYLOAD
+    ini.create_child_sa(1.0, esp_suites=(CBC128,))
+    exchange(ini, resp, 1.0)
+    assert [e.notify for e in of(ini.events(), PeerErrorNotified)] == [NotifyType.NO_PROPOSAL_CHOSEN]
+    after = resp.views()
+    assert after[0].children == before[0].children and after[0].next_peer_request == 4
+    ini.create_child_sa(1.0, esp_suites=(x25519,))
+    exchange(ini, resp, 1.0)
+    assert_same_child(of(ini.events(), ChildSaEstablished)[0], of(drain(resp), ChildSaEstablished)[0])
+
+
+def test_child_sa_rekey():
+    ini, resp, i_events, r_events, _ = establish()
+    old_i = of(i_events, ChildSaEstablished)[0]
+    ini.rekey_child_sa(5.0, old_i.spi_in)
+    transcript = exchange(ini, resp, 5.0)
+    assert [message(d.data).header.exchange for d in transcript] == [
+        ExchangeType.CREATE_CHILD_SA, ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL,
+        ExchangeType.INFORMATIONAL]
+    i_events, r_events = ini.events(), drain(resp)
+    (i_rekeyed,) = of(i_events, ChildSaRekeyed)
+    (r_rekeyed,) = of(r_events, ChildSaRekeyed)
+    assert (i_rekeyed.old_spi_in, i_rekeyed.old_spi_out) == (old_i.spi_in, old_i.spi_out)
+    assert (r_rekeyed.old_spi_in, r_rekeyed.old_spi_out) == (old_i.spi_out, old_i.spi_in)
+    assert_same_child(i_rekeyed.new, r_rekeyed.new)
+    assert i_rekeyed.new.keys.encr_out != old_i.keys.encr_out
+    assert i_rekeyed.new.local_ts == old_i.local_ts
+    assert [(e.spi_in, e.protocol) for e in of(i_events, SaDeleted)] == [(old_i.spi_in, ProtocolId.ESP)]
+    assert [(e.spi_out, e.protocol) for e in of(r_events, SaDeleted)] == [(old_i.spi_in, ProtocolId.ESP)]
+    assert list(ini.sa.children) == [i_rekeyed.new.spi_in]
+    assert [ch.spi_in for ch in resp.views()[0].children] == [r_rekeyed.new.spi_in]
+
+
+def test_rekey_of_an_unknown_child_is_child_sa_not_found():
+    ini, resp, *_ = establish()
+    spi = established_child(ini, resp)
+    resp_view = resp.views()[0]
+    resp.sa(resp_view.spi_r).children.clear()  # the responder forgot the Child SA; the initiator rekeys it
+    ini.rekey_child_sa(1.0, spi)
+    exchange(ini, resp, 1.0)
+    assert [e.notify for e in of(ini.events(), PeerErrorNotified)] == [NotifyType.CHILD_SA_NOT_FOUND]
+
+
+def test_ike_sa_rekey_moves_the_children():
+    ini, resp, i_events, r_events, _ = establish()
+    old_spis = (ini.sa.spi_i, ini.sa.spi_r)
+    child = of(i_events, ChildSaEstablished)[0]
+    ini.rekey(10.0, ike_suites=(IKE_P256,))
+    transcript = exchange(ini, resp, 10.0)
+    assert [message(d.data).header.exchange for d in transcript] == [
+        ExchangeType.CREATE_CHILD_SA, ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL,
+        ExchangeType.INFORMATIONAL]
+    i_events, r_events = ini.events(), drain(resp)
+    (i_rekeyed,) = of(i_events, IkeSaRekeyed)
+    (r_rekeyed,) = of(r_events, IkeSaRekeyed)
+    assert i_rekeyed == r_rekeyed and (i_rekeyed.ike_spi_i, i_rekeyed.ike_spi_r) == old_spis
+    assert i_rekeyed.suite == IKE_P256
+    new = (ini.sa.spi_i, ini.sa.spi_r)
+    assert new == (i_rekeyed.new_spi_i, i_rekeyed.new_spi_r) and new != old_spis
+    assert [(e.protocol, e.ike_spi_i) for e in of(r_events, SaDeleted)] == [(ProtocolId.IKE, old_spis[0])]
+    assert [(e.protocol, e.ike_spi_i) for e in of(i_events, SaDeleted)] == [(ProtocolId.IKE, old_spis[0])]
+    assert list(ini.sa.children) == [child.spi_in]
+    (view,) = resp.views()
+    assert (view.spi_i, view.spi_r) == new and [ch.spi_out for ch in view.children] == [child.spi_in]
+    assert view.next_peer_request == 0 and view.state is State.ESTABLISHED
+    # the new IKE SA works: liveness, a Child SA rekey, then a second IKE SA rekey
+    ini.check_liveness(11.0)
+    exchange(ini, resp, 11.0)
+    assert of(ini.events(), PeerAlive)
+    ini.rekey_child_sa(12.0, child.spi_in)
+    exchange(ini, resp, 12.0)
+    assert_same_child(of(ini.events(), ChildSaRekeyed)[0].new, of(drain(resp), ChildSaRekeyed)[0].new)
+    ini.rekey(13.0)
+    exchange(ini, resp, 13.0)
+    assert of(ini.events(), IkeSaRekeyed) and len(resp) == 1 and resp.views()[0].state is State.ESTABLISHED
+
+
+# --- INFORMATIONAL ---
+
+def test_liveness_check():
+    ini, resp, *_ = establish()
+    before = resp.views()[0]
+    ini.check_liveness(20.0)
+    transcript = exchange(ini, resp, 20.0)
+    assert len(transcript) == 2 and of(ini.events(), PeerAlive)
+    after = resp.views()[0]
+    assert after.next_peer_request == before.next_peer_request + 1 and after.children == before.children
+
+
+def test_delete_child_sa():
+    ini, resp, *_ = establish()
+    spi = established_child(ini, resp)
+    ini.delete_child_sa(1.0, spi)
+    exchange(ini, resp, 1.0)
+    assert [e.spi_in for e in of(ini.events(), SaDeleted)] == [spi]
+    assert [e.spi_out for e in of(drain(resp), SaDeleted)] == [spi]
+    assert not ini.sa.children and not resp.views()[0].children
+
+
+def test_delete_ike_sa():
+    ini, resp, *_ = establish()
+    ini.create_child_sa(1.0)
+    exchange(ini, resp, 1.0)
+    drain(resp)
+    ini.delete(2.0)
+    exchange(ini, resp, 2.0)
+    deleted = of(drain(resp), SaDeleted)
+    assert [e.protocol for e in deleted] == [ProtocolId.ESP, ProtocolId.ESP, ProtocolId.IKE]
+    assert len(resp) == 0 and ini.sa.state is State.DELETED
+    assert [e.protocol for e in of(ini.events(), SaDeleted)] == [ProtocolId.ESP, ProtocolId.ESP, ProtocolId.IKE]
+
+
+def test_the_responder_deletes():
+    ini, resp, *_ = establish()
+    resp.delete(resp.views()[0].spi_r, 3.0)
+    exchange(ini, resp, 3.0)
+    assert ini.sa.state is State.DELETED and len(resp) == 0
+    assert of(drain(resp), SaDeleted)[-1].reason == "deleted locally"
+
+
+def test_initial_contact_replaces_the_old_sa_of_an_authenticated_identity():
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY), allow_null_peers=False,
+                           peer_keys=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID, signer=c.SoftwareSigner(ECDSA_KEY),
+                           responder_key=ECDSA_KEY.public_key())
+    resp = responder(rcfg)
+    first = initiator(icfg, seed=b"first")
+    exchange(first, resp, 0.0)
+    drain(resp)
+    second = initiator(icfg, seed=b"second", local=Endpoint(I_END.address, 4500))
+    exchange(second, resp, 1.0)
+    events = drain(resp)
+    assert [e.reason for e in of(events, SaDeleted)] == ["INITIAL_CONTACT from the same identity"] * 2
+    assert len(resp) == 1 and resp.views()[0].spi_i == second.sa.spi_i
+
+
+def test_null_identities_never_replace_each_other():
+    resp = responder()
+    for n in range(2):
+        exchange(initiator(seed=b"n%d" % n), resp, 0.0)
+    assert len(resp) == 2 and not of(drain(resp), SaDeleted)
+
+
+# --- retransmissions, replays, message IDs ---
+
+def test_retransmitted_request_gets_identical_cached_response():
+    ini, resp, _, _, transcript = establish()
+    before = resp.views()
+    auth_request, auth_response = transcript[2].data, transcript[3].data
+    resp.receive(auth_request, I_END, 1.0)
+    assert resp.datagrams_to_send() == [(auth_response, I_END)]
+    assert resp.views() == before and not drain(resp)
+    ini.check_liveness(2.0)
+    liveness = exchange(ini, resp, 2.0)
+    resp.receive(liveness[0].data, I_END, 3.0)
+    assert resp.datagrams_to_send() == [(liveness[1].data, I_END)]
+
+
+def test_old_and_future_message_ids_are_ignored():
+    ini, resp, _, _, transcript = establish()
+    for _ in range(2):
+        ini.check_liveness(1.0)
+        exchange(ini, resp, 1.0)
+    before = resp.views()
+    resp.receive(transcript[2].data, I_END, 2.0)  # IKE_AUTH, message ID 1: older than the last one answered
+    resp.receive(transcript[0].data, I_END, 2.0)  # IKE_SA_INIT again
+    ini.check_liveness(3.0)
+    ((request, _),) = ini.datagrams_to_send()
+    future = request[:20] + (9).to_bytes(4, "big") + request[24:]
+    resp.receive(future, I_END, 3.0)
+    assert resp.datagrams_to_send() == [] and resp.views() == before and not drain(resp)
+    resp.receive(request, I_END, 3.0)
+    assert len(resp.datagrams_to_send()) == 1
+
+
+def test_wrong_spi():
+    _, resp, _, _, transcript = establish()
+    before = resp.views()
+    auth = transcript[2].data
+    unknown = auth[:8] + b"\x42" * 8 + auth[16:]
+    resp.receive(unknown, I_END, 1.0)
+    ((answer, to),) = resp.datagrams_to_send()
+    reply = message(answer)
+    assert to == I_END and reply.header.is_response and not reply.header.is_initiator
+    assert (reply.header.spi_i, reply.header.spi_r, reply.header.message_id) == (auth[:8], b"\x42" * 8, 1)
+    assert [n.notify_type for n in reply.find_all(Notify)] == [NotifyType.INVALID_IKE_SPI]
+    wrong_initiator_spi = b"\x17" * 8 + auth[8:]
+    resp.receive(wrong_initiator_spi, I_END, 1.0)
+    assert len(resp.datagrams_to_send()) == 1
+    response = transcript[3].data  # a response to an SA we do not know: never answered
+    resp.receive(response[:8] + b"\x42" * 8 + response[16:], I_END, 1.0)
+    for _ in range(20):  # rate-limited: a bucket of 10, refilled at 10 a second
+        resp.receive(unknown, I_END, 1.5)
+    assert len(resp.datagrams_to_send()) == 10
+    for _ in range(5):
+        resp.receive(unknown, I_END, 1.75)
+    assert len(resp.datagrams_to_send()) == 2
+    assert resp.views() == before
+
+
+def test_bad_icv_is_dropped_and_changes_nothing():
+    ini, resp, *_ = establish()
+    before = resp.views()
+    ini.check_liveness(1.0)
+    ((request, _),) = ini.datagrams_to_send()
+    for position in (-1, -20, 40, 30):  # the ICV, the ciphertext, the IV, the SK payload header
+        broken = bytearray(request)
+        broken[position] ^= 0x01
+        resp.receive(bytes(broken), I_END, 1.0)
+    assert resp.datagrams_to_send() == [] and resp.views() == before and not drain(resp)
+    resp.receive(request, I_END, 1.0)
+    assert len(resp.datagrams_to_send()) == 1
+
+
+def test_bad_icv_in_ike_auth_leaves_the_half_open_sa_as_it_was():
+    ini, resp = initiator(), responder()
+
+    def corrupt_auth(direction, data):
+        if direction == "i->r" and message(data).header.exchange == ExchangeType.IKE_AUTH:
+            return data[:-1] + bytes([data[-1] ^ 0x80])
+        return data
+    exchange(ini, resp, 0.0, intercept=corrupt_auth)
+    (view,) = resp.views()
+    assert view.state is State.EXPECT_IKE_AUTH and view.next_peer_request == 1
+    ini.handle_timer(0.5)  # the initiator retransmits the intact request
+    exchange(ini, resp, 0.5)
+    assert resp.views()[0].state is State.ESTABLISHED
+
+
+def test_truncated_messages():
+    ini, resp = initiator(), responder()
+    init = ini.datagrams_to_send()[0][0]
+    for cut in (1, 10, len(init) - 28):
+        short = init[:-cut]
+        resp.receive(short, I_END, 0.0)  # header length disagrees with the datagram
+        resp.receive(short[:24] + len(short).to_bytes(4, "big") + short[28:], I_END, 0.0)  # it agrees
+    resp.receive(init[:20], I_END, 0.0)
+    assert resp.datagrams_to_send() == [] and len(resp) == 0
+    ini.receive(b"", R_END, 0.0)
+    ini.receive(init[:27], R_END, 0.0)
+    assert ini.sa.state is State.EXPECT_IKE_SA_INIT_RESPONSE
+    ini2, resp2 = initiator(seed=b"t"), responder(seed=b"t")
+    auth: list[bytes] = []
+
+    def hold_auth(direction, data):
+        if direction == "i->r" and message(data).header.exchange == ExchangeType.IKE_AUTH:
+            auth.append(data)
+            return None
+        return data
+    exchange(ini2, resp2, 0.0, intercept=hold_auth)
+    before = resp2.views()
+    for cut in (1, 17, 100):
+        short = auth[0][:-cut]
+        resp2.receive(short[:24] + len(short).to_bytes(4, "big") + short[28:], I_END, 0.0)
+    assert resp2.datagrams_to_send() == [] and resp2.views() == before
+    resp2.receive(auth[0], I_END, 0.0)
+    assert resp2.views()[0].state is State.ESTABLISHED
+
+
+def test_authenticated_but_malformed_requests_are_answered_invalid_syntax():
+    ini, resp, *_ = establish()
+    before = resp.views()[0]
+    truncated_nonce = UnknownPayload(PayloadType.NONCE, b"short")
+    ini.send_custom_request(1.0, ExchangeType.CREATE_CHILD_SA, [truncated_nonce])
+    ini.send_custom_request(1.0, ExchangeType.CREATE_CHILD_SA, [])  # no SA, no Nonce
+    ini.send_custom_request(1.0, ExchangeType.IKE_AUTH, [])  # an exchange with no entry in ESTABLISHED
+    exchange(ini, resp, 1.0)
+    answers = of(ini.events(), ResponseReceived)
+    assert [[n.notify_type for n in a.payloads] for a in answers] == [[NotifyType.INVALID_SYNTAX]] * 3
+    assert [e.answered for e in of(drain(resp), ProtocolErrorEvent)] == [NotifyType.INVALID_SYNTAX] * 3
+    after = resp.views()[0]
+    assert after.state is State.ESTABLISHED and after.children == before.children
+    assert after.next_peer_request == before.next_peer_request + 3
+
+
+def test_unsupported_critical_payload_in_ike_sa_init_is_answered():
+    ini, resp = initiator(), responder()
+    request = message(ini.datagrams_to_send()[0][0])
+    hostile = Message(request.header, (*request.payloads, UnknownPayload(200, b"x", critical=True))).encode()
+    resp.receive(hostile, I_END, 0.0)
+    ((answer, _),) = resp.datagrams_to_send()
+    (notify,) = message(answer).find_all(Notify)
+    assert (notify.notify_type, notify.data) == (NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([200]))
+    assert len(resp) == 0
+    harmless = Message(request.header, (*request.payloads, UnknownPayload(200, b"x"))).encode()
+    resp.receive(harmless, I_END, 0.0)
+    assert len(resp) == 1
+
+
+def test_invalid_major_version_is_answered_in_version_2():
+    ini, resp = initiator(), responder()
+    request = bytearray(ini.datagrams_to_send()[0][0])
+    request[17] = 0x30
+    resp.receive(bytes(request), I_END, 0.0)
+    ((answer, _),) = resp.datagrams_to_send()
+    reply = message(answer)
+    assert reply.header.major_version == 2 and reply.header.exchange == ExchangeType.IKE_SA_INIT
+    assert [n.notify_type for n in reply.find_all(Notify)] == [NotifyType.INVALID_MAJOR_VERSION]
+    request[19] |= HeaderFlag.RESPONSE
+    resp.receive(bytes(request), I_END, 0.0)
+    assert resp.datagrams_to_send() == [] and len(resp) == 0
+
+
+def test_a_response_flag_or_initiator_flag_in_the_wrong_place_is_dropped():
+    ini, resp, *_ = establish()
+    before = resp.views()
+    ini.check_liveness(1.0)
+    ((request, _),) = ini.datagrams_to_send()
+    for flags in (HeaderFlag.NONE, HeaderFlag.INITIATOR | HeaderFlag.RESPONSE):
+        resp.receive(request[:19] + bytes([flags]) + request[20:], I_END, 1.0)
+        ini.sa.receive(request[:19] + bytes([flags]) + request[20:], 1.0)  # and into the initiator's own SA
+    # without the I flag the SPIs name an SA the responder does not have: unprotected INVALID_IKE_SPI at most
+    answers = [message(data) for data, _ in resp.datagrams_to_send()]
+    assert [[n.notify_type for n in a.find_all(Notify)] for a in answers] == [[NotifyType.INVALID_IKE_SPI]]
+    assert resp.views() == before and ini.sa.datagrams_to_send() == []
+
+
+def test_events_keep_keys_out_of_repr_and_policy_is_checked():
+    _, _, _, r_events, _ = establish()
+    child = of(r_events, ChildSaEstablished)[0]
+    assert "keys" not in repr(child) and child.keys.encr_in.hex() not in repr(child.keys)
+    with pytest.raises(PolicyError):
+        ResponderConfig(local_id=Identity.null(), dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY))
+    with pytest.raises(PolicyError):
+        ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False)
+    with pytest.raises(PolicyError):
+        DnsSelectors(())
+    with pytest.raises(PolicyError):
+        InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), first_group=DhGroup.ECP_521)
+
+
+# --- timers of an established responder ---
+
+def test_a_rekeyed_ike_sa_nobody_deletes_expires():
+    ini, resp, *_ = establish()
+    ini.rekey(1.0)
+    exchange(ini, resp, 1.0, intercept=lambda d, data: None if (
+        d == "i->r" and message(data).header.exchange == ExchangeType.INFORMATIONAL) else data)
+    drain(resp)
+    assert sorted(v.state.name for v in resp.views()) == ["ESTABLISHED", "EXPECT_DELETE"]
+    assert resp.get_timer() == 31.0
+    resp.handle_timer(31.0)
+    assert [v.state for v in resp.views()] == [State.ESTABLISHED] and len(resp.views()[0].children) == 1
+    (deleted,) = of(drain(resp), SaDeleted)
+    assert deleted.protocol == ProtocolId.IKE and "rekeyed" in deleted.reason
+
+
+def test_the_responder_retransmits_its_own_request_then_gives_up():
+    _, resp, *_ = establish()
+    spi = resp.views()[0].spi_r
+    resp.delete(spi, 0.0)
+    sent = [resp.datagrams_to_send()]
+    while (deadline := resp.get_timer()) is not None:
+        resp.handle_timer(deadline)
+        sent.append(resp.datagrams_to_send())
+    assert len({s[0][0] for s in sent if s}) == 1 and sum(1 for s in sent if s) == 6  # Timers.retransmit_tries
+    assert deadline is None and len(resp) == 0
+    assert [e.protocol for e in of(drain(resp), SaDeleted)] == [ProtocolId.ESP, ProtocolId.IKE]
