@@ -39,7 +39,7 @@ from ikectl.xfrm import SaInfo
 from .harness import procs
 from .harness.capture import Capture, PeerCounts
 from .harness.dnsclient import Answer, query
-from .harness.ipsec_view import IkeSa, algorithm_label, child_sas, ike_sas_from_log
+from .harness.ipsec_view import IkeSa, child_sas, ike_sas_from_log
 from .harness.kernel import probe_esp
 from .harness.pluto import Pluto, PlutoConfig
 from .harness.topology import Host, Topology
@@ -124,8 +124,10 @@ class LabReport:
 class Lab:
     """The lab topology with its daemons; a context manager that always tears everything down."""
 
-    def __init__(self, workdir: Path, say: Callable[[str], None]) -> None:
-        self.workdir, self.say = workdir, say
+    def __init__(self, workdir: Path, say: Callable[[str], None], with_client_pluto: bool = True) -> None:
+        """`with_client_pluto=False` builds the resolvers' world only: the client is left to ikectl."""
+        self.workdir, self.say, self.with_client_pluto = workdir, say, with_client_pluto
+        self.trusted_pin: keys.PinnedKey | None = None
         self.topo = Topology()
         self.daemons: list[procs.Daemon] = []
         self.hosts: dict[str, Host] = {}
@@ -164,9 +166,10 @@ class Lab:
             topo.default_route(host, router)
             self.hosts[resolver.name] = host
         topo.default_route(client, router)
-        # Queue the packet that triggers IKE instead of dropping it, so the first query is answered
-        # without waiting for the stub's retry.
-        topo.sysctl(client, "net.core.xfrm_larval_drop", "0")
+        if self.with_client_pluto:
+            # Queue the packet that triggers IKE instead of dropping it, so the first query is answered
+            # without waiting for the stub's retry. (ikectl does this itself where it runs the client.)
+            topo.sysctl(client, "net.core.xfrm_larval_drop", "0")
 
         self.say("starting unbound on each resolver")
         for resolver in RESOLVERS:
@@ -182,12 +185,14 @@ class Lab:
         coffee = Pluto(topo, self.hosts["coffee"], self.workdir / "pluto-coffee")
         coffee.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address("10.77.2.53"))))
         trusted = Pluto(topo, self.hosts["trusted"], self.workdir / "pluto-trusted")
-        pin = keys.parse(trusted.show_hostkey(trusted.new_hostkey("ecdsa"), "right"))
+        pin = self.trusted_pin = keys.parse(trusted.show_hostkey(trusted.new_hostkey("ecdsa"), "right"))
         trusted.write_config(PlutoConfig(conns=render.render_responder(
             "dns", ip_address("10.77.4.53"), TRUSTED_ID, pin)))
         for responder in (coffee, trusted):
             self._start(responder)
             responder.addconn("--autoall")
+        if not self.with_client_pluto:
+            return
 
         self.say("starting pluto on the client with ikectl's rendered profile: opportunistic group for coffee "
                  "and plain, pinned key for trusted")
@@ -250,7 +255,7 @@ def format_report(report: LabReport) -> str:
             for sa in r.child_sas:
                 direction = "out" if str(sa.dst) == res.address else "in "
                 lines.append(f"  Child SA   {direction} spi 0x{sa.spi:08x} ESP {sa.mode.name.lower()} "
-                             f"{', '.join(map(algorithm_label, sa.algorithms))}: {sa.counters.packets} packets, "
+                             f"{', '.join(a.label for a in sa.algorithms)}: {sa.counters.packets} packets, "
                              f"{sa.counters.bytes} bytes")
         else:
             lines.append("  Child SA   none")

@@ -3,7 +3,7 @@
 import pytest
 
 from ikectl.xfrm import AlgorithmInfo
-from netns_tests.harness.ipsec_view import IkeSa, algorithm_label, ike_sas_from_log
+from netns_tests.harness.ipsec_view import IkeSa, ike_sas_from_log
 
 
 @pytest.mark.parametrize(("algo", "label"), [
@@ -14,7 +14,7 @@ from netns_tests.harness.ipsec_view import IkeSa, algorithm_label, ike_sas_from_
     (AlgorithmInfo("crypt", "cbc(des3_ede)", 192), "cbc(des3_ede) (192-bit key)"),
 ])
 def test_algorithm_labels(algo, label):
-    assert algorithm_label(algo) == label
+    assert algo.label == label
 
 
 LOG = """\

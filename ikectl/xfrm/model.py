@@ -212,6 +212,10 @@ class SaCounters:
     use_time: int  # 0: never used
 
 
+_HMAC_NAMES = {"hmac(sha1)": "HMAC_SHA1", "hmac(sha256)": "HMAC_SHA2_256", "hmac(sha384)": "HMAC_SHA2_384",
+               "hmac(sha512)": "HMAC_SHA2_512"}
+
+
 @dataclass(frozen=True)
 class AlgorithmInfo:
     kind: str
@@ -219,6 +223,17 @@ class AlgorithmInfo:
     key_bits: int
     bits: int = 0
     key: bytes | None = field(default=None, repr=False)  # only when keys were asked for
+
+    @property
+    def label(self) -> str:
+        """IKE's name for it, e.g. AES_GCM_16_256 for rfc4106(gcm(aes)) with a 288-bit key."""
+        if self.kind == "aead" and self.name == "rfc4106(gcm(aes))" and self.bits:
+            return f"AES_GCM_{self.bits // 8}_{self.key_bits - 32}"  # the key carries a 32-bit salt
+        if self.kind == "crypt" and self.name == "cbc(aes)":
+            return f"AES_CBC_{self.key_bits}"
+        if self.kind == "auth" and self.name in _HMAC_NAMES:
+            return _HMAC_NAMES[self.name] + (f"_{self.bits}" if self.bits else "")
+        return f"{self.name} ({self.key_bits}-bit key)"
 
 
 @dataclass(frozen=True)

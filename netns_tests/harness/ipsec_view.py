@@ -6,23 +6,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ikectl.xfrm import AlgorithmInfo, SaInfo, XfrmClient
+from ikectl.xfrm import SaInfo, XfrmClient
 
 from .topology import Host
-
-_HMAC = {"hmac(sha1)": "HMAC_SHA1", "hmac(sha256)": "HMAC_SHA2_256", "hmac(sha384)": "HMAC_SHA2_384",
-         "hmac(sha512)": "HMAC_SHA2_512"}
-
-
-def algorithm_label(algo: AlgorithmInfo) -> str:
-    """IKE's name for a kernel SA algorithm, e.g. AES_GCM_16_256 for rfc4106(gcm(aes)) with a 288-bit key."""
-    if algo.kind == "aead" and algo.name == "rfc4106(gcm(aes))" and algo.bits:
-        return f"AES_GCM_{algo.bits // 8}_{algo.key_bits - 32}"  # the key carries a 32-bit salt
-    if algo.kind == "crypt" and algo.name == "cbc(aes)":
-        return f"AES_CBC_{algo.key_bits}"
-    if algo.kind == "auth" and algo.name in _HMAC:
-        return _HMAC[algo.name] + (f"_{algo.bits}" if algo.bits else "")
-    return f"{algo.name} ({algo.key_bits}-bit key)"
 
 
 def child_sas(host: Host) -> list[SaInfo]:
