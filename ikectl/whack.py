@@ -170,7 +170,10 @@ class Whack:
             raise WhackError(operation, f"cannot run {argv[0]}: {exc}") from None
         lines = parse_reply(proc.stdout + proc.stderr)
         refusals = [line for line in lines if line.code >= FIRST_ERROR_CODE]
-        failed_add = [line for line in lines if "failed to add connection" in line.text]
+        # addconn can exit 0 after a conn failed to load; these are its words for that.
+        failed_add = [line for line in lines
+                      if "failed to add connection" in line.text or "did not load properly" in line.text
+                      or "duplicate key" in line.text]
         if proc.returncode != 0 or refusals or failed_add:
             said = (refusals or failed_add or lines)[-1].text if (refusals or failed_add or lines) else ""
             program = next((Path(a).name for a in argv if a in (str(WHACK), str(ADDCONN))), argv[0])
@@ -211,6 +214,11 @@ class Whack:
         """Start negotiating without waiting for it (the outcome shows in states())."""
         self._call(f"initiate conn {conn}", self.argv("--initiate", "--asynchronous", "--name", conn))
 
+    def initiate_opportunistic(self, local: str, remote: str, proto: int = 17, dport: int = 53) -> None:
+        """Start the opportunistic negotiation a packet from `local` to `remote` would trigger, before any
+        packet is sent (so the first DNS query finds IPsec, or the clear fallback, already in place)."""
+        self._call(f"opportunistic IKE to {remote}", initiate_opportunistic_argv(self, local, remote, proto, dport))
+
     def reread_groups(self) -> None:
         """Reload the opportunistic policy groups (and the interfaces)."""
         self._call("reread policy groups", self.argv("--listen"))
@@ -225,3 +233,8 @@ class Whack:
 
     def states(self) -> list[State]:
         return states(self._call("states", self.argv("--showstates")))
+
+
+def initiate_opportunistic_argv(whack: Whack, local: str, remote: str, proto: int, dport: int) -> list[str]:
+    return whack.argv("--oppohere", local, "--oppothere", remote, "--oppoproto", str(proto),
+                      "--opposport", "0", "--oppodport", str(dport))

@@ -61,6 +61,20 @@ def test_responder_conns_match_golden_and_libreswan_accepts_them(tmp_path: Path)
         render.check_tree(tmp_path)
 
 
+def test_no_conn_repeats_a_key_of_the_conn_it_includes():
+    """libreswan refuses to load a conn that sets a key its also= base already set ("duplicate key"), yet
+    addconn --checkconfig passes and addconn NAME exits 0: the first `up` worked, the second did not."""
+    for name, profile in PROFILES.items():
+        text = render.render_tree(profile)["ipsec.conf"]
+        sections = dict(re.findall(r"^conn (\S+)\n((?:\t.*\n)*)", text, re.M))
+        for conn, body in sections.items():
+            base = re.search(r"^\talso=(\S+)$", body, re.M)
+            if base:
+                mine = set(re.findall(r"^\t([\w-]+)=", body, re.M)) - {"also"}
+                theirs = set(re.findall(r"^\t([\w-]+)=", sections[base.group(1)], re.M))
+                assert not mine & theirs, (name, conn, mine & theirs)
+
+
 def test_libreswan_refusal_is_reported_with_its_words(tmp_path: Path):
     (tmp_path / "ipsec.conf").write_text("conn x\n\tleftauthby=null\n")
     with pytest.raises(render.RenderError, match="leftauthby"):
