@@ -16,6 +16,27 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     [coffee_shop]
     ike_timeout_ms = 300                # no IKE answer by then: DNS passes in clear
     retry_after_s = 60                  # and IKE is tried again after this long
+
+    [paths]
+    run_dir = "/run/ikectl"             # the rendered tree, pluto's NSS db, socket and log, ikectl's state
+
+Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
+
+    default_mode = "coffee-shop"        # networks no [[networks]] entry matches; defaults to `mode`
+    default_pin = "home"                # needed when default_mode = "trusted" and there is no [trusted]
+
+    [[networks]]                        # first match wins; every key given must match
+    uuid = "3fd2a33a-d81b-423f-ae99-e6baba742311"   # and/or: id = "Home Wi-Fi", ssid = "home-net"
+    mode = "trusted"
+    pin = "home"                        # a [pins.NAME] table
+
+    [pins.home]                         # like [trusted]: address, id, pubkey or pubkey_file, key_type
+    address = "192.0.2.53"
+    id = "@dns.example.net"
+    pubkey = "0sGzgN..."
+
+    [portal]
+    allow_minutes = 0                   # trusted networks: open DNS in clear this long for a captive portal
 """
 
 from __future__ import annotations
@@ -34,7 +55,9 @@ from . import keys
 from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")
+DEFAULT_RUN_DIR = Path("/run/ikectl")
 DISCOVERY_SOURCES = ("resolv.conf",)
+KNOWN_DISCOVERY_SOURCES = ("resolv.conf", "networkmanager", "systemd-resolved")
 
 Address = IPv4Address | IPv6Address
 
@@ -89,12 +112,56 @@ class CoffeeShop:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A named trusted resolver ([pins.NAME]) that [[networks]] entries refer to."""
+
+    name: str
+    resolver: TrustedResolver
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    """One [[networks]] entry: it matches when every key it gives matches the connection."""
+
+    mode: Mode
+    uuid: str | None = None
+    id: str | None = None
+    ssid: str | None = None
+    pin: str | None = None  # names a Pin; set exactly when mode is trusted
+
+    def matches(self, uuid: str | None, conn_id: str | None, ssid: str | None) -> bool:
+        wanted = ((self.uuid, uuid.lower() if uuid else None), (self.id, conn_id), (self.ssid, ssid))
+        return all(want is None or want == have for want, have in wanted)
+
+    def describe(self) -> str:
+        keys_given = (("uuid", self.uuid), ("id", self.id), ("ssid", self.ssid))
+        return " ".join(f"{k}={v!r}" for k, v in keys_given if v is not None)
+
+
+@dataclass(frozen=True)
+class Portal:
+    allow_minutes: int = 0  # 0: a captive portal on a trusted network waits for `ikectl portal allow`
+
+
+@dataclass(frozen=True)
 class Config:
     mode: Mode = Mode.COFFEE_SHOP
     resolvers: tuple[Address, ...] = ()
     discover: tuple[str, ...] = DISCOVERY_SOURCES
     trusted: TrustedResolver | None = None
     coffee_shop: CoffeeShop = field(default_factory=CoffeeShop)
+    run_dir: Path = DEFAULT_RUN_DIR
+    default_mode: Mode = Mode.COFFEE_SHOP
+    default_pin: str | None = None  # None with default_mode trusted: the [trusted] table
+    networks: tuple[NetworkRule, ...] = ()
+    pins: tuple[Pin, ...] = ()
+    portal: Portal = field(default_factory=Portal)
+
+    def pin(self, name: str) -> TrustedResolver:
+        for pin in self.pins:
+            if pin.name == name:
+                return pin.resolver
+        raise ConfigError(f"no [pins.{name}] table")  # from_mapping checks every reference; this is a bug guard
 
 
 def load(path: Path = DEFAULT_PATH) -> Config:
@@ -110,7 +177,8 @@ def load(path: Path = DEFAULT_PATH) -> Config:
 
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Config:
-    _only(data, {"mode", "resolvers", "trusted", "coffee_shop"}, source)
+    _only(data, {"mode", "resolvers", "trusted", "coffee_shop", "paths", "default_mode", "default_pin", "networks",
+                 "pins", "portal"}, source)
     mode_name = data.get("mode", Mode.COFFEE_SHOP.value)
     try:
         mode = Mode(mode_name)
@@ -123,9 +191,9 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
                       for i, a in enumerate(_list(resolvers_table, "addresses", f"{source}: [resolvers]")))
     discover = tuple(_list(resolvers_table, "discover", f"{source}: [resolvers]", list(DISCOVERY_SOURCES)))
     for i, name in enumerate(discover):
-        if name not in DISCOVERY_SOURCES:
+        if name not in KNOWN_DISCOVERY_SOURCES:
             raise ConfigError(f"{source}: resolvers.discover[{i}] = {name!r}: known sources are "
-                              f"{', '.join(DISCOVERY_SOURCES)}")
+                              f"{', '.join(KNOWN_DISCOVERY_SOURCES)}")
 
     trusted = None
     if "trusted" in data:
@@ -137,11 +205,108 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(cs_table, {"ike_timeout_ms", "retry_after_s"}, f"{source}: [coffee_shop]")
     coffee = CoffeeShop(ike_timeout_ms=_int(cs_table, "ike_timeout_ms", 300, 100, 10_000, f"{source}: coffee_shop"),
                         retry_after_s=_int(cs_table, "retry_after_s", 60, 5, 86_400, f"{source}: coffee_shop"))
-    return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee)
+    paths = _table(data, "paths", source)
+    _only(paths, {"run_dir"}, f"{source}: [paths]")
+    run_dir = Path(str(paths.get("run_dir", DEFAULT_RUN_DIR)))
+    if not run_dir.is_absolute():
+        raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path")
+    pins = _pins(_table(data, "pins", source), source)
+    default_mode, default_pin = _default_policy(data, mode, trusted, pins, source)
+    networks = _networks(data.get("networks", []), pins, source)
+    portal_table = _table(data, "portal", source)
+    _only(portal_table, {"allow_minutes"}, f"{source}: [portal]")
+    portal = Portal(allow_minutes=_int(portal_table, "allow_minutes", 0, 0, 120, f"{source}: portal"))
+    return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
+                  run_dir=run_dir, default_mode=default_mode, default_pin=default_pin, networks=networks,
+                  pins=pins, portal=portal)
 
 
-def _trusted(table: Mapping[str, Any], source: str) -> TrustedResolver:
-    where = f"{source}: [trusted]"
+_PIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _pins(table: Mapping[str, Any], source: str) -> tuple[Pin, ...]:
+    pins = []
+    for name, body in table.items():
+        if not _PIN_NAME.match(name):
+            raise ConfigError(f"{source}: [pins.{name}]: a pin name is letters, digits, '.', '_' and '-'")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: pins.{name} must be a table ([pins.{name}])")
+        pins.append(Pin(name, _trusted(body, source, f"[pins.{name}]")))
+    return tuple(pins)
+
+
+def _mode(value: object, where: str) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        raise ConfigError(f"{where} = {value!r}: expected 'coffee-shop' or 'trusted'") from None
+
+
+def _pin_reference(value: object, pins: tuple[Pin, ...], where: str) -> str:
+    if not isinstance(value, str) or value not in {p.name for p in pins}:
+        known = ", ".join(p.name for p in pins) or "none defined"
+        raise ConfigError(f"{where} = {value!r}: no such [pins.NAME] table (known: {known})")
+    return value
+
+
+def _default_policy(data: Mapping[str, Any], mode: Mode, trusted: TrustedResolver | None, pins: tuple[Pin, ...],
+                    source: str) -> tuple[Mode, str | None]:
+    # Without default_mode, unknown networks keep `mode`: a trusted-everywhere config must not turn
+    # into coffee-shop just because the NetworkManager hook was installed.
+    default_mode = _mode(data["default_mode"], f"{source}: default_mode") if "default_mode" in data else mode
+    if "default_pin" in data:
+        if default_mode != Mode.TRUSTED:
+            raise ConfigError(f"{source}: default_pin belongs to default_mode = 'trusted'")
+        return default_mode, _pin_reference(data["default_pin"], pins, f"{source}: default_pin")
+    if default_mode == Mode.TRUSTED and trusted is None:
+        raise ConfigError(f"{source}: default_mode = 'trusted' needs default_pin or a [trusted] table")
+    return default_mode, None
+
+
+def _networks(entries: object, pins: tuple[Pin, ...], source: str) -> tuple[NetworkRule, ...]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"{source}: networks must be an array of tables ([[networks]])")
+    rules = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: networks[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table ([[networks]])")
+        _only(entry, {"uuid", "id", "ssid", "mode", "pin"}, where)
+        match = {}
+        for key in ("uuid", "id", "ssid"):
+            if key in entry:
+                if not isinstance(entry[key], str) or not entry[key]:
+                    raise ConfigError(f"{where}.{key} = {entry[key]!r}: expected a non-empty string")
+                match[key] = entry[key]
+        if not match:
+            raise ConfigError(f"{where}: give at least one of 'uuid', 'id' and 'ssid' to match the network by")
+        if "uuid" in match:
+            match["uuid"] = _uuid(match["uuid"], f"{where}.uuid")
+        if "mode" not in entry:
+            raise ConfigError(f"{where}: missing 'mode' ('coffee-shop' or 'trusted')")
+        mode = _mode(entry["mode"], f"{where}.mode")
+        pin = None
+        if mode == Mode.TRUSTED:
+            if "pin" not in entry:
+                raise ConfigError(f"{where}: mode = 'trusted' needs pin = \"NAME\" (a [pins.NAME] table)")
+            pin = _pin_reference(entry["pin"], pins, f"{where}.pin")
+        elif "pin" in entry:
+            raise ConfigError(f"{where}: pin belongs to mode = 'trusted'")
+        rules.append(NetworkRule(mode=mode, pin=pin, **match))
+    return tuple(rules)
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _uuid(value: str, where: str) -> str:
+    if not _UUID.match(value.lower()):
+        raise ConfigError(f"{where} = {value!r}: not a connection UUID (see `nmcli -f NAME,UUID connection`)")
+    return value.lower()
+
+
+def _trusted(table: Mapping[str, Any], source: str, name: str = "[trusted]") -> TrustedResolver:
+    where = f"{source}: {name}"
     _only(table, {"address", "id", "pubkey", "pubkey_file", "key_type"}, where)
     for required in ("address", "id"):
         if required not in table:

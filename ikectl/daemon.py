@@ -1,0 +1,125 @@
+"""ikectl's own pluto: its run directory layout, and starting and stopping it by pid.
+
+Everything lives under one run dir (default /run/ikectl), so ikectl never touches a system pluto:
+
+    ipsec.conf, ipsec.secrets, ipsec.d/policies/   the rendered tree
+    nss/                                           pluto's NSS db
+    pluto/pluto.ctl, pluto/pluto.pid               pluto's control socket and pid
+    pluto.log                                      pluto's log
+    state.json                                     what `ikectl up` installed, for `status` and `down`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IkectlError
+from .whack import LIBEXEC, Whack
+
+PLUTO = LIBEXEC / "pluto"
+
+
+class DaemonError(IkectlError):
+    """pluto could not be started or stopped."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "ipsec.conf"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "ipsec.secrets"
+
+    @property
+    def ipsecd(self) -> Path:
+        return self.root / "ipsec.d"
+
+    @property
+    def nss(self) -> Path:
+        return self.root / "nss"
+
+    @property
+    def pluto_dir(self) -> Path:
+        return self.root / "pluto"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "pluto.log"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    def whack(self) -> Whack:
+        return Whack(rundir=self.pluto_dir, config=self.conf, log=self.log)
+
+
+def pluto_pid(run: RunDir) -> int | None:
+    """The pid of the pluto serving this run dir, if one is alive."""
+    try:
+        pid = int((run.pluto_dir / "pluto.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"pluto" in cmdline and str(run.pluto_dir).encode() in cmdline else None
+
+
+def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
+    if not PLUTO.exists():
+        raise DaemonError(f"{PLUTO} not found: install libreswan (apt-get install libreswan)")
+    run.pluto_dir.mkdir(parents=True, exist_ok=True)
+    run.nss.mkdir(parents=True, exist_ok=True)
+    if not (run.nss / "cert9.db").exists():
+        proc = subprocess.run(["certutil", "-N", "-d", f"sql:{run.nss}", "--empty-password"], capture_output=True,
+                              text=True, check=False)
+        if proc.returncode != 0:
+            raise DaemonError(f"cannot create pluto's NSS db in {run.nss}: {(proc.stderr or proc.stdout).strip()}")
+    log_start = run.log.stat().st_size if run.log.exists() else 0
+    argv = [str(PLUTO), "--config", str(run.conf), "--rundir", str(run.pluto_dir), "--nssdir", str(run.nss),
+            "--secretsfile", str(run.secrets), "--ipsecdir", str(run.ipsecd), "--logfile", str(run.log)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)  # pluto forks
+    if proc.returncode != 0:
+        raise DaemonError(f"pluto did not start: {(proc.stderr or proc.stdout).strip() or proc.returncode}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = pluto_pid(run)
+        listening = "listening for IKE messages" in _log_since(run, log_start)
+        if pid and listening and (run.pluto_dir / "pluto.ctl").exists():
+            return pid
+        time.sleep(0.05)
+    raise DaemonError(f"pluto did not come up within {timeout:.0f} s; see {run.log}")
+
+
+def stop_pluto(run: RunDir, timeout: float = 10.0) -> bool:
+    """Stop our pluto by pid; True if one was running."""
+    pid = pluto_pid(run)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _log_since(run: RunDir, offset: int) -> str:
+    try:
+        with open(run.log, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""

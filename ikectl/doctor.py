@@ -1,0 +1,92 @@
+"""`ikectl doctor`: what this host needs, checked one by one, each failure with how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import xfrm
+from .config import Config
+from .whack import LIBEXEC
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _pluto() -> Check:
+    pluto = LIBEXEC / "pluto"
+    if not pluto.exists():
+        return Check("pluto", False, f"{pluto} not found", "apt-get install libreswan")
+    version = subprocess.run([str(pluto), "--version"], capture_output=True, text=True, check=False).stdout
+    first = version.split()[:2]
+    return Check("pluto", True, " ".join(first) or "present")
+
+
+def _certutil() -> Check:
+    found = shutil.which("certutil")
+    return Check("NSS tools", bool(found), found or "certutil not found", "apt-get install libnss3-tools")
+
+
+def _root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, "running as root" if ok else "not root",
+                 "run ikectl up/down/status as root (render and doctor need not)")
+
+
+def _xfrm() -> Check:
+    try:
+        with xfrm.XfrmClient() as client:
+            count = len(client.policies())
+    except (xfrm.XfrmError, PermissionError) as exc:
+        return Check("kernel XFRM", False, str(exc), "a kernel with CONFIG_XFRM_USER, and root")
+    return Check("kernel XFRM", True, f"netlink answers ({count} policies)")
+
+
+def _esp() -> Check:
+    try:
+        support = xfrm.probe_esp()
+    except (xfrm.XfrmError, OSError) as exc:
+        return Check("kernel ESP", False, str(exc), "run as root")
+    if support.available:
+        return Check("kernel ESP", True, "AES-GCM ESP SAs can be installed")
+    return Check("kernel ESP", False, support.detail,
+                 "a kernel with CONFIG_INET_ESP and gcm (Debian's linux-image-amd64 has both)")
+
+
+def _larval() -> Check:
+    try:
+        drop = xfrm.larval_drop()
+    except OSError as exc:
+        return Check("xfrm_larval_drop", False, str(exc), "a kernel with XFRM")
+    return Check("xfrm_larval_drop", True, "1 (coffee-shop `up` sets 0 so the first query is queued)" if drop
+                 else "0 (the query that triggers IKE is queued)")
+
+
+def _run_dir(config: Config) -> Check:
+    parent = config.run_dir if config.run_dir.exists() else config.run_dir.parent
+    ok = os.access(parent, os.W_OK)
+    return Check("run dir", ok, f"{config.run_dir} {'writable' if ok else 'not writable'}",
+                 f"make {parent} writable for root")
+
+
+def run_checks(config: Config) -> list[Check]:
+    checks: list[Callable[[], Check]] = [_root, _pluto, _certutil, _xfrm, _esp, _larval, lambda: _run_dir(config)]
+    return [check() for check in checks]
+
+
+def format_checks(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        lines.append(f"{mark}  {check.name}: {check.detail}" + ("" if check.ok else f"  -> fix: {check.fix}"))
+    return "\n".join(lines)
+
+

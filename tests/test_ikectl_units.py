@@ -1,0 +1,65 @@
+"""Pure parts of ikectl's runtime: the backstop's policies, status verdicts and their rendering."""
+
+from ipaddress import ip_network
+
+from ikectl import backstop, status
+from ikectl.whack import BareShunt, TrafficStatus
+from ikectl.xfrm import Action, Direction
+
+
+def test_backstop_blocks_port_53_everywhere_but_loopback_and_loses_to_pluto():
+    policies = backstop.policies()
+    assert len(policies) == 16  # v4/v6 x udp/tcp x out/in x (allow loopback, block all)
+    assert all(p.owned for p in policies)
+    blocks = [p for p in policies if p.action == Action.BLOCK]
+    allows = [p for p in policies if p.action == Action.ALLOW]
+    assert {(p.selector.proto, p.direction, p.selector.src.version) for p in blocks} == {
+        (proto, d, v) for proto in (6, 17) for d in (Direction.OUT, Direction.IN) for v in (4, 6)}
+    assert all(p.selector.dport == 53 for p in blocks if p.direction == Direction.OUT)
+    assert all(p.selector.sport == 53 for p in blocks if p.direction == Direction.IN)
+    assert {str(p.selector.dst) for p in allows if p.direction == Direction.OUT} == {"127.0.0.0/8", "::1/128"}
+    assert max(p.priority for p in allows) < min(p.priority for p in blocks)  # smaller wins in XFRM
+    assert min(p.priority for p in blocks) > 3_500_000  # pluto's traps and SAs (1.3-3.5 million) win over them
+
+
+TRUSTED_STATE = {"mode": "trusted", "trusted": "192.0.2.53", "up_at": 1000.0}
+OE_STATE = {"mode": "coffee-shop", "trusted": None, "up_at": 1000.0}
+ESTABLISHED = [TrafficStatus(2, "ikectl-trusted-udp", None, 10, 10, "@dns.example.net")]
+
+
+def test_trusted_verdicts():
+    def decide(address="192.0.2.53", pid=42, traffic=(), has_sa=False, log=()):
+        return status._decide(TRUSTED_STATE, address, pid, list(traffic), [], has_sa, list(log))
+
+    assert decide(traffic=ESTABLISHED, has_sa=True) == ("authenticated", "pinned key @dns.example.net")
+    assert decide("198.51.100.1") == ("blocked", "not the trusted resolver")
+    assert decide(pid=None)[0] == "blocked" and "pluto is not running" in decide(pid=None)[1]
+    wrong_key = ['Nov 23 15:50:02.1: "ikectl-trusted-udp" #1: IKE SA authentication request rejected by peer: '
+                 "AUTHENTICATION_FAILED"]
+    assert decide(log=wrong_key) == ("blocked", "the resolver presented a different key")
+    silent = ['"ikectl-trusted-udp" #1: STATE_V2_PARENT_I1: retransmission; will wait 0.5 seconds for response']
+    assert decide(log=silent)[1].startswith("no IKE answer from the resolver")
+    assert decide() == ("blocked", "no DNS sent yet; IKE starts with the first query")
+
+
+def test_coffee_shop_verdicts():
+    shunt = BareShunt(ip_network("10.0.0.1/32"), 0, 17, ip_network("192.0.2.53/32"), 53, "%pass", "oe-failed")
+    oe = TrafficStatus(3, "private-or-clear#192.0.2.53/32-(0--17--53)", "192.0.2.53", 5, 5, "ID_NULL")
+    assert status._decide(OE_STATE, "192.0.2.53", 42, [oe], [], True, [])[0] == "NULL-encrypted"
+    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [shunt], False, [])[0] == "clear"
+    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [], False, [])[0] == "pending"
+
+
+def test_human_status_is_one_line_per_resolver_with_human_units():
+    current = status.Status(up=True, mode="trusted", pluto_pid=42, resolvers=(
+        status.ResolverStatus("192.0.2.53", "authenticated", "pinned key @dns.example.net", since=1000.0,
+                              packets_in=12, packets_out=12, algorithms=("AES_GCM_16_256",)),
+        status.ResolverStatus("198.51.100.1", "blocked", "not the trusted resolver")))
+    lines = status.format_human(current, now=1062.0).splitlines()
+    assert len(lines) == 3
+    assert "since 1 minute, 2 seconds ago" in lines[0] and "12 in / 12 out packets" in lines[0]
+    assert lines[1].split()[:3] == ["198.51.100.1", "trusted", "blocked"]
+    assert lines[2] == "pluto pid 42"
+    assert status.format_human(status.Status(up=False)) == "ikectl is down"
+    assert status.Status(up=False).to_json() == {"version": 1, "up": False, "mode": None, "pluto_pid": None,
+                                                 "resolvers": ()}
