@@ -56,8 +56,12 @@ def _udp(sock: socket.socket, message: dns.message.Message, server: str, deadlin
     destination = dns.inet.low_level_address_tuple((server, DNS_PORT), sock.family)
     sends = 0
     while time.time() < deadline:
-        dns.query.send_udp(sock, message, destination)
         sends += 1
+        try:
+            dns.query.send_udp(sock, message, destination)
+        except OSError:  # EPERM: an XFRM block policy refused it; a stub would retry later
+            time.sleep(min(retry_every, max(0.0, deadline - time.time())))
+            continue
         try:
             reply, _ = dns.query.receive_udp(sock, destination, min(deadline, time.time() + retry_every),
                                              query=message)

@@ -17,6 +17,7 @@ from .topology import Host, Topology
 from .unbound import Unbound, UnboundConfig
 
 DAEMONS_BEFORE = pytest.StashKey[int]()
+LOGS_BEFORE = pytest.StashKey[int]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -31,12 +32,16 @@ def pytest_runtest_makereport(item: pytest.Item,
     if report.failed and DAEMONS_BEFORE in item.stash:
         for daemon in procs.started_daemons()[item.stash[DAEMONS_BEFORE]:]:
             report.sections.append((f"log of {daemon.name} ({daemon.log_path})", procs.tail(daemon.log_text(), 200)))
+        for name, path in procs.attached_logs()[item.stash[LOGS_BEFORE]:]:
+            text = path.read_text(errors="replace") if path.exists() else "(no log was written)"
+            report.sections.append((f"log of {name} ({path})", procs.tail(text, 200)))
     return report
 
 
 @pytest.fixture(autouse=True)
 def _remember_daemons(request: pytest.FixtureRequest) -> None:
     request.node.stash[DAEMONS_BEFORE] = len(procs.started_daemons())
+    request.node.stash[LOGS_BEFORE] = len(procs.attached_logs())
 
 
 @pytest.fixture

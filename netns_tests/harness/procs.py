@@ -140,6 +140,18 @@ def started_daemons() -> list[Daemon]:
     return list(_started_daemons)
 
 
+_attached_logs: list[tuple[str, Path]] = []  # logs of processes the harness did not start (ikectl's pluto)
+
+
+def attach_log(name: str, path: Path) -> None:
+    """Show this log with the report of the test that is running, should it fail."""
+    _attached_logs.append((name, path))
+
+
+def attached_logs() -> list[tuple[str, Path]]:
+    return list(_attached_logs)
+
+
 def live_namespaces() -> list[str]:
     return sorted(_live_namespaces)
 

@@ -1,0 +1,32 @@
+"""Fixtures for the ikectl scenario tests: the lab's resolvers with the client left to ikectl."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netns_tests.harness import procs
+from netns_tests.lab import Lab
+
+IKECTL = Path(sys.executable).parent / "ikectl"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Lab]:
+    """client -- router (capture) -- coffee (NULL IKE), plain (no IKE), trusted (pinned ECDSA key)."""
+    with Lab(tmp_path / "lab", say=lambda _: None, with_client_pluto=False) as lab:
+        yield lab
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """ikectl's run dir: short (pluto's socket path must fit) and under /run (no unix sockets on 9p)."""
+    path = Path(tempfile.mkdtemp(prefix="ikt-run-", dir="/run"))
+    procs.attach_log("ikectl's pluto", path / "pluto.log")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

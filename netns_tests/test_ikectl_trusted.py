@@ -1,0 +1,182 @@
+"""Trusted mode fails closed: 0 plaintext port-53 packets on the wire, whatever happens, and `status`
+says why DNS is blocked. Real pluto on both ends, real unbound, the capture on the router."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ikectl import backstop, keys
+from ikectl.xfrm import XfrmClient
+from netns_tests.conftest import IKECTL
+from netns_tests.harness.dnsclient import query
+from netns_tests.lab import TRUSTED_ID, Lab
+
+TRUSTED, PLAIN, COFFEE = "10.77.4.53", "10.77.3.53", "10.77.2.53"
+
+
+def write_config(world: Lab, run_dir: Path, tmp_path: Path, address: str = TRUSTED,
+                 pin: keys.PinnedKey | None = None) -> Path:
+    pin = pin or world.trusted_pin
+    assert pin is not None
+    path = tmp_path / "ikectl.toml"
+    path.write_text(f'mode = "trusted"\n[trusted]\naddress = "{address}"\nid = "{TRUSTED_ID}"\n'
+                    f'pubkey = "{pin.libreswan}"\n[paths]\nrun_dir = "{run_dir}"\n')
+    return path
+
+
+def ikectl(world: Lab, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return world.topo.run(world.hosts["client"], [str(IKECTL), "--config", str(config), *args], check=False,
+                          timeout=120)
+
+
+def plaintext(world: Lab) -> dict[str, int]:
+    assert world.capture is not None
+    time.sleep(0.3)
+    world.capture.stop()
+    count = world.capture.count(world.hosts["client"].addresses())
+    return {address: count.peer(address).plaintext_dns for address in (TRUSTED, PLAIN, COFFEE)}
+
+
+def status(world: Lab, config: Path) -> dict[str, Any]:
+    proc = ikectl(world, config, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert document["version"] == 1
+    return {r["address"]: r for r in document["resolvers"]}
+
+
+def test_backstop_blocks_dns_from_before_pluto_starts_until_the_sa_is_up(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    client = world.hosts["client"]
+    sender = world.topo.socket(client)
+    up = subprocess.Popen(["ip", "netns", "exec", client.netns, str(IKECTL), "--config", str(config), "up"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(backstop.installed(client.netns)) < len(backstop.policies()):  # from the backstop on, no leak
+        assert up.poll() is None and time.monotonic() < deadline, up.communicate()
+        time.sleep(0.005)
+    sent = blocked = 0
+    while up.poll() is None:  # the whole rest of `up`: pluto starting, conns loading
+        for target in (TRUSTED, PLAIN):
+            try:
+                sender.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01", (target, 53))
+                sent += 1
+            except PermissionError:
+                blocked += 1
+        time.sleep(0.01)
+    assert up.returncode == 0, up.communicate()
+    sender.close()
+    assert blocked > 0  # the window was exercised
+    answer = query(world.topo, client, TRUSTED, timeout=10)
+    assert answer.answered
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_dns_goes_to_the_trusted_resolver_over_esp_udp_and_tcp_and_nowhere_else(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    assert ikectl(world, config, "up").returncode == 0
+    client = world.hosts["client"]
+    first = query(world.topo, client, TRUSTED, timeout=10)
+    assert first.answered and first.records == ("10.77.0.80",)
+    assert query(world.topo, client, TRUSTED, tcp=True, timeout=10).answered
+    for other in (PLAIN, COFFEE):  # a second resolver, and any other port-53 server: no answer, no packet
+        assert not query(world.topo, client, other, timeout=1.5).answered
+        assert not query(world.topo, client, other, tcp=True, timeout=1.5).answered
+    resolvers = status(world, config)
+    assert resolvers[TRUSTED]["state"] == "authenticated"
+    assert resolvers[TRUSTED]["packets_out"] >= 1 and resolvers[TRUSTED]["algorithms"] == ["AES_GCM_16_256"]
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_pluto_killed_mid_session_keeps_dns_off_the_wire(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    assert ikectl(world, config, "up").returncode == 0
+    client = world.hosts["client"]
+    assert query(world.topo, client, TRUSTED, timeout=10).answered
+    pid = int((run_dir / "pluto" / "pluto.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for target in (TRUSTED, PLAIN):
+        query(world.topo, client, target, timeout=1.5)  # answered over the old SA, or not at all
+    assert status(world, config)[TRUSTED]["state"] in ("authenticated", "blocked")
+    with XfrmClient(client.netns) as xfrm:  # the SA's kernel state outlives pluto: expire it
+        for sa in xfrm.sas():
+            xfrm.delete_sa(sa.dst, sa.spi)
+    assert not query(world.topo, client, TRUSTED, timeout=1.5).answered
+    row = status(world, config)[TRUSTED]
+    assert row["state"] == "blocked" and "pluto is not running" in row["reason"]
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_a_resolver_answering_ike_with_another_key_is_blocked_and_status_says_so(world, run_dir, tmp_path):
+    other = keys.from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    config = write_config(world, run_dir, tmp_path, pin=other)
+    assert ikectl(world, config, "up").returncode == 0
+    assert not query(world.topo, world.hosts["client"], TRUSTED, timeout=4).answered
+    row = status(world, config)[TRUSTED]
+    assert row["state"] == "blocked"
+    assert row["reason"] == "the resolver presented a different key", row
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_a_resolver_without_ike_is_blocked_and_status_says_so(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path, address=PLAIN)
+    assert ikectl(world, config, "up").returncode == 0
+    assert not query(world.topo, world.hosts["client"], PLAIN, timeout=5).answered
+    row = status(world, config)[PLAIN]
+    assert row["state"] == "blocked" and row["reason"].startswith("no IKE answer from the resolver"), row
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_down_removes_what_up_installed_and_nothing_else(world, run_dir, tmp_path):
+    client = world.hosts["client"]
+    world.topo.run(client, ["ip", "xfrm", "policy", "add", "src", "10.77.1.1/32", "dst", "192.0.2.9/32", "dir",
+                            "out", "priority", "500", "action", "block"])
+    with XfrmClient(client.netns) as xfrm:
+        before = xfrm.policies()
+    config = write_config(world, run_dir, tmp_path)
+    assert ikectl(world, config, "up").returncode == 0
+    assert ikectl(world, config, "up").returncode == 0  # idempotent
+    assert query(world.topo, client, TRUSTED, timeout=10).answered
+    pid = int((run_dir / "pluto" / "pluto.pid").read_text())
+    down = ikectl(world, config, "down")
+    assert down.returncode == 0 and down.stdout == down.stderr == ""
+    with XfrmClient(client.netns) as xfrm:
+        assert xfrm.policies() == before and xfrm.sas() == []
+    assert not Path(f"/proc/{pid}").exists() and not run_dir.exists()
+    assert query(world.topo, client, PLAIN, timeout=3).answered  # clear DNS is the user's again
+    assert ikectl(world, config, "down").returncode == 0  # down when down: nothing to do
+
+
+def test_bad_input_exits_with_one_line_and_changes_nothing(world, run_dir, tmp_path):
+    client = world.hosts["client"]
+    with XfrmClient(client.netns) as xfrm:
+        before = xfrm.policies()
+    bad = tmp_path / "bad.toml"
+    for text, code, words in (("mode = [", 2, "not valid TOML"), ('mode = "paranoid"', 2, "mode = 'paranoid'"),
+                              ('mode = "trusted"\n[trusted]\naddress = "10.77.4.300"\nid = "@x.example"\n'
+                               f'pubkey = "{world.trusted_pin.libreswan}"', 2, "is not an IP address"),
+                              ('mode = "trusted"\n[trusted]\naddress = "10.77.4.53"\nid = "@x.example"\n'
+                               'pubkey = "0sAAAA"', 2, "pubkey: not an RFC 3110 RSA key")):
+        bad.write_text(text)
+        proc = ikectl(world, bad, "up")
+        assert proc.returncode == code and words in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    readable = Path(tempfile.mkdtemp(prefix="ikt-cfg-", dir="/run"))  # pytest's tmp dirs are 0700
+    readable.chmod(0o755)
+    good = write_config(world, run_dir, readable)
+    good.chmod(0o644)
+    nobody = world.topo.run(client, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(IKECTL),
+                                     "--config", str(good), "up"], check=False)
+    shutil.rmtree(readable)
+    assert nobody.returncode == 1 and "needs root" in nobody.stderr and nobody.stderr.count("\n") == 1
+    with XfrmClient(client.netns) as xfrm:
+        assert xfrm.policies() == before and xfrm.sas() == []
+    assert not (run_dir / "pluto").exists()
