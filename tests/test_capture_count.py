@@ -7,7 +7,7 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from netns_tests.harness.capture import classify, count_wire
+from ikectl.wire import classify, count_wire
 
 CLIENT, RESOLVER = "10.0.0.1", "10.0.0.53"
 
