@@ -3,6 +3,8 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
 
     ikectl render --mode coffee-shop|trusted --resolver IP [--resolver-id ID --resolver-pubkey FILE] --output DIR
     ikectl [--config FILE] up | down | status [--json] | doctor
+    ikectl [--config FILE] nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
+    ikectl [--config FILE] portal allow --minutes N | close | show
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, config, doctor, keys, render, session, status
+from . import __version__, config, doctor, keys, nm, portal, render, session, status, verify
 from .config import CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
-from .errors import IkectlError
+from .errors import IkectlError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -37,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = commands.add_parser("status", help="one line per resolver: encrypted, clear or blocked, and why")
     st.add_argument("--json", action="store_true", help="the same as a versioned JSON document")
     commands.add_parser("doctor", help="check what this host needs, with a fix for each failure")
+    ver = commands.add_parser("verify", help="prove from the wire: test queries, capture, ESP vs plaintext")
+    ver.add_argument("--seconds", type=float, default=3.0, help="how long to send and capture (default 3)")
 
     r = commands.add_parser("render", help="write a libreswan config tree for a mode (touches nothing else)")
     r.add_argument("--mode", required=True, choices=[m.value for m in Mode])
@@ -47,7 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trusted: the resolver's public key (PEM, or libreswan's 0s... raw key)")
     r.add_argument("--output", required=True, type=Path, metavar="DIR")
     r.add_argument("--no-check", action="store_true", help="do not run libreswan's parser on the result")
+    _add_nm_commands(commands)
     return parser
+
+
+def _add_nm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = commands.add_parser("nm-dispatch", help="NetworkManager's dispatcher hook (argv and environment from NM)")
+    d.add_argument("iface", metavar="IFACE")
+    d.add_argument("action", metavar="ACTION")
+    d.add_argument("--dry-run", action="store_true", help="log the plan, apply nothing")
+    h = commands.add_parser("install-nm-hook", help="put the hook into NetworkManager's dispatcher directories")
+    h.add_argument("--uninstall", action="store_true", help="remove exactly what install-nm-hook installed")
+    h.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="install under DIR (default /)")
+    h.add_argument("--ikectl", type=Path, metavar="PATH", help="the ikectl the hook runs (default: from PATH)")
+    p = commands.add_parser("portal", help="captive portals on trusted networks: a time-limited clear-DNS window")
+    portal_commands = p.add_subparsers(dest="portal_command", metavar="allow|close|show", required=True)
+    allow = portal_commands.add_parser("allow", help="let clear DNS through for a portal login, for N minutes")
+    allow.add_argument("--minutes", type=int, required=True, metavar="N")
+    portal_commands.add_parser("close", help="close the window now")
+    portal_commands.add_parser("show", help="say whether a portal is waiting or a window is open")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -102,6 +126,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    _need_root("ikectl verify")
+    if not 0.5 <= args.seconds <= 300:
+        raise ConfigError(f"--seconds {args.seconds}: expected 0.5 to 300")
+    proofs = verify.prove(cfg, args.seconds, _sayer(args.verbose))
+    print(verify.format_proofs(proofs))
+    return EXIT_FAILED if any(p.leaked for p in proofs) else EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.config)
@@ -121,6 +155,67 @@ def _sayer(verbose: bool) -> Callable[[str], None]:
     return say
 
 
+def _nm_log(message: str) -> None:
+    print(f"ikectl nm-dispatch: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_nm_dispatch(args: argparse.Namespace) -> int:
+    """Never raises: bad input or config is one log line, and the protection stays as it is."""
+    where = f"{args.action} {args.iface or '-'}"
+    try:
+        event = nm.read_event(args.iface, args.action, os.environ)
+        cfg = config.load(args.config)
+    except IkectlError as exc:
+        _nm_log(f"{where}: {exc}; protection left as it is")
+        return exc.exit_code
+    if not args.dry_run and os.geteuid() != 0:
+        _nm_log(f"{where}: needs root (NetworkManager runs its hooks as root); protection left as it is")
+        return EXIT_FAILED
+    return nm.dispatch(event, cfg, log=_nm_log, dry_run=args.dry_run)
+
+
+def cmd_install_nm_hook(args: argparse.Namespace) -> int:
+    if args.uninstall:
+        removed = nm.uninstall_hook(args.root)
+        _sayer(args.verbose)(f"removed {', '.join(map(str, removed)) or 'nothing: no ikectl hook installed'}")
+        return EXIT_OK
+    found = args.ikectl or shutil.which("ikectl") or sys.argv[0]
+    ikectl = Path(found).resolve()
+    if not ikectl.is_file() or not os.access(ikectl, os.X_OK):
+        raise UsageError(f"--ikectl {ikectl}: not an executable file")
+    config.load(args.config)  # a hook pointing at a bad config would only ever log errors
+    installed = nm.install_hook(args.root, ikectl, args.config.resolve())
+    _sayer(args.verbose)(f"installed {', '.join(map(str, installed))}")
+    return EXIT_OK
+
+
+def cmd_portal(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    paths = nm.NmPaths.for_config(cfg)
+    now = time.time()
+    if args.portal_command == "show":
+        print(nm.portal_summary(cfg, now) or "no captive portal waiting, no portal window open")
+        return EXIT_OK
+    _need_root(f"ikectl portal {args.portal_command}")
+    with nm.holding_lock(paths, time.monotonic() + nm.DEFAULT_BUDGET_S):
+        if args.portal_command == "close":
+            session.close_portal_window(cfg.run_dir)
+            portal.clear(paths.window)
+            print("portal window closed: trusted mode blocks DNS that is not protected again")
+            return EXIT_OK
+        record = nm.read_record(paths)
+        window = portal.new_window(args.minutes, now, "ikectl portal allow",
+                                   record.network.uuid if record.network else None)
+        portal.write(paths.window, window)
+        if session.open_portal_window(cfg.run_dir):
+            portal.spawn_closer(paths.window, cfg.run_dir)
+            print(f"{window.describe(now)}; closes at {time.strftime('%H:%M:%S', time.localtime(window.until))}")
+        else:
+            print("ikectl is not up in trusted mode: nothing to open now (coffee-shop lets a portal's DNS through); "
+                  f"the window is recorded until {time.strftime('%H:%M:%S', time.localtime(window.until))}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with one line on bad usage
@@ -129,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         commands = {"render": cmd_render, "up": cmd_up, "down": cmd_down, "status": cmd_status,
-                    "doctor": cmd_doctor}
+                    "doctor": cmd_doctor, "nm-dispatch": cmd_nm_dispatch, "install-nm-hook": cmd_install_nm_hook,
+                    "portal": cmd_portal, "verify": cmd_verify}
         return commands[args.command](args)
     except IkectlError as exc:
         print(f"ikectl: error: {exc}", file=sys.stderr)

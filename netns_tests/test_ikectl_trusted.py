@@ -180,3 +180,20 @@ def test_bad_input_exits_with_one_line_and_changes_nothing(world, run_dir, tmp_p
     with XfrmClient(client.netns) as xfrm:
         assert xfrm.policies() == before and xfrm.sas() == []
     assert not (run_dir / "pluto").exists()
+
+
+def test_verify_proves_from_the_wire_and_catches_a_leak(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    client = world.hosts["client"]
+    assert ikectl(world, config, "up").returncode == 0
+    assert query(world.topo, client, TRUSTED, timeout=10).answered
+    proof = ikectl(world, config, "verify", "--seconds", "2")
+    assert proof.returncode == 0, proof.stdout + proof.stderr
+    line = next(row for row in proof.stdout.splitlines() if row.startswith(TRUSTED))
+    assert " encrypted " in line and "0 plaintext port-53 packets out" in line and " 0 ESP" not in line
+    # Take every policy away (pluto's and the backstop): DNS now leaves in clear, and verify must say so.
+    world.topo.run(client, ["ip", "xfrm", "policy", "flush"])
+    world.topo.run(client, ["ip", "xfrm", "state", "flush"])
+    leak = ikectl(world, config, "verify", "--seconds", "2")
+    assert leak.returncode == 1, leak.stdout + leak.stderr
+    assert next(row for row in leak.stdout.splitlines() if row.startswith(TRUSTED)).split()[1] == "LEAK"

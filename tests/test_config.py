@@ -76,3 +76,74 @@ def test_keys_refuse_points_off_the_curve_and_short_rsa():
 
 def test_a_pem_key_and_its_libreswan_form_pin_the_same_key():
     assert keys.parse(EC_PUB) == keys.parse(f"rightecdsakey={EC_RAW}") == keys.parse(EC_RAW)
+
+
+# --- per-network policy ([[networks]], [pins.NAME], default_mode) and [portal] ---------------------------
+
+HOME = "3fd2a33a-d81b-423f-ae99-e6baba742311"
+PIN = f'[pins.home]\naddress = "192.0.2.53"\nid = "@dns.example.net"\npubkey = "{EC_RAW}"\n'
+
+
+def test_networks_pins_and_portal(tmp_path):
+    cfg = config.load(write(tmp_path, f'''
+default_mode = "coffee-shop"
+[resolvers]
+discover = ["networkmanager", "systemd-resolved", "resolv.conf"]
+[[networks]]
+uuid = "{HOME.upper()}"
+mode = "trusted"
+pin = "home"
+[[networks]]
+id = "Cafe"
+ssid = "cafe-guest"
+mode = "coffee-shop"
+[portal]
+allow_minutes = 5
+{PIN}'''))
+    assert cfg.discover == ("networkmanager", "systemd-resolved", "resolv.conf")
+    home, cafe = cfg.networks
+    assert home.uuid == HOME and home.mode == Mode.TRUSTED and home.pin == "home"
+    assert cafe.id == "Cafe" and cafe.ssid == "cafe-guest" and cafe.pin is None
+    assert home.matches(HOME.upper(), "whatever", None) and not home.matches("0" * 8 + HOME[8:], None, None)
+    assert cafe.matches("x", "Cafe", "cafe-guest") and not cafe.matches("x", "Cafe", "other")
+    assert cfg.pin("home").address == config.address("192.0.2.53", "x") and cfg.portal.allow_minutes == 5
+    assert cfg.default_mode == Mode.COFFEE_SHOP and cfg.default_pin is None
+
+
+def test_default_mode_follows_mode_and_can_name_a_pin(tmp_path):
+    assert config.load(write(tmp_path, "")).default_mode == Mode.COFFEE_SHOP
+    trusted = config.load(write(tmp_path, f'mode = "trusted"\n[trusted]\naddress = "192.0.2.53"\n'
+                                          f'id = "@dns.example.net"\npubkey = "{EC_RAW}"\n'))
+    assert trusted.default_mode == Mode.TRUSTED and trusted.default_pin is None  # never silently coffee-shop
+    pinned = config.load(write(tmp_path, f'default_mode = "trusted"\ndefault_pin = "home"\n{PIN}'))
+    assert pinned.default_mode == Mode.TRUSTED and pinned.default_pin == "home" and pinned.mode == Mode.COFFEE_SHOP
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('default_mode = "paranoid"', "default_mode = 'paranoid': expected 'coffee-shop' or 'trusted'"),
+    ('default_mode = "trusted"', "default_mode = 'trusted' needs default_pin or a \\[trusted\\] table"),
+    ('default_pin = "home"\n' + PIN, "default_pin belongs to default_mode = 'trusted'"),
+    ('default_mode = "trusted"\ndefault_pin = "work"\n' + PIN, "default_pin = 'work': no such \\[pins.NAME\\]"),
+    ('networks = "home"', "networks must be an array of tables"),
+    ('[[networks]]\nmode = "trusted"', "networks\\[0\\]: give at least one of 'uuid', 'id' and 'ssid'"),
+    ('[[networks]]\nid = "Home"', "networks\\[0\\]: missing 'mode'"),
+    ('[[networks]]\nid = "Home"\nmode = "fortress"', "networks\\[0\\].mode = 'fortress'"),
+    ('[[networks]]\nid = "Home"\nmode = "trusted"', "networks\\[0\\]: mode = 'trusted' needs pin"),
+    ('[[networks]]\nid = "Home"\nmode = "trusted"\npin = "nope"\n' + PIN, "networks\\[0\\].pin = 'nope': no such"),
+    ('[[networks]]\nid = "Cafe"\nmode = "coffee-shop"\npin = "home"\n' + PIN, "pin belongs to mode = 'trusted'"),
+    ('[[networks]]\nuuid = "not-a-uuid"\nmode = "coffee-shop"', "networks\\[0\\].uuid = 'not-a-uuid': not a "
+                                                                 "connection UUID"),
+    ('[[networks]]\nid = ""\nmode = "coffee-shop"', "networks\\[0\\].id = '': expected a non-empty string"),
+    ('[[networks]]\nid = "Cafe"\nmode = "coffee-shop"\nbssid = "x"', "networks\\[0\\]: unknown key 'bssid'"),
+    ('[pins.home]\naddress = "192.0.2.53"\nid = "@x.example"', "\\[pins.home\\]: give exactly one of 'pubkey'"),
+    ('[pins."bad name"]\naddress = "192.0.2.53"', "a pin name is letters, digits"),
+    ('[pins]\nhome = "192.0.2.53"', "pins.home must be a table"),
+    ("[portal]\nallow_minutes = 500", "portal.allow_minutes = 500: expected a whole number from 0 to 120"),
+    ('[portal]\nallow = true', "\\[portal\\]: unknown key 'allow'"),
+    ('[resolvers]\ndiscover = ["dhcp"]', "known sources are resolv.conf, networkmanager, systemd-resolved"),
+])
+def test_bad_network_policy_is_one_clear_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        config.load(write(tmp_path, text))
+    assert error.value.exit_code == 2 and "\n" not in str(error.value)
+    assert str(tmp_path / "ikectl.toml") in str(error.value)
