@@ -1,16 +1,27 @@
 """The `enclave-ike` command line. Exit codes: 0 success, 1 operation failed, 2 bad usage or config.
 
-Commands arrive with the issues that build them (serve, identity, evidence); until then `enclave-ike`
-answers only --version and --help.
+    enclave-ike serve --config FILE [-v]
+    enclave-ike identity [--config FILE] --format libreswan|pem|json
+
+The identity key is made inside the enclave when `serve` starts and is never written out, so there is no key until
+a server runs: `serve` publishes its public identity (identity.publish in the config) and `identity` prints what
+the running server published. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from . import __version__
+from . import __version__, server
+from . import config as config_module
+from .errors import EnclaveIkeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -21,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="An IKEv2 responder whose identity key lives inside a TEE.",
     )
     parser.add_argument("--version", action="version", version=f"enclave-ike {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="answer IKE for the configured DNS addresses")
+    serve.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, help="TOML config file "
+                       f"(default {config_module.DEFAULT_PATH})")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every datagram-level decision too")
+    identity = commands.add_parser("identity", help="print the running server's public identity")
+    identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
+    identity.add_argument("--format", choices=("libreswan", "pem", "json"), default="libreswan")
     return parser
 
 
@@ -31,8 +49,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    try:
+        if args.command == "serve":
+            return _serve(args.config, args.verbose)
+        return _identity(args.config, args.format)
+    except EnclaveIkeError as exc:
+        print(f"enclave-ike: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _serve(path: Path, verbose: bool) -> int:
+    config = config_module.load(path)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="enclave-ike: %(message)s")
+    asyncio.run(server.serve(config))
     return EXIT_OK
 
 
+def _identity(path: Path, output: str) -> int:
+    config = config_module.load(path)
+    publish = config.identity.publish
+    try:
+        text = publish.read_text()
+    except FileNotFoundError:
+        raise EnclaveIkeError(f"{publish}: no identity published; start `enclave-ike serve --config {path}` (the "
+                              "key is made inside the enclave at start and never stored)") from None
+    except OSError as exc:
+        raise EnclaveIkeError(f"{publish}: cannot read it ({exc.strerror})") from None
+    identity = server.PublishedIdentity.from_json(text, str(publish))
+    if not _alive(identity.pid):
+        raise EnclaveIkeError(f"{publish}: stale: the server that published it (pid {identity.pid}) is not running, "
+                              "and its key died with it")
+    if output == "json":
+        sys.stdout.write(identity.to_json())
+        return EXIT_OK
+    value = identity.libreswan if output == "libreswan" else identity.public_key_pem
+    if value is None:
+        raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to pin")
+    print(value.rstrip("\n"))
+    return EXIT_OK
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

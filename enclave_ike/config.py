@@ -1,0 +1,388 @@
+"""`enclave-ike serve --config FILE`: TOML into typed, frozen dataclasses, validated before anything starts.
+
+    [listen]
+    addresses = ["10.77.4.53"]          # required: where IKE is answered (one socket pair per address)
+    ike_port = 500                      # IKE
+    natt_port = 4500                    # IKE behind NAT, with the non-ESP marker (RFC 3948)
+
+    [dns]
+    addresses = ["10.77.4.53"]          # what the Child SAs protect (udp/53, tcp/53); default: listen.addresses
+    protocols = ["udp", "tcp"]
+
+    [identity]
+    backend = "sim"                     # software | sim | tsm
+    key_type = "ecdsa-p256"             # ecdsa-p256 | rsa (rsa: software and tsm only)
+    id = "@resolver.example"            # "%null" (with auth = "null"), "@fqdn", or an IP address
+    auth = "signature"                  # signature (RFC 7427, signed inside the enclave) | null (RFC 7619)
+    publish = "/run/enclave-ike/identity.json"   # where serve writes its public identity
+
+    [peers]
+    allow_null = true                   # clients authenticate with NULL (ikectl's trusted mode does)
+
+    [suites]                            # accepted algorithms, most preferred first (IKE and ESP alike)
+    encryption = ["aes-gcm-16-256", "aes-gcm-16-128", "aes-cbc-256", "aes-cbc-128"]
+    integrity = ["sha2-256", "sha2-512", "sha2-384"]    # with AES-CBC only
+    prf = ["sha2-256", "sha2-384", "sha2-512"]
+    groups = ["curve25519", "ecp256", "ecp384", "ecp521", "modp2048"]
+    esn = false                         # ikectl.xfrm installs SAs without ESN
+
+    [apply]
+    mode = "kernel"                     # kernel: Child SAs into this namespace's XFRM | none: log them only
+
+    [limits]
+    cookie_threshold = 64               # half-open IKE SAs before COOKIEs are demanded
+
+Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import EnclaveIkeError
+from .ikev2 import config as ike
+from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
+from .ikev2.crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
+from .ikev2.errors import PolicyError
+
+Address = IPv4Address | IPv6Address
+DEFAULT_PATH = Path("/etc/enclave-ike/enclave-ike.toml")
+DEFAULT_PUBLISH = Path("/run/enclave-ike/identity.json")
+
+
+class ConfigError(EnclaveIkeError):
+    """The config file is missing, unreadable, not TOML, or names a bad value. Nothing was started."""
+
+    exit_code = 2
+
+
+class Backend(enum.Enum):
+    SOFTWARE = "software"
+    SIM = "sim"
+    TSM = "tsm"
+
+
+class KeyType(enum.Enum):
+    ECDSA_P256 = "ecdsa-p256"
+    RSA = "rsa"
+
+
+class Auth(enum.Enum):
+    SIGNATURE = "signature"
+    NULL = "null"
+
+
+class ApplyMode(enum.Enum):
+    KERNEL = "kernel"
+    NONE = "none"
+
+
+ENCRYPTION: dict[str, tuple[int, int]] = {
+    "aes-gcm-16-256": (EncrId.ENCR_AES_GCM_16, 256),
+    "aes-gcm-16-128": (EncrId.ENCR_AES_GCM_16, 128),
+    "aes-cbc-256": (EncrId.ENCR_AES_CBC, 256),
+    "aes-cbc-128": (EncrId.ENCR_AES_CBC, 128),
+}
+INTEGRITY: dict[str, int] = {
+    "sha2-256": IntegId.AUTH_HMAC_SHA2_256_128,
+    "sha2-384": IntegId.AUTH_HMAC_SHA2_384_192,
+    "sha2-512": IntegId.AUTH_HMAC_SHA2_512_256,
+}
+PRF: dict[str, int] = {
+    "sha2-256": PrfId.PRF_HMAC_SHA2_256,
+    "sha2-384": PrfId.PRF_HMAC_SHA2_384,
+    "sha2-512": PrfId.PRF_HMAC_SHA2_512,
+}
+GROUPS: dict[str, int] = {
+    "curve25519": DhGroup.CURVE25519,
+    "ecp256": DhGroup.ECP_256,
+    "ecp384": DhGroup.ECP_384,
+    "ecp521": DhGroup.ECP_521,
+    "modp2048": DhGroup.MODP_2048,
+}
+PROTOCOLS: dict[str, int] = {"udp": ike.IP_PROTO_UDP, "tcp": ike.IP_PROTO_TCP}
+
+
+@dataclass(frozen=True)
+class Listen:
+    addresses: tuple[Address, ...]
+    ike_port: int = 500
+    natt_port: int = 4500
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    backend: Backend = Backend.SIM
+    key_type: KeyType = KeyType.ECDSA_P256
+    id: str = "%null"
+    auth: Auth = Auth.NULL
+    publish: Path = DEFAULT_PUBLISH
+
+    @property
+    def ike_identity(self) -> ike.Identity:
+        return parse_id(self.id, "identity.id")
+
+
+@dataclass(frozen=True)
+class Suites:
+    encryption: tuple[str, ...] = tuple(ENCRYPTION)
+    integrity: tuple[str, ...] = ("sha2-256", "sha2-512", "sha2-384")
+    prf: tuple[str, ...] = ("sha2-256", "sha2-384", "sha2-512")
+    groups: tuple[str, ...] = tuple(GROUPS)
+    esn: bool = False
+
+    def ike_suites(self) -> tuple[IkeSuite, ...]:
+        encryption = [ENCRYPTION[name] for name in self.encryption]
+        prfs = [PRF[name] for name in self.prf]
+        groups = [GROUPS[name] for name in self.groups]
+        aead = [e for e in encryption if e[0] == EncrId.ENCR_AES_GCM_16]
+        other = [e for e in encryption if e[0] != EncrId.ENCR_AES_GCM_16]
+        integrity = [INTEGRITY[name] for name in self.integrity]
+        return ike.ike_suites(aead, prfs, groups) + ike.ike_suites(other, prfs, groups, integrity)
+
+    def esp_suites(self) -> tuple[ChildSuite, ...]:
+        out = []
+        integrity = [INTEGRITY[name] for name in self.integrity]
+        for group in (DhGroup.NONE, *(GROUPS[name] for name in self.groups)):
+            for encr, bits in (ENCRYPTION[name] for name in self.encryption):
+                integs = [IntegId.NONE] if encr == EncrId.ENCR_AES_GCM_16 else integrity
+                out += [ChildSuite(encr, bits, integ, self.esn, group) for integ in integs]
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `enclave-ike serve` runs with. `responder_config(signer)` is the sans-I/O core's policy."""
+
+    path: Path
+    listen: Listen
+    dns_addresses: tuple[Address, ...]
+    dns_protocols: tuple[int, ...] = (ike.IP_PROTO_UDP, ike.IP_PROTO_TCP)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    allow_null_peers: bool = True
+    suites: Suites = field(default_factory=Suites)
+    apply: ApplyMode = ApplyMode.KERNEL
+    cookie_threshold: int = 64
+
+    def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
+        try:
+            return ike.ResponderConfig(
+                local_id=self.identity.ike_identity,
+                dns=ike.DnsSelectors(self.dns_addresses, self.dns_protocols),
+                signer=signer,
+                allow_null_peers=self.allow_null_peers,
+                ike_suites=self.suites.ike_suites(),
+                esp_suites=self.suites.esp_suites(),
+                limits=ike.Limits(cookie_threshold=self.cookie_threshold),
+            )
+        except PolicyError as exc:
+            raise ConfigError(f"{self.path}: {exc}") from None
+
+
+def parse_id(text: str, key: str) -> ike.Identity:
+    """libreswan's spelling of an ID: `%null`, `@fqdn` (or a bare DNS name), or an IP address."""
+    if text == "%null":
+        return ike.Identity.null()
+    try:
+        return ike.Identity.address(ip_address(text))
+    except ValueError:
+        pass
+    name = text[1:] if text.startswith("@") else text
+    labels = name.split(".")
+    if not name or not name.isascii() or any(not label or not label.replace("-", "").isalnum() for label in labels):
+        raise ConfigError(f"{key}: {text!r} is not %null, @fqdn or an IP address")
+    return ike.Identity.fqdn(name)
+
+
+# --- reading ---
+
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
+
+
+class _Table:
+    """One TOML table, read key by key; every error names `section.key`. Unknown keys are errors too."""
+
+    def __init__(self, path: Path, name: str, data: Mapping[str, Any]) -> None:
+        self.path, self.name, self.data = path, name, data
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.name}.{key}: {message}")
+
+    def get(self, key: str, kind: type[T], default: T | None = None) -> T:
+        self.used.add(key)
+        if key not in self.data:
+            if default is None:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self.data[key]
+        if kind is int and isinstance(value, bool):
+            raise self.error(key, f"expected an integer, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        self.used.add(key)
+        if key not in self.data:
+            if default is None:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self.data[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {value!r}")
+        if not value:
+            raise self.error(key, "must not be empty")
+        return tuple(value)
+
+    def choices(self, key: str, allowed: Mapping[str, T], default: tuple[str, ...]) -> tuple[str, ...]:
+        names = self.strings(key, default)
+        for name in names:
+            if name not in allowed:
+                raise self.error(key, f"{name!r} is not one of {', '.join(allowed)}")
+        if len(set(names)) != len(names):
+            raise self.error(key, "lists a value twice")
+        return names
+
+    def enum(self, key: str, kind: type[E], default: E) -> E:
+        text = self.get(key, str, default.value)
+        try:
+            return kind(text)
+        except ValueError:
+            raise self.error(key, f"{text!r} is not one of {', '.join(str(m.value) for m in kind)}") from None
+
+    def port(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if not 1 <= value <= 0xFFFF:
+            raise self.error(key, f"{value} is not a UDP port (1-65535)")
+        return value
+
+    def addresses(self, key: str, default: tuple[Address, ...] | None = None) -> tuple[Address, ...]:
+        if key not in self.data and default is not None:
+            self.used.add(key)
+            return default
+        out = []
+        for text in self.strings(key):
+            try:
+                out.append(ip_address(text))
+            except ValueError:
+                raise self.error(key, f"{text!r} is not an IP address") from None
+        if len(set(out)) != len(out):
+            raise self.error(key, "lists an address twice")
+        return tuple(out)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
+
+
+SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits")
+
+
+def load(path: Path = DEFAULT_PATH) -> ServeConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: [{name}]: unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name}: expected a table [{name}]")
+    tables = {name: _Table(path, name, data.get(name, {})) for name in SECTIONS}
+    if "listen" not in data:
+        raise ConfigError(f"{path}: listen.addresses: missing (required)")
+    listen = _listen(tables["listen"])
+    dns = tables["dns"]
+    dns_addresses = dns.addresses("addresses", listen.addresses)
+    dns_protocols = tuple(PROTOCOLS[p] for p in dns.choices("protocols", PROTOCOLS, ("udp", "tcp")))
+    identity = _identity(tables["identity"])
+    peers = tables["peers"]
+    allow_null = peers.get("allow_null", bool, True)
+    if not allow_null:
+        raise peers.error("allow_null", "false leaves no way for a client to authenticate (pinned client keys "
+                                        "are not configurable yet)")
+    suites = _suites(tables["suites"])
+    apply = tables["apply"].enum("mode", ApplyMode, ApplyMode.KERNEL)
+    limits = tables["limits"]
+    threshold = limits.get("cookie_threshold", int, 64)
+    if threshold < 0:
+        raise limits.error("cookie_threshold", f"{threshold} is negative")
+    if apply is ApplyMode.KERNEL and suites.esn:
+        raise tables["suites"].error("esn", "true needs ESN SAs, which apply.mode = \"kernel\" cannot install")
+    for table in tables.values():
+        table.finish()
+    config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, allow_null, suites, apply, threshold)
+    config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
+    return config
+
+
+def _listen(table: _Table) -> Listen:
+    addresses = table.addresses("addresses")
+    ike_port, natt_port = table.port("ike_port", 500), table.port("natt_port", 4500)
+    if ike_port == natt_port:
+        raise table.error("natt_port", f"must differ from listen.ike_port ({ike_port})")
+    return Listen(addresses, ike_port, natt_port)
+
+
+def _identity(table: _Table) -> IdentityConfig:
+    backend = table.enum("backend", Backend, Backend.SIM)
+    key_type = table.enum("key_type", KeyType, KeyType.ECDSA_P256)
+    auth = table.enum("auth", Auth, Auth.SIGNATURE if "id" in table.data else Auth.NULL)
+    local_id = table.get("id", str, "%null")
+    parse_id(local_id, f"{table.path}: identity.id")
+    if auth is Auth.SIGNATURE and local_id == "%null":
+        raise table.error("id", "auth = \"signature\" needs an identity (@fqdn or an address), not %null")
+    if backend is Backend.SIM and key_type is KeyType.RSA:
+        raise table.error("key_type", "rsa is not available with the sim backend (it holds ECDSA keys only)")
+    publish = Path(table.get("publish", str, str(DEFAULT_PUBLISH)))
+    if not publish.is_absolute():
+        raise table.error("publish", f"{str(publish)!r} must be an absolute path")
+    return IdentityConfig(backend, key_type, local_id, auth, publish)
+
+
+def _suites(table: _Table) -> Suites:
+    default = Suites()
+    return Suites(
+        encryption=table.choices("encryption", ENCRYPTION, default.encryption),
+        integrity=table.choices("integrity", INTEGRITY, default.integrity),
+        prf=table.choices("prf", PRF, default.prf),
+        groups=table.choices("groups", GROUPS, default.groups),
+        esn=table.get("esn", bool, False),
+    )
+
+
+class _PlaceholderSigner(Signer):
+    """Stands in for the enclave's signer while the config is checked: nothing is signed with it."""
+
+    @property
+    def algorithm(self) -> SignatureScheme:
+        return SIGNATURE_SCHEMES[0]
+
+    def sign(self, data: bytes) -> bytes:
+        raise ConfigError("the placeholder signer signs nothing")
+
+    def public_key(self) -> PublicKey:
+        raise ConfigError("the placeholder signer has no key")

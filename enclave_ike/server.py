@@ -1,0 +1,400 @@
+"""`enclave-ike serve`: the only place where enclave-ike touches sockets and the clock.
+
+UDP on port 500 and 4500 of every listen address feeds one sans-I/O `Responder` (`now=loop.time()`, its timer
+armed with `loop.call_at`); what it wants sent goes out on the socket its peer last used, with the non-ESP marker
+(four zero octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Its events are logged
+one line each, and the Child SA events are planned into XFRM operations (`apply.ChildSaTable`) that one worker task
+runs in order through `asyncio.to_thread` (ikectl.xfrm is synchronous). A kernel that refuses is logged and the
+server carries on.
+
+At start the server opens the configured enclave, publishes its public identity (`PublishedIdentity`, JSON) where
+`enclave-ike identity` reads it, and logs the libreswan line that pins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import tempfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ikectl import keys
+
+from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier, Operation
+from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
+from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
+from .errors import EnclaveIkeError
+from .ikev2.config import Endpoint
+from .ikev2.constants import AuthMethod, DhGroup, EncrId, IntegId, PrfId
+from .ikev2.cookies import COOKIE_SECRET_SIZE
+from .ikev2.crypto import ChildSuite, IkeSuite, SoftwareSigner
+from .ikev2.events import (
+    ChildSaEstablished,
+    ChildSaRekeyed,
+    Event,
+    IkeSaEstablished,
+    IkeSaRekeyed,
+    PeerErrorNotified,
+    ProtocolErrorEvent,
+    SaDeleted,
+)
+from .ikev2.payloads import TrafficSelector
+from .ikev2.responder import Responder
+
+log = logging.getLogger("enclave_ike")
+
+NON_ESP_MARKER = b"\x00\x00\x00\x00"
+NATT_KEEPALIVE = b"\xff"  # RFC 3948 section 2.3
+ROUTES_MAX = 65_536  # peers whose last socket we remember
+COOKIE_ROTATION_S = 300.0
+SHUTDOWN_GRACE_S = 0.3
+RSA_BITS = 3072
+IDENTITY_VERSION = 1
+
+
+class ServeError(EnclaveIkeError):
+    """The server could not start: a socket that would not bind, an enclave that would not open."""
+
+
+# --- identity ---
+
+def open_enclave(config: ServeConfig) -> Enclave | None:
+    """The configured backend with a fresh key in it, or None for NULL authentication (no key at all)."""
+    identity = config.identity
+    if identity.auth is Auth.NULL:
+        return None
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if identity.backend is Backend.SIM:
+        return SimEnclave(key_type=identity.key_type.value)
+    if identity.key_type is KeyType.RSA:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    if identity.backend is Backend.SOFTWARE:
+        return SoftwareEnclave(key)
+    return TsmEnclave(SoftwareSigner(key))
+
+
+@dataclass(frozen=True)
+class PublishedIdentity:
+    """What a running server says about itself: its ID, and its public key when it signs."""
+
+    id: str
+    auth: str
+    backend: str
+    key_type: str | None
+    public_key_pem: str | None
+    libreswan: str | None
+    pid: int
+    listen: tuple[str, ...]
+    version: int = IDENTITY_VERSION
+
+    @classmethod
+    def of(cls, config: ServeConfig, enclave: Enclave | None) -> PublishedIdentity:
+        pem = line = None
+        if enclave is not None:
+            public = enclave.signer().public_key()
+            pem = public.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+                raise ServeError(f"identity: a {type(public).__name__} cannot be pinned by libreswan")
+            pin = keys.from_public_key(public)
+            line = f"{pin.keyword.replace('right', 'left')}={pin.libreswan}"
+        return cls(id=config.identity.id, auth=config.identity.auth.value, backend=config.identity.backend.value,
+                   key_type=config.identity.key_type.value if enclave is not None else None,
+                   public_key_pem=pem, libreswan=line, pid=os.getpid(),
+                   listen=tuple(str(a) for a in config.listen.addresses))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> PublishedIdentity:
+        try:
+            data: Any = json.loads(text)
+            if not isinstance(data, dict) or data.get("version") != IDENTITY_VERSION:
+                raise ValueError(f"not a version {IDENTITY_VERSION} identity")
+            data["listen"] = tuple(data["listen"])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise EnclaveIkeError(f"{source}: not an identity enclave-ike published ({exc})") from None
+
+    def publish(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w") as out:
+                out.write(self.to_json())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ServeError(f"{path}: cannot publish the identity ({exc.strerror})") from None
+
+
+# --- the server ---
+
+class _Udp(asyncio.DatagramProtocol):
+    """One UDP socket: which local endpoint it is, and whether it carries the non-ESP marker (port 4500)."""
+
+    def __init__(self, server: Server, local: Endpoint, natt: bool) -> None:
+        self.server, self.local, self.natt = server, local, natt
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.server.datagram_received(self, data, Endpoint.parse(str(addr[0]).split("%")[0], int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("%s: %s", self.local, exc)  # ICMP errors for what we sent: the peer is gone, IKE will time out
+
+    def send(self, data: bytes, peer: Endpoint) -> None:
+        if self.transport is not None:
+            self.transport.sendto(NON_ESP_MARKER + data if self.natt else data, (str(peer.address), peer.port))
+
+
+class Server:
+    def __init__(self, config: ServeConfig, responder: Responder, applier: Applier) -> None:
+        self.config, self.responder, self.applier = config, responder, applier
+        self.table = ChildSaTable()
+        self._sockets: list[_Udp] = []
+        self._routes: OrderedDict[Endpoint, _Udp] = OrderedDict()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._operations: asyncio.Queue[Operation | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.apply_failures = 0
+
+    async def start(self) -> None:
+        listen = self.config.listen
+        for address in listen.addresses:
+            for port, natt in ((listen.ike_port, False), (listen.natt_port, True)):
+                local = Endpoint(address, port)
+                try:
+                    _, protocol = await self._loop.create_datagram_endpoint(
+                        lambda local=local, natt=natt: _Udp(self, local, natt),  # type: ignore[misc]
+                        local_addr=(str(address), port))
+                except OSError as exc:
+                    self._close_sockets()
+                    raise ServeError(f"cannot listen on {local}: {exc.strerror or exc}") from None
+                self._sockets.append(protocol)
+        self._worker = asyncio.create_task(self._apply_worker())
+        self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
+
+    async def stop(self) -> None:
+        """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
+        now = self._loop.time()
+        for view in self.responder.views():
+            self.responder.delete(view.spi_r, now)
+        self._flush()
+        if self.responder.views():
+            await asyncio.sleep(SHUTDOWN_GRACE_S)  # let the deletes leave (their answers are not awaited)
+        for op in self.table.teardown():
+            self._operations.put_nowait(op)
+        self._operations.put_nowait(None)
+        if self._worker is not None:
+            await self._worker
+        if self._timer is not None:
+            self._timer.cancel()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in self._sockets:
+            if sock.transport is not None:
+                sock.transport.close()
+        self._sockets.clear()
+
+    # --- datagrams in and out ---
+
+    def datagram_received(self, sock: _Udp, data: bytes, source: Endpoint) -> None:
+        if sock.natt:
+            if data == NATT_KEEPALIVE:
+                return
+            if not data.startswith(NON_ESP_MARKER):
+                log.debug("ESP in UDP from %s dropped: not handled in userspace", source)
+                return
+            data = data[len(NON_ESP_MARKER):]
+        self._routes[source] = sock
+        self._routes.move_to_end(source)
+        if len(self._routes) > ROUTES_MAX:
+            self._routes.popitem(last=False)
+        try:
+            self.responder.receive(data, source, self._loop.time(), local=sock.local)
+        except EnclaveIkeError as exc:  # the enclave could not sign: this exchange fails, the server goes on
+            log.error("%s: %s", source, exc)
+        self._flush()
+
+    def _socket_for(self, peer: Endpoint) -> _Udp:
+        sock = self._routes.get(peer)
+        if sock is not None:
+            return sock
+        natt = peer.port == self.config.listen.natt_port
+        return next((s for s in self._sockets if s.natt == natt and s.local.address.version == peer.address.version),
+                    self._sockets[0])
+
+    def _flush(self) -> None:
+        for data, peer in self.responder.datagrams_to_send():
+            self._socket_for(peer).send(data, peer)
+        while (event := self.responder.next_event()) is not None:
+            self._on_event(event)
+        self._arm_timer()
+
+    # --- the clock ---
+
+    def _arm_timer(self) -> None:
+        deadline = self.responder.get_timer()
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        deadline = self._timer_at
+        self._timer = self._timer_at = None
+        now = self._loop.time()
+        if deadline is not None:
+            now = max(now, deadline)  # call_at may fire within the clock's resolution before the deadline
+        try:
+            self.responder.handle_timer(now)
+        except EnclaveIkeError as exc:
+            log.error("timer: %s", exc)
+        self._flush()
+
+    def _rotate_cookie_secret(self) -> None:
+        self.responder.rotate_cookie_secret(secrets.token_bytes(COOKIE_SECRET_SIZE))
+        self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
+
+    # --- events ---
+
+    def _on_event(self, event: Event) -> None:
+        log.info("%s", describe(event))
+        try:
+            operations = self.table.plan(event)
+        except ApplyError as exc:
+            self.apply_failures += 1
+            log.error("apply: %s", exc)
+            return
+        for op in operations:
+            self._operations.put_nowait(op)
+
+    async def _apply_worker(self) -> None:
+        while (op := await self._operations.get()) is not None:
+            if self.config.apply is ApplyMode.NONE:
+                log.info("apply (mode none, not applied): %s", op)
+                continue
+            try:
+                await asyncio.to_thread(self.applier.run, op)
+            except ApplyError as exc:
+                self.apply_failures += 1
+                log.error("apply: %s", exc)
+            else:
+                log.debug("applied: %s", op)
+
+
+def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type
+    """One log line per event."""
+    sa = f"IKE SA {event.ike_spi_i.hex()}/{event.ike_spi_r.hex()}"
+    if isinstance(event, IkeSaEstablished):
+        auth = "NULL" if event.peer_auth == AuthMethod.NULL else "signature"
+        return (f"{sa} established with {event.peer} (peer {event.peer_id}, {auth} auth; we are {event.local_id}); "
+                f"{_suite(event.suite)}")
+    if isinstance(event, ChildSaEstablished):
+        return f"Child SA established under {sa}: {_child(event)}"
+    if isinstance(event, ChildSaRekeyed):
+        return (f"Child SA rekeyed under {sa}: old in 0x{event.old_spi_in.hex()} out 0x{event.old_spi_out.hex()}; "
+                f"new {_child(event.new)}")
+    if isinstance(event, IkeSaRekeyed):
+        return f"{sa} rekeyed: now {event.new_spi_i.hex()}/{event.new_spi_r.hex()}"
+    if isinstance(event, SaDeleted):
+        what = (f"Child SA in 0x{event.spi_in.hex()} out 0x{event.spi_out.hex()}" if event.spi_in else sa)
+        return f"{what} deleted: {event.reason}"
+    if isinstance(event, ProtocolErrorEvent):
+        return f"{sa}: protocol error in exchange {event.exchange} message {event.message_id}: {event.detail}"
+    if isinstance(event, PeerErrorNotified):
+        return f"{sa}: the peer answered with notify {event.notify}: {event.detail}"
+    return f"{sa}: {type(event).__name__}"
+
+
+def _child(event: ChildSaEstablished) -> str:
+    ts = "; ".join(f"{_ts(ours)} <-> {_ts(theirs)}" for ours, theirs in zip(event.local_ts, event.remote_ts,
+                                                                             strict=False))
+    return (f"in 0x{event.spi_in.hex()} out 0x{event.spi_out.hex()} {event.mode.value} {event.peer} "
+            f"{_suite(event.suite)}; {ts}")
+
+
+def _suite(suite: IkeSuite | ChildSuite) -> str:
+    parts = [f"{EncrId(suite.encr_id).name.removeprefix('ENCR_')}_{suite.key_length}"]
+    if isinstance(suite, IkeSuite):
+        parts.append(PrfId(suite.prf_id).name.removeprefix("PRF_"))
+    if suite.integ_id != IntegId.NONE:
+        parts.append(IntegId(suite.integ_id).name.removeprefix("AUTH_"))
+    if suite.dh_group != DhGroup.NONE:
+        parts.append(DhGroup(suite.dh_group).name)
+    if isinstance(suite, ChildSuite) and suite.esn:
+        parts.append("ESN")
+    return "/".join(parts)
+
+
+def _ts(ts: TrafficSelector) -> str:
+    addresses = str(ts.start_address) if ts.start_address == ts.end_address else f"{ts.start_address}-{ts.end_address}"
+    ports = "any" if (ts.start_port, ts.end_port) == (0, 0xFFFF) else (
+        str(ts.start_port) if ts.start_port == ts.end_port else f"{ts.start_port}-{ts.end_port}")
+    return f"{addresses} proto {ts.protocol} port {ports}"
+
+
+# --- running ---
+
+async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or `stop` is set)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    enclave = await asyncio.to_thread(open_enclave, config)
+    applier: Applier = KernelApplier() if config.apply is ApplyMode.KERNEL else LogApplier()
+    try:
+        signer = enclave.signer() if enclave is not None else None
+        responder = Responder(config.responder_config(signer),
+                              local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
+                              random=secrets.token_bytes)
+        server = Server(config, responder, applier)
+        await server.start()
+        identity = PublishedIdentity.of(config, enclave)
+        identity.publish(config.identity.publish)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening on %s (ports %d and %d), protecting DNS on %s; apply mode %s; identity %s %s",
+                 ", ".join(map(str, config.listen.addresses)), config.listen.ike_port, config.listen.natt_port,
+                 ", ".join(map(str, config.dns_addresses)), config.apply.value, config.identity.id,
+                 identity.libreswan or "(NULL auth)")
+        try:
+            await stop.wait()
+        finally:
+            log.info("stopping")
+            await server.stop()
+            _unpublish(config.identity.publish)
+    finally:
+        applier.close()
+        if isinstance(enclave, SimEnclave):
+            enclave.close()
+
+
+def _unpublish(path: Path) -> None:
+    """Remove the published identity if it is still ours."""
+    with contextlib.suppress(OSError, EnclaveIkeError):
+        if PublishedIdentity.from_json(path.read_text(), str(path)).pid == os.getpid():
+            path.unlink()

@@ -1,0 +1,181 @@
+"""Interop: libreswan's pluto as initiator against `enclave-ike serve` as responder.
+
+    client 10.78.1.2 -- router -- resolver 10.78.2.53 (enclave-ike serve + unbound)
+
+1. NULL auth (RFC 7619) both ways: pluto completes IKE_AUTH, enclave-ike reports the Child SA.
+2. The conn ikectl's trusted mode renders, with enclave-ike's ECDSA key (from the sim enclave, read with
+   `enclave-ike identity --format libreswan`) pinned: pluto completes IKE_AUTH, enclave-ike reports the Child SA.
+
+Both run with `apply.mode = "none"`, so they pass on a kernel without ESP (pluto's own SA install fails there, after
+IKE_AUTH). The third test needs ESP (the VM): enclave-ike installs its Child SA with ikectl.xfrm, the client's DNS is
+answered by unbound over ESP, and the router's capture sees 0 plaintext port-53 packets.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ikectl import keys, render
+from ikectl.config import Mode, TrustedResolver
+from netns_tests.harness import procs
+from netns_tests.harness.capture import Capture
+from netns_tests.harness.dnsclient import query
+from netns_tests.harness.pluto import Pluto, PlutoConfig
+from netns_tests.harness.topology import Host, Topology
+from netns_tests.harness.unbound import Unbound, UnboundConfig
+
+RESOLVER = "10.78.2.53"
+RESOLVER_ID = "@resolver.enclave.example"
+ESTABLISHED_IKE = r"established IKE SA"
+
+NULL_CONN = f"""conn dns
+\tleft=%defaultroute
+\tleftid=%null
+\tright={RESOLVER}
+\trightid=%null
+\tauthby=null
+\tleftprotoport=udp/0
+\trightprotoport=udp/53
+\ttype=transport
+\tikev2=insist
+\tleftupdown=%disabled
+\tauto=add
+"""
+
+
+@dataclass
+class World:
+    topo: Topology
+    client: Host
+    router: Host
+    resolver: Host
+    workdir: Path
+
+
+@pytest.fixture
+def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> World:
+    client, router, resolver = topology.add_host("client"), topology.add_router("router"), topology.add_host("dns")
+    topology.link(client, router, "10.78.1.0/24", hosts=(2, 1))
+    topology.link(resolver, router, "10.78.2.0/24", hosts=(53, 1))
+    topology.default_route(client, router)
+    topology.default_route(resolver, router)
+    unbound(resolver, UnboundConfig(addresses=[ip_address(RESOLVER)]))
+    return World(topology, client, router, resolver, tmp_path)
+
+
+def write_config(world: World, *, auth: str, apply: str) -> Path:
+    identity = (f'backend = "sim"\nkey_type = "ecdsa-p256"\nid = "{RESOLVER_ID}"\nauth = "signature"\n'
+                if auth == "signature" else 'auth = "null"\n')
+    path = world.workdir / "enclave-ike.toml"
+    path.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
+                    f'[identity]\n{identity}publish = "{world.workdir / "identity.json"}"\n\n'
+                    f'[apply]\nmode = "{apply}"\n')
+    return path
+
+
+@pytest.fixture
+def enclave_ike(world: World) -> Iterator[Callable[..., procs.Daemon]]:
+    """Factory: `enclave_ike(auth=..., apply=...)` runs `enclave-ike serve` in the resolver's namespace."""
+    started: list[procs.Daemon] = []
+
+    def start(*, auth: str, apply: str) -> procs.Daemon:
+        config = write_config(world, auth=auth, apply=apply)
+        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
+                                                   str(config)], world.workdir / "enclave-ike.log",
+                              netns=world.resolver.netns)
+        started.append(daemon)
+        daemon.start()
+        daemon.wait_for_log(r"listening on ", timeout=30.0)
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        daemon.stop()
+
+
+def pinned_identity(world: World) -> keys.PinnedKey:
+    """What an operator publishes: `enclave-ike identity --format libreswan`, run beside the server."""
+    proc = world.topo.run(world.resolver, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config",
+                                           str(world.workdir / "enclave-ike.toml"), "--format", "libreswan"])
+    line = proc.stdout.strip()
+    assert line.startswith("leftecdsakey=0s"), line
+    return keys.parse(line)
+
+
+def trusted_pluto(world: World, pluto: Callable[..., Pluto], pin: keys.PinnedKey) -> Pluto:
+    """The client's pluto with the tree `ikectl render --mode trusted` makes for this resolver."""
+    daemon = pluto(world.client, run=False)
+    daemon.init_nss()
+    profile = render.Profile(Mode.TRUSTED, trusted=TrustedResolver(ip_address(RESOLVER), RESOLVER_ID, pin))
+    render.write_tree(render.render_tree(profile), daemon.dir)
+    daemon.start()
+    daemon.addconn("--autoall")
+    return daemon
+
+
+def test_pluto_completes_ike_auth_with_null_auth(world: World, pluto: Callable[..., Pluto],
+                                                 enclave_ike: Callable[..., procs.Daemon]) -> None:
+    server = enclave_ike(auth="null", apply="none")
+    client = pluto(world.client, PlutoConfig(conns=NULL_CONN))
+    client.addconn("--autoall")
+    client.whack("--initiate", "--name", "dns", "--asynchronous")
+    client.wait_for_log(ESTABLISHED_IKE, timeout=20.0)
+    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.1\.2:\d+ \(peer ID_NULL, NULL auth", timeout=10.0)
+    server.wait_for_log(r"Child SA established under IKE SA .* transport .*10\.78\.2\.53 proto 17 port 53",
+                        timeout=10.0)
+    assert server.running()
+
+
+def test_pluto_pins_enclave_ike_ecdsa_key(world: World, pluto: Callable[..., Pluto],
+                                          enclave_ike: Callable[..., procs.Daemon]) -> None:
+    server = enclave_ike(auth="signature", apply="none")
+    client = trusted_pluto(world, pluto, pinned_identity(world))
+    client.whack("--initiate", "--name", "ikectl-trusted-udp", "--asynchronous")
+    match = client.wait_for_log(rf"{ESTABLISHED_IKE}.*", timeout=20.0)
+    assert "ECDSA" in client.log_text() or "ecdsa" in match.group(0).lower() or "P-256" in client.log_text()
+    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.1\.2:\d+ \(peer ID_NULL, NULL auth; we are "
+                        r"resolver\.enclave\.example\)", timeout=10.0)
+    server.wait_for_log(r"Child SA established under IKE SA .* tunnel .*10\.78\.2\.53 proto 17 port 53", timeout=10.0)
+    assert server.running()
+
+
+def test_pluto_refuses_enclave_ike_with_the_wrong_pin(world: World, pluto: Callable[..., Pluto],
+                                                      enclave_ike: Callable[..., procs.Daemon]) -> None:
+    enclave_ike(auth="signature", apply="none")
+    pinned_identity(world)  # the server's real key, which the client does not get
+    wrong = keys.from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    client = trusted_pluto(world, pluto, wrong)
+    client.whack("--initiate", "--name", "ikectl-trusted-udp", "--asynchronous")
+    time.sleep(3.0)
+    assert ESTABLISHED_IKE not in client.log_text()
+
+
+def test_dns_answered_over_esp_installed_by_enclave_ike(world: World, pluto: Callable[..., Pluto],
+                                                        enclave_ike: Callable[..., procs.Daemon],
+                                                        capture: Callable[..., Capture]) -> None:
+    """Needs ESP in the kernel (the VM): enclave-ike installs the Child SA, unbound answers over it."""
+    world.topo.sysctl(world.client, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
+    wire = capture(world.router, world.router.interface_to(world.client).ifname)
+    server = enclave_ike(auth="signature", apply="kernel")
+    client = trusted_pluto(world, pluto, pinned_identity(world))
+    answers = [query(world.topo, world.client, RESOLVER, timeout=15.0)]
+    answers += [query(world.topo, world.client, RESOLVER, timeout=5.0) for _ in range(9)]
+    client.wait_for_log(ESTABLISHED_IKE, timeout=5.0)
+    server.wait_for_log(r"Child SA established", timeout=5.0)
+    assert "apply: " not in server.log_text(), "enclave-ike could not install the Child SA"
+    states = world.topo.run(world.resolver, ["ip", "xfrm", "state"]).stdout
+    assert "proto esp" in states, states
+    time.sleep(0.2)
+    wire.stop()
+    counts = wire.count(world.client.addresses()).peer(RESOLVER)
+    assert [a.answered for a in answers] == [True] * len(answers)
+    assert counts.esp_out >= len(answers) and counts.esp_in >= len(answers), counts
+    assert counts.plaintext_dns == 0, counts

@@ -1,0 +1,229 @@
+"""enclave-ike's config, CLI and Child SA planner: bad input gives one line and exit 2; nothing needs root."""
+
+from __future__ import annotations
+
+import json
+import os
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from enclave_ike import cli
+from enclave_ike import config as cfg
+from enclave_ike.apply import AddSa, ApplyError, ChildSaTable, DeletePolicy, DeleteSa, SetPolicy
+from enclave_ike.ikev2.config import Endpoint, Mode
+from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
+from enclave_ike.ikev2.crypto import ChildSuite
+from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
+from enclave_ike.ikev2.payloads import TrafficSelector
+from enclave_ike.server import PublishedIdentity, open_enclave
+from ikectl import keys
+
+GOOD = """
+[listen]
+addresses = ["192.0.2.53"]
+
+[identity]
+backend = "software"
+id = "@resolver.example"
+publish = "{publish}"
+
+[apply]
+mode = "none"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "enclave-ike.toml"
+    path.write_text(text.replace("{publish}", str(tmp_path / "identity.json")))
+    return path
+
+
+def test_good_config_becomes_typed_and_checked(tmp_path):
+    config = cfg.load(write(tmp_path, GOOD))
+    assert config.listen == cfg.Listen((ip_address("192.0.2.53"),), 500, 4500)
+    assert config.dns_addresses == config.listen.addresses
+    assert config.identity.auth is cfg.Auth.SIGNATURE
+    assert config.identity.backend is cfg.Backend.SOFTWARE
+    assert config.apply is cfg.ApplyMode.NONE
+    responder = config.responder_config(None)
+    assert str(responder.local_id) == "resolver.example"
+    assert all(not suite.esn for suite in responder.esp_suites)
+
+
+def test_minimal_config_is_null_auth_and_kernel_apply(tmp_path):
+    config = cfg.load(write(tmp_path, '[listen]\naddresses = ["2001:db8::53"]\n'))
+    assert config.identity.auth is cfg.Auth.NULL
+    assert config.apply is cfg.ApplyMode.KERNEL
+    assert config.cookie_threshold == 64
+
+
+BAD = [
+    ("", "listen.addresses: missing"),
+    ('[listen]\naddresses = ["not-an-ip"]\n', "listen.addresses: 'not-an-ip' is not an IP address"),
+    ('[listen]\naddresses = []\n', "listen.addresses: must not be empty"),
+    ('[listen]\naddresses = ["192.0.2.1"]\nike_port = 70000\n', "listen.ike_port: 70000 is not a UDP port"),
+    ('[listen]\naddresses = ["192.0.2.1"]\nnatt_port = 500\n', "listen.natt_port: must differ"),
+    ('[listen]\naddresses = ["192.0.2.1"]\nike_port = "500"\n', "listen.ike_port: expected an integer"),
+    ('[listen]\naddresses = ["192.0.2.1"]\nbogus = 1\n', "listen.bogus: unknown key"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[nope]\n', "[nope]: unknown section"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nbackend = "sgx"\n',
+     "identity.backend: 'sgx' is not one of software, sim, tsm"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nkey_type = "rsa"\nid = "@x"\n',
+     "identity.key_type: rsa is not available with the sim backend"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nauth = "signature"\n',
+     "identity.id: auth = \"signature\" needs an identity"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nid = "bad id!"\n', "identity.id: 'bad id!' is not"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\npublish = "relative.json"\n',
+     "identity.publish: 'relative.json' must be an absolute path"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[apply]\nmode = "userspace"\n',
+     "apply.mode: 'userspace' is not one of kernel, none"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nencryption = ["des"]\n', "suites.encryption: 'des' is not"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nesn = true\n', "suites.esn: true needs ESN SAs"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\ncookie_threshold = -1\n', "limits.cookie_threshold: -1"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = false\n', "peers.allow_null: false leaves"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[dns]\nprotocols = ["icmp"]\n', "dns.protocols: 'icmp' is not"),
+    ("[listen\n", "not valid TOML"),
+    ('listen = 1\n', "listen: expected a table"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_bad_config_names_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["serve", "identity"])
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, capsys, command):
+    path = write(tmp_path, '[listen]\naddresses = ["nope"]\n')
+    assert cli.main([command, "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("enclave-ike: ") and "listen.addresses" in err
+
+
+@pytest.mark.parametrize("command", ["serve", "identity"])
+def test_cli_missing_config_exits_2(tmp_path, capsys, command):
+    assert cli.main([command, "--config", str(tmp_path / "absent.toml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+
+
+def test_identity_bad_format_is_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["identity", "--config", str(write(tmp_path, GOOD)), "--format", "ssh"])
+    assert info.value.code == 2
+    assert "invalid choice: 'ssh'" in capsys.readouterr().err
+
+
+def test_identity_without_a_running_server_fails_with_exit_1(tmp_path, capsys):
+    assert cli.main(["identity", "--config", str(write(tmp_path, GOOD))]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no identity published" in err
+
+
+def test_identity_of_a_dead_server_is_stale(tmp_path, capsys):
+    path = write(tmp_path, GOOD)
+    config = cfg.load(path)
+    identity = PublishedIdentity.of(config, None)
+    dead = PublishedIdentity(**{**identity.__dict__, "pid": _dead_pid()})
+    dead.publish(config.identity.publish)
+    assert cli.main(["identity", "--config", str(path)]) == 1
+    assert "stale" in capsys.readouterr().err
+
+
+def test_identity_prints_what_serve_published(tmp_path, capsys):
+    path = write(tmp_path, GOOD)
+    config = cfg.load(path)
+    enclave = open_enclave(config)
+    PublishedIdentity.of(config, enclave).publish(config.identity.publish)
+    assert cli.main(["identity", "--config", str(path), "--format", "libreswan"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("leftecdsakey=0s")
+    assert enclave is not None
+    assert keys.parse(line) == keys.from_public_key(enclave.signer().public_key())  # type: ignore[arg-type]
+    assert cli.main(["identity", "--config", str(path), "--format", "pem"]) == 0
+    assert capsys.readouterr().out.startswith("-----BEGIN PUBLIC KEY-----")
+    assert cli.main(["identity", "--config", str(path), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["id"], data["backend"], data["pid"]) == ("@resolver.example", "software", os.getpid())
+
+
+def test_identity_of_a_null_auth_server_has_no_key_to_pin(tmp_path, capsys):
+    path = write(tmp_path, '[listen]\naddresses = ["192.0.2.1"]\n[identity]\npublish = "{publish}"\n')
+    config = cfg.load(path)
+    PublishedIdentity.of(config, None).publish(config.identity.publish)
+    assert cli.main(["identity", "--config", str(path)]) == 1
+    assert "no key to pin" in capsys.readouterr().err
+
+
+def _dead_pid() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+# --- the Child SA planner ---
+
+LOCAL, PEER = ip_address("192.0.2.53"), ip_address("198.51.100.7")
+
+
+def child(spi_in: bytes, spi_out: bytes, mode: Mode = Mode.TRANSPORT, suite: ChildSuite | None = None,
+          nat: bool = False, peer_ports: tuple[int, int] = (0, 65535)) -> ChildSaEstablished:
+    suite = suite or ChildSuite(EncrId.ENCR_AES_GCM_16, 256)
+    integ = b"" if suite.integ_id == IntegId.NONE else b"i" * 32
+    size = 36 if suite.encr_id == EncrId.ENCR_AES_GCM_16 else 32
+    return ChildSaEstablished(
+        b"I" * 8, b"R" * 8, spi_in, spi_out, ProtocolId.ESP, mode, suite,
+        (TrafficSelector(LOCAL, LOCAL, 17, 53, 53),), (TrafficSelector(PEER, PEER, 17, *peer_ports),),
+        Endpoint(LOCAL, 500), Endpoint(PEER, 500), nat, ChildSaKeys(b"a" * size, integ, b"b" * size, integ))
+
+
+def test_planner_installs_two_sas_and_two_policies():
+    ops = ChildSaTable().plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02"))
+    assert [type(op) for op in ops] == [AddSa, AddSa, SetPolicy, SetPolicy]
+    sa_in, sa_out = ops[0].spec, ops[1].spec
+    assert (sa_in.src, sa_in.dst, sa_in.spi) == (PEER, LOCAL, 0x1001)
+    assert (sa_out.src, sa_out.dst, sa_out.spi) == (LOCAL, PEER, 0x2002)
+    assert sa_in.algorithms[0].key == b"a" * 36 and sa_out.algorithms[0].key == b"b" * 36
+    out_policy, in_policy = ops[2].policy, ops[3].policy
+    assert (out_policy.selector.sport, out_policy.selector.dport) == (53, None)
+    assert (in_policy.selector.sport, in_policy.selector.dport) == (None, 53)
+    assert not out_policy.owned  # never in ikectl's band, which ikectl flushes as its own
+
+
+def test_planner_tunnel_mode_templates_name_both_ends():
+    ops = ChildSaTable().plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02", Mode.TUNNEL,
+                                    ChildSuite(EncrId.ENCR_AES_CBC, 256, IntegId.AUTH_HMAC_SHA2_256_128)))
+    template = ops[2].policy.templates[0]
+    assert (template.src, template.dst) == (LOCAL, PEER)
+    assert sorted(a.kind for a in ops[0].spec.algorithms) == ["auth", "crypt"]
+
+
+def test_planner_rekey_keeps_policies_and_delete_removes_them_last():
+    table = ChildSaTable()
+    table.plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02"))
+    new = child(b"\x00\x00\x10\x03", b"\x00\x00\x20\x04")
+    ops = table.plan(ChildSaRekeyed(b"I" * 8, b"R" * 8, b"\x00\x00\x10\x01", b"\x00\x00\x20\x02", new))
+    assert [type(op) for op in ops] == [AddSa, AddSa]  # same reqid: the policies already fit
+    old_gone = table.plan(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", b"\x00\x00\x10\x01",
+                                    b"\x00\x00\x20\x02"))
+    assert [type(op) for op in old_gone] == [DeleteSa, DeleteSa]
+    assert [type(op) for op in table.teardown()] == [DeleteSa, DeleteSa, DeletePolicy, DeletePolicy]
+    assert len(table) == 0
+
+
+def test_planner_refuses_what_xfrm_cannot_hold():
+    table = ChildSaTable()
+    with pytest.raises(ApplyError, match="NAT"):
+        table.plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02", nat=True))
+    with pytest.raises(ApplyError, match="ports 1000-2000"):
+        table.plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02", peer_ports=(1000, 2000)))
+    assert len(table) == 0
