@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 from . import daemon, session, xfrm
@@ -43,7 +44,7 @@ class Status:
         return {"version": SCHEMA_VERSION, **asdict(self)}
 
 
-def gather(run_dir: Any) -> Status:
+def gather(run_dir: Path) -> Status:
     run = daemon.RunDir(run_dir)
     state = session.read_state(run)
     if state is None:
