@@ -364,7 +364,8 @@ def test_fuzz_appraise_mutated_evidence(envelope: Envelope, data: st.DataObject)
     anchors = TrustAnchors(intel_root=INTEL_ROOT, amd_arks=(MILAN_ARK,), sim_root=sim_root_certificate())
     with contextlib.suppress(AttestationError):
         result = appraise(mutated, NONCE, SPEC, anchors, VECTOR_TIME)
-        assert result.ok == (bytes(raw) == SIM.evidence.data)  # only the untouched sim evidence passes
+        if bytes(raw) != envelope.evidence.data:  # a mutation can rewrite a byte with its own value
+            assert not result.ok  # changed evidence never passes
 
 
 def test_a_format_error_is_an_attestation_error() -> None:
