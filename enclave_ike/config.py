@@ -38,12 +38,13 @@ Every mistake is a `ConfigError` (exit status 2) whose one line names the file a
 from __future__ import annotations
 
 import enum
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ikectl import tomlfile
 
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
@@ -292,17 +293,7 @@ SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits")
 
 
 def load(path: Path = DEFAULT_PATH) -> ServeConfig:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, path)
+    return parse(tomlfile.read(path, ConfigError), path)
 
 
 def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:

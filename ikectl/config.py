@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -51,7 +50,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from . import keys
+from . import keys, tomlfile
 from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")
@@ -165,15 +164,7 @@ class Config:
 
 
 def load(path: Path = DEFAULT_PATH) -> Config:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_mapping(data, str(path))
+    return from_mapping(tomlfile.read(path, ConfigError), str(path))
 
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Config:

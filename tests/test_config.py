@@ -147,3 +147,10 @@ def test_bad_network_policy_is_one_clear_error(tmp_path, text, message):
         config.load(write(tmp_path, text))
     assert error.value.exit_code == 2 and "\n" not in str(error.value)
     assert str(tmp_path / "ikectl.toml") in str(error.value)
+
+
+def test_a_config_that_is_not_text_is_one_clear_error(tmp_path):
+    path = tmp_path / "ikectl.toml"
+    path.write_bytes(b"\xff\xfe\x00mode")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        config.load(path)
