@@ -5,6 +5,7 @@ A failing test gets the logs of every daemon it started attached to its report.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -50,53 +51,55 @@ def topology() -> Iterator[Topology]:
         yield topo
 
 
+@contextlib.contextmanager
+def _stopped_at_teardown() -> Iterator[list[procs.Daemon]]:
+    """The daemons a factory fixture starts, stopped in reverse order when the test ends."""
+    started: list[procs.Daemon] = []
+    try:
+        yield started
+    finally:
+        for daemon in reversed(started):
+            daemon.stop()
+
+
 @pytest.fixture
 def pluto(topology: Topology, tmp_path: Path) -> Iterator[Callable[..., Pluto]]:
     """Factory: `pluto(host, PlutoConfig(...))` starts a pluto in the host's namespace, stopped at teardown."""
-    started: list[Pluto] = []
+    with _stopped_at_teardown() as started:
+        def start(host: Host, config: PlutoConfig | None = None, run: bool = True) -> Pluto:
+            daemon = Pluto(topology, host, tmp_path / f"pluto-{host.name}")
+            started.append(daemon)
+            if config is not None:
+                daemon.write_config(config)
+            if run:
+                daemon.start()
+            return daemon
 
-    def start(host: Host, config: PlutoConfig | None = None, run: bool = True) -> Pluto:
-        daemon = Pluto(topology, host, tmp_path / f"pluto-{host.name}")
-        started.append(daemon)
-        if config is not None:
-            daemon.write_config(config)
-        if run:
-            daemon.start()
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 @pytest.fixture
 def unbound(tmp_path: Path) -> Iterator[Callable[..., Unbound]]:
     """Factory: `unbound(host)` serves the lab zone on all the host's addresses, stopped at teardown."""
-    started: list[Unbound] = []
+    with _stopped_at_teardown() as started:
+        def start(host: Host, config: UnboundConfig | None = None) -> Unbound:
+            daemon = Unbound(host, tmp_path / f"unbound-{host.name}",
+                             config or UnboundConfig(addresses=sorted(host.addresses(), key=str)))
+            started.append(daemon)
+            daemon.start()
+            return daemon
 
-    def start(host: Host, config: UnboundConfig | None = None) -> Unbound:
-        daemon = Unbound(host, tmp_path / f"unbound-{host.name}",
-                         config or UnboundConfig(addresses=sorted(host.addresses(), key=str)))
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 @pytest.fixture
 def capture(tmp_path: Path) -> Iterator[Callable[..., Capture]]:
     """Factory: `capture(host, ifname)` runs tcpdump there; `.stop()` then `.count(subject)`."""
-    started: list[Capture] = []
+    with _stopped_at_teardown() as started:
+        def start(host: Host, ifname: str) -> Capture:
+            daemon = Capture(host, ifname, tmp_path / f"{host.name}-{ifname}.pcap")
+            started.append(daemon)
+            daemon.start()
+            return daemon
 
-    def start(host: Host, ifname: str) -> Capture:
-        daemon = Capture(host, ifname, tmp_path / f"{host.name}-{ifname}.pcap")
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
