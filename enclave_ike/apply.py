@@ -238,10 +238,15 @@ class KernelApplier:
     thread in asyncio code)."""
 
     def __init__(self, client: Callable[[], xfrm.XfrmClient] = xfrm.XfrmClient) -> None:
-        self._client = client()
+        # Made on first use, in the worker thread: pyroute2's synchronous socket runs an event loop of its
+        # own and cannot be created where asyncio's loop is running (RuntimeError, seen in the VM).
+        self._factory = client
+        self._client: xfrm.XfrmClient | None = None
 
     def run(self, op: Operation) -> None:
         try:
+            if self._client is None:
+                self._client = self._factory()
             if isinstance(op, AddSa):
                 self._client.add_sa(op.spec)
             elif isinstance(op, DeleteSa):
@@ -256,7 +261,9 @@ class KernelApplier:
             raise ApplyError(str(exc)) from None
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 class LogApplier:

@@ -388,7 +388,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await server.stop()
             _unpublish(config.identity.publish)
     finally:
-        applier.close()
+        await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikectl.xfrm
         if isinstance(enclave, SimEnclave):
             enclave.close()
 
