@@ -2,7 +2,7 @@
 
 from ipaddress import ip_network
 
-from ikectl import backstop, status
+from ikectl import backstop, cli, status
 from ikectl.whack import BareShunt, TrafficStatus
 from ikectl.xfrm import Action, Direction
 
@@ -63,3 +63,13 @@ def test_human_status_is_one_line_per_resolver_with_human_units():
     assert status.format_human(status.Status(up=False)) == "ikectl is down"
     assert status.Status(up=False).to_json() == {"version": 1, "up": False, "mode": None, "pluto_pid": None,
                                                  "resolvers": ()}
+
+
+def test_verify_refuses_bad_seconds_and_a_host_that_is_not_up(tmp_path, capsys):
+    config = tmp_path / "ikectl.toml"
+    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\n')
+    assert cli.main(["--config", str(config), "verify", "--seconds", "0"]) == 2
+    assert "--seconds 0.0: expected 0.5 to 300" in capsys.readouterr().err
+    assert cli.main(["--config", str(config), "verify"]) == 1
+    assert capsys.readouterr().err == "ikectl: error: ikectl is not up: run `ikectl up` first\n"
+    assert not (tmp_path / "run").exists()
