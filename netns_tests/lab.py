@@ -315,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("lab: needs root (namespaces, pluto, tcpdump): run scripts/lab as root", file=sys.stderr)
         return 2
+    procs.install_exit_hooks()  # SIGTERM unwinds like Ctrl-C: the VM and the namespaces go with us
     started = time.monotonic()
     say = _sayer(started)
     out = args.out or Path(f"/tmp/ikectl-lab-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -349,4 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: everything was torn down on the way out
+        print("lab: interrupted; the VM and the namespaces were removed", file=sys.stderr)
+        sys.exit(130)
