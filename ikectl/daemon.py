@@ -79,12 +79,7 @@ def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
     if not PLUTO.exists():
         raise DaemonError(f"{PLUTO} not found: install libreswan (apt-get install libreswan)")
     run.pluto_dir.mkdir(parents=True, exist_ok=True)
-    run.nss.mkdir(parents=True, exist_ok=True)
-    if not (run.nss / "cert9.db").exists():
-        proc = subprocess.run(["certutil", "-N", "-d", f"sql:{run.nss}", "--empty-password"], capture_output=True,
-                              text=True, check=False)
-        if proc.returncode != 0:
-            raise DaemonError(f"cannot create pluto's NSS db in {run.nss}: {(proc.stderr or proc.stdout).strip()}")
+    init_nss(run.nss)
     log_start = run.log.stat().st_size if run.log.exists() else 0
     argv = [str(PLUTO), "--config", str(run.conf), "--rundir", str(run.pluto_dir), "--nssdir", str(run.nss),
             "--secretsfile", str(run.secrets), "--ipsecdir", str(run.ipsecd), "--logfile", str(run.log)]
@@ -99,6 +94,17 @@ def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
             return pid
         time.sleep(0.05)
     raise DaemonError(f"pluto did not come up within {timeout:.0f} s; see {run.log}")
+
+
+def init_nss(nss: Path) -> None:
+    """Create pluto's NSS db in `nss` unless it is there already."""
+    nss.mkdir(parents=True, exist_ok=True)
+    if (nss / "cert9.db").exists():
+        return
+    proc = subprocess.run(["certutil", "-N", "-d", f"sql:{nss}", "--empty-password"], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise DaemonError(f"cannot create pluto's NSS db in {nss}: {(proc.stderr or proc.stdout).strip()}")
 
 
 def stop_pluto(run: RunDir, timeout: float = 10.0) -> bool:

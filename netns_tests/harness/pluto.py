@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ikectl.daemon import PLUTO, init_nss
+from ikectl.whack import ADDCONN, LIBEXEC, WHACK
+
 from .procs import Daemon, HarnessError, wait_until
 from .topology import Host, Topology
 
-LIBEXEC = Path("/usr/libexec/ipsec")
-PLUTO, WHACK, ADDCONN = LIBEXEC / "pluto", LIBEXEC / "whack", LIBEXEC / "addconn"
 NEWHOSTKEY, SHOWHOSTKEY = LIBEXEC / "newhostkey", LIBEXEC / "showhostkey"
 UNIX_PATH_MAX = 108  # sun_path, with its terminating NUL
 
@@ -53,10 +54,9 @@ class Pluto(Daemon):
 
     def init_nss(self) -> None:
         """Create this pluto's own NSS db (idempotent)."""
-        for d in (self.nss, self.rundir, self.ipsecd / "policies"):
+        for d in (self.rundir, self.ipsecd / "policies"):
             d.mkdir(parents=True, exist_ok=True)
-        if not (self.nss / "cert9.db").exists():
-            _run(["certutil", "-N", "-d", f"sql:{self.nss}", "--empty-password"])
+        init_nss(self.nss)
 
     def new_hostkey(self, keytype: str = "ecdsa") -> str:
         """Generate a raw host key in this pluto's NSS db; returns its CKAID."""
