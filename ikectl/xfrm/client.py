@@ -27,7 +27,7 @@ from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from . import codec, decode
 from . import messages as m
-from .constants import NETLINK_XFRM, Direction, Group, MsgType
+from .constants import NETLINK_XFRM, Action, Direction, Group, MsgType
 from .errors import InvalidXfrmInput, KernelRefused, XfrmError, refusal
 from .model import Address, Policy, SaInfo, SaSpec, algorithm
 
@@ -69,13 +69,13 @@ class XfrmClient:
         return [codec.policy_from(r.fields, r.attrs) for r in records]
 
     def add_policy(self, policy: Policy) -> None:
-        _settable(policy)
+        _addable(policy)
         self._request(f"add policy {_describe(policy)}", codec.encode_policy(policy), MsgType.NEWPOLICY,
                       NLM_F_REQUEST | NLM_F_ACK)
 
     def update_policy(self, policy: Policy) -> None:
         """Add, or replace the policy with the same selector, direction and mark."""
-        _settable(policy)
+        _addable(policy)
         self._request(f"update policy {_describe(policy)}", codec.encode_policy(policy), MsgType.UPDPOLICY,
                       NLM_F_REQUEST | NLM_F_ACK)
 
@@ -112,6 +112,14 @@ def _settable(policy: Policy) -> None:
     if policy.direction > Direction.FWD:
         raise InvalidXfrmInput(f"{policy.direction.name.lower()} policies belong to a socket (setsockopt), not to "
                                "netlink")
+
+
+def _addable(policy: Policy) -> None:
+    _settable(policy)
+    # The kernel holds such policies (pluto leaves one after a failed authentication, seen in the VM), so
+    # they must read back; we never make one.
+    if policy.action == Action.BLOCK and policy.templates:
+        raise InvalidXfrmInput("a block policy takes no templates")
 
 
 def _describe(policy: Policy) -> str:

@@ -123,8 +123,6 @@ class Policy:
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 0xFFFF_FFFF:
             raise InvalidXfrmInput(f"invalid policy priority {self.priority} (32 bits)")
-        if self.action == Action.BLOCK and self.templates:
-            raise InvalidXfrmInput("a block policy takes no templates")
 
     @property
     def owned(self) -> bool:
