@@ -21,10 +21,9 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
-from pyroute2 import IPRoute
 from scapy.utils import rdpcap
 
-from . import daemon, session, xfrm
+from . import daemon, routes, session, xfrm
 from .config import Address, Config
 from .errors import IkectlError
 from .wire import count_wire
@@ -118,14 +117,10 @@ def _ask(resolver: Address) -> tuple[int, int, int]:
 
 
 def _uplink(resolver: Address) -> tuple[str, set[Address]]:
-    with IPRoute() as ipr:
-        routes = ipr.route("get", dst=str(resolver))
-        if not routes:
-            raise VerifyError(f"no route to {resolver}")
-        index = routes[0].get_attr("RTA_OIF")
-        links = ipr.get_links(index)
-        local = {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
-    return links[0].get_attr("IFLA_IFNAME"), local
+    route = routes.route_to(resolver)
+    if route is None:
+        raise VerifyError(f"no route to {resolver}")
+    return route.ifname, routes.local_addresses()
 
 
 def _start_capture(ifname: str, pcap: Path) -> subprocess.Popen[str]:
