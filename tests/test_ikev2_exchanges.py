@@ -480,6 +480,22 @@ def test_create_child_sa_without_and_with_pfs():
     assert len(ini.sa.children) == 3 and len(resp.views()[0].children) == 3
 
 
+def test_child_sas_per_ike_sa_are_bounded_but_rekeys_still_answered():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, limits=Limits(max_child_sas=2))
+    ini, resp, *_ = establish(rcfg=rcfg)
+    ini.create_child_sa(1.0, esp_suites=(GCM256,))
+    exchange(ini, resp, 1.0)
+    assert len(resp.views()[0].children) == 2
+    drain(resp)
+    ini.create_child_sa(2.0, esp_suites=(GCM256,))
+    exchange(ini, resp, 2.0)
+    assert [e.notify for e in of(ini.events(), PeerErrorNotified)] == [NotifyType.NO_ADDITIONAL_SAS]
+    assert len(resp.views()[0].children) == 2 and not of(drain(resp), ChildSaEstablished)
+    ini.rekey_child_sa(3.0, next(iter(ini.sa.children)))
+    exchange(ini, resp, 3.0)
+    assert len(of(drain(resp), ChildSaRekeyed)) == 1 and len(resp.views()[0].children) == 2
+
+
 def test_create_child_sa_invalid_ke_and_no_proposal():
     rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS,
                            esp_suites=(c.ChildSuite(EncrId.ENCR_AES_GCM_16, 256, dh_group=DhGroup.CURVE25519),))

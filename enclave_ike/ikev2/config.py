@@ -130,10 +130,13 @@ class Limits:
     max_sas: int = 100_000
     max_sas_per_peer: int = 32
     invalid_spi_answers_per_second: int = 10
+    # Child SAs per IKE SA: DNS needs two (udp/53, tcp/53), a rekey briefly adds one each. More is a peer
+    # filling the kernel's SA table: answered with NO_ADDITIONAL_SAS (rekeys are always answered).
+    max_child_sas: int = 8
 
     def __post_init__(self) -> None:
         values = (self.cookie_threshold, self.max_half_open, self.max_half_open_per_peer, self.max_sas,
-                  self.max_sas_per_peer, self.invalid_spi_answers_per_second)
+                  self.max_sas_per_peer, self.invalid_spi_answers_per_second, self.max_child_sas)
         if min(values) < 0:
             raise PolicyError("limits: no limit may be negative")
 

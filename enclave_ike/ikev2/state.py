@@ -1029,6 +1029,9 @@ class IkeSa:
             old = next((c for c in self.children.values() if c.spi_out == rekey[0].spi), None)
             if old is None:
                 raise ChildSaNotFound(f"REKEY_SA: no Child SA with SPI {rekey[0].spi.hex()}")
+        elif len(self.children) >= config.limits.max_child_sas:
+            raise RemoteProtocolError(f"CREATE_CHILD_SA: already {len(self.children)} Child SAs on this IKE SA",
+                                      notify=NotifyType.NO_ADDITIONAL_SAS)
         nr = self._random(config.nonce_size)
         payloads, (child, event) = self._answer_child(inbound, ni, nr, ke)
         # commit
