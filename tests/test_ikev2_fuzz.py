@@ -2,7 +2,8 @@
 
 Mutations keep the IKE header's length field in step with the datagram most of the time, so they reach the payload
 chain instead of stopping at the header check. The encrypted path (SK payloads opened with real keys) and the
-RFC 7427 AUTH data parser get the same treatment."""
+RFC 7427 AUTH data parser get the same treatment. The generators are shared with the long fuzz target,
+`python -m fuzz.ikev2` (fuzz/README.md), which runs them a million times."""
 
 import contextlib
 import random
@@ -12,53 +13,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ikev2_codec import SAMPLES, messages
 
-from enclave_ike.ikev2 import ExchangeType, HeaderFlag, IkeError, IkeHeader, Message
+from enclave_ike.ikev2 import ExchangeType, HeaderFlag, IkeError, IkeHeader
 from enclave_ike.ikev2 import crypto as c
 from enclave_ike.ikev2.constants import EncrId, IdType, IntegId, PayloadType, PrfId
 from enclave_ike.ikev2.payloads import IdentificationInitiator, Nonce, decode_payloads
 from enclave_ike.ikev2.wire import Reader
-
-
-def decode_only_ike_errors(data: bytes) -> Message | None:
-    try:
-        return Message.decode(data)
-    except IkeError:
-        return None
-
-
-def with_length(data: bytes) -> bytes:
-    """Set the header's length field to the datagram's length (when there is a header)."""
-    if len(data) < 28:
-        return data
-    return data[:24] + len(data).to_bytes(4, "big") + data[28:]
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 6)):
-        choice = rng.random()
-        position = rng.randrange(len(out) + 1)
-        if choice < 0.5 and out:
-            out[min(position, len(out) - 1)] = rng.randrange(256)
-        elif choice < 0.65 and out:
-            out[min(position, len(out) - 1)] ^= 1 << rng.randrange(8)
-        elif choice < 0.8:
-            out[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif choice < 0.9:
-            del out[position:position + rng.randint(1, 8)]
-        else:  # a small or large length value in a 16-bit field
-            if len(out) > 2:
-                spot = min(position, len(out) - 2)
-                out[spot:spot + 2] = rng.choice([0, 1, 3, 4, 5, 8, 0xFFFF, len(out) - spot]).to_bytes(2, "big")
-    return with_length(bytes(out)) if rng.random() < 0.85 else bytes(out)
-
+from fuzz.generators import decode, mutate, with_length
 
 # --- hypothesis: random bytes, random headers, mutated generated messages ---
 
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=400))
 def test_random_bytes(data):
-    decode_only_ike_errors(data)
+    decode(data)
 
 
 @settings(max_examples=2000, deadline=None)
@@ -66,13 +33,13 @@ def test_random_bytes(data):
 def test_random_payloads_behind_a_consistent_header(header, body):
     """A header whose length agrees and whose version is 2, so the chain parser sees every input."""
     data = header[:17] + b"\x20" + header[18:] + body
-    decode_only_ike_errors(with_length(data))
+    decode(with_length(data))
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages(), st.randoms(use_true_random=False))
 def test_mutated_generated_messages(message, rng):
-    decode_only_ike_errors(mutate(rng, message.encode()))
+    decode(mutate(rng, message.encode()))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -97,7 +64,7 @@ def test_mutated_samples(seed):
     rng = random.Random(seed)
     decoded = 0
     for _ in range(5000):
-        if decode_only_ike_errors(mutate(rng, rng.choice(SAMPLES))) is not None:
+        if decode(mutate(rng, rng.choice(SAMPLES))) is not None:
             decoded += 1
     assert decoded > 0  # some mutations (inside opaque data) still decode: the fuzzer is not only hitting the header
 
@@ -136,5 +103,5 @@ def test_payload_type_numbers_cover_every_value():
     for payload_type in range(256):
         for flags in (0x00, 0x80):
             body = bytes([0, flags, 0, 12]) + b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            decode_only_ike_errors(header.encode(payload_type, 28 + len(body)) + body)
+            decode(header.encode(payload_type, 28 + len(body)) + body)
     assert PayloadType.SK == 46
