@@ -2,10 +2,12 @@
 
     enclave-ike serve --config FILE [-v]
     enclave-ike identity [--config FILE] --format libreswan|pem|json
+    enclave-ike evidence --nonce HEX [--config FILE]
 
 The identity key is made inside the enclave when `serve` starts and is never written out, so there is no key until
 a server runs: `serve` publishes its public identity (identity.publish in the config) and `identity` prints what
-the running server published. Errors are one line on stderr.
+the running server published, and `evidence` asks the running server's evidence endpoint for an envelope binding
+the nonce and that key. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from ipaddress import ip_address
 from pathlib import Path
 
-from . import __version__, server
+from . import __version__, evidence_endpoint, server
 from . import config as config_module
+from .attestation.envelope import Envelope
 from .errors import EnclaveIkeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -40,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     identity = commands.add_parser("identity", help="print the running server's public identity")
     identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
     identity.add_argument("--format", choices=("libreswan", "pem", "json"), default="libreswan")
+    evidence = commands.add_parser("evidence", help="print the running server's attestation evidence for a nonce")
+    evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
+    evidence.add_argument("--nonce", required=True, metavar="HEX", help="16 to 64 bytes as hex, fresh for each use")
     return parser
 
 
@@ -52,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args.config, args.verbose)
+        if args.command == "evidence":
+            return _evidence(args.config, args.nonce)
         return _identity(args.config, args.format)
     except EnclaveIkeError as exc:
         print(f"enclave-ike: {exc}", file=sys.stderr)
@@ -89,6 +98,23 @@ def _identity(path: Path, output: str) -> int:
     if value is None:
         raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to pin")
     print(value.rstrip("\n"))
+    return EXIT_OK
+
+
+def _evidence(path: Path, nonce_hex: str) -> int:
+    nonce = evidence_endpoint.parse_nonce(nonce_hex, "--nonce")  # bad hex: exit 2 before anything else
+    config = config_module.load(path)
+    if config.identity.auth is config_module.Auth.NULL:
+        raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to attest")
+    if not config.evidence.enabled:
+        raise EnclaveIkeError(f"{config.path}: evidence.enabled is false: the server serves no evidence")
+    address = config.listen.addresses[0]
+    if address.is_unspecified:  # listening everywhere: ask over loopback
+        address = ip_address("::1" if address.version == 6 else "127.0.0.1")
+    body = evidence_endpoint.fetch_evidence(str(address), config.evidence.port, nonce)
+    if Envelope.decode(body).nonce != nonce:
+        raise EnclaveIkeError(f"evidence endpoint {address}: the envelope answers another nonce")
+    print(body.decode())
     return EXIT_OK
 
 

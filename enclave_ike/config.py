@@ -15,6 +15,9 @@
     id = "@resolver.example"            # "%null" (with auth = "null"), "@fqdn", or an IP address
     auth = "signature"                  # signature (RFC 7427, signed inside the enclave) | null (RFC 7619)
     publish = "/run/enclave-ike/identity.json"   # where serve writes its public identity
+    sim_registers = ["<96 hex digits>"]  # sim and software backends: the simulated measurement (1 to 16
+                                        # registers of 48 bytes); default: SHA-384 of "enclave-ike simulated
+                                        # enclave v1" NUL. A test starts "a different build" with other values
 
     [peers]
     allow_null = true                   # clients authenticate with NULL (ikectl's trusted mode does)
@@ -32,12 +35,17 @@
     [limits]
     cookie_threshold = 64               # half-open IKE SAs before COOKIEs are demanded
 
+    [evidence]                          # the evidence endpoint (evidence_endpoint.py), signature auth only
+    enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
+    port = 4501                         # TCP, on every listen address
+
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -55,6 +63,8 @@ from .ikev2.errors import PolicyError
 Address = IPv4Address | IPv6Address
 DEFAULT_PATH = Path("/etc/enclave-ike/enclave-ike.toml")
 DEFAULT_PUBLISH = Path("/run/enclave-ike/identity.json")
+DEFAULT_EVIDENCE_PORT = 4501
+SIM_REGISTER_SIZE, SIM_REGISTERS_MAX = 48, 16
 
 
 class ConfigError(EnclaveIkeError):
@@ -124,10 +134,17 @@ class IdentityConfig:
     id: str = "%null"
     auth: Auth = Auth.NULL
     publish: Path = DEFAULT_PUBLISH
+    sim_registers: tuple[bytes, ...] = ()  # () : the backend's default measurement
 
     @property
     def ike_identity(self) -> ike.Identity:
         return parse_id(self.id, "identity.id")
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    enabled: bool = True
+    port: int = DEFAULT_EVIDENCE_PORT
 
 
 @dataclass(frozen=True)
@@ -170,6 +187,7 @@ class ServeConfig:
     suites: Suites = field(default_factory=Suites)
     apply: ApplyMode = ApplyMode.KERNEL
     cookie_threshold: int = 64
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
         try:
@@ -289,7 +307,7 @@ def _kind_name(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
 
 
-SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits")
+SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "evidence")
 
 
 def load(path: Path = DEFAULT_PATH) -> ServeConfig:
@@ -323,9 +341,11 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
         raise limits.error("cookie_threshold", f"{threshold} is negative")
     if apply is ApplyMode.KERNEL and suites.esn:
         raise tables["suites"].error("esn", "true needs ESN SAs, which apply.mode = \"kernel\" cannot install")
+    evidence = _evidence(tables["evidence"])
     for table in tables.values():
         table.finish()
-    config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, allow_null, suites, apply, threshold)
+    config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, allow_null, suites, apply, threshold,
+                         evidence)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
 
@@ -351,7 +371,34 @@ def _identity(table: _Table) -> IdentityConfig:
     publish = Path(table.get("publish", str, str(DEFAULT_PUBLISH)))
     if not publish.is_absolute():
         raise table.error("publish", f"{str(publish)!r} must be an absolute path")
-    return IdentityConfig(backend, key_type, local_id, auth, publish)
+    registers = _sim_registers(table, backend)
+    return IdentityConfig(backend, key_type, local_id, auth, publish, registers)
+
+
+def _sim_registers(table: _Table, backend: Backend) -> tuple[bytes, ...]:
+    if "sim_registers" not in table.data:
+        return ()
+    texts = table.strings("sim_registers")
+    if backend is Backend.TSM:
+        raise table.error("sim_registers", "belongs to the sim and software backends (tsm reports what it measured)")
+    if len(texts) > SIM_REGISTERS_MAX:
+        raise table.error("sim_registers", f"{len(texts)} registers; at most {SIM_REGISTERS_MAX}")
+    registers = []
+    for index, text in enumerate(texts):
+        value = bytes.fromhex(text) if re.fullmatch(r"[0-9a-fA-F]*", text) and len(text) % 2 == 0 else b""
+        if len(value) != SIM_REGISTER_SIZE:
+            raise table.error(f"sim_registers[{index}]", f"{text!r} is not {SIM_REGISTER_SIZE} bytes of hex "
+                                                         f"({2 * SIM_REGISTER_SIZE} hex digits)")
+        registers.append(value)
+    return tuple(registers)
+
+
+def _evidence(table: _Table) -> EvidenceConfig:
+    enabled = table.get("enabled", bool, True)
+    port = table.get("port", int, DEFAULT_EVIDENCE_PORT)
+    if not 1 <= port <= 0xFFFF:
+        raise table.error("port", f"{port} is not a TCP port (1-65535)")
+    return EvidenceConfig(enabled, port)
 
 
 def _suites(table: _Table) -> Suites:

@@ -22,6 +22,7 @@ import secrets
 import signal
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -32,9 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ikectl import keys
 
 from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier, Operation
+from .attestation.sim import DEFAULT_REGISTERS
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
 from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
+from .evidence_endpoint import EvidenceEndpoint, for_config
 from .ikev2.config import Endpoint
 from .ikev2.constants import AuthMethod, DhGroup, EncrId, IntegId, PrfId
 from .ikev2.cookies import COOKIE_SECRET_SIZE
@@ -76,13 +79,13 @@ def open_enclave(config: ServeConfig) -> Enclave | None:
         return None
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if identity.backend is Backend.SIM:
-        return SimEnclave(key_type=identity.key_type.value)
+        return SimEnclave(key_type=identity.key_type.value, registers=identity.sim_registers or DEFAULT_REGISTERS)
     if identity.key_type is KeyType.RSA:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     else:
         key = ec.generate_private_key(ec.SECP256R1())
     if identity.backend is Backend.SOFTWARE:
-        return SoftwareEnclave(key)
+        return SoftwareEnclave(key, registers=identity.sim_registers or DEFAULT_REGISTERS)
     return TsmEnclave(SoftwareSigner(key))
 
 
@@ -165,15 +168,23 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(NON_ESP_MARKER + data if self.natt else data, (str(peer.address), peer.port))
 
 
+@dataclass(frozen=True)
+class _Send:
+    """Datagrams the apply worker sends once the operations queued before them are done."""
+
+    datagrams: tuple[tuple[bytes, Endpoint], ...]
+
+
 class Server:
-    def __init__(self, config: ServeConfig, responder: Responder, applier: Applier) -> None:
-        self.config, self.responder, self.applier = config, responder, applier
+    def __init__(self, config: ServeConfig, responder: Responder, applier: Applier,
+                 evidence: EvidenceEndpoint | None = None) -> None:
+        self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
         self.table = ChildSaTable()
         self._sockets: list[_Udp] = []
         self._routes: OrderedDict[Endpoint, _Udp] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._operations: asyncio.Queue[Operation | None] = asyncio.Queue()
+        self._operations: asyncio.Queue[Operation | _Send | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.apply_failures = 0
@@ -191,11 +202,19 @@ class Server:
                     self._close_sockets()
                     raise ServeError(f"cannot listen on {local}: {exc.strerror or exc}") from None
                 self._sockets.append(protocol)
+        if self.evidence is not None:  # the evidence endpoint (TCP), beside IKE
+            try:
+                await self.evidence.start()
+            except EnclaveIkeError:
+                self._close_sockets()
+                raise
         self._worker = asyncio.create_task(self._apply_worker())
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
 
     async def stop(self) -> None:
         """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
+        if self.evidence is not None:
+            await self.evidence.stop()
         now = self._loop.time()
         for view in self.responder.views():
             self.responder.delete(view.spi_r, now)
@@ -246,11 +265,21 @@ class Server:
                     self._sockets[0])
 
     def _flush(self) -> None:
-        for data, peer in self.responder.datagrams_to_send():
-            self._socket_for(peer).send(data, peer)
+        outgoing = list(self.responder.datagrams_to_send())
+        queued = False
         while (event := self.responder.next_event()) is not None:
-            self._on_event(event)
+            queued = self._on_event(event) or queued
+        if queued:
+            # The answer that completes a Child SA leaves only after its kernel SAs are in: the initiator
+            # sends ESP the moment it has the answer, and an SA not yet installed drops that first query.
+            self._operations.put_nowait(_Send(tuple(outgoing)))
+        else:
+            self._send(outgoing)
         self._arm_timer()
+
+    def _send(self, datagrams: Iterable[tuple[bytes, Endpoint]]) -> None:
+        for data, peer in datagrams:
+            self._socket_for(peer).send(data, peer)
 
     # --- the clock ---
 
@@ -282,19 +311,24 @@ class Server:
 
     # --- events ---
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: Event) -> bool:
+        """Log the event and queue its kernel operations; True when it queued any."""
         log.info("%s", describe(event))
         try:
             operations = self.table.plan(event)
         except ApplyError as exc:
             self.apply_failures += 1
             log.error("apply: %s", exc)
-            return
+            return False
         for op in operations:
             self._operations.put_nowait(op)
+        return bool(operations)
 
     async def _apply_worker(self) -> None:
         while (op := await self._operations.get()) is not None:
+            if isinstance(op, _Send):
+                self._send(op.datagrams)
+                continue
             if self.config.apply is ApplyMode.NONE:
                 log.info("apply (mode none, not applied): %s", op)
                 continue
@@ -371,7 +405,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         responder = Responder(config.responder_config(signer),
                               local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
                               random=secrets.token_bytes)
-        server = Server(config, responder, applier)
+        server = Server(config, responder, applier, evidence=for_config(config, enclave))
         await server.start()
         identity = PublishedIdentity.of(config, enclave)
         identity.publish(config.identity.publish)

@@ -22,11 +22,11 @@ from typing import Final
 
 from .config import Endpoint, Identity, ResponderConfig
 from .constants import AuthMethod, ExchangeType, HeaderFlag, NotifyType
-from .cookies import COOKIE_SECRET_SIZE, CookieSecrets, make_cookie, verify_cookie
+from .cookies import COOKIE_SECRET_SIZE, CookieSecrets, cookie_and_nonce, make_cookie, verify_cookie
 from .crypto import RandomSource
 from .errors import InvalidMajorVersion, RemoteProtocolError, UnsupportedCriticalPayload
 from .events import Event, IkeSaEstablished
-from .payloads import IKE_HEADER_SIZE, IKE_SPI_SIZE, Address, IkeHeader, Message, Nonce, Notify
+from .payloads import IKE_HEADER_SIZE, IKE_SPI_SIZE, Address, IkeHeader, Message, Notify
 from .state import ZERO_SPI, IkeSa, IkeSaView, SpiAllocator, State, peek_header
 
 _FLAGS_OFFSET: Final = 19
@@ -157,15 +157,16 @@ class Responder:
         if header.message_id != 0 or not any(header.spi_i):
             self.dropped += 1
             return
-        message: Message | None
+        # With cookies demanded the cookie comes first: a request without a valid one is answered (or dropped)
+        # before anything is decoded, so a flood of them costs little each.
+        if self.demanding_cookies and not self._cookie_ok(data, header, source):
+            return
         try:
-            message = Message.decode(data)
+            Message.decode(data)
         except UnsupportedCriticalPayload:
-            message = None  # the IKE SA answers it, if we take it at all
+            pass  # the IKE SA answers it
         except RemoteProtocolError:
             self.dropped += 1
-            return
-        if self.demanding_cookies and not self._cookie_ok(message, header, source):
             return
         limits = self.config.limits
         if (len(self._half_open) >= limits.max_half_open
@@ -182,18 +183,17 @@ class Responder:
             sa.abandon(now, "IKE_SA_INIT not taken")
         self._collect(sa, now)
 
-    def _cookie_ok(self, message: Message | None, header: IkeHeader, source: Endpoint) -> bool:
+    def _cookie_ok(self, data: bytes, header: IkeHeader, source: Endpoint) -> bool:
         """With cookies demanded: whether the request carries a valid one. If not, answer with a fresh COOKIE (no
-        state is kept) or, for a request that cannot be answered, drop it."""
-        nonce = message.find(Nonce) if message is not None else None
-        if message is None or nonce is None:
+        state is kept) or, for a request that cannot be answered (no Nonce, a broken payload chain), drop it."""
+        scanned = cookie_and_nonce(data)
+        if scanned is None:
             self.dropped += 1
             return False
-        first = message.payloads[0]
-        if (isinstance(first, Notify) and first.notify_type == NotifyType.COOKIE
-                and verify_cookie(self._cookie_secrets, first.data, nonce.data, source.address, header.spi_i)):
+        offered, nonce = scanned
+        if offered is not None and verify_cookie(self._cookie_secrets, offered, nonce, source.address, header.spi_i):
             return True
-        cookie = make_cookie(self._cookie_secrets, nonce.data, source.address, header.spi_i)
+        cookie = make_cookie(self._cookie_secrets, nonce, source.address, header.spi_i)
         self._answer_stateless(header, Notify(NotifyType.COOKIE, cookie), source)
         self.cookies_sent += 1
         return False

@@ -1,0 +1,294 @@
+"""The evidence endpoint: enclave-ike hands attestation evidence to clients over HTTP/1.1 on TCP (default port 4501).
+
+    GET /evidence?nonce=HEX   200 application/cmw+json: the envelope (attestation/envelope.py) whose evidence binds
+                              the client's nonce (16 to 64 bytes, as hex) and the IKE key (attestation/binding.py)
+    GET /identity             200 application/json: {"version": 1, "id": "@resolver.example"}, the IKE ID the
+                              server authenticates as. Not attested: the pinned key is what authenticates
+
+Plain HTTP on purpose: evidence authenticates itself (the TEE vendor's signature over report data that binds the
+client's fresh nonce and the key), so TLS would add nothing a client may rely on, and a client never trusts anything
+else this endpoint says. One request per connection, answered with `Connection: close`. Bounds, so a client cannot
+hold the server: the request line and headers at most 8 KiB, read within 5 s; the answer written within 10 s; at
+most 64 connections at once and 2 evidence requests in flight (each asks the enclave for a report; more get 503).
+
+`fetch_evidence` and `fetch_identity` are the client side, used by `enclave-ike evidence` and `ikectl trust`. They
+speak to this endpoint only (no proxies, no redirects) and bound the whole exchange by one deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from urllib.parse import parse_qs, urlsplit
+
+from .attestation.binding import NONCE_MAX, NONCE_MIN
+from .attestation.envelope import MAX_ENVELOPE, Collateral
+from .config import DEFAULT_EVIDENCE_PORT, ServeConfig
+from .enclave.attest import attest
+from .enclave.base import Enclave
+from .enclave.errors import NonceError
+from .errors import EnclaveIkeError
+
+log = logging.getLogger("enclave_ike.evidence")
+
+DEFAULT_PORT = DEFAULT_EVIDENCE_PORT
+CMW_JSON = "application/cmw+json"  # draft-ietf-rats-msg-wrap: a CMW collection in JSON
+IDENTITY_VERSION = 1
+MAX_IDENTITY = 4096
+_NONCE = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+Address = IPv4Address | IPv6Address
+
+
+class EndpointError(EnclaveIkeError):
+    """The endpoint could not start, or a client could not get an answer from one."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    request_bytes: int = 8192     # request line and headers
+    read_timeout_s: float = 5.0   # to receive them
+    write_timeout_s: float = 10.0  # to send the answer
+    connections: int = 64         # open at once; more are closed unanswered
+    in_flight: int = 2            # evidence requests being made; more get 503
+
+
+@dataclass(frozen=True)
+class Response:
+    status: HTTPStatus
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def text(cls, status: HTTPStatus, line: str, *headers: tuple[str, str]) -> Response:
+        return cls(status, (line + "\n").encode(), headers=headers)
+
+    def encode(self) -> bytes:
+        head = [f"HTTP/1.1 {self.status.value} {self.status.phrase}", f"Content-Type: {self.content_type}",
+                f"Content-Length: {len(self.body)}", "Cache-Control: no-store", "Connection: close",
+                *(f"{name}: {value}" for name, value in self.headers)]
+        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + self.body
+
+
+def parse_nonce(text: str, what: str = "nonce") -> bytes:
+    """A nonce from hex; NonceError (exit code 2) naming `what` for anything but 16 to 64 bytes of hex."""
+    if not _NONCE.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise NonceError(f"{what} {shown!r}: expected {NONCE_MIN} to {NONCE_MAX} bytes as hex "
+                         f"({2 * NONCE_MIN} to {2 * NONCE_MAX} hex digits)")
+    return bytes.fromhex(text)
+
+
+class EvidenceEndpoint:
+    """Serves evidence for `enclave` on `port` of every address; `start()` binds, `stop()` closes."""
+
+    def __init__(self, enclave: Enclave, ike_id: str, addresses: Sequence[Address], port: int, *,
+                 collateral: Collateral | None = None, limits: Limits | None = None) -> None:
+        self.enclave, self.ike_id, self.addresses, self.port = enclave, ike_id, tuple(addresses), port
+        self.collateral, self.limits = collateral, limits or Limits()
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self.bound: list[tuple[str, int]] = []  # (address, port) actually bound (port 0 picks one)
+
+    async def start(self) -> None:
+        for address in self.addresses:
+            try:
+                server = await asyncio.start_server(self._connection, str(address), self.port,
+                                                    limit=self.limits.request_bytes, reuse_address=True)
+            except OSError as exc:
+                await self.stop()
+                raise EndpointError(f"evidence endpoint: cannot listen on {_hostport(str(address), self.port)} "
+                                    f"(tcp): {exc.strerror or exc}") from None
+            self._servers.append(server)
+            self.bound += [(str(address), int(sock.getsockname()[1])) for sock in server.sockets]
+        log.info("evidence endpoint on %s (tcp): GET /evidence?nonce=HEX",
+                 ", ".join(_hostport(a, p) for a, p in self.bound))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        self._servers.clear()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._connections) >= self.limits.connections:
+            writer.close()
+            return
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            response = await self._answer(reader, peer)
+            if response is not None:
+                writer.write(response.encode())
+                await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
+        except (OSError, TimeoutError):
+            pass  # the client went away or stalled: nothing to tell it
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _answer(self, reader: asyncio.StreamReader, peer: object) -> Response | None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.read_timeout_s)
+        except asyncio.LimitOverrunError:
+            return Response.text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                 f"request line and headers over {self.limits.request_bytes} bytes")
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return None  # closed or silent before a whole request arrived
+        request = _parse(head)
+        return request if isinstance(request, Response) else await self._route(*request, peer)
+
+    async def _route(self, method: str, path: str, query: str, peer: object) -> Response:
+        if path not in ("/evidence", "/identity"):
+            return Response.text(HTTPStatus.NOT_FOUND, f"{path}: not here (GET /evidence?nonce=HEX, GET /identity)")
+        if method != "GET":
+            return Response.text(HTTPStatus.METHOD_NOT_ALLOWED, f"{method}: only GET", ("Allow", "GET"))
+        if path == "/evidence":
+            return await self._evidence(query, peer)
+        if query:
+            return Response.text(HTTPStatus.BAD_REQUEST, "/identity takes no query")
+        body = json.dumps({"version": IDENTITY_VERSION, "id": self.ike_id}).encode()
+        return Response(HTTPStatus.OK, body + b"\n", "application/json")
+
+    async def _evidence(self, query: str, peer: object) -> Response:
+        try:
+            fields = parse_qs(query, strict_parsing=True, max_num_fields=2)
+        except ValueError:
+            fields = {}
+        if set(fields) != {"nonce"} or len(fields["nonce"]) != 1:
+            return Response.text(HTTPStatus.BAD_REQUEST, "expected exactly one query field: nonce=HEX")
+        try:
+            nonce = parse_nonce(fields["nonce"][0])
+        except NonceError as exc:
+            return Response.text(HTTPStatus.BAD_REQUEST, str(exc))
+        if self._in_flight >= self.limits.in_flight:
+            return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, "busy making evidence; try again",
+                                 ("Retry-After", "1"))
+        self._in_flight += 1
+        try:
+            envelope = await asyncio.to_thread(attest, self.enclave, nonce, self.collateral)
+            body = envelope.encode()
+        except EnclaveIkeError as exc:
+            log.error("evidence for %s: %s", peer, exc)
+            return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"no evidence: {exc}")
+        finally:
+            self._in_flight -= 1
+        log.debug("evidence for %s, nonce %s", peer, nonce.hex())
+        return Response(HTTPStatus.OK, body, CMW_JSON)
+
+
+def _parse(head: bytes) -> tuple[str, str, str] | Response:
+    """(method, path, query) from the request head, or the error to answer with."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return Response.text(HTTPStatus.BAD_REQUEST, "the request is not ASCII")
+    line, *headers = text[:-4].split("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[1].startswith("/"):
+        return Response.text(HTTPStatus.BAD_REQUEST, "expected a request line: GET /evidence?nonce=HEX HTTP/1.1")
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        return Response.text(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"{version}: HTTP/1.1 only")
+    for header in headers:
+        name, _, value = header.partition(":")
+        if name.strip().lower().encode() in _BODY_HEADERS and value.strip() not in ("", "0"):
+            return Response.text(HTTPStatus.BAD_REQUEST, "a request here has no body")
+    split = urlsplit(target)
+    return method, split.path, split.query
+
+
+def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint | None:
+    """The endpoint `serve` runs: none when disabled, or with NULL auth (no key, nothing to attest)."""
+    if enclave is None or not config.evidence.enabled:
+        return None
+    return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port)
+
+
+# --- the client side ---
+
+def fetch_evidence(address: str, port: int, nonce: bytes, timeout: float = 10.0) -> bytes:
+    """The envelope the endpoint at address:port makes for `nonce` (not yet verified: verify_envelope does)."""
+    return fetch(address, port, f"/evidence?nonce={nonce.hex()}", MAX_ENVELOPE, timeout)
+
+
+def fetch_identity(address: str, port: int, timeout: float = 10.0) -> str:
+    """The IKE ID the server at address says it authenticates as (unverified: the key is what is pinned)."""
+    body = fetch(address, port, "/identity", MAX_IDENTITY, timeout)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or document.get("version") != IDENTITY_VERSION \
+            or not isinstance(document.get("id"), str):
+        raise EndpointError(f"evidence endpoint {_hostport(address, port)}: /identity is not a version "
+                            f"{IDENTITY_VERSION} identity")
+    return str(document["id"])
+
+
+def fetch(address: str, port: int, target: str, limit: int, timeout: float) -> bytes:
+    """GET target from address:port; the body of a 200 answer, at most `limit` bytes, all within `timeout`."""
+    where = _hostport(address, port)
+    try:
+        status, body = asyncio.run(asyncio.wait_for(_get(address, port, target, limit), timeout))
+    except TimeoutError:
+        raise EndpointError(f"evidence endpoint {where}: no answer within {timeout:g} s") from None
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise EndpointError(f"evidence endpoint {where}: {reason}") from None
+    if status != HTTPStatus.OK:
+        said = body.decode("utf-8", "replace").strip().splitlines()
+        raise EndpointError(f"evidence endpoint {where}: {status} {said[0][:200] if said else ''}".rstrip())
+    return body
+
+
+async def _get(address: str, port: int, target: str, limit: int) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(address, port, limit=16 * 1024)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {_hostport(address, port)}\r\nConnection: close\r\n"
+                     f"Accept: {CMW_JSON}, application/json\r\n\r\n".encode("ascii"))
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *headers = head[:-4].split("\r\n")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
+        body = await reader.read(limit + 1)
+        while body and len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
+            body += more
+        if len(body) > limit:
+            raise OSError(f"answer over {limit} bytes")
+        length = next((value.strip() for name, _, value in (h.partition(":") for h in headers)
+                       if name.strip().lower() == "content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) != len(body)):
+            raise OSError(f"answer of {len(body)} bytes, Content-Length {length}")
+        return int(parts[1]), body
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _hostport(address: str, port: int) -> str:
+    try:
+        return f"[{address}]:{port}" if ip_address(address).version == 6 else f"{address}:{port}"
+    except ValueError:
+        return f"{address}:{port}"
