@@ -5,6 +5,8 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
     ikectl [--config FILE] up | down | status [--json] | doctor
     ikectl [--config FILE] nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
     ikectl [--config FILE] portal allow --minutes N | close | show
+    ikectl [--config FILE] trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim]
+                                 [--id ID] | list [--json] | verify NAME | remove NAME
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, config, doctor, keys, nm, portal, render, session, status, verify
+from . import __version__, config, doctor, keys, nm, portal, render, session, status, trust, verify
 from .config import CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", required=True, type=Path, metavar="DIR")
     r.add_argument("--no-check", action="store_true", help="do not run libreswan's parser on the result")
     _add_nm_commands(commands)
+    _add_trust_commands(commands)
     return parser
 
 
@@ -104,7 +107,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # a bad config is reported before anything else is checked
     _need_root("ikectl up")
     say = _sayer(args.verbose)
-    result = session.up(cfg, say)
+    result = session.up(cfg, say, config_path=args.config.resolve())
     say(f"up in {result.mode.value} mode for {', '.join(map(str, result.resolvers))} "
         f"(pluto pid {result.pluto_pid}) in {result.seconds:.2f} s")
     return EXIT_OK
@@ -121,7 +124,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     _need_root("ikectl status")
-    current = status.gather(cfg.run_dir)
+    current = status.gather(cfg.run_dir, cfg)
     print(json.dumps(current.to_json(), indent=1) if args.json else status.format_human(current))
     return EXIT_OK
 
@@ -216,6 +219,53 @@ def cmd_portal(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_trust_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = commands.add_parser("trust", help="pin a resolver's key after verifying its TEE's attestation evidence")
+    trust_commands = t.add_subparsers(dest="trust_command", metavar="add|list|verify|remove", required=True)
+    add = trust_commands.add_parser("add", help="fetch evidence for a fresh nonce, verify it, pin the key and ID")
+    add.add_argument("name", metavar="NAME", help="the pin's name ([trusted] attested = \"NAME\")")
+    add.add_argument("--resolver", required=True, metavar="ADDR", help="the resolver's address (IKE and DNS)")
+    add.add_argument("--spec", required=True, metavar="FILE|INLINE|URL",
+                     help="the measurements to accept: a JSON file, gzip+base64url inline, or an https governance "
+                          "feed signed by [trust] release_key")
+    add.add_argument("--port", type=int, default=trust.DEFAULT_PORT, metavar="P",
+                     help=f"the evidence endpoint's TCP port (default {trust.DEFAULT_PORT})")
+    add.add_argument("--anchors", choices=[a.value for a in trust.Anchors], default=trust.Anchors.VENDOR.value,
+                     help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
+    add.add_argument("--id", metavar="ID", help="the IKE ID to expect (default: the one the resolver states)")
+    listing = trust_commands.add_parser("list", help="every pin, with its latest attestation")
+    listing.add_argument("--json", action="store_true")
+    verify_ = trust_commands.add_parser("verify", help="re-attest now; on failure trusted mode blocks its DNS")
+    verify_.add_argument("name", metavar="NAME")
+    remove = trust_commands.add_parser("remove", help="forget a pin (trusted mode using it blocks DNS)")
+    remove.add_argument("name", metavar="NAME")
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    say, now = _sayer(args.verbose), time.time()
+    if args.trust_command == "list":
+        rows = trust.listing(cfg, now)
+        print(trust.to_json(rows) if args.json else trust.format_listing(rows))
+    elif args.trust_command == "add":
+        if not 1 <= args.port <= 0xFFFF:
+            raise UsageError(f"--port {args.port}: expected a TCP port, 1 to 65535")
+        pin = trust.add(cfg, args.name, address(args.resolver, f"--resolver {args.resolver}"), args.spec, now,
+                        port=args.port, anchors=trust.Anchors(args.anchors),
+                        expected_id=resolver_id(args.id, "--id") if args.id else None,
+                        warn=lambda text: print(f"ikectl: WARNING: {text}", file=sys.stderr, flush=True))
+        print(f"pinned {pin.name}: {pin.address} {pin.id} {pin.key.kind} key {pin.key.libreswan[:24]}... "
+              f"({pin.evidence_kind} measurement {pin.measurement_id})")
+    elif args.trust_command == "verify":
+        outcome = trust.verify(cfg, args.name, now, say=say)
+        changed = "; a new key, now pinned" if outcome.key_changed else ""
+        print(f"{args.name}: attested{changed}{'; trusted mode reloaded' if outcome.reapplied else ''}")
+    else:
+        blocked = trust.remove(cfg, args.name, say=say)
+        say(f"removed pin {args.name}" + ("; trusted mode's conns to it deleted: DNS blocked" if blocked else ""))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with one line on bad usage
@@ -225,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"render": cmd_render, "up": cmd_up, "down": cmd_down, "status": cmd_status,
                     "doctor": cmd_doctor, "nm-dispatch": cmd_nm_dispatch, "install-nm-hook": cmd_install_nm_hook,
-                    "portal": cmd_portal, "verify": cmd_verify}
+                    "portal": cmd_portal, "verify": cmd_verify, "trust": cmd_trust}
         return commands[args.command](args)
     except IkectlError as exc:
         print(f"ikectl: error: {exc}", file=sys.stderr)

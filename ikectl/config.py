@@ -12,13 +12,28 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     id = "@dns.example.net"             # the resolver's IKE ID
     pubkey = "0sGzgN..."                # its raw key, or:
     pubkey_file = "/etc/ikectl/pins/dns.example.net.pub"
+    # or, alone in the table: the pin `ikectl trust add NAME` made from verified attestation evidence
+    # attested = "NAME"
 
     [coffee_shop]
     ike_timeout_ms = 300                # no IKE answer by then: DNS passes in clear
     retry_after_s = 60                  # and IKE is tried again after this long
+    liveness_ms = 1000                  # an idle SA is checked this often; a resolver whose IPsec died is dropped
+
+    [ipsec]
+    sa_lifetime_s = 28800               # Child SA lifetime (rekeyed a third before its end); default libreswan's
 
     [paths]
     run_dir = "/run/ikectl"             # the rendered tree, pluto's NSS db, socket and log, ikectl's state
+    trust_dir = "/var/lib/ikectl/trust" # `ikectl trust` pins (truststore.py)
+
+    [trust]                             # `ikectl trust` (docs/attestation.md)
+    interval_s = 3600                   # re-attest each pin this often (trust.reattest_due)
+    timeout_s = 10                      # to fetch evidence or a governance feed
+    release_key = "/etc/ikectl/release-key.pem"  # the key that signs governance feeds (Ed25519 or P-256)
+    feed_ca_file = "/etc/ikectl/feed-ca.pem"     # CAs for the feed's https; default: the system's
+    intel_root = "/etc/ikectl/roots/intel-sgx-root.pem"  # --anchors vendor: TDX evidence
+    amd_arks = ["/etc/ikectl/roots/ark-milan.pem"]       # --anchors vendor: SEV-SNP evidence
 
 Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 
@@ -50,7 +65,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from . import keys, tomlfile
+from . import keys, tomlfile, truststore
 from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")
@@ -102,12 +117,26 @@ class TrustedResolver:
     address: Address
     id: str
     key: keys.PinnedKey
+    attested: str | None = None  # the trust-store pin this came from, if any
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """[trust]: how often pins are re-attested, and what evidence and governance feeds are checked against."""
+
+    interval_s: int = 3600
+    timeout_s: int = 10
+    release_key: Path | None = None  # PEM public key that signs governance feeds
+    feed_ca_file: Path | None = None  # CA certificates for the feed's https (None: the system's)
+    intel_root: Path | None = None  # Intel SGX Root CA, PEM
+    amd_arks: tuple[Path, ...] = ()  # AMD root keys, PEM
 
 
 @dataclass(frozen=True)
 class CoffeeShop:
     ike_timeout_ms: int = 300
     retry_after_s: int = 60
+    liveness_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -155,6 +184,10 @@ class Config:
     networks: tuple[NetworkRule, ...] = ()
     pins: tuple[Pin, ...] = ()
     portal: Portal = field(default_factory=Portal)
+    attested: str | None = None  # [trusted] attested = "NAME" (trusted is None when that pin cannot be read)
+    trust_dir: Path = truststore.DEFAULT_TRUST_DIR
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    sa_lifetime_s: int | None = None  # None: libreswan's default
 
     def pin(self, name: str) -> TrustedResolver:
         for pin in self.pins:
@@ -169,7 +202,7 @@ def load(path: Path = DEFAULT_PATH) -> Config:
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(data, {"mode", "resolvers", "trusted", "coffee_shop", "paths", "default_mode", "default_pin", "networks",
-                 "pins", "portal"}, source)
+                 "pins", "portal", "ipsec", "trust"}, source)
     mode_name = data.get("mode", Mode.COFFEE_SHOP.value)
     try:
         mode = Mode(mode_name)
@@ -186,30 +219,38 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: resolvers.discover[{i}] = {name!r}: known sources are "
                               f"{', '.join(KNOWN_DISCOVERY_SOURCES)}")
 
-    trusted = None
+    trust_dir, trust = _trust(data, source)
+    trusted, attested = None, None
     if "trusted" in data:
-        trusted = _trusted(_table(data, "trusted", source), source)
-    if mode == Mode.TRUSTED and trusted is None:
+        trusted, attested = _trusted_or_attested(_table(data, "trusted", source), source, trust_dir)
+    if mode == Mode.TRUSTED and trusted is None and attested is None:
         raise ConfigError(f"{source}: mode = 'trusted' needs a [trusted] table (address, id, pubkey)")
 
     cs_table = _table(data, "coffee_shop", source)
-    _only(cs_table, {"ike_timeout_ms", "retry_after_s"}, f"{source}: [coffee_shop]")
+    _only(cs_table, {"ike_timeout_ms", "retry_after_s", "liveness_ms"}, f"{source}: [coffee_shop]")
     coffee = CoffeeShop(ike_timeout_ms=_int(cs_table, "ike_timeout_ms", 300, 100, 10_000, f"{source}: coffee_shop"),
-                        retry_after_s=_int(cs_table, "retry_after_s", 60, 5, 86_400, f"{source}: coffee_shop"))
+                        retry_after_s=_int(cs_table, "retry_after_s", 60, 5, 86_400, f"{source}: coffee_shop"),
+                        liveness_ms=_int(cs_table, "liveness_ms", 1000, 200, 600_000, f"{source}: coffee_shop"))
     paths = _table(data, "paths", source)
-    _only(paths, {"run_dir"}, f"{source}: [paths]")
+    _only(paths, {"run_dir", "trust_dir"}, f"{source}: [paths]")
     run_dir = Path(str(paths.get("run_dir", DEFAULT_RUN_DIR)))
     if not run_dir.is_absolute():
         raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path")
     pins = _pins(_table(data, "pins", source), source)
-    default_mode, default_pin = _default_policy(data, mode, trusted, pins, source)
+    default_mode, default_pin = _default_policy(data, mode, trusted is not None or attested is not None, pins,
+                                                source)
     networks = _networks(data.get("networks", []), pins, source)
     portal_table = _table(data, "portal", source)
     _only(portal_table, {"allow_minutes"}, f"{source}: [portal]")
     portal = Portal(allow_minutes=_int(portal_table, "allow_minutes", 0, 0, 120, f"{source}: portal"))
+    ipsec_table = _table(data, "ipsec", source)
+    _only(ipsec_table, {"sa_lifetime_s"}, f"{source}: [ipsec]")
+    sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
+                   if "sa_lifetime_s" in ipsec_table else None)
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
                   run_dir=run_dir, default_mode=default_mode, default_pin=default_pin, networks=networks,
-                  pins=pins, portal=portal)
+                  pins=pins, portal=portal, sa_lifetime_s=sa_lifetime, attested=attested, trust_dir=trust_dir,
+                  trust=trust)
 
 
 _PIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -240,7 +281,7 @@ def _pin_reference(value: object, pins: tuple[Pin, ...], where: str) -> str:
     return value
 
 
-def _default_policy(data: Mapping[str, Any], mode: Mode, trusted: TrustedResolver | None, pins: tuple[Pin, ...],
+def _default_policy(data: Mapping[str, Any], mode: Mode, has_trusted: bool, pins: tuple[Pin, ...],
                     source: str) -> tuple[Mode, str | None]:
     # Without default_mode, unknown networks keep `mode`: a trusted-everywhere config must not turn
     # into coffee-shop just because the NetworkManager hook was installed.
@@ -249,7 +290,7 @@ def _default_policy(data: Mapping[str, Any], mode: Mode, trusted: TrustedResolve
         if default_mode != Mode.TRUSTED:
             raise ConfigError(f"{source}: default_pin belongs to default_mode = 'trusted'")
         return default_mode, _pin_reference(data["default_pin"], pins, f"{source}: default_pin")
-    if default_mode == Mode.TRUSTED and trusted is None:
+    if default_mode == Mode.TRUSTED and not has_trusted:
         raise ConfigError(f"{source}: default_mode = 'trusted' needs default_pin or a [trusted] table")
     return default_mode, None
 
@@ -294,6 +335,45 @@ def _uuid(value: str, where: str) -> str:
     if not _UUID.match(value.lower()):
         raise ConfigError(f"{where} = {value!r}: not a connection UUID (see `nmcli -f NAME,UUID connection`)")
     return value.lower()
+
+
+def _trusted_or_attested(table: Mapping[str, Any], source: str,
+                         trust_dir: Path) -> tuple[TrustedResolver | None, str | None]:
+    """[trusted]: a key given here, or `attested = "NAME"`, a trust-store pin. A pin that cannot be read gives
+    (None, NAME): the config still loads (`ikectl trust add NAME` needs it to), and `ikectl up` says what is wrong."""
+    if "attested" not in table:
+        return _trusted(table, source), None
+    _only(table, {"attested"}, f"{source}: [trusted] with attested")
+    name = table["attested"]
+    if not isinstance(name, str) or not _PIN_NAME.match(name):
+        raise ConfigError(f"{source}: trusted.attested = {name!r}: expected a pin name (see `ikectl trust list`)")
+    try:
+        pin = truststore.load(trust_dir, name)
+    except truststore.TrustError:
+        return None, name
+    return TrustedResolver(pin.address, pin.id, pin.key, attested=name), name
+
+
+def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
+    where = f"{source}: trust"
+    trust_dir = _absolute(_table(data, "paths", source).get("trust_dir", truststore.DEFAULT_TRUST_DIR),
+                          f"{source}: paths.trust_dir")
+    table = _table(data, "trust", source)
+    _only(table, {"interval_s", "timeout_s", "release_key", "feed_ca_file", "intel_root", "amd_arks"},
+          f"{source}: [trust]")
+    files = {key: _absolute(table[key], f"{where}.{key}") if key in table else None
+             for key in ("release_key", "feed_ca_file", "intel_root")}
+    arks = tuple(_absolute(p, f"{where}.amd_arks[{i}]") for i, p in enumerate(_list(table, "amd_arks", where)))
+    return trust_dir, TrustSettings(interval_s=_int(table, "interval_s", 3600, 60, 7 * 86_400, where),
+                                    timeout_s=_int(table, "timeout_s", 10, 1, 120, where),
+                                    release_key=files["release_key"], feed_ca_file=files["feed_ca_file"],
+                                    intel_root=files["intel_root"], amd_arks=arks)
+
+
+def _absolute(value: object, where: str) -> Path:
+    if not isinstance(value, str | Path) or not Path(value).is_absolute():
+        raise ConfigError(f"{where} = {str(value)!r}: expected an absolute path")
+    return Path(value)
 
 
 def _trusted(table: Mapping[str, Any], source: str, name: str = "[trusted]") -> TrustedResolver:

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import backstop, daemon, portal, resolvers, session
+from . import daemon, portal, resolvers, session
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError, UsageError
 from .portal import PortalWindow
@@ -95,6 +95,7 @@ class DispatcherEvent:
     vpn_ip_iface: str | None = None
     connectivity: str | None = None  # CONNECTIVITY_STATE, connectivity-change only
     nameservers: tuple[Address, ...] = ()  # from the IP4/IP6/DHCP4/DHCP6/VPN variables, in that order
+    external: bool = False  # CONNECTION_EXTERNAL=1: NM only reflects a configuration made outside it
 
 
 def ssid_from_keyfile(path: Path) -> str | None:
@@ -134,7 +135,9 @@ def read_event(iface: str, action: str, env: Mapping[str, str],
                                 ssid=read_ssid(Path(filename)) if filename else None)
     elif action in SUPERSEDING_ACTIONS:
         raise BadEvent("CONNECTION_UUID is missing from the environment")
-    connectivity = env.get("CONNECTIVITY_STATE")
+    # NetworkManager 1.42, stopping, dispatches connectivity-change with no CONNECTIVITY_STATE at all (seen with
+    # the real daemon in netns_tests/test_nm_real.py): it knows nothing any more, which is UNKNOWN.
+    connectivity = env.get("CONNECTIVITY_STATE", "UNKNOWN" if action == "connectivity-change" else None)
     if action == "connectivity-change" and connectivity not in CONNECTIVITY_STATES:
         raise BadEvent(f"CONNECTIVITY_STATE={connectivity!r}: expected one of "
                        f"{', '.join(sorted(CONNECTIVITY_STATES))}")
@@ -146,7 +149,7 @@ def read_event(iface: str, action: str, env: Mapping[str, str],
                            device_iface=env.get("DEVICE_IFACE") or None, ip_iface=env.get("DEVICE_IP_IFACE") or None,
                            vpn_ip_iface=env.get("VPN_IP_IFACE") or None,
                            connectivity=connectivity if action == "connectivity-change" else None,
-                           nameservers=nameservers)
+                           nameservers=nameservers, external=env.get("CONNECTION_EXTERNAL") == "1")
 
 
 # --- what was applied, and the plan ----------------------------------------------------------------------
@@ -378,7 +381,19 @@ DECISIONS: Mapping[str, Callable[[DispatcherEvent, Config, Context], Plan]] = {
 
 
 def decide(event: DispatcherEvent, config: Config, ctx: Context) -> Plan:
+    if event.external and event.action in SUPERSEDING_ACTIONS:
+        return _external(event, config, ctx)
     return DECISIONS[event.action](event, config, ctx)
+
+
+def _external(event: DispatcherEvent, config: Config, ctx: Context) -> Plan:
+    """NetworkManager makes an "external" connection for a link configured outside it (a container bridge,
+    a link that had addresses when NM started) and dispatches pre-up/up for it with CONNECTION_EXTERNAL=1.
+    That is no network the user joined: switching modes for it would, say, drop trusted mode because a
+    bridge came up."""
+    name = event.connection.label() if event.connection else event.iface
+    return Plan(None, f"{name}: made outside NetworkManager (CONNECTION_EXTERNAL=1), not a network to apply a "
+                      "mode for; protection left as it is", ctx.record)
 
 
 # --- serialization: lock, tickets, time budget -----------------------------------------------------------
@@ -513,21 +528,7 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     pinned = config.pin(target.pin) if target.pin is not None else config.trusted
     wanted = replace(config, mode=target.mode, resolvers=target.resolvers,
                      trusted=pinned if target.mode == Mode.TRUSTED else config.trusted)
-    state = session.read_state(daemon.RunDir(config.run_dir))
-    before = state.get("mode") if state else None
-    if target.mode == Mode.TRUSTED:
-        if before == Mode.COFFEE_SHOP.value:
-            # Close first, then drop the opportunistic conn (its pass shunts win over the backstop),
-            # then load the trusted conns: DNS is blocked, never clear, at every step in between.
-            backstop.install()
-            with contextlib.suppress(IkectlError):
-                daemon.RunDir(config.run_dir).whack().delete(session.OE_CONN)
-        session.up(wanted, say)
-        return
-    if before == Mode.TRUSTED.value:
-        # Leaving a trusted network for a coffee-shop one: the backstop and the trusted conns go.
-        session.down(config.run_dir)
-    session.up(wanted, say)
+    session.up(wanted, say)  # switching modes, too, never lets DNS out in clear where trusted holds
 
 
 # --- the entry point -------------------------------------------------------------------------------------
@@ -548,7 +549,8 @@ def dispatch(event: DispatcherEvent, config: Config, *, log: Callable[[str], Non
         log(f"{where}: would {'apply' if plan.target else 'leave as is'}: {plan.reason}{step}")
         return 0
     try:
-        ticket = take_ticket(paths, deadline) if event.action in SUPERSEDING_ACTIONS else None
+        supersedes = event.action in SUPERSEDING_ACTIONS and not event.external
+        ticket = take_ticket(paths, deadline) if supersedes else None
         with holding_lock(paths, deadline):
             if ticket is not None and latest_ticket(paths) > ticket:
                 log(f"{where}: superseded by a later network event; nothing done")
@@ -595,12 +597,21 @@ def hook_paths(root: Path) -> tuple[Path, Path]:
     return dispatcher_d / HOOK_NAME, dispatcher_d / "pre-up.d" / HOOK_NAME
 
 
+def actions_always_left() -> tuple[str, ...]:
+    """The actions whose row in DECISIONS never changes anything, whatever the network and the record: the
+    hook answers them in the shell. nm-dispatcher runs every script in dispatcher.d for every event, and a
+    Python start with ikectl's imports costs far more than the event is worth (docs/performance.md)."""
+    return tuple(sorted(action for action, row in DECISIONS.items() if row in (_ignored, _on_down)))
+
+
 def hook_script(ikectl: Path, config_path: Path) -> str:
     return (
         "#!/bin/sh\n"
         f"{HOOK_MARKER}: written by `ikectl install-nm-hook`, removed by `ikectl install-nm-hook --uninstall`.\n"
         "# NetworkManager-dispatcher runs it as root with IFACE and ACTION as arguments and the connection in\n"
         "# the environment; ikectl bounds its own time, so NetworkManager never waits long on it.\n"
+        "# These actions never change the protection (ikectl.nm.DECISIONS): no need to start ikectl for them.\n"
+        f"case \"$2\" in {'|'.join(actions_always_left())}) exit 0 ;; esac\n"
         f"exec {shlex.quote(str(ikectl))} --config {shlex.quote(str(config_path))} nm-dispatch \"$1\" \"$2\"\n"
     )
 

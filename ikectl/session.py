@@ -4,6 +4,9 @@
 protection, recording an undo step for each change: if any step fails, the steps done so far are undone
 in reverse and the error is raised, so a failed `up` leaves the system as it was. Run again, `up`
 refreshes in place (backstop first, then pluto's conns) without ever removing protection in between.
+Run with the other mode, `up` switches without a window of clear DNS: to trusted, the backstop goes in
+before the opportunistic conn goes; to coffee-shop, the backstop goes only after the opportunistic traps
+are in.
 
 `down` removes what `up` installed (recorded in state.json): our pluto, our policies, the policies our
 pluto leaves behind when it exits (its IPv6 neighbour-discovery bypasses), the larval-drop setting, the
@@ -12,27 +15,27 @@ run dir; nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import ipaddress
+import fcntl
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from . import backstop, daemon, render, resolvers, xfrm
+from . import backstop, daemon, opportunistic, render, resolvers, routes, supervisor, truststore, xfrm
 from .config import Address, Config, Mode
 from .errors import IkectlError
+from .whack import Whack
 
 STATE_VERSION = 1
 TRUSTED_CONNS = ("ikectl-trusted-udp", "ikectl-trusted-tcp")
-OE_CONN = "private-or-clear"
+OE_CONN = opportunistic.OE_CONN
 
 
 class UpError(IkectlError):
@@ -47,26 +50,40 @@ class UpResult:
     seconds: float
 
 
-def up(config: Config, say: Callable[[str], None] = lambda _: None) -> UpResult:
-    started = time.monotonic()
+def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path: Path | None = None) -> UpResult:
+    """`config_path`, when given, is where the supervisor reads the config again (re-attestation)."""
+    truststore.require_usable(config)  # a trust-store pin that failed attestation: refused, nothing touched
     run = daemon.RunDir(config.run_dir)
+    with state_lock(run):
+        return _up(config, run, say, config_path)
+
+
+def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa: PLR0915
+        config_path: Path | None) -> UpResult:
+    started = time.monotonic()
     found = resolvers.discover(config)
     if config.trusted is not None and config.mode == Mode.TRUSTED:
         # The trusted resolver first; the others found stay listed, as blocked.
         found = (config.trusted.address, *(a for a in found if a != config.trusted.address))
     if config.mode == Mode.COFFEE_SHOP and not found:
         raise UpError("no resolvers to protect: none configured and none found in /etc/resolv.conf")
-    profile = render.Profile.from_config(config, found)
+    previous = read_state(run)
+    before = _recorded_mode(previous)
+    kept = _kept_upkeep(previous, config.mode)
+    now = time.time()
+    # Resolvers ikectl put in clear (they refused the Child SA) stay out of the group until their time is up.
+    admitted = tuple(a for a in found if str(a) not in kept.excluded or kept.excluded[str(a)].until <= now)
+    profile = render.Profile.from_config(config, admitted)
     files = render.render_tree(profile)
     with tempfile.TemporaryDirectory(prefix="ikectl-check-") as scratch:
         render.write_tree(files, Path(scratch))
         render.check_tree(Path(scratch))
 
-    previous = read_state(run)
     undo: list[Callable[[], object]] = []
     try:
         if config.mode == Mode.TRUSTED:
-            # Before pluto exists: from here on no DNS leaves in clear.
+            # Before pluto exists (or, switching from coffee-shop, before its conns go): from here on no
+            # DNS leaves in clear.
             owned_before = {p.selector for p in backstop.installed()}
             say("installing the backstop policies")
             backstop.install()
@@ -79,9 +96,10 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None) -> UpResult:
             undo.append(lambda: xfrm.set_larval_drop(True))
 
         fresh_dir = not run.root.exists()
+        old_tree = _read_tree(run.root, files)
         render.write_tree(files, run.root)
-        if fresh_dir:
-            undo.append(lambda: shutil.rmtree(run.root, ignore_errors=True))
+        undo.append(lambda: shutil.rmtree(run.root, ignore_errors=True) if fresh_dir
+                    else _restore_tree(run.root, old_tree))
         pid = daemon.pluto_pid(run)
         bypass_before = (previous or {}).get("nd_bypass_before")
         if pid is None:
@@ -89,15 +107,34 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None) -> UpResult:
             say("starting pluto")
             pid = daemon.start_pluto(run)
             undo.append(lambda: _stop_our_pluto(run, bypass_before or []))
-        _load_conns(run, profile, replacing=previous is not None)
+        elif before is not None and before != config.mode:
+            say(f"switching from {before.value} to {config.mode.value}")
+            _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
+        _load_conns(run, profile, replacing=before == config.mode)
+        if before == Mode.TRUSTED and config.mode == Mode.COFFEE_SHOP:
+            # The opportunistic traps are in; only now may DNS to other resolvers leave the host.
+            _remove_backstop()
+            undo.append(backstop.install)
         _negotiate_ahead(run, profile, say)
-        write_state(run, {
+        state = {
             "version": STATE_VERSION, "mode": config.mode.value, "resolvers": [str(a) for a in found],
             "trusted": str(config.trusted.address) if config.trusted else None,
             "larval_drop_before": (previous or {}).get("larval_drop_before", larval_before),
-            "up_at": (previous or {}).get("up_at", time.time()), "pluto_pid": pid,
-            "nd_bypass_before": bypass_before,
-        })
+            "up_at": (previous or {}).get("up_at", now) if before == config.mode else now,
+            "pluto_pid": pid, "nd_bypass_before": bypass_before,
+            "retry_after_s": config.coffee_shop.retry_after_s, "opportunistic": kept.to_state(),
+            "supervisor_pid": (previous or {}).get("supervisor_pid"),
+            "config_path": str(config_path) if config_path else (previous or {}).get("config_path"),
+        }
+        if config.mode == Mode.COFFEE_SHOP:
+            # A resolver that refused the Child SA during the negotiation above goes to clear now, before
+            # the first query meets pluto's hold.
+            state["opportunistic"] = opportunistic.upkeep(run, state, config.coffee_shop.retry_after_s,
+                                                          time.time()).to_state()
+        if not supervisor.running(run, state["supervisor_pid"]):
+            state["supervisor_pid"] = supervisor.start(run)
+            undo.append(lambda: supervisor.stop(run, state["supervisor_pid"]))
+        write_state(run, state)
     except BaseException:
         for step in reversed(undo):
             with contextlib.suppress(Exception):  # undo as much as can be undone; the first error wins
@@ -106,8 +143,31 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None) -> UpResult:
     return UpResult(config.mode, found, pid, time.monotonic() - started)
 
 
+def _kept_upkeep(previous: dict[str, Any] | None, mode: Mode) -> opportunistic.Upkeep:
+    """The coffee-shop record of the previous `up`, when it was in coffee-shop mode too."""
+    if previous is None or mode != Mode.COFFEE_SHOP or _recorded_mode(previous) != Mode.COFFEE_SHOP:
+        return opportunistic.Upkeep()
+    try:
+        return opportunistic.Upkeep.from_state(previous)
+    except (TypeError, ValueError, AttributeError):  # a record from another version: start afresh
+        return opportunistic.Upkeep()
+
+
+def _recorded_mode(state: dict[str, Any] | None) -> Mode | None:
+    try:
+        return Mode(state["mode"]) if state else None
+    except (KeyError, ValueError):
+        return None
+
+
+def _conn_names(mode: Mode) -> tuple[str, ...]:
+    return TRUSTED_CONNS if mode == Mode.TRUSTED else (OE_CONN,)
+
+
 def _load_conns(run: daemon.RunDir, profile: render.Profile, replacing: bool) -> None:
     whack = run.whack()
+    if replacing:
+        whack.listen()  # the network may have changed under a running pluto: an address, an interface
     names = (TRUSTED_CONNS if profile.trusted else ()) + ((OE_CONN,) if profile.opportunistic else ())
     for name in names:
         if replacing:
@@ -117,7 +177,89 @@ def _load_conns(run: daemon.RunDir, profile: render.Profile, replacing: bool) ->
         if name != OE_CONN:
             whack.route(name)
     if profile.opportunistic:
-        whack.reread_groups()  # loads the OE group and routes a trap per resolver line
+        # Loads the OE group; routing the group conn routes a trap per resolver line. A pluto that had
+        # another mode's conns did not route them from the reread alone (seen in the VM).
+        opportunistic.route_group(whack)
+        _wait_for_traps(whack, profile.opportunistic)
+
+
+TRAP_WAIT_S = 3.0
+
+
+def _wait_for_traps(whack: Whack, resolvers: tuple[Address, ...]) -> None:
+    """Wait until the kernel holds an opportunistic trap for udp/53 and tcp/53 to each resolver. pluto routes
+    a group's lines after `--listen` returns, and now and then not at all (seen in the VM: the group loaded,
+    no trap, DNS in clear without IKE): reload the group once if they are late."""
+    wanted = {(resolver, proto) for resolver in resolvers for proto in (6, 17)}
+    started = time.monotonic()
+    reloaded = False
+    while True:
+        missing = wanted - opportunistic.policed()
+        if not missing:
+            return
+        waited = time.monotonic() - started
+        if waited > TRAP_WAIT_S:
+            listed = ", ".join(sorted(f"{a} {'tcp' if p == 6 else 'udp'}/53" for a, p in missing))
+            raise UpError(f"pluto loaded the opportunistic group but routed no trap for {listed}")
+        if waited > TRAP_WAIT_S / 2 and not reloaded:
+            opportunistic.route_group(whack)
+            reloaded = True
+        time.sleep(0.05)
+
+
+def _unload_conns(run: daemon.RunDir, mode: Mode, old_tree: dict[str, str | None],
+                  undo: list[Callable[[], object]], previous_resolvers: set[str]) -> None:
+    """Delete the conns of the mode we are leaving (their shunts would outrank the new mode's policies);
+    the undo step puts the old tree back and loads them again."""
+    whack = run.whack()
+    for name in _conn_names(mode):
+        with contextlib.suppress(IkectlError):
+            whack.delete(name)
+    if mode == Mode.COFFEE_SHOP:
+        # pluto keeps the clear-fallback shunts of a deleted conn until they expire, and they outrank the
+        # backstop: without this, DNS to a resolver without IKE left in clear after the switch (seen in the VM).
+        _remove_pass_shunts(previous_resolvers)
+
+    def reload() -> None:
+        _restore_tree(run.root, old_tree)
+        for name in _conn_names(mode):
+            whack.add(name)
+            if name != OE_CONN:
+                whack.route(name)
+        if mode == Mode.COFFEE_SHOP:
+            whack.reread_groups()
+
+    undo.append(reload)
+
+
+def _remove_pass_shunts(resolvers: set[str]) -> None:
+    """Delete pluto's bare pass policies (no template: packets go in clear) for port 53 of those resolvers."""
+    with xfrm.XfrmClient() as client:
+        for policy in client.policies():
+            sel = policy.selector
+            if (not policy.owned and not policy.templates and policy.action == xfrm.Action.ALLOW
+                    and policy.direction == xfrm.Direction.OUT and sel.dport == 53
+                    and str(sel.dst.network_address) in resolvers):
+                with contextlib.suppress(xfrm.KernelRefused, xfrm.NotFound):
+                    client.delete_policy(policy)
+
+
+def _read_tree(root: Path, files: dict[str, str]) -> dict[str, str | None]:
+    """The current content of each file the new tree will write (None: absent), to put back on failure."""
+    tree: dict[str, str | None] = {}
+    for relative in files:
+        try:
+            tree[relative] = (root / relative).read_text()
+        except OSError:
+            tree[relative] = None
+    return tree
+
+
+def _restore_tree(root: Path, tree: dict[str, str | None]) -> None:
+    render.write_tree({k: v for k, v in tree.items() if v is not None}, root)
+    for relative, content in tree.items():
+        if content is None:
+            (root / relative).unlink(missing_ok=True)
 
 
 def _negotiate_ahead(run: daemon.RunDir, profile: render.Profile, say: Callable[[str], None]) -> None:
@@ -130,28 +272,28 @@ def _negotiate_ahead(run: daemon.RunDir, profile: render.Profile, say: Callable[
         for name in TRUSTED_CONNS:
             with contextlib.suppress(IkectlError):  # a resolver that does not answer stays blocked
                 whack.initiate(name)
-    for resolver in profile.opportunistic:
-        local = source_address(resolver)
-        if local is None:
-            continue
-        say(f"negotiating with {resolver}")
-        for proto in (17, 6):
-            with contextlib.suppress(IkectlError):  # a resolver without IKE is an outcome, not an error
-                whack.initiate_opportunistic(str(local), str(resolver), proto=proto)
+    pairs = [(resolver, source_address(resolver)) for resolver in profile.opportunistic]
+    if pairs:
+        say(f"negotiating with {', '.join(str(r) for r, local in pairs if local is not None)}")
+    # One resolver's negotiation (or its IKE timeout) does not wait for another's: in parallel, each
+    # resolver's udp/53 then tcp/53 in turn (pluto refuses a second negotiation with a peer in flight).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+        for _ in pool.map(lambda pair: _negotiate_opportunistic(whack, *pair), pairs):
+            pass
+
+
+def _negotiate_opportunistic(whack: Whack, resolver: Address, local: Address | None) -> None:
+    if local is None:  # no route to it: nothing to negotiate, the first query will say so
+        return
+    for proto in (17, 6):
+        with contextlib.suppress(IkectlError):  # a resolver without IKE is an outcome, not an error
+            whack.initiate_opportunistic(str(local), str(resolver), proto=proto)
 
 
 def source_address(destination: Address) -> Address | None:
     """The address this host would send from to reach `destination` (the kernel's route lookup)."""
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(destination))
-        except NetlinkError:  # no route to it
-            return None
-        for route in routes:
-            src = route.get_attr("RTA_PREFSRC")
-            if src:
-                return ipaddress.ip_address(src)
-    return None
+    route = routes.route_to(destination)
+    return route.source if route else None
 
 
 def _is_nd_bypass(policy: xfrm.Policy) -> bool:
@@ -194,9 +336,18 @@ def _remove_backstop() -> None:
 def down(run_dir: Path) -> bool:
     """Remove what `up` installed; False when ikectl was not up."""
     run = daemon.RunDir(run_dir)
+    with state_lock(run):
+        removed = _down(run)
+    run.root.with_name(f".{run.root.name}.lock").unlink(missing_ok=True)
+    return removed
+
+
+def _down(run: daemon.RunDir) -> bool:
     state = read_state(run)
     if state is None and not run.root.exists():
         return False
+    if state is not None:
+        supervisor.stop(run, state.get("supervisor_pid"))
     if state is not None and state.get("nd_bypass_before") is not None:
         _stop_our_pluto(run, list(state["nd_bypass_before"]))
     else:
@@ -215,6 +366,19 @@ def read_state(run: daemon.RunDir) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
+
+
+@contextlib.contextmanager
+def state_lock(run: daemon.RunDir) -> Iterator[None]:
+    """Serializes `up`, `down` and the supervisor's rounds on state.json (a lock file beside the run dir,
+    which `up` may still have to create)."""
+    path = run.root.with_name(f".{run.root.name}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_state(run: daemon.RunDir, state: dict[str, Any]) -> None:

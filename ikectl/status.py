@@ -2,7 +2,8 @@
 
 States: authenticated (trusted resolver inside ESP), NULL-encrypted (coffee-shop inside ESP), clear
 (coffee-shop fallback: the resolver does not speak IKE), blocked (trusted mode keeps DNS off the wire),
-pending (nothing decided yet: no DNS sent). `--json` gives the same as a versioned schema.
+pending (nothing decided yet: no DNS sent). `--json` gives the same as a versioned schema. A trusted resolver
+pinned from the trust store (`[trusted] attested = "NAME"`) also shows its latest attestation: result, age, evidence.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from . import daemon, session, xfrm
+from . import daemon, opportunistic, session, truststore, xfrm
+from .config import Config
 from .errors import IkectlError
 from .whack import BareShunt, TrafficStatus
 
@@ -31,6 +33,7 @@ class ResolverStatus:
     packets_in: int = 0
     packets_out: int = 0
     algorithms: tuple[str, ...] = ()
+    attestation: truststore.AttestationView | None = None  # a trusted resolver pinned by `ikectl trust`
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Status:
         return {"version": SCHEMA_VERSION, **asdict(self)}
 
 
-def gather(run_dir: Path) -> Status:
+def gather(run_dir: Path, config: Config | None = None) -> Status:
     run = daemon.RunDir(run_dir)
     state = session.read_state(run)
     if state is None:
@@ -62,6 +65,8 @@ def gather(run_dir: Path) -> Status:
     found = []
     for address in state["resolvers"]:
         found.append(_resolver(state, address, pid, traffic, shunts, sas, log))
+    if config is not None:
+        found = [_attested(r, state, config) for r in found]
     return Status(up=True, mode=state["mode"], pluto_pid=pid, resolvers=tuple(found))
 
 
@@ -80,6 +85,18 @@ def _resolver(state: dict[str, Any], address: str, pid: int | None, traffic: lis
     return replace(measured, state=verdict, reason=reason)
 
 
+def _attested(resolver: ResolverStatus, state: dict[str, Any], config: Config) -> ResolverStatus:
+    if state["mode"] != "trusted" or resolver.address != state.get("trusted"):
+        return resolver
+    view = truststore.view(config, time.time())
+    if view is None:
+        return resolver
+    if view.result != truststore.OK and resolver.state == "blocked":
+        why = "failed attestation: " if view.result == truststore.FAILED else "cannot be read: "
+        return replace(resolver, reason=f"pin {view.pin!r} {why}{view.reason}", attestation=view)
+    return replace(resolver, attestation=view)
+
+
 def _decide(state: dict[str, Any], address: str, pid: int | None, traffic: list[TrafficStatus],
             shunts: list[BareShunt], has_sa: bool, log: list[str]) -> tuple[str, str]:
     trusted = state["mode"] == "trusted"
@@ -95,22 +112,28 @@ def _decide(state: dict[str, Any], address: str, pid: int | None, traffic: list[
             return "blocked", "pluto is not running; the backstop keeps DNS off the wire"
         return "pending", "pluto is not running"
     if trusted:
-        return "blocked", _trusted_failure(log) or "no DNS sent yet; IKE starts with the first query"
+        return "blocked", trusted_failure(log) or "no DNS sent yet; IKE starts with the first query"
+    decided = opportunistic.reason_for(state, address)
+    if decided is not None:
+        return "clear", f"{decided}; DNS passes in clear, IKE is retried later"
     if any(s.dst.network_address == ip_address(address) and s.action == "%pass" for s in shunts):
         return "clear", "no IKE answer; DNS passes in clear, IKE is retried later"
+    if opportunistic.liveness_failed(log, address):
+        return "clear", f"{opportunistic.LIVENESS}; DNS passes in clear, IKE is retried later"
     return "pending", "no DNS sent yet; IKE starts with the first query"
 
 
+OTHER_KEY = "the resolver presented a different key"
 _FAILURES = (
     (r"AUTHENTICATION_FAILED|authentication failed|signature.*(?:failed|invalid)|RSA.*failed|ECDSA.*failed",
-     "the resolver presented a different key"),
+     OTHER_KEY),
     (r"No response \(or no acceptable response\) to our first IKEv2 message", "no IKE answer from the resolver"),
     (r"STATE_V2_PARENT_I1: retransmission", "no IKE answer from the resolver yet; pluto keeps trying"),
     (r"TS_UNACCEPTABLE|NO_PROPOSAL_CHOSEN", "the resolver refused the DNS-only Child SA"),
 )
 
 
-def _trusted_failure(log: list[str]) -> str | None:
+def trusted_failure(log: list[str]) -> str | None:
     for line in reversed(log):
         if not any(conn in line for conn in session.TRUSTED_CONNS):
             continue
@@ -137,11 +160,21 @@ def format_human(status: Status, now: float | None = None) -> str:
     for r in status.resolvers:
         since = f"since {_age(now - r.since)} ago" if r.since else ""
         packets = f"{r.packets_in} in / {r.packets_out} out packets" if r.packets_in or r.packets_out else ""
-        rows.append([r.address, status.mode or "", r.state, r.reason, since, packets, " ".join(r.algorithms)])
+        rows.append([r.address, status.mode or "", r.state, r.reason, since, packets, " ".join(r.algorithms),
+                     _attestation(r.attestation)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     pluto = f"pluto pid {status.pluto_pid}" if status.pluto_pid else "pluto NOT running"
     return "\n".join([*lines, pluto])
+
+
+def _attestation(view: truststore.AttestationView | None) -> str:
+    if view is None:
+        return ""
+    if view.age_s is None:
+        return f"attestation: pin {view.pin} {view.result}"
+    sim = " (sim: NOT SECURE)" if view.anchors == "sim" else ""
+    return f"attestation {'ok' if view.result == truststore.OK else 'FAILED'} {_age(view.age_s)} ago{sim}"
 
 
 def _age(seconds: float) -> str:

@@ -223,6 +223,10 @@ class Whack:
         """Reload the opportunistic policy groups (and the interfaces)."""
         self._call("reread policy groups", self.argv("--listen"))
 
+    def listen(self) -> None:
+        """Rescan the interfaces (an address came or went) and reload the groups: the same --listen."""
+        self._call("rescan interfaces", self.argv("--listen"))
+
     # --- status ---
 
     def traffic_status(self) -> list[TrafficStatus]:

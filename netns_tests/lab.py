@@ -4,13 +4,16 @@
 
 One client, one router, three resolvers (each a namespace running unbound with the lab zone):
 
-    coffee   10.77.2.53  speaks IKE with NULL auth (RFC 7619): the coffee-shop case
+    coffee   10.77.2.53  pluto, IKE with NULL auth (RFC 7619): the coffee-shop case
     plain    10.77.3.53  no IKE at all: DNS must still be answered, in clear
-    trusted  10.77.4.53  authenticated by a pinned raw ECDSA key: never clear
+    trusted  10.77.4.53  enclave-ike serve: its ECDSA key lives in the (simulated) enclave and is pinned by
+                         ikectl's trusted profile: never clear
 
 The client runs pluto with the tree `ikectl render` makes: an opportunistic (private-or-clear) group for
-coffee and plain and an authenticated conn for trusted, all limited to udp/53 and tcp/53. The resolvers
-run pluto with ikectl's responder conns. tcpdump on the router's client-facing
+coffee and plain and an authenticated conn for trusted, all limited to udp/53 and tcp/53. The coffee resolver
+runs pluto with ikectl's responder conn; the trusted one runs `enclave-ike serve` (sim backend, ECDSA P-256,
+RFC 7427 signatures, Child SAs installed in its namespace's XFRM), and the client pins the key that
+`enclave-ike identity --format libreswan` publishes. tcpdump on the router's client-facing
 interface sees exactly what crosses the wire. The lab resolves names through each resolver and prints,
 per resolver, the IKE SA, the Child SA, the queries and the plaintext DNS packets seen on the wire; it
 exits 0 when every resolver behaved as expected and 1 otherwise.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,16 +59,34 @@ class LabResolver:
     speaks_ike: bool
     encrypted: bool  # what the lab expects: DNS inside ESP, or in clear
     expectation: str
+    responder: str  # what answers IKE there
 
 
 RESOLVERS = (
-    LabResolver("coffee", "10.77.2.0/24", "10.77.2.53", True, True, "NULL-auth ESP, 0 plaintext DNS packets"),
+    LabResolver("coffee", "10.77.2.0/24", "10.77.2.53", True, True, "NULL-auth ESP, 0 plaintext DNS packets",
+                "pluto, NULL auth"),
     LabResolver("plain", "10.77.3.0/24", "10.77.3.53", False, False,
-                "no IKE: answered in clear (the expected clear fallback)"),
+                "no IKE: answered in clear (the expected clear fallback)", "no IKE"),
     LabResolver("trusted", "10.77.4.0/24", "10.77.4.53", True, True,
-                "pinned-key ESP, 0 plaintext DNS packets"),
+                "pinned-key ESP, 0 plaintext DNS packets", "enclave-ike serve, sim enclave"),
 )
 TRUSTED_ID = "@trusted.lab.example"
+
+ENCLAVE_IKE_CONFIG = """[listen]
+addresses = ["{address}"]
+
+[identity]
+backend = "sim"
+key_type = "ecdsa-p256"
+id = "{id}"
+auth = "signature"
+publish = "{publish}"
+
+[apply]
+mode = "kernel"
+"""
+"""The trusted resolver's `enclave-ike serve` config: the key is made inside the sim enclave when serve starts,
+AUTH is an RFC 7427 ECDSA signature made there, and the Child SAs go into the resolver namespace's XFRM."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,8 @@ class ResolverReport:
     child_sas: tuple[SaInfo, ...]
     answers: tuple[Answer, ...]
     wire: PeerCounts
+    responder_log: tuple[int, int] | None = None
+    """enclave-ike's own count of (IKE SAs, Child SAs) established, from its log; None where pluto answers."""
 
     @property
     def answered(self) -> int:
@@ -99,6 +123,8 @@ class ResolverReport:
                 found.append("the Child SA's counters did not move")
             if self.wire.plaintext_dns:
                 found.append(f"{self.wire.plaintext_dns} plaintext DNS packets on the wire")
+            if self.responder_log is not None and not all(self.responder_log):
+                found.append("enclave-ike logged no IKE SA or no Child SA")
         else:
             if self.child_sas:
                 found.append("unexpected Child SA")
@@ -128,6 +154,7 @@ class Lab:
         """`with_client_pluto=False` builds the resolvers' world only: the client is left to ikectl."""
         self.workdir, self.say, self.with_client_pluto = workdir, say, with_client_pluto
         self.trusted_pin: keys.PinnedKey | None = None
+        self.trusted_server: procs.Daemon | None = None
         self.topo = Topology()
         self.daemons: list[procs.Daemon] = []
         self.hosts: dict[str, Host] = {}
@@ -181,16 +208,13 @@ class Lab:
         self.capture = Capture(router, router.interface_to(client).ifname, self.workdir / "client-wire.pcap")
         self._start(self.capture)
 
-        self.say("generating the trusted resolver's ECDSA key and starting pluto on coffee and trusted")
+        self.say("starting pluto on coffee (NULL auth)")
         coffee = Pluto(topo, self.hosts["coffee"], self.workdir / "pluto-coffee")
         coffee.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address("10.77.2.53"))))
-        trusted = Pluto(topo, self.hosts["trusted"], self.workdir / "pluto-trusted")
-        pin = self.trusted_pin = keys.parse(trusted.show_hostkey(trusted.new_hostkey("ecdsa"), "right"))
-        trusted.write_config(PlutoConfig(conns=render.render_responder(
-            "dns", ip_address("10.77.4.53"), TRUSTED_ID, pin)))
-        for responder in (coffee, trusted):
-            self._start(responder)
-            responder.addconn("--autoall")
+        self._start(coffee)
+        coffee.addconn("--autoall")
+        self.say("starting enclave-ike serve on trusted (sim enclave; its ECDSA key is made inside it)")
+        pin = self.trusted_pin = self._start_enclave_ike(self.hosts["trusted"], "10.77.4.53")
         if not self.with_client_pluto:
             return
 
@@ -205,6 +229,24 @@ class Lab:
         self._start(pluto)
         pluto.addconn("--autoall")
         self.client_pluto = pluto
+
+    def _start_enclave_ike(self, host: Host, address: str) -> keys.PinnedKey:
+        """Run `enclave-ike serve` in `host`; return the key it publishes (`enclave-ike identity --format
+        libreswan`), which is what ikectl's trusted profile pins."""
+        workdir = self.workdir / f"enclave-ike-{host.name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "enclave-ike.toml"
+        config.write_text(ENCLAVE_IKE_CONFIG.format(address=address, id=TRUSTED_ID,
+                                                    publish=workdir / "identity.json"))
+        server = procs.Daemon(f"enclave-ike@{host.name}",
+                              [sys.executable, "-m", "enclave_ike.cli", "serve", "--config", str(config)],
+                              workdir / "enclave-ike.log", netns=host.netns)
+        self._start(server)
+        server.wait_for_log(r"listening on ", timeout=120.0)  # 38 s seen in the VM under TCG
+        self.trusted_server = server
+        line = self.topo.run(host, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config", str(config),
+                                    "--format", "libreswan"]).stdout.strip()
+        return keys.parse(line)
 
     def resolve(self, resolver: LabResolver, count: int) -> tuple[Answer, ...]:
         client = self.hosts["client"]
@@ -225,6 +267,7 @@ class Lab:
         log = self.client_pluto.log_text()
         ike = ike_sas_from_log(log, peers_by_conn={"ikectl-trusted-udp": "10.77.4.53",
                                                    "ikectl-trusted-tcp": "10.77.4.53"})
+        server_log = self.trusted_server.log_text() if self.trusted_server is not None else None
         reports = tuple(
             ResolverReport(
                 resolver=r,
@@ -232,6 +275,7 @@ class Lab:
                 child_sas=tuple(sa for sa in sas if r.address in (str(sa.src), str(sa.dst))),
                 answers=answers[r.name],
                 wire=wire.peer(r.address),
+                responder_log=enclave_ike_counts(server_log) if r.name == "trusted" and server_log else None,
             )
             for r in RESOLVERS
         )
@@ -239,18 +283,27 @@ class Lab:
                          artifacts=str(self.workdir))
 
 
+def enclave_ike_counts(log: str) -> tuple[int, int]:
+    """(IKE SAs, Child SAs) that `enclave-ike serve` logged as established."""
+    return (len(re.findall(r"^.*IKE SA \S+ established with ", log, re.M)),
+            len(re.findall(r"^.*Child SA established under IKE SA ", log, re.M)))
+
+
 def format_report(report: LabReport) -> str:
     lines = [f"ikectl lab: DNS over IKEv2/IPsec, kernel {report.kernel}"
              + (f" (VM booted in {report.vm_boot_seconds:.1f} s)" if report.vm_boot_seconds else ""), ""]
     for r in report.resolvers:
         res = r.resolver
-        lines.append(f"{res.name} resolver {res.address}: expected {res.expectation}")
+        lines.append(f"{res.name} resolver {res.address} ({res.responder}): expected {res.expectation}")
         if r.ike_sas:
             auths = sorted({s.method for s in r.ike_sas})
             lines.append(f"  IKE SA     {len(r.ike_sas)} established with {res.address}; peer authenticated "
                          f"{'; '.join(auths)}")
         else:
             lines.append("  IKE SA     none")
+        if r.responder_log is not None:
+            lines.append(f"  responder  enclave-ike logged {r.responder_log[0]} IKE SA(s) and {r.responder_log[1]} "
+                         f"Child SA(s) established, signed inside the sim enclave")
         if r.child_sas:
             for sa in r.child_sas:
                 direction = "out" if str(sa.dst) == res.address else "in "

@@ -1,5 +1,6 @@
-"""The lab end to end (the README's main job): DNS over ESP to the coffee-shop and trusted resolvers with
-0 plaintext port-53 packets on the wire, clear DNS to the resolver without IKE. Needs kernel ESP."""
+"""The lab end to end (the README's main job): DNS over ESP to the coffee-shop resolver (pluto) and the trusted
+resolver (enclave-ike serve, its key pinned) with 0 plaintext port-53 packets on the wire, clear DNS to the resolver
+without IKE. Needs kernel ESP."""
 
 from pathlib import Path
 
@@ -22,6 +23,11 @@ def test_lab_encrypts_dns_to_ike_resolvers_and_falls_back_to_clear(tmp_path: Pat
         assert r.wire.plaintext_dns == 0, text
     assert "NULL auth" in by_name["coffee"].ike_sas[0].method
     assert "ECDSA" in by_name["trusted"].ike_sas[0].method
+    # the trusted resolver is enclave-ike: it logged the IKE SAs and Child SAs the client's pluto pinned
+    ike_sas, child_sas = by_name["trusted"].responder_log or (0, 0)
+    assert ike_sas >= 1 and child_sas >= 1, text
+    assert by_name["coffee"].responder_log is None
+    assert "trusted resolver 10.77.4.53 (enclave-ike serve, sim enclave)" in text
     plain = by_name["plain"]
     assert plain.answered == 4 and not plain.child_sas and not plain.ike_sas
     assert plain.wire.plaintext_dns_out >= 4 and plain.wire.plaintext_dns_in >= 4
@@ -33,4 +39,8 @@ def test_lab_builds_and_tears_down_without_queries(tmp_path: Path):
     with Lab(tmp_path, say=lambda message: None) as lab:
         namespaces = [h.netns for h in lab.hosts.values()]
         assert all(Path(f"/run/netns/{n}").exists() for n in namespaces)
+        assert lab.trusted_server is not None and lab.trusted_server.running()
+        assert lab.trusted_pin is not None and lab.trusted_pin.kind == "ecdsa"
+        server = lab.trusted_server
     assert not any(Path(f"/run/netns/{n}").exists() for n in namespaces)
+    assert not server.running()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ikectl import config, keys
+from ikectl import config, keys, render
 from ikectl.config import ConfigError, Mode
 
 EC_PUB = ("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAERxw+dYxJBChbun5TEY7Q9SSt6wdX\n"
@@ -51,6 +51,8 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ('[trusted]\naddress = "192.0.2.53"\nid = "@x.example"\npubkey = "0sAAAA"', "rsa|RFC 3110"),
     ('[trusted]\naddress = "192.0.2.53"\nid = "@x.example"\npubkey_file = "/no/such.pub"', "cannot read"),
     ("[coffee_shop]\nike_timeout_ms = 5", "ike_timeout_ms = 5: expected a whole number from 100 to 10000"),
+    ("[ipsec]\nsa_lifetime_s = 5", "ipsec.sa_lifetime_s = 5: expected a whole number from 30 to 86400"),
+    ("[ipsec]\nike_lifetime_s = 60", "\\[ipsec\\]: unknown key 'ike_lifetime_s'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -58,6 +60,16 @@ def test_bad_config_is_one_clear_error(tmp_path, text, message):
     assert error.value.exit_code == 2
     assert "\n" not in str(error.value)
     assert str(tmp_path / "ikectl.toml") in str(error.value) or "/no/such.pub" in str(error.value)
+
+
+def test_short_sa_lifetimes_and_the_coffee_shop_retry_reach_the_rendered_conns(tmp_path):
+    cfg = config.load(write(tmp_path, '[ipsec]\nsa_lifetime_s = 60\n[coffee_shop]\nretry_after_s = 30\n'
+                                      '[resolvers]\naddresses = ["192.0.2.53"]'))
+    assert cfg.sa_lifetime_s == 60
+    conf = render.render_tree(render.Profile.from_config(cfg, cfg.resolvers))["ipsec.conf"]
+    assert "\tsalifetime=60s\n\trekeymargin=20s\n" in conf and "\tshuntlifetime=30s\n" in conf
+    assert "salifetime" not in render.render_tree(render.Profile.from_config(
+        config.load(write(tmp_path, '[resolvers]\naddresses = ["192.0.2.53"]')), cfg.resolvers))["ipsec.conf"]
 
 
 def test_missing_file(tmp_path):

@@ -2,7 +2,7 @@
 
 from ipaddress import ip_network
 
-from ikectl import backstop, cli, status
+from ikectl import backstop, cli, opportunistic, status
 from ikectl.whack import BareShunt, TrafficStatus
 from ikectl.xfrm import Action, Direction
 
@@ -48,6 +48,35 @@ def test_coffee_shop_verdicts():
     assert status._decide(OE_STATE, "192.0.2.53", 42, [oe], [], True, [])[0] == "NULL-encrypted"
     assert status._decide(OE_STATE, "192.0.2.53", 42, [], [shunt], False, [])[0] == "clear"
     assert status._decide(OE_STATE, "192.0.2.53", 42, [], [], False, [])[0] == "pending"
+    excluded = {**OE_STATE, "opportunistic": {"excluded": {"192.0.2.53": {"until": 2e9,
+                                                                          "reason": opportunistic.REFUSED}}}}
+    verdict = status._decide(excluded, "192.0.2.53", 42, [], [], False, [])
+    assert verdict[0] == "clear" and "refused the DNS-only Child SA" in verdict[1]
+    cleared = [f'"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: {LIVENESS_LINE}']
+    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [], False, cleared)[1].startswith(opportunistic.LIVENESS)
+
+
+# Lines as pluto 4.10 wrote them in the VM (netns_tests/test_ikectl_coffee_faults.py).
+REFUSED_LINES = [
+    '"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: initiator established IKE SA; '
+    "authenticated peer using authby=null and ID_NULL 'ID_NULL'",
+    '"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #2: IKE_AUTH response rejected Child SA '
+    "with TS_UNACCEPTABLE",
+]
+LIVENESS_LINE = "liveness action - clearing connection kind CK_INSTANCE"
+
+
+def test_pluto_log_words_about_one_resolver():
+    assert opportunistic.refused_child(REFUSED_LINES, "192.0.2.53")
+    assert not opportunistic.refused_child(REFUSED_LINES, "192.0.2.5")  # another resolver's words
+    assert not opportunistic.refused_child([line.replace("192.0.2.53", "192.0.2.54") for line in REFUSED_LINES],
+                                           "192.0.2.53")
+    later = [*REFUSED_LINES, '"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #4: initiator '
+             "established Child SA using #1; IPsec tunnel"]
+    assert not opportunistic.refused_child(later, "192.0.2.53")  # the last word counts
+    cleared = [*later, f'"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: {LIVENESS_LINE}']
+    assert opportunistic.liveness_failed(cleared, "192.0.2.53") and not opportunistic.refused_child(cleared,
+                                                                                                     "192.0.2.53")
 
 
 def test_human_status_is_one_line_per_resolver_with_human_units():

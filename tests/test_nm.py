@@ -61,6 +61,13 @@ def test_connectivity_change_carries_only_the_state():
     assert event.connectivity == "PORTAL" and event.connection is None and event.iface == ""
 
 
+def test_connectivity_change_without_a_state_is_unknown():
+    """What NetworkManager 1.42 dispatches when it stops (seen with the real daemon)."""
+    event = nm.read_event("", "connectivity-change", {"NM_DISPATCHER_ACTION": "connectivity-change"})
+    assert event.connectivity == "UNKNOWN"
+    assert nm.read_event("wlan0", "up", nm_env()).connectivity is None
+
+
 def test_ssid_comes_from_the_keyfile(tmp_path):
     text = tmp_path / "cafe.nmconnection"
     text.write_text("[connection]\nid=Cafe\ntype=wifi\n\n[wifi]\nmode=infrastructure\nssid=office-wifi\n")
@@ -79,7 +86,7 @@ def test_ssid_comes_from_the_keyfile(tmp_path):
     ("wlan0", "up", nm_env(uuid="not-a-uuid"), "CONNECTION_UUID='not-a-uuid' is not a UUID"),
     ("wlan0", "up", nm_env(IP4_NAMESERVERS="198.51.100.1 evil;rm"), "IP4_NAMESERVERS=.*'evil;rm' is not an IP"),
     ("wlan0", "dhcp6-change", nm_env("dhcp6-change", DHCP6_DHCP6_NAME_SERVERS="2001:db8::zz"), "not an IP"),
-    ("", "connectivity-change", {}, "CONNECTIVITY_STATE=None"),
+    ("", "connectivity-change", {"CONNECTIVITY_STATE": ""}, "CONNECTIVITY_STATE=''"),
     ("", "connectivity-change", {"CONNECTIVITY_STATE": "SORT-OF"}, "CONNECTIVITY_STATE='SORT-OF'"),
     ("../../etc", "up", nm_env(), "not an interface name"),
 ])
@@ -188,6 +195,29 @@ def test_a_repeated_event_is_idempotent_while_pluto_runs():
     again = nm.decide(event, make_config(), Context(record=first.record, pluto_running=True))
     assert again.target is None and "already in place" in again.reason
     assert nm.decide(event, make_config(), Context(record=first.record, pluto_running=False)).target == first.target
+
+
+@pytest.mark.parametrize("action", sorted(nm.SUPERSEDING_ACTIONS))
+def test_a_connection_made_outside_networkmanager_changes_nothing(tmp_path, action):
+    """Real NM (netns_tests/test_nm_real.py) dispatches pre-up and up with CONNECTION_EXTERNAL=1 for a link that
+    was configured when it started; a container bridge gets the same. Neither is a network the user joined."""
+    env = nm_env(action, uuid=OTHER_UUID, conn_id="docker0", CONNECTION_EXTERNAL="1")
+    event = nm.read_event("docker0", action, env)
+    assert event.external
+    trusted, applied = KINDS["trusted"]
+    ctx = Context(record=Record(network=trusted, vpn=VPN_UUID, applied=applied), pluto_running=True,
+                  system_resolvers=(ip_address("198.51.100.1"),))
+    plan = nm.decide(event, make_config(), ctx)
+    assert plan.target is None and plan.record == ctx.record and plan.portal == PortalStep.NONE
+    assert "CONNECTION_EXTERNAL=1" in plan.reason
+    # Nor does it take a ticket: it must not supersede the event of a real network waiting for the lock.
+    paths = nm.NmPaths(tmp_path / "nm")
+    lines, plans = [], []
+    assert nm.dispatch(event, Config(run_dir=tmp_path / "run"), log=lines.append, gather=lambda c, p: ctx,
+                       apply=lambda plan, *_: plans.append(plan), paths=paths) == 0
+    assert [p.target for p in plans] == [None] and "left as is" in lines[0]
+    assert nm.latest_ticket(paths) == 0
+    assert not nm.read_event("wlan0", action, nm_env(action)).external
 
 
 def test_vpn_in_networks_gets_its_mode_and_vpn_down_returns_to_the_base_network():
@@ -519,6 +549,27 @@ def test_the_hook_runs_as_nm_dispatcher_runs_it(nm_root):
         assert called["argv"] == ["--config", str(cfg), "nm-dispatch", iface, action]
         assert called["cwd"] == "/"
         assert {k: called["env"][k] for k in env} == env  # NM's variables reach ikectl untouched
+
+
+def test_the_hook_answers_the_actions_ikectl_always_leaves_without_starting_it(nm_root):
+    """nm-dispatcher runs the hook for every event; for these, starting Python would change nothing."""
+    skipped = set(nm.actions_always_left())
+    assert {"down", "hostname", "dns-change", "device-add", "device-delete", "vpn-pre-up"} <= skipped
+    assert not skipped & (nm.SUPERSEDING_ACTIONS | {"connectivity-change"})
+    for action in sorted(skipped):  # every row, every kind of network: nothing applied, nothing recorded
+        for network, applied in KINDS.values():
+            ctx = Context(record=Record(network=network, applied=applied, connectivity="PORTAL",
+                                        portal_waiting_since=1.0), now=1000.0, pluto_running=True)
+            plan = nm.decide(DispatcherEvent("wlan0", action, network), make_config(), ctx)
+            assert plan.target is None and plan.record == ctx.record and plan.portal == PortalStep.NONE
+    cfg = write_config(nm_root)
+    assert cli.main(["--config", str(cfg), "install-nm-hook", "--root", str(nm_root / "root")]) == 0
+    main_hook, pre_up = nm.hook_paths(nm_root / "root")
+    record = nm_root / "called.json"
+    for hook, action in ((main_hook, "down"), (main_hook, "hostname"), (pre_up, "vpn-pre-up")):
+        env = {**nm_env(action), "FAKE_RECORD": str(record)}
+        done = subprocess.run([str(hook), "wlan0", action], cwd="/", env=env, timeout=30, check=False)
+        assert done.returncode == 0 and not record.exists()
 
 
 def test_install_refuses_a_foreign_file_and_uninstall_removes_only_ours(nm_root):

@@ -104,6 +104,7 @@ def run_in_vm(spec: VmSpec, outdir: Path, argv: Sequence[str], on_line: Callable
     console_log = outdir / "console.log"
     vng_argv = [_vng(), "-r", str(spec.kernel), "--disable-kvm", "--disable-microvm", "--force-9p",
                 "--memory", spec.memory, "--cpus", str(spec.cpus), "--rwdir", str(outdir),
+                "--qemu-opts=-device virtio-rng-pci",  # "=": the value starts with a dash
                 "--exec", guest_command(outdir, argv, env)]
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # vng execs virtme-run
     started = time.monotonic()

@@ -1,0 +1,405 @@
+"""`ikectl trust`: pin a resolver's IKE key because its TEE attests that it runs an expected measurement, and keep
+checking that it still does.
+
+    ikectl trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim] [--id ID]
+    ikectl trust list [--json]
+    ikectl trust verify NAME
+    ikectl trust remove NAME
+
+`add` draws a fresh 32-byte nonce (`secrets`), fetches the envelope for it from enclave-ike's evidence endpoint
+(ADDR, TCP port 4501 by default), and verifies it with `verify_envelope`: the evidence against the trust anchors
+(the vendors' roots from [trust], or with `--anchors sim` the simulated root, NOT SECURE), the binding of that nonce
+and the envelope's key, and the registers against the measurement spec (a file, gzip+base64url inline, or an https
+governance feed signed by [trust] release_key, see feed.py). Then it asks the endpoint for the IKE ID and pins key
+and ID in the trust store (truststore.py). Any mismatch: nothing is pinned, and AttestationFailed lists every one.
+
+`verify` (and `reattest_due`, which a supervisor calls periodically) does the same against the pin's own spec and
+anchors. On failure the pin is marked failed and, when ikectl is up in trusted mode with this resolver, the trusted
+conns are deleted through the run dir's whack: only the backstop remains, so DNS is blocked, never clear, and `up`
+refuses the pin until it verifies again. On success with a new key (the resolver restarted: its key is made inside
+the TEE at every start) the new key is pinned and trusted mode is reloaded with it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from enclave_ike import evidence_endpoint
+from enclave_ike.attestation import (
+    EvidenceFormatError,
+    MeasurementSpec,
+    Mismatch,
+    SpecFormatError,
+    TrustAnchors,
+    VerificationFailed,
+    verify_envelope,
+)
+from enclave_ike.errors import EnclaveIkeError
+from enclave_ike.evidence_endpoint import fetch_evidence, fetch_identity
+
+from . import daemon, feed, keys, session, truststore
+from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
+from .errors import IkectlError, UsageError
+from .truststore import FAILED, OK, PinMissing, StoredPin, TrustError
+
+NONCE_SIZE = 32
+DEFAULT_PORT = evidence_endpoint.DEFAULT_PORT
+INLINE = "inline:"
+FAILED_RETRY_S = 60.0  # a failed pin is tried again this soon (at most the interval)
+SIM_WARNING = ("sim evidence is NOT SECURE: its root's private key is public, anyone can make it; "
+               "for tests and demos only")
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Anchors(StrEnum):
+    VENDOR = "vendor"  # the Intel and AMD roots named in [trust]
+    SIM = "sim"        # the simulated root: NOT SECURE
+
+
+class AttestationFailed(TrustError):
+    """Evidence that did not verify. The message is one sentence, then every mismatch on a line of its own."""
+
+    def __init__(self, sentence: str, mismatches: Sequence[Mismatch]) -> None:
+        self.sentence, self.mismatches = sentence, tuple(mismatches)
+        lines = [f"  {m.field}: expected {m.expected}, got {m.actual}" for m in self.mismatches]
+        super().__init__("\n".join([sentence, *lines]))
+
+    def saying(self, sentence: str) -> AttestationFailed:
+        return AttestationFailed(sentence, self.mismatches)
+
+
+class ReattestFailed(TrustError):
+    """`verify` failed: the pin is marked failed; `blocked` says whether trusted conns were deleted just now."""
+
+    def __init__(self, message: str, blocked: bool) -> None:
+        self.blocked = blocked
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Attested:
+    """What verified evidence (and the endpoint's identity) said about a resolver."""
+
+    key: keys.PinnedKey
+    id: str
+    evidence_kind: str
+    measurement_id: str
+
+
+@dataclass(frozen=True)
+class Reattestation:
+    name: str
+    ok: bool
+    reason: str = ""          # the failure's first line
+    key_changed: bool = False  # verified, with another key (or ID) than the pin had: re-pinned
+    blocked: bool = False      # failed while in use: the trusted conns were deleted, DNS is blocked
+    reapplied: bool = False    # verified after a failure or a key change, and trusted mode was reloaded
+
+
+# --- sources: the spec and the anchors ---
+
+def spec_source(text: str) -> str:
+    """--spec as the pin stores it: an absolute file path, an https URL, or "inline:" and the inline text."""
+    if text.startswith("https://"):
+        return feed.check_url(text)
+    if "://" in text:
+        raise UsageError(f"--spec {text[:80]!r}: a governance feed is an https URL")
+    path = Path(text)
+    if path.is_file():
+        return str(path.resolve())
+    try:
+        MeasurementSpec.from_inline(text)
+    except SpecFormatError as exc:
+        if text.startswith(("/", ".", "~")) or text.endswith(".json"):
+            raise UsageError(f"--spec {text}: no such file") from None
+        raise UsageError(f"--spec: not a file, an https URL, or an inline spec: {exc}") from None
+    return INLINE + text
+
+
+def load_spec(source: str, settings: TrustSettings, now: float,
+              min_serial: int | None = None) -> tuple[MeasurementSpec, int | None]:
+    """The spec and, from a governance feed, its serial (a feed below `min_serial` is a rollback, refused)."""
+    if source.startswith("https://"):
+        if settings.release_key is None:
+            raise UsageError("a governance feed needs [trust] release_key: the public key its releases are signed "
+                             "with")
+        document = feed.fetch(source, feed.load_release_key(settings.release_key), _at(now),
+                              cafile=settings.feed_ca_file, timeout=settings.timeout_s)
+        if min_serial is not None and document.serial < min_serial:
+            raise feed.FeedError(f"feed.serial: {document.serial} is below {min_serial}, the highest this pin "
+                                 "accepted: a rolled-back feed")
+        return document.spec, document.serial
+    if source.startswith(INLINE):
+        return MeasurementSpec.from_inline(source.removeprefix(INLINE)), None
+    return MeasurementSpec.load(Path(source)), None
+
+
+def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
+    if kind == Anchors.SIM:
+        return TrustAnchors.simulated()
+    if settings.intel_root is None and not settings.amd_arks:
+        raise UsageError("--anchors vendor needs [trust] intel_root or amd_arks in the config (the vendors' root "
+                         "certificates); --anchors sim trusts simulated evidence, which is NOT SECURE")
+    intel = _certificate(settings.intel_root, "trust.intel_root") if settings.intel_root else None
+    arks = tuple(_certificate(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
+    return TrustAnchors(intel_root=intel, amd_arks=arks)
+
+
+def _certificate(path: Path, where: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: cannot read it ({exc.strerror})") from None
+    except ValueError:
+        raise UsageError(f"{where} {path}: not a PEM certificate") from None
+
+
+# --- attesting ---
+
+def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, *,
+           timeout: float = 10.0, expected_id: str | None = None) -> Attested:
+    """Fetch evidence for a fresh nonce and verify it; AttestationFailed lists every mismatch."""
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    host = str(address)
+    try:
+        body = fetch_evidence(host, port, nonce, timeout)
+    except EnclaveIkeError as exc:
+        raise TrustError(f"resolver {address}: cannot get its evidence: {exc}") from None
+    sentence = f"resolver {address} failed attestation"
+    mismatches: list[Mismatch] = []
+    key = None
+    kind = measurement = ""
+    try:
+        verified = verify_envelope(body, nonce, spec, anchors, _at(now))
+        key = keys.from_public_key(verified.public_key())
+        kind, measurement = verified.kind.value, verified.measurement_id
+    except VerificationFailed as exc:
+        mismatches += exc.mismatches
+    except EvidenceFormatError as exc:
+        where = f" at offset {exc.offset}" if exc.offset is not None else ""
+        mismatches.append(Mismatch(exc.field, "well-formed evidence", f"{exc.detail}{where}"))
+    except keys.PinError as exc:
+        mismatches.append(Mismatch("envelope.ike-key", "a key libreswan can pin", str(exc)))
+    try:
+        served = _ike_id(fetch_identity(host, port, timeout))
+    except (EnclaveIkeError, ConfigError) as exc:
+        if expected_id is None:
+            mismatches.append(Mismatch("identity.id", "the IKE ID, from GET /identity (or give --id)", str(exc)))
+        served = expected_id or ""
+    if expected_id is not None and served != expected_id:
+        mismatches.append(Mismatch("identity.id", expected_id, served))
+    if mismatches or key is None:
+        raise AttestationFailed(f"{sentence} ({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''})",
+                                mismatches)
+    return Attested(key, served, kind, measurement)
+
+
+def _ike_id(text: str) -> str:
+    """enclave-ike's ID in the spelling ikectl pins: a bare DNS name gets libreswan's '@'."""
+    try:
+        return resolver_id(text, "identity.id")
+    except ConfigError:
+        return resolver_id("@" + text, "identity.id")
+
+
+def _at(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+# --- the commands ---
+
+def add(config: Config, name: str, resolver: Address, spec_text: str, now: float, *, port: int = DEFAULT_PORT,
+        anchors: Anchors = Anchors.VENDOR, expected_id: str | None = None, warn: Say = _quiet) -> StoredPin:
+    """Attest the resolver and pin it; nothing is pinned unless every check passes. `warn` hears, once the
+    arguments are found good, that sim evidence is NOT SECURE."""
+    truststore.check_name(name)
+    source = spec_source(spec_text)
+    roots = trust_anchors(anchors, config.trust)
+    if anchors == Anchors.SIM:
+        warn(SIM_WARNING)
+    with truststore.locked(config.trust_dir):
+        if truststore.path_of(config.trust_dir, name).exists():
+            raise UsageError(f"pin {name!r} exists: `ikectl trust verify {name}` re-attests it, "
+                             f"`ikectl trust remove {name}` removes it")
+        try:
+            spec, serial = load_spec(source, config.trust, now)
+        except SpecFormatError as exc:
+            raise UsageError(f"--spec: {exc}") from None
+        try:
+            attested = attest(resolver, port, spec, roots, now, timeout=config.trust.timeout_s,
+                              expected_id=expected_id)
+        except AttestationFailed as exc:
+            raise exc.saying(f"{exc.sentence}: nothing pinned") from None
+        except TrustError as exc:
+            raise TrustError(f"{exc}; nothing pinned") from None
+        pin = StoredPin(name=name, address=resolver, port=port, id=attested.id, key=attested.key, spec=source,
+                        anchors=anchors.value, evidence_kind=attested.evidence_kind,
+                        measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial)
+        truststore.save(config.trust_dir, pin)
+    return pin
+
+
+def verify(config: Config, name: str, now: float, *, run_dir: Path | None = None, say: Say = _quiet) -> Reattestation:
+    """Re-attest a pin now. Failure: the pin is marked failed, trusted mode blocks its DNS, ReattestFailed."""
+    run_dir = run_dir or config.run_dir
+    _existing(config, name)  # an unknown name is bad usage, before the store is locked (or made)
+    with truststore.locked(config.trust_dir):
+        pin = _existing(config, name)
+        try:
+            spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
+            attested = attest(pin.address, pin.port, spec, trust_anchors(Anchors(pin.anchors), config.trust), now,
+                              timeout=config.trust.timeout_s)
+        except (IkectlError, EnclaveIkeError, ValueError) as exc:
+            failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
+                f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
+            truststore.save(config.trust_dir, replace(
+                pin, result=FAILED, attested_at=now, reason=failure.sentence,
+                mismatches=tuple((m.field, m.expected, m.actual) for m in failure.mismatches)))
+            try:
+                blocked = block(run_dir, pin, say)
+                effect = ("trusted mode's conns to it are deleted: DNS is blocked" if blocked else
+                          "trusted mode refuses it until it verifies: DNS to it stays blocked")
+            except IkectlError as exc:
+                blocked, effect = False, f"but its trusted conns could not be deleted ({exc}): run `ikectl down`"
+            raise ReattestFailed(f"{failure.sentence}; pin {name!r} marked failed, {effect}"
+                                 + "".join(f"\n  {m.field}: expected {m.expected}, got {m.actual}"
+                                           for m in failure.mismatches), blocked) from None
+        updated = replace(pin, key=attested.key, id=attested.id, evidence_kind=attested.evidence_kind,
+                          measurement_id=attested.measurement_id, attested_at=now, result=OK, reason="",
+                          mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial)
+        truststore.save(config.trust_dir, updated)
+    changed = (updated.key, updated.id) != (pin.key, pin.id)
+    reapplied = _reapply(config, run_dir, updated, say) if changed or not pin.ok else False
+    return Reattestation(name, True, key_changed=changed, reapplied=reapplied)
+
+
+def remove(config: Config, name: str, *, run_dir: Path | None = None, say: Say = _quiet) -> bool:
+    """Remove a pin; True when trusted mode was using it and its conns were deleted (DNS blocked)."""
+    _existing(config, name)
+    with truststore.locked(config.trust_dir):
+        pin = _existing(config, name)
+        blocked = block(run_dir or config.run_dir, pin, say)
+        truststore.remove(config.trust_dir, name)
+    return blocked
+
+
+def reattest_due(config: Config, run_dir: Path, now: float, key_changed: bool = False) -> list[Reattestation]:
+    """Re-attest every pin whose interval ([trust] interval_s) has passed since its latest attestation (a failed one
+    after at most a minute), and, with `key_changed` (pluto saw a key other than the pinned one), the pin trusted
+    mode is using, now. One pin's failure does not stop the others. For a supervisor to call periodically."""
+    results = []
+    for name, item in truststore.pins(config.trust_dir):
+        if isinstance(item, TrustError):
+            results.append(Reattestation(name, False, str(item)))
+            continue
+        interval = config.trust.interval_s if item.ok else min(config.trust.interval_s, FAILED_RETRY_S)
+        if now - item.attested_at < interval and not (key_changed and _in_use(run_dir, item)):
+            continue
+        try:
+            results.append(verify(config, name, now, run_dir=run_dir))
+        except ReattestFailed as exc:
+            results.append(Reattestation(name, False, str(exc).splitlines()[0], blocked=exc.blocked))
+        except (IkectlError, OSError) as exc:
+            results.append(Reattestation(name, False, str(exc).splitlines()[0]))
+    return results
+
+
+def _existing(config: Config, name: str) -> StoredPin:
+    try:
+        return truststore.load(config.trust_dir, truststore.check_name(name))
+    except PinMissing as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --- what happens to trusted mode ---
+
+def _in_use(run_dir: Path, pin: StoredPin) -> bool:
+    """ikectl is up in trusted mode with this pin's resolver."""
+    state = session.read_state(daemon.RunDir(run_dir))
+    return state is not None and state.get("mode") == Mode.TRUSTED.value and state.get("trusted") == str(pin.address)
+
+
+def block(run_dir: Path, pin: StoredPin, say: Say = _quiet) -> bool:
+    """Fail closed: delete the trusted conns, so only the backstop remains and DNS is blocked. True when they were
+    deleted just now; False when trusted mode is not using this resolver, or pluto is not running (nothing but the
+    backstop is there then)."""
+    run = daemon.RunDir(run_dir)
+    if not _in_use(run_dir, pin) or daemon.pluto_pid(run) is None:
+        return False
+    say(f"deleting the trusted conns to {pin.address}: only the backstop remains, DNS is blocked")
+    whack = run.whack()
+    for conn in session.TRUSTED_CONNS:
+        try:
+            whack.delete(conn)
+        except IkectlError as exc:
+            if conn in {t.conn for t in whack.traffic_status()}:
+                raise TrustError(f"cannot delete {conn} from pluto ({exc}): run `ikectl down`") from None
+    return True
+
+
+def _reapply(config: Config, run_dir: Path, pin: StoredPin, say: Say) -> bool:
+    """Reload trusted mode with the re-verified pin, when it is the one trusted mode uses and is up."""
+    if not _in_use(run_dir, pin) or truststore.attested_name(config) != pin.name:
+        return False
+    say(f"reloading trusted mode with pin {pin.name!r}")
+    # The old conns go first (the backstop keeps DNS blocked meanwhile): after pluto failed to authenticate the
+    # new key it holds failure-shunt policies for them, which `up`'s reading of the kernel's policies trips on.
+    block(run_dir, pin, say)
+    resolver = TrustedResolver(pin.address, pin.id, pin.key, attested=pin.name)
+    session.up(replace(config, mode=Mode.TRUSTED, trusted=resolver, run_dir=run_dir), say)
+    return True
+
+
+# --- listing ---
+
+def listing(config: Config, now: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name, item in truststore.pins(config.trust_dir):
+        if isinstance(item, TrustError):
+            rows.append({"name": name, "error": str(item)})
+        else:
+            rows.append({**item.to_json(), "age_s": max(0.0, now - item.attested_at)})
+    return rows
+
+
+def format_listing(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no pins (add one with `ikectl trust add NAME --resolver ADDR --spec SPEC`)"
+    lines = []
+    for row in rows:
+        if "error" in row:
+            lines.append(f"{row['name']}  unreadable: {row['error']}")
+            continue
+        result = "attested" if row["result"] == OK else "FAILED"
+        sim = "  sim evidence: NOT SECURE" if row["anchors"] == Anchors.SIM else ""
+        lines.append(f"{row['name']}  {row['address']}  {row['id']}  {result} {ago(row['age_s'])} ago  "
+                     f"{row['evidence_kind']} {row['measurement_id'] or '-'}{sim}"
+                     + (f"\n    {row['reason']}" if row["result"] != OK else ""))
+    return "\n".join(lines)
+
+
+def ago(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps({"version": 1, "pins": rows}, indent=1)

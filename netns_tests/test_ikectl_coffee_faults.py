@@ -1,0 +1,97 @@
+"""Coffee-shop mode with a half-working resolver: IKE answers but the Child SA is refused, or the resolver's
+IPsec dies mid-session. DNS is answered within 2 s and from then on, and `status` says what happened.
+
+The site: client -- router (capture) -- dns (unbound + pluto, NULL auth).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ikectl import render
+from netns_tests.harness.pluto import Pluto, PlutoConfig
+from netns_tests.harness.topology import Host, Topology
+from netns_tests.scenarios.site import Site, add_resolver, build_site
+
+RESOLVER = "10.78.2.53"
+RETRY_AFTER_S = 8  # short, so the test sees IKE tried again
+
+
+@pytest.fixture
+def cafe(topology: Topology, unbound: Callable[..., Any], capture: Callable[..., Any], run_dir: Path,
+         tmp_path: Path) -> Iterator[tuple[Site, Host]]:
+    site = build_site(topology, capture, tmp_path / "ikectl.toml", client_v4="10.78.1.0/24", client_v6=None)
+    resolver = add_resolver(site, "dns", "10.78.2.0/24")
+    unbound(resolver)
+    configure(site, run_dir, retry_after_s=60)
+    yield site, resolver
+    site.ikectl("down")
+
+
+def configure(site: Site, run_dir: Path, retry_after_s: int) -> None:
+    site.write_config(f'mode = "coffee-shop"\n[resolvers]\naddresses = ["{RESOLVER}"]\n'
+                      f'[coffee_shop]\nretry_after_s = {retry_after_s}\n[paths]\nrun_dir = "{run_dir}"\n')
+
+
+def responder_conns(dns_port: int = 53) -> str:
+    """The resolver's NULL-auth conns; another port than 53 makes it refuse every DNS Child SA."""
+    conns = render.render_responder("dns", ip_address(RESOLVER))
+    return conns.replace("leftprotoport=udp/53", f"leftprotoport=udp/{dns_port}").replace(
+        "leftprotoport=tcp/53", f"leftprotoport=tcp/{dns_port}")
+
+
+def test_a_resolver_that_refuses_the_child_sa_is_answered_in_clear_within_2_s(cafe: tuple[Site, Host],
+                                                                              pluto: Callable[..., Pluto]):
+    site, resolver = cafe
+    server = pluto(resolver, PlutoConfig(conns=responder_conns(dns_port=5353)))
+    server.addconn("--autoall")
+    site.up()
+    first = site.query(RESOLVER, timeout=5)
+    assert first.answered and first.seconds < 2.0, first
+    later = site.queries_for(RESOLVER, 3.0) + site.queries_for(RESOLVER, 1.0, tcp=True)
+    assert all(a.answered for a in later), later
+    row = site.status()[RESOLVER]
+    assert row["state"] == "clear" and "refused the DNS-only Child SA" in row["reason"], row
+    assert "TS_UNACCEPTABLE" in server.log_text()  # the resolver did speak IKE, and said no
+    assert site.plaintext([RESOLVER])[RESOLVER] >= 2  # in clear, as coffee-shop allows
+
+
+def test_a_resolver_whose_ipsec_dies_mid_session_is_answered_again_within_2_s(cafe: tuple[Site, Host],
+                                                                              pluto: Callable[..., Pluto],
+                                                                              run_dir: Path):
+    site, resolver = cafe
+    configure(site, run_dir, retry_after_s=RETRY_AFTER_S)
+    server = pluto(resolver, PlutoConfig(conns=responder_conns()))
+    server.addconn("--autoall")
+    site.up()
+    assert site.query(RESOLVER, timeout=5).answered
+    assert site.status()[RESOLVER]["state"] == "NULL-encrypted"
+    # The resolver's IPsec crashes and the stack is reset (as systemd's ExecStopPost does for libreswan):
+    # pluto gone, its SAs and policies flushed. The client still holds SAs the resolver no longer has.
+    os.kill(server.pid, signal.SIGKILL)
+    site.topo.run(resolver, ["ip", "xfrm", "state", "flush"])
+    site.topo.run(resolver, ["ip", "xfrm", "policy", "flush"])
+    died = time.monotonic()
+    answer = site.query(RESOLVER, timeout=10, retry_every=0.5)  # a stub resending every half second
+    recovered = time.monotonic() - died
+    assert answer.answered and recovered < 2.0, (recovered, answer)
+    later = site.queries_for(RESOLVER, 2.0)
+    assert all(a.answered for a in later), later
+    row = site.status()[RESOLVER]
+    assert row["state"] == "clear" and "liveness" in row["reason"], row
+    # The resolver's IPsec comes back; after retry_after_s the supervisor reloads the group, and the next
+    # query negotiates ESP again.
+    server.stop()
+    server.start()
+    server.addconn("--autoall")
+    time.sleep(RETRY_AFTER_S + 2)
+    assert site.query(RESOLVER, timeout=5).answered
+    assert site.status()[RESOLVER]["state"] == "NULL-encrypted"

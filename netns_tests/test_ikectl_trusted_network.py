@@ -1,0 +1,188 @@
+"""Trusted mode on a changing network: an IPv6 resolver, a second resolver in resolv.conf, a resolver that
+cannot be reached, the client's address changing, its interface going down and up, SA rekeys under load.
+In every one: 0 plaintext port-53 packets on the wire, and `status` says why DNS is blocked where it is.
+
+The site: client -- router (capture) -- dns (unbound + pluto with a pinned ECDSA key, IPv4 and IPv6)
+                                   \\-- other (unbound only: a resolver that is not the trusted one)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from ikectl import keys, render
+from ikectl.xfrm import XfrmClient
+from netns_tests.conftest import IKECTL
+from netns_tests.harness.pluto import Pluto, PlutoConfig
+from netns_tests.harness.topology import Topology
+from netns_tests.scenarios.site import Site, add_resolver, build_site
+
+DNS4, DNS6, OTHER, UNREACHABLE = "10.79.2.53", "fd79:2::53", "10.79.3.53", "10.79.9.53"
+DNS_ID = "@dns.site.example"
+PEERS = (DNS4, DNS6, OTHER, UNREACHABLE)
+
+
+class Trusted(Site):
+    pin: keys.PinnedKey
+
+    def configure(self, address: str, extra: str = "", discover: bool = False) -> None:
+        resolvers = '[resolvers]\ndiscover = ["resolv.conf"]\n' if discover else ""
+        self.write_config(f'mode = "trusted"\n{resolvers}[trusted]\naddress = "{address}"\nid = "{DNS_ID}"\n'
+                          f'pubkey = "{self.pin.libreswan}"\n[paths]\nrun_dir = "{self.run_dir}"\n{extra}')
+
+    run_dir: Path
+
+
+@pytest.fixture
+def site(topology: Topology, unbound: Callable[..., Any], capture: Callable[..., Any],
+         pluto: Callable[..., Pluto], run_dir: Path, tmp_path: Path) -> Iterator[Trusted]:
+    base = build_site(topology, capture, tmp_path / "ikectl.toml")
+    site = Trusted(base.topo, base.client, base.router, base.capture, base.config)
+    site.run_dir = run_dir
+    dns = add_resolver(site, "dns", "10.79.2.0/24", "fd79:2::/64")
+    other = add_resolver(site, "other", "10.79.3.0/24")
+    unbound(dns)
+    unbound(other)
+    server = pluto(dns, run=False)
+    site.pin = keys.parse(server.show_hostkey(server.new_hostkey("ecdsa"), "right"))
+    conns = (render.render_responder("dns", ip_address(DNS4), DNS_ID, site.pin) + "\n"
+             + render.render_responder("dns6", ip_address(DNS6), DNS_ID, site.pin))
+    server.write_config(PlutoConfig(conns=conns))
+    server.start()
+    server.addconn("--autoall")
+    yield site
+    site.ikectl("down")
+
+
+def no_plaintext(site: Site) -> None:
+    wire = site.plaintext(PEERS)
+    assert wire == dict.fromkeys((*PEERS, "all"), 0), wire
+
+
+def test_an_ipv6_trusted_resolver_gets_dns_only_inside_esp(site: Trusted):
+    site.configure(DNS6)
+    site.up()
+    assert site.query(DNS6, timeout=10).answered
+    assert site.query(DNS6, tcp=True, timeout=10).answered
+    assert not site.query(DNS4, timeout=1.5).answered  # the same server over IPv4 is not the pinned resolver
+    row = site.status()[DNS6]
+    assert row["state"] == "authenticated" and row["packets_out"] >= 2, row
+    no_plaintext(site)
+
+
+def test_a_second_untrusted_resolver_in_resolv_conf_is_blocked(site: Trusted):
+    resolv_conf = Path("/etc/netns") / site.client.netns / "resolv.conf"  # what `ip netns exec` shows the client
+    resolv_conf.parent.mkdir(parents=True, exist_ok=True)
+    resolv_conf.write_text(f"nameserver {OTHER}\nnameserver {DNS4}\n")
+    try:
+        site.configure(DNS4, discover=True)
+        site.up()
+        rows = site.status()
+        assert rows[OTHER]["state"] == "blocked" and rows[OTHER]["reason"] == "not the trusted resolver", rows
+        assert not site.query(OTHER, timeout=2).answered
+        assert not site.query(OTHER, tcp=True, timeout=2).answered
+        assert site.query(DNS4, timeout=10).answered
+        assert site.status()[DNS4]["state"] == "authenticated"
+    finally:
+        with contextlib.suppress(OSError):
+            resolv_conf.unlink()
+            resolv_conf.parent.rmdir()
+    no_plaintext(site)
+
+
+def test_an_unreachable_resolver_stays_blocked_and_status_says_so(site: Trusted):
+    site.configure(UNREACHABLE)
+    site.up()
+    for tcp in (False, True):
+        assert not site.query(UNREACHABLE, tcp=tcp, timeout=3).answered
+    row = site.status()[UNREACHABLE]
+    assert row["state"] == "blocked" and "no IKE answer" in row["reason"], row
+    no_plaintext(site)
+
+
+def move_client(site: Site, old: str, new: str) -> None:
+    """Renumber the client's uplink (a new DHCP lease): the old address goes, routes go with it."""
+    uplink = site.client.interface_to(site.router)
+    with IPRoute(netns=site.client.netns) as ipr:
+        index = ipr.link_lookup(ifname=uplink.ifname)[0]
+        # Old first: deleting a primary address also deletes its secondaries (promote_secondaries is off).
+        ipr.addr("del", index=index, address=old, prefixlen=24)
+        ipr.addr("add", index=index, address=new, prefixlen=24)
+        gateway = str(site.router.interface_to(site.client).ipv4.ip)  # type: ignore[union-attr]
+        with contextlib.suppress(Exception):  # gone with the old address, or still there
+            ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+    site.former_addresses |= {old, new}
+
+
+def test_a_client_address_change_never_leaks_and_up_follows_it(site: Trusted):
+    site.configure(DNS4)
+    site.up()
+    assert site.query(DNS4, timeout=10).answered
+    move_client(site, "10.79.1.1", "10.79.1.9")
+    # Until ikectl is told (the NetworkManager hook runs `up`): blocked, never clear.
+    during = site.queries_for(DNS4, 3.0) + site.queries_for(OTHER, 1.0)
+    assert not any(a.answered for a in during), during
+    site.up()  # what nm-dispatch does on dhcp4-change
+    after = site.query(DNS4, timeout=10)
+    assert after.answered, after
+    with XfrmClient(site.client.netns) as xfrm:
+        assert any(str(sa.src) == "10.79.1.9" and str(sa.dst) == DNS4 for sa in xfrm.sas())
+    assert site.status()[DNS4]["state"] == "authenticated"
+    no_plaintext(site)
+
+
+def test_interface_down_and_up_never_leaks_and_dns_comes_back(site: Trusted):
+    site.configure(DNS4)
+    site.up()
+    assert site.query(DNS4, timeout=10).answered
+    uplink = site.client.interface_to(site.router).ifname
+    site.topo.set_link(site.client, uplink, up=False)
+    assert not site.query(DNS4, timeout=2).answered
+    site.topo.set_link(site.client, uplink, up=True)
+    with contextlib.suppress(Exception):  # the default route went with the link
+        site.topo.default_route(site.client, site.router)
+    site.up()  # what nm-dispatch does on up
+    answers = [site.query(DNS4, timeout=10)] + site.queries_for(DNS4, 2.0)
+    assert all(a.answered for a in answers), answers
+    assert site.status()[DNS4]["state"] == "authenticated"
+    no_plaintext(site)
+
+
+def test_sa_rekeys_under_load_keep_dns_answered_inside_esp(site: Trusted):
+    site.configure(DNS4, extra="[ipsec]\nsa_lifetime_s = 30\n")  # rekeyed every 20 s
+    site.up()
+    spis: set[int] = set()
+    answers = []
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline:
+        answers.append(site.query(DNS4, timeout=3, retry_every=0.5))
+        with XfrmClient(site.client.netns) as xfrm:
+            spis |= {sa.spi for sa in xfrm.sas() if str(sa.dst) == DNS4 and not sa.larval}
+    assert len(spis) >= 3, spis  # the first Child SA and at least two rekeys
+    unanswered = [a for a in answers if not a.answered]
+    assert not unanswered and len(answers) >= 100, (len(answers), unanswered)
+    no_plaintext(site)
+
+
+def test_without_libreswan_up_is_one_line_and_changes_nothing(site: Trusted):
+    """libreswan missing (its directory hidden by an empty tmpfs in a private mount namespace)."""
+    site.configure(DNS4)
+    with XfrmClient(site.client.netns) as xfrm:
+        before = xfrm.policies()
+    hidden = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+              'mount -t tmpfs none /usr/libexec/ipsec && exec "$@"', "-",
+              str(IKECTL), "--config", str(site.config), "up"]
+    proc = site.topo.run(site.client, hidden, check=False)
+    assert proc.returncode == 1, proc
+    assert "install libreswan" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    with XfrmClient(site.client.netns) as xfrm:
+        assert xfrm.policies() == before and xfrm.sas() == []
+    assert not (site.run_dir / "pluto").exists()

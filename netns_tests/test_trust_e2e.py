@@ -1,0 +1,175 @@
+"""Attestation end to end: `ikectl trust add` pins enclave-ike's key from verified (sim) evidence, trusted mode carries
+DNS over ESP with that pin, and a resolver restarted as another build is refused: DNS stays blocked, and the router
+sees 0 plaintext port-53 packets from start to end.
+
+    client 10.79.1.2 -- router (capture) -- resolver 10.79.2.53 (enclave-ike serve: sim backend, kernel SAs;
+                                                                 evidence on tcp/4501; unbound)
+
+1. enclave-ike runs build A (its sim registers). `ikectl trust add dns --resolver 10.79.2.53 --spec A --anchors sim`
+   pins the key enclave-ike publishes, and `ikectl up` (`[trusted] attested = "dns"`) answers DNS over ESP.
+2. enclave-ike restarts as build A: a new key, made at start. The old pin's key no longer authenticates, so DNS is
+   blocked; `ikectl trust verify dns` re-attests, pins the new key, reloads trusted mode: DNS over ESP again.
+3. enclave-ike restarts as build B. `ikectl trust verify dns` refuses it (exit 1, the register listed), deletes the
+   trusted conns; DNS stays blocked, `status` says why, and `ikectl up` refuses the failed pin.
+
+Needs ESP in the kernel: runs in the VM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclave_ike.attestation import MeasurementEntry, MeasurementSpec
+from ikectl import keys
+from netns_tests.conftest import IKECTL
+from netns_tests.harness import procs
+from netns_tests.harness.capture import Capture
+from netns_tests.harness.dnsclient import query
+from netns_tests.harness.topology import Host, Topology
+from netns_tests.harness.unbound import Unbound, UnboundConfig
+
+RESOLVER = "10.79.2.53"
+RESOLVER_ID = "@resolver.attested.example"
+BUILD_A = bytes.fromhex("a1" * 48)
+BUILD_B = bytes.fromhex("b2" * 48)
+
+
+@dataclass
+class World:
+    topo: Topology
+    client: Host
+    router: Host
+    resolver: Host
+    workdir: Path
+
+
+@pytest.fixture
+def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> World:
+    client, router, resolver = topology.add_host("client"), topology.add_router("router"), topology.add_host("dns")
+    topology.link(client, router, "10.79.1.0/24", hosts=(2, 1))
+    topology.link(resolver, router, "10.79.2.0/24", hosts=(53, 1))
+    topology.default_route(client, router)
+    topology.default_route(resolver, router)
+    unbound(resolver, UnboundConfig(addresses=[ip_address(RESOLVER)]))
+    return World(topology, client, router, resolver, tmp_path)
+
+
+@pytest.fixture
+def enclave_ike(world: World) -> Iterator[Callable[[bytes], procs.Daemon]]:
+    """Factory: `enclave_ike(build)` (re)starts `enclave-ike serve` as that build (its sim register 0)."""
+    running: list[procs.Daemon] = []
+
+    def start(build: bytes) -> procs.Daemon:
+        for daemon in running:
+            daemon.stop()
+        config = world.workdir / "enclave-ike.toml"
+        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
+                          f'[identity]\nbackend = "sim"\nid = "{RESOLVER_ID}"\nauth = "signature"\n'
+                          f'publish = "{world.workdir / "identity.json"}"\nsim_registers = ["{build.hex()}"]\n\n'
+                          '[apply]\nmode = "kernel"\n\n[evidence]\nport = 4501\n')
+        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
+                                                   str(config)], world.workdir / "enclave-ike.log",
+                              netns=world.resolver.netns)
+        running.append(daemon)
+        daemon.start()
+        daemon.wait_for_log(r"evidence endpoint on 10\.79\.2\.53:4501", timeout=60.0)
+        daemon.wait_for_log(r"listening on ", timeout=30.0)
+        return daemon
+
+    yield start
+    for daemon in reversed(running):
+        daemon.stop()
+
+
+def published_key(world: World) -> keys.PinnedKey:
+    proc = world.topo.run(world.resolver, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config",
+                                           str(world.workdir / "enclave-ike.toml"), "--format", "libreswan"])
+    return keys.parse(proc.stdout.strip())
+
+
+def ikectl(world: World, config: Path, *args: str) -> Any:
+    return world.topo.run(world.client, [str(IKECTL), "--config", str(config), *args], check=False, timeout=180)
+
+
+def status_row(world: World, config: Path) -> dict[str, Any]:
+    proc = ikectl(world, config, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows: dict[str, dict[str, Any]] = {r["address"]: r for r in json.loads(proc.stdout)["resolvers"]}
+    return rows[RESOLVER]
+
+
+def policies(world: World) -> str:
+    return str(world.topo.run(world.client, ["ip", "xfrm", "policy"], check=False).stdout)
+
+
+def answered(world: World, timeout: float) -> bool:
+    return query(world.topo, world.client, RESOLVER, timeout=timeout).answered
+
+
+def test_attested_pin_carries_dns_over_esp_and_another_build_is_refused(world, enclave_ike, run_dir, capture):
+    world.topo.sysctl(world.client, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
+    wire: Capture = capture(world.router, world.router.interface_to(world.client).ifname)
+    spec = world.workdir / "spec.json"
+    spec.write_bytes(MeasurementSpec((MeasurementEntry("build-a", "sim", ((0, BUILD_A),)),)).encode())
+    config = world.workdir / "ikectl.toml"
+    trust_dir = world.workdir / "trust"
+    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
+                      f'trust_dir = "{trust_dir}"\n')
+
+    # 1. Build A: attested, pinned, DNS over ESP.
+    server = enclave_ike(BUILD_A)
+    added = ikectl(world, config, "trust", "add", "dns", "--resolver", RESOLVER, "--spec", str(spec),
+                   "--anchors", "sim")
+    assert added.returncode == 0, added.stderr
+    assert "NOT SECURE" in added.stderr and added.stdout.startswith(f"pinned dns: {RESOLVER} {RESOLVER_ID} ")
+    pin = json.loads((trust_dir / "dns.json").read_text())
+    assert pin["key"] == published_key(world).libreswan and pin["id"] == RESOLVER_ID
+    assert pin["measurement_id"] == "build-a" and pin["result"] == "ok"
+    up = ikectl(world, config, "up")
+    assert up.returncode == 0, up.stderr
+    assert answered(world, 20.0), server.log_text()
+    assert all(answered(world, 5.0) for _ in range(4))
+    row = status_row(world, config)
+    assert row["state"] == "authenticated", row
+    assert row["attestation"]["result"] == "ok" and row["attestation"]["measurement_id"] == "build-a"
+    assert "apply: " not in server.log_text(), "enclave-ike could not install the Child SA"
+
+    # 2. Build A again, restarted: a new key. Blocked until re-attestation pins it; then ESP again.
+    server = enclave_ike(BUILD_A)
+    assert not answered(world, 3.0)
+    verified = ikectl(world, config, "trust", "verify", "dns")
+    assert verified.returncode == 0, verified.stderr + policies(world)
+    assert verified.stdout == "dns: attested; a new key, now pinned; trusted mode reloaded\n"
+    assert json.loads((trust_dir / "dns.json").read_text())["key"] == published_key(world).libreswan
+    assert answered(world, 20.0), server.log_text()
+    assert status_row(world, config)["state"] == "authenticated"
+
+    # 3. Build B: refused; the trusted conns go, DNS stays blocked, `up` will not reopen it.
+    enclave_ike(BUILD_B)
+    refused = ikectl(world, config, "trust", "verify", "dns")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    lines = refused.stderr.splitlines()
+    assert lines[0].startswith(f"ikectl: error: resolver {RESOLVER} failed attestation (1 mismatch); pin 'dns' "
+                               "marked failed, trusted mode's conns to it are deleted: DNS is blocked"), lines
+    assert lines[1] == (f"  spec[build-a].measurements.0: expected {BUILD_A.hex()} (SIM0), got {BUILD_B.hex()}")
+    assert not answered(world, 3.0)
+    assert not query(world.topo, world.client, RESOLVER, tcp=True, timeout=3.0).answered
+    row = status_row(world, config)
+    assert row["state"] == "blocked" and row["reason"].startswith("pin 'dns' failed attestation"), row
+    assert row["attestation"]["result"] == "failed"
+    again = ikectl(world, config, "up")
+    assert again.returncode == 1 and "pin 'dns' failed attestation" in again.stderr, again.stderr
+    assert not answered(world, 3.0)
+
+    wire.stop()
+    counts = wire.count(world.client.addresses()).peer(RESOLVER)
+    assert counts.plaintext_dns == 0, counts
+    assert counts.esp_out >= 6 and counts.esp_in >= 6, counts
