@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.pluto import Pluto, PlutoConfig
-from netns_tests.harness.topology import Host, Topology
-from netns_tests.harness.unbound import Unbound, UnboundConfig
+from netns_tests.harness.topology import Topology
+from netns_tests.harness.unbound import Unbound
+from netns_tests.scenarios.resolver_world import World, build_world
 
 RESOLVER = "10.78.2.53"
 RESOLVER_ID = "@resolver.enclave.example"
@@ -51,24 +51,9 @@ NULL_CONN = f"""conn dns
 """
 
 
-@dataclass
-class World:
-    topo: Topology
-    client: Host
-    router: Host
-    resolver: Host
-    workdir: Path
-
-
 @pytest.fixture
 def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> World:
-    client, router, resolver = topology.add_host("client"), topology.add_router("router"), topology.add_host("dns")
-    topology.link(client, router, "10.78.1.0/24", hosts=(2, 1))
-    topology.link(resolver, router, "10.78.2.0/24", hosts=(53, 1))
-    topology.default_route(client, router)
-    topology.default_route(resolver, router)
-    unbound(resolver, UnboundConfig(addresses=[ip_address(RESOLVER)]))
-    return World(topology, client, router, resolver, tmp_path)
+    return build_world(topology, tmp_path, unbound, "10.78")
 
 
 def write_config(world: World, *, auth: str, apply: str) -> Path:

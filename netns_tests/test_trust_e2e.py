@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,9 @@ from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
-from netns_tests.harness.topology import Host, Topology
-from netns_tests.harness.unbound import Unbound, UnboundConfig
+from netns_tests.harness.topology import Topology
+from netns_tests.harness.unbound import Unbound
+from netns_tests.scenarios.resolver_world import World, build_world
 
 RESOLVER = "10.79.2.53"
 RESOLVER_ID = "@resolver.attested.example"
@@ -42,24 +41,9 @@ BUILD_A = bytes.fromhex("a1" * 48)
 BUILD_B = bytes.fromhex("b2" * 48)
 
 
-@dataclass
-class World:
-    topo: Topology
-    client: Host
-    router: Host
-    resolver: Host
-    workdir: Path
-
-
 @pytest.fixture
 def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> World:
-    client, router, resolver = topology.add_host("client"), topology.add_router("router"), topology.add_host("dns")
-    topology.link(client, router, "10.79.1.0/24", hosts=(2, 1))
-    topology.link(resolver, router, "10.79.2.0/24", hosts=(53, 1))
-    topology.default_route(client, router)
-    topology.default_route(resolver, router)
-    unbound(resolver, UnboundConfig(addresses=[ip_address(RESOLVER)]))
-    return World(topology, client, router, resolver, tmp_path)
+    return build_world(topology, tmp_path, unbound, "10.79")
 
 
 @pytest.fixture
