@@ -1,0 +1,199 @@
+"""Benchmark: the NetworkManager hook, from the call to protection in place, against a no-op Python start.
+
+    .venv/bin/python bench/nm_dispatch.py [--runs 10] [--vm]
+
+What is timed is what nm-dispatcher runs: the hook `ikectl install-nm-hook` writes (`/bin/sh` that execs
+ikectl), in the client's namespace, with working directory / and an environment shaped like the
+dispatcher's, for the lab's client (real pluto responders and unbound on the resolvers). Each figure is the
+wall time from just before the process is started:
+
+- baseline: `python -c pass` (the same interpreter), started the same way (`ip netns exec`);
+- where the time goes before the hook does anything: `python -c 'import ikectl.cli'` (what `ikectl` loads
+  for every command) and `python -c 'import ikectl.nm'` (what nm-dispatch itself needs);
+- the floor: an event the hook leaves alone (connectivity-change), call to exit;
+- trusted network, nothing applied before (pre-up): call to the backstop complete in the kernel (the
+  moment no DNS can leave in clear; watched from here over XFRM netlink), and call to exit (pluto started,
+  conns loaded, negotiated);
+- coffee-shop to trusted (pre-up of the trusted network while coffee-shop is up): call to backstop complete;
+- the same network again (up after pre-up: "already in place"): call to exit.
+
+XFRM policies work in this host's kernel (only ESP SAs do not), so the backstop can be timed here; the
+negotiation in "call to exit" fails at the SA install here and costs less than it would with ESP. `--vm`
+runs the same in the VM with Debian's kernel (qemu under TCG: every figure slower). Results:
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ikectl import backstop, nm
+from ikectl.xfrm import XfrmClient
+from netns_tests.harness import procs
+from netns_tests.harness.vm import VmSpec, run_in_vm
+from netns_tests.lab import TRUSTED_ID, Lab
+
+IKECTL = Path(sys.executable).parent / "ikectl"
+COFFEE, PLAIN, TRUSTED = "10.77.2.53", "10.77.3.53", "10.77.4.53"
+HOME_UUID, CAFE_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60", "6a1e2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+TARGET_MS = 150.0
+
+
+def dispatcher_env(action: str, uuid: str | None, name: str | None, nameservers: str = "") -> dict[str, str]:
+    env = {"NM_DISPATCHER_ACTION": action, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    if uuid is not None and name is not None:
+        env.update({"CONNECTION_UUID": uuid, "CONNECTION_ID": name, "DEVICE_IFACE": "to-router",
+                    "DEVICE_IP_IFACE": "to-router", "IP4_NAMESERVERS": nameservers,
+                    "DHCP4_DOMAIN_NAME_SERVERS": nameservers})
+    else:
+        env["CONNECTIVITY_STATE"] = "FULL"
+    return env
+
+
+class HookFailed(Exception):
+    pass
+
+
+class Bench:
+    def __init__(self, lab: Lab, work: Path, run_dir: Path) -> None:
+        self.lab, self.work, self.run_dir = lab, work, run_dir
+        self.client = lab.hosts["client"]
+        assert lab.trusted_pin is not None
+        self.config = work / "ikectl.toml"
+        self.config.write_text(
+            'mode = "coffee-shop"\ndefault_mode = "coffee-shop"\n[resolvers]\ndiscover = ["networkmanager"]\n'
+            '[[networks]]\nid = "home"\nmode = "trusted"\npin = "home"\n'
+            f'[pins.home]\naddress = "{TRUSTED}"\nid = "{TRUSTED_ID}"\npubkey = "{lab.trusted_pin.libreswan}"\n'
+            f'[paths]\nrun_dir = "{run_dir}"\n')
+        root = work / "root"
+        (root / "etc/NetworkManager").mkdir(parents=True)
+        lab.topo.run(self.client, [str(IKECTL), "--config", str(self.config), "install-nm-hook", "--root",
+                                   str(root), "--ikectl", str(IKECTL)])
+        self.hook, self.pre_up_hook = nm.hook_paths(root)
+        self.backstop = {(p.selector, p.direction, p.action) for p in backstop.policies()}
+        self.xfrm = XfrmClient(self.client.netns)
+
+    def protected(self) -> bool:
+        have = {(p.selector, p.direction, p.action) for p in self.xfrm.policies() if p.owned}
+        return self.backstop <= have
+
+    def run(self, argv: list[str], env: dict[str, str] | None = None,
+            until: Callable[[], bool] | None = None) -> tuple[float | None, float]:
+        """(seconds to `until`, seconds to exit), both from just before the start; HookFailed if it fails."""
+        started = time.perf_counter()
+        proc = subprocess.Popen(["ip", "netns", "exec", self.client.netns, *argv], env=env, cwd="/",
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reached = None
+        while until is not None and reached is None and proc.poll() is None:
+            if until():
+                reached = time.perf_counter() - started
+            else:
+                time.sleep(0.0005)
+        _, err = proc.communicate(timeout=120)
+        ended = time.perf_counter() - started
+        if until is not None and reached is None and until():
+            reached = ended  # done between the last poll and the exit
+        if proc.returncode != 0:
+            raise HookFailed(f"{' '.join(argv[-2:])}: {err.decode(errors='replace').strip()}")
+        return reached, ended
+
+    def hook_call(self, action: str, uuid: str | None = None, name: str | None = None, nameservers: str = "",
+                  until: Callable[[], bool] | None = None) -> tuple[float | None, float]:
+        hook = self.pre_up_hook if action == "pre-up" else self.hook
+        iface = "" if action == "connectivity-change" else "to-router"
+        return self.run(["/bin/sh", str(hook), iface, action], dispatcher_env(action, uuid, name, nameservers),
+                        until)
+
+    def reset(self) -> None:
+        self.lab.topo.run(self.client, [str(IKECTL), "--config", str(self.config), "down"])
+        shutil.rmtree(self.run_dir.with_name(self.run_dir.name + "-nm"), ignore_errors=True)
+
+
+def line(name: str, times: list[float], base: float | None) -> str:
+    times = sorted(times)
+    median = statistics.median(times)
+    ratio = f"; {median / base:.1f}x baseline" if base else ""
+    target = f"; target {TARGET_MS:.0f} ms: {'met' if median * 1e3 <= TARGET_MS else 'NOT met'}" if base else ""
+    return (f"{name}: median {median * 1e3:.1f} ms (min {times[0] * 1e3:.1f}, max {times[-1] * 1e3:.1f}, "
+            f"{len(times)} runs){ratio}{target}")
+
+
+def run(runs: int) -> None:
+    procs.install_exit_hooks()
+    work = Path(tempfile.mkdtemp(prefix="ikt-bench-", dir="/run"))
+    run_dir = Path(tempfile.mkdtemp(prefix="ikt-run-", dir="/run"))
+    try:
+        with Lab(work / "lab", say=lambda _: None, with_client_pluto=False) as lab:
+            bench = Bench(lab, work, run_dir)
+            home, cafe = f"{TRUSTED} {PLAIN}", f"{COFFEE} {PLAIN}"
+            base, floor, first_protect, first_exit, switch_protect, again = [], [], [], [], [], []
+            imports: dict[str, list[float]] = {"ikectl.cli": [], "ikectl.nm": []}
+            skipped: str | None = None
+            for _ in range(runs):  # interleaved, so a drift in the machine's speed hits every figure alike
+                base.append(bench.run([sys.executable, "-c", "pass"])[1])
+                for module, times in imports.items():
+                    times.append(bench.run([sys.executable, "-c", f"import {module}"])[1])
+                floor.append(bench.hook_call("connectivity-change")[1])
+                bench.reset()
+                protect, ended = bench.hook_call("pre-up", HOME_UUID, "home", home, until=bench.protected)
+                assert protect is not None
+                first_protect.append(protect)
+                first_exit.append(ended)
+                again.append(bench.hook_call("up", HOME_UUID, "home", home)[1])
+                bench.reset()
+                if skipped is None:
+                    try:
+                        bench.hook_call("pre-up", CAFE_UUID, "cafe", cafe)
+                    except HookFailed as exc:  # coffee-shop cannot come up here: say why, measure the rest
+                        skipped = str(exc)
+                        continue
+                    protect, _ = bench.hook_call("pre-up", HOME_UUID, "home", home, until=bench.protected)
+                    assert protect is not None
+                    switch_protect.append(protect)
+            bench.reset()
+            bench.xfrm.close()
+    finally:
+        for path in (work, run_dir, run_dir.with_name(run_dir.name + "-nm")):
+            shutil.rmtree(path, ignore_errors=True)
+    b = statistics.median(base)
+    print(f"kernel {os.uname().release}, {runs} runs each, times from just before the process starts")
+    print(line("baseline: python -c pass", base, None))
+    for module, times in imports.items():
+        print(line(f"python -c 'import {module}'", times, b))
+    print(line("hook, event left alone (connectivity-change): call to exit", floor, b))
+    print(line("hook, trusted pre-up, nothing applied before: call to backstop complete", first_protect, b))
+    print(line("hook, trusted pre-up, nothing applied before: call to exit", first_exit, b))
+    if switch_protect:
+        print(line("hook, coffee-shop -> trusted pre-up: call to backstop complete", switch_protect, b))
+    else:
+        print(f"hook, coffee-shop -> trusted pre-up: not measured: coffee-shop did not come up here ({skipped})")
+    print(line("hook, same network again (already in place): call to exit", again, b))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--vm", action="store_true", help="run in the VM with Debian's kernel (TCG)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: needs root (namespaces, XFRM policies, pluto)")
+    procs.install_exit_hooks()  # SIGTERM unwinds like Ctrl-C: the VM and the namespaces go with us
+    if args.vm and os.environ.get("IKECTL_IN_GUEST") != "1":
+        out = Path(tempfile.mkdtemp(prefix="ikt-bench-vm-"))
+        result = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(__file__).resolve()), "--runs",
+                                                   str(args.runs)], print)
+        raise SystemExit(result.returncode)
+    run(args.runs)
+
+
+if __name__ == "__main__":
+    main()
