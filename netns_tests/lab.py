@@ -242,7 +242,7 @@ class Lab:
                               [sys.executable, "-m", "enclave_ike.cli", "serve", "--config", str(config)],
                               workdir / "enclave-ike.log", netns=host.netns)
         self._start(server)
-        server.wait_for_log(r"listening on ", timeout=120.0)  # 38 s seen in the VM under TCG
+        server.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds in the VM under TCG
         self.trusted_server = server
         line = self.topo.run(host, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config", str(config),
                                     "--format", "libreswan"]).stdout.strip()

@@ -3,8 +3,12 @@ leak checks use, in each direction, for UDP and TCP, IPv4 and IPv6."""
 
 import time
 
+import pytest
+
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.topology import Topology
+
+pytestmark = pytest.mark.host  # the capture counts plaintext; no ESP involved
 
 
 def test_dns_without_ipsec_is_counted_as_a_leak(topology: Topology, unbound, capture):

@@ -17,6 +17,8 @@ import pytest
 from netns_tests.harness.procs import wait_until
 from netns_tests.harness.vm import PROJECT_ROOT
 
+pytestmark = pytest.mark.host  # cleanup of namespaces and daemons; no ESP involved
+
 SCENARIO = Path(__file__).parent / "scenarios" / "leftovers.py"
 
 

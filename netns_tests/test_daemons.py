@@ -10,6 +10,8 @@ from netns_tests.harness.pluto import PlutoConfig
 from netns_tests.harness.procs import HarnessError
 from netns_tests.harness.topology import Topology
 
+pytestmark = pytest.mark.host  # daemons start and stop; no ESP involved
+
 
 @pytest.fixture
 def pair(topology: Topology):

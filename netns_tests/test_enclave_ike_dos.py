@@ -176,7 +176,7 @@ def test_pluto_completes_its_child_sa_during_a_spoofed_flood(world: World, pluto
     assert server.running()
 
 
-@pytest.mark.host_after_vm  # 100,000 requests take minutes under TCG; no ESP is needed to count memory
+@pytest.mark.host  # 100,000 requests take minutes under TCG; no ESP is needed to count memory
 def test_rss_stays_under_200_mib_through_100k_spoofed_requests(world: World, serve: Callable[..., procs.Daemon],
                                                                flood: Callable[..., Flood]) -> None:
     server = serve(apply="none")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikectl import backstop, keys
@@ -109,7 +110,8 @@ def test_pluto_killed_mid_session_keeps_dns_off_the_wire(world, run_dir, tmp_pat
     assert status(world, config)[TRUSTED]["state"] in ("authenticated", "blocked")
     with XfrmClient(client.netns) as xfrm:  # the SA's kernel state outlives pluto: expire it
         for sa in xfrm.sas():
-            xfrm.delete_sa(sa.dst, sa.spi)
+            if not sa.larval:  # an ACQUIRE's larval state (SPI 0) cannot be deleted by SPI; it holds nothing
+                xfrm.delete_sa(sa.dst, sa.spi)
     assert not query(world.topo, client, TRUSTED, timeout=1.5).answered
     row = status(world, config)[TRUSTED]
     assert row["state"] == "blocked" and "pluto is not running" in row["reason"]
@@ -127,6 +129,7 @@ def test_a_resolver_answering_ike_with_another_key_is_blocked_and_status_says_so
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
 
 
+@pytest.mark.host  # IKE never answers: no SA
 def test_a_resolver_without_ike_is_blocked_and_status_says_so(world, run_dir, tmp_path):
     config = write_config(world, run_dir, tmp_path, address=PLAIN)
     assert ikectl(world, config, "up").returncode == 0
@@ -156,6 +159,7 @@ def test_down_removes_what_up_installed_and_nothing_else(world, run_dir, tmp_pat
     assert ikectl(world, config, "down").returncode == 0  # down when down: nothing to do
 
 
+@pytest.mark.host  # refused before any SA
 def test_bad_input_exits_with_one_line_and_changes_nothing(world, run_dir, tmp_path):
     client = world.hosts["client"]
     with XfrmClient(client.netns) as xfrm:
@@ -198,3 +202,23 @@ def test_verify_proves_from_the_wire_and_catches_a_leak(world, run_dir, tmp_path
     assert leak.returncode == 1, leak.stdout + leak.stderr
     assert next(row for row in leak.stdout.splitlines() if row.startswith(TRUSTED)).split()[1] == "LEAK"
 
+
+
+def test_child_sa_rekeys_with_enclave_ike_keep_dns_answered_inside_esp(world, run_dir, tmp_path):
+    """enclave-ike is the responder: pluto rekeys the Child SA every ~20 s (30 s lifetimes) under queries."""
+    config = write_config(world, run_dir, tmp_path)
+    config.write_text(config.read_text() + "[ipsec]\nsa_lifetime_s = 30\n")
+    assert ikectl(world, config, "up").returncode == 0
+    client = world.hosts["client"]
+    spis: set[int] = set()
+    answers = []
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline:
+        answers.append(query(world.topo, client, TRUSTED, timeout=3, retry_every=0.5))
+        with XfrmClient(client.netns) as xfrm:
+            spis |= {sa.spi for sa in xfrm.sas() if str(sa.dst) == TRUSTED and not sa.larval}
+    assert len(spis) >= 3, spis  # the first Child SA and at least two rekeys
+    unanswered = [a for a in answers if not a.answered]
+    assert not unanswered and len(answers) >= 100, (len(answers), unanswered)
+    assert world.trusted_server is not None and "Child SA rekeyed" in world.trusted_server.log_text()
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}

@@ -98,6 +98,7 @@ def test_a_second_untrusted_resolver_in_resolv_conf_is_blocked(site: Trusted):
     no_plaintext(site)
 
 
+@pytest.mark.host  # IKE never answers: no SA
 def test_an_unreachable_resolver_stays_blocked_and_status_says_so(site: Trusted):
     site.configure(UNREACHABLE)
     site.up()
@@ -172,6 +173,7 @@ def test_sa_rekeys_under_load_keep_dns_answered_inside_esp(site: Trusted):
     no_plaintext(site)
 
 
+@pytest.mark.host  # refused before any SA
 def test_without_libreswan_up_is_one_line_and_changes_nothing(site: Trusted):
     """libreswan missing (its directory hidden by an empty tmpfs in a private mount namespace)."""
     site.configure(DNS4)

@@ -4,6 +4,8 @@ without IKE. Needs kernel ESP."""
 
 from pathlib import Path
 
+import pytest
+
 from netns_tests.harness.procs import started_daemons
 from netns_tests.lab import Lab, format_report, run_here
 
@@ -35,6 +37,7 @@ def test_lab_encrypts_dns_to_ike_resolvers_and_falls_back_to_clear(tmp_path: Pat
     assert not any(d.running() for d in started_daemons())  # the lab tore its daemons down
 
 
+@pytest.mark.host  # no query, no SA
 def test_lab_builds_and_tears_down_without_queries(tmp_path: Path):
     with Lab(tmp_path, say=lambda message: None) as lab:
         namespaces = [h.netns for h in lab.hosts.values()]

@@ -8,6 +8,8 @@ import pytest
 from netns_tests.harness import procs
 from netns_tests.harness.topology import Host, Topology
 
+pytestmark = pytest.mark.host  # namespaces and veths; no ESP involved
+
 
 def udp_reaches(topo: Topology, sender: Host, receiver: Host, address: str) -> bool:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET

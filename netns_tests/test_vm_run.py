@@ -9,7 +9,7 @@ from netns_tests.harness import procs, vm
 from netns_tests.harness.vmplugin import VmSession
 
 
-@pytest.mark.host_after_vm
+@pytest.mark.host
 def test_no_qemu_and_no_namespaces_left_behind(vm_session: VmSession | None):
     if vm_session is not None:  # the netns suite ran in the VM (this kernel has no ESP)
         assert vm_session.error is None, vm_session.error

@@ -57,6 +57,7 @@ def ip_policies(topology: Topology, host: Host) -> str:
 
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_policies_added_here_appear_in_ip_xfrm_as_intended(topology, pair):
     client, _ = pair
     with XfrmClient(client.netns) as xfrm:
@@ -69,6 +70,7 @@ def test_policies_added_here_appear_in_ip_xfrm_as_intended(topology, pair):
                      text)
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_policies_added_with_ip_are_read_back(topology, pair):
     client, _ = pair
     topology.run(client, ["ip", "xfrm", "policy", "add", "src", "10.88.0.53/32", "dst", "10.88.0.1/32", "proto",
@@ -81,6 +83,7 @@ def test_policies_added_with_ip_are_read_back(topology, pair):
                             index=policy.index)
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_update_replaces_and_delete_removes(topology, pair):
     client, _ = pair
     with XfrmClient(client.netns) as xfrm:
@@ -93,6 +96,7 @@ def test_update_replaces_and_delete_removes(topology, pair):
         assert xfrm.policies() == []
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_dns_hitting_a_trap_raises_an_acquire_with_its_selector(topology, pair):
     client, _ = pair
     with XfrmClient(client.netns) as xfrm:
@@ -121,6 +125,7 @@ def test_dns_hitting_a_trap_raises_an_acquire_with_its_selector(topology, pair):
     assert acquire.policy.selector == TRAP.selector and acquire.policy.priority == 1000
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_flush_removes_only_owned_policies_with_pluto_and_user_policies_present(topology, pair, pluto):
     client, _ = pair
     daemon = pluto(client, PlutoConfig(conns="""
@@ -150,6 +155,7 @@ conn dns
         assert xfrm.policies() == others
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_bad_input_installs_nothing(topology, pair):
     client, _ = pair
     with XfrmClient(client.netns) as xfrm:
@@ -167,6 +173,7 @@ def test_bad_input_installs_nothing(topology, pair):
         assert topology.run(client, ["ip", "xfrm", "state"]).stdout == ""
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_larval_drop_is_per_namespace(topology, pair):
     client, server = pair
     assert larval_drop(client.netns) and larval_drop(server.netns)
@@ -211,7 +218,7 @@ def test_esp_sa_carries_traffic_and_its_counters_move(topology, pair):
         assert {sa.spi: sa for sa in xfrm.sas()}[0x1001].counters.packets == 3
 
 
-@pytest.mark.host_after_vm
+@pytest.mark.host
 def test_on_this_host_an_sa_installs_or_fails_with_a_typed_error(topology):
     """On the host itself: where the kernel has no ESP (these machines) adding an SA raises
     EspUnsupported quoting the kernel; where it has ESP, the SA is installed."""
@@ -227,11 +234,13 @@ def test_on_this_host_an_sa_installs_or_fails_with_a_typed_error(topology):
             assert xfrm.sas() == []
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_a_missing_namespace_is_a_clear_error():
     with pytest.raises(XfrmError, match="no network namespace named 'ikt-no-such-ns'"):
         XfrmClient("ikt-no-such-ns")
 
 
+@pytest.mark.host  # policies and ACQUIREs only
 def test_policy_events_arrive_typed(topology, pair):
     client, _ = pair
 

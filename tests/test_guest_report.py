@@ -42,3 +42,27 @@ def test_outcomes_and_sections_reach_the_json(pytester):
     assert tests["test_sample.py::test_skipped"]["outcome"] == "skipped"
     error = tests["test_sample.py::test_error"]
     assert error["outcome"] == "error" and "setup broke" in error["longrepr"]
+
+
+def test_a_run_killed_midway_keeps_the_tests_that_finished(pytester):
+    """The VM can be killed at its time limit: the report is rewritten after each test, not only at the end."""
+    report = pytester.path / "report.json"
+    pytester.makepyfile(
+        test_sample=f"""
+        import json, os, signal
+
+        def test_first():
+            pass
+
+        def test_killed():
+            seen = json.load(open({str(report)!r}))
+            assert seen["exitstatus"] is None and list(seen["tests"]) == ["test_sample.py::test_first"]
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "netns_tests.harness.guest_report", "--guest-report", str(report),
+                                           "-p", "no:cacheprovider")
+    assert result.ret == -9
+    data = json.loads(report.read_text())
+    assert data["exitstatus"] is None and data["tests"]["test_sample.py::test_first"]["outcome"] == "passed"
+    assert "test_sample.py::test_killed" not in data["tests"]

@@ -41,6 +41,13 @@ class GuestReport:
             entry["longrepr"] = report.longreprtext
         # Sections accumulate over the phases; the last report carries them all.
         entry["sections"] = [list(s) for s in report.sections]
+        if report.when == "teardown":  # after every test: a VM killed at its time limit keeps what ran
+            self.write(None)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.path.write_text(json.dumps({"exitstatus": int(exitstatus), "tests": self.tests}, indent=1))
+        self.write(int(exitstatus))
+
+    def write(self, exitstatus: int | None) -> None:
+        partial = self.path.with_suffix(".part")
+        partial.write_text(json.dumps({"exitstatus": exitstatus, "tests": self.tests}, indent=1))
+        partial.replace(self.path)

@@ -43,7 +43,7 @@ class VmSpec:
 
     @classmethod
     def default(cls) -> VmSpec:
-        timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "2700"))
+        timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "3600"))
         return cls(kernel=find_debian_kernel(), timeout=timeout)
 
 
