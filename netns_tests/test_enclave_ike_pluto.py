@@ -106,6 +106,7 @@ def trusted_pluto(world: World, pluto: Callable[..., Pluto], pin: keys.PinnedKey
     return daemon
 
 
+@pytest.mark.host  # IKE only (apply.mode none): needs no kernel ESP
 def test_pluto_completes_ike_auth_with_null_auth(world: World, pluto: Callable[..., Pluto],
                                                  enclave_ike: Callable[..., procs.Daemon]) -> None:
     server = enclave_ike(auth="null", apply="none")
@@ -119,6 +120,7 @@ def test_pluto_completes_ike_auth_with_null_auth(world: World, pluto: Callable[.
     assert server.running()
 
 
+@pytest.mark.host  # IKE only (apply.mode none): needs no kernel ESP
 def test_pluto_pins_enclave_ike_ecdsa_key(world: World, pluto: Callable[..., Pluto],
                                           enclave_ike: Callable[..., procs.Daemon]) -> None:
     server = enclave_ike(auth="signature", apply="none")
@@ -132,6 +134,7 @@ def test_pluto_pins_enclave_ike_ecdsa_key(world: World, pluto: Callable[..., Plu
     assert server.running()
 
 
+@pytest.mark.host  # IKE only (apply.mode none): needs no kernel ESP
 def test_pluto_refuses_enclave_ike_with_the_wrong_pin(world: World, pluto: Callable[..., Pluto],
                                                       enclave_ike: Callable[..., procs.Daemon]) -> None:
     enclave_ike(auth="signature", apply="none")
