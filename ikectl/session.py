@@ -233,12 +233,15 @@ def _unload_conns(run: daemon.RunDir, mode: Mode, old_tree: dict[str, str | None
 
 
 def _remove_pass_shunts(resolvers: set[str]) -> None:
-    """Delete pluto's bare pass policies (no template: packets go in clear) for port 53 of those resolvers."""
+    """Delete pluto's bare pass policies (no template: packets go in clear) for DNS to those resolvers.
+    libreswan 4.10 lists such a shunt as udp or tcp to port 53 but installs it for the whole protocol, at
+    priority 0 (seen in the VM): match the protocol, not the port."""
     with xfrm.XfrmClient() as client:
         for policy in client.policies():
             sel = policy.selector
             if (not policy.owned and not policy.templates and policy.action == xfrm.Action.ALLOW
-                    and policy.direction == xfrm.Direction.OUT and sel.dport == 53
+                    and policy.direction == xfrm.Direction.OUT and sel.proto in (6, 17) and sel.dport in (None, 0, 53)
+                    and sel.dst.prefixlen == sel.dst.max_prefixlen
                     and str(sel.dst.network_address) in resolvers):
                 with contextlib.suppress(xfrm.KernelRefused, xfrm.NotFound):
                     client.delete_policy(policy)

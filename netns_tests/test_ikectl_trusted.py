@@ -222,3 +222,43 @@ def test_child_sa_rekeys_with_enclave_ike_keep_dns_answered_inside_esp(world, ru
     assert not unanswered and len(answers) >= 100, (len(answers), unanswered)
     assert world.trusted_server is not None and "Child SA rekeyed" in world.trusted_server.log_text()
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_switching_modes_with_up_never_lets_dns_out_in_clear_where_trusted_holds(world, run_dir, tmp_path):
+    """trusted -> coffee-shop -> trusted by rewriting the config and running `up` again, as a user would."""
+    client = world.hosts["client"]
+    assert world.capture is not None
+    trusted = write_config(world, run_dir, tmp_path)
+    coffee = tmp_path / "coffee.toml"
+    coffee.write_text(f'mode = "coffee-shop"\n[resolvers]\naddresses = ["{COFFEE}", "{PLAIN}"]\n'
+                      f'[paths]\nrun_dir = "{run_dir}"\n')
+
+    def clear_to_plain() -> int:  # plaintext port-53 packets to the resolver without IKE, so far
+        return int(world.capture.count(client.addresses()).peer(PLAIN).plaintext_dns)
+
+    assert ikectl(world, trusted, "up").returncode == 0
+    assert query(world.topo, client, TRUSTED, timeout=10).answered
+    assert not query(world.topo, client, PLAIN, timeout=1.5).answered
+    time.sleep(0.3)
+    assert clear_to_plain() == 0
+
+    switched = ikectl(world, coffee, "up")
+    assert switched.returncode == 0, switched.stderr
+    assert query(world.topo, client, PLAIN, timeout=5).answered  # coffee-shop: clear where there is no IKE
+    assert query(world.topo, client, COFFEE, timeout=10).answered
+    assert status(world, coffee)[PLAIN]["state"] == "clear"
+    time.sleep(0.3)
+    in_coffee_shop = clear_to_plain()
+    assert in_coffee_shop > 0
+
+    back = ikectl(world, trusted, "up")
+    assert back.returncode == 0, back.stderr
+    policies = world.topo.run(client, ["ip", "xfrm", "policy"]).stdout  # for the failure message
+    assert not query(world.topo, client, PLAIN, timeout=2).answered
+    assert not query(world.topo, client, COFFEE, timeout=1.5).answered
+    assert query(world.topo, client, TRUSTED, timeout=10).answered
+    rows = status(world, trusted)
+    assert rows[TRUSTED]["state"] == "authenticated"
+    wire = plaintext(world)
+    if not (wire[PLAIN] == in_coffee_shop and wire[TRUSTED] == 0 and wire[COFFEE] == 0):
+        pytest.fail(f"clear DNS after switching back: {wire} ({in_coffee_shop} to {PLAIN} before); {policies}")
