@@ -8,7 +8,8 @@ second resolver, from a new address. DNS to a local stub on loopback stays allow
 
 from __future__ import annotations
 
-from .xfrm import OWNED_PRIORITY_MIN, Action, Direction, Policy, Selector, XfrmClient
+from . import xfrm
+from .xfrm import OWNED_PRIORITY_MIN, Action, Direction, Policy, Selector
 
 ALLOW_PRIORITY = OWNED_PRIORITY_MIN  # loopback stubs: wins over our blocks
 BLOCK_PRIORITY = OWNED_PRIORITY_MIN + 0x10_0000  # loses to every pluto policy and to our allows
@@ -33,14 +34,14 @@ def policies() -> list[Policy]:
 def install(netns: str | None = None) -> list[Policy]:
     """Install (or refresh) the backstop; idempotent."""
     wanted = policies()
-    with XfrmClient(netns) as xfrm:
+    with xfrm.XfrmClient(netns) as client:
         for policy in wanted:
-            xfrm.update_policy(policy)
+            client.update_policy(policy)
     return wanted
 
 
 def installed(netns: str | None = None) -> list[Policy]:
     """The backstop policies present now (all of them once `install` has returned)."""
     wanted = {(p.selector, p.direction, p.action) for p in policies()}
-    with XfrmClient(netns) as xfrm:
-        return [p for p in xfrm.policies() if p.owned and (p.selector, p.direction, p.action) in wanted]
+    with xfrm.XfrmClient(netns) as client:
+        return [p for p in client.policies() if p.owned and (p.selector, p.direction, p.action) in wanted]

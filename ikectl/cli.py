@@ -7,7 +7,15 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
     ikectl [--config FILE] portal allow --minutes N | close | show
     ikectl [--config FILE] trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim]
                                  [--id ID] | list [--json] | verify NAME | remove NAME
+
+Each command imports its modules when it runs: parsing the arguments (and `--help`, and a usage error) loads
+config.py and what it needs, no more, and no command loads what only another needs (scapy for `verify`,
+enclave_ike's attestation for `trust`). Python's start-up is most of what an `ikectl` call costs, and
+NetworkManager's hook pays it on every event (docs/performance.md); tests/test_lazy_imports.py checks what
+commands load.
 """
+
+# ruff: noqa: PLC0415 - the imports inside the commands are the point (see above)
 
 from __future__ import annotations
 
@@ -21,9 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, config, doctor, keys, nm, portal, render, session, status, trust, verify
+from . import __version__, config
 from .config import CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
+from .truststore import DEFAULT_PORT, Anchors
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -78,6 +87,8 @@ def _add_nm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from . import keys, render
+
     resolvers = tuple(address(a, f"--resolver {a}") for a in args.resolver)
     mode = Mode(args.mode)
     trusted = None
@@ -104,6 +115,8 @@ def _need_root(what: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from . import session
+
     cfg = config.load(args.config)  # a bad config is reported before anything else is checked
     _need_root("ikectl up")
     say = _sayer(args.verbose)
@@ -114,6 +127,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from . import session
+
     cfg = config.load(args.config)
     _need_root("ikectl down")
     if not session.down(cfg.run_dir):
@@ -122,6 +137,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
     cfg = config.load(args.config)
     _need_root("ikectl status")
     current = status.gather(cfg.run_dir, cfg)
@@ -130,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from . import verify
+
     cfg = config.load(args.config)
     _need_root("ikectl verify")
     if not 0.5 <= args.seconds <= 300:
@@ -140,6 +159,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
     try:
         cfg = config.load(args.config)
         loaded = doctor.Check("config", True, f"{args.config} is valid")
@@ -164,6 +185,8 @@ def _nm_log(message: str) -> None:
 
 def cmd_nm_dispatch(args: argparse.Namespace) -> int:
     """Never raises: bad input or config is one log line, and the protection stays as it is."""
+    from . import nm
+
     where = f"{args.action} {args.iface or '-'}"
     try:
         event = nm.read_event(args.iface, args.action, os.environ)
@@ -178,6 +201,8 @@ def cmd_nm_dispatch(args: argparse.Namespace) -> int:
 
 
 def cmd_install_nm_hook(args: argparse.Namespace) -> int:
+    from . import nm
+
     if args.uninstall:
         removed = nm.uninstall_hook(args.root)
         _sayer(args.verbose)(f"removed {', '.join(map(str, removed)) or 'nothing: no ikectl hook installed'}")
@@ -193,6 +218,8 @@ def cmd_install_nm_hook(args: argparse.Namespace) -> int:
 
 
 def cmd_portal(args: argparse.Namespace) -> int:
+    from . import nm, portal, session
+
     cfg = config.load(args.config)
     paths = nm.NmPaths.for_config(cfg)
     now = time.time()
@@ -228,9 +255,9 @@ def _add_trust_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     add.add_argument("--spec", required=True, metavar="FILE|INLINE|URL",
                      help="the measurements to accept: a JSON file, gzip+base64url inline, or an https governance "
                           "feed signed by [trust] release_key")
-    add.add_argument("--port", type=int, default=trust.DEFAULT_PORT, metavar="P",
-                     help=f"the evidence endpoint's TCP port (default {trust.DEFAULT_PORT})")
-    add.add_argument("--anchors", choices=[a.value for a in trust.Anchors], default=trust.Anchors.VENDOR.value,
+    add.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
+                     help=f"the evidence endpoint's TCP port (default {DEFAULT_PORT})")
+    add.add_argument("--anchors", choices=[a.value for a in Anchors], default=Anchors.VENDOR.value,
                      help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
     add.add_argument("--id", metavar="ID", help="the IKE ID to expect (default: the one the resolver states)")
     listing = trust_commands.add_parser("list", help="every pin, with its latest attestation")
@@ -242,6 +269,8 @@ def _add_trust_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
+    from . import trust
+
     cfg = config.load(args.config)
     say, now = _sayer(args.verbose), time.time()
     if args.trust_command == "list":
@@ -251,7 +280,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         if not 1 <= args.port <= 0xFFFF:
             raise UsageError(f"--port {args.port}: expected a TCP port, 1 to 65535")
         pin = trust.add(cfg, args.name, address(args.resolver, f"--resolver {args.resolver}"), args.spec, now,
-                        port=args.port, anchors=trust.Anchors(args.anchors),
+                        port=args.port, anchors=Anchors(args.anchors),
                         expected_id=resolver_id(args.id, "--id") if args.id else None,
                         warn=lambda text: print(f"ikectl: WARNING: {text}", file=sys.stderr, flush=True))
         print(f"pinned {pin.name}: {pin.address} {pin.id} {pin.key.kind} key {pin.key.libreswan[:24]}... "

@@ -4,7 +4,12 @@ libreswan's raw ECDSA key is base64 of the point's x || y (no 0x04 prefix); its 
 (exponent length, exponent, modulus). A pin is read from a PEM public key, from a bare `0s...` value, or
 from a line as `ipsec showhostkey` / `enclave-ike identity --format libreswan` print it, and is always
 checked: a point that is not on its curve or an RSA modulus under 2048 bits is refused.
+
+`cryptography` is imported by the functions that check or convert a key, not with the module: config.py needs
+this module, and a config without a pinned key (coffee-shop) then costs no ikectl command its import.
 """
+
+# ruff: noqa: PLC0415 - cryptography is imported where a key is checked or converted (see above)
 
 from __future__ import annotations
 
@@ -13,14 +18,14 @@ import binascii
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
-CURVES: dict[int, ec.EllipticCurve] = {64: ec.SECP256R1(), 96: ec.SECP384R1(), 132: ec.SECP521R1()}
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ECDSA_SIZES = (64, 96, 132)  # raw x || y of P-256, P-384, P-521
 MIN_RSA_BITS = 2048
 
 
@@ -50,6 +55,9 @@ class PinnedKey:
 
 
 def from_public_key(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> PinnedKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if isinstance(key, ec.EllipticCurvePublicKey):
         point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         return _checked(PinnedKey("ecdsa", point[1:]))
@@ -67,6 +75,10 @@ def parse(text: str, kind: str | None = None, source: str = "key") -> PinnedKey:
     value that could be either (it is guessed from the length otherwise)."""
     text = text.strip()
     if text.startswith("-----BEGIN"):
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
         try:
             key = serialization.load_pem_public_key(text.encode())
         except (ValueError, UnsupportedAlgorithm) as exc:
@@ -85,7 +97,7 @@ def parse(text: str, kind: str | None = None, source: str = "key") -> PinnedKey:
     if keyword:
         kind = "ecdsa" if keyword == "ecdsakey" else "rsa"
     if kind is None:
-        kind = "ecdsa" if len(raw) in CURVES else "rsa"
+        kind = "ecdsa" if len(raw) in ECDSA_SIZES else "rsa"
     if kind not in ("ecdsa", "rsa"):
         raise PinError(f"{source}: key type must be ecdsa or rsa, not {kind!r}")
     return _checked(PinnedKey(kind, raw), source)
@@ -101,7 +113,10 @@ def load(path: Path, kind: str | None = None) -> PinnedKey:
 
 def _checked(key: PinnedKey, source: str = "key") -> PinnedKey:
     if key.kind == "ecdsa":
-        curve = CURVES.get(len(key.raw))
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        curves: dict[int, ec.EllipticCurve] = {64: ec.SECP256R1(), 96: ec.SECP384R1(), 132: ec.SECP521R1()}
+        curve = curves.get(len(key.raw))
         if curve is None:
             raise PinError(f"{source}: a raw ECDSA key is 64, 96 or 132 bytes (P-256/384/521), not {len(key.raw)}")
         try:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .config import Address
 
 
@@ -19,6 +16,9 @@ class Route:
 
 def route_to(destination: Address) -> Route | None:
     """The route to `destination` in this network namespace, or None when there is none."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - pyroute2 takes 0.1 s to import: loaded for lookups only
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
+
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst=str(destination))
@@ -33,5 +33,7 @@ def route_to(destination: Address) -> Route | None:
 
 def local_addresses() -> set[Address]:
     """Every address of every interface in this network namespace."""
+    from pyroute2 import IPRoute  # noqa: PLC0415
+
     with IPRoute() as ipr:
         return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}

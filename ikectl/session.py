@@ -15,7 +15,6 @@ run dir; nothing else.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import json
@@ -278,6 +277,8 @@ def _negotiate_ahead(run: daemon.RunDir, profile: render.Profile, say: Callable[
     pairs = [(resolver, source_address(resolver)) for resolver in profile.opportunistic]
     if pairs:
         say(f"negotiating with {', '.join(str(r) for r, local in pairs if local is not None)}")
+    import concurrent.futures  # noqa: PLC0415 - with logging, not worth loading for `status` or `down`
+
     # One resolver's negotiation (or its IKE timeout) does not wait for another's: in parallel, each
     # resolver's udp/53 then tcp/53 in turn (pluto refuses a second negotiation with a peer in flight).
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:

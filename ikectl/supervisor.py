@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, daemon, opportunistic, session, status, trust
+from . import config, daemon, opportunistic, session, status
 from .errors import IkectlError
 
 TICK_S = 1.0
@@ -46,6 +46,10 @@ class Supervisor:
         return True
 
     def reattest(self, config_path: Path, now: float) -> None:
+        # Trusted mode only: trust.py brings enclave_ike's attestation verifiers, which `up` (it imports this
+        # module to start and stop supervisors) and a coffee-shop supervisor never need.
+        from . import trust  # noqa: PLC0415
+
         try:
             cfg = config.load(config_path)
         except IkectlError as exc:

@@ -27,13 +27,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from enclave_ike import evidence_endpoint
 from enclave_ike.attestation import (
     EvidenceFormatError,
     MeasurementSpec,
@@ -49,10 +47,9 @@ from enclave_ike.evidence_endpoint import fetch_evidence, fetch_identity
 from . import daemon, feed, keys, session, truststore
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
-from .truststore import FAILED, OK, PinMissing, StoredPin, TrustError
+from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin, TrustError
 
 NONCE_SIZE = 32
-DEFAULT_PORT = evidence_endpoint.DEFAULT_PORT
 INLINE = "inline:"
 FAILED_RETRY_S = 60.0  # a failed pin is tried again this soon (at most the interval)
 SIM_WARNING = ("sim evidence is NOT SECURE: its root's private key is public, anyone can make it; "
@@ -63,11 +60,6 @@ Say = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-class Anchors(StrEnum):
-    VENDOR = "vendor"  # the Intel and AMD roots named in [trust]
-    SIM = "sim"        # the simulated root: NOT SECURE
 
 
 class AttestationFailed(TrustError):

@@ -27,6 +27,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,20 @@ if TYPE_CHECKING:
     from .config import Address, Config
 
 DEFAULT_TRUST_DIR = Path("/var/lib/ikectl/trust")
+# enclave-ike's evidence endpoint (enclave_ike.config.DEFAULT_EVIDENCE_PORT; a test checks they agree). Kept here,
+# with Anchors, so that `ikectl --help` needs neither trust.py nor enclave_ike.
+DEFAULT_PORT = 4501
 VERSION = 1
 OK, FAILED, MISSING = "ok", "failed", "missing"
 MAX_PIN = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Anchors(StrEnum):
+    """A pin's "anchors": what its evidence is verified against (`ikectl trust add --anchors`)."""
+
+    VENDOR = "vendor"  # the Intel and AMD roots named in [trust]
+    SIM = "sim"        # the simulated root: NOT SECURE
 
 
 class TrustError(IkectlError):

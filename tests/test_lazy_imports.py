@@ -1,0 +1,90 @@
+"""What an `ikectl` command loads. Python's start-up is most of what a call costs (NetworkManager's hook pays it
+on every event, the netns suite hundreds of times, ten times over under TCG: docs/performance.md), so each
+command imports only what it needs: scapy only for `verify`, enclave_ike only for `trust`, pyroute2 only to talk
+to the kernel, jinja2 only to render. Each case runs in a fresh interpreter and lists the modules it ended with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from enclave_ike import config as enclave_config
+from enclave_ike import evidence_endpoint
+from ikectl import truststore, xfrm
+from ikectl.xfrm import client
+
+HEAVY = ("scapy", "pyroute2", "enclave_ike", "jinja2", "dns", "cryptography", "ikectl.trust", "ikectl.verify",
+         "ikectl.wire", "ikectl.xfrm.client")
+
+RUN_CLI = """
+import json, sys
+from ikectl import cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded(code: str, *argv: str, env: dict[str, str] | None = None) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+                          timeout=60, env={**os.environ, **(env or {})}, cwd="/")
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
+
+
+@pytest.fixture
+def coffee_shop(tmp_path: Path) -> Path:
+    path = tmp_path / "ikectl.toml"
+    path.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\n')  # no pinned key, ikectl not up
+    return path
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["no-such-command"], [], ["trust", "add", "--help"],
+                                  ["render", "--mode", "nonsense"]])
+def test_help_and_bad_usage_load_no_command_module(argv):
+    modules = loaded(RUN_CLI, *argv)
+    assert heavy(modules) == []
+    assert "ikectl.session" not in modules and "ikectl.status" not in modules
+
+
+def test_status_when_not_up_loads_nothing_heavy(coffee_shop):
+    assert heavy(loaded(RUN_CLI, "--config", str(coffee_shop), "status")) == []
+
+
+def test_nm_dispatch_of_an_event_left_alone_loads_nothing_heavy(coffee_shop):
+    env = {"NM_DISPATCHER_ACTION": "connectivity-change", "CONNECTIVITY_STATE": "FULL"}
+    modules = loaded(RUN_CLI, "--config", str(coffee_shop), "nm-dispatch", "", "connectivity-change", "--dry-run",
+                     env=env)
+    assert "ikectl.nm" in modules and heavy(modules) == []
+
+
+def test_supervisor_and_session_load_neither_scapy_nor_the_attestation_verifiers():
+    modules = loaded("import json, sys, ikectl.supervisor, ikectl.session; print(json.dumps(sorted(sys.modules)))")
+    assert heavy(modules) == []
+
+
+def test_the_xfrm_package_loads_pyroute2_on_first_use():
+    code = ("import json, sys; from ikectl import xfrm; before = 'pyroute2' in sys.modules; xfrm.XfrmClient; "
+            "print(json.dumps([before, 'pyroute2' in sys.modules]))")
+    assert loaded(code) == {False, True}
+
+
+def test_the_xfrm_package_exports_every_name_it_lists():
+    assert all(getattr(xfrm, name) is not None for name in xfrm.__all__)
+    assert xfrm.XfrmClient is client.XfrmClient and set(xfrm.__all__) <= set(dir(xfrm))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = xfrm.no_such_name
+
+
+def test_the_cli_knows_the_evidence_port_without_importing_enclave_ike():
+    assert truststore.DEFAULT_PORT == enclave_config.DEFAULT_EVIDENCE_PORT == evidence_endpoint.DEFAULT_PORT
