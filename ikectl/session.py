@@ -166,6 +166,11 @@ def _conn_names(mode: Mode) -> tuple[str, ...]:
 def _load_conns(run: daemon.RunDir, profile: render.Profile, replacing: bool) -> None:
     whack = run.whack()
     if replacing:
+        if profile.opportunistic:
+            # Before --listen, which reloads the groups: with the group conn still in, an instance of a
+            # resolver line that has an SA clashes ("group name + target yields duplicate name", in the VM).
+            with contextlib.suppress(IkectlError):
+                whack.delete(OE_CONN)
         whack.listen()  # the network may have changed under a running pluto: an address, an interface
     names = (TRUSTED_CONNS if profile.trusted else ()) + ((OE_CONN,) if profile.opportunistic else ())
     for name in names:
