@@ -78,7 +78,7 @@ def enclave_ike(world: World) -> Iterator[Callable[..., procs.Daemon]]:
                               netns=world.resolver.netns)
         started.append(daemon)
         daemon.start()
-        daemon.wait_for_log(r"listening on ", timeout=30.0)
+        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
         return daemon
 
     yield start

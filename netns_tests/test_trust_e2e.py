@@ -65,7 +65,7 @@ def enclave_ike(world: World) -> Iterator[Callable[[bytes], procs.Daemon]]:
         running.append(daemon)
         daemon.start()
         daemon.wait_for_log(r"evidence endpoint on 10\.79\.2\.53:4501", timeout=60.0)
-        daemon.wait_for_log(r"listening on ", timeout=30.0)
+        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
         return daemon
 
     yield start
