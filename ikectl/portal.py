@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import session
+from . import session, xfrm
 from .errors import UsageError
 
 MAX_MINUTES = 120  # a login takes minutes; anything longer is a mode change, not a portal window
@@ -85,6 +85,7 @@ def open_window(path: Path, now: float) -> PortalWindow | None:
 def close_when_due(path: Path, run_dir: Path, poll_s: float = 5.0) -> None:
     """Sleep until the recorded window ends, then close it; a window closed or replaced meanwhile is left
     to whoever did that. Run detached by `ikectl portal allow` (python -m ikectl.portal ...)."""
+    xfrm.preload()  # what closing needs, loaded before the wait and not at the deadline
     while True:
         window = read(path)
         if window is None:

@@ -88,3 +88,17 @@ def test_the_xfrm_package_exports_every_name_it_lists():
 
 def test_the_cli_knows_the_evidence_port_without_importing_enclave_ike():
     assert truststore.DEFAULT_PORT == enclave_config.DEFAULT_EVIDENCE_PORT == evidence_endpoint.DEFAULT_PORT
+
+
+def test_the_portal_closer_loads_what_closing_needs_before_it_waits():
+    """The closer sleeps until the window's deadline and must put the backstop back at once then: pyroute2 is
+    loaded when it starts (an import at the deadline kept clear DNS open seconds longer in the VM)."""
+    code = """
+import json, sys
+from pathlib import Path
+from ikectl import portal
+portal.close_when_due(Path("/nonexistent/portal.json"), Path("/nonexistent/run"))  # no window: returns
+print(json.dumps(sorted(sys.modules)))
+"""
+    modules = loaded(code)
+    assert "pyroute2" in modules and "ikectl.xfrm.client" in modules

@@ -66,6 +66,13 @@ def __getattr__(name: str) -> object:
     return value
 
 
+def preload() -> None:
+    """Import the pyroute2 half now, for a process that sleeps and must then act at once (the portal closer:
+    importing pyroute2 at its deadline kept clear DNS open seconds longer under TCG)."""
+    for name in _LAZY:
+        __getattr__(name)
+
+
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
