@@ -38,6 +38,7 @@ from netns_tests.harness.flood import Flood, RssSampler, route_spoofed_sources
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Host, Topology
 from netns_tests.harness.unbound import Unbound, UnboundConfig
+from netns_tests.scenarios.resolver_world import null_conn
 
 RESOLVER = "10.79.2.53"
 SPOOFED = "10.200.0.0/16"
@@ -52,19 +53,7 @@ FLOOD_BEFORE_S = 5.0
 HOST_FLOOD_RATE = 5000
 SPOOFED_REQUESTS = 100_000
 
-NULL_CONN = f"""conn dns
-\tleft=%defaultroute
-\tleftid=%null
-\tright={RESOLVER}
-\trightid=%null
-\tauthby=null
-\tleftprotoport=udp/0
-\trightprotoport=udp/53
-\ttype=transport
-\tikev2=insist
-\tleftupdown=%disabled
-\tauto=add
-"""
+NULL_CONN = null_conn(RESOLVER)
 
 
 @dataclass

@@ -30,25 +30,13 @@ from netns_tests.harness.dnsclient import query
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
-from netns_tests.scenarios.resolver_world import World, build_world
+from netns_tests.scenarios.resolver_world import World, build_world, null_conn
 
 RESOLVER = "10.78.2.53"
 RESOLVER_ID = "@resolver.enclave.example"
 ESTABLISHED_IKE = r"established IKE SA"
 
-NULL_CONN = f"""conn dns
-\tleft=%defaultroute
-\tleftid=%null
-\tright={RESOLVER}
-\trightid=%null
-\tauthby=null
-\tleftprotoport=udp/0
-\trightprotoport=udp/53
-\ttype=transport
-\tikev2=insist
-\tleftupdown=%disabled
-\tauto=add
-"""
+NULL_CONN = null_conn(RESOLVER)
 
 
 @pytest.fixture

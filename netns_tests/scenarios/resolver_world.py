@@ -20,6 +20,23 @@ class World:
     workdir: Path
 
 
+def null_conn(resolver: str) -> str:
+    """pluto's side of the NULL-auth interop: one transport conn for udp/53 to `resolver`, added, not started."""
+    return f"""conn dns
+\tleft=%defaultroute
+\tleftid=%null
+\tright={resolver}
+\trightid=%null
+\tauthby=null
+\tleftprotoport=udp/0
+\trightprotoport=udp/53
+\ttype=transport
+\tikev2=insist
+\tleftupdown=%disabled
+\tauto=add
+"""
+
+
 def build_world(topology: Topology, workdir: Path, unbound: Callable[..., Unbound], prefix: str) -> World:
     """`prefix` is two octets ("10.78"): the client is {prefix}.1.2, the resolver {prefix}.2.53."""
     client, router, resolver = topology.add_host("client"), topology.add_router("router"), topology.add_host("dns")
