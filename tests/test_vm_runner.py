@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,18 @@ def test_the_guest_refuses_to_run_without_esp(tmp_path: Path, monkeypatch: pytes
     assert out.startswith(vm.GUEST_UP_MARKER)
     assert "cannot install ESP SAs: Requested AEAD algorithm not found." in out
     assert json.loads((tmp_path / "guest-esp.json").read_text())["available"] is False
+
+
+def test_the_guest_reads_the_stdlib_and_project_from_a_staged_copy(tmp_path: Path):
+    archive = vm.build_stage(tmp_path)
+    with tarfile.open(archive) as packed:
+        names = set(packed.getnames())
+    stdlib, project = (str(tree.relative_to("/")) for tree in vm.staged_trees()[:2])
+    assert f"{stdlib}/os.py" in names and f"{project}/ikectl/cli.py" in names
+    assert f"{stdlib}/json/__init__.py" in names
+    assert not any(name.startswith((f"{stdlib}/test/", f"{project}/.git/")) for name in names)
+    command = vm.guest_command(tmp_path, ["true"])
+    for tree in vm.staged_trees():
+        assert f"mount --bind {vm.GUEST_STAGE_ROOT}{tree} {tree}" in command
+        assert f"mount -o remount,bind,ro {tree}" in command
+    assert command.index("stage.tar") < command.index("netns_tests.harness.guest")
