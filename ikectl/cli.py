@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__, config
+from . import __version__, config, lean_pyroute2
 from .config import CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, Anchors
@@ -311,5 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `ikectl` program: a process of ikectl's own, so pyroute2 may load without its package __init__."""
+    lean_pyroute2.use()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -477,7 +477,8 @@ def holding_lock(paths: NmPaths, deadline: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def time_limit(seconds: float, budget_s: float) -> Iterator[None]:
-    """Raise OutOfTime in this (main) thread when `seconds` pass; session.up undoes what it had done."""
+    """Raise OutOfTime in this (main) thread when `seconds` pass; session.up undoes what it had done, or
+    on a trusted network keeps DNS blocked (`_apply_target`)."""
     def expire(_signum: int, _frame: FrameType | None) -> None:
         raise OutOfTime(f"not done within the {budget_s:g} s budget")
 
@@ -528,7 +529,13 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     pinned = config.pin(target.pin) if target.pin is not None else config.trusted
     wanted = replace(config, mode=target.mode, resolvers=target.resolvers,
                      trusted=pinned if target.mode == Mode.TRUSTED else config.trusted)
-    session.up(wanted, say)  # switching modes, too, never lets DNS out in clear where trusted holds
+    trusted = target.mode == Mode.TRUSTED
+    try:
+        session.up(wanted, say, fail_closed=trusted)  # switching modes, too, never lets DNS out in clear
+    except BaseException:
+        if trusted:  # out of time or failed: a trusted network's DNS stays blocked, never clear
+            session.block_dns(wanted)
+        raise
 
 
 # --- the entry point -------------------------------------------------------------------------------------
@@ -543,6 +550,7 @@ def dispatch(event: DispatcherEvent, config: Config, *, log: Callable[[str], Non
     deadline = started + budget_s
     paths = paths or NmPaths.for_config(config)
     where = f"{event.action} {event.iface or '-'}"
+    plan: Plan | None = None
     if dry_run:  # touches nothing, not even the lock
         plan = decide(event, config, gather(config, paths))
         step = "" if plan.portal == PortalStep.NONE else f" [portal {plan.portal.value}]"
@@ -560,17 +568,23 @@ def dispatch(event: DispatcherEvent, config: Config, *, log: Callable[[str], Non
                 apply(plan, config, paths, lambda _: None)
             write_record(paths, plan.record)
     except (Busy, OutOfTime) as exc:
-        log(f"{where}: gave up after {time.monotonic() - started:.1f} s ({exc}); protection left as it is")
+        log(f"{where}: gave up after {time.monotonic() - started:.1f} s ({exc}); {_after_failure(plan, 'is')}")
         return 1
     except IkectlError as exc:
-        log(f"{where}: failed: {exc}; protection left as it was")
+        log(f"{where}: failed: {exc}; {_after_failure(plan, 'was')}")
         return exc.exit_code
     except OSError as exc:  # the run dir, the lock or the kernel refused: still one line for the journal
-        log(f"{where}: failed: {exc}; protection left as it was")
+        log(f"{where}: failed: {exc}; {_after_failure(plan, 'was')}")
         return 1
     verb = "applied" if plan.target else "left as is"
     log(f"{where}: {plan.reason}: {verb} in {time.monotonic() - started:.2f} s")
     return 0
+
+
+def _after_failure(plan: Plan | None, tense: str) -> str:
+    if plan is not None and plan.target is not None and plan.target.mode == Mode.TRUSTED:
+        return "trusted network: DNS blocked until the next event applies it"
+    return f"protection left as it {tense}"
 
 
 def portal_summary(config: Config, now: float) -> str | None:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import session, xfrm
+from . import lean_pyroute2, session, xfrm
 from .errors import UsageError
 
 MAX_MINUTES = 120  # a login takes minutes; anything longer is a mode change, not a portal window
@@ -108,4 +108,5 @@ def spawn_closer(path: Path, run_dir: Path) -> int:
 
 
 if __name__ == "__main__":
+    lean_pyroute2.use()
     close_when_due(Path(sys.argv[1]), Path(sys.argv[2]))

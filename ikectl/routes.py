@@ -16,7 +16,7 @@ class Route:
 
 def route_to(destination: Address) -> Route | None:
     """The route to `destination` in this network namespace, or None when there is none."""
-    from pyroute2 import IPRoute  # noqa: PLC0415 - pyroute2 takes 0.1 s to import: loaded for lookups only
+    from pyroute2.iproute import IPRoute  # noqa: PLC0415 - pyroute2 takes 0.1 s to import: loaded for lookups only
     from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
     with IPRoute() as ipr:
@@ -33,7 +33,7 @@ def route_to(destination: Address) -> Route | None:
 
 def local_addresses() -> set[Address]:
     """Every address of every interface in this network namespace."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
+    from pyroute2.iproute import IPRoute  # noqa: PLC0415
 
     with IPRoute() as ipr:
         return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}

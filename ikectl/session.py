@@ -49,45 +49,65 @@ class UpResult:
     seconds: float
 
 
-def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path: Path | None = None) -> UpResult:
-    """`config_path`, when given, is where the supervisor reads the config again (re-attestation)."""
+def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path: Path | None = None, *,
+       fail_closed: bool = False) -> UpResult:
+    """`config_path`, when given, is where the supervisor reads the config again (re-attestation).
+
+    A failed `up` undoes what it did. With `fail_closed` (the NetworkManager hook on a trusted network, whose
+    time budget may cut `up` short) a trusted `up` that fails keeps the backstop and does not load the old
+    mode's conns again: DNS stays blocked rather than going back to what the old network allowed; finish
+    with `block_dns`."""
     truststore.require_usable(config)  # a trust-store pin that failed attestation: refused, nothing touched
     run = daemon.RunDir(config.run_dir)
     with state_lock(run):
-        return _up(config, run, say, config_path)
+        return _up(config, run, say, config_path, fail_closed and config.mode == Mode.TRUSTED)
+
+
+def block_dns(config: Config) -> None:
+    """After a failed fail-closed `up`: the whole backstop (the failure may have cut its installation
+    short), and no opportunistic conn or clear-fallback shunt of coffee-shop mode left to outrank it."""
+    backstop.install()
+    run = daemon.RunDir(config.run_dir)
+    if daemon.pluto_pid(run) is not None:
+        with contextlib.suppress(IkectlError):
+            run.whack().delete(OE_CONN)
+    previous = read_state(run) or {}
+    _remove_pass_shunts({*(str(a) for a in config.resolvers), *previous.get("resolvers", ())})
 
 
 def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa: PLR0915
-        config_path: Path | None) -> UpResult:
+        config_path: Path | None, fail_closed: bool) -> UpResult:
     started = time.monotonic()
-    found = resolvers.discover(config)
-    if config.trusted is not None and config.mode == Mode.TRUSTED:
-        # The trusted resolver first; the others found stay listed, as blocked.
-        found = (config.trusted.address, *(a for a in found if a != config.trusted.address))
-    if config.mode == Mode.COFFEE_SHOP and not found:
-        raise UpError("no resolvers to protect: none configured and none found in /etc/resolv.conf")
-    previous = read_state(run)
-    before = _recorded_mode(previous)
-    kept = _kept_upkeep(previous, config.mode)
-    now = time.time()
-    # Resolvers ikectl put in clear (they refused the Child SA) stay out of the group until their time is up.
-    admitted = tuple(a for a in found if str(a) not in kept.excluded or kept.excluded[str(a)].until <= now)
-    profile = render.Profile.from_config(config, admitted)
-    files = render.render_tree(profile)
-    with tempfile.TemporaryDirectory(prefix="ikectl-check-") as scratch:
-        render.write_tree(files, Path(scratch))
-        render.check_tree(Path(scratch))
-
     undo: list[Callable[[], object]] = []
     try:
         if config.mode == Mode.TRUSTED:
-            # Before pluto exists (or, switching from coffee-shop, before its conns go): from here on no
-            # DNS leaves in clear.
-            owned_before = {p.selector for p in backstop.installed()}
+            # First, before resolvers are looked up or conns rendered and checked (or, switching from
+            # coffee-shop, before its conns go): from here on no DNS leaves in clear. The NetworkManager
+            # hook's pre-up counts the time to this point (docs/performance.md).
+            # Failing closed it stays whatever happens, so there is no need to dump the policies first.
+            remove_on_failure = not fail_closed and not backstop.installed()
             say("installing the backstop policies")
             backstop.install()
-            if not owned_before:
+            if remove_on_failure:
                 undo.append(_remove_backstop)
+        found = resolvers.discover(config)
+        if config.trusted is not None and config.mode == Mode.TRUSTED:
+            # The trusted resolver first; the others found stay listed, as blocked.
+            found = (config.trusted.address, *(a for a in found if a != config.trusted.address))
+        if config.mode == Mode.COFFEE_SHOP and not found:
+            raise UpError("no resolvers to protect: none configured and none found in /etc/resolv.conf")
+        previous = read_state(run)
+        before = _recorded_mode(previous)
+        kept = _kept_upkeep(previous, config.mode)
+        now = time.time()
+        # Resolvers ikectl put in clear (they refused the Child SA) stay out of the group until their time is up.
+        admitted = tuple(a for a in found if str(a) not in kept.excluded or kept.excluded[str(a)].until <= now)
+        profile = render.Profile.from_config(config, admitted)
+        files = render.render_tree(profile)
+        with tempfile.TemporaryDirectory(prefix="ikectl-check-") as scratch:
+            render.write_tree(files, Path(scratch))
+            render.check_tree(Path(scratch))
+
         larval_before = xfrm.larval_drop()
         if config.mode == Mode.COFFEE_SHOP and larval_before:
             # Queue the query that triggers IKE instead of dropping it.
@@ -108,7 +128,9 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
             undo.append(lambda: _stop_our_pluto(run, bypass_before or []))
         elif before is not None and before != config.mode:
             say(f"switching from {before.value} to {config.mode.value}")
-            _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
+            # Failing closed, the old mode's conns stay out: they would let DNS past the backstop.
+            _unload_conns(run, before, old_tree, [] if fail_closed else undo,
+                          set((previous or {}).get("resolvers", ())))
         _load_conns(run, profile, replacing=before == config.mode)
         if before == Mode.TRUSTED and config.mode == Mode.COFFEE_SHOP:
             # The opportunistic traps are in; only now may DNS to other resolvers leave the host.

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import config, daemon, opportunistic, session, status
+from . import config, daemon, lean_pyroute2, opportunistic, session, status
 from .errors import IkectlError
 
 TICK_S = 1.0
@@ -112,4 +112,5 @@ def stop(run: daemon.RunDir, pid: object) -> None:
 
 
 if __name__ == "__main__":
+    lean_pyroute2.use()
     sys.exit(main(sys.argv[1:]))

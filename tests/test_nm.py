@@ -421,6 +421,46 @@ def test_a_failed_apply_is_one_line_and_records_nothing(tmp_path):
     assert not (tmp_path / "nm" / "record.json").exists()
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """session's kernel and pluto side, faked: what it installs and removes, in order."""
+    calls: list[object] = []
+    monkeypatch.setattr(session.backstop, "installed", lambda: [])
+    monkeypatch.setattr(session.backstop, "install", lambda: calls.append("install backstop"))
+    monkeypatch.setattr(session, "_remove_backstop", lambda: calls.append("remove backstop"))
+    monkeypatch.setattr(session, "_remove_pass_shunts", lambda found: calls.append(("remove pass", sorted(found))))
+    monkeypatch.setattr(session.daemon, "pluto_pid", lambda run: None)
+
+    def out_of_time(*_args, **_kwargs):  # the budget runs out right after the backstop went in
+        raise nm.OutOfTime("not done within the 10 s budget")
+
+    monkeypatch.setattr(session.resolvers, "discover", out_of_time)
+    return calls
+
+
+def test_a_trusted_network_whose_apply_runs_out_of_time_keeps_dns_blocked(tmp_path, kernel_calls):
+    config = make_config(run_dir=tmp_path / "run")
+    target = Target(Mode.TRUSTED, "home", (PIN.address, ip_address("198.51.100.1")))
+    with pytest.raises(nm.OutOfTime):
+        nm._apply_target(target, config, lambda _: None)
+    # Installed, never removed; then completed (the budget may have cut it short) and pass shunts cleared.
+    assert kernel_calls == ["install backstop", "install backstop", ("remove pass", ["192.0.2.53", "198.51.100.1"])]
+
+
+def test_a_coffee_shop_network_whose_apply_fails_is_left_as_it_was(tmp_path, kernel_calls):
+    config = make_config(run_dir=tmp_path / "run")
+    with pytest.raises(nm.OutOfTime):
+        nm._apply_target(Target(Mode.COFFEE_SHOP, None, (ip_address("198.51.100.1"),)), config, lambda _: None)
+    assert kernel_calls == []
+
+
+def test_a_plain_up_that_fails_undoes_its_backstop(tmp_path, kernel_calls):
+    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
+    with pytest.raises(nm.OutOfTime):
+        session.up(config)
+    assert kernel_calls == ["install backstop", "remove backstop"]
+
+
 def test_the_nm_files_live_beside_the_run_dir_which_down_removes():
     assert nm.NmPaths.for_config(Config()).root == Path("/run/ikectl-nm")
 
