@@ -42,6 +42,7 @@ class Status:
     mode: str | None = None
     pluto_pid: int | None = None
     resolvers: tuple[ResolverStatus, ...] = field(default_factory=tuple)
+    portal: str | None = None  # a captive portal waiting, or an open portal window (NetworkManager hook)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
@@ -65,9 +66,12 @@ def gather(run_dir: Path, config: Config | None = None) -> Status:
     found = []
     for address in state["resolvers"]:
         found.append(_resolver(state, address, pid, traffic, shunts, sas, log))
+    portal_line = None
     if config is not None:
+        from . import nm  # noqa: PLC0415 - nm -> portal -> session -> supervisor -> status: a cycle at import time
         found = [_attested(r, state, config) for r in found]
-    return Status(up=True, mode=state["mode"], pluto_pid=pid, resolvers=tuple(found))
+        portal_line = nm.portal_summary(config, time.time())
+    return Status(up=True, mode=state["mode"], pluto_pid=pid, resolvers=tuple(found), portal=portal_line)
 
 
 def _resolver(state: dict[str, Any], address: str, pid: int | None, traffic: list[TrafficStatus],
@@ -165,7 +169,8 @@ def format_human(status: Status, now: float | None = None) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     pluto = f"pluto pid {status.pluto_pid}" if status.pluto_pid else "pluto NOT running"
-    return "\n".join([*lines, pluto])
+    portal_line = [f"portal: {status.portal}"] if status.portal else []
+    return "\n".join([*lines, pluto, *portal_line])
 
 
 def _attestation(view: truststore.AttestationView | None) -> str:

@@ -2,7 +2,8 @@
 
 from ipaddress import ip_network
 
-from ikectl import backstop, cli, opportunistic, status
+from ikectl import backstop, cli, nm, opportunistic, status
+from ikectl.config import Config
 from ikectl.whack import BareShunt, TrafficStatus
 from ikectl.xfrm import Action, Direction
 
@@ -91,7 +92,19 @@ def test_human_status_is_one_line_per_resolver_with_human_units():
     assert lines[2] == "pluto pid 42"
     assert status.format_human(status.Status(up=False)) == "ikectl is down"
     assert status.Status(up=False).to_json() == {"version": 1, "up": False, "mode": None, "pluto_pid": None,
-                                                 "resolvers": ()}
+                                                 "resolvers": (), "portal": None}
+
+
+def test_status_carries_the_portal_line_of_the_networkmanager_hook(tmp_path):
+    config = Config(run_dir=tmp_path / "run")
+    paths = nm.NmPaths.for_config(config)
+    paths.root.mkdir()
+    nm.write_record(paths, nm.Record(connectivity="PORTAL", portal_waiting_since=1000.0))
+    waiting = nm.portal_summary(config, 1030.0)
+    assert waiting is not None and waiting.startswith("captive portal waiting for 30 s")
+    current = status.Status(up=True, mode="trusted", pluto_pid=42, portal=waiting)
+    assert status.format_human(current).splitlines()[-1] == f"portal: {waiting}"
+    assert current.to_json()["portal"] == waiting
 
 
 def test_verify_refuses_bad_seconds_and_a_host_that_is_not_up(tmp_path, capsys):
