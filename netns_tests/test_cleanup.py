@@ -77,7 +77,12 @@ def test_an_interrupted_run_leaves_nothing(short_tmp: Path, sig: signal.Signals)
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.2)
         proc.send_signal(sig)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Where it hangs: pytest's faulthandler prints every thread's stack on SIGABRT.
+            proc.send_signal(signal.SIGABRT)
+            pytest.fail(f"the run did not end within 60 s of {sig.name}:\n{proc.communicate(timeout=30)[0]}")
     finally:
         if proc.poll() is None:
             proc.kill()
