@@ -81,19 +81,50 @@ def test_backstop_blocks_dns_from_before_pluto_starts_until_the_sa_is_up(world, 
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
 
 
-def test_dns_goes_to_the_trusted_resolver_over_esp_udp_and_tcp_and_nowhere_else(world, run_dir, tmp_path):
+def test_dns_sent_while_ike_is_still_negotiating_never_leaves_in_clear(world, run_dir, tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    client, router = world.hosts["client"], world.hosts["router"]
+    # The router drops everything for the resolver, IKE included: pluto's negotiation stays in flight,
+    # retransmitting, for as long as the queries below take.
+    world.topo.run(router, ["ip", "route", "add", "blackhole", f"{TRUSTED}/32"])
+    try:
+        assert ikectl(world, config, "up").returncode == 0  # it starts the negotiation, it does not wait for it
+        for target in (TRUSTED, PLAIN):
+            assert not query(world.topo, client, target, timeout=2).answered
+            assert not query(world.topo, client, target, tcp=True, timeout=1.5).answered
+        assert status(world, config)[TRUSTED]["state"] != "authenticated"
+    finally:
+        world.topo.run(router, ["ip", "route", "del", "blackhole", f"{TRUSTED}/32"])
+    # pluto's next retransmission gets through; a stub's resends are answered inside ESP from then on.
+    assert query(world.topo, client, TRUSTED, timeout=40).answered
+    assert status(world, config)[TRUSTED]["state"] == "authenticated"
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_dns_goes_to_the_trusted_resolver_over_esp_udp_and_tcp(world, run_dir, tmp_path):
     config = write_config(world, run_dir, tmp_path)
     assert ikectl(world, config, "up").returncode == 0
     client = world.hosts["client"]
     first = query(world.topo, client, TRUSTED, timeout=10)
     assert first.answered and first.records == ("10.77.0.80",)
     assert query(world.topo, client, TRUSTED, tcp=True, timeout=10).answered
-    for other in (PLAIN, COFFEE):  # a second resolver, and any other port-53 server: no answer, no packet
+    resolvers = status(world, config)
+    assert resolvers[TRUSTED]["state"] == "authenticated"
+    assert resolvers[TRUSTED]["packets_out"] >= 2 and resolvers[TRUSTED]["algorithms"] == ["AES_GCM_16_256"]
+    assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
+
+
+def test_queries_to_port_53_servers_that_are_not_the_resolver_get_no_answer_and_send_no_packet(world, run_dir,
+                                                                                             tmp_path):
+    config = write_config(world, run_dir, tmp_path)
+    assert ikectl(world, config, "up").returncode == 0
+    client = world.hosts["client"]
+    assert query(world.topo, client, TRUSTED, timeout=10).answered  # trusted mode is working meanwhile
+    for other in (PLAIN, COFFEE):  # real DNS servers, one of them speaking IKE: not the pinned resolver
         assert not query(world.topo, client, other, timeout=1.5).answered
         assert not query(world.topo, client, other, tcp=True, timeout=1.5).answered
     resolvers = status(world, config)
     assert resolvers[TRUSTED]["state"] == "authenticated"
-    assert resolvers[TRUSTED]["packets_out"] >= 1 and resolvers[TRUSTED]["algorithms"] == ["AES_GCM_16_256"]
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
 
 
