@@ -14,7 +14,8 @@ wall time from just before the process is started:
 - trusted network, nothing applied before (pre-up): call to the backstop complete in the kernel (the
   moment no DNS can leave in clear; watched from here over XFRM netlink), and call to exit (pluto started,
   conns loaded, negotiated);
-- coffee-shop to trusted (pre-up of the trusted network while coffee-shop is up): call to backstop complete;
+- coffee-shop to trusted (pre-up of the trusted network while coffee-shop is up): call to backstop complete
+  and coffee-shop's clear-fallback shunts gone (they outrank the backstop);
 - the same network again (up after pre-up: "already in place"): call to exit.
 
 XFRM policies work in this host's kernel (only ESP SAs do not), so the backstop can be timed here; the
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ikectl import backstop, nm
-from ikectl.xfrm import XfrmClient
+from ikectl.xfrm import Action, Direction, Policy, XfrmClient
 from netns_tests.harness import procs
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab
@@ -57,6 +58,14 @@ def dispatcher_env(action: str, uuid: str | None, name: str | None, nameservers:
     else:
         env["CONNECTIVITY_STATE"] = "FULL"
     return env
+
+
+def clear_dns(policy: Policy) -> bool:
+    """A policy not ours that sends DNS out in clear: pluto's pass shunt (no template), udp or tcp, any port
+    or 53 (libreswan 4.10 installs coffee-shop's for the whole protocol)."""
+    sel = policy.selector
+    return (not policy.owned and not policy.templates and policy.action == Action.ALLOW
+            and policy.direction == Direction.OUT and sel.proto in (6, 17) and sel.dport in (None, 0, 53))
 
 
 class HookFailed(Exception):
@@ -83,8 +92,11 @@ class Bench:
         self.xfrm = XfrmClient(self.client.netns)
 
     def protected(self) -> bool:
-        have = {(p.selector, p.direction, p.action) for p in self.xfrm.policies() if p.owned}
-        return self.backstop <= have
+        """The backstop complete, and no pluto policy left that would let DNS past it in clear (coffee-shop's
+        clear-fallback shunts outrank it)."""
+        policies = self.xfrm.policies()
+        have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
+        return self.backstop <= have and not any(clear_dns(p) for p in policies)
 
     def run(self, argv: list[str], env: dict[str, str] | None = None,
             until: Callable[[], bool] | None = None) -> tuple[float | None, float]:
@@ -173,7 +185,8 @@ def run(runs: int) -> None:
     print(line("hook, trusted pre-up, nothing applied before: call to backstop complete", first_protect, b))
     print(line("hook, trusted pre-up, nothing applied before: call to exit", first_exit, b))
     if switch_protect:
-        print(line("hook, coffee-shop -> trusted pre-up: call to backstop complete", switch_protect, b))
+        print(line("hook, coffee-shop -> trusted pre-up: call to backstop complete, clear shunts gone",
+                   switch_protect, b))
     else:
         print(f"hook, coffee-shop -> trusted pre-up: not measured: coffee-shop did not come up here ({skipped})")
     print(line("hook, same network again (already in place): call to exit", again, b))

@@ -59,8 +59,16 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path:
     with `block_dns`."""
     truststore.require_usable(config)  # a trust-store pin that failed attestation: refused, nothing touched
     run = daemon.RunDir(config.run_dir)
+    fail_closed = fail_closed and config.mode == Mode.TRUSTED
+    if fail_closed:
+        # Before waiting for the state lock, which a supervisor round may hold for tens of milliseconds:
+        # failing closed, none of this is undone, so it needs no record. _up repeats it under the lock.
+        backstop.install()
+        previous = read_state(run) or {}
+        if _recorded_mode(previous) == Mode.COFFEE_SHOP:
+            _remove_pass_shunts(set(previous.get("resolvers", ())), traps_too=True)
     with state_lock(run):
-        return _up(config, run, say, config_path, fail_closed and config.mode == Mode.TRUSTED)
+        return _up(config, run, say, config_path, fail_closed)
 
 
 def block_dns(config: Config) -> None:
@@ -79,25 +87,18 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
         config_path: Path | None, fail_closed: bool) -> UpResult:
     started = time.monotonic()
     undo: list[Callable[[], object]] = []
+    previous = read_state(run)
+    before = _recorded_mode(previous)
+    unloaded = False  # the old mode's conns are gone already
     try:
         if config.mode == Mode.TRUSTED:
-            # First, before resolvers are looked up or conns rendered and checked (or, switching from
-            # coffee-shop, before its conns go): from here on no DNS leaves in clear. The NetworkManager
-            # hook's pre-up counts the time to this point (docs/performance.md).
-            # Failing closed it stays whatever happens, so there is no need to dump the policies first.
-            remove_on_failure = not fail_closed and not backstop.installed()
-            say("installing the backstop policies")
-            backstop.install()
-            if remove_on_failure:
-                undo.append(_remove_backstop)
+            unloaded = _protect_first(run, previous or {}, undo, say, fail_closed)
         found = resolvers.discover(config)
         if config.trusted is not None and config.mode == Mode.TRUSTED:
             # The trusted resolver first; the others found stay listed, as blocked.
             found = (config.trusted.address, *(a for a in found if a != config.trusted.address))
         if config.mode == Mode.COFFEE_SHOP and not found:
             raise UpError("no resolvers to protect: none configured and none found in /etc/resolv.conf")
-        previous = read_state(run)
-        before = _recorded_mode(previous)
         kept = _kept_upkeep(previous, config.mode)
         now = time.time()
         # Resolvers ikectl put in clear (they refused the Child SA) stay out of the group until their time is up.
@@ -126,11 +127,9 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
             say("starting pluto")
             pid = daemon.start_pluto(run)
             undo.append(lambda: _stop_our_pluto(run, bypass_before or []))
-        elif before is not None and before != config.mode:
+        elif before is not None and before != config.mode and not unloaded:
             say(f"switching from {before.value} to {config.mode.value}")
-            # Failing closed, the old mode's conns stay out: they would let DNS past the backstop.
-            _unload_conns(run, before, old_tree, [] if fail_closed else undo,
-                          set((previous or {}).get("resolvers", ())))
+            _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
         _load_conns(run, profile, replacing=before == config.mode)
         if before == Mode.TRUSTED and config.mode == Mode.COFFEE_SHOP:
             # The opportunistic traps are in; only now may DNS to other resolvers leave the host.
@@ -258,14 +257,49 @@ def _unload_conns(run: daemon.RunDir, mode: Mode, old_tree: dict[str, str | None
     undo.append(reload)
 
 
-def _remove_pass_shunts(resolvers: set[str]) -> None:
-    """Delete pluto's bare pass policies (no template: packets go in clear) for DNS to those resolvers.
-    libreswan 4.10 lists such a shunt as udp or tcp to port 53 but installs it for the whole protocol, at
-    priority 0 (seen in the VM): match the protocol, not the port."""
+def _protect_first(run: daemon.RunDir, previous: dict[str, Any], undo: list[Callable[[], object]],
+                   say: Callable[[str], None], fail_closed: bool) -> bool:
+    """Trusted mode's first step, before resolvers are looked up or conns rendered and checked: the backstop,
+    and from coffee-shop its conn and shunts out. From here on no DNS leaves in clear; the NetworkManager
+    hook's pre-up counts the time to this point (docs/performance.md). Failing closed, nothing of it is
+    undone, so there is no need to look at what was there. True when the old conns are gone."""
+    remove_on_failure = not fail_closed and not backstop.installed()
+    say("installing the backstop policies")
+    backstop.install()
+    if remove_on_failure:
+        undo.append(_remove_backstop)
+    if _recorded_mode(previous) != Mode.COFFEE_SHOP:
+        return False
+    # At once, too: pluto's clear-fallback shunts outrank the backstop, and its opportunistic conn would
+    # make new ones (in the VM, 4 to 6 queries left in clear while the trusted conns were rendered).
+    return _leave_coffee_shop(run, previous, [] if fail_closed else undo, say)
+
+
+def _leave_coffee_shop(run: daemon.RunDir, previous: dict[str, Any], undo: list[Callable[[], object]],
+                       say: Callable[[str], None]) -> bool:
+    """Switching to trusted, right after the backstop: pluto's policies for DNS to the old resolvers go first,
+    traps and ESP as well as pass shunts (kernel calls, no process to start), so DNS meets the backstop at once
+    and no new ACQUIRE starts a negotiation whose clear fallback could come before the conn is deleted. Then
+    the opportunistic conn itself, then any shunt pluto made meanwhile. True when pluto runs (its conn is
+    gone); the undo step loads the conn again (failing closed, the caller drops it)."""
+    old_resolvers = set(previous.get("resolvers", ()))
+    _remove_pass_shunts(old_resolvers, traps_too=True)
+    if daemon.pluto_pid(run) is None:
+        return False
+    say("switching from coffee-shop to trusted")
+    _unload_conns(run, Mode.COFFEE_SHOP, {}, undo, old_resolvers)  # the tree on disk is still the old one
+    return True
+
+
+def _remove_pass_shunts(resolvers: set[str], traps_too: bool = False) -> None:
+    """Delete pluto's bare pass policies (no template: packets go in clear) for DNS to those resolvers, and
+    with `traps_too` its trap and ESP policies for it. libreswan 4.10 lists such a shunt as udp or tcp to
+    port 53 but installs it for the whole protocol, at priority 0 (seen in the VM): match the protocol,
+    not the port."""
     with xfrm.XfrmClient() as client:
         for policy in client.policies():
             sel = policy.selector
-            if (not policy.owned and not policy.templates and policy.action == xfrm.Action.ALLOW
+            if (not policy.owned and (traps_too or not policy.templates) and policy.action == xfrm.Action.ALLOW
                     and policy.direction == xfrm.Direction.OUT and sel.proto in (6, 17) and sel.dport in (None, 0, 53)
                     and sel.dst.prefixlen == sel.dst.max_prefixlen
                     and str(sel.dst.network_address) in resolvers):

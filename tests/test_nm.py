@@ -428,7 +428,9 @@ def kernel_calls(monkeypatch):
     monkeypatch.setattr(session.backstop, "installed", lambda: [])
     monkeypatch.setattr(session.backstop, "install", lambda: calls.append("install backstop"))
     monkeypatch.setattr(session, "_remove_backstop", lambda: calls.append("remove backstop"))
-    monkeypatch.setattr(session, "_remove_pass_shunts", lambda found: calls.append(("remove pass", sorted(found))))
+    monkeypatch.setattr(session, "_remove_pass_shunts",
+                        lambda found, traps_too=False: calls.append(("remove traps" if traps_too else "remove pass",
+                                                                     sorted(found))))
     monkeypatch.setattr(session.daemon, "pluto_pid", lambda run: None)
 
     def out_of_time(*_args, **_kwargs):  # the budget runs out right after the backstop went in
@@ -443,8 +445,20 @@ def test_a_trusted_network_whose_apply_runs_out_of_time_keeps_dns_blocked(tmp_pa
     target = Target(Mode.TRUSTED, "home", (PIN.address, ip_address("198.51.100.1")))
     with pytest.raises(nm.OutOfTime):
         nm._apply_target(target, config, lambda _: None)
-    # Installed, never removed; then completed (the budget may have cut it short) and pass shunts cleared.
-    assert kernel_calls == ["install backstop", "install backstop", ("remove pass", ["192.0.2.53", "198.51.100.1"])]
+    # Installed first (before the state lock, then again under it), never removed; after the failure completed
+    # again (the budget may have cut it short) and pass shunts cleared.
+    assert kernel_calls[0] == "install backstop" and "remove backstop" not in kernel_calls
+    assert kernel_calls[-2:] == ["install backstop", ("remove pass", ["192.0.2.53", "198.51.100.1"])]
+
+
+def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backstop(tmp_path, kernel_calls):
+    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
+    (tmp_path / "run").mkdir()
+    session.write_state(session.daemon.RunDir(config.run_dir),
+                        {"version": session.STATE_VERSION, "mode": "coffee-shop", "resolvers": ["198.51.100.9"]})
+    with pytest.raises(nm.OutOfTime):  # raised by the resolver lookup, the step after
+        session.up(config)
+    assert kernel_calls[:2] == ["install backstop", ("remove traps", ["198.51.100.9"])]
 
 
 def test_a_coffee_shop_network_whose_apply_fails_is_left_as_it_was(tmp_path, kernel_calls):
