@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ikectl import backstop, nm
-from ikectl.xfrm import Action, Direction, Policy, XfrmClient
+from ikectl.xfrm import XfrmClient
 from netns_tests.harness import procs
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab
@@ -58,14 +58,6 @@ def dispatcher_env(action: str, uuid: str | None, name: str | None, nameservers:
     else:
         env["CONNECTIVITY_STATE"] = "FULL"
     return env
-
-
-def clear_dns(policy: Policy) -> bool:
-    """A policy not ours that sends DNS out in clear: pluto's pass shunt (no template), udp or tcp, any port
-    or 53 (libreswan 4.10 installs coffee-shop's for the whole protocol)."""
-    sel = policy.selector
-    return (not policy.owned and not policy.templates and policy.action == Action.ALLOW
-            and policy.direction == Direction.OUT and sel.proto in (6, 17) and sel.dport in (None, 0, 53))
 
 
 class HookFailed(Exception):
@@ -96,7 +88,7 @@ class Bench:
         clear-fallback shunts outrank it)."""
         policies = self.xfrm.policies()
         have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
-        return self.backstop <= have and not any(clear_dns(p) for p in policies)
+        return self.backstop <= have and not any(map(backstop.lets_dns_past, policies))
 
     def run(self, argv: list[str], env: dict[str, str] | None = None,
             until: Callable[[], bool] | None = None) -> tuple[float | None, float]:

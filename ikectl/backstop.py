@@ -45,3 +45,13 @@ def installed(netns: str | None = None) -> list[Policy]:
     wanted = {(p.selector, p.direction, p.action) for p in policies()}
     with xfrm.XfrmClient(netns) as client:
         return [p for p in client.policies() if p.owned and (p.selector, p.direction, p.action) in wanted]
+
+
+def lets_dns_past(policy: Policy, *, in_clear_only: bool = True) -> bool:
+    """A policy not ikectl's that DNS meets before the backstop (smaller priority numbers win): pluto's bare
+    pass shunt, which sends it in clear, or with `in_clear_only=False` its trap and ESP policies too. udp
+    or tcp to port 53, or to any port: libreswan 4.10 installs coffee-shop's clear-fallback shunts for the
+    whole protocol, at priority 0 (seen in the VM)."""
+    sel = policy.selector
+    return (not policy.owned and policy.action == Action.ALLOW and policy.direction == Direction.OUT
+            and (not in_clear_only or not policy.templates) and sel.proto in (6, 17) and sel.dport in (None, 0, 53))

@@ -63,10 +63,7 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path:
     if fail_closed:
         # Before waiting for the state lock, which a supervisor round may hold for tens of milliseconds:
         # failing closed, none of this is undone, so it needs no record. _up repeats it under the lock.
-        backstop.install()
-        previous = read_state(run) or {}
-        if _recorded_mode(previous) == Mode.COFFEE_SHOP:
-            _remove_pass_shunts(set(previous.get("resolvers", ())), traps_too=True)
+        _block_coffee_shop_dns(read_state(run) or {}, backstop.install)
     with state_lock(run):
         return _up(config, run, say, config_path, fail_closed)
 
@@ -265,25 +262,32 @@ def _protect_first(run: daemon.RunDir, previous: dict[str, Any], undo: list[Call
     undone, so there is no need to look at what was there. True when the old conns are gone."""
     remove_on_failure = not fail_closed and not backstop.installed()
     say("installing the backstop policies")
-    backstop.install()
+    _block_coffee_shop_dns(previous, backstop.install)
     if remove_on_failure:
         undo.append(_remove_backstop)
     if _recorded_mode(previous) != Mode.COFFEE_SHOP:
         return False
-    # At once, too: pluto's clear-fallback shunts outrank the backstop, and its opportunistic conn would
-    # make new ones (in the VM, 4 to 6 queries left in clear while the trusted conns were rendered).
     return _leave_coffee_shop(run, previous, [] if fail_closed else undo, say)
+
+
+def _block_coffee_shop_dns(previous: dict[str, Any], install_backstop: Callable[[], object]) -> None:
+    """The backstop, and coming from coffee-shop, pluto's policies for DNS to its resolvers out at once: its
+    clear-fallback shunts outrank the backstop (in the VM, 4 to 6 queries per switch left in clear while the
+    trusted conns were rendered, when they went later), and its traps would start negotiations whose clear
+    fallback could come before the conn is deleted. They are looked up before the backstop goes in, so
+    that once it is complete only the deletes remain, clear-fallback shunts first."""
+    coffee_shop = _recorded_mode(previous) == Mode.COFFEE_SHOP
+    doomed = _pluto_dns_policies(set(previous.get("resolvers", ())), traps_too=True) if coffee_shop else []
+    install_backstop()
+    _delete_policies(doomed)
 
 
 def _leave_coffee_shop(run: daemon.RunDir, previous: dict[str, Any], undo: list[Callable[[], object]],
                        say: Callable[[str], None]) -> bool:
-    """Switching to trusted, right after the backstop: pluto's policies for DNS to the old resolvers go first,
-    traps and ESP as well as pass shunts (kernel calls, no process to start), so DNS meets the backstop at once
-    and no new ACQUIRE starts a negotiation whose clear fallback could come before the conn is deleted. Then
-    the opportunistic conn itself, then any shunt pluto made meanwhile. True when pluto runs (its conn is
-    gone); the undo step loads the conn again (failing closed, the caller drops it)."""
+    """Switching to trusted, after `_block_coffee_shop_dns`: the opportunistic conn itself, then any shunt
+    pluto made meanwhile. True when pluto runs (its conn is gone); the undo step loads the conn again
+    (failing closed, the caller drops it)."""
     old_resolvers = set(previous.get("resolvers", ()))
-    _remove_pass_shunts(old_resolvers, traps_too=True)
     if daemon.pluto_pid(run) is None:
         return False
     say("switching from coffee-shop to trusted")
@@ -291,20 +295,28 @@ def _leave_coffee_shop(run: daemon.RunDir, previous: dict[str, Any], undo: list[
     return True
 
 
-def _remove_pass_shunts(resolvers: set[str], traps_too: bool = False) -> None:
-    """Delete pluto's bare pass policies (no template: packets go in clear) for DNS to those resolvers, and
-    with `traps_too` its trap and ESP policies for it. libreswan 4.10 lists such a shunt as udp or tcp to
-    port 53 but installs it for the whole protocol, at priority 0 (seen in the VM): match the protocol,
-    not the port."""
+def _remove_pass_shunts(resolvers: set[str]) -> None:
+    _delete_policies(_pluto_dns_policies(resolvers, traps_too=False))
+
+
+def _pluto_dns_policies(resolvers: set[str], traps_too: bool) -> list[xfrm.Policy]:
+    """pluto's bare pass policies (packets go in clear) for DNS to those resolvers, and with `traps_too` its
+    trap and ESP policies for it, after them."""
     with xfrm.XfrmClient() as client:
-        for policy in client.policies():
-            sel = policy.selector
-            if (not policy.owned and (traps_too or not policy.templates) and policy.action == xfrm.Action.ALLOW
-                    and policy.direction == xfrm.Direction.OUT and sel.proto in (6, 17) and sel.dport in (None, 0, 53)
-                    and sel.dst.prefixlen == sel.dst.max_prefixlen
-                    and str(sel.dst.network_address) in resolvers):
-                with contextlib.suppress(xfrm.KernelRefused, xfrm.NotFound):
-                    client.delete_policy(policy)
+        found = [p for p in client.policies()
+                 if backstop.lets_dns_past(p, in_clear_only=not traps_too)
+                 and p.selector.dst.prefixlen == p.selector.dst.max_prefixlen
+                 and str(p.selector.dst.network_address) in resolvers]
+    return sorted(found, key=lambda p: bool(p.templates))
+
+
+def _delete_policies(policies: list[xfrm.Policy]) -> None:
+    if not policies:
+        return
+    with xfrm.XfrmClient() as client:
+        for policy in policies:
+            with contextlib.suppress(xfrm.KernelRefused, xfrm.NotFound):  # gone meanwhile
+                client.delete_policy(policy)
 
 
 def _read_tree(root: Path, files: dict[str, str]) -> dict[str, str | None]:

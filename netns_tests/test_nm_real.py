@@ -343,8 +343,9 @@ class DnsTraffic:
 
 
 class BackstopWatch:
-    """Samples, every `every` s in a thread, whether trusted mode's backstop is complete in the client's
-    namespace: when protection was in place, by the same clock as the capture's packet times."""
+    """Samples, every `every` s in a thread, whether trusted mode's protection is in place in the client's
+    namespace (the backstop complete, and no pluto shunt left that sends DNS past it in clear, as
+    bench/nm_dispatch.py counts it), by the same clock as the capture's packet times."""
 
     def __init__(self, netns: str, every: float = 0.05) -> None:
         self.netns, self.every = netns, every
@@ -364,8 +365,10 @@ class BackstopWatch:
     def _run(self) -> None:
         with XfrmClient(self.netns) as client:  # made in this thread, used only here
             while not self._stop.is_set():
-                have = {(p.selector, p.direction, p.action) for p in client.policies() if p.owned}
-                self.samples.append((time.time(), self.wanted <= have))
+                policies = client.policies()
+                have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
+                protected = self.wanted <= have and not any(map(backstop.lets_dns_past, policies))
+                self.samples.append((time.time(), protected))
                 self._stop.wait(self.every)
 
     def complete_from(self, start: float) -> float | None:

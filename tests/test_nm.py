@@ -428,9 +428,14 @@ def kernel_calls(monkeypatch):
     monkeypatch.setattr(session.backstop, "installed", lambda: [])
     monkeypatch.setattr(session.backstop, "install", lambda: calls.append("install backstop"))
     monkeypatch.setattr(session, "_remove_backstop", lambda: calls.append("remove backstop"))
-    monkeypatch.setattr(session, "_remove_pass_shunts",
-                        lambda found, traps_too=False: calls.append(("remove traps" if traps_too else "remove pass",
-                                                                     sorted(found))))
+
+    def look_up(found, traps_too):
+        calls.append(("look up", sorted(found), traps_too))
+        return [f"pluto's policy to {a}" for a in sorted(found)]
+
+    monkeypatch.setattr(session, "_pluto_dns_policies", look_up)
+    monkeypatch.setattr(session, "_delete_policies",
+                        lambda policies: calls.append(("delete", list(policies))) if policies else None)
     monkeypatch.setattr(session.daemon, "pluto_pid", lambda run: None)
 
     def out_of_time(*_args, **_kwargs):  # the budget runs out right after the backstop went in
@@ -448,7 +453,9 @@ def test_a_trusted_network_whose_apply_runs_out_of_time_keeps_dns_blocked(tmp_pa
     # Installed first (before the state lock, then again under it), never removed; after the failure completed
     # again (the budget may have cut it short) and pass shunts cleared.
     assert kernel_calls[0] == "install backstop" and "remove backstop" not in kernel_calls
-    assert kernel_calls[-2:] == ["install backstop", ("remove pass", ["192.0.2.53", "198.51.100.1"])]
+    resolvers = ["192.0.2.53", "198.51.100.1"]
+    assert kernel_calls[-3:] == ["install backstop", ("look up", resolvers, False),
+                                 ("delete", [f"pluto's policy to {a}" for a in resolvers])]
 
 
 def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backstop(tmp_path, kernel_calls):
@@ -458,7 +465,9 @@ def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backs
                         {"version": session.STATE_VERSION, "mode": "coffee-shop", "resolvers": ["198.51.100.9"]})
     with pytest.raises(nm.OutOfTime):  # raised by the resolver lookup, the step after
         session.up(config)
-    assert kernel_calls[:2] == ["install backstop", ("remove traps", ["198.51.100.9"])]
+    # Looked up first, so that once the backstop is complete only the deletes remain.
+    assert kernel_calls[:3] == [("look up", ["198.51.100.9"], True), "install backstop",
+                                ("delete", ["pluto's policy to 198.51.100.9"])]
 
 
 def test_a_coffee_shop_network_whose_apply_fails_is_left_as_it_was(tmp_path, kernel_calls):
