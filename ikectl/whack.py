@@ -33,12 +33,20 @@ class WhackError(IkectlError):
 
 @dataclass(frozen=True)
 class ReplyLine:
-    code: int  # pluto's RC_* number: 0 informational, 2 log, 6 traffic status, 20+ errors
+    code: int  # pluto's RC_* number: 0 informational, 2 log, 6 traffic status, 20-99 refusals, 1xx progress
     text: str
+
+    @property
+    def refusal(self) -> bool:
+        # RC_DUPNAME (20) up to the permanent failures are refusals; 100-199 report a state reached (RC_NEW_V2_STATE
+        # + state: "initiating IKEv2 connection" is 181), 200 and up a notification pluto got or sent.
+        return FIRST_ERROR_CODE <= self.code < FIRST_PROGRESS_CODE or self.code >= FIRST_NOTIFICATION_CODE
 
 
 _LINE = re.compile(r"^(\d{3}) ?(.*)$")
-FIRST_ERROR_CODE = 20  # RC_DUPNAME and above are refusals (RC_UNKNOWN_NAME 21, RC_ROUTE 25, ...)
+FIRST_ERROR_CODE = 20  # RC_DUPNAME (RC_UNKNOWN_NAME 21, RC_ROUTE 25, ...)
+FIRST_PROGRESS_CODE = 100  # a state reached
+FIRST_NOTIFICATION_CODE = 200  # RC_NOTIFICATION + the IKE notify type
 
 
 def parse_reply(output: str) -> list[ReplyLine]:
@@ -169,7 +177,7 @@ class Whack:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise WhackError(operation, f"cannot run {argv[0]}: {exc}") from None
         lines = parse_reply(proc.stdout + proc.stderr)
-        refusals = [line for line in lines if line.code >= FIRST_ERROR_CODE]
+        refusals = [line for line in lines if line.refusal]
         # addconn can exit 0 after a conn failed to load; these are its words for that.
         failed_add = [line for line in lines
                       if "failed to add connection" in line.text or "did not load properly" in line.text

@@ -62,6 +62,13 @@ def test_refusals_quote_pluto(name, call, line):
     assert line in str(error.value) and "\n" not in str(error.value)
 
 
+def test_progress_lines_are_not_refusals():
+    # "181 ... initiating IKEv2 connection" is RC_NEW_V2_STATE + a state number: the negotiation started.
+    calls: list[list[str]] = []
+    fake("initiate-async", calls).initiate("t")
+    assert calls[0][-4:] == ["--initiate", "--asynchronous", "--name", "t"]
+
+
 def test_addconn_exit_0_with_failed_add_is_an_error():
     def runner(argv):
         return subprocess.CompletedProcess(argv, 0, "", '"private-or-clear": failed to add connection: must '
