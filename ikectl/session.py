@@ -118,6 +118,7 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
         undo.append(lambda: shutil.rmtree(run.root, ignore_errors=True) if fresh_dir
                     else _restore_tree(run.root, old_tree))
         pid = daemon.pluto_pid(run)
+        pluto_fresh = pid is None
         bypass_before = (previous or {}).get("nd_bypass_before")
         if pid is None:
             bypass_before = sorted(_nd_bypass_keys())
@@ -127,7 +128,7 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
         elif before is not None and before != config.mode and not unloaded:
             say(f"switching from {before.value} to {config.mode.value}")
             _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
-        _load_conns(run, profile, replacing=before == config.mode)
+        _load_conns(run, profile, replacing=before == config.mode, rescan=not pluto_fresh)
         if before == Mode.TRUSTED and config.mode == Mode.COFFEE_SHOP:
             # The opportunistic traps are in; only now may DNS to other resolvers leave the host.
             _remove_backstop()
@@ -181,15 +182,18 @@ def _conn_names(mode: Mode) -> tuple[str, ...]:
     return TRUSTED_CONNS if mode == Mode.TRUSTED else (OE_CONN,)
 
 
-def _load_conns(run: daemon.RunDir, profile: render.Profile, replacing: bool) -> None:
+def _load_conns(run: daemon.RunDir, profile: render.Profile, replacing: bool, rescan: bool) -> None:
     whack = run.whack()
-    if replacing:
-        if profile.opportunistic:
-            # Before --listen, which reloads the groups: with the group conn still in, an instance of a
-            # resolver line that has an SA clashes ("group name + target yields duplicate name", in the VM).
-            with contextlib.suppress(IkectlError):
-                whack.delete(OE_CONN)
-        whack.listen()  # the network may have changed under a running pluto: an address, an interface
+    if replacing and profile.opportunistic:
+        # Before --listen, which reloads the groups: with the group conn still in, an instance of a
+        # resolver line that has an SA clashes ("group name + target yields duplicate name", in the VM).
+        with contextlib.suppress(IkectlError):
+            whack.delete(OE_CONN)
+    if rescan:
+        # The network may have changed under a running pluto, and pluto looks at its interfaces only when told.
+        # A rescan while a network switch had taken the address away shut its socket there; without another
+        # one the conns cannot load ("we cannot identify ourselves with either end of this connection").
+        whack.listen()
     names = (TRUSTED_CONNS if profile.trusted else ()) + ((OE_CONN,) if profile.opportunistic else ())
     for name in names:
         if replacing:

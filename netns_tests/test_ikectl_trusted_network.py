@@ -19,6 +19,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from ikectl import keys, render
+from ikectl.whack import WHACK
 from ikectl.xfrm import XfrmClient
 from netns_tests.conftest import IKECTL
 from netns_tests.harness.pluto import Pluto, PlutoConfig
@@ -138,6 +139,34 @@ def test_a_client_address_change_never_leaks_and_up_follows_it(site: Trusted):
         assert any(str(sa.src) == "10.79.1.9" and str(sa.dst) == DNS4 for sa in xfrm.sas())
     assert site.status()[DNS4]["state"] == "authenticated"
     no_plaintext(site)
+
+
+@pytest.mark.host  # the trusted conns load or they do not: no SA needed
+def test_switching_to_trusted_after_a_rescan_without_the_address_still_loads_the_trusted_conns(site: Trusted):
+    """A network switch takes the client's address away for seconds. A pluto rescan in that gap (`whack
+    --listen`: coffee-shop's group reload does one) shuts pluto's socket on the address, and pluto does not
+    look again by itself: the trusted conns then failed to load ("we cannot identify ourselves with either end
+    of this connection") and DNS stayed blocked on the trusted network until the next switch (the real-NM
+    test's first trusted phase got no answer for 60 s once in CI)."""
+    site.write_config(f'mode = "coffee-shop"\n[resolvers]\naddresses = ["{OTHER}"]\n'
+                      f'[paths]\nrun_dir = "{site.run_dir}"\n')
+    site.up()
+    uplink = site.client.interface_to(site.router)
+    address = str(uplink.ipv4.ip)  # type: ignore[union-attr]
+    gateway = str(site.router.interface_to(site.client).ipv4.ip)  # type: ignore[union-attr]
+    with IPRoute(netns=site.client.netns) as ipr:
+        index = ipr.link_lookup(ifname=uplink.ifname)[0]
+        ipr.addr("del", index=index, address=address, prefixlen=24)
+        rescan = site.topo.run(site.client, [str(WHACK), "--rundir", str(site.run_dir / "pluto"), "--listen"])
+        assert f"shutting down interface {uplink.ifname} {address}:500" in rescan.stdout, rescan.stdout
+        ipr.addr("add", index=index, address=address, prefixlen=24)
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+    site.configure(DNS4)
+    site.up()  # what nm-dispatch does on the trusted network's dhcp4-change
+    with XfrmClient(site.client.netns) as xfrm:
+        routed = {p.selector.proto for p in xfrm.policies()
+                  if not p.owned and p.selector.dport == 53 and str(p.selector.dst.network_address) == DNS4}
+    assert routed == {6, 17}, routed  # pluto's trap for udp/53 and tcp/53 to the trusted resolver
 
 
 def test_interface_down_and_up_never_leaks_and_dns_comes_back(site: Trusted):
