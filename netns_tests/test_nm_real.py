@@ -143,6 +143,26 @@ class NmWorld:
                 + "\n--- bus and nm-dispatcher, without debug lines:\n" + procs.tail("\n".join(dispatcher), 40)
                 + "\n--- NetworkManager:\n" + procs.tail(self.nm.nm_log(), 40))
 
+    def pluto_log_size(self) -> int:
+        log = self.run_dir / "pluto.log"
+        return log.stat().st_size if log.exists() else 0
+
+    def snapshot(self, hooked: int, pluto_log: int) -> str:
+        """The hook's lines after the first `hooked`, `ikectl status`, the client's policies and states, and
+        pluto's log from byte `pluto_log` on: what a phase that went wrong looked like, for its failure text."""
+        log = self.run_dir / "pluto.log"
+        with open(log, "rb") as f:
+            f.seek(pluto_log)
+            said = f.read().decode(errors="replace")
+        xfrm = self.lab.topo.run(self.client, ["ip", "xfrm", "policy"], check=False).stdout
+        states = self.lab.topo.run(self.client, ["ip", "xfrm", "state"], check=False).stdout
+        routes = self.lab.topo.run(self.client, ["ip", "-4", "route"], check=False).stdout
+        return ("hook lines:\n" + "\n".join(self.hook_lines()[hooked:]) + "\n--- ikectl status:\n"
+                + self.ikectl("status", check=False) + "\n--- routes:\n" + routes
+                + "--- ip xfrm policy:\n" + procs.tail(xfrm, 60) + "\n--- ip xfrm state (heads):\n"
+                + "\n".join(line for line in states.splitlines() if line.startswith("src"))
+                + "\n--- pluto's log in the phase:\n" + procs.tail(said, 80))
+
     def resolvers(self) -> list[str]:
         return [r["address"] for r in self.status()["resolvers"]]
 
@@ -394,9 +414,12 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     dwell, answer_wait = 2.0, 60.0
     phases: list[Phase] = []
     first_answers: list[float] = []
+    unanswered: list[str] = []  # what the client looked like when a phase's resolvers never answered
     with DnsTraffic(w.lab, (TRUSTED, COFFEE, PLAIN)) as traffic, BackstopWatch(w.client.netns) as watch:
         for name in networks:
             issued = time.time()
+            hooked = len(w.hook_lines())
+            pluto_log = w.pluto_log_size()
             w.nm.up(name)
             active = time.time()
             # Held for `dwell`, and at least until the network's resolvers answer (or `answer_wait`): the first
@@ -406,6 +429,9 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
             while time.time() < until and not all(traffic.answers(t, active, time.time()) for t in wanted):
                 time.sleep(0.1)
             first_answers.append(time.time() - active)
+            if not all(traffic.answers(t, active, time.time()) for t in wanted):
+                unanswered.append(f"--- phase {len(phases) + 1} ({name}), no answer from {wanted} in "
+                                  f"{answer_wait:.0f} s:\n{w.snapshot(hooked, pluto_log)}")
             time.sleep(max(0.0, active + dwell - time.time()))
             if phases:
                 phases[-1] = Phase(phases[-1].network, phases[-1].issued, phases[-1].active, issued)
@@ -450,7 +476,7 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     superseded = sum("superseded" in line for line in w.hook_lines())
     text = "\n".join(report) + f"\nhook calls superseded: {superseded}"
     print(text)
-    assert not wrong, f"phases {wrong} are not what their network needs:\n{text}"
+    assert not wrong, f"phases {wrong} are not what their network needs:\n{text}\n" + "\n".join(unanswered)
 
 
 def test_captive_portal_trusted_stays_closed_until_the_user_opts_in_and_only_for_the_window(make_world):
