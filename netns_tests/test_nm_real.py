@@ -151,9 +151,7 @@ class NmWorld:
         """The hook's lines after the first `hooked`, `ikectl status`, the client's policies and states, and
         pluto's log from byte `pluto_log` on: what a phase that went wrong looked like, for its failure text."""
         log = self.run_dir / "pluto.log"
-        with open(log, "rb") as f:
-            f.seek(pluto_log)
-            said = f.read().decode(errors="replace")
+        said = log.read_bytes()[pluto_log:].decode(errors="replace") if log.exists() else "(no pluto.log)"
         xfrm = self.lab.topo.run(self.client, ["ip", "xfrm", "policy"], check=False).stdout
         states = self.lab.topo.run(self.client, ["ip", "xfrm", "state"], check=False).stdout
         routes = self.lab.topo.run(self.client, ["ip", "-4", "route"], check=False).stdout
