@@ -146,8 +146,8 @@ def test_switching_to_trusted_after_a_rescan_without_the_address_still_loads_the
     """A network switch takes the client's address away for seconds. A pluto rescan in that gap (`whack
     --listen`: coffee-shop's group reload does one) shuts pluto's socket on the address, and pluto does not
     look again by itself: the trusted conns then failed to load ("we cannot identify ourselves with either end
-    of this connection") and DNS stayed blocked on the trusted network until the next switch (the real-NM
-    test's first trusted phase got no answer for 60 s once in CI)."""
+    of this connection") and DNS stayed blocked on the trusted network until the next switch (likely what the
+    real-NM test's first trusted phase met once in CI: no answer for 60 s, 0 plaintext)."""
     site.write_config(f'mode = "coffee-shop"\n[resolvers]\naddresses = ["{OTHER}"]\n'
                       f'[paths]\nrun_dir = "{site.run_dir}"\n')
     site.up()
