@@ -36,7 +36,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .client import EspSupport, XfrmClient, larval_drop, monitor, probe_esp, set_larval_drop
+    from .client import EspSupport, XfrmClient, event_socket, larval_drop, monitor, probe_esp, set_larval_drop
     from .codec import (
         Acquire,
         Flushed,
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    **dict.fromkeys(("EspSupport", "XfrmClient", "larval_drop", "monitor", "probe_esp", "set_larval_drop"), "client"),
+    **dict.fromkeys(("EspSupport", "XfrmClient", "event_socket", "larval_drop", "monitor", "probe_esp",
+                     "set_larval_drop"), "client"),
     **dict.fromkeys(("Acquire", "Flushed", "PolicyAdded", "PolicyDeleted", "PolicyExpired", "SaAdded", "SaDeleted",
                      "SaExpired", "XfrmEvent"), "codec"),
 }
@@ -112,6 +113,7 @@ __all__ = [
     "XfrmError",
     "XfrmEvent",
     "algorithm",
+    "event_socket",
     "larval_drop",
     "monitor",
     "probe_esp",

@@ -133,7 +133,7 @@ def _describe(policy: Policy) -> str:
 async def monitor(netns: str | None = None,
                   groups: Iterable[Group] = DEFAULT_GROUPS) -> AsyncGenerator[codec.XfrmEvent, None]:
     """ACQUIRE, EXPIRE and policy/SA add/delete events of a namespace, as typed events, until cancelled."""
-    sock = _event_socket(netns, groups)
+    sock = event_socket(netns, groups)
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -146,7 +146,9 @@ async def monitor(netns: str | None = None,
         sock.close()
 
 
-def _event_socket(netns: str | None, groups: Iterable[Group]) -> socket.socket:
+def event_socket(netns: str | None, groups: Iterable[Group] = DEFAULT_GROUPS) -> socket.socket:
+    """A non-blocking netlink socket that receives the namespace's events of `groups`, for a caller that
+    waits with select() (`monitor` decodes them for asyncio code)."""
     try:
         sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK,
                                                            socket_type=socket.SOCK_RAW, proto=NETLINK_XFRM,
