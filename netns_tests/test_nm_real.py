@@ -16,6 +16,7 @@ queries and the router's capture:
 from __future__ import annotations
 
 import json
+import re
 import select
 import shutil
 import subprocess
@@ -153,13 +154,28 @@ class NmWorld:
         log = self.run_dir / "pluto.log"
         said = log.read_bytes()[pluto_log:].decode(errors="replace") if log.exists() else "(no pluto.log)"
         xfrm = self.lab.topo.run(self.client, ["ip", "xfrm", "policy"], check=False).stdout
-        states = self.lab.topo.run(self.client, ["ip", "xfrm", "state"], check=False).stdout
+        states = self.lab.topo.run(self.client, ["ip", "-s", "xfrm", "state"], check=False).stdout
         routes = self.lab.topo.run(self.client, ["ip", "-4", "route"], check=False).stdout
         return ("hook lines:\n" + "\n".join(self.hook_lines()[hooked:]) + "\n--- ikectl status:\n"
                 + self.ikectl("status", check=False) + "\n--- routes:\n" + routes
-                + "--- ip xfrm policy:\n" + procs.tail(xfrm, 60) + "\n--- ip xfrm state (heads):\n"
-                + "\n".join(line for line in states.splitlines() if line.startswith("src"))
+                + "--- ip xfrm policy, without pluto's socket and ND policies:\n"
+                + "\n".join(policy for policy in xfrm.replace("\n\t", " | ").splitlines()
+                             if " socket " not in policy and "ipv6-icmp" not in policy)
+                + "\n--- ip -s xfrm state (heads and packet counts):\n"
+                + "\n".join(line for line in states.splitlines() if line.startswith("src") or "packets" in line
+                             or line.strip().startswith("proto esp"))
                 + "\n--- pluto's log in the phase:\n" + procs.tail(said, 80))
+
+    def phase_story(self, number: int, marks: list[tuple[int, int]]) -> str:
+        """What the hook and pluto said from phase `number`'s switch to the next one's."""
+        (hooked, logged), following = marks[number - 1], marks[number:number + 1]
+        lines = self.hook_lines()[hooked:following[0][0] if following else None]
+        log = (self.run_dir / "pluto.log").read_bytes() if (self.run_dir / "pluto.log").exists() else b""
+        said = log[logged:following[0][1] if following else None].decode(errors="replace")
+        return (f"\n--- phase {number}: hook lines\n" + "\n".join(lines)
+                + f"\n--- phase {number}: pluto's log, without proposal lines\n"
+                + procs.tail("\n".join(line for line in said.splitlines()
+                                       if not re.search(r"SA proposals|\d:(IKE|ESP)=", line)), 60))
 
     def resolvers(self) -> list[str]:
         return [r["address"] for r in self.status()["resolvers"]]
@@ -413,11 +429,13 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     phases: list[Phase] = []
     first_answers: list[float] = []
     unanswered: list[str] = []  # what the client looked like when a phase's resolvers never answered
+    marks: list[tuple[int, int]] = []  # per phase: hook lines and bytes of pluto's log before it was issued
     with DnsTraffic(w.lab, (TRUSTED, COFFEE, PLAIN)) as traffic, BackstopWatch(w.client.netns) as watch:
         for name in networks:
             issued = time.time()
             hooked = len(w.hook_lines())
             pluto_log = w.pluto_log_size()
+            marks.append((hooked, pluto_log))
             w.nm.up(name)
             active = time.time()
             # Held for `dwell`, and at least until the network's resolvers answer (or `answer_wait`): the first
@@ -474,7 +492,8 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     superseded = sum("superseded" in line for line in w.hook_lines())
     text = "\n".join(report) + f"\nhook calls superseded: {superseded}"
     print(text)
-    assert not wrong, f"phases {wrong} are not what their network needs:\n{text}\n" + "\n".join(unanswered)
+    assert not wrong, (f"phases {wrong} are not what their network needs:\n{text}\n" + "\n".join(unanswered)
+                       + "".join(w.phase_story(n, marks) for n in wrong))
 
 
 def test_captive_portal_trusted_stays_closed_until_the_user_opts_in_and_only_for_the_window(make_world):
