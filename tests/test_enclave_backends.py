@@ -134,6 +134,19 @@ def test_sim_reports_the_registers_it_was_started_with() -> None:
     assert [m.field for m in result.mismatches] == ["spec[sim-default].measurements.0"]
 
 
+def test_a_slow_sim_start_is_waited_for_by_the_startup_timeout_not_the_call_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's interpreter and imports took more than 10 s under TCG; a slow start is not a hung call."""
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text(f'#!/bin/sh\nsleep 1.5\nexec {sys.executable} "$@"\n')
+    slow_python.chmod(0o755)
+    monkeypatch.setattr("enclave_ike.enclave.sim.sys.executable", str(slow_python))
+    with SimEnclave(timeout=1.0, startup_timeout=30.0) as enclave:
+        verify_ecdsa(enclave, b"data", enclave.signer().sign(b"data"))
+    with pytest.raises(EnclaveError, match="timed out"):
+        SimEnclave(timeout=30.0, startup_timeout=0.5)
+
+
 def test_sim_refuses_bad_registers_and_key_types() -> None:
     with pytest.raises(EnclaveError, match="registers"):
         SimEnclave(registers=(b"short",))

@@ -31,13 +31,14 @@ from .sim_child import KEY_TYPES
 
 _SCHEMES = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384}
 STOP_TIMEOUT = 2.0
+STARTUP_TIMEOUT = 60.0
 
 
 class SimEnclave:
     kind = EvidenceKind.SIM
 
     def __init__(self, *, key_type: str = "ecdsa-p256", registers: Sequence[bytes] = DEFAULT_REGISTERS,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, startup_timeout: float = STARTUP_TIMEOUT) -> None:
         if not 1 <= len(registers) <= MAX_REGISTERS or any(len(r) != REGISTER_SIZE for r in registers):
             raise EnclaveError(f"registers: 1 to {MAX_REGISTERS} values of {REGISTER_SIZE} bytes each")
         if key_type not in KEY_TYPES:
@@ -53,7 +54,9 @@ class SimEnclave:
             raise EnclaveUnavailable(f"sim enclave: cannot start {sys.executable}: {exc.strerror}") from None
         finally:
             theirs.close()
-        ours.settimeout(timeout)
+        # The first answer waits for the child's interpreter and imports: seconds on a slow machine, and more
+        # than 10 s under TCG in the VM (seen in CI). Every later call gets `timeout`.
+        ours.settimeout(startup_timeout)
         self._process, self._socket, self._lock = process, ours, threading.Lock()
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop, process, ours)
@@ -62,6 +65,7 @@ class SimEnclave:
         except EnclaveError:
             self.close()
             raise
+        ours.settimeout(timeout)
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SCHEMES:
             self.close()
             raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
