@@ -349,6 +349,10 @@ def _negotiate_ahead(run: daemon.RunDir, profile: render.Profile, say: Callable[
     if profile.trusted is not None:
         say(f"negotiating with {profile.trusted.address}")
         for name in TRUSTED_CONNS:
+            # A query that met the conn's trap may have started its negotiation already: another initiate
+            # would add a second Child SA for the same traffic (seen in the VM: one on demand, one from here).
+            if name in _conns_with_states(whack):
+                continue
             with contextlib.suppress(IkectlError):  # a resolver that does not answer stays blocked
                 whack.initiate(name)
     pairs = [(resolver, source_address(resolver)) for resolver in profile.opportunistic]
@@ -361,6 +365,13 @@ def _negotiate_ahead(run: daemon.RunDir, profile: render.Profile, say: Callable[
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
         for _ in pool.map(lambda pair: _negotiate_opportunistic(whack, *pair), pairs):
             pass
+
+
+def _conns_with_states(whack: Whack) -> set[str]:
+    try:
+        return {state.conn for state in whack.states()}
+    except IkectlError:  # pluto busy: initiate anyway
+        return set()
 
 
 def _negotiate_opportunistic(whack: Whack, resolver: Address, local: Address | None) -> None:
