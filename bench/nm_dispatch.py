@@ -108,7 +108,10 @@ class Bench:
             proc = subprocess.Popen(["ip", "netns", "exec", self.client.netns, *argv], env=env, cwd="/",
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             while until is not None and reached is None and proc.poll() is None:
-                if select.select([events], [], [], 0.01)[0] and drained(events) and until():
+                if not select.select([events], [], [], 0.01)[0]:
+                    continue
+                drain(events)
+                if until():
                     reached = time.perf_counter() - started
         _, err = proc.communicate(timeout=120)
         ended = time.perf_counter() - started
@@ -130,15 +133,13 @@ class Bench:
         shutil.rmtree(self.run_dir.with_name(self.run_dir.name + "-nm"), ignore_errors=True)
 
 
-def drained(sock: socket.socket) -> bool:
-    """Read every event waiting (their content does not matter: the policy table is read afresh); True."""
+def drain(sock: socket.socket) -> None:
+    """Read every event waiting: their content does not matter, the policy table is read afresh."""
     while True:
         try:
             sock.recv(1 << 16)
-        except BlockingIOError:
-            return True
-        except OSError:  # ENOBUFS: events were lost, which is an event too
-            return True
+        except OSError:  # BlockingIOError: none left; ENOBUFS: some were lost, and the table is read anyway
+            return
 
 
 def line(name: str, times: list[float], base: float | None) -> str:
