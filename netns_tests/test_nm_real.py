@@ -144,15 +144,17 @@ class NmWorld:
                 + "\n--- bus and nm-dispatcher, without debug lines:\n" + procs.tail("\n".join(dispatcher), 40)
                 + "\n--- NetworkManager:\n" + procs.tail(self.nm.nm_log(), 40))
 
-    def pluto_log_size(self) -> int:
+    def pluto_log(self) -> bytes:
         log = self.run_dir / "pluto.log"
-        return log.stat().st_size if log.exists() else 0
+        return log.read_bytes() if log.exists() else b""
+
+    def pluto_log_size(self) -> int:
+        return len(self.pluto_log())
 
     def snapshot(self, hooked: int, pluto_log: int) -> str:
         """The hook's lines after the first `hooked`, `ikectl status`, the client's policies and states, and
         pluto's log from byte `pluto_log` on: what a phase that went wrong looked like, for its failure text."""
-        log = self.run_dir / "pluto.log"
-        said = log.read_bytes()[pluto_log:].decode(errors="replace") if log.exists() else "(no pluto.log)"
+        said = self.pluto_log()[pluto_log:].decode(errors="replace")
         xfrm = self.lab.topo.run(self.client, ["ip", "xfrm", "policy"], check=False).stdout
         states = self.lab.topo.run(self.client, ["ip", "-s", "xfrm", "state"], check=False).stdout
         routes = self.lab.topo.run(self.client, ["ip", "-4", "route"], check=False).stdout
@@ -170,8 +172,7 @@ class NmWorld:
         """What the hook and pluto said from phase `number`'s switch to the next one's."""
         (hooked, logged), following = marks[number - 1], marks[number:number + 1]
         lines = self.hook_lines()[hooked:following[0][0] if following else None]
-        log = (self.run_dir / "pluto.log").read_bytes() if (self.run_dir / "pluto.log").exists() else b""
-        said = log[logged:following[0][1] if following else None].decode(errors="replace")
+        said = self.pluto_log()[logged:following[0][1] if following else None].decode(errors="replace")
         return (f"\n--- phase {number}: hook lines\n" + "\n".join(lines)
                 + f"\n--- phase {number}: pluto's log, without proposal lines\n"
                 + procs.tail("\n".join(line for line in said.splitlines()
