@@ -144,35 +144,34 @@ class NmWorld:
                 + "\n--- bus and nm-dispatcher, without debug lines:\n" + procs.tail("\n".join(dispatcher), 40)
                 + "\n--- NetworkManager:\n" + procs.tail(self.nm.nm_log(), 40))
 
-    def pluto_log(self) -> bytes:
-        log = self.run_dir / "pluto.log"
-        return log.read_bytes() if log.exists() else b""
+    @property
+    def pluto_log(self) -> Path:
+        return self.run_dir / "pluto.log"
 
     def pluto_log_size(self) -> int:
-        return len(self.pluto_log())
+        return self.pluto_log.stat().st_size if self.pluto_log.exists() else 0
 
-    def snapshot(self, hooked: int, pluto_log: int) -> str:
-        """The hook's lines after the first `hooked`, `ikectl status`, the client's policies and states, and
-        pluto's log from byte `pluto_log` on: what a phase that went wrong looked like, for its failure text."""
-        said = self.pluto_log()[pluto_log:].decode(errors="replace")
+    def snapshot(self) -> str:
+        """`ikectl status`, routes, the client's policies and states now: what a phase whose resolvers never
+        answered looked like, for its failure text (its hook lines and pluto's log are in `phase_story`)."""
         xfrm = self.lab.topo.run(self.client, ["ip", "xfrm", "policy"], check=False).stdout
         states = self.lab.topo.run(self.client, ["ip", "-s", "xfrm", "state"], check=False).stdout
         routes = self.lab.topo.run(self.client, ["ip", "-4", "route"], check=False).stdout
-        return ("hook lines:\n" + "\n".join(self.hook_lines()[hooked:]) + "\n--- ikectl status:\n"
+        return ("--- ikectl status:\n"
                 + self.ikectl("status", check=False) + "\n--- routes:\n" + routes
                 + "--- ip xfrm policy, without pluto's socket and ND policies:\n"
                 + "\n".join(policy for policy in xfrm.replace("\n\t", " | ").splitlines()
                              if " socket " not in policy and "ipv6-icmp" not in policy)
                 + "\n--- ip -s xfrm state (heads and packet counts):\n"
                 + "\n".join(line for line in states.splitlines() if line.startswith("src") or "packets" in line
-                             or line.strip().startswith("proto esp"))
-                + "\n--- pluto's log in the phase:\n" + procs.tail(said, 80))
+                             or line.strip().startswith("proto esp")))
 
     def phase_story(self, number: int, marks: list[tuple[int, int]]) -> str:
         """What the hook and pluto said from phase `number`'s switch to the next one's."""
         (hooked, logged), following = marks[number - 1], marks[number:number + 1]
         lines = self.hook_lines()[hooked:following[0][0] if following else None]
-        said = self.pluto_log()[logged:following[0][1] if following else None].decode(errors="replace")
+        log = self.pluto_log.read_bytes() if self.pluto_log.exists() else b""
+        said = log[logged:following[0][1] if following else None].decode(errors="replace")
         return (f"\n--- phase {number}: hook lines\n" + "\n".join(lines)
                 + f"\n--- phase {number}: pluto's log, without proposal lines\n"
                 + procs.tail("\n".join(line for line in said.splitlines()
@@ -434,9 +433,7 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     with DnsTraffic(w.lab, (TRUSTED, COFFEE, PLAIN)) as traffic, BackstopWatch(w.client.netns) as watch:
         for name in networks:
             issued = time.time()
-            hooked = len(w.hook_lines())
-            pluto_log = w.pluto_log_size()
-            marks.append((hooked, pluto_log))
+            marks.append((len(w.hook_lines()), w.pluto_log_size()))
             w.nm.up(name)
             active = time.time()
             # Held for `dwell`, and at least until the network's resolvers answer (or `answer_wait`): the first
@@ -448,7 +445,7 @@ def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
             first_answers.append(time.time() - active)
             if not all(traffic.answers(t, active, time.time()) for t in wanted):
                 unanswered.append(f"--- phase {len(phases) + 1} ({name}), no answer from {wanted} in "
-                                  f"{answer_wait:.0f} s:\n{w.snapshot(hooked, pluto_log)}")
+                                  f"{answer_wait:.0f} s:\n{w.snapshot()}")
             time.sleep(max(0.0, active + dwell - time.time()))
             if phases:
                 phases[-1] = Phase(phases[-1].network, phases[-1].issued, phases[-1].active, issued)
