@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from ikectl import keys, render
-from ikectl.whack import WHACK
+from ikectl import daemon, keys, render
 from ikectl.xfrm import XfrmClient
 from netns_tests.conftest import IKECTL
 from netns_tests.harness.pluto import Pluto, PlutoConfig
@@ -157,7 +156,7 @@ def test_switching_to_trusted_after_a_rescan_without_the_address_still_loads_the
     with IPRoute(netns=site.client.netns) as ipr:
         index = ipr.link_lookup(ifname=uplink.ifname)[0]
         ipr.addr("del", index=index, address=address, prefixlen=24)
-        rescan = site.topo.run(site.client, [str(WHACK), "--rundir", str(site.run_dir / "pluto"), "--listen"])
+        rescan = site.topo.run(site.client, daemon.RunDir(site.run_dir).whack().argv("--listen"))
         assert f"shutting down interface {uplink.ifname} {address}:500" in rescan.stdout, rescan.stdout
         ipr.addr("add", index=index, address=address, prefixlen=24)
         ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
