@@ -229,6 +229,7 @@ class Context:
     window: PortalWindow | None = None  # the recorded portal window, open or not
     now: float = 0.0
     pluto_running: bool = False
+    blocked: bool = False  # a switch to trusted mode failed and left DNS blocked (session.block_dns)
 
 
 # --- the decision ----------------------------------------------------------------------------------------
@@ -288,7 +289,8 @@ def _on_network(event: DispatcherEvent, config: Config, ctx: Context) -> Plan:
         return Plan(None, f"{network.label()}: {why}: coffee-shop, but no resolver is known yet; "
                           "protection left as it is", record, step, window)
     record = replace(record, applied=target)
-    if same and ctx.record.applied == target and ctx.pluto_running and step != PortalStep.CLOSE:
+    in_place = same and ctx.record.applied == target and ctx.pluto_running and not ctx.blocked
+    if in_place and step != PortalStep.CLOSE:
         return Plan(None, f"{network.label()}: {why}: {target.describe()} already in place", record)
     return Plan(target, f"{network.label()}: {why}: {target.describe()}", record, step, window)
 
@@ -506,8 +508,11 @@ def write_record(paths: NmPaths, record: Record) -> None:
 
 def gather_context(config: Config, paths: NmPaths) -> Context:
     found = resolvers.discover(replace(config, resolvers=()))
+    run = daemon.RunDir(config.run_dir)
+    state = session.read_state(run)
     return Context(record=read_record(paths), system_resolvers=found, window=portal.read(paths.window),
-                   now=time.time(), pluto_running=daemon.pluto_pid(daemon.RunDir(config.run_dir)) is not None)
+                   now=time.time(), pluto_running=daemon.pluto_pid(run) is not None,
+                   blocked=state is not None and session.blocked(state) is not None)
 
 
 # --- applying a plan -------------------------------------------------------------------------------------
@@ -532,9 +537,9 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     trusted = target.mode == Mode.TRUSTED
     try:
         session.up(wanted, say, fail_closed=trusted)  # switching modes, too, never lets DNS out in clear
-    except BaseException:
+    except BaseException as exc:
         if trusted:  # out of time or failed: a trusted network's DNS stays blocked, never clear
-            session.block_dns(wanted)
+            session.block_dns(wanted, f"applying trusted mode failed: {exc or type(exc).__name__}")
         raise
 
 

@@ -68,16 +68,34 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path:
         return _up(config, run, say, config_path, fail_closed)
 
 
-def block_dns(config: Config) -> None:
+def block_dns(config: Config, reason: str) -> None:
     """After a failed fail-closed `up`: the whole backstop (the failure may have cut its installation
-    short), and no opportunistic conn or clear-fallback shunt of coffee-shop mode left to outrank it."""
+    short), and no opportunistic conn or clear-fallback shunt of coffee-shop mode left to outrank it.
+
+    state.json then says so (`blocked`), so that `status` does not report the old mode's resolvers, the
+    coffee-shop supervisor leaves its upkeep, the next coffee-shop `up` takes the backstop away again, and
+    `down` finds something to take down even when the failed `up` was the first."""
     backstop.install()
     run = daemon.RunDir(config.run_dir)
     if daemon.pluto_pid(run) is not None:
         with contextlib.suppress(IkectlError):
             run.whack().delete(OE_CONN)
-    previous = read_state(run) or {}
-    _remove_pass_shunts({*(str(a) for a in config.resolvers), *previous.get("resolvers", ())})
+    with state_lock(run):
+        previous = read_state(run)
+        _remove_pass_shunts({*(str(a) for a in config.resolvers), *(previous or {}).get("resolvers", ())})
+        trusted = str(config.trusted.address) if config.trusted else None
+        blocked = {"mode": config.mode.value, "trusted": trusted, "since": time.time(), "reason": reason}
+        if previous is None:  # nothing was up: the failed `up` undid its run dir, the backstop stays
+            run.root.mkdir(parents=True, exist_ok=True)
+            previous = {"version": STATE_VERSION, "mode": config.mode.value, "trusted": trusted,
+                        "resolvers": [trusted] if trusted else []}
+        write_state(run, {**previous, "blocked": blocked})
+
+
+def blocked(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The record `block_dns` left: DNS blocked after a failed switch to trusted mode; None otherwise."""
+    found = state.get("blocked")
+    return found if isinstance(found, dict) else None
 
 
 def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa: PLR0915
@@ -129,7 +147,7 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
             say(f"switching from {before.value} to {config.mode.value}")
             _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
         _load_conns(run, profile, replacing=before == config.mode, rescan=not pluto_fresh)
-        if before == Mode.TRUSTED and config.mode == Mode.COFFEE_SHOP:
+        if config.mode == Mode.COFFEE_SHOP and (before == Mode.TRUSTED or blocked(previous or {})):
             # The opportunistic traps are in; only now may DNS to other resolvers leave the host.
             _remove_backstop()
             undo.append(backstop.install)

@@ -54,6 +54,19 @@ def gather(run_dir: Path, config: Config | None = None) -> Status:
     if state is None:
         return Status(up=False)
     pid = daemon.pluto_pid(run)
+    failed = session.blocked(state)
+    found = _blocked_resolvers(state, failed) if failed is not None else _measured(run, state, pid)
+    portal_line = None
+    if config is not None:
+        from . import nm  # noqa: PLC0415 - nm -> portal -> session -> supervisor -> status: a cycle at import time
+        found = [_attested(r, state, config) for r in found]
+        portal_line = nm.portal_summary(config, time.time())
+    mode = failed["mode"] if failed is not None else state["mode"]
+    return Status(up=True, mode=mode, pluto_pid=pid, resolvers=tuple(found), portal=portal_line)
+
+
+def _measured(run: daemon.RunDir, state: dict[str, Any], pid: int | None) -> list[ResolverStatus]:
+    """Each resolver's state, from what pluto and the kernel say."""
     traffic: list[TrafficStatus] = []
     shunts: list[BareShunt] = []
     if pid is not None:
@@ -63,15 +76,7 @@ def gather(run_dir: Path, config: Config | None = None) -> Status:
     with xfrm.XfrmClient() as client:
         sas = [sa for sa in client.sas() if not sa.larval]
     log = _log_tail(run)
-    found = []
-    for address in state["resolvers"]:
-        found.append(_resolver(state, address, pid, traffic, shunts, sas, log))
-    portal_line = None
-    if config is not None:
-        from . import nm  # noqa: PLC0415 - nm -> portal -> session -> supervisor -> status: a cycle at import time
-        found = [_attested(r, state, config) for r in found]
-        portal_line = nm.portal_summary(config, time.time())
-    return Status(up=True, mode=state["mode"], pluto_pid=pid, resolvers=tuple(found), portal=portal_line)
+    return [_resolver(state, address, pid, traffic, shunts, sas, log) for address in state["resolvers"]]
 
 
 def _resolver(state: dict[str, Any], address: str, pid: int | None, traffic: list[TrafficStatus],
@@ -87,6 +92,19 @@ def _resolver(state: dict[str, Any], address: str, pid: int | None, traffic: lis
     if verdict == "clear":
         measured = replace(measured, since=state.get("up_at"))
     return replace(measured, state=verdict, reason=reason)
+
+
+def _blocked_resolvers(state: dict[str, Any], failed: dict[str, Any]) -> list[ResolverStatus]:
+    """After a failed switch to trusted mode: every resolver blocked, the trusted one with the failure."""
+    trusted = failed.get("trusted")
+    others = [a for a in state.get("resolvers", ()) if a != trusted]
+    since = failed.get("since")
+    rows = []
+    if trusted:
+        why = f"{failed.get('reason')}; the backstop keeps DNS off the wire until the next `up`"
+        rows.append(ResolverStatus(trusted, "blocked", why, since=since))
+    rows.extend(ResolverStatus(a, "blocked", "not the trusted resolver", since=since) for a in others)
+    return rows
 
 
 def _attested(resolver: ResolverStatus, state: dict[str, Any], config: Config) -> ResolverStatus:

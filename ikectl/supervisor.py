@@ -36,7 +36,9 @@ class Supervisor:
             state = session.read_state(self.run)
             if state is None or state.get("supervisor_pid") != os.getpid():
                 return False
-            if state["mode"] == "coffee-shop" and daemon.pluto_pid(self.run) is not None:
+            # Blocked (a switch to trusted failed): what is left of coffee-shop mode gets no upkeep.
+            upkeep = state["mode"] == "coffee-shop" and not session.blocked(state)
+            if upkeep and daemon.pluto_pid(self.run) is not None:
                 record = opportunistic.upkeep(self.run, state, float(state.get("retry_after_s", 60)), now)
                 if record.to_state() != state.get("opportunistic"):
                     session.write_state(self.run, {**state, "opportunistic": record.to_state()})

@@ -30,3 +30,4 @@ def run_dir() -> Iterator[Path]:
     procs.attach_log("ikectl's pluto", path / "pluto.log")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path.with_name(path.name + "-nm"), ignore_errors=True)  # the NetworkManager hook's files

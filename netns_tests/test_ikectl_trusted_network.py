@@ -9,6 +9,8 @@ The site: client -- router (capture) -- dns (unbound + pluto with a pinned ECDSA
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
@@ -166,6 +168,72 @@ def test_switching_to_trusted_after_a_rescan_without_the_address_still_loads_the
         routed = {p.selector.proto for p in xfrm.policies()
                   if not p.owned and p.selector.dport == 53 and str(p.selector.dst.network_address) == DNS4}
     assert routed == {6, 17}, routed  # pluto's trap for udp/53 and tcp/53 to the trusted resolver
+
+
+HOME_UUID, CAFE_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60", "6a1e2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
+
+
+def hook(site: Trusted, action: str, network: str, uuid: str, nameservers: str) -> subprocess.CompletedProcess[str]:
+    """`ikectl nm-dispatch` with the environment nm-dispatcher gives it (docs/networkmanager.md)."""
+    env = [f"NM_DISPATCHER_ACTION={action}", f"CONNECTION_UUID={uuid}", f"CONNECTION_ID={network}",
+           f"IP4_NAMESERVERS={nameservers}", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    uplink = site.client.interface_to(site.router).ifname
+    return site.topo.run(site.client, ["env", "-i", *env, str(IKECTL), "--config", str(site.config),
+                                       "nm-dispatch", uplink, action], check=False, timeout=60)
+
+
+def owned_policies(site: Trusted) -> int:
+    with XfrmClient(site.client.netns) as xfrm:
+        return sum(p.owned for p in xfrm.policies())
+
+
+@pytest.mark.host  # the backstop and pluto's conns: no SA needed
+def test_a_failed_switch_to_trusted_blocks_dns_says_so_and_is_undone_by_the_next_network(site: Trusted):
+    """The hook fails closed on a trusted network (here the conns cannot load: the client's address is gone).
+    state.json records it: `status` shows trusted mode with every resolver blocked and why, not the mode it
+    came from; `down` takes the backstop away even when that failed `up` was the first; and the next
+    coffee-shop network takes it away too (its clear fallback would otherwise meet the backstop)."""
+    site.write_config(f'mode = "coffee-shop"\n[[networks]]\nid = "home"\nmode = "trusted"\npin = "home"\n'
+                      f'[pins.home]\naddress = "{DNS4}"\nid = "{DNS_ID}"\npubkey = "{site.pin.libreswan}"\n'
+                      f'[paths]\nrun_dir = "{site.run_dir}"\n')
+    uplink = site.client.interface_to(site.router)
+    address = str(uplink.ipv4.ip)  # type: ignore[union-attr]
+    gateway = str(site.router.interface_to(site.client).ipv4.ip)  # type: ignore[union-attr]
+
+    def address_present(present: bool) -> None:
+        with IPRoute(netns=site.client.netns) as ipr:
+            index = ipr.link_lookup(ifname=uplink.ifname)[0]
+            ipr.addr("add" if present else "del", index=index, address=address, prefixlen=24)
+            if present:
+                ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+    def fails_closed() -> None:
+        proc = hook(site, "pre-up", "home", HOME_UUID, DNS4)
+        assert proc.returncode == 1 and "DNS blocked until the next event applies it" in proc.stderr, proc.stderr
+        status = json.loads(site.ikectl("status", "--json").stdout)
+        assert status["mode"] == "trusted", status
+        rows = {r["address"]: r for r in status["resolvers"]}
+        assert rows[DNS4]["state"] == "blocked", rows
+        assert rows[DNS4]["reason"].startswith("applying trusted mode failed: "), rows
+        assert all(r["state"] == "blocked" for r in rows.values()), rows
+        assert owned_policies(site) > 0
+
+    address_present(False)
+    fails_closed()  # nothing was up before
+    down = site.ikectl("down")
+    assert down.returncode == 0 and owned_policies(site) == 0, down.stderr
+
+    address_present(True)
+    cafe = hook(site, "up", "cafe", CAFE_UUID, OTHER)
+    assert cafe.returncode == 0, cafe.stderr
+    address_present(False)
+    fails_closed()  # from coffee-shop
+    assert site.status()[OTHER]["reason"] == "not the trusted resolver"
+    address_present(True)
+    cafe = hook(site, "up", "cafe", CAFE_UUID, OTHER)
+    assert cafe.returncode == 0, cafe.stderr
+    assert owned_policies(site) == 0
+    assert site.status()[OTHER]["state"] != "blocked"
 
 
 def test_interface_down_and_up_never_leaks_and_dns_comes_back(site: Trusted):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ikectl import cli, nm, portal, session
+from ikectl import cli, nm, portal, session, status
 from ikectl.config import Config, Mode, NetworkRule, Pin, Portal, TrustedResolver
 from ikectl.keys import PinnedKey
 from ikectl.nm import Context, DispatcherEvent, NetworkKey, PortalStep, Record, Target
@@ -195,6 +195,15 @@ def test_a_repeated_event_is_idempotent_while_pluto_runs():
     again = nm.decide(event, make_config(), Context(record=first.record, pluto_running=True))
     assert again.target is None and "already in place" in again.reason
     assert nm.decide(event, make_config(), Context(record=first.record, pluto_running=False)).target == first.target
+
+
+def test_the_network_applied_last_is_applied_again_after_a_failed_switch_blocked_dns():
+    """The record still names the coffee-shop network a failed switch to trusted mode left; its next event
+    must apply it again (taking the backstop away), not find it "already in place"."""
+    event = DispatcherEvent("wlan0", "up", NetworkKey(OTHER_UUID, "Cafe"), nameservers=(ip_address("198.51.100.1"),))
+    first = nm.decide(event, make_config(), Context())
+    blocked = Context(record=first.record, pluto_running=True, blocked=True)
+    assert nm.decide(event, make_config(), blocked).target == first.target
 
 
 @pytest.mark.parametrize("action", sorted(nm.SUPERSEDING_ACTIONS))
@@ -456,6 +465,31 @@ def test_a_trusted_network_whose_apply_runs_out_of_time_keeps_dns_blocked(tmp_pa
     resolvers = ["192.0.2.53", "198.51.100.1"]
     assert kernel_calls[-3:] == ["install backstop", ("look up", resolvers, False),
                                  ("delete", [f"pluto's policy to {a}" for a in resolvers])]
+    # Nothing was up before: the run dir is back with a record of the block, for `status` and `down`.
+    state = session.read_state(session.daemon.RunDir(config.run_dir))
+    assert state is not None and state["mode"] == "trusted" and state["resolvers"] == ["192.0.2.53"]
+    assert state["blocked"]["reason"] == "applying trusted mode failed: not done within the 10 s budget"
+    shown = status.gather(config.run_dir)
+    assert shown.mode == "trusted" and [(r.address, r.state) for r in shown.resolvers] == [("192.0.2.53", "blocked")]
+    assert shown.resolvers[0].reason.startswith("applying trusted mode failed: not done within the 10 s budget; ")
+
+
+def test_a_failed_switch_from_coffee_shop_is_recorded_over_its_state(tmp_path, kernel_calls):
+    config = make_config(run_dir=tmp_path / "run")
+    run = session.daemon.RunDir(config.run_dir)
+    run.root.mkdir()
+    coffee_shop = {"version": session.STATE_VERSION, "mode": "coffee-shop", "resolvers": ["198.51.100.9"],
+                   "supervisor_pid": 4321}
+    session.write_state(run, coffee_shop)
+    with pytest.raises(nm.OutOfTime):
+        nm._apply_target(Target(Mode.TRUSTED, "home", (PIN.address,)), config, lambda _: None)
+    state = session.read_state(run)
+    assert state is not None and session.blocked(state) is not None
+    assert {k: v for k, v in state.items() if k != "blocked"} == coffee_shop  # what pluto still has, kept
+    shown = status.gather(config.run_dir)
+    assert shown.mode == "trusted"
+    assert [(r.address, r.state, r.reason) for r in shown.resolvers][1:] == [
+        ("198.51.100.9", "blocked", "not the trusted resolver")]
 
 
 def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backstop(tmp_path, kernel_calls):

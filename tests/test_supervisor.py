@@ -45,3 +45,15 @@ def test_a_supervisor_ends_when_ikectl_is_down_or_replaced(run):
     assert not watcher.tick(1.0)
     run.state.unlink()
     assert not watcher.tick(2.0)
+
+
+def test_a_blocked_coffee_shop_state_gets_no_upkeep(run, monkeypatch):
+    """A failed switch to trusted mode left coffee-shop's state marked blocked: its upkeep would reload
+    the opportunistic group that the switch deleted."""
+    state = session.read_state(run)
+    assert state is not None
+    session.write_state(run, {**state, "mode": "coffee-shop", "config_path": None,
+                              "blocked": {"mode": "trusted", "reason": "applying trusted mode failed: x"}})
+    monkeypatch.setattr(daemon, "pluto_pid", lambda _run: 1)
+    monkeypatch.setattr(supervisor.opportunistic, "upkeep", lambda *_: pytest.fail("upkeep while blocked"))
+    assert supervisor.Supervisor(run).tick(1.0)
