@@ -68,6 +68,9 @@ def up(config: Config, say: Callable[[str], None] = lambda _: None, config_path:
         return _up(config, run, say, config_path, fail_closed)
 
 
+BLOCK_RECORD_WAIT_S = 2.0
+
+
 def block_dns(config: Config, reason: str) -> None:
     """After a failed fail-closed `up`: the whole backstop (the failure may have cut its installation
     short), and no opportunistic conn or clear-fallback shunt of coffee-shop mode left to outrank it.
@@ -80,16 +83,19 @@ def block_dns(config: Config, reason: str) -> None:
     if daemon.pluto_pid(run) is not None:
         with contextlib.suppress(IkectlError):
             run.whack().delete(OE_CONN)
-    with state_lock(run):
+    previous = read_state(run)
+    _remove_pass_shunts({*(str(a) for a in config.resolvers), *(previous or {}).get("resolvers", ())})
+    # The record under the state lock, but bounded: the hook that calls this must never hang NetworkManager,
+    # and DNS is blocked by now whether or not the record can be written.
+    with contextlib.suppress(StateBusy), state_lock(run, wait_s=BLOCK_RECORD_WAIT_S):
         previous = read_state(run)
-        _remove_pass_shunts({*(str(a) for a in config.resolvers), *(previous or {}).get("resolvers", ())})
         trusted = str(config.trusted.address) if config.trusted else None
-        blocked = {"mode": config.mode.value, "trusted": trusted, "since": time.time(), "reason": reason}
+        record = {"mode": config.mode.value, "trusted": trusted, "since": time.time(), "reason": reason}
         if previous is None:  # nothing was up: the failed `up` undid its run dir, the backstop stays
             run.root.mkdir(parents=True, exist_ok=True)
             previous = {"version": STATE_VERSION, "mode": config.mode.value, "trusted": trusted,
                         "resolvers": [trusted] if trusted else []}
-        write_state(run, {**previous, "blocked": blocked})
+        write_state(run, {**previous, "blocked": record})
 
 
 def blocked(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -478,14 +484,29 @@ def read_state(run: daemon.RunDir) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
 
 
+class StateBusy(IkectlError):
+    """state.json's lock stayed held for longer than the caller can wait."""
+
+
 @contextlib.contextmanager
-def state_lock(run: daemon.RunDir) -> Iterator[None]:
+def state_lock(run: daemon.RunDir, wait_s: float | None = None) -> Iterator[None]:
     """Serializes `up`, `down` and the supervisor's rounds on state.json (a lock file beside the run dir,
-    which `up` may still have to create)."""
+    which `up` may still have to create). With `wait_s`, StateBusy when it is not free within that time."""
     path = run.root.with_name(f".{run.root.name}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if wait_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StateBusy(f"{path}: held by another ikectl for over {wait_s:g} s") from None
+                    time.sleep(0.01)
         yield
     finally:
         os.close(fd)

@@ -492,6 +492,20 @@ def test_a_failed_switch_from_coffee_shop_is_recorded_over_its_state(tmp_path, k
         ("198.51.100.9", "blocked", "not the trusted resolver")]
 
 
+def test_blocking_dns_does_not_wait_long_for_a_state_lock_held_elsewhere(tmp_path, kernel_calls, monkeypatch):
+    """The hook must never hang NetworkManager: with the state lock held by something stuck, DNS is blocked
+    all the same and only the record of it is given up, after BLOCK_RECORD_WAIT_S."""
+    monkeypatch.setattr(session, "BLOCK_RECORD_WAIT_S", 0.3)
+    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
+    run = session.daemon.RunDir(config.run_dir)
+    with session.state_lock(run):  # another open file description: flock excludes it like another process
+        started = time.monotonic()
+        session.block_dns(config, "applying trusted mode failed: x")
+        waited = time.monotonic() - started
+    assert 0.3 <= waited < 5 and kernel_calls[0] == "install backstop"
+    assert session.read_state(run) is None
+
+
 def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backstop(tmp_path, kernel_calls):
     config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
     (tmp_path / "run").mkdir()
