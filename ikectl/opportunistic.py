@@ -10,7 +10,8 @@ pluto 4.10 leaves two holes that break the coffee-shop promise (both seen in the
   reloads the group after `retry_after_s`.
 
 `upkeep` is called at the end of `ikectl up` and then every second by the supervisor. It reads only the
-part of pluto's log written since a resolver was (re)admitted, so an old refusal is not acted on twice.
+part of pluto's log written since a resolver was (re)admitted, so an old refusal is not acted on twice,
+and of that only what the previous round did not read.
 """
 
 from __future__ import annotations
@@ -89,31 +90,38 @@ def _last_word(log: list[str], address: str) -> str | None:
 
 def upkeep(run: daemon.RunDir, state: dict[str, Any], retry_after_s: float, now: float) -> Upkeep:
     """Exclude resolvers that refused the Child SA, readmit those whose time is up, reload the group for
-    members whose policies pluto dropped. Returns the record to keep in state.json."""
+    members whose policies pluto dropped. Returns the record to keep in state.json.
+
+    Each member's log offset moves past what was read, so a round reads only what pluto wrote since the last
+    one: the supervisor calls this every second, and pluto's log grows for as long as it runs. Reading on
+    from there gives the same answer as reading all of it since (re)admission: a refusal read once excludes
+    the resolver at once, and what counts is pluto's last word on it."""
     record = Upkeep.from_state(state)
     members = [a for a in state["resolvers"] if a not in record.excluded]
-    log = _log(run)
-    log_size = len(log)
     excluded, offsets, lost = dict(record.excluded), dict(record.log_offset), dict(record.lost_at)
+    start, log = _read_log(run, min((offsets.get(a, 0) for a in members), default=0))
+    end = start + len(log)
     changed = False
     for address, exclusion in record.excluded.items():
         if exclusion.until <= now:
             del excluded[address]
-            offsets[address] = log_size
+            offsets[address] = end
             changed = True
     covered = {address for address, _ in policed()}
     for address in members:
-        since = log[offsets.get(address, 0):].decode(errors="replace").splitlines()
-        if refused_child(since, address):
+        offset = offsets.get(address, 0)
+        since = log[offset - start:] if start <= offset <= end else log  # else: a new log, pluto restarted
+        if refused_child(since.decode(errors="replace").splitlines(), address):
             excluded[address] = Exclusion(until=now + retry_after_s, reason=REFUSED)
             changed = True
-        elif ip_address(address) in covered:
+            continue
+        offsets[address] = end  # read up to here; the next round goes on from it
+        if ip_address(address) in covered:
             lost.pop(address, None)
         elif address not in lost:  # pluto dropped its policies (liveness): clear until the group reloads
             lost[address] = now
         elif now - lost[address] >= retry_after_s:
             lost.pop(address)
-            offsets[address] = log_size
             changed = True
     if changed:
         admitted = tuple(ip_address(a) for a in state["resolvers"] if a not in excluded)
@@ -161,8 +169,15 @@ def policed() -> set[tuple[Address, int]]:
                 and p.selector.dst.prefixlen == p.selector.dst.max_prefixlen}
 
 
-def _log(run: daemon.RunDir) -> bytes:
+def _read_log(run: daemon.RunDir, start: int) -> tuple[int, bytes]:
+    """pluto's log from byte `start` to its last complete line, and where that part starts: 0 when the log
+    is shorter than `start` (a new log: pluto was restarted)."""
     try:
-        return run.log.read_bytes()
+        with open(run.log, "rb") as log:
+            size = log.seek(0, 2)
+            start = start if start <= size else 0
+            log.seek(start)
+            text = log.read(size - start)
     except OSError:
-        return b""
+        return 0, b""
+    return start, text[:text.rfind(b"\n") + 1]  # a line pluto is still writing is read next round

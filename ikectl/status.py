@@ -167,11 +167,19 @@ def trusted_failure(log: list[str]) -> str | None:
     return None
 
 
+TAIL_BYTES = 1 << 17  # room for 400 of pluto's lines at over 300 bytes each
+
+
 def _log_tail(run: daemon.RunDir, lines: int = 400) -> list[str]:
+    """The last lines of pluto's log, read from its end: the log grows for as long as pluto runs."""
     try:
-        return run.log.read_text(errors="replace").splitlines()[-lines:]
+        with open(run.log, "rb") as log:
+            size = log.seek(0, 2)
+            log.seek(max(0, size - TAIL_BYTES))
+            tail = log.read().decode(errors="replace").splitlines()
     except OSError:
         return []
+    return tail[1:][-lines:] if size > TAIL_BYTES else tail[-lines:]  # the first line read may be cut
 
 
 def format_human(status: Status, now: float | None = None) -> str:

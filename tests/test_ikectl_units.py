@@ -2,7 +2,7 @@
 
 from ipaddress import ip_network
 
-from ikectl import backstop, cli, nm, opportunistic, status
+from ikectl import backstop, cli, daemon, nm, opportunistic, status
 from ikectl.config import Config
 from ikectl.whack import BareShunt, TrafficStatus
 from ikectl.xfrm import Action, Direction
@@ -78,6 +78,17 @@ def test_pluto_log_words_about_one_resolver():
     cleared = [*later, f'"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: {LIVENESS_LINE}']
     assert opportunistic.liveness_failed(cleared, "192.0.2.53") and not opportunistic.refused_child(cleared,
                                                                                                      "192.0.2.53")
+
+
+def test_status_reads_the_tail_of_pluto_s_log_from_its_end(tmp_path):
+    run = daemon.RunDir(tmp_path)
+    lines = [f"line {n} " + "x" * 200 for n in range(3000)]  # about 630 KiB: more than the tail read
+    run.log.write_text("\n".join(lines) + "\n")
+    assert status._log_tail(run) == lines[-400:]
+    tail = status._log_tail(run, lines=5000)
+    assert 400 < len(tail) < 3000 and tail == lines[-len(tail):]  # whole lines only, from the end
+    run.log.write_text("a\nb\n")
+    assert status._log_tail(run) == ["a", "b"]
 
 
 def test_human_status_is_one_line_per_resolver_with_human_units():

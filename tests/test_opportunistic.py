@@ -47,7 +47,7 @@ def group(run: daemon.RunDir) -> str:
 def test_a_refused_child_sa_puts_the_resolver_in_clear_then_back_after_retry(pluto):
     run, whack, _ = pluto
     state = {"resolvers": [A, B]}
-    assert opportunistic.upkeep(run, state, 60, now=1000.0) == opportunistic.Upkeep()
+    assert opportunistic.upkeep(run, state, 60, now=1000.0).excluded == {}
     assert whack.calls == []  # nothing to do: nothing touched
 
     with run.log.open("a") as log:
@@ -85,3 +85,31 @@ def test_a_record_survives_state_json():
     record = opportunistic.Upkeep(excluded={A: opportunistic.Exclusion(5.0, "why")}, log_offset={A: 7},
                                   lost_at={B: 3.0})
     assert opportunistic.Upkeep.from_state({"opportunistic": record.to_state()}) == record
+
+
+def test_each_round_reads_on_from_the_last_and_only_whole_lines(pluto):
+    """The supervisor's rounds read what pluto wrote since the previous round, never the whole log again;
+    a line pluto is still writing is read once it is complete."""
+    run, _, _ = pluto
+    run.log.write_text("x" * 100_000 + "\n")
+    state: dict = {"resolvers": [A, B]}
+    record = opportunistic.upkeep(run, state, 60, now=1000.0)
+    assert record.log_offset == {A: 100_001, B: 100_001}
+    state["opportunistic"] = record.to_state()
+    with run.log.open("a") as log:
+        log.write(REFUSAL[:40])  # pluto is in the middle of the line
+    record = opportunistic.upkeep(run, state, 60, now=1001.0)
+    assert record.excluded == {} and record.log_offset == {A: 100_001, B: 100_001}
+    state["opportunistic"] = record.to_state()
+    with run.log.open("a") as log:
+        log.write(REFUSAL[40:])
+    record = opportunistic.upkeep(run, state, 60, now=1002.0)
+    assert set(record.excluded) == {A} and record.log_offset[B] == 100_001 + len(REFUSAL)
+
+
+def test_a_log_shorter_than_the_offsets_is_read_from_its_start(pluto):
+    """pluto restarted and began a new log: the recorded offsets point past its end."""
+    run, _, _ = pluto
+    run.log.write_text(REFUSAL)
+    state = {"resolvers": [A], "opportunistic": opportunistic.Upkeep(log_offset={A: 500_000}).to_state()}
+    assert set(opportunistic.upkeep(run, state, 60, now=1000.0).excluded) == {A}
