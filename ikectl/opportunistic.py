@@ -99,13 +99,15 @@ def upkeep(run: daemon.RunDir, state: dict[str, Any], retry_after_s: float, now:
     record = Upkeep.from_state(state)
     members = [a for a in state["resolvers"] if a not in record.excluded]
     excluded, offsets, lost = dict(record.excluded), dict(record.log_offset), dict(record.lost_at)
-    start, log = _read_log(run, min((offsets.get(a, 0) for a in members), default=0))
+    # From the earliest offset of all, members or not: an excluded resolver's offset stays where its refusal
+    # was read, so while all are out a round reads the little pluto wrote since, not the whole log.
+    start, log = _read_log(run, min((offsets.get(a, 0) for a in state["resolvers"]), default=0))
     end = start + len(log)
     changed = False
     for address, exclusion in record.excluded.items():
         if exclusion.until <= now:
             del excluded[address]
-            offsets[address] = end
+            offsets[address] = end  # what pluto wrote about it before counts no more
             changed = True
     covered = {address for address, _ in policed()}
     for address in members:

@@ -113,3 +113,16 @@ def test_a_log_shorter_than_the_offsets_is_read_from_its_start(pluto):
     run.log.write_text(REFUSAL)
     state = {"resolvers": [A], "opportunistic": opportunistic.Upkeep(log_offset={A: 500_000}).to_state()}
     assert set(opportunistic.upkeep(run, state, 60, now=1000.0).excluded) == {A}
+
+
+def test_a_readmitted_resolver_reads_on_from_the_last_whole_line(pluto):
+    """Readmitted, a resolver is read from the log's last complete line: an old refusal does not count
+    again, and a line pluto is still writing is read whole, never from its middle."""
+    run, _, _ = pluto
+    run.log.write_text(REFUSAL + REFUSAL[:40])
+    out = opportunistic.Upkeep(excluded={A: opportunistic.Exclusion(1060.0, opportunistic.REFUSED)},
+                               log_offset={A: 0})
+    state = {"resolvers": [A], "opportunistic": out.to_state()}
+    assert opportunistic.upkeep(run, state, 60, now=1030.0) == out
+    back = opportunistic.upkeep(run, state, 60, now=1061.0)
+    assert back.excluded == {} and back.log_offset == {A: len(REFUSAL)}
