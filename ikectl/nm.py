@@ -539,7 +539,7 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
         session.up(wanted, say, fail_closed=trusted)  # switching modes, too, never lets DNS out in clear
     except BaseException as exc:
         if trusted:  # out of time or failed: a trusted network's DNS stays blocked, never clear
-            session.block_dns(wanted, f"applying trusted mode failed: {exc or type(exc).__name__}")
+            session.block_dns(wanted, f"applying trusted mode failed: {str(exc) or type(exc).__name__}")
         raise
 
 
