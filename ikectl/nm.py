@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import daemon, portal, resolvers, session
+from . import daemon, locks, portal, resolvers, session
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError, UsageError
 from .portal import PortalWindow
@@ -428,18 +427,13 @@ class NmPaths:
         return self.root / "portal.json"
 
 
-def _open_locked(path: Path, deadline: float, poll_s: float = 0.01) -> int:
+def _open_locked(path: Path, deadline: float) -> int:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise Busy(f"{path} stayed locked by another ikectl nm-dispatch") from None
-            time.sleep(poll_s)
+    if not locks.lock_by(fd, deadline):
+        os.close(fd)
+        raise Busy(f"{path} stayed locked by another ikectl nm-dispatch")
+    return fd
 
 
 def take_ticket(paths: NmPaths, deadline: float) -> int:

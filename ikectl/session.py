@@ -16,7 +16,6 @@ run dir; nothing else.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import backstop, daemon, opportunistic, render, resolvers, routes, supervisor, truststore, xfrm
+from . import backstop, daemon, locks, opportunistic, render, resolvers, routes, supervisor, truststore, xfrm
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .whack import Whack
@@ -495,18 +494,8 @@ def state_lock(run: daemon.RunDir, wait_s: float | None = None) -> Iterator[None
     path = run.root.with_name(f".{run.root.name}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if wait_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StateBusy(f"{path}: held by another ikectl for over {wait_s:g} s") from None
-                    time.sleep(0.01)
+        if not locks.lock_by(fd, None if wait_s is None else time.monotonic() + wait_s):
+            raise StateBusy(f"{path}: held by another ikectl for over {wait_s:g} s")
         yield
     finally:
         os.close(fd)
