@@ -64,6 +64,20 @@ class RunDir:
     def whack(self) -> Whack:
         return Whack(rundir=self.pluto_dir, config=self.conf, log=self.log)
 
+    def read_log(self, start: int) -> tuple[int, bytes]:
+        """pluto's log from byte `start` to its last complete line, and where that part starts: 0 when the
+        log is shorter than `start` (a new log: pluto was restarted). A line pluto is still writing is left
+        for the next read, so a reader that goes on from `start + len(text)` never sees half a line."""
+        try:
+            with open(self.log, "rb") as log:
+                size = log.seek(0, 2)
+                start = start if start <= size else 0
+                log.seek(start)
+                text = log.read(size - start)
+        except OSError:
+            return 0, b""
+        return start, text[:text.rfind(b"\n") + 1]
+
 
 def pluto_pid(run: RunDir) -> int | None:
     """The pid of the pluto serving this run dir, if one is alive."""

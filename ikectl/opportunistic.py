@@ -101,7 +101,7 @@ def upkeep(run: daemon.RunDir, state: dict[str, Any], retry_after_s: float, now:
     excluded, offsets, lost = dict(record.excluded), dict(record.log_offset), dict(record.lost_at)
     # From the earliest offset of all, members or not: an excluded resolver's offset stays where its refusal
     # was read, so while all are out a round reads the little pluto wrote since, not the whole log.
-    start, log = _read_log(run, min((offsets.get(a, 0) for a in state["resolvers"]), default=0))
+    start, log = run.read_log(min((offsets.get(a, 0) for a in state["resolvers"]), default=0))
     end = start + len(log)
     changed = False
     for address, exclusion in record.excluded.items():
@@ -169,17 +169,3 @@ def policed() -> set[tuple[Address, int]]:
         return {(p.selector.dst.network_address, p.selector.proto) for p in client.policies()
                 if p.direction == xfrm.Direction.OUT and not p.owned and p.selector.dport == 53
                 and p.selector.dst.prefixlen == p.selector.dst.max_prefixlen}
-
-
-def _read_log(run: daemon.RunDir, start: int) -> tuple[int, bytes]:
-    """pluto's log from byte `start` to its last complete line, and where that part starts: 0 when the log
-    is shorter than `start` (a new log: pluto was restarted)."""
-    try:
-        with open(run.log, "rb") as log:
-            size = log.seek(0, 2)
-            start = start if start <= size else 0
-            log.seek(start)
-            text = log.read(size - start)
-    except OSError:
-        return 0, b""
-    return start, text[:text.rfind(b"\n") + 1]  # a line pluto is still writing is read next round

@@ -63,14 +63,9 @@ class Supervisor:
 
     def saw_other_key(self) -> bool:
         """Has pluto written, since the last round, that the trusted resolver presented another key?"""
-        try:
-            with open(self.run.log, "rb") as log:
-                log.seek(self.log_seen)
-                fresh = log.read().decode(errors="replace").splitlines()
-                self.log_seen = log.tell()
-        except OSError:
-            return False
-        return status.trusted_failure(fresh) == status.OTHER_KEY
+        start, fresh = self.run.read_log(self.log_seen)
+        self.log_seen = start + len(fresh)
+        return status.trusted_failure(fresh.decode(errors="replace").splitlines()) == status.OTHER_KEY
 
 
 def main(argv: list[str]) -> int:

@@ -37,6 +37,20 @@ def test_reattestation_each_round_and_key_changes_once_per_new_line(run, monkeyp
     assert asked == [False, True, False]
 
 
+def test_a_key_change_line_pluto_is_still_writing_is_read_whole_in_the_next_round(run, monkeypatch):
+    asked: list[bool] = []
+    monkeypatch.setattr(trust, "reattest_due", lambda cfg, run_dir, now, key_changed=False: asked.append(key_changed)
+                        or [])
+    watcher = supervisor.Supervisor(run)
+    cut = OTHER_KEY_LINE.index("AUTHENTICATION") + 6  # the word that says so, in two writes
+    with run.log.open("a") as log:
+        log.write(OTHER_KEY_LINE[:cut])
+    assert watcher.tick(1.0)
+    with run.log.open("a") as log:
+        log.write(OTHER_KEY_LINE[cut:])
+    assert watcher.tick(2.0) and asked == [False, True]
+
+
 def test_a_supervisor_ends_when_ikectl_is_down_or_replaced(run):
     watcher = supervisor.Supervisor(run)
     state = session.read_state(run)
