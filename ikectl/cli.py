@@ -227,7 +227,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
         print(nm.portal_summary(cfg, now) or "no captive portal waiting, no portal window open")
         return EXIT_OK
     _need_root(f"ikectl portal {args.portal_command}")
-    with nm.holding_lock(paths, time.monotonic() + nm.DEFAULT_BUDGET_S):
+    with nm.holding_lock(paths, time.monotonic() + cfg.nm.budget_s):  # a hook holds it that long at most
         if args.portal_command == "close":
             session.close_portal_window(cfg.run_dir)
             portal.clear(paths.window)

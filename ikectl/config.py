@@ -52,6 +52,9 @@ Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 
     [portal]
     allow_minutes = 0                   # trusted networks: open DNS in clear this long for a captive portal
+
+    [nm]
+    budget_s = 10                       # the hook's whole call; NetworkManager holds pre-up for it
 """
 
 from __future__ import annotations
@@ -171,6 +174,14 @@ class Portal:
     allow_minutes: int = 0  # 0: a captive portal on a trusted network waits for `ikectl portal allow`
 
 
+NM_BUDGET_S = (2, 120)  # nm-dispatcher runs one script at a time: a long budget holds every later event
+
+
+@dataclass(frozen=True)
+class NmSettings:
+    budget_s: int = 10  # `ikectl nm-dispatch` gives up (fails closed on a trusted network) after this long
+
+
 @dataclass(frozen=True)
 class Config:
     mode: Mode = Mode.COFFEE_SHOP
@@ -184,6 +195,7 @@ class Config:
     networks: tuple[NetworkRule, ...] = ()
     pins: tuple[Pin, ...] = ()
     portal: Portal = field(default_factory=Portal)
+    nm: NmSettings = field(default_factory=NmSettings)
     attested: str | None = None  # [trusted] attested = "NAME" (trusted is None when that pin cannot be read)
     trust_dir: Path = truststore.DEFAULT_TRUST_DIR
     trust: TrustSettings = field(default_factory=TrustSettings)
@@ -202,7 +214,7 @@ def load(path: Path = DEFAULT_PATH) -> Config:
 
 def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(data, {"mode", "resolvers", "trusted", "coffee_shop", "paths", "default_mode", "default_pin", "networks",
-                 "pins", "portal", "ipsec", "trust"}, source)
+                 "pins", "portal", "ipsec", "trust", "nm"}, source)
     mode_name = data.get("mode", Mode.COFFEE_SHOP.value)
     try:
         mode = Mode(mode_name)
@@ -243,13 +255,16 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     portal_table = _table(data, "portal", source)
     _only(portal_table, {"allow_minutes"}, f"{source}: [portal]")
     portal = Portal(allow_minutes=_int(portal_table, "allow_minutes", 0, 0, 120, f"{source}: portal"))
+    nm_table = _table(data, "nm", source)
+    _only(nm_table, {"budget_s"}, f"{source}: [nm]")
+    nm = NmSettings(budget_s=_int(nm_table, "budget_s", NmSettings.budget_s, *NM_BUDGET_S, f"{source}: nm"))
     ipsec_table = _table(data, "ipsec", source)
     _only(ipsec_table, {"sa_lifetime_s"}, f"{source}: [ipsec]")
     sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
                    if "sa_lifetime_s" in ipsec_table else None)
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
                   run_dir=run_dir, default_mode=default_mode, default_pin=default_pin, networks=networks,
-                  pins=pins, portal=portal, sa_lifetime_s=sa_lifetime, attested=attested, trust_dir=trust_dir,
+                  pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested, trust_dir=trust_dir,
                   trust=trust)
 
 

@@ -52,7 +52,6 @@ NETWORK_ACTIONS = frozenset({"pre-up", "up", "dhcp4-change", "dhcp6-change", "re
 # The actions whose plan replaces the whole protection: a later one makes an earlier one obsolete.
 SUPERSEDING_ACTIONS = NETWORK_ACTIONS | {"vpn-up", "vpn-down"}
 CONNECTIVITY_STATES = frozenset({"UNKNOWN", "NONE", "PORTAL", "LIMITED", "FULL"})
-DEFAULT_BUDGET_S = 10.0
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _IFACE = re.compile(r"^[^/\s]{0,15}$")  # the kernel's IFNAMSIZ, no slash or space; "" for connectivity-change
@@ -540,16 +539,19 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
 # --- the entry point -------------------------------------------------------------------------------------
 
 def dispatch(event: DispatcherEvent, config: Config, *, log: Callable[[str], None],
-             budget_s: float = DEFAULT_BUDGET_S, dry_run: bool = False,
+             budget_s: float | None = None, dry_run: bool = False,
              gather: Callable[[Config, NmPaths], Context] = gather_context,
              apply: Callable[[Plan, Config, NmPaths, Callable[[str], None]], None] = apply_plan,
              paths: NmPaths | None = None) -> int:
-    """Serialize, decide, apply, record; one log line. Returns the exit code."""
+    """Serialize, decide, apply, record; one log line. Returns the exit code. The time budget is the
+    config's `[nm] budget_s` unless given."""
     started = time.monotonic()
+    budget_s = config.nm.budget_s if budget_s is None else budget_s
     deadline = started + budget_s
     paths = paths or NmPaths.for_config(config)
     where = f"{event.action} {event.iface or '-'}"
     plan: Plan | None = None
+    steps: list[str] = []  # what `up` said it was doing: a call that runs out of time names its last step
     if dry_run:  # touches nothing, not even the lock
         plan = decide(event, config, gather(config, paths))
         step = "" if plan.portal == PortalStep.NONE else f" [portal {plan.portal.value}]"
@@ -564,10 +566,12 @@ def dispatch(event: DispatcherEvent, config: Config, *, log: Callable[[str], Non
                 return 0
             plan = decide(event, config, gather(config, paths))
             with time_limit(deadline - time.monotonic(), budget_s):
-                apply(plan, config, paths, lambda _: None)
+                apply(plan, config, paths, steps.append)
             write_record(paths, plan.record)
     except (Busy, OutOfTime) as exc:
-        log(f"{where}: gave up after {time.monotonic() - started:.1f} s ({exc}); {_after_failure(plan, 'is')}")
+        last = f"; last step: {steps[-1]}" if steps else ""
+        log(f"{where}: gave up after {time.monotonic() - started:.1f} s ({exc}{last}); "
+            f"{_after_failure(plan, 'is')}")
         return 1
     except IkectlError as exc:
         log(f"{where}: failed: {exc}; {_after_failure(plan, 'was')}")

@@ -151,6 +151,7 @@ def _up(config: Config, run: daemon.RunDir, say: Callable[[str], None],  # noqa:
         elif before is not None and before != config.mode and not unloaded:
             say(f"switching from {before.value} to {config.mode.value}")
             _unload_conns(run, before, old_tree, undo, set((previous or {}).get("resolvers", ())))
+        say("loading the conns into pluto")
         _load_conns(run, profile, replacing=before == config.mode, rescan=not pluto_fresh)
         if config.mode == Mode.COFFEE_SHOP and (before == Mode.TRUSTED or blocked(previous or {})):
             # The opportunistic traps are in; only now may DNS to other resolvers leave the host.

@@ -111,6 +111,8 @@ ssid = "cafe-guest"
 mode = "coffee-shop"
 [portal]
 allow_minutes = 5
+[nm]
+budget_s = 30
 {PIN}'''))
     assert cfg.discover == ("networkmanager", "systemd-resolved", "resolv.conf")
     home, cafe = cfg.networks
@@ -120,6 +122,7 @@ allow_minutes = 5
     assert cafe.matches("x", "Cafe", "cafe-guest") and not cafe.matches("x", "Cafe", "other")
     assert cfg.pin("home").address == config.address("192.0.2.53", "x") and cfg.portal.allow_minutes == 5
     assert cfg.default_mode == Mode.COFFEE_SHOP and cfg.default_pin is None
+    assert cfg.nm.budget_s == 30 and config.load(write(tmp_path, "")).nm.budget_s == 10
 
 
 def test_default_mode_follows_mode_and_can_name_a_pin(tmp_path):
@@ -152,6 +155,9 @@ def test_default_mode_follows_mode_and_can_name_a_pin(tmp_path):
     ('[pins]\nhome = "192.0.2.53"', "pins.home must be a table"),
     ("[portal]\nallow_minutes = 500", "portal.allow_minutes = 500: expected a whole number from 0 to 120"),
     ('[portal]\nallow = true', "\\[portal\\]: unknown key 'allow'"),
+    ("[nm]\nbudget_s = 1", "nm.budget_s = 1: expected a whole number from 2 to 120"),
+    ('[nm]\nbudget_s = "10"', "nm.budget_s = '10': expected a whole number"),
+    ("[nm]\ntimeout_s = 10", "\\[nm\\]: unknown key 'timeout_s'"),
     ('[resolvers]\ndiscover = ["dhcp"]', "known sources are resolv.conf, networkmanager, systemd-resolved"),
 ])
 def test_bad_network_policy_is_one_clear_error(tmp_path, text, message):

@@ -324,16 +324,18 @@ WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from ikectl import nm
-    from ikectl.config import Config
+    from ikectl.config import Config, NmSettings
 
-    root, label, action, hold_s, budget_s = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), \\
-        float(sys.argv[5])
+    root, label, action, hold_s = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+    # "config:N": no budget given to dispatch, the config's [nm] budget_s = N
+    budget_s = None if sys.argv[5].startswith("config:") else float(sys.argv[5])
     paths = nm.NmPaths(root / "nm")
-    config = Config(run_dir=root / "run")
+    config = Config(run_dir=root / "run", nm=NmSettings(budget_s=int(sys.argv[5].partition(":")[2] or 10)))
 
     def apply(plan, config, paths, say):
         with open(root / "applied", "a") as out:
             out.write(f"{label} start\\n")
+        say(f"{label} holding on")
         if hold_s < 0:  # hold until the test says so
             while not (root / "release").exists():
                 time.sleep(0.01)
@@ -355,7 +357,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def start(tmp_path, label, action="up", hold_s=0.0, budget_s=10.0):
+def start(tmp_path, label, action="up", hold_s=0.0, budget_s: float | str = 10.0):
     script = tmp_path / "worker.py"
     if not script.exists():
         script.write_text(WORKER)
@@ -413,9 +415,16 @@ def test_waiting_for_the_lock_is_bounded(tmp_path):
 def test_applying_is_bounded_and_a_late_apply_records_nothing(tmp_path):
     slow = start(tmp_path, "slow", hold_s=5.0, budget_s=0.5)
     rc, err = slow.wait(timeout=10), slow.stderr.read()
-    assert rc == 1 and "not done within the 0.5 s budget" in err
+    assert rc == 1 and "not done within the 0.5 s budget; last step: slow holding on)" in err
     assert "slow done" not in (tmp_path / "applied").read_text()
     assert not (tmp_path / "nm" / "record.json").exists()
+
+
+def test_the_time_budget_is_the_configs(tmp_path):
+    slow = start(tmp_path, "slow", hold_s=5.0, budget_s="config:2")
+    rc, err = slow.wait(timeout=10), slow.stderr.read()
+    assert rc == 1 and "not done within the 2 s budget" in err
+    assert "slow done" not in (tmp_path / "applied").read_text()
 
 
 def test_a_failed_apply_is_one_line_and_records_nothing(tmp_path):
