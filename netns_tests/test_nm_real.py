@@ -54,8 +54,8 @@ CLIENT_IF, ROUTER_IF = "to-router", "to-client"
 CLIENT_ADDRESS, ROUTER_ADDRESS = "10.77.1.1", "10.77.1.2"
 CHECK_URI = f"http://{ROUTER_ADDRESS}/connectivity-check"
 HOOK_LOG = "ikectl nm-dispatch: "
-# The hook's time budget here. Its 10 s default is sized for real machines, where a coffee-shop `up` of two
-# resolvers takes 0.85 s on the host (0.6 s of it the IKE timeouts to the resolver without IKE). Under TCG the
+# The hook's time budget here. Its 10 s default is sized for real machines: a coffee-shop `up` of two resolvers
+# took 0.85 s on the host (no ESP there; 0.6 s of it the IKE timeouts to the resolver without IKE). Under TCG the
 # same `up` took 8.8 to 11.4 s in the guest: the stretch in which it first imports the netlink client
 # (pyroute2) alone took 3.6 to 6.4 s there, against 0.2 to 0.3 s for that import on the host. A `reapply` ran
 # out of the 10 s in stop 12's CI.
