@@ -67,7 +67,9 @@ class RunDir:
     def read_log(self, start: int) -> tuple[int, bytes]:
         """pluto's log from byte `start` to its last complete line, and where that part starts: 0 when the
         log is shorter than `start` (a new log: pluto was restarted). A line pluto is still writing is left
-        for the next read, so a reader that goes on from `start + len(text)` never sees half a line."""
+        for the next read, so a reader that goes on from `start + len(text)` never sees half a line. A log
+        that cannot be read gives nothing from `start`: the reader keeps its place, and does not read again
+        what it has read before."""
         try:
             with open(self.log, "rb") as log:
                 size = log.seek(0, 2)
@@ -75,7 +77,7 @@ class RunDir:
                 log.seek(start)
                 text = log.read(size - start)
         except OSError:
-            return 0, b""
+            return start, b""
         return start, text[:text.rfind(b"\n") + 1]
 
 

@@ -115,6 +115,18 @@ def test_a_log_shorter_than_the_offsets_is_read_from_its_start(pluto):
     assert set(opportunistic.upkeep(run, state, 60, now=1000.0).excluded) == {A}
 
 
+def test_a_log_that_cannot_be_read_keeps_the_offsets(pluto):
+    """A round that cannot read pluto's log reads nothing and moves no offset: rewound to 0, the next round
+    would count a refusal from before the resolver's readmission again."""
+    run, _, _ = pluto
+    run.log.write_text(REFUSAL)
+    state = {"resolvers": [A], "opportunistic": opportunistic.Upkeep(log_offset={A: len(REFUSAL)}).to_state()}
+    run.log.rename(run.log.with_suffix(".away"))
+    assert opportunistic.upkeep(run, state, 60, now=1000.0).log_offset == {A: len(REFUSAL)}
+    run.log.with_suffix(".away").rename(run.log)
+    assert opportunistic.upkeep(run, state, 60, now=1001.0).excluded == {}
+
+
 def test_a_readmitted_resolver_reads_on_from_the_last_whole_line(pluto):
     """Readmitted, a resolver is read from the log's last complete line: an old refusal does not count
     again, and a line pluto is still writing is read whole, never from its middle."""
