@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_ike.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
-from enclave_ike.attestation.tdx import TdxCollateral, verify_quote
+from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
+from ikecommon.attestation.tdx import TdxCollateral, verify_quote
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "attestation"
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors

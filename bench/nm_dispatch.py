@@ -43,8 +43,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ikecommon.xfrm import Group, XfrmClient, event_socket
 from ikectl import backstop, nm
-from ikectl.xfrm import Group, XfrmClient, event_socket
 from netns_tests.harness import procs
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab

@@ -5,7 +5,7 @@ XFRM operations (add two SAs and the policies of their traffic selectors; delete
 installed, so a rekey keeps the policies (the new SAs share the old reqid) and a deletion removes a policy only when
 no other Child SA still needs it. It touches nothing.
 
-`KernelApplier` runs the operations through `ikectl.xfrm` in the current network namespace (synchronously: the
+`KernelApplier` runs the operations through `ikecommon.xfrm` in the current network namespace (synchronously: the
 server calls it through `asyncio.to_thread`); `LogApplier` only describes them (hosts without ESP). Kernel errors
 come back as `ApplyError` lines; they never stop the server.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network, summarize_address_range
 from typing import Protocol
 
-from ikectl import xfrm
+from ikecommon import xfrm
 
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
@@ -234,7 +234,7 @@ class Applier(Protocol):
 
 
 class KernelApplier:
-    """Operations into XFRM of the current network namespace, through ikectl.xfrm (synchronous: call it from a
+    """Operations into XFRM of the current network namespace, through ikecommon.xfrm (synchronous: call it from a
     thread in asyncio code)."""
 
     def __init__(self, client: Callable[[], xfrm.XfrmClient] = xfrm.XfrmClient) -> None:

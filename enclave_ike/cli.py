@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
 
+from ikecommon import evidence_client
+from ikecommon.attestation.envelope import Envelope
+
 from . import __version__, evidence_endpoint, server
 from . import config as config_module
-from .attestation.envelope import Envelope
 from .errors import EnclaveIkeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -111,7 +113,7 @@ def _evidence(path: Path, nonce_hex: str) -> int:
     address = config.listen.addresses[0]
     if address.is_unspecified:  # listening everywhere: ask over loopback
         address = ip_address("::1" if address.version == 6 else "127.0.0.1")
-    body = evidence_endpoint.fetch_evidence(str(address), config.evidence.port, nonce)
+    body = evidence_client.fetch_evidence(str(address), config.evidence.port, nonce)
     if Envelope.decode(body).nonce != nonce:
         raise EnclaveIkeError(f"evidence endpoint {address}: the envelope answers another nonce")
     print(body.decode())

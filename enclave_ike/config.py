@@ -27,7 +27,7 @@
     integrity = ["sha2-256", "sha2-512", "sha2-384"]    # with AES-CBC only
     prf = ["sha2-256", "sha2-384", "sha2-512"]
     groups = ["curve25519", "ecp256", "ecp384", "ecp521", "modp2048"]
-    esn = false                         # ikectl.xfrm installs SAs without ESN
+    esn = false                         # ikecommon.xfrm installs SAs without ESN
 
     [apply]
     mode = "kernel"                     # kernel: Child SAs into this namespace's XFRM | none: log them only
@@ -52,7 +52,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ikectl import tomlfile
+from ikecommon import evidence_client, tomlfile
 
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
@@ -63,7 +63,7 @@ from .ikev2.errors import PolicyError
 Address = IPv4Address | IPv6Address
 DEFAULT_PATH = Path("/etc/enclave-ike/enclave-ike.toml")
 DEFAULT_PUBLISH = Path("/run/enclave-ike/identity.json")
-DEFAULT_EVIDENCE_PORT = 4501
+DEFAULT_EVIDENCE_PORT = evidence_client.DEFAULT_PORT
 SIM_REGISTER_SIZE, SIM_REGISTERS_MAX = 48, 16
 
 

@@ -11,8 +11,7 @@ else this endpoint says. One request per connection, answered with `Connection: 
 hold the server: the request line and headers at most 8 KiB, read within 5 s; the answer written within 10 s; at
 most 64 connections at once and 2 evidence requests in flight (each asks the enclave for a report; more get 503).
 
-`fetch_evidence` and `fetch_identity` are the client side, used by `enclave-ike evidence` and `ikectl trust`. They
-speak to this endpoint only (no proxies, no redirects) and bound the whole exchange by one deadline.
+The client side is ikecommon.evidence_client (`enclave-ike evidence` and `ikectl trust` use it).
 """
 
 from __future__ import annotations
@@ -25,11 +24,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from urllib.parse import parse_qs, urlsplit
 
-from .attestation.binding import NONCE_MAX, NONCE_MIN
-from .attestation.envelope import MAX_ENVELOPE, Collateral
+from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
+from ikecommon.attestation.envelope import Collateral
+from ikecommon.evidence_client import CMW_JSON, IDENTITY_VERSION, EndpointError, hostport
+
 from .config import DEFAULT_EVIDENCE_PORT, ServeConfig
 from .enclave.attest import attest
 from .enclave.base import Enclave
@@ -39,17 +40,10 @@ from .errors import EnclaveIkeError
 log = logging.getLogger("enclave_ike.evidence")
 
 DEFAULT_PORT = DEFAULT_EVIDENCE_PORT
-CMW_JSON = "application/cmw+json"  # draft-ietf-rats-msg-wrap: a CMW collection in JSON
-IDENTITY_VERSION = 1
-MAX_IDENTITY = 4096
 _NONCE = re.compile(rf"(?:[0-9a-fA-F]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
 Address = IPv4Address | IPv6Address
-
-
-class EndpointError(EnclaveIkeError):
-    """The endpoint could not start, or a client could not get an answer from one."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +101,12 @@ class EvidenceEndpoint:
                                                     limit=self.limits.request_bytes, reuse_address=True)
             except OSError as exc:
                 await self.stop()
-                raise EndpointError(f"evidence endpoint: cannot listen on {_hostport(str(address), self.port)} "
+                raise EndpointError(f"evidence endpoint: cannot listen on {hostport(str(address), self.port)} "
                                     f"(tcp): {exc.strerror or exc}") from None
             self._servers.append(server)
             self.bound += [(str(address), int(sock.getsockname()[1])) for sock in server.sockets]
         log.info("evidence endpoint on %s (tcp): GET /evidence?nonce=HEX",
-                 ", ".join(_hostport(a, p) for a, p in self.bound))
+                 ", ".join(hostport(a, p) for a, p in self.bound))
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -221,74 +215,3 @@ def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint
     if enclave is None or not config.evidence.enabled:
         return None
     return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port)
-
-
-# --- the client side ---
-
-def fetch_evidence(address: str, port: int, nonce: bytes, timeout: float = 10.0) -> bytes:
-    """The envelope the endpoint at address:port makes for `nonce` (not yet verified: verify_envelope does)."""
-    return fetch(address, port, f"/evidence?nonce={nonce.hex()}", MAX_ENVELOPE, timeout)
-
-
-def fetch_identity(address: str, port: int, timeout: float = 10.0) -> str:
-    """The IKE ID the server at address says it authenticates as (unverified: the key is what is pinned)."""
-    body = fetch(address, port, "/identity", MAX_IDENTITY, timeout)
-    try:
-        document = json.loads(body)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict) or document.get("version") != IDENTITY_VERSION \
-            or not isinstance(document.get("id"), str):
-        raise EndpointError(f"evidence endpoint {_hostport(address, port)}: /identity is not a version "
-                            f"{IDENTITY_VERSION} identity")
-    return str(document["id"])
-
-
-def fetch(address: str, port: int, target: str, limit: int, timeout: float) -> bytes:
-    """GET target from address:port; the body of a 200 answer, at most `limit` bytes, all within `timeout`."""
-    where = _hostport(address, port)
-    try:
-        status, body = asyncio.run(asyncio.wait_for(_get(address, port, target, limit), timeout))
-    except TimeoutError:
-        raise EndpointError(f"evidence endpoint {where}: no answer within {timeout:g} s") from None
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise EndpointError(f"evidence endpoint {where}: {reason}") from None
-    if status != HTTPStatus.OK:
-        said = body.decode("utf-8", "replace").strip().splitlines()
-        raise EndpointError(f"evidence endpoint {where}: {status} {said[0][:200] if said else ''}".rstrip())
-    return body
-
-
-async def _get(address: str, port: int, target: str, limit: int) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(address, port, limit=16 * 1024)
-    try:
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {_hostport(address, port)}\r\nConnection: close\r\n"
-                     f"Accept: {CMW_JSON}, application/json\r\n\r\n".encode("ascii"))
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *headers = head[:-4].split("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
-        body = await reader.read(limit + 1)
-        while body and len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
-            body += more
-        if len(body) > limit:
-            raise OSError(f"answer over {limit} bytes")
-        length = next((value.strip() for name, _, value in (h.partition(":") for h in headers)
-                       if name.strip().lower() == "content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) != len(body)):
-            raise OSError(f"answer of {len(body)} bytes, Content-Length {length}")
-        return int(parts[1]), body
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def _hostport(address: str, port: int) -> str:
-    try:
-        return f"[{address}]:{port}" if ip_address(address).version == 6 else f"{address}:{port}"
-    except ValueError:
-        return f"{address}:{port}"

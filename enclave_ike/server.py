@@ -4,7 +4,7 @@ UDP on port 500 and 4500 of every listen address feeds one sans-I/O `Responder` 
 armed with `loop.call_at`); what it wants sent goes out on the socket its peer last used, with the non-ESP marker
 (four zero octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Its events are logged
 one line each, and the Child SA events are planned into XFRM operations (`apply.ChildSaTable`) that one worker task
-runs in order through `asyncio.to_thread` (ikectl.xfrm is synchronous). A kernel that refuses is logged and the
+runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous). A kernel that refuses is logged and the
 server carries on.
 
 At start the server opens the configured enclave, publishes its public identity (`PublishedIdentity`, JSON) where
@@ -30,10 +30,10 @@ from typing import Any, cast
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ikectl import keys
+from ikecommon import keys
+from ikecommon.attestation.sim import DEFAULT_REGISTERS
 
 from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier, Operation
-from .attestation.sim import DEFAULT_REGISTERS
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
 from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
@@ -422,7 +422,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await server.stop()
             _unpublish(config.identity.publish)
     finally:
-        await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikectl.xfrm
+        await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikecommon.xfrm
         if isinstance(enclave, SimEnclave):
             enclave.close()
 

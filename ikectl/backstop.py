@@ -1,6 +1,6 @@
 """Trusted mode's backstop: XFRM policies of ikectl's own that block DNS which no pluto policy claimed.
 
-They sit in ikectl's priority band (see ikectl.xfrm: larger numbers lose), so pluto's policies for the
+They sit in ikectl's priority band (see ikecommon.xfrm: larger numbers lose), so pluto's policies for the
 trusted resolver (trap, hold, ESP) always win for its DNS, and everything else on port 53 (udp and tcp,
 IPv4 and IPv6, out and in) meets a block: before pluto starts, while it negotiates, after it dies, to a
 second resolver, from a new address. DNS to a local stub on loopback stays allowed.
@@ -8,8 +8,8 @@ second resolver, from a new address. DNS to a local stub on loopback stays allow
 
 from __future__ import annotations
 
-from . import xfrm
-from .xfrm import OWNED_PRIORITY_MIN, Action, Direction, Policy, Selector
+from ikecommon import xfrm
+from ikecommon.xfrm import OWNED_PRIORITY_MIN, Action, Direction, Policy, Selector
 
 ALLOW_PRIORITY = OWNED_PRIORITY_MIN  # loopback stubs: wins over our blocks
 BLOCK_PRIORITY = OWNED_PRIORITY_MIN + 0x10_0000  # loses to every pluto policy and to our allows

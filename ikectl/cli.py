@@ -87,7 +87,9 @@ def _add_nm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from . import keys, render
+    from ikecommon import keys
+
+    from . import render
 
     resolvers = tuple(address(a, f"--resolver {a}") for a in args.resolver)
     mode = Mode(args.mode)

@@ -68,7 +68,9 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
-from . import keys, tomlfile, truststore
+from ikecommon import keys, tomlfile
+
+from . import truststore
 from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")

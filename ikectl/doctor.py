@@ -8,7 +8,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import xfrm
+from ikecommon import xfrm
+
 from .config import Config
 from .whack import LIBEXEC
 

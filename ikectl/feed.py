@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from enclave_ike.attestation.spec import MAX_SPEC, MeasurementSpec, SpecFormatError
+from ikecommon.attestation.spec import MAX_SPEC, MeasurementSpec, SpecFormatError
 
 from .errors import IkectlError, UsageError
 

@@ -3,7 +3,7 @@
 pyroute2 0.9's `__init__` imports every netlink family it supports (IPDB, NDB, conntrack, nl80211,
 wireguard, plan9, ...) to export their names, and Python runs it before any submodule. ikectl uses only
 the netlink socket, the message classes, netns and IPRoute, which import what they need themselves.
-The package `__init__` is 75 of the 100 ms `ikectl.xfrm.client` took to import on these machines, and
+The package `__init__` is 75 of the 100 ms `ikecommon.xfrm.client` took to import on these machines, and
 the NetworkManager hook must have the backstop in place within 150 ms of its call (docs/performance.md).
 
 `use()` registers an empty package module for `pyroute2` with the real package's path, so submodule

@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
-from . import daemon, render, xfrm
+from ikecommon import xfrm
+
+from . import daemon, render
 from .config import Address, Mode
 from .errors import IkectlError
 from .whack import Whack

@@ -19,7 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import lean_pyroute2, session, xfrm
+from ikecommon import xfrm
+
+from . import lean_pyroute2, session
 from .errors import UsageError
 
 MAX_MINUTES = 120  # a login takes minutes; anything longer is a mode change, not a portal window

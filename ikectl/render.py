@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ikecommon.keys import PinnedKey
+
 from . import __version__
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError
-from .keys import PinnedKey
 
 if TYPE_CHECKING:
     import jinja2

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import backstop, daemon, locks, opportunistic, render, resolvers, routes, supervisor, truststore, xfrm
+from ikecommon import xfrm
+
+from . import backstop, daemon, locks, opportunistic, render, resolvers, routes, supervisor, truststore
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .whack import Whack

@@ -16,7 +16,9 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from . import daemon, opportunistic, session, truststore, xfrm
+from ikecommon import xfrm
+
+from . import daemon, opportunistic, session, truststore
 from .config import Config
 from .errors import IkectlError
 from .whack import BareShunt, TrafficStatus

@@ -32,7 +32,8 @@ from typing import Any
 
 from cryptography import x509
 
-from enclave_ike.attestation import (
+from ikecommon import keys
+from ikecommon.attestation import (
     EvidenceFormatError,
     MeasurementSpec,
     Mismatch,
@@ -41,10 +42,9 @@ from enclave_ike.attestation import (
     VerificationFailed,
     verify_envelope,
 )
-from enclave_ike.errors import EnclaveIkeError
-from enclave_ike.evidence_endpoint import fetch_evidence, fetch_identity
+from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
-from . import daemon, feed, keys, session, truststore
+from . import daemon, feed, session, truststore
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin, TrustError
@@ -169,7 +169,7 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
     host = str(address)
     try:
         body = fetch_evidence(host, port, nonce, timeout)
-    except EnclaveIkeError as exc:
+    except EndpointError as exc:
         raise TrustError(f"resolver {address}: cannot get its evidence: {exc}") from None
     sentence = f"resolver {address} failed attestation"
     mismatches: list[Mismatch] = []
@@ -188,7 +188,7 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         mismatches.append(Mismatch("envelope.ike-key", "a key libreswan can pin", str(exc)))
     try:
         served = _ike_id(fetch_identity(host, port, timeout))
-    except (EnclaveIkeError, ConfigError) as exc:
+    except (EndpointError, ConfigError) as exc:
         if expected_id is None:
             mismatches.append(Mismatch("identity.id", "the IKE ID, from GET /identity (or give --id)", str(exc)))
         served = expected_id or ""
@@ -255,7 +255,7 @@ def verify(config: Config, name: str, now: float, *, run_dir: Path | None = None
             spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
             attested = attest(pin.address, pin.port, spec, trust_anchors(Anchors(pin.anchors), config.trust), now,
                               timeout=config.trust.timeout_s)
-        except (IkectlError, EnclaveIkeError, ValueError) as exc:
+        except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
                 f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
             truststore.save(config.trust_dir, replace(

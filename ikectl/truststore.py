@@ -32,16 +32,15 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import keys
+from ikecommon import evidence_client, keys
+
 from .errors import IkectlError, UsageError
 
 if TYPE_CHECKING:
     from .config import Address, Config
 
 DEFAULT_TRUST_DIR = Path("/var/lib/ikectl/trust")
-# enclave-ike's evidence endpoint (enclave_ike.config.DEFAULT_EVIDENCE_PORT; a test checks they agree). Kept here,
-# with Anchors, so that `ikectl --help` needs neither trust.py nor enclave_ike.
-DEFAULT_PORT = 4501
+DEFAULT_PORT = evidence_client.DEFAULT_PORT  # the evidence endpoint's; the module loads nothing heavy
 VERSION = 1
 OK, FAILED, MISSING = "ok", "failed", "missing"
 MAX_PIN = 64 * 1024

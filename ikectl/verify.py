@@ -23,7 +23,9 @@ import dns.message
 import dns.query
 from scapy.utils import rdpcap
 
-from . import daemon, routes, session, xfrm
+from ikecommon import xfrm
+
+from . import daemon, routes, session
 from .config import Address, Config
 from .errors import IkectlError
 from .wire import count_wire

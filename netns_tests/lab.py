@@ -36,9 +36,10 @@ from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
 
-from ikectl import keys, render
+from ikecommon import keys
+from ikecommon.xfrm import SaInfo
+from ikectl import render
 from ikectl.config import Mode, TrustedResolver
-from ikectl.xfrm import SaInfo
 
 from .harness import procs
 from .harness.capture import Capture, PeerCounts

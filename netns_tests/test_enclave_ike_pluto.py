@@ -7,7 +7,7 @@
    `enclave-ike identity --format libreswan`) pinned: pluto completes IKE_AUTH, enclave-ike reports the Child SA.
 
 Both run with `apply.mode = "none"`, so they pass on a kernel without ESP (pluto's own SA install fails there, after
-IKE_AUTH). The third test needs ESP (the VM): enclave-ike installs its Child SA with ikectl.xfrm, the client's DNS is
+IKE_AUTH). The third test needs ESP (the VM): enclave-ike installs its Child SA with ikecommon.xfrm, the client's DNS is
 answered by unbound over ESP, and the router's capture sees 0 plaintext port-53 packets.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ikectl import keys, render
+from ikecommon import keys
+from ikectl import render
 from ikectl.config import Mode, TrustedResolver
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture

@@ -4,7 +4,7 @@ without a stub retry), clear and fast where it does not, and `status` says which
 import time
 from pathlib import Path
 
-from ikectl import xfrm
+from ikecommon import xfrm
 from netns_tests.harness.dnsclient import query
 from netns_tests.lab import Lab
 from netns_tests.test_ikectl_trusted import COFFEE, PLAIN, TRUSTED, ikectl, plaintext, status

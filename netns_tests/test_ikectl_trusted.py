@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ikectl import backstop, keys
-from ikectl.xfrm import XfrmClient
+from ikecommon import keys
+from ikecommon.xfrm import XfrmClient
+from ikectl import backstop
 from netns_tests.conftest import IKECTL
 from netns_tests.harness.dnsclient import query
 from netns_tests.lab import TRUSTED_ID, Lab

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from ikectl import daemon, keys, render
-from ikectl.xfrm import XfrmClient
+from ikecommon import keys
+from ikecommon.xfrm import XfrmClient
+from ikectl import daemon, render
 from netns_tests.conftest import IKECTL
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Topology

@@ -31,9 +31,9 @@ from typing import Any
 import dns.message
 import pytest
 
+from ikecommon.xfrm import XfrmClient
 from ikectl import backstop
 from ikectl.wire import WireCount, count_wire
-from ikectl.xfrm import XfrmClient
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query

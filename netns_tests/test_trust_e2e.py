@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from enclave_ike.attestation import MeasurementEntry, MeasurementSpec
-from ikectl import keys
+from ikecommon import keys
+from ikecommon.attestation import MeasurementEntry, MeasurementSpec
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture

@@ -9,7 +9,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from ikectl.xfrm import (
+from ikecommon.xfrm import (
     OWNED_PRIORITY_MIN,
     Acquire,
     Action,

@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_ike.attestation import (
+from enclave_ike.enclave import NonceError, SoftwareEnclave, attest
+from ikecommon.attestation import (
     Collateral,
     Envelope,
     Evidence,
@@ -29,10 +30,9 @@ from enclave_ike.attestation import (
     appraise,
     verify_envelope,
 )
-from enclave_ike.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN, binding_mismatches, report_data
-from enclave_ike.attestation.sim import DEFAULT_REGISTERS
-from enclave_ike.attestation.snp import load_ask_ark
-from enclave_ike.enclave import NonceError, SoftwareEnclave, attest
+from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN, binding_mismatches, report_data
+from ikecommon.attestation.sim import DEFAULT_REGISTERS
+from ikecommon.attestation.snp import load_ask_ark
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.attestation import (
+from enclave_ike.enclave import SoftwareEnclave, attest
+from ikecommon.attestation import (
     AttestationError,
     Collateral,
     Envelope,
@@ -30,9 +31,8 @@ from enclave_ike.attestation import (
     TrustAnchors,
     appraise,
 )
-from enclave_ike.attestation.envelope import ENVELOPE_TYPE, EVIDENCE_MEDIA_TYPES, MAX_ENVELOPE
-from enclave_ike.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate
-from enclave_ike.enclave import SoftwareEnclave, attest
+from ikecommon.attestation.envelope import ENVELOPE_TYPE, EVIDENCE_MEDIA_TYPES, MAX_ENVELOPE
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.attestation import AttestationError, EvidenceFormatError
-from enclave_ike.attestation.snp import SnpReport, load_ask_ark, load_vcek, verify_report
-from enclave_ike.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuote, verify_quote
-from enclave_ike.attestation.tdx.pck import SGX_EXTENSIONS, parse_sgx_extensions
-from enclave_ike.attestation.tdx.quote import TdReportBody
+from ikecommon.attestation import AttestationError, EvidenceFormatError
+from ikecommon.attestation.snp import SnpReport, load_ask_ark, load_vcek, verify_report
+from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuote, verify_quote
+from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS, parse_sgx_extensions
+from ikecommon.attestation.tdx.quote import TdReportBody
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"

@@ -18,7 +18,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.attestation import (
+from enclave_ike.enclave import SoftwareEnclave, attest
+from ikecommon.attestation import (
     EvidenceFormatError,
     MeasurementEntry,
     MeasurementSpec,
@@ -26,7 +27,7 @@ from enclave_ike.attestation import (
     VerificationFailed,
     verify_envelope,
 )
-from enclave_ike.attestation.sim import (
+from ikecommon.attestation.sim import (
     DEFAULT_REGISTERS,
     HEADER_SIZE,
     MAGIC,
@@ -41,7 +42,6 @@ from enclave_ike.attestation.sim import (
     sim_root_key,
     verify_sim_report,
 )
-from enclave_ike.enclave import SoftwareEnclave, attest
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 ROOT = sim_root_certificate()

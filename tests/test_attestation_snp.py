@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from enclave_ike.attestation import EvidenceFormatError, VerificationFailed
-from enclave_ike.attestation.snp import (
+from ikecommon.attestation import EvidenceFormatError, VerificationFailed
+from ikecommon.attestation.snp import (
     SnpPolicy,
     SnpReport,
     SnpVerification,
@@ -30,7 +30,7 @@ from enclave_ike.attestation.snp import (
     vcek_extensions,
     verify_report,
 )
-from enclave_ike.attestation.snp.report import LAYOUT, REPORT_SIZE
+from ikecommon.attestation.snp.report import LAYOUT, REPORT_SIZE
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 SNP = VECTORS / "sev-snp"

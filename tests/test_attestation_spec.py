@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.attestation import AttestationError, EvidenceKind, MeasurementEntry, MeasurementSpec, SpecFormatError
-from enclave_ike.attestation.spec import MAX_INLINE, MAX_SPEC
+from ikecommon.attestation import AttestationError, EvidenceKind, MeasurementEntry, MeasurementSpec, SpecFormatError
+from ikecommon.attestation.spec import MAX_INLINE, MAX_SPEC
 
 SEED = Path(__file__).resolve().parents[1].parent / "shared" / "seeds" / "002_94652018c5997637.txt"
 SEED_TEXT = SEED.read_text()

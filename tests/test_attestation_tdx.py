@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from enclave_ike.attestation import EvidenceFormatError, VerificationFailed
-from enclave_ike.attestation.tdx import (
+from ikecommon.attestation import EvidenceFormatError, VerificationFailed
+from ikecommon.attestation.tdx import (
     QuoteSignatureData,
     TdxCollateral,
     TdxPolicy,
@@ -31,7 +31,7 @@ from enclave_ike.attestation.tdx import (
     sgx_extensions,
     verify_quote,
 )
-from enclave_ike.attestation.tdx.pck import SGX_EXTENSIONS
+from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 TDX = VECTORS / "tdx"

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ikectl import config, keys, render
+from ikecommon import keys
+from ikectl import config, render
 from ikectl.config import ConfigError, Mode
 
 EC_PUB = ("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAERxw+dYxJBChbun5TEY7Q9SSt6wdX\n"

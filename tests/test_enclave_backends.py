@@ -27,18 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.attestation import (
-    EvidenceKind,
-    MeasurementEntry,
-    MeasurementSpec,
-    SimReport,
-    TrustAnchors,
-    appraise,
-    verify_envelope,
-)
-from enclave_ike.attestation.binding import report_data
-from enclave_ike.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate, verify_sim_report
-from enclave_ike.attestation.snp import load_ask_ark
 from enclave_ike.enclave import (
     Enclave,
     EnclaveError,
@@ -55,6 +43,18 @@ from enclave_ike.enclave.channel import MAX_FRAME, Frame, Op, Status
 from enclave_ike.enclave.sim_child import answer
 from enclave_ike.enclave.tsm import ConfigFs
 from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, SoftwareSigner
+from ikecommon.attestation import (
+    EvidenceKind,
+    MeasurementEntry,
+    MeasurementSpec,
+    SimReport,
+    TrustAnchors,
+    appraise,
+    verify_envelope,
+)
+from ikecommon.attestation.binding import report_data
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate, verify_sim_report
+from ikecommon.attestation.snp import load_ask_ark
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -18,7 +18,7 @@ from enclave_ike.ikev2.crypto import ChildSuite
 from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
 from enclave_ike.ikev2.payloads import TrafficSelector
 from enclave_ike.server import PublishedIdentity, open_enclave
-from ikectl import keys
+from ikecommon import keys
 
 GOOD = """
 [listen]

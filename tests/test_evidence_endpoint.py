@@ -21,19 +21,11 @@ from trust_servers import hostile_endpoint, port_of, running_endpoint, sim_spec
 
 from enclave_ike import cli
 from enclave_ike import config as cfg
-from enclave_ike.attestation import Envelope, TrustAnchors, verify_envelope
 from enclave_ike.enclave import EnclaveError, SoftwareEnclave
-from enclave_ike.evidence_endpoint import (
-    CMW_JSON,
-    EndpointError,
-    Limits,
-    fetch,
-    fetch_evidence,
-    fetch_identity,
-    for_config,
-    parse_nonce,
-)
+from enclave_ike.evidence_endpoint import Limits, for_config, parse_nonce
 from enclave_ike.server import serve
+from ikecommon.attestation import Envelope, TrustAnchors, verify_envelope
+from ikecommon.evidence_client import CMW_JSON, EndpointError, fetch, fetch_evidence, fetch_identity
 
 NONCE = bytes(range(32))
 

@@ -2,10 +2,10 @@
 
 from ipaddress import ip_network
 
+from ikecommon.xfrm import Action, Direction
 from ikectl import backstop, cli, daemon, nm, opportunistic, status
 from ikectl.config import Config
 from ikectl.whack import BareShunt, TrafficStatus
-from ikectl.xfrm import Action, Direction
 
 
 def test_backstop_blocks_port_53_everywhere_but_loopback_and_loses_to_pluto():

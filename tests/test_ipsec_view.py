@@ -2,7 +2,7 @@
 
 import pytest
 
-from ikectl.xfrm import AlgorithmInfo
+from ikecommon.xfrm import AlgorithmInfo
 from netns_tests.harness.ipsec_view import IkeSa, ike_sas_from_log
 
 

@@ -1,7 +1,8 @@
 """What an `ikectl` command loads. Python's start-up is most of what a call costs (NetworkManager's hook pays it
 on every event, the netns suite hundreds of times, ten times over under TCG: docs/performance.md), so each
-command imports only what it needs: scapy only for `verify`, enclave_ike only for `trust`, pyroute2 only to talk
-to the kernel, jinja2 only to render. Each case runs in a fresh interpreter and lists the modules it ended with."""
+command imports only what it needs: scapy only for `verify`, the attestation verifiers only for `trust`, pyroute2
+only to talk to the kernel, jinja2 only to render; and no ikectl command loads enclave_ike at all. Each case runs
+in a fresh interpreter and lists the modules it ended with."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import pytest
 
 from enclave_ike import config as enclave_config
 from enclave_ike import evidence_endpoint
-from ikectl import truststore, xfrm
-from ikectl.xfrm import client
+from ikecommon import xfrm
+from ikecommon.xfrm import client
+from ikectl import truststore
 
 HEAVY = ("scapy", "pyroute2", "enclave_ike", "jinja2", "dns", "cryptography", "ikectl.trust", "ikectl.verify",
-         "ikectl.wire", "ikectl.xfrm.client")
+         "ikectl.wire", "ikecommon.xfrm.client", "ikecommon.attestation", "asyncio")
 
 RUN_CLI = """
 import json, sys
@@ -74,7 +76,7 @@ def test_supervisor_and_session_load_neither_scapy_nor_the_attestation_verifiers
 
 
 def test_the_xfrm_package_loads_pyroute2_on_first_use():
-    code = ("import json, sys; from ikectl import xfrm; before = 'pyroute2' in sys.modules; xfrm.XfrmClient; "
+    code = ("import json, sys; from ikecommon import xfrm; before = 'pyroute2' in sys.modules; xfrm.XfrmClient; "
             "print(json.dumps([before, 'pyroute2' in sys.modules]))")
     assert loaded(code) == {False, True}
 
@@ -90,6 +92,15 @@ def test_the_cli_knows_the_evidence_port_without_importing_enclave_ike():
     assert truststore.DEFAULT_PORT == enclave_config.DEFAULT_EVIDENCE_PORT == evidence_endpoint.DEFAULT_PORT
 
 
+def test_trust_loads_the_verifiers_and_the_evidence_client_but_no_enclave_ike_module():
+    """The layers point down: ikectl and enclave_ike share ikecommon and never import each other."""
+    modules = loaded("import json, sys, ikectl.trust, ikectl.cli; print(json.dumps(sorted(sys.modules)))")
+    assert "ikecommon.attestation.verify" in modules and "ikecommon.evidence_client" in modules
+    assert sorted(m for m in modules if m.split(".")[0] == "enclave_ike") == []
+    server = loaded("import json, sys, enclave_ike.server, enclave_ike.cli; print(json.dumps(sorted(sys.modules)))")
+    assert sorted(m for m in server if m.split(".")[0] == "ikectl") == []
+
+
 def test_the_portal_closer_loads_what_closing_needs_before_it_waits():
     """The closer sleeps until the window's deadline and must put the backstop back at once then: pyroute2 is
     loaded when it starts (an import at the deadline kept clear DNS open seconds longer in the VM)."""
@@ -101,27 +112,27 @@ portal.close_when_due(Path("/nonexistent/portal.json"), Path("/nonexistent/run")
 print(json.dumps(sorted(sys.modules)))
 """
     modules = loaded(code)
-    assert "pyroute2" in modules and "ikectl.xfrm.client" in modules
+    assert "pyroute2" in modules and "ikecommon.xfrm.client" in modules
 
 
 def test_ikectls_own_processes_load_pyroute2_without_its_package_init():
     """`ikectl`, the supervisor and the portal closer load only the pyroute2 modules they use (the package
     __init__ imports every netlink family: 75 of the 100 ms to the XFRM client); a library user of
-    ikectl.xfrm gets pyroute2 as it is."""
+    ikecommon.xfrm gets pyroute2 as it is."""
     code = """
 import json, sys
 from ikectl import lean_pyroute2
 lean_pyroute2.use()
-from ikectl.xfrm import client
+from ikecommon.xfrm import client
 from ikectl import routes
 from pyroute2.iproute import IPRoute
 routes.local_addresses()
 print(json.dumps(sorted(sys.modules)))
 """
     modules = loaded(code)
-    assert "ikectl.xfrm.client" in modules and "pyroute2.netlink.nlsocket" in modules
+    assert "ikecommon.xfrm.client" in modules and "pyroute2.netlink.nlsocket" in modules
     assert not {"pyroute2.ipdb", "pyroute2.ndb", "pyroute2.conntrack", "pyroute2.iwutil"} & modules
-    library_user = loaded("import json, sys; from ikectl.xfrm import client; print(json.dumps(sorted(sys.modules)))")
+    library_user = loaded("import json, sys; from ikecommon.xfrm import client; print(json.dumps(sorted(sys.modules)))")
     assert "pyroute2.ipdb" in library_user
 
 
@@ -134,7 +145,7 @@ try:
     cli.run()  # the console script's entry point
 except SystemExit:
     pass
-from ikectl.xfrm import client
+from ikecommon.xfrm import client
 print(json.dumps(sorted(sys.modules)))
 """
     modules = loaded(code)

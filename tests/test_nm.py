@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from ikecommon.keys import PinnedKey
 from ikectl import cli, nm, portal, session, status
 from ikectl.config import Config, Mode, NetworkRule, Pin, Portal, TrustedResolver
-from ikectl.keys import PinnedKey
 from ikectl.nm import Context, DispatcherEvent, NetworkKey, PortalStep, Record, Target
 
 HOME_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60"

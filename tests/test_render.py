@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ikectl import cli, keys, render
+from ikecommon import keys
+from ikectl import cli, render
 from ikectl.config import Mode, TrustedResolver
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from trust_servers import RESOLVER_ID, hostile_endpoint, https_server, port_of, running_endpoint, sim_spec
 
-from enclave_ike.attestation import Envelope, report_data
-from enclave_ike.attestation.envelope import Collateral
-from enclave_ike.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
 from enclave_ike.enclave import SoftwareEnclave, attest
-from ikectl import config, daemon, feed, keys, session, status, trust, truststore
+from ikecommon import keys
+from ikecommon.attestation import Envelope, report_data
+from ikecommon.attestation.envelope import Collateral
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
+from ikectl import config, daemon, feed, session, status, trust, truststore
 from ikectl.config import Mode
 from ikectl.errors import UsageError
 from ikectl.whack import TrafficStatus, WhackError

@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ikectl.xfrm import Action, Direction, Mode, Policy, Selector, Template, XfrmDecodeError, codec, decode
+from ikecommon.xfrm import Action, Direction, Mode, Policy, Selector, Template, XfrmDecodeError, codec, decode
 
 VECTORS = Path(__file__).parent / "vectors" / "xfrm"
 SEEDS = [bytes.fromhex(line) for p in sorted(VECTORS.glob("*.hex"))

@@ -4,8 +4,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from ikectl.errors import UsageError
-from ikectl.xfrm import (
+from ikecommon.xfrm import (
     OWNED_PRIORITY_MIN,
     Action,
     Direction,
@@ -19,6 +18,7 @@ from ikectl.xfrm import (
     algorithm,
     client,
 )
+from ikectl.errors import UsageError
 
 
 @pytest.mark.parametrize(("args", "message"), [

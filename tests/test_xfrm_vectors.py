@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ikectl.xfrm import Action, Direction, Mode, Policy, SaSpec, Selector, Template, codec, decode
-from ikectl.xfrm import messages as m
-from ikectl.xfrm.model import Algorithm
+from ikecommon.xfrm import Action, Direction, Mode, Policy, SaSpec, Selector, Template, codec, decode
+from ikecommon.xfrm import messages as m
+from ikecommon.xfrm.model import Algorithm
 
 VECTORS = Path(__file__).parent / "vectors" / "xfrm"
 

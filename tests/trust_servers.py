@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from enclave_ike.attestation import MeasurementEntry, MeasurementSpec
-from enclave_ike.attestation.sim import DEFAULT_REGISTERS
 from enclave_ike.enclave.base import Enclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, Limits
+from ikecommon.attestation import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.sim import DEFAULT_REGISTERS
 
 T = TypeVar("T")
 LOCALHOST = "127.0.0.1"

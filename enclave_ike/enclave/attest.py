@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 
-from ..attestation.binding import NONCE_MAX, NONCE_MIN, report_data
-from ..attestation.envelope import Collateral, Envelope
+from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN, report_data
+from ikecommon.attestation.envelope import Collateral, Envelope
+
 from .base import Enclave
 from .errors import NonceError
 

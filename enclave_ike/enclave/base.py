@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..attestation.envelope import Evidence, EvidenceKind
+from ikecommon.attestation.envelope import Evidence, EvidenceKind
+
 from ..ikev2.crypto import Signer
 
 

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..attestation.envelope import Evidence, EvidenceKind
-from ..attestation.sim import DEFAULT_REGISTERS, MAX_REGISTERS, REGISTER_SIZE
+from ikecommon.attestation.envelope import Evidence, EvidenceKind
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, MAX_REGISTERS, REGISTER_SIZE
+
 from ..ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, PublicKey, SignatureScheme, Signer
 from . import channel
 from .channel import Frame, Op, Status

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..attestation.sim import DEFAULT_REGISTERS, make_sim_report
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
+
 from ..ikev2.crypto import Signer, SoftwareSigner
 from .channel import Frame, Op, Status, receive, send
 from .errors import ChannelError

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..attestation.envelope import Evidence, EvidenceKind
-from ..attestation.sim import DEFAULT_REGISTERS, make_sim_report
+from ikecommon.attestation.envelope import Evidence, EvidenceKind
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
+
 from ..ikev2.crypto import Signer, SoftwareSigner
 from .errors import EnclaveError
 

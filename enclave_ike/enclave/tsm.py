@@ -28,7 +28,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..attestation.envelope import Evidence, EvidenceKind
+from ikecommon.attestation.envelope import Evidence, EvidenceKind
+
 from ..ikev2.crypto import Signer, SoftwareSigner
 from .cert_table import snp_certificates
 from .errors import EnclaveError, EnclaveUnavailable

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ikectl.xfrm import SaInfo, XfrmClient
+from ikecommon.xfrm import SaInfo, XfrmClient
 
 from .topology import Host
 

@@ -1,6 +1,6 @@
 """The kernel probe. It answers one question: can this kernel install ESP SAs?
 
-It is ikectl's own probe (`ikectl.xfrm.probe_esp`: one AES-GCM SA in a throw-away namespace, which is
+It is ikectl's own probe (`ikecommon.xfrm.probe_esp`: one AES-GCM SA in a throw-away namespace, which is
 what pluto does after IKE_AUTH), with the kernel's version for the message. On these machines' host
 kernel the answer is no (no CONFIG_INET_ESP, no gcm); Debian's stock kernel in the VM says yes.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-from ikectl import xfrm
+from ikecommon import xfrm
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ _LAZY = {
 def __getattr__(name: str) -> object:
     """The pyroute2 half of the API, imported when first asked for (PEP 562)."""
     module = _LAZY.get(name)
-    if module is None:  # also how `from ikectl.xfrm import codec` falls through to the submodule
+    if module is None:  # also how `from ikecommon.xfrm import codec` falls through to the submodule
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value

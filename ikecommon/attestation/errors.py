@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import EnclaveIkeError
+from ..errors import Error
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Mismatch:
         return f"{self.field}: expected {self.expected}, got {self.actual}"
 
 
-class AttestationError(EnclaveIkeError):
+class AttestationError(Error):
     """Evidence could not be trusted."""
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno as errno_codes
 
-from ..errors import IkectlError, UsageError
+from ..errors import Error, UsageError
 
 
-class XfrmError(IkectlError):
+class XfrmError(Error):
     """Something in the XFRM layer went wrong."""
 
 

@@ -23,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..ikev2.crypto import PublicKey
 from .binding import binding_mismatches
 from .certs import der_certificate, der_crl
 from .envelope import Collateral, Envelope, EnvelopeFormatError, EvidenceKind
@@ -33,6 +32,8 @@ from .sim import SimReport, sim_root_certificate, verify_sim_report
 from .snp import SnpPolicy, SnpReport, load_vcek, verify_report
 from .spec import MeasurementSpec
 from .tdx import TdxCollateral, TdxPolicy, TdxQuote, verify_quote
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def build_sim_root_certificate() -> x509.Certificate:
 @cache
 def sim_root_certificate() -> x509.Certificate:
     """The sim root as shipped with the project."""
-    pem = resources.files("enclave_ike.attestation").joinpath(SIM_ROOT_FILE).read_bytes()
+    pem = resources.files(__package__).joinpath(SIM_ROOT_FILE).read_bytes()
     return pem_chain(pem, "sim_root")[0]
 
 
