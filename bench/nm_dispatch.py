@@ -45,6 +45,7 @@ from pathlib import Path
 
 from ikecommon.xfrm import Group, XfrmClient, event_socket
 from ikectl import backstop, nm
+from ikectl import policies as policies_of
 from netns_tests.harness import procs
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab
@@ -95,7 +96,7 @@ class Bench:
         clear-fallback shunts outrank it)."""
         policies = self.xfrm.policies()
         have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
-        return self.backstop <= have and not any(map(backstop.lets_dns_past, policies))
+        return self.backstop <= have and not policies_of.leaks(policies)
 
     def run(self, argv: list[str], env: dict[str, str] | None = None,
             until: Callable[[], bool] | None = None) -> tuple[float | None, float]:

@@ -103,12 +103,38 @@ def parse(text: str, kind: str | None = None, source: str = "key") -> PinnedKey:
     return _checked(PinnedKey(kind, raw), source)
 
 
+MAX_KEY_FILE = 64 * 1024
+
+
 def load(path: Path, kind: str | None = None) -> PinnedKey:
+    """A pin from a file: PEM, a libreswan raw key line, or a DER SubjectPublicKeyInfo (a binary file)."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as key_file:
+            data = key_file.read(MAX_KEY_FILE + 1)
     except OSError as exc:
         raise PinError(f"{path}: cannot read the resolver's public key ({exc.strerror})") from None
+    if len(data) > MAX_KEY_FILE:
+        raise PinError(f"{path}: over {MAX_KEY_FILE} bytes, not a public key")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _from_der(data, str(path))
     return parse(text, kind, source=str(path))
+
+
+def _from_der(data: bytes, source: str) -> PinnedKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise PinError(f"{source}: a binary file that is not a DER public key (expected PEM, DER or a libreswan "
+                       "raw key, 0s...)") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise PinError(f"{source}: only ECDSA and RSA keys can be pinned, not {type(key).__name__}")
+    return from_public_key(key)
 
 
 def _checked(key: PinnedKey, source: str = "key") -> PinnedKey:

@@ -1,18 +1,26 @@
-"""Trusted mode's backstop: XFRM policies of ikectl's own that block DNS which no pluto policy claimed.
+"""Trusted mode's backstop, in two independent kernel tables: XFRM policies of ikectl's own that block DNS which no
+pluto policy claimed, and nftables' `inet ikectl` table (ikectl/nft.py) that drops DNS leaving without IPsec.
 
-They sit in ikectl's priority band (see ikecommon.xfrm: larger numbers lose), so pluto's policies for the
-trusted resolver (trap, hold, ESP) always win for its DNS, and everything else on port 53 (udp and tcp,
-IPv4 and IPv6, out and in) meets a block: before pluto starts, while it negotiates, after it dies, to a
-second resolver, from a new address. DNS to a local stub on loopback stays allowed.
+The XFRM policies sit in ikectl's priority band (see ikecommon.xfrm: larger numbers lose), so pluto's policies for
+the trusted resolver (trap, hold, ESP) always win for its DNS, and everything else on port 53 (udp and tcp, IPv4
+and IPv6, out and in) meets a block: before pluto starts, while it negotiates, after it dies, to a second
+resolver, from a new address. DNS to a local stub on loopback stays allowed. The nftables table catches what an
+XFRM policy of someone else's lets past ours (another IPsec daemon's pass policy outranks any priority of ours),
+and holds while another program has flushed the XFRM table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ikecommon import xfrm
 from ikecommon.xfrm import OWNED_PRIORITY_MIN, Action, Direction, Policy, Selector
 
+from . import nft
+from .policies import BACKSTOP_BLOCK_PRIORITY
+
 ALLOW_PRIORITY = OWNED_PRIORITY_MIN  # loopback stubs: wins over our blocks
-BLOCK_PRIORITY = OWNED_PRIORITY_MIN + 0x10_0000  # loses to every pluto policy and to our allows
+BLOCK_PRIORITY = BACKSTOP_BLOCK_PRIORITY  # loses to every pluto policy and to our allows
 
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
@@ -31,27 +39,39 @@ def policies() -> list[Policy]:
     return found
 
 
-def install(netns: str | None = None) -> list[Policy]:
-    """Install (or refresh) the backstop; idempotent."""
-    wanted = policies()
+def _key(policy: Policy) -> tuple[Selector, Direction, Action]:
+    return policy.selector, policy.direction, policy.action
+
+
+def missing(present: Iterable[Policy]) -> list[Policy]:
+    """The XFRM backstop policies absent from `present` (the kernel's table)."""
+    there = {_key(p) for p in present if p.owned}
+    return [p for p in policies() if _key(p) not in there]
+
+
+def install_xfrm(only: Iterable[Policy] | None = None, netns: str | None = None) -> None:
+    """Install (or refresh) the XFRM half, or just the policies `only` names; idempotent."""
     with xfrm.XfrmClient(netns) as client:
-        for policy in wanted:
+        for policy in policies() if only is None else only:
             client.update_policy(policy)
-    return wanted
+
+
+def install() -> None:
+    """Both halves, XFRM first (it protects from the moment its first block is in; nft takes a process start)."""
+    install_xfrm()
+    if nft.program() is not None:
+        nft.install()
 
 
 def installed(netns: str | None = None) -> list[Policy]:
-    """The backstop policies present now (all of them once `install` has returned)."""
-    wanted = {(p.selector, p.direction, p.action) for p in policies()}
+    """The XFRM backstop policies present now (all of them once `install` has returned)."""
+    wanted = {_key(p) for p in policies()}
     with xfrm.XfrmClient(netns) as client:
-        return [p for p in client.policies() if p.owned and (p.selector, p.direction, p.action) in wanted]
+        return [p for p in client.policies() if p.owned and _key(p) in wanted]
 
 
-def lets_dns_past(policy: Policy, *, in_clear_only: bool = True) -> bool:
-    """A policy not ikectl's that DNS meets before the backstop (smaller priority numbers win): pluto's bare
-    pass shunt, which sends it in clear, or with `in_clear_only=False` its trap and ESP policies too. udp
-    or tcp to port 53, or to any port: libreswan 4.10 installs coffee-shop's clear-fallback shunts for the
-    whole protocol, at priority 0 (seen in the VM)."""
-    sel = policy.selector
-    return (not policy.owned and policy.action == Action.ALLOW and policy.direction == Direction.OUT
-            and (not in_clear_only or not policy.templates) and sel.proto in (6, 17) and sel.dport in (None, 0, 53))
+def remove() -> None:
+    """Both halves; what is already gone is fine."""
+    with xfrm.XfrmClient() as client:
+        client.flush_owned()
+    nft.remove()

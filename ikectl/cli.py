@@ -2,11 +2,13 @@
 Errors are one line on stderr naming the bad input; success is quiet (-v says what is being done).
 
     ikectl render --mode coffee-shop|trusted --resolver IP [--resolver-id ID --resolver-pubkey FILE] --output DIR
-    ikectl [--config FILE] up | down | status [--json] | doctor
-    ikectl [--config FILE] nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
-    ikectl [--config FILE] portal allow --minutes N | close | show
-    ikectl [--config FILE] trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim]
-                                 [--id ID] | list [--json] | verify NAME | remove NAME
+    ikectl up | down | status [--json] | doctor | verify [--seconds S]
+    ikectl nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
+    ikectl portal allow --minutes N | close | show
+    ikectl trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim] [--id ID]
+                 | list [--json] | verify NAME | remove NAME
+
+The global options (--config FILE, -v) go before or after the command, as a user types them.
 
 Each command imports its modules when it runs: parsing the arguments (and `--help`, and a usage error) loads
 config.py and what it needs, no more, and no command loads what only another needs (scapy for `verify`,
@@ -30,11 +32,34 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, config, lean_pyroute2
-from .config import CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
+from .config import Address, CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, Anchors
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--config and -v, on the program and on every command: after the command they override what was given
+    before it (argparse.SUPPRESS: a command's parser sets nothing unless the option is given there)."""
+    default = Path(os.environ.get("IKECTL_CONFIG", config.DEFAULT_PATH)) if top else argparse.SUPPRESS
+    parser.add_argument("--config", type=Path, default=default, metavar="FILE",
+                        help=f"the config file (default {config.DEFAULT_PATH}, or $IKECTL_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="say what is being done")
+
+
+class _Commands:
+    """Every command's parser gets the global options (so `ikectl status --config F` works, and --help of
+    each command shows them)."""
+
+    def __init__(self, commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.commands = commands
+
+    def add(self, name: str, **kwargs: str) -> argparse.ArgumentParser:
+        parser = self.commands.add_parser(name, **kwargs)  # type: ignore[arg-type]
+        _global_options(parser, top=False)
+        return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,25 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encrypt DNS with IKEv2/IPsec (libreswan + the kernel's XFRM layer).",
     )
     parser.add_argument("--version", action="version", version=f"ikectl {__version__}")
-    parser.add_argument("--config", type=Path, default=Path(os.environ.get("IKECTL_CONFIG", config.DEFAULT_PATH)),
-                        help=f"the config file (default {config.DEFAULT_PATH}, or $IKECTL_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="say what is being done")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("up", help="apply the configured mode (idempotent; a failed up changes nothing)")
-    commands.add_parser("down", help="remove everything ikectl installed, and nothing else")
-    st = commands.add_parser("status", help="one line per resolver: encrypted, clear or blocked, and why")
+    _global_options(parser, top=True)
+    commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    commands.add("up", help="apply the configured mode (idempotent; trusted mode fails closed)")
+    commands.add("down", help="remove everything ikectl installed, and nothing else")
+    st = commands.add("status", help="one line per resolver: encrypted, clear or blocked, and why")
     st.add_argument("--json", action="store_true", help="the same as a versioned JSON document")
-    commands.add_parser("doctor", help="check what this host needs, with a fix for each failure")
-    ver = commands.add_parser("verify", help="prove from the wire: test queries, capture, ESP vs plaintext")
+    commands.add("doctor", help="check what this host needs, with a fix for each failure")
+    ver = commands.add("verify", help="prove from the wire: test queries, capture, ESP vs plaintext")
     ver.add_argument("--seconds", type=float, default=3.0, help="how long to send and capture (default 3)")
 
-    r = commands.add_parser("render", help="write a libreswan config tree for a mode (touches nothing else)")
+    r = commands.add("render", help="write a libreswan config tree for a mode (touches nothing else)")
     r.add_argument("--mode", required=True, choices=[m.value for m in Mode])
     r.add_argument("--resolver", required=True, action="append", metavar="IP",
                    help="a resolver's address (coffee-shop: repeat for several; trusted: exactly one)")
     r.add_argument("--resolver-id", metavar="ID", help="trusted: the resolver's IKE ID, e.g. @dns.example.net")
     r.add_argument("--resolver-pubkey", type=Path, metavar="FILE",
                    help="trusted: the resolver's public key (PEM, or libreswan's 0s... raw key)")
+    r.add_argument("--source", action="append", default=[], metavar="IP",
+                   help="coffee-shop: the address this host sends DNS from, per address family (default: the kernel's "
+                        "route to each resolver; an IPv6 group needs one)")
     r.add_argument("--output", required=True, type=Path, metavar="DIR")
     r.add_argument("--no-check", action="store_true", help="do not run libreswan's parser on the result")
     _add_nm_commands(commands)
@@ -69,21 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_nm_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    d = commands.add_parser("nm-dispatch", help="NetworkManager's dispatcher hook (argv and environment from NM)")
+def _add_nm_commands(commands: _Commands) -> None:
+    d = commands.add("nm-dispatch", help="NetworkManager's dispatcher hook (argv and environment from NM)")
     d.add_argument("iface", metavar="IFACE")
     d.add_argument("action", metavar="ACTION")
     d.add_argument("--dry-run", action="store_true", help="log the plan, apply nothing")
-    h = commands.add_parser("install-nm-hook", help="put the hook into NetworkManager's dispatcher directories")
+    h = commands.add("install-nm-hook", help="put the hook into NetworkManager's dispatcher directories")
     h.add_argument("--uninstall", action="store_true", help="remove exactly what install-nm-hook installed")
     h.add_argument("--root", type=Path, default=Path("/"), metavar="DIR", help="install under DIR (default /)")
     h.add_argument("--ikectl", type=Path, metavar="PATH", help="the ikectl the hook runs (default: from PATH)")
-    p = commands.add_parser("portal", help="captive portals on trusted networks: a time-limited clear-DNS window")
-    portal_commands = p.add_subparsers(dest="portal_command", metavar="allow|close|show", required=True)
-    allow = portal_commands.add_parser("allow", help="let clear DNS through for a portal login, for N minutes")
+    p = commands.add("portal", help="captive portals on trusted networks: a time-limited clear-DNS window")
+    portal_commands = _Commands(p.add_subparsers(dest="portal_command", metavar="allow|close|show", required=True))
+    allow = portal_commands.add("allow", help="let clear DNS through for a portal login, for N minutes")
     allow.add_argument("--minutes", type=int, required=True, metavar="N")
-    portal_commands.add_parser("close", help="close the window now")
-    portal_commands.add_parser("show", help="say whether a portal is waiting or a window is open")
+    portal_commands.add("close", help="close the window now")
+    portal_commands.add("show", help="say whether a portal is waiting or a window is open")
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -101,8 +127,22 @@ def cmd_render(args: argparse.Namespace) -> int:
                                   keys.load(args.resolver_pubkey))
     elif args.resolver_id or args.resolver_pubkey:
         raise ConfigError("--resolver-id and --resolver-pubkey belong to --mode trusted")
+    sources: dict[int, Address] = {}
+    for text in args.source:
+        source = address(text, f"--source {text}")
+        if source.version in sources:
+            raise ConfigError(f"--source {text}: one --source per address family")
+        sources[source.version] = source
+    if mode == Mode.COFFEE_SHOP:
+        from . import routes
+
+        for resolver in resolvers:
+            if resolver.version not in sources and (found := routes.source_address(resolver)) is not None:
+                sources[resolver.version] = found
+    elif sources:
+        raise ConfigError("--source belongs to --mode coffee-shop")
     config = Config(mode=mode, resolvers=resolvers, trusted=trusted, coffee_shop=CoffeeShop())
-    files = render.render_tree(render.Profile.from_config(config, resolvers))
+    files = render.render_tree(render.Profile.from_config(config, resolvers, sources))
     if not args.no_check:  # check a scratch copy first: a refused tree must not land in DIR
         with tempfile.TemporaryDirectory(prefix="ikectl-render-") as scratch:
             render.write_tree(files, Path(scratch))
@@ -122,28 +162,56 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # a bad config is reported before anything else is checked
     _need_root("ikectl up")
     say = _sayer(args.verbose)
-    result = session.up(cfg, say, config_path=args.config.resolve())
+    try:
+        result = session.up(cfg, say, config_path=args.config.resolve())
+    except IkectlError as exc:
+        if cfg.mode == Mode.TRUSTED:
+            raise session.Blocking(f"{exc}; trusted mode failed closed: DNS is blocked (`ikectl status` says why) "
+                                   "until the next `ikectl up`") from None
+        raise
+    for warning in result.warnings:
+        _warn(warning)
     say(f"up in {result.mode.value} mode for {', '.join(map(str, result.resolvers))} "
         f"(pluto pid {result.pluto_pid}) in {result.seconds:.2f} s")
     return EXIT_OK
 
 
+def _warn(text: str) -> None:
+    print(f"ikectl: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _config_or_record(args: argparse.Namespace, command: str) -> Config | None:
+    """The config; or, when it cannot be read but ikectl is up here, None and a warning: `down` and `status`
+    work from the record of what was applied (a config that broke or went while up must not leave DNS as it
+    is)."""
+    from .state import StateStore
+
+    try:
+        return config.load(args.config)
+    except ConfigError as exc:
+        if os.geteuid() != 0 or StateStore.here().read() is None:
+            raise
+        _warn(f"{exc}; {command} goes by the record of what `up` applied")
+        return None
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from . import session
 
-    cfg = config.load(args.config)
+    cfg = _config_or_record(args, "down")
     _need_root("ikectl down")
-    if not session.down(cfg.run_dir):
+    if not session.down(cfg.run_dir if cfg is not None else None, _sayer(args.verbose)):
         _sayer(args.verbose)("ikectl was not up: nothing to remove")
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import status
+    from . import nm, status
 
-    cfg = config.load(args.config)
+    cfg = _config_or_record(args, "status")
     _need_root("ikectl status")
-    current = status.gather(cfg.run_dir, cfg)
+    portal_line = nm.portal_summary(cfg, time.time()) if cfg is not None else None
+    current = status.gather(cfg, portal_line)
     print(json.dumps(current.to_json(), indent=1) if args.json else status.format_human(current))
     return EXIT_OK
 
@@ -151,13 +219,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from . import verify
 
-    cfg = config.load(args.config)
+    config.load(args.config)  # a bad config is bad usage here as for every command
     _need_root("ikectl verify")
     if not 0.5 <= args.seconds <= 300:
         raise ConfigError(f"--seconds {args.seconds}: expected 0.5 to 300")
-    proofs = verify.prove(cfg, args.seconds, _sayer(args.verbose))
+    proofs = verify.prove(args.seconds, _sayer(args.verbose))
     print(verify.format_proofs(proofs))
-    return EXIT_FAILED if any(p.leaked for p in proofs) else EXIT_OK
+    return EXIT_FAILED if any(p.failed for p in proofs) else EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -231,7 +299,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
     _need_root(f"ikectl portal {args.portal_command}")
     with nm.holding_lock(paths, time.monotonic() + cfg.nm.budget_s):  # a hook holds it that long at most
         if args.portal_command == "close":
-            session.close_portal_window(cfg.run_dir)
+            session.close_portal_window()
             portal.clear(paths.window)
             print("portal window closed: trusted mode blocks DNS that is not protected again")
             return EXIT_OK
@@ -239,8 +307,8 @@ def cmd_portal(args: argparse.Namespace) -> int:
         window = portal.new_window(args.minutes, now, "ikectl portal allow",
                                    record.network.uuid if record.network else None)
         portal.write(paths.window, window)
-        if session.open_portal_window(cfg.run_dir):
-            portal.spawn_closer(paths.window, cfg.run_dir)
+        if session.open_portal_window(window.until):
+            portal.spawn_closer(paths.window)
             print(f"{window.describe(now)}; closes at {time.strftime('%H:%M:%S', time.localtime(window.until))}")
         else:
             print("ikectl is not up in trusted mode: nothing to open now (coffee-shop lets a portal's DNS through); "
@@ -248,10 +316,11 @@ def cmd_portal(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_trust_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    t = commands.add_parser("trust", help="pin a resolver's key after verifying its TEE's attestation evidence")
-    trust_commands = t.add_subparsers(dest="trust_command", metavar="add|list|verify|remove", required=True)
-    add = trust_commands.add_parser("add", help="fetch evidence for a fresh nonce, verify it, pin the key and ID")
+def _add_trust_commands(commands: _Commands) -> None:
+    t = commands.add("trust", help="pin a resolver's key after verifying its TEE's attestation evidence")
+    trust_commands = _Commands(t.add_subparsers(dest="trust_command", metavar="add|list|verify|remove",
+                                                required=True))
+    add = trust_commands.add("add", help="fetch evidence for a fresh nonce, verify it, pin the key and ID")
     add.add_argument("name", metavar="NAME", help="the pin's name ([trusted] attested = \"NAME\")")
     add.add_argument("--resolver", required=True, metavar="ADDR", help="the resolver's address (IKE and DNS)")
     add.add_argument("--spec", required=True, metavar="FILE|INLINE|URL",
@@ -262,11 +331,11 @@ def _add_trust_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     add.add_argument("--anchors", choices=[a.value for a in Anchors], default=Anchors.VENDOR.value,
                      help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
     add.add_argument("--id", metavar="ID", help="the IKE ID to expect (default: the one the resolver states)")
-    listing = trust_commands.add_parser("list", help="every pin, with its latest attestation")
+    listing = trust_commands.add("list", help="every pin, with its latest attestation")
     listing.add_argument("--json", action="store_true")
-    verify_ = trust_commands.add_parser("verify", help="re-attest now; on failure trusted mode blocks its DNS")
+    verify_ = trust_commands.add("verify", help="re-attest now; on failure trusted mode blocks its DNS")
     verify_.add_argument("name", metavar="NAME")
-    remove = trust_commands.add_parser("remove", help="forget a pin (trusted mode using it blocks DNS)")
+    remove = trust_commands.add("remove", help="forget a pin (trusted mode using it blocks DNS)")
     remove.add_argument("name", metavar="NAME")
 
 

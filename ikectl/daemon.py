@@ -1,12 +1,14 @@
-"""ikectl's own pluto: its run directory layout, and starting and stopping it by pid.
+"""ikectl's own processes: its pluto (the run directory's layout, starting and stopping it by pid) and the
+supervisor that `up` leaves running (ikectl/supervisor.py).
 
-Everything lives under one run dir (default /run/ikectl), so ikectl never touches a system pluto:
+Everything of pluto's lives under one run dir (default /run/ikectl), so ikectl never touches a system pluto:
 
     ipsec.conf, ipsec.secrets, ipsec.d/policies/   the rendered tree
     nss/                                           pluto's NSS db
     pluto/pluto.ctl, pluto/pluto.pid               pluto's control socket and pid
-    pluto.log                                      pluto's log
-    state.json                                     what `ikectl up` installed, for `status` and `down`
+    pluto.log, supervisor.log                      their logs
+
+What `up` applied is recorded elsewhere (ikectl/state.py), so that it outlives a run dir that changed.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IkectlError
-from .whack import LIBEXEC, Whack
+from .observe import process
+from .whack import ADDCONN, DEFAULT_TIMEOUT_S, LIBEXEC, WHACK, Whack
 
 PLUTO = LIBEXEC / "pluto"
 
@@ -61,8 +65,12 @@ class RunDir:
     def state(self) -> Path:
         return self.root / "state.json"
 
-    def whack(self) -> Whack:
-        return Whack(rundir=self.pluto_dir, config=self.conf, log=self.log)
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    def whack(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> Whack:
+        return Whack(rundir=self.pluto_dir, config=self.conf, log=self.log, timeout_s=timeout_s)
 
     def read_log(self, start: int) -> tuple[int, bytes]:
         """pluto's log from byte `start` to its last complete line, and where that part starts: 0 when the
@@ -91,9 +99,16 @@ def pluto_pid(run: RunDir) -> int | None:
     return pid if b"pluto" in cmdline and str(run.pluto_dir).encode() in cmdline else None
 
 
+def require_libreswan() -> None:
+    """libreswan's programs are there: checked before `up` touches anything (a missing package is bad setup, not
+    a failure to fail closed on)."""
+    for program in (PLUTO, WHACK, ADDCONN):
+        if not program.exists():
+            raise DaemonError(f"{program} not found: install libreswan (apt-get install libreswan)")
+
+
 def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
-    if not PLUTO.exists():
-        raise DaemonError(f"{PLUTO} not found: install libreswan (apt-get install libreswan)")
+    require_libreswan()
     run.pluto_dir.mkdir(parents=True, exist_ok=True)
     init_nss(run.nss)
     log_start = run.log.stat().st_size if run.log.exists() else 0
@@ -123,19 +138,78 @@ def init_nss(nss: Path) -> None:
         raise DaemonError(f"cannot create pluto's NSS db in {nss}: {(proc.stderr or proc.stdout).strip()}")
 
 
+def pluto_stopped(run: RunDir) -> int | None:
+    """The pid of our pluto when it is stopped (SIGSTOP): it answers no whack call until it is resumed."""
+    pid = pluto_pid(run)
+    found = process(pid) if pid is not None else None
+    return pid if found is not None and found.stopped else None
+
+
 def stop_pluto(run: RunDir, timeout: float = 10.0) -> bool:
-    """Stop our pluto by pid; True if one was running."""
+    """Stop our pluto by pid; True if one was running. A pluto that is stopped (SIGSTOP) cannot act on SIGTERM,
+    and one that does not exit in time is stuck: both are killed."""
     pid = pluto_pid(run)
     if pid is None:
         return False
+    _terminate(pid, timeout)
+    return True
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    found = process(pid)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGKILL if found is not None and found.stopped else signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
+        time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    return True
+
+
+# --- the supervisor ---
+
+SUPERVISOR_MODULE = "ikectl.supervisor"
+
+
+def start_supervisor(run: RunDir) -> int:
+    """Start a supervisor for the record of this namespace, its log in `run`, detached from the caller; its pid."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    log = open(run.supervisor_log, "ab")  # noqa: SIM115 - handed to the child, closed here after
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(run.root)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, cwd="/")
+    finally:
+        log.close()
+    return proc.pid
+
+
+def supervisors_of(run: RunDir) -> list[int]:
+    """The pids of every supervisor started for `run` (a crash of `down` or a changed run dir can leave one)."""
+    found = []
+    wanted = [SUPERVISOR_MODULE.encode(), str(run.root).encode()]
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                if all(w in argv for w in wanted):
+                    found.append(int(entry.name))
+    return found
+
+
+def supervisor_running(pid: int | None) -> bool:
+    """Is `pid` an ikectl supervisor (of any run dir) that is alive?"""
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return SUPERVISOR_MODULE.encode() in cmdline
+
+
+def stop_supervisor(pid: int | None, timeout: float = 5.0) -> None:
+    if pid is not None and supervisor_running(pid):
+        _terminate(pid, timeout)
 
 
 def _log_since(run: RunDir, offset: int) -> str:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from ikecommon import xfrm
 
+from . import daemon, nft, observe, policies
 from .config import Config
+from .state import read_here
 from .whack import LIBEXEC
 
 
@@ -43,15 +45,21 @@ def _root() -> Check:
 
 
 def _xfrm() -> Check:
+    if os.geteuid() != 0:
+        return Check("kernel XFRM", False, "not checked: reading the kernel's IPsec policies needs root",
+                     "run ikectl doctor as root")
     try:
         with xfrm.XfrmClient() as client:
             count = len(client.policies())
-    except (xfrm.XfrmError, PermissionError) as exc:
+    except (xfrm.XfrmError, OSError) as exc:
         return Check("kernel XFRM", False, str(exc), "a kernel with CONFIG_XFRM_USER, and root")
     return Check("kernel XFRM", True, f"netlink answers ({count} policies)")
 
 
 def _esp() -> Check:
+    if os.geteuid() != 0:
+        return Check("kernel ESP", False, "not checked: the probe adds an SA in a throw-away namespace, as root",
+                     "run ikectl doctor as root")
     try:
         support = xfrm.probe_esp()
     except (xfrm.XfrmError, OSError) as exc:
@@ -71,6 +79,46 @@ def _larval() -> Check:
                  else "0 (the query that triggers IKE is queued)")
 
 
+def _nftables() -> Check:
+    found = nft.program()
+    if found is None:
+        return Check("nftables", False, "nft not found: trusted mode has only its XFRM backstop",
+                     "apt-get install nftables (trusted mode's second backstop)")
+    version = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return Check("nftables", True, version or str(found))
+
+
+def _other_ike_daemons() -> Check:
+    """Another IKE daemon in this network namespace takes IKE replies meant for ikectl's pluto (the later one to
+    bind port 500 gets them), and its policies can outrank ikectl's XFRM backstop."""
+    if os.geteuid() != 0:
+        return Check("other IKE daemons", True, "not checked: needs root")
+    record = read_here()
+    ours = daemon.pluto_pid(daemon.RunDir(record.run_dir)) if record is not None else None
+    others = observe.ike_daemons(exclude=[ours] if ours is not None else [])
+    if others:
+        return Check("other IKE daemons", False, "; ".join(o.describe() for o in others),
+                     "stop the other IKE daemon (e.g. systemctl stop ipsec), or run ikectl where it is alone")
+    return Check("other IKE daemons", True, "none in this network namespace")
+
+
+def _foreign_policies() -> Check:
+    if os.geteuid() != 0:
+        return Check("other programs' policies", True, "not checked: needs root")
+    record = read_here()
+    ours = (record.managed | set(record.resolvers)) if record is not None else frozenset()
+    with xfrm.XfrmClient() as client:
+        table = client.policies()
+    found = [p for p in policies.leaks(table) if policies.pluto_dns_peer(p) not in ours]
+    if found:
+        return Check("other programs' policies", False,
+                     f"{len(found)} let DNS pass in clear ahead of ikectl's XFRM backstop, e.g. "
+                     f"{policies.describe(found[0])}",
+                     "find the daemon that installed them (ip xfrm policy); trusted mode's nftables table drops "
+                     "what they let out")
+    return Check("other programs' policies", True, "none lets DNS pass in clear ahead of ikectl's backstop")
+
+
 def _run_dir(config: Config) -> Check:
     parent = config.run_dir if config.run_dir.exists() else config.run_dir.parent
     ok = os.access(parent, os.W_OK)
@@ -79,7 +127,8 @@ def _run_dir(config: Config) -> Check:
 
 
 def run_checks(config: Config) -> list[Check]:
-    checks: list[Callable[[], Check]] = [_root, _pluto, _certutil, _xfrm, _esp, _larval, lambda: _run_dir(config)]
+    checks: list[Callable[[], Check]] = [_root, _pluto, _certutil, _nftables, _xfrm, _esp, _larval, _other_ike_daemons,
+                                         _foreign_policies, lambda: _run_dir(config)]
     return [check() for check in checks]
 
 

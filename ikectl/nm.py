@@ -41,6 +41,7 @@ from . import daemon, locks, portal, resolvers, session
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError, UsageError
 from .portal import PortalWindow
+from .state import read_here
 
 # Every action NetworkManager-dispatcher(8) documents; anything else is bad input.
 NM_ACTIONS = frozenset({
@@ -501,11 +502,11 @@ def write_record(paths: NmPaths, record: Record) -> None:
 
 def gather_context(config: Config, paths: NmPaths) -> Context:
     found = resolvers.discover(replace(config, resolvers=()))
-    run = daemon.RunDir(config.run_dir)
-    state = session.read_state(run)
+    record = read_here()
+    run = daemon.RunDir(record.run_dir if record is not None else config.run_dir)
     return Context(record=read_record(paths), system_resolvers=found, window=portal.read(paths.window),
                    now=time.time(), pluto_running=daemon.pluto_pid(run) is not None,
-                   blocked=state is not None and session.blocked(state) is not None)
+                   blocked=record is not None and record.blocked is not None)
 
 
 # --- applying a plan -------------------------------------------------------------------------------------
@@ -516,10 +517,10 @@ def apply_plan(plan: Plan, config: Config, paths: NmPaths, say: Callable[[str], 
     if plan.portal == PortalStep.OPEN and plan.window is not None:
         fresh = portal.read(paths.window) != plan.window  # a window already recorded has its closer running
         portal.write(paths.window, plan.window)
-        if session.open_portal_window(config.run_dir, say) and fresh:
-            portal.spawn_closer(paths.window, config.run_dir)
+        if session.open_portal_window(plan.window.until, say) and fresh:
+            portal.spawn_closer(paths.window)
     elif plan.portal == PortalStep.CLOSE:
-        session.close_portal_window(config.run_dir, say)
+        session.close_portal_window(say)
         portal.clear(paths.window)
 
 
@@ -527,13 +528,9 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     pinned = config.pin(target.pin) if target.pin is not None else config.trusted
     wanted = replace(config, mode=target.mode, resolvers=target.resolvers,
                      trusted=pinned if target.mode == Mode.TRUSTED else config.trusted)
-    trusted = target.mode == Mode.TRUSTED
-    try:
-        session.up(wanted, say, fail_closed=trusted)  # switching modes, too, never lets DNS out in clear
-    except BaseException as exc:
-        if trusted:  # out of time or failed: a trusted network's DNS stays blocked, never clear
-            session.block_dns(wanted, f"applying trusted mode failed: {str(exc) or type(exc).__name__}")
-        raise
+    # Switching modes, too, never lets DNS out in clear; a trusted `up` that fails or runs out of time fails
+    # closed: a trusted network's DNS stays blocked, never clear.
+    session.up(wanted, say)
 
 
 # --- the entry point -------------------------------------------------------------------------------------

@@ -1,65 +1,43 @@
-"""Coffee-shop upkeep: which resolvers are in pluto's opportunistic group now, and putting them back later.
+"""Coffee-shop upkeep: which resolvers are in pluto's opportunistic groups now, and putting them back later.
 
-pluto 4.10 leaves two holes that break the coffee-shop promise (both seen in the VM):
+pluto 4.10 leaves holes that break the coffee-shop promise (seen in the VM and on this host):
 
-- a resolver answers IKE but refuses the DNS-only Child SA: pluto keeps the instance's hold shunt and
-  ignores later acquires as duplicates, so DNS is blackholed. ikectl takes the resolver out of the group
-  (no policy: its DNS passes in clear) for `retry_after_s`, then puts it back and IKE is tried again;
-- a resolver stops answering liveness checks (its IPsec was restarted and lost the SAs): pluto clears
-  the instance but routes no trap again, so DNS passes in clear and IKE is never tried again. ikectl
-  reloads the group after `retry_after_s`.
+- a resolver answers IKE but refuses the DNS-only Child SA (or the kernel refuses the SA: `Add SA ... Function not
+  implemented`): pluto keeps the instance's hold shunt and ignores later acquires as duplicates, so DNS is
+  blackholed. ikectl takes the resolver out of the group (no policy: its DNS passes in clear) for
+  `retry_after_s`, then puts it back and IKE is tried again;
+- a resolver stops answering liveness checks (its IPsec was restarted and lost the SAs): pluto clears the
+  instance but routes no trap again, so DNS passes in clear and IKE is never tried again. ikectl routes the group
+  again after `retry_after_s`;
+- a resolver without IKE gets a clear-fallback shunt, which libreswan installs for the whole protocol at
+  priority 0 and, when it expires after `shuntlifetime`, forgets without deleting from the kernel: the pass
+  policy outranks the trap for ever, and IKE is never tried again. ikectl deletes it once it is `retry_after_s`
+  old and routes the group again, so the next query tries IKE.
 
-`upkeep` is called at the end of `ikectl up` and then every second by the supervisor. It reads only the
-part of pluto's log written since a resolver was (re)admitted, so an old refusal is not acted on twice,
-and of that only what the previous round did not read.
+`upkeep` is called at the end of `ikectl up` and then every second by the supervisor. It reads only the part of
+pluto's log written since a resolver was (re)admitted, so an old refusal is not acted on twice, and of that only
+what the previous round did not read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
 from ipaddress import ip_address
-from typing import Any
 
 from ikecommon import xfrm
 
-from . import daemon, render
-from .config import Address, Mode
+from . import daemon, policies, render
+from .config import Address
 from .errors import IkectlError
+from .plan import OE_CONNS
+from .state import Exclusion, RunState, Upkeep
 from .whack import Whack
 
-OE_CONN = "private-or-clear"
-GROUP_FILE = f"ipsec.d/policies/{OE_CONN}"
 REFUSED = "the resolver refused the DNS-only Child SA"
+ESP_REFUSED = "the kernel refused the ESP SA (Function not implemented): no ESP in this kernel"
 LIVENESS = "the resolver stopped answering IKE liveness checks"
-
-
-@dataclass(frozen=True)
-class Exclusion:
-    """A resolver out of the group, in clear, until `until` (seconds since the epoch)."""
-
-    until: float
-    reason: str
-
-
-@dataclass(frozen=True)
-class Upkeep:
-    """What state.json records between calls."""
-
-    excluded: dict[str, Exclusion] = field(default_factory=dict)
-    log_offset: dict[str, int] = field(default_factory=dict)  # pluto's log size when each was (re)admitted
-    lost_at: dict[str, float] = field(default_factory=dict)  # when a member's policies were found gone
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Upkeep:
-        recorded = state.get("opportunistic") or {}
-        return cls(excluded={a: Exclusion(**e) for a, e in recorded.get("excluded", {}).items()},
-                   log_offset=dict(recorded.get("log_offset", {})), lost_at=dict(recorded.get("lost_at", {})))
-
-    def to_state(self) -> dict[str, Any]:
-        return {"excluded": {a: asdict(e) for a, e in self.excluded.items()}, "log_offset": self.log_offset,
-                "lost_at": self.lost_at}
 
 
 def _peer_pattern(address: str) -> re.Pattern[str]:
@@ -67,22 +45,17 @@ def _peer_pattern(address: str) -> re.Pattern[str]:
     return re.compile(rf"\.\.\.{escaped}\b|\[{escaped}\]|#{escaped}/")
 
 
-def refused_child(log: list[str], address: str) -> bool:
-    """Is pluto's last word on the resolver at `address` a refused Child SA?"""
-    return _last_word(log, address) == REFUSED
-
-
-def liveness_failed(log: list[str], address: str) -> bool:
-    return _last_word(log, address) == LIVENESS
-
-
-def _last_word(log: list[str], address: str) -> str | None:
+def last_word(log: list[str], address: str) -> str | None:
+    """pluto's last word on the resolver at `address`: a refused Child SA, an SA the kernel refused, a failed
+    liveness check, or None (nothing, or an established Child SA after them)."""
     peer = _peer_pattern(address)
     for line in reversed(log):
         if not peer.search(line):
             continue
         if "established Child SA" in line:
             return None
+        if re.search(r"Add SA .*(?:Function not implemented|errno 38)", line):
+            return ESP_REFUSED
         if re.search(r"TS_UNACCEPTABLE|NO_PROPOSAL_CHOSEN", line):
             return REFUSED
         if "liveness action" in line:
@@ -90,84 +63,134 @@ def _last_word(log: list[str], address: str) -> str | None:
     return None
 
 
-def upkeep(run: daemon.RunDir, state: dict[str, Any], retry_after_s: float, now: float) -> Upkeep:
-    """Exclude resolvers that refused the Child SA, readmit those whose time is up, reload the group for
-    members whose policies pluto dropped. Returns the record to keep in state.json.
+def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], now: float) -> Upkeep:
+    """Exclude resolvers whose Child SA failed, readmit those whose time is up, route the groups again for
+    members whose policies pluto dropped or whose clear fallback outlived `retry_after_s`. Returns the record to
+    keep.
 
     Each member's log offset moves past what was read, so a round reads only what pluto wrote since the last
-    one: the supervisor calls this every second, and pluto's log grows for as long as it runs. Reading on
-    from there gives the same answer as reading all of it since (re)admission: a refusal read once excludes
-    the resolver at once, and what counts is pluto's last word on it."""
-    record = Upkeep.from_state(state)
-    members = [a for a in state["resolvers"] if a not in record.excluded]
-    excluded, offsets, lost = dict(record.excluded), dict(record.log_offset), dict(record.lost_at)
+    one: the supervisor calls this every second, and pluto's log grows for as long as it runs."""
+    record = state.upkeep
+    retry = float(state.retry_after_s)
+    in_groups = tuple(a for a in state.resolvers if str(a) not in state.unprotected)  # excluded or not
+    excluded, offsets = dict(record.excluded), dict(record.log_offset)
+    lost, clear_since = dict(record.lost_at), dict(record.clear_since)
     # From the earliest offset of all, members or not: an excluded resolver's offset stays where its refusal
     # was read, so while all are out a round reads the little pluto wrote since, not the whole log.
-    start, log = run.read_log(min((offsets.get(a, 0) for a in state["resolvers"]), default=0))
+    start, log = run.read_log(min((offsets.get(str(a), 0) for a in state.resolvers), default=0))
     end = start + len(log)
-    changed = False
+    readmitted = False
     for address, exclusion in record.excluded.items():
         if exclusion.until <= now:
             del excluded[address]
             offsets[address] = end  # what pluto wrote about it before counts no more
-            changed = True
-    covered = {address for address, _ in policed()}
-    for address in members:
+            readmitted = True
+    table = list(kernel)
+    stale_passes: list[xfrm.Policy] = []
+    reroute = False
+    for resolver in in_groups:
+        address = str(resolver)
+        if address in excluded:
+            continue
         offset = offsets.get(address, 0)
         since = log[offset - start:] if start <= offset <= end else log  # else: a new log, pluto restarted
-        if refused_child(since.decode(errors="replace").splitlines(), address):
-            excluded[address] = Exclusion(until=now + retry_after_s, reason=REFUSED)
-            changed = True
+        failed = last_word(since.decode(errors="replace").splitlines(), address)
+        if failed in (REFUSED, ESP_REFUSED):
+            excluded[address] = Exclusion(until=now + retry, reason=failed)
             continue
         offsets[address] = end  # read up to here; the next round goes on from it
-        if ip_address(address) in covered:
-            lost.pop(address, None)
-        elif address not in lost:  # pluto dropped its policies (liveness): clear until the group reloads
-            lost[address] = now
-        elif now - lost[address] >= retry_after_s:
-            lost.pop(address)
-            changed = True
-    if changed:
-        admitted = tuple(ip_address(a) for a in state["resolvers"] if a not in excluded)
-        write_group(run, admitted)
-        reload(run, [a for a in excluded if a not in record.excluded])
-    return Upkeep(excluded, offsets, lost)
+        passes = _expired_clear(table, resolver, clear_since, now, retry)
+        stale_passes += passes
+        reroute = _lost(table, resolver, lost, now, retry) or bool(passes) or reroute
+    dropped = [ip_address(a) for a in excluded if a not in record.excluded]
+    members = tuple(a for a in in_groups if str(a) not in excluded)
+    if readmitted or dropped:
+        write_groups(run, state, members)
+    _delete(stale_passes)
+    if readmitted or dropped or reroute:
+        reload(run, members, dropped)
+    return Upkeep(excluded, offsets, lost, clear_since)
 
 
-def reason_for(state: dict[str, Any], address: str) -> str | None:
-    """Why a resolver is in clear by ikectl's decision, for `status`."""
-    exclusion = Upkeep.from_state(state).excluded.get(address)
-    return exclusion.reason if exclusion else None
+def _expired_clear(table: list[xfrm.Policy], resolver: Address, clear_since: dict[str, float], now: float,
+                   retry: float) -> list[xfrm.Policy]:
+    """The resolver's clear-fallback policies once they are `retry` old (to delete: IKE is tried again)."""
+    address = str(resolver)
+    passes = [p for p in table if policies.pluto_dns_peer(p) == resolver and policies.clear_pass(p)]
+    if not passes:
+        clear_since.pop(address, None)
+        return []
+    if now - clear_since.setdefault(address, now) < retry:
+        return []
+    clear_since.pop(address)
+    return passes
 
 
-def write_group(run: daemon.RunDir, admitted: tuple[Address, ...]) -> None:
-    content = render.environment().get_template("policies/private-or-clear.j2").render(
-        profile=render.Profile(Mode.COFFEE_SHOP, opportunistic=admitted))
-    render.write_tree({GROUP_FILE: content}, run.root)
+def _lost(table: list[xfrm.Policy], resolver: Address, lost: dict[str, float], now: float, retry: float) -> bool:
+    """Track a member whose policies pluto dropped (liveness): True when its group is due to be routed again."""
+    address = str(resolver)
+    if all(policies.covered(table, resolver, proto) for proto in (6, 17)):
+        lost.pop(address, None)
+    elif address not in lost:  # clear until the group is routed again
+        lost[address] = now
+    elif now - lost[address] >= retry:
+        lost.pop(address)
+        return True
+    return False
 
 
-def reload(run: daemon.RunDir, dropped: list[str]) -> None:
-    """Reload the group (pluto routes traps for new lines and unroutes removed ones); make sure nothing of a
+def _delete(found: list[xfrm.Policy]) -> None:
+    if not found:
+        return
+    with xfrm.XfrmClient() as client:
+        for policy in found:
+            with contextlib.suppress(xfrm.KernelRefused):  # gone meanwhile
+                client.delete_policy(policy)
+
+
+def retry_at(state: RunState, address: str) -> float | None:
+    """When IKE is tried again with a resolver in its clear fallback (seconds since the epoch), if it is in one."""
+    since = state.upkeep.clear_since.get(address)
+    return since + state.retry_after_s if since is not None else None
+
+
+def write_groups(run: daemon.RunDir, state: RunState, members: tuple[Address, ...]) -> None:
+    """The group files for these members, each family's left as `up` rendered it."""
+    profile = render.Profile(state.mode, opportunistic=members, sources=_sources(run))
+    files = {f"ipsec.d/policies/{name}": "" for name in OE_CONNS.values()}
+    render.write_tree(files | render.group_files(profile.groups()), run.root)
+
+
+def _sources(run: daemon.RunDir) -> dict[int, Address]:
+    """The group conns' left addresses in the tree on disk (what `up` rendered)."""
+    try:
+        text = run.conf.read_text()
+    except OSError:
+        return {}
+    found: dict[int, Address] = {}
+    for family, name in OE_CONNS.items():
+        match = re.search(rf"^conn {re.escape(name)}\n\tleft=(\S+)$", text, re.M)
+        if match:
+            with contextlib.suppress(ValueError):
+                found[family] = ip_address(match.group(1))
+    return found
+
+
+def reload(run: daemon.RunDir, members: tuple[Address, ...], dropped: list[Address]) -> None:
+    """Reload the groups (pluto routes traps for new lines and unroutes removed ones); make sure nothing of a
     dropped resolver stays behind, or its DNS would stay on hold."""
     whack = run.whack()
-    route_group(whack)
+    route_groups(whack, members + tuple(dropped))
     for address in dropped:
         for proto in (17, 6):
             with contextlib.suppress(IkectlError):  # gone with the group line already
-                whack.delete(f"{OE_CONN}#{address}/{ip_address(address).max_prefixlen}-(0--{proto}--53)")
+                whack.delete(f"{OE_CONNS[address.version]}#{address}/{address.max_prefixlen}-(0--{proto}--53)")
 
 
-def route_group(whack: Whack) -> None:
-    """Reload the group from its file and route the group conn: a trap per line."""
+def route_groups(whack: Whack, resolvers: Iterable[Address]) -> None:
+    """Reload the groups from their files and route each group conn: a trap per line. Routing is what puts
+    traps back; a reread alone does not (measured)."""
     whack.reread_groups()
-    with contextlib.suppress(IkectlError):  # already routed: pluto says so
-        whack.route(OE_CONN)
-
-
-def policed() -> set[tuple[Address, int]]:
-    """(resolver, protocol) of every outbound pluto policy for port 53 of one host: a trap, an SA's policy,
-    or a shunt already decided."""
-    with xfrm.XfrmClient() as client:
-        return {(p.selector.dst.network_address, p.selector.proto) for p in client.policies()
-                if p.direction == xfrm.Direction.OUT and not p.owned and p.selector.dport == 53
-                and p.selector.dst.prefixlen == p.selector.dst.max_prefixlen}
+    for name in dict.fromkeys(OE_CONNS[a.version] for a in resolvers):
+        with contextlib.suppress(IkectlError):  # already routed, or the group emptied: pluto says so
+            whack.route(name)

@@ -7,7 +7,8 @@ config; the window is recorded in a small JSON file (so every dispatcher call, `
 closer started for the purpose agree on it) and ends at its deadline or when connectivity becomes FULL.
 
 This module holds the window's data and logic, no policy changes: session.open_portal_window and
-session.close_portal_window apply it.
+session.close_portal_window apply it (the record carries the window's end, so the supervisor's watch leaves the
+backstops out until then, and puts them back at its end).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def open_window(path: Path, now: float) -> PortalWindow | None:
     return window if window is not None and window.is_open(now) else None
 
 
-def close_when_due(path: Path, run_dir: Path, poll_s: float = 5.0) -> None:
+def close_when_due(path: Path, poll_s: float = 5.0) -> None:
     """Sleep until the recorded window ends, then close it; a window closed or replaced meanwhile is left
     to whoever did that. Run detached by `ikectl portal allow` (python -m ikectl.portal ...)."""
     xfrm.preload()  # what closing needs, loaded before the wait and not at the deadline
@@ -94,7 +95,7 @@ def close_when_due(path: Path, run_dir: Path, poll_s: float = 5.0) -> None:
             return
         wait = window.until - time.time()
         if wait <= 0:
-            session.close_portal_window(run_dir)
+            session.close_portal_window()
             clear(path)
             print(f"ikectl portal: window opened by {window.source} has ended; trusted DNS is closed again",
                   file=sys.stderr, flush=True)
@@ -102,13 +103,14 @@ def close_when_due(path: Path, run_dir: Path, poll_s: float = 5.0) -> None:
         time.sleep(min(wait, poll_s))
 
 
-def spawn_closer(path: Path, run_dir: Path) -> int:
-    """Start the closer detached from the caller (NM's dispatcher must not wait for it)."""
-    proc = subprocess.Popen([sys.executable, "-m", "ikectl.portal", str(path), str(run_dir)],
+def spawn_closer(path: Path) -> int:
+    """Start the closer detached from the caller (NM's dispatcher must not wait for it). The supervisor puts the
+    backstops back at the window's end too; the closer also forgets the window and says so in the journal."""
+    proc = subprocess.Popen([sys.executable, "-m", "ikectl.portal", str(path)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, cwd="/")
     return proc.pid
 
 
 if __name__ == "__main__":
     lean_pyroute2.use()
-    close_when_due(Path(sys.argv[1]), Path(sys.argv[2]))
+    close_when_due(Path(sys.argv[1]))

@@ -11,7 +11,8 @@ import functools
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 ADDCONN = Path("/usr/libexec/ipsec/addconn")
-POLICY_GROUPS = ("private-or-clear", "private", "clear-or-private", "clear", "block")
+# pluto reads an opportunistic group from ipsec.d/policies/<conn name>; a group conn is of one address family, so
+# coffee-shop has one per family. The other names are libreswan's own groups, written empty.
+OE_GROUPS = {4: "private-or-clear", 6: "private-or-clear6"}
+POLICY_GROUPS = (*OE_GROUPS.values(), "private", "clear-or-private", "clear", "block")
 
 
 class RenderError(IkectlError):
@@ -40,7 +44,11 @@ class Profile:
     mode: Mode
     opportunistic: tuple[Address, ...] = ()  # coffee-shop: the resolvers tried with OE
     trusted: TrustedResolver | None = None
-    left: str = "%defaultroute"
+    left: str = "%defaultroute"  # the trusted conn's (pluto looks up the route to its resolver)
+    # Coffee-shop, per address family: the address this host sends from to its resolvers (the kernel's route
+    # lookup). A group conn's %defaultroute resolves towards the default gateway, which for IPv6 is usually a
+    # link-local address pluto cannot use (measured with libreswan 4.10): IPv6 groups need an address.
+    sources: Mapping[int, Address] = field(default_factory=dict)
     retransmit_interval_ms: int = 150
     retransmit_timeout_ms: int = 300  # coffee-shop: no IKE answer by then, DNS passes in clear
     liveness_ms: int = 1000  # coffee-shop: an idle SA is probed this often; a dead resolver is dropped
@@ -48,16 +56,40 @@ class Profile:
     sa_lifetime_s: int | None = None  # None: libreswan's default (8 h); short ones are for rekey tests
 
     @classmethod
-    def from_config(cls, config: Config, resolvers: tuple[Address, ...], left: str = "%defaultroute") -> Profile:
+    def from_config(cls, config: Config, resolvers: tuple[Address, ...],
+                    sources: Mapping[int, Address] | None = None) -> Profile:
         if config.mode == Mode.TRUSTED:
-            return cls(Mode.TRUSTED, trusted=config.trusted, left=left, sa_lifetime_s=config.sa_lifetime_s)
+            return cls(Mode.TRUSTED, trusted=config.trusted, sa_lifetime_s=config.sa_lifetime_s)
         # pluto retransmits at interval, 2x, 4x ... until the timeout: half the IKE timeout makes the
         # first two tries fit in it.
-        return cls(Mode.COFFEE_SHOP, opportunistic=resolvers, left=left,
+        return cls(Mode.COFFEE_SHOP, opportunistic=resolvers, sources=dict(sources or {}),
                    retransmit_interval_ms=max(50, config.coffee_shop.ike_timeout_ms // 2),
                    retransmit_timeout_ms=config.coffee_shop.ike_timeout_ms,
                    liveness_ms=config.coffee_shop.liveness_ms,
                    shunt_lifetime_s=config.coffee_shop.retry_after_s, sa_lifetime_s=config.sa_lifetime_s)
+
+    def groups(self) -> list[Group]:
+        """The opportunistic group conns: one per address family that has a resolver."""
+        found = []
+        for family, name in OE_GROUPS.items():
+            members = tuple(a for a in self.opportunistic if a.version == family)
+            if not members:
+                continue
+            source = self.sources.get(family)
+            if source is None and family == 6:
+                raise RenderError(f"no IPv6 address to reach {members[0]} from: an IPv6 opportunistic group needs "
+                                  "the address this host sends from")
+            found.append(Group(name, str(source) if source is not None else "%defaultroute", members))
+        return found
+
+
+@dataclass(frozen=True)
+class Group:
+    """One opportunistic group conn and the resolvers in its policies file."""
+
+    conn: str
+    left: str
+    members: tuple[Address, ...]
 
 
 @functools.cache
@@ -74,20 +106,24 @@ def render_tree(profile: Profile) -> dict[str, str]:
     import jinja2  # noqa: PLC0415 - see environment()
 
     env = environment()
+    groups = profile.groups()
     try:
         files = {
             "ipsec.conf": env.get_template("ipsec.conf.j2").render(profile=profile, trusted=profile.trusted,
-                                                                   version=__version__),
+                                                                   groups=groups, version=__version__),
             "ipsec.secrets": "",
         }
-        for group in POLICY_GROUPS:
-            content = ""
-            if group == "private-or-clear":
-                content = env.get_template("policies/private-or-clear.j2").render(profile=profile)
-            files[f"ipsec.d/policies/{group}"] = content
+        files |= {f"ipsec.d/policies/{name}": "" for name in POLICY_GROUPS}
+        files |= group_files(groups)
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {getattr(exc, 'name', '?')}: {exc}") from None
     return files
+
+
+def group_files(groups: list[Group]) -> dict[str, str]:
+    """The policies file of each group: a line per resolver and DNS protocol (`192.0.2.53/32 udp 0 53`)."""
+    template = environment().get_template("policies/private-or-clear.j2")
+    return {f"ipsec.d/policies/{g.conn}": template.render(members=g.members) for g in groups}
 
 
 def render_responder(name: str, address: Address, resolver_id: str | None = None,

@@ -37,3 +37,9 @@ def local_addresses() -> set[Address]:
 
     with IPRoute() as ipr:
         return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()}
+
+
+def source_address(destination: Address) -> Address | None:
+    """The address this host would send from to reach `destination` (None: no route, or none named)."""
+    route = route_to(destination)
+    return route.source if route else None

@@ -1,9 +1,12 @@
-"""`ikectl status`: one line per resolver, from what pluto, the kernel and ikectl's state say.
+"""`ikectl status`: one line per resolver, from the same facts the planner reads (the kernel's tables, /proc, the
+record) and what pluto says, asked with a short deadline (a stopped pluto is seen in /proc and not asked).
 
-States: authenticated (trusted resolver inside ESP), NULL-encrypted (coffee-shop inside ESP), clear
-(coffee-shop fallback: the resolver does not speak IKE), blocked (trusted mode keeps DNS off the wire),
-pending (nothing decided yet: no DNS sent). `--json` gives the same as a versioned schema. A trusted resolver
-pinned from the trust store (`[trusted] attested = "NAME"`) also shows its latest attestation: result, age, evidence.
+States: authenticated (trusted resolver inside ESP), NULL-encrypted (coffee-shop inside ESP), clear (coffee-shop
+fallback, or a captive-portal window), blocked (trusted mode keeps DNS off the wire), pending (IKE starts with
+the next query). Below the rows: trusted mode's backstops, and notes: what another program changed and what
+ikectl did about it, another IKE daemon in this namespace, another program's policy that lets DNS past the XFRM
+backstop. `--json` gives the same as a versioned schema. A trusted resolver pinned from the trust store also shows
+its latest attestation.
 """
 
 from __future__ import annotations
@@ -12,18 +15,28 @@ import contextlib
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from ipaddress import ip_address
-from pathlib import Path
+from enum import StrEnum
 from typing import Any
 
 from ikecommon import xfrm
 
-from . import daemon, opportunistic, session, truststore
-from .config import Config
+from . import daemon, opportunistic, pins, plan, policies, routes
+from .config import Address, Config, Mode
 from .errors import IkectlError
+from .observe import ike_daemons, process, protection
+from .state import RunState, StateStore, Unreadable
 from .whack import BareShunt, TrafficStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # fields are only ever added
+PLUTO_DEADLINE_S = 3.0
+
+
+class Verdict(StrEnum):
+    AUTHENTICATED = "authenticated"
+    NULL_ENCRYPTED = "NULL-encrypted"
+    CLEAR = "clear"
+    BLOCKED = "blocked"
+    PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,7 @@ class ResolverStatus:
     packets_in: int = 0
     packets_out: int = 0
     algorithms: tuple[str, ...] = ()
-    attestation: truststore.AttestationView | None = None  # a trusted resolver pinned by `ikectl trust`
+    attestation: pins.AttestationView | None = None  # a trusted resolver pinned by `ikectl trust`
 
 
 @dataclass(frozen=True)
@@ -45,112 +58,198 @@ class Status:
     pluto_pid: int | None = None
     resolvers: tuple[ResolverStatus, ...] = field(default_factory=tuple)
     portal: str | None = None  # a captive portal waiting, or an open portal window (NetworkManager hook)
+    protection: str | None = None  # trusted: the state of both backstops
+    notes: tuple[str, ...] = ()  # interference, other IKE daemons, other programs' policies
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
 
 
-def gather(run_dir: Path, config: Config | None = None) -> Status:
-    run = daemon.RunDir(run_dir)
-    state = session.read_state(run)
-    if state is None:
+@dataclass(frozen=True)
+class Seen:
+    """What status knows of one resolver: the input of `decide`."""
+
+    address: Address
+    record: RunState
+    pluto: int | None  # pid
+    stopped: bool
+    established: str | None = None  # the peer ID of an established Child SA to it
+    has_sa: bool = False
+    clear_pass: bool = False  # coffee-shop's clear fallback is in the kernel
+    covered: bool = False  # pluto holds an outbound policy for its DNS (trap, SA, shunt)
+    moved: tuple[str, str] | None = None  # trusted: (address pluto's policies are for, address this host sends from)
+    log_word: str | None = None  # pluto's last word on it, as a reason
+    now: float = 0.0
+
+
+def decide(seen: Seen) -> tuple[Verdict, str]:
+    record = seen.record
+    return (_trusted if record.mode == Mode.TRUSTED else _coffee_shop)(seen)
+
+
+def _trusted(seen: Seen) -> tuple[Verdict, str]:
+    record = seen.record
+    if seen.address != record.trusted:
+        if record.portal_until is not None and seen.now < record.portal_until:
+            return Verdict.CLEAR, f"captive-portal window open for {_age(record.portal_until - seen.now)} more"
+        return Verdict.BLOCKED, "not the trusted resolver"
+    if record.blocked is not None:
+        return Verdict.BLOCKED, f"{record.blocked.reason}; the backstops keep DNS off the wire until the next `up`"
+    if seen.established is not None and seen.has_sa:
+        return Verdict.AUTHENTICATED, f"pinned key {seen.established}"
+    if seen.pluto is None:
+        return Verdict.BLOCKED, "pluto is not running; the backstops keep DNS off the wire"
+    if seen.stopped:
+        return Verdict.BLOCKED, (f"pluto (pid {seen.pluto}) is stopped and negotiates nothing until it resumes; "
+                                 "the backstops keep DNS off the wire")
+    if seen.moved is not None:
+        was, now = seen.moved
+        return Verdict.BLOCKED, (f"this host now sends from {now}, pluto's conns are for {was}: `ikectl up` (the "
+                                 "NetworkManager hook runs it) loads them from the new address")
+    if not seen.covered:
+        return Verdict.BLOCKED, "pluto holds no policy for it (removed by another program?); the supervisor routes it"
+    return Verdict.BLOCKED, seen.log_word or "IKE starts with the next query; until then nothing leaves"
+
+
+def _coffee_shop(seen: Seen) -> tuple[Verdict, str]:
+    record, address = seen.record, str(seen.address)
+    if address in record.unprotected:
+        return Verdict.CLEAR, record.unprotected[address]
+    excluded = record.upkeep.excluded.get(address)
+    if excluded is not None and excluded.until > seen.now:
+        return Verdict.CLEAR, (f"{excluded.reason}; DNS passes in clear, IKE is tried again in "
+                               f"{_age(excluded.until - seen.now)}")
+    if seen.established is not None and seen.has_sa:
+        return Verdict.NULL_ENCRYPTED, "opportunistic IPsec, unauthenticated"
+    if seen.pluto is None:
+        return Verdict.CLEAR, "pluto is not running; DNS passes in clear until it is back"
+    if seen.stopped:
+        return Verdict.PENDING, (f"pluto (pid {seen.pluto}) is stopped: queries that meet its traps wait until it "
+                                 "resumes")
+    if seen.clear_pass:
+        retry = opportunistic.retry_at(record, address)
+        when = f"in {_age(retry - seen.now)}" if retry is not None and retry > seen.now else "with the next query"
+        return Verdict.CLEAR, f"no IKE answer; DNS passes in clear, IKE is tried again {when}"
+    if seen.log_word in (opportunistic.LIVENESS, opportunistic.ESP_REFUSED, opportunistic.REFUSED):
+        return Verdict.CLEAR, f"{seen.log_word}; DNS passes in clear, IKE is tried again later"
+    if seen.covered:
+        return Verdict.PENDING, "IKE starts with the next query"
+    return Verdict.CLEAR, "pluto holds no policy for it: DNS passes in clear until the supervisor routes it again"
+
+
+# --- gathering ----------------------------------------------------------------------------------------------
+
+def gather(config: Config | None = None, portal: str | None = None) -> Status:
+    found = StateStore.here().read()
+    if found is None:
         return Status(up=False)
+    if isinstance(found, Unreadable):
+        return Status(up=True, notes=(f"the record cannot be read ({found.why}); `ikectl down` removes what the "
+                                      "kernel and the config show, `ikectl up` starts afresh",))
+    record, now = found, time.time()
+    run = daemon.RunDir(record.run_dir)
     pid = daemon.pluto_pid(run)
-    failed = session.blocked(state)
-    found = _blocked_resolvers(state, failed) if failed is not None else _measured(run, state, pid)
-    portal_line = None
-    if config is not None:
-        from . import nm  # noqa: PLC0415 - nm -> portal -> session -> supervisor -> status: a cycle at import time
-        found = [_attested(r, state, config) for r in found]
-        portal_line = nm.portal_summary(config, time.time())
-    mode = failed["mode"] if failed is not None else state["mode"]
-    return Status(up=True, mode=mode, pluto_pid=pid, resolvers=tuple(found), portal=portal_line)
-
-
-def _measured(run: daemon.RunDir, state: dict[str, Any], pid: int | None) -> list[ResolverStatus]:
-    """Each resolver's state, from what pluto and the kernel say."""
-    traffic: list[TrafficStatus] = []
-    shunts: list[BareShunt] = []
-    if pid is not None:
-        whack = run.whack()
-        with contextlib.suppress(IkectlError):  # pluto died between the pid check and now
-            traffic, shunts = whack.traffic_status(), whack.shunt_status()
+    seen_process = process(pid) if pid is not None else None
+    stopped = seen_process is not None and seen_process.stopped
+    traffic, shunts = _ask_pluto(run) if pid is not None and not stopped else ([], [])
     with xfrm.XfrmClient() as client:
+        table = [p for p in client.policies() if p.direction <= xfrm.Direction.FWD]
         sas = [sa for sa in client.sas() if not sa.larval]
     log = _log_tail(run)
-    return [_resolver(state, address, pid, traffic, shunts, sas, log) for address in state["resolvers"]]
+    rows = [_row(Seen(address, record, pid, stopped, *_about(address, record, traffic, shunts, table, sas, log),
+                      now=now), sas)
+            for address in record.resolvers]
+    if config is not None:
+        rows = [_attested(r, record, config, now) for r in rows]
+    guarded = record.mode == Mode.TRUSTED and (record.portal_until is None or record.portal_until <= now)
+    shown = protection(table)
+    return Status(up=True, mode=record.mode.value, pluto_pid=pid, resolvers=tuple(rows), portal=portal,
+                  protection=shown.describe() if guarded else None,
+                  notes=tuple(_notes(record, table, pid, now, shown.nft.value)))
 
 
-def _resolver(state: dict[str, Any], address: str, pid: int | None, traffic: list[TrafficStatus],
-              shunts: list[BareShunt], sas: list[xfrm.SaInfo], log: list[str]) -> ResolverStatus:
-    addr = ip_address(address)
-    out = [sa for sa in sas if sa.dst == addr]
-    inbound = [sa for sa in sas if sa.src == addr]
-    measured = ResolverStatus(address, "", "", since=min((sa.counters.add_time for sa in out), default=None),
-                              packets_in=sum(sa.counters.packets for sa in inbound),
-                              packets_out=sum(sa.counters.packets for sa in out),
-                              algorithms=tuple(sorted({a.label for sa in out for a in sa.algorithms})))
-    verdict, reason = _decide(state, address, pid, traffic, shunts, bool(out), log)
-    if verdict == "clear":
-        measured = replace(measured, since=state.get("up_at"))
-    return replace(measured, state=verdict, reason=reason)
+def _ask_pluto(run: daemon.RunDir) -> tuple[list[TrafficStatus], list[BareShunt]]:
+    whack = run.whack(timeout_s=PLUTO_DEADLINE_S)
+    with contextlib.suppress(IkectlError):  # died or stuck since the pid check: the kernel's tables still speak
+        return whack.traffic_status(), whack.shunt_status()
+    return [], []
 
 
-def _blocked_resolvers(state: dict[str, Any], failed: dict[str, Any]) -> list[ResolverStatus]:
-    """After a failed switch to trusted mode: every resolver blocked, the trusted one with the failure."""
-    trusted = failed.get("trusted")
-    others = [a for a in state.get("resolvers", ()) if a != trusted]
-    since = failed.get("since")
-    rows = []
-    if trusted:
-        why = f"{failed.get('reason')}; the backstop keeps DNS off the wire until the next `up`"
-        rows.append(ResolverStatus(trusted, "blocked", why, since=since))
-    rows.extend(ResolverStatus(a, "blocked", "not the trusted resolver", since=since) for a in others)
-    return rows
+def _about(address: Address, record: RunState, traffic: list[TrafficStatus], shunts: list[BareShunt],
+           table: list[xfrm.Policy], sas: list[xfrm.SaInfo],
+           log: list[str]) -> tuple[str | None, bool, bool, bool, tuple[str, str] | None, str | None]:
+    trusted = record.mode == Mode.TRUSTED
+    mine = [t for t in traffic if t.peer == str(address) or (trusted and t.conn in plan.TRUSTED_CONNS)]
+    established = mine[0].peer_id if mine else None
+    has_sa = any(sa.dst == address for sa in sas)
+    clear = any(policies.pluto_dns_peer(p) == address and policies.clear_pass(p) for p in table)
+    clear = clear or any(s.dst.network_address == address and s.action == "%pass" for s in shunts)
+    covered = any(policies.covered(table, address, proto) for proto in (6, 17))
+    moved = _moved(address, table) if trusted and address == record.trusted else None
+    word = trusted_failure(log) if trusted else opportunistic.last_word(log, str(address))
+    return established, has_sa, clear, covered, moved, word
 
 
-def _attested(resolver: ResolverStatus, state: dict[str, Any], config: Config) -> ResolverStatus:
-    if state["mode"] != "trusted" or resolver.address != state.get("trusted"):
+def _moved(address: Address, table: list[xfrm.Policy]) -> tuple[str, str] | None:
+    """pluto's policies for the pinned resolver name a source this host no longer sends from."""
+    sources = {p.selector.src.network_address for p in table
+               if policies.pluto_dns_peer(p) == address and p.direction == xfrm.Direction.OUT
+               and p.selector.src.prefixlen == p.selector.src.max_prefixlen}
+    if not sources:
+        return None
+    now = routes.source_address(address)
+    return (str(min(sources, key=str)), str(now)) if now is not None and now not in sources else None
+
+
+def _row(seen: Seen, sas: list[xfrm.SaInfo]) -> ResolverStatus:
+    out = [sa for sa in sas if sa.dst == seen.address]
+    inbound = [sa for sa in sas if sa.src == seen.address]
+    verdict, reason = decide(seen)
+    added = min((sa.counters.add_time for sa in out), default=None)
+    since = float(added) if added is not None and verdict != Verdict.CLEAR else seen.record.up_at
+    return ResolverStatus(str(seen.address), verdict.value, reason, since=since,
+                          packets_in=sum(sa.counters.packets for sa in inbound),
+                          packets_out=sum(sa.counters.packets for sa in out),
+                          algorithms=tuple(sorted({a.label for sa in out for a in sa.algorithms})))
+
+
+def _notes(record: RunState, table: list[xfrm.Policy], pid: int | None, now: float, nft_state: str) -> list[str]:
+    notes = [f"{_age(now - i.at)} ago: {i.what}" for i in record.interference[-3:]]
+    for other in ike_daemons(exclude=[pid] if pid is not None else []):
+        notes.append(f"another IKE daemon in this network namespace: {other.describe()}; it may take IKE replies "
+                     "meant for ikectl's pluto, and its policies are not ikectl's to change")
+    if record.mode == Mode.TRUSTED:
+        ours = plan.managed(record.resolvers, record)
+        for leak in policies.leaks(table):
+            if policies.pluto_dns_peer(leak) in ours:
+                continue  # our pluto's: the supervisor removes it
+            blocked = "the nftables backstop drops it" if nft_state == "intact" else "NOTHING BLOCKS IT"
+            notes.append(f"another program's policy lets DNS pass in clear ahead of the XFRM backstop "
+                         f"({policies.describe(leak)}): {blocked}")
+    if record.esp_refused:
+        notes.append(f"this kernel cannot install ESP SAs: {record.esp_refused}")
+    return notes
+
+
+def _attested(resolver: ResolverStatus, record: RunState, config: Config, now: float) -> ResolverStatus:
+    if record.mode != Mode.TRUSTED or resolver.address != str(record.trusted):
         return resolver
-    view = truststore.view(config, time.time())
+    view = pins.view(config, now)
     if view is None:
         return resolver
-    if view.result != truststore.OK and resolver.state == "blocked":
-        why = "failed attestation: " if view.result == truststore.FAILED else "cannot be read: "
+    if view.result != pins.OK and resolver.state == Verdict.BLOCKED:
+        why = "failed attestation: " if view.result == pins.FAILED else "cannot be read: "
         return replace(resolver, reason=f"pin {view.pin!r} {why}{view.reason}", attestation=view)
     return replace(resolver, attestation=view)
-
-
-def _decide(state: dict[str, Any], address: str, pid: int | None, traffic: list[TrafficStatus],
-            shunts: list[BareShunt], has_sa: bool, log: list[str]) -> tuple[str, str]:
-    trusted = state["mode"] == "trusted"
-    if trusted and address != state.get("trusted"):
-        return "blocked", "not the trusted resolver"
-    established = [t for t in traffic if t.peer == address or (trusted and t.conn in session.TRUSTED_CONNS)]
-    if established and has_sa:
-        if trusted:
-            return "authenticated", f"pinned key {established[0].peer_id}"
-        return "NULL-encrypted", "opportunistic IPsec, unauthenticated"
-    if pid is None:
-        if trusted:
-            return "blocked", "pluto is not running; the backstop keeps DNS off the wire"
-        return "pending", "pluto is not running"
-    if trusted:
-        return "blocked", trusted_failure(log) or "no DNS sent yet; IKE starts with the first query"
-    decided = opportunistic.reason_for(state, address)
-    if decided is not None:
-        return "clear", f"{decided}; DNS passes in clear, IKE is retried later"
-    if any(s.dst.network_address == ip_address(address) and s.action == "%pass" for s in shunts):
-        return "clear", "no IKE answer; DNS passes in clear, IKE is retried later"
-    if opportunistic.liveness_failed(log, address):
-        return "clear", f"{opportunistic.LIVENESS}; DNS passes in clear, IKE is retried later"
-    return "pending", "no DNS sent yet; IKE starts with the first query"
 
 
 OTHER_KEY = "the resolver presented a different key"
 _FAILURES = (
     (r"AUTHENTICATION_FAILED|authentication failed|signature.*(?:failed|invalid)|RSA.*failed|ECDSA.*failed",
      OTHER_KEY),
+    (r"Peer ID '([^']*)' mismatched", "the resolver presented another ID ({0}) than the pinned one"),
+    (r"Add SA .*(?:Function not implemented|errno 38)", "the kernel refused the ESP SA (no ESP in this kernel)"),
+    (r"Network is unreachable", "the resolver is unreachable from this host (Network is unreachable)"),
     (r"No response \(or no acceptable response\) to our first IKEv2 message", "no IKE answer from the resolver"),
     (r"STATE_V2_PARENT_I1: retransmission", "no IKE answer from the resolver yet; pluto keeps trying"),
     (r"TS_UNACCEPTABLE|NO_PROPOSAL_CHOSEN", "the resolver refused the DNS-only Child SA"),
@@ -158,14 +257,16 @@ _FAILURES = (
 
 
 def trusted_failure(log: list[str]) -> str | None:
+    """pluto's last word on the trusted conns, as a reason; None when it is an established Child SA."""
     for line in reversed(log):
-        if not any(conn in line for conn in session.TRUSTED_CONNS):
+        if not any(conn in line for conn in plan.TRUSTED_CONNS):
             continue
         if "established Child SA" in line:
             return None
         for pattern, reason in _FAILURES:
-            if re.search(pattern, line):
-                return reason
+            match = re.search(pattern, line)
+            if match:
+                return reason.format(*match.groups())
     return None
 
 
@@ -184,6 +285,8 @@ def _log_tail(run: daemon.RunDir, lines: int = 400) -> list[str]:
     return tail[1:][-lines:] if size > TAIL_BYTES else tail[-lines:]  # the first line read may be cut
 
 
+# --- the human format ---------------------------------------------------------------------------------------
+
 def format_human(status: Status, now: float | None = None) -> str:
     if not status.up:
         return "ikectl is down"
@@ -197,17 +300,19 @@ def format_human(status: Status, now: float | None = None) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     pluto = f"pluto pid {status.pluto_pid}" if status.pluto_pid else "pluto NOT running"
+    backstops = [f"backstops: {status.protection}"] if status.protection else []
     portal_line = [f"portal: {status.portal}"] if status.portal else []
-    return "\n".join([*lines, pluto, *portal_line])
+    notes = [f"note: {note}" for note in status.notes]
+    return "\n".join([*lines, pluto, *backstops, *portal_line, *notes])
 
 
-def _attestation(view: truststore.AttestationView | None) -> str:
+def _attestation(view: pins.AttestationView | None) -> str:
     if view is None:
         return ""
     if view.age_s is None:
         return f"attestation: pin {view.pin} {view.result}"
     sim = " (sim: NOT SECURE)" if view.anchors == "sim" else ""
-    return f"attestation {'ok' if view.result == truststore.OK else 'FAILED'} {_age(view.age_s)} ago{sim}"
+    return f"attestation {'ok' if view.result == pins.OK else 'FAILED'} {_age(view.age_s)} ago{sim}"
 
 
 def _age(seconds: float) -> str:
@@ -219,3 +324,4 @@ def _age(seconds: float) -> str:
         return f"{minutes} minute{'s' if minutes != 1 else ''}, {seconds} second{'s' if seconds != 1 else ''}"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} hour{'s' if hours != 1 else ''}, {minutes} minute{'s' if minutes != 1 else ''}"
+

@@ -1,10 +1,15 @@
-"""The background half of `ikectl up`. Every second: in coffee-shop mode, the upkeep of
-ikectl/opportunistic.py (a resolver that refused the Child SA goes to clear and comes back for IKE later; a
-group pluto dropped is reloaded); in trusted mode, re-attestation of pinned resolvers when it is due, and
-at once when pluto meets a key other than the pinned one (ikectl/trust.py; a failure blocks DNS).
+"""The background half of `ikectl up`: it keeps what `up` applied in place, reconciling continuously.
 
-`up` starts it detached, with its pid in state.json; `down` stops it by pid. It also ends by itself when
-ikectl is down or a newer supervisor took over, so a crash of `down` cannot leave it spinning.
+It waits on the kernel's own events (XFRM policy deletes and flushes, nftables table, chain and rule deletes) and
+on a one-second tick. Each round, under the record's lock, it reads the facts again and carries out
+ikectl/plan.repair's steps: both backstops back within milliseconds of another program removing them, pluto's
+policies routed again after a flush, leftovers of pluto's kind removed; a pluto that died is started again. Each
+repair is noted in the record, so `status` says what another program did. In coffee-shop mode each round also
+runs the upkeep of ikectl/opportunistic.py; in trusted mode, re-attestation of pinned resolvers when it is due,
+and at once when pluto meets a key other than the pinned one (ikectl/trust.py; a failure blocks DNS).
+
+`up` starts it detached, with its pid in the record; `down` stops it. It also ends by itself when ikectl is down
+or a newer supervisor took over, so a crash of `down` cannot leave it spinning.
 
     python -m ikectl.supervisor RUN_DIR
 """
@@ -13,53 +18,97 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
-import subprocess
+import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from . import config, daemon, lean_pyroute2, opportunistic, session, status
+from ikecommon import xfrm
+
+from . import config, daemon, execute, lean_pyroute2, opportunistic, plan, session, status
+from .config import Mode
 from .errors import IkectlError
+from .state import RunState, StateStore
 
 TICK_S = 1.0
+RESTART_EVERY_S = 5.0  # a pluto that keeps dying is started again at most this often
+NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+XFRM_REMOVALS = {0x14, 0x1B, 0x1D}  # XFRM_MSG_DELPOLICY, XFRM_MSG_POLEXPIRE, XFRM_MSG_FLUSHPOLICY
+NFT_REMOVALS = {(10 << 8) | msg for msg in (2, 5, 8)}  # NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE
 
 
 class Supervisor:
-    def __init__(self, run: daemon.RunDir) -> None:
-        self.run = run
+    def __init__(self, run: daemon.RunDir, store: StateStore | None = None) -> None:
+        self.run, self.store = run, store or StateStore.here()
         self.log_seen = run.log.stat().st_size if run.log.exists() else 0  # pluto's log read up to here
+        self.restarted_at = 0.0
 
     def tick(self, now: float) -> bool:
         """One round; False when this supervisor should end."""
-        with session.state_lock(self.run):
-            state = session.read_state(self.run)
-            if state is None or state.get("supervisor_pid") != os.getpid():
+        with self.store.lock():
+            record = self.store.read()
+            if not isinstance(record, RunState) or record.supervisor_pid != os.getpid():
                 return False
-            # Blocked (a switch to trusted failed): what is left of coffee-shop mode gets no upkeep.
-            upkeep = state["mode"] == "coffee-shop" and not session.blocked(state)
-            if upkeep and daemon.pluto_pid(self.run) is not None:
-                record = opportunistic.upkeep(self.run, state, float(state.get("retry_after_s", 60)), now)
-                if record.to_state() != state.get("opportunistic"):
-                    session.write_state(self.run, {**state, "opportunistic": record.to_state()})
-        if state["mode"] == "trusted" and state.get("config_path"):
+            updated = self.reconcile(record, now)
+            if updated != record:
+                self.store.write(updated)
+        if updated.mode == Mode.TRUSTED and updated.blocked is None and updated.config_path is not None:
             # Outside the lock: a re-attestation that pins a new key runs `up` again, which takes it.
-            self.reattest(Path(state["config_path"]), now)
+            self.reattest(updated.config_path, now)
         return True
 
+    def reconcile(self, record: RunState, now: float) -> RunState:
+        """Put back what another program took away; the record with what was done noted."""
+        if record.portal_until is not None and record.portal_until <= now:
+            record = replace(record, portal_until=None)  # the window ended: the backstops come back below
+        record = self.revive(record, now)
+        facts = session.gather(record.run_dir, record)
+        portal_open = record.portal_until is not None
+        wanted = record.mode == Mode.TRUSTED and not portal_open
+        steps = plan.repair(record, facts, backstop_wanted=wanted)
+        if steps:
+            with contextlib.ExitStack() as stack:
+                execute.run(steps, execute.Execution(self.run, self.store, record, _log, stack))
+                stack.pop_all()
+            for step in steps:
+                record = record.noting(_what(step, facts), now)
+                _log(record.interference[-1].what)
+        upkeep = (record.mode == Mode.COFFEE_SHOP and facts.pluto.pid is not None and not facts.pluto.stopped)
+        if upkeep:
+            record = replace(record, upkeep=opportunistic.upkeep(self.run, record, facts.policies, now))
+        return record
+
+    def revive(self, record: RunState, now: float) -> RunState:
+        """pluto died (not stopped: that is a user's or a debugger's): start it again from the tree on disk,
+        which loads and routes its conns. Until then the backstops (trusted) or the clear (coffee-shop) hold."""
+        if daemon.pluto_pid(self.run) is not None or record.pluto_pid is None:
+            return record
+        if now - self.restarted_at < RESTART_EVERY_S or not self.run.conf.exists():
+            return record
+        self.restarted_at = now
+        try:
+            pid = daemon.start_pluto(self.run)
+        except IkectlError as exc:
+            return record.noting(f"pluto (pid {record.pluto_pid}) exited and could not be started again: {exc}", now)
+        return replace(record, pluto_pid=pid).noting(f"pluto (pid {record.pluto_pid}) exited; started again as "
+                                                      f"pid {pid}", now)
+
     def reattest(self, config_path: Path, now: float) -> None:
-        # Trusted mode only: trust.py brings enclave_ike's attestation verifiers, which `up` (it imports this
-        # module to start and stop supervisors) and a coffee-shop supervisor never need.
+        # Trusted mode only: trust.py brings the attestation verifiers, which `up` and a coffee-shop supervisor
+        # never need.
         from . import trust  # noqa: PLC0415
 
         try:
             cfg = config.load(config_path)
         except IkectlError as exc:
-            print(f"ikectl supervisor: re-attestation skipped: {exc}", file=sys.stderr, flush=True)
+            _log(f"re-attestation skipped: {exc}")
             return
-        for result in trust.reattest_due(cfg, self.run.root, now, key_changed=self.saw_other_key()):
-            print(f"ikectl supervisor: re-attested {result.name}: {'ok' if result.ok else result.reason}",
-                  file=sys.stderr, flush=True)
+        for result in trust.reattest_due(cfg, now, key_changed=self.saw_other_key()):
+            _log(f"re-attested {result.name}: {'ok' if result.ok else result.reason}")
 
     def saw_other_key(self) -> bool:
         """Has pluto written, since the last round, that the trusted resolver presented another key?"""
@@ -68,44 +117,67 @@ class Supervisor:
         return status.trusted_failure(fresh.decode(errors="replace").splitlines()) == status.OTHER_KEY
 
 
+def _what(step: plan.Step, facts: plan.Facts) -> str:
+    if isinstance(step, plan.Protect) and facts.protection is not None:
+        return f"another program removed trusted mode's protection ({facts.protection.describe()}): restored"
+    if isinstance(step, plan.RouteConns):
+        return f"pluto's policies for {', '.join(step.names)} were removed by another program: routed again"
+    if isinstance(step, plan.DeletePolicies):
+        return f"removed {len(step.policies)} policies of pluto's kind for {step.why}"
+    return type(step).__name__
+
+
+def _log(message: str) -> None:
+    print(f"ikectl supervisor: {message}", file=sys.stderr, flush=True)
+
+
+def event_sockets() -> list[socket.socket]:
+    """Sockets on which the kernel tells of XFRM policy and nftables changes in this network namespace."""
+    sockets = [xfrm.event_socket(None, (xfrm.Group.POLICY,))]
+    with contextlib.suppress(OSError):  # no nf_tables in this kernel: the tick still checks
+        nfsock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        nfsock.bind((0, 0))
+        nfsock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        nfsock.setblocking(False)
+        sockets.append(nfsock)
+    return sockets
+
+
+def removals(data: bytes) -> bool:
+    """Does this batch of netlink messages remove an XFRM policy or a piece of an nftables table?"""
+    offset = 0
+    while offset + 16 <= len(data):
+        length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
+        kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
+        if kind in XFRM_REMOVALS or kind in NFT_REMOVALS:
+            return True
+        if length < 16:
+            break
+        offset += (length + 3) & ~3
+    return False
+
+
 def main(argv: list[str]) -> int:
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sockets = event_sockets()
+    next_tick = 0.0
     while True:
+        timeout = max(0.0, next_tick - time.monotonic())
+        ready, _, _ = select.select(sockets, [], [], timeout)
+        removed = False
+        for sock in ready:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while True:  # drain: one round answers a burst
+                    removed = removals(sock.recv(1 << 16)) or removed
+        if not removed and time.monotonic() < next_tick:
+            continue
         try:
             if not supervisor.tick(time.time()):
                 return 0
         except IkectlError as exc:  # pluto busy or restarting: say so, try again next round
-            print(f"ikectl supervisor: {exc}", file=sys.stderr, flush=True)
-        time.sleep(TICK_S)
-
-
-def start(run: daemon.RunDir) -> int:
-    """Start a supervisor for `run`, detached from the caller; its pid."""
-    log = open(run.root / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child, closed here after
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "ikectl.supervisor", str(run.root)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=True, cwd="/")
-    finally:
-        log.close()
-    return proc.pid
-
-
-def running(run: daemon.RunDir, pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"ikectl.supervisor" in cmdline and str(run.root).encode() in cmdline
-
-
-def stop(run: daemon.RunDir, pid: object) -> None:
-    if running(run, pid):
-        assert isinstance(pid, int)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            _log(str(exc))
+        next_tick = time.monotonic() + TICK_S
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ from ikecommon.attestation import (
 )
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
-from . import daemon, feed, session, truststore
+from . import daemon, feed, pins, session, truststore
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
+from .plan import TRUSTED_CONNS
+from .state import RunState, read_here
 from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin, TrustError
 
 NONCE_SIZE = 32
@@ -245,9 +247,8 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
     return pin
 
 
-def verify(config: Config, name: str, now: float, *, run_dir: Path | None = None, say: Say = _quiet) -> Reattestation:
+def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reattestation:
     """Re-attest a pin now. Failure: the pin is marked failed, trusted mode blocks its DNS, ReattestFailed."""
-    run_dir = run_dir or config.run_dir
     _existing(config, name)  # an unknown name is bad usage, before the store is locked (or made)
     with truststore.locked(config.trust_dir):
         pin = _existing(config, name)
@@ -262,7 +263,7 @@ def verify(config: Config, name: str, now: float, *, run_dir: Path | None = None
                 pin, result=FAILED, attested_at=now, reason=failure.sentence,
                 mismatches=tuple((m.field, m.expected, m.actual) for m in failure.mismatches)))
             try:
-                blocked = block(run_dir, pin, say)
+                blocked = block(pin, say)
                 effect = ("trusted mode's conns to it are deleted: DNS is blocked" if blocked else
                           "trusted mode refuses it until it verifies: DNS to it stays blocked")
             except IkectlError as exc:
@@ -275,21 +276,21 @@ def verify(config: Config, name: str, now: float, *, run_dir: Path | None = None
                           mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial)
         truststore.save(config.trust_dir, updated)
     changed = (updated.key, updated.id) != (pin.key, pin.id)
-    reapplied = _reapply(config, run_dir, updated, say) if changed or not pin.ok else False
+    reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
     return Reattestation(name, True, key_changed=changed, reapplied=reapplied)
 
 
-def remove(config: Config, name: str, *, run_dir: Path | None = None, say: Say = _quiet) -> bool:
+def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:
     """Remove a pin; True when trusted mode was using it and its conns were deleted (DNS blocked)."""
     _existing(config, name)
     with truststore.locked(config.trust_dir):
         pin = _existing(config, name)
-        blocked = block(run_dir or config.run_dir, pin, say)
+        blocked = block(pin, say)
         truststore.remove(config.trust_dir, name)
     return blocked
 
 
-def reattest_due(config: Config, run_dir: Path, now: float, key_changed: bool = False) -> list[Reattestation]:
+def reattest_due(config: Config, now: float, key_changed: bool = False) -> list[Reattestation]:
     """Re-attest every pin whose interval ([trust] interval_s) has passed since its latest attestation (a failed one
     after at most a minute), and, with `key_changed` (pluto saw a key other than the pinned one), the pin trusted
     mode is using, now. One pin's failure does not stop the others. For a supervisor to call periodically."""
@@ -299,10 +300,10 @@ def reattest_due(config: Config, run_dir: Path, now: float, key_changed: bool = 
             results.append(Reattestation(name, False, str(item)))
             continue
         interval = config.trust.interval_s if item.ok else min(config.trust.interval_s, FAILED_RETRY_S)
-        if now - item.attested_at < interval and not (key_changed and _in_use(run_dir, item)):
+        if now - item.attested_at < interval and not (key_changed and _in_use(item)):
             continue
         try:
-            results.append(verify(config, name, now, run_dir=run_dir))
+            results.append(verify(config, name, now))
         except ReattestFailed as exc:
             results.append(Reattestation(name, False, str(exc).splitlines()[0], blocked=exc.blocked))
         except (IkectlError, OSError) as exc:
@@ -319,22 +320,25 @@ def _existing(config: Config, name: str) -> StoredPin:
 
 # --- what happens to trusted mode ---
 
-def _in_use(run_dir: Path, pin: StoredPin) -> bool:
-    """ikectl is up in trusted mode with this pin's resolver."""
-    state = session.read_state(daemon.RunDir(run_dir))
-    return state is not None and state.get("mode") == Mode.TRUSTED.value and state.get("trusted") == str(pin.address)
+def _in_use(pin: StoredPin) -> RunState | None:
+    """The record, when ikectl is up in trusted mode with this pin's resolver."""
+    record = read_here()
+    return record if record is not None and record.mode == Mode.TRUSTED and record.trusted == pin.address else None
 
 
-def block(run_dir: Path, pin: StoredPin, say: Say = _quiet) -> bool:
-    """Fail closed: delete the trusted conns, so only the backstop remains and DNS is blocked. True when they were
+def block(pin: StoredPin, say: Say = _quiet) -> bool:
+    """Fail closed: delete the trusted conns, so only the backstops remain and DNS is blocked. True when they were
     deleted just now; False when trusted mode is not using this resolver, or pluto is not running (nothing but the
-    backstop is there then)."""
-    run = daemon.RunDir(run_dir)
-    if not _in_use(run_dir, pin) or daemon.pluto_pid(run) is None:
+    backstops is there then)."""
+    record = _in_use(pin)
+    if record is None:
         return False
-    say(f"deleting the trusted conns to {pin.address}: only the backstop remains, DNS is blocked")
+    run = daemon.RunDir(record.run_dir)
+    if daemon.pluto_pid(run) is None:
+        return False
+    say(f"deleting the trusted conns to {pin.address}: only the backstops remain, DNS is blocked")
     whack = run.whack()
-    for conn in session.TRUSTED_CONNS:
+    for conn in TRUSTED_CONNS:
         try:
             whack.delete(conn)
         except IkectlError as exc:
@@ -343,16 +347,18 @@ def block(run_dir: Path, pin: StoredPin, say: Say = _quiet) -> bool:
     return True
 
 
-def _reapply(config: Config, run_dir: Path, pin: StoredPin, say: Say) -> bool:
+def _reapply(config: Config, pin: StoredPin, say: Say) -> bool:
     """Reload trusted mode with the re-verified pin, when it is the one trusted mode uses and is up."""
-    if not _in_use(run_dir, pin) or truststore.attested_name(config) != pin.name:
+    record = _in_use(pin)
+    if record is None or pins.attested_name(config) != pin.name:
         return False
     say(f"reloading trusted mode with pin {pin.name!r}")
     # The old conns go first (the backstop keeps DNS blocked meanwhile): after pluto failed to authenticate the
     # new key it holds failure-shunt policies for them, which `up`'s reading of the kernel's policies trips on.
-    block(run_dir, pin, say)
+    block(pin, say)
     resolver = TrustedResolver(pin.address, pin.id, pin.key, attested=pin.name)
-    session.up(replace(config, mode=Mode.TRUSTED, trusted=resolver, run_dir=run_dir), say)
+    session.up(replace(config, mode=Mode.TRUSTED, trusted=resolver, run_dir=record.run_dir), say,
+               config_path=record.config_path)
     return True
 
 

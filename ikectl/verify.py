@@ -9,7 +9,6 @@ tunnel-mode SAs, which never crossed the wire in clear.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import signal
 import subprocess
 import tempfile
@@ -25,9 +24,10 @@ from scapy.utils import rdpcap
 
 from ikecommon import xfrm
 
-from . import daemon, routes, session
-from .config import Address, Config
+from . import routes
+from .config import Address, Mode
 from .errors import IkectlError
+from .state import read_here
 from .wire import count_wire
 
 QUERY_NAME = "."  # the root's NS: every resolver can answer it, and it says nothing about the user
@@ -52,6 +52,8 @@ class ResolverProof:
     def verdict(self) -> str:
         if self.plaintext_out and self.expected != "clear or encrypted":
             return "LEAK"
+        if self.expected != "blocked" and self.queries and not self.answered:
+            return "UNANSWERED"  # not a leak, but DNS that should work does not
         if self.esp_out and not self.plaintext_out:
             return "encrypted"
         if self.plaintext_out:
@@ -62,13 +64,16 @@ class ResolverProof:
     def leaked(self) -> bool:
         return self.verdict == "LEAK"
 
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("LEAK", "UNANSWERED")
 
-def prove(config: Config, seconds: float, say: Callable[[str], None]) -> list[ResolverProof]:
-    run = daemon.RunDir(config.run_dir)
-    state = session.read_state(run)
-    if state is None:
+
+def prove(seconds: float, say: Callable[[str], None]) -> list[ResolverProof]:
+    record = read_here()
+    if record is None:
         raise VerifyError("ikectl is not up: run `ikectl up` first")
-    resolvers = [ipaddress.ip_address(a) for a in state["resolvers"]]
+    resolvers = list(record.resolvers)
     uplink, local = _uplink(resolvers[0])
     with tempfile.TemporaryDirectory(prefix="ikectl-verify-") as scratch:
         pcap = Path(scratch) / "uplink.pcap"
@@ -90,8 +95,8 @@ def prove(config: Config, seconds: float, say: Callable[[str], None]) -> list[Re
     proofs = []
     for resolver in resolvers:
         counts = wire.peer(resolver)
-        expected = ("clear or encrypted" if state["mode"] == "coffee-shop"
-                    else "encrypted" if str(resolver) == state.get("trusted") else "blocked")
+        expected = ("clear or encrypted" if record.mode == Mode.COFFEE_SHOP
+                    else "encrypted" if resolver == record.trusted and record.blocked is None else "blocked")
         queries, answered, blocked = tallies[resolver]
         proofs.append(ResolverProof(str(resolver), expected, queries, answered, blocked, counts.esp_out,
                                     counts.plaintext_dns_out, after.get(resolver, 0) - before.get(resolver, 0)))

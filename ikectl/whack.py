@@ -31,6 +31,10 @@ class WhackError(IkectlError):
         super().__init__(f"{operation}: pluto says: {line}")
 
 
+class WhackTimeout(WhackError):
+    """pluto did not answer within the call's deadline."""
+
+
 @dataclass(frozen=True)
 class ReplyLine:
     code: int  # pluto's RC_* number: 0 informational, 2 log, 6 traffic status, 20-99 refusals, 1xx progress
@@ -148,8 +152,11 @@ def states(lines: Sequence[ReplyLine]) -> list[State]:
 Runner = Callable[[list[str]], subprocess.CompletedProcess[str]]
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+DEFAULT_TIMEOUT_S = 15.0  # one whack or addconn call; a pluto that takes longer is stuck, not slow
+
+
+def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,9 @@ class Whack:
     rundir: Path
     config: Path
     netns: str | None = None
-    runner: Runner = _run
+    runner: Runner | None = None  # tests fake the program boundary here; None runs the programs
     log: Path | None = None  # pluto's log: addconn often fails silently, and the reason is only there
+    timeout_s: float = DEFAULT_TIMEOUT_S  # every call has a deadline: a stuck pluto is reported, never waited on
 
     def argv(self, *args: str) -> list[str]:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -173,8 +181,10 @@ class Whack:
 
     def _call(self, operation: str, argv: list[str]) -> list[ReplyLine]:
         try:
-            proc = self.runner(argv)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            proc = self.runner(argv) if self.runner is not None else _run(argv, self.timeout_s)
+        except subprocess.TimeoutExpired:
+            raise WhackTimeout(operation, f"no answer within {self.timeout_s:g} s: pluto is stuck") from None
+        except OSError as exc:
             raise WhackError(operation, f"cannot run {argv[0]}: {exc}") from None
         lines = parse_reply(proc.stdout + proc.stderr)
         refusals = [line for line in lines if line.refusal]

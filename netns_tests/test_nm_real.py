@@ -33,6 +33,7 @@ import pytest
 
 from ikecommon.xfrm import XfrmClient
 from ikectl import backstop
+from ikectl import policies as policies_of
 from ikectl.wire import WireCount, count_wire
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
@@ -408,7 +409,7 @@ class BackstopWatch:
             while not self._stop.is_set():
                 policies = client.policies()
                 have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
-                protected = self.wanted <= have and not any(map(backstop.lets_dns_past, policies))
+                protected = self.wanted <= have and not policies_of.leaks(policies)
                 self.samples.append((time.time(), protected))
                 self._stop.wait(self.every)
 

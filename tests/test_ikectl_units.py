@@ -1,11 +1,13 @@
 """Pure parts of ikectl's runtime: the backstop's policies, status verdicts and their rendering."""
 
-from ipaddress import ip_network
+from dataclasses import replace
+from ipaddress import ip_address
+from pathlib import Path
 
 from ikecommon.xfrm import Action, Direction
 from ikectl import backstop, cli, daemon, nm, opportunistic, status
-from ikectl.config import Config
-from ikectl.whack import BareShunt, TrafficStatus
+from ikectl.config import Config, Mode
+from ikectl.state import Baseline, Blocked, Exclusion, RunState, Upkeep
 
 
 def test_backstop_blocks_port_53_everywhere_but_loopback_and_loses_to_pluto():
@@ -23,41 +25,65 @@ def test_backstop_blocks_port_53_everywhere_but_loopback_and_loses_to_pluto():
     assert min(p.priority for p in blocks) > 3_500_000  # pluto's traps and SAs (1.3-3.5 million) win over them
 
 
-TRUSTED_STATE = {"mode": "trusted", "trusted": "192.0.2.53", "up_at": 1000.0}
-OE_STATE = {"mode": "coffee-shop", "trusted": None, "up_at": 1000.0}
-ESTABLISHED = [TrafficStatus(2, "ikectl-trusted-udp", None, 10, 10, "@dns.example.net")]
+NOW = 2000.0
+PINNED, OTHER = ip_address("192.0.2.53"), ip_address("198.51.100.1")
+TRUSTED = RunState(Mode.TRUSTED, (PINNED, OTHER), Path("/run/x"), 1000.0, Baseline(True), trusted=PINNED)
+COFFEE = RunState(Mode.COFFEE_SHOP, (PINNED,), Path("/run/x"), 1000.0, Baseline(True))
+
+
+def seen(record: RunState, address=PINNED, pluto: int | None = 42, **facts) -> status.Seen:
+    return status.Seen(address, record, pluto, facts.pop("stopped", False), now=NOW, **facts)
 
 
 def test_trusted_verdicts():
-    def decide(address="192.0.2.53", pid=42, traffic=(), has_sa=False, log=()):
-        return status._decide(TRUSTED_STATE, address, pid, list(traffic), [], has_sa, list(log))
+    def decide(**facts):
+        verdict, reason = status.decide(seen(TRUSTED, **facts))
+        return verdict.value, reason
 
-    assert decide(traffic=ESTABLISHED, has_sa=True) == ("authenticated", "pinned key @dns.example.net")
-    assert decide("198.51.100.1") == ("blocked", "not the trusted resolver")
-    assert decide(pid=None)[0] == "blocked" and "pluto is not running" in decide(pid=None)[1]
-    wrong_key = ['Nov 23 15:50:02.1: "ikectl-trusted-udp" #1: IKE SA authentication request rejected by peer: '
-                 "AUTHENTICATION_FAILED"]
-    assert decide(log=wrong_key) == ("blocked", "the resolver presented a different key")
-    silent = ['"ikectl-trusted-udp" #1: STATE_V2_PARENT_I1: retransmission; will wait 0.5 seconds for response']
-    assert decide(log=silent)[1].startswith("no IKE answer from the resolver")
-    assert decide() == ("blocked", "no DNS sent yet; IKE starts with the first query")
+    assert decide(established="@dns.example.net", has_sa=True, covered=True) == (
+        "authenticated", "pinned key @dns.example.net")
+    assert decide(address=OTHER) == ("blocked", "not the trusted resolver")
+    assert decide(pluto=None)[0] == "blocked" and "pluto is not running" in decide(pluto=None)[1]
+    assert "is stopped and negotiates nothing" in decide(stopped=True, covered=True)[1]
+    moved = decide(covered=True, moved=("10.0.0.1", "10.0.0.9"))[1]
+    assert "now sends from 10.0.0.9, pluto's conns are for 10.0.0.1" in moved
+    assert "holds no policy for it" in decide(covered=False)[1]
+    assert decide(covered=True, log_word="the resolver presented a different key") == (
+        "blocked", "the resolver presented a different key")
+    assert decide(covered=True) == ("blocked", "IKE starts with the next query; until then nothing leaves")
+    blocked = replace(TRUSTED, blocked=Blocked("applying trusted mode failed: boom", 1500.0))
+    assert status.decide(seen(blocked, established="@x", has_sa=True))[1].startswith(
+        "applying trusted mode failed: boom")
+    window = replace(TRUSTED, portal_until=NOW + 90)
+    assert status.decide(seen(window, address=OTHER)) == (status.Verdict.CLEAR,
+                                                          "captive-portal window open for 1 minute, 30 seconds more")
 
 
 def test_coffee_shop_verdicts():
-    shunt = BareShunt(ip_network("10.0.0.1/32"), 0, 17, ip_network("192.0.2.53/32"), 53, "%pass", "oe-failed")
-    oe = TrafficStatus(3, "private-or-clear#192.0.2.53/32-(0--17--53)", "192.0.2.53", 5, 5, "ID_NULL")
-    assert status._decide(OE_STATE, "192.0.2.53", 42, [oe], [], True, [])[0] == "NULL-encrypted"
-    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [shunt], False, [])[0] == "clear"
-    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [], False, [])[0] == "pending"
-    excluded = {**OE_STATE, "opportunistic": {"excluded": {"192.0.2.53": {"until": 2e9,
-                                                                          "reason": opportunistic.REFUSED}}}}
-    verdict = status._decide(excluded, "192.0.2.53", 42, [], [], False, [])
-    assert verdict[0] == "clear" and "refused the DNS-only Child SA" in verdict[1]
-    cleared = [f'"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: {LIVENESS_LINE}']
-    assert status._decide(OE_STATE, "192.0.2.53", 42, [], [], False, cleared)[1].startswith(opportunistic.LIVENESS)
+    def decide(record=COFFEE, **facts):
+        return status.decide(seen(record, **facts))
+
+    assert decide(established="ID_NULL", has_sa=True)[0] == status.Verdict.NULL_ENCRYPTED
+    assert decide(covered=True) == (status.Verdict.PENDING, "IKE starts with the next query")
+    assert decide(covered=False)[0] == status.Verdict.CLEAR
+    assert decide(pluto=None)[1].startswith("pluto is not running; DNS passes in clear")
+    assert decide(stopped=True)[0] == status.Verdict.PENDING
+    fallback = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW - 20}))
+    assert decide(fallback, clear_pass=True)[1] == (
+        "no IKE answer; DNS passes in clear, IKE is tried again in 40 seconds")
+    overdue = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW - 600}))
+    assert decide(overdue, clear_pass=True)[1].endswith("IKE is tried again with the next query")
+    excluded = replace(COFFEE, upkeep=Upkeep(excluded={str(PINNED): Exclusion(NOW + 30, opportunistic.REFUSED)}))
+    verdict = decide(excluded)
+    assert verdict[0] == status.Verdict.CLEAR and "refused the DNS-only Child SA" in verdict[1]
+    assert "tried again in 30 seconds" in verdict[1]
+    no_esp = replace(COFFEE, unprotected={str(PINNED): "this kernel cannot install ESP SAs (x); DNS passes in clear"})
+    assert decide(no_esp, covered=True) == (status.Verdict.CLEAR,
+                                            "this kernel cannot install ESP SAs (x); DNS passes in clear")
+    assert decide(log_word=opportunistic.LIVENESS)[1].startswith(opportunistic.LIVENESS)
 
 
-# Lines as pluto 4.10 wrote them in the VM (netns_tests/test_ikectl_coffee_faults.py).
+# Lines as pluto 4.10 wrote them in the VM (netns_tests/test_ikectl_coffee_faults.py) and on this host.
 REFUSED_LINES = [
     '"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: initiator established IKE SA; '
     "authenticated peer using authby=null and ID_NULL 'ID_NULL'",
@@ -68,16 +94,31 @@ LIVENESS_LINE = "liveness action - clearing connection kind CK_INSTANCE"
 
 
 def test_pluto_log_words_about_one_resolver():
-    assert opportunistic.refused_child(REFUSED_LINES, "192.0.2.53")
-    assert not opportunistic.refused_child(REFUSED_LINES, "192.0.2.5")  # another resolver's words
-    assert not opportunistic.refused_child([line.replace("192.0.2.53", "192.0.2.54") for line in REFUSED_LINES],
-                                           "192.0.2.53")
+    word = opportunistic.last_word
+    assert word(REFUSED_LINES, "192.0.2.53") == opportunistic.REFUSED
+    assert word(REFUSED_LINES, "192.0.2.5") is None  # another resolver's words
+    assert word([line.replace("192.0.2.53", "192.0.2.54") for line in REFUSED_LINES], "192.0.2.53") is None
     later = [*REFUSED_LINES, '"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #4: initiator '
              "established Child SA using #1; IPsec tunnel"]
-    assert not opportunistic.refused_child(later, "192.0.2.53")  # the last word counts
+    assert word(later, "192.0.2.53") is None  # the last word counts
     cleared = [*later, f'"private-or-clear#192.0.2.53/32-(0--17--53)"[1] ...192.0.2.53 #1: {LIVENESS_LINE}']
-    assert opportunistic.liveness_failed(cleared, "192.0.2.53") and not opportunistic.refused_child(cleared,
-                                                                                                     "192.0.2.53")
+    assert word(cleared, "192.0.2.53") == opportunistic.LIVENESS
+
+
+def test_pluto_s_words_about_the_trusted_conns():
+    """Lines pluto 4.10 wrote on this host for each failure (client side), newest last."""
+    other_id = ['"ikectl-trusted-udp" #1: Peer ID \'@other.example\' mismatched on first found connection and no '
+                "better connection found"]
+    assert status.trusted_failure(other_id) == "the resolver presented another ID (@other.example) than the pinned one"
+    wrong_key = ['"ikectl-trusted-udp" #1: authentication failed: using ECDSA with SHA2_512 for \'@dns.site.example\' '
+                 "tried preloaded: *NoWRJN7sl"]
+    assert status.trusted_failure(wrong_key) == status.OTHER_KEY
+    no_esp = ['ERROR: "ikectl-trusted-tcp" #2: netlink response for Add SA esp.1a80baec@10.81.2.53: Function not '
+              "implemented (errno 38)"]
+    assert status.trusted_failure(no_esp) == "the kernel refused the ESP SA (no ESP in this kernel)"
+    silent = ['"ikectl-trusted-udp" #1: STATE_V2_PARENT_I1: retransmission; will wait 0.5 seconds for response']
+    assert status.trusted_failure(silent).startswith("no IKE answer from the resolver")
+    assert status.trusted_failure([*silent, '"ikectl-trusted-udp" #2: initiator established Child SA using #1']) is None
 
 
 def test_status_reads_the_tail_of_pluto_s_log_from_its_end(tmp_path):
@@ -103,7 +144,7 @@ def test_human_status_is_one_line_per_resolver_with_human_units():
     assert lines[2] == "pluto pid 42"
     assert status.format_human(status.Status(up=False)) == "ikectl is down"
     assert status.Status(up=False).to_json() == {"version": 1, "up": False, "mode": None, "pluto_pid": None,
-                                                 "resolvers": (), "portal": None}
+                                                 "resolvers": (), "portal": None, "protection": None, "notes": ()}
 
 
 def test_status_carries_the_portal_line_of_the_networkmanager_hook(tmp_path):

@@ -10,15 +10,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
 from ikecommon.keys import PinnedKey
-from ikectl import cli, nm, portal, session, status
+from ikectl import cli, nm, portal, session
 from ikectl.config import Config, Mode, NetworkRule, Pin, Portal, TrustedResolver
 from ikectl.nm import Context, DispatcherEvent, NetworkKey, PortalStep, Record, Target
+from ikectl.state import Baseline, RunState, StateStore
 
 HOME_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60"
 CAFE_UUID = "6a1e2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
@@ -305,16 +307,22 @@ def test_portal_window_logic(tmp_path):
 
 
 def test_session_opens_and_closes_the_window_only_in_trusted_mode(tmp_path, monkeypatch):
+    """The window's end goes into the record, so the supervisor's watch leaves the backstops out until then."""
     calls = []
-    monkeypatch.setattr(session, "_remove_backstop", lambda: calls.append("remove"))
+    monkeypatch.setattr(session.backstop, "remove", lambda: calls.append("remove"))
     monkeypatch.setattr(session.backstop, "install", lambda: calls.append("install"))
-    run = tmp_path / "run"
-    assert not session.open_portal_window(run)  # not up
-    run.mkdir()
-    (run / "state.json").write_text(json.dumps({"version": session.STATE_VERSION, "mode": "coffee-shop"}))
-    assert not session.open_portal_window(run) and not session.close_portal_window(run)
-    (run / "state.json").write_text(json.dumps({"version": session.STATE_VERSION, "mode": "trusted"}))
-    assert session.open_portal_window(run) and session.close_portal_window(run)
+    store = StateStore.here()
+    assert not session.open_portal_window(500.0)  # not up
+    record = RunState(Mode.COFFEE_SHOP, (PIN.address,), tmp_path / "run", 1.0, Baseline(True))
+    store.write(record)
+    assert not session.open_portal_window(500.0) and not session.close_portal_window()
+    store.write(replace(record, mode=Mode.TRUSTED, trusted=PIN.address))
+    assert session.open_portal_window(500.0)
+    opened = store.read()
+    assert isinstance(opened, RunState) and opened.portal_until == 500.0
+    assert session.close_portal_window()
+    closed = store.read()
+    assert isinstance(closed, RunState) and closed.portal_until is None
     assert calls == ["remove", "install"]
 
 
@@ -437,108 +445,6 @@ def test_a_failed_apply_is_one_line_and_records_nothing(tmp_path):
                      gather=lambda c, p: Context(), paths=nm.NmPaths(tmp_path / "nm"))
     assert rc == 1 and lines == ["up wlan0: failed: pluto did not start; protection left as it was"]
     assert not (tmp_path / "nm" / "record.json").exists()
-
-
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """session's kernel and pluto side, faked: what it installs and removes, in order."""
-    calls: list[object] = []
-    monkeypatch.setattr(session.backstop, "installed", lambda: [])
-    monkeypatch.setattr(session.backstop, "install", lambda: calls.append("install backstop"))
-    monkeypatch.setattr(session, "_remove_backstop", lambda: calls.append("remove backstop"))
-
-    def look_up(found, traps_too):
-        calls.append(("look up", sorted(found), traps_too))
-        return [f"pluto's policy to {a}" for a in sorted(found)]
-
-    monkeypatch.setattr(session, "_pluto_dns_policies", look_up)
-    monkeypatch.setattr(session, "_delete_policies",
-                        lambda policies: calls.append(("delete", list(policies))) if policies else None)
-    monkeypatch.setattr(session.daemon, "pluto_pid", lambda run: None)
-
-    def out_of_time(*_args, **_kwargs):  # the budget runs out right after the backstop went in
-        raise nm.OutOfTime("not done within the 10 s budget")
-
-    monkeypatch.setattr(session.resolvers, "discover", out_of_time)
-    return calls
-
-
-def test_a_trusted_network_whose_apply_runs_out_of_time_keeps_dns_blocked(tmp_path, kernel_calls):
-    config = make_config(run_dir=tmp_path / "run")
-    target = Target(Mode.TRUSTED, "home", (PIN.address, ip_address("198.51.100.1")))
-    with pytest.raises(nm.OutOfTime):
-        nm._apply_target(target, config, lambda _: None)
-    # Installed first (before the state lock, then again under it), never removed; after the failure completed
-    # again (the budget may have cut it short) and pass shunts cleared.
-    assert kernel_calls[0] == "install backstop" and "remove backstop" not in kernel_calls
-    resolvers = ["192.0.2.53", "198.51.100.1"]
-    assert kernel_calls[-3:] == ["install backstop", ("look up", resolvers, False),
-                                 ("delete", [f"pluto's policy to {a}" for a in resolvers])]
-    # Nothing was up before: the run dir is back with a record of the block, for `status` and `down`.
-    state = session.read_state(session.daemon.RunDir(config.run_dir))
-    assert state is not None and state["mode"] == "trusted" and state["resolvers"] == ["192.0.2.53"]
-    assert state["blocked"]["reason"] == "applying trusted mode failed: not done within the 10 s budget"
-    shown = status.gather(config.run_dir)
-    assert shown.mode == "trusted" and [(r.address, r.state) for r in shown.resolvers] == [("192.0.2.53", "blocked")]
-    assert shown.resolvers[0].reason.startswith("applying trusted mode failed: not done within the 10 s budget; ")
-
-
-def test_a_failed_switch_from_coffee_shop_is_recorded_over_its_state(tmp_path, kernel_calls):
-    config = make_config(run_dir=tmp_path / "run")
-    run = session.daemon.RunDir(config.run_dir)
-    run.root.mkdir()
-    coffee_shop = {"version": session.STATE_VERSION, "mode": "coffee-shop", "resolvers": ["198.51.100.9"],
-                   "supervisor_pid": 4321}
-    session.write_state(run, coffee_shop)
-    with pytest.raises(nm.OutOfTime):
-        nm._apply_target(Target(Mode.TRUSTED, "home", (PIN.address,)), config, lambda _: None)
-    state = session.read_state(run)
-    assert state is not None and session.blocked(state) is not None
-    assert {k: v for k, v in state.items() if k != "blocked"} == coffee_shop  # what pluto still has, kept
-    shown = status.gather(config.run_dir)
-    assert shown.mode == "trusted"
-    assert [(r.address, r.state, r.reason) for r in shown.resolvers][1:] == [
-        ("198.51.100.9", "blocked", "not the trusted resolver")]
-
-
-def test_blocking_dns_does_not_wait_long_for_a_state_lock_held_elsewhere(tmp_path, kernel_calls, monkeypatch):
-    """The hook must never hang NetworkManager: with the state lock held by something stuck, DNS is blocked
-    all the same and only the record of it is given up, after BLOCK_RECORD_WAIT_S."""
-    monkeypatch.setattr(session, "BLOCK_RECORD_WAIT_S", 0.3)
-    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
-    run = session.daemon.RunDir(config.run_dir)
-    with session.state_lock(run):  # another open file description: flock excludes it like another process
-        started = time.monotonic()
-        session.block_dns(config, "applying trusted mode failed: x")
-        waited = time.monotonic() - started
-    assert 0.3 <= waited < 5 and kernel_calls[0] == "install backstop"
-    assert session.read_state(run) is None
-
-
-def test_switching_from_coffee_shop_clears_its_pass_shunts_right_after_the_backstop(tmp_path, kernel_calls):
-    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
-    (tmp_path / "run").mkdir()
-    session.write_state(session.daemon.RunDir(config.run_dir),
-                        {"version": session.STATE_VERSION, "mode": "coffee-shop", "resolvers": ["198.51.100.9"]})
-    with pytest.raises(nm.OutOfTime):  # raised by the resolver lookup, the step after
-        session.up(config)
-    # Looked up first, so that once the backstop is complete only the deletes remain.
-    assert kernel_calls[:3] == [("look up", ["198.51.100.9"], True), "install backstop",
-                                ("delete", ["pluto's policy to 198.51.100.9"])]
-
-
-def test_a_coffee_shop_network_whose_apply_fails_is_left_as_it_was(tmp_path, kernel_calls):
-    config = make_config(run_dir=tmp_path / "run")
-    with pytest.raises(nm.OutOfTime):
-        nm._apply_target(Target(Mode.COFFEE_SHOP, None, (ip_address("198.51.100.1"),)), config, lambda _: None)
-    assert kernel_calls == []
-
-
-def test_a_plain_up_that_fails_undoes_its_backstop(tmp_path, kernel_calls):
-    config = make_config(run_dir=tmp_path / "run", mode=Mode.TRUSTED, trusted=PIN)
-    with pytest.raises(nm.OutOfTime):
-        session.up(config)
-    assert kernel_calls == ["install backstop", "remove backstop"]
 
 
 def test_the_nm_files_live_beside_the_run_dir_which_down_removes():

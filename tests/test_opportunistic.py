@@ -1,17 +1,43 @@
-"""Coffee-shop upkeep (ikectl/opportunistic.py) against a fake pluto: its log, its policies, its whack."""
+"""Coffee-shop upkeep (ikectl/opportunistic.py) against a fake pluto: its log, the kernel's policies (given to
+`upkeep` as the table it read), its whack. The kernel's boundary (deleting a policy) is recorded, not done."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
+from ikecommon.xfrm import Direction, Policy, Selector, Template
 from ikectl import daemon, opportunistic
+from ikectl.config import Mode
+from ikectl.state import Baseline, Exclusion, RunState, Upkeep
 
 A, B = "192.0.2.53", "192.0.2.54"
 REFUSAL = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #2: IKE_AUTH response rejected Child SA '
            "with TS_UNACCEPTABLE\n")
+ESP_REFUSAL = (f'ERROR: "private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #2: netlink response for Add SA '
+               f"esp.5c05828d@{A}: Function not implemented (errno 38)\n")
+
+
+def trap(address: str, proto: int) -> Policy:
+    return Policy(Selector.of("10.0.0.1/32", f"{address}/32", proto, dport=53), Direction.OUT, 3457217,
+                  templates=(Template(),))
+
+
+def clear_fallback(address: str, proto: int) -> Policy:
+    """libreswan 4.10's clear-fallback shunt: the whole protocol, priority 0, no template (measured)."""
+    return Policy(Selector.of("10.0.0.1/32", f"{address}/32", proto), Direction.OUT, 0)
+
+
+def traps(*addresses: str) -> list[Policy]:
+    return [trap(a, proto) for a in addresses for proto in (6, 17)]
+
+
+def record(*resolvers: str, retry: int = 60, upkeep: Upkeep | None = None) -> RunState:
+    return RunState(Mode.COFFEE_SHOP, tuple(ip_address(a) for a in resolvers), Path("/run/x"), 0.0,
+                    Baseline(True), retry_after_s=retry, upkeep=upkeep or Upkeep())
 
 
 class FakeWhack:
@@ -32,59 +58,82 @@ class FakeWhack:
 def pluto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     run = daemon.RunDir(tmp_path)
     whack = FakeWhack()
-    covered: set[str] = {A, B}
-    monkeypatch.setattr(daemon.RunDir, "whack", lambda self: whack)
-    monkeypatch.setattr(opportunistic, "policed",
-                        lambda: {(ip_address(a), p) for a in covered for p in (6, 17)})
+    deleted: list[Policy] = []
+    monkeypatch.setattr(daemon.RunDir, "whack", lambda self, timeout_s=15.0: whack)
+    monkeypatch.setattr(opportunistic, "_delete", deleted.extend)
     run.log.write_text("")
-    return run, whack, covered
+    return run, whack, deleted
 
 
 def group(run: daemon.RunDir) -> str:
-    return (run.root / opportunistic.GROUP_FILE).read_text()
+    return (run.root / "ipsec.d/policies/private-or-clear").read_text()
 
 
 def test_a_refused_child_sa_puts_the_resolver_in_clear_then_back_after_retry(pluto):
     run, whack, _ = pluto
-    state = {"resolvers": [A, B]}
-    assert opportunistic.upkeep(run, state, 60, now=1000.0).excluded == {}
+    state = record(A, B)
+    assert opportunistic.upkeep(run, state, traps(A, B), now=1000.0).excluded == {}
     assert whack.calls == []  # nothing to do: nothing touched
 
     with run.log.open("a") as log:
         log.write(REFUSAL)
-    record = opportunistic.upkeep(run, state, 60, now=1001.0)
-    assert record.excluded == {A: opportunistic.Exclusion(until=1061.0, reason=opportunistic.REFUSED)}
+    kept = opportunistic.upkeep(run, state, traps(A, B), now=1001.0)
+    assert kept.excluded == {A: Exclusion(until=1061.0, reason=opportunistic.REFUSED)}
     assert A not in group(run) and f"{B}/32 udp 0 53" in group(run)
     assert ("delete", f"private-or-clear#{A}/32-(0--17--53)") in whack.calls
-    assert opportunistic.reason_for({**state, "opportunistic": record.to_state()}, A) == opportunistic.REFUSED
 
     whack.calls.clear()
-    state["opportunistic"] = record.to_state()
-    assert opportunistic.upkeep(run, state, 60, now=1030.0) == record and whack.calls == []  # not yet
+    state = replace(state, upkeep=kept)
+    assert opportunistic.upkeep(run, state, traps(B), now=1030.0) == kept and whack.calls == []  # not yet
 
-    back = opportunistic.upkeep(run, state, 60, now=1061.0)
+    back = opportunistic.upkeep(run, state, traps(B), now=1061.0)
     assert back.excluded == {} and f"{A}/32 tcp 0 53" in group(run) and ("reread",) in whack.calls
     # The old refusal is before A was readmitted: it does not count again.
-    state["opportunistic"] = back.to_state()
-    assert opportunistic.upkeep(run, state, 60, now=1062.0).excluded == {}
+    state = replace(state, upkeep=back)
+    assert opportunistic.upkeep(run, state, traps(A, B), now=1062.0).excluded == {}
+
+
+def test_a_kernel_that_refuses_the_esp_sa_puts_the_resolver_in_clear(pluto):
+    """IKE completes and pluto's Add SA fails (no ESP in the kernel): pluto holds the query, DNS would be
+    blackholed (every query timed out for 50 s, measured on this host). The resolver goes to clear."""
+    run, _, _ = pluto
+    run.log.write_text(ESP_REFUSAL)
+    kept = opportunistic.upkeep(run, record(A), traps(A), now=1000.0)
+    assert kept.excluded == {A: Exclusion(until=1060.0, reason=opportunistic.ESP_REFUSED)}
+
+
+def test_a_clear_fallback_pluto_forgot_is_deleted_after_retry_so_ike_is_tried_again(pluto):
+    """libreswan 4.10 forgets an expired clear-fallback shunt but leaves its priority-0 pass policy in the
+    kernel, where it outranks the trap for ever (measured: 40 queries over 80 s in clear, no IKE). Once it is
+    retry_after_s old it is deleted and the group routed again: the next query meets the trap."""
+    run, whack, deleted = pluto
+    table = [clear_fallback(A, 17), clear_fallback(A, 6), trap(A, 17), trap(A, 6)]
+    first = opportunistic.upkeep(run, record(A, retry=5), table, now=100.0)
+    assert first.clear_since == {A: 100.0} and deleted == [] and whack.calls == []
+    assert opportunistic.retry_at(replace(record(A, retry=5), upkeep=first), A) == 105.0
+    state = replace(record(A, retry=5), upkeep=first)
+    assert opportunistic.upkeep(run, state, table, now=104.0).clear_since == {A: 100.0} and deleted == []
+    due = opportunistic.upkeep(run, state, table, now=105.0)
+    assert deleted == table[:2] and due.clear_since == {}
+    assert ("route", "private-or-clear") in whack.calls
 
 
 def test_a_group_pluto_dropped_is_reloaded_after_retry(pluto):
-    run, whack, covered = pluto
-    state = {"resolvers": [A]}
-    covered.discard(A)  # liveness cleared the instance and pluto routed no trap again
-    record = opportunistic.upkeep(run, state, 10, now=500.0)
-    assert record.lost_at == {A: 500.0} and whack.calls == []
-    state["opportunistic"] = record.to_state()
-    assert opportunistic.upkeep(run, state, 10, now=505.0).lost_at == {A: 500.0}
-    reloaded = opportunistic.upkeep(run, state, 10, now=510.0)
+    run, whack, _ = pluto
+    state = record(A, retry=10)  # liveness cleared the instance and pluto routed no trap again: no policy
+    kept = opportunistic.upkeep(run, state, [], now=500.0)
+    assert kept.lost_at == {A: 500.0} and whack.calls == []
+    state = replace(state, upkeep=kept)
+    assert opportunistic.upkeep(run, state, [], now=505.0).lost_at == {A: 500.0}
+    reloaded = opportunistic.upkeep(run, state, [], now=510.0)
     assert reloaded.lost_at == {} and whack.calls[:2] == [("reread",), ("route", "private-or-clear")]
 
 
-def test_a_record_survives_state_json():
-    record = opportunistic.Upkeep(excluded={A: opportunistic.Exclusion(5.0, "why")}, log_offset={A: 7},
-                                  lost_at={B: 3.0})
-    assert opportunistic.Upkeep.from_state({"opportunistic": record.to_state()}) == record
+def test_a_clear_fallback_counts_as_covered_not_lost(pluto):
+    """The clear-fallback shunt has no port (the whole protocol): it is pluto's decision, not a lost group."""
+    run, whack, _ = pluto
+    kept = opportunistic.upkeep(run, record(A), [clear_fallback(A, 17), clear_fallback(A, 6)], now=500.0)
+    assert kept.lost_at == {} and whack.calls == []
 
 
 def test_each_round_reads_on_from_the_last_and_only_whole_lines(pluto):
@@ -92,27 +141,27 @@ def test_each_round_reads_on_from_the_last_and_only_whole_lines(pluto):
     a line pluto is still writing is read once it is complete."""
     run, _, _ = pluto
     run.log.write_text("x" * 100_000 + "\n")
-    state: dict = {"resolvers": [A, B]}
-    record = opportunistic.upkeep(run, state, 60, now=1000.0)
-    assert record.log_offset == {A: 100_001, B: 100_001}
-    state["opportunistic"] = record.to_state()
+    state = record(A, B)
+    kept = opportunistic.upkeep(run, state, traps(A, B), now=1000.0)
+    assert kept.log_offset == {A: 100_001, B: 100_001}
+    state = replace(state, upkeep=kept)
     with run.log.open("a") as log:
         log.write(REFUSAL[:40])  # pluto is in the middle of the line
-    record = opportunistic.upkeep(run, state, 60, now=1001.0)
-    assert record.excluded == {} and record.log_offset == {A: 100_001, B: 100_001}
-    state["opportunistic"] = record.to_state()
+    kept = opportunistic.upkeep(run, state, traps(A, B), now=1001.0)
+    assert kept.excluded == {} and kept.log_offset == {A: 100_001, B: 100_001}
+    state = replace(state, upkeep=kept)
     with run.log.open("a") as log:
         log.write(REFUSAL[40:])
-    record = opportunistic.upkeep(run, state, 60, now=1002.0)
-    assert set(record.excluded) == {A} and record.log_offset[B] == 100_001 + len(REFUSAL)
+    kept = opportunistic.upkeep(run, state, traps(A, B), now=1002.0)
+    assert set(kept.excluded) == {A} and kept.log_offset[B] == 100_001 + len(REFUSAL)
 
 
 def test_a_log_shorter_than_the_offsets_is_read_from_its_start(pluto):
     """pluto restarted and began a new log: the recorded offsets point past its end."""
     run, _, _ = pluto
     run.log.write_text(REFUSAL)
-    state = {"resolvers": [A], "opportunistic": opportunistic.Upkeep(log_offset={A: 500_000}).to_state()}
-    assert set(opportunistic.upkeep(run, state, 60, now=1000.0).excluded) == {A}
+    state = record(A, upkeep=Upkeep(log_offset={A: 500_000}))
+    assert set(opportunistic.upkeep(run, state, traps(A), now=1000.0).excluded) == {A}
 
 
 def test_a_log_that_cannot_be_read_keeps_the_offsets(pluto):
@@ -120,11 +169,11 @@ def test_a_log_that_cannot_be_read_keeps_the_offsets(pluto):
     would count a refusal from before the resolver's readmission again."""
     run, _, _ = pluto
     run.log.write_text(REFUSAL)
-    state = {"resolvers": [A], "opportunistic": opportunistic.Upkeep(log_offset={A: len(REFUSAL)}).to_state()}
+    state = record(A, upkeep=Upkeep(log_offset={A: len(REFUSAL)}))
     run.log.rename(run.log.with_suffix(".away"))
-    assert opportunistic.upkeep(run, state, 60, now=1000.0).log_offset == {A: len(REFUSAL)}
+    assert opportunistic.upkeep(run, state, traps(A), now=1000.0).log_offset == {A: len(REFUSAL)}
     run.log.with_suffix(".away").rename(run.log)
-    assert opportunistic.upkeep(run, state, 60, now=1001.0).excluded == {}
+    assert opportunistic.upkeep(run, state, traps(A), now=1001.0).excluded == {}
 
 
 def test_a_readmitted_resolver_reads_on_from_the_last_whole_line(pluto):
@@ -132,9 +181,8 @@ def test_a_readmitted_resolver_reads_on_from_the_last_whole_line(pluto):
     again, and a line pluto is still writing is read whole, never from its middle."""
     run, _, _ = pluto
     run.log.write_text(REFUSAL + REFUSAL[:40])
-    out = opportunistic.Upkeep(excluded={A: opportunistic.Exclusion(1060.0, opportunistic.REFUSED)},
-                               log_offset={A: 0})
-    state = {"resolvers": [A], "opportunistic": out.to_state()}
-    assert opportunistic.upkeep(run, state, 60, now=1030.0) == out
-    back = opportunistic.upkeep(run, state, 60, now=1061.0)
+    out = Upkeep(excluded={A: Exclusion(1060.0, opportunistic.REFUSED)}, log_offset={A: 0})
+    state = record(A, upkeep=out)
+    assert opportunistic.upkeep(run, state, [], now=1030.0) == out
+    back = opportunistic.upkeep(run, state, [], now=1061.0)
     assert back.excluded == {} and back.log_offset == {A: len(REFUSAL)}

@@ -19,7 +19,8 @@ RSA_KEY = keys.load(GOLDEN / "keys" / "rsa3072.pub")
 
 PROFILES = {
     "coffee-shop": render.Profile(Mode.COFFEE_SHOP,
-                                  opportunistic=(ip_address("192.0.2.53"), ip_address("2001:db8::53"))),
+                                  opportunistic=(ip_address("192.0.2.53"), ip_address("2001:db8::53")),
+                                  sources={4: ip_address("192.0.2.7"), 6: ip_address("2001:db8::7")}),
     "trusted-ecdsa": render.Profile(Mode.TRUSTED,
                                     trusted=TrustedResolver(ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
     "trusted-rsa-ipv6": render.Profile(Mode.TRUSTED, trusted=TrustedResolver(
@@ -50,9 +51,9 @@ def test_every_opportunistic_conn_has_its_group_file():
     DNS goes out in clear without any IKE attempt (the lab caught exactly that)."""
     files = render.render_tree(PROFILES["coffee-shop"])
     conns = re.findall(r"^conn (\S+)\n(?:\t.*\n)*?\tright=%opportunisticgroup$", files["ipsec.conf"], re.M)
-    assert conns == ["private-or-clear"]
+    assert conns == ["private-or-clear", "private-or-clear6"]
     for conn in conns:
-        assert "192.0.2.53/32 udp 0 53" in files[f"ipsec.d/policies/{conn}"]
+        assert " udp 0 53" in files[f"ipsec.d/policies/{conn}"]
 
 
 def test_responder_conns_match_golden_and_libreswan_accepts_them(tmp_path: Path):
@@ -90,9 +91,23 @@ def test_cli_renders_each_mode(tmp_path: Path, capsys):
                      "--resolver-pubkey", str(key), "--output", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "ipsec.conf").read_text() == render.render_tree(PROFILES["trusted-ecdsa"])["ipsec.conf"]
     assert cli.main(["render", "--mode", "coffee-shop", "--resolver", "192.0.2.53", "--resolver", "2001:db8::53",
-                     "--output", str(tmp_path / "c")]) == 0
+                     "--source", "192.0.2.7", "--source", "2001:db8::7", "--output", str(tmp_path / "c")]) == 0
     assert sorted(p.name for p in (tmp_path / "c" / "ipsec.d" / "policies").iterdir()) == sorted(render.POLICY_GROUPS)
+    assert (tmp_path / "c" / "ipsec.conf").read_text() == render.render_tree(PROFILES["coffee-shop"])["ipsec.conf"]
     assert capsys.readouterr().err == ""
+
+
+def test_an_ipv6_resolver_gets_a_group_of_its_own_from_the_address_this_host_sends_from():
+    """libreswan 4.10: a group conn is of one address family, and %defaultroute resolves towards the default
+    gateway, for IPv6 usually link-local: no trap for an IPv6 line in the IPv4 group (errno 22, measured), and no
+    usable left in an IPv6 one. Each family gets its group and files; IPv6 needs the address."""
+    files = render.render_tree(PROFILES["coffee-shop"])
+    assert re.search(r"^conn private-or-clear\n\tleft=192\.0\.2\.7$", files["ipsec.conf"], re.M)
+    assert re.search(r"^conn private-or-clear6\n\tleft=2001:db8::7$", files["ipsec.conf"], re.M)
+    assert files["ipsec.d/policies/private-or-clear"] == "192.0.2.53/32 udp 0 53\n192.0.2.53/32 tcp 0 53\n"
+    assert files["ipsec.d/policies/private-or-clear6"] == "2001:db8::53/128 udp 0 53\n2001:db8::53/128 tcp 0 53\n"
+    with pytest.raises(render.RenderError, match="no IPv6 address to reach 2001:db8::53"):
+        render.render_tree(render.Profile(Mode.COFFEE_SHOP, opportunistic=(ip_address("2001:db8::53"),)))
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,34 +1,44 @@
-"""The supervisor's rounds against a fake trust layer: re-attestation is asked for every round, with
-`key_changed` exactly once per new 'different key' line in pluto's log; it ends when ikectl is down."""
+"""The supervisor's rounds against a fake trust layer and a fake kernel boundary: re-attestation is asked for every
+round, with `key_changed` exactly once per new 'different key' line in pluto's log; it ends when ikectl is down or
+replaced; a blocked record gets no upkeep; the netlink messages that wake it are the removals only. The repairs
+themselves run against the real kernel in netns_tests/test_reconcile.py."""
 
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
-from ikectl import daemon, session, supervisor, trust
+from ikectl import daemon, plan, session, supervisor, trust
+from ikectl.config import Mode
+from ikectl.state import Baseline, Blocked, RunState, StateStore
 
 OTHER_KEY_LINE = '"ikectl-trusted-udp" #1: IKE SA authentication request rejected by peer: AUTHENTICATION_FAILED\n'
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> daemon.RunDir:
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> daemon.RunDir:
     run = daemon.RunDir(tmp_path / "run")
     run.root.mkdir()
     config = tmp_path / "ikectl.toml"
     config.write_text(f'[paths]\nrun_dir = "{run.root}"\n')
-    session.write_state(run, {"version": session.STATE_VERSION, "mode": "trusted", "resolvers": ["192.0.2.53"],
-                              "supervisor_pid": os.getpid(), "config_path": str(config)})
+    StateStore.here().write(RunState(Mode.TRUSTED, (ip_address("192.0.2.53"),), run.root, 1.0, Baseline(True),
+                                     trusted=ip_address("192.0.2.53"), supervisor_pid=os.getpid(),
+                                     config_path=config))
     run.log.write_text("pluto started\n")
+    # The kernel and pluto, as the rounds see them: nothing to repair.
+    monkeypatch.setattr(session, "gather", lambda run_dir, record: plan.Facts())
+    monkeypatch.setattr(daemon, "pluto_pid", lambda _run: None)
     return run
 
 
 def test_reattestation_each_round_and_key_changes_once_per_new_line(run, monkeypatch):
     asked: list[bool] = []
-    monkeypatch.setattr(trust, "reattest_due", lambda cfg, run_dir, now, key_changed=False: asked.append(key_changed)
-                        or [])
+    monkeypatch.setattr(trust, "reattest_due", lambda cfg, now, key_changed=False: asked.append(key_changed) or [])
     watcher = supervisor.Supervisor(run)
     assert watcher.tick(1.0) and asked == [False]
     with run.log.open("a") as log:
@@ -39,8 +49,7 @@ def test_reattestation_each_round_and_key_changes_once_per_new_line(run, monkeyp
 
 def test_a_key_change_line_pluto_is_still_writing_is_read_whole_in_the_next_round(run, monkeypatch):
     asked: list[bool] = []
-    monkeypatch.setattr(trust, "reattest_due", lambda cfg, run_dir, now, key_changed=False: asked.append(key_changed)
-                        or [])
+    monkeypatch.setattr(trust, "reattest_due", lambda cfg, now, key_changed=False: asked.append(key_changed) or [])
     watcher = supervisor.Supervisor(run)
     cut = OTHER_KEY_LINE.index("AUTHENTICATION") + 6  # the word that says so, in two writes
     with run.log.open("a") as log:
@@ -51,23 +60,40 @@ def test_a_key_change_line_pluto_is_still_writing_is_read_whole_in_the_next_roun
     assert watcher.tick(2.0) and asked == [False, True]
 
 
-def test_a_supervisor_ends_when_ikectl_is_down_or_replaced(run):
+def test_a_supervisor_ends_when_ikectl_is_down_or_replaced(run, monkeypatch):
+    monkeypatch.setattr(trust, "reattest_due", lambda *_, **__: [])
     watcher = supervisor.Supervisor(run)
-    state = session.read_state(run)
-    assert state is not None
-    session.write_state(run, {**state, "supervisor_pid": os.getpid() + 1})  # a newer `up` started another
+    store = StateStore.here()
+    record = store.read()
+    assert isinstance(record, RunState)
+    store.write(replace(record, supervisor_pid=os.getpid() + 1))  # a newer `up` started another
     assert not watcher.tick(1.0)
-    run.state.unlink()
+    store.remove()
     assert not watcher.tick(2.0)
 
 
-def test_a_blocked_coffee_shop_state_gets_no_upkeep(run, monkeypatch):
-    """A failed switch to trusted mode left coffee-shop's state marked blocked: its upkeep would reload
-    the opportunistic group that the switch deleted."""
-    state = session.read_state(run)
-    assert state is not None
-    session.write_state(run, {**state, "mode": "coffee-shop", "config_path": None,
-                              "blocked": {"mode": "trusted", "reason": "applying trusted mode failed: x"}})
-    monkeypatch.setattr(daemon, "pluto_pid", lambda _run: 1)
+def test_a_blocked_record_gets_no_upkeep_and_no_reattestation(run, monkeypatch):
+    """A failed switch to trusted mode left the record blocked: coffee-shop's upkeep would reload the
+    opportunistic group that the switch deleted, and re-attestation would reload trusted mode behind the
+    user's back."""
+    store = StateStore.here()
+    record = store.read()
+    assert isinstance(record, RunState)
+    store.write(replace(record, blocked=Blocked("applying trusted mode failed: x", 1.0)))
     monkeypatch.setattr(supervisor.opportunistic, "upkeep", lambda *_: pytest.fail("upkeep while blocked"))
+    monkeypatch.setattr(trust, "reattest_due", lambda *_, **__: pytest.fail("re-attestation while blocked"))
     assert supervisor.Supervisor(run).tick(1.0)
+
+
+def header(kind: int, length: int = 16) -> bytes:
+    return struct.pack("=IHHII", length, kind, 0, 0, 0)
+
+
+def test_only_removals_wake_a_round():
+    """pluto adds and updates policies all the time; only deletes, flushes and nftables removals matter."""
+    assert not supervisor.removals(header(0x13) + header(0x19))  # XFRM_MSG_NEWPOLICY, XFRM_MSG_UPDPOLICY
+    assert supervisor.removals(header(0x13) + header(0x1D))  # ..., XFRM_MSG_FLUSHPOLICY
+    assert supervisor.removals(header(0x14))  # XFRM_MSG_DELPOLICY
+    assert supervisor.removals(header((10 << 8) | 2))  # NFT_MSG_DELTABLE (nft flush ruleset)
+    assert not supervisor.removals(header((10 << 8) | 0) + header((10 << 8) | 15))  # NEWTABLE, NEWGEN
+    assert not supervisor.removals(b"\x00" * 7)  # short junk

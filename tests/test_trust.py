@@ -22,9 +22,10 @@ from ikecommon import keys
 from ikecommon.attestation import Envelope, report_data
 from ikecommon.attestation.envelope import Collateral
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
-from ikectl import config, daemon, feed, session, status, trust, truststore
+from ikectl import config, daemon, feed, pins, plan, session, status, trust, truststore
 from ikectl.config import Mode
 from ikectl.errors import UsageError
+from ikectl.state import Baseline, RunState, StateStore
 from ikectl.whack import TrafficStatus, WhackError
 
 LOCAL = ip_address("127.0.0.1")
@@ -306,13 +307,13 @@ def up_trusted(cfg, monkeypatch):
     """ikectl 'up' in trusted mode with 127.0.0.1, pluto 'running': what verify acts on, faked at whack's edge."""
     run = daemon.RunDir(cfg.run_dir)
     run.root.mkdir(parents=True)
-    session.write_state(run, {"version": session.STATE_VERSION, "mode": "trusted", "resolvers": ["127.0.0.1"],
-                              "trusted": "127.0.0.1", "up_at": time.time(), "pluto_pid": 4242})
+    StateStore.here().write(RunState(Mode.TRUSTED, (LOCAL,), run.root, time.time(), Baseline(True), trusted=LOCAL,
+                                     pluto_pid=4242))
     whack = FakeWhack()
     ups: list[config.Config] = []
     monkeypatch.setattr(daemon, "pluto_pid", lambda run: 4242)
-    monkeypatch.setattr(daemon.RunDir, "whack", lambda self: whack)
-    monkeypatch.setattr(session, "up", lambda config, say=None: ups.append(config))
+    monkeypatch.setattr(daemon.RunDir, "whack", lambda self, timeout_s=15.0: whack)
+    monkeypatch.setattr(session, "up", lambda config, say=None, config_path=None: ups.append(config))
     return whack, ups
 
 
@@ -342,12 +343,12 @@ def test_verify_failure_marks_the_pin_failed_and_fails_closed(cfg, endpoint, enc
     assert lines[0] == ("resolver 127.0.0.1 failed attestation (1 mismatch); pin 'home' marked failed, trusted "
                         "mode's conns to it are deleted: DNS is blocked")
     assert lines[1].startswith("  spec[sim-default].measurements.0: expected ") and info.value.blocked
-    assert whack.deleted == list(session.TRUSTED_CONNS) and ups == []
+    assert whack.deleted == list(plan.TRUSTED_CONNS) and ups == []
     stored = truststore.load(cfg.trust_dir, "home")
     assert stored.result == truststore.FAILED and stored.mismatches[0][0] == "spec[sim-default].measurements.0"
     assert stored.key == pinned_key(enclave)  # the failed evidence's key is never pinned
     with pytest.raises(truststore.TrustError, match=r"pin 'home' failed attestation: .*keeps DNS blocked"):
-        truststore.require_usable(attested_config(cfg))  # `ikectl up` refuses it: nothing reopened
+        pins.require_usable(attested_config(cfg))  # `ikectl up` refuses it: nothing reopened
 
 
 def test_conns_that_cannot_be_deleted_are_said_and_the_pin_still_fails(cfg, endpoint, spec_file, up_trusted,
@@ -357,7 +358,7 @@ def test_conns_that_cannot_be_deleted_are_said_and_the_pin_still_fails(cfg, endp
             raise WhackError("delete", "permission denied")
 
         def traffic_status(self) -> list[TrafficStatus]:
-            return [TrafficStatus(1, session.TRUSTED_CONNS[0], None, 0, 0, RESOLVER_ID)]
+            return [TrafficStatus(1, plan.TRUSTED_CONNS[0], None, 0, 0, RESOLVER_ID)]
 
     add(cfg, port_of(endpoint), spec_file)
     monkeypatch.setattr(daemon.RunDir, "whack", lambda self: StuckWhack())
@@ -373,7 +374,7 @@ def test_an_unreachable_endpoint_fails_closed_too(cfg, spec_file, up_trusted, en
         add(cfg, port_of(endpoint), spec_file)
     with pytest.raises(trust.ReattestFailed, match="cannot get its evidence"):
         trust.verify(attested_config(cfg), "home", time.time())
-    assert whack.deleted == list(session.TRUSTED_CONNS)
+    assert whack.deleted == list(plan.TRUSTED_CONNS)
     assert not truststore.load(cfg.trust_dir, "home").ok
 
 
@@ -388,7 +389,7 @@ def test_verify_with_a_new_key_of_the_same_measurement_repins_and_reloads(cfg, e
     [reloaded] = ups
     assert reloaded.mode == Mode.TRUSTED and reloaded.trusted is not None
     assert reloaded.trusted.key == pinned_key(restarted) and reloaded.trusted.attested == "home"
-    assert whack.deleted == list(session.TRUSTED_CONNS)  # the old conns go before `up` loads the new ones
+    assert whack.deleted == list(plan.TRUSTED_CONNS)  # the old conns go before `up` loads the new ones
 
 
 def test_verify_after_a_failure_reopens_trusted_mode(cfg, endpoint, enclave, spec_file, up_trusted):
@@ -400,7 +401,7 @@ def test_verify_after_a_failure_reopens_trusted_mode(cfg, endpoint, enclave, spe
     endpoint.enclave = enclave  # the right build is back
     outcome = trust.verify(attested_config(cfg), "home", time.time())
     assert outcome.ok and not outcome.key_changed and outcome.reapplied and len(ups) == 1
-    truststore.require_usable(attested_config(cfg))
+    pins.require_usable(attested_config(cfg))
 
 
 def test_verify_when_not_up_only_updates_the_pin(cfg, endpoint, spec_file):
@@ -421,7 +422,7 @@ def test_remove_forgets_the_pin_and_fails_closed_when_in_use(cfg, endpoint, spec
     whack, _ = up_trusted
     add(cfg, port_of(endpoint), spec_file)
     assert trust.remove(cfg, "home") is True
-    assert nothing_pinned(cfg) and whack.deleted == list(session.TRUSTED_CONNS)
+    assert nothing_pinned(cfg) and whack.deleted == list(plan.TRUSTED_CONNS)
 
 
 # --- reattest_due ---
@@ -429,20 +430,20 @@ def test_remove_forgets_the_pin_and_fails_closed_when_in_use(cfg, endpoint, spec
 def test_reattest_due_picks_what_the_interval_says(cfg, endpoint, spec_file, up_trusted):
     pin = add(cfg, port_of(endpoint), spec_file)
     t0 = pin.attested_at
-    assert trust.reattest_due(cfg, cfg.run_dir, t0 + 10) == []
-    [result] = trust.reattest_due(cfg, cfg.run_dir, t0 + 3600)
+    assert trust.reattest_due(cfg, t0 + 10) == []
+    [result] = trust.reattest_due(cfg, t0 + 3600)
     assert result == trust.Reattestation("home", True)
     assert truststore.load(cfg.trust_dir, "home").attested_at == t0 + 3600
     shorter = replace(cfg, trust=config.TrustSettings(interval_s=60))
-    assert trust.reattest_due(shorter, cfg.run_dir, t0 + 3600 + 59) == []
-    assert len(trust.reattest_due(shorter, cfg.run_dir, t0 + 3600 + 60)) == 1
+    assert trust.reattest_due(shorter, t0 + 3600 + 59) == []
+    assert len(trust.reattest_due(shorter, t0 + 3600 + 60)) == 1
 
 
 def test_reattest_due_on_a_key_change_reattests_the_pin_in_use_now(cfg, endpoint, spec_file, up_trusted):
     _, ups = up_trusted
     pin = add(cfg, port_of(endpoint), spec_file)
     endpoint.enclave = SoftwareEnclave()
-    [result] = trust.reattest_due(attested_config(cfg), cfg.run_dir, pin.attested_at + 1, key_changed=True)
+    [result] = trust.reattest_due(attested_config(cfg), pin.attested_at + 1, key_changed=True)
     assert result.ok and result.key_changed and result.reapplied and len(ups) == 1
 
 
@@ -450,19 +451,19 @@ def test_reattest_due_reports_failures_and_blocks(cfg, endpoint, spec_file, up_t
     whack, _ = up_trusted
     pin = add(cfg, port_of(endpoint), spec_file)
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
-    [result] = trust.reattest_due(cfg, cfg.run_dir, pin.attested_at + 3600)
+    [result] = trust.reattest_due(cfg, pin.attested_at + 3600)
     assert not result.ok and result.blocked and result.reason.startswith("resolver 127.0.0.1 failed attestation")
-    assert whack.deleted == list(session.TRUSTED_CONNS)
-    assert trust.reattest_due(cfg, cfg.run_dir, pin.attested_at + 3600 + 59) == []  # failed: retried after 60 s
+    assert whack.deleted == list(plan.TRUSTED_CONNS)
+    assert trust.reattest_due(cfg, pin.attested_at + 3600 + 59) == []  # failed: retried after 60 s
     endpoint.enclave = SoftwareEnclave()
-    [again] = trust.reattest_due(cfg, cfg.run_dir, pin.attested_at + 3600 + 60)
+    [again] = trust.reattest_due(cfg, pin.attested_at + 3600 + 60)
     assert again.ok
 
 
 def test_reattest_due_goes_on_past_an_unreadable_pin(cfg, endpoint, spec_file):
     pin = add(cfg, port_of(endpoint), spec_file)
     (cfg.trust_dir / "broken.json").write_text("{")
-    results = trust.reattest_due(cfg, cfg.run_dir, pin.attested_at + 3600)
+    results = trust.reattest_due(cfg, pin.attested_at + 3600)
     assert [(r.name, r.ok) for r in results] == [("broken", False), ("home", True)]
 
 
@@ -472,12 +473,12 @@ def test_trusted_attested_config_resolves_the_pin_and_loads_without_it(cfg, endp
     missing = attested_config(cfg)
     assert missing.trusted is None and missing.attested == "home"
     with pytest.raises(truststore.PinMissing, match="no pin 'home'"):
-        truststore.require_usable(missing)
+        pins.require_usable(missing)
     add(cfg, port_of(endpoint), spec_file)
     present = attested_config(cfg)
     assert present.trusted == config.TrustedResolver(LOCAL, RESOLVER_ID, pinned_key(enclave), attested="home")
-    truststore.require_usable(present)
-    truststore.require_usable(replace(present, mode=Mode.COFFEE_SHOP, trusted=None))  # not trusted: no check
+    pins.require_usable(present)
+    pins.require_usable(replace(present, mode=Mode.COFFEE_SHOP, trusted=None))  # not trusted: no check
 
 
 @pytest.mark.parametrize(("data", "words"), [
@@ -500,29 +501,29 @@ def test_a_changed_pin_after_the_config_was_read_is_refused(cfg, endpoint, spec_
     endpoint.enclave = SoftwareEnclave()
     trust.verify(cfg, "home", time.time())  # re-pinned with a new key meanwhile
     with pytest.raises(truststore.TrustError, match="changed after the config was read"):
-        truststore.require_usable(current)
+        pins.require_usable(current)
 
 
 def test_status_shows_the_attestation_of_the_trusted_resolver(cfg, endpoint, spec_file, up_trusted):
     pin = add(cfg, port_of(endpoint), spec_file)
     blocked = status.ResolverStatus("127.0.0.1", "blocked", "no DNS sent yet")
-    state = session.read_state(daemon.RunDir(cfg.run_dir))
-    assert state is not None
-    shown = status._attested(blocked, state, attested_config(cfg))
+    state = StateStore.here().read()
+    assert isinstance(state, RunState)
+    shown = status._attested(blocked, state, attested_config(cfg), time.time())
     assert shown.attestation is not None and shown.attestation.result == "ok" and shown.reason == "no DNS sent yet"
     assert shown.attestation.anchors == "sim" and shown.attestation.measurement_id == "sim-default"
     assert 0 <= (shown.attestation.age_s or 0) < 60 and shown.attestation.attested_at == pin.attested_at
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
     with pytest.raises(trust.ReattestFailed):
         trust.verify(cfg, "home", time.time())
-    failed = status._attested(blocked, state, attested_config(cfg))
+    failed = status._attested(blocked, state, attested_config(cfg), time.time())
     assert failed.state == "blocked" and failed.reason.startswith("pin 'home' failed attestation: resolver 127.0.0.1")
     line = status.format_human(status.Status(True, "trusted", 4242, (failed,)))
     assert "attestation FAILED 0 seconds ago (sim: NOT SECURE)" in line
     document = status.Status(True, "trusted", 4242, (failed,)).to_json()
     assert document["version"] == 1 and document["resolvers"][0]["attestation"]["result"] == "failed"
     other = status.ResolverStatus("10.9.9.9", "blocked", "not the trusted resolver")
-    assert status._attested(other, state, attested_config(cfg)).attestation is None
+    assert status._attested(other, state, attested_config(cfg), time.time()).attestation is None
 
 
 def test_the_store_refuses_what_it_did_not_write(cfg, endpoint, spec_file):

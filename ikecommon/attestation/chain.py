@@ -104,6 +104,8 @@ def _revocation(cert: Named, issuer: Named, at: datetime, crls: Sequence[x509.Ce
     if isinstance(usage, x509.KeyUsage) and not usage.crl_sign:
         found.append(Mismatch(f"{issuer.name}.key_usage", "cRLSign", "absent"))
     serial = serial_number(cert.cert)
+    if serial <= 0:  # RFC 5280 4.1.2.2: a positive integer; no CRL can name another (cryptography refuses it)
+        return [*found, Mismatch(f"{cert.name}.serial_number", "a positive integer", str(serial))]
     for crl in relevant:
         try:
             signed = crl.is_signature_valid(issuer.cert.public_key())  # type: ignore[arg-type]

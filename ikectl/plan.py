@@ -1,0 +1,335 @@
+"""The planner: from what should be (an `Intent`), what is (`Facts`, read from the kernel and /proc) and what was
+applied (the `RunState` record) to the ordered steps that get there. Pure: data in, data out; the unit tests read
+it as tables of before and after (tests/test_plan.py). ikectl/execute.py carries the steps out.
+
+The order is the promise. In trusted mode protection comes first: both backstops go in before anything is
+removed, unloaded or loaded, and nothing later lowers them. Leaving trusted mode, the backstops go only once the
+opportunistic traps are in. A resolver ikectl has managed keeps no policy of pluto's kind (ikectl/policies.py)
+that the mode now applied does not account for, whoever left it: a pluto that forgot its shunts, one that was
+killed, one of a run dir the config no longer names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ikecommon.xfrm import Policy
+
+from . import policies
+from .config import Address, Mode
+from .observe import Protection
+from .render import Profile
+from .state import Baseline, RunState
+
+TRUSTED_CONNS = ("ikectl-trusted-udp", "ikectl-trusted-tcp")
+OE_CONNS = {4: "private-or-clear", 6: "private-or-clear6"}  # one opportunistic group per address family
+
+
+@dataclass(frozen=True)
+class PlutoFacts:
+    pid: int | None = None
+    stopped: bool = False  # SIGSTOP'ed: answers nothing until resumed
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is in place now."""
+
+    policies: tuple[Policy, ...] = ()
+    protection: Protection | None = None  # read when the plan needs it (trusted, or leaving it)
+    pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names
+    old_pluto: PlutoFacts = PlutoFacts()  # in the run dir the record names, when that is another one
+    larval_drop: bool = True
+
+
+@dataclass(frozen=True)
+class Intent:
+    """The mode to apply, made from the config and the network as discovered (ikectl/session.py)."""
+
+    mode: Mode
+    run_dir: Path
+    resolvers: tuple[Address, ...]  # listed, in status order
+    profile: Profile  # what pluto loads
+    unprotected: Mapping[str, str] = field(default_factory=dict)  # coffee-shop: left in clear, and why
+
+    @property
+    def pinned(self) -> Address | None:
+        return self.profile.trusted.address if self.profile.trusted else None
+
+
+# --- the steps ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Protect:
+    """Both backstops (XFRM and nftables)."""
+
+
+@dataclass(frozen=True)
+class DeletePolicies:
+    """These policies, in this order (looked up before the backstop went in, so only the deletes remain)."""
+
+    policies: tuple[Policy, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class RemoveLeftovers:
+    """Whatever policy of pluto's kind for DNS with these resolvers the table holds when the step runs: read
+    then, after a pluto stopped or a conn was unloaded."""
+
+    resolvers: frozenset[Address]
+
+
+@dataclass(frozen=True)
+class StopRun:
+    """The supervisor and pluto of a run dir (one the config no longer names, or a pluto that is stuck), and the
+    run dir itself when `remove_dir`."""
+
+    run_dir: Path
+    why: str
+    remove_dir: bool = False
+
+
+@dataclass(frozen=True)
+class UnloadConns:
+    names: tuple[str, ...]
+    mode: Mode  # the mode they belong to: its tree is put back and they are loaded again on undo
+
+
+@dataclass(frozen=True)
+class SetLarvalDrop:
+    drop: bool
+
+
+@dataclass(frozen=True)
+class WriteTree:
+    pass
+
+
+@dataclass(frozen=True)
+class StartPluto:
+    pass
+
+
+@dataclass(frozen=True)
+class LoadConns:
+    replacing: bool  # the same mode's conns are loaded already: replace them
+    rescan: bool  # pluto was running: make it look at the interfaces again
+
+
+@dataclass(frozen=True)
+class LiftBackstop:
+    """Coffee-shop, coming from trusted or blocked: the traps are in, DNS to other resolvers may leave now."""
+
+
+@dataclass(frozen=True)
+class Negotiate:
+    pass
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """Coffee-shop's upkeep at once (ikectl/opportunistic.py): a resolver that refused the Child SA while `up`
+    negotiated goes to clear before the first query meets pluto's hold."""
+
+
+@dataclass(frozen=True)
+class EnsureSupervisor:
+    pass
+
+
+@dataclass(frozen=True)
+class Record:
+    pass
+
+
+@dataclass(frozen=True)
+class RemoveBackstop:
+    pass
+
+
+@dataclass(frozen=True)
+class RestoreKernel:
+    """What the first `up` changed and pluto leaves behind: larval drop as it was, pluto's ND bypasses gone."""
+
+    baseline: Baseline
+
+
+@dataclass(frozen=True)
+class Forget:
+    """The record, the run dirs, the lock."""
+
+    run_dirs: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class RouteConns:
+    """pluto's policies for loaded conns are gone (another program flushed them): route the conns again."""
+
+    names: tuple[str, ...]
+
+
+Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | SetLarvalDrop | WriteTree | StartPluto
+        | LoadConns | LiftBackstop | Negotiate | Upkeep | EnsureSupervisor | Record | RemoveBackstop | RestoreKernel
+        | Forget | RouteConns)
+
+
+# --- planners -----------------------------------------------------------------------------------------------
+
+def managed(intent_resolvers: tuple[Address, ...], record: RunState | None) -> frozenset[Address]:
+    """Every resolver whose DNS ikectl handles now or has handled since the first `up`."""
+    earlier = (record.managed | set(record.resolvers)) if record is not None else frozenset()
+    return frozenset(intent_resolvers) | earlier
+
+
+def loaded_mode(record: RunState | None, facts: Facts) -> Mode | None:
+    """The mode whose conns our running pluto holds, as far as the record tells: none when pluto is not running,
+    is stuck, or serves another run dir; none when the record is of a trusted `up` that failed (blocked: its
+    conns may or may not have loaded; they are replaced)."""
+    if record is None or facts.pluto.pid is None or facts.pluto.stopped:
+        return None
+    return record.mode
+
+
+def up(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:
+    return (_up_trusted if intent.mode == Mode.TRUSTED else _up_coffee_shop)(intent, facts, record)
+
+
+def _moved(intent: Intent, record: RunState | None) -> bool:
+    return record is not None and record.run_dir != intent.run_dir
+
+
+def _restart(intent: Intent, facts: Facts, record: RunState | None) -> list[Step]:
+    """Stop what runs where it should not: a pluto of a run dir the config no longer names (its conns would
+    outlive `down`), and a pluto that is stuck (every whack call would wait on it)."""
+    steps: list[Step] = []
+    if record is not None and _moved(intent, record):
+        steps.append(StopRun(record.run_dir, f"the config's run_dir is now {intent.run_dir}, was {record.run_dir}",
+                             remove_dir=True))
+    if facts.pluto.stopped:
+        steps.append(StopRun(intent.run_dir, f"pluto (pid {facts.pluto.pid}) is stopped and answers nothing"))
+    return steps
+
+
+def _pluto_running_after(facts: Facts) -> bool:
+    return facts.pluto.pid is not None and not facts.pluto.stopped
+
+
+def _kept_for_trusted(pinned: Address, run_dir: Path, record: RunState | None) -> frozenset[Address]:
+    """The pinned resolver's own policies stay when trusted mode already holds it: they are the trusted conns'."""
+    same = (record is not None and record.run_dir == run_dir and record.mode == Mode.TRUSTED
+            and record.trusted == pinned and record.blocked is None)
+    return frozenset({pinned}) if same else frozenset()
+
+
+def _doomed(table: tuple[Policy, ...], everyone: frozenset[Address], keep: frozenset[Address]) -> list[Policy]:
+    """Anything of pluto's kind for a managed resolver but the kept ones, and clear passes to those too: an
+    opportunistic trap or NULL-authenticated SA to the pinned resolver would carry its DNS unauthenticated."""
+    return (policies.leftovers(table, everyone - keep)
+            + [p for p in table if policies.clear_pass(p) and policies.pluto_dns_peer(p) in keep])
+
+
+def protect_first(pinned: Address, run_dir: Path, table: tuple[Policy, ...],
+                  record: RunState | None) -> tuple[Step, ...]:
+    """Trusted `up`'s first steps, before anything else is looked up: both backstops, then pluto's policies for
+    DNS to other resolvers out (looked up before the backstops go in, so that once they are complete only the
+    deletes remain; in the VM, 4 to 6 queries per switch left in clear when they were looked up later)."""
+    doomed = _doomed(table, managed((pinned,), record), _kept_for_trusted(pinned, run_dir, record))
+    return (Protect(),) + ((DeletePolicies(tuple(doomed), "DNS to resolvers trusted mode does not use"),)
+                           if doomed else ())
+
+
+def _up_trusted(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:
+    assert intent.pinned is not None
+    everyone = managed(intent.resolvers, record)
+    keep = _kept_for_trusted(intent.pinned, intent.run_dir, record)
+    doomed = _doomed(facts.policies, everyone, keep)
+    steps: list[Step] = []
+    if facts.protection is None or not facts.protection.complete:
+        steps.append(Protect())
+    if doomed:
+        steps.append(DeletePolicies(tuple(doomed), "DNS to resolvers trusted mode does not use"))
+    restart = _restart(intent, facts, record)
+    steps += restart
+    if restart:  # a pluto that had to be killed leaves its policies behind
+        steps.append(RemoveLeftovers(frozenset(everyone - keep)))
+    if loaded_mode(record, facts) == Mode.COFFEE_SHOP and not _moved(intent, record):
+        steps += [UnloadConns(tuple(OE_CONNS.values()), Mode.COFFEE_SHOP),
+                  RemoveLeftovers(frozenset(everyone - keep))]
+    steps.append(WriteTree())
+    running = _pluto_running_after(facts) and not _moved(intent, record)
+    if not running:
+        steps.append(StartPluto())
+    steps += [LoadConns(replacing=running and loaded_mode(record, facts) == Mode.TRUSTED, rescan=running),
+              Negotiate(), EnsureSupervisor(), Record()]
+    return tuple(steps)
+
+
+def _up_coffee_shop(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:
+    everyone = managed(intent.resolvers, record)
+    gone = everyone - set(intent.resolvers)
+    steps: list[Step] = _restart(intent, facts, record)
+    if steps:  # a pluto that had to be killed leaves its policies behind
+        steps.append(RemoveLeftovers(frozenset(everyone)))
+    if facts.larval_drop:
+        steps.append(SetLarvalDrop(False))  # queue the query that triggers IKE instead of dropping it
+    steps.append(WriteTree())
+    running = _pluto_running_after(facts) and not _moved(intent, record)
+    loaded = loaded_mode(record, facts) if running else None
+    if not running:
+        steps.append(StartPluto())
+    elif loaded == Mode.TRUSTED:
+        steps.append(UnloadConns(TRUSTED_CONNS, Mode.TRUSTED))
+    if gone:  # resolvers the network no longer offers: nothing of pluto's for them may stay
+        steps.append(RemoveLeftovers(frozenset(gone)))
+    steps.append(LoadConns(replacing=loaded == Mode.COFFEE_SHOP, rescan=running))
+    protected = facts.protection is not None and facts.protection.anything
+    if protected or (record is not None and (record.mode == Mode.TRUSTED or record.blocked is not None)):
+        steps.append(LiftBackstop())  # only now: the opportunistic traps are in
+    steps += [Negotiate(), Upkeep(), EnsureSupervisor(), Record()]
+    return tuple(steps)
+
+
+def down(record: RunState | None, run_dirs: tuple[Path, ...]) -> tuple[Step, ...]:
+    """Everything of ours goes, whatever happened between: the supervisor and pluto of every run dir the record
+    or the config names, the backstops, every policy of pluto's kind for a resolver we managed (a pluto that was
+    killed leaves its traps: DNS blackholed), pluto's ND bypasses, larval drop as it was before the first `up`."""
+    dirs = tuple(dict.fromkeys(((record.run_dir,) if record is not None else ()) + run_dirs))
+    steps: list[Step] = [StopRun(d, "ikectl down") for d in dirs]
+    steps.append(RemoveBackstop())
+    if record is not None:
+        steps += [RemoveLeftovers(managed(record.resolvers, record)), RestoreKernel(record.baseline)]
+    steps.append(Forget(dirs))
+    return tuple(steps)
+
+
+def admitted(record: RunState) -> tuple[Address, ...]:
+    """Coffee-shop: the resolvers in pluto's opportunistic groups (not excluded, not left in clear)."""
+    return tuple(a for a in record.resolvers
+                 if str(a) not in record.upkeep.excluded and str(a) not in record.unprotected)
+
+
+def repair(record: RunState, facts: Facts, backstop_wanted: bool) -> tuple[Step, ...]:
+    """The supervisor's watch, after another program changed the kernel's tables: put back what ikectl keeps
+    there. `backstop_wanted`: trusted or blocked, and no captive-portal window open."""
+    steps: list[Step] = []
+    if backstop_wanted and facts.protection is not None and not facts.protection.complete:
+        steps.append(Protect())
+    everyone = managed(record.resolvers, record)
+    running = _pluto_running_after(facts)
+    if record.mode == Mode.TRUSTED:
+        keep = frozenset({record.trusted}) if record.blocked is None and record.trusted is not None else frozenset()
+        stray = _doomed(facts.policies, everyone, keep)
+        if stray:
+            steps.append(DeletePolicies(tuple(stray), "DNS to resolvers trusted mode does not use"))
+        routed = all(policies.covered(facts.policies, pinned, proto) for pinned in keep for proto in (6, 17))
+        if keep and not routed and running:
+            steps.append(RouteConns(TRUSTED_CONNS))
+    else:
+        members = admitted(record)
+        routed = all(policies.covered(facts.policies, a, proto) for a in members for proto in (6, 17))
+        if not routed and running:
+            steps.append(RouteConns(tuple(dict.fromkeys(OE_CONNS[a.version] for a in members))))
+    return tuple(steps)

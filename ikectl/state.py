@@ -1,0 +1,258 @@
+"""What `ikectl up` applied in this network namespace: one typed record (`RunState`) behind one store.
+
+The record lives outside the run dir, in one file per network namespace under the state directory
+(/run/ikectl-state, or $IKECTL_STATE_DIR), named after the namespace's inode. So `down`, the supervisor,
+`status` and the next `up` find what was applied even when the config that applied it has since moved its run
+dir, broken, or gone, and two namespaces on one host (the netns suite's hosts) never share a record.
+
+One lock (a flock on a file beside the record: `up`, `down`, the supervisor's rounds and the NetworkManager hook
+take it), one atomic write (a unique temp file, fsync, rename, fsync of the directory), one schema version. A
+record of another version, or one that does not parse, reads as `Unreadable`: callers then fall back on what the
+kernel and the config say, and `up` or `down` replaces it.
+
+Every module reads the state through these types; none reads the JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from . import locks
+from .config import Address, Mode
+from .errors import IkectlError
+
+SCHEMA_VERSION = 2
+DEFAULT_STATE_DIR = Path("/run/ikectl-state")
+INTERFERENCE_KEPT = 8  # the latest interferences `status` shows
+
+
+class StateBusy(IkectlError):
+    """The state's lock stayed held for longer than the caller can wait."""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A coffee-shop resolver ikectl keeps out of pluto's opportunistic group (its DNS in clear) until `until`."""
+
+    until: float  # seconds since the epoch
+    reason: str
+
+
+@dataclass(frozen=True)
+class Upkeep:
+    """Coffee-shop's record between the supervisor's rounds (ikectl/opportunistic.py)."""
+
+    excluded: Mapping[str, Exclusion] = field(default_factory=dict)
+    log_offset: Mapping[str, int] = field(default_factory=dict)  # pluto's log size when each was (re)admitted
+    lost_at: Mapping[str, float] = field(default_factory=dict)  # when a member's policies were found gone
+    clear_since: Mapping[str, float] = field(default_factory=dict)  # when its clear-fallback policy was first seen
+
+    def to_json(self) -> dict[str, Any]:
+        return {"excluded": {a: {"until": e.until, "reason": e.reason} for a, e in self.excluded.items()},
+                "log_offset": dict(self.log_offset), "lost_at": dict(self.lost_at),
+                "clear_since": dict(self.clear_since)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Upkeep:
+        return cls(excluded={a: Exclusion(float(e["until"]), str(e["reason"])) for a, e in data["excluded"].items()},
+                   log_offset={a: int(v) for a, v in data["log_offset"].items()},
+                   lost_at={a: float(v) for a, v in data["lost_at"].items()},
+                   clear_since={a: float(v) for a, v in data["clear_since"].items()})
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The kernel as it was before the first `up`: what `down` puts back."""
+
+    larval_drop: bool  # net.core.xfrm_larval_drop
+    nd_bypass: tuple[str, ...] = ()  # pluto-style IPv6 neighbour-discovery bypasses that were there already
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Trusted mode could not be applied: the backstop keeps every DNS packet off the wire, and this is why."""
+
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True)
+class Interference:
+    """Another program changed what ikectl keeps in place, and what ikectl did about it."""
+
+    at: float
+    what: str
+
+
+@dataclass(frozen=True)
+class RunState:
+    mode: Mode
+    resolvers: tuple[Address, ...]  # in the order `status` lists them: the trusted one first
+    run_dir: Path
+    up_at: float  # when this mode was first applied (kept across `up`s of the same mode)
+    baseline: Baseline
+    trusted: Address | None = None
+    managed: frozenset[Address] = frozenset()  # every resolver whose DNS ikectl has handled since the first `up`
+    pluto_pid: int | None = None
+    supervisor_pid: int | None = None
+    config_path: Path | None = None  # where the supervisor reads the config again (re-attestation)
+    retry_after_s: int = 60
+    upkeep: Upkeep = field(default_factory=Upkeep)
+    unprotected: Mapping[str, str] = field(default_factory=dict)  # coffee-shop: resolvers left in clear, and why
+    blocked: Blocked | None = None
+    esp_refused: str | None = None  # the kernel's answer when it cannot install ESP SAs (None: it can)
+    portal_until: float | None = None  # trusted: a captive-portal window lifts the backstops until then
+    interference: tuple[Interference, ...] = ()
+
+    def noting(self, what: str, now: float) -> RunState:
+        """The same state with one more interference noted (the latest few are kept)."""
+        return replace(self, interference=(*self.interference, Interference(now, what))[-INTERFERENCE_KEPT:])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": SCHEMA_VERSION, "mode": self.mode.value, "resolvers": [str(a) for a in self.resolvers],
+            "run_dir": str(self.run_dir), "up_at": self.up_at,
+            "baseline": {"larval_drop": self.baseline.larval_drop, "nd_bypass": list(self.baseline.nd_bypass)},
+            "trusted": str(self.trusted) if self.trusted else None,
+            "managed": sorted(str(a) for a in self.managed),
+            "pluto_pid": self.pluto_pid, "supervisor_pid": self.supervisor_pid,
+            "config_path": str(self.config_path) if self.config_path else None,
+            "retry_after_s": self.retry_after_s, "upkeep": self.upkeep.to_json(),
+            "unprotected": dict(self.unprotected),
+            "blocked": {"reason": self.blocked.reason, "since": self.blocked.since} if self.blocked else None,
+            "esp_refused": self.esp_refused, "portal_until": self.portal_until,
+            "interference": [{"at": i.at, "what": i.what} for i in self.interference],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunState:
+        """The record; KeyError, TypeError or ValueError for anything that is not one of this version."""
+        if data.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"schema version {data.get('version')!r}, not {SCHEMA_VERSION}")
+        baseline, blocked = data["baseline"], data["blocked"]
+        return cls(
+            mode=Mode(data["mode"]), resolvers=tuple(ip_address(a) for a in data["resolvers"]),
+            run_dir=Path(data["run_dir"]), up_at=float(data["up_at"]),
+            baseline=Baseline(bool(baseline["larval_drop"]), tuple(str(k) for k in baseline["nd_bypass"])),
+            trusted=ip_address(data["trusted"]) if data["trusted"] else None,
+            managed=frozenset(ip_address(a) for a in data["managed"]),
+            pluto_pid=_optional_int(data["pluto_pid"]), supervisor_pid=_optional_int(data["supervisor_pid"]),
+            config_path=Path(data["config_path"]) if data["config_path"] else None,
+            retry_after_s=int(data["retry_after_s"]), upkeep=Upkeep.from_json(data["upkeep"]),
+            unprotected={str(a): str(why) for a, why in data["unprotected"].items()},
+            blocked=Blocked(str(blocked["reason"]), float(blocked["since"])) if blocked else None,
+            esp_refused=str(data["esp_refused"]) if data["esp_refused"] is not None else None,
+            portal_until=float(data["portal_until"]) if data["portal_until"] is not None else None,
+            interference=tuple(Interference(float(i["at"]), str(i["what"])) for i in data["interference"]),
+        )
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected a whole number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record is there but cannot be read (another schema version, or damaged); `why` says which."""
+
+    why: str
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("IKECTL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def netns_id() -> int:
+    """This process's network namespace: the inode of /proc/self/ns/net."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+@dataclass(frozen=True)
+class StateStore:
+    """The record of one network namespace (by default this process's)."""
+
+    root: Path
+    netns: int
+
+    @classmethod
+    def here(cls) -> StateStore:
+        return cls(state_dir(), netns_id())
+
+    @property
+    def path(self) -> Path:
+        return self.root / f"net-{self.netns}.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / f"net-{self.netns}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, wait_s: float | None = None) -> Iterator[None]:
+        """Hold the record's lock; with `wait_s`, StateBusy when it is not free within that long."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if not locks.lock_by(fd, None if wait_s is None else time.monotonic() + wait_s):
+                raise StateBusy(f"{self.lock_path}: held by another ikectl for over {wait_s:g} s")
+            yield
+        finally:
+            os.close(fd)
+
+    def read(self) -> RunState | Unreadable | None:
+        """The record; None when there is none."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return Unreadable(f"{self.path}: {exc.strerror}")
+        try:
+            return RunState.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return Unreadable(f"{self.path}: not a record ikectl can read ({exc})")
+
+    def write(self, state: RunState) -> None:
+        """Replace the record atomically: a reader sees the old one or the new one, never a mix, even after a
+        crash or a power cut."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(state.to_json(), out, indent=1)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        directory = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def remove(self) -> None:
+        """Forget the record (after `down`); the lock file goes too, once its holder is done."""
+        self.path.unlink(missing_ok=True)
+
+    def remove_lock(self) -> None:
+        self.lock_path.unlink(missing_ok=True)
+
+
+def read_here() -> RunState | None:
+    """This namespace's record when it can be read (None otherwise): for commands that only look."""
+    found = StateStore.here().read()
+    return found if isinstance(found, RunState) else None

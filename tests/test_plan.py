@@ -1,0 +1,242 @@
+"""The planner (ikectl/plan.py) as tables of before and after: the intent, what the kernel and /proc show, the
+record, and the steps in their order. Pure: nothing here touches the system."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from ikecommon.keys import PinnedKey
+from ikecommon.xfrm import Direction, Policy, Selector, Template
+from ikectl import backstop, plan, policies
+from ikectl.config import Mode, TrustedResolver
+from ikectl.nft import TableState
+from ikectl.observe import Protection
+from ikectl.plan import (
+    DeletePolicies,
+    EnsureSupervisor,
+    Facts,
+    Forget,
+    Intent,
+    LiftBackstop,
+    LoadConns,
+    Negotiate,
+    PlutoFacts,
+    Protect,
+    Record,
+    RemoveBackstop,
+    RemoveLeftovers,
+    RestoreKernel,
+    RouteConns,
+    SetLarvalDrop,
+    StartPluto,
+    StopRun,
+    UnloadConns,
+    Upkeep,
+    WriteTree,
+)
+from ikectl.render import Profile
+from ikectl.state import Baseline, Blocked, Exclusion, RunState
+from ikectl.state import Upkeep as UpkeepRecord
+
+PINNED, A, B = ip_address("192.0.2.53"), ip_address("198.51.100.1"), ip_address("198.51.100.2")
+RUN, OLD_RUN = Path("/run/ikectl"), Path("/run/ikectl-old")
+PIN = TrustedResolver(PINNED, "@dns.example.net", PinnedKey("ecdsa", b"\x01" * 64))
+NONE = Protection(len(backstop.policies()), TableState.ABSENT)
+BOTH = Protection(0, TableState.INTACT)
+RUNNING = PlutoFacts(pid=42)
+
+
+def trusted(*others, run_dir=RUN) -> Intent:
+    return Intent(Mode.TRUSTED, run_dir, (PINNED, *others), Profile(Mode.TRUSTED, trusted=PIN))
+
+
+def coffee(*resolvers, run_dir=RUN) -> Intent:
+    return Intent(Mode.COFFEE_SHOP, run_dir, resolvers, Profile(Mode.COFFEE_SHOP, opportunistic=resolvers))
+
+
+def record(mode: Mode, *resolvers, run_dir=RUN, **changes) -> RunState:
+    base = RunState(mode, resolvers, run_dir, 1.0, Baseline(True), trusted=PINNED if mode == Mode.TRUSTED else None,
+                    pluto_pid=42)
+    return replace(base, **changes)
+
+
+def trap(address, proto=17, src="10.0.0.1") -> Policy:
+    return Policy(Selector.of(f"{src}/32", f"{address}/32", proto, dport=53), Direction.OUT, 3457217,
+                  templates=(Template(),))
+
+
+def clear_fallback(address, proto=17) -> Policy:
+    return Policy(Selector.of("10.0.0.1/32", f"{address}/32", proto), Direction.OUT, 0)
+
+
+def kinds(steps) -> list[str]:
+    return [type(s).__name__ for s in steps]
+
+
+# --- trusted `up` ------------------------------------------------------------------------------------------
+
+def test_fresh_trusted_up_protects_before_anything_else():
+    steps = plan.up(trusted(), Facts(protection=NONE), None)
+    assert steps == (Protect(), WriteTree(), StartPluto(), LoadConns(replacing=False, rescan=False), Negotiate(),
+                     EnsureSupervisor(), Record())
+
+
+def test_switching_from_coffee_shop_deletes_its_policies_clear_passes_first_right_after_the_backstop():
+    table = (trap(A), clear_fallback(A), trap(PINNED), clear_fallback(PINNED, 6))
+    steps = plan.up(trusted(), Facts(policies=table, protection=NONE, pluto=RUNNING),
+                    record(Mode.COFFEE_SHOP, A, PINNED))
+    assert isinstance(steps[1], DeletePolicies) and steps[0] == Protect()
+    doomed = steps[1].policies
+    # Every one of pluto's policies for the resolvers coffee-shop had, the pinned one's too (an opportunistic
+    # NULL-auth SA would carry its DNS unauthenticated); the ways out in clear go first.
+    assert set(doomed) == set(table) and all(policies.clear_pass(p) for p in doomed[:2])
+    assert kinds(steps[2:]) == ["UnloadConns", "RemoveLeftovers", "WriteTree", "LoadConns", "Negotiate",
+                                "EnsureSupervisor", "Record"]
+    assert steps[2] == UnloadConns(tuple(plan.OE_CONNS.values()), Mode.COFFEE_SHOP)
+    assert steps[5] == LoadConns(replacing=False, rescan=True)
+
+
+def test_trusted_again_keeps_the_pinned_resolvers_esp_but_never_a_clear_pass_to_it():
+    sa_policy = trap(PINNED)
+    stray = clear_fallback(PINNED)
+    steps = plan.up(trusted(), Facts(policies=(sa_policy, stray), protection=BOTH, pluto=RUNNING),
+                    record(Mode.TRUSTED, PINNED))
+    assert steps[0] == DeletePolicies((stray,), "DNS to resolvers trusted mode does not use")
+    assert steps[1:] == (WriteTree(), LoadConns(replacing=True, rescan=True), Negotiate(), EnsureSupervisor(),
+                         Record())
+
+
+def test_leftovers_of_a_resolver_no_longer_listed_go_in_trusted_mode():
+    """The walk a user found: coffee-shop with A, the network changes to B, then trusted: A's clear-fallback
+    policies (which pluto forgot) outrank the backstop. A is in the record's `managed`, so they go."""
+    earlier = record(Mode.COFFEE_SHOP, B, managed=frozenset({A, B}))
+    steps = plan.up(trusted(B), Facts(policies=(clear_fallback(A), clear_fallback(A, 6)), protection=NONE,
+                                     pluto=RUNNING), earlier)
+    assert steps[1] == DeletePolicies((clear_fallback(A), clear_fallback(A, 6)),
+                                      "DNS to resolvers trusted mode does not use")
+
+
+def test_policies_of_someone_else_are_never_ikectls_to_delete():
+    """Another daemon's private-or-clear for 0.0.0.0/0, its pass for the whole protocol to a resolver: not of
+    pluto's per-protocol DNS kind, so left alone (the nftables backstop drops what they let out)."""
+    foreign = (Policy(Selector.of("10.0.0.1/32", "0.0.0.0/0"), Direction.OUT, 3850497, templates=(Template(),)),
+               Policy(Selector.of("10.0.0.1/32", f"{PINNED}/32"), Direction.OUT, 0))
+    steps = plan.up(trusted(), Facts(policies=foreign, protection=NONE), record(Mode.COFFEE_SHOP, PINNED))
+    assert not any(isinstance(s, DeletePolicies) for s in steps)
+    assert policies.leaks(foreign) == [foreign[1]]
+
+
+def test_a_changed_run_dir_stops_the_old_pluto_after_the_backstop_and_cleans_what_it_left():
+    steps = plan.up(trusted(), Facts(protection=NONE, old_pluto=RUNNING), record(Mode.TRUSTED, PINNED,
+                                                                                run_dir=OLD_RUN))
+    assert steps[:3] == (Protect(),
+                         StopRun(OLD_RUN, f"the config's run_dir is now {RUN}, was {OLD_RUN}", remove_dir=True),
+                         RemoveLeftovers(frozenset({PINNED})))
+    assert StartPluto() in steps  # a pluto of its own in the new run dir
+
+
+def test_a_stopped_pluto_is_replaced_not_waited_on():
+    facts = Facts(protection=BOTH, pluto=PlutoFacts(pid=42, stopped=True))
+    steps = plan.up(trusted(), facts, record(Mode.TRUSTED, PINNED))
+    assert steps[0] == StopRun(RUN, "pluto (pid 42) is stopped and answers nothing")
+    assert StartPluto() in steps and LoadConns(replacing=False, rescan=False) in steps
+
+
+def test_a_blocked_record_is_replaced_in_full():
+    blocked = record(Mode.TRUSTED, PINNED, blocked=Blocked("applying trusted mode failed: x", 1.0))
+    steps = plan.up(trusted(), Facts(policies=(trap(PINNED),), protection=BOTH, pluto=RUNNING), blocked)
+    assert steps[0] == DeletePolicies((trap(PINNED),), "DNS to resolvers trusted mode does not use")
+
+
+def test_protect_first_is_the_same_decision_before_the_lock():
+    table = (trap(A), clear_fallback(A))
+    first = plan.protect_first(PINNED, RUN, table, record(Mode.COFFEE_SHOP, A))
+    assert first == (Protect(), DeletePolicies((clear_fallback(A), trap(A)),
+                                               "DNS to resolvers trusted mode does not use"))
+    assert plan.protect_first(PINNED, RUN, (), None) == (Protect(),)
+
+
+# --- coffee-shop `up` --------------------------------------------------------------------------------------
+
+def test_fresh_coffee_shop_up_queues_the_trigger_and_never_touches_a_backstop():
+    steps = plan.up(coffee(A), Facts(protection=NONE, larval_drop=True), None)
+    assert steps == (SetLarvalDrop(False), WriteTree(), StartPluto(), LoadConns(replacing=False, rescan=False),
+                     Negotiate(), Upkeep(), EnsureSupervisor(), Record())
+
+
+def test_leaving_trusted_lifts_the_backstop_only_once_the_traps_are_in():
+    steps = plan.up(coffee(A), Facts(protection=BOTH, pluto=RUNNING, larval_drop=False),
+                    record(Mode.TRUSTED, PINNED))
+    names = kinds(steps)
+    assert names.index("LoadConns") < names.index("LiftBackstop")
+    assert UnloadConns(plan.TRUSTED_CONNS, Mode.TRUSTED) in steps
+    assert RemoveLeftovers(frozenset({PINNED})) in steps  # the pinned resolver is no longer listed
+
+
+def test_a_leftover_backstop_with_no_record_is_lifted_too():
+    """A backstop in the kernel that no record accounts for (a crash between the backstop and the record):
+    coffee-shop must not leave DNS blocked."""
+    steps = plan.up(coffee(A), Facts(protection=Protection(3, TableState.ABSENT)), None)
+    assert LiftBackstop() in steps
+
+
+def test_coffee_shop_again_replaces_its_conns_in_place():
+    steps = plan.up(coffee(A, B), Facts(protection=NONE, pluto=RUNNING, larval_drop=False),
+                    record(Mode.COFFEE_SHOP, A, B))
+    assert steps == (WriteTree(), LoadConns(replacing=True, rescan=True), Negotiate(), Upkeep(),
+                     EnsureSupervisor(), Record())
+
+
+def test_a_resolver_the_network_no_longer_offers_leaves_nothing_behind():
+    steps = plan.up(coffee(B), Facts(protection=NONE, pluto=RUNNING, larval_drop=False),
+                    record(Mode.COFFEE_SHOP, A))
+    assert RemoveLeftovers(frozenset({A})) in steps
+
+
+# --- down --------------------------------------------------------------------------------------------------
+
+def test_down_takes_everything_of_every_run_dir_and_restores_the_kernel():
+    earlier = record(Mode.TRUSTED, PINNED, run_dir=OLD_RUN, managed=frozenset({A}))
+    steps = plan.down(earlier, (RUN,))
+    assert steps == (StopRun(OLD_RUN, "ikectl down"), StopRun(RUN, "ikectl down"), RemoveBackstop(),
+                     RemoveLeftovers(frozenset({A, PINNED})), RestoreKernel(Baseline(True)), Forget((OLD_RUN, RUN)))
+
+
+def test_down_without_a_record_still_stops_and_removes_what_the_config_names():
+    assert plan.down(None, (RUN,)) == (StopRun(RUN, "ikectl down"), RemoveBackstop(), Forget((RUN,)))
+
+
+# --- the supervisor's repairs ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("facts", "expected"), [
+    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=BOTH, pluto=RUNNING), ()),
+    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=NONE, pluto=RUNNING), (Protect(),)),
+    (Facts(policies=(), protection=Protection(0, TableState.ABSENT), pluto=RUNNING),
+     (Protect(), RouteConns(plan.TRUSTED_CONNS))),
+    (Facts(policies=(), protection=BOTH, pluto=PlutoFacts(pid=42, stopped=True)), ()),  # nothing can be routed
+])
+def test_trusted_repairs(facts, expected):
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, backstop_wanted=True) == expected
+
+
+def test_an_open_portal_window_leaves_the_backstop_out():
+    facts = Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=NONE, pluto=RUNNING)
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, backstop_wanted=False) == ()
+
+
+def test_coffee_shop_repairs_route_the_groups_of_members_that_lost_their_traps():
+    members = record(Mode.COFFEE_SHOP, A, ip_address("2001:db8::53"))
+    facts = Facts(policies=(trap(A, 17), trap(A, 6)), protection=NONE, pluto=RUNNING)
+    assert plan.repair(members, facts, backstop_wanted=False) == (RouteConns(tuple(plan.OE_CONNS.values())),)
+    excluded = replace(members, upkeep=UpkeepRecord(excluded={"2001:db8::53": Exclusion(9e9, "refused")}))
+    assert plan.repair(excluded, facts, backstop_wanted=False) == ()  # an excluded resolver has no traps
+
+
+def test_a_clear_pass_to_a_managed_resolver_in_trusted_mode_is_removed_by_the_watch():
+    facts = Facts(policies=(trap(PINNED, 17), trap(PINNED, 6), clear_fallback(A)), protection=BOTH, pluto=RUNNING)
+    steps = plan.repair(record(Mode.TRUSTED, PINNED, managed=frozenset({A})), facts, backstop_wanted=True)
+    assert steps == (DeletePolicies((clear_fallback(A),), "DNS to resolvers trusted mode does not use"),)

@@ -1,0 +1,126 @@
+"""The run state's store (ikectl/state.py): the typed record round-trips, writes are atomic and leave nothing
+behind, anything that is not a record of this version reads as Unreadable (never an exception), one lock."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ikectl.config import Mode
+from ikectl.state import (
+    SCHEMA_VERSION,
+    Baseline,
+    Blocked,
+    Exclusion,
+    Interference,
+    RunState,
+    StateBusy,
+    StateStore,
+    Unreadable,
+    Upkeep,
+)
+
+FULL = RunState(
+    mode=Mode.COFFEE_SHOP, resolvers=(ip_address("192.0.2.53"), ip_address("2001:db8::53")), run_dir=Path("/run/x"),
+    up_at=1000.5, baseline=Baseline(True, ("135 OUT", "136 IN")), trusted=None,
+    managed=frozenset({ip_address("192.0.2.53"), ip_address("198.51.100.9")}), pluto_pid=42, supervisor_pid=43,
+    config_path=Path("/etc/ikectl/ikectl.toml"), retry_after_s=30,
+    upkeep=Upkeep({"192.0.2.53": Exclusion(2000.0, "refused")}, {"192.0.2.53": 77}, {"2001:db8::53": 3.0},
+                  {"2001:db8::53": 4.0}),
+    unprotected={"2001:db8::53": "no route to it"}, blocked=Blocked("why", 5.0), esp_refused="no gcm",
+    portal_until=6.0, interference=(Interference(7.0, "flushed"),))
+
+
+def test_a_record_round_trips(tmp_path: Path):
+    store = StateStore(tmp_path, 4026531840)
+    store.write(FULL)
+    assert store.read() == FULL
+    assert json.loads(store.path.read_text())["version"] == SCHEMA_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == [store.path.name]  # no temp file left behind
+
+
+def test_each_network_namespace_has_its_own_record(tmp_path: Path):
+    one, other = StateStore(tmp_path, 1), StateStore(tmp_path, 2)
+    one.write(FULL)
+    assert other.read() is None and one.read() == FULL
+    assert StateStore.here().netns == os.stat("/proc/self/ns/net").st_ino
+
+
+def test_interference_keeps_the_latest_few():
+    state = FULL
+    for n in range(20):
+        state = state.noting(f"event {n}", float(n))
+    assert [i.what for i in state.interference] == [f"event {n}" for n in range(12, 20)]
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"{", b"[]", b'{"version": 1, "mode": "trusted"}', b"\xff\xfe binary",
+    json.dumps({**FULL.to_json(), "mode": "paranoid"}).encode(),
+    json.dumps({**FULL.to_json(), "pluto_pid": True}).encode(),
+    json.dumps({**FULL.to_json(), "resolvers": ["not an address"]}).encode(),
+    json.dumps({k: v for k, v in FULL.to_json().items() if k != "baseline"}).encode(),
+])
+def test_anything_but_a_record_of_this_version_is_unreadable(tmp_path: Path, content: bytes):
+    store = StateStore(tmp_path, 1)
+    tmp_path.joinpath(store.path.name).write_bytes(content)
+    found = store.read()
+    assert isinstance(found, Unreadable) and str(store.path) in found.why
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                max_size=6), max_leaves=30)
+
+
+def read_back(tmp_path: Path, document: object) -> RunState | Unreadable | None:
+    store = StateStore(tmp_path, 1)
+    store.root.mkdir(exist_ok=True)
+    store.path.write_text(json.dumps(document))
+    return store.read()
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_fuzzed_documents_read_as_unreadable(tmp_path_factory: pytest.TempPathFactory, document: object):
+    assert isinstance(read_back(tmp_path_factory.mktemp("s"), document), Unreadable)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(FULL.to_json())), JSON)
+def test_a_record_with_one_field_changed_reads_as_a_record_or_as_unreadable(
+        tmp_path_factory: pytest.TempPathFactory, key: str, value: object):
+    found = read_back(tmp_path_factory.mktemp("s"), {**FULL.to_json(), key: value})
+    assert isinstance(found, RunState | Unreadable)
+    if isinstance(found, RunState):  # what was read is what a write of it gives back
+        assert RunState.from_json(found.to_json()) == found
+
+
+def _hold(path: str, seconds: float) -> None:
+    store = StateStore(Path(path), 1)
+    with store.lock():
+        time.sleep(seconds)
+
+
+def test_the_lock_is_one_and_a_bounded_wait_gives_up(tmp_path: Path):
+    store = StateStore(tmp_path, 1)
+    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(tmp_path), 1.0))
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not store.lock_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(StateBusy, match=r"held by another ikectl for over 0\.2 s"), store.lock(wait_s=0.2):
+        pass
+    assert 0.2 <= time.monotonic() - started < 0.9
+    with store.lock(wait_s=5):  # free once the holder is done
+        pass
+    holder.join(5)
