@@ -430,6 +430,7 @@ class Phase:
     ended: float  # the next switch was issued
 
 
+@pytest.mark.soak  # about 15 minutes under TCG: scripts/soak runs it (docs/soak.md has its latest results)
 def test_twenty_switches_with_dns_running_end_on_the_last_network(make_world):
     w = make_world([COFFEE, PLAIN])
     networks = ["cafe", "home"] * 10

@@ -50,7 +50,7 @@ class VmSession:
         self.outdir = Path(tempfile.mkdtemp(prefix="ikt-vm-"))
         report = self.outdir / "report.json"
         # The project tree is read-only in the guest: no cache, no hypothesis database (the netns suite
-        # has no property tests).
+        # has no property tests; its random walks are seeded by netns_tests/test_walk.py).
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
                 "-p", "netns_tests.harness.guest_report",
                 "--guest-report", str(report), "-v", "--basetemp=/run/ikt-pytest", *self.nodeids]
@@ -65,7 +65,9 @@ class VmSession:
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 show(f"booting Debian's kernel under TCG for {len(self.nodeids)} netns test(s) "
                      f"(about 30 s, then the tests; output in {self.outdir})")
-                self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show)
+                # The walk's and the soak's knobs reach the guest's tests (IKECTL_WALK_SEED, IKECTL_WALK_STEPS, ...).
+                passed = {k: v for k, v in os.environ.items() if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK"))}
+                self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed)
                 show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
                      f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
         except (VmError, HarnessError) as exc:

@@ -1,0 +1,127 @@
+"""Reconciling where ESP works (the VM): another program flushes the XFRM policies, or the nftables ruleset, while
+DNS flows (udp and tcp, 50 queries a second, to the pinned resolver and to another): no plaintext port-53 packet
+on the wire, both backstops back at once, DNS inside ESP again, and `status` says what happened. And coffee-shop's
+clear fallback really expires: once retry_after_s has passed, the next query goes over ESP to a resolver that has
+gained IKE. Each prints what it measured (docs/performance.md quotes them).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+
+from ikecommon.xfrm import XfrmClient
+from ikectl import backstop
+from ikectl.config import Mode
+from ikectl.nft import TableState
+from netns_tests.harness.dnsclient import query
+from netns_tests.scenarios import walk
+from netns_tests.scenarios.walk import OE4, PLAIN4, TRUSTED, Action
+
+RATE = 50  # queries a second, half udp, half tcp
+
+
+@pytest.fixture
+def world(topology, unbound, pluto, capture, tmp_path: Path) -> Iterator[walk.World]:
+    with walk.walk_world(topology, unbound, pluto, capture, tmp_path) as made:
+        yield made
+
+
+class Stream:
+    """Queries at RATE a second from the client, alternating udp and tcp and the pinned resolver and another."""
+
+    def __init__(self, world: walk.World) -> None:
+        self.world, self.answered, self.sent = world, {TRUSTED: 0, PLAIN4: 0}, 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(tcp,), daemon=True) for tcp in (False, True)]
+
+    def __enter__(self) -> Stream:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self, tcp: bool) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            server = (TRUSTED, PLAIN4)[turn % 2]
+            turn += 1
+            if query(self.world.topo, self.world.client, server, timeout=0.5, retry_every=0.5, tcp=tcp).answered:
+                self.answered[server] += 1
+            self.sent += 1
+            self._stop.wait(max(0.0, 2 / RATE - (time.monotonic() - started)))
+
+
+def restored_after(world: walk.World, removal: list[str]) -> float:
+    """Run `removal` in the client; seconds until both backstops are complete again (polled as fast as the
+    netlink dump and the nft listing allow)."""
+    world.topo.run(world.client, removal)
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        with XfrmClient(world.client.netns) as client:
+            complete = not backstop.missing(client.policies())
+        if complete and world.nft_state() == TableState.INTACT:
+            return time.monotonic() - started
+    raise AssertionError(f"{' '.join(removal)}: the backstops were not back within 10 s")
+
+
+def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(world):
+    for action in (Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED), Action("up")):
+        world.apply(action)
+    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # inside ESP
+    with Stream(world) as stream:
+        time.sleep(2)
+        xfrm_back = restored_after(world, ["ip", "xfrm", "policy", "flush"])
+        time.sleep(2)
+        nft_back = restored_after(world, ["nft", "flush", "ruleset"])
+        time.sleep(2)
+    print(f"stream: {stream.sent} queries, answered {stream.answered}; backstops back {xfrm_back * 1e3:.0f} ms after "
+          f"`ip xfrm policy flush`, {nft_back * 1e3:.0f} ms after `nft flush ruleset` (as polled)")
+    assert stream.answered[PLAIN4] == 0
+    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # pluto's policies routed again
+    notes = " ".join(walk_status_notes(world))
+    assert "another program removed trusted mode's protection" in notes, notes
+    world.check()
+    world.apply(Action("down"))
+    assert world.plaintext_in_trusted_phases() == 0
+
+
+def walk_status_notes(world: walk.World) -> list[str]:
+    proc = world.ikectl("status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    notes: list[str] = json.loads(proc.stdout)["notes"]
+    return notes
+
+
+def test_coffee_shop_tries_ike_again_after_retry_after_s_and_goes_over_esp(world):
+    for action in (Action("resolvers", (OE4,)), Action("up")):
+        world.apply(action)
+    assert query(world.topo, world.client, OE4, timeout=3).answered  # in clear: no IKE yet
+    fallback_seen = time.time()
+    world.apply(Action("resolver_ike", True))
+    retry_ends = fallback_seen + walk.RETRY_AFTER_S
+    while time.time() < retry_ends:
+        assert query(world.topo, world.client, OE4, timeout=2).answered  # DNS never breaks meanwhile
+    first_esp = None
+    while time.time() < retry_ends + 30:
+        answer = query(world.topo, world.client, OE4, timeout=2)
+        with XfrmClient(world.client.netns) as client:
+            over_esp = any(sa.dst == ip_address(OE4) and sa.counters.packets for sa in client.sas() if not sa.larval)
+        if answer.answered and over_esp:
+            first_esp = time.time()
+            break
+    assert first_esp is not None, "no query went over ESP within 30 s of the end of retry_after_s"
+    print(f"coffee-shop retry: first query over ESP {first_esp - retry_ends:.2f} s after retry_after_s "
+          f"({walk.RETRY_AFTER_S} s) ended")
+    world.check()

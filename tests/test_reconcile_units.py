@@ -1,0 +1,106 @@
+"""The pure parts of reconciling: whose an XFRM policy is (ikectl/policies.py), the nftables table's state from
+nft's JSON (ikectl/nft.py), a process's state from /proc (ikectl/observe.py), and key files that are not text."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ikecommon import keys
+from ikecommon.xfrm import Action, Direction, Policy, Selector, Template
+from ikectl import backstop, nft, observe, policies
+
+A = ip_address("192.0.2.53")
+
+
+def policy(src: str, dst: str, proto: int | str = 17, dport: int | None = 53, priority: int = 3457217,
+           direction: Direction = Direction.OUT, templates: tuple[Template, ...] = (Template(),),
+           action: Action = Action.ALLOW, sport: int | None = None) -> Policy:
+    return Policy(Selector.of(src, dst, proto, sport=sport, dport=dport), direction, priority, action, templates)
+
+
+@pytest.mark.parametrize(("found", "peer"), [
+    (policy("10.0.0.1/32", "192.0.2.53/32"), A),  # a trap
+    (policy("10.0.0.1/32", "192.0.2.53/32", dport=None, priority=0, templates=()), A),  # a clear fallback
+    (policy("192.0.2.53/32", "10.0.0.1/32", dport=None, sport=53, direction=Direction.IN), A),  # an SA's in
+    (policy("10.0.0.1/32", "192.0.2.53/32", proto=0, dport=None, priority=0, templates=()), None),  # whole host
+    (policy("10.0.0.1/32", "192.0.2.0/24"), None),  # not one host
+    (policy("10.0.0.1/32", "192.0.2.53/32", dport=80), None),  # not DNS
+    (backstop.policies()[1], None),  # ours
+])
+def test_policies_of_plutos_kind_name_their_resolver(found, peer):
+    assert policies.pluto_dns_peer(found) == peer
+
+
+def test_leftovers_put_the_ways_out_in_clear_first():
+    trap = policy("10.0.0.1/32", "192.0.2.53/32")
+    fallback = policy("10.0.0.1/32", "192.0.2.53/32", dport=None, priority=0, templates=())
+    other = policy("10.0.0.1/32", "198.51.100.1/32")
+    assert policies.leftovers([trap, fallback, other], {A}) == [fallback, trap]
+    assert policies.leftovers([trap, fallback], {A}, keep=lambda p: p is trap) == [fallback]
+
+
+def test_leaks_are_clear_passes_for_dns_ahead_of_the_backstop():
+    others = [policy("10.0.0.1/32", "0.0.0.0/0", proto=0, dport=None, priority=2801872, templates=()),
+              policy("10.0.0.1/32", "192.0.2.53/32", proto=0, dport=None, priority=0, templates=())]
+    harmless = [policy("10.0.0.1/32", "0.0.0.0/0", proto=0, dport=None, priority=3850497),  # via ESP
+                policy("10.0.0.1/32", "0.0.0.0/0", proto=6, dport=80, templates=()),  # not DNS
+                policy("10.0.0.1/32", "0.0.0.0/0", proto=17, priority=backstop.BLOCK_PRIORITY + 1, templates=()),
+                *backstop.policies()]
+    assert policies.leaks([*others, *harmless]) == others
+    assert "dst 0.0.0.0/0 proto any dir out priority 2801872 allow" in policies.describe(others[0])
+
+
+def nft_listing(drop: str | None = None, hook: str = "output") -> str:
+    items: list[dict[str, object]] = [{"metainfo": {"version": "1.0.6"}},
+                                      {"table": {"family": "inet", "name": "ikectl", "handle": 5}}]
+    for chain, rules in nft.RULES.items():
+        items.append({"chain": {"family": "inet", "table": "ikectl", "name": chain, "type": "filter",
+                                "hook": hook if chain == "out" else nft.HOOKS[chain], "prio": 0, "policy": "accept"}})
+        items += [{"rule": {"family": "inet", "table": "ikectl", "chain": chain, "comment": comment, "expr": []}}
+                  for comment in rules if comment != drop]
+    return json.dumps({"nftables": items})
+
+
+def test_the_nftables_table_is_whole_only_with_every_chain_and_rule():
+    assert nft.state_of(nft_listing()) == nft.TableState.INTACT
+    assert nft.state_of(nft_listing(drop="ikectl: udp/53 out without IPsec")) == nft.TableState.DAMAGED
+    assert nft.state_of(nft_listing(hook="input")) == nft.TableState.DAMAGED
+    assert nft.state_of('{"nftables": [{"metainfo": {}}]}') == nft.TableState.ABSENT
+    assert nft.state_of("not json") == nft.TableState.DAMAGED
+    assert "rt ipsec missing" in nft.ruleset() and nft.ruleset().startswith("add table inet ikectl\ndelete table")
+
+
+def test_a_process_state_is_read_past_a_name_with_parentheses(tmp_path, monkeypatch):
+    found = observe.process(1)
+    assert found is not None and not found.stopped
+    real = Path.read_text
+
+    def stat(self: Path, *args: object, **kwargs: object) -> str:
+        if str(self) == "/proc/77/stat":
+            return "77 (odd) name) T 1 77 77 0 -1"
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", stat)
+    assert observe.process(77) == observe.Process(77, "odd) name", True)
+    assert observe.process(999_999_999) is None
+
+
+def test_a_der_key_file_pins_and_a_binary_file_that_is_not_one_is_one_line(tmp_path):
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    der = tmp_path / "key.der"
+    der.write_bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert keys.load(der) == keys.from_public_key(public)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\xff\xfe\x00\x01" * 10)
+    with pytest.raises(keys.PinError, match=r"junk\.bin: a binary file that is not a DER public key"):
+        keys.load(junk)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"a" * (keys.MAX_KEY_FILE + 1))
+    with pytest.raises(keys.PinError, match="not a public key"):
+        keys.load(huge)
