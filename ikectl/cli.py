@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -383,9 +384,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The `ikectl` program: a process of ikectl's own, so pyroute2 may load without its package __init__."""
+    """The `ikectl` program: a process of ikectl's own, so pyroute2 may load without its package __init__.
+    SIGTERM unwinds like Ctrl-C (a coffee-shop `up` undoes what it did, a trusted one fails closed); a closed pipe
+    (`ikectl status | head`) ends it quietly."""
     lean_pyroute2.use()
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second complaint at exit
+        code = EXIT_FAILED
+    sys.exit(code)
 
 
 if __name__ == "__main__":

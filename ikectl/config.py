@@ -75,6 +75,7 @@ from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")
 DEFAULT_RUN_DIR = Path("/run/ikectl")
+UNIX_PATH_MAX = 108  # sun_path, with its terminating NUL
 DISCOVERY_SOURCES = ("resolv.conf",)
 KNOWN_DISCOVERY_SOURCES = ("resolv.conf", "networkmanager", "systemd-resolved")
 
@@ -114,6 +115,8 @@ def address(value: object, where: str) -> Address:
         raise ConfigError(f"{where}: {value!r} is not an IP address") from None
     if addr.is_unspecified or addr.is_multicast:
         raise ConfigError(f"{where}: {value} cannot be a resolver")
+    if getattr(addr, "scope_id", None):
+        raise ConfigError(f"{where}: {value}: a scoped address (%IFACE) cannot be a resolver here")
     return addr
 
 
@@ -248,8 +251,13 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     paths = _table(data, "paths", source)
     _only(paths, {"run_dir", "trust_dir"}, f"{source}: [paths]")
     run_dir = Path(str(paths.get("run_dir", DEFAULT_RUN_DIR)))
-    if not run_dir.is_absolute():
-        raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path")
+    if not run_dir.is_absolute() or len(run_dir.parts) < 3:
+        raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path two levels down at "
+                          "least (a directory of ikectl's own, such as /run/ikectl)")
+    control = run_dir / "pluto" / "pluto.ctl"
+    if len(str(control).encode()) >= UNIX_PATH_MAX:
+        raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: too long: pluto's control socket "
+                          f"{control} must fit in a unix socket's {UNIX_PATH_MAX - 1} bytes")
     pins = _pins(_table(data, "pins", source), source)
     default_mode, default_pin = _default_policy(data, mode, trusted is not None or attested is not None, pins,
                                                 source)

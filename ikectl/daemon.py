@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +25,13 @@ from pathlib import Path
 
 from .errors import IkectlError
 from .observe import process
+from .state import netns_id
 from .whack import ADDCONN, DEFAULT_TIMEOUT_S, LIBEXEC, WHACK, Whack
 
 PLUTO = LIBEXEC / "pluto"
+MARKER = ".ikectl-run"
+# What ikectl makes in a run dir (render's tree, pluto's dirs and logs, the supervisor's log): all `remove` removes.
+OWN_ENTRIES = ("ipsec.conf", "ipsec.secrets", "ipsec.d", "nss", "pluto", "pluto.log", "pluto.log.1", "supervisor.log")
 
 
 class DaemonError(IkectlError):
@@ -69,6 +74,41 @@ class RunDir:
     def supervisor_log(self) -> Path:
         return self.root / "supervisor.log"
 
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    def prepare(self) -> None:
+        """Make the run dir (0700), marked as this network namespace's ikectl's: only such a dir is removed."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.ours():
+            self.marker.write_text(f"netns {netns_id()}: a run dir of ikectl's own; `ikectl down` removes what it "
+                                   "made here\n")
+
+    def ours(self) -> bool:
+        """Marked by ikectl of this network namespace (not a directory of the user's, nor another namespace's)."""
+        try:
+            return self.marker.read_text().split()[:2] == ["netns", f"{netns_id()}:"]
+        except OSError:
+            return False
+
+    def remove(self) -> bool:
+        """Remove what ikectl made here, then the dir if that leaves it empty; a dir without this namespace's
+        marker is not touched (a config may name a directory of the user's, or another namespace's run dir).
+        True when the dir is gone."""
+        if not self.ours():
+            return not self.root.exists()
+        for name in OWN_ENTRIES:
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        self.marker.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+        return not self.root.exists()
+
     def whack(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> Whack:
         return Whack(rundir=self.pluto_dir, config=self.conf, log=self.log, timeout_s=timeout_s)
 
@@ -89,14 +129,24 @@ class RunDir:
         return start, text[:text.rfind(b"\n") + 1]
 
 
+def in_this_netns(pid: int) -> bool:
+    """Does `pid` live in this process's network namespace? Two namespaces can be configured with the same run dir
+    (the default one, say): ikectl only ever stops or counts its own namespace's processes."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+
+
 def pluto_pid(run: RunDir) -> int | None:
-    """The pid of the pluto serving this run dir, if one is alive."""
+    """The pid of the pluto serving this run dir in this network namespace, if one is alive."""
     try:
         pid = int((run.pluto_dir / "pluto.pid").read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, IndexError):
         return None
-    return pid if b"pluto" in cmdline and str(run.pluto_dir).encode() in cmdline else None
+    ours = b"pluto" in cmdline and str(run.pluto_dir).encode() in cmdline and in_this_netns(pid)
+    return pid if ours else None
 
 
 def require_libreswan() -> None:
@@ -109,9 +159,16 @@ def require_libreswan() -> None:
 
 def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
     require_libreswan()
+    run.prepare()
     run.pluto_dir.mkdir(parents=True, exist_ok=True)
+    if pluto_pid(run) is None:  # a pluto that was killed leaves its lock file, and a new one refuses to start
+        for leftover in ("pluto.pid", "pluto.ctl"):
+            (run.pluto_dir / leftover).unlink(missing_ok=True)
     init_nss(run.nss)
-    log_start = run.log.stat().st_size if run.log.exists() else 0
+    # A new pluto starts its log afresh (logappend=no truncates it in place, so an offset into the old one would
+    # miss the new one's first lines): the previous log is kept beside it, for whoever looks into why it ended.
+    with contextlib.suppress(FileNotFoundError):
+        run.log.replace(run.log.with_name(run.log.name + ".1"))
     argv = [str(PLUTO), "--config", str(run.conf), "--rundir", str(run.pluto_dir), "--nssdir", str(run.nss),
             "--secretsfile", str(run.secrets), "--ipsecdir", str(run.ipsecd), "--logfile", str(run.log)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)  # pluto forks
@@ -120,10 +177,11 @@ def start_pluto(run: RunDir, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = pluto_pid(run)
-        listening = "listening for IKE messages" in _log_since(run, log_start)
+        listening = "listening for IKE messages" in _log_since(run, 0)
         if pid and listening and (run.pluto_dir / "pluto.ctl").exists():
             return pid
         time.sleep(0.05)
+    stop_pluto(run)  # what did start must not outlive the failure (nothing else would stop it)
     raise DaemonError(f"pluto did not come up within {timeout:.0f} s; see {run.log}")
 
 
@@ -173,7 +231,7 @@ SUPERVISOR_MODULE = "ikectl.supervisor"
 
 def start_supervisor(run: RunDir) -> int:
     """Start a supervisor for the record of this namespace, its log in `run`, detached from the caller; its pid."""
-    run.root.mkdir(parents=True, exist_ok=True)
+    run.prepare()
     log = open(run.supervisor_log, "ab")  # noqa: SIM115 - handed to the child, closed here after
     try:
         proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(run.root)], stdin=subprocess.DEVNULL,
@@ -191,20 +249,30 @@ def supervisors_of(run: RunDir) -> list[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
-                if all(w in argv for w in wanted):
+                if all(w in argv for w in wanted) and in_this_netns(int(entry.name)):
                     found.append(int(entry.name))
     return found
 
 
 def supervisor_running(pid: int | None) -> bool:
-    """Is `pid` an ikectl supervisor (of any run dir) that is alive?"""
+    """Is `pid` an ikectl supervisor (of any run dir) of this network namespace that is alive?"""
     if pid is None:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return SUPERVISOR_MODULE.encode() in cmdline
+    return SUPERVISOR_MODULE.encode() in cmdline and in_this_netns(pid)
+
+
+def end_if_stuck(pid: int) -> bool:
+    """A supervisor of this namespace that is stopped (SIGSTOP) can never let go of the lock it holds: kill it
+    (`up` starts another). True when it was one, and is gone."""
+    found = process(pid)
+    if found is None or not found.stopped or not supervisor_running(pid):
+        return False
+    _terminate(pid, 5.0)
+    return process(pid) is None
 
 
 def stop_supervisor(pid: int | None, timeout: float = 5.0) -> None:

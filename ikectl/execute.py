@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import shutil
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +17,7 @@ from typing import Any
 
 from ikecommon import xfrm
 
-from . import backstop, daemon, nft, opportunistic, policies, render, routes
+from . import backstop, daemon, nft, opportunistic, policies, protect, render, routes
 from .config import Address, Mode
 from .errors import IkectlError
 from .plan import (
@@ -97,6 +97,12 @@ def _protect(_: Protect, ex: Execution) -> None:
 
 
 def _lift_backstop(_: LiftBackstop, ex: Execution) -> None:
+    waiting = protect.pending(ex.store)
+    if waiting is not None and waiting[1] and waiting[0] != os.getpid():
+        # A trusted `up` started after this one put its backstops in and waits for the lock: lifting them now
+        # would let DNS out in clear until it runs.
+        ex.warnings.append(f"a trusted `up` (pid {waiting[0]}) is waiting: the backstops stay")
+        return
     ex.say("removing the backstops: the opportunistic traps are in")
     backstop.remove()
     ex.stack.callback(backstop.install)
@@ -162,7 +168,7 @@ def _stop_run(step: StopRun, ex: Execution) -> None:
         ex.say(f"stopping pluto of {step.run_dir}: {step.why}")
         daemon.stop_pluto(run)
     if step.remove_dir:
-        shutil.rmtree(step.run_dir, ignore_errors=True)
+        run.remove()
 
 
 def _start_pluto(_: StartPluto, ex: Execution) -> None:
@@ -191,10 +197,11 @@ def _ensure_supervisor(_: EnsureSupervisor, ex: Execution) -> None:
 
 def _write_tree(_: WriteTree, ex: Execution) -> None:
     root = ex.run.root
-    fresh = not root.exists()
+    fresh = not ex.run.ours()
     old = {relative: _read(root / relative) for relative in ex.files}
+    ex.run.prepare()
     render.write_tree(ex.files, root)
-    ex.stack.callback(lambda: shutil.rmtree(root, ignore_errors=True) if fresh else restore_tree(root, old))
+    ex.stack.callback(lambda: ex.run.remove() if fresh else restore_tree(root, old))
 
 
 def _read(path: Path) -> str | None:
@@ -279,7 +286,6 @@ def _wait_for_traps(ex: Execution, whack: Whack, resolvers: tuple[Address, ...])
     left_out = sorted({a for a, _ in missing}, key=str)
     for address in left_out:
         ex.unprotected[str(address)] = "pluto routed no trap for it; DNS passes in clear"
-    ex.warnings.append(f"pluto routed no trap for {', '.join(map(str, left_out))}: left in clear")
     members = tuple(a for a in resolvers if a not in left_out)
     assert ex.intent is not None
     files = render.group_files(render.Profile(Mode.COFFEE_SHOP, opportunistic=members,
@@ -349,7 +355,7 @@ def _record(_: Record, ex: Execution) -> None:
 
 def _forget(step: Forget, ex: Execution) -> None:
     for run_dir in step.run_dirs:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        daemon.RunDir(run_dir).remove()
     ex.store.remove()
 
 

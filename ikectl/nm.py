@@ -37,11 +37,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import daemon, locks, portal, resolvers, session
+from . import daemon, locks, portal, protect, resolvers
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError, UsageError
 from .portal import PortalWindow
-from .state import read_here
+from .state import StateStore, read_here
 
 # Every action NetworkManager-dispatcher(8) documents; anything else is bad input.
 NM_ACTIONS = frozenset({
@@ -228,7 +228,7 @@ class Context:
     window: PortalWindow | None = None  # the recorded portal window, open or not
     now: float = 0.0
     pluto_running: bool = False
-    blocked: bool = False  # a switch to trusted mode failed and left DNS blocked (session.block_dns)
+    blocked: bool = False  # a switch to trusted mode failed and left DNS blocked (the record says so)
 
 
 # --- the decision ----------------------------------------------------------------------------------------
@@ -514,6 +514,8 @@ def gather_context(config: Config, paths: NmPaths) -> Context:
 def apply_plan(plan: Plan, config: Config, paths: NmPaths, say: Callable[[str], None]) -> None:
     if plan.target is not None:
         _apply_target(plan.target, config, say)
+    from . import session  # noqa: PLC0415 - the planner and executor load after protection (_apply_target)
+
     if plan.portal == PortalStep.OPEN and plan.window is not None:
         fresh = portal.read(paths.window) != plan.window  # a window already recorded has its closer running
         portal.write(paths.window, plan.window)
@@ -529,8 +531,13 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     wanted = replace(config, mode=target.mode, resolvers=target.resolvers,
                      trusted=pinned if target.mode == Mode.TRUSTED else config.trusted)
     # Switching modes, too, never lets DNS out in clear; a trusted `up` that fails or runs out of time fails
-    # closed: a trusted network's DNS stays blocked, never clear.
-    session.up(wanted, say)
+    # closed: a trusted network's DNS stays blocked, never clear. Trusted protection comes first, before the
+    # planner and the executor are even imported: they are most of the time to it (docs/performance.md).
+    if wanted.mode == Mode.TRUSTED and wanted.trusted is not None:
+        protect.first(wanted.trusted.address, wanted.run_dir, read_here(), StateStore.here())
+    from . import session  # noqa: PLC0415 - see above
+
+    session.up(wanted, say, protected=wanted.mode == Mode.TRUSTED)
 
 
 # --- the entry point -------------------------------------------------------------------------------------

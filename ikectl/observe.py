@@ -29,6 +29,7 @@ class Process:
 
 
 def process(pid: int) -> Process | None:
+    """The live process `pid` (None: gone, or a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
@@ -36,6 +37,8 @@ def process(pid: int) -> Process | None:
     # pid (comm) state ...: comm may hold spaces and parentheses, the state follows the last ')'.
     name = stat[stat.index("(") + 1:stat.rindex(")")]
     state = stat[stat.rindex(")") + 2:].split(" ", 1)[0]
+    if state in ("Z", "X"):  # dead, waiting to be reaped: gone for anything ikectl asks
+        return None
     return Process(pid, name, state in ("T", "t"))
 
 

@@ -3,7 +3,8 @@ applied (the `RunState` record) to the ordered steps that get there. Pure: data 
 it as tables of before and after (tests/test_plan.py). ikectl/execute.py carries the steps out.
 
 The order is the promise. In trusted mode protection comes first: both backstops go in before anything is
-removed, unloaded or loaded, and nothing later lowers them. Leaving trusted mode, the backstops go only once the
+removed, unloaded or loaded, and nothing later lowers them (ikectl/protect.py does that step before the planner
+is even loaded; the plan repeats what is missing). Leaving trusted mode, the backstops go only once the
 opportunistic traps are in. A resolver ikectl has managed keeps no policy of pluto's kind (ikectl/policies.py)
 that the mode now applied does not account for, whoever left it: a pluto that forgot its shunts, one that was
 killed, one of a run dir the config no longer names.
@@ -20,6 +21,7 @@ from ikecommon.xfrm import Policy
 from . import policies
 from .config import Address, Mode
 from .observe import Protection
+from .protect import doomed, kept, managed
 from .render import Profile
 from .state import Baseline, RunState
 
@@ -178,12 +180,6 @@ Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | Set
 
 # --- planners -----------------------------------------------------------------------------------------------
 
-def managed(intent_resolvers: tuple[Address, ...], record: RunState | None) -> frozenset[Address]:
-    """Every resolver whose DNS ikectl handles now or has handled since the first `up`."""
-    earlier = (record.managed | set(record.resolvers)) if record is not None else frozenset()
-    return frozenset(intent_resolvers) | earlier
-
-
 def loaded_mode(record: RunState | None, facts: Facts) -> Mode | None:
     """The mode whose conns our running pluto holds, as far as the record tells: none when pluto is not running,
     is stuck, or serves another run dir; none when the record is of a trusted `up` that failed (blocked: its
@@ -217,40 +213,16 @@ def _pluto_running_after(facts: Facts) -> bool:
     return facts.pluto.pid is not None and not facts.pluto.stopped
 
 
-def _kept_for_trusted(pinned: Address, run_dir: Path, record: RunState | None) -> frozenset[Address]:
-    """The pinned resolver's own policies stay when trusted mode already holds it: they are the trusted conns'."""
-    same = (record is not None and record.run_dir == run_dir and record.mode == Mode.TRUSTED
-            and record.trusted == pinned and record.blocked is None)
-    return frozenset({pinned}) if same else frozenset()
-
-
-def _doomed(table: tuple[Policy, ...], everyone: frozenset[Address], keep: frozenset[Address]) -> list[Policy]:
-    """Anything of pluto's kind for a managed resolver but the kept ones, and clear passes to those too: an
-    opportunistic trap or NULL-authenticated SA to the pinned resolver would carry its DNS unauthenticated."""
-    return (policies.leftovers(table, everyone - keep)
-            + [p for p in table if policies.clear_pass(p) and policies.pluto_dns_peer(p) in keep])
-
-
-def protect_first(pinned: Address, run_dir: Path, table: tuple[Policy, ...],
-                  record: RunState | None) -> tuple[Step, ...]:
-    """Trusted `up`'s first steps, before anything else is looked up: both backstops, then pluto's policies for
-    DNS to other resolvers out (looked up before the backstops go in, so that once they are complete only the
-    deletes remain; in the VM, 4 to 6 queries per switch left in clear when they were looked up later)."""
-    doomed = _doomed(table, managed((pinned,), record), _kept_for_trusted(pinned, run_dir, record))
-    return (Protect(),) + ((DeletePolicies(tuple(doomed), "DNS to resolvers trusted mode does not use"),)
-                           if doomed else ())
-
-
 def _up_trusted(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:
     assert intent.pinned is not None
     everyone = managed(intent.resolvers, record)
-    keep = _kept_for_trusted(intent.pinned, intent.run_dir, record)
-    doomed = _doomed(facts.policies, everyone, keep)
+    keep = kept(intent.pinned, intent.run_dir, record)
+    found = doomed(facts.policies, everyone, keep)
     steps: list[Step] = []
     if facts.protection is None or not facts.protection.complete:
         steps.append(Protect())
-    if doomed:
-        steps.append(DeletePolicies(tuple(doomed), "DNS to resolvers trusted mode does not use"))
+    if found:
+        steps.append(DeletePolicies(tuple(found), "DNS to resolvers trusted mode does not use"))
     restart = _restart(intent, facts, record)
     steps += restart
     if restart:  # a pluto that had to be killed leaves its policies behind
@@ -292,15 +264,19 @@ def _up_coffee_shop(intent: Intent, facts: Facts, record: RunState | None) -> tu
     return tuple(steps)
 
 
-def down(record: RunState | None, run_dirs: tuple[Path, ...]) -> tuple[Step, ...]:
+def down(record: RunState | None, run_dirs: tuple[Path, ...], baseline: Baseline | None = None) -> tuple[Step, ...]:
     """Everything of ours goes, whatever happened between: the supervisor and pluto of every run dir the record
     or the config names, the backstops, every policy of pluto's kind for a resolver we managed (a pluto that was
-    killed leaves its traps: DNS blackholed), pluto's ND bypasses, larval drop as it was before the first `up`."""
+    killed leaves its traps: DNS blackholed), pluto's ND bypasses, larval drop as it was before the first `up` (from
+    the record, or from the baseline a first `up` wrote before it changed anything)."""
     dirs = tuple(dict.fromkeys(((record.run_dir,) if record is not None else ()) + run_dirs))
     steps: list[Step] = [StopRun(d, "ikectl down") for d in dirs]
     steps.append(RemoveBackstop())
     if record is not None:
-        steps += [RemoveLeftovers(managed(record.resolvers, record)), RestoreKernel(record.baseline)]
+        steps.append(RemoveLeftovers(managed(record.resolvers, record)))
+    kept = record.baseline if record is not None else baseline  # a first `up` killed half-way left only this
+    if kept is not None:
+        steps.append(RestoreKernel(kept))
     steps.append(Forget(dirs))
     return tuple(steps)
 
@@ -311,25 +287,37 @@ def admitted(record: RunState) -> tuple[Address, ...]:
                  if str(a) not in record.upkeep.excluded and str(a) not in record.unprotected)
 
 
-def repair(record: RunState, facts: Facts, backstop_wanted: bool) -> tuple[Step, ...]:
+def unrouted(record: RunState, facts: Facts) -> tuple[str, ...]:
+    """The conns whose policies pluto no longer holds (no trap, SA or shunt for a resolver they cover), while our
+    pluto runs: what another program's flush leaves. pluto itself removes and adds policies in every rekey and
+    negotiation, so the supervisor routes them only once they have stayed missing a while (`repair`)."""
+    if not _pluto_running_after(facts):
+        return ()
+    if record.mode == Mode.TRUSTED:
+        if record.blocked is not None or record.trusted is None:
+            return ()
+        routed = all(policies.covered(facts.policies, record.trusted, proto) for proto in (6, 17))
+        return () if routed else TRUSTED_CONNS
+    members = admitted(record)
+    bare = [a for a in members if not all(policies.covered(facts.policies, a, proto) for proto in (6, 17))]
+    return tuple(dict.fromkeys(OE_CONNS[a.version] for a in bare))
+
+
+def repair(record: RunState, facts: Facts, backstop_wanted: bool, route: tuple[str, ...] = ()) -> tuple[Step, ...]:
     """The supervisor's watch, after another program changed the kernel's tables: put back what ikectl keeps
-    there. `backstop_wanted`: trusted or blocked, and no captive-portal window open."""
+    there. `backstop_wanted`: trusted or blocked, and no captive-portal window open; `route`: conns `unrouted`
+    has named for long enough."""
     steps: list[Step] = []
     if backstop_wanted and facts.protection is not None and not facts.protection.complete:
         steps.append(Protect())
-    everyone = managed(record.resolvers, record)
-    running = _pluto_running_after(facts)
+    elif not backstop_wanted and facts.protection is not None and facts.protection.anything:
+        steps.append(RemoveBackstop())  # coffee-shop mode must not block what its clear fallback lets out
     if record.mode == Mode.TRUSTED:
-        keep = frozenset({record.trusted}) if record.blocked is None and record.trusted is not None else frozenset()
-        stray = _doomed(facts.policies, everyone, keep)
+        # The pinned resolver's traps and SAs stay, blocked or not: only a clear pass to it would leak.
+        keep = frozenset({record.trusted}) if record.trusted is not None else frozenset()
+        stray = doomed(facts.policies, managed(record.resolvers, record), keep)
         if stray:
             steps.append(DeletePolicies(tuple(stray), "DNS to resolvers trusted mode does not use"))
-        routed = all(policies.covered(facts.policies, pinned, proto) for pinned in keep for proto in (6, 17))
-        if keep and not routed and running:
-            steps.append(RouteConns(TRUSTED_CONNS))
-    else:
-        members = admitted(record)
-        routed = all(policies.covered(facts.policies, a, proto) for a in members for proto in (6, 17))
-        if not routed and running:
-            steps.append(RouteConns(tuple(dict.fromkeys(OE_CONNS[a.version] for a in members))))
+    if route:
+        steps.append(RouteConns(route))
     return tuple(steps)

@@ -37,9 +37,11 @@ def pluto_dns_peer(policy: Policy) -> Address | None:
     sel = policy.selector
     if policy.owned or sel.proto not in DNS_PROTOCOLS:
         return None
-    if policy.direction == Direction.OUT and _dns_port(sel.dport):
+    # pluto's policies name both hosts: this one (the conn's left, or the client of an SA) and the resolver. A
+    # policy from any source to a resolver is not pluto's, whoever installed it.
+    if policy.direction == Direction.OUT and _dns_port(sel.dport) and _host(sel.src) is not None:
         return _host(sel.dst)
-    if policy.direction in (Direction.IN, Direction.FWD) and _dns_port(sel.sport):
+    if policy.direction in (Direction.IN, Direction.FWD) and _dns_port(sel.sport) and _host(sel.dst) is not None:
         return _host(sel.src)
     return None
 

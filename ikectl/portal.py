@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ikecommon import xfrm
 
-from . import lean_pyroute2, session
+from . import lean_pyroute2
 from .errors import UsageError
 
 MAX_MINUTES = 120  # a login takes minutes; anything longer is a mode change, not a portal window
@@ -95,6 +95,8 @@ def close_when_due(path: Path, poll_s: float = 5.0) -> None:
             return
         wait = window.until - time.time()
         if wait <= 0:
+            from . import session  # noqa: PLC0415 - imported at the deadline; xfrm.preload() loaded the slow part
+
             session.close_portal_window()
             clear(path)
             print(f"ikectl portal: window opened by {window.source} has ended; trusted DNS is closed again",
@@ -104,10 +106,17 @@ def close_when_due(path: Path, poll_s: float = 5.0) -> None:
 
 
 def spawn_closer(path: Path) -> int:
-    """Start the closer detached from the caller (NM's dispatcher must not wait for it). The supervisor puts the
-    backstops back at the window's end too; the closer also forgets the window and says so in the journal."""
-    proc = subprocess.Popen([sys.executable, "-m", "ikectl.portal", str(path)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    """Start the closer detached from the caller, its output in a log beside the window's file: it must hold
+    none of the caller's pipes, or whoever reads them (NM's dispatcher, a shell's `$(...)`) waits for the whole
+    window. The supervisor puts the backstops back at the window's end too; the closer also forgets the window
+    and says so in its log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path.with_name("portal-closer.log"), "ab")  # noqa: SIM115 - handed to the child, closed here after
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ikectl.portal", str(path)], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, cwd="/")
+    finally:
+        log.close()
     return proc.pid
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ikecommon import xfrm
 
-from . import backstop, daemon, execute, nft, pins, plan, policies, render, resolvers, routes
+from . import backstop, daemon, execute, nft, pins, plan, policies, protect, render, resolvers, routes
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .observe import process, protection
@@ -35,6 +35,7 @@ from .state import Baseline, Blocked, RunState, StateStore, Unreadable
 Say = Callable[[str], None]
 TRUSTED_CONNS = plan.TRUSTED_CONNS
 ESP_CACHE = "esp.json"
+LOCK_WAIT_S = 60.0  # another `up` under TCG takes up to half a minute; a stuck holder is named, never waited on
 
 
 class UpError(IkectlError):
@@ -66,9 +67,14 @@ def _pluto_facts(run_dir: Path) -> plan.PlutoFacts:
     return plan.PlutoFacts(pid, found is not None and found.stopped)
 
 
-def gather(run_dir: Path, record: RunState | None, with_protection: bool = True) -> plan.Facts:
+def gather_policies() -> tuple[xfrm.Policy, ...]:
+    """The kernel's policies of this namespace (not the per-socket ones)."""
     with xfrm.XfrmClient() as client:
-        table = tuple(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
+        return tuple(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
+
+
+def gather(run_dir: Path, record: RunState | None, with_protection: bool = True) -> plan.Facts:
+    table = gather_policies()
     old = record.run_dir if record is not None and record.run_dir != run_dir else None
     return plan.Facts(policies=table, protection=protection(table) if with_protection else None,
                       pluto=_pluto_facts(run_dir), old_pluto=_pluto_facts(old) if old else plan.PlutoFacts(),
@@ -145,19 +151,21 @@ def _check(files: dict[str, str]) -> None:
 
 # --- up -----------------------------------------------------------------------------------------------------
 
-def up(config: Config, say: Say = _quiet, config_path: Path | None = None) -> UpResult:
+def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, protected: bool = False) -> UpResult:
     """Apply the configured mode. `config_path`, when given, is where the supervisor reads the config again
-    (re-attestation). Raises UpError (Blocking when trusted mode failed closed)."""
+    (re-attestation); `protected`: the caller ran protect.first already (the NetworkManager hook). A failed
+    trusted `up` fails closed, then raises what failed."""
     pins.require_usable(config)  # a trust-store pin that failed attestation: refused, nothing touched
     daemon.require_libreswan()  # no libreswan: refused, nothing touched
     started = time.monotonic()
     store = StateStore.here()
-    if config.mode == Mode.TRUSTED:
+    store.check()  # a state directory that cannot take the record: refused, nothing touched
+    if config.mode == Mode.TRUSTED and not protected:
         # Protection first, before waiting for the lock (a supervisor round holds it for milliseconds, another
         # `up` for longer): both backstops, and pluto's policies for DNS to any other resolver out. Failing
         # closed, none of it is undone, so it needs no record; the plan under the lock repeats what is missing.
         _protect_first(config, store)
-    with store.lock():
+    with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
         found = store.read()
         record = found if isinstance(found, RunState) else None
         try:
@@ -167,24 +175,21 @@ def up(config: Config, say: Say = _quiet, config_path: Path | None = None) -> Up
                 _fail_closed(config, store, record, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                              say)
             raise
+        finally:
+            protect.done(store)  # this `up`'s marker (or a dead one's): the record now says what holds
 
 
 def _protect_first(config: Config, store: StateStore) -> None:
     found = store.read()
-    record = found if isinstance(found, RunState) else None
     assert config.trusted is not None
-    with xfrm.XfrmClient() as client:
-        table = tuple(client.policies())
-    steps = plan.protect_first(config.trusted.address, config.run_dir, table, record)
-    with contextlib.ExitStack() as stack:
-        execute.run(steps, execute.Execution(daemon.RunDir(config.run_dir), store, record, _quiet, stack))
-        stack.pop_all()  # nothing of it is undone
+    protect.first(config.trusted.address, config.run_dir, found if isinstance(found, RunState) else None, store)
 
 
 def _up(config: Config, store: StateStore, record: RunState | None, say: Say, config_path: Path | None,
         started: float) -> UpResult:
     now = time.time()
     facts = gather(config.run_dir, record)
+    baseline = store.keep_baseline(Baseline(facts.larval_drop, tuple(sorted(policies.nd_bypasses(facts.policies)))))
     esp = esp_refused(store)
     wanted = intent(config, record, esp, now)
     files = render.render_tree(wanted.profile)
@@ -193,29 +198,25 @@ def _up(config: Config, store: StateStore, record: RunState | None, say: Say, co
     with contextlib.ExitStack() as stack:
         ex = execute.Execution(daemon.RunDir(config.run_dir), store, record, say, stack, intent=wanted, files=files,
                                unprotected=dict(wanted.unprotected))
-        ex.make_record = lambda ex: _record_of(ex, config, facts, config_path, now, esp)
+        ex.make_record = lambda ex: _record_of(ex, config, baseline, config_path, now, esp)
         execute.run(steps, ex)
         stack.pop_all()  # applied: nothing to undo
-    warnings = tuple(ex.warnings) + tuple(f"{a}: {why}" for a, why in ex.unprotected.items()
-                                          if a not in wanted.unprotected or esp is not None)
+    warnings = (*ex.warnings, *(f"{a} left in clear: {why}" for a, why in ex.unprotected.items()))
     pid = ex.pluto_pid or daemon.pluto_pid(ex.run)
     return UpResult(wanted.mode, wanted.resolvers, pid, time.monotonic() - started, warnings)
 
 
-def _record_of(ex: execute.Execution, config: Config, facts: plan.Facts, config_path: Path | None, now: float,
+def _record_of(ex: execute.Execution, config: Config, baseline: Baseline, config_path: Path | None, now: float,
                esp: str | None) -> RunState:
     wanted, record = ex.intent, ex.record
     assert wanted is not None
     same_mode = record is not None and record.mode == wanted.mode and record.blocked is None
-    baseline = record.baseline if record is not None else Baseline(facts.larval_drop, ex.nd_before or ())
-    if record is not None and ex.nd_before is not None and record.pluto_pid is None:
-        baseline = replace(baseline, nd_bypass=ex.nd_before)
     upkeep = ex.upkeep if ex.upkeep is not None else (
         record.upkeep if record is not None and same_mode and wanted.mode == Mode.COFFEE_SHOP else None)
     state = RunState(
         mode=wanted.mode, resolvers=wanted.resolvers, run_dir=wanted.run_dir,
         up_at=record.up_at if record is not None and same_mode else now, baseline=baseline,
-        trusted=wanted.pinned, managed=plan.managed(wanted.resolvers, record),
+        trusted=wanted.pinned, managed=protect.managed(wanted.resolvers, record),
         pluto_pid=ex.pluto_pid or daemon.pluto_pid(ex.run), supervisor_pid=ex.supervisor_pid,
         config_path=config_path or (record.config_path if record is not None else None),
         retry_after_s=config.coffee_shop.retry_after_s, unprotected=dict(ex.unprotected), esp_refused=esp,
@@ -238,7 +239,7 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
                 whack.delete(name)
     assert config.trusted is not None
     pinned = config.trusted.address
-    everyone = plan.managed((pinned,), record)
+    everyone = protect.managed((pinned,), record)
     with xfrm.XfrmClient() as client:
         table = client.policies()
     execute.delete(policies.leftovers(table, everyone - {pinned})
@@ -250,10 +251,10 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
     if not daemon.supervisor_running(supervisor):
         with contextlib.suppress(OSError):  # the watch keeps the backstops in place; DNS is blocked without it
             supervisor = daemon.start_supervisor(run)
-    baseline = record.baseline if record is not None else Baseline(xfrm.larval_drop())
+    baseline = record.baseline if record is not None else store.keep_baseline(Baseline(xfrm.larval_drop()))
     store.write(RunState(
         mode=Mode.TRUSTED, resolvers=listed, run_dir=config.run_dir, up_at=now, baseline=baseline, trusted=pinned,
-        managed=plan.managed(listed, record), pluto_pid=daemon.pluto_pid(run), supervisor_pid=supervisor,
+        managed=protect.managed(listed, record), pluto_pid=daemon.pluto_pid(run), supervisor_pid=supervisor,
         config_path=record.config_path if record is not None else None, retry_after_s=config.coffee_shop.retry_after_s,
         blocked=Blocked(f"applying trusted mode failed: {reason}", now),
         interference=record.interference if record is not None else ()))
@@ -265,19 +266,22 @@ def down(config_run_dir: Path | None, say: Say = _quiet) -> bool:
     """Remove what `up` installed, from the record (and the config's run dir, when given); False when ikectl was
     not up. Raises IkectlError naming what could not be removed."""
     store = StateStore.here()
-    with store.lock():
+    store.check()
+    with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
         found = store.read()
         record = found if isinstance(found, RunState) else None
         dirs = (config_run_dir,) if config_run_dir is not None else ()
-        if found is None and not any(d.exists() for d in dirs) and not _anything_of_ours():
+        marked = any(daemon.RunDir(d).ours() for d in dirs)
+        if found is None and store.baseline() is None and not marked and not _anything_of_ours():
             return False
         if isinstance(found, Unreadable):
             say(f"the record is unreadable ({found.why}): removing what the config and the kernel show")
         with contextlib.ExitStack() as stack:
             ex = execute.Execution(daemon.RunDir(record.run_dir if record else dirs[0] if dirs else Path("/")),
                                    store, record, say, stack)
-            execute.run(plan.down(record, dirs), ex)
+            execute.run(plan.down(record, dirs, store.baseline()), ex)
             stack.pop_all()
+        protect.done(store, whoever=True)
         remaining = _remaining(record, dirs)
     store.remove_lock()
     if remaining:
@@ -302,7 +306,7 @@ def _remaining(record: RunState | None, dirs: tuple[Path, ...]) -> list[str]:
     if nft.check() in (nft.TableState.INTACT, nft.TableState.DAMAGED):
         left.append("the nftables table inet ikectl")
     if record is not None:
-        stray = policies.leftovers(table, plan.managed(record.resolvers, record))
+        stray = policies.leftovers(table, protect.managed(record.resolvers, record))
         left += [f"pluto's policy {policies.describe(p)}" for p in stray]
     for run_dir in {*dirs, *((record.run_dir,) if record else ())}:
         if daemon.pluto_pid(daemon.RunDir(run_dir)) is not None:
@@ -319,7 +323,7 @@ def _remaining(record: RunState | None, dirs: tuple[Path, ...]) -> list[str]:
 def open_portal_window(until: float, say: Say = _quiet) -> bool:
     """Let clear DNS pass until `until` (a portal login); True when trusted mode is up and the backstops are out."""
     store = StateStore.here()
-    with store.lock():
+    with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
         record = store.read()
         if not isinstance(record, RunState) or record.mode != Mode.TRUSTED:
             return False
@@ -332,7 +336,7 @@ def open_portal_window(until: float, say: Say = _quiet) -> bool:
 def close_portal_window(say: Say = _quiet) -> bool:
     """End the window: the backstops block DNS that is not protected again; True when they were reinstalled."""
     store = StateStore.here()
-    with store.lock():
+    with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
         record = store.read()
         if not isinstance(record, RunState) or record.mode != Mode.TRUSTED:
             return False

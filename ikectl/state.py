@@ -1,7 +1,7 @@
 """What `ikectl up` applied in this network namespace: one typed record (`RunState`) behind one store.
 
 The record lives outside the run dir, in one file per network namespace under the state directory
-(/run/ikectl-state, or $IKECTL_STATE_DIR), named after the namespace's inode. So `down`, the supervisor,
+(/run/ikectl-state, or $IKECTL_STATE_DIR), named after the namespace's cookie. So `down`, the supervisor,
 `status` and the next `up` find what was applied even when the config that applied it has since moved its run
 dir, broken, or gone, and two namespaces on one host (the netns suite's hosts) never share a record.
 
@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import socket
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
@@ -33,9 +36,14 @@ from .errors import IkectlError
 SCHEMA_VERSION = 2
 DEFAULT_STATE_DIR = Path("/run/ikectl-state")
 INTERFERENCE_KEPT = 8  # the latest interferences `status` shows
+UNSTICK_EVERY_S = 0.5  # how often a waiter looks at who holds the lock
 
 
-class StateBusy(IkectlError):
+class StateError(IkectlError):
+    """The state directory or the record cannot be written."""
+
+
+class StateBusy(StateError):
     """The state's lock stayed held for longer than the caller can wait."""
 
 
@@ -175,9 +183,18 @@ def state_dir() -> Path:
     return Path(os.environ.get("IKECTL_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
+SO_NETNS_COOKIE = 71  # linux/socket.h, since Linux 5.14
+
+
 def netns_id() -> int:
-    """This process's network namespace: the inode of /proc/self/ns/net."""
-    return os.stat("/proc/self/ns/net").st_ino
+    """This process's network namespace: its cookie, which the kernel never gives to another namespace (an inode
+    is reused as soon as a namespace is gone, and a new one would inherit a stale record); the inode of
+    /proc/self/ns/net on kernels without cookies."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
 
 
 @dataclass(frozen=True)
@@ -199,17 +216,46 @@ class StateStore:
     def lock_path(self) -> Path:
         return self.root / f"net-{self.netns}.lock"
 
+    def check(self) -> None:
+        """The state directory is a directory ikectl can write: checked before `up` or `down` touches anything."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StateError(f"state directory {self.root}: not a directory ikectl can write (set IKECTL_STATE_DIR "
+                             "or remove what is there)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        except OSError as exc:
+            raise StateError(f"state directory {self.root}: cannot make it ({exc.strerror})") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StateError(f"state directory {self.root}: not a directory ikectl can write (set IKECTL_STATE_DIR "
+                             "or fix its permissions)")
+
     @contextlib.contextmanager
-    def lock(self, wait_s: float | None = None) -> Iterator[None]:
-        """Hold the record's lock; with `wait_s`, StateBusy when it is not free within that long."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+    def lock(self, wait_s: float | None = None, unstick: Callable[[int], bool] | None = None) -> Iterator[None]:
+        """Hold the record's lock; with `wait_s`, StateBusy (naming the holder) when it is not free within that
+        long. The holder's pid is kept in the lock file; `unstick(pid)`, asked about a holder while waiting, may
+        end one that can never let go (a stopped supervisor) and say so."""
+        self.check()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if not locks.lock_by(fd, None if wait_s is None else time.monotonic() + wait_s):
-                raise StateBusy(f"{self.lock_path}: held by another ikectl for over {wait_s:g} s")
+            deadline = None if wait_s is None else time.monotonic() + wait_s
+            while not locks.lock_by(fd, min(deadline or math.inf, time.monotonic() + UNSTICK_EVERY_S)):
+                holder = self.holder()
+                if unstick is not None and holder is not None and unstick(holder):
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StateBusy(f"{self.lock_path}: held by another ikectl (pid {holder}) for over {wait_s:g} s")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)
+
+    def holder(self) -> int | None:
+        """The pid that holds (or last held) the lock."""
+        try:
+            return int(self.lock_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def read(self) -> RunState | Unreadable | None:
         """The record; None when there is none."""
@@ -226,27 +272,61 @@ class StateStore:
 
     def write(self, state: RunState) -> None:
         """Replace the record atomically: a reader sees the old one or the new one, never a mix, even after a
-        crash or a power cut."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{self.path.name}.")
+        crash or a power cut. StateError (one line) when the state directory will not take it."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{self.path.name}.")
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write the record ({exc.strerror})") from None
         try:
             with os.fdopen(fd, "w") as out:
                 json.dump(state.to_json(), out, indent=1)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
+            directory = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StateError(f"{self.path}: cannot write the record ({exc.strerror})") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        directory = os.open(self.root, os.O_RDONLY)
+
+    @property
+    def baseline_path(self) -> Path:
+        return self.root / f"net-{self.netns}.baseline.json"
+
+    def keep_baseline(self, baseline: Baseline) -> Baseline:
+        """What the kernel was like before the first `up`, written before that `up` changes anything (a first `up`
+        killed half-way leaves no record, and `down` must still put larval drop back); the one kept if there is
+        one already."""
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            kept = json.loads(self.baseline_path.read_text())
+            return Baseline(bool(kept["larval_drop"]), tuple(str(k) for k in kept["nd_bypass"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            self.baseline_path.write_text(json.dumps({"larval_drop": baseline.larval_drop,
+                                                      "nd_bypass": list(baseline.nd_bypass)}))
+        except OSError as exc:
+            raise StateError(f"{self.baseline_path}: cannot write it ({exc.strerror})") from None
+        return baseline
+
+    def baseline(self) -> Baseline | None:
+        try:
+            kept = json.loads(self.baseline_path.read_text())
+            return Baseline(bool(kept["larval_drop"]), tuple(str(k) for k in kept["nd_bypass"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def remove(self) -> None:
-        """Forget the record (after `down`); the lock file goes too, once its holder is done."""
+        """Forget the record and the baseline (after `down`)."""
         self.path.unlink(missing_ok=True)
+        self.baseline_path.unlink(missing_ok=True)
 
     def remove_lock(self) -> None:
         self.lock_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ikecommon import xfrm
 
-from . import daemon, opportunistic, pins, plan, policies, routes
+from . import daemon, nft, opportunistic, pins, plan, policies, protect, routes
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .observe import ike_daemons, process, protection
@@ -140,9 +140,10 @@ def _coffee_shop(seen: Seen) -> tuple[Verdict, str]:
 # --- gathering ----------------------------------------------------------------------------------------------
 
 def gather(config: Config | None = None, portal: str | None = None) -> Status:
-    found = StateStore.here().read()
+    store = StateStore.here()
+    found = store.read()
     if found is None:
-        return Status(up=False)
+        return Status(up=False, notes=tuple(_orphans(store)))
     if isinstance(found, Unreadable):
         return Status(up=True, notes=(f"the record cannot be read ({found.why}); `ikectl down` removes what the "
                                       "kernel and the config show, `ikectl up` starts afresh",))
@@ -213,13 +214,40 @@ def _row(seen: Seen, sas: list[xfrm.SaInfo]) -> ResolverStatus:
                           algorithms=tuple(sorted({a.label for sa in out for a in sa.algorithms})))
 
 
+def _orphans(store: StateStore) -> list[str]:
+    """ikectl is down by its record: say so if the kernel still holds a backstop of ours all the same. Only a
+    trusted `up` that never wrote its record leaves that, and its marker or baseline says so: without either, the
+    kernel is not asked (`status` of a host where ikectl is down stays cheap)."""
+    if protect.pending(store) is None and store.baseline() is None:
+        return []
+    with xfrm.XfrmClient() as client:
+        owned = sum(p.owned for p in client.policies())
+    notes = []
+    if owned or nft.check() in (nft.TableState.INTACT, nft.TableState.DAMAGED):
+        notes.append(f"no record, yet ikectl's backstops are in the kernel ({owned} XFRM policies; nftables table "
+                     f"{nft.check().value}): DNS is blocked; `ikectl down` removes them")
+    waiting = protect.pending(store)
+    if waiting is not None:
+        notes.append(f"a trusted `up` (pid {waiting[0]}) {'is under way' if waiting[1] else 'did not finish'}")
+    return notes
+
+
 def _notes(record: RunState, table: list[xfrm.Policy], pid: int | None, now: float, nft_state: str) -> list[str]:
     notes = [f"{_age(now - i.at)} ago: {i.what}" for i in record.interference[-3:]]
+    supervisor = process(record.supervisor_pid) if record.supervisor_pid is not None else None
+    if supervisor is None or supervisor.stopped:
+        what = "is stopped" if supervisor is not None else "is not running"
+        notes.append(f"the supervisor (pid {record.supervisor_pid}) {what}: nothing puts the backstops or pluto's "
+                     "policies back if another program removes them; `ikectl up` starts it again")
+    waiting = protect.pending(StateStore.here())
+    if waiting is not None and not waiting[1]:
+        notes.append(f"a trusted `up` (pid {waiting[0]}) did not finish: its backstops stay until the next `up` or "
+                     "`down`")
     for other in ike_daemons(exclude=[pid] if pid is not None else []):
         notes.append(f"another IKE daemon in this network namespace: {other.describe()}; it may take IKE replies "
                      "meant for ikectl's pluto, and its policies are not ikectl's to change")
     if record.mode == Mode.TRUSTED:
-        ours = plan.managed(record.resolvers, record)
+        ours = protect.managed(record.resolvers, record)
         for leak in policies.leaks(table):
             if policies.pluto_dns_peer(leak) in ours:
                 continue  # our pluto's: the supervisor removes it

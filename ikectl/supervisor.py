@@ -17,6 +17,7 @@ or a newer supervisor took over, so a crash of `down` cannot leave it spinning.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import select
 import signal
@@ -28,13 +29,17 @@ from pathlib import Path
 
 from ikecommon import xfrm
 
-from . import config, daemon, execute, lean_pyroute2, opportunistic, plan, session, status
+from . import backstop, config, daemon, execute, lean_pyroute2, nft, opportunistic, plan, protect, session, status
 from .config import Mode
 from .errors import IkectlError
-from .state import RunState, StateStore
+from .state import RunState, StateBusy, StateStore
 
 TICK_S = 1.0
 RESTART_EVERY_S = 5.0  # a pluto that keeps dying is started again at most this often
+# pluto removes and adds its own policies in every rekey and negotiation: conns are routed again only when their
+# policies have stayed missing this long (routing one in the middle of a rekey lost queries, in the VM).
+UNROUTED_FOR_S = 1.0
+LOCK_WAIT_S = 2.0  # a round that cannot get the lock (an `up` holds it) is skipped: the next one tries again
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 XFRM_REMOVALS = {0x14, 0x1B, 0x1D}  # XFRM_MSG_DELPOLICY, XFRM_MSG_POLEXPIRE, XFRM_MSG_FLUSHPOLICY
@@ -46,30 +51,79 @@ class Supervisor:
         self.run, self.store = run, store or StateStore.here()
         self.log_seen = run.log.stat().st_size if run.log.exists() else 0  # pluto's log read up to here
         self.restarted_at = 0.0
+        self.unrouted: dict[str, float] = {}  # conn -> when its policies were first seen missing
+        self.guarded = False  # the last round wanted the backstops: a removal is answered before any lock
+        self.guard: nft.Guard | None = None
+        self.restored: list[str] = []  # what `at_once` put back, for the next round to note
 
     def tick(self, now: float) -> bool:
         """One round; False when this supervisor should end."""
-        with self.store.lock():
-            record = self.store.read()
-            if not isinstance(record, RunState) or record.supervisor_pid != os.getpid():
-                return False
-            updated = self.reconcile(record, now)
-            if updated != record:
-                self.store.write(updated)
+        try:
+            with self.store.lock(wait_s=LOCK_WAIT_S):
+                record = self.store.read()
+                if not isinstance(record, RunState) or record.supervisor_pid != os.getpid():
+                    self.hold_guard(False)
+                    return False
+                updated = self.reconcile(record, now)
+                if updated != record:
+                    self.store.write(updated)
+        except StateBusy:
+            return True  # an `up` or `down` is at work; the next round looks again
         if updated.mode == Mode.TRUSTED and updated.blocked is None and updated.config_path is not None:
             # Outside the lock: a re-attestation that pins a new key runs `up` again, which takes it.
             self.reattest(updated.config_path, now)
         return True
+
+    def backstop_wanted(self, record: RunState) -> bool:
+        """Trusted (applied or failed closed) and no captive-portal window open; or a trusted `up` under way or
+        interrupted (its marker): the backstops it put in stay until an `up` or `down` says otherwise."""
+        trusted = record.mode == Mode.TRUSTED and record.portal_until is None
+        return trusted or protect.pending(self.store) is not None
+
+    def hold_guard(self, wanted: bool) -> None:
+        if wanted and self.guard is None:
+            try:
+                self.guard = nft.Guard()
+            except nft.NftError as exc:
+                _log(f"no guard table: {exc}")
+        elif not wanted and self.guard is not None:
+            self.guard.release()
+            self.guard = None
+
+    def at_once(self) -> None:
+        """A removal event, before any lock or read: the XFRM backstop back first (microseconds of netlink),
+        then the nftables table (a process start), when the last round wanted them."""
+        if not self.guarded:
+            return
+        with contextlib.suppress(IkectlError, OSError):
+            missing = backstop.missing(session.gather_policies())
+            if missing:
+                backstop.install_xfrm(only=missing)
+                self.restored.append(f"{len(missing)} of {len(backstop.policies())} XFRM backstop policies")
+        with contextlib.suppress(IkectlError, OSError):
+            table = nft.check()
+            if table in (nft.TableState.ABSENT, nft.TableState.DAMAGED):
+                nft.install()
+                self.restored.append(f"the nftables table ({table.value})")
 
     def reconcile(self, record: RunState, now: float) -> RunState:
         """Put back what another program took away; the record with what was done noted."""
         if record.portal_until is not None and record.portal_until <= now:
             record = replace(record, portal_until=None)  # the window ended: the backstops come back below
         record = self.revive(record, now)
+        if self.restored:
+            record = record.noting(f"another program removed trusted mode's protection ({'; '.join(self.restored)}):"
+                                   " restored at once", now)
+            _log(record.interference[-1].what)
+            self.restored = []
         facts = session.gather(record.run_dir, record)
-        portal_open = record.portal_until is not None
-        wanted = record.mode == Mode.TRUSTED and not portal_open
-        steps = plan.repair(record, facts, backstop_wanted=wanted)
+        wanted = self.backstop_wanted(record)
+        self.guarded = wanted
+        self.hold_guard(wanted)
+        missing = plan.unrouted(record, facts)
+        self.unrouted = {name: self.unrouted.get(name, now) for name in missing}
+        due = tuple(name for name, since in self.unrouted.items() if now - since >= UNROUTED_FOR_S)
+        steps = plan.repair(record, facts, backstop_wanted=wanted, route=due)
         if steps:
             with contextlib.ExitStack() as stack:
                 execute.run(steps, execute.Execution(self.run, self.store, record, _log, stack))
@@ -77,7 +131,8 @@ class Supervisor:
             for step in steps:
                 record = record.noting(_what(step, facts), now)
                 _log(record.interference[-1].what)
-        upkeep = (record.mode == Mode.COFFEE_SHOP and facts.pluto.pid is not None and not facts.pluto.stopped)
+        upkeep = (record.mode == Mode.COFFEE_SHOP and record.blocked is None and facts.pluto.pid is not None
+                  and not facts.pluto.stopped)
         if upkeep:
             record = replace(record, upkeep=opportunistic.upkeep(self.run, record, facts.policies, now))
         return record
@@ -120,6 +175,8 @@ class Supervisor:
 def _what(step: plan.Step, facts: plan.Facts) -> str:
     if isinstance(step, plan.Protect) and facts.protection is not None:
         return f"another program removed trusted mode's protection ({facts.protection.describe()}): restored"
+    if isinstance(step, plan.RemoveBackstop):
+        return "backstops that nothing wants any more (coffee-shop, no trusted `up` under way): removed"
     if isinstance(step, plan.RouteConns):
         return f"pluto's policies for {', '.join(step.names)} were removed by another program: routed again"
     if isinstance(step, plan.DeletePolicies):
@@ -160,23 +217,28 @@ def removals(data: bytes) -> bool:
 def main(argv: list[str]) -> int:
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where each thread is to the log
     sockets = event_sockets()
+    _log(f"watching the record of this network namespace for {argv[0]} (pid {os.getpid()}; SIGUSR1 dumps its "
+         "stack to this log)")
     next_tick = 0.0
     while True:
         timeout = max(0.0, next_tick - time.monotonic())
         ready, _, _ = select.select(sockets, [], [], timeout)
         removed = False
         for sock in ready:
-            with contextlib.suppress(BlockingIOError, OSError):
+            with contextlib.suppress(OSError):
                 while True:  # drain: one round answers a burst
                     removed = removals(sock.recv(1 << 16)) or removed
-        if not removed and time.monotonic() < next_tick:
+        if removed:
+            supervisor.at_once()
+        elif time.monotonic() < next_tick:
             continue
         try:
             if not supervisor.tick(time.time()):
                 return 0
-        except IkectlError as exc:  # pluto busy or restarting: say so, try again next round
-            _log(str(exc))
+        except (IkectlError, OSError) as exc:  # pluto busy, a full disk: say so, try again next round
+            _log(f"{type(exc).__name__}: {exc}")
         next_tick = time.monotonic() + TICK_S
 
 

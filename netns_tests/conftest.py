@@ -35,6 +35,7 @@ def run_dir() -> Iterator[Path]:
     """ikectl's run dir: short (pluto's socket path must fit) and under /run (no unix sockets on 9p)."""
     path = Path(tempfile.mkdtemp(prefix="ikt-run-", dir="/run"))
     procs.attach_log("ikectl's pluto", path / "pluto.log")
+    procs.attach_log("ikectl's supervisor", path / "supervisor.log")
     yield path
     shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(path.with_name(path.name + "-nm"), ignore_errors=True)  # the NetworkManager hook's files

@@ -18,6 +18,7 @@ from ikecommon import keys
 from ikecommon.xfrm import XfrmClient
 from ikectl import backstop
 from netns_tests.conftest import IKECTL
+from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query
 from netns_tests.lab import TRUSTED_ID, Lab
 
@@ -129,24 +130,29 @@ def test_queries_to_port_53_servers_that_are_not_the_resolver_get_no_answer_and_
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
 
 
-def test_pluto_killed_mid_session_keeps_dns_off_the_wire(world, run_dir, tmp_path):
+def test_pluto_killed_mid_session_keeps_dns_off_the_wire_and_is_started_again(world, run_dir, tmp_path):
+    """pluto dies: the backstops hold (its SAs may carry DNS until they go), and the supervisor starts it again
+    from the tree on disk, which loads and routes the conns: DNS comes back inside ESP, and status says so."""
     config = write_config(world, run_dir, tmp_path)
     assert ikectl(world, config, "up").returncode == 0
     client = world.hosts["client"]
     assert query(world.topo, client, TRUSTED, timeout=10).answered
     pid = int((run_dir / "pluto" / "pluto.pid").read_text())
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)
     for target in (TRUSTED, PLAIN):
         query(world.topo, client, target, timeout=1.5)  # answered over the old SA, or not at all
-    assert status(world, config)[TRUSTED]["state"] in ("authenticated", "blocked")
     with XfrmClient(client.netns) as xfrm:  # the SA's kernel state outlives pluto: expire it
         for sa in xfrm.sas():
             if not sa.larval:  # an ACQUIRE's larval state (SPI 0) cannot be deleted by SPI; it holds nothing
                 xfrm.delete_sa(sa.dst, sa.spi)
-    assert not query(world.topo, client, TRUSTED, timeout=1.5).answered
-    row = status(world, config)[TRUSTED]
-    assert row["state"] == "blocked" and "pluto is not running" in row["reason"]
+    assert not query(world.topo, client, PLAIN, timeout=1.5).answered
+    assert query(world.topo, client, TRUSTED, timeout=30).answered  # a new pluto, a new SA
+    new_pid = int((run_dir / "pluto" / "pluto.pid").read_text())
+    assert new_pid != pid
+    proc = ikectl(world, config, "status", "--json")
+    notes = json.loads(proc.stdout)["notes"]
+    assert any(f"pluto (pid {pid}) exited; started again as pid {new_pid}" in n for n in notes), notes
+    assert status(world, config)[TRUSTED]["state"] == "authenticated"
     assert plaintext(world) == {TRUSTED: 0, PLAIN: 0, COFFEE: 0}
 
 
@@ -230,9 +236,13 @@ def test_verify_proves_from_the_wire_and_catches_a_leak(world, run_dir, tmp_path
     assert proof.returncode == 0, proof.stdout + proof.stderr
     line = next(row for row in proof.stdout.splitlines() if row.startswith(TRUSTED))
     assert " encrypted " in line and "0 plaintext port-53 packets out" in line and " 0 ESP" not in line
-    # Take every policy away (pluto's and the backstop): DNS now leaves in clear, and verify must say so.
+    # Take every protection away (the supervisor that restores them first, then pluto's policies, the XFRM
+    # backstop and the nftables one): DNS now leaves in clear, and verify must say so.
+    for pid in procs.pids_by_argv("ikectl.supervisor", str(run_dir)):
+        os.kill(pid, signal.SIGKILL)
     world.topo.run(client, ["ip", "xfrm", "policy", "flush"])
     world.topo.run(client, ["ip", "xfrm", "state", "flush"])
+    world.topo.run(client, ["nft", "delete", "table", "inet", "ikectl"])
     leak = ikectl(world, config, "verify", "--seconds", "2")
     assert leak.returncode == 1, leak.stdout + leak.stderr
     assert next(row for row in leak.stdout.splitlines() if row.startswith(TRUSTED)).split()[1] == "LEAK"

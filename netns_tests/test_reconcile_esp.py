@@ -73,7 +73,8 @@ def restored_after(world: walk.World, removal: list[str]) -> float:
             complete = not backstop.missing(client.policies())
         if complete and world.nft_state() == TableState.INTACT:
             return time.monotonic() - started
-    raise AssertionError(f"{' '.join(removal)}: the backstops were not back within 10 s")
+    raise AssertionError(f"{' '.join(removal)}: the backstops were not back within 10 s; "
+                         f"the supervisor:\n{world.supervisor_story()}")
 
 
 def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(world):

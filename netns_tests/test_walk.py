@@ -34,10 +34,14 @@ def walk_and_report(world: walk.World, steps: int, where: str) -> None:
     failure = walk.run(world, actions)
     if failure is not None:
         story = "\n".join(world.log[-12:])
+        supervisor = world.supervisor_story()
         shortest = walk.shrink(world, actions[:failure.step + 1])
+        again = walk.run(world, shortest)
         pytest.fail(f"seed {seed}: step {failure.step + 1} ({failure.action}): {failure.violation}\n"
-                    f"the walk's last commands:\n{story}\n"
-                    f"shrunk to {len(shortest)} steps: {walk.describe(shortest)}", pytrace=False)
+                    f"the walk's last commands:\n{story}\nthe supervisor's log:\n{supervisor}\n"
+                    f"shrunk to {len(shortest)} steps: {walk.describe(shortest)}\n"
+                    f"which fail with: {again.violation if again else '(passed when replayed: a race)'}",
+                    pytrace=False)
     leaked = world.plaintext_in_trusted_phases()
     phases = len(world.trusted_phases)
     print(f"walk ({where}): {steps} steps in {time.monotonic() - started:.0f} s, {phases} trusted phases, "

@@ -1,6 +1,8 @@
 """ikectl.toml: valid files become typed config; every bad one is one ConfigError (exit 2) naming the key."""
 
 import base64
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -172,4 +174,31 @@ def test_a_config_that_is_not_text_is_one_clear_error(tmp_path):
     path = tmp_path / "ikectl.toml"
     path.write_bytes(b"\xff\xfe\x00mode")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
+        config.load(path)
+
+
+def test_a_config_that_is_not_a_regular_file_is_one_clear_error(tmp_path):
+    """/dev/zero or a FIFO as --config hung every command and ate gigabytes of memory."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, said in ((Path("/dev/zero"), "not a regular file"), (fifo, "not a regular file"),
+                       (tmp_path, "not a regular file")):
+        with pytest.raises(ConfigError, match=said):
+            config.load(path)
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match="over 1048576 bytes"):
+        config.load(huge)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[resolvers]\naddresses = ["fe80::1%eth0"]\n', "a scoped address (%IFACE) cannot be a resolver here"),
+    ('[paths]\nrun_dir = "/"\n', "must be an absolute path two levels down at least"),
+    ('[paths]\nrun_dir = "/run"\n', "must be an absolute path two levels down at least"),
+    ('[paths]\nrun_dir = "/run/' + "x" * 100 + '"\n', "too long: pluto's control socket"),
+])
+def test_resolver_and_run_dir_refusals(tmp_path, text, message):
+    path = tmp_path / "ikectl.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         config.load(path)

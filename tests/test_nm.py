@@ -487,7 +487,7 @@ def test_an_unreadable_config_is_one_line_and_changes_nothing(tmp_path, monkeypa
     monkeypatch.setattr(os, "environ", nm_env())
     assert cli.main(["--config", str(tmp_path), "nm-dispatch", "wlan0", "up"]) == 2  # a directory
     err = capsys.readouterr().err
-    assert "cannot read it" in err and err.count("\n") == 1
+    assert "not a regular file" in err and err.count("\n") == 1
     bad = write_config(tmp_path, 'default_mode = "paranoid"')
     assert cli.main(["--config", str(bad), "nm-dispatch", "wlan0", "up"]) == 2
     assert "default_mode = 'paranoid'" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 from ikecommon.keys import PinnedKey
 from ikecommon.xfrm import Direction, Policy, Selector, Template
-from ikectl import backstop, plan, policies
+from ikectl import backstop, plan, policies, protect
 from ikectl.config import Mode, TrustedResolver
 from ikectl.nft import TableState
 from ikectl.observe import Protection
@@ -152,12 +152,17 @@ def test_a_blocked_record_is_replaced_in_full():
     assert steps[0] == DeletePolicies((trap(PINNED),), "DNS to resolvers trusted mode does not use")
 
 
-def test_protect_first_is_the_same_decision_before_the_lock():
+def test_protection_first_is_the_same_decision_as_the_plans():
+    """ikectl/protect.py runs before the lock and before the planner is loaded; what it deletes is what the plan's
+    first DeletePolicies would."""
     table = (trap(A), clear_fallback(A))
-    first = plan.protect_first(PINNED, RUN, table, record(Mode.COFFEE_SHOP, A))
-    assert first == (Protect(), DeletePolicies((clear_fallback(A), trap(A)),
-                                               "DNS to resolvers trusted mode does not use"))
-    assert plan.protect_first(PINNED, RUN, (), None) == (Protect(),)
+    earlier = record(Mode.COFFEE_SHOP, A)
+    first = protect.doomed(table, protect.managed((PINNED,), earlier), protect.kept(PINNED, RUN, earlier))
+    assert first == [clear_fallback(A), trap(A)]
+    steps = plan.up(trusted(), Facts(policies=table, protection=NONE), earlier)
+    assert steps[1] == DeletePolicies(tuple(first), "DNS to resolvers trusted mode does not use")
+    assert protect.kept(PINNED, RUN, record(Mode.TRUSTED, PINNED)) == {PINNED}
+    assert protect.kept(PINNED, OLD_RUN, record(Mode.TRUSTED, PINNED)) == frozenset()
 
 
 # --- coffee-shop `up` --------------------------------------------------------------------------------------
@@ -213,14 +218,24 @@ def test_down_without_a_record_still_stops_and_removes_what_the_config_names():
 # --- the supervisor's repairs ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("facts", "expected"), [
-    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=BOTH, pluto=RUNNING), ()),
-    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=NONE, pluto=RUNNING), (Protect(),)),
+    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=BOTH, pluto=RUNNING), ((), ())),
+    (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=NONE, pluto=RUNNING), ((Protect(),), ())),
     (Facts(policies=(), protection=Protection(0, TableState.ABSENT), pluto=RUNNING),
-     (Protect(), RouteConns(plan.TRUSTED_CONNS))),
-    (Facts(policies=(), protection=BOTH, pluto=PlutoFacts(pid=42, stopped=True)), ()),  # nothing can be routed
+     ((Protect(),), plan.TRUSTED_CONNS)),
+    (Facts(policies=(), protection=BOTH, pluto=PlutoFacts(pid=42, stopped=True)), ((), ())),  # cannot be routed
 ])
 def test_trusted_repairs(facts, expected):
-    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, backstop_wanted=True) == expected
+    steps, missing = expected
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, backstop_wanted=True) == steps
+    assert plan.unrouted(record(Mode.TRUSTED, PINNED), facts) == missing
+
+
+def test_conns_are_routed_only_when_the_supervisor_says_they_stayed_unrouted():
+    """pluto swaps its own policies in every rekey: routing a conn in the middle of one lost queries (VM)."""
+    facts = Facts(policies=(), protection=BOTH, pluto=RUNNING)
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True) == ()
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True, route=plan.TRUSTED_CONNS) == (
+        RouteConns(plan.TRUSTED_CONNS),)
 
 
 def test_an_open_portal_window_leaves_the_backstop_out():
@@ -228,12 +243,13 @@ def test_an_open_portal_window_leaves_the_backstop_out():
     assert plan.repair(record(Mode.TRUSTED, PINNED), facts, backstop_wanted=False) == ()
 
 
-def test_coffee_shop_repairs_route_the_groups_of_members_that_lost_their_traps():
+def test_coffee_shop_names_the_groups_of_members_that_lost_their_traps():
     members = record(Mode.COFFEE_SHOP, A, ip_address("2001:db8::53"))
     facts = Facts(policies=(trap(A, 17), trap(A, 6)), protection=NONE, pluto=RUNNING)
-    assert plan.repair(members, facts, backstop_wanted=False) == (RouteConns(tuple(plan.OE_CONNS.values())),)
+    assert plan.unrouted(members, facts) == (plan.OE_CONNS[6],)
     excluded = replace(members, upkeep=UpkeepRecord(excluded={"2001:db8::53": Exclusion(9e9, "refused")}))
-    assert plan.repair(excluded, facts, backstop_wanted=False) == ()  # an excluded resolver has no traps
+    assert plan.unrouted(excluded, facts) == ()  # an excluded resolver has no traps
+    assert plan.repair(members, facts, backstop_wanted=False) == ()
 
 
 def test_a_clear_pass_to_a_managed_resolver_in_trusted_mode_is_removed_by_the_watch():

@@ -4,6 +4,9 @@ nft's JSON (ikectl/nft.py), a process's state from /proc (ikectl/observe.py), an
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -13,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon import keys
 from ikecommon.xfrm import Action, Direction, Policy, Selector, Template
-from ikectl import backstop, nft, observe, policies
+from ikectl import backstop, daemon, nft, observe, policies
 
 A = ip_address("192.0.2.53")
+IKECTL = Path(sys.executable).parent / "ikectl"
 
 
 def policy(src: str, dst: str, proto: int | str = 17, dport: int | None = 53, priority: int = 3457217,
@@ -104,3 +108,52 @@ def test_a_der_key_file_pins_and_a_binary_file_that_is_not_one_is_one_line(tmp_p
     huge.write_bytes(b"a" * (keys.MAX_KEY_FILE + 1))
     with pytest.raises(keys.PinError, match="not a public key"):
         keys.load(huge)
+
+
+def test_a_policy_from_anyone_to_a_resolver_is_not_plutos():
+    """pluto's policies name this host as well as the resolver: another program's allow from any source to a
+    managed resolver is not ikectl's to delete (the adversarial review saw the supervisor delete one)."""
+    theirs = policy("0.0.0.0/0", "192.0.2.53/32", dport=53, priority=1, templates=())
+    assert policies.pluto_dns_peer(theirs) is None and policies.leftovers([theirs], {A}) == []
+    assert policies.leaks([theirs]) == [theirs]
+
+
+def test_down_removes_only_what_ikectl_made_in_a_run_dir_of_its_own(tmp_path):
+    """A config may name a directory of the user's as run_dir: `down` removed all of it (and did so even when
+    ikectl had never been up)."""
+    users = tmp_path / "mine"
+    (users / "sub").mkdir(parents=True)
+    (users / "notes.txt").write_text("mine")
+    run = daemon.RunDir(users)
+    assert not run.remove() and (users / "notes.txt").exists()  # never marked: nothing touched
+    run.prepare()
+    (users / "ipsec.conf").write_text("conn x\n")
+    (users / "pluto").mkdir()
+    (users / "pluto" / "pluto.pid").write_text("1\n")
+    assert not run.remove()  # the user's files keep the directory
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt", "sub"]
+    own = daemon.RunDir(tmp_path / "own")
+    own.prepare()
+    (own.root / "pluto.log").write_text("log\n")
+    assert own.remove() and not own.root.exists()
+
+
+def test_another_namespaces_run_dir_is_not_ours(tmp_path):
+    run = daemon.RunDir(tmp_path / "shared")
+    run.prepare()
+    run.marker.write_text("netns 1: another namespace's\n")  # this process's cookie is not 1
+    assert not run.ours() and not run.remove() and run.root.exists()
+
+
+def test_a_closed_pipe_ends_ikectl_quietly(tmp_path):
+    """`ikectl status | head` printed a BrokenPipeError traceback."""
+    config = tmp_path / "ikectl.toml"
+    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\n')
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before ikectl writes a byte, as `head` is after its first line
+    try:
+        proc = subprocess.run([str(IKECTL), "--config", str(config), "doctor"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, check=False)
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

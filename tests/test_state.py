@@ -23,9 +23,11 @@ from ikectl.state import (
     Interference,
     RunState,
     StateBusy,
+    StateError,
     StateStore,
     Unreadable,
     Upkeep,
+    netns_id,
 )
 
 FULL = RunState(
@@ -51,7 +53,7 @@ def test_each_network_namespace_has_its_own_record(tmp_path: Path):
     one, other = StateStore(tmp_path, 1), StateStore(tmp_path, 2)
     one.write(FULL)
     assert other.read() is None and one.read() == FULL
-    assert StateStore.here().netns == os.stat("/proc/self/ns/net").st_ino
+    assert StateStore.here().netns == netns_id() != os.stat("/proc/self/ns/net").st_ino  # the cookie, not the inode
 
 
 def test_interference_keeps_the_latest_few():
@@ -118,9 +120,50 @@ def test_the_lock_is_one_and_a_bounded_wait_gives_up(tmp_path: Path):
         time.sleep(0.01)
     time.sleep(0.1)
     started = time.monotonic()
-    with pytest.raises(StateBusy, match=r"held by another ikectl for over 0\.2 s"), store.lock(wait_s=0.2):
+    with pytest.raises(StateBusy, match=r"held by another ikectl \(pid \d+\) for over 0\.2 s"), \
+            store.lock(wait_s=0.2):
         pass
     assert 0.2 <= time.monotonic() - started < 0.9
     with store.lock(wait_s=5):  # free once the holder is done
         pass
     holder.join(5)
+
+
+def test_a_state_directory_that_cannot_take_the_record_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="not a directory ikectl can write"):
+        StateStore(blocker, 1).check()
+    with pytest.raises(StateError, match="cannot make it"):
+        StateStore(blocker / "below", 1).check()
+
+
+def test_the_lock_names_its_holder_and_a_stuck_one_can_be_ended(tmp_path):
+    store = StateStore(tmp_path, 1)
+    holder = multiprocessing.get_context("fork").Process(target=_hold, args=(str(tmp_path), 30.0))
+    holder.start()
+    deadline = time.monotonic() + 5
+    while store.holder() != holder.pid and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(StateBusy, match=rf"held by another ikectl \(pid {holder.pid}\)"), store.lock(wait_s=0.3):
+        pass
+    asked: list[int] = []
+
+    def unstick(pid: int) -> bool:
+        asked.append(pid)
+        os.kill(pid, 9)  # what daemon.end_if_stuck does to a stopped supervisor
+        holder.join(5)
+        return True
+
+    with store.lock(wait_s=10, unstick=unstick):
+        assert store.holder() == os.getpid()
+    assert asked == [holder.pid]
+
+
+def test_the_baseline_is_kept_once_and_read_back(tmp_path):
+    store = StateStore(tmp_path, 1)
+    assert store.baseline() is None
+    assert store.keep_baseline(Baseline(True, ("135 OUT",))) == Baseline(True, ("135 OUT",))
+    assert store.keep_baseline(Baseline(False)) == Baseline(True, ("135 OUT",))  # the first one stays
+    store.remove()
+    assert store.baseline() is None

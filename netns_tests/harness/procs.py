@@ -233,3 +233,17 @@ def install_exit_hooks() -> None:
     atexit.register(cleanup_all)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def pids_by_argv(*words: str) -> list[int]:
+    """Every process whose argv holds all of `words` (whole arguments), in any namespace: a test looks at the
+    daemons it made from outside their namespace, where ikectl's own lookups see only their namespace's."""
+    wanted = [w.encode() for w in words]
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+                if all(w in argv for w in wanted):
+                    found.append(int(entry.name))
+    return found

@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ from typing import Any
 
 from ikecommon import keys
 from ikecommon.xfrm import Policy, XfrmClient
-from ikectl import backstop, daemon, policies, render
+from ikectl import backstop, policies, render
 from ikectl.config import Mode
 from ikectl.nft import TableState, state_of
 from ikectl.state import RunState, StateStore, Unreadable, state_dir
 from netns_tests.conftest import IKECTL
+from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.pluto import Pluto, PlutoConfig
@@ -121,7 +123,7 @@ def generate(rng: random.Random, steps: int) -> list[Action]:
         (2, lambda: Action("fail_over")),
         (2, lambda: Action("freeze")),
         (3, lambda: Action("resume")),
-        (2, lambda: Action("wait")),
+        (1, lambda: Action("wait")),
     ]
     weights = [w for w, _ in choices]
     return [rng.choices(choices, weights)[0][1]() for _ in range(steps)]
@@ -160,7 +162,11 @@ class World:
         self.system_pluto: Pluto | None = None
         self.config = workdir / "ikectl.toml"
         self.run_dirs = (Path("/run") / f"ikt-walk-{os.getpid()}-a", Path("/run") / f"ikt-walk-{os.getpid()}-b")
-        self.netns_inode = os.stat(f"/run/netns/{self.client.netns}").st_ino
+        for run_dir in self.run_dirs:
+            procs.attach_log(f"ikectl's pluto in {run_dir.name}", run_dir / "pluto.log")
+            procs.attach_log(f"ikectl's supervisor in {run_dir.name}", run_dir / "supervisor.log")
+        self.netns_id = int(topo.run(self.client, [sys.executable, "-c", "from ikectl.state import netns_id; "
+                                                   "print(netns_id())"]).stdout)
         self.model = Model()
         self.trusted_phases: list[tuple[float, float]] = []
         self.log: list[str] = []
@@ -253,7 +259,7 @@ class World:
 
     def our_pluto(self) -> int | None:
         for run_dir in self.run_dirs:
-            pid = daemon.pluto_pid(daemon.RunDir(run_dir))
+            pid = pluto_of(run_dir)
             if pid is not None:
                 return pid
         return None
@@ -322,14 +328,14 @@ class World:
     # --- the invariants ---
 
     def record(self) -> RunState | Unreadable | None:
-        return StateStore(state_dir(), self.netns_inode).read()
+        return StateStore(state_dir(), self.netns_id).read()
 
     def table(self) -> list[Policy]:
         with XfrmClient(self.client.netns) as client:
             return [p for p in client.policies() if p.direction <= 2]
 
-    def nft_state(self) -> TableState:
-        proc = self.topo.run(self.client, ["nft", "-j", "list", "table", "inet", "ikectl"], check=False)
+    def nft_state(self, table: str = "ikectl") -> TableState:
+        proc = self.topo.run(self.client, ["nft", "-j", "list", "table", "inet", table], check=False)
         return state_of(proc.stdout) if proc.returncode == 0 else TableState.ABSENT
 
     def check(self) -> None:
@@ -357,11 +363,10 @@ class World:
         stray = policies.leftovers(table, ever)
         if owned or stray:
             raise Violation(f"down, but {len(owned)} owned policies and pluto's {_shown(stray)} remain")
-        if self.nft_state() != TableState.ABSENT:
-            raise Violation("down, but the nftables table remains")
+        if self.nft_state() != TableState.ABSENT or self.nft_state("ikectl-guard") != TableState.ABSENT:
+            raise Violation("down, but an nftables table of ikectl's remains")
         for run_dir in self.run_dirs:
-            run = daemon.RunDir(run_dir)
-            if daemon.pluto_pid(run) is not None or daemon.supervisors_of(run):
+            if pluto_of(run_dir) is not None or supervisors_of(run_dir):
                 raise Violation(f"down, but a pluto or supervisor of {run_dir} runs")
             if run_dir.exists():
                 raise Violation(f"down, but {run_dir} remains")
@@ -385,7 +390,7 @@ class World:
 
         _eventually(protected, "trusted mode's protection")
         self._check_single_pluto(record)
-        pid = daemon.pluto_pid(daemon.RunDir(record.run_dir))
+        pid = pluto_of(record.run_dir)
         if record.blocked is None and pid is not None and pid != self.model.frozen:
             pinned = ip_address(TRUSTED)
 
@@ -409,7 +414,7 @@ class World:
         stray = policies.leftovers(self.table(), gone)
         if stray:
             raise Violation(f"pluto's policies for resolvers no longer listed: {_shown(stray)}")
-        pid = daemon.pluto_pid(daemon.RunDir(record.run_dir))
+        pid = pluto_of(record.run_dir)
         if pid is None or pid == self.model.frozen:  # a stopped pluto holds what meets its traps until it resumes
             return
 
@@ -424,8 +429,10 @@ class World:
 
         _eventually(covered, "pluto's policies for every listed resolver")
 
+        reachable = [a for a in record.resolvers if not record.unprotected.get(str(a), "").startswith("no route")]
+
         def answered() -> str | None:
-            silent = [str(a) for a in record.resolvers
+            silent = [str(a) for a in reachable
                       if not query(self.topo, self.client, str(a), timeout=2.0, retry_every=1.0).answered]
             return f"{silent} not answered within 2 s" if silent else None
 
@@ -433,17 +440,38 @@ class World:
 
     def _check_single_pluto(self, record: RunState) -> None:
         for run_dir in self.run_dirs:
-            if run_dir != record.run_dir and daemon.pluto_pid(daemon.RunDir(run_dir)) is not None:
+            if run_dir != record.run_dir and pluto_of(run_dir) is not None:
                 raise Violation(f"a pluto of {run_dir} runs beside the recorded {record.run_dir}")
+
+    def supervisor_story(self) -> str:
+        """Each supervisor's state and, after a SIGUSR1 (faulthandler), its threads' stacks and its log."""
+        lines = []
+        for run_dir in self.run_dirs:
+            for pid in supervisors_of(run_dir):
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                    lines.append(f"supervisor pid {pid}: {[s for s in status if s.startswith('State')]}, wchan "
+                                 f"{Path(f'/proc/{pid}/wchan').read_text()}")
+                    os.kill(pid, signal.SIGUSR1)
+        time.sleep(1)
+        return "\n".join([*lines, self.supervisor_log(80)])
+
+    def supervisor_log(self, lines: int = 30) -> str:
+        text = []
+        for run_dir in self.run_dirs:
+            with contextlib.suppress(OSError):
+                text += (run_dir / "supervisor.log").read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(text) or "(none)"
 
     # --- the wire ---
 
-    def plaintext_in_trusted_phases(self) -> int:
-        """Plaintext port-53 packets between the client and any resolver while trusted mode was applied."""
+    def plaintext_in_trusted_phases(self, also: tuple[str, ...] = ()) -> int:
+        """Plaintext port-53 packets between the client (or hosts behind it, `also`) and any resolver while trusted
+        mode was applied."""
         self._end_trusted_phase()
         time.sleep(0.3)
         total = 0
-        subject = {*ADDRESSES, "10.91.5.2", "fd91:1::2"}
+        subject = {*ADDRESSES, "10.91.5.2", "fd91:1::2", *also}
         for wire in self.captures:
             wire.stop()
             inside = [p for p in wire.packets() if any(start <= float(p.time) <= end
@@ -476,6 +504,17 @@ def wire_count(packets: list[Any], subject: set[str]) -> int:
 
 class Violation(AssertionError):
     """An invariant that did not hold."""
+
+
+def pluto_of(run_dir: Path) -> int | None:
+    """The pluto of a run dir, seen from outside the client's namespace (ikectl's own lookup sees its namespace's
+    processes only)."""
+    found = procs.pids_by_argv("--rundir", str(run_dir / "pluto"))
+    return found[0] if found else None
+
+
+def supervisors_of(run_dir: Path) -> list[int]:
+    return procs.pids_by_argv("ikectl.supervisor", str(run_dir))
 
 
 def _eventually(check: Callable[[], str | None], what: str, within: float = SETTLE_S) -> None:
