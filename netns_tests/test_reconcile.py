@@ -485,3 +485,25 @@ def test_a_state_directory_that_cannot_take_the_record_changes_nothing(world, tm
     proc = world.ikectl("up")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "state directory" in proc.stderr, proc.stderr
     assert world.table() == before and world.nft_state() == nft.TableState.ABSENT
+
+
+def test_a_resolver_restarted_with_a_new_key_is_named_as_such(world):
+    """The resolver restarted with a new key while a plain (not attested) pin was up: status said "no DNS sent
+    yet" after 74 blocked queries."""
+    steps(world, Action("mode", Mode.TRUSTED), Action("up"))
+    world.serve_trusted(walk.TRUSTED_ID, new_key=True)
+    for _ in range(3):
+        assert not query(world.topo, world.client, TRUSTED, timeout=2).answered
+    row = rows(world)[TRUSTED]
+    assert row["state"] == "blocked" and row["reason"] == "the resolver presented a different key", row
+    steps(world, Action("down"))
+    no_plaintext_while_trusted(world)
+
+
+def test_doctor_as_a_user_says_what_it_could_not_check(world):
+    """`doctor` as a non-root user died with a struct.error from the XFRM check."""
+    proc = world.topo.run(world.client, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                         str(IKECTL), "--config", str(world.config), "doctor"], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc
+    assert "FAIL  root: not root" in proc.stdout and "not checked: reading the kernel's IPsec policies needs root" \
+        in proc.stdout, proc.stdout

@@ -25,11 +25,12 @@ HOST_STEPS = 300  # at least this many per CI run (the acceptance of issue 14)
 VM_STEPS = 40
 
 
-def walk_and_report(world: walk.World, steps: int, where: str) -> None:
+def walk_and_report(world: walk.World, steps: int, where: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed = int(os.environ.get("IKECTL_WALK_SEED") or secrets.randbits(32))
     steps = int(os.environ.get("IKECTL_WALK_STEPS") or steps)
     actions = walk.generate(random.Random(seed), steps)  # noqa: S311 - a test's choice of events, not a key
-    print(f"walk ({where}): seed {seed}, {steps} steps; replay with IKECTL_WALK_SEED={seed}")
+    with capsys.disabled():  # the seed reaches the output, from the VM's console too
+        print(f"\nwalk ({where}): seed {seed}, {steps} steps; replay with IKECTL_WALK_SEED={seed}")
     started = time.monotonic()
     failure = walk.run(world, actions)
     if failure is not None:
@@ -44,18 +45,19 @@ def walk_and_report(world: walk.World, steps: int, where: str) -> None:
                     pytrace=False)
     leaked = world.plaintext_in_trusted_phases()
     phases = len(world.trusted_phases)
-    print(f"walk ({where}): {steps} steps in {time.monotonic() - started:.0f} s, {phases} trusted phases, "
-          f"{leaked} plaintext port-53 packets in them")
+    with capsys.disabled():
+        print(f"\nwalk ({where}): {steps} steps in {time.monotonic() - started:.0f} s, {phases} trusted phases, "
+              f"{leaked} plaintext port-53 packets in them")
     assert leaked == 0, f"seed {seed}: {leaked} plaintext port-53 packets on the wire in trusted phases"
 
 
 @pytest.mark.host  # the kernel's tables, pluto and the wire; no ESP packet is needed for these invariants
-def test_random_walk_keeps_every_promise(topology, unbound, pluto, capture, tmp_path: Path):
+def test_random_walk_keeps_every_promise(topology, unbound, pluto, capture, tmp_path: Path, capsys):
     with walk.walk_world(topology, unbound, pluto, capture, tmp_path) as world:
-        walk_and_report(world, HOST_STEPS, "host")
+        walk_and_report(world, HOST_STEPS, "host", capsys)
 
 
-def test_random_walk_with_esp_keeps_every_promise(topology, unbound, pluto, capture, tmp_path: Path):
+def test_random_walk_with_esp_keeps_every_promise(topology, unbound, pluto, capture, tmp_path: Path, capsys):
     """The same walk where ESP works (the VM): trusted DNS inside ESP, coffee-shop encrypted where it can."""
     with walk.walk_world(topology, unbound, pluto, capture, tmp_path) as world:
-        walk_and_report(world, VM_STEPS, "vm")
+        walk_and_report(world, VM_STEPS, "vm", capsys)

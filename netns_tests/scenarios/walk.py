@@ -172,12 +172,14 @@ class World:
         self.log: list[str] = []
         self.write_config()
 
-    def serve_trusted(self, ike_id: str) -> None:
-        """(Re)start the trusted resolver's pluto, authenticating as `ike_id` with the pinned key."""
+    def serve_trusted(self, ike_id: str, new_key: bool = False) -> None:
+        """(Re)start the trusted resolver's pluto, authenticating as `ike_id` with the pinned key, or with a key
+        made now (`new_key`: the resolver restarted as a TEE would, with a key of its own)."""
         server = self.trusted_pluto
         if server.running():
             server.stop()
-        server.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address(TRUSTED), ike_id, self.pin)))
+        key = keys.parse(server.show_hostkey(server.new_hostkey("ecdsa"), "right")) if new_key else self.pin
+        server.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address(TRUSTED), ike_id, key)))
         server.start()
         server.addconn("--autoall")
 
