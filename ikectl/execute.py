@@ -32,10 +32,10 @@ from .plan import (
     Negotiate,
     Protect,
     Record,
+    ReloadConns,
     RemoveBackstop,
     RemoveLeftovers,
     RestoreKernel,
-    RouteConns,
     SetLarvalDrop,
     StartPluto,
     Step,
@@ -294,11 +294,26 @@ def _wait_for_traps(ex: Execution, whack: Whack, resolvers: tuple[Address, ...])
     opportunistic.reload(ex.run, members, list(left_out))
 
 
-def _route_conns(step: RouteConns, ex: Execution) -> None:
+def _reload_conns(step: ReloadConns, ex: Execution) -> None:
     whack = ex.whack
     for name in step.names:
-        with contextlib.suppress(IkectlError):  # not loaded: nothing to route
-            whack.route(name)
+        with contextlib.suppress(IkectlError):  # not loaded: nothing to take away
+            whack.delete(name)
+        try:
+            whack.add(name)
+        except IkectlError as exc:
+            ex.say(f"cannot load {name} again: {exc}")
+            continue
+        if name in TRUSTED_CONNS:
+            with contextlib.suppress(IkectlError):  # a resolver that does not answer stays blocked
+                whack.route(name)
+                whack.initiate(name)
+    groups = [name for name in step.names if name in OE_CONNS.values()]
+    if groups:
+        whack.reread_groups()
+        for name in groups:
+            with contextlib.suppress(IkectlError):
+                whack.route(name)
 
 
 def _negotiate(step: Negotiate, ex: Execution) -> None:
@@ -365,5 +380,5 @@ HANDLERS: dict[type[Any], Callable[[Any, Execution], None]] = {
     UnloadConns: _unload_conns, SetLarvalDrop: _set_larval_drop, WriteTree: _write_tree, StartPluto: _start_pluto,
     LoadConns: _load_conns, LiftBackstop: _lift_backstop, Negotiate: _negotiate, Upkeep: _upkeep,
     EnsureSupervisor: _ensure_supervisor, Record: _record, RemoveBackstop: _remove_backstop,
-    RestoreKernel: _restore_kernel, Forget: _forget, RouteConns: _route_conns,
+    RestoreKernel: _restore_kernel, Forget: _forget, ReloadConns: _reload_conns,
 }

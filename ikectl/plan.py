@@ -41,8 +41,7 @@ class Facts:
 
     policies: tuple[Policy, ...] = ()
     protection: Protection | None = None  # read when the plan needs it (trusted, or leaving it)
-    pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names
-    old_pluto: PlutoFacts = PlutoFacts()  # in the run dir the record names, when that is another one
+    pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names (another one's is stopped whatever it does)
     larval_drop: bool = True
 
 
@@ -167,15 +166,17 @@ class Forget:
 
 
 @dataclass(frozen=True)
-class RouteConns:
-    """pluto's policies for loaded conns are gone (another program flushed them): route the conns again."""
+class ReloadConns:
+    """pluto's policies for loaded conns are gone (another program flushed them): load the conns again. Routing
+    alone puts traps back, but not the policies of an established Child SA, whose traffic pluto then never
+    negotiates again (a trap over an SA pluto believes is there): the conns go and come back, and negotiate."""
 
     names: tuple[str, ...]
 
 
 Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | SetLarvalDrop | WriteTree | StartPluto
         | LoadConns | LiftBackstop | Negotiate | Upkeep | EnsureSupervisor | Record | RemoveBackstop | RestoreKernel
-        | Forget | RouteConns)
+        | Forget | ReloadConns)
 
 
 # --- planners -----------------------------------------------------------------------------------------------
@@ -319,5 +320,5 @@ def repair(record: RunState, facts: Facts, backstop_wanted: bool, route: tuple[s
         if stray:
             steps.append(DeletePolicies(tuple(stray), "DNS to resolvers trusted mode does not use"))
     if route:
-        steps.append(RouteConns(route))
+        steps.append(ReloadConns(route))
     return tuple(steps)

@@ -79,6 +79,19 @@ def leaks(policies: Iterable[Policy]) -> list[Policy]:
             and p.priority < BACKSTOP_BLOCK_PRIORITY]
 
 
+def catching(policies: Iterable[Policy], resolver: Address) -> list[Policy]:
+    """Another program's outbound policies that DNS to `resolver` can meet and that do not let it out in clear (a
+    trap or a hold of another IPsec daemon, a block): what can hold it where ikectl expects an answer."""
+    found = []
+    for policy in policies:
+        sel = policy.selector
+        if (policy.owned or policy.direction != Direction.OUT or pluto_dns_peer(policy) is not None
+                or clear_pass(policy) or not matches_dns(policy) or resolver not in sel.dst):
+            continue
+        found.append(policy)
+    return found
+
+
 def describe(policy: Policy) -> str:
     """One policy as `ip xfrm policy` would name it, for status lines and errors."""
     sel = policy.selector

@@ -73,11 +73,9 @@ def gather_policies() -> tuple[xfrm.Policy, ...]:
         return tuple(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
 
 
-def gather(run_dir: Path, record: RunState | None, with_protection: bool = True) -> plan.Facts:
+def gather(run_dir: Path) -> plan.Facts:
     table = gather_policies()
-    old = record.run_dir if record is not None and record.run_dir != run_dir else None
-    return plan.Facts(policies=table, protection=protection(table) if with_protection else None,
-                      pluto=_pluto_facts(run_dir), old_pluto=_pluto_facts(old) if old else plan.PlutoFacts(),
+    return plan.Facts(policies=table, protection=protection(table), pluto=_pluto_facts(run_dir),
                       larval_drop=xfrm.larval_drop())
 
 
@@ -188,7 +186,7 @@ def _protect_first(config: Config, store: StateStore) -> None:
 def _up(config: Config, store: StateStore, record: RunState | None, say: Say, config_path: Path | None,
         started: float) -> UpResult:
     now = time.time()
-    facts = gather(config.run_dir, record)
+    facts = gather(config.run_dir)
     baseline = store.keep_baseline(Baseline(facts.larval_drop, tuple(sorted(policies.nd_bypasses(facts.policies)))))
     esp = esp_refused(store)
     wanted = intent(config, record, esp, now)

@@ -107,7 +107,8 @@ def _trusted(seen: Seen) -> tuple[Verdict, str]:
         return Verdict.BLOCKED, (f"this host now sends from {now}, pluto's conns are for {was}: `ikectl up` (the "
                                  "NetworkManager hook runs it) loads them from the new address")
     if not seen.covered:
-        return Verdict.BLOCKED, "pluto holds no policy for it (removed by another program?); the supervisor routes it"
+        return Verdict.BLOCKED, ("pluto holds no policy for it (removed by another program?); the supervisor loads its "
+                                 "conns again")
     return Verdict.BLOCKED, seen.log_word or "IKE starts with the next query; until then nothing leaves"
 
 
@@ -134,7 +135,8 @@ def _coffee_shop(seen: Seen) -> tuple[Verdict, str]:
         return Verdict.CLEAR, f"{seen.log_word}; DNS passes in clear, IKE is tried again later"
     if seen.covered:
         return Verdict.PENDING, "IKE starts with the next query"
-    return Verdict.CLEAR, "pluto holds no policy for it: DNS passes in clear until the supervisor routes it again"
+    return Verdict.CLEAR, ("pluto holds no policy for it: DNS passes in clear until the supervisor routes its group "
+                           "again")
 
 
 # --- gathering ----------------------------------------------------------------------------------------------
@@ -254,6 +256,11 @@ def _notes(record: RunState, table: list[xfrm.Policy], pid: int | None, now: flo
             blocked = "the nftables backstop drops it" if nft_state == "intact" else "NOTHING BLOCKS IT"
             notes.append(f"another program's policy lets DNS pass in clear ahead of the XFRM backstop "
                          f"({policies.describe(leak)}): {blocked}")
+    if record.mode == Mode.COFFEE_SHOP:
+        for resolver in record.resolvers:
+            for caught in policies.catching(table, resolver)[:1]:
+                notes.append(f"another program's policy catches DNS to {resolver} ({policies.describe(caught)}): "
+                             "it may hold queries ikectl expects answered")
     if record.esp_refused:
         notes.append(f"this kernel cannot install ESP SAs: {record.esp_refused}")
     return notes

@@ -116,7 +116,7 @@ class Supervisor:
                                    " restored at once", now)
             _log(record.interference[-1].what)
             self.restored = []
-        facts = session.gather(record.run_dir, record)
+        facts = session.gather(record.run_dir)
         wanted = self.backstop_wanted(record)
         self.guarded = wanted
         self.hold_guard(wanted)
@@ -177,8 +177,8 @@ def _what(step: plan.Step, facts: plan.Facts) -> str:
         return f"another program removed trusted mode's protection ({facts.protection.describe()}): restored"
     if isinstance(step, plan.RemoveBackstop):
         return "backstops that nothing wants any more (coffee-shop, no trusted `up` under way): removed"
-    if isinstance(step, plan.RouteConns):
-        return f"pluto's policies for {', '.join(step.names)} were removed by another program: routed again"
+    if isinstance(step, plan.ReloadConns):
+        return f"pluto's policies for {', '.join(step.names)} were removed by another program: loaded again"
     if isinstance(step, plan.DeletePolicies):
         return f"removed {len(step.policies)} policies of pluto's kind for {step.why}"
     return type(step).__name__

@@ -92,7 +92,7 @@ def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(wo
         print(f"\nstream: {stream.sent} queries, answered {stream.answered}; backstops back {xfrm_back * 1e3:.0f} ms "
               f"after `ip xfrm policy flush`, {nft_back * 1e3:.0f} ms after `nft flush ruleset` (polled every 50 ms)")
     assert stream.answered[PLAIN4] == 0
-    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # pluto's policies routed again
+    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # pluto's conns loaded again, a new SA
     notes = " ".join(walk_status_notes(world))
     assert "another program removed trusted mode's protection" in notes, notes
     world.check()

@@ -27,10 +27,10 @@ from ikectl.plan import (
     PlutoFacts,
     Protect,
     Record,
+    ReloadConns,
     RemoveBackstop,
     RemoveLeftovers,
     RestoreKernel,
-    RouteConns,
     SetLarvalDrop,
     StartPluto,
     StopRun,
@@ -131,7 +131,7 @@ def test_policies_of_someone_else_are_never_ikectls_to_delete():
 
 
 def test_a_changed_run_dir_stops_the_old_pluto_after_the_backstop_and_cleans_what_it_left():
-    steps = plan.up(trusted(), Facts(protection=NONE, old_pluto=RUNNING), record(Mode.TRUSTED, PINNED,
+    steps = plan.up(trusted(), Facts(protection=NONE), record(Mode.TRUSTED, PINNED,
                                                                                 run_dir=OLD_RUN))
     assert steps[:3] == (Protect(),
                          StopRun(OLD_RUN, f"the config's run_dir is now {RUN}, was {OLD_RUN}", remove_dir=True),
@@ -235,7 +235,7 @@ def test_conns_are_routed_only_when_the_supervisor_says_they_stayed_unrouted():
     facts = Facts(policies=(), protection=BOTH, pluto=RUNNING)
     assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True) == ()
     assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True, route=plan.TRUSTED_CONNS) == (
-        RouteConns(plan.TRUSTED_CONNS),)
+        ReloadConns(plan.TRUSTED_CONNS),)
 
 
 def test_an_open_portal_window_leaves_the_backstop_out():

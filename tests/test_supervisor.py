@@ -31,7 +31,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> daemon.RunDir:
                                      config_path=config))
     run.log.write_text("pluto started\n")
     # The kernel and pluto, as the rounds see them: nothing to repair.
-    monkeypatch.setattr(session, "gather", lambda run_dir, record: plan.Facts())
+    monkeypatch.setattr(session, "gather", lambda run_dir: plan.Facts())
     monkeypatch.setattr(daemon, "pluto_pid", lambda _run: None)
     return run
 

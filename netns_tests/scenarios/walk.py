@@ -294,6 +294,14 @@ class World:
         elif not on and self.system_pluto is not None:
             self.system_pluto.stop()
             self.system_pluto = None
+            # A pluto stopped in the middle of a negotiation leaves its bare hold shunt (for the whole host) in the
+            # kernel, as ikectl's own pluto does with its clear fallbacks; ikectl never touches another daemon's
+            # policies, so its admin would clean up after it: here, what that daemon alone makes (proto any).
+            with XfrmClient(self.client.netns) as client:
+                for leftover in [p for p in client.policies() if p.direction <= 2 and not p.owned
+                                 and p.selector.proto == 0]:
+                    with contextlib.suppress(Exception):
+                        client.delete_policy(leftover)
         self.model.second_daemon = self.system_pluto is not None
 
     def _move_address(self, _: object) -> None:
