@@ -57,9 +57,9 @@ def install_xfrm(only: Iterable[Policy] | None = None, netns: str | None = None)
 
 
 def install() -> None:
-    """Both halves, XFRM first (it protects from the moment its first block is in; nft takes a process start)."""
+    """Both halves, XFRM first (it protects from the moment its first block is in)."""
     install_xfrm()
-    if nft.program() is not None:
+    if nft.available():
         nft.install()
 
 

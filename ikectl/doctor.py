@@ -80,12 +80,13 @@ def _larval() -> Check:
 
 
 def _nftables() -> Check:
-    found = nft.program()
-    if found is None:
-        return Check("nftables", False, "nft not found: trusted mode has only its XFRM backstop",
+    if not nft.available():
+        return Check("nftables", False, "libnftables not found: trusted mode has only its XFRM backstop",
                      "apt-get install nftables (trusted mode's second backstop)")
-    version = subprocess.run([str(found), "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    return Check("nftables", True, version or str(found))
+    found = nft.program()
+    version = (subprocess.run([str(found), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+               if found is not None else "")
+    return Check("nftables", True, version or "libnftables")
 
 
 def _other_ike_daemons() -> Check:

@@ -90,8 +90,8 @@ def run(steps: Iterable[Step], ex: Execution) -> None:
 def _protect(_: Protect, ex: Execution) -> None:
     ex.say("installing the backstops (XFRM policies, nftables table)")
     backstop.install_xfrm()
-    if nft.program() is None:
-        ex.warnings.append("nft not found: trusted mode has only its XFRM backstop; install nftables for the second")
+    if not nft.available():
+        ex.warnings.append("no nftables: trusted mode has only its XFRM backstop; install nftables for the second")
     else:
         nft.install()
 

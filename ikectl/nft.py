@@ -19,10 +19,11 @@ is enough to leak (docs/architecture.md).
     }
 
 `rt ipsec missing` is true for a packet whose route has no IPsec transformation: DNS inside ESP passes, DNS in
-clear does not, whatever XFRM policy let it out. The table is ikectl's alone: loaded in one transaction with the
-`nft` program from Debian's nftables (`add table` + `delete table` + the table: atomic, whatever was there),
-removed by `down`; ikectl never touches another table. Each rule carries a comment, which is how `check` knows the
-table is whole.
+clear does not, whatever XFRM policy let it out. The table is ikectl's alone: loaded in one transaction through
+libnftables, the library Debian's `nft` program is a front end of (`add table` + `delete table` + the table: atomic,
+whatever was there), removed by `down`; ikectl never touches another table. In-process, not by running `nft`: the
+supervisor checks the table every round, and a process start each second took a whole CPU under emulation. Each
+rule carries a comment, which is how `check` knows the table is whole.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import ctypes
 import ctypes.util
 import json
 import shutil
-import subprocess
 from enum import Enum
 from pathlib import Path
 
@@ -39,7 +39,6 @@ from .errors import IkectlError
 
 TABLE = "ikectl"
 FAMILY = "inet"
-TIMEOUT_S = 10.0
 RULES = {  # chain -> comment -> rule
     "out": {
         "ikectl: loopback stubs": 'oifname "lo" accept',
@@ -64,22 +63,97 @@ HOOKS = {"out": "output", "in": "input", "routed": "forward"}
 
 
 class NftError(IkectlError):
-    """nft refused or could not be run."""
+    """libnftables refused a command, or is not installed."""
 
 
 class TableState(Enum):
     INTACT = "intact"
     ABSENT = "absent"
     DAMAGED = "damaged"  # there, but a chain or a rule of ours is missing
-    UNAVAILABLE = "unavailable"  # no nft program: the second backstop cannot be used
+    UNAVAILABLE = "unavailable"  # no libnftables: the second backstop cannot be used
 
 
 GUARD = "ikectl-guard"  # the same rules in a table the supervisor owns (Guard)
 
 
 def program() -> Path | None:
+    """The `nft` program (doctor shows its version; ikectl itself goes through the library)."""
     found = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
     return Path(found) if found else None
+
+
+NFT_CTX_OUTPUT_JSON = 1 << 4
+_LIBRARY: list[ctypes.CDLL | None] = []  # loaded once per process (empty: not tried yet)
+
+
+def _library() -> ctypes.CDLL | None:
+    if not _LIBRARY:
+        lib = None
+        for name in ("libnftables.so.1", ctypes.util.find_library("nftables")):
+            try:
+                lib = ctypes.CDLL(name) if name else None
+            except OSError:
+                continue
+            if lib is not None:
+                break
+        if lib is not None:
+            lib.nft_ctx_new.restype = ctypes.c_void_p
+            lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+            for buffered in (lib.nft_ctx_buffer_output, lib.nft_ctx_buffer_error):
+                buffered.argtypes = [ctypes.c_void_p]
+            for getter in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
+                getter.restype, getter.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+            lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+            lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _LIBRARY.append(lib)
+    return _LIBRARY[0]
+
+
+def available() -> bool:
+    """Can this host have the second backstop (libnftables, from Debian's nftables)?"""
+    return _library() is not None
+
+
+class Context:
+    """One libnftables context: one netlink socket to nf_tables, which owns the tables it makes with the `owner`
+    flag for as long as it is open."""
+
+    def __init__(self) -> None:
+        lib = _library()
+        if lib is None:
+            raise NftError("libnftables not found: install nftables (apt-get install nftables) for trusted mode's "
+                           "second backstop")
+        self._lib = lib
+        self._ctx: int | None = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise NftError("libnftables: cannot make a context")
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+
+    def run(self, commands: str, json_output: bool = False) -> tuple[bool, str, str]:
+        """(accepted, output, errors) of a batch of nft commands, as `nft -f` reads them."""
+        if self._ctx is None:
+            raise NftError("the nftables context was closed")
+        self._lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON if json_output else 0)
+        accepted = self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode()) == 0
+        output = (self._lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+        errors = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
+        return accepted, output, errors
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+
+_SHARED: list[Context] = []  # one context per process for ikectl's own table
+
+
+def _shared() -> Context:
+    if not _SHARED:
+        _SHARED.append(Context())
+    return _SHARED[0]
 
 
 def ruleset(table: str = TABLE, flags: str = "") -> str:
@@ -94,45 +168,36 @@ def ruleset(table: str = TABLE, flags: str = "") -> str:
             f"table {FAMILY} {table} {{\n{header}{''.join(chains)}}}\n")
 
 
-def _nft(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    nft = program()
-    if nft is None:
-        raise NftError("nft not found: install nftables (apt-get install nftables) for trusted mode's second backstop")
-    try:
-        return subprocess.run([str(nft), *args], input=stdin, capture_output=True, text=True, check=False,
-                              timeout=TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NftError(f"cannot run {nft}: {exc}") from None
-
-
 def install() -> None:
     """Load (or reload) the table; idempotent."""
-    proc = _nft(["-f", "-"], ruleset())
-    if proc.returncode != 0:
-        said = (proc.stderr or proc.stdout).strip().splitlines()
-        raise NftError(f"nft refused ikectl's table: {said[0] if said else f'exit {proc.returncode}'}")
+    accepted, _, errors = _shared().run(ruleset())
+    if not accepted:
+        raise NftError(f"nftables refused ikectl's table: {_first(errors)}")
 
 
 def remove() -> bool:
-    """Delete the table; False when it was not there."""
-    if program() is None:
+    """Delete the table; False when it was not there (or there is no nftables)."""
+    if not available():
         return False
-    proc = _nft(["delete", "table", FAMILY, TABLE])
-    if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:
+    accepted, _, errors = _shared().run(f"delete table {FAMILY} {TABLE}")
+    if not accepted:
+        if "No such file or directory" in errors:
             return False
-        raise NftError(f"nft could not delete table {FAMILY} {TABLE}: {proc.stderr.strip()}")
+        raise NftError(f"nftables could not delete table {FAMILY} {TABLE}: {_first(errors)}")
     return True
 
 
 def check(table: str = TABLE) -> TableState:
     """Is the table there with every chain and rule of ours?"""
-    if program() is None:
+    if not available():
         return TableState.UNAVAILABLE
-    proc = _nft(["-j", "list", "table", FAMILY, table])
-    if proc.returncode != 0:
-        return TableState.ABSENT
-    return state_of(proc.stdout)
+    accepted, listing, _ = _shared().run(f"list table {FAMILY} {table}", json_output=True)
+    return state_of(listing) if accepted else TableState.ABSENT
+
+
+def _first(errors: str) -> str:
+    lines = errors.splitlines()
+    return lines[0] if lines else "no reason given"
 
 
 def state_of(listing: str) -> TableState:
@@ -166,33 +231,16 @@ class Guard:
     still leaves one backstop whole. None of it is ever undone by another program; `release` ends it."""
 
     def __init__(self) -> None:
-        found = ctypes.util.find_library("nftables")
-        if found is None:
-            raise NftError("libnftables not found: install nftables (apt-get install nftables)")
-        self._lib = ctypes.CDLL(found)
-        self._lib.nft_ctx_new.restype = ctypes.c_void_p
-        self._lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        self._lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        self._lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-        self._lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        self._lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        self._lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        self._ctx: int | None = self._lib.nft_ctx_new(0)
-        if not self._ctx:
-            raise NftError("libnftables: cannot make a context")
-        self._lib.nft_ctx_buffer_error(self._ctx)
+        self._context: Context | None = Context()
         # An owned table cannot be replaced by a new owner: a guard of a supervisor that died is gone with it.
-        self._run(ruleset(GUARD, "owner").replace(f"add table {FAMILY} {GUARD}\ndelete table {FAMILY} {GUARD}\n", ""))
-
-    def _run(self, commands: str) -> None:
-        if self._ctx is None:
-            raise NftError("the guard table was released")
-        if self._lib.nft_run_cmd_from_buffer(self._ctx, commands.encode()) != 0:
-            said = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace").strip()
-            raise NftError(f"nft refused ikectl's guard table: {said.splitlines()[0] if said else 'no reason given'}")
+        accepted, _, errors = self._context.run(
+            ruleset(GUARD, "owner").replace(f"add table {FAMILY} {GUARD}\ndelete table {FAMILY} {GUARD}\n", ""))
+        if not accepted:
+            self.release()
+            raise NftError(f"nftables refused ikectl's guard table: {_first(errors)}")
 
     def release(self) -> None:
         """Close the context: the kernel removes the table with its owner's socket."""
-        if self._ctx is not None:
-            self._lib.nft_ctx_free(self._ctx)
-            self._ctx = None
+        if self._context is not None:
+            self._context.close()
+            self._context = None

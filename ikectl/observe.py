@@ -65,7 +65,7 @@ class Protection:
         if self.nft in (TableState.ABSENT, TableState.DAMAGED):
             parts.append(f"the nftables table is {self.nft.value}")
         if self.nft == TableState.UNAVAILABLE:
-            parts.append("no nftables (nft not installed): only the XFRM backstop")
+            parts.append("no nftables (libnftables not installed): only the XFRM backstop")
         return "; ".join(parts) or "both backstops in place"
 
 

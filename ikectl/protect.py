@@ -82,5 +82,5 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
                 client.delete_policy(policy)
             except xfrm.NotFound:
                 continue  # gone meanwhile
-    if nft.program() is not None:
+    if nft.available():
         nft.install()

@@ -92,7 +92,7 @@ class Supervisor:
 
     def at_once(self) -> None:
         """A removal event, before any lock or read: the XFRM backstop back first (microseconds of netlink),
-        then the nftables table (a process start), when the last round wanted them."""
+        then the nftables table (one libnftables transaction), when the last round wanted them."""
         if not self.guarded:
             return
         with contextlib.suppress(IkectlError, OSError):

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
 
+from enclave_ike import config as enclave_config
+from enclave_ike.server import PublishedIdentity
 from ikecommon import keys
 from ikecommon.xfrm import SaInfo
 from ikectl import render
@@ -194,6 +196,10 @@ class Lab:
             topo.default_route(host, router)
             self.hosts[resolver.name] = host
         topo.default_route(client, router)
+        # enclave-ike is a Python server: its imports take the longest by far under TCG (tens of seconds), so it
+        # starts first and the other daemons start while it loads.
+        self.say("starting enclave-ike serve on trusted (sim enclave; its ECDSA key is made inside it)")
+        trusted = self._launch_enclave_ike(self.hosts["trusted"], "10.77.4.53")
         if self.with_client_pluto:
             # Queue the packet that triggers IKE instead of dropping it, so the first query is answered
             # without waiting for the stub's retry. (ikectl does this itself where it runs the client.)
@@ -214,8 +220,7 @@ class Lab:
         coffee.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address("10.77.2.53"))))
         self._start(coffee)
         coffee.addconn("--autoall")
-        self.say("starting enclave-ike serve on trusted (sim enclave; its ECDSA key is made inside it)")
-        pin = self.trusted_pin = self._start_enclave_ike(self.hosts["trusted"], "10.77.4.53")
+        pin = self.trusted_pin = self._published_key(trusted)
         if not self.with_client_pluto:
             return
 
@@ -231,9 +236,8 @@ class Lab:
         pluto.addconn("--autoall")
         self.client_pluto = pluto
 
-    def _start_enclave_ike(self, host: Host, address: str) -> keys.PinnedKey:
-        """Run `enclave-ike serve` in `host`; return the key it publishes (`enclave-ike identity --format
-        libreswan`), which is what ikectl's trusted profile pins."""
+    def _launch_enclave_ike(self, host: Host, address: str) -> Path:
+        """Start `enclave-ike serve` in `host` without waiting for it; its config file."""
         workdir = self.workdir / f"enclave-ike-{host.name}"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "enclave-ike.toml"
@@ -243,11 +247,19 @@ class Lab:
                               [sys.executable, "-m", "enclave_ike.cli", "serve", "--config", str(config)],
                               workdir / "enclave-ike.log", netns=host.netns)
         self._start(server)
-        server.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds in the VM under TCG
         self.trusted_server = server
-        line = self.topo.run(host, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config", str(config),
-                                    "--format", "libreswan"]).stdout.strip()
-        return keys.parse(line)
+        return config
+
+    def _published_key(self, config: Path) -> keys.PinnedKey:
+        """Once the server listens: the key it published, as `enclave-ike identity --format libreswan` prints it
+        (read here, not by a second Python process: that costs seconds of imports under TCG), which is what
+        ikectl's trusted profile pins."""
+        assert self.trusted_server is not None
+        self.trusted_server.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
+        published = enclave_config.load(config).identity.publish
+        identity = PublishedIdentity.from_json(published.read_text(), str(published))
+        assert identity.libreswan is not None
+        return keys.parse(identity.libreswan)
 
     def resolve(self, resolver: LabResolver, count: int) -> tuple[Answer, ...]:
         client = self.hosts["client"]

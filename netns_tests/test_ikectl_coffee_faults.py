@@ -85,9 +85,12 @@ def test_a_resolver_whose_ipsec_dies_mid_session_is_answered_again_within_2_s(ca
     assert answer.answered and recovered < 2.0, (recovered, answer)
     later = site.queries_for(RESOLVER, 2.0)
     assert all(a.answered for a in later), later
-    row = site.status()[RESOLVER]  # liveness dropped the SA; the next query found no IKE: its clear fallback
-    assert row["state"] == "clear" and row["reason"].startswith("no IKE answer; DNS passes in clear, IKE is tried "
-                                                                "again in "), row
+    # Liveness dropped the SA; the next query found no IKE: its clear fallback. Which of the two status names
+    # depends on whether the fallback is in place at the moment it looks (under TCG, either).
+    row = site.status()[RESOLVER]
+    assert row["state"] == "clear" and row["reason"].startswith(
+        ("no IKE answer; DNS passes in clear, IKE is tried again in ",
+         "the resolver stopped answering IKE liveness checks; DNS passes in clear")), row
     # The resolver's IPsec comes back; after retry_after_s the supervisor reloads the group, and the next
     # query negotiates ESP again.
     server.stop()

@@ -6,7 +6,8 @@ retry_after_s. After every step the invariants are checked on the kernel's own t
 at the end, the router's captures must show no plaintext port-53 packet in any trusted phase.
 
 Each run prints its seed; IKECTL_WALK_SEED replays one, IKECTL_WALK_STEPS sets the length (scripts/soak runs long
-walks). A failure is shrunk (each attempt replays from the start) and the shortest failing walk is printed.
+walks). A failure is shrunk (each attempt replays from the start; IKECTL_WALK_SHRINK_S bounds how long) and the
+shortest failing walk is printed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from netns_tests.scenarios import walk
 
 HOST_STEPS = 300  # at least this many per CI run (the acceptance of issue 14)
 VM_STEPS = 40
+SHRINK_S = 240.0  # a failure is shrunk for at most this long in CI (a replay costs minutes under TCG)
 
 
 def walk_and_report(world: walk.World, steps: int, where: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,7 +38,8 @@ def walk_and_report(world: walk.World, steps: int, where: str, capsys: pytest.Ca
     if failure is not None:
         story = "\n".join(world.log[-12:])
         supervisor = world.supervisor_story()
-        shortest = walk.shrink(world, actions[:failure.step + 1])
+        budget = float(os.environ.get("IKECTL_WALK_SHRINK_S") or SHRINK_S)
+        shortest = walk.shrink(world, actions[:failure.step + 1], budget)
         again = walk.run(world, shortest)
         pytest.fail(f"seed {seed}: step {failure.step + 1} ({failure.action}): {failure.violation}\n"
                     f"the walk's last commands:\n{story}\nthe supervisor's log:\n{supervisor}\n"

@@ -65,8 +65,10 @@ class VmSession:
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 show(f"booting Debian's kernel under TCG for {len(self.nodeids)} netns test(s) "
                      f"(about 30 s, then the tests; output in {self.outdir})")
-                # The walk's and the soak's knobs reach the guest's tests (IKECTL_WALK_SEED, IKECTL_WALK_STEPS, ...).
-                passed = {k: v for k, v in os.environ.items() if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK"))}
+                # The walk's and the soak's knobs reach the guest's tests (IKECTL_WALK_SEED, IKECTL_WALK_STEPS, ...),
+                # and pytest's own options (PYTEST_ADDOPTS=--durations=0 times each test's phases in the guest).
+                passed = {k: v for k, v in os.environ.items()
+                          if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK")) or k == "PYTEST_ADDOPTS"}
                 self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed)
                 show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
                      f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
