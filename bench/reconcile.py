@@ -8,7 +8,7 @@ The lab's client runs `ikectl up` in trusted mode (real pluto, the backstops in 
 - `ip xfrm policy flush` in the client's namespace: from just before it starts to the XFRM backstop complete
   again (checked after each burst of XFRM policy events, from a subscription made before the flush);
 - `nft flush ruleset`: from just before it starts to ikectl's nftables table whole again (checked after each
-  nftables event, which the supervisor's `nft -f` sends when it loads the table).
+  nftables event, which the supervisor's libnftables transaction sends when it loads the table).
 XFRM policies and nftables work in this host's kernel; ESP does not matter here. Results: docs/performance.md.
 """
 

@@ -28,7 +28,7 @@ from ipaddress import ip_address
 
 from ikecommon import xfrm
 
-from . import daemon, policies, render
+from . import daemon, policies, render, routes
 from .config import Address
 from .errors import IkectlError
 from .plan import OE_CONNS
@@ -101,7 +101,7 @@ def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], n
         offsets[address] = end  # read up to here; the next round goes on from it
         passes = _expired_clear(table, resolver, clear_since, now, retry)
         stale_passes += passes
-        reroute = _lost(table, resolver, lost, now, retry) or bool(passes) or reroute
+        reroute = _lost(table, resolver, lost, now, retry, dropped=failed == LIVENESS) or bool(passes) or reroute
     dropped = [ip_address(a) for a in excluded if a not in record.excluded]
     members = tuple(a for a in in_groups if str(a) not in excluded)
     if readmitted or dropped:
@@ -126,16 +126,22 @@ def _expired_clear(table: list[xfrm.Policy], resolver: Address, clear_since: dic
     return passes
 
 
-def _lost(table: list[xfrm.Policy], resolver: Address, lost: dict[str, float], now: float, retry: float) -> bool:
-    """Track a member whose policies pluto dropped (liveness): True when its group is due to be routed again."""
+def _lost(table: list[xfrm.Policy], resolver: Address, lost: dict[str, float], now: float, retry: float,
+          dropped: bool) -> bool:
+    """Track a member whose policies pluto dropped itself (`dropped`: its liveness check just failed): True when
+    its group is due to be routed again. Not sooner: pluto 4.10 keeps the negotiation shunt of an opportunistic
+    SA it was told to start (`up` does) after the SA is up, and ignores every ACQUIRE for that pair while it does:
+    a trap put back at once held DNS (measured in the VM). Policies another program removed are the supervisor's
+    (plan.unrouted), which loads the group again within seconds."""
     address = str(resolver)
     if all(policies.covered(table, resolver, proto) for proto in (6, 17)):
         lost.pop(address, None)
-    elif address not in lost:  # clear until the group is routed again
+    elif address in lost:
+        if now - lost[address] >= retry:
+            lost.pop(address)
+            return True
+    elif dropped:  # clear until the group is routed again
         lost[address] = now
-    elif now - lost[address] >= retry:
-        lost.pop(address)
-        return True
     return False
 
 
@@ -152,6 +158,20 @@ def retry_at(state: RunState, address: str) -> float | None:
     """When IKE is tried again with a resolver in its clear fallback (seconds since the epoch), if it is in one."""
     since = state.upkeep.clear_since.get(address)
     return since + state.retry_after_s if since is not None else None
+
+
+def moved_groups(run: daemon.RunDir, members: Iterable[Address]) -> dict[str, tuple[Address, Address]]:
+    """The groups whose source (the `left` that `up` rendered) is not the address this host now sends from to
+    their members, as group -> (was, now). pluto drops a group whose source went and cannot load it again, and
+    traps for an old source catch nothing: DNS to those members passes in clear until the next `up` (the
+    NetworkManager hook runs it) renders the groups from the new address."""
+    sources = _sources(run)
+    found: dict[str, tuple[Address, Address]] = {}
+    for member in members:
+        was, now = sources.get(member.version), routes.source_address(member)
+        if was is not None and now is not None and now != was:
+            found[OE_CONNS[member.version]] = (was, now)
+    return found
 
 
 def write_groups(run: daemon.RunDir, state: RunState, members: tuple[Address, ...]) -> None:

@@ -299,7 +299,8 @@ def unrouted(record: RunState, facts: Facts) -> tuple[str, ...]:
             return ()
         routed = all(policies.covered(facts.policies, record.trusted, proto) for proto in (6, 17))
         return () if routed else TRUSTED_CONNS
-    members = admitted(record)
+    # A member pluto dropped itself (liveness) is the upkeep's, which routes it again after retry_after_s.
+    members = [a for a in admitted(record) if str(a) not in record.upkeep.lost_at]
     bare = [a for a in members if not all(policies.covered(facts.policies, a, proto) for proto in (6, 17))]
     return tuple(dict.fromkeys(OE_CONNS[a.version] for a in bare))
 

@@ -69,11 +69,13 @@ class Profile:
                    shunt_lifetime_s=config.coffee_shop.retry_after_s, sa_lifetime_s=config.sa_lifetime_s)
 
     def groups(self) -> list[Group]:
-        """The opportunistic group conns: one per address family that has a resolver."""
+        """The opportunistic group conns: one per address family that has a member, or a resolver this host can
+        reach (`sources`) that is out of the group for now: a resolver readmitted later (its exclusion over) needs
+        its family's conn in place, which only `up` loads."""
         found = []
         for family, name in OE_GROUPS.items():
             members = tuple(a for a in self.opportunistic if a.version == family)
-            if not members:
+            if not members and family not in self.sources:
                 continue
             source = self.sources.get(family)
             if source is None and family == 6:

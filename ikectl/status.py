@@ -77,7 +77,7 @@ class Seen:
     has_sa: bool = False
     clear_pass: bool = False  # coffee-shop's clear fallback is in the kernel
     covered: bool = False  # pluto holds an outbound policy for its DNS (trap, SA, shunt)
-    moved: tuple[str, str] | None = None  # trusted: (address pluto's policies are for, address this host sends from)
+    moved: tuple[str, str] | None = None  # (address pluto's policies are for, address this host sends from now)
     log_word: str | None = None  # pluto's last word on it, as a reason
     now: float = 0.0
 
@@ -127,6 +127,11 @@ def _coffee_shop(seen: Seen) -> tuple[Verdict, str]:
     if seen.stopped:
         return Verdict.PENDING, (f"pluto (pid {seen.pluto}) is stopped: queries that meet its traps wait until it "
                                  "resumes")
+    if seen.moved is not None:
+        was, now = seen.moved
+        return Verdict.CLEAR, (f"this host now sends from {now}, pluto's opportunistic group is for {was}: DNS passes "
+                               "in clear until `ikectl up` (the NetworkManager hook runs it) loads it from the new "
+                               "address")
     if seen.clear_pass:
         retry = opportunistic.retry_at(record, address)
         when = f"in {_age(retry - seen.now)}" if retry is not None and retry > seen.now else "with the next query"
@@ -159,8 +164,9 @@ def gather(config: Config | None = None, portal: str | None = None) -> Status:
         table = [p for p in client.policies() if p.direction <= xfrm.Direction.FWD]
         sas = [sa for sa in client.sas() if not sa.larval]
     log = _log_tail(run)
-    rows = [_row(Seen(address, record, pid, stopped, *_about(address, record, traffic, shunts, table, sas, log),
-                      now=now), sas)
+    moved = opportunistic.moved_groups(run, record.resolvers) if record.mode == Mode.COFFEE_SHOP else {}
+    rows = [_row(Seen(address, record, pid, stopped, *_about(address, record, traffic, shunts, table, sas, log,
+                                                             moved), now=now), sas)
             for address in record.resolvers]
     if config is not None:
         rows = [_attested(r, record, config, now) for r in rows]
@@ -179,8 +185,9 @@ def _ask_pluto(run: daemon.RunDir) -> tuple[list[TrafficStatus], list[BareShunt]
 
 
 def _about(address: Address, record: RunState, traffic: list[TrafficStatus], shunts: list[BareShunt],
-           table: list[xfrm.Policy], sas: list[xfrm.SaInfo],
-           log: list[str]) -> tuple[str | None, bool, bool, bool, tuple[str, str] | None, str | None]:
+           table: list[xfrm.Policy], sas: list[xfrm.SaInfo], log: list[str],
+           moved_groups: dict[str, tuple[Address, Address]]) -> tuple[str | None, bool, bool, bool,
+                                                                    tuple[str, str] | None, str | None]:
     trusted = record.mode == Mode.TRUSTED
     mine = [t for t in traffic if t.peer == str(address) or (trusted and t.conn in plan.TRUSTED_CONNS)]
     established = mine[0].peer_id if mine else None
@@ -188,7 +195,9 @@ def _about(address: Address, record: RunState, traffic: list[TrafficStatus], shu
     clear = any(policies.pluto_dns_peer(p) == address and policies.clear_pass(p) for p in table)
     clear = clear or any(s.dst.network_address == address and s.action == "%pass" for s in shunts)
     covered = any(policies.covered(table, address, proto) for proto in (6, 17))
-    moved = _moved(address, table) if trusted and address == record.trusted else None
+    group = moved_groups.get(plan.OE_CONNS[address.version])
+    moved = (_moved(address, table) if trusted and address == record.trusted
+             else (str(group[0]), str(group[1])) if group is not None else None)
     word = trusted_failure(log) if trusted else opportunistic.last_word(log, str(address))
     return established, has_sa, clear, covered, moved, word
 

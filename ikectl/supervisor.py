@@ -121,6 +121,15 @@ class Supervisor:
         self.guarded = wanted
         self.hold_guard(wanted)
         missing = plan.unrouted(record, facts)
+        if missing and record.mode == Mode.COFFEE_SHOP:
+            moved = opportunistic.moved_groups(self.run, plan.admitted(record))
+            missing = tuple(name for name in missing if name not in moved)
+            for name, (was, new) in moved.items():
+                what = (f"this host now sends from {new}, pluto's {name} is for {was}: DNS to its resolvers passes in "
+                        "clear until `ikectl up` (the NetworkManager hook runs it) renders it from the new address")
+                if not record.interference or record.interference[-1].what != what:
+                    record = record.noting(what, now)
+                    _log(what)
         self.unrouted = {name: self.unrouted.get(name, now) for name in missing}
         due = tuple(name for name, since in self.unrouted.items() if now - since >= UNROUTED_FOR_S)
         steps = plan.repair(record, facts, backstop_wanted=wanted, route=due)

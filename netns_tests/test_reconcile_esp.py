@@ -78,6 +78,7 @@ def restored_after(world: walk.World, removal: list[str]) -> float:
                          f"the supervisor:\n{world.supervisor_story()}")
 
 
+@pytest.mark.timing  # measures how soon
 def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(world, capsys):
     for action in (Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED), Action("up")):
         world.apply(action)
@@ -107,6 +108,7 @@ def walk_status_notes(world: walk.World) -> list[str]:
     return notes
 
 
+@pytest.mark.timing  # measures how soon
 def test_coffee_shop_tries_ike_again_after_retry_after_s_and_goes_over_esp(world, capsys):
     for action in (Action("resolvers", (OE4,)), Action("up")):
         world.apply(action)

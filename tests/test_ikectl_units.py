@@ -66,6 +66,9 @@ def test_coffee_shop_verdicts():
     assert decide(established="ID_NULL", has_sa=True)[0] == status.Verdict.NULL_ENCRYPTED
     assert decide(covered=True) == (status.Verdict.PENDING, "IKE starts with the next query")
     assert decide(covered=False)[0] == status.Verdict.CLEAR
+    moved = decide(covered=False, moved=("10.0.0.1", "10.0.0.9"))
+    assert moved[0] == status.Verdict.CLEAR and "now sends from 10.0.0.9, pluto's opportunistic group is for " \
+        "10.0.0.1: DNS passes in clear until `ikectl up`" in moved[1]
     assert decide(pluto=None)[1].startswith("pluto is not running; DNS passes in clear")
     assert decide(stopped=True)[0] == status.Verdict.PENDING
     fallback = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW - 20}))

@@ -19,6 +19,8 @@ REFUSAL = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #2: IKE_AUTH respon
            "with TS_UNACCEPTABLE\n")
 ESP_REFUSAL = (f'ERROR: "private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #2: netlink response for Add SA '
                f"esp.5c05828d@{A}: Function not implemented (errno 38)\n")
+LIVENESS_FAILED = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #1: liveness action - clearing connection kind '
+                   "CK_INSTANCE\n")  # as pluto 4.10 wrote it in the VM
 
 
 def trap(address: str, proto: int) -> Policy:
@@ -120,6 +122,7 @@ def test_a_clear_fallback_pluto_forgot_is_deleted_after_retry_so_ike_is_tried_ag
 
 def test_a_group_pluto_dropped_is_reloaded_after_retry(pluto):
     run, whack, _ = pluto
+    run.log.write_text(LIVENESS_FAILED)
     state = record(A, retry=10)  # liveness cleared the instance and pluto routed no trap again: no policy
     kept = opportunistic.upkeep(run, state, [], now=500.0)
     assert kept.lost_at == {A: 500.0} and whack.calls == []
@@ -127,6 +130,13 @@ def test_a_group_pluto_dropped_is_reloaded_after_retry(pluto):
     assert opportunistic.upkeep(run, state, [], now=505.0).lost_at == {A: 500.0}
     reloaded = opportunistic.upkeep(run, state, [], now=510.0)
     assert reloaded.lost_at == {} and whack.calls[:2] == [("reread",), ("route", "private-or-clear")]
+
+
+def test_policies_another_program_removed_are_not_the_upkeeps(pluto):
+    """No liveness failure in pluto's log: the supervisor loads the group again (plan.unrouted), not the upkeep."""
+    run, whack, _ = pluto
+    kept = opportunistic.upkeep(run, record(A, retry=10), [], now=500.0)
+    assert kept.lost_at == {} and whack.calls == []
 
 
 def test_a_clear_fallback_counts_as_covered_not_lost(pluto):
@@ -186,3 +196,17 @@ def test_a_readmitted_resolver_reads_on_from_the_last_whole_line(pluto):
     assert opportunistic.upkeep(run, state, [], now=1030.0) == out
     back = opportunistic.upkeep(run, state, [], now=1061.0)
     assert back.excluded == {} and back.log_offset == {A: len(REFUSAL)}
+
+
+def test_a_group_rendered_for_an_address_this_host_no_longer_sends_from_has_moved(pluto, monkeypatch):
+    """The client's address changed since `up`: pluto cannot load the group again (the supervisor must not try
+    every second), and status says what to do."""
+    run, _, _ = pluto
+    run.conf.write_text("conn private-or-clear\n\tleft=10.0.0.1\n\tauto=ondemand\n")
+    now = {4: ip_address("10.0.0.9")}
+    monkeypatch.setattr(opportunistic.routes, "source_address", lambda a: now.get(a.version))
+    v4, v6 = ip_address(A), ip_address("2001:db8::53")
+    assert opportunistic.moved_groups(run, [v4, v6]) == {"private-or-clear": (ip_address("10.0.0.1"), now[4])}
+    now[4] = ip_address("10.0.0.1")
+    assert opportunistic.moved_groups(run, [v4, v6]) == {}
+

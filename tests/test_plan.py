@@ -249,6 +249,8 @@ def test_coffee_shop_names_the_groups_of_members_that_lost_their_traps():
     assert plan.unrouted(members, facts) == (plan.OE_CONNS[6],)
     excluded = replace(members, upkeep=UpkeepRecord(excluded={"2001:db8::53": Exclusion(9e9, "refused")}))
     assert plan.unrouted(excluded, facts) == ()  # an excluded resolver has no traps
+    dropped = replace(members, upkeep=UpkeepRecord(lost_at={"2001:db8::53": 100.0}))
+    assert plan.unrouted(dropped, facts) == ()  # pluto dropped it itself: the upkeep routes it after retry_after_s
     assert plan.repair(members, facts, backstop_wanted=False) == ()
 
 

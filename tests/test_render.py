@@ -110,6 +110,16 @@ def test_an_ipv6_resolver_gets_a_group_of_its_own_from_the_address_this_host_sen
         render.render_tree(render.Profile(Mode.COFFEE_SHOP, opportunistic=(ip_address("2001:db8::53"),)))
 
 
+def test_a_family_whose_resolvers_are_all_out_for_now_keeps_its_conn_with_an_empty_group():
+    """Excluded resolvers come back when their exclusion ends, by their group file alone: their family's conn
+    must be loaded (found by the walk: a readmitted IPv4 resolver had no conn to come back to)."""
+    only_v6 = render.Profile(Mode.COFFEE_SHOP, opportunistic=(ip_address("2001:db8::53"),),
+                             sources={4: ip_address("192.0.2.7"), 6: ip_address("2001:db8::7")})
+    files = render.render_tree(only_v6)
+    assert re.search(r"^conn private-or-clear\n\tleft=192\.0\.2\.7$", files["ipsec.conf"], re.M)
+    assert files["ipsec.d/policies/private-or-clear"] == ""
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--mode", "trusted", "--resolver", "192.0.2.53"], "needs exactly one --resolver, with --resolver-id"),
     (["--mode", "coffee-shop", "--resolver", "192.0.2.300"], "--resolver 192.0.2.300: '192.0.2.300' is not an IP"),

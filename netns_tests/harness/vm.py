@@ -144,8 +144,9 @@ def guest_command(outdir: Path, argv: Sequence[str], env: dict[str, str] | None 
 
 
 def run_in_vm(spec: VmSpec, outdir: Path, argv: Sequence[str], on_line: Callable[[str], None],
-              env: dict[str, str] | None = None) -> VmResult:
-    """Boot the VM, run `argv` in the guest (after the guest entry's module preloads and ESP check)."""
+              env: dict[str, str] | None = None, on_start: Callable[[int], None] | None = None) -> VmResult:
+    """Boot the VM, run `argv` in the guest (after the guest entry's module preloads and ESP check).
+    `on_start` is given the VM's process group as soon as it exists."""
     outdir.mkdir(parents=True, exist_ok=True)
     console_log = outdir / "console.log"
     stage = build_stage(outdir)
@@ -159,6 +160,8 @@ def run_in_vm(spec: VmSpec, outdir: Path, argv: Sequence[str], on_line: Callable
     proc = subprocess.Popen(vng_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
                             env={**os.environ, "PATH": path})
+    if on_start is not None:
+        on_start(proc.pid)
     timed_out = False
     try:
         with open(console_log, "w") as log:

@@ -3,15 +3,18 @@
 Where the netns tests run:
 - inside the guest (IKECTL_IN_GUEST=1, set by `guest.py`, which has checked ESP): here, directly;
 - on a host whose kernel installs ESP SAs: here, directly;
-- otherwise (these machines): each selected netns test becomes a `GuestItem` of the same node id. The
-  first one to run boots the VM once, runs all of them there in one guest pytest session, and every item
-  then reports its own guest result, failure text and logs. A VM that cannot boot fails every item with
-  the reason: nothing is skipped.
+- otherwise (these machines): each selected netns test becomes a `GuestItem` of the same node id. The VM
+  boots once, in a thread, as soon as the session starts, and runs all of them there in one guest pytest
+  session while this process runs everything else; then every item reports its own guest result, failure
+  text and logs, and the guest's console is shown. A VM that cannot boot fails every item with the reason:
+  nothing is skipped.
 IKECTL_NETNS_RUNNER=host|vm|auto (default auto) overrides the choice.
 
 Tests marked `host` need no ESP packets to flow (namespaces, XFRM policies, IKE that fails before any SA,
-bad input): they always run here, after all guest items, at native speed instead of under TCG. The check
-that the VM run left no qemu behind is one of them.
+bad input): they always run here, at native speed instead of under TCG, first, while the VM works; the unit
+tests follow, then the guest's results. Guest tests marked `timing` (they measure, and a busy host skews
+that) run last in the guest, when this process has little left to do. The check that the VM run left no
+qemu behind runs after everything.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +48,34 @@ class VmSession:
         self.error: str | None = None
         self.tests: dict[str, dict[str, Any]] = {}
         self.outdir: Path | None = None
+        self.console: list[str] = []  # the guest's console, shown when the first guest item reports
+        self.shown = False
+        self.pgid: int | None = None  # the VM's process group, to kill if this session ends first
+        self.thread = threading.Thread(target=self._run, name="vm", daemon=True)
 
-    def run_once(self) -> None:
-        if self.result is not None or self.error is not None:
-            return
+    def start(self) -> None:
+        self.thread.start()
+
+    def wait(self) -> None:
+        """Until the VM run is over; then show its console once."""
+        self.thread.join()
+        reporter = self.config.pluginmanager.getplugin("terminalreporter")
+        if not self.shown and reporter is not None:
+            capman = self.config.pluginmanager.getplugin("capturemanager")
+            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+                reporter.write_line("")
+                for line in self.console:
+                    reporter.write_line(f"vm| {line}")
+        self.shown = True
+
+    def stop(self) -> None:
+        """The session is ending with the VM still running (interrupted): the VM goes with it."""
+        if self.thread.is_alive() and self.pgid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pgid, signal.SIGKILL)
+            self.thread.join(timeout=10)
+
+    def _run(self) -> None:
         self.outdir = Path(tempfile.mkdtemp(prefix="ikt-vm-"))
         report = self.outdir / "report.json"
         # The project tree is read-only in the guest: no cache, no hypothesis database (the netns suite
@@ -54,24 +83,17 @@ class VmSession:
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
                 "-p", "netns_tests.harness.guest_report",
                 "--guest-report", str(report), "-v", "--basetemp=/run/ikt-pytest", *self.nodeids]
-        capman = self.config.pluginmanager.getplugin("capturemanager")
-        reporter = self.config.pluginmanager.getplugin("terminalreporter")
-
-        def show(line: str) -> None:
-            if reporter is not None:
-                reporter.write_line(f"vm| {line}")
-
+        show = self.console.append
         try:
-            with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
-                show(f"booting Debian's kernel under TCG for {len(self.nodeids)} netns test(s) "
-                     f"(about 30 s, then the tests; output in {self.outdir})")
-                # The walk's and the soak's knobs reach the guest's tests (IKECTL_WALK_SEED, IKECTL_WALK_STEPS, ...),
-                # and pytest's own options (PYTEST_ADDOPTS=--durations=0 times each test's phases in the guest).
-                passed = {k: v for k, v in os.environ.items()
-                          if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK")) or k == "PYTEST_ADDOPTS"}
-                self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed)
-                show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
-                     f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
+            show(f"booting Debian's kernel under TCG for {len(self.nodeids)} netns test(s) "
+                 f"(about 30 s, then the tests; output in {self.outdir})")
+            # The walk's and the soak's knobs reach the guest's tests (IKECTL_WALK_SEED, IKECTL_WALK_STEPS, ...),
+            # and pytest's own options (PYTEST_ADDOPTS=--durations=0 times each test's phases in the guest).
+            passed = {k: v for k, v in os.environ.items()
+                      if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK")) or k == "PYTEST_ADDOPTS"}
+            self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed, on_start=self._started)
+            show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
+                 f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
         except (VmError, HarnessError) as exc:
             self.error = str(exc)
             if report.exists():  # written after each test: what ran before the VM failed still reports
@@ -82,6 +104,9 @@ class VmSession:
                           f"console: {self.result.console_log}")
             return
         self.tests = json.loads(report.read_text())["tests"]
+
+    def _started(self, pgid: int) -> None:
+        self.pgid = pgid
 
 
 VM_SESSION = pytest.StashKey[VmSession | None]()
@@ -97,7 +122,7 @@ class GuestItem(pytest.Item):
     def runtest(self) -> None:
         session = self.config.stash[VM_SESSION]
         assert session is not None
-        session.run_once()
+        session.wait()
         entry = session.tests.get(self.nodeid)
         if entry is None and session.error is not None:
             raise GuestTestFailed(f"the netns suite could not run in the VM: {session.error}")
@@ -146,22 +171,33 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if os.geteuid() != 0:
         raise pytest.UsageError("the netns tests need root (namespaces, pluto, tcpdump): run scripts/test "
                                 "as root, or select only tests/ for the unprivileged unit tests")
-    after = [i for i in netns_items if i.get_closest_marker("host")]
+    host = [i for i in netns_items if i.get_closest_marker("host")]
+    last = [i for i in host if Path(i.path).name == "test_vm_run.py"]  # after the VM is gone
     if netns_runner() == "here":
-        items[:] = [i for i in items if i not in after] + after
+        items[:] = [i for i in items if i not in host] + host
         return
-    guest_ids = [i.nodeid for i in netns_items if i not in after]
+    guests = [i for i in netns_items if i not in host]
+    timing = [i for i in guests if i.get_closest_marker("timing")]
+    guest_ids = [i.nodeid for i in guests if i not in timing] + [i.nodeid for i in timing]
     if guest_ids:  # only host tests selected: no VM to boot
         config.stash[VM_SESSION] = VmSession(config, guest_ids)
-    replaced: list[pytest.Item] = []
-    for item in items:
-        if item in after:
-            continue
-        if _is_netns_item(item) and item.parent is not None:
-            replaced.append(GuestItem.from_parent(item.parent, name=item.name))
-        else:
-            replaced.append(item)
-    items[:] = replaced + after
+    others = [i for i in items if not _is_netns_item(i)]
+    replaced = [GuestItem.from_parent(i.parent, name=i.name) for i in guests if i.parent is not None]
+    items[:] = [i for i in host if i not in last] + others + replaced + last
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own loop runs the first test
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """The VM starts working before the first test here."""
+    vm = session.config.stash.get(VM_SESSION, None)
+    if vm is not None and not session.config.option.collectonly:
+        vm.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    vm = session.config.stash.get(VM_SESSION, None)
+    if vm is not None:
+        vm.stop()
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,18 @@ class Site:
             answers.append(self.query(server, **kwargs))
         return answers
 
+    def diagnosis(self, run_dir: Path) -> str:
+        """For a failed assertion: `ikectl status`, the client's XFRM policies and SAs, the ends of the logs of
+        ikectl's pluto and supervisor."""
+        parts = [self.ikectl("status").stdout.strip()]
+        for what in (["policy"], ["state"]):
+            parts.append(self.topo.run(self.client, ["ip", "xfrm", *what], check=False).stdout.strip())
+        for log in ("pluto.log", "supervisor.log"):
+            path = run_dir / log
+            text = path.read_text(errors="replace").splitlines()[-40:] if path.exists() else ["(none)"]
+            parts.append(f"the end of {path}:\n" + "\n".join(text))
+        return "\n".join(parts)
+
     def plaintext(self, peers: Iterable[str]) -> dict[str, int]:
         """Stop the capture; plaintext port-53 packets between the client and each peer, both directions."""
         time.sleep(0.3)  # let the last packets reach the capture file

@@ -105,6 +105,12 @@ class Model:
     frozen: int | None = None  # the pid of our pluto while stopped
     address: int = 0
     failed_over: bool = False
+    up_source: str = ADDRESSES[0]  # where IPv4 DNS left from when `up` last applied (pluto's group is for it)
+
+    @property
+    def source(self) -> str:
+        """Where IPv4 DNS leaves from now: the backup uplink's address once failed over."""
+        return "10.91.5.2" if self.failed_over else ADDRESSES[self.address]
 
 
 def generate(rng: random.Random, steps: int) -> list[Action]:
@@ -218,7 +224,7 @@ class World:
         proc = self.ikectl("up")
         m.ever |= set(m.resolvers) | ({TRUSTED} if m.mode == Mode.TRUSTED else set())
         if proc.returncode == 0 or m.mode == Mode.TRUSTED:  # trusted fails closed: trusted (blocked) all the same
-            m.up = m.mode
+            m.up, m.up_source = m.mode, m.source
         elif proc.returncode not in (0, 1):
             raise Violation(f"`ikectl up` exited {proc.returncode}: {proc.stderr.strip()}")
         m.frozen = None if m.frozen is not None and not _alive(m.frozen) else m.frozen
@@ -352,13 +358,15 @@ class World:
         return state_of(proc.stdout) if proc.returncode == 0 else TableState.ABSENT
 
     def diagnosis(self) -> str:
-        """What a failed invariant needs beside it: the kernel's policies, `ikectl status`, pluto's shunts."""
+        """What a failed invariant needs beside it: the kernel's policies, `ikectl status`, pluto's shunts and the
+        end of its log. (whack waits on a frozen pluto: a short deadline.)"""
         table = "\n".join(f"  {policies.describe(p)}" for p in self.table())
         shown = self.ikectl("status").stdout.strip()
         run_dir = self.run_dirs[self.model.run_dir]
-        shunts = self.topo.run(self.client, [str(WHACK), "--rundir", str(run_dir / "pluto"), "--shuntstatus"],
-                               check=False).stdout.strip()
-        log = "(none)"
+        shunts = log = "(none)"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            shunts = self.topo.run(self.client, [str(WHACK), "--rundir", str(run_dir / "pluto"), "--shuntstatus"],
+                                   check=False, timeout=5).stdout.strip()
         with contextlib.suppress(OSError):
             log = "\n".join((run_dir / "pluto.log").read_text(errors="replace").splitlines()[-40:])
         return (f"the kernel's policies:\n{table}\nikectl status:\n{shown}\npluto's shunts:\n{shunts}\n"
@@ -450,11 +458,22 @@ class World:
         if pid is None or pid == self.model.frozen:  # a stopped pluto holds what meets its traps until it resumes
             return
 
+        # IPv4 DNS leaves from another address than at `up` (renumbered, or failed over): pluto's IPv4 group is for
+        # the old one (dropped, if that address went), and DNS to IPv4 resolvers passes in clear until the next `up`
+        # (the NetworkManager hook's). status must say so.
+        moved = self.model.up_source != self.model.source
+        if moved and any(ip_address(a).version == 4 for a in record.resolvers):
+            shown = self.ikectl("status").stdout
+            if "this host now sends from" not in shown:
+                raise Violation(f"the client's address changed since `up`, and `ikectl status` does not say so:\n"
+                                f"{shown}")
+
         def covered() -> str | None:
             now = self.record()
             if not isinstance(now, RunState):
                 return "the record went"
-            members = [a for a in now.resolvers if str(a) not in now.unprotected and str(a) not in now.upkeep.excluded]
+            members = [a for a in now.resolvers if str(a) not in now.unprotected and str(a) not in now.upkeep.excluded
+                       and not (moved and a.version == 4)]
             table = self.table()
             bare = [str(a) for a in members if not all(policies.covered(table, a, p) for p in (6, 17))]
             return f"no pluto policy for {bare}" if bare else None
