@@ -39,7 +39,7 @@ NETNS_DIR = Path(__file__).resolve().parents[1]
 
 
 class VmSession:
-    """One VM boot per pytest session, run lazily for all selected guest items."""
+    """One VM boot per pytest session for all selected guest items, in a thread from the session's start."""
 
     def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
         self.config = config
@@ -94,8 +94,8 @@ class VmSession:
             self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed, on_start=self._started)
             show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
                  f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
-        except (VmError, HarnessError) as exc:
-            self.error = str(exc)
+        except (VmError, HarnessError, OSError, ValueError) as exc:  # in a thread: every item reports the reason
+            self.error = str(exc) if isinstance(exc, (VmError, HarnessError)) else f"{type(exc).__name__}: {exc}"
             if report.exists():  # written after each test: what ran before the VM failed still reports
                 self.tests = json.loads(report.read_text())["tests"]
             return
