@@ -36,7 +36,7 @@ from typing import Any
 
 from ikecommon import keys
 from ikecommon.xfrm import Policy, XfrmClient
-from ikectl import backstop, policies, render
+from ikectl import backstop, plan, policies, render
 from ikectl.config import Mode
 from ikectl.nft import TableState, state_of
 from ikectl.state import RunState, StateStore, Unreadable, state_dir
@@ -57,6 +57,7 @@ COMMAND_DEADLINE_S = 60.0
 # and every round of the supervisor takes 10-20 times as long as here.
 SETTLE_S = 12.0 if os.environ.get("IKECTL_IN_GUEST") == "1" else 4.0
 ADDRESSES = ("10.91.1.2", "10.91.1.9")  # the client's uplink address, before and after a renumbering
+BACKUP_ADDRESS = "10.91.5.2"  # the client's address on the backup uplink
 
 # The second IKE daemon: the system's own libreswan with its documented opportunistic setup.
 SYSTEM_OE = """conn clear
@@ -110,7 +111,7 @@ class Model:
     @property
     def source(self) -> str:
         """Where IPv4 DNS leaves from now: the backup uplink's address once failed over."""
-        return "10.91.5.2" if self.failed_over else ADDRESSES[self.address]
+        return BACKUP_ADDRESS if self.failed_over else ADDRESSES[self.address]
 
 
 def generate(rng: random.Random, steps: int) -> list[Action]:
@@ -464,9 +465,8 @@ class World:
         # the old one (dropped, if that address went), and DNS to IPv4 resolvers passes in clear until the next `up`
         # (the NetworkManager hook's). status must say so.
         moved = self.model.up_source != self.model.source
-        admitted = [a for a in record.resolvers if str(a) not in record.unprotected
-                    and str(a) not in record.upkeep.excluded]  # the others' rows say why they are in clear
-        if moved and any(a.version == 4 for a in admitted):
+        # Only the groups' members: the others' rows say why they are in clear.
+        if moved and any(a.version == 4 for a in plan.admitted(record)):
             shown = self.ikectl("status").stdout
             if "this host now sends from" not in shown:
                 raise Violation(f"the client's address changed since `up`, and `ikectl status` does not say so:\n"
@@ -476,8 +476,7 @@ class World:
             now = self.record()
             if not isinstance(now, RunState):
                 return "the record went"
-            members = [a for a in now.resolvers if str(a) not in now.unprotected and str(a) not in now.upkeep.excluded
-                       and not (moved and a.version == 4)]
+            members = [a for a in plan.admitted(now) if not (moved and a.version == 4)]
             table = self.table()
             bare = [str(a) for a in members if not all(policies.covered(table, a, p) for p in (6, 17))]
             return f"no pluto policy for {bare}" if bare else None
@@ -533,7 +532,7 @@ class World:
         self._end_trusted_phase()
         time.sleep(0.3)
         total = 0
-        subject = {*ADDRESSES, "10.91.5.2", "fd91:1::2", *also}
+        subject = {*ADDRESSES, BACKUP_ADDRESS, "fd91:1::2", *also}
         for wire in self.captures:
             wire.stop()
             inside = [p for p in wire.packets() if any(start <= float(p.time) <= end
