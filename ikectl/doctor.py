@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ikecommon import xfrm
 
-from . import daemon, nft, observe, policies
+from . import daemon, nft, observe, plan, policies
 from .config import Config
 from .state import read_here
 from .whack import LIBEXEC
@@ -72,11 +72,15 @@ def _esp() -> Check:
 
 def _larval() -> Check:
     try:
-        drop = xfrm.larval_drop()
-    except OSError as exc:
+        drop, expires = xfrm.larval_drop(), xfrm.acq_expires()
+    except (OSError, ValueError) as exc:
         return Check("xfrm_larval_drop", False, str(exc), "a kernel with XFRM")
-    return Check("xfrm_larval_drop", True, "1 (coffee-shop `up` sets 0 so the first query is queued)" if drop
-                 else "0 (the query that triggers IKE is queued)")
+    if drop:
+        shown = (f"1, acq_expires {expires} s (coffee-shop `up` sets 0, so the first query is queued, and "
+                 f"{plan.ACQ_EXPIRES_S} s)")
+    else:
+        shown = f"0 (the query that triggers IKE is queued), acq_expires {expires} s"
+    return Check("xfrm_larval_drop", True, shown)
 
 
 def _nftables() -> Check:

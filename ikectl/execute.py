@@ -36,10 +36,10 @@ from .plan import (
     RemoveBackstop,
     RemoveLeftovers,
     RestoreKernel,
-    SetLarvalDrop,
     StartPluto,
     Step,
     StopRun,
+    TuneAcquires,
     UnloadConns,
     Upkeep,
     WriteTree,
@@ -142,7 +142,7 @@ def _remove_leftovers(step: RemoveLeftovers, ex: Execution) -> None:
 
 def _restore_kernel(step: RestoreKernel, ex: Execution) -> None:
     _remove_nd_bypasses(step.baseline.nd_bypass)
-    xfrm.set_larval_drop(step.baseline.larval_drop)
+    _tune(step.baseline.larval_drop, step.baseline.acq_expires_s)
 
 
 def _remove_nd_bypasses(keep: tuple[str, ...]) -> None:
@@ -152,10 +152,15 @@ def _remove_nd_bypasses(keep: tuple[str, ...]) -> None:
     delete([p for p in table if policies.is_nd_bypass(p) and policies.nd_bypass_key(p) not in keep])
 
 
-def _set_larval_drop(step: SetLarvalDrop, ex: Execution) -> None:
-    before = xfrm.larval_drop()
-    xfrm.set_larval_drop(step.drop)
-    ex.stack.callback(xfrm.set_larval_drop, before)
+def _tune_acquires(step: TuneAcquires, ex: Execution) -> None:
+    before = (xfrm.larval_drop(), xfrm.acq_expires())
+    ex.stack.callback(_tune, *before)
+    _tune(step.larval_drop, step.acq_expires_s)
+
+
+def _tune(larval_drop: bool, acq_expires_s: int) -> None:
+    xfrm.set_larval_drop(larval_drop)
+    xfrm.set_acq_expires(acq_expires_s)
 
 
 # --- processes ----------------------------------------------------------------------------------------------
@@ -377,7 +382,7 @@ def _forget(step: Forget, ex: Execution) -> None:
 # One handler per kind of step; `run` looks them up by the step's type.
 HANDLERS: dict[type[Any], Callable[[Any, Execution], None]] = {
     Protect: _protect, DeletePolicies: _delete_policies, RemoveLeftovers: _remove_leftovers, StopRun: _stop_run,
-    UnloadConns: _unload_conns, SetLarvalDrop: _set_larval_drop, WriteTree: _write_tree, StartPluto: _start_pluto,
+    UnloadConns: _unload_conns, TuneAcquires: _tune_acquires, WriteTree: _write_tree, StartPluto: _start_pluto,
     LoadConns: _load_conns, LiftBackstop: _lift_backstop, Negotiate: _negotiate, Upkeep: _upkeep,
     EnsureSupervisor: _ensure_supervisor, Record: _record, RemoveBackstop: _remove_backstop,
     RestoreKernel: _restore_kernel, Forget: _forget, ReloadConns: _reload_conns,

@@ -27,6 +27,12 @@ from .state import Baseline, RunState
 
 TRUSTED_CONNS = ("ikectl-trusted-udp", "ikectl-trusted-tcp")
 OE_CONNS = {4: "private-or-clear", 6: "private-or-clear6"}  # one opportunistic group per address family
+# Coffee-shop: an ACQUIRE that pluto leaves unanswered holds its flow for this long, not the kernel's 30 s. pluto
+# answers none while it holds a shunt for the pair, and its clear fallback can go from under a larval state (a
+# flush, the retry after retry_after_s, whose minimum is 5 s): DNS to that resolver was blackholed until the larval
+# state expired (the walk found it, in the VM). Expiring sooner costs nothing: the next packet sends a new ACQUIRE,
+# which pluto takes for the negotiation it already has.
+ACQ_EXPIRES_S = 3
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class Facts:
     protection: Protection | None = None  # read when the plan needs it (trusted, or leaving it)
     pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names (another one's is stopped whatever it does)
     larval_drop: bool = True
+    acq_expires_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,12 @@ class UnloadConns:
 
 
 @dataclass(frozen=True)
-class SetLarvalDrop:
-    drop: bool
+class TuneAcquires:
+    """How the namespace treats a packet that meets a trap: queued until the SA is there, or dropped
+    (xfrm_larval_drop); and how long the larval state of its ACQUIRE holds that flow (xfrm_acq_expires)."""
+
+    larval_drop: bool
+    acq_expires_s: int
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,7 @@ class ReloadConns:
     names: tuple[str, ...]
 
 
-Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | SetLarvalDrop | WriteTree | StartPluto
+Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | TuneAcquires | WriteTree | StartPluto
         | LoadConns | LiftBackstop | Negotiate | Upkeep | EnsureSupervisor | Record | RemoveBackstop | RestoreKernel
         | Forget | ReloadConns)
 
@@ -246,8 +257,8 @@ def _up_coffee_shop(intent: Intent, facts: Facts, record: RunState | None) -> tu
     steps: list[Step] = _restart(intent, facts, record)
     if steps:  # a pluto that had to be killed leaves its policies behind
         steps.append(RemoveLeftovers(frozenset(everyone)))
-    if facts.larval_drop:
-        steps.append(SetLarvalDrop(False))  # queue the query that triggers IKE instead of dropping it
+    if facts.larval_drop or facts.acq_expires_s != ACQ_EXPIRES_S:
+        steps.append(TuneAcquires(larval_drop=False, acq_expires_s=ACQ_EXPIRES_S))
     steps.append(WriteTree())
     running = _pluto_running_after(facts) and not _moved(intent, record)
     loaded = loaded_mode(record, facts) if running else None

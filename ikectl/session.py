@@ -76,7 +76,7 @@ def gather_policies() -> tuple[xfrm.Policy, ...]:
 def gather(run_dir: Path) -> plan.Facts:
     table = gather_policies()
     return plan.Facts(policies=table, protection=protection(table), pluto=_pluto_facts(run_dir),
-                      larval_drop=xfrm.larval_drop())
+                      larval_drop=xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires())
 
 
 def esp_refused(store: StateStore) -> str | None:
@@ -187,7 +187,8 @@ def _up(config: Config, store: StateStore, record: RunState | None, say: Say, co
         started: float) -> UpResult:
     now = time.time()
     facts = gather(config.run_dir)
-    baseline = store.keep_baseline(Baseline(facts.larval_drop, tuple(sorted(policies.nd_bypasses(facts.policies)))))
+    baseline = store.keep_baseline(Baseline(facts.larval_drop, tuple(sorted(policies.nd_bypasses(facts.policies))),
+                                            facts.acq_expires_s))
     esp = esp_refused(store)
     wanted = intent(config, record, esp, now)
     files = render.render_tree(wanted.profile)
@@ -249,7 +250,8 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
     if not daemon.supervisor_running(supervisor):
         with contextlib.suppress(OSError):  # the watch keeps the backstops in place; DNS is blocked without it
             supervisor = daemon.start_supervisor(run)
-    baseline = record.baseline if record is not None else store.keep_baseline(Baseline(xfrm.larval_drop()))
+    baseline = record.baseline if record is not None else store.keep_baseline(
+        Baseline(xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires()))
     store.write(RunState(
         mode=Mode.TRUSTED, resolvers=listed, run_dir=config.run_dir, up_at=now, baseline=baseline, trusted=pinned,
         managed=protect.managed(listed, record), pluto_pid=daemon.pluto_pid(run), supervisor_pid=supervisor,

@@ -83,6 +83,16 @@ class Baseline:
 
     larval_drop: bool  # net.core.xfrm_larval_drop
     nd_bypass: tuple[str, ...] = ()  # pluto-style IPv6 neighbour-discovery bypasses that were there already
+    acq_expires_s: int = 30  # net.core.xfrm_acq_expires (records written before it was kept: the kernel's default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"larval_drop": self.larval_drop, "nd_bypass": list(self.nd_bypass),
+                "acq_expires": self.acq_expires_s}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Baseline:
+        return cls(bool(data["larval_drop"]), tuple(str(k) for k in data["nd_bypass"]),
+                   int(data.get("acq_expires", 30)))
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ class RunState:
         return {
             "version": SCHEMA_VERSION, "mode": self.mode.value, "resolvers": [str(a) for a in self.resolvers],
             "run_dir": str(self.run_dir), "up_at": self.up_at,
-            "baseline": {"larval_drop": self.baseline.larval_drop, "nd_bypass": list(self.baseline.nd_bypass)},
+            "baseline": self.baseline.to_json(),
             "trusted": str(self.trusted) if self.trusted else None,
             "managed": sorted(str(a) for a in self.managed),
             "pluto_pid": self.pluto_pid, "supervisor_pid": self.supervisor_pid,
@@ -150,7 +160,7 @@ class RunState:
         return cls(
             mode=Mode(data["mode"]), resolvers=tuple(ip_address(a) for a in data["resolvers"]),
             run_dir=Path(data["run_dir"]), up_at=float(data["up_at"]),
-            baseline=Baseline(bool(baseline["larval_drop"]), tuple(str(k) for k in baseline["nd_bypass"])),
+            baseline=Baseline.from_json(baseline),
             trusted=ip_address(data["trusted"]) if data["trusted"] else None,
             managed=frozenset(ip_address(a) for a in data["managed"]),
             pluto_pid=_optional_int(data["pluto_pid"]), supervisor_pid=_optional_int(data["supervisor_pid"]),
@@ -305,21 +315,18 @@ class StateStore:
         killed half-way leaves no record, and `down` must still put larval drop back); the one kept if there is
         one already."""
         try:
-            kept = json.loads(self.baseline_path.read_text())
-            return Baseline(bool(kept["larval_drop"]), tuple(str(k) for k in kept["nd_bypass"]))
+            return Baseline.from_json(json.loads(self.baseline_path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass
         try:
-            self.baseline_path.write_text(json.dumps({"larval_drop": baseline.larval_drop,
-                                                      "nd_bypass": list(baseline.nd_bypass)}))
+            self.baseline_path.write_text(json.dumps(baseline.to_json()))
         except OSError as exc:
             raise StateError(f"{self.baseline_path}: cannot write it ({exc.strerror})") from None
         return baseline
 
     def baseline(self) -> Baseline | None:
         try:
-            kept = json.loads(self.baseline_path.read_text())
-            return Baseline(bool(kept["larval_drop"]), tuple(str(k) for k in kept["nd_bypass"]))
+            return Baseline.from_json(json.loads(self.baseline_path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

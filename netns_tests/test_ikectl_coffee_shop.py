@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from ikecommon import xfrm
+from ikectl import plan
 from netns_tests.harness.dnsclient import query
 from netns_tests.lab import Lab
 from netns_tests.test_ikectl_trusted import COFFEE, PLAIN, TRUSTED, ikectl, plaintext, status
@@ -34,5 +35,6 @@ def test_encrypted_where_it_can_clear_and_fast_where_it_cannot(world: Lab, run_d
     wire = plaintext(world)
     assert wire[COFFEE] == 0 and wire[PLAIN] >= 2 and wire[TRUSTED] == 0
     assert not xfrm.larval_drop(client.netns)  # queued, not dropped, while up
+    assert xfrm.acq_expires(client.netns) == plan.ACQ_EXPIRES_S  # an unanswered ACQUIRE holds a flow briefly
     assert ikectl(world, config, "down").returncode == 0
-    assert xfrm.larval_drop(client.netns)  # and restored by down
+    assert xfrm.larval_drop(client.netns) and xfrm.acq_expires(client.netns) == 30  # and restored by down

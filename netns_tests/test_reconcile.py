@@ -100,6 +100,26 @@ def test_coffee_shop_tries_ike_again_once_retry_after_s_has_passed(world):
     world.check()
 
 
+def test_a_fallback_flushed_from_under_an_unanswered_acquire_holds_dns_for_seconds_not_30(world):
+    """The walk, in the VM: pluto's clear fallback for a query's ACQUIRE went with a flush, the supervisor routed
+    the traps again, and the larval state of that ACQUIRE held every query to the resolver until it expired: the
+    kernel's 30 s (pluto sends nothing for a pair it holds a shunt for). ikectl sets xfrm_acq_expires to 3 s."""
+    steps(world, Action("resolvers", (PLAIN4,)), Action("up"))
+
+    def flushed_and_routed_again() -> None:
+        world.apply(Action("flush_xfrm"))
+        walk._eventually(lambda: None if all(policies.covered(world.table(), ip_address(PLAIN4), proto)
+                                             for proto in (6, 17)) else "no trap", "the traps routed again")
+
+    flushed_and_routed_again()
+    assert query(world.topo, world.client, PLAIN4, timeout=5).answered  # its ACQUIRE: a larval state, a fallback
+    assert clear_passes(world, PLAIN4)
+    flushed_and_routed_again()  # the fallback goes, the larval state stays
+    answer = query(world.topo, world.client, PLAIN4, timeout=10)
+    assert answer.answered, "DNS held by the larval state of an ACQUIRE pluto did not answer"
+    world.check()
+
+
 # --- another program, another daemon -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("removal", [["ip", "xfrm", "policy", "flush"], ["nft", "flush", "ruleset"]])

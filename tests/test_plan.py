@@ -31,9 +31,9 @@ from ikectl.plan import (
     RemoveBackstop,
     RemoveLeftovers,
     RestoreKernel,
-    SetLarvalDrop,
     StartPluto,
     StopRun,
+    TuneAcquires,
     UnloadConns,
     Upkeep,
     WriteTree,
@@ -169,8 +169,20 @@ def test_protection_first_is_the_same_decision_as_the_plans():
 
 def test_fresh_coffee_shop_up_queues_the_trigger_and_never_touches_a_backstop():
     steps = plan.up(coffee(A), Facts(protection=NONE, larval_drop=True), None)
-    assert steps == (SetLarvalDrop(False), WriteTree(), StartPluto(), LoadConns(replacing=False, rescan=False),
+    assert steps == (TuneAcquires(larval_drop=False, acq_expires_s=plan.ACQ_EXPIRES_S), WriteTree(), StartPluto(),
+                     LoadConns(replacing=False, rescan=False),
                      Negotiate(), Upkeep(), EnsureSupervisor(), Record())
+
+
+@pytest.mark.parametrize(("larval_drop", "acq_expires_s", "tuned"), [
+    (True, 30, True), (False, 30, True), (True, plan.ACQ_EXPIRES_S, True), (False, plan.ACQ_EXPIRES_S, False)])
+def test_an_unanswered_acquire_holds_its_flow_for_seconds_not_the_kernels_30(larval_drop, acq_expires_s, tuned):
+    """A flush or the retry after retry_after_s takes pluto's clear fallback from under the larval state of an
+    ACQUIRE pluto did not answer: DNS to that resolver waited on it for the kernel's 30 s (the walk, in the VM)."""
+    facts = Facts(protection=NONE, pluto=RUNNING, larval_drop=larval_drop, acq_expires_s=acq_expires_s)
+    steps = plan.up(coffee(A), facts, record(Mode.COFFEE_SHOP, A))
+    assert (TuneAcquires(False, plan.ACQ_EXPIRES_S) in steps) == tuned
+    assert plan.ACQ_EXPIRES_S < 5  # below the shortest retry_after_s the config allows
 
 
 def test_leaving_trusted_lifts_the_backstop_only_once_the_traps_are_in():
@@ -190,8 +202,8 @@ def test_a_leftover_backstop_with_no_record_is_lifted_too():
 
 
 def test_coffee_shop_again_replaces_its_conns_in_place():
-    steps = plan.up(coffee(A, B), Facts(protection=NONE, pluto=RUNNING, larval_drop=False),
-                    record(Mode.COFFEE_SHOP, A, B))
+    steps = plan.up(coffee(A, B), Facts(protection=NONE, pluto=RUNNING, larval_drop=False,
+                                                 acq_expires_s=plan.ACQ_EXPIRES_S), record(Mode.COFFEE_SHOP, A, B))
     assert steps == (WriteTree(), LoadConns(replacing=True, rescan=True), Negotiate(), Upkeep(),
                      EnsureSupervisor(), Record())
 

@@ -163,7 +163,13 @@ def test_the_lock_names_its_holder_and_a_stuck_one_can_be_ended(tmp_path):
 def test_the_baseline_is_kept_once_and_read_back(tmp_path):
     store = StateStore(tmp_path, 1)
     assert store.baseline() is None
-    assert store.keep_baseline(Baseline(True, ("135 OUT",))) == Baseline(True, ("135 OUT",))
-    assert store.keep_baseline(Baseline(False)) == Baseline(True, ("135 OUT",))  # the first one stays
+    assert store.keep_baseline(Baseline(True, ("135 OUT",), 7)) == Baseline(True, ("135 OUT",), 7)
+    assert store.keep_baseline(Baseline(False)) == Baseline(True, ("135 OUT",), 7)  # the first one stays
     store.remove()
     assert store.baseline() is None
+
+
+def test_a_baseline_written_before_acq_expires_was_kept_reads_as_the_kernels_default(tmp_path):
+    store = StateStore(tmp_path, 1)
+    store.baseline_path.write_text(json.dumps({"larval_drop": True, "nd_bypass": []}))
+    assert store.baseline() == Baseline(True, (), 30)

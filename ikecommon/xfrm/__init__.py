@@ -36,7 +36,17 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .client import EspSupport, XfrmClient, event_socket, larval_drop, monitor, probe_esp, set_larval_drop
+    from .client import (
+        EspSupport,
+        XfrmClient,
+        acq_expires,
+        event_socket,
+        larval_drop,
+        monitor,
+        probe_esp,
+        set_acq_expires,
+        set_larval_drop,
+    )
     from .codec import (
         Acquire,
         Flushed,
@@ -50,8 +60,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    **dict.fromkeys(("EspSupport", "XfrmClient", "event_socket", "larval_drop", "monitor", "probe_esp",
-                     "set_larval_drop"), "client"),
+    **dict.fromkeys(("EspSupport", "XfrmClient", "acq_expires", "event_socket", "larval_drop", "monitor",
+                     "probe_esp", "set_acq_expires", "set_larval_drop"), "client"),
     **dict.fromkeys(("Acquire", "Flushed", "PolicyAdded", "PolicyDeleted", "PolicyExpired", "SaAdded", "SaDeleted",
                      "SaExpired", "XfrmEvent"), "codec"),
 }
@@ -112,10 +122,12 @@ __all__ = [
     "XfrmDecodeError",
     "XfrmError",
     "XfrmEvent",
+    "acq_expires",
     "algorithm",
     "event_socket",
     "larval_drop",
     "monitor",
     "probe_esp",
+    "set_acq_expires",
     "set_larval_drop",
 ]

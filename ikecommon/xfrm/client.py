@@ -191,6 +191,7 @@ def probe_esp() -> EspSupport:
 
 
 LARVAL_DROP = "/proc/sys/net/core/xfrm_larval_drop"
+ACQ_EXPIRES = "/proc/sys/net/core/xfrm_acq_expires"
 
 
 @contextlib.contextmanager
@@ -206,15 +207,33 @@ def _in_netns(netns: str | None) -> Iterator[None]:
         pyroute2_netns.popns()
 
 
+def _read_sysctl(path: str, netns: str | None) -> str:
+    with _in_netns(netns), open(path) as sysctl:
+        return sysctl.read().strip()
+
+
+def _write_sysctl(path: str, value: str, netns: str | None) -> None:
+    with _in_netns(netns), open(path, "w") as sysctl:
+        sysctl.write(value)
+
+
 def larval_drop(netns: str | None = None) -> bool:
     """Whether the namespace drops packets that trigger an ACQUIRE (True, the kernel's default) or
     queues them until the SA is there (False)."""
-    with _in_netns(netns), open(LARVAL_DROP) as sysctl:
-        return sysctl.read().strip() != "0"
+    return _read_sysctl(LARVAL_DROP, netns) != "0"
 
 
 def set_larval_drop(drop: bool, netns: str | None = None) -> None:
-    with _in_netns(netns), open(LARVAL_DROP, "w") as sysctl:
-        sysctl.write("1" if drop else "0")
+    _write_sysctl(LARVAL_DROP, "1" if drop else "0", netns)
+
+
+def acq_expires(netns: str | None = None) -> int:
+    """How long (seconds) the kernel keeps the larval state of an ACQUIRE (30 by default). Until it expires, packets
+    of that flow that meet the trap again wait on it, and no new ACQUIRE is sent."""
+    return int(_read_sysctl(ACQ_EXPIRES, netns))
+
+
+def set_acq_expires(seconds: int, netns: str | None = None) -> None:
+    _write_sysctl(ACQ_EXPIRES, str(seconds), netns)
 
 

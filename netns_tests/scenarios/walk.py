@@ -15,7 +15,7 @@ The invariants (what ikectl promises, as the kernel shows it):
 - coffee-shop: no backstop; every listed resolver has pluto's policy (trap, SA or shunt) unless the record says
   why not; nothing of pluto's kind for a resolver no longer listed;
 - after `down`: nothing of ours or of our pluto's: no owned policy, no nftables table, no policy of pluto's kind
-  for any resolver ever managed, no pluto or supervisor of ours, larval drop as before, no record.
+  for any resolver ever managed, no pluto or supervisor of ours, larval drop and acq_expires as before, no record.
 Every command has a deadline (a stuck pluto must never hang one).
 """
 
@@ -413,9 +413,10 @@ class World:
                 raise Violation(f"down, but a pluto or supervisor of {run_dir} runs")
             if run_dir.exists():
                 raise Violation(f"down, but {run_dir} remains")
-        larval = self.topo.run(self.client, ["sysctl", "-n", "net.core.xfrm_larval_drop"]).stdout.strip()
-        if larval != "1":
-            raise Violation(f"down, but xfrm_larval_drop is {larval} (was 1)")
+        for sysctl, was in (("xfrm_larval_drop", "1"), ("xfrm_acq_expires", "30")):
+            now = self.topo.run(self.client, ["sysctl", "-n", f"net.core.{sysctl}"]).stdout.strip()
+            if now != was:
+                raise Violation(f"down, but {sysctl} is {now} (was {was})")
 
     def _check_trusted(self, record: RunState) -> None:
         managed = {ip_address(a) for a in self.model.ever} | set(record.resolvers)
