@@ -11,16 +11,18 @@ wall time from just before the process is started:
 - where the time goes before the hook does anything: `python -c 'import ikectl.cli'` (what `ikectl` loads
   for every command) and `python -c 'import ikectl.nm'` (what nm-dispatch itself needs);
 - the floor: an event the hook leaves alone (connectivity-change), call to exit;
-- trusted network, nothing applied before (pre-up): call to the backstop complete in the kernel (the
-  moment no DNS can leave in clear; watched from here over XFRM netlink), and call to exit (pluto started,
-  conns loaded, negotiated);
+- trusted network, nothing applied before (pre-up): call to protection, the moment no DNS can leave in
+  clear: the first of the two backstops complete (ikectl's nftables table, which alone drops every port-53
+  packet that leaves without IPsec; or the XFRM backstop with nothing of pluto's ahead of it); call to both
+  complete; and call to exit (pluto started, conns loaded, negotiated);
 - coffee-shop to trusted (pre-up of the trusted network while coffee-shop is up, 2 s after its `up`
-  returned): call to backstop complete and coffee-shop's clear-fallback shunts gone (they outrank the
-  backstop);
+  returned): call to protection, and call to both backstops complete with coffee-shop's clear-fallback shunts
+  gone (they outrank the XFRM backstop);
 - the same network again (up after pre-up: "already in place"): call to exit.
 
-"Backstop complete" is checked after each burst of XFRM policy events (a netlink subscription made before
-the process starts), so the bench takes no CPU from the hook while it waits.
+Each backstop is checked after each burst of XFRM policy or nftables events (netlink subscriptions in the
+client's namespace made before the process starts; nftables through a libnftables context opened there), so
+the bench takes no CPU from the hook while it waits.
 
 XFRM policies work in this host's kernel (only ESP SAs do not), so the backstop can be timed here; the
 negotiation in "call to exit" fails at the SA install here and costs less than it would with ESP. `--vm`
@@ -40,11 +42,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from pyroute2 import netns as pyroute2_netns
+
 from ikecommon.xfrm import Group, XfrmClient, event_socket
-from ikectl import backstop, nm
+from ikectl import backstop, nft, nm
 from ikectl import policies as policies_of
 from netns_tests.harness import procs
 from netns_tests.harness.vm import VmSpec, run_in_vm
@@ -55,6 +59,7 @@ COFFEE, PLAIN, TRUSTED = "10.77.2.53", "10.77.3.53", "10.77.4.53"
 HOME_UUID, CAFE_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60", "6a1e2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
 TARGET_MS = 150.0
 SETTLE_S = 2.0
+NETLINK_NETFILTER, NFNLGRP_NFTABLES, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 7, 270, 1
 
 
 def dispatcher_env(action: str, uuid: str | None, name: str | None, nameservers: str = "") -> dict[str, str]:
@@ -93,48 +98,81 @@ class Bench:
         self.hook, self.pre_up_hook = nm.hook_paths(root)
         self.backstop = {(p.selector, p.direction, p.action) for p in backstop.policies()}
         self.xfrm = XfrmClient(self.client.netns)
+        pyroute2_netns.pushns(self.client.netns)  # a libnftables context stays in the namespace it was made in
+        try:
+            self.nft = nft.Context()
+        finally:
+            pyroute2_netns.popns()
 
-    def protected(self) -> bool:
-        """The backstop complete, and no pluto policy left that would let DNS past it in clear (coffee-shop's
+    def xfrm_protects(self) -> bool:
+        """The XFRM backstop complete, and no pluto policy left that would let DNS past it in clear (coffee-shop's
         clear-fallback shunts outrank it)."""
         policies = self.xfrm.policies()
         have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
         return self.backstop <= have and not policies_of.leaks(policies)
 
+    def nft_protects(self) -> bool:
+        accepted, listing, _ = self.nft.run(f"list table {nft.FAMILY} {nft.TABLE}", json_output=True)
+        return accepted and nft.state_of(listing) == nft.TableState.INTACT
+
+    def protected(self) -> bool:
+        """No DNS can leave in clear: either backstop alone is enough."""
+        return self.nft_protects() or self.xfrm_protects()
+
+    def both(self) -> bool:
+        return self.nft_protects() and self.xfrm_protects()
+
     def run(self, argv: list[str], env: dict[str, str] | None = None,
-            until: Callable[[], bool] | None = None) -> tuple[float | None, float]:
-        """(seconds to `until`, seconds to exit), both from just before the start; HookFailed if it fails.
-        `until` is checked after each burst of XFRM policy events, not in a busy loop: polling the policy
-        table every half millisecond took most of a core from the process being timed (2 cores here)."""
-        reached = None
-        with event_socket(self.client.netns, (Group.POLICY,)) as events:  # subscribed before the start
+            marks: Mapping[str, Callable[[], bool]] | None = None) -> tuple[dict[str, float], float]:
+        """(seconds to each mark, seconds to exit), all from just before the start; HookFailed if it fails.
+        The marks are checked after each burst of XFRM policy or nftables events, not in a busy loop: polling
+        the tables every half millisecond took most of a core from the process being timed (2 cores here)."""
+        marks = marks or {}
+        reached: dict[str, float] = {}
+        # Subscribed before the start.
+        with event_socket(self.client.netns, (Group.POLICY,)) as xfrm_events, nft_events(self.client.netns) as nfts:
             started = time.perf_counter()
             proc = subprocess.Popen(["ip", "netns", "exec", self.client.netns, *argv], env=env, cwd="/",
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            while until is not None and reached is None and proc.poll() is None:
-                if not select.select([events], [], [], 0.01)[0]:
-                    continue
-                drain(events)
-                if until():
-                    reached = time.perf_counter() - started
+            while len(reached) < len(marks) and proc.poll() is None:
+                ready = select.select([xfrm_events, nfts], [], [], 0.01)[0]
+                for sock in ready:
+                    drain(sock)
+                for name, check in marks.items():
+                    if ready and name not in reached and check():
+                        reached[name] = time.perf_counter() - started
         _, err = proc.communicate(timeout=120)
         ended = time.perf_counter() - started
-        if until is not None and reached is None and until():
-            reached = ended  # done between the last poll and the exit
+        for name, check in marks.items():
+            if name not in reached and check():
+                reached[name] = ended  # done between the last poll and the exit
         if proc.returncode != 0:
             raise HookFailed(f"{' '.join(argv[-2:])}: {err.decode(errors='replace').strip()}")
         return reached, ended
 
     def hook_call(self, action: str, uuid: str | None = None, name: str | None = None, nameservers: str = "",
-                  until: Callable[[], bool] | None = None) -> tuple[float | None, float]:
+                  marks: Mapping[str, Callable[[], bool]] | None = None) -> tuple[dict[str, float], float]:
         hook = self.pre_up_hook if action == "pre-up" else self.hook
         iface = "" if action == "connectivity-change" else "to-router"
         return self.run(["/bin/sh", str(hook), iface, action], dispatcher_env(action, uuid, name, nameservers),
-                        until)
+                        marks)
+
+    def protection_marks(self) -> dict[str, Callable[[], bool]]:
+        return {"protected": self.protected, "both": self.both}
 
     def reset(self) -> None:
         self.lab.topo.run(self.client, [str(IKECTL), "--config", str(self.config), "down"])
         shutil.rmtree(self.run_dir.with_name(self.run_dir.name + "-nm"), ignore_errors=True)
+
+
+def nft_events(netns: str) -> socket.socket:
+    """A non-blocking socket in `netns` that receives its nftables changes (NFNLGRP_NFTABLES)."""
+    sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
+                                                       proto=NETLINK_NETFILTER, flags=0)
+    sock.bind((0, 0))
+    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+    sock.setblocking(False)
+    return sock
 
 
 def drain(sock: socket.socket) -> None:
@@ -163,7 +201,9 @@ def run(runs: int) -> None:
         with Lab(work / "lab", say=lambda _: None, with_client_pluto=False) as lab:
             bench = Bench(lab, work, run_dir)
             home, cafe = f"{TRUSTED} {PLAIN}", f"{COFFEE} {PLAIN}"
-            base, floor, first_protect, first_exit, switch_protect, again = [], [], [], [], [], []
+            base, floor, first_exit, again = [], [], [], []
+            first: dict[str, list[float]] = {"protected": [], "both": []}
+            switch: dict[str, list[float]] = {"protected": [], "both": []}
             imports: dict[str, list[float]] = {"ikectl.cli": [], "ikectl.nm": []}
             skipped: str | None = None
             for _ in range(runs):  # interleaved, so a drift in the machine's speed hits every figure alike
@@ -172,9 +212,9 @@ def run(runs: int) -> None:
                     times.append(bench.run([sys.executable, "-c", f"import {module}"])[1])
                 floor.append(bench.hook_call("connectivity-change")[1])
                 bench.reset()
-                protect, ended = bench.hook_call("pre-up", HOME_UUID, "home", home, until=bench.protected)
-                assert protect is not None
-                first_protect.append(protect)
+                reached, ended = bench.hook_call("pre-up", HOME_UUID, "home", home, bench.protection_marks())
+                for mark, times in first.items():
+                    times.append(reached[mark])
                 first_exit.append(ended)
                 again.append(bench.hook_call("up", HOME_UUID, "home", home)[1])
                 bench.reset()
@@ -187,11 +227,12 @@ def run(runs: int) -> None:
                     # A switch comes after a while on the coffee-shop network, not while its `up` is still
                     # negotiating in the background: let pluto and the supervisor settle.
                     time.sleep(SETTLE_S)
-                    protect, _ = bench.hook_call("pre-up", HOME_UUID, "home", home, until=bench.protected)
-                    assert protect is not None
-                    switch_protect.append(protect)
+                    reached, _ = bench.hook_call("pre-up", HOME_UUID, "home", home, bench.protection_marks())
+                    for mark, times in switch.items():
+                        times.append(reached[mark])
             bench.reset()
             bench.xfrm.close()
+            bench.nft.close()
     finally:
         for path in (work, run_dir, run_dir.with_name(run_dir.name + "-nm")):
             shutil.rmtree(path, ignore_errors=True)
@@ -201,11 +242,15 @@ def run(runs: int) -> None:
     for module, times in imports.items():
         print(line(f"python -c 'import {module}'", times, b))
     print(line("hook, event left alone (connectivity-change): call to exit", floor, b))
-    print(line("hook, trusted pre-up, nothing applied before: call to backstop complete", first_protect, b))
+    print(line("hook, trusted pre-up, nothing applied before: call to protection (the first backstop complete)",
+               first["protected"], b))
+    print(line("hook, trusted pre-up, nothing applied before: call to both backstops complete", first["both"], b))
     print(line("hook, trusted pre-up, nothing applied before: call to exit", first_exit, b))
-    if switch_protect:
-        print(line("hook, coffee-shop -> trusted pre-up: call to backstop complete, clear shunts gone",
-                   switch_protect, b))
+    if switch["protected"]:
+        print(line("hook, coffee-shop -> trusted pre-up: call to protection (the first backstop complete)",
+                   switch["protected"], b))
+        print(line("hook, coffee-shop -> trusted pre-up: call to both backstops complete, clear shunts gone",
+                   switch["both"], b))
     else:
         print(f"hook, coffee-shop -> trusted pre-up: not measured: coffee-shop did not come up here ({skipped})")
     print(line("hook, same network again (already in place): call to exit", again, b))

@@ -68,11 +68,15 @@ def done(store: StateStore, *, whoever: bool = False) -> None:
 
 
 def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateStore) -> None:
-    """Both backstops, then the doomed policies out: looked up before the backstops go in, so that once they are
-    complete only the deletes remain (in the VM, 4 to 6 queries per switch left in clear when they were looked up
-    later). Idempotent; nothing of it is ever undone."""
+    """Both backstops, then the doomed policies out. The nftables table goes first: alone it drops every port-53
+    packet that leaves without IPsec, whatever the XFRM tables hold, and it needs no pyroute2, whose import is
+    most of the NetworkManager hook's time to protection (docs/performance.md). The doomed policies are looked up
+    before the XFRM backstop goes in, so that once it is complete only the deletes remain (in the VM, 4 to 6
+    queries per switch left in clear when they were looked up later). Idempotent; nothing of it is ever undone."""
     store.check()
     marker(store).write_text(f"{os.getpid()}\n")
+    if nft.available():
+        nft.install()
     with xfrm.XfrmClient() as client:
         found = doomed(client.policies(), managed((pinned,), record), kept(pinned, run_dir, record))
         for policy in backstop.policies():
@@ -82,5 +86,3 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
                 client.delete_policy(policy)
             except xfrm.NotFound:
                 continue  # gone meanwhile
-    if nft.available():
-        nft.install()
