@@ -36,7 +36,6 @@ import argparse
 import os
 import select
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from ikecommon.xfrm import Group, XfrmClient, event_socket
 from ikectl import backstop, nft, nm
 from ikectl import policies as policies_of
 from netns_tests.harness import procs
+from netns_tests.harness.tables import drain, nft_events
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab
 
@@ -59,7 +59,6 @@ COFFEE, PLAIN, TRUSTED = "10.77.2.53", "10.77.3.53", "10.77.4.53"
 HOME_UUID, CAFE_UUID = "0b4c9a3e-5d1f-4f6a-9c2e-7a8b1d3e5f60", "6a1e2b3c-4d5e-4f60-8a9b-0c1d2e3f4a5b"
 TARGET_MS = 150.0
 SETTLE_S = 2.0
-NETLINK_NETFILTER, NFNLGRP_NFTABLES, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 7, 270, 1
 
 
 def dispatcher_env(action: str, uuid: str | None, name: str | None, nameservers: str = "") -> dict[str, str]:
@@ -163,25 +162,6 @@ class Bench:
     def reset(self) -> None:
         self.lab.topo.run(self.client, [str(IKECTL), "--config", str(self.config), "down"])
         shutil.rmtree(self.run_dir.with_name(self.run_dir.name + "-nm"), ignore_errors=True)
-
-
-def nft_events(netns: str) -> socket.socket:
-    """A non-blocking socket in `netns` that receives its nftables changes (NFNLGRP_NFTABLES)."""
-    sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
-                                                       proto=NETLINK_NETFILTER, flags=0)
-    sock.bind((0, 0))
-    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-    sock.setblocking(False)
-    return sock
-
-
-def drain(sock: socket.socket) -> None:
-    """Read every event waiting: their content does not matter, the policy table is read afresh."""
-    while True:
-        try:
-            sock.recv(1 << 16)
-        except OSError:  # BlockingIOError: none left; ENOBUFS: some were lost, and the table is read anyway
-            return
 
 
 def line(name: str, times: list[float], base: float | None) -> str:

@@ -27,35 +27,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyroute2 import netns as pyroute2_netns
-
 from ikecommon.xfrm import Group, XfrmClient, event_socket
 from ikectl import backstop, nft
 from netns_tests.harness import procs
+from netns_tests.harness.tables import drain, nft_events
 from netns_tests.lab import TRUSTED_ID, Lab
 
 IKECTL = Path(sys.executable).parent / "ikectl"
 TRUSTED = "10.77.4.53"
-NETLINK_NETFILTER, NFNLGRP_NFTABLES, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 7, 270, 1
-
-
-def nft_events(netns: str) -> socket.socket:
-    sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
-                                                       proto=NETLINK_NETFILTER)
-    sock.bind((0, 0))
-    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-    sock.setblocking(False)
-    return sock
-
-
-def drain(sock: socket.socket) -> None:
-    while True:
-        try:
-            sock.recv(1 << 16)
-        except OSError:
-            return
-
-
 def timed(netns: str, argv: list[str], events: socket.socket, back: Callable[[], bool]) -> float:
     """Seconds from just before `argv` starts in `netns` until `back()` holds (checked after each event)."""
     drain(events)

@@ -32,6 +32,7 @@ import ctypes
 import ctypes.util
 import json
 import shutil
+import threading
 from enum import Enum
 from pathlib import Path
 
@@ -147,13 +148,14 @@ class Context:
             self._ctx = None
 
 
-_SHARED: list[Context] = []  # one context per process for ikectl's own table
+_SHARED = threading.local()  # one context per thread for ikectl's own table: a context is not thread-safe
 
 
 def _shared() -> Context:
-    if not _SHARED:
-        _SHARED.append(Context())
-    return _SHARED[0]
+    context: Context | None = getattr(_SHARED, "context", None)
+    if context is None:
+        context = _SHARED.context = Context()
+    return context
 
 
 def ruleset(table: str = TABLE, flags: str = "") -> str:

@@ -260,6 +260,18 @@ class StateStore:
         finally:
             os.close(fd)
 
+    def busy_elsewhere(self) -> bool:
+        """Does another process hold the lock now (an `up`, a `down`, the NetworkManager hook)? A free lock is
+        taken and let go at once."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False  # no lock file: nobody has ever held it
+        try:
+            return not locks.lock_by(fd, 0.0) and self.holder() != os.getpid()
+        finally:
+            os.close(fd)
+
     def holder(self) -> int | None:
         """The pid that holds (or last held) the lock."""
         try:

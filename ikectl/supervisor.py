@@ -1,12 +1,13 @@
 """The background half of `ikectl up`: it keeps what `up` applied in place, reconciling continuously.
 
-It waits on the kernel's own events (XFRM policy deletes and flushes, nftables table, chain and rule deletes) and
-on a one-second tick. Each round, under the record's lock, it reads the facts again and carries out
-ikectl/plan.repair's steps: both backstops back within milliseconds of another program removing them, pluto's
-policies routed again after a flush, leftovers of pluto's kind removed; a pluto that died is started again. Each
-repair is noted in the record, so `status` says what another program did. In coffee-shop mode each round also
-runs the upkeep of ikectl/opportunistic.py; in trusted mode, re-attestation of pinned resolvers when it is due,
-and at once when pluto meets a key other than the pinned one (ikectl/trust.py; a failure blocks DNS).
+A watcher thread waits on the kernel's own events (XFRM policy deletes and flushes, nftables table, chain and rule
+deletes) and puts the backstops back at once, even while a round waits on pluto (under TCG a round took seconds,
+and a flush waited for it). The main thread runs a round every second, and right after such a removal: under the
+record's lock, it reads the facts again and carries out ikectl/plan.repair's steps: both backstops back,
+pluto's policies routed again after a flush, leftovers of pluto's kind removed; a pluto that died is started
+again. Each repair is noted in the record, so `status` says what another program did. In coffee-shop mode each
+round also runs the upkeep of ikectl/opportunistic.py; in trusted mode, re-attestation of pinned resolvers when it
+is due, and at once when pluto meets a key other than the pinned one (ikectl/trust.py; a failure blocks DNS).
 
 `up` starts it detached, with its pid in the record; `down` stops it. It also ends by itself when ikectl is down
 or a newer supervisor took over, so a crash of `down` cannot leave it spinning.
@@ -23,7 +24,9 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +57,7 @@ class Supervisor:
         self.unrouted: dict[str, float] = {}  # conn -> when its policies were first seen missing
         self.guarded = False  # the last round wanted the backstops: a removal is answered before any lock
         self.guard: nft.Guard | None = None
-        self.restored: list[str] = []  # what `at_once` put back, for the next round to note
+        self.restored: deque[str] = deque()  # what `at_once` (the watcher thread) put back, for a round to note
 
     def tick(self, now: float) -> bool:
         """One round; False when this supervisor should end."""
@@ -90,15 +93,19 @@ class Supervisor:
             self.guard.release()
             self.guard = None
 
-    def at_once(self) -> None:
-        """A removal event, before any lock or read: the XFRM backstop back first (microseconds of netlink),
-        then the nftables table (one libnftables transaction), when the last round wanted them."""
-        if not self.guarded:
+    def at_once(self, client: xfrm.XfrmClient) -> None:
+        """A removal event, before any lock or read (the watcher thread, its own netlink client and nftables
+        context, both made before the first event: under TCG making them took seconds): the XFRM backstop back
+        first, then the nftables table, when the last round wanted them. Not while a coffee-shop `up` or a `down`
+        holds the lock: they lift the backstops on purpose, and the round after them repairs what is missing."""
+        trusted_up = protect.pending(self.store)
+        if not self.guarded or (self.store.busy_elsewhere() and not (trusted_up is not None and trusted_up[1])):
             return
         with contextlib.suppress(IkectlError, OSError):
-            missing = backstop.missing(session.gather_policies())
+            missing = backstop.missing(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
+            for policy in missing:
+                client.update_policy(policy)
             if missing:
-                backstop.install_xfrm(only=missing)
                 self.restored.append(f"{len(missing)} of {len(backstop.policies())} XFRM backstop policies")
         with contextlib.suppress(IkectlError, OSError):
             table = nft.check()
@@ -111,11 +118,11 @@ class Supervisor:
         if record.portal_until is not None and record.portal_until <= now:
             record = replace(record, portal_until=None)  # the window ended: the backstops come back below
         record = self.revive(record, now)
-        if self.restored:
-            record = record.noting(f"another program removed trusted mode's protection ({'; '.join(self.restored)}):"
+        restored = [self.restored.popleft() for _ in range(len(self.restored))]
+        if restored:
+            record = record.noting(f"another program removed trusted mode's protection ({'; '.join(restored)}):"
                                    " restored at once", now)
             _log(record.interference[-1].what)
-            self.restored = []
         facts = session.gather(record.run_dir)
         wanted = self.backstop_wanted(record)
         self.guarded = wanted
@@ -223,32 +230,43 @@ def removals(data: bytes) -> bool:
     return False
 
 
+def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.Event) -> None:
+    """The watcher thread: each burst of events that removes something of a backstop is answered at once, and
+    the main thread's round comes right after (it notes what was restored, and repairs the rest)."""
+    client = xfrm.XfrmClient()
+    with contextlib.suppress(IkectlError, OSError):
+        nft.check()  # this thread's libnftables context, made now
+    while True:
+        ready, _, _ = select.select(sockets, [], [])
+        removed = False
+        for sock in ready:
+            with contextlib.suppress(OSError):
+                while True:  # drain: one answer for a burst
+                    removed = removals(sock.recv(1 << 16)) or removed
+        if removed:
+            try:
+                supervisor.at_once(client)
+            except Exception as exc:  # the watcher must outlive anything one answer meets
+                _log(f"watcher: {type(exc).__name__}: {exc}")
+            wake.set()
+
+
 def main(argv: list[str]) -> int:
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where each thread is to the log
-    sockets = event_sockets()
+    wake = threading.Event()
+    threading.Thread(target=watch, args=(supervisor, event_sockets(), wake), name="watch", daemon=True).start()
     _log(f"watching the record of this network namespace for {argv[0]} (pid {os.getpid()}; SIGUSR1 dumps its "
          "stack to this log)")
-    next_tick = 0.0
     while True:
-        timeout = max(0.0, next_tick - time.monotonic())
-        ready, _, _ = select.select(sockets, [], [], timeout)
-        removed = False
-        for sock in ready:
-            with contextlib.suppress(OSError):
-                while True:  # drain: one round answers a burst
-                    removed = removals(sock.recv(1 << 16)) or removed
-        if removed:
-            supervisor.at_once()
-        elif time.monotonic() < next_tick:
-            continue
         try:
             if not supervisor.tick(time.time()):
                 return 0
         except (IkectlError, OSError) as exc:  # pluto busy, a full disk: say so, try again next round
             _log(f"{type(exc).__name__}: {exc}")
-        next_tick = time.monotonic() + TICK_S
+        wake.wait(TICK_S)
+        wake.clear()
 
 
 if __name__ == "__main__":

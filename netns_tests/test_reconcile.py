@@ -149,6 +149,18 @@ def test_a_flush_by_another_program_is_restored_at_once_and_status_says_so(world
     no_plaintext_while_trusted(world)
 
 
+def test_leaving_trusted_mode_is_neither_undone_by_the_supervisor_nor_blamed_on_another_program(world):
+    """The adversarial review: the coffee-shop `up` that lifts trusted mode's backstops met the supervisor's answer
+    to removals, which put them back without the lock; the round after noted that another program had removed
+    them, and DNS stayed blocked in coffee-shop mode until then."""
+    steps(world, Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED), Action("up"))
+    steps(world, Action("mode", Mode.COFFEE_SHOP), Action("up"))
+    time.sleep(3)  # a few rounds of the supervisor
+    notes = status(world)["notes"]
+    assert not any("another program removed trusted mode's protection" in n for n in notes), notes
+    world.check()
+
+
 def test_another_ipsec_daemon_outranking_the_backstop_leaks_nothing_and_is_named(world):
     """The system's own libreswan with its documented opportunistic setup (private-or-clear 0.0.0.0/0, the LAN in
     clear): its policies beat the XFRM backstop (344 plaintext packets while trusted was up); the nftables

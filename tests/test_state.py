@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from ipaddress import ip_address
 from pathlib import Path
@@ -173,3 +175,22 @@ def test_a_baseline_written_before_acq_expires_was_kept_reads_as_the_kernels_def
     store = StateStore(tmp_path, 1)
     store.baseline_path.write_text(json.dumps({"larval_drop": True, "nd_bypass": []}))
     assert store.baseline() == Baseline(True, (), 30)
+
+
+def test_busy_elsewhere_tells_another_process_holding_the_lock_from_this_one(tmp_path):
+    """The supervisor's watcher leaves the backstops alone while a coffee-shop `up` or a `down` holds the lock."""
+    store = StateStore(tmp_path, 1)
+    assert not store.busy_elsewhere()  # no lock file yet
+    with store.lock():
+        assert not store.busy_elsewhere()  # this process holds it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, f'{os.getpid()}\\n'.encode(), 0); print(flush=True); "
+         "time.sleep(60)", str(store.lock_path)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"\n"
+        assert store.busy_elsewhere()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not store.busy_elsewhere()
