@@ -251,9 +251,9 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     paths = _table(data, "paths", source)
     _only(paths, {"run_dir", "trust_dir"}, f"{source}: [paths]")
     run_dir = Path(str(paths.get("run_dir", DEFAULT_RUN_DIR)))
-    if not run_dir.is_absolute() or len(run_dir.parts) < 3:
+    if not run_dir.is_absolute() or ".." in run_dir.parts or len(run_dir.parts) < 3:
         raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path two levels down at "
-                          "least (a directory of ikectl's own, such as /run/ikectl)")
+                          "least, without '..' (a directory of ikectl's own, such as /run/ikectl)")
     control = run_dir / "pluto" / "pluto.ctl"
     if len(str(control).encode()) >= UNIX_PATH_MAX:
         raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: too long: pluto's control socket "

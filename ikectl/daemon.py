@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IkectlError
+from .errors import IkectlError, UsageError
 from .observe import process
 from .state import netns_id
 from .whack import ADDCONN, DEFAULT_TIMEOUT_S, LIBEXEC, WHACK, Whack
@@ -32,6 +32,10 @@ PLUTO = LIBEXEC / "pluto"
 MARKER = ".ikectl-run"
 # What ikectl makes in a run dir (render's tree, pluto's dirs and logs, the supervisor's log): all `remove` removes.
 OWN_ENTRIES = ("ipsec.conf", "ipsec.secrets", "ipsec.d", "nss", "pluto", "pluto.log", "pluto.log.1", "supervisor.log")
+
+
+class ForeignRunDir(UsageError):
+    """The config names a run dir that is not ikectl's (a symlink, a file, a directory of someone else's)."""
 
 
 class DaemonError(IkectlError):
@@ -80,10 +84,21 @@ class RunDir:
 
     def prepare(self) -> None:
         """Make the run dir (0700), marked as this network namespace's ikectl's: only such a dir is removed."""
+        self.check()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.ours():
             self.marker.write_text(f"netns {netns_id()}: a run dir of ikectl's own; `ikectl down` removes what it "
                                    "made here\n")
+
+    def check(self) -> None:
+        """ForeignRunDir unless the run dir is ikectl's or can become so. A directory that holds anything else and
+        is not marked is someone else's (`up` would overwrite its ipsec.conf and `down` remove its ipsec.d)."""
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise ForeignRunDir(f"run dir {self.root}: not a directory of ikectl's (a symlink or a file): set "
+                              "[paths] run_dir to a new directory")
+        if self.root.is_dir() and not self.ours() and any(self.root.iterdir()):
+            raise ForeignRunDir(f"run dir {self.root}: holds files that are not ikectl's: set [paths] run_dir to a new "
+                              "or empty directory")
 
     def ours(self) -> bool:
         """Marked by ikectl of this network namespace (not a directory of the user's, nor another namespace's)."""

@@ -75,8 +75,12 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
     queries per switch left in clear when they were looked up later). Idempotent; nothing of it is ever undone."""
     store.check()
     marker(store).write_text(f"{os.getpid()}\n")
+    refused = None
     if nft.available():
-        nft.install()
+        try:
+            nft.install()
+        except nft.NftError as exc:  # the XFRM backstop goes in all the same; then the refusal is raised
+            refused = exc
     with xfrm.XfrmClient() as client:
         found = doomed(client.policies(), managed((pinned,), record), kept(pinned, run_dir, record))
         for policy in backstop.policies():
@@ -86,3 +90,5 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
                 client.delete_policy(policy)
             except xfrm.NotFound:
                 continue  # gone meanwhile
+    if refused is not None:
+        raise refused

@@ -158,6 +158,7 @@ def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, pr
     started = time.monotonic()
     store = StateStore.here()
     store.check()  # a state directory that cannot take the record: refused, nothing touched
+    daemon.RunDir(config.run_dir).check()  # a run dir of someone else's: refused, nothing touched
     if config.mode == Mode.TRUSTED and not protected:
         # Protection first, before waiting for the lock (a supervisor round holds it for milliseconds, another
         # `up` for longer): both backstops, and pluto's policies for DNS to any other resolver out. Failing
@@ -166,15 +167,22 @@ def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, pr
     with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
         found = store.read()
         record = found if isinstance(found, RunState) else None
+        settled = True  # the record says what holds
         try:
             return _up(config, store, record, say, config_path, started)
         except BaseException as exc:
             if config.mode == Mode.TRUSTED:  # the caller says so: the error stays the one that happened
+                settled = False
                 _fail_closed(config, store, record, str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                              say)
+                settled = True
             raise
         finally:
-            protect.done(store)  # this `up`'s marker (or a dead one's): the record now says what holds
+            # This `up`'s marker (or a dead one's) goes once the record says what holds. A fail-closed cut short
+            # (a full disk, a second Ctrl-C) leaves it: the supervisor then keeps the backstops until the next
+            # `up` or `down`, whatever the old record says.
+            if settled:
+                protect.done(store)
 
 
 def _protect_first(config: Config, store: StateStore) -> None:

@@ -158,6 +158,11 @@ class Supervisor:
         which loads and routes its conns. Until then the backstops (trusted) or the clear (coffee-shop) hold."""
         if daemon.pluto_pid(self.run) is not None or record.pluto_pid is None:
             return record
+        if record.blocked is not None:
+            # Trusted mode failed closed: pluto has nothing to do until the next `up`, and the tree on disk may
+            # be the one the failed `up` put back (coffee-shop's opportunistic groups, whose clear fallbacks
+            # outrank the XFRM backstop).
+            return record
         if now - self.restarted_at < RESTART_EVERY_S or not self.run.conf.exists():
             return record
         self.restarted_at = now

@@ -468,8 +468,10 @@ def test_run_dirs_hold_only_ikectls_files_and_another_namespaces_are_left_alone(
     (mine / "notes.txt").write_text("mine")
     world.config.write_text(world.config.read_text().replace(str(world.run_dirs[0]), str(mine)))
     assert world.ikectl("down").returncode == 0 and (mine / "notes.txt").exists()
-    assert world.ikectl("up").returncode == 0 and world.ikectl("down").returncode == 0
-    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    refused = world.ikectl("up")  # nor taken over: `up` wrote its ipsec.conf there, and `down` removed the user's
+    assert refused.returncode == 2 and "holds files that are not ikectl's" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and world.record() is None
+    assert world.ikectl("down").returncode == 0
     world.write_config()
     steps(world, Action("up"))
     pluto = world.our_pluto()

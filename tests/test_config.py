@@ -195,6 +195,7 @@ def test_a_config_that_is_not_a_regular_file_is_one_clear_error(tmp_path):
     ('[resolvers]\naddresses = ["fe80::1%eth0"]\n', "a scoped address (%IFACE) cannot be a resolver here"),
     ('[paths]\nrun_dir = "/"\n', "must be an absolute path two levels down at least"),
     ('[paths]\nrun_dir = "/run"\n', "must be an absolute path two levels down at least"),
+    ('[paths]\nrun_dir = "/etc/x/.."\n', "without '..'"),  # /etc, two levels down by its parts
     ('[paths]\nrun_dir = "/run/' + "x" * 100 + '"\n', "too long: pluto's control socket"),
 ])
 def test_resolver_and_run_dir_refusals(tmp_path, text, message):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from ipaddress import ip_address
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon import keys
 from ikecommon.xfrm import Action, Direction, Policy, Selector, Template
-from ikectl import backstop, daemon, nft, observe, policies
+from ikectl import backstop, daemon, nft, observe, policies, protect
+from ikectl.state import StateStore
 
 A = ip_address("192.0.2.53")
 IKECTL = Path(sys.executable).parent / "ikectl"
@@ -124,14 +126,18 @@ def test_down_removes_only_what_ikectl_made_in_a_run_dir_of_its_own(tmp_path):
     users = tmp_path / "mine"
     (users / "sub").mkdir(parents=True)
     (users / "notes.txt").write_text("mine")
+    (users / "ipsec.conf").write_text("conn mine\n")
     run = daemon.RunDir(users)
     assert not run.remove() and (users / "notes.txt").exists()  # never marked: nothing touched
-    run.prepare()
-    (users / "ipsec.conf").write_text("conn x\n")
-    (users / "pluto").mkdir()
-    (users / "pluto" / "pluto.pid").write_text("1\n")
-    assert not run.remove()  # the user's files keep the directory
-    assert sorted(p.name for p in users.iterdir()) == ["notes.txt", "sub"]
+    # Nor adopted (the adversarial review: `up` overwrote the user's ipsec.conf, and `down` then removed it).
+    with pytest.raises(daemon.ForeignRunDir, match="holds files that are not ikectl's"):
+        run.prepare()
+    assert sorted(p.name for p in users.iterdir()) == ["ipsec.conf", "notes.txt", "sub"] and not run.ours()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "own-target")
+    for odd in ("file", "link"):
+        with pytest.raises(daemon.ForeignRunDir, match="a symlink or a file"):
+            daemon.RunDir(tmp_path / odd).prepare()
     own = daemon.RunDir(tmp_path / "own")
     own.prepare()
     (own.root / "pluto.log").write_text("log\n")
@@ -143,6 +149,8 @@ def test_another_namespaces_run_dir_is_not_ours(tmp_path):
     run.prepare()
     run.marker.write_text("netns 1: another namespace's\n")  # this process's cookie is not 1
     assert not run.ours() and not run.remove() and run.root.exists()
+    with pytest.raises(daemon.ForeignRunDir):
+        run.prepare()  # nor taken over
 
 
 def test_a_closed_pipe_ends_ikectl_quietly(tmp_path):
@@ -157,3 +165,40 @@ def test_a_closed_pipe_ends_ikectl_quietly(tmp_path):
     finally:
         os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+class FakeXfrm:
+    """The kernel's XFRM table, as protect.first sees it: empty, and every update kept."""
+
+    added: ClassVar[list[Policy]] = []
+
+    def __init__(self, netns: str | None = None) -> None:
+        pass
+
+    def __enter__(self) -> FakeXfrm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def policies(self) -> list[Policy]:
+        return []
+
+    def update_policy(self, policy: Policy) -> None:
+        self.added.append(policy)
+
+
+def test_an_nftables_refusal_never_keeps_the_xfrm_backstop_out(tmp_path, monkeypatch):
+    """protect.first loads the nftables table first (it needs no pyroute2): its refusal must still leave the
+    XFRM backstop complete, then be raised."""
+    FakeXfrm.added = []
+    monkeypatch.setattr(protect.xfrm, "XfrmClient", FakeXfrm)
+    monkeypatch.setattr(nft, "available", lambda: True)
+
+    def refuse() -> None:
+        raise nft.NftError("nftables refused ikectl's table: no")
+
+    monkeypatch.setattr(nft, "install", refuse)
+    with pytest.raises(nft.NftError, match="refused"):
+        protect.first(A, tmp_path / "run", None, StateStore(tmp_path / "state", 1))
+    assert FakeXfrm.added == backstop.policies()

@@ -85,6 +85,18 @@ def test_a_blocked_record_gets_no_upkeep_and_no_reattestation(run, monkeypatch):
     assert supervisor.Supervisor(run).tick(1.0)
 
 
+def test_a_pluto_that_dies_after_trusted_mode_failed_closed_is_not_started_again(run, monkeypatch):
+    """The adversarial review: the failed trusted `up` had put coffee-shop's tree back on disk (its undo), and
+    starting pluto from it brought back the opportunistic groups, whose clear fallbacks outrank the backstop."""
+    store = StateStore.here()
+    record = store.read()
+    assert isinstance(record, RunState)
+    store.write(replace(record, pluto_pid=123, blocked=Blocked("applying trusted mode failed: x", 1.0)))
+    run.conf.write_text("conn private-or-clear\n")
+    monkeypatch.setattr(daemon, "start_pluto", lambda _run: pytest.fail("pluto started while blocked"))
+    assert supervisor.Supervisor(run).tick(10.0)
+
+
 def header(kind: int, length: int = 16) -> bytes:
     return struct.pack("=IHHII", length, kind, 0, 0, 0)
 
