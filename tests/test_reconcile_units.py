@@ -202,3 +202,35 @@ def test_an_nftables_refusal_never_keeps_the_xfrm_backstop_out(tmp_path, monkeyp
     with pytest.raises(nft.NftError, match="refused"):
         protect.first(A, tmp_path / "run", None, StateStore(tmp_path / "state", 1))
     assert FakeXfrm.added == backstop.policies()
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_a_fail_closed_cut_short_leaves_the_marker_that_keeps_the_backstops(tmp_path, monkeypatch, closed):
+    """The adversarial review: the marker of a trusted `up` under way went in a `finally` even when failing closed
+    raised before the record was written (a full disk); the old coffee-shop record then let the supervisor lift
+    both backstops."""
+    from ikectl import config, session  # noqa: PLC0415 - the session layer, only here
+    from ikectl.errors import IkectlError  # noqa: PLC0415
+
+    cfg_path = tmp_path / "ikectl.toml"
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    (tmp_path / "dns.pem").write_text(pem)
+    cfg_path.write_text(f'mode = "trusted"\n[trusted]\naddress = "{A}"\nid = "@dns.example"\n'
+                        f'pubkey_file = "{tmp_path / "dns.pem"}"\n[paths]\nrun_dir = "{tmp_path / "run"}"\n')
+    cfg = config.load(cfg_path)
+    store = StateStore.here()
+    monkeypatch.setattr(session, "_protect_first", lambda _cfg, st: protect.marker(st).write_text(f"{os.getpid()}\n"))
+
+    def failing_up(*_: object) -> None:
+        raise IkectlError("the trusted conns did not load")
+
+    def fail_closed(*_: object) -> None:
+        if not closed:
+            raise IkectlError("No space left on device")
+
+    monkeypatch.setattr(session, "_up", failing_up)
+    monkeypatch.setattr(session, "_fail_closed", fail_closed)
+    with pytest.raises(IkectlError):
+        session.up(cfg)
+    assert protect.marker(store).exists() == (not closed)
