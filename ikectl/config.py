@@ -113,10 +113,23 @@ def address(value: object, where: str) -> Address:
         addr = ipaddress.ip_address(value)
     except ValueError:
         raise ConfigError(f"{where}: {value!r} is not an IP address") from None
-    if addr.is_unspecified or addr.is_multicast:
+    if addr.is_unspecified or addr.is_multicast or (addr.version == 4 and addr.is_reserved):
         raise ConfigError(f"{where}: {value} cannot be a resolver")
     if getattr(addr, "scope_id", None):
         raise ConfigError(f"{where}: {value}: a scoped address (%IFACE) cannot be a resolver here")
+    return addr
+
+
+def listed_resolver(value: object, where: str) -> Address:
+    """A resolver of [resolvers] addresses: one whose DNS leaves this host over an uplink."""
+    addr = address(value, where)
+    if addr.is_loopback:
+        raise ConfigError(f"{where}: {value}: a loopback address: DNS to it never leaves this host (list the "
+                          "resolver a local stub forwards to)")
+    if addr.is_link_local:
+        raise ConfigError(f"{where}: {value}: a link-local address needs its interface, which IPsec here cannot use")
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        raise ConfigError(f"{where}: {value}: an IPv4-mapped address: give the IPv4 address {addr.ipv4_mapped}")
     return addr
 
 
@@ -228,8 +241,9 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
 
     resolvers_table = _table(data, "resolvers", source)
     _only(resolvers_table, {"addresses", "discover"}, f"{source}: [resolvers]")
-    addresses = tuple(address(a, f"{source}: resolvers.addresses[{i}]")
-                      for i, a in enumerate(_list(resolvers_table, "addresses", f"{source}: [resolvers]")))
+    addresses = tuple(dict.fromkeys(  # listed twice is listed once
+        listed_resolver(a, f"{source}: resolvers.addresses[{i}]")
+        for i, a in enumerate(_list(resolvers_table, "addresses", f"{source}: [resolvers]"))))
     discover = tuple(_list(resolvers_table, "discover", f"{source}: [resolvers]", list(DISCOVERY_SOURCES)))
     for i, name in enumerate(discover):
         if name not in KNOWN_DISCOVERY_SOURCES:

@@ -193,6 +193,12 @@ def test_a_config_that_is_not_a_regular_file_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[resolvers]\naddresses = ["fe80::1%eth0"]\n', "a scoped address (%IFACE) cannot be a resolver here"),
+    ('[resolvers]\naddresses = ["127.0.0.53"]\n', "a loopback address"),
+    ('[resolvers]\naddresses = ["::1"]\n', "a loopback address"),
+    ('[resolvers]\naddresses = ["fe80::1"]\n', "a link-local address needs its interface"),
+    ('[resolvers]\naddresses = ["169.254.1.1"]\n', "a link-local address needs its interface"),
+    ('[resolvers]\naddresses = ["::ffff:192.0.2.1"]\n', "give the IPv4 address 192.0.2.1"),
+    ('[resolvers]\naddresses = ["255.255.255.255"]\n', "cannot be a resolver"),
     ('[paths]\nrun_dir = "/"\n', "must be an absolute path two levels down at least"),
     ('[paths]\nrun_dir = "/run"\n', "must be an absolute path two levels down at least"),
     ('[paths]\nrun_dir = "/etc/x/.."\n', "without '..'"),  # /etc, two levels down by its parts
@@ -203,3 +209,9 @@ def test_resolver_and_run_dir_refusals(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         config.load(path)
+
+
+def test_a_resolver_listed_twice_is_listed_once(tmp_path):
+    path = tmp_path / "ikectl.toml"
+    path.write_text('[resolvers]\naddresses = ["192.0.2.53", "192.0.2.54", "192.0.2.53"]\n')
+    assert [str(a) for a in config.load(path).resolvers] == ["192.0.2.53", "192.0.2.54"]
