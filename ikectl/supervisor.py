@@ -42,6 +42,7 @@ RESTART_EVERY_S = 5.0  # a pluto that keeps dying is started again at most this 
 # pluto removes and adds its own policies in every rekey and negotiation: conns are routed again only when their
 # policies have stayed missing this long (routing one in the middle of a rekey lost queries, in the VM).
 UNROUTED_FOR_S = 1.0
+WATCHER_READY_S = 30.0  # a watcher that cannot start in this long: the rounds go on without it
 LOCK_WAIT_S = 2.0  # a round that cannot get the lock (an `up` holds it) is skipped: the next one tries again
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
@@ -235,19 +236,32 @@ def removals(data: bytes) -> bool:
     return False
 
 
-def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.Event) -> None:
+def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.Event,
+          ready: threading.Event) -> None:
     """The watcher thread: each burst of events that removes something of a backstop is answered at once, and
-    the main thread's round comes right after (it notes what was restored, and repairs the rest)."""
-    client = xfrm.XfrmClient()
+    the main thread's round comes right after (it notes what was restored, and repairs the rest). Events the
+    kernel could not queue (ENOBUFS: a burst of pluto's) may have held a removal: they count as one."""
+    try:
+        client = xfrm.XfrmClient()
+    except (IkectlError, OSError) as exc:
+        _log(f"watcher: no XFRM netlink client ({exc}): removals wait for the next round")
+        ready.set()
+        return
     with contextlib.suppress(IkectlError, OSError):
         nft.check()  # this thread's libnftables context, made now
+    ready.set()
     while True:
-        ready, _, _ = select.select(sockets, [], [])
+        readable, _, _ = select.select(sockets, [], [])
         removed = False
-        for sock in ready:
-            with contextlib.suppress(OSError):
-                while True:  # drain: one answer for a burst
+        for sock in readable:
+            while True:  # drain: one answer for a burst
+                try:
                     removed = removals(sock.recv(1 << 16)) or removed
+                except BlockingIOError:
+                    break
+                except OSError:  # ENOBUFS: some were lost
+                    removed = True
+                    break
         if removed:
             try:
                 supervisor.at_once(client)
@@ -260,8 +274,12 @@ def main(argv: list[str]) -> int:
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where each thread is to the log
-    wake = threading.Event()
-    threading.Thread(target=watch, args=(supervisor, event_sockets(), wake), name="watch", daemon=True).start()
+    wake, ready = threading.Event(), threading.Event()
+    threading.Thread(target=watch, args=(supervisor, event_sockets(), wake, ready), name="watch",
+                     daemon=True).start()
+    # The first round waits for the watcher (under TCG making its netlink client took seconds, and a flush in
+    # that time waited for a round): from then on a removal is answered at once.
+    ready.wait(WATCHER_READY_S)
     _log(f"watching the record of this network namespace for {argv[0]} (pid {os.getpid()}; SIGUSR1 dumps its "
          "stack to this log)")
     while True:

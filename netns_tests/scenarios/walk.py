@@ -412,7 +412,8 @@ class World:
             if pluto_of(run_dir) is not None or supervisors_of(run_dir):
                 raise Violation(f"down, but a pluto or supervisor of {run_dir} runs")
             if run_dir.exists():
-                raise Violation(f"down, but {run_dir} remains")
+                left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+                raise Violation(f"down, but {run_dir} remains, holding {left[:20]}")
         for sysctl, was in (("xfrm_larval_drop", "1"), ("xfrm_acq_expires", "30")):
             now = self.topo.run(self.client, ["sysctl", "-n", f"net.core.{sysctl}"]).stdout.strip()
             if now != was:
