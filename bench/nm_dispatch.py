@@ -44,13 +44,11 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pyroute2 import netns as pyroute2_netns
-
-from ikecommon.xfrm import Group, XfrmClient, event_socket
+from ikecommon.xfrm import Group, event_socket
 from ikectl import backstop, nft, nm
 from ikectl import policies as policies_of
 from netns_tests.harness import procs
-from netns_tests.harness.tables import drain, nft_events
+from netns_tests.harness.tables import Tables, drain, nft_events
 from netns_tests.harness.vm import VmSpec, run_in_vm
 from netns_tests.lab import TRUSTED_ID, Lab
 
@@ -96,23 +94,17 @@ class Bench:
                                    str(root), "--ikectl", str(IKECTL)])
         self.hook, self.pre_up_hook = nm.hook_paths(root)
         self.backstop = {(p.selector, p.direction, p.action) for p in backstop.policies()}
-        self.xfrm = XfrmClient(self.client.netns)
-        pyroute2_netns.pushns(self.client.netns)  # a libnftables context stays in the namespace it was made in
-        try:
-            self.nft = nft.Context()
-        finally:
-            pyroute2_netns.popns()
+        self.tables = Tables(self.client.netns)
 
     def xfrm_protects(self) -> bool:
         """The XFRM backstop complete, and no pluto policy left that would let DNS past it in clear (coffee-shop's
         clear-fallback shunts outrank it)."""
-        policies = self.xfrm.policies()
+        policies = self.tables.xfrm.policies()
         have = {(p.selector, p.direction, p.action) for p in policies if p.owned}
         return self.backstop <= have and not policies_of.leaks(policies)
 
     def nft_protects(self) -> bool:
-        accepted, listing, _ = self.nft.run(f"list table {nft.FAMILY} {nft.TABLE}", json_output=True)
-        return accepted and nft.state_of(listing) == nft.TableState.INTACT
+        return self.tables.nft_state() == nft.TableState.INTACT
 
     def protected(self) -> bool:
         """No DNS can leave in clear: either backstop alone is enough."""
@@ -211,8 +203,7 @@ def run(runs: int) -> None:
                     for mark, times in switch.items():
                         times.append(reached[mark])
             bench.reset()
-            bench.xfrm.close()
-            bench.nft.close()
+            bench.tables.close()
     finally:
         for path in (work, run_dir, run_dir.with_name(run_dir.name + "-nm")):
             shutil.rmtree(path, ignore_errors=True)
