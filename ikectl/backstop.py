@@ -43,6 +43,11 @@ def _key(policy: Policy) -> tuple[Selector, Direction, Action]:
     return policy.selector, policy.direction, policy.action
 
 
+def is_backstop(policy: Policy) -> bool:
+    """Is this one of the XFRM backstop's policies (whatever its index)?"""
+    return policy.owned and _key(policy) in {_key(p) for p in policies()}
+
+
 def missing(present: Iterable[Policy]) -> list[Policy]:
     """The XFRM backstop policies absent from `present` (the kernel's table)."""
     there = {_key(p) for p in present if p.owned}

@@ -32,7 +32,9 @@ import ctypes
 import ctypes.util
 import json
 import shutil
+import struct
 import threading
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -223,6 +225,57 @@ def state_of(listing: str) -> TableState:
         if not set(rules) <= comments.get(chain, set()):
             return TableState.DAMAGED
     return TableState.INTACT
+
+
+# nf_tables' netlink events (NFNLGRP_NFTABLES): a netlink header, nfgenmsg (family, version, resource id), then
+# attributes; in table, chain and rule messages attribute 1 names the table.
+NFNL_SUBSYS_NFTABLES = 10
+NFT_ADDS = {(NFNL_SUBSYS_NFTABLES << 8) | msg for msg in (0, 3, 6)}  # NEWTABLE, NEWCHAIN, NEWRULE
+NFT_REMOVALS = {(NFNL_SUBSYS_NFTABLES << 8) | msg for msg in (2, 5, 8)}  # DELTABLE, DELCHAIN, DELRULE
+NFPROTO_INET = 1
+_NLMSG, _NLA = struct.Struct("=IHHII"), struct.Struct("=HH")
+NFGENMSG_SIZE, NLA_TABLE, NLA_TYPE_MASK = 4, 1, 0x3FFF
+
+
+@dataclass(frozen=True)
+class TableEvents:
+    """What a batch of nf_tables events did to one table."""
+
+    removed: bool  # a part of it (the table, a chain, a rule) deleted
+    added: bool  # a part of it (re)made
+
+
+def table_events(data: bytes, table: str = TABLE) -> TableEvents:
+    """What these nf_tables event messages did to `inet table`. Pure and total: a batch that does not parse
+    counts as both, so the caller looks at the table itself."""
+    name, removed, added, offset = table.encode() + b"\0", False, False, 0
+    while offset < len(data):
+        if len(data) - offset < _NLMSG.size + NFGENMSG_SIZE:
+            return TableEvents(True, True)
+        length, kind = _NLMSG.unpack_from(data, offset)[:2]
+        if length < _NLMSG.size or offset + length > len(data):
+            return TableEvents(True, True)
+        if (kind in NFT_REMOVALS or kind in NFT_ADDS) and data[offset + _NLMSG.size] == NFPROTO_INET:
+            named = _table_name(data[offset + _NLMSG.size + NFGENMSG_SIZE:offset + length])
+            if named is None:
+                return TableEvents(True, True)
+            if named == name:
+                removed, added = removed or kind in NFT_REMOVALS, added or kind in NFT_ADDS
+        offset += (length + 3) & ~3
+    return TableEvents(removed, added)
+
+
+def _table_name(attrs: bytes) -> bytes | None:
+    """The table-name attribute's bytes (NUL included); None when the attributes do not parse or lack it."""
+    offset = 0
+    while offset + _NLA.size <= len(attrs):
+        length, kind = _NLA.unpack_from(attrs, offset)
+        if length < _NLA.size or offset + length > len(attrs):
+            return None
+        if kind & NLA_TYPE_MASK == NLA_TABLE:
+            return attrs[offset + _NLA.size:offset + length]
+        offset += (length + 3) & ~3
+    return None
 
 
 class Guard:

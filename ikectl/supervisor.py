@@ -47,7 +47,6 @@ LOCK_WAIT_S = 2.0  # a round that cannot get the lock (an `up` holds it) is skip
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 XFRM_REMOVALS = {0x14, 0x1B, 0x1D}  # XFRM_MSG_DELPOLICY, XFRM_MSG_POLEXPIRE, XFRM_MSG_FLUSHPOLICY
-NFT_REMOVALS = {(10 << 8) | msg for msg in (2, 5, 8)}  # NFT_MSG_DELTABLE, NFT_MSG_DELCHAIN, NFT_MSG_DELRULE
 
 
 class Supervisor:
@@ -94,25 +93,23 @@ class Supervisor:
             self.guard.release()
             self.guard = None
 
-    def at_once(self, client: xfrm.XfrmClient) -> None:
-        """A removal event, before any lock or read (the watcher thread, its own netlink client and nftables
-        context, both made before the first event: under TCG making them took seconds): the XFRM backstop back
-        first, then the nftables table, when the last round wanted them. Not while a coffee-shop `up` or a `down`
-        holds the lock: they lift the backstops on purpose, and the round after them repairs what is missing."""
+    def at_once(self, xfrm_hit: XfrmHit, nft_hit: bool) -> None:
+        """A removal event, before any lock or read (the watcher thread): the XFRM backstop back first, then the
+        nftables table, when the last round wanted them. Not while a coffee-shop `up` or a `down` holds the lock:
+        they lift the backstops on purpose, and the round after them repairs what is missing."""
         trusted_up = protect.pending(self.store)
         if not self.guarded or (self.store.busy_elsewhere() and not (trusted_up is not None and trusted_up[1])):
             return
         with contextlib.suppress(IkectlError, OSError):
-            missing = backstop.missing(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
-            for policy in missing:
-                client.update_policy(policy)
-            if missing:
-                self.restored.append(f"{len(missing)} of {len(backstop.policies())} XFRM backstop policies")
-        with contextlib.suppress(IkectlError, OSError):
-            table = nft.check()
-            if table in (nft.TableState.ABSENT, nft.TableState.DAMAGED):
-                nft.install()
-                self.restored.append(f"the nftables table ({table.value})")
+            lost = xfrm_hit.put_back()
+            if lost:
+                self.restored.append(f"{lost} of {len(backstop.policies())} XFRM backstop policies")
+        if nft_hit:
+            with contextlib.suppress(IkectlError, OSError):
+                table = nft.check()
+                if table in (nft.TableState.ABSENT, nft.TableState.DAMAGED):
+                    nft.install()
+                    self.restored.append(f"the nftables table ({table.value})")
 
     def reconcile(self, record: RunState, now: float) -> RunState:
         """Put back what another program took away; the record with what was done noted."""
@@ -223,12 +220,13 @@ def event_sockets() -> list[socket.socket]:
 
 
 def removals(data: bytes) -> bool:
-    """Does this batch of netlink messages remove an XFRM policy or a piece of an nftables table?"""
+    """Does this batch of netlink messages remove an XFRM policy (anyone's: pluto's too, which the round routes
+    again) or a piece of an nftables table? Such a batch wakes the round."""
     offset = 0
     while offset + 16 <= len(data):
         length = int.from_bytes(data[offset:offset + 4], sys.byteorder)
         kind = int.from_bytes(data[offset + 4:offset + 6], sys.byteorder)
-        if kind in XFRM_REMOVALS or kind in NFT_REMOVALS:
+        if kind in XFRM_REMOVALS or kind in nft.NFT_REMOVALS:
             return True
         if length < 16:
             break
@@ -236,13 +234,58 @@ def removals(data: bytes) -> bool:
     return False
 
 
+def backstop_losses(data: bytes) -> int | None:
+    """How many XFRM backstop policies these XFRM events took away: all for a flush, those a delete or a hard
+    expiry names; None when they do not decode (the table must be read to tell)."""
+    try:
+        events = xfrm.events(data)
+    except xfrm.XfrmDecodeError:
+        return None
+    lost = 0
+    for event in events:
+        if isinstance(event, xfrm.Flushed) and event.what == "policies":
+            return len(backstop.policies())
+        if isinstance(event, xfrm.PolicyDeleted | xfrm.PolicyExpired) and backstop.is_backstop(event.policy):
+            lost += not isinstance(event, xfrm.PolicyExpired) or event.hard
+    return lost
+
+
+class XfrmHit:
+    """What the watcher learnt of the XFRM backstop from one burst of events, and how to answer it: the policies
+    the events name as gone are put back in one prepared datagram, without reading the table (under TCG reading
+    it took 0.3-0.5 s); when the events could not tell (lost to ENOBUFS, not decodable), the table is read."""
+
+    def __init__(self, client: xfrm.XfrmClient, prepared: xfrm.PreparedPolicies) -> None:
+        self.client, self.prepared = client, prepared
+        self.lost: int | None = 0  # None: unknown
+
+    def add(self, lost: int | None) -> None:
+        self.lost = None if lost is None or self.lost is None else self.lost + lost
+
+    @property
+    def any(self) -> bool:
+        return self.lost != 0
+
+    def put_back(self) -> int:
+        """Put the backstop back as the events require; how many of its policies were missing."""
+        if self.lost is None:
+            missing = backstop.missing(p for p in self.client.policies() if p.direction <= xfrm.Direction.FWD)
+            if missing:
+                self.prepared.put_back()
+            return len(missing)
+        if self.lost:
+            self.prepared.put_back()
+        return self.lost
+
+
 def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.Event,
           ready: threading.Event) -> None:
     """The watcher thread: each burst of events that removes something of a backstop is answered at once, and
     the main thread's round comes right after (it notes what was restored, and repairs the rest). Events the
-    kernel could not queue (ENOBUFS: a burst of pluto's) may have held a removal: they count as one."""
+    kernel could not queue (ENOBUFS: a burst of pluto's) may have held a removal: they count as one. Everything
+    an answer needs is made before the first event (under TCG making a netlink client took seconds)."""
     try:
-        client = xfrm.XfrmClient()
+        client, prepared = xfrm.XfrmClient(), xfrm.PreparedPolicies(backstop.policies())
     except (IkectlError, OSError) as exc:
         _log(f"watcher: no XFRM netlink client ({exc}): removals wait for the next round")
         ready.set()
@@ -250,24 +293,36 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
     with contextlib.suppress(IkectlError, OSError):
         nft.check()  # this thread's libnftables context, made now
     ready.set()
+    xfrm_events = sockets[0]
     while True:
         readable, _, _ = select.select(sockets, [], [])
-        removed = False
+        removed, nft_hit, xfrm_hit = False, False, XfrmHit(client, prepared)
         for sock in readable:
-            while True:  # drain: one answer for a burst
-                try:
-                    removed = removals(sock.recv(1 << 16)) or removed
-                except BlockingIOError:
-                    break
-                except OSError:  # ENOBUFS: some were lost
-                    removed = True
-                    break
-        if removed:
+            data, complete = _drain(sock)
+            removed = removed or not complete or removals(data)
+            if sock is xfrm_events:
+                xfrm_hit.add(backstop_losses(data) if complete else None)
+            else:
+                nft_hit = nft_hit or not complete or nft.table_events(data).removed
+        if xfrm_hit.any or nft_hit:
             try:
-                supervisor.at_once(client)
+                supervisor.at_once(xfrm_hit, nft_hit)
             except Exception as exc:  # the watcher must outlive anything one answer meets
                 _log(f"watcher: {type(exc).__name__}: {exc}")
+        if removed:
             wake.set()
+
+
+def _drain(sock: socket.socket) -> tuple[bytes, bool]:
+    """Every event waiting on `sock`, and whether none were lost (ENOBUFS: the kernel could not queue some)."""
+    chunks = []
+    while True:
+        try:
+            chunks.append(sock.recv(1 << 16))
+        except BlockingIOError:
+            return b"".join(chunks), True
+        except OSError:
+            return b"".join(chunks), False
 
 
 def main(argv: list[str]) -> int:

@@ -23,6 +23,7 @@ from ikecommon.xfrm import (
     Policy,
     PolicyAdded,
     PolicyDeleted,
+    PreparedPolicies,
     SaExpired,
     SaSpec,
     Selector,
@@ -94,6 +95,23 @@ def test_update_replaces_and_delete_removes(topology, pair):
         assert [p.action for p in xfrm.policies()] == [Action.BLOCK]
         xfrm.delete_policy(TRAP)
         assert xfrm.policies() == []
+
+
+@pytest.mark.host  # policies and ACQUIREs only
+def test_prepared_policies_come_back_after_a_flush_and_replace_themselves_otherwise(topology, pair):
+    """The supervisor's answer to a flush: one datagram of updates, encoded before the flush came."""
+    client, _ = pair
+    wanted = [BACKSTOP, replace(BACKSTOP, selector=Selector.of("0.0.0.0/0", "0.0.0.0/0", "udp", dport=53))]
+    with XfrmClient(client.netns) as xfrm, PreparedPolicies(wanted, client.netns) as prepared:
+        xfrm.add_policy(TRAP)
+        prepared.put_back()
+        prepared.put_back()  # again: each replaces itself, nothing doubles
+        assert sorted((p.selector.proto, p.selector.dst.version) for p in xfrm.policies() if p.owned) == [(6, 6),
+                                                                                                          (17, 4)]
+        topology.run(client, ["ip", "xfrm", "policy", "flush"])
+        prepared.put_back()
+        back = [replace(p, index=0) for p in xfrm.policies()]
+        assert sorted(back, key=str) == sorted(wanted, key=str)  # the trap was another's: not ours to restore
 
 
 @pytest.mark.host  # policies and ACQUIREs only

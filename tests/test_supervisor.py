@@ -12,8 +12,11 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ikectl import daemon, plan, session, supervisor, trust
+from ikecommon import xfrm
+from ikectl import backstop, daemon, nft, plan, session, supervisor, trust
 from ikectl.config import Mode
 from ikectl.state import Baseline, Blocked, RunState, StateStore
 
@@ -109,3 +112,83 @@ def test_only_removals_wake_a_round():
     assert supervisor.removals(header((10 << 8) | 2))  # NFT_MSG_DELTABLE (nft flush ruleset)
     assert not supervisor.removals(header((10 << 8) | 0) + header((10 << 8) | 15))  # NEWTABLE, NEWGEN
     assert not supervisor.removals(b"\x00" * 7)  # short junk
+
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def captured(kind: str, stem: str) -> bytes:
+    """What the kernel sent to an event socket (tests/vectors/{xfrm,nft}/capture.py)."""
+    return bytes.fromhex((VECTORS / kind / f"{stem}.hex").read_text().splitlines()[-1])
+
+
+def test_the_watcher_counts_backstop_policies_from_the_kernels_own_events():
+    """A flush takes all of them; a delete of one of ours, that one; anyone else's policy, none (pluto deletes its
+    own all the time); events that do not decode cannot tell, and the table is read instead."""
+    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-flush")) == len(backstop.policies())
+    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-backstop")) == 1
+    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-block")) == 0
+    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-backstop")[:-8]) is None
+    assert supervisor.backstop_losses(b"") == 0
+
+
+@pytest.mark.parametrize(("stem", "removed", "added"), [
+    ("event-ikectl-table-load", True, True),  # `add table; delete table; table {...}`: one transaction
+    ("event-ikectl-table-reload", True, True),
+    ("event-flush-ruleset", True, False),
+    ("event-ikectl-rule-delete", True, False),
+    ("event-other-tables", False, False),  # another table, and a table of ours' name in another family
+])
+def test_nftables_events_are_read_for_ikectls_table_alone(stem, removed, added):
+    assert nft.table_events(captured("nft", stem)) == nft.TableEvents(removed, added)
+
+
+def test_nftables_events_that_do_not_parse_send_the_watcher_to_look():
+    whole = captured("nft", "event-ikectl-rule-delete")
+    assert nft.table_events(whole[:-3]) == nft.TableEvents(True, True)
+    assert nft.table_events(whole[:20]) == nft.TableEvents(True, True)
+    assert nft.table_events(b"") == nft.TableEvents(False, False)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
+def test_event_readers_never_raise_on_any_bytes(junk, cut):
+    """The watcher thread reads whatever the kernel (or a lost, cut burst) gives it: no input may stop it."""
+    for data in (junk, captured("nft", "event-flush-ruleset")[:cut] + junk):
+        nft.table_events(data)
+        assert supervisor.removals(data) in (True, False)
+    for data in (junk, captured("xfrm", "kernel-event-policy-delete-backstop")[:cut] + junk):
+        assert supervisor.backstop_losses(data) is None or supervisor.backstop_losses(data) >= 0
+
+
+class FakeTable:
+    """The OS boundary of XfrmHit: the kernel's policy table as a list, and a prepared batch that fills it."""
+
+    def __init__(self, present: list[xfrm.Policy]) -> None:
+        self.present, self.sent = present, 0
+
+    def policies(self) -> list[xfrm.Policy]:
+        return self.present
+
+    def put_back(self) -> None:
+        self.sent += 1
+        self.present = backstop.policies()
+
+
+@pytest.mark.parametrize(("losses", "present", "sent", "told"), [
+    ([0], "all", 0, 0),  # pluto's own churn: nothing sent
+    ([1, 0], "all", 1, 1),  # what the events name is put back without reading the table
+    ([16], "none", 1, 16),
+    ([1, None], "half", 1, 8),  # events that could not tell: the table is read, and only what is missing counts
+    ([None], "all", 0, 0),
+])
+def test_the_watcher_puts_back_what_the_events_name_and_reads_the_table_only_when_they_cannot_tell(
+        losses, present, sent, told):
+    everything = backstop.policies()
+    table = FakeTable({"all": everything, "none": [], "half": everything[::2]}[present])
+    hit = supervisor.XfrmHit(table, table)  # type: ignore[arg-type]
+    for lost in losses:
+        hit.add(lost)
+    assert hit.any == (losses != [0])
+    assert hit.put_back() == told
+    assert table.sent == sent

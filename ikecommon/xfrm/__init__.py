@@ -38,9 +38,11 @@ from .model import (
 if TYPE_CHECKING:
     from .client import (
         EspSupport,
+        PreparedPolicies,
         XfrmClient,
         acq_expires,
         event_socket,
+        events,
         larval_drop,
         monitor,
         probe_esp,
@@ -60,8 +62,8 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    **dict.fromkeys(("EspSupport", "XfrmClient", "acq_expires", "event_socket", "larval_drop", "monitor",
-                     "probe_esp", "set_acq_expires", "set_larval_drop"), "client"),
+    **dict.fromkeys(("EspSupport", "PreparedPolicies", "XfrmClient", "acq_expires", "event_socket", "events",
+                     "larval_drop", "monitor", "probe_esp", "set_acq_expires", "set_larval_drop"), "client"),
     **dict.fromkeys(("Acquire", "Flushed", "PolicyAdded", "PolicyDeleted", "PolicyExpired", "SaAdded", "SaDeleted",
                      "SaExpired", "XfrmEvent"), "codec"),
 }
@@ -110,6 +112,7 @@ __all__ = [
     "PolicyAdded",
     "PolicyDeleted",
     "PolicyExpired",
+    "PreparedPolicies",
     "SaAdded",
     "SaCounters",
     "SaDeleted",
@@ -125,6 +128,7 @@ __all__ = [
     "acq_expires",
     "algorithm",
     "event_socket",
+    "events",
     "larval_drop",
     "monitor",
     "probe_esp",

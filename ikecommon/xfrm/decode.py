@@ -68,6 +68,27 @@ def parse(data: bytes) -> Iterator[Record]:
         offset += (length + 3) & ~3
 
 
+ERROR_CODE = struct.Struct("=i")
+
+
+def acks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, error) of each NLMSG_ERROR in a datagram of answers to requests: error 0 is an ack,
+    a negative errno a refusal. Other messages are skipped; a message that does not fit is XfrmDecodeError."""
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < NLMSG_HEADER.size:
+            raise XfrmDecodeError(f"{len(data) - offset} trailing bytes: shorter than a netlink header")
+        length, msg_type, _flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            raise XfrmDecodeError(f"netlink length {length} at offset {offset} does not fit the {len(data)}-byte "
+                                  "datagram")
+        if msg_type == NLMSG_ERROR:
+            if length < NLMSG_HEADER.size + ERROR_CODE.size:
+                raise XfrmDecodeError(f"an error message of {length} bytes has no error code")
+            yield seq, ERROR_CODE.unpack_from(data, offset + NLMSG_HEADER.size)[0]
+        offset += (length + 3) & ~3
+
+
 def _decode_one(chunk: bytes, msg_type: int) -> Record:
     cls = m.MESSAGE_CLASSES.get(msg_type)  # type: ignore[call-overload]
     if cls is None:

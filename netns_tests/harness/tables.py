@@ -1,32 +1,39 @@
-"""Watching a namespace's XFRM and nftables tables from outside it, without starting a process per look.
+"""Watching a namespace's XFRM and nftables tables without starting a process per look.
 
 Under TCG a process start takes a second and more (`nft -j list` 1.3 s in the VM), which used to be most of what
-a "how soon is the backstop back" figure measured. Here the tables are read in this process (XFRM netlink, a
-libnftables context opened inside the namespace, where it stays), and changes arrive as netlink events from
-subscriptions in the namespace: a check runs after each burst, never in a busy loop.
+a "how soon is the backstop back" figure measured. `Tables` reads them from this process (XFRM netlink, a
+libnftables context opened inside the namespace, where it stays); changes arrive as netlink events from
+subscriptions in the namespace, and a check runs after each burst, never in a busy loop.
+
+`removed_and_restored` times a removal by another program from an observer process of its own in the namespace
+(`python -m netns_tests.harness.tables`): a test process that also runs a query stream answered its events
+seconds late under TCG, and its figures were its own delays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
-from ikecommon.xfrm import Group, XfrmClient, event_socket
+from ikecommon.xfrm import Flushed, Group, Policy, PolicyAdded, PolicyDeleted, XfrmClient, event_socket, events
 from ikectl import backstop, nft
-from ikectl.supervisor import removals
 
 NETLINK_NETFILTER, NFNLGRP_NFTABLES, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 7, 270, 1
 
 
-def nft_events(netns: str) -> socket.socket:
-    """A non-blocking socket in `netns` that receives its nftables changes (NFNLGRP_NFTABLES)."""
+def nft_events(netns: str | None) -> socket.socket:
+    """A non-blocking socket in `netns` (None: this process's) that receives its nftables changes
+    (NFNLGRP_NFTABLES)."""
     sock: socket.socket = pyroute2_netns.create_socket(netns, family=socket.AF_NETLINK, socket_type=socket.SOCK_RAW,
                                                        proto=NETLINK_NETFILTER, flags=0)
     sock.bind((0, 0))
@@ -81,32 +88,124 @@ class Tables:
 
 @dataclass(frozen=True)
 class Restoration:
-    removed_at: float  # when the removal's event arrived (time.monotonic)
-    restored_after: float  # seconds from that event to the check that found everything back
+    removed_at: float  # when the first event of the removal reached the observer (time.monotonic)
+    restored_after: float  # seconds from then to the event after which both backstops were whole again
+    xfrm_after: float | None  # ... the XFRM backstop alone (None: the removal did not touch it)
+    nft_after: float | None  # ... ikectl's nftables table alone
 
 
-def removed_and_restored(tables: Tables, removal: list[str], back: Callable[[], bool],
-                         within: float = 10.0) -> Restoration:
-    """Run `removal` in the namespace; time from the kernel's event of the removal to `back()` holding again
-    (checked after each burst of events). AssertionError if it does not within `within` seconds."""
-    with tables.events() as sockets:
-        for sock in sockets:
-            drain(sock)
-        proc = subprocess.Popen(["ip", "netns", "exec", tables.netns, *removal], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        removed_at = None
+class Observer:
+    """What the kernel says of both backstops, as its events arrive (in the process of the namespace it watches):
+    the XFRM backstop followed policy by policy from its events (flush, delete, add), ikectl's nftables table
+    read after each burst of events that touch it. Each change is dated when its burst arrived, before any
+    decoding or reading: a busy reader makes a figure later by the time the reading takes, never by a queue."""
+
+    def __init__(self) -> None:
+        self.xfrm_events = event_socket(None, (Group.POLICY,))
+        self.nft_events = nft_events(None)
+        for sock in (self.xfrm_events, self.nft_events):
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)  # a lost event would make a figure up
+        self.nft = nft.Context()
+        with XfrmClient() as client:
+            self.xfrm_present = {p for p in map(_unindexed, client.policies()) if backstop.is_backstop(p)}
+        self.nft_intact = self.nft_state() == nft.TableState.INTACT
+        if not self.whole():
+            raise AssertionError("the backstops were not whole before the removal")
+
+    def nft_state(self) -> nft.TableState:
+        accepted, listing, _ = self.nft.run(f"list table {nft.FAMILY} {nft.TABLE}", json_output=True)
+        return nft.state_of(listing) if accepted else nft.TableState.ABSENT
+
+    def whole(self) -> bool:
+        return len(self.xfrm_present) == len(backstop.policies()) and self.nft_intact
+
+    def observe(self, removal: list[str], within: float) -> Restoration:
+        """Run `removal`; follow both backstops until they are whole again, or AssertionError after `within` s."""
+        proc = subprocess.Popen(removal, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        removed_at: float | None = None
+        back: dict[str, float | None] = {"xfrm": None, "nft": None}
         deadline = time.monotonic() + within + 30  # the removal's own start, under TCG, comes on top
-        while time.monotonic() < deadline:
-            ready = select.select(sockets, [], [], 0.5)[0]
-            arrived = time.monotonic()
-            data = b"".join(drain(sock) for sock in ready)
-            if removed_at is None and removals(data):
-                removed_at = arrived
-            if removed_at is not None and back():
-                proc.wait(30)
-                return Restoration(removed_at, time.monotonic() - removed_at)
-            if removed_at is not None and arrived - removed_at > within:
-                break
-        proc.wait(30)
-    raise AssertionError(f"{' '.join(removal)}: " + ("no removal event came" if removed_at is None else
-                                                     f"not restored within {within:g} s"))
+        try:
+            while time.monotonic() < deadline:
+                ready = select.select([self.xfrm_events, self.nft_events], [], [], 0.5)[0]
+                arrived = time.monotonic()
+                was = {"xfrm": len(self.xfrm_present) == len(backstop.policies()), "nft": self.nft_intact}
+                self._follow_xfrm(_drain_all(self.xfrm_events) if self.xfrm_events in ready else b"")
+                if self.nft_events in ready and nft.table_events(_drain_all(self.nft_events)) != NOTHING:
+                    self.nft_intact = self.nft_state() == nft.TableState.INTACT
+                now = {"xfrm": len(self.xfrm_present) == len(backstop.policies()), "nft": self.nft_intact}
+                if removed_at is None and not all(now.values()):
+                    removed_at = arrived
+                for layer in back:
+                    if removed_at is not None and now[layer] and not was[layer]:
+                        back[layer] = arrived - removed_at
+                if removed_at is not None and all(now.values()):
+                    return Restoration(removed_at, max(t for t in back.values() if t is not None),
+                                       back["xfrm"], back["nft"])
+                if removed_at is not None and arrived - removed_at > within:
+                    break
+        finally:
+            proc.wait(30)
+        raise AssertionError(f"{' '.join(removal)}: " + ("nothing was removed" if removed_at is None else
+                                                         f"not whole again within {within:g} s"))
+
+    def _follow_xfrm(self, data: bytes) -> None:
+        for event in events(data):
+            if isinstance(event, Flushed) and event.what == "policies":
+                self.xfrm_present.clear()
+            elif isinstance(event, PolicyDeleted) and backstop.is_backstop(event.policy):
+                self.xfrm_present.discard(_unindexed(event.policy))
+            elif isinstance(event, PolicyAdded) and backstop.is_backstop(event.policy):
+                self.xfrm_present.add(_unindexed(event.policy))
+
+
+NOTHING = nft.TableEvents(removed=False, added=False)
+SO_RCVBUFFORCE = 33
+
+
+def _unindexed(policy: Policy) -> Policy:
+    return replace(policy, index=0)
+
+
+def _drain_all(sock: socket.socket) -> bytes:
+    data, lost = b"", False
+    while True:
+        try:
+            data += sock.recv(1 << 16)
+        except BlockingIOError:
+            break
+        except OSError:  # ENOBUFS
+            lost = True
+            break
+    if lost:
+        raise AssertionError("the observer lost events (ENOBUFS): its figure would be made up")
+    return data
+
+
+def removed_and_restored(netns: str, removal: list[str], within: float = 10.0) -> Restoration:
+    """Run `removal` in `netns` under an observer process of its own there (this module, run as a program),
+    which does nothing else: a test process busy with a query stream delayed its own readings by seconds under
+    TCG. AssertionError if the backstops are not whole again within `within` seconds of the removal."""
+    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "netns_tests.harness.tables",
+                           json.dumps({"removal": removal, "within": within})],
+                          capture_output=True, text=True, timeout=within + 120, check=False,
+                          cwd=Path(__file__).resolve().parents[2])
+    if proc.returncode != 0:
+        raise AssertionError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
+                             f"observer exited {proc.returncode}")
+    return Restoration(**json.loads(proc.stdout))
+
+
+def main(argv: list[str]) -> int:
+    order = json.loads(argv[0])
+    try:
+        found = Observer().observe(order["removal"], order["within"])
+    except AssertionError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(found)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

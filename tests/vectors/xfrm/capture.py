@@ -1,15 +1,16 @@
-"""Regenerate the XFRM test vectors: the bytes iproute2 sends, and the kernel's dump replies.
+"""Regenerate the XFRM test vectors: the bytes iproute2 sends, the kernel's dump replies and its policy events.
 
     apt-get install strace && sudo .venv/bin/python tests/vectors/xfrm/capture.py
 
 Runs `ip xfrm ...` under strace in a throw-away namespace and writes one file per command, named after
 what produced the bytes (iproute2-* for requests, kernel-* for replies). Each file has `#` comment lines
-(the command, the kernel) and then one hex line per netlink buffer. SA adds are refused on kernels
-without ESP (these machines), but the request bytes are what matter here.
+(the command, the kernel) and then one hex line per netlink buffer (for events: all of one command's). SA adds
+are refused on kernels without ESP (these machines), but the request bytes are what matter here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -45,8 +46,20 @@ RECEIVED = {  # file stem -> (set-up commands, the dump whose reply bytes are ca
         [SENT["iproute2-policy-add-udp53-out-transport-tmpl"], SENT["iproute2-policy-add-ipv6-tcp53-out-block"],
          SENT["iproute2-policy-add-in-tunnel-tmpl"]],
         "policy list"),
+    "kernel-error-policy-delete-absent": ([], SENT["iproute2-policy-delete-udp53-out"]),
     "kernel-state-dump-larval-allocspi": (
         ["state allocspi src 10.1.0.1 dst 10.1.0.53 proto esp mode transport reqid 9"], "state list"),
+}
+
+
+BACKSTOP_TCP6_OUT = "src ::/0 dst ::/0 proto tcp dport 53 dir out"  # one of ikectl's XFRM backstop policies
+EVENTS = {  # file stem -> (set-up commands, the command whose policy events are captured)
+    "kernel-event-policy-delete-backstop": (
+        [f"policy add {BACKSTOP_TCP6_OUT} priority 2131755008 action block"], f"policy delete {BACKSTOP_TCP6_OUT}"),
+    "kernel-event-policy-delete-block": (
+        [SENT["iproute2-policy-add-ipv6-tcp53-out-block"]],
+        "policy delete src fd00::1/128 dst fd00::53/128 proto tcp dport 53 dir out"),
+    "kernel-event-policy-flush": ([SENT["iproute2-policy-add-ipv6-tcp53-out-block"]], "policy flush"),
 }
 
 
@@ -86,6 +99,19 @@ def write(stem: str, command: str, hexes: list[str]) -> None:
     (HERE / f"{stem}.hex").write_text(header + "".join(h + "\n" for h in hexes))
 
 
+def events(command: str) -> list[str]:
+    """What a socket subscribed to the namespace's policy events receives while `ip xfrm command` runs."""
+    from ikecommon.xfrm import Group, event_socket  # noqa: PLC0415 - the venv's, only for this part
+
+    with event_socket(NS, (Group.POLICY,)) as sock:
+        ip(command)
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                received += sock.recv(1 << 16)
+    return [received.hex()]
+
+
 def main() -> None:
     subprocess.run(["ip", "netns", "add", NS], check=True)
     try:
@@ -100,6 +126,11 @@ def main() -> None:
             for args in setup:
                 ip(args)
             write(stem, dump, traced(dump, "recvmsg"))
+        for stem, (setup, command) in EVENTS.items():
+            subprocess.run(["ip", "-n", NS, "xfrm", "policy", "flush"], check=True)
+            for args in setup:
+                ip(args)
+            write(stem, command, events(command))
     finally:
         subprocess.run(["ip", "netns", "del", NS], check=True)
 
