@@ -27,12 +27,25 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ikecommon import xfrm
 
-from . import backstop, config, daemon, execute, lean_pyroute2, nft, opportunistic, plan, protect, session, status
+from . import (
+    backstop,
+    config,
+    daemon,
+    execute,
+    lean_pyroute2,
+    nft,
+    opportunistic,
+    plan,
+    policies,
+    protect,
+    session,
+    status,
+)
 from .config import Mode
 from .errors import IkectlError
 from .state import RunState, StateBusy, StateStore
@@ -58,6 +71,7 @@ class Supervisor:
         self.guarded = False  # the last round wanted the backstops: a removal is answered before any lock
         self.guard: nft.Guard | None = None
         self.restored: deque[str] = deque()  # what `at_once` (the watcher thread) put back, for a round to note
+        self.passes_removed: deque[str] = deque()  # ... and the clear passes it removed
 
     def tick(self, now: float) -> bool:
         """One round; False when this supervisor should end."""
@@ -94,9 +108,11 @@ class Supervisor:
             self.guard = None
 
     def at_once(self, xfrm_hit: XfrmHit, nft_hit: bool) -> None:
-        """A removal event, before any lock or read (the watcher thread): the XFRM backstop back first, then the
-        nftables table, when the last round wanted them. Not while a coffee-shop `up` or a `down` holds the lock:
-        they lift the backstops on purpose, and the round after them repairs what is missing."""
+        """Events that touch trusted mode's protection, answered before any lock (the watcher thread) when the
+        last round wanted the backstops: the XFRM backstop back first, then the nftables table, then any clear
+        pass pluto added for DNS to a resolver ikectl manages (a coffee-shop pluto's fallback, during the switch to
+        trusted mode: it outranks the XFRM backstop). Not while a coffee-shop `up` or a `down` holds the lock: they
+        lift the backstops on purpose, and the round after them repairs what is missing."""
         trusted_up = protect.pending(self.store)
         if not self.guarded or (self.store.busy_elsewhere() and not (trusted_up is not None and trusted_up[1])):
             return
@@ -110,6 +126,13 @@ class Supervisor:
                 if table in (nft.TableState.ABSENT, nft.TableState.DAMAGED):
                     nft.install()
                     self.restored.append(f"the nftables table ({table.value})")
+        if xfrm_hit.passes:
+            record = self.store.read()
+            if isinstance(record, RunState):
+                resolvers = protect.managed((), record) | ({record.trusted} if record.trusted else set())
+                with contextlib.suppress(IkectlError, OSError):
+                    for policy in xfrm_hit.remove_passes(resolvers):
+                        self.passes_removed.append(policies.describe(policy))
 
     def reconcile(self, record: RunState, now: float) -> RunState:
         """Put back what another program took away; the record with what was done noted."""
@@ -121,6 +144,10 @@ class Supervisor:
             record = record.noting(f"another program removed trusted mode's protection ({'; '.join(restored)}):"
                                    " restored at once", now)
             _log(record.interference[-1].what)
+        passes = [self.passes_removed.popleft() for _ in range(len(self.passes_removed))]
+        if passes:
+            _log(f"clear passes pluto added for DNS while the backstops were wanted, removed at once: "
+                 f"{'; '.join(passes)}")
         facts = session.gather(record.run_dir)
         wanted = self.backstop_wanted(record)
         self.guarded = wanted
@@ -234,37 +261,50 @@ def removals(data: bytes) -> bool:
     return False
 
 
-def backstop_losses(data: bytes) -> int | None:
-    """How many XFRM backstop policies these XFRM events took away: all for a flush, those a delete or a hard
-    expiry names; None when they do not decode (the table must be read to tell)."""
+@dataclass(frozen=True)
+class XfrmNews:
+    """What one burst of XFRM policy events says that the watcher must answer."""
+
+    lost: int | None  # XFRM backstop policies taken away: all for a flush; None when the events cannot tell
+    passes: tuple[xfrm.Policy, ...] = ()  # clear passes for DNS added (pluto's fallbacks among them)
+
+
+def xfrm_news(data: bytes) -> XfrmNews:
+    """Read a burst of XFRM policy events: backstop policies a flush, a delete or a hard expiry took away, and
+    clear passes for DNS that were added. Events that do not decode cannot tell (the table must be read)."""
     try:
         events = xfrm.events(data)
     except xfrm.XfrmDecodeError:
-        return None
-    lost = 0
+        return XfrmNews(None)
+    lost, passes = 0, []
     for event in events:
         if isinstance(event, xfrm.Flushed) and event.what == "policies":
-            return len(backstop.policies())
-        if isinstance(event, xfrm.PolicyDeleted | xfrm.PolicyExpired) and backstop.is_backstop(event.policy):
+            lost = len(backstop.policies())
+        elif isinstance(event, xfrm.PolicyDeleted | xfrm.PolicyExpired) and backstop.is_backstop(event.policy):
             lost += not isinstance(event, xfrm.PolicyExpired) or event.hard
-    return lost
+        elif isinstance(event, xfrm.PolicyAdded) and policies.clear_pass(event.policy):
+            passes.append(event.policy)
+    return XfrmNews(min(lost, len(backstop.policies())), tuple(passes))
 
 
 class XfrmHit:
-    """What the watcher learnt of the XFRM backstop from one burst of events, and how to answer it: the policies
-    the events name as gone are put back in one prepared datagram, without reading the table (under TCG reading
-    it took 0.3-0.5 s); when the events could not tell (lost to ENOBUFS, not decodable), the table is read."""
+    """What the watcher learnt of the XFRM table from one burst of events, and how to answer it: the backstop
+    policies the events name as gone are put back in one prepared datagram, without reading the table (under
+    TCG reading it took 0.3-0.5 s); when the events could not tell (lost to ENOBUFS, not decodable), the table
+    is read."""
 
     def __init__(self, client: xfrm.XfrmClient, prepared: xfrm.PreparedPolicies) -> None:
         self.client, self.prepared = client, prepared
         self.lost: int | None = 0  # None: unknown
+        self.passes: list[xfrm.Policy] = []
 
-    def add(self, lost: int | None) -> None:
-        self.lost = None if lost is None or self.lost is None else self.lost + lost
+    def add(self, news: XfrmNews) -> None:
+        self.lost = None if news.lost is None or self.lost is None else self.lost + news.lost
+        self.passes += news.passes
 
     @property
     def any(self) -> bool:
-        return self.lost != 0
+        return self.lost != 0 or bool(self.passes)
 
     def put_back(self) -> int:
         """Put the backstop back as the events require; how many of its policies were missing."""
@@ -276,6 +316,15 @@ class XfrmHit:
         if self.lost:
             self.prepared.put_back()
         return self.lost
+
+    def remove_passes(self, resolvers: frozenset[config.Address]) -> list[xfrm.Policy]:
+        """Delete the added clear passes of pluto's kind for DNS with `resolvers`; those deleted."""
+        removed = []
+        for policy in policies.leftovers(self.passes, resolvers):
+            with contextlib.suppress(xfrm.KernelRefused):  # gone meanwhile
+                self.client.delete_policy(policy)
+                removed.append(policy)
+        return removed
 
 
 def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.Event,
@@ -301,7 +350,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
             data, complete = _drain(sock)
             removed = removed or not complete or removals(data)
             if sock is xfrm_events:
-                xfrm_hit.add(backstop_losses(data) if complete else None)
+                xfrm_hit.add(xfrm_news(data) if complete else XfrmNews(None))
             else:
                 nft_hit = nft_hit or not complete or nft.table_events(data).removed
         if xfrm_hit.any or nft_hit:

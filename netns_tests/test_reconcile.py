@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from ikectl import backstop, nft, policies
+from ikectl import backstop, nft, policies, protect
 from ikectl.config import Mode
-from ikectl.state import RunState
+from ikectl.state import RunState, StateStore
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query
@@ -146,6 +146,38 @@ def test_a_flush_by_another_program_is_restored_at_once_and_status_says_so(world
     assert (found.xfrm_after is not None) == (removal[0] == "ip")  # each removal takes its own layer, only
     notes = status(world)["notes"]
     assert any("another program removed trusted mode's protection" in n for n in notes), notes
+    steps(world)
+    no_plaintext_while_trusted(world)
+
+
+def test_a_clear_pass_for_a_managed_resolver_added_while_a_trusted_up_waits_is_removed_at_once(world):
+    """A coffee-shop pluto still running while a switch to trusted mode is under way installs a clear fallback
+    (priority 0: it outranks the XFRM backstop; the NetworkManager soak saw it). The supervisor's round cannot
+    run then (the trusted `up` holds the lock: here, this test, with its marker); the watcher deletes a pass for
+    a resolver ikectl manages as soon as its event comes, and leaves another's, for a host it does not manage."""
+    steps(world, Action("resolvers", (PLAIN4, TRUSTED)), Action("mode", Mode.TRUSTED), Action("up"))
+    store = StateStore(walk.state_dir(), world.netns_id)
+
+    def add_pass(dst: str) -> None:
+        world.topo.run(world.client, ["ip", "xfrm", "policy", "add", "src", f"{walk.ADDRESSES[0]}/32", "dst",
+                                      f"{dst}/32", "proto", "udp", "dport", "53", "dir", "out", "priority", "0",
+                                      "action", "allow"])
+
+    def passes_to(dst: str) -> list[Any]:
+        return [p for p in world.table() if policies.clear_pass(p) and str(p.selector.dst.network_address) == dst]
+
+    with store.lock(wait_s=10):
+        protect.marker(store).write_text(f"{os.getpid()}\n")  # a trusted `up` under way: this process
+        try:
+            add_pass(PLAIN4)
+            add_pass("10.91.4.99")
+            walk._eventually(lambda: None if not passes_to(PLAIN4) else "the clear pass is there", "removed",
+                             within=5)
+            assert len(passes_to("10.91.4.99")) == 1  # not ikectl's; the nftables backstop drops what it lets out
+        finally:
+            protect.marker(store).unlink(missing_ok=True)
+    world.topo.run(world.client, ["ip", "xfrm", "policy", "delete", "src", f"{walk.ADDRESSES[0]}/32", "dst",
+                                  "10.91.4.99/32", "proto", "udp", "dport", "53", "dir", "out"])
     steps(world)
     no_plaintext_while_trusted(world)
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ikecommon import xfrm
-from ikectl import backstop, daemon, nft, plan, session, supervisor, trust
+from ikectl import backstop, daemon, nft, plan, policies, session, supervisor, trust
 from ikectl.config import Mode
 from ikectl.state import Baseline, Blocked, RunState, StateStore
 
@@ -125,11 +125,21 @@ def captured(kind: str, stem: str) -> bytes:
 def test_the_watcher_counts_backstop_policies_from_the_kernels_own_events():
     """A flush takes all of them; a delete of one of ours, that one; anyone else's policy, none (pluto deletes its
     own all the time); events that do not decode cannot tell, and the table is read instead."""
-    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-flush")) == len(backstop.policies())
-    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-backstop")) == 1
-    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-block")) == 0
-    assert supervisor.backstop_losses(captured("xfrm", "kernel-event-policy-delete-backstop")[:-8]) is None
-    assert supervisor.backstop_losses(b"") == 0
+    flush = captured("xfrm", "kernel-event-policy-flush")
+    delete = captured("xfrm", "kernel-event-policy-delete-backstop")
+    assert supervisor.xfrm_news(flush) == supervisor.XfrmNews(len(backstop.policies()))
+    assert supervisor.xfrm_news(delete) == supervisor.XfrmNews(1)
+    assert supervisor.xfrm_news(delete + flush).lost == len(backstop.policies())  # never more than there are
+    assert supervisor.xfrm_news(captured("xfrm", "kernel-event-policy-delete-block")) == supervisor.XfrmNews(0)
+    assert supervisor.xfrm_news(delete[:-8]) == supervisor.XfrmNews(None)
+    assert supervisor.xfrm_news(b"") == supervisor.XfrmNews(0)
+
+
+def test_the_watcher_sees_a_clear_pass_for_dns_being_added():
+    """pluto's clear fallback outranks the XFRM backstop: while the backstops are wanted it is removed at once."""
+    news = supervisor.xfrm_news(captured("xfrm", "kernel-event-policy-add-clear-pass"))
+    assert news.lost == 0 and len(news.passes) == 1
+    assert policies.pluto_dns_peer(news.passes[0]) == ip_address("10.1.0.53")
 
 
 @pytest.mark.parametrize(("stem", "removed", "added"), [
@@ -158,7 +168,8 @@ def test_event_readers_never_raise_on_any_bytes(junk, cut):
         nft.table_events(data)
         assert supervisor.removals(data) in (True, False)
     for data in (junk, captured("xfrm", "kernel-event-policy-delete-backstop")[:cut] + junk):
-        assert supervisor.backstop_losses(data) is None or supervisor.backstop_losses(data) >= 0
+        news = supervisor.xfrm_news(data)
+        assert news.lost is None or 0 <= news.lost <= len(backstop.policies())
 
 
 class FakeTable:
@@ -188,7 +199,7 @@ def test_the_watcher_puts_back_what_the_events_name_and_reads_the_table_only_whe
     table = FakeTable({"all": everything, "none": [], "half": everything[::2]}[present])
     hit = supervisor.XfrmHit(table, table)  # type: ignore[arg-type]
     for lost in losses:
-        hit.add(lost)
+        hit.add(supervisor.XfrmNews(lost))
     assert hit.any == (losses != [0])
     assert hit.put_back() == told
     assert table.sent == sent

@@ -60,6 +60,8 @@ EVENTS = {  # file stem -> (set-up commands, the command whose policy events are
         [SENT["iproute2-policy-add-ipv6-tcp53-out-block"]],
         "policy delete src fd00::1/128 dst fd00::53/128 proto tcp dport 53 dir out"),
     "kernel-event-policy-flush": ([SENT["iproute2-policy-add-ipv6-tcp53-out-block"]], "policy flush"),
+    "kernel-event-policy-add-clear-pass": (  # what pluto's clear fallback for one resolver looks like
+        [], "policy add src 10.1.0.1/32 dst 10.1.0.53/32 proto udp dport 53 dir out priority 0 action allow"),
 }
 
 
