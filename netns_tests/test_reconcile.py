@@ -24,7 +24,7 @@ import pytest
 
 from ikectl import backstop, nft, policies, protect
 from ikectl.config import Mode
-from ikectl.state import RunState, StateStore
+from ikectl.state import RunState, StateStore, state_dir
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query
@@ -156,7 +156,7 @@ def test_a_clear_pass_for_a_managed_resolver_added_while_a_trusted_up_waits_is_r
     run then (the trusted `up` holds the lock: here, this test, with its marker); the watcher deletes a pass for
     a resolver ikectl manages as soon as its event comes, and leaves another's, for a host it does not manage."""
     steps(world, Action("resolvers", (PLAIN4, TRUSTED)), Action("mode", Mode.TRUSTED), Action("up"))
-    store = StateStore(walk.state_dir(), world.netns_id)
+    store = StateStore(state_dir(), world.netns_id)
 
     def add_pass(dst: str) -> None:
         world.topo.run(world.client, ["ip", "xfrm", "policy", "add", "src", f"{walk.ADDRESSES[0]}/32", "dst",
