@@ -295,17 +295,22 @@ class StateStore:
     def write(self, state: RunState) -> None:
         """Replace the record atomically: a reader sees the old one or the new one, never a mix, even after a
         crash or a power cut. StateError (one line) when the state directory will not take it."""
+        self._replace(self.path, json.dumps(state.to_json(), indent=1), "cannot write the record")
+
+    def _replace(self, path: Path, text: str, failure: str) -> None:
+        """Write `text` to a unique temporary file beside `path`, fsync it, rename it over `path`, fsync the
+        directory; StateError naming `path` and `failure` when the directory will not take it."""
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{self.path.name}.")
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.")
         except OSError as exc:
-            raise StateError(f"{self.path}: cannot write the record ({exc.strerror})") from None
+            raise StateError(f"{path}: {failure} ({exc.strerror})") from None
         try:
             with os.fdopen(fd, "w") as out:
-                json.dump(state.to_json(), out, indent=1)
+                out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
             directory = os.open(self.root, os.O_RDONLY)
             try:
                 os.fsync(directory)
@@ -313,7 +318,7 @@ class StateStore:
                 os.close(directory)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
-            raise StateError(f"{self.path}: cannot write the record ({exc.strerror})") from None
+            raise StateError(f"{path}: {failure} ({exc.strerror})") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -330,10 +335,7 @@ class StateStore:
             return Baseline.from_json(json.loads(self.baseline_path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        try:
-            self.baseline_path.write_text(json.dumps(baseline.to_json()))
-        except OSError as exc:
-            raise StateError(f"{self.baseline_path}: cannot write it ({exc.strerror})") from None
+        self._replace(self.baseline_path, json.dumps(baseline.to_json()), "cannot write it")  # as the record
         return baseline
 
     def baseline(self) -> Baseline | None:

@@ -171,6 +171,22 @@ def test_the_baseline_is_kept_once_and_read_back(tmp_path):
     assert store.baseline() is None
 
 
+def test_a_baseline_cut_short_leaves_none_that_down_would_misread(tmp_path, monkeypatch):
+    """Written like the record (temporary file, fsync, rename): a crash in the middle leaves no half file, which
+    `down` would read as no baseline at all, and so never put larval drop back."""
+    store = StateStore(tmp_path, 1)
+
+    def power_cut(*_: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", power_cut)
+    with pytest.raises(StateError, match=r"baseline\.json: cannot write it"):
+        store.keep_baseline(Baseline(True, ("135 OUT",), 7))
+    assert store.baseline() is None and list(tmp_path.iterdir()) == []  # no half file, no temporary left
+    monkeypatch.undo()
+    assert store.keep_baseline(Baseline(True, ("135 OUT",), 7)) == store.baseline() == Baseline(True, ("135 OUT",), 7)
+
+
 def test_a_baseline_written_before_acq_expires_was_kept_reads_as_the_kernels_default(tmp_path):
     store = StateStore(tmp_path, 1)
     store.baseline_path.write_text(json.dumps({"larval_drop": True, "nd_bypass": []}))
