@@ -72,7 +72,8 @@ def described(found: Restoration) -> str:
     layers = [f"{name} {after * 1e3:.0f} ms" for name, after in (("XFRM", found.xfrm_after), ("nftables",
                                                                                                found.nft_after))
               if after is not None]
-    return f"{found.restored_after * 1e3:.0f} ms ({', '.join(layers)})"
+    together = "; removal and restoration reached the observer together" if found.together else ""
+    return f"{found.restored_after * 1e3:.0f} ms ({', '.join(layers)}{together})"
 
 
 @pytest.mark.timing  # measures how soon

@@ -89,9 +89,29 @@ class Tables:
 @dataclass(frozen=True)
 class Restoration:
     removed_at: float  # when the first event of the removal reached the observer (time.monotonic)
-    restored_after: float  # seconds from then to the event after which both backstops were whole again
+    restored_after: float  # seconds from then until both backstops were whole again
     xfrm_after: float | None  # ... the XFRM backstop alone (None: the removal did not touch it)
     nft_after: float | None  # ... ikectl's nftables table alone
+    together: bool = False  # a removal and its restoration reached the observer in one burst: faster than it tells
+
+
+@dataclass
+class _Layer:
+    """One backstop as the observer follows it."""
+
+    whole: bool = True
+    removed_at: float | None = None
+    back_at: float | None = None
+    together: bool = False
+
+    def saw(self, arrived: float, broke: bool, whole: bool, back_at: float) -> None:
+        """A burst that arrived at `arrived`: did it take the layer apart at some point (`broke`), is it whole
+        after it (`whole`), and since when at the latest (`back_at`)."""
+        if broke and self.removed_at is None:
+            self.removed_at = arrived
+        if self.removed_at is not None and whole and self.back_at is None and (broke or not self.whole):
+            self.back_at, self.together = back_at, broke and back_at == arrived
+        self.whole = whole
 
 
 class Observer:
@@ -108,48 +128,50 @@ class Observer:
         self.nft = nft.Context()
         with XfrmClient() as client:
             self.xfrm_present = {p for p in map(_unindexed, client.policies()) if backstop.is_backstop(p)}
-        self.nft_intact = self.nft_state() == nft.TableState.INTACT
-        if not self.whole():
+        if len(self.xfrm_present) != len(backstop.policies()) or self.nft_state() != nft.TableState.INTACT:
             raise AssertionError("the backstops were not whole before the removal")
 
     def nft_state(self) -> nft.TableState:
         accepted, listing, _ = self.nft.run(f"list table {nft.FAMILY} {nft.TABLE}", json_output=True)
         return nft.state_of(listing) if accepted else nft.TableState.ABSENT
 
-    def whole(self) -> bool:
-        return len(self.xfrm_present) == len(backstop.policies()) and self.nft_intact
-
     def observe(self, removal: list[str], within: float) -> Restoration:
-        """Run `removal`; follow both backstops until they are whole again, or AssertionError after `within` s."""
+        """Run `removal`; follow both backstops until they are whole again, or AssertionError after `within` s.
+        The XFRM backstop is whole again at the arrival of the events that complete it. ikectl's table is read
+        after a burst of events that touch it: whole again at the arrival of a burst that re-made it, or, when the
+        read finds it whole without such a burst (re-made while the observer was reading), at the read's end."""
         proc = subprocess.Popen(removal, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        removed_at: float | None = None
-        back: dict[str, float | None] = {"xfrm": None, "nft": None}
+        layers = {"xfrm": _Layer(), "nft": _Layer()}
         deadline = time.monotonic() + within + 30  # the removal's own start, under TCG, comes on top
         try:
             while time.monotonic() < deadline:
                 ready = select.select([self.xfrm_events, self.nft_events], [], [], 0.5)[0]
                 arrived = time.monotonic()
-                was = {"xfrm": len(self.xfrm_present) == len(backstop.policies()), "nft": self.nft_intact}
-                self._follow_xfrm(_drain_all(self.xfrm_events) if self.xfrm_events in ready else b"")
-                if self.nft_events in ready and nft.table_events(_drain_all(self.nft_events)) != NOTHING:
-                    self.nft_intact = self.nft_state() == nft.TableState.INTACT
-                now = {"xfrm": len(self.xfrm_present) == len(backstop.policies()), "nft": self.nft_intact}
-                if removed_at is None and not all(now.values()):
-                    removed_at = arrived
-                for layer in back:
-                    if removed_at is not None and now[layer] and not was[layer]:
-                        back[layer] = arrived - removed_at
-                if removed_at is not None and all(now.values()):
-                    return Restoration(removed_at, max(t for t in back.values() if t is not None),
-                                       back["xfrm"], back["nft"])
-                if removed_at is not None and arrived - removed_at > within:
+                if self.xfrm_events in ready:
+                    broke, whole = self._follow_xfrm(_drain_all(self.xfrm_events))
+                    layers["xfrm"].saw(arrived, broke, whole, arrived)
+                if self.nft_events in ready:
+                    news = nft.table_events(_drain_all(self.nft_events))
+                    if news != NOTHING:
+                        whole = self.nft_state() == nft.TableState.INTACT
+                        layers["nft"].saw(arrived, news.removed, whole, arrived if news.added else time.monotonic())
+                started = [layer.removed_at for layer in layers.values() if layer.removed_at is not None]
+                if started and all(layer.whole for layer in layers.values()):
+                    first = min(started)
+                    after = {name: None if layer.back_at is None else layer.back_at - first
+                             for name, layer in layers.items()}
+                    return Restoration(first, max(t for t in after.values() if t is not None), after["xfrm"],
+                                       after["nft"], any(layer.together for layer in layers.values()))
+                if started and arrived - min(started) > within:
                     break
         finally:
             proc.wait(30)
-        raise AssertionError(f"{' '.join(removal)}: " + ("nothing was removed" if removed_at is None else
-                                                         f"not whole again within {within:g} s"))
+        raise AssertionError(f"{' '.join(removal)}: " + ("nothing was removed" if not any(
+            layer.removed_at for layer in layers.values()) else f"not whole again within {within:g} s"))
 
-    def _follow_xfrm(self, data: bytes) -> None:
+    def _follow_xfrm(self, data: bytes) -> tuple[bool, bool]:
+        """Follow the XFRM backstop through these events, in order: (taken apart at some point, whole after)."""
+        broke = False
         for event in events(data):
             if isinstance(event, Flushed) and event.what == "policies":
                 self.xfrm_present.clear()
@@ -157,6 +179,8 @@ class Observer:
                 self.xfrm_present.discard(_unindexed(event.policy))
             elif isinstance(event, PolicyAdded) and backstop.is_backstop(event.policy):
                 self.xfrm_present.add(_unindexed(event.policy))
+            broke = broke or len(self.xfrm_present) < len(backstop.policies())
+        return broke, len(self.xfrm_present) == len(backstop.policies())
 
 
 NOTHING = nft.TableEvents(removed=False, added=False)
