@@ -56,6 +56,8 @@ RESTART_EVERY_S = 5.0  # a pluto that keeps dying is started again at most this 
 # policies have stayed missing this long (routing one in the middle of a rekey lost queries, in the VM).
 UNROUTED_FOR_S = 1.0
 WATCHER_READY_S = 30.0  # a watcher that cannot start in this long: the rounds go on without it
+WATCHER_NICE = -10  # the watcher thread's scheduling priority: a removal is answered before anything else runs
+SWITCH_INTERVAL_S = 0.0005
 LOCK_WAIT_S = 2.0  # a round that cannot get the lock (an `up` holds it) is skipped: the next one tries again
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
@@ -341,6 +343,8 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
         return
     with contextlib.suppress(IkectlError, OSError):
         nft.check()  # this thread's libnftables context, made now
+    with contextlib.suppress(OSError):  # ahead of the rounds, pluto and the rest when a removal comes (root only)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WATCHER_NICE)
     ready.set()
     xfrm_events = sockets[0]
     while True:
@@ -377,6 +381,8 @@ def _drain(sock: socket.socket) -> tuple[bytes, bool]:
 def main(argv: list[str]) -> int:
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A round holds the GIL for most of a second under TCG; the watcher must not wait the default 5 ms per turn.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where each thread is to the log
     wake, ready = threading.Event(), threading.Event()
     threading.Thread(target=watch, args=(supervisor, event_sockets(), wake, ready), name="watch",

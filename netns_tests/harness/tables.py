@@ -110,7 +110,7 @@ class _Layer:
         if broke and self.removed_at is None:
             self.removed_at = arrived
         if self.removed_at is not None and whole and self.back_at is None and (broke or not self.whole):
-            self.back_at, self.together = back_at, broke and back_at == arrived
+            self.back_at, self.together = back_at, self.whole and back_at == arrived  # whole before it, too
         self.whole = whole
 
 
