@@ -63,28 +63,37 @@ def last_word(log: list[str], address: str) -> str | None:
     return None
 
 
-def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], now: float) -> Upkeep:
+def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], now: float,
+           loaded_at: int | None = None) -> Upkeep:
     """Exclude resolvers whose Child SA failed, readmit those whose time is up, route the groups again for
     members whose policies pluto dropped or whose clear fallback outlived `retry_after_s`. Returns the record to
     keep.
 
     Each member's log offset moves past what was read, so a round reads only what pluto wrote since the last
-    one: the supervisor calls this every second, and pluto's log grows for as long as it runs."""
+    one: the supervisor calls this every second, and pluto's log grows for as long as it runs.
+
+    `loaded_at` (from `up`): where pluto's log stood when `up` loaded the groups. A resolver whose exclusion ran
+    out was put back by `up` itself and negotiated with since, so its log counts from there: a refusal of `up`'s
+    own negotiation excludes it again. Counted from the end of the log instead, that refusal was skipped, and the
+    resolver stayed in the group while pluto held its DNS (an instance with an IKE SA and no Child SA: every
+    later ACQUIRE ignored as a duplicate) and logged nothing more (the walk, seed 422190952)."""
     record = state.upkeep
     retry = float(state.retry_after_s)
     in_groups = tuple(a for a in state.resolvers if str(a) not in state.unprotected)  # excluded or not
     excluded, offsets = dict(record.excluded), dict(record.log_offset)
     lost, clear_since = dict(record.lost_at), dict(record.clear_since)
+    readmit = [address for address, exclusion in record.excluded.items() if exclusion.until <= now]
+    for address in readmit:
+        del excluded[address]
+        if loaded_at is not None:
+            offsets[address] = loaded_at
     # From the earliest offset of all, members or not: an excluded resolver's offset stays where its refusal
     # was read, so while all are out a round reads the little pluto wrote since, not the whole log.
     start, log = run.read_log(min((offsets.get(str(a), 0) for a in state.resolvers), default=0))
     end = start + len(log)
-    readmitted = False
-    for address, exclusion in record.excluded.items():
-        if exclusion.until <= now:
-            del excluded[address]
-            offsets[address] = end  # what pluto wrote about it before counts no more
-            readmitted = True
+    if loaded_at is None:
+        offsets.update(dict.fromkeys(readmit, end))  # what pluto wrote about it before counts no more
+    readmitted = bool(readmit)
     table = list(kernel)
     stale_passes: list[xfrm.Policy] = []
     reroute = False
@@ -102,7 +111,7 @@ def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], n
         passes = _expired_clear(table, resolver, clear_since, now, retry)
         stale_passes += passes
         reroute = _lost(table, resolver, lost, now, retry, dropped=failed == LIVENESS) or bool(passes) or reroute
-    dropped = [ip_address(a) for a in excluded if a not in record.excluded]
+    dropped = [ip_address(a) for a in excluded if a not in record.excluded or a in readmit]  # excluded now
     members = tuple(a for a in in_groups if str(a) not in excluded)
     if readmitted or dropped:
         write_groups(run, state, members)

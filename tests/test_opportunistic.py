@@ -95,6 +95,25 @@ def test_a_refused_child_sa_puts_the_resolver_in_clear_then_back_after_retry(plu
     assert opportunistic.upkeep(run, state, traps(A, B), now=1062.0).excluded == {}
 
 
+def test_a_refusal_of_ups_own_negotiation_excludes_a_resolver_whose_exclusion_ran_out(pluto):
+    """The walk (seed 422190952): `up` ran after A's exclusion ran out and before a supervisor round readmitted it,
+    so `up` put A back in the group and negotiated; A refused again. Read from the end of the log, that refusal was
+    skipped: A stayed in the group while pluto held its DNS and ignored every later ACQUIRE as a duplicate."""
+    run, whack, _ = pluto
+    run.log.write_text(REFUSAL)  # the refusal that excluded A, before this `up`
+    loaded_at = run.log.stat().st_size  # `up` loads the groups with A in them, and negotiates
+    with run.log.open("a") as log:
+        log.write(REFUSAL)
+    state = record(A, B, retry=5, upkeep=Upkeep(excluded={A: Exclusion(until=1000.0, reason=opportunistic.REFUSED)},
+                                                 log_offset={A: loaded_at}))
+    kept = opportunistic.upkeep(run, state, traps(A, B), now=1001.0, loaded_at=loaded_at)
+    assert kept.excluded == {A: Exclusion(until=1006.0, reason=opportunistic.REFUSED)}
+    assert A not in group(run) and ("delete", f"private-or-clear#{A}/32-(0--17--53)") in whack.calls
+    # Nothing since `up` loaded the groups: readmitted, and the old refusal does not count again.
+    run.log.write_text(REFUSAL)
+    assert opportunistic.upkeep(run, state, traps(A, B), now=1001.0, loaded_at=loaded_at).excluded == {}
+
+
 def test_a_kernel_that_refuses_the_esp_sa_puts_the_resolver_in_clear(pluto):
     """IKE completes and pluto's Add SA fails (no ESP in the kernel): pluto holds the query, DNS would be
     blackholed (every query timed out for 50 s, measured on this host). The resolver goes to clear."""

@@ -120,6 +120,17 @@ def test_a_family_whose_resolvers_are_all_out_for_now_keeps_its_conn_with_an_emp
     assert files["ipsec.d/policies/private-or-clear"] == ""
 
 
+def test_every_resolver_out_for_now_keeps_both_group_conns():
+    """The walk (seed 422190952): a second `up` while every resolver was excluded rendered no conn at all, and
+    failed loading one (`add conn private-or-clear: pluto says: conn 'private-or-clear': not found`)."""
+    none_in = render.Profile(Mode.COFFEE_SHOP, sources={4: ip_address("192.0.2.7"), 6: ip_address("2001:db8::7")})
+    files = render.render_tree(none_in)
+    assert re.search(r"^conn private-or-clear\n\tleft=192\.0\.2\.7$", files["ipsec.conf"], re.M)
+    assert re.search(r"^conn private-or-clear6\n\tleft=2001:db8::7$", files["ipsec.conf"], re.M)
+    assert "shuntlifetime=" in files["ipsec.conf"]
+    assert files["ipsec.d/policies/private-or-clear"] == files["ipsec.d/policies/private-or-clear6"] == ""
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--mode", "trusted", "--resolver", "192.0.2.53"], "needs exactly one --resolver, with --resolver-id"),
     (["--mode", "coffee-shop", "--resolver", "192.0.2.300"], "--resolver 192.0.2.300: '192.0.2.300' is not an IP"),
