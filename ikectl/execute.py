@@ -50,6 +50,7 @@ from .whack import Whack
 
 Say = Callable[[str], None]
 TRAP_WAIT_S = 3.0
+GUARD_WAIT_S = 30.0  # a trusted `up` waits this long at most for the supervisor's guard table (seconds under TCG)
 
 
 class ApplyError(IkectlError):
@@ -73,6 +74,7 @@ class Execution:
     nd_before: tuple[str, ...] | None = None  # pluto's ND bypasses before our pluto started
     unprotected: dict[str, str] = field(default_factory=dict)
     upkeep: UpkeepRecord | None = None
+    groups_loaded_at: int | None = None  # the size of pluto's log when the conns were loaded (the upkeep reads on)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -193,9 +195,27 @@ def _ensure_supervisor(_: EnsureSupervisor, ex: Execution) -> None:
     recorded = ex.record.supervisor_pid if ex.record is not None else None
     if daemon.supervisor_running(recorded) and recorded in daemon.supervisors_of(ex.run):
         ex.supervisor_pid = recorded
-        return
-    ex.supervisor_pid = daemon.start_supervisor(ex.run)
-    ex.stack.callback(daemon.stop_supervisor, ex.supervisor_pid)
+    else:
+        ex.supervisor_pid = daemon.start_supervisor(ex.run)
+        ex.stack.callback(daemon.stop_supervisor, ex.supervisor_pid)
+    if ex.intent is not None and ex.intent.mode == Mode.TRUSTED:
+        late = await_guard(ex.supervisor_pid)
+        if late is not None:
+            ex.warnings.append(late)
+
+
+def await_guard(supervisor_pid: int | None) -> str | None:
+    """Wait until the supervisor holds its guard table (a trusted `up`'s own goes when it exits, and the
+    supervisor takes its guard a moment after it starts); a warning when it does not within GUARD_WAIT_S."""
+    if not nft.available():
+        return None
+    deadline = time.monotonic() + GUARD_WAIT_S
+    while nft.check(nft.GUARD) != nft.TableState.INTACT:
+        if time.monotonic() > deadline:
+            return (f"the supervisor (pid {supervisor_pid}) did not take its guard table within {GUARD_WAIT_S:g} s: "
+                    "until it does, the other two backstops hold alone")
+        time.sleep(0.02)
+    return None
 
 
 # --- the tree and pluto's conns -----------------------------------------------------------------------------
@@ -244,6 +264,7 @@ def _load_conns(step: LoadConns, ex: Execution) -> None:
     profile = ex.intent.profile
     whack = ex.whack
     ex.say("loading the conns into pluto")
+    ex.groups_loaded_at = _log_size(ex.run)
     groups = profile.groups()
     if step.replacing:
         # Before --listen, which reloads the groups: with a group conn still in, an instance of a resolver line
@@ -266,6 +287,13 @@ def _load_conns(step: LoadConns, ex: Execution) -> None:
     if groups:
         opportunistic.route_groups(whack, profile.opportunistic)
         _wait_for_traps(ex, whack, profile.opportunistic)
+
+
+def _log_size(run: daemon.RunDir) -> int:
+    try:
+        return run.log.stat().st_size
+    except OSError:  # no log yet
+        return 0
 
 
 def _wait_for_traps(ex: Execution, whack: Whack, resolvers: tuple[Address, ...]) -> None:
@@ -365,7 +393,8 @@ def _upkeep(_: Upkeep, ex: Execution) -> None:
     record = ex.make_record(ex)
     with xfrm.XfrmClient() as client:
         table = client.policies()
-    ex.upkeep = opportunistic.upkeep(ex.run, record, table, time.time())
+    # A resolver whose exclusion ran out is in the groups this `up` loaded: what pluto said since counts for it.
+    ex.upkeep = opportunistic.upkeep(ex.run, record, table, time.time(), loaded_at=ex.groups_loaded_at)
 
 
 def _record(_: Record, ex: Execution) -> None:

@@ -77,6 +77,7 @@ class TableState(Enum):
 
 
 GUARD = "ikectl-guard"  # the same rules in a table the supervisor owns (Guard)
+UP_GUARD = "ikectl-up-guard-{pid}"  # ... and in one a trusted `up` owns while it runs (protect.first)
 
 
 def program() -> Path | None:
@@ -205,24 +206,24 @@ def _first(errors: str) -> str:
 
 
 def state_of(listing: str) -> TableState:
-    """The table's state from `nft -j list table inet ikectl` (pure: the unit tests feed it listings)."""
+    """The table's state from `nft -j list table inet ikectl` (pure: the unit tests feed it listings): whole only
+    with exactly ikectl's chains and rules, each rule once."""
     try:
         items = json.loads(listing)["nftables"]
     except (ValueError, KeyError, TypeError):
         return TableState.DAMAGED
     chains = {i["chain"]["name"]: i["chain"] for i in items if isinstance(i, dict) and "chain" in i}
-    comments: dict[str, set[str]] = {}
+    comments: dict[str, list[str]] = {}
     for item in items:
         rule = item.get("rule") if isinstance(item, dict) else None
         if isinstance(rule, dict):
-            comments.setdefault(str(rule.get("chain")), set()).add(str(rule.get("comment")))
+            comments.setdefault(str(rule.get("chain")), []).append(str(rule.get("comment")))
     if not any(isinstance(i, dict) and "table" in i for i in items):
         return TableState.ABSENT
-    for chain, rules in RULES.items():
-        found = chains.get(chain)
-        if found is None or found.get("hook") != HOOKS[chain] or found.get("policy") != "accept":
-            return TableState.DAMAGED
-        if not set(rules) <= comments.get(chain, set()):
+    if set(chains) != set(RULES) or any(sorted(comments.get(c, [])) != sorted(RULES[c]) for c in RULES):
+        return TableState.DAMAGED  # a chain or a rule missing, or one that is not ikectl's (an `accept` put in)
+    for chain in RULES:
+        if chains[chain].get("hook") != HOOKS[chain] or chains[chain].get("policy") != "accept":
             return TableState.DAMAGED
     return TableState.INTACT
 
@@ -285,11 +286,11 @@ class Guard:
     (the supervisor exits, `down` stops it). With it, flushing the XFRM policies and the nftables ruleset at once
     still leaves one backstop whole. None of it is ever undone by another program; `release` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = GUARD) -> None:
         self._context: Context | None = Context()
         # An owned table cannot be replaced by a new owner: a guard of a supervisor that died is gone with it.
         accepted, _, errors = self._context.run(
-            ruleset(GUARD, "owner").replace(f"add table {FAMILY} {GUARD}\ndelete table {FAMILY} {GUARD}\n", ""))
+            ruleset(name, "owner").replace(f"add table {FAMILY} {name}\ndelete table {FAMILY} {name}\n", ""))
         if not accepted:
             self.release()
             raise NftError(f"nftables refused ikectl's guard table: {_first(errors)}")

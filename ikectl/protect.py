@@ -92,3 +92,20 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
                 continue  # gone meanwhile
     if refused is not None:
         raise refused
+    hold_up_guard()
+
+
+_UP_GUARD: list[nft.Guard] = []  # this process's, held until it exits
+
+
+def hold_up_guard() -> None:
+    """The guard table again, owned by this process (a trusted `up`, the NetworkManager hook) for as long as it
+    runs: until the supervisor holds its own, `ip xfrm policy flush; nft flush ruleset` together would leave no
+    backstop at all (a first `up` has no supervisor until its end, and a new one takes its guard a moment after
+    it starts). Best effort: without nftables the XFRM backstop is all there is, as `up` says."""
+    if _UP_GUARD or not nft.available():
+        return
+    try:
+        _UP_GUARD.append(nft.Guard(nft.UP_GUARD.format(pid=os.getpid())))
+    except nft.NftError:
+        return

@@ -266,6 +266,9 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
         config_path=record.config_path if record is not None else None, retry_after_s=config.coffee_shop.retry_after_s,
         blocked=Blocked(f"applying trusted mode failed: {reason}", now),
         interference=record.interference if record is not None else ()))
+    late = execute.await_guard(supervisor)
+    if late is not None:
+        say(late)
 
 
 # --- down ---------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,6 +61,8 @@ SWITCH_INTERVAL_S = 0.0005
 LOCK_WAIT_S = 2.0  # a round that cannot get the lock (an `up` holds it) is skipped: the next one tries again
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+# Any change to ikectl's table sends the watcher to read it: a removal, or a rule put in (an `accept` ahead of ours).
+NO_TABLE_EVENTS = nft.TableEvents(removed=False, added=False)
 XFRM_REMOVALS = {0x14, 0x1B, 0x1D}  # XFRM_MSG_DELPOLICY, XFRM_MSG_POLEXPIRE, XFRM_MSG_FLUSHPOLICY
 
 
@@ -71,12 +73,18 @@ class Supervisor:
         self.restarted_at = 0.0
         self.unrouted: dict[str, float] = {}  # conn -> when its policies were first seen missing
         self.guarded = False  # the last round wanted the backstops: a removal is answered before any lock
+        self.seen_whole = False  # ... and found them whole
         self.guard: nft.Guard | None = None
         self.restored: deque[str] = deque()  # what `at_once` (the watcher thread) put back, for a round to note
         self.passes_removed: deque[str] = deque()  # ... and the clear passes it removed
 
     def tick(self, now: float) -> bool:
         """One round; False when this supervisor should end."""
+        if self.wanted_before_lock():
+            # A trusted `up` holds the lock: the guard, and answers to removals, need not wait for it (the `up`
+            # waits for this guard before it lets its own go).
+            self.hold_guard(True)
+            self.guarded = True
         try:
             with self.store.lock(wait_s=LOCK_WAIT_S):
                 record = self.store.read()
@@ -98,6 +106,15 @@ class Supervisor:
         interrupted (its marker): the backstops it put in stay until an `up` or `down` says otherwise."""
         trusted = record.mode == Mode.TRUSTED and record.portal_until is None
         return trusted or protect.pending(self.store) is not None
+
+    def wanted_before_lock(self) -> bool:
+        """Backstops wanted, as far as can be told without the lock: a trusted `up` under way, or a record (read
+        unlocked: it is replaced atomically) in trusted mode with no portal window open."""
+        pending = protect.pending(self.store)
+        if pending is not None and pending[1]:
+            return True
+        record = self.store.read()
+        return isinstance(record, RunState) and record.supervisor_pid == os.getpid() and self.backstop_wanted(record)
 
     def hold_guard(self, wanted: bool) -> None:
         if wanted and self.guard is None:
@@ -141,10 +158,11 @@ class Supervisor:
         if record.portal_until is not None and record.portal_until <= now:
             record = replace(record, portal_until=None)  # the window ended: the backstops come back below
         record = self.revive(record, now)
-        restored = [self.restored.popleft() for _ in range(len(self.restored))]
+        restored = Counter(self.restored.popleft() for _ in range(len(self.restored)))
         if restored:
-            record = record.noting(f"another program removed trusted mode's protection ({'; '.join(restored)}):"
-                                   " restored at once", now)
+            what = "; ".join(f"{part}, {times} times" if times > 1 else part for part, times in restored.items())
+            record = record.noting(f"another program removed trusted mode's protection ({what}): restored at once",
+                                   now)
             _log(record.interference[-1].what)
         passes = [self.passes_removed.popleft() for _ in range(len(self.passes_removed))]
         if passes:
@@ -152,6 +170,10 @@ class Supervisor:
                  f"{'; '.join(passes)}")
         facts = session.gather(record.run_dir)
         wanted = self.backstop_wanted(record)
+        # Backstops not yet seen whole since they were wanted (a trusted `up` has just begun and is putting them
+        # in): missing ones are not another program's doing.
+        newly = not self.seen_whole
+        self.seen_whole = wanted and facts.protection is not None and facts.protection.complete
         self.guarded = wanted
         self.hold_guard(wanted)
         missing = plan.unrouted(record, facts)
@@ -172,7 +194,7 @@ class Supervisor:
                 execute.run(steps, execute.Execution(self.run, self.store, record, _log, stack))
                 stack.pop_all()
             for step in steps:
-                record = record.noting(_what(step, facts), now)
+                record = record.noting(_what(step, facts, newly), now)
                 _log(record.interference[-1].what)
         upkeep = (record.mode == Mode.COFFEE_SHOP and record.blocked is None and facts.pluto.pid is not None
                   and not facts.pluto.stopped)
@@ -220,7 +242,9 @@ class Supervisor:
         return status.trusted_failure(fresh.decode(errors="replace").splitlines()) == status.OTHER_KEY
 
 
-def _what(step: plan.Step, facts: plan.Facts) -> str:
+def _what(step: plan.Step, facts: plan.Facts, newly_wanted: bool = False) -> str:
+    if isinstance(step, plan.Protect) and newly_wanted:
+        return "the backstops a trusted `up` under way wants: put in"
     if isinstance(step, plan.Protect) and facts.protection is not None:
         return f"another program removed trusted mode's protection ({facts.protection.describe()}): restored"
     if isinstance(step, plan.RemoveBackstop):
@@ -228,7 +252,8 @@ def _what(step: plan.Step, facts: plan.Facts) -> str:
     if isinstance(step, plan.ReloadConns):
         return f"pluto's policies for {', '.join(step.names)} were removed by another program: loaded again"
     if isinstance(step, plan.DeletePolicies):
-        return f"removed {len(step.policies)} policies of pluto's kind for {step.why}"
+        count = len(step.policies)
+        return f"removed {count} {'policy' if count == 1 else 'policies'} of pluto's kind for {step.why}"
     return type(step).__name__
 
 
@@ -356,7 +381,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
             if sock is xfrm_events:
                 xfrm_hit.add(xfrm_news(data) if complete else XfrmNews(None))
             else:
-                nft_hit = nft_hit or not complete or nft.table_events(data).removed
+                nft_hit = nft_hit or not complete or nft.table_events(data) != NO_TABLE_EVENTS
         if xfrm_hit.any or nft_hit:
             try:
                 supervisor.at_once(xfrm_hit, nft_hit)

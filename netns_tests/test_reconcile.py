@@ -28,7 +28,7 @@ from ikectl.state import RunState, StateStore, state_dir
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query
-from netns_tests.harness.tables import removed_and_restored
+from netns_tests.harness.tables import Tables, removed_and_restored
 from netns_tests.scenarios import walk
 from netns_tests.scenarios.walk import OE4, OE6, PLAIN4, PLAIN6, TRUSTED, Action
 
@@ -148,6 +148,52 @@ def test_a_flush_by_another_program_is_restored_at_once_and_status_says_so(world
     assert any("another program removed trusted mode's protection" in n for n in notes), notes
     steps(world)
     no_plaintext_while_trusted(world)
+
+
+FLUSHER = "while true; do ip xfrm policy flush; nft flush ruleset; sleep 0.02; done"
+
+
+def test_both_tables_flushed_over_and_over_while_a_first_trusted_up_runs_and_after_leak_nothing(world):
+    """The adversarial review: with no supervisor yet (a first `up`), or one that had not taken its guard table
+    (right after `up` returned), flushing the XFRM policies and the nftables ruleset together left no backstop at
+    all: 698 and 223 plaintext packets. Now the `up` holds a guard table of its own from its first step until the
+    supervisor's is in. The trusted phase counts from that first step (the up's guard seen in the kernel)."""
+    steps(world, Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED))
+    tables = Tables(world.client.netns)
+    stop = threading.Event()
+
+    def send() -> None:
+        with world.topo.socket(world.client) as sender:
+            while not stop.wait(0.002):
+                with contextlib.suppress(PermissionError):  # refused by a backstop: what we want
+                    sender.sendto(b"\x12\x34" + bytes(10), (PLAIN4, 53))
+
+    def up_guard_in() -> bool:
+        accepted, listing, _ = tables.nft.run("list tables")
+        return accepted and "ikectl-up-guard-" in listing
+
+    flusher = subprocess.Popen(["ip", "netns", "exec", world.client.netns, "sh", "-c", FLUSHER])
+    stream = threading.Thread(target=send, daemon=True)
+    up = threading.Thread(target=world.apply, args=(Action("up"),), daemon=True)
+    try:
+        stream.start()
+        up.start()
+        while not up_guard_in():
+            assert up.is_alive(), "`ikectl up` returned and its guard table was never seen"
+            time.sleep(0.001)
+        world.model.trusted_since = time.time()
+        up.join(60)
+        assert not up.is_alive(), "`ikectl up` under flushes did not return within 60 s"
+        time.sleep(2)  # the supervisor's guard holds alone now
+    finally:
+        flusher.kill()
+        flusher.wait()
+        stop.set()
+        stream.join(10)
+        tables.close()
+    world.model.trusted_since = world.model.trusted_since or time.time()
+    no_plaintext_while_trusted(world)
+    steps(world)
 
 
 def test_a_clear_pass_for_a_managed_resolver_added_while_a_trusted_up_waits_is_removed_at_once(world):

@@ -62,7 +62,7 @@ def test_leaks_are_clear_passes_for_dns_ahead_of_the_backstop():
     assert "dst 0.0.0.0/0 proto any dir out priority 2801872 allow" in policies.describe(others[0])
 
 
-def nft_listing(drop: str | None = None, hook: str = "output") -> str:
+def nft_listing(drop: str | None = None, hook: str = "output", extra: dict[str, object] | None = None) -> str:
     items: list[dict[str, object]] = [{"metainfo": {"version": "1.0.6"}},
                                       {"table": {"family": "inet", "name": "ikectl", "handle": 5}}]
     for chain, rules in nft.RULES.items():
@@ -70,13 +70,20 @@ def nft_listing(drop: str | None = None, hook: str = "output") -> str:
                                 "hook": hook if chain == "out" else nft.HOOKS[chain], "prio": 0, "policy": "accept"}})
         items += [{"rule": {"family": "inet", "table": "ikectl", "chain": chain, "comment": comment, "expr": []}}
                   for comment in rules if comment != drop]
-    return json.dumps({"nftables": items})
+    return json.dumps({"nftables": items + ([extra] if extra else [])})
 
 
 def test_the_nftables_table_is_whole_only_with_every_chain_and_rule():
     assert nft.state_of(nft_listing()) == nft.TableState.INTACT
     assert nft.state_of(nft_listing(drop="ikectl: udp/53 out without IPsec")) == nft.TableState.DAMAGED
     assert nft.state_of(nft_listing(hook="input")) == nft.TableState.DAMAGED
+    # Another program's rule in ikectl's table (`nft insert rule inet ikectl out udp dport 53 accept`), or a chain.
+    accept = {"rule": {"family": "inet", "table": "ikectl", "chain": "out", "expr": [{"accept": None}]}}
+    assert nft.state_of(nft_listing(extra=accept)) == nft.TableState.DAMAGED
+    twice = {"rule": {"family": "inet", "table": "ikectl", "chain": "out", "comment": "ikectl: loopback stubs"}}
+    assert nft.state_of(nft_listing(extra=twice)) == nft.TableState.DAMAGED
+    chain = {"chain": {"family": "inet", "table": "ikectl", "name": "early", "hook": "output", "prio": -400}}
+    assert nft.state_of(nft_listing(extra=chain)) == nft.TableState.DAMAGED
     assert nft.state_of('{"nftables": [{"metainfo": {}}]}') == nft.TableState.ABSENT
     assert nft.state_of("not json") == nft.TableState.DAMAGED
     assert "rt ipsec missing" in nft.ruleset() and nft.ruleset().startswith("add table inet ikectl\ndelete table")
