@@ -228,6 +228,18 @@ def test_a_clear_pass_for_a_managed_resolver_added_while_a_trusted_up_waits_is_r
     no_plaintext_while_trusted(world)
 
 
+def test_entering_trusted_mode_from_coffee_shop_is_not_blamed_on_another_program(world):
+    """The adversarial review, 2 runs of 2: the coffee-shop supervisor's round saw the backstops a trusted `up` was
+    putting in half-way, and noted that another program had removed them."""
+    steps(world, Action("resolvers", (PLAIN4,)), Action("up"))
+    time.sleep(1.5)  # the coffee-shop supervisor's rounds
+    steps(world, Action("mode", Mode.TRUSTED), Action("up"))
+    time.sleep(1.5)
+    notes = status(world)["notes"]
+    assert not any("another program" in note for note in notes), notes
+    no_plaintext_while_trusted(world)
+
+
 def test_leaving_trusted_mode_is_neither_undone_by_the_supervisor_nor_blamed_on_another_program(world):
     """The adversarial review: the coffee-shop `up` that lifts trusted mode's backstops met the supervisor's answer
     to removals, which put them back without the lock; the round after noted that another program had removed
