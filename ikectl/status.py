@@ -80,6 +80,11 @@ class Seen:
     moved: tuple[str, str] | None = None  # (address pluto's policies are for, address this host sends from now)
     log_word: str | None = None  # pluto's last word on it, as a reason
     now: float = 0.0
+    unguarded: bool = False  # trusted: no backstop at all in the kernel (XFRM incomplete, both nftables tables gone)
+
+
+UNGUARDED = ("NOTHING BLOCKS ITS DNS: the XFRM backstop is incomplete and both nftables tables are gone (is the "
+             "supervisor running?); `ikectl up` puts them back")
 
 
 def decide(seen: Seen) -> tuple[Verdict, str]:
@@ -92,7 +97,11 @@ def _trusted(seen: Seen) -> tuple[Verdict, str]:
     if seen.address != record.trusted:
         if record.portal_until is not None and seen.now < record.portal_until:
             return Verdict.CLEAR, f"captive-portal window open for {_age(record.portal_until - seen.now)} more"
+        if seen.unguarded:
+            return Verdict.CLEAR, UNGUARDED
         return Verdict.BLOCKED, "not the trusted resolver"
+    if seen.unguarded and not seen.covered:
+        return Verdict.CLEAR, UNGUARDED
     if record.blocked is not None:
         return Verdict.BLOCKED, f"{record.blocked.reason}; the backstops keep DNS off the wire until the next `up`"
     if seen.established is not None and seen.has_sa:
@@ -165,13 +174,15 @@ def gather(config: Config | None = None, portal: str | None = None) -> Status:
         sas = [sa for sa in client.sas() if not sa.larval]
     log = _log_tail(run)
     moved = opportunistic.moved_groups(run, record.resolvers) if record.mode == Mode.COFFEE_SHOP else {}
+    guarded = record.mode == Mode.TRUSTED and (record.portal_until is None or record.portal_until <= now)
+    shown = protection(table)
+    unguarded = (guarded and shown.xfrm_missing > 0 and shown.nft != nft.TableState.INTACT
+                 and nft.check(nft.GUARD) != nft.TableState.INTACT)
     rows = [_row(Seen(address, record, pid, stopped, *_about(address, record, traffic, shunts, table, sas, log,
-                                                             moved), now=now), sas)
+                                                             moved), now=now, unguarded=unguarded), sas)
             for address in record.resolvers]
     if config is not None:
         rows = [_attested(r, record, config, now) for r in rows]
-    guarded = record.mode == Mode.TRUSTED and (record.portal_until is None or record.portal_until <= now)
-    shown = protection(table)
     return Status(up=True, mode=record.mode.value, pluto_pid=pid, resolvers=tuple(rows), portal=portal,
                   protection=shown.describe() if guarded else None,
                   notes=tuple(_notes(record, table, pid, now, shown.nft.value)))

@@ -240,6 +240,21 @@ def test_entering_trusted_mode_from_coffee_shop_is_not_blamed_on_another_program
     no_plaintext_while_trusted(world)
 
 
+def test_with_no_backstop_left_the_rows_say_nothing_blocks_and_up_puts_them_back(world):
+    """The adversarial review: with the supervisor killed and both tables flushed, every row still said
+    `blocked` while DNS to the other resolver left in clear."""
+    steps(world, Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED), Action("up"))
+    record = world.record()
+    assert isinstance(record, RunState) and record.supervisor_pid is not None
+    os.kill(record.supervisor_pid, signal.SIGKILL)  # its guard table goes with it
+    walk._wait_gone(record.supervisor_pid)
+    world.topo.run(world.client, ["sh", "-c", "ip xfrm policy flush; nft flush ruleset"])
+    row = rows(world)[PLAIN4]
+    assert row["state"] == "clear" and row["reason"].startswith("NOTHING BLOCKS"), row
+    steps(world, Action("up"))
+    assert rows(world)[PLAIN4]["state"] == "blocked"
+
+
 def test_leaving_trusted_mode_is_neither_undone_by_the_supervisor_nor_blamed_on_another_program(world):
     """The adversarial review: the coffee-shop `up` that lifts trusted mode's backstops met the supervisor's answer
     to removals, which put them back without the lock; the round after noted that another program had removed

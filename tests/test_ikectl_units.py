@@ -51,6 +51,10 @@ def test_trusted_verdicts():
     assert decide(covered=True, log_word="the resolver presented a different key") == (
         "blocked", "the resolver presented a different key")
     assert decide(covered=True) == ("blocked", "IKE starts with the next query; until then nothing leaves")
+    # No backstop left at all (the supervisor killed, then both tables flushed): the rows say so, not "blocked".
+    assert decide(address=OTHER, unguarded=True) == ("clear", status.UNGUARDED)
+    assert decide(covered=False, unguarded=True) == ("clear", status.UNGUARDED)
+    assert decide(covered=True, unguarded=True)[0] == "blocked"  # its own trap still catches its DNS
     blocked = replace(TRUSTED, blocked=Blocked("applying trusted mode failed: boom", 1500.0))
     assert status.decide(seen(blocked, established="@x", has_sa=True))[1].startswith(
         "applying trusted mode failed: boom")
