@@ -51,29 +51,9 @@ def check(msg: Any) -> Record:
     return Record(msg_type, m.message_fields(msg), attributes(msg))
 
 
-def parse(data: bytes) -> Iterator[Record]:
-    """Every XFRM message in a netlink datagram (NOOP and DONE skipped), checked."""
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < NLMSG_HEADER.size:
-            raise XfrmDecodeError(f"{len(data) - offset} trailing bytes: shorter than a netlink header")
-        length, msg_type, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
-        if length < NLMSG_HEADER.size or offset + length > len(data):
-            raise XfrmDecodeError(f"netlink length {length} at offset {offset} does not fit the {len(data)}-byte "
-                                  "datagram")
-        if msg_type == NLMSG_ERROR:
-            raise XfrmDecodeError("an error message where an XFRM message was expected")
-        if msg_type not in (NLMSG_NOOP, NLMSG_DONE):
-            yield _decode_one(data[offset:offset + length], msg_type)
-        offset += (length + 3) & ~3
-
-
-ERROR_CODE = struct.Struct("=i")
-
-
-def acks(data: bytes) -> Iterator[tuple[int, int]]:
-    """(sequence number, error) of each NLMSG_ERROR in a datagram of answers to requests: error 0 is an ack,
-    a negative errno a refusal. Other messages are skipped; a message that does not fit is XfrmDecodeError."""
+def _split(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Each netlink message in a datagram as (its bytes, type, sequence number); XfrmDecodeError where one does
+    not fit."""
     offset = 0
     while offset < len(data):
         if len(data) - offset < NLMSG_HEADER.size:
@@ -82,11 +62,30 @@ def acks(data: bytes) -> Iterator[tuple[int, int]]:
         if length < NLMSG_HEADER.size or offset + length > len(data):
             raise XfrmDecodeError(f"netlink length {length} at offset {offset} does not fit the {len(data)}-byte "
                                   "datagram")
-        if msg_type == NLMSG_ERROR:
-            if length < NLMSG_HEADER.size + ERROR_CODE.size:
-                raise XfrmDecodeError(f"an error message of {length} bytes has no error code")
-            yield seq, ERROR_CODE.unpack_from(data, offset + NLMSG_HEADER.size)[0]
+        yield data[offset:offset + length], msg_type, seq
         offset += (length + 3) & ~3
+
+
+def parse(data: bytes) -> Iterator[Record]:
+    """Every XFRM message in a netlink datagram (NOOP and DONE skipped), checked."""
+    for chunk, msg_type, _seq in _split(data):
+        if msg_type == NLMSG_ERROR:
+            raise XfrmDecodeError("an error message where an XFRM message was expected")
+        if msg_type not in (NLMSG_NOOP, NLMSG_DONE):
+            yield _decode_one(chunk, msg_type)
+
+
+ERROR_CODE = struct.Struct("=i")
+
+
+def acks(data: bytes) -> Iterator[tuple[int, int]]:
+    """(sequence number, error) of each NLMSG_ERROR in a datagram of answers to requests: error 0 is an ack,
+    a negative errno a refusal. Other messages are skipped; a message that does not fit is XfrmDecodeError."""
+    for chunk, msg_type, seq in _split(data):
+        if msg_type == NLMSG_ERROR:
+            if len(chunk) < NLMSG_HEADER.size + ERROR_CODE.size:
+                raise XfrmDecodeError(f"an error message of {len(chunk)} bytes has no error code")
+            yield seq, ERROR_CODE.unpack_from(chunk, NLMSG_HEADER.size)[0]
 
 
 def _decode_one(chunk: bytes, msg_type: int) -> Record:
