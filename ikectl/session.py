@@ -266,7 +266,7 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
         config_path=record.config_path if record is not None else None, retry_after_s=config.coffee_shop.retry_after_s,
         blocked=Blocked(f"applying trusted mode failed: {reason}", now),
         interference=record.interference if record is not None else ()))
-    late = execute.await_guard(supervisor)
+    late = execute.await_guard(supervisor) if supervisor is not None else None
     if late is not None:
         say(late)
 

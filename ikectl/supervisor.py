@@ -309,8 +309,8 @@ def xfrm_news(data: bytes) -> XfrmNews:
             lost = len(backstop.policies())
         elif isinstance(event, xfrm.PolicyDeleted | xfrm.PolicyExpired) and backstop.is_backstop(event.policy):
             lost += not isinstance(event, xfrm.PolicyExpired) or event.hard
-        elif isinstance(event, xfrm.PolicyAdded) and policies.clear_pass(event.policy):
-            passes.append(event.policy)
+        elif isinstance(event, xfrm.PolicyAdded) and policies.clear_pass(event.policy) and not event.policy.owned:
+            passes.append(event.policy)  # not ikectl's own loopback allows, which the backstop's put_back sends
     return XfrmNews(min(lost, len(backstop.policies())), tuple(passes))
 
 
