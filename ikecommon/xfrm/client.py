@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import select
 import socket
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ class PreparedPolicies:
     def put_back(self) -> None:
         """Send them all and wait for the kernel's answer to each: KernelRefused naming the first it refused,
         XfrmError if it did not answer within ACK_TIMEOUT_S."""
+        while select.select([self._sock], [], [], 0)[0]:  # late answers to a put_back that timed out: not ours
+            self._sock.recv(1 << 16)
         self._sock.send(self._batch)
         waiting, refused = set(range(1, len(self.policies) + 1)), {}
         try:
