@@ -60,6 +60,12 @@ def pending(store: StateStore) -> tuple[int, bool] | None:
     return pid, process(pid) is not None
 
 
+def trusted_up_running(store: StateStore) -> bool:
+    """Is a trusted `up` under way now (its marker names a live process)?"""
+    found = pending(store)
+    return found is not None and found[1]
+
+
 def done(store: StateStore, *, whoever: bool = False) -> None:
     """Remove the marker when it is this process's, or its writer is gone (or `whoever`: `down`)."""
     found = pending(store)

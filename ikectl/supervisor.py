@@ -110,8 +110,7 @@ class Supervisor:
     def wanted_before_lock(self) -> bool:
         """Backstops wanted, as far as can be told without the lock: a trusted `up` under way, or a record (read
         unlocked: it is replaced atomically) in trusted mode with no portal window open."""
-        pending = protect.pending(self.store)
-        if pending is not None and pending[1]:
+        if protect.trusted_up_running(self.store):
             return True
         record = self.store.read()
         return isinstance(record, RunState) and record.supervisor_pid == os.getpid() and self.backstop_wanted(record)
@@ -132,8 +131,7 @@ class Supervisor:
         pass pluto added for DNS to a resolver ikectl manages (a coffee-shop pluto's fallback, during the switch to
         trusted mode: it outranks the XFRM backstop). Not while a coffee-shop `up` or a `down` holds the lock: they
         lift the backstops on purpose, and the round after them repairs what is missing."""
-        trusted_up = protect.pending(self.store)
-        if not self.guarded or (self.store.busy_elsewhere() and not (trusted_up is not None and trusted_up[1])):
+        if not self.guarded or (self.store.busy_elsewhere() and not protect.trusted_up_running(self.store)):
             return
         with contextlib.suppress(IkectlError, OSError):
             lost = xfrm_hit.put_back()
@@ -376,7 +374,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
         readable, _, _ = select.select(sockets, [], [])
         removed, nft_hit, xfrm_hit = False, False, XfrmHit(client, prepared)
         for sock in readable:
-            data, complete = _drain(sock)
+            data, complete = drain(sock)
             removed = removed or not complete or removals(data)
             if sock is xfrm_events:
                 xfrm_hit.add(xfrm_news(data) if complete else XfrmNews(None))
@@ -391,7 +389,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
             wake.set()
 
 
-def _drain(sock: socket.socket) -> tuple[bytes, bool]:
+def drain(sock: socket.socket) -> tuple[bytes, bool]:
     """Every event waiting on `sock`, and whether none were lost (ENOBUFS: the kernel could not queue some)."""
     chunks = []
     while True:

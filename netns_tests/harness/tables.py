@@ -28,7 +28,7 @@ from pathlib import Path
 from pyroute2 import netns as pyroute2_netns
 
 from ikecommon.xfrm import Flushed, Group, Policy, PolicyAdded, PolicyDeleted, XfrmClient, event_socket, events
-from ikectl import backstop, nft
+from ikectl import backstop, nft, supervisor
 
 NETLINK_NETFILTER, NFNLGRP_NFTABLES, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 7, 270, 1
 
@@ -45,14 +45,9 @@ def nft_events(netns: str | None) -> socket.socket:
 
 
 def drain(sock: socket.socket) -> bytes:
-    """Every event waiting, as one string of netlink messages (BlockingIOError ends it; ENOBUFS too: some were
-    lost, and the tables are read afresh anyway)."""
-    chunks = []
-    while True:
-        try:
-            chunks.append(sock.recv(1 << 16))
-        except OSError:
-            return b"".join(chunks)
+    """Every event waiting, as one string of netlink messages (events lost to ENOBUFS do not matter here: the
+    tables are read afresh anyway)."""
+    return supervisor.drain(sock)[0]
 
 
 class Tables:
@@ -235,16 +230,8 @@ def _unindexed(policy: Policy) -> Policy:
 
 
 def _drain_all(sock: socket.socket) -> bytes:
-    data, lost = b"", False
-    while True:
-        try:
-            data += sock.recv(1 << 16)
-        except BlockingIOError:
-            break
-        except OSError:  # ENOBUFS
-            lost = True
-            break
-    if lost:
+    data, complete = supervisor.drain(sock)
+    if not complete:
         raise AssertionError("the observer lost events (ENOBUFS): its figure would be made up")
     return data
 
