@@ -1,4 +1,4 @@
-"""Profiles to libreswan config trees, through the Jinja2 templates in templates/.
+"""Profiles to libreswan config trees, through the Jinja2 templates in ikectl/templates/ (package data).
 
 A `Profile` is everything a tree depends on, already validated (config.py, keys.py); `render_tree`
 turns it into file contents and `write_tree` writes them, touching nothing else. `check_tree` asks
@@ -25,7 +25,6 @@ from .errors import IkectlError
 if TYPE_CHECKING:
     import jinja2
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 ADDCONN = Path("/usr/libexec/ipsec/addconn")
 # pluto reads an opportunistic group from ipsec.d/policies/<conn name>; a group conn is of one address family, so
 # coffee-shop has one per family. The other names are libreswan's own groups, written empty.
@@ -97,8 +96,9 @@ class Group:
 @functools.cache
 def environment() -> jinja2.Environment:
     import jinja2  # noqa: PLC0415 - 35 ms to import: loaded by the commands that render, not by every ikectl
-    # Rooted at the project's templates only; StrictUndefined: a missing value is an error, not "".
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+    # Rooted at the package's own templates (found through the import system, so a wheel or a zip works too);
+    # StrictUndefined: a missing value is an error, not "".
+    return jinja2.Environment(loader=jinja2.PackageLoader("ikectl", "templates"), undefined=jinja2.StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                               autoescape=False)  # noqa: S701 - libreswan config, not HTML; inputs are validated
 

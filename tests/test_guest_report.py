@@ -1,7 +1,9 @@
 """The guest's pytest plugin writes every outcome, failure text and report section to JSON."""
 
 import json
+from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["pytester"]
 
 
@@ -44,7 +46,7 @@ def test_outcomes_and_sections_reach_the_json(pytester):
     assert error["outcome"] == "error" and "setup broke" in error["longrepr"]
 
 
-def test_a_run_killed_midway_keeps_the_tests_that_finished(pytester):
+def test_a_run_killed_midway_keeps_the_tests_that_finished(monkeypatch, pytester):
     """The VM can be killed at its time limit: the report is rewritten after each test, not only at the end."""
     report = pytester.path / "report.json"
     pytester.makepyfile(
@@ -60,6 +62,8 @@ def test_a_run_killed_midway_keeps_the_tests_that_finished(pytester):
             os.kill(os.getpid(), signal.SIGKILL)
         """
     )
+    # The netns harness is part of the source tree, not of the installed package: the child finds it there.
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
     result = pytester.runpytest_subprocess("-p", "netns_tests.harness.guest_report", "--guest-report", str(report),
                                            "-p", "no:cacheprovider")
     assert result.ret == -9

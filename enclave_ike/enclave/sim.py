@@ -28,7 +28,7 @@ from ..ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, PublicKey, SignatureSchem
 from . import channel
 from .channel import Frame, Op, Status
 from .errors import ChannelError, EnclaveError, EnclaveGone, EnclaveUnavailable
-from .sim_child import KEY_TYPES
+from .key_types import KEY_TYPES
 
 _SCHEMES = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384}
 STOP_TIMEOUT = 2.0

@@ -23,8 +23,8 @@ from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
 from ..ikev2.crypto import Signer, SoftwareSigner
 from .channel import Frame, Op, Status, receive, send
 from .errors import ChannelError
+from .key_types import KEY_TYPES
 
-KEY_TYPES: dict[str, type[ec.EllipticCurve]] = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
 REPORT_DATA_SIZE = 64
 _PR_SET_DUMPABLE = 4
 
