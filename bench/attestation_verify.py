@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
 from ikecommon.attestation.tdx import TdxCollateral, verify_quote
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "attestation"
+VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation"
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
 
 

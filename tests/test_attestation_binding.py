@@ -2,7 +2,7 @@
 
 The binding is pinned by a known answer (cross-checked with coreutils' sha512sum when it was written). A replayed
 envelope (another nonce) and evidence binding another key are each refused with a `report_data` mismatch. The real
-TDX and SEV-SNP vectors (../shared/vectors/attestation, used in place) go through the same entry point: their
+TDX and SEV-SNP vectors (tests/vectors/attestation) go through the same entry point: their
 signatures verify, and their report data, which we did not make, is reported as not binding our nonce and key.
 """
 
@@ -10,9 +10,9 @@ import hashlib
 import os
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from attestation_vectors import SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,8 +34,6 @@ from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN, binding_m
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
 from ikecommon.attestation.snp import load_ask_ark
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
-TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"
 VECTOR_TIME = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ import contextlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
+from attestation_vectors import SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -34,8 +34,6 @@ from ikecommon.attestation import (
 from ikecommon.attestation.envelope import ENVELOPE_TYPE, EVIDENCE_MEDIA_TYPES, MAX_ENVELOPE
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
-TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"
 NONCE = bytes(range(32))
 SIM = attest(SoftwareEnclave(ec.derive_private_key(7, ec.SECP256R1())), NONCE)
 SIM_BYTES = SIM.encode()

@@ -1,13 +1,13 @@
 """Hostile evidence: random bytes and mutated real evidence go through the parsers and the whole verifiers, which
 either return a Verification or raise an AttestationError (EvidenceFormatError for what does not parse), nothing
-else. The real vectors are used in place (../shared/vectors/attestation)."""
+else. The real vectors are those of tests/vectors/attestation."""
 
 import base64
 import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
+from attestation_vectors import SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
@@ -19,8 +19,6 @@ from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuo
 from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS, parse_sgx_extensions
 from ikecommon.attestation.tdx.quote import TdReportBody
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
-TDX, SNP = VECTORS / "tdx", VECTORS / "sev-snp"
 AT = datetime(2023, 7, 1, tzinfo=UTC)
 
 QUOTE = (TDX / "tdx_quote_v4_spr_e4.dat").read_bytes()

@@ -1,5 +1,5 @@
 """The SEV-SNP verifier on real evidence: a Milan report with its VCEK and AMD's Milan and Genoa ASK/ARK from
-go-sev-guest (see ../shared/vectors/attestation/SOURCES.md), used in place.
+go-sev-guest (copied into tests/vectors/attestation; provenance in its SOURCES.md).
 
 The real report is authentic; it was launched with debugging allowed, which the default policy refuses. Revocation,
 VLEK signing and masked chip IDs need reports AMD never signed: a test PKI ("FakeAmd", RSA-PSS like AMD's) re-signs
@@ -10,9 +10,9 @@ from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 
 import pytest
+from attestation_vectors import SNP
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -32,8 +32,6 @@ from ikecommon.attestation.snp import (
 )
 from ikecommon.attestation.snp.report import LAYOUT, REPORT_SIZE
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
-SNP = VECTORS / "sev-snp"
 AT = datetime(2023, 7, 1, tzinfo=UTC)
 
 REPORT = (SNP / "snp_report_milan.bin").read_bytes()

@@ -1,5 +1,5 @@
-"""The TDX verifier on real evidence: the Sapphire Rapids quote, PCK chain and collateral from go-tdx-guest (see
-../shared/vectors/attestation/SOURCES.md), used in place.
+"""The TDX verifier on real evidence: the Sapphire Rapids quote, PCK chain and collateral from go-tdx-guest (copied
+into tests/vectors/attestation; provenance in its SOURCES.md).
 
 The real quote verifies as its origin says: every signature and chain is valid, and its TCB level matches none in
 the shipped TCB info. Negative cases flip one bit in each signed region, truncate, change the root and the clock.
@@ -12,9 +12,9 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from pathlib import Path
 
 import pytest
+from attestation_vectors import TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,8 +33,6 @@ from ikecommon.attestation.tdx import (
 )
 from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
-TDX = VECTORS / "tdx"
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors, as go-tdx-guest tests
 
 QUOTE = (TDX / "tdx_quote_v4_spr_e4.dat").read_bytes()

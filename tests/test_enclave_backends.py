@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from attestation_vectors import VECTORS
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -56,7 +57,6 @@ from ikecommon.attestation.binding import report_data
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate, verify_sim_report
 from ikecommon.attestation.snp import load_ask_ark
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "attestation"
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SIM_SPEC = MeasurementSpec((MeasurementEntry("sim-default", "sim", ((0, DEFAULT_REGISTERS[0]),)),))
 

@@ -1,0 +1,8 @@
+"""Where the tests find the real attestation evidence: tests/vectors/attestation, copied into the repository from
+google/go-tdx-guest and google/go-sev-guest (provenance and the values asserted upstream: SOURCES.md there)."""
+
+from pathlib import Path
+
+VECTORS = Path(__file__).parent / "vectors" / "attestation"
+TDX = VECTORS / "tdx"
+SNP = VECTORS / "sev-snp"
