@@ -5,6 +5,7 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
     ikectl up | down | status [--json] | doctor | verify [--seconds S]
     ikectl nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
     ikectl portal allow --minutes N | close | show
+    ikectl ipsec ARGS...      libreswan's `ipsec` aimed at ikectl's pluto (ARGS unchanged; ikectl's options go before)
     ikectl trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim] [--id ID]
                  | list [--json] | verify NAME | remove NAME
 
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-check", action="store_true", help="do not run libreswan's parser on the result")
     _add_nm_commands(commands)
     _add_trust_commands(commands)
+    # Everything after `ipsec` is libreswan's, options included: a prefix no argument can start with (NUL) leaves them
+    # all to ARGS, so ikectl's --config and -v go before `ipsec`.
+    ipsec = commands.commands.add_parser(
+        "ipsec", prefix_chars="\0", add_help=False,
+        help="libreswan's ipsec command aimed at ikectl's pluto: `ikectl ipsec status`")
+    ipsec.add_argument("ipsec_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="libreswan's `ipsec` arguments, passed unchanged (docs/coexistence.md)")
     return parser
 
 
@@ -243,6 +251,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
 
 
+def cmd_ipsec(args: argparse.Namespace) -> int:
+    from . import ipsec_passthrough
+
+    return ipsec_passthrough.main(args.ipsec_args, args.config, say=_sayer(args.verbose))
+
+
 def _sayer(verbose: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if verbose:
@@ -376,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"render": cmd_render, "up": cmd_up, "down": cmd_down, "status": cmd_status,
                     "doctor": cmd_doctor, "nm-dispatch": cmd_nm_dispatch, "install-nm-hook": cmd_install_nm_hook,
-                    "portal": cmd_portal, "verify": cmd_verify, "trust": cmd_trust}
+                    "portal": cmd_portal, "verify": cmd_verify, "trust": cmd_trust, "ipsec": cmd_ipsec}
         return commands[args.command](args)
     except IkectlError as exc:
         print(f"ikectl: error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ikecommon import xfrm
 
-from . import daemon, nft, observe, plan, policies
+from . import daemon, nft, observe, plan, policies, system_pluto
 from .config import Config
 from .state import read_here
 from .whack import LIBEXEC
@@ -22,6 +22,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    warning: bool = False  # ok (the exit code stays 0), yet worth knowing: shown as WARN with its advice
 
 
 def _pluto() -> Check:
@@ -124,6 +125,32 @@ def _foreign_policies() -> Check:
     return Check("other programs' policies", True, "none lets DNS pass in clear ahead of ikectl's backstop")
 
 
+def _system_pluto(config: Config) -> Check:
+    """A pluto of this namespace that is not ikectl's (the system's libreswan) shares the XFRM tables: a warning;
+    a failure when a policy not ikectl's takes DNS to one of ikectl's resolvers before ikectl's own do."""
+    name = "system pluto"
+    if os.geteuid() != 0:
+        return Check(name, True, "not checked: needs root")
+    record = read_here()
+    others = system_pluto.find([config.run_dir, *([record.run_dir] if record is not None else [])])
+    if not others:
+        return Check(name, True, "no pluto but ikectl's in this network namespace")
+    shown = "; ".join(o.describe() for o in others)
+    resolvers = (set(record.resolvers) if record is not None
+                 else {*config.resolvers, *([config.trusted.address] if config.trusted is not None else [])})
+    with xfrm.XfrmClient() as client:
+        found = system_pluto.conflicts(client.policies(), sorted(resolvers, key=str))
+    if found:
+        return Check(name, False, f"{shown}; {found[0].describe()}"
+                     + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""),
+                     "keep the resolvers' DNS out of the system's conns (a narrower subnet or a `clear` group "
+                     "entry), or stop it (systemctl stop ipsec); docs/coexistence.md")
+    return Check(name, True, f"{shown}; it shares this namespace's XFRM tables with ikectl's pluto, and none of its "
+                 "policies takes a resolver's DNS before ikectl's now",
+                 "`ipsec status` asks it, `ikectl ipsec status` asks ikectl's; a conn of it covering a resolver's DNS "
+                 "would override ikectl's (docs/coexistence.md)", warning=True)
+
+
 def _run_dir(config: Config) -> Check:
     parent = config.run_dir if config.run_dir.exists() else config.run_dir.parent
     ok = os.access(parent, os.W_OK)
@@ -133,15 +160,16 @@ def _run_dir(config: Config) -> Check:
 
 def run_checks(config: Config) -> list[Check]:
     checks: list[Callable[[], Check]] = [_root, _pluto, _certutil, _nftables, _xfrm, _esp, _larval, _other_ike_daemons,
-                                         _foreign_policies, lambda: _run_dir(config)]
+                                         lambda: _system_pluto(config), _foreign_policies, lambda: _run_dir(config)]
     return [check() for check in checks]
 
 
 def format_checks(checks: list[Check]) -> str:
     lines = []
     for check in checks:
-        mark = "ok  " if check.ok else "FAIL"
-        lines.append(f"{mark}  {check.name}: {check.detail}" + ("" if check.ok else f"  -> fix: {check.fix}"))
+        mark = "FAIL" if not check.ok else "WARN" if check.warning else "ok  "
+        advice = f"  -> fix: {check.fix}" if not check.ok else f"  -> {check.fix}" if check.warning else ""
+        lines.append(f"{mark}  {check.name}: {check.detail}{advice}")
     return "\n".join(lines)
 
 

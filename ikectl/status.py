@@ -5,8 +5,8 @@ States: authenticated (trusted resolver inside ESP), NULL-encrypted (coffee-shop
 fallback, or a captive-portal window), blocked (trusted mode keeps DNS off the wire), pending (IKE starts with
 the next query). Below the rows: trusted mode's backstops, and notes: what another program changed and what
 ikectl did about it, another IKE daemon in this namespace, another program's policy that lets DNS past the XFRM
-backstop. `--json` gives the same as a versioned schema. A trusted resolver pinned from the trust store also shows
-its latest attestation.
+backstop, a pluto that is not ikectl's (the system's libreswan: `system_plutos`) and what it means. `--json` gives
+the same as a versioned schema. A trusted resolver pinned from the trust store also shows its latest attestation.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from ikecommon import xfrm
 
-from . import daemon, nft, opportunistic, pins, plan, policies, protect, routes
+from . import daemon, nft, opportunistic, pins, plan, policies, protect, routes, system_pluto
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .observe import ike_daemons, process, protection
@@ -60,6 +60,7 @@ class Status:
     portal: str | None = None  # a captive portal waiting, or an open portal window (NetworkManager hook)
     protection: str | None = None  # trusted: the state of both backstops
     notes: tuple[str, ...] = ()  # interference, other IKE daemons, other programs' policies
+    system_plutos: tuple[system_pluto.OtherPluto, ...] = ()  # plutos of this namespace that are not ikectl's
 
     def to_json(self) -> dict[str, Any]:
         return {"version": SCHEMA_VERSION, **asdict(self)}
@@ -183,9 +184,11 @@ def gather(config: Config | None = None, portal: str | None = None) -> Status:
             for address in record.resolvers]
     if config is not None:
         rows = [_attested(r, record, config, now) for r in rows]
+    others = system_pluto.find([record.run_dir, *([config.run_dir] if config is not None else [])])
     return Status(up=True, mode=record.mode.value, pluto_pid=pid, resolvers=tuple(rows), portal=portal,
                   protection=shown.describe() if guarded else None,
-                  notes=tuple(_notes(record, table, pid, now, shown.nft.value)))
+                  notes=(*_notes(record, table, pid, now, shown.nft.value), *_system_notes(others, table, record)),
+                  system_plutos=tuple(others))
 
 
 def _ask_pluto(run: daemon.RunDir) -> tuple[list[TrafficStatus], list[BareShunt]]:
@@ -283,6 +286,21 @@ def _notes(record: RunState, table: list[xfrm.Policy], pid: int | None, now: flo
                              "it may hold queries ikectl expects answered")
     if record.esp_refused:
         notes.append(f"this kernel cannot install ESP SAs: {record.esp_refused}")
+    return notes
+
+
+def _system_notes(others: list[system_pluto.OtherPluto], table: list[xfrm.Policy], record: RunState) -> list[str]:
+    """What another pluto in this namespace means for ikectl's (docs/coexistence.md)."""
+    if not others:
+        return []
+    found = system_pluto.conflicts(table, record.resolvers)
+    now = f"{len(found)} such polic{'ies' if len(found) != 1 else 'y'} now" if found else "none does now"
+    notes = [f"a system pluto runs beside ikectl's ({other.describe()}): both share this network namespace's XFRM "
+             "tables; ikectl's backstop is in its own priority band, which every pluto policy outranks, and a conn of "
+             f"that pluto covering a resolver's DNS overrides ikectl's ({now}); `ikectl ipsec status` asks ikectl's "
+             "pluto" for other in others]
+    notes += [f"{conflict.describe()}: a conn of the system pluto (or another program) overrides ikectl for it"
+              for conflict in found]
     return notes
 
 

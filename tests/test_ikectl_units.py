@@ -151,7 +151,8 @@ def test_human_status_is_one_line_per_resolver_with_human_units():
     assert lines[2] == "pluto pid 42"
     assert status.format_human(status.Status(up=False)) == "ikectl is down"
     assert status.Status(up=False).to_json() == {"version": 1, "up": False, "mode": None, "pluto_pid": None,
-                                                 "resolvers": (), "portal": None, "protection": None, "notes": ()}
+                                                 "resolvers": (), "portal": None, "protection": None, "notes": (),
+                                                 "system_plutos": ()}
 
 
 def test_status_carries_the_portal_line_of_the_networkmanager_hook(tmp_path):
