@@ -625,10 +625,14 @@ def actions_always_left() -> tuple[str, ...]:
     return tuple(sorted(action for action, row in DECISIONS.items() if row in (_ignored, _on_down)))
 
 
-def hook_script(ikectl: Path, config_path: Path) -> str:
+INSTALLED_BY_COMMAND = "written by `ikectl install-nm-hook`, removed by `ikectl install-nm-hook --uninstall`"
+INSTALLED_BY_PACKAGE = "installed with the ikectl package (/usr/lib/NetworkManager), removed with it"
+
+
+def hook_script(ikectl: Path, config_path: Path, installed_by: str = INSTALLED_BY_COMMAND) -> str:
     return (
         "#!/bin/sh\n"
-        f"{HOOK_MARKER}: written by `ikectl install-nm-hook`, removed by `ikectl install-nm-hook --uninstall`.\n"
+        f"{HOOK_MARKER}: {installed_by}.\n"
         "# NetworkManager-dispatcher runs it as root with IFACE and ACTION as arguments and the connection in\n"
         "# the environment; ikectl bounds its own time, so NetworkManager never waits long on it.\n"
         "# These actions never change the protection (ikectl.nm.DECISIONS): no need to start ikectl for them.\n"

@@ -289,7 +289,8 @@ class StateStore:
             return Unreadable(f"{self.path}: {exc.strerror}")
         try:
             return RunState.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # OverflowError: json reads Infinity, which int() refuses that way.
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             return Unreadable(f"{self.path}: not a record ikectl can read ({exc})")
 
     def write(self, state: RunState) -> None:
@@ -333,7 +334,7 @@ class StateStore:
         one already."""
         try:
             return Baseline.from_json(json.loads(self.baseline_path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
             pass
         self._replace(self.baseline_path, json.dumps(baseline.to_json()), "cannot write it")  # as the record
         return baseline
@@ -341,7 +342,7 @@ class StateStore:
     def baseline(self) -> Baseline | None:
         try:
             return Baseline.from_json(json.loads(self.baseline_path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
             return None
 
     def remove(self) -> None:

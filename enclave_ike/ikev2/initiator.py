@@ -1,5 +1,5 @@
-"""A small IKEv2 initiator on the same core, for tests and for the interop ladder (DESIGN.md: two parties in memory
-first, then a real peer). It is not a client product: ikectl's clients are libreswan's pluto.
+"""A small IKEv2 initiator on the same core, for tests and for the interop ladder (two parties in memory first, then
+a real peer). It is not a client product: ikectl's clients are libreswan's pluto.
 
 `Initiator` owns the IKE SA it started and follows it through IKE SA rekeys (the successor takes over; the old one
 stays until its deletion is answered). `exchange()` carries datagrams between an initiator and a `Responder` in

@@ -1,4 +1,5 @@
-"""Measurement specs: the register values a client expects, in the JSON list format of seed 002.
+"""Measurement specs: the register values a client expects, in the JSON list format of Flashbots'
+cvm-reverse-proxy (BuilderNet).
 
     [{"measurement_id": "dcap-tdx-example-02",
       "attestation_type": "dcap-tdx",
@@ -11,8 +12,8 @@ Each entry is one acceptable measurement; evidence passes when every register on
     sev-snp   0 MEASUREMENT (48 bytes)                sev-snp evidence
     sim       0-15 the sim report's registers (48)    sim evidence (NOT SECURE)
 
-Entries of other types (seed 002's `azure-tdx`, for one) are accepted, so a shared spec file still loads, but never
-match. A spec comes from a file or inline, as gzip then base64url (seed 002 proposes it for the userinfo of a
+Entries of other types (that format's `azure-tdx`, for one) are accepted, so a shared spec file still loads, but never
+match. A spec comes from a file or inline, as gzip then base64url (proposed for the userinfo of a
 resolver URL; its own example uses the standard base64 alphabet, which is accepted too). Decoding is strict: unknown
 fields, wrong types, bad hex, a register of the wrong size or index for its type, duplicate ids, and anything over
 the size limits are SpecFormatErrors naming the field.
