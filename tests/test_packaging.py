@@ -146,7 +146,8 @@ def test_the_packaged_hook_calls_the_packaged_ikectl(tmp_path: Path) -> None:
 
 def test_every_file_the_debian_packages_install_comes_from_the_tree_or_the_build() -> None:
     built = {"debian/extras/completion/ikectl", "debian/extras/completion/enclave-ike",
-             "debian/extras/NetworkManager/dispatcher.d", "debian/extras/man/ikectl.1", "debian/extras/man/enclave-ike.1"}
+             "debian/extras/NetworkManager/dispatcher.d",
+             "debian/extras/man/ikectl.1", "debian/extras/man/enclave-ike.1"}
     for listing in [*PROJECT_ROOT.glob("debian/*.install"), *PROJECT_ROOT.glob("debian/*.manpages")]:
         for line in listing.read_text().splitlines():
             source = line.split()[0]
