@@ -32,13 +32,25 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from . import __version__, config, lean_pyroute2
+from . import __version__, config, lean_pyroute2, logline
 from .config import Address, CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, Anchors
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse writes to stderr only for bad usage (the usage and its error, or the help when no command is
+    given): each of those lines an error where journald reads them (ikectl/logline.py)."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message and (file is None or file is sys.stderr):
+            logline.write(message.rstrip("\n"), logline.ERROR)
+        else:
+            super()._print_message(message, file)
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -65,7 +77,7 @@ class _Commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="ikectl",
         description="Encrypt DNS with IKEv2/IPsec (libreswan + the kernel's XFRM layer).",
     )
@@ -172,7 +184,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     _need_root("ikectl up")
     say = _sayer(args.verbose)
     try:
-        result = session.up(cfg, say, config_path=args.config.resolve())
+        result = session.up(cfg, say, config_path=args.config.resolve(), warn=_warn,
+                            tell=lambda line: logline.write(f"ikectl: {line}", logline.INFO))
     except IkectlError as exc:
         if cfg.mode == Mode.TRUSTED:
             raise session.Blocking(f"{exc}; trusted mode failed closed: DNS is blocked (`ikectl status` says why) "
@@ -186,7 +199,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _warn(text: str) -> None:
-    print(f"ikectl: warning: {text}", file=sys.stderr, flush=True)
+    logline.write(f"ikectl: warning: {text}", logline.WARNING)
 
 
 def _config_or_record(args: argparse.Namespace, command: str) -> Config | None:
@@ -209,7 +222,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     cfg = _config_or_record(args, "down")
     _need_root("ikectl down")
-    if not session.down(cfg.run_dir if cfg is not None else None, _sayer(args.verbose)):
+    log_dir = cfg.log_dir if cfg is not None else config.default_log_dir()
+    if not session.down(cfg.run_dir if cfg is not None else None, _sayer(args.verbose), log_dir=log_dir, warn=_warn):
         _sayer(args.verbose)("ikectl was not up: nothing to remove")
     return EXIT_OK
 
@@ -260,12 +274,12 @@ def cmd_ipsec(args: argparse.Namespace) -> int:
 def _sayer(verbose: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if verbose:
-            print(f"ikectl: {message}", file=sys.stderr, flush=True)
+            logline.write(f"ikectl: {message}", logline.INFO)
     return say
 
 
-def _nm_log(message: str) -> None:
-    print(f"ikectl nm-dispatch: {message}", file=sys.stderr, flush=True)
+def _nm_log(message: str, priority: int = logline.INFO) -> None:
+    logline.write(f"ikectl nm-dispatch: {message}", priority)
 
 
 def cmd_nm_dispatch(args: argparse.Namespace) -> int:
@@ -277,12 +291,17 @@ def cmd_nm_dispatch(args: argparse.Namespace) -> int:
         event = nm.read_event(args.iface, args.action, os.environ)
         cfg = config.load(args.config)
     except IkectlError as exc:
-        _nm_log(f"{where}: {exc}; protection left as it is")
+        _nm_log(f"{where}: {exc}; protection left as it is", logline.ERROR)
         return exc.exit_code
     if not args.dry_run and os.geteuid() != 0:
-        _nm_log(f"{where}: needs root (NetworkManager runs its hooks as root); protection left as it is")
+        _nm_log(f"{where}: needs root (NetworkManager runs its hooks as root); protection left as it is",
+                logline.ERROR)
         return EXIT_FAILED
-    return nm.dispatch(event, cfg, log=_nm_log, dry_run=args.dry_run)
+    lines: list[str] = []  # its one line comes as it returns: an error when it failed
+    code = nm.dispatch(event, cfg, log=lines.append, dry_run=args.dry_run)
+    for line in lines:
+        _nm_log(line, logline.ERROR if code else logline.INFO)
+    return code
 
 
 def cmd_install_nm_hook(args: argparse.Namespace) -> int:
@@ -368,7 +387,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         pin = trust.add(cfg, args.name, address(args.resolver, f"--resolver {args.resolver}"), args.spec, now,
                         port=args.port, anchors=Anchors(args.anchors),
                         expected_id=resolver_id(args.id, "--id") if args.id else None,
-                        warn=lambda text: print(f"ikectl: WARNING: {text}", file=sys.stderr, flush=True))
+                        warn=lambda text: logline.write(f"ikectl: WARNING: {text}", logline.WARNING))
         print(f"pinned {pin.name}: {pin.address} {pin.id} {pin.key.kind} key {pin.key.libreswan[:24]}... "
               f"({pin.evidence_kind} measurement {pin.measurement_id})")
     elif args.trust_command == "verify":
@@ -393,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "portal": cmd_portal, "verify": cmd_verify, "trust": cmd_trust, "ipsec": cmd_ipsec}
         return commands[args.command](args)
     except IkectlError as exc:
-        print(f"ikectl: error: {exc}", file=sys.stderr)
+        logline.write(f"ikectl: error: {exc}", logline.ERROR)
         return exc.exit_code
 
 

@@ -25,6 +25,7 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
 
     [paths]
     run_dir = "/run/ikectl"             # the rendered tree, pluto's NSS db, socket and log, ikectl's state
+    log_dir = "/var/log/ikectl"         # the logs of the last two runs, kept when `down` removes the run dir
     trust_dir = "/var/lib/ikectl/trust" # `ikectl trust` pins (truststore.py)
 
     [trust]                             # `ikectl trust` (docs/attestation.md)
@@ -60,6 +61,7 @@ Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ from .errors import UsageError
 
 DEFAULT_PATH = Path("/etc/ikectl/ikectl.toml")
 DEFAULT_RUN_DIR = Path("/run/ikectl")
+DEFAULT_LOG_DIR = Path("/var/log/ikectl")
 UNIX_PATH_MAX = 108  # sun_path, with its terminating NUL
 DISCOVERY_SOURCES = ("resolv.conf",)
 KNOWN_DISCOVERY_SOURCES = ("resolv.conf", "networkmanager", "systemd-resolved")
@@ -208,6 +211,7 @@ class Config:
     trusted: TrustedResolver | None = None
     coffee_shop: CoffeeShop = field(default_factory=CoffeeShop)
     run_dir: Path = DEFAULT_RUN_DIR
+    log_dir: Path = DEFAULT_LOG_DIR  # a run's logs go to log_dir/last when its run dir is removed (runlogs.py)
     default_mode: Mode = Mode.COFFEE_SHOP
     default_pin: str | None = None  # None with default_mode trusted: the [trusted] table
     networks: tuple[NetworkRule, ...] = ()
@@ -263,15 +267,17 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
                         retry_after_s=_int(cs_table, "retry_after_s", 60, 5, 86_400, f"{source}: coffee_shop"),
                         liveness_ms=_int(cs_table, "liveness_ms", 1000, 200, 600_000, f"{source}: coffee_shop"))
     paths = _table(data, "paths", source)
-    _only(paths, {"run_dir", "trust_dir"}, f"{source}: [paths]")
-    run_dir = Path(str(paths.get("run_dir", DEFAULT_RUN_DIR)))
-    if not run_dir.is_absolute() or ".." in run_dir.parts or len(run_dir.parts) < 3:
-        raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: must be an absolute path two levels down at "
-                          "least, without '..' (a directory of ikectl's own, such as /run/ikectl)")
+    _only(paths, {"run_dir", "log_dir", "trust_dir"}, f"{source}: [paths]")
+    run_dir = _own_dir(paths.get("run_dir", DEFAULT_RUN_DIR), f"{source}: paths.run_dir", DEFAULT_RUN_DIR)
     control = run_dir / "pluto" / "pluto.ctl"
     if len(str(control).encode()) >= UNIX_PATH_MAX:
         raise ConfigError(f"{source}: paths.run_dir = {str(run_dir)!r}: too long: pluto's control socket "
                           f"{control} must fit in a unix socket's {UNIX_PATH_MAX - 1} bytes")
+    log_dir = (_own_dir(paths["log_dir"], f"{source}: paths.log_dir", DEFAULT_LOG_DIR) if "log_dir" in paths
+               else default_log_dir())
+    if log_dir == run_dir or run_dir in log_dir.parents or log_dir in run_dir.parents:
+        raise ConfigError(f"{source}: paths.log_dir = {str(log_dir)!r}: must be apart from paths.run_dir "
+                          f"({run_dir}): `down` removes the run dir, and the logs must outlive it")
     pins = _pins(_table(data, "pins", source), source)
     default_mode, default_pin = _default_policy(data, mode, trusted is not None or attested is not None, pins,
                                                 source)
@@ -287,9 +293,25 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
                    if "sa_lifetime_s" in ipsec_table else None)
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
-                  run_dir=run_dir, default_mode=default_mode, default_pin=default_pin, networks=networks,
-                  pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested, trust_dir=trust_dir,
-                  trust=trust)
+                  run_dir=run_dir, log_dir=log_dir, default_mode=default_mode, default_pin=default_pin,
+                  networks=networks, pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested,
+                  trust_dir=trust_dir, trust=trust)
+
+
+def default_log_dir() -> Path:
+    """Where a run's logs are kept when the config does not say: /var/log/ikectl, or $IKECTL_LOG_DIR (the test
+    suites point it at a scratch directory); also `down`'s when the config cannot be read."""
+    value = os.environ.get("IKECTL_LOG_DIR")
+    return _own_dir(value, "IKECTL_LOG_DIR", DEFAULT_LOG_DIR) if value else DEFAULT_LOG_DIR
+
+
+def _own_dir(value: object, where: str, example: Path) -> Path:
+    """A directory of ikectl's own: an absolute path, two levels down at least, without '..'."""
+    path = Path(str(value))
+    if not path.is_absolute() or ".." in path.parts or len(path.parts) < 3:
+        raise ConfigError(f"{where} = {str(path)!r}: must be an absolute path two levels down at least, without "
+                          f"'..' (a directory of ikectl's own, such as {example})")
+    return path
 
 
 _PIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -6,9 +6,10 @@ Everything of pluto's lives under one run dir (default /run/ikectl), so ikectl n
     ipsec.conf, ipsec.secrets, ipsec.d/policies/   the rendered tree
     nss/                                           pluto's NSS db
     pluto/pluto.ctl, pluto/pluto.pid               pluto's control socket and pid
-    pluto.log, supervisor.log                      their logs
+    pluto.log, pluto.log.1, supervisor.log         their logs
 
-What `up` applied is recorded elsewhere (ikectl/state.py), so that it outlives a run dir that changed.
+What `up` applied is recorded elsewhere (ikectl/state.py), so that it outlives a run dir that changed. A run dir
+is removed only through `retire`, which keeps its logs in `[paths] log_dir` first (ikectl/runlogs.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import logline, runlogs
 from .errors import IkectlError, UsageError
 from .observe import process
 from .state import netns_id
@@ -30,8 +32,9 @@ from .whack import ADDCONN, DEFAULT_TIMEOUT_S, LIBEXEC, WHACK, Whack
 
 PLUTO = LIBEXEC / "pluto"
 MARKER = ".ikectl-run"
+LOGS = ("pluto.log", "pluto.log.1", "supervisor.log")  # what `retire` keeps in log_dir
 # What ikectl makes in a run dir (render's tree, pluto's dirs and logs, the supervisor's log): all `remove` removes.
-OWN_ENTRIES = ("ipsec.conf", "ipsec.secrets", "ipsec.d", "nss", "pluto", "pluto.log", "pluto.log.1", "supervisor.log")
+OWN_ENTRIES = ("ipsec.conf", "ipsec.secrets", "ipsec.d", "nss", "pluto", *LOGS)
 
 
 class ForeignRunDir(UsageError):
@@ -82,6 +85,11 @@ class RunDir:
     def marker(self) -> Path:
         return self.root / MARKER
 
+    @property
+    def logs(self) -> tuple[Path, ...]:
+        """pluto's log, the one of the pluto before it, the supervisor's."""
+        return tuple(self.root / name for name in LOGS)
+
     def prepare(self) -> None:
         """Make the run dir (0700), marked as this network namespace's ikectl's: only such a dir is removed."""
         self.check()
@@ -110,7 +118,7 @@ class RunDir:
     def remove(self) -> bool:
         """Remove what ikectl made here, then the dir if that leaves it empty; a dir without this namespace's
         marker is not touched (a config may name a directory of the user's, or another namespace's run dir).
-        True when the dir is gone."""
+        True when the dir is gone. ikectl calls `retire`, which keeps the logs first."""
         if not self.ours():
             return not self.root.exists()
         for name in OWN_ENTRIES:
@@ -142,6 +150,28 @@ class RunDir:
         except OSError:
             return start, b""
         return start, text[:text.rfind(b"\n") + 1]
+
+
+@dataclass(frozen=True)
+class Retired:
+    gone: bool  # the run dir is gone
+    kept: Path | None = None  # where its logs are now (None: it left none, or they could not be kept)
+    warning: str | None = None  # why they could not be kept
+
+
+def retire(run: RunDir, log_dir: Path) -> Retired:
+    """The one way a run dir is removed (`down`, a failed `up`, an `up` whose config names another run dir): its
+    logs go to log_dir/last first (ikectl/runlogs.py), then what ikectl made there. Its pluto and supervisor are
+    stopped by then, so the logs are whole. Keeping them never stops the removal: whatever goes wrong (a read-only
+    or full log_dir) is the warning, and the run dir goes all the same."""
+    if not run.ours():  # not ikectl's, or another namespace's: nothing of it is touched, its logs included
+        return Retired(run.remove())
+    kept, warning = None, None
+    try:
+        kept = runlogs.keep(run.logs, log_dir)
+    except Exception as exc:  # whatever it meets, `down` goes on
+        warning = f"the logs of {run.root} could not be kept in {log_dir}: {exc}"
+    return Retired(run.remove(), kept, warning)
 
 
 def in_this_netns(pid: int) -> bool:
@@ -244,13 +274,17 @@ def _terminate(pid: int, timeout: float) -> None:
 SUPERVISOR_MODULE = "ikectl.supervisor"
 
 
-def start_supervisor(run: RunDir) -> int:
-    """Start a supervisor for the record of this namespace, its log in `run`, detached from the caller; its pid."""
+def start_supervisor(run: RunDir, journal: bool | None = None) -> int:
+    """Start a supervisor for the record of this namespace, its log in `run`, detached from the caller; its pid.
+    `journal`: its lines go to the journal too (ikectl/journal.py); by default when this process's stderr is
+    journald's stream (ikectl.service), which the supervisor cannot tell itself: its stderr is its log file."""
     run.prepare()
+    journal = logline.to_journal() if journal is None else journal
+    argv = [sys.executable, "-m", SUPERVISOR_MODULE, str(run.root), *(["--journal"] if journal else [])]
     log = open(run.supervisor_log, "ab")  # noqa: SIM115 - handed to the child, closed here after
     try:
-        proc = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MODULE, str(run.root)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=True, cwd="/")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                cwd="/")
     finally:
         log.close()
     return proc.pid

@@ -18,7 +18,7 @@ from typing import Any
 from ikecommon import xfrm
 
 from . import backstop, daemon, nft, opportunistic, policies, protect, render, routes
-from .config import Address, Mode
+from .config import DEFAULT_LOG_DIR, Address, Mode
 from .errors import IkectlError
 from .plan import (
     OE_CONNS,
@@ -57,6 +57,10 @@ class ApplyError(IkectlError):
     """A step could not be carried out."""
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 @dataclass
 class Execution:
     """What the steps share while they run, and what they found out (for the record)."""
@@ -76,6 +80,9 @@ class Execution:
     upkeep: UpkeepRecord | None = None
     groups_loaded_at: int | None = None  # the size of pluto's log when the conns were loaded (the upkeep reads on)
     warnings: list[str] = field(default_factory=list)
+    log_dir: Path = DEFAULT_LOG_DIR  # where a removed run dir's logs go (daemon.retire)
+    warn: Say = _quiet  # says at once, whatever -v: logs that could not be kept
+    tell: Say = _quiet  # where the logs of a run dir that `down` or a failed `up` removed went
 
     @property
     def whack(self) -> Whack:
@@ -175,7 +182,17 @@ def _stop_run(step: StopRun, ex: Execution) -> None:
         ex.say(f"stopping pluto of {step.run_dir}: {step.why}")
         daemon.stop_pluto(run)
     if step.remove_dir:
-        run.remove()
+        _retire(run, ex, ex.say)
+
+
+def _retire(run: daemon.RunDir, ex: Execution, tell: Say) -> None:
+    """Every run dir that goes, goes here: its logs kept in log_dir first, `tell` says where (a warning when
+    they could not be)."""
+    retired = daemon.retire(run, ex.log_dir)
+    if retired.warning is not None:
+        ex.warn(retired.warning)
+    if retired.kept is not None:
+        tell(f"logs of {run.root} kept in {retired.kept}")
 
 
 def _start_pluto(_: StartPluto, ex: Execution) -> None:
@@ -226,7 +243,9 @@ def _write_tree(_: WriteTree, ex: Execution) -> None:
     old = {relative: _read(root / relative) for relative in ex.files}
     ex.run.prepare()
     render.write_tree(ex.files, root)
-    ex.stack.callback(lambda: ex.run.remove() if fresh else restore_tree(root, old))
+    # A failed `up` that made the run dir removes it (its pluto and supervisor were stopped before: the stack
+    # unwinds in order), and says where its logs went.
+    ex.stack.callback(lambda: _retire(ex.run, ex, ex.tell) if fresh else restore_tree(root, old))
 
 
 def _read(path: Path) -> str | None:
@@ -404,7 +423,7 @@ def _record(_: Record, ex: Execution) -> None:
 
 def _forget(step: Forget, ex: Execution) -> None:
     for run_dir in step.run_dirs:
-        daemon.RunDir(run_dir).remove()
+        _retire(daemon.RunDir(run_dir), ex, ex.tell)
     ex.store.remove()
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from ikecommon import xfrm
 
 from . import backstop, daemon, execute, nft, pins, plan, policies, protect, render, resolvers, routes
-from .config import Address, Config, Mode
+from .config import Address, Config, Mode, default_log_dir
 from .errors import IkectlError
 from .observe import process, protection
 from .state import Baseline, Blocked, RunState, StateStore, Unreadable
@@ -149,10 +149,12 @@ def _check(files: dict[str, str]) -> None:
 
 # --- up -----------------------------------------------------------------------------------------------------
 
-def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, protected: bool = False) -> UpResult:
+def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, protected: bool = False,
+       tell: Say = _quiet, warn: Say = _quiet) -> UpResult:
     """Apply the configured mode. `config_path`, when given, is where the supervisor reads the config again
     (re-attestation); `protected`: the caller ran protect.first already (the NetworkManager hook). A failed
-    trusted `up` fails closed, then raises what failed."""
+    trusted `up` fails closed, then raises what failed. A failed `up` that removes the run dir it made `tell`s
+    where its logs went (in config.log_dir), and `warn`s when they could not be kept."""
     pins.require_usable(config)  # a trust-store pin that failed attestation: refused, nothing touched
     daemon.require_libreswan()  # no libreswan: refused, nothing touched
     started = time.monotonic()
@@ -169,7 +171,7 @@ def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, pr
         record = found if isinstance(found, RunState) else None
         settled = True  # the record says what holds
         try:
-            return _up(config, store, record, say, config_path, started)
+            return _up(config, store, record, say, config_path, started, tell, warn)
         except BaseException as exc:
             if config.mode == Mode.TRUSTED:  # the caller says so: the error stays the one that happened
                 settled = False
@@ -192,7 +194,7 @@ def _protect_first(config: Config, store: StateStore) -> None:
 
 
 def _up(config: Config, store: StateStore, record: RunState | None, say: Say, config_path: Path | None,
-        started: float) -> UpResult:
+        started: float, tell: Say = _quiet, warn: Say = _quiet) -> UpResult:
     now = time.time()
     facts = gather(config.run_dir)
     baseline = store.keep_baseline(Baseline(facts.larval_drop, tuple(sorted(policies.nd_bypasses(facts.policies))),
@@ -204,7 +206,7 @@ def _up(config: Config, store: StateStore, record: RunState | None, say: Say, co
     steps = plan.up(wanted, facts, record)
     with contextlib.ExitStack() as stack:
         ex = execute.Execution(daemon.RunDir(config.run_dir), store, record, say, stack, intent=wanted, files=files,
-                               unprotected=dict(wanted.unprotected))
+                               unprotected=dict(wanted.unprotected), log_dir=config.log_dir, warn=warn, tell=tell)
         ex.make_record = lambda ex: _record_of(ex, config, baseline, config_path, now, esp)
         execute.run(steps, ex)
         stack.pop_all()  # applied: nothing to undo
@@ -273,9 +275,12 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
 
 # --- down ---------------------------------------------------------------------------------------------------
 
-def down(config_run_dir: Path | None, say: Say = _quiet) -> bool:
+def down(config_run_dir: Path | None, say: Say = _quiet, *, log_dir: Path | None = None,
+         warn: Say = _quiet) -> bool:
     """Remove what `up` installed, from the record (and the config's run dir, when given); False when ikectl was
-    not up. Raises IkectlError naming what could not be removed."""
+    not up. Raises IkectlError naming what could not be removed. Each run dir's logs go to `log_dir` (default
+    config.default_log_dir()) before it is removed: `say` says where, `warn` when they could not be kept (which
+    never stops `down`)."""
     store = StateStore.here()
     store.check()
     with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
@@ -289,7 +294,8 @@ def down(config_run_dir: Path | None, say: Say = _quiet) -> bool:
             say(f"the record is unreadable ({found.why}): removing what the config and the kernel show")
         with contextlib.ExitStack() as stack:
             ex = execute.Execution(daemon.RunDir(record.run_dir if record else dirs[0] if dirs else Path("/")),
-                                   store, record, say, stack)
+                                   store, record, say, stack, log_dir=log_dir or default_log_dir(), warn=warn,
+                                   tell=say)
             execute.run(plan.down(record, dirs, store.baseline()), ex)
             stack.pop_all()
         protect.done(store, whoever=True)

@@ -12,7 +12,11 @@ is due, and at once when pluto meets a key other than the pinned one (ikectl/tru
 `up` starts it detached, with its pid in the record; `down` stops it. It also ends by itself when ikectl is down
 or a newer supervisor took over, so a crash of `down` cannot leave it spinning.
 
-    python -m ikectl.supervisor RUN_DIR
+Its lines go to its log, the run dir's supervisor.log (its stderr); with --journal (given by `up` when its own
+stderr was journald's, as under ikectl.service) also to the journal, as `ikectl-supervisor`, each with its priority
+(ikectl/journal.py). Every line goes through `_log`.
+
+    python -m ikectl.supervisor RUN_DIR [--journal]
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from . import (
     config,
     daemon,
     execute,
+    journal,
     lean_pyroute2,
+    logline,
     nft,
     opportunistic,
     plan,
@@ -48,6 +54,7 @@ from . import (
 )
 from .config import Mode
 from .errors import IkectlError
+from .logline import ERROR, INFO, WARNING
 from .state import RunState, StateBusy, StateStore
 
 TICK_S = 1.0
@@ -120,7 +127,7 @@ class Supervisor:
             try:
                 self.guard = nft.Guard()
             except nft.NftError as exc:
-                _log(f"no guard table: {exc}")
+                _log(f"no guard table: {exc}", WARNING)
         elif not wanted and self.guard is not None:
             self.guard.release()
             self.guard = None
@@ -161,11 +168,11 @@ class Supervisor:
             what = "; ".join(f"{part}, {times} times" if times > 1 else part for part, times in restored.items())
             record = record.noting(f"another program removed trusted mode's protection ({what}): restored at once",
                                    now)
-            _log(record.interference[-1].what)
+            _log(record.interference[-1].what, WARNING)
         passes = [self.passes_removed.popleft() for _ in range(len(self.passes_removed))]
         if passes:
             _log(f"clear passes pluto added for DNS while the backstops were wanted, removed at once: "
-                 f"{'; '.join(passes)}")
+                 f"{'; '.join(passes)}", WARNING)
         facts = session.gather(record.run_dir)
         wanted = self.backstop_wanted(record)
         # Backstops not yet seen whole since they were wanted (a trusted `up` has just begun and is putting them
@@ -183,7 +190,7 @@ class Supervisor:
                         "clear until `ikectl up` (the NetworkManager hook runs it) renders it from the new address")
                 if not record.interference or record.interference[-1].what != what:
                     record = record.noting(what, now)
-                    _log(what)
+                    _log(what, WARNING)
         self.unrouted = {name: self.unrouted.get(name, now) for name in missing}
         due = tuple(name for name, since in self.unrouted.items() if now - since >= UNROUTED_FOR_S)
         steps = plan.repair(record, facts, backstop_wanted=wanted, route=due)
@@ -193,7 +200,7 @@ class Supervisor:
                 stack.pop_all()
             for step in steps:
                 record = record.noting(_what(step, facts, newly), now)
-                _log(record.interference[-1].what)
+                _log(record.interference[-1].what, _priority(step, facts, newly))
         upkeep = (record.mode == Mode.COFFEE_SHOP and record.blocked is None and facts.pluto.pid is not None
                   and not facts.pluto.stopped)
         if upkeep:
@@ -228,10 +235,10 @@ class Supervisor:
         try:
             cfg = config.load(config_path)
         except IkectlError as exc:
-            _log(f"re-attestation skipped: {exc}")
+            _log(f"re-attestation skipped: {exc}", WARNING)
             return
         for result in trust.reattest_due(cfg, now, key_changed=self.saw_other_key()):
-            _log(f"re-attested {result.name}: {'ok' if result.ok else result.reason}")
+            _log(f"re-attested {result.name}: {'ok' if result.ok else result.reason}", INFO if result.ok else ERROR)
 
     def saw_other_key(self) -> bool:
         """Has pluto written, since the last round, that the trusted resolver presented another key?"""
@@ -255,8 +262,26 @@ def _what(step: plan.Step, facts: plan.Facts, newly_wanted: bool = False) -> str
     return type(step).__name__
 
 
-def _log(message: str) -> None:
-    print(f"ikectl supervisor: {message}", file=sys.stderr, flush=True)
+def _priority(step: plan.Step, facts: plan.Facts, newly_wanted: bool = False) -> int:
+    """A repair after another program's doing is a warning; the rest is the supervisor at work."""
+    undone = isinstance(step, plan.Protect) and not newly_wanted and facts.protection is not None
+    return WARNING if undone or isinstance(step, plan.ReloadConns) else INFO
+
+
+_journal: journal.JournalLines | None = None  # set by main with --journal
+
+
+def forward_to_journal(address: str | None = None) -> None:
+    """From now on `_log` sends each line to journald's syslog socket too (`address`: /dev/log)."""
+    global _journal  # noqa: PLW0603 - one per process, like its stderr
+    _journal = journal.JournalLines(address=address or journal.JOURNAL_SOCKET)
+
+
+def _log(message: str, priority: int = INFO) -> None:
+    """Every line of the supervisor's: to its log (its stderr), and with --journal to the journal."""
+    logline.write(f"ikectl supervisor: {message}", priority)
+    if _journal is not None:
+        _journal.send(message, priority)
 
 
 def event_sockets() -> list[socket.socket]:
@@ -361,7 +386,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
     try:
         client, prepared = xfrm.XfrmClient(), xfrm.PreparedPolicies(backstop.policies())
     except (IkectlError, OSError) as exc:
-        _log(f"watcher: no XFRM netlink client ({exc}): removals wait for the next round")
+        _log(f"watcher: no XFRM netlink client ({exc}): removals wait for the next round", WARNING)
         ready.set()
         return
     with contextlib.suppress(IkectlError, OSError):
@@ -384,7 +409,7 @@ def watch(supervisor: Supervisor, sockets: list[socket.socket], wake: threading.
             try:
                 supervisor.at_once(xfrm_hit, nft_hit)
             except Exception as exc:  # the watcher must outlive anything one answer meets
-                _log(f"watcher: {type(exc).__name__}: {exc}")
+                _log(f"watcher: {type(exc).__name__}: {exc}", ERROR)
         if removed:
             wake.set()
 
@@ -402,6 +427,8 @@ def drain(sock: socket.socket) -> tuple[bytes, bool]:
 
 
 def main(argv: list[str]) -> int:
+    if "--journal" in argv[1:]:
+        forward_to_journal()
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # A round holds the GIL for most of a second under TCG; the watcher must not wait the default 5 ms per turn.
@@ -420,11 +447,15 @@ def main(argv: list[str]) -> int:
             if not supervisor.tick(time.time()):
                 return 0
         except (IkectlError, OSError) as exc:  # pluto busy, a full disk: say so, try again next round
-            _log(f"{type(exc).__name__}: {exc}")
+            _log(f"{type(exc).__name__}: {exc}", WARNING)
         wake.wait(TICK_S)
         wake.clear()
 
 
 if __name__ == "__main__":
     lean_pyroute2.use()
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Exception as exc:  # the traceback follows in the log; the journal gets the line
+        _log(f"ended by {type(exc).__name__}: {exc}", ERROR)
+        raise

@@ -23,6 +23,17 @@ IKECTL = Path(sys.executable).parent / "ikectl"
 os.environ["IKECTL_ASSUME_ESP"] = "1"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def ikectl_log_dir() -> Iterator[Path]:
+    """Where `down` and failed `up`s keep their runs' logs when a test's config does not say: a scratch directory,
+    never this host's /var/log/ikectl ($IKECTL_LOG_DIR moves the default; docs/modes.md, Where logs go)."""
+    scratch = Path(tempfile.mkdtemp(prefix="ikt-logs-"))
+    os.environ["IKECTL_LOG_DIR"] = str(scratch / "ikectl")
+    yield scratch / "ikectl"
+    os.environ.pop("IKECTL_LOG_DIR", None)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Lab]:
     """client -- router (capture) -- coffee (NULL IKE), plain (no IKE), trusted (pinned ECDSA key)."""
