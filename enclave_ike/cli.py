@@ -40,14 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"enclave-ike {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="answer IKE for the configured DNS addresses")
-    serve.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, help="TOML config file "
-                       f"(default {config_module.DEFAULT_PATH})")
+    serve.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
+                       help=f"TOML config file (default {config_module.DEFAULT_PATH})")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every datagram-level decision too")
     identity = commands.add_parser("identity", help="print the running server's public identity")
-    identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
-    identity.add_argument("--format", choices=("libreswan", "pem", "json"), default="libreswan")
+    identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
+                          help="the running server's config (where it published its identity)")
+    identity.add_argument("--format", choices=("libreswan", "pem", "json"), default="libreswan",
+                          help="libreswan's raw key (0s...), a PEM public key, or JSON")
     evidence = commands.add_parser("evidence", help="print the running server's attestation evidence for a nonce")
-    evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH)
+    evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
+                          help="the running server's config")
     evidence.add_argument("--nonce", required=True, metavar="HEX", help="16 to 64 bytes as hex, fresh for each use")
     return parser
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--seconds", type=float, default=3.0, help="how long to send and capture (default 3)")
 
     r = commands.add("render", help="write a libreswan config tree for a mode (touches nothing else)")
-    r.add_argument("--mode", required=True, choices=[m.value for m in Mode])
+    r.add_argument("--mode", required=True, choices=[m.value for m in Mode], help="the mode to render")
     r.add_argument("--resolver", required=True, action="append", metavar="IP",
                    help="a resolver's address (coffee-shop: repeat for several; trusted: exactly one)")
     r.add_argument("--resolver-id", metavar="ID", help="trusted: the resolver's IKE ID, e.g. @dns.example.net")
@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", action="append", default=[], metavar="IP",
                    help="coffee-shop: the address this host sends DNS from, per address family (default: the kernel's "
                         "route to each resolver; an IPv6 group needs one)")
-    r.add_argument("--output", required=True, type=Path, metavar="DIR")
+    r.add_argument("--output", required=True, type=Path, metavar="DIR",
+                   help="where the libreswan tree is written (created if missing)")
     r.add_argument("--no-check", action="store_true", help="do not run libreswan's parser on the result")
     _add_nm_commands(commands)
     _add_trust_commands(commands)
@@ -118,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_nm_commands(commands: _Commands) -> None:
     d = commands.add("nm-dispatch", help="NetworkManager's dispatcher hook (argv and environment from NM)")
-    d.add_argument("iface", metavar="IFACE")
-    d.add_argument("action", metavar="ACTION")
+    d.add_argument("iface", metavar="IFACE", help="the interface NetworkManager names")
+    d.add_argument("action", metavar="ACTION", help="the dispatcher action (up, down, vpn-up, connectivity-change...)")
     d.add_argument("--dry-run", action="store_true", help="log the plan, apply nothing")
     h = commands.add("install-nm-hook", help="put the hook into NetworkManager's dispatcher directories")
     h.add_argument("--uninstall", action="store_true", help="remove exactly what install-nm-hook installed")
@@ -128,7 +129,7 @@ def _add_nm_commands(commands: _Commands) -> None:
     p = commands.add("portal", help="captive portals on trusted networks: a time-limited clear-DNS window")
     portal_commands = _Commands(p.add_subparsers(dest="portal_command", metavar="allow|close|show", required=True))
     allow = portal_commands.add("allow", help="let clear DNS through for a portal login, for N minutes")
-    allow.add_argument("--minutes", type=int, required=True, metavar="N")
+    allow.add_argument("--minutes", type=int, required=True, metavar="N", help="how long the window stays open")
     portal_commands.add("close", help="close the window now")
     portal_commands.add("show", help="say whether a portal is waiting or a window is open")
 
@@ -193,8 +194,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise
     for warning in result.warnings:
         _warn(warning)
-    say(f"up in {result.mode.value} mode for {', '.join(map(str, result.resolvers))} "
-        f"(pluto pid {result.pluto_pid}) in {result.seconds:.2f} s")
+    # Quiet on success at a terminal; under systemd (ikectl.service) the journal gets this one line of what is up.
+    summary = _sayer(args.verbose or logline.to_journal())
+    summary(f"up in {result.mode.value} mode for {', '.join(map(str, result.resolvers))} "
+            f"(pluto pid {result.pluto_pid}) in {result.seconds:.2f} s")
     return EXIT_OK
 
 
@@ -225,6 +228,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     log_dir = cfg.log_dir if cfg is not None else config.default_log_dir()
     if not session.down(cfg.run_dir if cfg is not None else None, _sayer(args.verbose), log_dir=log_dir, warn=_warn):
         _sayer(args.verbose)("ikectl was not up: nothing to remove")
+    elif logline.to_journal():
+        _sayer(True)("down: everything ikectl installed is removed")
     return EXIT_OK
 
 
@@ -366,11 +371,11 @@ def _add_trust_commands(commands: _Commands) -> None:
                      help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
     add.add_argument("--id", metavar="ID", help="the IKE ID to expect (default: the one the resolver states)")
     listing = trust_commands.add("list", help="every pin, with its latest attestation")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="the same as a JSON document")
     verify_ = trust_commands.add("verify", help="re-attest now; on failure trusted mode blocks its DNS")
-    verify_.add_argument("name", metavar="NAME")
+    verify_.add_argument("name", metavar="NAME", help="the pin to verify again")
     remove = trust_commands.add("remove", help="forget a pin (trusted mode using it blocks DNS)")
-    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("name", metavar="NAME", help="the pin to remove")
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
