@@ -52,6 +52,12 @@ def fake_pluto(tmp_path: Path) -> Iterator[RunDir]:
     run.pluto_dir.mkdir(parents=True)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "pluto", "--rundir",
                              str(run.pluto_dir)])
+    # Popen can return while the child is still inside exec, its /proc cmdline empty: the real pluto writes its pid
+    # file once it runs, so this one is written once the command line is there.
+    deadline = time.monotonic() + 30
+    while b"pluto" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the fake pluto did not start"
+        time.sleep(0.001)
     (run.pluto_dir / "pluto.pid").write_text(f"{proc.pid}\n")
     try:
         yield run
