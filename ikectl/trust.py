@@ -11,7 +11,8 @@ checking that it still does.
 (the vendors' roots from [trust], or with `--anchors sim` the simulated root, NOT SECURE), the binding of that nonce
 and the envelope's key, and the registers against the measurement spec (a file, gzip+base64url inline, or an https
 governance feed signed by [trust] release_key, see feed.py). Then it asks the endpoint for the IKE ID and pins key
-and ID in the trust store (truststore.py). Any mismatch: nothing is pinned, and AttestationFailed lists every one.
+and ID in the trust store (truststore.py). Any mismatch, or evidence that is unsupported (a TDX quote v5, say) or
+malformed: nothing is pinned, and AttestationFailed says which and lists every mismatch.
 
 `verify` (and `reattest_due`, which a supervisor calls periodically) does the same against the pin's own spec and
 anchors. On failure the pin is marked failed and, when ikectl is up in trusted mode with this resolver, the trusted
@@ -39,6 +40,7 @@ from ikecommon.attestation import (
     Mismatch,
     SpecFormatError,
     TrustAnchors,
+    UnsupportedEvidence,
     VerificationFailed,
     verify_envelope,
 )
@@ -65,15 +67,30 @@ def _quiet(_: str) -> None:
 
 
 class AttestationFailed(TrustError):
-    """Evidence that did not verify. The message is one sentence, then every mismatch on a line of its own."""
+    """Evidence that did not verify. The message is one sentence, then on lines of their own what kept the evidence
+    from being judged (`what`: "unsupported evidence" or "malformed evidence", and `detail`) and every mismatch."""
 
-    def __init__(self, sentence: str, mismatches: Sequence[Mismatch]) -> None:
-        self.sentence, self.mismatches = sentence, tuple(mismatches)
-        lines = [f"  {m.field}: expected {m.expected}, got {m.actual}" for m in self.mismatches]
-        super().__init__("\n".join([sentence, *lines]))
+    def __init__(self, sentence: str, mismatches: Sequence[Mismatch], what: str = "", detail: str = "") -> None:
+        self.sentence, self.mismatches, self.what, self.detail = sentence, tuple(mismatches), what, detail
+        super().__init__("\n".join([sentence, *self.detail_lines()]))
 
     def saying(self, sentence: str) -> AttestationFailed:
-        return AttestationFailed(sentence, self.mismatches)
+        return AttestationFailed(sentence, self.mismatches, self.what, self.detail)
+
+    def detail_lines(self) -> list[str]:
+        return ([f"  {self.what}: {self.detail}"] if self.what else []) + [
+            f"  {m.field}: expected {m.expected}, got {m.actual}" for m in self.mismatches]
+
+    @property
+    def reason(self) -> str:
+        """The sentence and what kept the evidence from being judged, as a pin records why it failed."""
+        return f"{self.sentence}: {self.detail}" if self.what else self.sentence
+
+
+def evidence_kind_of_problem(exc: UnsupportedEvidence | EvidenceFormatError) -> str:
+    """Evidence that could not be judged, said as what it is: unsupported (a version, type or signing key not
+    handled, e.g. "TDX quote version 5 (supported: 4)") or malformed (where it is broken)."""
+    return "unsupported evidence" if isinstance(exc, UnsupportedEvidence) else "malformed evidence"
 
 
 class ReattestFailed(TrustError):
@@ -173,8 +190,8 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         body = fetch_evidence(host, port, nonce, timeout)
     except EndpointError as exc:
         raise TrustError(f"resolver {address}: cannot get its evidence: {exc}") from None
-    sentence = f"resolver {address} failed attestation"
     mismatches: list[Mismatch] = []
+    what = detail = ""
     key = None
     kind = measurement = ""
     try:
@@ -183,9 +200,8 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         kind, measurement = verified.kind.value, verified.measurement_id
     except VerificationFailed as exc:
         mismatches += exc.mismatches
-    except EvidenceFormatError as exc:
-        where = f" at offset {exc.offset}" if exc.offset is not None else ""
-        mismatches.append(Mismatch(exc.field, "well-formed evidence", f"{exc.detail}{where}"))
+    except (UnsupportedEvidence, EvidenceFormatError) as exc:
+        what, detail = evidence_kind_of_problem(exc), str(exc)
     except keys.PinError as exc:
         mismatches.append(Mismatch("envelope.ike-key", "a key libreswan can pin", str(exc)))
     try:
@@ -196,9 +212,10 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         served = expected_id or ""
     if expected_id is not None and served != expected_id:
         mismatches.append(Mismatch("identity.id", expected_id, served))
-    if mismatches or key is None:
-        raise AttestationFailed(f"{sentence} ({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''})",
-                                mismatches)
+    if mismatches or what or key is None:
+        counted = [f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"] if mismatches else []
+        said = ", ".join(([what] if what else []) + counted)
+        raise AttestationFailed(f"resolver {address} failed attestation ({said})", mismatches, what, detail)
     return Attested(key, served, kind, measurement)
 
 
@@ -260,7 +277,7 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
                 f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
             truststore.save(config.trust_dir, replace(
-                pin, result=FAILED, attested_at=now, reason=failure.sentence,
+                pin, result=FAILED, attested_at=now, reason=failure.reason,
                 mismatches=tuple((m.field, m.expected, m.actual) for m in failure.mismatches)))
             try:
                 blocked = block(pin, say)
@@ -268,9 +285,8 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
                           "trusted mode refuses it until it verifies: DNS to it stays blocked")
             except IkectlError as exc:
                 blocked, effect = False, f"but its trusted conns could not be deleted ({exc}): run `ikectl down`"
-            raise ReattestFailed(f"{failure.sentence}; pin {name!r} marked failed, {effect}"
-                                 + "".join(f"\n  {m.field}: expected {m.expected}, got {m.actual}"
-                                           for m in failure.mismatches), blocked) from None
+            raise ReattestFailed("\n".join([f"{failure.sentence}; pin {name!r} marked failed, {effect}",
+                                            *failure.detail_lines()]), blocked) from None
         updated = replace(pin, key=attested.key, id=attested.id, evidence_kind=attested.evidence_kind,
                           measurement_id=attested.measurement_id, attested_at=now, result=OK, reason="",
                           mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial)

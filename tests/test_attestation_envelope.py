@@ -29,6 +29,7 @@ from ikecommon.attestation import (
     MeasurementEntry,
     MeasurementSpec,
     TrustAnchors,
+    UnsupportedEvidence,
     appraise,
 )
 from ikecommon.attestation.envelope import ENVELOPE_TYPE, EVIDENCE_MEDIA_TYPES, MAX_ENVELOPE
@@ -188,10 +189,14 @@ def test_wrong_type_of_value() -> None:
     assert error(with_member("nonce", ["application/vnd.enclave-ike.nonce", 12])).field == "envelope.nonce[1]"
 
 
-def test_unknown_evidence_media_type() -> None:
+def test_unknown_evidence_media_type_is_unsupported() -> None:
     doc = document()
     doc["evidence"][0] = "application/eat+cwt"
-    assert error(json.dumps(doc).encode()).field == "envelope.evidence[0]"
+    with pytest.raises(UnsupportedEvidence) as raised:
+        Envelope.decode(json.dumps(doc).encode())
+    assert raised.value.field == "envelope.evidence[0]"
+    assert str(raised.value).startswith("evidence media type 'application/eat+cwt' (supported: "
+                                        "application/vnd.enclave-ike.tdx-quote, ")
 
 
 def test_wrong_media_type_for_a_member() -> None:
@@ -251,10 +256,14 @@ def test_ike_key_that_is_not_a_key() -> None:
     assert error(key_member(b"\x30\x03\x02\x01\x01")).field == "envelope.ike-key[1]"
 
 
-def test_ike_key_of_a_type_ike_cannot_sign_with() -> None:
+def test_ike_key_of_a_type_ike_cannot_sign_with_is_unsupported() -> None:
     der = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    assert "not an IKE signing key" in error(key_member(der)).detail
+    with pytest.raises(UnsupportedEvidence) as raised:
+        Envelope.decode(key_member(der))
+    assert raised.value.field == "envelope.ike-key[1]"
+    assert str(raised.value) == ("IKE key of type Ed25519PublicKey (supported: ECDSA P-256, P-384 or P-521, "
+                                 "or RSA)")
 
 
 def test_ike_key_with_a_compressed_point_is_not_canonical() -> None:

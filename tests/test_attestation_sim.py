@@ -24,6 +24,7 @@ from ikecommon.attestation import (
     MeasurementEntry,
     MeasurementSpec,
     TrustAnchors,
+    UnsupportedEvidence,
     VerificationFailed,
     verify_envelope,
 )
@@ -109,12 +110,18 @@ def test_trailing_bytes_are_a_format_error() -> None:
         SimReport.decode(report() + b"\0")
 
 
-@pytest.mark.parametrize(("offset", "field"), [(0, "sim_report.magic"), (8, "sim_report.version"),
-                                               (11, "sim_report.register_count")])
+@pytest.mark.parametrize(("offset", "field"), [(0, "sim_report.magic"), (11, "sim_report.register_count")])
 def test_bit_flip_in_the_header_is_a_format_error(offset: int, field: str) -> None:
     with pytest.raises(EvidenceFormatError) as error:
         SimReport.decode(flip(report(), offset, 7))
     assert error.value.field == field
+
+
+def test_another_version_is_unsupported() -> None:
+    with pytest.raises(UnsupportedEvidence) as error:
+        SimReport.decode(flip(report(), 8, 7))
+    assert (error.value.field, error.value.offset) == ("sim_report.version", 8)
+    assert str(error.value) == "sim report version 129 (supported: 1)"
 
 
 def test_zero_registers_is_a_format_error() -> None:
@@ -207,5 +214,5 @@ def test_sim_evidence_is_not_trusted_unless_the_client_opts_in() -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=600))
 def test_random_bytes_decode_or_raise_a_format_error(data: bytes) -> None:
-    with contextlib.suppress(EvidenceFormatError):
+    with contextlib.suppress(EvidenceFormatError, UnsupportedEvidence):
         SimReport.decode(MAGIC + data)

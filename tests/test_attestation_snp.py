@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from ikecommon.attestation import EvidenceFormatError, VerificationFailed
+from ikecommon.attestation import EvidenceFormatError, UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.snp import (
     SnpPolicy,
     SnpReport,
@@ -171,9 +171,11 @@ def test_one_bit_flipped(offset: int, expected: set[str]):
     assert not result.signatures_valid
 
 
-def test_signature_algorithm_changed():
-    result = verify(flipped(REPORT, 0x34, 1))
-    assert [(m.field, m.actual) for m in result.mismatches] == [("signature_algo", "3")]
+def test_signature_algorithm_changed_is_unsupported():
+    with pytest.raises(UnsupportedEvidence) as caught:
+        verify(flipped(REPORT, 0x34, 1))
+    assert str(caught.value) == "SEV-SNP signature algorithm 3 (supported: 1, ECDSA P-384 with SHA-384)"
+    assert (caught.value.field, caught.value.offset) == ("snp_report.signature_algo", 0x34)
 
 
 def test_bytes_after_the_signature_are_not_signed():
@@ -220,9 +222,32 @@ def test_too_long():
 
 @pytest.mark.parametrize("version", [0, 1, 6, 0xFFFFFFFF])
 def test_unsupported_version(version: int):
-    with pytest.raises(EvidenceFormatError, match=f"version {version} is not supported") as caught:
+    with pytest.raises(UnsupportedEvidence) as caught:
         SnpReport.parse(version.to_bytes(4, "little") + REPORT[4:])
-    assert caught.value.field == "snp_report.version"
+    assert str(caught.value) == f"SEV-SNP report version {version} (supported: 2 to 5)"
+    assert (caught.value.field, caught.value.offset) == ("snp_report.version", 0)
+
+
+@pytest.mark.parametrize(("family", "words"), [
+    (0x1A, "SEV-SNP report from CPU family 0x1a (Turin or later, whose TCB_VERSION differs) (supported: family "
+           "0x19: Milan and Genoa)"),
+    (0x17, "SEV-SNP report from CPU family 0x17 (supported: family 0x19: Milan and Genoa)"),
+])
+def test_a_report_from_another_cpu_family_is_unsupported(family: int, words: str):
+    report = bytearray(REPORT)
+    report[0:4] = (3).to_bytes(4, "little")
+    report[0x188] = family
+    with pytest.raises(UnsupportedEvidence) as caught:
+        SnpReport.parse(bytes(report))
+    assert str(caught.value) == words and caught.value.offset == 0x188
+    report[0x188] = 0x19
+    assert SnpReport.parse(bytes(report)).cpuid_fam_id == 0x19
+
+
+def test_cpuid_is_reserved_in_version_2():
+    report = bytearray(REPORT)
+    report[0x188] = 0x1A
+    assert SnpReport.parse(bytes(report)).version == 2
 
 
 def test_vcek_without_amd_extensions():
@@ -333,10 +358,24 @@ def test_stale_crl():
     assert fields(amd.verify(crls=(amd.crl(),), at=datetime(2023, 9, 1, tzinfo=UTC))) == {"ark_crl.next_update"}
 
 
-def test_report_signed_by_a_vlek():
+def test_report_signed_by_a_vlek_is_unsupported():
     amd = FakeAmd.instance()
-    result = amd.verify(amd.report(signer_info=1 << 2))
-    assert [(m.field, m.actual) for m in result.mismatches] == [("signer_info.signing_key", "1")]
+    with pytest.raises(UnsupportedEvidence) as caught:
+        amd.verify(amd.report(signer_info=1 << 2))
+    assert str(caught.value) == "SEV-SNP report signed by signing key 1 (VLEK) (supported: 0, a VCEK)"
+    assert caught.value.field == "snp_report.signer_info.signing_key"
+
+
+def test_a_vcek_of_another_product_is_unsupported():
+    amd = FakeAmd.instance()
+    extensions = [x509.Extension(e.oid, e.critical, x509.UnrecognizedExtension(e.oid, b"\x16\x08Turin-B0"))
+                  if e.oid.dotted_string == "1.3.6.1.4.1.3704.1.2" else e
+                  for e in vcek().extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704.")]
+    turin = FakeAmd._cert("SEV-VCEK", amd.vcek_key, (amd.ask, amd.ask_key), ca=False, extra=extensions)
+    with pytest.raises(UnsupportedEvidence) as caught:
+        verify(amd.report(), vcek=turin, ask_ark=(amd.ask, amd.ark))
+    assert str(caught.value) == "SEV-SNP product 'Turin-B0' (supported: Milan and Genoa)"
+    assert caught.value.field == "vcek.productName"
 
 
 def test_masked_chip_id():

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from ikecommon.attestation import EvidenceFormatError, VerificationFailed
+from ikecommon.attestation import EvidenceFormatError, UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.tdx import (
     QuoteSignatureData,
     TdxCollateral,
@@ -291,15 +291,41 @@ def test_declared_lengths_inside_the_signature_data_are_bounded():
 
 
 def test_unsupported_version():
-    with pytest.raises(EvidenceFormatError, match="version 5 is not supported") as caught:
+    with pytest.raises(UnsupportedEvidence) as caught:
         TdxQuote.parse(_with_u16(QUOTE, 0, 5))
-    assert caught.value.field == "tdx_quote.header.version"
+    assert str(caught.value) == "TDX quote version 5 (supported: 4)"
+    assert (caught.value.field, caught.value.offset) == ("tdx_quote.header.version", 0)
 
 
 def test_unsupported_certification_data():
-    with pytest.raises(EvidenceFormatError, match="type 5 is not supported") as caught:
+    with pytest.raises(UnsupportedEvidence) as caught:
         TdxQuote.parse(_with_u16(QUOTE, SIG_DATA + 128, 5))
-    assert caught.value.field == "tdx_quote.signature_data.certification.type"
+    assert str(caught.value) == ("TDX quote certification data type 5 (PCK certificate chain) (supported: 6, QE "
+                                 "report certification data)")
+    assert (caught.value.field, caught.value.offset) == ("tdx_quote.signature_data.certification.type",
+                                                         SIG_DATA + 128)
+
+
+def test_unsupported_pck_certification_data():
+    with pytest.raises(UnsupportedEvidence, match=r"PCK certification data type 4 \(PCK leaf certificate\)") as caught:
+        TdxQuote.parse(_with_u16(QUOTE, PCK_CHAIN - 6, 4))
+    assert (caught.value.field, caught.value.offset) == ("tdx_quote.pck_certification.type", PCK_CHAIN - 6)
+
+
+@pytest.mark.parametrize(("offset", "value", "words"), [
+    (4, 0x00, "quote TEE type 0x0 (SGX) (supported: 0x81, TDX)"),
+    (4, 0x7F, "quote TEE type 0x7f (supported: 0x81, TDX)"),
+    (2, 3, "TDX attestation key type 3 (ECDSA P-384) (supported: 2, ECDSA P-256)"),
+])
+def test_unsupported_tee_and_key_types(offset: int, value: int, words: str):
+    with pytest.raises(UnsupportedEvidence) as caught:
+        TdxQuote.parse(_with_u16(QUOTE, offset, value))
+    assert str(caught.value) == words and caught.value.offset == offset
+
+
+def test_an_sgx_quote_is_named_by_its_tee_type_before_its_version():
+    with pytest.raises(UnsupportedEvidence, match=r"\(SGX\)"):
+        TdxQuote.parse(_with_u16(_with_u16(QUOTE, 0, 3), 4, 0))
 
 
 def test_malformed_collateral_names_the_json_path():

@@ -1,19 +1,23 @@
 """`ikectl trust add|list|verify|remove` on the command line: quiet success, a NOT SECURE warning for sim evidence,
-failures whose first stderr line is one sentence followed by every mismatch (exit 1), bad arguments one line and
-exit 2, and nothing pinned when anything is wrong."""
+failures whose first stderr line is one sentence followed by every mismatch (exit 1), or by what makes the evidence
+unsupported or malformed, bad arguments one line and exit 2, and nothing pinned when anything is wrong."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from trust_servers import RESOLVER_ID, port_of, running_endpoint, sim_spec
+from attestation_vectors import TDX
+from trust_servers import RESOLVER_ID, hostile_endpoint, port_of, running_endpoint, sim_spec
 
-from enclave_ike.enclave import SoftwareEnclave
-from ikectl import cli
+from enclave_ike.enclave import SoftwareEnclave, attest
+from ikecommon.attestation import Envelope, Evidence, EvidenceKind
+from ikectl import cli, truststore
 
 OTHER_BUILD = bytes(range(48))
+QUOTE = (TDX / "tdx_quote_v4_spr_e4.dat").read_bytes()
 
 
 @pytest.fixture
@@ -123,3 +127,45 @@ def test_vendor_anchors_without_roots_is_exit_2(config_file, endpoint, spec_file
     args = add_args(endpoint, spec_file)
     assert ikectl(config_file, *args[:-2]) == 2  # without --anchors sim: the default, vendor
     assert "--anchors vendor needs [trust] intel_root or amd_arks" in capsys.readouterr().err
+
+
+# --- evidence that cannot be judged: unsupported and malformed read differently from a mismatch ---
+
+def _serving(evidence: bytes):
+    """An endpoint answering an envelope holding this TDX quote (for whatever nonce) and the resolver's ID."""
+    sim = attest(SoftwareEnclave(), bytes(32))
+    body = Envelope(Evidence(EvidenceKind.TDX, evidence), sim.ike_key, sim.nonce).encode()
+    identity = json.dumps({"version": 1, "id": RESOLVER_ID}).encode()
+    return hostile_endpoint(lambda path, query: (200, identity if path == "/identity" else body))
+
+
+@pytest.mark.parametrize(("evidence", "what", "detail"), [
+    (b"\x05\x00" + QUOTE[2:], "unsupported evidence", "unsupported evidence: TDX quote version 5 (supported: 4)"),
+    (QUOTE[:100], "malformed evidence",
+     "malformed evidence: tdx_quote.body.mr_seam at offset 64: needs 48 bytes, 36 remain"),
+], ids=["unsupported", "malformed"])
+def test_add_says_unsupported_or_malformed_evidence(config_file, spec_file, capsys, tmp_path, evidence, what, detail):
+    with _serving(evidence) as port:
+        code = ikectl(config_file, "add", "home", "--resolver", "127.0.0.1", "--port", str(port), "--spec",
+                      str(spec_file), "--anchors", "sim")
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert err[1:] == [f"ikectl: error: resolver 127.0.0.1 failed attestation ({what}): nothing pinned", f"  {detail}"]
+    assert not (tmp_path / "trust" / "home.json").exists()
+
+
+def test_verify_records_why_the_evidence_could_not_be_judged(config_file, endpoint, spec_file, capsys, tmp_path):
+    assert ikectl(config_file, *add_args(endpoint, spec_file)) == 0
+    capsys.readouterr()
+    pin = truststore.load(tmp_path / "trust", "home")
+    with _serving(b"\x05\x00" + QUOTE[2:]) as port:
+        truststore.save(tmp_path / "trust", replace(pin, port=port))
+        assert ikectl(config_file, "verify", "home") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("ikectl: error: resolver 127.0.0.1 failed attestation (unsupported evidence); pin 'home' "
+                             "marked failed")
+    assert err[1] == "  unsupported evidence: TDX quote version 5 (supported: 4)"
+    failed = truststore.load(tmp_path / "trust", "home")
+    assert (failed.result, failed.reason, failed.mismatches) == (
+        "failed", "resolver 127.0.0.1 failed attestation (unsupported evidence): TDX quote version 5 (supported: "
+                  "4)", ())

@@ -19,7 +19,8 @@ is CMW's bitmap (4 = evidence, 2 = endorsements). Labels and media types:
 
 The vnd.enclave-ike types are not registered with IANA. Decoding is strict: any unknown member, wrong type, bad
 base64url, a value over its size limit, a member the evidence type does not use, or a duplicate key is an
-EnvelopeFormatError naming the member. Nothing here judges the evidence; `verify.py` does.
+EnvelopeFormatError naming the member; evidence of another media type, or an IKE key of a type IKE here does not
+sign with (Ed25519, another curve), is an UnsupportedEvidence. Nothing here judges the evidence; `verify.py` does.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .binding import NONCE_MAX, NONCE_MIN
 from .certs import pem_chain
-from .errors import EvidenceFormatError
+from .errors import EvidenceFormatError, UnsupportedEvidence
 
 ENVELOPE_TYPE = "tag:enclave-ike,2026:evidence-envelope/v1"
 COLLECTION_TYPE_KEY = "__cmwc_t"
@@ -113,6 +114,7 @@ _MEMBERS: Mapping[str, _Member] = {
        for n in range(1, MAX_CRLS + 1)},
 }
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_IKE_KEYS = "ECDSA P-256, P-384 or P-521, or RSA"
 
 
 @dataclass(frozen=True)
@@ -167,9 +169,8 @@ def _decode(data: bytes) -> Envelope:
     evidence_type = _record(document["evidence"], "evidence")[0]
     kind = _KIND_BY_MEDIA_TYPE.get(evidence_type)
     if kind is None:
-        raise EnvelopeFormatError("envelope.evidence[0]", None,
-                                  f"unknown evidence media type {evidence_type!r}; expected one of "
-                                  f"{', '.join(EVIDENCE_MEDIA_TYPES.values())}")
+        raise UnsupportedEvidence("envelope.evidence[0]", None, f"evidence media type {evidence_type!r}",
+                                  ", ".join(EVIDENCE_MEDIA_TYPES.values()))
     values = {label: _value(label, record, kind) for label, record in document.items()}
     crls = [label for label in values if label.startswith("crl-")]
     if sorted(crls, key=lambda label: int(label[4:])) != [f"crl-{n}" for n in range(1, len(crls) + 1)]:
@@ -284,9 +285,9 @@ def _spki(der: bytes) -> bytes:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise EnvelopeFormatError(where, None, f"not a SubjectPublicKeyInfo: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        raise EnvelopeFormatError(where, None, f"{type(key).__name__} is not an IKE signing key (ECDSA or RSA)")
+        raise UnsupportedEvidence(where, None, f"IKE key of type {type(key).__name__}", _IKE_KEYS)
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
-        raise EnvelopeFormatError(where, None, f"ECDSA on {key.curve.name} is not supported")
+        raise UnsupportedEvidence(where, None, f"IKE key ECDSA on {key.curve.name}", _IKE_KEYS)
     canonical = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if canonical != der:
         raise EnvelopeFormatError(where, None, "not canonical DER (compressed point or non-minimal encoding)")

@@ -1,4 +1,12 @@
-"""Errors of attestation: evidence that does not parse, and evidence that parses but does not verify."""
+"""Errors of attestation, three kinds under AttestationError, so a caller can say which it met:
+
+- UnsupportedEvidence: well-formed evidence of a version, TEE type, product or signing key this layer does not
+  handle (yet), e.g. a TDX quote v5; it names the value and what is supported;
+- EvidenceFormatError: malformed evidence (truncated, a length past its span, a certificate that does not decode);
+  it names the field and, for binary evidence, the offset;
+- VerificationFailed: evidence that parses but does not match (a signature, a chain, a binding, a measurement);
+  it carries every Mismatch (field, expected, got).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +33,18 @@ class AttestationError(Error):
     """Evidence could not be trusted."""
 
 
+class UnsupportedEvidence(AttestationError):
+    """Well-formed evidence this layer does not handle: `what` names the value ("TDX quote version 5"),
+    `supported` what is handled instead ("4"); `field` and `offset` say where it was read."""
+
+    def __init__(self, field: str, offset: int | None, what: str, supported: str) -> None:
+        self.field, self.offset, self.what, self.supported = field, offset, what, supported
+        super().__init__(f"{what} (supported: {supported})")
+
+
 class EvidenceFormatError(AttestationError):
-    """Evidence, a certificate or collateral is truncated or malformed; `field` and `offset` say where."""
+    """Malformed evidence: it, a certificate or collateral is truncated or does not decode; `field` and `offset`
+    say where."""
 
     def __init__(self, field: str, offset: int | None, detail: str) -> None:
         self.field, self.offset, self.detail = field, offset, detail

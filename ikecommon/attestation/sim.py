@@ -113,7 +113,7 @@ class SimReport:
             raise r.fail("magic", f"expected {MAGIC!r}, got {magic!r}", 0)
         version = r.uint(2, "version")
         if version != VERSION:
-            raise r.fail("version", f"version {version} is not supported (only {VERSION})", 8)
+            raise r.unsupported("version", f"sim report version {version}", str(VERSION), 8)
         count = r.uint(2, "register_count")
         if not 1 <= count <= MAX_REGISTERS:
             raise r.fail("register_count", f"must be 1 to {MAX_REGISTERS}, got {count}", 10)
@@ -167,7 +167,8 @@ class SimVerification(Verification):
 
 
 def verify_sim_report(evidence: bytes | SimReport, *, root: x509.Certificate, at: datetime) -> SimVerification:
-    """Every check on a sim report; raises only EvidenceFormatError (the report does not parse)."""
+    """Every check on a sim report; raises only EvidenceFormatError (the report does not parse) and
+    UnsupportedEvidence (a version other than 1)."""
     at = aware(at)
     report = evidence if isinstance(evidence, SimReport) else SimReport.decode(evidence)
     checks = (

@@ -10,7 +10,8 @@ without raising, for callers that show the details (`ikectl trust verify`). The 
    envelope's nonce is the nonce sent;
 3. the registers against the measurement spec.
 
-Evidence that does not parse raises EvidenceFormatError (an envelope that does not, EnvelopeFormatError).
+Evidence that does not parse raises EvidenceFormatError (an envelope that does not, EnvelopeFormatError); evidence
+of a version, type or signing key not handled raises UnsupportedEvidence.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Bounded little-endian reads for fixed-layout evidence (TDX quotes, SEV-SNP reports).
 
 Every read names its field. Reading past the end of the span is an EvidenceFormatError that says which field
-and at which offset, never a short read. `sub` restricts a nested structure to its declared length, and
-`done` fails if that span was not consumed.
+and at which offset, never a short read; a value the parser does not handle is an UnsupportedEvidence. `sub`
+restricts a nested structure to its declared length, and `done` fails if that span was not consumed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .errors import EvidenceFormatError
+from .errors import EvidenceFormatError, UnsupportedEvidence
 
 
 class Reader:
@@ -54,6 +54,10 @@ class Reader:
 
     def fail(self, field: str, detail: str, offset: int | None = None) -> EvidenceFormatError:
         return EvidenceFormatError(f"{self._what}.{field}", self._offset if offset is None else offset, detail)
+
+    def unsupported(self, field: str, what: str, supported: str, offset: int) -> UnsupportedEvidence:
+        """A well-formed value this parser does not handle (a version, a type), read at `offset`."""
+        return UnsupportedEvidence(f"{self._what}.{field}", offset, what, supported)
 
 
 def le(value: int, size: int) -> bytes:

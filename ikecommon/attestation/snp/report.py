@@ -4,7 +4,8 @@ dataclass that decodes from and encodes to the exact 1184 bytes.
 The layout is one declaration, `LAYOUT`, read and written in order; integers are little-endian. Reserved ranges
 are kept, so the encoding of a parsed report is the report. Bytes 0x000-0x29F are signed; the signature (r and s,
 72 bytes each, little-endian) fills the rest. Versions 2 to 5 share this layout; later versions only give
-meaning to bytes that are reserved here.
+meaning to bytes that are reserved here. Another version, or a report (version 3 and later say the CPU family) from a
+CPU other than family 0x19 (Milan, Genoa; Turin's TCB_VERSION is laid out differently), is an UnsupportedEvidence.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ..wire import Reader, check_sizes, le
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SUPPORTED_VERSIONS = range(2, 6)
+CPU_FAMILY_MILAN_GENOA, CPU_FAMILY_TURIN = 0x19, 0x1A
+CPUID_FAM_ID_OFFSET = 0x188
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,13 @@ class SnpReport:
                 value = r.uint(size, name)
                 values[name] = TcbVersion(value) if kind is TcbVersion else value
             if name == "version" and values[name] not in SUPPORTED_VERSIONS:
-                raise r.fail("version", f"version {values[name]} is not supported (2 to 5)", 0)
+                raise r.unsupported("version", f"SEV-SNP report version {values[name]}",
+                                    f"{SUPPORTED_VERSIONS.start} to {SUPPORTED_VERSIONS.stop - 1}", 0)
+        family = values["cpuid_fam_id"]
+        if values["version"] >= 3 and family not in (0, CPU_FAMILY_MILAN_GENOA):  # v2 leaves CPUID reserved
+            later = " (Turin or later, whose TCB_VERSION differs)" if family >= CPU_FAMILY_TURIN else ""
+            raise r.unsupported("cpuid_fam_id", f"SEV-SNP report from CPU family 0x{family:x}{later}",
+                                f"family 0x{CPU_FAMILY_MILAN_GENOA:x}: Milan and Genoa", CPUID_FAM_ID_OFFSET)
         if r.remaining:
             raise EvidenceFormatError("snp_report", REPORT_SIZE, f"{r.remaining} bytes after the {REPORT_SIZE}-byte "
                                       "report")

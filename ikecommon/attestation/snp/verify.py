@@ -5,9 +5,12 @@ Checked, each as its own Check (see docs/attestation.md, "Verifiers"):
 - the report signature: ECDSA P-384 with SHA-384 by the VCEK over bytes 0x000-0x29F;
 - the chain VCEK <- ASK <- ARK (RSASSA-PSS with SHA-384), the ARK being the root the caller trusts, at the
   caller's time, and against the ARK's CRL when the caller passes one;
-- the binding of report and VCEK: the report was signed by a VCEK (not a VLEK), its CHIP_ID is the VCEK's hwID
-  and its REPORTED_TCB is the TCB the VCEK was issued for;
+- the binding of report and VCEK: its CHIP_ID is the VCEK's hwID and its REPORTED_TCB is the TCB the VCEK was
+  issued for;
 - the guest policy and VMPL against the caller's SnpPolicy.
+
+A report this verifier cannot judge raises UnsupportedEvidence: signed with another algorithm than ECDSA P-384, by a
+VLEK (or no key) rather than a VCEK, or for a product other than Milan and Genoa (the VCEK's productName).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 from .. import ecdsa
 from ..certs import der_certificate, pem_chain
 from ..chain import Named, verify_chain
-from ..errors import EvidenceFormatError, Mismatch
+from ..errors import EvidenceFormatError, Mismatch, UnsupportedEvidence
 from ..outcome import Check, CheckKind, Verification
 from ..times import aware
 from .policy import SnpPolicy, policy_mismatches
@@ -33,6 +36,8 @@ from .vcek import VcekExtensions, vcek_extensions
 
 SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
 SIGNING_KEY_VCEK = 0
+SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
+SIGNATURE_ALGO_OFFSET, SIGNER_INFO_OFFSET = 0x34, 0x48
 PRODUCTS = ("Milan", "Genoa")  # whose TCB_VERSION layout report.TcbVersion reads
 
 
@@ -69,11 +74,13 @@ class SnpVerification(Verification):
 def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate, ask: x509.Certificate,
                   ark: x509.Certificate, at: datetime, policy: SnpPolicy | None = None,
                   crls: Sequence[x509.CertificateRevocationList] = ()) -> SnpVerification:
-    """Every check on a SEV-SNP report; raises only EvidenceFormatError (the report or the VCEK does not parse)."""
+    """Every check on a SEV-SNP report; raises only EvidenceFormatError (the report or the VCEK does not parse) and
+    UnsupportedEvidence (see above)."""
     policy = policy or SnpPolicy()
     at = aware(at)
     report = evidence if isinstance(evidence, SnpReport) else SnpReport.parse(evidence)
     extensions = vcek_extensions(vcek)
+    _require_supported(report, extensions)
     chain = [Named("vcek", vcek), Named("ask", ask)]
     checks = (
         Check.of("report signature", CheckKind.SIGNATURE, _report_signature(report, vcek)),
@@ -85,10 +92,24 @@ def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate, ask: x
     return SnpVerification(checks, report, extensions)
 
 
-def _report_signature(report: SnpReport, vcek: x509.Certificate) -> list[Mismatch]:
+def _require_supported(report: SnpReport, vcek: VcekExtensions) -> None:
+    """What this verifier cannot judge at all: another signature algorithm, a report signed by a VLEK (or by no
+    key), a product whose TCB_VERSION it does not read."""
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
-        return [Mismatch("signature_algo", f"{SIGNATURE_ALGO_ECDSA_P384_SHA384} (ECDSA P-384 with SHA-384)",
-                         str(report.signature_algo))]
+        raise UnsupportedEvidence("snp_report.signature_algo", SIGNATURE_ALGO_OFFSET,
+                                  f"SEV-SNP signature algorithm {report.signature_algo}",
+                                  f"{SIGNATURE_ALGO_ECDSA_P384_SHA384}, ECDSA P-384 with SHA-384")
+    if report.signing_key != SIGNING_KEY_VCEK:
+        name = SIGNING_KEYS.get(report.signing_key)
+        raise UnsupportedEvidence("snp_report.signer_info.signing_key", SIGNER_INFO_OFFSET,
+                                  f"SEV-SNP report signed by signing key {report.signing_key}"
+                                  + (f" ({name})" if name else ""), f"{SIGNING_KEY_VCEK}, a VCEK")
+    if not vcek.product_name.startswith(PRODUCTS):
+        raise UnsupportedEvidence("vcek.productName", None, f"SEV-SNP product {vcek.product_name!r}",
+                                  " and ".join(PRODUCTS))
+
+
+def _report_signature(report: SnpReport, vcek: x509.Certificate) -> list[Mismatch]:
     r, s = report.signature
     if not ecdsa.verify(vcek.public_key(), ec.SECP384R1, r, s, report.signed_bytes, hashes.SHA384()):
         return [Mismatch("signature", "a valid ECDSA P-384 signature by the VCEK over bytes 0x000-0x29F",
@@ -108,10 +129,6 @@ def _pss_sha384(certs: Sequence[Named]) -> list[Mismatch]:
 
 def _vcek_binding(report: SnpReport, vcek: VcekExtensions) -> list[Mismatch]:
     found = []
-    if not vcek.product_name.startswith(PRODUCTS):
-        found.append(Mismatch("vcek.productName", " or ".join(PRODUCTS), vcek.product_name))
-    if report.signing_key != SIGNING_KEY_VCEK:
-        found.append(Mismatch("signer_info.signing_key", f"{SIGNING_KEY_VCEK} (VCEK)", str(report.signing_key)))
     if report.mask_chip_id:
         found.append(Mismatch("signer_info.mask_chip_id", "0 (chip ID present)", "1"))
     elif report.chip_id != vcek.hw_id:

@@ -14,6 +14,8 @@ Layout (Intel TDX DCAP Quoting Library API, appendix "Quote Format", all integer
 
 Reserved fields are kept, so encoding a parsed quote gives back the bytes that were signed. Bytes after the
 signature data are not signed; they are kept as `trailing` (go-tdx-guest's sample quote carries 39 of them).
+A well-formed quote of another TEE type (SGX), version (5), attestation key type or certification data type is an
+UnsupportedEvidence; a truncated or inconsistent one an EvidenceFormatError.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from typing import ClassVar
 from ..wire import Reader, check_sizes, le
 
 QUOTE_VERSION = 4
-ATTESTATION_KEY_ECDSA_P256 = 2
-TEE_TYPE_TDX = 0x81
+ATTESTATION_KEY_ECDSA_P256, ATTESTATION_KEY_ECDSA_P384 = 2, 3
+TEE_TYPE_SGX, TEE_TYPE_TDX = 0x00, 0x81
 CERTIFICATION_QE_REPORT = 6
 CERTIFICATION_PCK_CHAIN = 5
+# Intel's certification data types (DCAP Quoting Library API, "Certification Data"), for messages
+_CERTIFICATION_TYPES = {1: "PPID in clear text", 2: "PPID RSA-2048 encrypted", 3: "PPID RSA-3072 encrypted",
+                        4: "PCK leaf certificate", 5: "PCK certificate chain", 6: "QE report certification data",
+                        7: "platform manifest"}
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 
 
@@ -166,8 +172,9 @@ class QeCertification:
         kind_at = r.offset
         kind = r.uint(2, "pck_certification.type")
         if kind != CERTIFICATION_PCK_CHAIN:
-            raise r.fail("pck_certification.type", f"type {kind} is not supported (only 5, a PEM PCK chain, can "
-                         "be verified offline)", kind_at)
+            raise r.unsupported("pck_certification.type", f"TDX PCK certification data type {kind}"
+                                f"{_certification_name(kind)}", "5, a PEM PCK chain: the only type verified offline",
+                                kind_at)
         inner = r.sub(r.uint(4, "pck_certification.size"), "pck_certification.data")
         return cls(qe_report, signature, auth_data, inner.rest())
 
@@ -194,8 +201,8 @@ class QuoteSignatureData:
         kind_at = r.offset
         kind = r.uint(2, "signature_data.certification.type")
         if kind != CERTIFICATION_QE_REPORT:
-            raise r.fail("signature_data.certification.type", f"type {kind} is not supported (expected 6, QE "
-                         "report certification data)", kind_at)
+            raise r.unsupported("signature_data.certification.type", f"TDX quote certification data type {kind}"
+                                f"{_certification_name(kind)}", "6, QE report certification data", kind_at)
         inner = r.sub(r.uint(4, "signature_data.certification.size"), "signature_data.certification.data")
         certification = QeCertification.read(inner)
         inner.done("signature_data.certification.data")
@@ -218,13 +225,15 @@ class TdxQuote:
     def parse(cls, data: bytes) -> TdxQuote:
         r = Reader(data, "tdx_quote")
         header = QuoteHeader.read(r)
+        if header.tee_type != TEE_TYPE_TDX:  # first: an SGX quote is one, whatever its version says
+            raise r.unsupported("header.tee_type", f"quote TEE type 0x{header.tee_type:x}"
+                                f"{' (SGX)' if header.tee_type == TEE_TYPE_SGX else ''}", "0x81, TDX", 4)
         if header.version != QUOTE_VERSION:
-            raise r.fail("header.version", f"version {header.version} is not supported (only 4)", 0)
+            raise r.unsupported("header.version", f"TDX quote version {header.version}", str(QUOTE_VERSION), 0)
         if header.attestation_key_type != ATTESTATION_KEY_ECDSA_P256:
-            raise r.fail("header.attestation_key_type", f"key type {header.attestation_key_type} is not "
-                         "supported (only 2, ECDSA P-256)", 2)
-        if header.tee_type != TEE_TYPE_TDX:
-            raise r.fail("header.tee_type", f"TEE type 0x{header.tee_type:x} is not TDX (0x81)", 4)
+            name = " (ECDSA P-384)" if header.attestation_key_type == ATTESTATION_KEY_ECDSA_P384 else ""
+            raise r.unsupported("header.attestation_key_type", f"TDX attestation key type "
+                                f"{header.attestation_key_type}{name}", "2, ECDSA P-256", 2)
         body = TdReportBody.read(r)
         signature_reader = r.sub(r.uint(4, "signature_data.size"), "signature_data")
         signature_data = QuoteSignatureData.read(signature_reader)
@@ -239,3 +248,8 @@ class TdxQuote:
     def to_bytes(self) -> bytes:
         signature_data = self.signature_data.to_bytes()
         return self.signed_bytes + le(len(signature_data), 4) + signature_data + self.trailing
+
+
+def _certification_name(kind: int) -> str:
+    name = _CERTIFICATION_TYPES.get(kind)
+    return f" ({name})" if name else ""

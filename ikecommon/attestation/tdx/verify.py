@@ -84,7 +84,8 @@ class TdxVerification(Verification):
 
 def verify_quote(evidence: bytes | TdxQuote, *, root: x509.Certificate, collateral: TdxCollateral, at: datetime,
                  policy: TdxPolicy | None = None) -> TdxVerification:
-    """Every check on a TDX quote; raises only EvidenceFormatError (the quote or its PCK chain does not parse)."""
+    """Every check on a TDX quote; raises only EvidenceFormatError (the quote or its PCK chain does not parse) and
+    UnsupportedEvidence (a quote of another version, TEE type, key type or certification data type)."""
     policy = policy or TdxPolicy()
     at = aware(at)
     quote = evidence if isinstance(evidence, TdxQuote) else TdxQuote.parse(evidence)
