@@ -8,6 +8,7 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
     ikectl ipsec ARGS...      libreswan's `ipsec` aimed at ikectl's pluto (ARGS unchanged; ikectl's options go before)
     ikectl trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim] [--id ID]
                  | list [--json] | verify NAME | remove NAME
+                 | check FILE [--spec FILE|INLINE] [--collateral DIR] [--certs DIR] [--at TIME] [--strict] [--json]
 
 The global options (--config FILE, -v) go before or after the command, as a user types them.
 
@@ -357,7 +358,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
 
 def _add_trust_commands(commands: _Commands) -> None:
     t = commands.add("trust", help="pin a resolver's key after verifying its TEE's attestation evidence")
-    trust_commands = _Commands(t.add_subparsers(dest="trust_command", metavar="add|list|verify|remove",
+    trust_commands = _Commands(t.add_subparsers(dest="trust_command", metavar="add|list|verify|remove|check",
                                                 required=True))
     add = trust_commands.add("add", help="fetch evidence for a fresh nonce, verify it, pin the key and ID")
     add.add_argument("name", metavar="NAME", help="the pin's name ([trusted] attested = \"NAME\")")
@@ -376,9 +377,27 @@ def _add_trust_commands(commands: _Commands) -> None:
     verify_.add_argument("name", metavar="NAME", help="the pin to verify again")
     remove = trust_commands.add("remove", help="forget a pin (trusted mode using it blocks DNS)")
     remove.add_argument("name", metavar="NAME", help="the pin to remove")
+    check = trust_commands.add("check", help="verify an evidence file offline and print what it holds (pins nothing)")
+    check.add_argument("file", metavar="FILE", help="a raw TDX quote, a raw SEV-SNP report, a sim report or an "
+                       "evidence envelope (told apart by their contents); - reads stdin")
+    check.add_argument("--spec", metavar="FILE|INLINE", help="the measurements to compare: a JSON file or "
+                       "gzip+base64url inline (a feed is not fetched: check is offline)")
+    check.add_argument("--collateral", type=Path, metavar="DIR", help="TDX: Intel's TCB info, QE identity, TCB "
+                       "signing certificate and CRLs (in place of an envelope's)")
+    check.add_argument("--certs", type=Path, metavar="DIR", help="SEV-SNP: the VCEK and AMD's cert_chain (ASK, ARK), "
+                       "optionally the ARK's CRL (in place of an envelope's)")
+    check.add_argument("--anchors", choices=[a.value for a in Anchors], default=Anchors.VENDOR.value,
+                       help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
+    check.add_argument("--at", metavar="TIME", help="judge certificates, CRLs and collateral at this ISO 8601 time "
+                       "(default now; UTC unless given)")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 1 also when the TCB level, collateral or policy checks fail, as `trust add` would")
+    check.add_argument("--json", action="store_true", help="the same as a JSON document")
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
+    if args.trust_command == "check":
+        return _trust_check(args)
     from . import trust
 
     cfg = config.load(args.config)
@@ -403,6 +422,14 @@ def cmd_trust(args: argparse.Namespace) -> int:
         blocked = trust.remove(cfg, args.name, say=say)
         say(f"removed pin {args.name}" + ("; trusted mode's conns to it deleted: DNS blocked" if blocked else ""))
     return EXIT_OK
+
+
+def _trust_check(args: argparse.Namespace) -> int:
+    from . import trustcheck
+
+    return trustcheck.run(config.load(args.config).trust, args.file, spec=args.spec, collateral=args.collateral,
+                          certs=args.certs, anchors=Anchors(args.anchors), at=args.at, strict=args.strict,
+                          as_json=args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

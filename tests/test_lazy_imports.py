@@ -52,7 +52,7 @@ def coffee_shop(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["no-such-command"], [], ["trust", "add", "--help"],
-                                  ["render", "--mode", "nonsense"]])
+                                  ["trust", "check", "--help"], ["render", "--mode", "nonsense"]])
 def test_help_and_bad_usage_load_no_command_module(argv):
     modules = loaded(RUN_CLI, *argv)
     assert heavy(modules) == []
@@ -99,6 +99,16 @@ def test_trust_loads_the_verifiers_and_the_evidence_client_but_no_enclave_ike_mo
     assert sorted(m for m in modules if m.split(".")[0] == "enclave_ike") == []
     server = loaded("import json, sys, enclave_ike.server, enclave_ike.cli; print(json.dumps(sorted(sys.modules)))")
     assert sorted(m for m in server if m.split(".")[0] == "ikectl") == []
+
+
+def test_trust_check_loads_the_verifiers_but_not_enclave_ike_nor_trust_add(coffee_shop, tmp_path):
+    """`trust check` is offline: it reads a file, and loads neither what pins (ikectl.trust) nor enclave_ike."""
+    evidence = tmp_path / "report.bin"
+    evidence.write_bytes(b"garbage" * 100)
+    modules = loaded(RUN_CLI, "--config", str(coffee_shop), "trust", "check", str(evidence))
+    assert "ikectl.trustcheck" in modules and "ikecommon.attestation.verify" in modules
+    assert sorted(m for m in modules if m.split(".")[0] == "enclave_ike") == []
+    assert "ikectl.trust" not in modules and "ikectl.feed" not in modules
 
 
 def test_the_portal_closer_loads_what_closing_needs_before_it_waits():

@@ -212,7 +212,9 @@ def test_completion(generated, tmp_path, prog, words, offered):
 def test_completion_examples(generated, tmp_path):
     script = generated / "completion" / "ikectl"
     assert {"up", "down", "status", "trust"} <= set(complete(script, tmp_path, "ikectl", ""))
-    assert set(complete(script, tmp_path, "ikectl", "trust", "")) == {"add", "list", "verify", "remove"}
+    assert set(complete(script, tmp_path, "ikectl", "trust", "")) == {"add", "list", "verify", "remove", "check"}
+    assert {"--spec", "--collateral", "--certs", "--at", "--strict", "--json"} <= set(
+        complete(script, tmp_path, "ikectl", "trust", "check", "--"))
     assert "--config" in complete(script, tmp_path, "ikectl", "up", "--")
     (tmp_path / "ikectl.toml").touch()
     assert complete(script, tmp_path, "ikectl", "up", "--config", "ike") == ["ikectl.toml"]
