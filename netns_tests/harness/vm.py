@@ -104,12 +104,20 @@ _PROJECT_SKIP = (".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypoth
 GUEST_STAGE_ROOT = "/run/ikt-stage"
 
 
+# Debian's own Python, which the Debian packages' venvs run on (netns_tests/test_package_deb.py).
+SYSTEM_STDLIB = Path(f"/usr/lib/python{sys.version_info.major}.{sys.version_info.minor}")
+
+
 def staged_trees() -> list[Path]:
-    """The directories the guest reads from RAM: the stdlib, the project and (if elsewhere) its venv."""
-    trees = [Path(sysconfig.get_path("stdlib")).resolve(), PROJECT_ROOT]
+    """The directories the guest reads from RAM: the stdlib, the project, (if elsewhere) its venv, and Debian's
+    stdlib when this Python is not Debian's."""
+    stdlib = Path(sysconfig.get_path("stdlib")).resolve()
+    trees = [stdlib, PROJECT_ROOT]
     venv = Path(sys.prefix).resolve()
     if not venv.is_relative_to(PROJECT_ROOT):
         trees.append(venv)
+    if SYSTEM_STDLIB.is_dir() and SYSTEM_STDLIB.resolve() != stdlib:
+        trees.append(SYSTEM_STDLIB)
     return trees
 
 
@@ -118,7 +126,7 @@ def build_stage(outdir: Path) -> Path:
     archive = outdir / "stage.tar"
     archive.unlink(missing_ok=True)
     for index, tree in enumerate(staged_trees()):
-        skip = _STDLIB_SKIP if index == 0 else _PROJECT_SKIP
+        skip = _STDLIB_SKIP if index == 0 or tree == SYSTEM_STDLIB else _PROJECT_SKIP
         command = ["tar", "-C", "/", "-rf" if index else "-cf", str(archive),
                    *(f"--exclude={name}" for name in skip), str(tree.relative_to("/"))]
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)

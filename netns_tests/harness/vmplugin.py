@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from . import packages
 from .kernel import probe_esp
 from .procs import HarnessError
 from .vm import VmError, VmResult, VmSpec, run_in_vm
@@ -51,6 +53,7 @@ class VmSession:
         self.console: list[str] = []  # the guest's console, shown when the first guest item reports
         self.shown = False
         self.pgid: int | None = None  # the VM's process group, to kill if this session ends first
+        self.builder: subprocess.Popen[bytes] | None = None  # scripts/package, for the Debian package's test
         self.thread = threading.Thread(target=self._run, name="vm", daemon=True)
 
     def start(self) -> None:
@@ -74,6 +77,10 @@ class VmSession:
             with contextlib.suppress(OSError):
                 os.killpg(self.pgid, signal.SIGKILL)
             self.thread.join(timeout=10)
+        if self.builder is not None and self.builder.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.builder.pid, signal.SIGKILL)
+            self.builder.wait()
 
     def _run(self) -> None:
         self.outdir = Path(tempfile.mkdtemp(prefix="ikt-vm-"))
@@ -91,6 +98,13 @@ class VmSession:
             # and pytest's own options (PYTEST_ADDOPTS=--durations=0 times each test's phases in the guest).
             passed = {k: v for k, v in os.environ.items()
                       if k.startswith(("IKECTL_WALK_", "IKECTL_SOAK")) or k == "PYTEST_ADDOPTS"}
+            if any(n.startswith(packages.TEST_FILE) for n in self.nodeids):
+                # The guest has no network for pip: the host builds the .debs while the VM boots and runs the
+                # rest; that test runs last in the guest and waits for them.
+                built = self.outdir / "packages"
+                self.builder = packages.start_build(built)
+                show(f"building the Debian packages on the host meanwhile ({built})")
+                passed[packages.PACKAGES_ENV] = str(built)
             self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed, on_start=self._started)
             show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
                  f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
@@ -178,7 +192,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     guests = [i for i in netns_items if i not in host]
     timing = [i for i in guests if i.get_closest_marker("timing")]
-    guest_ids = [i.nodeid for i in guests if i not in timing] + [i.nodeid for i in timing]
+    # The Debian package's test last of all: it waits for the packages the host builds meanwhile.
+    packaged = [i for i in guests if i.nodeid.startswith(packages.TEST_FILE)]
+    timing = [i for i in timing if i not in packaged]
+    guest_ids = ([i.nodeid for i in guests if i not in timing and i not in packaged] + [i.nodeid for i in timing]
+                 + [i.nodeid for i in packaged])
     if guest_ids:  # only host tests selected: no VM to boot
         config.stash[VM_SESSION] = VmSession(config, guest_ids)
     others = [i for i in items if not _is_netns_item(i)]
