@@ -31,8 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from ikecommon import keys
 from ikecommon.attestation import (
     EvidenceFormatError,
@@ -165,18 +163,10 @@ def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
     if settings.intel_root is None and not settings.amd_arks:
         raise UsageError("--anchors vendor needs [trust] intel_root or amd_arks in the config (the vendors' root "
                          "certificates); --anchors sim trusts simulated evidence, which is NOT SECURE")
-    intel = _certificate(settings.intel_root, "trust.intel_root") if settings.intel_root else None
-    arks = tuple(_certificate(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
+    read = truststore.read_root_certificate
+    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else None
+    arks = tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
     return TrustAnchors(intel_root=intel, amd_arks=arks)
-
-
-def _certificate(path: Path, where: str) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"{where} {path}: cannot read it ({exc.strerror})") from None
-    except ValueError:
-        raise UsageError(f"{where} {path}: not a PEM certificate") from None
 
 
 # --- attesting ---

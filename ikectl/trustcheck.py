@@ -62,6 +62,7 @@ from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuo
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
+from . import truststore
 from .config import TrustSettings
 from .errors import IkectlError, UsageError
 from .truststore import Anchors
@@ -559,17 +560,9 @@ def parse_time(text: str) -> datetime:
 def _roots(settings: TrustSettings, anchors: Anchors) -> tuple[x509.Certificate | None, tuple[x509.Certificate, ...]]:
     if anchors == Anchors.SIM:
         return None, ()
-    intel = _root(settings.intel_root, "trust.intel_root") if settings.intel_root else None
-    return intel, tuple(_root(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
-
-
-def _root(path: Path, where: str) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"{where} {path}: cannot read it ({exc.strerror})") from None
-    except ValueError:
-        raise UsageError(f"{where} {path}: not a PEM certificate") from None
+    read = truststore.read_root_certificate
+    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else None
+    return intel, tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
 
 
 @dataclass

@@ -30,11 +30,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ikecommon import evidence_client, keys
 
 from .errors import IkectlError, UsageError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 Address = IPv4Address | IPv6Address
 
@@ -211,3 +214,16 @@ def locked(trust_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def read_root_certificate(path: Path, where: str) -> x509.Certificate:
+    """A vendor root the config names ([trust] intel_root, amd_arks): one PEM certificate, or a usage error naming
+    the setting."""
+    from cryptography import x509  # noqa: PLC0415 - only the trust commands read roots
+
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{where} {path}: cannot read it ({exc.strerror})") from None
+    except ValueError:
+        raise UsageError(f"{where} {path}: not a PEM certificate") from None
