@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, lean_pyroute2, logline
+from . import __version__, config, lean_pyroute2, logline, signals
 from .config import Address, CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, Anchors
@@ -453,7 +453,7 @@ def run() -> None:
     SIGTERM unwinds like Ctrl-C (a coffee-shop `up` undoes what it did, a trusted one fails closed); a closed pipe
     (`ikectl status | head`) ends it quietly."""
     lean_pyroute2.use()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signals.exit_on_sigterm(128 + signal.SIGTERM)
     try:
         code = main()
         sys.stdout.flush()

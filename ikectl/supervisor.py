@@ -50,6 +50,7 @@ from . import (
     policies,
     protect,
     session,
+    signals,
     status,
 )
 from .config import Mode
@@ -430,7 +431,7 @@ def main(argv: list[str]) -> int:
     if "--journal" in argv[1:]:
         forward_to_journal()
     supervisor = Supervisor(daemon.RunDir(Path(argv[0])))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signals.exit_on_sigterm(0)
     # A round holds the GIL for most of a second under TCG; the watcher must not wait the default 5 ms per turn.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` writes where each thread is to the log
