@@ -77,6 +77,9 @@ def ikectl_program() -> Program:
         environment=(
             ("IKECTL_CONFIG", f"The config file when --config is not given (default {ikectl_config.DEFAULT_PATH})."),
             ("IKECTL_STATE_DIR", f"Where the record of what up applied is kept (default {state.DEFAULT_STATE_DIR})."),
+            ("IKECTL_LOG_DIR", f"log_dir when the config does not say (default {ikectl_config.DEFAULT_LOG_DIR})."),
+            ("JOURNAL_STREAM", "Set by systemd: when it names stderr, each line carries its syslog priority for the "
+                               "journal (identifiers ikectl and ikectl-supervisor)."),
         ),
         files=(
             (ikectl_config.DEFAULT_PATH, "The configuration (--config, $IKECTL_CONFIG)."),
@@ -87,6 +90,13 @@ def ikectl_program() -> Program:
             (nm.NmPaths.for_config(ikectl_config.Config()).root,
              "The NetworkManager hook's lock, tickets and portal window, beside the run dir."),
             (truststore.DEFAULT_TRUST_DIR, "The pins ikectl trust makes ([paths] trust_dir)."),
+            (ikectl_config.DEFAULT_LOG_DIR, "The logs of the last two runs ([paths] log_dir): last/ and previous/, "
+                                            "kept when down or a failed up removes a run dir."),
+            (Path("/usr/lib/NetworkManager/dispatcher.d/10-ikectl"),
+             "The NetworkManager dispatcher hook the Debian package installs (a hook of the same name in "
+             "/etc/NetworkManager/dispatcher.d takes its place)."),
+            (Path("/lib/systemd/system/ikectl.service"),
+             "The systemd unit the Debian package installs (disabled): up at boot, down at shutdown."),
             (hook, "The NetworkManager dispatcher hook that install-nm-hook writes (and --uninstall removes)."),
             (pre_up_hook, "The same hook, for NetworkManager's pre-up events."),
         ),

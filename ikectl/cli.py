@@ -174,9 +174,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _need_root(what: str) -> None:
+def _need_root(what: str, because: str = "it changes the kernel's IPsec state") -> None:
     if os.geteuid() != 0:
-        raise IkectlError(f"{what} needs root (it changes the kernel's IPsec state): run it with sudo")
+        raise IkectlError(f"{what} needs root ({because}): run it with sudo")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -206,17 +206,23 @@ def _warn(text: str) -> None:
     logline.write(f"ikectl: warning: {text}", logline.WARNING)
 
 
-def _config_or_record(args: argparse.Namespace, command: str) -> Config | None:
+def _config_or_record(args: argparse.Namespace, command: str, always: bool = False) -> Config | None:
     """The config; or, when it cannot be read but ikectl is up here, None and a warning: `down` and `status`
     work from the record of what was applied (a config that broke or went while up must not leave DNS as it
-    is)."""
+    is). `always`: None and a warning even with nothing up (`down` then has nothing to undo, and must not fail:
+    the package's removal runs it)."""
     from .state import StateStore
 
     try:
         return config.load(args.config)
     except ConfigError as exc:
-        if os.geteuid() != 0 or StateStore.here().read() is None:
+        if os.geteuid() != 0:
             raise
+        if StateStore.here().read() is None:
+            if not always:
+                raise
+            _warn(f"{exc}; nothing of ikectl's is recorded as up here, so {command} has nothing to go by")
+            return None
         _warn(f"{exc}; {command} goes by the record of what `up` applied")
         return None
 
@@ -224,7 +230,7 @@ def _config_or_record(args: argparse.Namespace, command: str) -> Config | None:
 def cmd_down(args: argparse.Namespace) -> int:
     from . import session
 
-    cfg = _config_or_record(args, "down")
+    cfg = _config_or_record(args, "down", always=True)
     _need_root("ikectl down")
     log_dir = cfg.log_dir if cfg is not None else config.default_log_dir()
     if not session.down(cfg.run_dir if cfg is not None else None, _sayer(args.verbose), log_dir=log_dir, warn=_warn):
@@ -238,7 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import nm, status
 
     cfg = _config_or_record(args, "status")
-    _need_root("ikectl status")
+    _need_root("ikectl status", "it reads ikectl's run state and the kernel's IPsec tables")
     portal_line = nm.portal_summary(cfg, time.time()) if cfg is not None else None
     current = status.gather(cfg, portal_line)
     print(json.dumps(current.to_json(), indent=1) if args.json else status.format_human(current))
@@ -333,10 +339,11 @@ def cmd_portal(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     paths = nm.NmPaths.for_config(cfg)
     now = time.time()
+    # Even `show`: the window's state is root's (0700), and a user who cannot read it must not be told there is none.
+    _need_root(f"ikectl portal {args.portal_command}", "the portal window is root's state")
     if args.portal_command == "show":
         print(nm.portal_summary(cfg, now) or "no captive portal waiting, no portal window open")
         return EXIT_OK
-    _need_root(f"ikectl portal {args.portal_command}")
     with nm.holding_lock(paths, time.monotonic() + cfg.nm.budget_s):  # a hook holds it that long at most
         if args.portal_command == "close":
             session.close_portal_window()

@@ -157,7 +157,10 @@ def main(args: Sequence[str], config_path: Path, say: Callable[[str], None] = la
          runner: Runner = _run) -> int:
     """Run ARGS against ikectl's pluto; libreswan's exit code."""
     ipsec = wrapper()
-    if subcommand(args)[1] in (*NO_PLUTO, None):
+    name = subcommand(args)[1]
+    if name in REFUSED:  # refused whether or not ikectl's pluto runs: the same answer, exit 2, every time
+        raise UsageError(f"ikectl ipsec {name}: refused: {REFUSED[name]}")
+    if name in (*NO_PLUTO, None):
         if ipsec is None:
             raise IkectlError("libreswan's ipsec command not found: apt-get install libreswan")
         return runner([str(ipsec), *args], os.environ)

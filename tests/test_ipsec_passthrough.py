@@ -229,3 +229,12 @@ def test_ipsec_loads_no_command_module_it_does_not_need(tmp_path):
     assert "ikectl.ipsec_passthrough" in modules
     assert not {"pyroute2", "scapy", "jinja2", "ikectl.session", "ikectl.status", "ikectl.trust",
                 "ikecommon.xfrm.client"} & modules
+
+
+@pytest.mark.parametrize("args", [["stop"], ["start"], ["pluto"]])
+def test_what_drives_the_systems_libreswan_is_refused_even_with_ikectls_pluto_down(tmp_path, ipsec, monkeypatch,
+                                                                                 capsys, args):
+    monkeypatch.setattr(ipsec_passthrough, "IPSEC", ipsec)
+    config = config_file(tmp_path, run_dir(tmp_path))  # no pluto runs there
+    assert cli.main(["--config", str(config), "ipsec", *args]) == 2
+    assert "refused" in capsys.readouterr().err

@@ -63,6 +63,13 @@ def test_a_key_change_line_pluto_is_still_writing_is_read_whole_in_the_next_roun
     assert watcher.tick(2.0) and asked == [False, True]
 
 
+def test_a_trusted_round_holds_the_guard_table_through_nft_and_never_a_real_one_here(run, monkeypatch,
+                                                                                     no_owned_tables):
+    monkeypatch.setattr(trust, "reattest_due", lambda *_, **__: [])
+    assert supervisor.Supervisor(run).tick(1.0)
+    assert no_owned_tables.made == [nft.GUARD]
+
+
 def test_a_supervisor_ends_when_ikectl_is_down_or_replaced(run, monkeypatch):
     monkeypatch.setattr(trust, "reattest_due", lambda *_, **__: [])
     watcher = supervisor.Supervisor(run)
