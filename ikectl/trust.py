@@ -87,7 +87,7 @@ class AttestationFailed(TrustError):
 
 def evidence_kind_of_problem(exc: UnsupportedEvidence | EvidenceFormatError) -> str:
     """Evidence that could not be judged, said as what it is: unsupported (a version, type or signing key not
-    handled, e.g. "TDX quote version 5 (supported: 4)") or malformed (where it is broken)."""
+    handled, e.g. "TDX quote version 6 (supported: 4, 5)") or malformed (where it is broken)."""
     return "unsupported evidence" if isinstance(exc, UnsupportedEvidence) else "malformed evidence"
 
 

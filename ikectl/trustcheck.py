@@ -58,7 +58,15 @@ from ikecommon.attestation.certs import der_certificate, der_crl, pem_chain
 from ikecommon.attestation.outcome import AUTHENTICITY, Check, CheckKind
 from ikecommon.attestation.snp import SnpReport, TcbVersion, verify_report
 from ikecommon.attestation.snp.vcek import AMD
-from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuote, sgx_extensions, verify_quote
+from ikecommon.attestation.tdx import (
+    QeIdentity,
+    TcbInfo,
+    TdReportBody15,
+    TdxCollateral,
+    TdxQuote,
+    sgx_extensions,
+    verify_quote,
+)
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
@@ -369,12 +377,15 @@ def _tdx(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
         _hex("MROWNER", body.mr_owner), _hex("MROWNERCONFIG", body.mr_owner_config),
         *(_hex(f"RTMR{i}", rtmr) for i, rtmr in enumerate(body.rtmrs)),
         _hex("REPORTDATA", body.report_data),
+        *((_hex("TEE_TCB_SVN2", body.tee_tcb_svn2), _hex("MRSERVICETD", body.mr_service_td))
+          if isinstance(body, TdReportBody15) else ()),
         _int("QE_ISVPRODID", qe.isv_prod_id), _int("QE_ISVSVN", qe.isv_svn),
         _hex("PCK_FMSPC", pck.fmspc), _hex("PCK_PCEID", pck.pce_id), _hex("PCK_CPUSVN", pck.tcb.cpu_svn),
         _int("PCK_PCESVN", pck.tcb.pce_svn),
     )
     trailing = f"; {len(quote.trailing)} bytes after the signature data, not signed" if quote.trailing else ""
-    description = f"TDX quote v{header.version}, {len(data)} bytes{trailing}"
+    td_report = {2: ", TD report 1.0", 3: ", TD report 1.5"}.get(quote.body_type or 0, "")
+    description = f"TDX quote v{header.version}{td_report}, {len(data)} bytes{trailing}"
     registers = {0: body.mr_td, **{i + 1: rtmr for i, rtmr in enumerate(body.rtmrs)}}
     base = _Judged(description, fields, registers, body.report_data)
     collateral = _tdx_collateral(inputs.collateral_dir) if inputs.collateral_dir else _envelope_collateral(envelope)

@@ -292,8 +292,8 @@ def test_declared_lengths_inside_the_signature_data_are_bounded():
 
 def test_unsupported_version():
     with pytest.raises(UnsupportedEvidence) as caught:
-        TdxQuote.parse(_with_u16(QUOTE, 0, 5))
-    assert str(caught.value) == "TDX quote version 5 (supported: 4)"
+        TdxQuote.parse(_with_u16(QUOTE, 0, 6))
+    assert str(caught.value) == "TDX quote version 6 (supported: 4, 5)"
     assert (caught.value.field, caught.value.offset) == ("tdx_quote.header.version", 0)
 
 

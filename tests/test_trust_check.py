@@ -404,8 +404,8 @@ def _patched(tmp_path: Path, name: str, data: bytes) -> Path:
      "not attestation evidence: none of a TDX quote"),
     (lambda d: _patched(d, "text.txt", b"garbage, not evidence\n" * 20),
      "not attestation evidence: none of a TDX quote"),
-    (lambda d: _patched(d, "v5.dat", b"\x05\x00" + QUOTE.read_bytes()[2:]),
-     "unsupported evidence: TDX quote version 5 (supported: 4)"),
+    (lambda d: _patched(d, "v6.dat", b"\x06\x00" + QUOTE.read_bytes()[2:]),
+     "unsupported evidence: TDX quote version 6 (supported: 4, 5)"),
     (lambda d: _patched(d, "sgx.dat", b"\x03\x00\x02\x00\x00\x00\x00\x00" + QUOTE.read_bytes()[8:]),
      "unsupported evidence: quote TEE type 0x0 (SGX) (supported: 0x81, TDX)"),
     (lambda d: _patched(d, "v6.bin", b"\x06" + REPORT.read_bytes()[1:]),
@@ -429,7 +429,7 @@ def test_the_three_kinds_read_differently(config_file, tmp_path, collateral, cap
     """Unsupported, malformed, not matching: one message each, and the exit code says usable or not."""
     quote = QUOTE.read_bytes()
     results = []
-    for data in (b"\x05\x00" + quote[2:], quote[:100], quote[:200] + bytes([quote[200] ^ 1]) + quote[201:]):
+    for data in (b"\x06\x00" + quote[2:], quote[:100], quote[:200] + bytes([quote[200] ^ 1]) + quote[201:]):
         code = check(config_file, _patched(tmp_path, "q.dat", data), "--collateral", collateral, "--at", AT)
         results.append((code, capsys.readouterr().err.split(": ")[3]))
     assert results == [(2, "unsupported evidence"), (2, "malformed evidence"), (1, "not authentic (quote signature "

@@ -140,7 +140,7 @@ def _serving(evidence: bytes):
 
 
 @pytest.mark.parametrize(("evidence", "what", "detail"), [
-    (b"\x05\x00" + QUOTE[2:], "unsupported evidence", "unsupported evidence: TDX quote version 5 (supported: 4)"),
+    (b"\x06\x00" + QUOTE[2:], "unsupported evidence", "unsupported evidence: TDX quote version 6 (supported: 4, 5)"),
     (QUOTE[:100], "malformed evidence",
      "malformed evidence: tdx_quote.body.mr_seam at offset 64: needs 48 bytes, 36 remain"),
 ], ids=["unsupported", "malformed"])
@@ -158,14 +158,14 @@ def test_verify_records_why_the_evidence_could_not_be_judged(config_file, endpoi
     assert ikectl(config_file, *add_args(endpoint, spec_file)) == 0
     capsys.readouterr()
     pin = truststore.load(tmp_path / "trust", "home")
-    with _serving(b"\x05\x00" + QUOTE[2:]) as port:
+    with _serving(b"\x06\x00" + QUOTE[2:]) as port:
         truststore.save(tmp_path / "trust", replace(pin, port=port))
         assert ikectl(config_file, "verify", "home") == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("ikectl: error: resolver 127.0.0.1 failed attestation (unsupported evidence); pin 'home' "
                              "marked failed")
-    assert err[1] == "  unsupported evidence: TDX quote version 5 (supported: 4)"
+    assert err[1] == "  unsupported evidence: TDX quote version 6 (supported: 4, 5)"
     failed = truststore.load(tmp_path / "trust", "home")
     assert (failed.result, failed.reason, failed.mismatches) == (
-        "failed", "resolver 127.0.0.1 failed attestation (unsupported evidence): TDX quote version 5 (supported: "
-                  "4)", ())
+        "failed", "resolver 127.0.0.1 failed attestation (unsupported evidence): TDX quote version 6 (supported: "
+                  "4, 5)", ())

@@ -1,7 +1,7 @@
 """Errors of attestation, three kinds under AttestationError, so a caller can say which it met:
 
 - UnsupportedEvidence: well-formed evidence of a version, TEE type, product or signing key this layer does not
-  handle (yet), e.g. a TDX quote v5; it names the value and what is supported;
+  handle (yet), e.g. a TDX quote v6; it names the value and what is supported;
 - EvidenceFormatError: malformed evidence (truncated, a length past its span, a certificate that does not decode);
   it names the field and, for binary evidence, the offset;
 - VerificationFailed: evidence that parses but does not match (a signature, a chain, a binding, a measurement);
@@ -34,8 +34,8 @@ class AttestationError(Error):
 
 
 class UnsupportedEvidence(AttestationError):
-    """Well-formed evidence this layer does not handle: `what` names the value ("TDX quote version 5"),
-    `supported` what is handled instead ("4"); `field` and `offset` say where it was read."""
+    """Well-formed evidence this layer does not handle: `what` names the value ("TDX quote version 6"),
+    `supported` what is handled instead ("4, 5"); `field` and `offset` say where it was read."""
 
     def __init__(self, field: str, offset: int | None, what: str, supported: str) -> None:
         self.field, self.offset, self.what, self.supported = field, offset, what, supported

@@ -1,9 +1,17 @@
-"""Intel TDX: the quote v4 (`quote`), the PCK certificate's SGX extension (`pck`), Intel's collateral
+"""Intel TDX: the quote v4 and v5 (`quote`), the PCK certificate's SGX extension (`pck`), Intel's collateral
 (`collateral`), TCB level selection (`tcb`) and the verifier (`verify`)."""
 
 from .collateral import QeIdentity, TcbInfo
 from .pck import SgxExtensions, sgx_extensions
-from .quote import EnclaveReport, QeCertification, QuoteHeader, QuoteSignatureData, TdReportBody, TdxQuote
+from .quote import (
+    EnclaveReport,
+    QeCertification,
+    QuoteHeader,
+    QuoteSignatureData,
+    TdReportBody,
+    TdReportBody15,
+    TdxQuote,
+)
 from .tcb import TcbAssessment
 from .verify import TdxCollateral, TdxPolicy, TdxVerification, verify_quote
 
@@ -17,6 +25,7 @@ __all__ = [
     "TcbAssessment",
     "TcbInfo",
     "TdReportBody",
+    "TdReportBody15",
     "TdxCollateral",
     "TdxPolicy",
     "TdxQuote",

@@ -1,9 +1,14 @@
-"""The Intel TDX quote, version 4, as frozen dataclasses that decode from and encode to the exact bytes.
+"""The Intel TDX quote, versions 4 and 5, as frozen dataclasses that decode from and encode to the exact bytes.
 
 Layout (Intel TDX DCAP Quoting Library API, appendix "Quote Format", all integers little-endian):
 
     header            48 bytes                 signed by the attestation key
-    TD report body   584 bytes                 signed by the attestation key
+    version 4: TD report body 584 bytes        signed by the attestation key
+    version 5: body descriptor                 signed by the attestation key, all of it:
+        body type (u16): 2 = TD report 1.0 (584 bytes), 3 = TD report 1.5 (648 bytes: the 1.0 fields, then
+                         TEE_TCB_SVN2 (16) and MRSERVICETD (48)); 1 = SGX enclave report, not handled
+        body size (u32): must be the type's size
+        body
     signature data length (u32), then signature data:
         quote signature (ECDSA P-256 r||s, 64) and attestation key (P-256 x||y, 64)
         certification data type 6 (u16), size (u32):
@@ -14,18 +19,25 @@ Layout (Intel TDX DCAP Quoting Library API, appendix "Quote Format", all integer
 
 Reserved fields are kept, so encoding a parsed quote gives back the bytes that were signed. Bytes after the
 signature data are not signed; they are kept as `trailing` (go-tdx-guest's sample quote carries 39 of them).
-A well-formed quote of another TEE type (SGX), version (5), attestation key type or certification data type is an
-UnsupportedEvidence; a truncated or inconsistent one an EvidenceFormatError.
+A well-formed quote of another TEE type (SGX), version, v5 body type, attestation key type or certification data
+type is an UnsupportedEvidence; a truncated or inconsistent one (a v5 body size that is not its type's) an
+EvidenceFormatError. go-tdx-guest's abi package reads v5 the same way (layout and sizes), and its verifier signs
+header + descriptor + body.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 from ..wire import Reader, check_sizes, le
 
 QUOTE_VERSION = 4
+QUOTE_VERSION_5 = 5
+SUPPORTED_VERSIONS = (QUOTE_VERSION, QUOTE_VERSION_5)
+# Quote v5 body types (DCAP Quoting Library API, "Quote Body Descriptor")
+BODY_SGX_ENCLAVE_REPORT, BODY_TD_REPORT_10, BODY_TD_REPORT_15 = 1, 2, 3
+_BODY_TYPES = {1: "SGX enclave report", 2: "TD report 1.0", 3: "TD report 1.5"}
 ATTESTATION_KEY_ECDSA_P256, ATTESTATION_KEY_ECDSA_P384 = 2, 3
 TEE_TYPE_SGX, TEE_TYPE_TDX = 0x00, 0x81
 CERTIFICATION_QE_REPORT = 6
@@ -109,6 +121,30 @@ class TdReportBody:
         return b"".join((self.tee_tcb_svn, self.mr_seam, self.mr_signer_seam, self.seam_attributes,
                          self.td_attributes, self.xfam, self.mr_td, self.mr_config_id, self.mr_owner,
                          self.mr_owner_config, *self.rtmrs, self.report_data))
+
+
+@dataclass(frozen=True)
+class TdReportBody15(TdReportBody):
+    """A TD report 1.5 body (quote v5, body type 3): the 1.0 fields, then two the TDX module 1.5 added."""
+
+    tee_tcb_svn2: bytes      # 16: the TDX module's TCB SVN after a TD-preserving update (else as TEE_TCB_SVN)
+    mr_service_td: bytes     # 48: the service TDs bound to this TD (zero when none)
+
+    SIZE: ClassVar[int] = 648
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_sizes("body", {"tee_tcb_svn2": (self.tee_tcb_svn2, 16), "mr_service_td": (self.mr_service_td, 48)})
+
+    @classmethod
+    def read(cls, r: Reader) -> TdReportBody15:
+        base = TdReportBody.read(r)
+        common: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(base)}
+        return cls(**common,
+                   tee_tcb_svn2=r.take(16, "body.tee_tcb_svn2"), mr_service_td=r.take(48, "body.mr_service_td"))
+
+    def to_bytes(self) -> bytes:
+        return super().to_bytes() + self.tee_tcb_svn2 + self.mr_service_td
 
 
 @dataclass(frozen=True)
@@ -217,9 +253,10 @@ class QuoteSignatureData:
 @dataclass(frozen=True)
 class TdxQuote:
     header: QuoteHeader
-    body: TdReportBody
+    body: TdReportBody      # a TdReportBody15 for a v5 quote of body type 3
     signature_data: QuoteSignatureData
     trailing: bytes = b""   # after the signature data: not signed, not used
+    body_type: int | None = None  # v5 only: 2 (TD report 1.0) or 3 (TD report 1.5); None for v4
 
     @classmethod
     def parse(cls, data: bytes) -> TdxQuote:
@@ -228,26 +265,56 @@ class TdxQuote:
         if header.tee_type != TEE_TYPE_TDX:  # first: an SGX quote is one, whatever its version says
             raise r.unsupported("header.tee_type", f"quote TEE type 0x{header.tee_type:x}"
                                 f"{' (SGX)' if header.tee_type == TEE_TYPE_SGX else ''}", "0x81, TDX", 4)
-        if header.version != QUOTE_VERSION:
-            raise r.unsupported("header.version", f"TDX quote version {header.version}", str(QUOTE_VERSION), 0)
+        if header.version not in SUPPORTED_VERSIONS:
+            raise r.unsupported("header.version", f"TDX quote version {header.version}",
+                                ", ".join(map(str, SUPPORTED_VERSIONS)), 0)
         if header.attestation_key_type != ATTESTATION_KEY_ECDSA_P256:
             name = " (ECDSA P-384)" if header.attestation_key_type == ATTESTATION_KEY_ECDSA_P384 else ""
             raise r.unsupported("header.attestation_key_type", f"TDX attestation key type "
                                 f"{header.attestation_key_type}{name}", "2, ECDSA P-256", 2)
-        body = TdReportBody.read(r)
+        body_type = None
+        if header.version == QUOTE_VERSION:
+            body = TdReportBody.read(r)
+        else:
+            body_type, body = _read_v5_body(r)
         signature_reader = r.sub(r.uint(4, "signature_data.size"), "signature_data")
         signature_data = QuoteSignatureData.read(signature_reader)
         signature_reader.done("signature_data")
-        return cls(header, body, signature_data, r.rest())
+        return cls(header, body, signature_data, r.rest(), body_type)
+
+    @property
+    def is_td_report_15(self) -> bool:
+        return isinstance(self.body, TdReportBody15)
 
     @property
     def signed_bytes(self) -> bytes:
-        """What the attestation key signed: header and body."""
-        return self.header.to_bytes() + self.body.to_bytes()
+        """What the attestation key signed: header and body; for v5 header, body descriptor and body."""
+        if self.body_type is None:
+            return self.header.to_bytes() + self.body.to_bytes()
+        body = self.body.to_bytes()
+        return self.header.to_bytes() + le(self.body_type, 2) + le(len(body), 4) + body
 
     def to_bytes(self) -> bytes:
         signature_data = self.signature_data.to_bytes()
         return self.signed_bytes + le(len(signature_data), 4) + signature_data + self.trailing
+
+
+def _read_v5_body(r: Reader) -> tuple[int, TdReportBody]:
+    """The v5 body descriptor: type, size, then a body of that type (and exactly that type's size)."""
+    type_at = r.offset
+    body_type = r.uint(2, "body_descriptor.type")
+    bodies: dict[int, type[TdReportBody]] = {BODY_TD_REPORT_10: TdReportBody, BODY_TD_REPORT_15: TdReportBody15}
+    body_class = bodies.get(body_type)
+    if body_class is None:
+        name = _BODY_TYPES.get(body_type)
+        raise r.unsupported("body_descriptor.type", f"TDX quote v5 body type {body_type}"
+                            f"{f' ({name})' if name else ''}", "2, TD report 1.0; 3, TD report 1.5", type_at)
+    size_at = r.offset
+    size = r.uint(4, "body_descriptor.size")
+    if size != body_class.SIZE:
+        raise r.fail("body_descriptor.size", f"a {_BODY_TYPES[body_type]} body is {body_class.SIZE} bytes, "
+                     f"declares {size}", size_at)
+    return body_type, body_class.read(r)
 
 
 def _certification_name(kind: int) -> str:

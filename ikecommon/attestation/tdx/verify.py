@@ -1,8 +1,9 @@
-"""Offline verification of a TDX quote v4 against Intel's root and collateral.
+"""Offline verification of a TDX quote (v4, or v5 with a TD report 1.0 or 1.5 body) against Intel's root and collateral.
 
 What is checked, each as its own Check (see docs/attestation.md, "Verifiers"):
 
-- the quote signature, by the attestation key, over header and TD report body;
+- the quote signature, by the attestation key, over header and TD report body (v5: header, body descriptor
+  and body);
 - the QE report signature, by the PCK certificate's key;
 - the attestation key binding: QE report data = SHA-256(attestation key || QE auth data), then 32 zero bytes;
 - the PCK chain to the caller's Intel SGX Root CA, at the caller's time, against the PCK and root CRLs;
