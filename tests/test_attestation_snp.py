@@ -2,8 +2,8 @@
 go-sev-guest (copied into tests/vectors/attestation; provenance in its SOURCES.md).
 
 The real report is authentic; it was launched with debugging allowed, which the default policy refuses. Revocation,
-VLEK signing and masked chip IDs need reports AMD never signed: a test PKI ("FakeAmd", RSA-PSS like AMD's) re-signs
-the real report under its own ARK.
+signing-key changes and masked chip IDs need reports AMD never signed: a test PKI ("FakeAmd", RSA-PSS like AMD's)
+re-signs the real report under its own ARK.
 """
 
 from dataclasses import fields as dataclass_fields
@@ -358,12 +358,20 @@ def test_stale_crl():
     assert fields(amd.verify(crls=(amd.crl(),), at=datetime(2023, 9, 1, tzinfo=UTC))) == {"ark_crl.next_update"}
 
 
-def test_report_signed_by_a_vlek_is_unsupported():
+@pytest.mark.parametrize(("signing_key", "words"), [(7, "signing key 7 (none)"), (2, "signing key 2")])
+def test_report_signed_by_no_key_is_unsupported(signing_key: int, words: str):
     amd = FakeAmd.instance()
     with pytest.raises(UnsupportedEvidence) as caught:
-        amd.verify(amd.report(signer_info=1 << 2))
-    assert str(caught.value) == "SEV-SNP report signed by signing key 1 (VLEK) (supported: 0, a VCEK)"
+        amd.verify(amd.report(signer_info=signing_key << 2))
+    assert str(caught.value) == f"SEV-SNP report signed by {words} (supported: 0, a VCEK, and 1, a VLEK)"
     assert caught.value.field == "snp_report.signer_info.signing_key"
+
+
+def test_report_that_says_vlek_with_a_vcek_is_a_signing_key_mismatch():
+    amd = FakeAmd.instance()
+    (mismatch,) = amd.verify(amd.report(signer_info=1 << 2)).mismatches
+    assert (mismatch.field, mismatch.actual) == ("signer_info.signing_key", "1 (VLEK)")
+    assert mismatch.expected == "0 (VCEK): the key certificate given is a VCEK"
 
 
 def test_a_vcek_of_another_product_is_unsupported():

@@ -1,16 +1,18 @@
-"""Offline verification of a SEV-SNP attestation report with its VCEK and AMD's ASK/ARK.
+"""Offline verification of a SEV-SNP attestation report with its VCEK and AMD's ASK/ARK, or its VLEK and AMD's
+ASVK/ARK.
 
 Checked, each as its own Check (see docs/attestation.md, "Verifiers"):
 
-- the report signature: ECDSA P-384 with SHA-384 by the VCEK over bytes 0x000-0x29F;
-- the chain VCEK <- ASK <- ARK (RSASSA-PSS with SHA-384), the ARK being the root the caller trusts, at the
-  caller's time, and against the ARK's CRL when the caller passes one;
-- the binding of report and VCEK: its CHIP_ID is the VCEK's hwID and its REPORTED_TCB is the TCB the VCEK was
-  issued for;
+- the report signature: ECDSA P-384 with SHA-384 by the VCEK (or VLEK) over bytes 0x000-0x29F;
+- the chain VCEK <- ASK <- ARK, or VLEK <- ASVK <- ARK (RSASSA-PSS with SHA-384), the ARK being the root the caller
+  trusts, at the caller's time, and against the ARK's CRL when the caller passes one;
+- the binding of report and key: the report's SIGNING_KEY names the kind of key given (a VCEK has a hwID, a VLEK a
+  CSP ID), its REPORTED_TCB is the TCB the key was issued for, and for a VCEK its CHIP_ID is the VCEK's hwID (a VLEK
+  belongs to a cloud provider, not to a chip);
 - the guest policy and VMPL against the caller's SnpPolicy.
 
-A report this verifier cannot judge raises UnsupportedEvidence: signed with another algorithm than ECDSA P-384, by a
-VLEK (or no key) rather than a VCEK, or for a product other than Milan and Genoa (the VCEK's productName).
+A report this verifier cannot judge raises UnsupportedEvidence: signed with another algorithm than ECDSA P-384, by
+no key (SIGNING_KEY 7) or a reserved one, or for a product other than Milan and Genoa (the key's productName).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from ..outcome import Check, CheckKind, Verification
 from ..times import aware
 from .policy import SnpPolicy, policy_mismatches
 from .report import SnpReport
-from .vcek import VcekExtensions, vcek_extensions
+from .vcek import VcekExtensions, VlekExtensions, key_extensions
 
 SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
-SIGNING_KEY_VCEK = 0
+SIGNING_KEY_VCEK, SIGNING_KEY_VLEK = 0, 1
 SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
 SIGNATURE_ALGO_OFFSET, SIGNER_INFO_OFFSET = 0x34, 0x48
 PRODUCTS = ("Milan", "Genoa")  # whose TCB_VERSION layout report.TcbVersion reads
@@ -45,8 +47,13 @@ def load_vcek(der: bytes) -> x509.Certificate:
     return der_certificate(der, "vcek")
 
 
+def load_vlek(der: bytes) -> x509.Certificate:
+    return der_certificate(der, "vlek")
+
+
 def load_ask_ark(pem: bytes) -> tuple[x509.Certificate, x509.Certificate]:
-    """AMD KDS `cert_chain`: the ASK, then the ARK."""
+    """AMD KDS `cert_chain`: the ASK, then the ARK (for a VLEK, KDS's `vlek/v1/<product>/cert_chain`: the ASVK, then
+    the ARK)."""
     certs = pem_chain(pem, "ask_ark")
     if len(certs) != 2:
         raise EvidenceFormatError("ask_ark", None, f"expected 2 certificates (ASK, ARK), found {len(certs)}")
@@ -56,7 +63,20 @@ def load_ask_ark(pem: bytes) -> tuple[x509.Certificate, x509.Certificate]:
 @dataclass(frozen=True)
 class SnpVerification(Verification):
     report: SnpReport = field(repr=False)
-    vcek: VcekExtensions
+    key: VcekExtensions | VlekExtensions  # the AMD extensions of the key certificate given
+
+    @property
+    def signing_key(self) -> str:
+        """The kind of key the report says signed it: "VCEK" or "VLEK"."""
+        return SIGNING_KEYS[self.report.signing_key]
+
+    @property
+    def vcek(self) -> VcekExtensions | None:
+        return self.key if isinstance(self.key, VcekExtensions) else None
+
+    @property
+    def vlek(self) -> VlekExtensions | None:
+        return self.key if isinstance(self.key, VlekExtensions) else None
 
     @property
     def measurement(self) -> bytes:
@@ -71,48 +91,64 @@ class SnpVerification(Verification):
         return self.report.chip_id
 
 
-def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate, ask: x509.Certificate,
-                  ark: x509.Certificate, at: datetime, policy: SnpPolicy | None = None,
+def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate | None = None,
+                  vlek: x509.Certificate | None = None, ask: x509.Certificate, ark: x509.Certificate, at: datetime,
+                  policy: SnpPolicy | None = None,
                   crls: Sequence[x509.CertificateRevocationList] = ()) -> SnpVerification:
-    """Every check on a SEV-SNP report; raises only EvidenceFormatError (the report or the VCEK does not parse) and
-    UnsupportedEvidence (see above)."""
+    """Every check on a SEV-SNP report; raises only EvidenceFormatError (the report or the key certificate does not
+    parse) and UnsupportedEvidence (see above).
+
+    The key certificate is given as `vcek` or `vlek` (one of them); which kind it is, is read from the certificate
+    itself (hwID or CSP ID), so a key of the other kind than the report's SIGNING_KEY is a `signer_info.signing_key`
+    mismatch, not a different path. `ask` is its issuer: the ASK for a VCEK, the ASVK for a VLEK."""
+    if (vcek is None) == (vlek is None):
+        raise TypeError("verify_report needs one key certificate: vcek= or vlek=")
+    key = vcek if vcek is not None else vlek
+    assert key is not None
     policy = policy or SnpPolicy()
     at = aware(at)
     report = evidence if isinstance(evidence, SnpReport) else SnpReport.parse(evidence)
-    extensions = vcek_extensions(vcek)
-    _require_supported(report, extensions)
-    chain = [Named("vcek", vcek), Named("ask", ask)]
+    _require_supported(report)
+    extensions = key_extensions(key, SIGNING_KEYS[report.signing_key])
+    _require_product(extensions)
+    name = extensions.kind.lower()
+    chain = [Named(name, key), Named("ask" if name == "vcek" else "asvk", ask)]
     checks = (
-        Check.of("report signature", CheckKind.SIGNATURE, _report_signature(report, vcek)),
-        Check.of("VCEK certificate chain", CheckKind.CERTIFICATES,
-              _pss_sha384([*chain, Named("ark", ark)]) + verify_chain(chain, Named("ark", ark), at, crls)),
-        Check.of("VCEK binding", CheckKind.BINDING, _vcek_binding(report, extensions)),
+        Check.of("report signature", CheckKind.SIGNATURE, _report_signature(report, key, extensions.kind)),
+        Check.of(f"{extensions.kind} certificate chain", CheckKind.CERTIFICATES,
+                 _pss_sha384([*chain, Named("ark", ark)]) + verify_chain(chain, Named("ark", ark), at, crls)),
+        Check.of(f"{extensions.kind} binding", CheckKind.BINDING, _key_binding(report, extensions)),
         Check.of("guest policy", CheckKind.POLICY, policy_mismatches(report, policy)),
     )
     return SnpVerification(checks, report, extensions)
 
 
-def _require_supported(report: SnpReport, vcek: VcekExtensions) -> None:
-    """What this verifier cannot judge at all: another signature algorithm, a report signed by a VLEK (or by no
-    key), a product whose TCB_VERSION it does not read."""
+def _require_supported(report: SnpReport) -> None:
+    """What this verifier cannot judge at all: another signature algorithm, a report signed by no key (or a reserved
+    one)."""
     if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
         raise UnsupportedEvidence("snp_report.signature_algo", SIGNATURE_ALGO_OFFSET,
                                   f"SEV-SNP signature algorithm {report.signature_algo}",
                                   f"{SIGNATURE_ALGO_ECDSA_P384_SHA384}, ECDSA P-384 with SHA-384")
-    if report.signing_key != SIGNING_KEY_VCEK:
+    if report.signing_key not in (SIGNING_KEY_VCEK, SIGNING_KEY_VLEK):
         name = SIGNING_KEYS.get(report.signing_key)
         raise UnsupportedEvidence("snp_report.signer_info.signing_key", SIGNER_INFO_OFFSET,
                                   f"SEV-SNP report signed by signing key {report.signing_key}"
-                                  + (f" ({name})" if name else ""), f"{SIGNING_KEY_VCEK}, a VCEK")
-    if not vcek.product_name.startswith(PRODUCTS):
-        raise UnsupportedEvidence("vcek.productName", None, f"SEV-SNP product {vcek.product_name!r}",
+                                  + (f" ({name})" if name else ""),
+                                  f"{SIGNING_KEY_VCEK}, a VCEK, and {SIGNING_KEY_VLEK}, a VLEK")
+
+
+def _require_product(key: VcekExtensions | VlekExtensions) -> None:
+    """A product whose TCB_VERSION this verifier does not read."""
+    if not key.product_name.startswith(PRODUCTS):
+        raise UnsupportedEvidence(f"{key.kind.lower()}.productName", None, f"SEV-SNP product {key.product_name!r}",
                                   " and ".join(PRODUCTS))
 
 
-def _report_signature(report: SnpReport, vcek: x509.Certificate) -> list[Mismatch]:
+def _report_signature(report: SnpReport, key: x509.Certificate, kind: str) -> list[Mismatch]:
     r, s = report.signature
-    if not ecdsa.verify(vcek.public_key(), ec.SECP384R1, r, s, report.signed_bytes, hashes.SHA384()):
-        return [Mismatch("signature", "a valid ECDSA P-384 signature by the VCEK over bytes 0x000-0x29F",
+    if not ecdsa.verify(key.public_key(), ec.SECP384R1, r, s, report.signed_bytes, hashes.SHA384()):
+        return [Mismatch("signature", f"a valid ECDSA P-384 signature by the {kind} over bytes 0x000-0x29F",
                          "invalid")]
     return []
 
@@ -127,14 +163,20 @@ def _pss_sha384(certs: Sequence[Named]) -> list[Mismatch]:
             or not isinstance(named.cert.signature_hash_algorithm, hashes.SHA384)]
 
 
-def _vcek_binding(report: SnpReport, vcek: VcekExtensions) -> list[Mismatch]:
+def _key_binding(report: SnpReport, key: VcekExtensions | VlekExtensions) -> list[Mismatch]:
     found = []
-    if report.mask_chip_id:
-        found.append(Mismatch("signer_info.mask_chip_id", "0 (chip ID present)", "1"))
-    elif report.chip_id != vcek.hw_id:
-        found.append(Mismatch("chip_id", f"{vcek.hw_id.hex()} (the VCEK's hwID)", report.chip_id.hex()))
-    for name, expected in vcek.tcb.components().items():
+    signed_by = SIGNING_KEYS[report.signing_key]
+    if signed_by != key.kind:
+        other = SIGNING_KEY_VLEK if key.kind == "VLEK" else SIGNING_KEY_VCEK
+        found.append(Mismatch("signer_info.signing_key", f"{other} ({key.kind}): the key certificate given is a "
+                              f"{key.kind}", f"{report.signing_key} ({signed_by})"))
+    if isinstance(key, VcekExtensions) and signed_by == "VCEK":  # a VLEK is no chip's: nothing to compare
+        if report.mask_chip_id:
+            found.append(Mismatch("signer_info.mask_chip_id", "0 (chip ID present)", "1"))
+        elif report.chip_id != key.hw_id:
+            found.append(Mismatch("chip_id", f"{key.hw_id.hex()} (the VCEK's hwID)", report.chip_id.hex()))
+    for name, expected in key.tcb.components().items():
         actual = report.reported_tcb.components()[name]
         if actual != expected:
-            found.append(Mismatch(f"reported_tcb.{name}", f"{expected} (the VCEK's SPL)", str(actual)))
+            found.append(Mismatch(f"reported_tcb.{name}", f"{expected} (the {key.kind}'s SPL)", str(actual)))
     return found

@@ -1,0 +1,297 @@
+"""The SEV-SNP verifier on a real VLEK-signed report (AWS EC2, Milan): the report and its VLEK from
+confidential-containers/trustee, AMD's Milan and Genoa ASVK/ARK from go-sev-guest (tests/vectors/attestation;
+provenance in its SOURCES.md). The same mutation classes as tests/test_attestation_snp.py applies to the VCEK-signed
+Milan report, on this one.
+
+The VLEK was valid from 2024-12-10 to 2025-12-10: the tests judge it at AT, inside that window.
+"""
+
+from datetime import UTC, datetime
+from functools import cache
+
+import pytest
+from attestation_vectors import SNP
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ikecommon.attestation import EvidenceFormatError, UnsupportedEvidence, VerificationFailed
+from ikecommon.attestation.certs import der_certificate
+from ikecommon.attestation.snp import (
+    SnpPolicy,
+    SnpReport,
+    SnpVerification,
+    TcbVersion,
+    load_ask_ark,
+    load_vcek,
+    load_vlek,
+    verify_report,
+    vlek_extensions,
+)
+from ikecommon.attestation.snp.report import REPORT_SIZE
+
+AT = datetime(2025, 6, 1, tzinfo=UTC)
+
+REPORT = (SNP / "snp_report_milan_vlek.bin").read_bytes()
+MEASUREMENT = "8922ebbdd00ec2c541f36a6e7a82a8773a7accb451ed67bc94e740dbe92c93c4e8c9af857f5ceeb5a493df2a570d7bf0"
+REPORT_DATA = ("819770b7e6ea6df8dd8fd4dd146b073c0bf4f3ce5b0977ecac486e3a05ed1bd5"
+               "4e2a7ac1f5d1ca02e7d7d5ef9f73b8574fd9359e3a480d741a4478e8a7bc27ca")
+REPORT_ID = "62e04fba700afd93b3a0cc0649b633ee36587fa8a8c2eb5d9b7cd7bc5f4bb057"
+CSP_ID = "CN=cc-us-east-2.amazonaws.com"
+
+
+@cache
+def vlek() -> x509.Certificate:
+    return load_vlek((SNP / "snp_vlek_milan.der").read_bytes())
+
+
+@cache
+def asvk_ark(product: str = "milan") -> tuple[x509.Certificate, x509.Certificate]:
+    return load_ask_ark((SNP / f"amd_asvk_ark_{product}.pem").read_bytes())
+
+
+def verify(report: bytes = REPORT, *, product: str = "milan", at: datetime = AT, **kwargs) -> SnpVerification:
+    asvk, ark = kwargs.pop("asvk_ark", None) or asvk_ark(product)
+    if "vcek" not in kwargs:
+        kwargs.setdefault("vlek", vlek())
+    return verify_report(report, ask=asvk, ark=ark, at=at, **kwargs)
+
+
+def fields(result: SnpVerification) -> set[str]:
+    return {m.field for m in result.mismatches}
+
+
+def flipped(data: bytes, offset: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[offset] ^= 1 << bit
+    return bytes(out)
+
+
+# -- the real report: parsed values, as SOURCES.md lists them -----------------------------------------------
+
+def test_values_are_extracted_exactly():
+    report = SnpReport.parse(REPORT)
+    assert (report.version, report.guest_svn, report.policy, report.vmpl, report.signature_algo) == \
+        (3, 0, 0x30000, 1, 1)
+    assert (report.signer_info, report.signing_key, report.mask_chip_id) == (0x4, 1, False)
+    assert report.measurement.hex() == MEASUREMENT
+    assert report.report_data.hex() == REPORT_DATA
+    assert report.report_id.hex() == REPORT_ID
+    assert report.reported_tcb.raw == 0xD918000000000004
+    assert report.reported_tcb.components() == {"bootloader": 4, "tee": 0, "snp": 24, "microcode": 217}
+    assert (report.cpuid_fam_id, report.cpuid_mod_id, report.cpuid_step) == (0x19, 0x01, 0x01)
+    assert (report.current_major, report.current_minor, report.current_build) == (1, 55, 29)
+    assert report.chip_id == bytes(64)  # a VLEK belongs to a cloud provider: no chip ID
+    assert SnpReport.parse(REPORT).to_bytes() == REPORT
+
+
+def test_vlek_extensions():
+    extensions = vlek_extensions(vlek())
+    assert extensions.product_name == "Milan"
+    assert extensions.tcb == TcbVersion.of(bootloader=4, tee=0, snp=24, microcode=217)
+    assert extensions.csp_id == CSP_ID
+    assert extensions.kind == "VLEK"
+    assert (vlek().not_valid_before_utc.isoformat(), vlek().not_valid_after_utc.isoformat()) == \
+        ("2024-12-10T22:14:21+00:00", "2025-12-10T22:14:21+00:00")
+    asvk, ark = asvk_ark()
+    assert (asvk.subject.rfc4514_string().split(",")[0], ark.subject.rfc4514_string().split(",")[0]) == \
+        ("CN=SEV-VLEK-Milan", "CN=ARK-Milan")
+
+
+# -- the real report: verification ---------------------------------------------------------------------------
+
+def test_real_vlek_report_verifies():
+    result = verify()
+    assert result.ok and result.signatures_valid
+    assert [c.name for c in result.checks] == ["report signature", "VLEK certificate chain", "VLEK binding",
+                                                "guest policy"]
+    assert result.signing_key == "VLEK"
+    assert result.vlek is not None and result.vlek.csp_id == CSP_ID
+    assert result.vcek is None
+    assert result.measurement.hex() == MEASUREMENT
+    assert result.report_data.hex() == REPORT_DATA
+
+
+def test_the_keyword_does_not_decide_the_kind():
+    """envelope.certificates[0] is the VCEK or the VLEK: the certificate says which."""
+    result = verify_report(REPORT, vcek=vlek(), ask=asvk_ark()[0], ark=asvk_ark()[1], at=AT)
+    assert result.ok and result.signing_key == "VLEK"
+
+
+def test_one_key_certificate():
+    with pytest.raises(TypeError):
+        verify_report(REPORT, ask=asvk_ark()[0], ark=asvk_ark()[1], at=AT)
+    with pytest.raises(TypeError):
+        verify(vcek=vlek(), vlek=vlek())
+
+
+def test_policy_rules_apply():
+    policy = SnpPolicy(vmpl=0, minimum_tcb=TcbVersion.of(bootloader=4, tee=0, snp=25, microcode=217))
+    result = verify(policy=policy)
+    assert fields(result) == {"vmpl", "reported_tcb.snp"}
+    assert result.signatures_valid
+    with pytest.raises(VerificationFailed, match="vmpl"):
+        result.require_ok()
+
+
+# -- the wrong key, the wrong chain, the wrong product -------------------------------------------------------
+
+def _milan_vcek() -> x509.Certificate:
+    return load_vcek((SNP / "snp_vcek_milan.der").read_bytes())
+
+
+def test_vcek_chain_for_the_vlek_report():
+    ask, ark = load_ask_ark((SNP / "amd_ask_ark_milan.pem").read_bytes())
+    result = verify(vcek=_milan_vcek(), asvk_ark=(ask, ark))
+    mismatches = {m.field: m for m in result.mismatches}
+    assert mismatches["signer_info.signing_key"].expected == "0 (VCEK): the key certificate given is a VCEK"
+    assert mismatches["signer_info.signing_key"].actual == "1 (VLEK)"
+    assert "signature" in mismatches
+    assert not result.signatures_valid
+    assert "chip_id" not in mismatches  # a VLEK-signed report has no chip ID to compare
+    with pytest.raises(VerificationFailed, match=r"signer_info\.signing_key"):
+        result.require_ok()
+
+
+def test_vlek_for_the_vcek_report():
+    milan = (SNP / "snp_report_milan.bin").read_bytes()
+    result = verify(milan, policy=SnpPolicy(allow_debug=True), at=AT)
+    mismatches = {m.field: m for m in result.mismatches}
+    assert mismatches["signer_info.signing_key"].expected == "1 (VLEK): the key certificate given is a VLEK"
+    assert mismatches["signer_info.signing_key"].actual == "0 (VCEK)"
+    assert {"signature", "signer_info.signing_key"} <= set(mismatches)
+    assert not result.signatures_valid
+
+
+def test_vlek_under_the_vcek_ask_is_rejected():
+    ask, ark = load_ask_ark((SNP / "amd_ask_ark_milan.pem").read_bytes())
+    (issuer,) = verify(asvk_ark=(ask, ark)).mismatches
+    assert issuer.field == "vlek.issuer"
+    assert "CN=SEV-Milan" in issuer.expected and "CN=SEV-VLEK-Milan" in issuer.actual
+
+
+def test_milan_vlek_under_the_genoa_chain_is_rejected():
+    result = verify(product="genoa")
+    (issuer,) = result.mismatches
+    assert issuer.field == "vlek.issuer"
+    assert "CN=SEV-VLEK-Genoa" in issuer.expected and "CN=SEV-VLEK-Milan" in issuer.actual
+    assert result.check("report signature").passed and not result.signatures_valid
+
+
+def test_milan_asvk_under_the_genoa_ark_is_rejected():
+    (issuer,) = verify(asvk_ark=(asvk_ark("milan")[0], asvk_ark("genoa")[1])).mismatches
+    assert issuer.field == "asvk.issuer"
+    assert "CN=ARK-Genoa" in issuer.expected and "CN=ARK-Milan" in issuer.actual
+
+
+def test_vlek_without_amd_extensions():
+    with pytest.raises(EvidenceFormatError, match=r"vlek\.extensions\.1\.3\.6\.1\.4\.1\.3704\.1\.3\.1"):
+        verify(vlek=asvk_ark()[0])
+
+
+# -- one bit flipped in each signed region, and in the signature ---------------------------------------------
+
+@pytest.mark.parametrize(("offset", "bit", "expected"), [
+    pytest.param(0x00, 0, {"signature"}, id="version"),
+    pytest.param(0x04, 0, {"signature"}, id="guest-svn"),
+    pytest.param(0x08, 0, {"signature"}, id="policy"),
+    pytest.param(0x10, 0, {"signature"}, id="family-id"),
+    pytest.param(0x30, 1, {"signature"}, id="vmpl"),
+    pytest.param(0x48, 2, {"signature", "signer_info.signing_key"}, id="signing-key-vcek"),
+    pytest.param(0x50, 0, {"signature"}, id="report-data"),
+    pytest.param(0x90, 0, {"signature"}, id="measurement"),
+    pytest.param(0xBF, 0, {"signature"}, id="measurement-last-byte"),
+    pytest.param(0xC0, 0, {"signature"}, id="host-data"),
+    pytest.param(0x180, 0, {"signature", "reported_tcb.bootloader"}, id="reported-tcb"),
+    pytest.param(0x1A0, 0, {"signature"}, id="chip-id"),
+    pytest.param(0x1F0, 0, {"signature"}, id="launch-tcb"),
+    pytest.param(0x29F, 0, {"signature"}, id="last-signed-byte"),
+    pytest.param(0x2A0, 0, {"signature"}, id="signature-r"),
+    pytest.param(0x2A0 + 72, 0, {"signature"}, id="signature-s"),
+])
+def test_one_bit_flipped(offset: int, bit: int, expected: set[str]):
+    result = verify(flipped(REPORT, offset, bit))
+    assert fields(result) == expected
+    assert not result.signatures_valid
+
+
+def test_bytes_after_the_signature_are_not_signed():
+    assert verify(flipped(REPORT, 0x2A0 + 200)).ok
+
+
+def test_signature_algorithm_changed_is_unsupported():
+    with pytest.raises(UnsupportedEvidence) as caught:
+        verify(flipped(REPORT, 0x34, 1))
+    assert (caught.value.field, caught.value.offset) == ("snp_report.signature_algo", 0x34)
+
+
+def test_signing_key_changed_to_a_reserved_one_is_unsupported():
+    with pytest.raises(UnsupportedEvidence) as caught:
+        verify(flipped(REPORT, 0x48, 3))  # 1 -> 3
+    assert str(caught.value) == "SEV-SNP report signed by signing key 3 (supported: 0, a VCEK, and 1, a VLEK)"
+    assert (caught.value.field, caught.value.offset) == ("snp_report.signer_info.signing_key", 0x48)
+
+
+def _with_signature_bit_flipped(cert: x509.Certificate) -> x509.Certificate:
+    der = bytearray(cert.public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 1
+    return der_certificate(bytes(der), "flipped")  # the VLEK's serial is 0: certs.py silences the warning
+
+
+def test_one_bit_flipped_in_the_vlek_signature():
+    assert fields(verify(vlek=_with_signature_bit_flipped(vlek()))) == {"vlek.signature"}
+
+
+def test_one_bit_flipped_in_the_asvk_signature():
+    asvk, ark = asvk_ark()
+    assert fields(verify(asvk_ark=(_with_signature_bit_flipped(asvk), ark))) == {"asvk.signature"}
+
+
+def test_one_bit_flipped_in_the_ark_signature():
+    asvk, ark = asvk_ark()
+    assert fields(verify(asvk_ark=(asvk, _with_signature_bit_flipped(ark)))) == {"ark.signature"}
+
+
+# -- truncated and malformed evidence ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cut", "field", "offset"), [
+    (0, "snp_report.version", 0),
+    (0x50, "snp_report.report_data", 0x50),
+    (0x1A0, "snp_report.chip_id", 0x1A0),
+    (0x2A0, "snp_report.signature_r", 0x2A0),
+    (REPORT_SIZE - 1, "snp_report.signature_reserved", 0x2A0 + 144),
+])
+def test_truncated(cut: int, field: str, offset: int):
+    with pytest.raises(EvidenceFormatError) as caught:
+        verify(REPORT[:cut])
+    assert (caught.value.field, caught.value.offset) == (field, offset)
+
+
+def test_too_long():
+    with pytest.raises(EvidenceFormatError, match="1 bytes after"):
+        verify(REPORT + b"\0")
+
+
+@pytest.mark.parametrize("version", [1, 6])
+def test_unsupported_version(version: int):
+    with pytest.raises(UnsupportedEvidence) as caught:
+        verify(version.to_bytes(4, "little") + REPORT[4:])
+    assert (caught.value.field, caught.value.offset) == ("snp_report.version", 0)
+
+
+def test_a_report_from_another_cpu_family_is_unsupported():
+    report = bytearray(REPORT)
+    report[0x188] = 0x1A  # a version 3 report says its family
+    with pytest.raises(UnsupportedEvidence, match="Turin or later") as caught:
+        verify(bytes(report))
+    assert caught.value.offset == 0x188
+
+
+# -- expiry ----------------------------------------------------------------------------------------------------
+
+def test_expired_vlek():
+    (expired,) = verify(at=datetime(2026, 1, 1, tzinfo=UTC)).mismatches
+    assert (expired.field, expired.actual) == ("vlek.not_after", "2025-12-10T22:14:21Z")
+
+
+def test_vlek_not_yet_valid():
+    assert fields(verify(at=datetime(2024, 12, 1, tzinfo=UTC))) == {"vlek.not_before"}
