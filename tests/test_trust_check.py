@@ -469,3 +469,45 @@ def test_detect():
     sim = attest(SoftwareEnclave(), os.urandom(32))
     assert trustcheck.detect(sim.evidence.data) == trustcheck.Format.SIM_REPORT
     assert trustcheck.detect(sim.encode()) == trustcheck.Format.ENVELOPE
+
+
+# --- TDX 1.5: the quote v5 (go-tdx-guest's sample, SOURCES.md) --------------------------------------------------------
+
+QUOTE_V5 = TDX / "tdx_quote_v5_td15.dat"
+AT_V5 = "2026-02-03T01:00:00Z"  # go-tdx-guest verifies this quote's signatures and PCK chain at this time
+
+
+def test_a_tdx_15_quote_without_collateral_prints_its_fields_and_is_exit_2(config_file, capsys):
+    assert check(config_file, QUOTE_V5) == 2  # as the v4 quote without collateral
+    out, err = capsys.readouterr()
+    assert "format:      tdx-quote (TDX quote v5, TD report 1.5, 5006 bytes)" in out
+    fields = text_fields(out)
+    assert fields["VERSION"] == "5" and fields["PCK_FMSPC"] == "90c06f000000"
+    assert fields["MRTD"] == ("7348651a34b2d2d3462822e3a750ec6110125f36757c78480bbfc69cc0d21fb0"
+                              "01a1ced3ee19747dda8f750c3bc8f876")
+    assert fields["TEE_TCB_SVN"] == "0b010400000000000000000000000000"
+    assert fields["TEE_TCB_SVN2"] == "0d010400000000000000000000000000"
+    assert fields["MRSERVICETD"] == "00" * 48
+    names = list(fields)
+    assert names.index("REPORTDATA") + 1 == names.index("TEE_TCB_SVN2") == names.index("MRSERVICETD") - 1
+    assert "checks:      none ran: a TDX quote needs Intel's collateral: --collateral DIR" in out
+    assert err.startswith(f"ikectl: error: {QUOTE_V5}: not verified: a TDX quote needs Intel's collateral")
+
+
+def test_a_tdx_10_quote_prints_no_tdx_15_fields(config_file, capsys):
+    check(config_file, QUOTE)
+    fields = text_fields(capsys.readouterr().out)
+    assert "TEE_TCB_SVN2" not in fields and "MRSERVICETD" not in fields
+
+
+def test_a_tdx_15_quote_with_the_v4_collateral_is_exit_1(config_file, collateral, capsys):
+    """No collateral for its platform is shipped: the quote's own signatures pass, the rest fails, exit 1 (as the v4
+    quote with its collateral past its dates)."""
+    assert check(config_file, QUOTE_V5, "--collateral", collateral, "--at", AT_V5, "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["description"] == "TDX quote v5, TD report 1.5, 5006 bytes"
+    assert document["fields"]["TEE_TCB_SVN2"] == "0d010400000000000000000000000000"
+    assert document["fields"]["MRSERVICETD"] == "00" * 48
+    passed = {c["name"]: c["passed"] for c in document["checks"]}
+    assert passed["quote signature"] and passed["QE report signature"] and passed["attestation key binding"]
+    assert not passed["TCB info"] and document["authentic"] is False
