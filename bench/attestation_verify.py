@@ -26,6 +26,7 @@ from ikecommon.attestation.tdx import TdxCollateral, verify_quote
 
 VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation"
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
+AT_V5 = datetime(2026, 2, 3, 1, tzinfo=UTC)  # the TDX 1.5 quote's PCK certificate is from 2026
 
 
 def measure(work: Callable[[], object], runs: int) -> tuple[float, float]:
@@ -54,6 +55,17 @@ def main() -> None:
             crls=[(tdx / c).read_bytes() for c in ("intel_pck_platform_crl.der", "intel_sgx_root_ca_crl.der")])
         return verify_quote(quote, root=root, collateral=collateral, at=AT)
 
+    quote_v5 = (tdx / "tdx_quote_v5_td15.dat").read_bytes()
+
+    def tdx_v5_with_collateral() -> object:
+        # The only collateral shipped is the v4 quote's (another FMSPC): every check still runs.
+        collateral = TdxCollateral.load(
+            tcb_info=(tdx / "tdx_tcbinfo_v3_fmspc_50806f000000.json").read_bytes(),
+            qe_identity=(tdx / "tdx_qe_identity_v2.json").read_bytes(),
+            tcb_signing_chain=(tdx / "intel_tcb_signing_chain.pem").read_bytes(),
+            crls=[(tdx / c).read_bytes() for c in ("intel_pck_platform_crl.der", "intel_sgx_root_ca_crl.der")])
+        return verify_quote(quote_v5, root=root, collateral=collateral, at=AT_V5)
+
     report = (snp / "snp_report_milan.bin").read_bytes()
 
     def snp_with_chain() -> object:
@@ -71,6 +83,7 @@ def main() -> None:
     base, _ = measure(baseline, runs)
     print(f"baseline: one ECDSA P-256 verify, median {base * 1e3:.3f} ms ({runs} runs)")
     for name, work in (("TDX quote v4 + collateral + CRLs", tdx_with_collateral),
+                       ("TDX quote v5 (TD report 1.5) + collateral + CRLs", tdx_v5_with_collateral),
                        ("SEV-SNP report + VCEK/ASK/ARK", snp_with_chain)):
         median, p95 = measure(work, runs)
         verdict = "under" if median < 0.050 else "OVER"
