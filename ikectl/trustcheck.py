@@ -12,8 +12,10 @@ one, and whether a measurement spec matches. Nothing is fetched and nothing is p
 What the verifiers need beside the evidence: the vendors' roots from [trust] intel_root / amd_arks (`--anchors sim`:
 the simulated root, NOT SECURE); for a raw TDX quote, Intel's collateral (`--collateral DIR`: the TCB info, the QE
 identity, the TCB signing certificate and the PCK CA's and root's CRLs, as Intel's PCS serves them); for a raw
-SEV-SNP report, the VCEK and the ASK (`--certs DIR`: the VCEK and AMD KDS's cert_chain, optionally the ARK's CRL). An
-envelope carries both; the options replace what it carries. Files in a DIR are told apart by their contents.
+SEV-SNP report, the VCEK and the ASK (`--certs DIR`: the VCEK and AMD KDS's cert_chain, optionally the ARK's CRL), or
+for a VLEK-signed report the VLEK and the ASVK (KDS's vlek cert_chain); the key that signed and a VLEK's CSP ID are
+shown (KEY_CERTIFICATE, CSP_ID).
+An envelope carries both; the options replace what it carries. Files in a DIR are told apart by their contents.
 
 Exit codes (docs/attestation.md, "Checking evidence: trust check"): 0 the evidence is authentic (every signature,
 certificate chain and binding verifies) and, with --spec, an entry matches; 1 it is not authentic, or no entry
@@ -57,7 +59,7 @@ from ikecommon.attestation.binding import binding_mismatches
 from ikecommon.attestation.certs import der_certificate, der_crl, pem_chain
 from ikecommon.attestation.outcome import AUTHENTICITY, Check, CheckKind
 from ikecommon.attestation.snp import SnpReport, TcbVersion, verify_report
-from ikecommon.attestation.snp.vcek import AMD
+from ikecommon.attestation.snp.vcek import AMD, CSP_ID, vlek_extensions
 from ikecommon.attestation.tdx import (
     QeIdentity,
     TcbInfo,
@@ -127,8 +129,8 @@ class Inputs:
 
 @dataclass(frozen=True)
 class SnpCerts:
-    vcek: x509.Certificate
-    ask: x509.Certificate
+    vcek: x509.Certificate  # or the VLEK
+    ask: x509.Certificate   # or the ASVK
     crls: tuple[x509.CertificateRevocationList, ...] = ()
 
 
@@ -308,8 +310,8 @@ def _le(data: bytes, offset: int, size: int) -> int:
 
 def check(file: str, data: bytes, inputs: Inputs, spec: MeasurementSpec | None, *,
           strict: bool = False) -> CheckReport:
-    """The report on `data`; raises EvidenceFormatError or UnsupportedEvidence when it cannot be read (or, like a
-    VLEK-signed SEV-SNP report, cannot be judged), UsageError for an option or DIR that does not fit."""
+    """The report on `data`; raises EvidenceFormatError or UnsupportedEvidence when it cannot be read (or, like an
+    SEV-SNP report signed by no key, cannot be judged), UsageError for an option or DIR that does not fit."""
     kind_format = detect(data)
     envelope = Envelope.decode(data) if kind_format == Format.ENVELOPE else None
     kind = envelope.evidence.kind if envelope else {Format.TDX_QUOTE: EvidenceKind.TDX,
@@ -429,6 +431,7 @@ def _envelope_collateral(envelope: Envelope | None) -> TdxCollateral | None:
 def _snp(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
     report = SnpReport.parse(data)
     signing_key = {0: "VCEK", 1: "VLEK", 7: "none"}.get(report.signing_key, "reserved")
+    key = "VLEK" if report.signing_key == 1 else "VCEK"
     policy = report.policy
     flags = [name for bit, name in ((16, "SMT"), (18, "MIGRATE_MA"), (19, "DEBUG"), (20, "SINGLE_SOCKET"))
              if policy >> bit & 1]
@@ -457,22 +460,38 @@ def _snp(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
         _tcb("LAUNCH_TCB", report.launch_tcb),
     ]
     base = _Judged(f"SEV-SNP report v{report.version}, {len(data)} bytes", tuple(fields), {0: report.measurement},
-                   report.report_data, tcb_note="SEV-SNP has no TCB status here: REPORTED_TCB must equal the VCEK's "
-                                                "TCB (check 'VCEK binding')")
-    certs = _snp_certs(inputs.certs_dir) if inputs.certs_dir else _envelope_certs(envelope)
+                   report.report_data, tcb_note=f"SEV-SNP has no TCB status here: REPORTED_TCB must equal the "
+                                                f"{key}'s TCB (check '{key} binding')")
+    certs = _snp_certs(inputs.certs_dir, report.signing_key) if inputs.certs_dir else _envelope_certs(envelope)
+    if certs is not None:
+        base = replace(base, fields=base.fields + _snp_key_fields(certs.vcek))
     missing = []
     if inputs.anchors == Anchors.SIM:
         missing.append("--anchors sim trusts only the simulated root; SEV-SNP evidence needs --anchors vendor")
     elif not inputs.amd_arks:
         missing.append("SEV-SNP evidence needs AMD's root keys: set [trust] amd_arks")
     if certs is None:
-        missing.append("an SEV-SNP report needs its VCEK and the ASK: --certs DIR (the VCEK, AMD KDS's cert_chain)")
+        missing.append("an SEV-SNP report needs its VCEK and the ASK: --certs DIR (the VCEK, AMD KDS's cert_chain)"
+                       if key == "VCEK" else "a VLEK-signed SEV-SNP report needs its VLEK and the ASVK: --certs DIR "
+                       "(the VLEK, AMD KDS's vlek cert_chain)")
     if missing or certs is None:
         return replace(base, not_verified="; ".join(missing))
     # The ARK that issued this ASK; with none, the first one, and the chain check names both issuers.
     ark = next((ark for ark in inputs.amd_arks if ark.subject == certs.ask.issuer), inputs.amd_arks[0])
     verification = verify_report(report, vcek=certs.vcek, ask=certs.ask, ark=ark, at=inputs.at, crls=certs.crls)
     return replace(base, checks=verification.checks)
+
+
+def _snp_key_fields(cert: x509.Certificate) -> tuple[Field, ...]:
+    """Which key the certificate given is (a VLEK has AMD's CSP ID extension, a VCEK its hwID), and a VLEK's CSP ID:
+    the cloud provider AMD issued it to."""
+    if not _has_extension(cert, CSP_ID):
+        return (_text("KEY_CERTIFICATE", "VCEK" if _has_extension(cert, VCEK_HW_ID) else "unknown"),)
+    try:
+        csp_id = vlek_extensions(cert).csp_id
+    except EvidenceFormatError as exc:
+        csp_id = f"malformed: {exc}"
+    return _text("KEY_CERTIFICATE", "VLEK"), _text("CSP_ID", csp_id)
 
 
 def _envelope_certs(envelope: Envelope | None) -> SnpCerts | None:
@@ -667,15 +686,22 @@ def _tdx_collateral(directory: Path) -> TdxCollateral:
         raise UsageError(f"{option} {where}: malformed: {exc}") from None
 
 
-def _snp_certs(directory: Path) -> SnpCerts:
+def _snp_certs(directory: Path, signing_key: int = 0) -> SnpCerts:
     """--certs DIR: the VCEK (DER as AMD's KDS serves it, or PEM) and the ASK (KDS's cert_chain: ASK then ARK; the
-    ARK there is not used: [trust] amd_arks are the roots), and optionally the ARK's CRL."""
+    ARK there is not used: [trust] amd_arks are the roots), and optionally the ARK's CRL. For a report whose
+    SIGNING_KEY is 1, the VLEK (AMD's CSP ID extension) and its ASVK instead; with none of the report's kind, the
+    other kind, which the verifier then refuses by name (signer_info.signing_key)."""
     option = "--certs"
     found = _contents(directory, option)
     vceks = _unique((p, cert) for p, cert in found.certs if _has_extension(cert, VCEK_HW_ID))
-    _, vcek = _one(option, directory, "VCEK (a certificate with AMD's hwID extension)", vceks)
+    vleks = _unique((p, cert) for p, cert in found.certs if _has_extension(cert, CSP_ID))
+    wanted = ("VLEK", "CSP ID", vleks) if signing_key == 1 else ("VCEK", "hwID", vceks)
+    other = ("VCEK", "hwID", vceks) if signing_key == 1 else ("VLEK", "CSP ID", vleks)
+    name, extension, keys = wanted if wanted[2] or not other[2] else other
+    _, vcek = _one(option, directory, f"{name} (a certificate with AMD's {extension} extension)", keys)
+    issuer_name = "ASVK" if name == "VLEK" else "ASK"
     asks = _unique((p, cert) for p, cert in found.certs if cert.subject == vcek.issuer and cert.subject != cert.issuer)
-    _, ask = _one(option, directory, f"ASK (the VCEK's issuer, {vcek.issuer.rfc4514_string()})", asks)
+    _, ask = _one(option, directory, f"{issuer_name} (the {name}'s issuer, {vcek.issuer.rfc4514_string()})", asks)
     return SnpCerts(vcek, ask, tuple(crl for _, crl in found.crls))
 
 

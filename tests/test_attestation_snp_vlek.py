@@ -6,8 +6,10 @@ Milan report, on this one.
 The VLEK was valid from 2024-12-10 to 2025-12-10: the tests judge it at AT, inside that window.
 """
 
+import json
 from datetime import UTC, datetime
 from functools import cache
+from pathlib import Path
 
 import pytest
 from attestation_vectors import SNP
@@ -28,6 +30,7 @@ from ikecommon.attestation.snp import (
     vlek_extensions,
 )
 from ikecommon.attestation.snp.report import REPORT_SIZE
+from ikectl import cli
 
 AT = datetime(2025, 6, 1, tzinfo=UTC)
 
@@ -295,3 +298,67 @@ def test_expired_vlek():
 
 def test_vlek_not_yet_valid():
     assert fields(verify(at=datetime(2024, 12, 1, tzinfo=UTC))) == {"vlek.not_before"}
+
+
+# -- ikectl trust check --------------------------------------------------------------------------------------------
+
+def _trust_check(tmp_path: Path, *names: str, extra: tuple[str, ...] = ("--at", "2025-06-01T00:00:00Z")) -> int:
+    ark = tmp_path / "ark-milan.pem"
+    ark.write_bytes(asvk_ark()[1].public_bytes(serialization.Encoding.PEM))
+    config = tmp_path / "ikectl.toml"
+    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\ntrust_dir = "{tmp_path / "trust"}"\n[trust]\n'
+                      f'amd_arks = ["{ark}"]\n')
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in names:
+        (certs / name).write_bytes((SNP / name).read_bytes())
+    return cli.main(["--config", str(config), "trust", "check", str(SNP / "snp_report_milan_vlek.bin"),
+                     "--certs", str(certs), *extra])
+
+
+def _fields(out: str) -> dict[str, str]:
+    found = {}
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if line.startswith("  ") and len(parts) == 2 and parts[0].isupper():
+            found[parts[0]] = parts[1].strip()
+    return found
+
+
+def test_trust_check_shows_the_vlek_and_its_csp_id(tmp_path, capsys):
+    assert _trust_check(tmp_path, "snp_vlek_milan.der", "amd_asvk_ark_milan.pem") == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    fields = _fields(out)
+    assert fields["SIGNING_KEY"] == "1 (VLEK)"
+    assert (fields["KEY_CERTIFICATE"], fields["CSP_ID"]) == ("VLEK", CSP_ID)
+    assert fields["MEASUREMENT"] == MEASUREMENT
+    for name in ("report signature", "VLEK certificate chain", "VLEK binding", "guest policy"):
+        assert f"ok    {name} (" in out, name
+    assert out.rstrip().endswith("result:      ok")
+
+
+def test_trust_check_json_has_the_csp_id(tmp_path, capsys):
+    assert _trust_check(tmp_path, "snp_vlek_milan.der", "amd_asvk_ark_milan.pem",
+                        extra=("--at", "2025-06-01T00:00:00Z", "--json")) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["fields"]["KEY_CERTIFICATE"], document["fields"]["CSP_ID"]) == ("VLEK", CSP_ID)
+    assert (document["authentic"], document["accepted"], document["result"]) == (True, True, "ok")
+
+
+def test_trust_check_takes_the_vlek_when_the_dir_holds_both(tmp_path, capsys):
+    assert _trust_check(tmp_path, "snp_vcek_milan.der", "amd_ask_ark_milan.pem", "snp_vlek_milan.der",
+                        "amd_asvk_ark_milan.pem") == 0
+    assert _fields(capsys.readouterr().out)["KEY_CERTIFICATE"] == "VLEK"
+
+
+def test_trust_check_with_a_vcek_chain_names_the_signing_key(tmp_path, capsys):
+    assert _trust_check(tmp_path, "snp_vcek_milan.der", "amd_ask_ark_milan.pem") == 1
+    out = capsys.readouterr().out
+    assert _fields(out)["KEY_CERTIFICATE"] == "VCEK"
+    assert "signer_info.signing_key: expected 0 (VCEK): the key certificate given is a VCEK, got 1 (VLEK)" in out
+
+
+def test_trust_check_now_finds_the_vlek_expired(tmp_path, capsys):
+    assert _trust_check(tmp_path, "snp_vlek_milan.der", "amd_asvk_ark_milan.pem", extra=()) == 1
+    assert "vlek.not_after" in capsys.readouterr().out
