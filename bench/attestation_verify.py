@@ -21,12 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
+from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, load_vlek, verify_report
 from ikecommon.attestation.tdx import TdxCollateral, verify_quote
 
 VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "attestation"
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
 AT_V5 = datetime(2026, 2, 3, 1, tzinfo=UTC)  # the TDX 1.5 quote's PCK certificate is from 2026
+AT_VLEK = datetime(2025, 6, 1, tzinfo=UTC)  # the VLEK is valid 2024-12-10 to 2025-12-10
 
 
 def measure(work: Callable[[], object], runs: int) -> tuple[float, float]:
@@ -73,6 +74,13 @@ def main() -> None:
         return verify_report(report, vcek=load_vcek((snp / "snp_vcek_milan.der").read_bytes()), ask=ask, ark=ark,
                              at=AT, policy=SnpPolicy(allow_debug=True))
 
+    vlek_report = (snp / "snp_report_milan_vlek.bin").read_bytes()
+
+    def snp_vlek_with_chain() -> object:
+        asvk, ark = load_ask_ark((snp / "amd_asvk_ark_milan.pem").read_bytes())
+        return verify_report(vlek_report, vlek=load_vlek((snp / "snp_vlek_milan.der").read_bytes()), ask=asvk,
+                             ark=ark, at=AT_VLEK)
+
     key = ec.generate_private_key(ec.SECP256R1())
     signature = key.sign(b"baseline", ec.ECDSA(hashes.SHA256()))
 
@@ -84,7 +92,8 @@ def main() -> None:
     print(f"baseline: one ECDSA P-256 verify, median {base * 1e3:.3f} ms ({runs} runs)")
     for name, work in (("TDX quote v4 + collateral + CRLs", tdx_with_collateral),
                        ("TDX quote v5 (TD report 1.5) + collateral + CRLs", tdx_v5_with_collateral),
-                       ("SEV-SNP report + VCEK/ASK/ARK", snp_with_chain)):
+                       ("SEV-SNP report + VCEK/ASK/ARK", snp_with_chain),
+                       ("SEV-SNP report (VLEK-signed, AWS) + VLEK/ASVK/ARK", snp_vlek_with_chain)):
         median, p95 = measure(work, runs)
         verdict = "under" if median < 0.050 else "OVER"
         print(f"{name}: median {median * 1e3:.2f} ms, p95 {p95 * 1e3:.2f} ms, {median / base:.1f}x baseline "
