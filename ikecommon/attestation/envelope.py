@@ -6,7 +6,7 @@ or `[media type, base64url value, indicator]`. Values are base64url without padd
 is CMW's bitmap (4 = evidence, 2 = endorsements). Labels and media types:
 
     label                  media type                                        ind  carries
-    evidence               application/vnd.enclave-ike.tdx-quote              4    the TDX quote (v4)
+    evidence               application/vnd.enclave-ike.tdx-quote              4    the TDX quote (v4, v5)
                            application/vnd.enclave-ike.sev-snp-report         4    the SEV-SNP report (1184 bytes)
                            application/vnd.enclave-ike.sim-report             4    the sim report (NOT SECURE)
     ike-key                application/vnd.enclave-ike.spki+der               -    SubjectPublicKeyInfo, canonical DER
