@@ -5,12 +5,17 @@ Where logs go)."""
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from netns_tests.lab import Lab
 from netns_tests.test_ikectl_trusted import COFFEE, PLAIN, ikectl
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def write_config(run_dir: Path, log_dir: Path, tmp_path: Path) -> Path:
@@ -33,6 +38,12 @@ def test_down_keeps_the_runs_pluto_log_in_log_dir_and_removes_the_run_dir(world:
         logged = (run_dir / "pluto.log").read_text()
         assert "listening for IKE messages" in logged
         pluto_logs.append((pid, logged))
+        # The supervisor starts detached and says "watching" once it is; on a busy host that can come after `up`
+        # returned, and a run whose supervisor.log is still empty keeps no supervisor.log (nothing to keep).
+        deadline = time.monotonic() + 60
+        while "ikectl supervisor: watching" not in _text(run_dir / "supervisor.log"):
+            assert time.monotonic() < deadline, "the supervisor never said it was watching"
+            time.sleep(0.1)
         down = ikectl(world, config, "down", "-v")
         assert down.returncode == 0, down.stderr
         assert f"ikectl: logs of {run_dir} kept in {log_dir / 'last'}" in down.stderr.splitlines()

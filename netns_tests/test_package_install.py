@@ -46,6 +46,8 @@ def test_the_packages_install_their_programs_conffiles_and_hook(facts: dict[str,
             'exec /usr/bin/ikectl --config /etc/ikectl/ikectl.toml nm-dispatch "$1" "$2"'
         assert hook["mode"] == "0o755" and hook["uid"] == 0
     assert facts["version"]["rc"] == 0 and facts["version"]["out"].startswith("ikectl ")
+    assert facts["interpreter"] == "/usr/bin/python3.11"  # what Depends: python3.11 provides
+    assert facts["pythonpath"]["out"] == facts["version"]["out"], facts["pythonpath"]
     assert "config: /etc/ikectl/ikectl.toml is valid" in facts["doctor"]["out"], facts["doctor"]
 
 
@@ -59,6 +61,19 @@ def test_the_units_verify_the_man_pages_render_and_completion_offers_the_command
 def test_enclave_ike_with_the_shipped_config_says_what_to_set(facts: dict[str, Any]) -> None:
     shipped = facts["enclave_shipped_config"]
     assert shipped["rc"] == 2 and "listen" in shipped["err"] and "Traceback" not in shipped["err"], shipped
+
+
+def test_an_upgrade_keeps_the_protection_and_never_stops_ikectl_service(facts: dict[str, Any]) -> None:
+    scripts = facts["maintscripts"]
+    assert "stop" not in scripts["ikectl.preinst"] and "stop" not in scripts["enclave-ike.preinst"]
+    # The one stop of each unit is the prerm's, on removal; enclave-ike is restarted after an upgrade if it runs.
+    assert scripts["ikectl.prerm"].count("deb-systemd-invoke stop") == 1
+    assert scripts["enclave-ike.prerm"].count("deb-systemd-invoke stop") == 1
+    assert "try-restart" in scripts["enclave-ike.postinst"] and "restart" not in scripts["ikectl.postinst"]
+    assert facts["reinstall"]["rc"] == 0, facts["reinstall"]
+    up, after = facts["while_up"], facts["after_reinstall"]
+    assert after["policies"] == up["policies"] and after["tables"] == up["tables"]
+    assert [p.split(":")[0] for p in after["processes"]] == [p.split(":")[0] for p in up["processes"]]
 
 
 def test_a_purge_while_trusted_mode_is_up_leaves_nothing(facts: dict[str, Any]) -> None:

@@ -27,8 +27,8 @@ RESOLVER = "192.0.2.53"
 UNITS = ("/lib/systemd/system/ikectl.service", "/lib/systemd/system/enclave-ike.service")
 HOOKS = ("/usr/lib/NetworkManager/dispatcher.d/10-ikectl", "/usr/lib/NetworkManager/dispatcher.d/pre-up.d/10-ikectl")
 GONE_AFTER_PURGE = ("/etc/ikectl", "/etc/enclave-ike", "/var/lib/ikectl", "/var/log/ikectl", "/run/ikectl",
-                    "/run/ikectl-state", "/run/enclave-ike", "/usr/lib/ikectl", "/usr/lib/enclave-ike",
-                    "/usr/bin/ikectl", "/usr/bin/enclave-ike")
+                    "/run/ikectl-state", "/run/ikectl-nm", "/run/enclave-ike", "/usr/lib/ikectl",
+                    "/usr/lib/enclave-ike", "/usr/bin/ikectl", "/usr/bin/enclave-ike")
 USER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
 
 
@@ -57,6 +57,10 @@ def disposable_root() -> None:
 def files_written(name: str) -> list[str]:
     upper = ROOT / name / "upper"
     return sorted(f"/{name}/{p.relative_to(upper)}" for p in upper.rglob("*") if not p.is_dir())
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def trusted_config() -> str:
@@ -103,6 +107,12 @@ def scenario(facts: dict[str, Any], debs: list[str]) -> None:
                                "COMP_WORDS=(ikectl ''); COMP_CWORD=1; COMP_LINE='ikectl '; COMP_POINT=7; "
                                "$f ikectl '' ikectl; printf '%s\\n' \"${COMPREPLY[@]}\""])
     facts["version"] = run(["ikectl", "--version"])
+    facts["interpreter"] = os.path.realpath("/usr/lib/ikectl/bin/python3")
+    # A caller's PYTHONPATH (apt's environment in prerm, sudo -E) must not reach the packaged program.
+    evil = ROOT / "evil" / "ikectl"
+    evil.mkdir(parents=True)
+    (evil / "__init__.py").write_text("print('IMPORTED FROM PYTHONPATH')\n")
+    facts["pythonpath"] = run(["ikectl", "--version"], env={"PYTHONPATH": str(evil.parent)})
     facts["doctor"] = run(["ikectl", "doctor"])
     facts["enclave_shipped_config"] = run(["enclave-ike", "serve"], timeout=60)
 
@@ -117,6 +127,12 @@ def scenario(facts: dict[str, Any], debs: list[str]) -> None:
     facts["up"] = run(["ikectl", "up"], netns=True, env={"IKECTL_ASSUME_ESP": "1"})
     facts["while_up"] = {"policies": sh("ip xfrm policy list", netns=True)["out"],
                          "tables": sh("nft list tables", netns=True)["out"], "processes": processes()}
+    # An upgrade (a reinstall runs the same maintainer scripts) while up: the protection stays.
+    facts["maintscripts"] = {f"{pkg}.{kind}": _read(Path(f"/var/lib/dpkg/info/{pkg}.{kind}"))
+                             for pkg in ("ikectl", "enclave-ike") for kind in ("preinst", "postinst", "prerm")}
+    facts["reinstall"] = run(["apt-get", "install", "--reinstall", "-y", "-q", debs[0]], netns=True, timeout=900)
+    facts["after_reinstall"] = {"policies": sh("ip xfrm policy list", netns=True)["out"],
+                                "tables": sh("nft list tables", netns=True)["out"], "processes": processes()}
     facts["purge"] = run(["apt-get", "purge", "-y", "-q", "ikectl", "enclave-ike"], netns=True, timeout=900)
     facts["after_purge"] = {"policies": sh("ip xfrm policy list", netns=True)["out"],
                             "tables": sh("nft list tables", netns=True)["out"], "processes": processes(),
