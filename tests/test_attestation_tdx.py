@@ -7,7 +7,6 @@ Revocation, a matching TCB level and a debug TD need evidence Intel never signed
 re-signs the real quote's QE report and collateral under its own root; the verifier code path is the same.
 """
 
-import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,14 +15,11 @@ from functools import cache
 import pytest
 from attestation_vectors import TDX
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from ikecommon.attestation import EvidenceFormatError, UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.tdx import (
-    QuoteSignatureData,
     TdxCollateral,
     TdxPolicy,
     TdxQuote,
@@ -31,7 +27,7 @@ from ikecommon.attestation.tdx import (
     sgx_extensions,
     verify_quote,
 )
-from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS
+from netns_tests.harness.fake_intel import QUOTE_SGX_SVNS, QUOTE_TDX_SVNS, FakeIntel, tcb_info_with
 
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors, as go-tdx-guest tests
 
@@ -392,125 +388,16 @@ def test_crl_with_a_bad_signature():
 
 # -- a test PKI under its own root: revocation, matching TCB levels, TD policy ------------------------------
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "enclave-ike tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+def fake_verify(pki: FakeIntel, quote: bytes | None = None, **kwargs) -> TdxVerification:
+    return verify_quote(quote or pki.quote(), root=pki.root, collateral=kwargs.pop("collateral", None)
+                        or pki.collateral(), at=AT, **kwargs)
 
 
-def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-class FakeIntel:
-    """Root, PCK CA, PCK leaf (with the real leaf's SGX extension), TCB signer and attestation key of our own."""
-
-    _instance: "FakeIntel | None" = None
-
-    def __init__(self) -> None:
-        self.root_key, self.ca_key, self.leaf_key, self.tcb_key, self.attestation_key = (
-            ec.generate_private_key(ec.SECP256R1()) for _ in range(5))
-        self.root = self._cert("Test SGX Root CA", self.root_key, None, ca=True, path_length=1)
-        issued_by_root = (self.root, self.root_key)
-        self.ca = self._cert("Test SGX PCK Platform CA", self.ca_key, issued_by_root, ca=True, path_length=0)
-        real_leaf = x509.load_pem_x509_certificates(TdxQuote.parse(QUOTE).signature_data.certification
-                                                    .pck_chain_pem)[0]
-        self.sgx = real_leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS)).value
-        self.leaf = self.pck_certificate("Test SGX PCK Certificate")
-        self.tcb_signer = self._cert("Test SGX TCB Signing", self.tcb_key, issued_by_root, ca=False)
-
-    def pck_certificate(self, common_name: str) -> x509.Certificate:
-        return self._cert(common_name, self.leaf_key, (self.ca, self.ca_key), ca=False, extra=self.sgx)
-
-    @classmethod
-    def instance(cls) -> "FakeIntel":
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
-
-    @staticmethod
-    def _cert(common_name: str, key: ec.EllipticCurvePrivateKey,
-              issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *, ca: bool,
-              path_length: int | None = None, extra: x509.ExtensionType | None = None) -> x509.Certificate:
-        """Self-signed when `issuer` (certificate, key) is None."""
-        issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (_name(common_name), key)
-        builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(issuer_name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(datetime(2023, 1, 1, tzinfo=UTC))
-                   .not_valid_after(datetime(2030, 1, 1, tzinfo=UTC))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True))
-        if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-                critical=True)
-        if extra is not None:
-            builder = builder.add_extension(extra, critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def quote(self, td_attributes: bytes | None = None, leaf: x509.Certificate | None = None) -> bytes:
-        """The real quote's body (optionally changed), attested by our attestation key, QE report and PCK chain."""
-        real = TdxQuote.parse(QUOTE)
-        key = self.attestation_key.public_key().public_bytes(serialization.Encoding.X962,
-                                                             serialization.PublicFormat.UncompressedPoint)[1:]
-        certification = real.signature_data.certification
-        qe_report = replace(certification.qe_report,
-                            report_data=hashlib.sha256(key + certification.qe_auth_data).digest() + bytes(32))
-        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf or self.leaf, self.ca, self.root))
-        certification = replace(certification, qe_report=qe_report, pck_chain_pem=chain,
-                                qe_report_signature=_raw_signature(self.leaf_key, qe_report.to_bytes()))
-        body = real.body if td_attributes is None else replace(real.body, td_attributes=td_attributes)
-        unsigned = replace(real, body=body, signature_data=QuoteSignatureData(bytes(64), key, certification))
-        signature = _raw_signature(self.attestation_key, unsigned.signed_bytes)
-        return replace(unsigned, signature_data=replace(unsigned.signature_data, signature=signature)).to_bytes()
-
-    def signed_json(self, body_key: str, body: dict) -> bytes:
-        raw = json.dumps(body, separators=(",", ":")).encode()
-        signature = _raw_signature(self.tcb_key, raw).hex()
-        return b'{"%s":%s,"signature":"%s"}' % (body_key.encode(), raw, signature.encode())
-
-    def crl(self, issuer: x509.Certificate, revoked: tuple[x509.Certificate, ...] = (),
-            key: ec.EllipticCurvePrivateKey | None = None) -> x509.CertificateRevocationList:
-        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
-                   .last_update(datetime(2023, 6, 1, tzinfo=UTC)).next_update(datetime(2023, 8, 1, tzinfo=UTC)))
-        for cert in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
-                .revocation_date(datetime(2023, 6, 1, tzinfo=UTC)).build())
-        signer = key or (self.root_key if issuer is self.root else self.ca_key)
-        return builder.sign(signer, hashes.SHA256())
-
-    def collateral(self, *, tcb_info: dict | None = None, qe_identity: dict | None = None,
-                   crls: tuple[x509.CertificateRevocationList, ...] | None = None) -> TdxCollateral:
-        real = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
-        real_qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
-        chain = self.tcb_signer.public_bytes(serialization.Encoding.PEM)
-        collateral = TdxCollateral.load(tcb_info=self.signed_json("tcbInfo", tcb_info or real),
-                                        qe_identity=self.signed_json("enclaveIdentity", qe_identity or real_qe),
-                                        tcb_signing_chain=chain, crls=())
-        return replace(collateral, crls=crls if crls is not None else (self.crl(self.ca), self.crl(self.root)))
-
-    def verify(self, quote: bytes | None = None, **kwargs) -> TdxVerification:
-        return verify_quote(quote or self.quote(), root=self.root, collateral=kwargs.pop("collateral", None)
-                            or self.collateral(), at=AT, **kwargs)
-
-
-def _tcb_info_with(levels: dict[int, dict]) -> dict:
-    """The real TCB info with some levels' SVNs replaced: {level index: {"sgx": [...], "tdx": [...]}}."""
-    info = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
-    for index, svns in levels.items():
-        tcb = info["tcbLevels"][index]["tcb"]
-        for kind, values in svns.items():
-            for component, svn in zip(tcb[f"{kind}tcbcomponents"], values, strict=True):
-                component["svn"] = svn
-    return info
-
-
-LOW_SGX, LOW_TDX = [3, 3, 2, 2, 2, 1, 0, 2] + [0] * 8, [3, 0, 4] + [0] * 13
+LOW_SGX, LOW_TDX = QUOTE_SGX_SVNS, QUOTE_TDX_SVNS
 
 
 def test_test_pki_reproduces_the_real_result():
-    result = FakeIntel.instance().verify()
+    result = fake_verify(FakeIntel.instance())
     assert result.signatures_valid
     assert fields(result) == {"tcb.level"}
 
@@ -518,7 +405,7 @@ def test_test_pki_reproduces_the_real_result():
 def test_revoked_pck_certificate():
     pki = FakeIntel.instance()
     collateral = pki.collateral(crls=(pki.crl(pki.ca, revoked=(pki.leaf,)), pki.crl(pki.root)))
-    result = pki.verify(collateral=collateral)
+    result = fake_verify(pki, collateral=collateral)
     (revoked,) = [m for m in result.mismatches if m.field == "pck_leaf.revocation"]
     assert revoked.expected == "not revoked"
     assert f"serial {pki.leaf.serial_number:x} revoked on 2023-06-01T00:00:00Z" in revoked.actual
@@ -528,20 +415,20 @@ def test_revoked_pck_certificate():
 def test_revoked_pck_ca():
     pki = FakeIntel.instance()
     collateral = pki.collateral(crls=(pki.crl(pki.ca), pki.crl(pki.root, revoked=(pki.ca,))))
-    assert fields(pki.verify(collateral=collateral)) - {"tcb.level"} == {"pck_ca.revocation"}
+    assert fields(fake_verify(pki, collateral=collateral)) - {"tcb.level"} == {"pck_ca.revocation"}
 
 
 def test_crl_signed_by_someone_else():
     pki = FakeIntel.instance()
     forged = pki.crl(pki.ca, revoked=(), key=ec.generate_private_key(ec.SECP256R1()))
     collateral = pki.collateral(crls=(forged, pki.crl(pki.root)))
-    assert fields(pki.verify(collateral=collateral)) - {"tcb.level"} == {"pck_ca_crl.signature"}
+    assert fields(fake_verify(pki, collateral=collateral)) - {"tcb.level"} == {"pck_ca_crl.signature"}
 
 
 def test_tcb_up_to_date_when_the_platform_meets_the_top_level():
     # As go-tdx-guest's TestVerifyUsingTcbInfoV4 does: lower the top level to the platform's SVNs.
     pki = FakeIntel.instance()
-    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
+    result = fake_verify(pki, collateral=pki.collateral(tcb_info=tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
     assert result.tcb.status == "UpToDate"
     assert result.ok
     result.require_ok()
@@ -549,19 +436,20 @@ def test_tcb_up_to_date_when_the_platform_meets_the_top_level():
 
 def test_tcb_out_of_date_is_reported_with_its_advisories():
     pki = FakeIntel.instance()
-    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
+    result = fake_verify(pki, collateral=pki.collateral(tcb_info=tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})))
     (status,) = result.mismatches
     assert (status.field, status.expected) == ("tcb.status", "one of UpToDate")
     assert status.actual.startswith("OutOfDate (INTEL-SA-00106")
     assert result.signatures_valid
     accepting = TdxPolicy(accepted_tcb_statuses=frozenset({"UpToDate", "OutOfDate"}))
-    assert pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})),
+    assert fake_verify(pki, collateral=pki.collateral(tcb_info=tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})),
                       policy=accepting).ok
 
 
 def test_tdx_components_alone_short_of_every_level():
     pki = FakeIntel.instance()
-    result = pki.verify(collateral=pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX}, 1: {"sgx": LOW_SGX}})))
+    info = tcb_info_with({0: {"sgx": LOW_SGX}, 1: {"sgx": LOW_SGX}})
+    result = fake_verify(pki, collateral=pki.collateral(tcb_info=info))
     (level,) = result.mismatches
     assert level.field == "tcb.level"
     assert "tdx[2] 4 < 5" in level.actual
@@ -573,8 +461,8 @@ def test_qe_out_of_date_makes_the_platform_out_of_date():
     qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
     qe["tcbLevels"] = [{"tcb": {"isvsvn": 5}, "tcbDate": "2023-06-01T00:00:00Z", "tcbStatus": "UpToDate"},
                        {"tcb": {"isvsvn": 4}, "tcbDate": "2023-02-15T00:00:00Z", "tcbStatus": "OutOfDate"}]
-    collateral = pki.collateral(tcb_info=_tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}}), qe_identity=qe)
-    result = pki.verify(collateral=collateral)
+    collateral = pki.collateral(tcb_info=tcb_info_with({0: {"sgx": LOW_SGX, "tdx": LOW_TDX}}), qe_identity=qe)
+    result = fake_verify(pki, collateral=collateral)
     assert (result.tcb.qe_status, result.tcb.status) == ("OutOfDate", "OutOfDate")
     assert fields(result) == {"tcb.status"}
 
@@ -583,7 +471,7 @@ def test_qe_from_another_signer():
     pki = FakeIntel.instance()
     qe = json.loads(read("tdx_qe_identity_v2.json"))["enclaveIdentity"]
     qe["mrsigner"] = "00" * 32
-    result = pki.verify(collateral=pki.collateral(qe_identity=qe))
+    result = fake_verify(pki, collateral=pki.collateral(qe_identity=qe))
     assert fields(result) - {"tcb.level"} == {"qe_report.mr_signer"}
     assert result.signatures_valid
 
@@ -592,7 +480,7 @@ def test_tcb_info_for_another_platform():
     pki = FakeIntel.instance()
     info = json.loads(read("tdx_tcbinfo_v3_fmspc_50806f000000.json"))["tcbInfo"]
     info["fmspc"] = "00606a000000"
-    mismatch = next(m for m in pki.verify(collateral=pki.collateral(tcb_info=info)).mismatches
+    mismatch = next(m for m in fake_verify(pki, collateral=pki.collateral(tcb_info=info)).mismatches
                     if m.field == "tcb_info.fmspc")
     assert (mismatch.expected, mismatch.actual) == ("50806f000000 (the PCK certificate's)", "00606a000000")
 
@@ -600,13 +488,13 @@ def test_tcb_info_for_another_platform():
 def test_debug_td_is_refused_unless_allowed():
     pki = FakeIntel.instance()
     debug = pki.quote(td_attributes=bytes.fromhex("0100004000000000"))
-    assert fields(pki.verify(debug)) - {"tcb.level"} == {"body.td_attributes.debug"}
-    assert fields(pki.verify(debug, policy=TdxPolicy(allow_debug=True))) == {"tcb.level"}
+    assert fields(fake_verify(pki, debug)) - {"tcb.level"} == {"body.td_attributes.debug"}
+    assert fields(fake_verify(pki, debug, policy=TdxPolicy(allow_debug=True))) == {"tcb.level"}
 
 
 def test_pck_chain_must_end_in_a_pck_certificate():
     pki = FakeIntel.instance()
-    result = pki.verify(pki.quote(leaf=pki.pck_certificate("Test SGX Something Else")))
+    result = fake_verify(pki, pki.quote(leaf=pki.pck_certificate("Test SGX Something Else")))
     (name,) = [m for m in result.mismatches if m.field != "tcb.level"]
     assert name.field == "pck_leaf.subject"
     assert "Test SGX Something Else" in name.actual
