@@ -27,7 +27,15 @@ from ikecommon.attestation.tdx import (
     sgx_extensions,
     verify_quote,
 )
-from netns_tests.harness.fake_intel import QUOTE_SGX_SVNS, QUOTE_TDX_SVNS, FakeIntel, tcb_info_with
+from netns_tests.harness.fake_intel import (
+    QUOTE_SGX_SVNS,
+    QUOTE_TDX_SVNS,
+    FakeIntel,
+    dated,
+    real_qe_identity,
+    tcb_info_with,
+    up_to_date_tcb_info,
+)
 
 AT = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors, as go-tdx-guest tests
 
@@ -442,8 +450,66 @@ def test_tcb_out_of_date_is_reported_with_its_advisories():
     assert status.actual.startswith("OutOfDate (INTEL-SA-00106")
     assert result.signatures_valid
     accepting = TdxPolicy(accepted_tcb_statuses=frozenset({"UpToDate", "OutOfDate"}))
-    assert fake_verify(pki, collateral=pki.collateral(tcb_info=tcb_info_with({1: {"sgx": LOW_SGX, "tdx": LOW_TDX}})),
-                      policy=accepting).ok
+    accepted = fake_verify(pki, collateral=pki.collateral(tcb_info=tcb_info_with({1: {"sgx": LOW_SGX,
+                                                                                      "tdx": LOW_TDX}})),
+                           policy=accepting)
+    assert accepted.ok
+    (note,) = accepted.notes  # accepted, not silently
+    assert note.startswith("TCB status OutOfDate (INTEL-SA-00106") and note.endswith("accepted by the policy")
+
+
+# --- the collateral freshness policy: nextUpdate, then the caller's grace, never silently ---
+
+ISSUED = AT - timedelta(days=30)
+
+
+def _collateral_due(pki: FakeIntel, next_update: datetime, crl_next_update: datetime | None = None) -> TdxCollateral:
+    crl_next_update = crl_next_update or AT + timedelta(days=30)
+    crls = (pki.crl(pki.ca, next_update=crl_next_update), pki.crl(pki.root, next_update=crl_next_update))
+    return pki.collateral(tcb_info=dated(up_to_date_tcb_info(), ISSUED, next_update),
+                          qe_identity=dated(real_qe_identity(), ISSUED, next_update), crls=crls)
+
+
+def test_current_collateral_passes_without_a_note():
+    pki = FakeIntel.instance()
+    result = fake_verify(pki, collateral=_collateral_due(pki, AT + timedelta(days=1)))
+    assert result.ok and result.notes == ()
+
+
+def test_one_day_past_next_update_fails_without_a_grace():
+    pki = FakeIntel.instance()
+    result = fake_verify(pki, collateral=_collateral_due(pki, AT - timedelta(days=1)))
+    assert fields(result) == {"tcb_info.nextUpdate", "qe_identity.nextUpdate"}
+    assert not result.check("collateral freshness").passed and result.signatures_valid
+
+
+def test_one_day_past_next_update_passes_inside_a_grace_with_a_note():
+    pki = FakeIntel.instance()
+    collateral = _collateral_due(pki, AT - timedelta(days=1))
+    result = fake_verify(pki, collateral=collateral, policy=TdxPolicy(collateral_grace=timedelta(days=2)))
+    assert result.ok
+    assert [note.split(" is past")[0] for note in result.notes] == ["tcb_info", "qe_identity"]
+    assert "by 1 day: accepted inside the 2 days grace" in result.notes[0]
+    short = fake_verify(pki, collateral=collateral, policy=TdxPolicy(collateral_grace=timedelta(hours=12)))
+    (mismatch, _) = short.mismatches
+    assert mismatch.field == "tcb_info.nextUpdate"
+    assert mismatch.expected.endswith("(nextUpdate plus the 12.0 hours grace)")
+
+
+def test_a_crl_past_its_next_update_follows_the_same_grace():
+    pki = FakeIntel.instance()
+    collateral = _collateral_due(pki, AT + timedelta(days=1), crl_next_update=AT - timedelta(days=1))
+    assert fields(fake_verify(pki, collateral=collateral)) == {"pck_ca_crl.next_update", "intel_root_crl.next_update"}
+    graced = fake_verify(pki, collateral=collateral, policy=TdxPolicy(collateral_grace=timedelta(days=2)))
+    assert graced.ok
+    assert len(graced.notes) == 2 and all(note.startswith("CRL of ") for note in graced.notes)
+
+
+def test_collateral_issued_after_the_clock_is_refused_whatever_the_grace():
+    pki = FakeIntel.instance()
+    future = pki.collateral(tcb_info=dated(up_to_date_tcb_info(), AT + timedelta(days=1), AT + timedelta(days=30)))
+    result = fake_verify(pki, collateral=future, policy=TdxPolicy(collateral_grace=timedelta(days=365)))
+    assert "tcb_info.issueDate" in fields(result)
 
 
 def test_tdx_components_alone_short_of_every_level():
@@ -508,5 +574,5 @@ def test_verification_time_must_be_timezone_aware():
 def test_every_check_reports_even_when_many_fail():
     result = verify(flipped(QUOTE, BODY), at=AT + timedelta(days=10000), root=FakeIntel.instance().root)
     failed = {c.name for c in result.checks if not c.passed}
-    assert {"quote signature", "PCK certificate chain", "TCB signing chain", "TCB info", "QE identity",
+    assert {"quote signature", "PCK certificate chain", "TCB signing chain", "collateral freshness",
             "TCB level"} <= failed

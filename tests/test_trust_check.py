@@ -159,8 +159,8 @@ def test_tdx_quote_prints_the_published_values_and_verifies(config_file, collate
     assert re.findall(r"^  (ok  |FAIL)  (.*) \(", out, re.M) == [
         ("ok  ", "quote signature"), ("ok  ", "QE report signature"), ("ok  ", "attestation key binding"),
         ("ok  ", "PCK certificate chain"), ("ok  ", "TCB signing chain"), ("ok  ", "TCB info signature"),
-        ("ok  ", "QE identity signature"), ("ok  ", "TCB info"), ("ok  ", "QE identity"), ("FAIL", "TCB level"),
-        ("ok  ", "TD policy")]
+        ("ok  ", "QE identity signature"), ("ok  ", "TCB info"), ("ok  ", "QE identity"),
+        ("ok  ", "collateral freshness"), ("FAIL", "TCB level"), ("ok  ", "TD policy")]
     assert "tcb.level: expected at or above one of the 2 TCB levels" in out
     assert "authentic:   yes" in out
     assert "accepted:    no: TCB level failed" in out

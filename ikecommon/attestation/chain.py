@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -33,9 +33,11 @@ def subject(cert: x509.Certificate) -> str:
 
 
 def verify_chain(chain: Sequence[Named], anchor: Named, at: datetime,
-                 crls: Sequence[x509.CertificateRevocationList] = (), require_crls: bool = False) -> list[Mismatch]:
+                 crls: Sequence[x509.CertificateRevocationList] = (), require_crls: bool = False,
+                 crl_grace: timedelta = timedelta(0)) -> list[Mismatch]:
     """Every mismatch on the way from chain[0] to the trusted `anchor`. With `require_crls`, a certificate
-    whose issuer has no CRL among `crls` is a mismatch (fail closed); without, missing CRLs are not checked."""
+    whose issuer has no CRL among `crls` is a mismatch (fail closed); without, missing CRLs are not checked. A CRL
+    is current until its nextUpdate plus `crl_grace` (the caller notes one used inside the grace)."""
     at = aware(at)
     found = _validity(anchor, at)
     if anchor.cert.issuer != anchor.cert.subject or not _signed_by(anchor.cert, anchor.cert):
@@ -49,7 +51,7 @@ def verify_chain(chain: Sequence[Named], anchor: Named, at: datetime,
         found += _may_issue(issuer, intermediates_below=depth)
         if not _signed_by(cert.cert, issuer.cert):
             found.append(Mismatch(f"{cert.name}.signature", f"a valid signature by {subject(issuer.cert)}", "invalid"))
-        found += _revocation(cert, issuer, at, crls, require_crls)
+        found += _revocation(cert, issuer, at, crls, require_crls, crl_grace)
     return found
 
 
@@ -93,7 +95,7 @@ def _may_issue(issuer: Named, intermediates_below: int) -> list[Mismatch]:
 
 
 def _revocation(cert: Named, issuer: Named, at: datetime, crls: Sequence[x509.CertificateRevocationList],
-                require_crls: bool) -> list[Mismatch]:
+                require_crls: bool, grace: timedelta) -> list[Mismatch]:
     relevant = [crl for crl in crls if crl.issuer == issuer.cert.subject]
     if not relevant:
         if require_crls:
@@ -116,9 +118,9 @@ def _revocation(cert: Named, issuer: Named, at: datetime, crls: Sequence[x509.Ce
             continue  # an unsigned list says nothing about revocation
         if crl.last_update_utc > at:
             found.append(Mismatch(f"{crl_name}.last_update", f"at or before {iso(at)}", iso(crl.last_update_utc)))
-        if crl.next_update_utc is None or crl.next_update_utc < at:
+        if crl.next_update_utc is None or crl.next_update_utc + grace < at:
             shown = "none" if crl.next_update_utc is None else iso(crl.next_update_utc)
-            found.append(Mismatch(f"{crl_name}.next_update", f"at or after {iso(at)}", shown))
+            found.append(Mismatch(f"{crl_name}.next_update", f"at or after {iso(at - grace)}", shown))
         revoked = crl.get_revoked_certificate_by_serial_number(serial)
         if revoked is not None:
             found.append(Mismatch(f"{cert.name}.revocation", "not revoked",

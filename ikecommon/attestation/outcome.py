@@ -1,7 +1,9 @@
 """What a verifier returns: every check it ran, each with the mismatches it found (none when it passed).
 
 A verifier never stops at the first problem. It runs every check it can, so one result says both "all the
-signatures are valid" and "the platform's TCB is out of date".
+signatures are valid" and "the platform's TCB is out of date". A check that passed only because the caller's policy
+allows something a user should know about (collateral past its nextUpdate inside the grace, a TCB status other than
+UpToDate that the caller accepts) carries a note saying so: accepted, never silently.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class Check:
     name: str
     kind: CheckKind
     mismatches: tuple[Mismatch, ...] = ()
+    notes: tuple[str, ...] = ()  # what the caller's policy accepted, for the user to see
 
     @classmethod
-    def of(cls, name: str, kind: CheckKind, mismatches: Iterable[Mismatch]) -> Check:
-        return cls(name, kind, tuple(mismatches))
+    def of(cls, name: str, kind: CheckKind, mismatches: Iterable[Mismatch], notes: Iterable[str] = ()) -> Check:
+        return cls(name, kind, tuple(mismatches), tuple(notes))
 
     @property
     def passed(self) -> bool:
@@ -49,6 +52,10 @@ class Verification:
     def mismatches(self) -> tuple[Mismatch, ...]:
         """Every mismatch once (two chains under one root both find an expired root)."""
         return tuple(dict.fromkeys(m for check in self.checks for m in check.mismatches))
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(note for check in self.checks for note in check.notes))
 
     @property
     def ok(self) -> bool:

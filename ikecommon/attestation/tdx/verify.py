@@ -8,8 +8,11 @@ What is checked, each as its own Check (see docs/attestation.md, "Verifiers"):
 - the attestation key binding: QE report data = SHA-256(attestation key || QE auth data), then 32 zero bytes;
 - the PCK chain to the caller's Intel SGX Root CA, at the caller's time, against the PCK and root CRLs;
 - the TCB signing chain, and the signatures of the TCB info and QE identity made with it;
-- that the collateral applies (FMSPC, PCE ID, TDX module signer and attributes, QE identity) and is current;
-- the TCB level of the platform, the TDX module and the QE, against the statuses the caller accepts;
+- that the collateral applies (FMSPC, PCE ID, TDX module signer and attributes, QE identity);
+- that it is current: issued before the caller's time and, with the CRLs, not past its nextUpdate by more than the
+  caller's grace (TdxPolicy.collateral_grace, none by default); one used inside the grace passes with a note;
+- the TCB level of the platform, the TDX module and the QE, against the statuses the caller accepts (a status other
+  than UpToDate that the caller accepts passes with a note naming it and its advisories);
 - the TD's own policy (no debug TD unless allowed).
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +36,7 @@ from ..times import aware, iso
 from .collateral import QeIdentity, TcbInfo
 from .pck import SgxExtensions, sgx_extensions
 from .quote import INTEL_QE_VENDOR_ID, TdxQuote
-from .tcb import TcbAssessment, assess, module_identity
+from .tcb import UP_TO_DATE, TcbAssessment, assess, module_identity
 
 TCB_INFO_ID, TCB_INFO_VERSION = "TDX", 3
 QE_IDENTITY_ID, QE_IDENTITY_VERSION = "TD_QE", 2
@@ -62,6 +65,9 @@ class TdxCollateral:
 class TdxPolicy:
     accepted_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     allow_debug: bool = False
+    # How long past its nextUpdate collateral (TCB info, QE identity, CRLs) is still accepted, with a note. Intel
+    # publishes before nextUpdate; a grace covers a resolver whose operator refreshes its cache late.
+    collateral_grace: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -102,17 +108,19 @@ def verify_quote(evidence: bytes | TdxQuote, *, root: x509.Certificate, collater
         Check.of("attestation key binding", CheckKind.BINDING, _attestation_key_binding(quote)),
         Check.of("PCK certificate chain", CheckKind.CERTIFICATES,
               _pck_leaf_name(pck_chain[0])
-              + _chain_to_root("pck_chain", pck_chain, ("pck_leaf", "pck_ca"), root, at, collateral.crls)),
+              + _chain_to_root("pck_chain", pck_chain, ("pck_leaf", "pck_ca"), root, at, collateral.crls,
+                               policy.collateral_grace)),
         Check.of("TCB signing chain", CheckKind.CERTIFICATES,
               _chain_to_root("tcb_signing_chain", collateral.tcb_signing_chain, ("tcb_signer",), root, at,
-                             collateral.crls)),
+                             collateral.crls, policy.collateral_grace)),
         Check.of("TCB info signature", CheckKind.SIGNATURE,
               _collateral_signature("tcb_info", tcb_info.signed, tcb_info.signature, signer)),
         Check.of("QE identity signature", CheckKind.SIGNATURE,
               _collateral_signature("qe_identity", qe_identity.signed, qe_identity.signature, signer)),
-        Check.of("TCB info", CheckKind.COLLATERAL, _tcb_info_applies(tcb_info, quote, pck, at)),
-        Check.of("QE identity", CheckKind.COLLATERAL, _qe_identity_applies(qe_identity, quote, at)),
-        Check.of("TCB level", CheckKind.TCB, _tcb_status(tcb, policy)),
+        Check.of("TCB info", CheckKind.COLLATERAL, _tcb_info_applies(tcb_info, quote, pck)),
+        Check.of("QE identity", CheckKind.COLLATERAL, _qe_identity_applies(qe_identity, quote)),
+        Check.of("collateral freshness", CheckKind.COLLATERAL, *_freshness(collateral, at, policy.collateral_grace)),
+        Check.of("TCB level", CheckKind.TCB, *_tcb_status(tcb, policy)),
         Check.of("TD policy", CheckKind.POLICY, _td_policy(quote, policy)),
     )
     return TdxVerification(checks, quote, pck, tcb)
@@ -153,7 +161,8 @@ def _fingerprint(cert: x509.Certificate) -> str:
 
 
 def _chain_to_root(what: str, certs: Sequence[x509.Certificate], names: Sequence[str], root: x509.Certificate,
-                   at: datetime, crls: Sequence[x509.CertificateRevocationList]) -> list[Mismatch]:
+                   at: datetime, crls: Sequence[x509.CertificateRevocationList],
+                   crl_grace: timedelta) -> list[Mismatch]:
     """A chain as shipped (leaf first, the root possibly included) checked up to the caller's root; CRLs are
     required for every issuer, so a missing CRL fails closed."""
     found, certs = [], list(certs)
@@ -166,7 +175,7 @@ def _chain_to_root(what: str, certs: Sequence[x509.Certificate], names: Sequence
         return [*found, Mismatch(what, "a certificate issued under the root", "none")]
     labels = [names[i] if i < len(names) else f"{names[-1]}{i}" for i in range(len(certs))]
     return found + verify_chain([Named(label, cert) for label, cert in zip(labels, certs, strict=True)],
-                                Named("intel_root", root), at, crls, require_crls=True)
+                                Named("intel_root", root), at, crls, require_crls=True, crl_grace=crl_grace)
 
 
 def _pck_leaf_name(leaf: x509.Certificate) -> list[Mismatch]:
@@ -184,20 +193,48 @@ def _collateral_signature(what: str, signed: bytes, signature: bytes,
     return []
 
 
-def _current(what: str, issued: datetime, next_update: datetime, at: datetime) -> list[Mismatch]:
-    found = []
-    if issued > at:
-        found.append(Mismatch(f"{what}.issueDate", f"at or before {iso(at)}", iso(issued)))
-    if next_update < at:
-        found.append(Mismatch(f"{what}.nextUpdate", f"at or after {iso(at)}", iso(next_update)))
-    return found
+def _freshness(collateral: TdxCollateral, at: datetime, grace: timedelta) -> tuple[list[Mismatch], list[str]]:
+    """The documents' dates against the caller's time. A CRL past its nextUpdate beyond the grace is the chain
+    check's mismatch (`pck_ca_crl.next_update`); inside the grace it is noted here with the documents."""
+    found: list[Mismatch] = []
+    dates = [("tcb_info", collateral.tcb_info.issue_date, collateral.tcb_info.next_update),
+             ("qe_identity", collateral.qe_identity.issue_date, collateral.qe_identity.next_update)]
+    for what, issued, _ in dates:
+        if issued > at:
+            found.append(Mismatch(f"{what}.issueDate", f"at or before {iso(at)}", iso(issued)))
+    dates += [(f"CRL of {subject_of(crl)}", crl.last_update_utc, crl.next_update_utc)
+              for crl in collateral.crls if crl.next_update_utc is not None]
+    notes = []
+    for what, _, next_update in dates:
+        late = at - next_update
+        if late <= timedelta(0):
+            continue
+        if late <= grace:
+            notes.append(f"{what} is past its nextUpdate {iso(next_update)} by {_span(late)}: accepted inside the "
+                         f"{_span(grace)} grace; the resolver's collateral needs refreshing")
+        elif not what.startswith("CRL"):
+            within = f" (nextUpdate plus the {_span(grace)} grace)" if grace else ""
+            found.append(Mismatch(f"{what}.nextUpdate", f"at or after {iso(at - grace)}{within}", iso(next_update)))
+    return found, notes
+
+
+def subject_of(crl: x509.CertificateRevocationList) -> str:
+    return crl.issuer.rfc4514_string()
+
+
+def _span(delta: timedelta) -> str:
+    if delta >= timedelta(days=1):
+        days = delta / timedelta(days=1)
+        return f"{days:g} day{'s' if days != 1 else ''}" if days == int(days) else f"{days:.1f} days"
+    hours = delta / timedelta(hours=1)
+    return f"{hours:.1f} hours" if hours >= 1 else f"{delta.total_seconds():.0f} s"
 
 
 def _masked(value: bytes, mask: bytes) -> bytes:
     return bytes(v & m for v, m in zip(value, mask, strict=True))
 
 
-def _tcb_info_applies(info: TcbInfo, quote: TdxQuote, pck: SgxExtensions, at: datetime) -> list[Mismatch]:
+def _tcb_info_applies(info: TcbInfo, quote: TdxQuote, pck: SgxExtensions) -> list[Mismatch]:
     found = []
     if info.id != TCB_INFO_ID:
         found.append(Mismatch("tcb_info.id", TCB_INFO_ID, info.id))
@@ -207,7 +244,6 @@ def _tcb_info_applies(info: TcbInfo, quote: TdxQuote, pck: SgxExtensions, at: da
         found.append(Mismatch("tcb_info.fmspc", f"{pck.fmspc.hex()} (the PCK certificate's)", info.fmspc.hex()))
     if info.pce_id != pck.pce_id:
         found.append(Mismatch("tcb_info.pceId", f"{pck.pce_id.hex()} (the PCK certificate's)", info.pce_id.hex()))
-    found += _current("tcb_info", info.issue_date, info.next_update, at)
     module = module_identity(info, quote.body.tee_tcb_svn)
     if module is None:
         if quote.body.tee_tcb_svn[1] == 0:
@@ -221,7 +257,7 @@ def _tcb_info_applies(info: TcbInfo, quote: TdxQuote, pck: SgxExtensions, at: da
     return found
 
 
-def _qe_identity_applies(identity: QeIdentity, quote: TdxQuote, at: datetime) -> list[Mismatch]:
+def _qe_identity_applies(identity: QeIdentity, quote: TdxQuote) -> list[Mismatch]:
     found, report = [], quote.signature_data.certification.qe_report
     if quote.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         found.append(Mismatch("header.qe_vendor_id", INTEL_QE_VENDOR_ID.hex(), quote.header.qe_vendor_id.hex()))
@@ -229,7 +265,6 @@ def _qe_identity_applies(identity: QeIdentity, quote: TdxQuote, at: datetime) ->
         found.append(Mismatch("qe_identity.id", QE_IDENTITY_ID, identity.id))
     if identity.version != QE_IDENTITY_VERSION:
         found.append(Mismatch("qe_identity.version", str(QE_IDENTITY_VERSION), str(identity.version)))
-    found += _current("qe_identity", identity.issue_date, identity.next_update, at)
     if report.mr_signer != identity.mr_signer:
         found.append(Mismatch("qe_report.mr_signer", identity.mr_signer.hex(), report.mr_signer.hex()))
     if report.isv_prod_id != identity.isv_prod_id:
@@ -244,13 +279,15 @@ def _qe_identity_applies(identity: QeIdentity, quote: TdxQuote, at: datetime) ->
     return found
 
 
-def _tcb_status(tcb: TcbAssessment, policy: TdxPolicy) -> list[Mismatch]:
-    found = list(tcb.mismatches)
+def _tcb_status(tcb: TcbAssessment, policy: TdxPolicy) -> tuple[list[Mismatch], list[str]]:
+    found, notes = list(tcb.mismatches), []
+    advisories = f" ({', '.join(tcb.advisory_ids)})" if tcb.advisory_ids else ""
     if tcb.status is not None and tcb.status not in policy.accepted_tcb_statuses:
-        advisories = f" ({', '.join(tcb.advisory_ids)})" if tcb.advisory_ids else ""
         found.append(Mismatch("tcb.status", f"one of {', '.join(sorted(policy.accepted_tcb_statuses))}",
                               tcb.status + advisories))
-    return found
+    elif tcb.status is not None and tcb.status != UP_TO_DATE:
+        notes.append(f"TCB status {tcb.status}{advisories}: accepted by the policy")
+    return found, notes
 
 
 def _td_policy(quote: TdxQuote, policy: TdxPolicy) -> list[Mismatch]:
