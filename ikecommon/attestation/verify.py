@@ -29,6 +29,7 @@ from .certs import der_certificate, der_crl
 from .envelope import Collateral, Envelope, EnvelopeFormatError, EvidenceKind
 from .errors import Mismatch, VerificationFailed
 from .outcome import Check, CheckKind, Verification
+from .roots import amd_arks, intel_sgx_root
 from .sim import SimReport, sim_root_certificate, verify_sim_report
 from .snp import SnpPolicy, SnpReport, load_vcek, verify_report
 from .spec import MeasurementSpec
@@ -44,6 +45,11 @@ class TrustAnchors:
     intel_root: x509.Certificate | None = None      # Intel SGX Root CA, for tdx
     amd_arks: tuple[x509.Certificate, ...] = ()     # AMD root keys (Milan, Genoa, ...), for sev-snp
     sim_root: x509.Certificate | None = None        # the simulated root: trusting it proves nothing
+
+    @classmethod
+    def shipped(cls) -> TrustAnchors:
+        """Trust the vendors' roots that ship with the package (roots.py): the Intel SGX Root CA and AMD's ARKs."""
+        return cls(intel_root=intel_sgx_root(), amd_arks=amd_arks())
 
     @classmethod
     def simulated(cls) -> TrustAnchors:
