@@ -95,6 +95,31 @@ class FakeIntel:
         self.leaf = self.pck_certificate("Test SGX PCK Certificate")
         self.tcb_signer = self._cert("Test SGX TCB Signing", self.tcb_key, issued_by_root, ca=False)
 
+    KEYS, CERTS = ("root_key", "ca_key", "leaf_key", "tcb_key", "attestation_key"), ("root", "ca", "leaf", "tcb_signer")
+
+    def save(self, directory: Path) -> None:
+        """Keys and certificates to files, so another process (a resolver in a namespace) signs as this PKI."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "keys.pem").write_bytes(b"".join(
+            getattr(self, name).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()) for name in self.KEYS))
+        (directory / "certs.pem").write_bytes(b"".join(getattr(self, name).public_bytes(serialization.Encoding.PEM)
+                                                       for name in self.CERTS))
+        (directory / "root.pem").write_bytes(self.root_pem())
+
+    @classmethod
+    def load(cls, directory: Path) -> FakeIntel:
+        pki = cls.__new__(cls)
+        blocks = (directory / "keys.pem").read_bytes().split(b"-----END PRIVATE KEY-----\n")
+        for name, block in zip(cls.KEYS, blocks, strict=False):
+            setattr(pki, name, serialization.load_pem_private_key(block + b"-----END PRIVATE KEY-----\n", None))
+        for name, cert in zip(cls.CERTS, x509.load_pem_x509_certificates((directory / "certs.pem").read_bytes()),
+                              strict=True):
+            setattr(pki, name, cert)
+        pki.not_before, pki.not_after = pki.root.not_valid_before_utc, pki.root.not_valid_after_utc
+        pki.sgx = pki.leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS)).value
+        return pki
+
     @classmethod
     def instance(cls) -> FakeIntel:
         if cls._instance is None:
