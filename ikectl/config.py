@@ -33,8 +33,9 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     timeout_s = 10                      # to fetch evidence or a governance feed
     release_key = "/etc/ikectl/release-key.pem"  # the key that signs governance feeds (Ed25519 or P-256)
     feed_ca_file = "/etc/ikectl/feed-ca.pem"     # CAs for the feed's https; default: the system's
-    intel_root = "/etc/ikectl/roots/intel-sgx-root.pem"  # --anchors vendor: TDX evidence
-    amd_arks = ["/etc/ikectl/roots/ark-milan.pem"]       # --anchors vendor: SEV-SNP evidence
+    # --anchors vendor trusts the roots that ship with ikectl (docs/attestation.md); these replace them:
+    # intel_root = "/etc/ikectl/intel-sgx-root.pem"   # for TDX evidence: this root instead
+    # amd_arks = ["/etc/ikectl/ark-milan.pem"]        # for SEV-SNP evidence: these ARKs only ([] trusts none)
 
 Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 
@@ -152,8 +153,8 @@ class TrustSettings:
     timeout_s: int = 10
     release_key: Path | None = None  # PEM public key that signs governance feeds
     feed_ca_file: Path | None = None  # CA certificates for the feed's https (None: the system's)
-    intel_root: Path | None = None  # Intel SGX Root CA, PEM
-    amd_arks: tuple[Path, ...] = ()  # AMD root keys, PEM
+    intel_root: Path | None = None  # Intel SGX Root CA, PEM (None: the shipped one)
+    amd_arks: tuple[Path, ...] | None = None  # AMD root keys, PEM (None: the shipped ARKs)
 
 
 @dataclass(frozen=True)
@@ -424,7 +425,8 @@ def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
           f"{source}: [trust]")
     files = {key: _absolute(table[key], f"{where}.{key}") if key in table else None
              for key in ("release_key", "feed_ca_file", "intel_root")}
-    arks = tuple(_absolute(p, f"{where}.amd_arks[{i}]") for i, p in enumerate(_list(table, "amd_arks", where)))
+    arks = (tuple(_absolute(p, f"{where}.amd_arks[{i}]") for i, p in enumerate(_list(table, "amd_arks", where)))
+            if "amd_arks" in table else None)
     return trust_dir, TrustSettings(interval_s=_int(table, "interval_s", 3600, 60, 7 * 86_400, where),
                                     timeout_s=_int(table, "timeout_s", 10, 1, 120, where),
                                     release_key=files["release_key"], feed_ca_file=files["feed_ca_file"],

@@ -8,11 +8,12 @@ checking that it still does.
 
 `add` draws a fresh 32-byte nonce (`secrets`), fetches the envelope for it from enclave-ike's evidence endpoint
 (ADDR, TCP port 4501 by default), and verifies it with `verify_envelope`: the evidence against the trust anchors
-(the vendors' roots from [trust], or with `--anchors sim` the simulated root, NOT SECURE), the binding of that nonce
-and the envelope's key, and the registers against the measurement spec (a file, gzip+base64url inline, or an https
-governance feed signed by [trust] release_key, see feed.py). Then it asks the endpoint for the IKE ID and pins key
-and ID in the trust store (truststore.py). Any mismatch, or evidence that is unsupported (a TDX quote v5, say) or
-malformed: nothing is pinned, and AttestationFailed says which and lists every mismatch.
+(the vendors' roots that ship with the package, or those [trust] names instead; with `--anchors sim` the simulated
+root, NOT SECURE), the binding of that nonce and the envelope's key, and the registers against the measurement spec
+(a file, gzip+base64url inline, or an https governance feed signed by [trust] release_key, see feed.py). Then it
+asks the endpoint for the IKE ID and pins key and ID in the trust store (truststore.py). Any mismatch, or evidence
+that is unsupported (a TDX quote v5, say) or malformed: nothing is pinned, and AttestationFailed says which and lists
+every mismatch.
 
 `verify` (and `reattest_due`, which a supervisor calls periodically) does the same against the pin's own spec and
 anchors. On failure the pin is marked failed and, when ikectl is up in trusted mode with this resolver, the trusted
@@ -40,6 +41,7 @@ from ikecommon.attestation import (
     TrustAnchors,
     UnsupportedEvidence,
     VerificationFailed,
+    roots,
     verify_envelope,
 )
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
@@ -158,14 +160,14 @@ def load_spec(source: str, settings: TrustSettings, now: float,
 
 
 def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
+    """`--anchors vendor`: the roots that ship with the package, each vendor's replaced by the files [trust] names
+    for it (intel_root, amd_arks); `--anchors sim`: the simulated root alone."""
     if kind == Anchors.SIM:
         return TrustAnchors.simulated()
-    if settings.intel_root is None and not settings.amd_arks:
-        raise UsageError("--anchors vendor needs [trust] intel_root or amd_arks in the config (the vendors' root "
-                         "certificates); --anchors sim trusts simulated evidence, which is NOT SECURE")
     read = truststore.read_root_certificate
-    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else None
-    arks = tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
+    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else roots.intel_sgx_root()
+    arks = (roots.amd_arks() if settings.amd_arks is None
+            else tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks)))
     return TrustAnchors(intel_root=intel, amd_arks=arks)
 
 

@@ -9,20 +9,20 @@ MEASUREMENT, the report data, SVNs and TCB values, the chip ID, ...) is printed 
 them, then every check the verifier ran, whether the evidence is authentic, the TCB status when the verifier computes
 one, and whether a measurement spec matches. Nothing is fetched and nothing is pinned.
 
-What the verifiers need beside the evidence: the vendors' roots from [trust] intel_root / amd_arks (`--anchors sim`:
-the simulated root, NOT SECURE); for a raw TDX quote, Intel's collateral (`--collateral DIR`: the TCB info, the QE
-identity, the TCB signing certificate and the PCK CA's and root's CRLs, as Intel's PCS serves them); for a raw
-SEV-SNP report, the VCEK and the ASK (`--certs DIR`: the VCEK and AMD KDS's cert_chain, optionally the ARK's CRL), or
-for a VLEK-signed report the VLEK and the ASVK (KDS's vlek cert_chain); the key that signed and a VLEK's CSP ID are
-shown (KEY_CERTIFICATE, CSP_ID).
+What the verifiers need beside the evidence: the vendors' roots, those that ship with the package or those [trust]
+intel_root / amd_arks name instead (`--anchors sim`: the simulated root, NOT SECURE); for a raw TDX quote, Intel's
+collateral (`--collateral DIR`: the TCB info, the QE identity, the TCB signing certificate and the PCK CA's and
+root's CRLs, as Intel's PCS serves them); for a raw SEV-SNP report, the VCEK and the ASK (`--certs DIR`: the VCEK
+and AMD KDS's cert_chain, optionally the ARK's CRL), or for a VLEK-signed report the VLEK and the ASVK (KDS's vlek
+cert_chain); the key that signed and a VLEK's CSP ID are shown (KEY_CERTIFICATE, CSP_ID).
 An envelope carries both; the options replace what it carries. Files in a DIR are told apart by their contents.
 
 Exit codes (docs/attestation.md, "Checking evidence: trust check"): 0 the evidence is authentic (every signature,
 certificate chain and binding verifies) and, with --spec, an entry matches; 1 it is not authentic, or no entry
 matches, or with --strict any other check (TCB level, collateral, policy) fails; 2 the input is unusable: an
 unreadable file, evidence that is malformed, unsupported or none of the kinds above, a bad spec, option or DIR, or
-nothing to verify it with (no root configured, no collateral, no VCEK). The report is printed whenever the evidence
-parses, before the error.
+nothing to verify it with (no root, no collateral, no VCEK). The report is printed whenever the evidence parses,
+before the error.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ from ikecommon.attestation.tdx import (
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
-from . import truststore
 from .config import TrustSettings
 from .errors import IkectlError, UsageError
+from .trust import trust_anchors
 from .truststore import Anchors
 
 JSON_VERSION = 1
@@ -395,7 +395,7 @@ def _tdx(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
     if inputs.anchors == Anchors.SIM:
         missing.append("--anchors sim trusts only the simulated root; TDX evidence needs --anchors vendor")
     elif inputs.intel_root is None:
-        missing.append("TDX evidence needs the Intel SGX Root CA: set [trust] intel_root")
+        missing.append("TDX evidence needs the Intel SGX Root CA")
     if collateral is None:
         missing.append("a TDX quote needs Intel's collateral: --collateral DIR (TCB info, QE identity, TCB signing "
                        "certificate, the PCK CA's and root CA's CRLs)")
@@ -469,7 +469,8 @@ def _snp(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
     if inputs.anchors == Anchors.SIM:
         missing.append("--anchors sim trusts only the simulated root; SEV-SNP evidence needs --anchors vendor")
     elif not inputs.amd_arks:
-        missing.append("SEV-SNP evidence needs AMD's root keys: set [trust] amd_arks")
+        missing.append("SEV-SNP evidence needs AMD's root keys: [trust] amd_arks names none (without the key, the "
+                       "ARKs shipped with ikectl are trusted)")
     if certs is None:
         missing.append("an SEV-SNP report needs its VCEK and the ASK: --certs DIR (the VCEK, AMD KDS's cert_chain)"
                        if key == "VCEK" else "a VLEK-signed SEV-SNP report needs its VLEK and the ASVK: --certs DIR "
@@ -590,9 +591,8 @@ def parse_time(text: str) -> datetime:
 def _roots(settings: TrustSettings, anchors: Anchors) -> tuple[x509.Certificate | None, tuple[x509.Certificate, ...]]:
     if anchors == Anchors.SIM:
         return None, ()
-    read = truststore.read_root_certificate
-    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else None
-    return intel, tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks))
+    vendor = trust_anchors(anchors, settings)  # the roots `trust add` would use
+    return vendor.intel_root, vendor.amd_arks
 
 
 @dataclass
@@ -668,7 +668,7 @@ def _one(option: str, directory: Path, what: str, found: Sequence[tuple[Path, An
 
 def _tdx_collateral(directory: Path) -> TdxCollateral:
     """--collateral DIR: Intel's TCB info and QE identity (JSON as the PCS serves them), the TCB signing certificate
-    (PEM or DER, alone or in a chain; the root in a chain is not used: [trust] intel_root is), and CRLs (DER or
+    (PEM or DER, alone or in a chain; the root in a chain is not used: ikectl's own is), and CRLs (DER or
     PEM) for the PCK CA and the root CA."""
     option = "--collateral"
     found = _contents(directory, option)
@@ -688,7 +688,7 @@ def _tdx_collateral(directory: Path) -> TdxCollateral:
 
 def _snp_certs(directory: Path, signing_key: int = 0) -> SnpCerts:
     """--certs DIR: the VCEK (DER as AMD's KDS serves it, or PEM) and the ASK (KDS's cert_chain: ASK then ARK; the
-    ARK there is not used: [trust] amd_arks are the roots), and optionally the ARK's CRL. For a report whose
+    ARK there is not used: ikectl's own are the roots), and optionally the ARK's CRL. For a report whose
     SIGNING_KEY is 1, the VLEK (AMD's CSP ID extension) and its ASVK instead; with none of the report's kind, the
     other kind, which the verifier then refuses by name (signer_info.signing_key)."""
     option = "--certs"

@@ -52,7 +52,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class Anchors(StrEnum):
     """A pin's "anchors": what its evidence is verified against (`ikectl trust add --anchors`)."""
 
-    VENDOR = "vendor"  # the Intel and AMD roots named in [trust]
+    VENDOR = "vendor"  # the Intel and AMD roots: those shipped, or those [trust] names
     SIM = "sim"        # the simulated root: NOT SECURE
 
 

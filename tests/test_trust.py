@@ -147,8 +147,9 @@ def test_a_wrong_measurement_is_refused_and_nothing_pinned(cfg, spec_file):
 
 
 def test_sim_evidence_is_refused_without_the_sim_anchors(cfg, endpoint, spec_file, tmp_path):
-    with pytest.raises(UsageError, match="--anchors vendor needs"):
+    with pytest.raises(trust.AttestationFailed) as shipped:  # the vendors' roots that ship with the package
         trust.add(cfg, "home", LOCAL, spec_file, time.time(), port=port_of(endpoint))
+    assert [m.field for m in shipped.value.mismatches] == ["trust_anchors.sim_root"]
     root = tmp_path / "root.pem"
     other = build_sim_root_certificate()  # any root configured as a vendor root: sim evidence is not under it
     root.write_bytes(other.public_bytes(serialization.Encoding.PEM))

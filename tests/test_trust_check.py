@@ -325,13 +325,20 @@ def test_certs_without_the_ask_is_exit_2(config_file, certs, capsys):
     assert "no ASK (the VCEK's issuer, CN=SEV-Milan," in capsys.readouterr().err
 
 
-def test_without_roots_configured_the_fields_print_and_exit_2(tmp_path, certs, capsys):
+def test_without_roots_configured_the_shipped_ones_verify(tmp_path, certs, capsys):
     bare = _config(tmp_path, "bare.toml", "")
-    assert check(bare, REPORT, "--certs", certs) == 2
+    assert check(bare, REPORT, "--certs", certs) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "authentic:   yes" in out
+
+
+def test_with_no_ark_configured_the_fields_print_and_exit_2(tmp_path, certs, capsys):
+    none = _config(tmp_path, "none.toml", "amd_arks = []\n")
+    assert check(none, REPORT, "--certs", certs) == 2
     out, err = capsys.readouterr()
     assert text_fields(out)["MEASUREMENT"] == SNP_PUBLISHED["MEASUREMENT"]
-    assert err == f"ikectl: error: {REPORT}: not verified: SEV-SNP evidence needs AMD's root keys: set [trust] " \
-                  "amd_arks\n"
+    assert err == f"ikectl: error: {REPORT}: not verified: SEV-SNP evidence needs AMD's root keys: [trust] amd_arks " \
+                  "names none (without the key, the ARKs shipped with ikectl are trusted)\n"
 
 
 # --- envelopes ----------------------------------------------------------------------------------------------------

@@ -123,10 +123,14 @@ def test_argparse_usage_errors_exit_2(config_file, args):
     assert info.value.code == 2
 
 
-def test_vendor_anchors_without_roots_is_exit_2(config_file, endpoint, spec_file, capsys):
+def test_vendor_anchors_need_no_config_and_do_not_trust_sim_evidence(config_file, endpoint, spec_file, capsys,
+                                                                     tmp_path):
     args = add_args(endpoint, spec_file)
-    assert ikectl(config_file, *args[:-2]) == 2  # without --anchors sim: the default, vendor
-    assert "--anchors vendor needs [trust] intel_root or amd_arks" in capsys.readouterr().err
+    assert ikectl(config_file, *args[:-2]) == 1  # without --anchors sim: the default, vendor: the shipped roots
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ikectl: error: resolver 127.0.0.1 failed attestation (1 mismatch): nothing pinned"
+    assert err[1].startswith("  trust_anchors.sim_root: ")
+    assert not (tmp_path / "trust" / "home.json").exists()
 
 
 # --- evidence that cannot be judged: unsupported and malformed read differently from a mismatch ---
