@@ -228,20 +228,37 @@ def test_unsupported_version(version: int):
     assert (caught.value.field, caught.value.offset) == ("snp_report.version", 0)
 
 
-@pytest.mark.parametrize(("family", "words"), [
-    (0x1A, "SEV-SNP report from CPU family 0x1a (Turin or later, whose TCB_VERSION differs) (supported: family "
-           "0x19: Milan and Genoa)"),
-    (0x17, "SEV-SNP report from CPU family 0x17 (supported: family 0x19: Milan and Genoa)"),
+SUPPORTED_CPUS = ("Milan (family 0x19 model 0x00-0x0f), Genoa (family 0x19 model 0x10-0x1f, 0xa0-0xaf), Turin "
+                  "(family 0x1a model 0x00-0x11)")
+
+
+@pytest.mark.parametrize(("family", "model", "field", "offset"), [
+    (0x17, 0x01, "snp_report.cpuid_fam_id", 0x188),
+    (0x19, 0x21, "snp_report.cpuid_mod_id", 0x189),  # a desktop Zen 3, no SEV-SNP
+    (0x1A, 0x50, "snp_report.cpuid_mod_id", 0x189),  # after Turin
 ])
-def test_a_report_from_another_cpu_family_is_unsupported(family: int, words: str):
+def test_a_report_from_another_cpu_is_unsupported(family: int, model: int, field: str, offset: int):
     report = bytearray(REPORT)
     report[0:4] = (3).to_bytes(4, "little")
-    report[0x188] = family
+    report[0x188:0x18A] = family, model
     with pytest.raises(UnsupportedEvidence) as caught:
         SnpReport.parse(bytes(report))
-    assert str(caught.value) == words and caught.value.offset == 0x188
-    report[0x188] = 0x19
-    assert SnpReport.parse(bytes(report)).cpuid_fam_id == 0x19
+    assert str(caught.value) == \
+        f"SEV-SNP report from CPU family 0x{family:x} model 0x{model:02x} (supported: {SUPPORTED_CPUS})"
+    assert (caught.value.field, caught.value.offset) == (field, offset)
+
+
+@pytest.mark.parametrize(("family", "model", "product"), [
+    (0x19, 0x01, "Milan"), (0x19, 0x11, "Genoa"), (0x19, 0xA0, "Genoa"), (0x1A, 0x02, "Turin"), (0x1A, 0x11, "Turin"),
+    (0x00, 0x00, None),  # a version 3 report that leaves CPUID zero is read as its key says
+])
+def test_the_product_a_version_3_report_names(family: int, model: int, product: str | None):
+    report = bytearray(REPORT)
+    report[0:4] = (3).to_bytes(4, "little")
+    report[0x188:0x18A] = family, model
+    parsed = SnpReport.parse(bytes(report))
+    assert (parsed.product and parsed.product.name) == product
+    assert parsed.reported_tcb.layout.name == ("Turin" if product == "Turin" else "Milan/Genoa")
 
 
 def test_cpuid_is_reserved_in_version_2():
@@ -376,13 +393,13 @@ def test_report_that_says_vlek_with_a_vcek_is_a_signing_key_mismatch():
 
 def test_a_vcek_of_another_product_is_unsupported():
     amd = FakeAmd.instance()
-    extensions = [x509.Extension(e.oid, e.critical, x509.UnrecognizedExtension(e.oid, b"\x16\x08Turin-B0"))
+    extensions = [x509.Extension(e.oid, e.critical, x509.UnrecognizedExtension(e.oid, b"\x16\x09Venice-A0"))
                   if e.oid.dotted_string == "1.3.6.1.4.1.3704.1.2" else e
                   for e in vcek().extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704.")]
-    turin = FakeAmd._cert("SEV-VCEK", amd.vcek_key, (amd.ask, amd.ask_key), ca=False, extra=extensions)
+    venice = FakeAmd._cert("SEV-VCEK", amd.vcek_key, (amd.ask, amd.ask_key), ca=False, extra=extensions)
     with pytest.raises(UnsupportedEvidence) as caught:
-        verify(amd.report(), vcek=turin, ask_ark=(amd.ask, amd.ark))
-    assert str(caught.value) == "SEV-SNP product 'Turin-B0' (supported: Milan and Genoa)"
+        verify(amd.report(), vcek=venice, ask_ark=(amd.ask, amd.ark))
+    assert str(caught.value) == "SEV-SNP product 'Venice-A0' (supported: Milan, Genoa and Turin)"
     assert caught.value.field == "vcek.productName"
 
 

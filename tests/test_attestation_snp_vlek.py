@@ -283,10 +283,19 @@ def test_unsupported_version(version: int):
 
 def test_a_report_from_another_cpu_family_is_unsupported():
     report = bytearray(REPORT)
-    report[0x188] = 0x1A  # a version 3 report says its family
-    with pytest.raises(UnsupportedEvidence, match="Turin or later") as caught:
+    report[0x188] = 0x17  # a version 3 report says its family
+    with pytest.raises(UnsupportedEvidence, match="CPU family 0x17 model 0x01") as caught:
         verify(bytes(report))
     assert caught.value.offset == 0x188
+
+
+def test_a_report_that_says_turin_under_a_milan_vlek():
+    report = bytearray(REPORT)
+    report[0x188] = 0x1A  # family 0x1a model 0x01: Turin
+    mismatches = {m.field: m for m in verify(bytes(report)).mismatches}
+    assert set(mismatches) == {"signature", "product"}
+    assert (mismatches["product"].expected, mismatches["product"].actual) == \
+        ("'Milan' (the VLEK's productName)", "Turin (CPUID family 0x1a model 0x01)")
 
 
 # -- expiry ----------------------------------------------------------------------------------------------------

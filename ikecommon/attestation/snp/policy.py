@@ -46,7 +46,8 @@ class SnpPolicy:
     minimum_abi: tuple[int, int] = (0, 0)   # (major, minor) the guest policy must require at least
     vmpl: int | None = None                 # the VMPL the report must come from; None accepts any
     minimum_guest_svn: int = 0
-    minimum_tcb: TcbVersion | None = None   # every component of REPORTED_TCB at or above this
+    minimum_tcb: TcbVersion | None = None   # every component of REPORTED_TCB at or above this (by name: a Turin
+                                            # FMC minimum fails a report whose product has no FMC)
 
 
 def policy_mismatches(report: SnpReport, policy: SnpPolicy) -> list[Mismatch]:
@@ -66,8 +67,14 @@ def policy_mismatches(report: SnpReport, policy: SnpPolicy) -> list[Mismatch]:
     if report.guest_svn < policy.minimum_guest_svn:
         found.append(Mismatch("guest_svn", f"at least {policy.minimum_guest_svn}", str(report.guest_svn)))
     if policy.minimum_tcb is not None:
-        for name, need in policy.minimum_tcb.components().items():
-            have = report.reported_tcb.components()[name]
-            if have < need:
-                found.append(Mismatch(f"reported_tcb.{name}", f"at least {need}", str(have)))
+        found += _tcb_below(report.reported_tcb, policy.minimum_tcb)
     return found
+
+
+def _tcb_below(reported: TcbVersion, minimum: TcbVersion) -> list[Mismatch]:
+    """Each component of `minimum` the report's TCB is below, compared by name; one the report's layout does not have
+    (the FMC before Turin) is below too."""
+    have = reported.components()
+    return [Mismatch(f"reported_tcb.{name}", f"at least {need}",
+                     str(have[name]) if name in have else f"none ({reported.layout.name} has no {name} SVN)")
+            for name, need in minimum.components().items() if have.get(name, -1) < need]

@@ -4,57 +4,83 @@ dataclass that decodes from and encodes to the exact 1184 bytes.
 The layout is one declaration, `LAYOUT`, read and written in order; integers are little-endian. Reserved ranges
 are kept, so the encoding of a parsed report is the report. Bytes 0x000-0x29F are signed; the signature (r and s,
 72 bytes each, little-endian) fills the rest. Versions 2 to 5 share this layout; later versions only give
-meaning to bytes that are reserved here. Another version, or a report (version 3 and later say the CPU family) from a
-CPU other than family 0x19 (Milan, Genoa; Turin's TCB_VERSION is laid out differently), is an UnsupportedEvidence.
+meaning to bytes that are reserved here. Another version is an UnsupportedEvidence, and so is a report of version 3
+or later from a CPU that is none of the products in `products` (Milan, Genoa, Turin). The four TCB_VERSION fields
+are read in their product's layout (Turin's differs); a report that does not say its CPU (version 2) is read in
+Milan's and Genoa's until its key names the product (`in_layout`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..errors import EvidenceFormatError
 from ..wire import Reader, check_sizes, le
+from .products import MILAN_GENOA_TCB, PRODUCTS, Product, TcbLayout, by_cpuid
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SUPPORTED_VERSIONS = range(2, 6)
-CPU_FAMILY_MILAN_GENOA, CPU_FAMILY_TURIN = 0x19, 0x1A
-CPUID_FAM_ID_OFFSET = 0x188
+CPUID_FAM_ID_OFFSET, CPUID_MOD_ID_OFFSET = 0x188, 0x189
+SHORT_NAMES = {"fmc": "fmc", "bootloader": "bl", "tee": "tee", "snp": "snp", "microcode": "ucode"}
 
 
 @dataclass(frozen=True)
 class TcbVersion:
-    """TCB_VERSION as Milan and Genoa lay it out: SVNs of the bootloader (byte 0), the PSP OS "TEE" (byte 1),
-    the SNP firmware (byte 6) and the microcode (byte 7)."""
+    """A TCB_VERSION: the SVNs of the firmware and microcode, one byte each, where its product's layout puts them
+    (Milan and Genoa: bootloader, the PSP OS "TEE", SNP firmware, microcode; Turin adds the FMC)."""
 
     raw: int
+    layout: TcbLayout = MILAN_GENOA_TCB
 
     @classmethod
-    def of(cls, *, bootloader: int, tee: int, snp: int, microcode: int) -> TcbVersion:
-        return cls(bootloader | tee << 8 | snp << 48 | microcode << 56)
+    def of(cls, layout: TcbLayout = MILAN_GENOA_TCB, **svns: int) -> TcbVersion:
+        """`TcbVersion.of(bootloader=2, tee=0, snp=5, microcode=68)`; with `layout=TURIN_TCB`, `fmc=` too."""
+        if set(svns) != set(layout.components):
+            raise TypeError(f"a {layout.name} TCB_VERSION has {', '.join(layout.components)}; got {', '.join(svns)}")
+        for name, value in svns.items():
+            if not 0 <= value <= 0xFF:
+                raise ValueError(f"{name} SVN {value} does not fit a byte")
+        return cls(sum(svns[name] << 8 * byte for name, byte in layout.svns), layout)
+
+    def with_layout(self, layout: TcbLayout) -> TcbVersion:
+        return replace(self, layout=layout)
+
+    def svn(self, name: str) -> int | None:
+        """The component's SVN, None if this layout has no such component (the FMC before Turin)."""
+        byte = dict(self.layout.svns).get(name)
+        return None if byte is None else self.raw >> 8 * byte & 0xFF
+
+    def _svn(self, name: str) -> int:
+        return self.raw >> 8 * dict(self.layout.svns)[name] & 0xFF  # every layout has the four components below
 
     @property
     def bootloader(self) -> int:
-        return self.raw & 0xFF
+        return self._svn("bootloader")
 
     @property
     def tee(self) -> int:
-        return self.raw >> 8 & 0xFF
+        return self._svn("tee")
 
     @property
     def snp(self) -> int:
-        return self.raw >> 48 & 0xFF
+        return self._svn("snp")
 
     @property
     def microcode(self) -> int:
-        return self.raw >> 56 & 0xFF
+        return self._svn("microcode")
+
+    @property
+    def fmc(self) -> int | None:
+        return self.svn("fmc")
 
     def components(self) -> dict[str, int]:
-        return {"bootloader": self.bootloader, "tee": self.tee, "snp": self.snp, "microcode": self.microcode}
+        return {name: self.raw >> 8 * byte & 0xFF for name, byte in self.layout.svns}
 
     def __str__(self) -> str:
-        return f"0x{self.raw:016x} (bl {self.bootloader} tee {self.tee} snp {self.snp} ucode {self.microcode})"
+        svns = " ".join(f"{SHORT_NAMES.get(name, name)} {value}" for name, value in self.components().items())
+        return f"0x{self.raw:016x} ({svns})"
 
 
 # (field, size in bytes, type): the report, in order.
@@ -125,23 +151,18 @@ class SnpReport:
         r = Reader(data, "snp_report")
         values: dict[str, Any] = {}
         for name, size, kind in LAYOUT:
-            if kind is bytes:
-                values[name] = r.take(size, name)
-            else:
-                value = r.uint(size, name)
-                values[name] = TcbVersion(value) if kind is TcbVersion else value
+            values[name] = r.take(size, name) if kind is bytes else r.uint(size, name)
             if name == "version" and values[name] not in SUPPORTED_VERSIONS:
                 raise r.unsupported("version", f"SEV-SNP report version {values[name]}",
                                     f"{SUPPORTED_VERSIONS.start} to {SUPPORTED_VERSIONS.stop - 1}", 0)
-        family = values["cpuid_fam_id"]
-        if values["version"] >= 3 and family not in (0, CPU_FAMILY_MILAN_GENOA):  # v2 leaves CPUID reserved
-            later = " (Turin or later, whose TCB_VERSION differs)" if family >= CPU_FAMILY_TURIN else ""
-            raise r.unsupported("cpuid_fam_id", f"SEV-SNP report from CPU family 0x{family:x}{later}",
-                                f"family 0x{CPU_FAMILY_MILAN_GENOA:x}: Milan and Genoa", CPUID_FAM_ID_OFFSET)
+        product = _cpuid_product(r, values)
         if r.remaining:
             raise EvidenceFormatError("snp_report", REPORT_SIZE, f"{r.remaining} bytes after the {REPORT_SIZE}-byte "
                                       "report")
-        return cls(**values)
+        layout = product.tcb if product else MILAN_GENOA_TCB
+        fields: dict[str, Any] = {name: TcbVersion(values[name], layout) if kind is TcbVersion else values[name]
+                                  for name, _, kind in LAYOUT}
+        return cls(**fields)
 
     def to_bytes(self) -> bytes:
         out = []
@@ -165,4 +186,34 @@ class SnpReport:
     @property
     def signing_key(self) -> int:
         return self.signer_info >> 2 & 0b111
+
+    @property
+    def product(self) -> Product | None:
+        """The product the report's CPUID fields name; None where it names none (version 2, or family 0)."""
+        return by_cpuid(self.cpuid_fam_id, self.cpuid_mod_id) if _says_cpu(self.version, self.cpuid_fam_id) else None
+
+    def in_layout(self, layout: TcbLayout) -> SnpReport:
+        """The report with its four TCB_VERSIONs read in `layout` (the key's product's, for a report that does not say
+        its CPU)."""
+        return replace(self, **{name: getattr(self, name).with_layout(layout)
+                                for name, _, kind in LAYOUT if kind is TcbVersion})
+
+
+def _says_cpu(version: int, family: int) -> bool:
+    return version >= 3 and family != 0  # version 2 leaves the CPUID bytes reserved (zero)
+
+
+def _cpuid_product(r: Reader, values: dict[str, Any]) -> Product | None:
+    """The product of a report that says its CPU; a CPU of no known product is an UnsupportedEvidence."""
+    family, model = values["cpuid_fam_id"], values["cpuid_mod_id"]
+    if not _says_cpu(values["version"], family):
+        return None
+    product = by_cpuid(family, model)
+    if product is None:
+        known = any(p.cpu_family == family for p in PRODUCTS)
+        raise r.unsupported("cpuid_mod_id" if known else "cpuid_fam_id",
+                            f"SEV-SNP report from CPU family 0x{family:x} model 0x{model:02x}",
+                            ", ".join(p.describe_cpu() for p in PRODUCTS),
+                            CPUID_MOD_ID_OFFSET if known else CPUID_FAM_ID_OFFSET)
+    return product
 

@@ -7,12 +7,16 @@ Checked, each as its own Check (see docs/attestation.md, "Verifiers"):
 - the chain VCEK <- ASK <- ARK, or VLEK <- ASVK <- ARK (RSASSA-PSS with SHA-384), the ARK being the root the caller
   trusts, at the caller's time, and against the ARK's CRL when the caller passes one;
 - the binding of report and key: the report's SIGNING_KEY names the kind of key given (a VCEK has a hwID, a VLEK a
-  CSP ID), its REPORTED_TCB is the TCB the key was issued for, and for a VCEK its CHIP_ID is the VCEK's hwID (a VLEK
-  belongs to a cloud provider, not to a chip);
+  CSP ID), the CPU the report names (version 3 and later) is the key's product, its REPORTED_TCB is the TCB the key
+  was issued for, and for a VCEK its CHIP_ID is the VCEK's hwID (a VLEK belongs to a cloud provider, not to a chip);
 - the guest policy and VMPL against the caller's SnpPolicy.
 
+The product (Milan, Genoa, Turin: see `products`) decides how the TCB_VERSIONs are read and how long the chip ID is.
+It is the one the report's CPUID fields name; a report that names none (version 2) is read as its key's
+productName says.
+
 A report this verifier cannot judge raises UnsupportedEvidence: signed with another algorithm than ECDSA P-384, by
-no key (SIGNING_KEY 7) or a reserved one, or for a product other than Milan and Genoa (the key's productName).
+no key (SIGNING_KEY 7) or a reserved one, from a CPU of no known product, or with a key whose productName names none.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..errors import EvidenceFormatError, Mismatch, UnsupportedEvidence
 from ..outcome import Check, CheckKind, Verification
 from ..times import aware
 from .policy import SnpPolicy, policy_mismatches
+from .products import CHIP_ID_SIZE, Product, names
 from .report import SnpReport
 from .vcek import VcekExtensions, VlekExtensions, key_extensions
 
@@ -40,7 +45,6 @@ SIGNATURE_ALGO_ECDSA_P384_SHA384 = 1
 SIGNING_KEY_VCEK, SIGNING_KEY_VLEK = 0, 1
 SIGNING_KEYS = {0: "VCEK", 1: "VLEK", 7: "none"}
 SIGNATURE_ALGO_OFFSET, SIGNER_INFO_OFFSET = 0x34, 0x48
-PRODUCTS = ("Milan", "Genoa")  # whose TCB_VERSION layout report.TcbVersion reads
 
 
 def load_vcek(der: bytes) -> x509.Certificate:
@@ -62,8 +66,9 @@ def load_ask_ark(pem: bytes) -> tuple[x509.Certificate, x509.Certificate]:
 
 @dataclass(frozen=True)
 class SnpVerification(Verification):
-    report: SnpReport = field(repr=False)
+    report: SnpReport = field(repr=False)  # its TCB_VERSIONs in the product's layout
     key: VcekExtensions | VlekExtensions  # the AMD extensions of the key certificate given
+    product: Product                      # the report's CPU's, or (a report that names none) the key's
 
     @property
     def signing_key(self) -> str:
@@ -110,7 +115,9 @@ def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate | None 
     report = evidence if isinstance(evidence, SnpReport) else SnpReport.parse(evidence)
     _require_supported(report)
     extensions = key_extensions(key, SIGNING_KEYS[report.signing_key])
-    _require_product(extensions)
+    key_product = _key_product(extensions)
+    product = report.product or key_product
+    report = report.in_layout(product.tcb)
     name = extensions.kind.lower()
     chain = [Named(name, key), Named("ask" if name == "vcek" else "asvk", ask)]
     checks = (
@@ -120,7 +127,7 @@ def verify_report(evidence: bytes | SnpReport, *, vcek: x509.Certificate | None 
         Check.of(f"{extensions.kind} binding", CheckKind.BINDING, _key_binding(report, extensions)),
         Check.of("guest policy", CheckKind.POLICY, policy_mismatches(report, policy)),
     )
-    return SnpVerification(checks, report, extensions)
+    return SnpVerification(checks, report, extensions, product)
 
 
 def _require_supported(report: SnpReport) -> None:
@@ -138,11 +145,12 @@ def _require_supported(report: SnpReport) -> None:
                                   f"{SIGNING_KEY_VCEK}, a VCEK, and {SIGNING_KEY_VLEK}, a VLEK")
 
 
-def _require_product(key: VcekExtensions | VlekExtensions) -> None:
-    """A product whose TCB_VERSION this verifier does not read."""
-    if not key.product_name.startswith(PRODUCTS):
+def _key_product(key: VcekExtensions | VlekExtensions) -> Product:
+    """The product the key's productName names; a product this verifier does not know is unsupported."""
+    if key.product is None:
         raise UnsupportedEvidence(f"{key.kind.lower()}.productName", None, f"SEV-SNP product {key.product_name!r}",
-                                  " and ".join(PRODUCTS))
+                                  names())
+    return key.product
 
 
 def _report_signature(report: SnpReport, key: x509.Certificate, kind: str) -> list[Mismatch]:
@@ -170,13 +178,34 @@ def _key_binding(report: SnpReport, key: VcekExtensions | VlekExtensions) -> lis
         other = SIGNING_KEY_VLEK if key.kind == "VLEK" else SIGNING_KEY_VCEK
         found.append(Mismatch("signer_info.signing_key", f"{other} ({key.kind}): the key certificate given is a "
                               f"{key.kind}", f"{report.signing_key} ({signed_by})"))
+    found += _product_binding(report, key)
     if isinstance(key, VcekExtensions) and signed_by == "VCEK":  # a VLEK is no chip's: nothing to compare
-        if report.mask_chip_id:
-            found.append(Mismatch("signer_info.mask_chip_id", "0 (chip ID present)", "1"))
-        elif report.chip_id != key.hw_id:
-            found.append(Mismatch("chip_id", f"{key.hw_id.hex()} (the VCEK's hwID)", report.chip_id.hex()))
-    for name, expected in key.tcb.components().items():
-        actual = report.reported_tcb.components()[name]
-        if actual != expected:
-            found.append(Mismatch(f"reported_tcb.{name}", f"{expected} (the {key.kind}'s SPL)", str(actual)))
-    return found
+        found += _chip_binding(report, key)
+    return found + _tcb_binding(report, key)
+
+
+def _product_binding(report: SnpReport, key: VcekExtensions | VlekExtensions) -> list[Mismatch]:
+    """The CPU a report of version 3 or later names is the product its key was issued for."""
+    if report.product is None or report.product == key.product:
+        return []
+    return [Mismatch("product", f"{key.product_name!r} (the {key.kind}'s productName)",
+                     f"{report.product.name} (CPUID family 0x{report.cpuid_fam_id:x} model "
+                     f"0x{report.cpuid_mod_id:02x})")]
+
+
+def _chip_binding(report: SnpReport, key: VcekExtensions) -> list[Mismatch]:
+    """CHIP_ID is the VCEK's hwID, zero-padded to 64 bytes (Turin's hwID is 8 bytes)."""
+    if report.mask_chip_id:
+        return [Mismatch("signer_info.mask_chip_id", "0 (chip ID present)", "1")]
+    expected = key.hw_id.ljust(CHIP_ID_SIZE, b"\0")
+    if report.chip_id == expected:
+        return []
+    padded = "" if len(key.hw_id) == CHIP_ID_SIZE else f", {CHIP_ID_SIZE - len(key.hw_id)} zero bytes after it"
+    return [Mismatch("chip_id", f"{expected.hex()} (the VCEK's hwID{padded})", report.chip_id.hex())]
+
+
+def _tcb_binding(report: SnpReport, key: VcekExtensions | VlekExtensions) -> list[Mismatch]:
+    """REPORTED_TCB, read in the key's product's layout, holds the SPLs the key was issued for."""
+    reported = report.reported_tcb.with_layout(key.tcb.layout).components()
+    return [Mismatch(f"reported_tcb.{name}", f"{expected} (the {key.kind}'s SPL)", str(reported[name]))
+            for name, expected in key.tcb.components().items() if reported[name] != expected]
