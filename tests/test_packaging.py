@@ -40,6 +40,9 @@ def test_the_wheel_holds_the_programs_their_templates_and_no_test_tree(wheel: Pa
     templates = {str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "ikectl/templates").rglob("*.j2")}
     assert templates and templates <= set(names)
     assert "ikectl/py.typed" in names and "ikecommon/py.typed" in names
+    roots = {str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "ikecommon/attestation/data/roots").iterdir()}
+    assert {"ikecommon/attestation/data/roots/amd-ark-milan.pem", "ikecommon/attestation/data/roots/SOURCES.md"} \
+        <= roots <= set(names)  # the vendors' roots and their provenance
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "ikectl = ikectl.cli:run" in text and "enclave-ike = enclave_ike.cli:main" in text
@@ -82,6 +85,17 @@ def test_a_pipx_install_renders_from_its_own_templates(pipx_install: Path, tmp_p
                               "import ikectl; print(ikectl.__file__)"], cwd=tmp_path, capture_output=True,
                              text=True, check=True)
     assert "/home/venvs/ikectl/" in located.stdout and str(PROJECT_ROOT) not in located.stdout
+
+
+def test_a_pipx_install_loads_the_shipped_roots_from_its_own_files(pipx_install: Path, tmp_path: Path) -> None:
+    loaded = subprocess.run([str(pipx_install.parent / "home/venvs/ikectl/bin/python"), "-c",
+                             "from ikecommon.attestation import TrustAnchors, roots\n"
+                             "anchors = TrustAnchors.shipped()\n"
+                             "print(len(anchors.amd_arks), roots.certificate.cache_info().currsize, roots.__file__)"],
+                            cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    count, cached, where = loaded.stdout.split()
+    assert (count, cached) == ("3", "4") and "/home/venvs/ikectl/" in where and str(PROJECT_ROOT) not in where
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="status and doctor read root's run state")
