@@ -376,7 +376,8 @@ def _add_trust_commands(commands: _Commands) -> None:
     add.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
                      help=f"the evidence endpoint's TCP port (default {DEFAULT_PORT})")
     add.add_argument("--anchors", choices=[a.value for a in Anchors], default=Anchors.VENDOR.value,
-                     help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
+                     help="vendor: Intel's and AMD's roots, shipped with ikectl or named in [trust] (default); sim: "
+                          "simulated evidence, NOT SECURE")
     add.add_argument("--id", metavar="ID", help="the IKE ID to expect (default: the one the resolver states)")
     listing = trust_commands.add("list", help="every pin, with its latest attestation")
     listing.add_argument("--json", action="store_true", help="the same as a JSON document")
@@ -394,7 +395,8 @@ def _add_trust_commands(commands: _Commands) -> None:
     check.add_argument("--certs", type=Path, metavar="DIR", help="SEV-SNP: the VCEK and AMD's cert_chain (ASK, ARK), "
                        "optionally the ARK's CRL (in place of an envelope's)")
     check.add_argument("--anchors", choices=[a.value for a in Anchors], default=Anchors.VENDOR.value,
-                       help="vendor: the roots in [trust] (default); sim: simulated evidence, NOT SECURE")
+                       help="vendor: Intel's and AMD's roots, shipped with ikectl or named in [trust] (default); sim: "
+                            "simulated evidence, NOT SECURE")
     check.add_argument("--at", metavar="TIME", help="judge certificates, CRLs and collateral at this ISO 8601 time "
                        "(default now; UTC unless given)")
     check.add_argument("--strict", action="store_true",
