@@ -148,10 +148,10 @@ class FakeIntel:
         return builder.sign(issuer_key, hashes.SHA256())
 
     def quote(self, td_attributes: bytes | None = None, leaf: x509.Certificate | None = None, *,
-              report_data: bytes | None = None) -> bytes:
+              report_data: bytes | None = None, base: bytes = REAL_QUOTE) -> bytes:
         """The real quote's body (optionally changed: its TD attributes, its report data), attested by our
-        attestation key, QE report and PCK chain."""
-        real = TdxQuote.parse(REAL_QUOTE)
+        attestation key, QE report and PCK chain. `base` is another real quote to start from (the v5 one)."""
+        real = TdxQuote.parse(base)
         key = self.attestation_key.public_key().public_bytes(serialization.Encoding.X962,
                                                              serialization.PublicFormat.UncompressedPoint)[1:]
         certification = real.signature_data.certification
