@@ -327,8 +327,8 @@ class FakeAmd:
             builder = builder.add_extension(extension.value, critical=False)
         return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=RSA_PSS)
 
-    def report(self, **changes) -> bytes:
-        unsigned = replace(SnpReport.parse(REPORT), **changes)
+    def report(self, base: bytes = REPORT, **changes) -> bytes:
+        unsigned = replace(SnpReport.parse(base), **changes)
         r, s = decode_dss_signature(self.vcek_key.sign(unsigned.signed_bytes, ec.ECDSA(hashes.SHA384())))
         return replace(unsigned, signature_r=r.to_bytes(72, "little"), signature_s=s.to_bytes(72, "little")).to_bytes()
 
