@@ -115,8 +115,12 @@ def enclave_ike_program() -> Program:
                   "every installed SA and policy and the published identity."),
             ("1", "The operation failed: serve could not start (a socket that will not bind, an enclave that is "
                   "unavailable); identity found no running server's identity, a stale one, or NULL auth; "
-                  "evidence could not fetch or match an envelope. One line on stderr says why."),
-            ("2", "Bad usage or config: unknown arguments, no command, an invalid config file, format or nonce."),
+                  "evidence could not fetch or match an envelope; collateral met a signature or issuer that does "
+                  "not lead to the Intel root, a PCS that failed, or a cache it could not write (show: a cached set "
+                  "that is unusable). One line on stderr says why."),
+            ("2", "Bad usage or config: unknown arguments, no command, an invalid config file, format or nonce; "
+                  "collateral documents that are missing, do not parse or are for another FMSPC. Nothing was "
+                  "changed."),
         ),
         command_exit_status=(),
         environment=(),
@@ -124,6 +128,9 @@ def enclave_ike_program() -> Program:
             (enclave_ike_config.DEFAULT_PATH, "The configuration (--config)."),
             (enclave_ike_config.DEFAULT_PUBLISH,
              "The running server's public identity (identity.publish), which identity prints."),
+            (enclave_ike_config.DEFAULT_COLLATERAL_DIR,
+             "Intel's TDX collateral, one directory per FMSPC under tdx/ (evidence.collateral_dir), which collateral "
+             "import and fetch fill and serve hands out with TDX evidence."),
         ),
         see_also=(("ikectl", "1"), ("ipsec", "8"), ("pluto", "8"), ("NetworkManager-dispatcher", "8")),
     )

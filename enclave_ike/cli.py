@@ -3,6 +3,7 @@
     enclave-ike serve --config FILE [-v]
     enclave-ike identity [--config FILE] --format libreswan|pem|json
     enclave-ike evidence --nonce HEX [--config FILE]
+    enclave-ike collateral import DIR | fetch ... | show | fmspc    (collateral_cli.py: Intel's TDX collateral)
 
 The identity key is made inside the enclave when `serve` starts and is never written out, so there is no key until
 a server runs: `serve` publishes its public identity (identity.publish in the config) and `identity` prints what
@@ -18,14 +19,13 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from ipaddress import ip_address
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ikecommon import evidence_client
 from ikecommon.attestation.envelope import Envelope
 
-from . import __version__, evidence_endpoint, server
+from . import __version__, collateral_cli, evidence_endpoint, server
 from . import config as config_module
 from .errors import EnclaveIkeError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                           help="the running server's config")
     evidence.add_argument("--nonce", required=True, metavar="HEX", help="16 to 64 bytes as hex, fresh for each use")
+    collateral_cli.add_commands(commands)
     return parser
 
 
@@ -61,12 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    run: dict[str, Callable[[], int]] = {
+        "serve": lambda: _serve(args.config, args.verbose),
+        "evidence": lambda: _evidence(args.config, args.nonce),
+        "identity": lambda: _identity(args.config, args.format),
+        "collateral": lambda: collateral_cli.run(args),
+    }
     try:
-        if args.command == "serve":
-            return _serve(args.config, args.verbose)
-        if args.command == "evidence":
-            return _evidence(args.config, args.nonce)
-        return _identity(args.config, args.format)
+        return run[args.command]()
     except EnclaveIkeError as exc:
         print(f"enclave-ike: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -113,10 +116,8 @@ def _evidence(path: Path, nonce_hex: str) -> int:
         raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to attest")
     if not config.evidence.enabled:
         raise EnclaveIkeError(f"{config.path}: evidence.enabled is false: the server serves no evidence")
-    address = config.listen.addresses[0]
-    if address.is_unspecified:  # listening everywhere: ask over loopback
-        address = ip_address("::1" if address.version == 6 else "127.0.0.1")
-    body = evidence_client.fetch_evidence(str(address), config.evidence.port, nonce)
+    address = evidence_endpoint.endpoint_address(config)  # loopback when listening everywhere
+    body = evidence_client.fetch_evidence(address, config.evidence.port, nonce)
     if Envelope.decode(body).nonce != nonce:
         raise EnclaveIkeError(f"evidence endpoint {address}: the envelope answers another nonce")
     print(body.decode())

@@ -38,6 +38,10 @@
     [evidence]                          # the evidence endpoint (evidence_endpoint.py), signature auth only
     enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
     port = 4501                         # TCP, on every listen address
+    collateral_dir = "/var/lib/enclave-ike/collateral"   # Intel's TDX collateral, per FMSPC, that TDX evidence
+                                        # is served with (`enclave-ike collateral import|fetch` fill it)
+    intel_root = "/path/to/root.pem"    # the Intel SGX Root CA the collateral must chain to; default: the one
+                                        # shipped with enclave-ike
 
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
 """
@@ -64,6 +68,7 @@ Address = IPv4Address | IPv6Address
 DEFAULT_PATH = Path("/etc/enclave-ike/enclave-ike.toml")
 DEFAULT_PUBLISH = Path("/run/enclave-ike/identity.json")
 DEFAULT_EVIDENCE_PORT = evidence_client.DEFAULT_PORT
+DEFAULT_COLLATERAL_DIR = Path("/var/lib/enclave-ike/collateral")
 SIM_REGISTER_SIZE, SIM_REGISTERS_MAX = 48, 16
 
 
@@ -145,6 +150,8 @@ class IdentityConfig:
 class EvidenceConfig:
     enabled: bool = True
     port: int = DEFAULT_EVIDENCE_PORT
+    collateral_dir: Path = DEFAULT_COLLATERAL_DIR
+    intel_root: Path | None = None  # None: the Intel SGX Root CA shipped with the package
 
 
 @dataclass(frozen=True)
@@ -398,7 +405,16 @@ def _evidence(table: _Table) -> EvidenceConfig:
     port = table.get("port", int, DEFAULT_EVIDENCE_PORT)
     if not 1 <= port <= 0xFFFF:
         raise table.error("port", f"{port} is not a TCP port (1-65535)")
-    return EvidenceConfig(enabled, port)
+    collateral_dir = _absolute(table, "collateral_dir", str(DEFAULT_COLLATERAL_DIR))
+    intel_root = _absolute(table, "intel_root", "") if "intel_root" in table.data else None
+    return EvidenceConfig(enabled, port, collateral_dir, intel_root)
+
+
+def _absolute(table: _Table, key: str, default: str) -> Path:
+    path = Path(table.get(key, str, default))
+    if not path.is_absolute():
+        raise table.error(key, f"{str(path)!r} must be an absolute path")
+    return path
 
 
 def _suites(table: _Table) -> Suites:

@@ -11,6 +11,11 @@ else this endpoint says. One request per connection, answered with `Connection: 
 hold the server: the request line and headers at most 8 KiB, read within 5 s; the answer written within 10 s; at
 most 64 connections at once and 2 evidence requests in flight (each asks the enclave for a report; more get 503).
 
+TDX evidence goes out with Intel's collateral for the quote's platform (the FMSPC in its PCK certificate) from the
+cache the operator fills (collateral_store.py), read again when its files change. Without a usable set, or with an
+expired one, the quote is served without it or with it, and one warning line says so and what to run (again only
+when that changes): the client decides, and it refuses what does not verify. Other evidence goes out as it is.
+
 The client side is ikecommon.evidence_client (`enclave-ike evidence` and `ikectl trust` use it).
 """
 
@@ -21,16 +26,22 @@ import contextlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from http import HTTPStatus
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import parse_qs, urlsplit
 
 from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
-from ikecommon.attestation.envelope import Collateral
+from ikecommon.attestation.envelope import Collateral, Envelope, EvidenceKind
+from ikecommon.attestation.errors import AttestationError
+from ikecommon.attestation.tdx import TdxQuote
 from ikecommon.evidence_client import CMW_JSON, IDENTITY_VERSION, EndpointError, hostport
 
+from . import collateral as co
+from .collateral_store import ServedCollateral, intel_root
 from .config import DEFAULT_EVIDENCE_PORT, ServeConfig
 from .enclave.attest import attest
 from .enclave.base import Enclave
@@ -86,9 +97,14 @@ class EvidenceEndpoint:
     """Serves evidence for `enclave` on `port` of every address; `start()` binds, `stop()` closes."""
 
     def __init__(self, enclave: Enclave, ike_id: str, addresses: Sequence[Address], port: int, *,
-                 collateral: Collateral | None = None, limits: Limits | None = None) -> None:
+                 collateral: Collateral | None = None, tdx_collateral: ServedCollateral | None = None,
+                 limits: Limits | None = None) -> None:
+        """`collateral`: the same for every envelope; else, for TDX quotes, the set `tdx_collateral` has."""
         self.enclave, self.ike_id, self.addresses, self.port = enclave, ike_id, tuple(addresses), port
-        self.collateral, self.limits = collateral, limits or Limits()
+        self.collateral, self.tdx_collateral, self.limits = collateral, tdx_collateral, limits or Limits()
+        self._platforms: dict[bytes, co.Platform] = {}  # by the quote's PCK chain, which is the platform's
+        self._said: dict[str, str | None] = {}          # the last line logged, per FMSPC
+        self._lock = threading.Lock()
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._in_flight = 0
@@ -178,7 +194,7 @@ class EvidenceEndpoint:
                                  ("Retry-After", "1"))
         self._in_flight += 1
         try:
-            envelope = await asyncio.to_thread(attest, self.enclave, nonce, self.collateral)
+            envelope = await asyncio.to_thread(self._envelope, nonce)
             body = envelope.encode()
         except EnclaveIkeError as exc:
             log.error("evidence for %s: %s", peer, exc)
@@ -187,6 +203,44 @@ class EvidenceEndpoint:
             self._in_flight -= 1
         log.debug("evidence for %s, nonce %s", peer, nonce.hex())
         return Response(HTTPStatus.OK, body, CMW_JSON)
+
+    def _envelope(self, nonce: bytes) -> Envelope:
+        """In a worker thread: the enclave's evidence and, for a TDX quote, the cached collateral."""
+        envelope = attest(self.enclave, nonce, self.collateral)
+        if self.collateral is not None or self.tdx_collateral is None or envelope.evidence.kind is not EvidenceKind.TDX:
+            return envelope
+        try:
+            platform = self._platform(envelope.evidence.data)
+        except AttestationError as exc:
+            self._say("?", f"TDX quote without a usable PCK certificate ({exc}): serving it without collateral")
+            return envelope
+        found = self.tdx_collateral.for_platform(platform, datetime.now(UTC))
+        self._say(platform.fmspc.hex(), found.problem)
+        return envelope if found.collateral is None else replace(envelope, collateral=found.collateral.collateral())
+
+    def _platform(self, data: bytes) -> co.Platform:
+        quote = TdxQuote.parse(data)
+        key = quote.signature_data.certification.pck_chain_pem
+        with self._lock:
+            known = self._platforms.get(key)
+        if known is None:
+            known = co.platform_of(quote)
+            with self._lock:
+                if len(self._platforms) > 8:  # one platform in practice; bounded all the same
+                    self._platforms.clear()
+                self._platforms[key] = known
+        return known
+
+    def _say(self, fmspc: str, problem: str | None) -> None:
+        """Log what the operator should know once, when it changes, not per request."""
+        with self._lock:
+            if fmspc in self._said and self._said[fmspc] == problem:
+                return
+            self._said[fmspc] = problem
+        if problem is not None:
+            log.warning("%s", problem)
+        else:
+            log.info("TDX evidence for FMSPC %s goes out with its collateral", fmspc)
 
 
 def _parse(head: bytes) -> tuple[str, str, str] | Response:
@@ -211,7 +265,20 @@ def _parse(head: bytes) -> tuple[str, str, str] | Response:
 
 
 def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint | None:
-    """The endpoint `serve` runs: none when disabled, or with NULL auth (no key, nothing to attest)."""
+    """The endpoint `serve` runs: none when disabled, or with NULL auth (no key, nothing to attest). A TDX enclave's
+    serves the collateral cache; a root that cannot be read is a ConfigError here, before anything is served."""
     if enclave is None or not config.evidence.enabled:
         return None
-    return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port)
+    tdx = None
+    if enclave.kind is EvidenceKind.TDX:
+        tdx = ServedCollateral(config.evidence.collateral_dir, intel_root(config.evidence.intel_root))
+    return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port,
+                            tdx_collateral=tdx)
+
+
+def endpoint_address(config: ServeConfig) -> str:
+    """Where a command on the server's host asks its endpoint: the first listen address, loopback for a wildcard."""
+    address = config.listen.addresses[0]
+    if address.is_unspecified:
+        address = ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return str(address)

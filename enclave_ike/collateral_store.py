@@ -1,0 +1,298 @@
+"""The collateral cache on disk: `<collateral_dir>/tdx/<fmspc>/`, one complete set per FMSPC (collateral.py names
+the files), filled by `enclave-ike collateral import|fetch` and read by the evidence endpoint.
+
+A set is replaced whole: the new one is written to a temporary directory beside it and swapped in with one
+rename(2) (renameat2 RENAME_EXCHANGE where the filesystem has it, so the path never goes missing), and a failure
+before the swap leaves the old set as it was. Readers open the set's directory once and read every file through
+it, so a swap in the middle of a read cannot mix two sets. `ServedCollateral` keeps the last set it read per FMSPC
+and reads again only when a file's inode, size or mtime changes, so an import needs no restart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from ikecommon.attestation.certs import pem_chain
+from ikecommon.attestation.errors import EvidenceFormatError
+from ikecommon.attestation.times import iso
+
+from . import collateral as co
+from .config import ConfigError
+
+TDX = "tdx"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def set_dir(collateral_dir: Path, fmspc: bytes) -> Path:
+    return collateral_dir / TDX / fmspc.hex()
+
+
+def intel_root(path: Path | None) -> x509.Certificate:
+    """The Intel SGX Root CA collateral must chain to: the file `[evidence] intel_root` names, or the one shipped
+    with the package. ConfigError (exit status 2) for a file that is not one PEM certificate."""
+    if path is None:
+        return _shipped_root()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"evidence.intel_root: {path}: cannot read it ({exc.strerror})") from None
+    try:
+        certs = pem_chain(data, str(path))
+    except EvidenceFormatError as exc:
+        raise ConfigError(f"evidence.intel_root: {exc}") from None
+    if len(certs) != 1 or certs[0].subject != certs[0].issuer:
+        raise ConfigError(f"evidence.intel_root: {path}: expected one self-signed root certificate, "
+                          f"got {len(certs)} certificates")
+    return certs[0]
+
+
+def _shipped_root() -> x509.Certificate:
+    # ikecommon.attestation.roots ships Intel's root with the package; looked up by name while it is being added.
+    import importlib  # noqa: PLC0415
+
+    try:
+        roots = importlib.import_module("ikecommon.attestation.roots")
+    except ImportError:
+        raise ConfigError("evidence.intel_root: this build ships no Intel SGX root; set it to the root's PEM "
+                          "file") from None
+    root = roots.intel_sgx_root()
+    if not isinstance(root, x509.Certificate):
+        raise ConfigError("evidence.intel_root: the shipped Intel SGX root is not a certificate")
+    return root
+
+
+def read_documents(directory: Path) -> dict[str, bytes]:
+    """The collateral files in `directory` (the optional one only when present), read through one directory
+    handle. BadCollateral (exit 2) naming the file for one that is missing, not a regular file or too big."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise co.BadCollateral(f"{directory}: no such directory") from None
+    except OSError as exc:
+        raise co.BadCollateral(f"{directory}: cannot read it ({exc.strerror})") from None
+    try:
+        return {name: data for name in co.FILES if (data := _read(fd, directory, name)) is not None}
+    finally:
+        os.close(fd)
+
+
+def _read(dir_fd: int, directory: Path, name: str) -> bytes | None:
+    where = directory / name
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if name in co.REQUIRED:
+            raise co.BadCollateral(f"{where}: missing (a set is {', '.join(co.REQUIRED)})") from None
+        return None
+    except OSError as exc:
+        raise co.BadCollateral(f"{where}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise co.BadCollateral(f"{where}: not a regular file")
+        data = file.read(co.MAX_SIZE[name] + 1)
+    if len(data) > co.MAX_SIZE[name]:
+        raise co.BadCollateral(f"{where}: more than the {co.MAX_SIZE[name]} bytes a client accepts")
+    return data
+
+
+def names_in(directory: Path) -> dict[str, str]:
+    """How errors name each file of a set read from `directory`: by its path."""
+    return {name: str(directory / name) for name in co.FILES}
+
+
+def install(documents: Mapping[str, bytes], target: Path) -> None:
+    """Make `target` a directory holding exactly these documents, in one step; on failure nothing changed.
+    CollateralError (exit 1) when the directory cannot be written."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise co.CollateralError(f"{target.parent}: cannot write there ({exc.strerror})") from None
+    try:
+        for name, data in documents.items():
+            with open(staging / name, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.chmod(staging / name, 0o644)
+        os.chmod(staging, 0o755)  # noqa: S103 - Intel's public documents, for whichever user serves them
+        _swap_in(staging, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise co.CollateralError(f"{target}: cannot write the set ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new set's leftovers, or, after a swap, the old set
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put `staging` at `target`; the old `target`, if any, ends up at `staging`."""
+    if not target.is_dir():
+        if target.exists() or target.is_symlink():
+            raise OSError(errno.ENOTDIR, f"{target} is not a directory")
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        return
+    # No exchange here: move the old set aside first, so there is a moment without one, never a mixed one.
+    aside = staging.with_name(staging.name + ".old")
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(aside, target)
+        raise
+    os.rename(aside, staging)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where libc or the filesystem lacks it."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fmspcs(collateral_dir: Path) -> Iterator[tuple[bytes, Path]]:
+    """Every FMSPC the cache has a directory for, in order (temporary directories and other names skipped)."""
+    try:
+        entries = sorted(os.listdir(collateral_dir / TDX))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise co.CollateralError(f"{collateral_dir / TDX}: cannot read it ({exc.strerror})") from None
+    for name in entries:
+        if len(name) == 12 and all(c in "0123456789abcdef" for c in name):
+            yield bytes.fromhex(name), collateral_dir / TDX / name
+
+
+def show(collateral_dir: Path, root: x509.Certificate, now: datetime) -> tuple[list[str], bool]:
+    """The lines `enclave-ike collateral show` prints, and whether every set there is usable."""
+    lines, usable = [], True
+    for fmspc, directory in fmspcs(collateral_dir):
+        try:
+            found = co.check(read_documents(directory), root, fmspc=fmspc, names=names_in(directory))
+        except co.CollateralError as exc:
+            lines.append(f"{fmspc.hex()}  unusable: {exc}")
+            usable = False
+            continue
+        info, identity = found.tcb_info, found.qe_identity
+        lines.append(f"{fmspc.hex()}  tcbEvaluationDataNumber {info.tcb_evaluation_data_number}")
+        rows = ((co.TCB_INFO, info.issue_date, info.next_update),
+                (co.QE_IDENTITY, identity.issue_date, identity.next_update),
+                (co.PCK_CRL, found.pck_crl.last_update_utc, found.pck_crl.next_update_utc),
+                (co.ROOT_CRL, found.root_crl.last_update_utc, found.root_crl.next_update_utc))
+        for name, issued, next_update in rows:
+            until = f"nextUpdate {iso(next_update)}  {co.age(next_update, now)}" if next_update else "no nextUpdate"
+            lines.append(f"  {name:<17} issueDate {iso(issued)}  {until}")
+        what, when = found.first_deadline()
+        lines.append(f"  first to expire:  {what} {iso(when)}: {co.age(when, now)}")
+    if not lines:
+        lines.append(f"no TDX collateral in {collateral_dir / TDX} (enclave-ike collateral import DIR, or fetch)")
+    return lines, usable
+
+
+Stamp = tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the cache has for one quote: the envelope's collateral (None: serve the quote without), and the one
+    line the operator should read, or None when all is well."""
+
+    collateral: co.CollateralSet | None
+    problem: str | None
+
+
+@dataclass
+class ServedCollateral:
+    """The cache as the evidence endpoint reads it: `for_platform` is called in worker threads, per request; the
+    files are stat'ed each time and read and checked again only when they changed."""
+
+    collateral_dir: Path
+    root: x509.Certificate
+    _sets: dict[bytes, tuple[Stamp, co.CollateralSet | str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_platform(self, platform: co.Platform, now: datetime) -> Found:
+        fmspc = platform.fmspc.hex()
+        todo = (f"run `enclave-ike collateral fetch --fmspc {fmspc}"
+                f"{f' --pck-ca {platform.pck_ca_kind}' if platform.pck_ca_kind else ''}` (or fetch elsewhere "
+                f"with --out DIR and `enclave-ike collateral import DIR` here)")
+        loaded = self._load(platform.fmspc)
+        if loaded is None:
+            return Found(None, f"no TDX collateral for FMSPC {fmspc} in {self.collateral_dir / TDX}: serving quotes "
+                               f"without it, which clients refuse; {todo}")
+        if isinstance(loaded, str):
+            return Found(None, f"TDX collateral for FMSPC {fmspc} unusable ({loaded}): serving quotes without it; "
+                               f"{todo}")
+        mismatch = co.pck_crl_mismatch(loaded.pck_crl, platform.pck_ca)
+        if mismatch is not None:
+            return Found(loaded, f"TDX collateral for FMSPC {fmspc}: {co.PCK_CRL}: {mismatch}: serving it, clients "
+                                 f"will refuse it; {todo}")
+        what, when = loaded.first_deadline()
+        if when < now:
+            return Found(loaded, f"TDX collateral for FMSPC {fmspc} expired: {what} {iso(when)}, "
+                                 f"{co.age(when, now)}: serving it, clients will refuse it; {todo}")
+        return Found(loaded, None)
+
+    def _load(self, fmspc: bytes) -> co.CollateralSet | str | None:
+        directory = set_dir(self.collateral_dir, fmspc)
+        stamp = _stamp(directory)
+        if stamp is None:
+            return None
+        with self._lock:
+            cached = self._sets.get(fmspc)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            loaded: co.CollateralSet | str = co.check(read_documents(directory), self.root, fmspc=fmspc,
+                                                      names=names_in(directory))
+        except co.CollateralError as exc:
+            loaded = str(exc)
+        with self._lock:
+            self._sets[fmspc] = (stamp, loaded)
+        return loaded
+
+
+def _stamp(directory: Path) -> Stamp | None:
+    """What changes when the set does: inode, size and mtime of the directory and of each file in it."""
+    stamps = []
+    for path in (directory, *(directory / name for name in co.FILES)):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if path == directory:
+                return None
+            st_tuple = (0, 0, 0)
+        except OSError:
+            return None
+        else:
+            st_tuple = (st.st_ino, st.st_size, st.st_mtime_ns)
+        stamps.append(st_tuple)
+    return tuple(stamps)

@@ -1,0 +1,101 @@
+"""Fetching a collateral set from Intel's Provisioning Certification Service (API v4), for `enclave-ike collateral
+fetch`. Plain HTTPS GETs with urllib (the environment's proxy settings apply), each bounded by a timeout and a size:
+
+    GET {pcs}/tdx/certification/v4/tcb?fmspc=FMSPC            tcb-info.json; header TCB-Info-Issuer-Chain
+    GET {pcs}/tdx/certification/v4/qe/identity                 qe-identity.json
+    GET {pcs}/sgx/certification/v4/pckcrl?ca=CA&encoding=der   pck-crl.der; header SGX-PCK-CRL-Issuer-Chain
+    GET {root CRL URL}                                         root-ca-crl.der (Intel: certificates.trustedservices
+                                                               .intel.com/IntelSGXRootCA.der)
+
+The issuer chains come URL-encoded (PEM, signer first, then the root) in the headers; they become
+tcb-signing-chain.pem and pck-crl-issuer-chain.pem. Nothing fetched is trusted: collateral.check judges the set.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from email.message import Message
+from urllib.parse import quote, unquote
+
+from . import collateral as co
+
+DEFAULT_PCS_URL = "https://api.trustedservices.intel.com"
+DEFAULT_ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+TCB_INFO_CHAIN = "TCB-Info-Issuer-Chain"
+PCK_CRL_CHAIN = "SGX-PCK-CRL-Issuer-Chain"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class FetchError(co.CollateralError):
+    """The PCS could not be reached, or did not answer with the document asked for (exit status 1)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    url: str
+    file: str                      # the collateral file the body is
+    chain_header: str | None = None
+    chain_file: str | None = None  # where the header's chain goes
+
+
+def requests(fmspc: bytes, pck_ca: str, pcs_url: str = DEFAULT_PCS_URL,
+             root_crl_url: str = DEFAULT_ROOT_CRL_URL) -> tuple[Request, ...]:
+    base = pcs_url.rstrip("/")
+    return (Request(f"{base}/tdx/certification/v4/tcb?fmspc={fmspc.hex()}", co.TCB_INFO, TCB_INFO_CHAIN,
+                    co.SIGNING_CHAIN),
+            Request(f"{base}/tdx/certification/v4/qe/identity", co.QE_IDENTITY),
+            Request(f"{base}/sgx/certification/v4/pckcrl?ca={quote(pck_ca)}&encoding=der", co.PCK_CRL,
+                    PCK_CRL_CHAIN, co.PCK_CRL_CHAIN),
+            Request(root_crl_url, co.ROOT_CRL))
+
+
+def fetch(fmspc: bytes, pck_ca: str, *, pcs_url: str = DEFAULT_PCS_URL, root_crl_url: str = DEFAULT_ROOT_CRL_URL,
+          timeout: float = DEFAULT_TIMEOUT_S) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The documents of a set, and for each file the URL (and header) it came from, for error messages."""
+    documents: dict[str, bytes] = {}
+    sources: dict[str, str] = {}
+    for request in requests(fmspc, pck_ca, pcs_url, root_crl_url):
+        body, headers = _get(request.url, co.MAX_SIZE[request.file], timeout)
+        documents[request.file], sources[request.file] = body, request.url
+        if request.chain_header is not None and request.chain_file is not None:
+            documents[request.chain_file] = _chain(headers, request.chain_header, request.url)
+            sources[request.chain_file] = f"{request.url} ({request.chain_header} header)"
+    return documents, sources
+
+
+def _chain(headers: Message, name: str, url: str) -> bytes:
+    value = headers.get(name)
+    if not value:
+        raise FetchError(f"{url}: no {name} header in the answer")
+    try:
+        pem = unquote(value, errors="strict").encode("ascii")
+    except UnicodeError:
+        pem = b""
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise FetchError(f"{url}: {name} header: expected a URL-encoded PEM certificate chain")
+    return pem
+
+
+def _get(url: str, limit: int, timeout: float) -> tuple[bytes, Message]:
+    if not url.lower().startswith(("https://", "http://")):
+        raise FetchError(f"{url}: expected an https:// (or http://) URL")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - the scheme is checked above
+            body = answer.read(limit + 1)
+            headers = answer.headers
+    except urllib.error.HTTPError as exc:
+        said = exc.headers.get("Error-Message") or exc.headers.get("Error-Code") or ""
+        raise FetchError(f"{url}: {exc.code} {exc.reason}{f' ({said})' if said else ''}") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise FetchError(f"{url}: no answer within {timeout:g} s") from None
+        raise FetchError(f"{url}: {getattr(exc.reason, 'strerror', None) or exc.reason}") from None
+    except TimeoutError:
+        raise FetchError(f"{url}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise FetchError(f"{url}: {exc.strerror or exc}") from None
+    if len(body) > limit:
+        raise FetchError(f"{url}: more than the {limit} bytes a client accepts")
+    return body, headers
