@@ -41,12 +41,12 @@ from ikecommon.attestation import (
     TrustAnchors,
     UnsupportedEvidence,
     VerificationFailed,
-    roots,
     verify_envelope,
 )
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
 from . import daemon, feed, pins, session, truststore
+from .anchors import trust_anchors
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
 from .plan import TRUSTED_CONNS
@@ -157,18 +157,6 @@ def load_spec(source: str, settings: TrustSettings, now: float,
     if source.startswith(INLINE):
         return MeasurementSpec.from_inline(source.removeprefix(INLINE)), None
     return MeasurementSpec.load(Path(source)), None
-
-
-def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
-    """`--anchors vendor`: the roots that ship with the package, each vendor's replaced by the files [trust] names
-    for it (intel_root, amd_arks); `--anchors sim`: the simulated root alone."""
-    if kind == Anchors.SIM:
-        return TrustAnchors.simulated()
-    read = truststore.read_root_certificate
-    intel = read(settings.intel_root, "trust.intel_root") if settings.intel_root else roots.intel_sgx_root()
-    arks = (roots.amd_arks() if settings.amd_arks is None
-            else tuple(read(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks)))
-    return TrustAnchors(intel_root=intel, amd_arks=arks)
 
 
 # --- attesting ---

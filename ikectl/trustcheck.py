@@ -72,9 +72,9 @@ from ikecommon.attestation.tdx import (
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
+from .anchors import trust_anchors
 from .config import TrustSettings
 from .errors import IkectlError, UsageError
-from .trust import trust_anchors
 from .truststore import Anchors
 
 JSON_VERSION = 1

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from ikecommon.attestation import ShippedRootError, TrustAnchors, roots, sim_root_certificate
 from ikecommon.attestation.roots import SHIPPED, ShippedRoot, Vendor
 from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
-from ikectl import cli, config, trust
+from ikectl import anchors, cli, config
 from ikectl.truststore import Anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,13 +193,13 @@ def test_trust_check_refuses_a_tampered_shipped_root_in_one_line(tmp_path, monke
 
 
 def test_vendor_anchors_are_the_shipped_roots_unless_the_config_names_others(tmp_path):
-    assert trust.trust_anchors(Anchors.VENDOR, config.TrustSettings()) == TrustAnchors.shipped()
+    assert anchors.trust_anchors(Anchors.VENDOR, config.TrustSettings()) == TrustAnchors.shipped()
     genoa = tmp_path / "ark-genoa.pem"
     genoa.write_bytes(pem(vector_ark("genoa")))
     named = config.load(write_config(tmp_path, f'[trust]\namd_arks = ["{genoa}"]\n')).trust
     assert named.amd_arks == (genoa,) and named.intel_root is None
-    anchors = trust.trust_anchors(Anchors.VENDOR, named)
-    assert anchors.amd_arks == (vector_ark("genoa"),)  # those files only
-    assert anchors.intel_root == roots.intel_sgx_root()  # the key not given keeps the shipped root
+    named_anchors = anchors.trust_anchors(Anchors.VENDOR, named)
+    assert named_anchors.amd_arks == (vector_ark("genoa"),)  # those files only
+    assert named_anchors.intel_root == roots.intel_sgx_root()  # the key not given keeps the shipped root
     none = config.load(write_config(tmp_path, "[trust]\namd_arks = []\n")).trust
-    assert trust.trust_anchors(Anchors.VENDOR, none).amd_arks == ()  # an empty list trusts no ARK
+    assert anchors.trust_anchors(Anchors.VENDOR, none).amd_arks == ()  # an empty list trusts no ARK

@@ -1,0 +1,24 @@
+"""The roots a pin's anchors name (`--anchors vendor|sim`), for `trust add`, `trust verify` and `trust check` alike.
+
+`vendor` is Intel's and AMD's roots as they ship with the package (ikecommon/attestation/roots.py); a [trust] key
+replaces its vendor's shipped roots with the files it names (intel_root: that root instead; amd_arks: those ARKs
+only, none for an empty list). `sim` is the simulated root alone, NOT SECURE. Kept apart from trust.py so that the
+offline `trust check` does not load what pins.
+"""
+
+from __future__ import annotations
+
+from ikecommon.attestation import TrustAnchors, roots
+
+from .config import TrustSettings
+from .truststore import Anchors, read_root_certificate
+
+
+def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
+    if kind == Anchors.SIM:
+        return TrustAnchors.simulated()
+    intel = (read_root_certificate(settings.intel_root, "trust.intel_root") if settings.intel_root
+             else roots.intel_sgx_root())
+    arks = (roots.amd_arks() if settings.amd_arks is None
+            else tuple(read_root_certificate(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks)))
+    return TrustAnchors(intel_root=intel, amd_arks=arks)
