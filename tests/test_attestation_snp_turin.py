@@ -105,9 +105,18 @@ def test_the_tcb_is_read_in_turins_layout():
         assert tcb.raw == 0x4700000002000100
         assert tcb.components() == {"fmc": 0, "bootloader": 1, "tee": 0, "snp": 2, "microcode": 71}
     assert str(report.reported_tcb) == "0x4700000002000100 (fmc 0 bl 1 tee 0 snp 2 ucode 71)"
+    assert (report.reported_tcb.fmc, report.reported_tcb.bootloader, report.reported_tcb.snp) == (0, 1, 2)
+    assert TcbVersion.of(bootloader=1, tee=0, snp=2, microcode=71).fmc is None  # Milan and Genoa have none
     # the same bytes in Milan's layout would say bootloader 0, TEE 1, SNP 0
     assert report.reported_tcb.with_layout(MILAN_GENOA_TCB).components() == \
         {"bootloader": 0, "tee": 1, "snp": 0, "microcode": 71}
+
+
+def test_a_turin_tcb_names_every_component():
+    with pytest.raises(TypeError, match="a Turin TCB_VERSION has fmc, bootloader, tee, snp, microcode"):
+        TcbVersion.of(TURIN_TCB, bootloader=1, tee=0, snp=2, microcode=71)
+    with pytest.raises(ValueError, match="fmc SVN 256 does not fit a byte"):
+        TcbVersion.of(TURIN_TCB, fmc=256, bootloader=1, tee=0, snp=2, microcode=71)
 
 
 def test_encoding_gives_back_the_report():

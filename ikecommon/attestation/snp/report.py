@@ -47,36 +47,30 @@ class TcbVersion:
     def with_layout(self, layout: TcbLayout) -> TcbVersion:
         return replace(self, layout=layout)
 
-    def svn(self, name: str) -> int | None:
-        """The component's SVN, None if this layout has no such component (the FMC before Turin)."""
-        byte = dict(self.layout.svns).get(name)
-        return None if byte is None else self.raw >> 8 * byte & 0xFF
-
-    def _svn(self, name: str) -> int:
-        return self.raw >> 8 * dict(self.layout.svns)[name] & 0xFF  # every layout has the four components below
+    def components(self) -> dict[str, int]:
+        """Each SVN by component name, in byte order."""
+        return {name: self.raw >> 8 * byte & 0xFF for name, byte in self.layout.svns}
 
     @property
     def bootloader(self) -> int:
-        return self._svn("bootloader")
+        return self.components()["bootloader"]  # every layout has bootloader, TEE, SNP and microcode
 
     @property
     def tee(self) -> int:
-        return self._svn("tee")
+        return self.components()["tee"]
 
     @property
     def snp(self) -> int:
-        return self._svn("snp")
+        return self.components()["snp"]
 
     @property
     def microcode(self) -> int:
-        return self._svn("microcode")
+        return self.components()["microcode"]
 
     @property
     def fmc(self) -> int | None:
-        return self.svn("fmc")
-
-    def components(self) -> dict[str, int]:
-        return {name: self.raw >> 8 * byte & 0xFF for name, byte in self.layout.svns}
+        """Turin's FMC SVN; None in a layout without one (Milan and Genoa)."""
+        return self.components().get("fmc")
 
     def __str__(self) -> str:
         svns = " ".join(f"{SHORT_NAMES.get(name, name)} {value}" for name, value in self.components().items())
