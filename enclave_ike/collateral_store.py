@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ikecommon.attestation import roots
 from ikecommon.attestation.certs import pem_chain
 from ikecommon.attestation.errors import EvidenceFormatError
 from ikecommon.attestation.times import iso
@@ -41,7 +42,8 @@ def set_dir(collateral_dir: Path, fmspc: bytes) -> Path:
 
 def intel_root(path: Path | None) -> x509.Certificate:
     """The Intel SGX Root CA collateral must chain to: the file `[evidence] intel_root` names, or the one shipped
-    with the package. ConfigError (exit status 2) for a file that is not one PEM certificate."""
+    with the package (ikecommon/attestation/roots.py). ConfigError (exit status 2) for a file that is not one PEM
+    certificate."""
     if path is None:
         return _shipped_root()
     try:
@@ -59,18 +61,10 @@ def intel_root(path: Path | None) -> x509.Certificate:
 
 
 def _shipped_root() -> x509.Certificate:
-    # ikecommon.attestation.roots ships Intel's root with the package; looked up by name while it is being added.
-    import importlib  # noqa: PLC0415
-
     try:
-        roots = importlib.import_module("ikecommon.attestation.roots")
-    except ImportError:
-        raise ConfigError("evidence.intel_root: this build ships no Intel SGX root; set it to the root's PEM "
-                          "file") from None
-    root = roots.intel_sgx_root()
-    if not isinstance(root, x509.Certificate):
-        raise ConfigError("evidence.intel_root: the shipped Intel SGX root is not a certificate")
-    return root
+        return roots.intel_sgx_root()
+    except roots.ShippedRootError as exc:  # an altered installation: nothing falls back to trusting it
+        raise co.CollateralError(f"evidence.intel_root: the shipped root: {exc}") from None
 
 
 def read_documents(directory: Path) -> dict[str, bytes]:

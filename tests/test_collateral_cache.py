@@ -412,3 +412,15 @@ def test_a_silent_pcs_and_a_closed_port_are_one_line(site, pki):
     assert code == 1 and err.startswith("enclave-ike: http://127.0.0.1:9/tdx/certification/v4/tcb?fmspc=")
     code, _, err = site.run(*fetch_args("file:///etc", "--fmspc", FMSPC))
     assert code == 1 and "expected an https:// (or http://) URL" in err
+
+
+def test_without_intel_root_the_root_shipped_with_the_package_is_the_one(tmp_path, capsys, pki):
+    config = tmp_path / "enclave-ike.toml"
+    config.write_text(f'[listen]\naddresses = ["127.0.0.1"]\n[evidence]\ncollateral_dir = "{tmp_path / "cache"}"\n')
+    real = write_dir(tmp_path / "real", {name: path.read_bytes() for name, path in REAL.items()})
+    assert cli.main(["collateral", "import", str(real), "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert cli.main(["collateral", "import", str(write_dir(tmp_path / "fake", current(pki))), "--config",
+                     str(config)]) == 1
+    assert "root: expected the configured root C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX Root CA" \
+        in capsys.readouterr().err

@@ -1,31 +1,41 @@
 """enclave-ike's evidence endpoint over real sockets on 127.0.0.1: the envelope it serves verifies and binds the
 client's nonce and the enclave's key; every malformed, oversized, slow or unwanted request gets a bounded answer (or
 none); the client refuses what is not a proper answer; `serve` runs the endpoint beside IKE; `enclave-ike evidence`
-prints what the running server makes, and bad hex is one line and exit 2."""
+prints what the running server makes, and bad hex is one line and exit 2. TDX quotes go out with the collateral the
+operator cached for their platform, which a client verifies under its own root; without it, expired, or not
+verifying, the quote goes out anyway and one warning line says what to run; sim evidence is unchanged."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from trust_servers import hostile_endpoint, port_of, running_endpoint, sim_spec
+from trust_servers import BackgroundLoop, hostile_endpoint, port_of, running_endpoint, sim_spec
 
-from enclave_ike import cli
+from enclave_ike import cli, collateral_store
 from enclave_ike import config as cfg
+from enclave_ike.collateral_store import ServedCollateral
 from enclave_ike.enclave import EnclaveError, SoftwareEnclave
-from enclave_ike.evidence_endpoint import Limits, for_config, parse_nonce
+from enclave_ike.evidence_endpoint import EvidenceEndpoint, Limits, for_config, parse_nonce
 from enclave_ike.server import serve
-from ikecommon.attestation import Envelope, TrustAnchors, verify_envelope
+from ikecommon.attestation import Envelope, MeasurementEntry, MeasurementSpec, TrustAnchors, verify_envelope
+from ikecommon.attestation.envelope import Collateral, Evidence, EvidenceKind
+from ikecommon.attestation.tdx import TdxQuote
+from ikecommon.attestation.verify import appraise
 from ikecommon.evidence_client import CMW_JSON, EndpointError, fetch, fetch_evidence, fetch_identity
+from netns_tests.harness.fake_intel import REAL_QUOTE, FakeIntel, dated, real_qe_identity, up_to_date_tcb_info
 
 NONCE = bytes(range(32))
 
@@ -313,3 +323,146 @@ def test_the_endpoint_serves_concurrent_clients(enclave, port):
     assert sorted(Envelope.decode(r).nonce for r in results) == sorted(nonces)
     assert ip_address("127.0.0.1")  # the endpoint is still up
     assert fetch_identity("127.0.0.1", port) == "@resolver.example"
+
+
+# --- TDX evidence with Intel's collateral from the cache ---
+
+class FakeTdxEnclave(SoftwareEnclave):
+    """A software key whose evidence is a TDX quote of the test PKI in Intel's place, binding the report data."""
+
+    def __init__(self, pki: FakeIntel) -> None:
+        super().__init__()
+        self.pki = pki
+
+    @property
+    def kind(self) -> EvidenceKind:
+        return EvidenceKind.TDX
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        return Evidence(EvidenceKind.TDX, self.pki.quote(report_data=report_data))
+
+
+def tdx_spec() -> MeasurementSpec:
+    body = TdxQuote.parse(REAL_QUOTE).body
+    return MeasurementSpec((MeasurementEntry("td-a", "dcap-tdx", tuple(enumerate((body.mr_td, *body.rtmrs)))),))
+
+
+def fake_collateral(pki: FakeIntel, next_update: datetime) -> dict[str, bytes]:
+    issued = next_update - timedelta(days=30)
+    return pki.documents(tcb_info=dated(up_to_date_tcb_info(), issued, next_update),
+                         qe_identity=dated(real_qe_identity(), issued, next_update),
+                         crls=(pki.crl(pki.ca, last_update=issued, next_update=next_update),
+                               pki.crl(pki.root, last_update=issued, next_update=next_update)))
+
+
+@contextmanager
+def tdx_endpoint(pki: FakeIntel, cache: Path) -> Iterator[int]:
+    loop = BackgroundLoop()
+    endpoint = EvidenceEndpoint(FakeTdxEnclave(pki), "@resolver.example", [ip_address("127.0.0.1")], 0,
+                                tdx_collateral=ServedCollateral(cache, pki.root))
+    try:
+        loop.run(endpoint.start())
+        yield port_of(endpoint)
+    finally:
+        loop.run(endpoint.stop())
+        loop.close()
+
+
+def put(cache: Path, documents: dict[str, bytes]) -> None:
+    collateral_store.install(documents, cache / "tdx" / "50806f000000")
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "enclave_ike.evidence" and r.levelname == "WARNING"]
+
+
+def test_tdx_evidence_goes_out_with_the_cached_collateral_and_verifies(tmp_path, caplog):
+    pki, now = FakeIntel.instance(), datetime.now(UTC)
+    put(tmp_path, fake_collateral(pki, now + timedelta(days=20)))
+    caplog.set_level(logging.INFO, "enclave_ike.evidence")
+    with tdx_endpoint(pki, tmp_path) as port:
+        envelope = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+        fetch_evidence("127.0.0.1", port, NONCE)
+    assert envelope.collateral.tdx_tcb_info == (tmp_path / "tdx/50806f000000/tcb-info.json").read_bytes()
+    assert len(envelope.collateral.crls) == 2
+    appraisal = appraise(envelope, NONCE, tdx_spec(), TrustAnchors(intel_root=pki.root), now)
+    assert appraisal.ok, appraisal.mismatches  # every check, the collateral's included, under the client's root
+    assert appraisal.measurement_id == "td-a"
+    assert warnings_of(caplog) == []
+    said = [r.getMessage() for r in caplog.records if "goes out with its collateral" in r.getMessage()]
+    assert said == ["TDX evidence for FMSPC 50806f000000 goes out with its collateral"]  # once, not per request
+
+
+def test_without_collateral_the_quote_goes_out_alone_one_warning_and_an_import_is_served_at_once(tmp_path, caplog):
+    pki, now = FakeIntel.instance(), datetime.now(UTC)
+    caplog.set_level(logging.INFO, "enclave_ike.evidence")
+    with tdx_endpoint(pki, tmp_path) as port:
+        for _ in range(3):
+            bare = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+            assert bare.collateral.tdx_tcb_info is None and bare.collateral.crls == ()
+        assert warnings_of(caplog) == [
+            f"no TDX collateral for FMSPC 50806f000000 in {tmp_path / 'tdx'}: serving quotes without it, which clients "
+            "refuse; run `enclave-ike collateral fetch --fmspc 50806f000000 --pck-ca platform` (or fetch elsewhere "
+            "with --out DIR and `enclave-ike collateral import DIR` here)"]
+        refused = appraise(bare, NONCE, tdx_spec(), TrustAnchors(intel_root=pki.root), now)
+        assert not refused.ok and "collateral.tdx-tcb-info" in {m.field for m in refused.mismatches}
+        put(tmp_path, fake_collateral(pki, now + timedelta(days=20)))  # the operator imports; no restart
+        served = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+        assert appraise(served, NONCE, tdx_spec(), TrustAnchors(intel_root=pki.root), now).ok
+        # Expired collateral goes out too (the client decides), with one warning naming what expired.
+        put(tmp_path, fake_collateral(pki, now - timedelta(days=2)))
+        for _ in range(2):
+            stale = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+        assert stale.collateral.tdx_tcb_info == (tmp_path / "tdx/50806f000000/tcb-info.json").read_bytes()
+    expired = warnings_of(caplog)[1:]
+    assert len(expired) == 1 and expired[0].startswith("TDX collateral for FMSPC 50806f000000 expired: ")
+    assert "expired 2 days ago: serving it, clients will refuse it; run `enclave-ike collateral fetch" in expired[0]
+
+
+def test_collateral_that_does_not_verify_or_is_another_pck_cas_is_said_once(tmp_path, caplog):
+    pki, now = FakeIntel.instance(), datetime.now(UTC)
+    caplog.set_level(logging.INFO, "enclave_ike.evidence")
+    planted = fake_collateral(FakeIntel(), now + timedelta(days=20))  # another root's, planted by hand
+    (tmp_path / "tdx" / "50806f000000").mkdir(parents=True)
+    for name, data in planted.items():
+        (tmp_path / "tdx" / "50806f000000" / name).write_bytes(data)
+    with tdx_endpoint(pki, tmp_path) as port:
+        assert Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE)).collateral.tdx_tcb_info is None
+        other_ca = fake_collateral(pki, now + timedelta(days=20))
+        other_ca["pck-crl.der"] = pki.crl(pki.ca, key=pki.tcb_key).public_bytes(serialization.Encoding.DER)
+        put(tmp_path, other_ca)
+        served = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+    assert served.collateral.crls[0] == other_ca["pck-crl.der"]  # served: the client is the judge
+    first, second = warnings_of(caplog)
+    assert first.startswith("TDX collateral for FMSPC 50806f000000 unusable (")
+    assert "tcb-signing-chain.pem: root" in first
+    assert "pck-crl.der: signature: not made by the quote's PCK CA CN=Test SGX PCK Platform CA" in second
+
+
+def test_sim_evidence_is_unchanged_by_a_collateral_cache(tmp_path):
+    put(tmp_path, fake_collateral(FakeIntel.instance(), datetime.now(UTC) + timedelta(days=20)))
+    loop = BackgroundLoop()
+    endpoint = EvidenceEndpoint(SoftwareEnclave(), "@resolver.example", [ip_address("127.0.0.1")], 0,
+                                tdx_collateral=ServedCollateral(tmp_path, FakeIntel.instance().root))
+    try:
+        loop.run(endpoint.start())
+        envelope = Envelope.decode(fetch_evidence("127.0.0.1", port_of(endpoint), NONCE))
+    finally:
+        loop.run(endpoint.stop())
+        loop.close()
+    assert envelope.evidence.kind is EvidenceKind.SIM and envelope.collateral == Collateral()
+
+
+def test_a_tdx_server_reads_its_root_at_start(tmp_path):
+    pki = FakeIntel.instance()
+    (tmp_path / "root.pem").write_bytes(pki.root_pem())
+    path = write_config(tmp_path)
+    path.write_text(path.read_text() + f'\n[evidence]\ncollateral_dir = "{tmp_path / "cache"}"\n'
+                                       f'intel_root = "{tmp_path / "root.pem"}"\n')
+    endpoint = for_config(cfg.load(path), FakeTdxEnclave(pki))
+    assert endpoint is not None and endpoint.tdx_collateral is not None
+    assert endpoint.tdx_collateral.root == pki.root and endpoint.tdx_collateral.collateral_dir == tmp_path / "cache"
+    assert for_config(cfg.load(path), SoftwareEnclave()).tdx_collateral is None  # sim: nothing to look up
+    (tmp_path / "root.pem").write_text("garbage")
+    with pytest.raises(cfg.ConfigError, match=r"evidence\.intel_root: .*root\.pem"):
+        for_config(cfg.load(path), FakeTdxEnclave(pki))
