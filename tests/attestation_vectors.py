@@ -6,3 +6,4 @@ from pathlib import Path
 VECTORS = Path(__file__).parent / "vectors" / "attestation"
 TDX = VECTORS / "tdx"
 SNP = VECTORS / "sev-snp"
+AZURE = SNP / "azure"  # Azure HCL reports, from confidential-containers/trustee and kinvolk/azure-cvm-tooling

@@ -8,7 +8,7 @@ import contextlib
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from attestation_vectors import SNP, TDX
+from attestation_vectors import AZURE, SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ikecommon.attestation import AttestationError, EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.snp import SnpReport, load_ask_ark, load_vcek, verify_report
+from ikecommon.attestation.snp.hcl import RUNTIME_DATA_OFFSET, HclReport
 from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuote, verify_quote
 from ikecommon.attestation.tdx.pck import SGX_EXTENSIONS, parse_sgx_extensions
 from ikecommon.attestation.tdx.quote import TdReportBody
@@ -24,6 +25,7 @@ AT = datetime(2023, 7, 1, tzinfo=UTC)
 
 QUOTE = (TDX / "tdx_quote_v4_spr_e4.dat").read_bytes()
 REPORT = (SNP / "snp_report_milan.bin").read_bytes()
+HCL_REPORT = (AZURE / "trustee_hcl_report.bin").read_bytes()
 TCB_INFO = (TDX / "tdx_tcbinfo_v3_fmspc_50806f000000.json").read_bytes()
 QE_IDENTITY = (TDX / "tdx_qe_identity_v2.json").read_bytes()
 INTEL_ROOT = x509.load_pem_x509_certificate((TDX / "intel_sgx_root_ca.pem").read_bytes())
@@ -137,3 +139,22 @@ def test_mutated_collateral_into_the_json_parsers(tcb_info: bytes, qe_identity: 
 def test_pck_sgx_extension_der(value: bytes):
     with contextlib.suppress(EvidenceFormatError):
         parse_sgx_extensions(value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=RUNTIME_DATA_OFFSET + 64))
+def test_random_bytes_behind_an_hcl_signature(data: bytes):
+    with contextlib.suppress(EvidenceFormatError, UnsupportedEvidence):
+        HclReport.parse(b"HCLA" + data)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutated(HCL_REPORT, region=(0, RUNTIME_DATA_OFFSET - 1)),
+                 mutated(HCL_REPORT, region=(RUNTIME_DATA_OFFSET, len(HCL_REPORT) - 1))))
+def test_mutated_real_hcl_report_through_the_binding_and_the_verifier(data: bytes):
+    """The header, the SEV-SNP report and the request data, or the runtime data JSON, mutated: a report that still
+    parses goes through the binding check and the SEV-SNP verifier."""
+    with contextlib.suppress(EvidenceFormatError, UnsupportedEvidence):
+        report = HclReport.parse(data)
+        report.binding_mismatches()
+        verify_snp(report.hw_report)
