@@ -7,8 +7,10 @@ The kinds (tests/vectors/attestation; provenance in its SOURCES.md), each judged
     tdx-v5    tdx_quote_v5_td15.dat, the same root and collateral (for another platform)        at 2026-02-03
     snp-vcek  snp_report_milan.bin, snp_vcek_milan.der, amd_ask_ark_milan.pem                   at 2023-07-01
     snp-vlek  snp_report_milan_vlek.bin, snp_vlek_milan.der, amd_asvk_ark_milan.pem             at 2025-06-01
+    snp-turin snp_report_turin.bin, snp_vcek_turin.der, amd_ask_ark_turin.pem                   at 2025-10-01
 
-Turin: no public Turin evidence is shipped (SOURCES.md); a report that says CPU family 0x1a is refused below.
+"SNP" below is all three SNP kinds; where they differ, the row says so (Turin reads TCB_VERSION FMC first and its
+VCEK's hwID is 8 bytes, so the same bit of REPORTED_TCB is its FMC SVN, not its bootloader's).
 
 Every class applied to every kind (tests/test_attestation_corpus.py; its ids read `kind/class/variant`). What a
 mutation is expected to do, one of:
@@ -29,7 +31,8 @@ bitflip/body                     TDX: TEE_TCB_SVN, MRTD, RTMR3, REPORTDATA (v5 a
                                       size bit Format(body_descriptor.size), to 7 or 259 Unsupported(.type)
                                  SNP: REPORT_DATA, MEASUREMENT, HOST_DATA, LAUNCH_TCB, the last signed byte:
                                       Fails{signature}; CHIP_ID (VCEK + chip_id: VCEK binding; a VLEK has none),
-                                      REPORTED_TCB (+ reported_tcb.bootloader), SIGNING_KEY (+ signer_info.signing_key)
+                                      REPORTED_TCB (+ reported_tcb.bootloader; Turin: .fmc), SIGNING_KEY
+                                      (+ signer_info.signing_key)
 bitflip/signature                TDX: quote signature r, s: Fails{signature_data.signature}
                                  SNP: signature r, s: Fails{signature}
 bitflip/signature-data-size      TDX: Format(signature_data or its certification data: the span is off by one)
@@ -86,18 +89,18 @@ chain/impostor-root              TDX: a root named "Intel SGX Root CA" with anot
                                       pck_ca.signature, ...}
                                  SNP: an ARK named "ARK-Milan" with another key: Fails{ask.signature / asvk.signature}
 chain/other-product              TDX: n/a, one Intel root for every platform
-                                 SNP: Genoa's chain: Fails{vcek.issuer / vlek.issuer}; Milan's ASK/ASVK under Genoa's
-                                      ARK: Fails{ask.issuer / asvk.issuer}
+                                 SNP: Genoa's chain (Turin: Milan's): Fails{vcek.issuer / vlek.issuer}; the ASK/ASVK
+                                      under the other product's ARK: Fails{ask.issuer / asvk.issuer}
 chain/other-key-kind             TDX: n/a, one kind of PCK
-                                 SNP: the other kind's key and chain (a VLEK for the VCEK report and back):
+                                 SNP: the other kind's key and chain (a VLEK for a VCEK report and back):
                                       Fails{signer_info.signing_key: binding, signature, ...}; this kind's key under
                                       the other kind's issuer: Fails{vcek.issuer / vlek.issuer}
 chain/no-vendor-extensions       TDX: the PCK CA in the leaf's place: Format(pck_leaf.sgx_extensions)
                                  SNP: the ASK / ASVK in the key's place: Format(vcek.extensions.... / vlek....)
 time/expired                     TDX: 2053 (v4), 2034 (v5): Fails{pck_leaf.not_after, pck_ca.not_after, ...}
-                                 SNP: 2030 (VCEK), 2026 (VLEK): Fails{vcek.not_after / vlek.not_after}
+                                 SNP: 2030 (VCEK), 2026 (VLEK), 2033 (Turin): Fails{vcek.not_after / vlek.not_after}
 time/not-yet-valid               TDX: 2018 (v4), 2023 (v5): Fails{pck_leaf.not_before, ...}
-                                 SNP: 2021 (VCEK), 2024-12-01 (VLEK): Fails{vcek.not_before / vlek.not_before}
+                                 SNP: 2021, 2024-12-01, 2025-07-01: Fails{vcek.not_before / vlek.not_before}
 crl/missing                      TDX: no CRLs: Fails{pck_leaf.revocation, pck_ca.revocation, tcb_signer.revocation}
                                  SNP: no CRL: Accepted (the ARK's CRL is checked only when the caller passes one)
 crl/forged                       TDX: the real PCK CRL with a bit of its signature flipped: Fails{pck_ca_crl.signature}
@@ -357,6 +360,7 @@ class SnpKind:
     chain_file: str
     at: datetime
     policy: SnpPolicy
+    other_product: str  # the same kind of chain of another product
 
     @property
     def key_kind(self) -> str:  # "vcek" or "vlek": how the verifier names the key and its issuer
@@ -397,10 +401,13 @@ TDX_V4 = TdxKind("tdx-v4", "tdx_quote_v4_spr_e4.dat", datetime(2023, 7, 1, tzinf
 TDX_V5 = TdxKind("tdx-v5", "tdx_quote_v5_td15.dat", datetime(2026, 2, 3, 1, tzinfo=UTC))
 # The Milan VCEK report was launched with DEBUG set: its kind allows it, so the unmutated report verifies.
 SNP_VCEK = SnpKind("snp-vcek", "snp_report_milan.bin", "snp_vcek_milan.der", "amd_ask_ark_milan.pem",
-                   datetime(2023, 7, 1, tzinfo=UTC), SnpPolicy(allow_debug=True))
+                   datetime(2023, 7, 1, tzinfo=UTC), SnpPolicy(allow_debug=True), "amd_ask_ark_genoa.pem")
 SNP_VLEK = SnpKind("snp-vlek", "snp_report_milan_vlek.bin", "snp_vlek_milan.der", "amd_asvk_ark_milan.pem",
-                   datetime(2025, 6, 1, tzinfo=UTC), SnpPolicy())
-KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK)
+                   datetime(2025, 6, 1, tzinfo=UTC), SnpPolicy(), "amd_asvk_ark_genoa.pem")
+# Turin (Oak Containers, version 5): its TCB_VERSION puts the FMC first, its VCEK's hwID is 8 bytes.
+SNP_TURIN = SnpKind("snp-turin", "snp_report_turin.bin", "snp_vcek_turin.der", "amd_ask_ark_turin.pem",
+                    datetime(2025, 10, 1, tzinfo=UTC), SnpPolicy(), "amd_ask_ark_milan.pem")
+KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK, SNP_TURIN)
 
 
 # -- a test PKI in AMD's place ----------------------------------------------------------------------------------------
@@ -408,25 +415,27 @@ KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK)
 
 class FakeAmd:
     """ARK and ASK (RSA, signing with RSASSA-PSS SHA-384 as AMD does) and a P-384 key certificate carrying the AMD
-    extensions of a real VCEK or VLEK; it re-signs the kind's real report with that key."""
+    extensions of the kind's real VCEK or VLEK (`vcek`, whichever kind it is, and `vcek_key`); it re-signs the kind's
+    real report, or another, with that key."""
 
-    _instances: dict[str, FakeAmd] = {}  # noqa: RUF012 (one per kind, made once: RSA keys are slow)
+    _instances: dict[tuple[type, str], FakeAmd] = {}  # noqa: RUF012 (one per kind, made once: RSA keys are slow)
 
-    def __init__(self, kind: SnpKind) -> None:
-        self.kind = kind
+    def __init__(self, kind: SnpKind | None = None) -> None:
+        self.kind = kind = kind or SNP_VCEK
         self.ark_key = rsa.generate_private_key(65537, 2048)
         self.ask_key = rsa.generate_private_key(65537, 2048)
-        self.leaf_key = ec.generate_private_key(ec.SECP384R1())
-        self.ark = self.cert("ARK-Test", self.ark_key, None, ca=True)
-        self.ask = self.cert("SEV-Test", self.ask_key, (self.ark, self.ark_key), ca=True)
-        self.leaf = self.cert(f"SEV-{kind.key_kind.upper()}", self.leaf_key, (self.ask, self.ask_key), ca=False,
-                              extra=self.amd_extensions())
+        self.vcek_key = ec.generate_private_key(ec.SECP384R1())
+        self.ark = self._cert("ARK-Test", self.ark_key, None, ca=True)
+        self.ask = self._cert("SEV-Test", self.ask_key, (self.ark, self.ark_key), ca=True)
+        self.vcek = self._cert(f"SEV-{kind.key_kind.upper()}", self.vcek_key, (self.ask, self.ask_key), ca=False,
+                               extra=self.amd_extensions())
 
     @classmethod
-    def instance(cls, kind: SnpKind = SNP_VCEK) -> FakeAmd:
-        if kind.name not in cls._instances:
-            cls._instances[kind.name] = cls(kind)
-        return cls._instances[kind.name]
+    def instance(cls, kind: SnpKind | None = None) -> FakeAmd:
+        kind = kind or SNP_VCEK
+        if (cls, kind.name) not in cls._instances:
+            cls._instances[cls, kind.name] = cls(kind)
+        return cls._instances[cls, kind.name]
 
     def amd_extensions(self, **values: bytes) -> list[x509.Extension[x509.ExtensionType]]:
         """The real key's AMD extensions, with some values (by OID, DER) replaced."""
@@ -435,7 +444,7 @@ class FakeAmd:
                 for e in self.kind.key.extensions if e.oid.dotted_string.startswith("1.3.6.1.4.1.3704.")]
 
     @staticmethod
-    def cert(common_name: str, key: Any, issuer: tuple[x509.Certificate, Any] | None, *, ca: bool,
+    def _cert(common_name: str, key: Any, issuer: tuple[x509.Certificate, Any] | None, *, ca: bool,
              extra: Sequence[x509.Extension[x509.ExtensionType]] = ()) -> x509.Certificate:
         issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (name_of(common_name), key)
         builder = (x509.CertificateBuilder().subject_name(name_of(common_name)).issuer_name(issuer_name)
@@ -447,9 +456,10 @@ class FakeAmd:
             builder = builder.add_extension(extension.value, critical=False)
         return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=RSA_PSS)
 
-    def report(self, **changes: Any) -> bytes:
-        unsigned = replace(SnpReport.parse(self.kind.evidence), **changes)
-        r, s = decode_dss_signature(self.leaf_key.sign(unsigned.signed_bytes, ec.ECDSA(hashes.SHA384())))
+    def report(self, base: bytes | None = None, **changes: Any) -> bytes:
+        """`base` (the kind's report by default) with fields changed, signed by `vcek_key`."""
+        unsigned = replace(SnpReport.parse(base or self.kind.evidence), **changes)
+        r, s = decode_dss_signature(self.vcek_key.sign(unsigned.signed_bytes, ec.ECDSA(hashes.SHA384())))
         return replace(unsigned, signature_r=r.to_bytes(72, "little"), signature_s=s.to_bytes(72, "little")).to_bytes()
 
     def crl(self, revoked: tuple[x509.Certificate, ...] = (), key: rsa.RSAPrivateKey | None = None, *,
@@ -464,5 +474,5 @@ class FakeAmd:
 
     def verify(self, report: bytes | None = None, **kwargs: Any) -> SnpVerification:
         kwargs.setdefault("chain", (self.ask, self.ark))
-        kwargs.setdefault("key", self.leaf)
+        kwargs.setdefault("key", self.vcek)
         return self.kind.verify(report or self.report(), **kwargs)

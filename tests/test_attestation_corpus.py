@@ -1,6 +1,6 @@
 """Every mutation class of the negative corpus applied to every kind of real evidence: TDX quotes v4 and v5, SEV-SNP
-reports signed by a VCEK and by a VLEK. The table of classes, kinds and expected errors is the docstring of
-tests/attestation_mutations.py; the ids here read `kind/class/variant`.
+reports signed by a VCEK and by a VLEK (Milan), and by a Turin VCEK. The table of classes, kinds and expected errors
+is the docstring of tests/attestation_mutations.py; the ids here read `kind/class/variant`.
 
 Each case runs twice: mutated, where it must be refused with the expected error (EvidenceFormatError or
 UnsupportedEvidence naming the field) or fail the expected check with the expected mismatch fields; and its
@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ikecommon.attestation import AttestationError, EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.outcome import Verification
-from ikecommon.attestation.snp import SnpReport
+from ikecommon.attestation.snp import SnpReport, TcbVersion
 from ikecommon.attestation.snp.report import REPORT_SIZE, SIGNED_SIZE
 from ikecommon.attestation.tdx import TdxPolicy
 from netns_tests.harness.fake_intel import QUOTE_SGX_SVNS, QUOTE_TDX_SVNS, FakeIntel, real_tcb_info, tcb_info_with
@@ -318,7 +318,8 @@ def _snp_bitflips(k: SnpKind) -> Iterator[tuple[str, int, int, Fails | Accepted]
                               ("signature/s", o["signature_s"], 0), ("reserved/reserved0", o["reserved0"], 0),
                               ("reserved/reserved4", o["reserved4"], 0)]:
         yield name, offset, bit, Fails(signature)
-    yield "body/reported-tcb", o["reported_tcb"], 0, Fails({**signature, "reported_tcb.bootloader": binding})
+    first = next(name for name, byte in SnpReport.parse(k.evidence).reported_tcb.layout.svns if byte == 0)
+    yield "body/reported-tcb", o["reported_tcb"], 0, Fails({**signature, f"reported_tcb.{first}": binding})
     chip = {"chip_id": binding} if k.key_kind == "vcek" else {}  # a VLEK is no chip's: no chip ID to compare
     yield "body/chip-id", o["chip_id"], 0, Fails({**signature, **chip})
     yield "body/signing-key", o["signer_info"], 2, Fails({**signature, "signer_info.signing_key": binding})
@@ -333,7 +334,8 @@ def _forged_crl(issuer: x509.Certificate) -> x509.CertificateRevocationList:
 
 
 def _other_kind(k: SnpKind) -> SnpKind:
-    return SNP_VLEK if k is SNP_VCEK else SNP_VCEK
+    """A key of the other kind: a VLEK for a VCEK-signed report, a VCEK for a VLEK-signed one."""
+    return SNP_VCEK if k.key_kind == "vlek" else SNP_VLEK
 
 
 def _snp_cases(k: SnpKind) -> Iterator[Case]:
@@ -381,10 +383,10 @@ def _snp_cases(k: SnpKind) -> Iterator[Case]:
                 Fails({f"{issuer}.issuer": chain_check, "ark.signature_algorithm": chain_check}))
     yield _case(k, "chain/impostor-root", lambda: k.verify(chain=(ask, impostor(ark))),
                 Fails({f"{issuer}.signature": chain_check}))
-    genoa = amd_chain(k.chain_file.replace("milan", "genoa"))
-    yield _case(k, "chain/other-product/genoa-chain", lambda: k.verify(chain=genoa),
+    other_product = amd_chain(k.other_product)
+    yield _case(k, "chain/other-product/chain", lambda: k.verify(chain=other_product),
                 Fails({f"{name}.issuer": chain_check}))
-    yield _case(k, "chain/other-product/genoa-ark", lambda: k.verify(chain=(ask, genoa[1])),
+    yield _case(k, "chain/other-product/ark", lambda: k.verify(chain=(ask, other_product[1])),
                 Fails({f"{issuer}.issuer": chain_check}))
     other = _other_kind(k)
     other_binding = f"{other.key_kind.upper()} binding"
@@ -395,8 +397,9 @@ def _snp_cases(k: SnpKind) -> Iterator[Case]:
                 Fails({f"{name}.issuer": chain_check}))
     yield _case(k, "chain/no-vendor-extensions", lambda: k.verify(key=ask),
                 malformed(f"{name}.extensions.1.3.6.1.4.1.3704.1.3.1", None))
-    expired, early = (datetime(2030, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)) if name == "vcek" else \
-        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC))
+    expired, early = {"snp-vcek": (datetime(2030, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)),
+                      "snp-vlek": (datetime(2026, 1, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)),
+                      "snp-turin": (datetime(2033, 1, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))}[k.name]
     yield _case(k, "time/expired", lambda: k.verify(at=expired), Fails({f"{name}.not_after": chain_check}))
     yield _case(k, "time/not-yet-valid", lambda: k.verify(at=early), Fails({f"{name}.not_before": chain_check}))
     amd = FakeAmd.instance(k)
@@ -412,7 +415,7 @@ def _snp_cases(k: SnpKind) -> Iterator[Case]:
 
 def _venice(k: SnpKind) -> Verification:
     amd = FakeAmd.instance(k)
-    venice = amd.cert(f"SEV-{k.key_kind.upper()}", amd.leaf_key, (amd.ask, amd.ask_key), ca=False,
+    venice = amd._cert(f"SEV-{k.key_kind.upper()}", amd.vcek_key, (amd.ask, amd.ask_key), ca=False,
                      extra=amd.amd_extensions(**{"1.3.6.1.4.1.3704.1.2": b"\x16\x09Venice-A0"}))
     return amd.verify(key=venice)
 
@@ -522,6 +525,11 @@ def test_tdx_tcb_status_and_advisories_are_reported(kind: TdxKind):
     assert any(note.startswith("TCB status OutOfDate (INTEL-SA-00106") for note in accepted.check("TCB level").notes)
 
 
+def _snp_svn_higher(tcb: TcbVersion) -> TcbVersion:
+    """The same TCB with an SNP firmware SVN one higher, in its product's layout."""
+    return TcbVersion.of(tcb.layout, **{**tcb.components(), "snp": tcb.snp + 1})
+
+
 @pytest.mark.parametrize("kind", SNP_KINDS, ids=[kind.name for kind in SNP_KINDS])
 def test_snp_tcb_is_reported_against_the_keys_spls(kind: SnpKind):
     """SEV-SNP has no TCB status (AMD publishes no TCB levels to rank a platform by): what the verification reports
@@ -529,13 +537,14 @@ def test_snp_tcb_is_reported_against_the_keys_spls(kind: SnpKind):
     caller's minimum (SnpPolicy.minimum_tcb) in the policy check."""
     result = kind.verify()
     reported = result.report.reported_tcb
-    assert reported.raw == {"vcek": 0x4405000000000002, "vlek": 0xD918000000000004}[kind.key_kind]  # SOURCES.md
+    assert reported.raw == {"snp-vcek": 0x4405000000000002, "snp-vlek": 0xD918000000000004,  # SOURCES.md
+                            "snp-turin": 0x4700000002000100}[kind.name]
     assert result.key.tcb.components() == reported.components()
     assert result.check(f"{kind.key_kind.upper()} binding").passed
     assert {"current_tcb", "committed_tcb", "launch_tcb"} <= set(SNP_OFFSETS)
     for name in ("current_tcb", "committed_tcb", "launch_tcb"):  # the platform's own, reported as read
         assert getattr(result.report, name).snp == reported.snp
-    above = replace(reported, raw=reported.raw + (1 << 48))  # one SNP firmware SVN higher
+    above = _snp_svn_higher(reported)
     assert above.snp == reported.snp + 1
     demanding = kind.verify(policy=replace(kind.policy, minimum_tcb=above))
     (minimum,) = demanding.check("guest policy").mismatches
@@ -550,7 +559,7 @@ def test_snp_report_of_another_tcb_than_its_keys(kind: SnpKind):
     amd = FakeAmd.instance(kind)
     reported = SnpReport.parse(kind.evidence).reported_tcb
     assert amd.verify().ok
-    result = amd.verify(amd.report(reported_tcb=replace(reported, raw=reported.raw + (1 << 48))))
+    result = amd.verify(amd.report(reported_tcb=_snp_svn_higher(reported)))
     (tcb,) = result.mismatches
     assert (tcb.field, tcb.expected, tcb.actual) == \
         ("reported_tcb.snp", f"{reported.snp} (the {kind.key_kind.upper()}'s SPL)", str(reported.snp + 1))
