@@ -10,19 +10,20 @@ FMSPC in `<collateral_dir>/tdx/<fmspc>/`):
     root-ca-crl.der           the Intel SGX Root CA's CRL
     pck-crl-issuer-chain.pem  optional: the SGX-PCK-CRL-Issuer-Chain (PCK CA, root), which `fetch` keeps
 
-`check` accepts a set only if every document parses and everything but the optional chain's absence leads to the
-root the operator trusts, by signature: both JSON documents signed by the chain's signer, the chain and both CRLs
-issued under that root. Times are not judged here: collateral and Intel's old signing certificates expire, and an
-expired set is still the best there is until a new one is fetched, so expiry is a warning (`warnings`), never a
-refusal and never silent. A client trusts none of this: it checks everything again against its own root, so a
-server (or a cache) that lies can only make verification fail. Pure: bytes in, a checked set or an error out.
+`check` accepts a set only if every document parses (`parse`) and everything leads to the root the operator trusts,
+by signature (`verify`): both JSON documents signed by the chain's signer, the chain, the root CA's CRL and, with the
+optional chain, the PCK CA's CRL issued under that root (without it, a warning says what was not checked). Times
+are not judged here: collateral and Intel's old signing certificates expire, and an expired set is still the best
+there is until a new one is fetched, so expiry is a warning (`warnings`), never a refusal and never silent. A client
+trusts none of this: it checks everything again against its own root, so a server (or a cache) that lies can only
+make verification fail. Pure: bytes in, a checked set or an error out.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -80,6 +81,7 @@ class CollateralSet:
     signing_chain: tuple[x509.Certificate, ...]  # as shipped: the signer first, the root possibly last
     pck_crl: x509.CertificateRevocationList
     root_crl: x509.CertificateRevocationList
+    pck_crl_chain: tuple[x509.Certificate, ...] | None = None  # the optional issuer chain: PCK CA, root
     notes: tuple[str, ...] = ()  # what was not checked, and why
 
     def collateral(self) -> Collateral:
@@ -152,6 +154,13 @@ def check(documents: Mapping[str, bytes], root: x509.Certificate, *, fmspc: byte
           names: Mapping[str, str] | None = None) -> CollateralSet:
     """The set, if it is one for `fmspc` (when given) under `root`; BadCollateral or UntrustedCollateral naming the
     first problem's document (as `names` calls it: a path, a URL) and field otherwise."""
+    return verify(parse(documents, fmspc=fmspc, names=names), root, names=names)
+
+
+def parse(documents: Mapping[str, bytes], *, fmspc: bytes | None = None,
+          names: Mapping[str, str] | None = None) -> CollateralSet:
+    """The set read, not yet judged: BadCollateral for a document that is missing, too big, does not parse, is not
+    the TDX kind, or is for another FMSPC."""
     def where(name: str) -> str:
         return (names or {}).get(name, name)
 
@@ -168,6 +177,10 @@ def check(documents: Mapping[str, bytes], root: x509.Certificate, *, fmspc: byte
     chain = _parsed(where(SIGNING_CHAIN), lambda data: pem_chain(data, "tcb_signing_chain"), documents[SIGNING_CHAIN])
     pck_crl = _parsed(where(PCK_CRL), lambda data: der_crl(data, "pck_crl"), documents[PCK_CRL])
     root_crl = _parsed(where(ROOT_CRL), lambda data: der_crl(data, "root_ca_crl"), documents[ROOT_CRL])
+    pck_crl_chain = None
+    if PCK_CRL_CHAIN in documents:
+        pck_crl_chain = _parsed(where(PCK_CRL_CHAIN), lambda data: pem_chain(data, "pck_crl_issuer_chain"),
+                                documents[PCK_CRL_CHAIN])
     if tcb_info.id != TCB_INFO_ID:
         raise BadCollateral(f"{where(TCB_INFO)}: tcbInfo.id: expected {TCB_INFO_ID!r} (TDX), got {tcb_info.id!r}")
     if qe_identity.id != QE_IDENTITY_ID:
@@ -175,14 +188,24 @@ def check(documents: Mapping[str, bytes], root: x509.Certificate, *, fmspc: byte
                             f"got {qe_identity.id!r}")
     if fmspc is not None and tcb_info.fmspc != fmspc:
         raise BadCollateral(f"{where(TCB_INFO)}: tcbInfo.fmspc: expected {fmspc.hex()}, got {tcb_info.fmspc.hex()}")
+    if pck_crl.issuer == root_crl.issuer:
+        raise BadCollateral(f"{where(PCK_CRL)}: issuer: the root CA's, expected a PCK CA's (is it {ROOT_CRL}?)")
+    return CollateralSet(tcb_info.fmspc, dict(documents), tcb_info, qe_identity, chain, pck_crl, root_crl,
+                         pck_crl_chain)
 
-    signer = _under_root(chain, "tcb_signer", root, root_crl, where(SIGNING_CHAIN), where(ROOT_CRL))
-    for name, document in ((TCB_INFO, tcb_info), (QE_IDENTITY, qe_identity)):
+
+def verify(found: CollateralSet, root: x509.Certificate, *, names: Mapping[str, str] | None = None) -> CollateralSet:
+    """The set with its notes, if everything in it leads to `root` by signature; UntrustedCollateral otherwise."""
+    def where(name: str) -> str:
+        return (names or {}).get(name, name)
+
+    signer = _under_root(found.signing_chain, "tcb_signer", root, found.root_crl, where(SIGNING_CHAIN),
+                         where(ROOT_CRL))
+    for name, document in ((TCB_INFO, found.tcb_info), (QE_IDENTITY, found.qe_identity)):
         if not ecdsa.verify_p256_raw(signer.public_key(), document.signature, document.signed):
             raise UntrustedCollateral(f"{where(name)}: signature: not made by the TCB signing key ({_cn(signer)} "
                                       f"in {where(SIGNING_CHAIN)})")
-    notes = _pck_crl(pck_crl, documents.get(PCK_CRL_CHAIN), root, root_crl, where)
-    return CollateralSet(tcb_info.fmspc, dict(documents), tcb_info, qe_identity, chain, pck_crl, root_crl, notes)
+    return replace(found, notes=_pck_crl(found, root, where))
 
 
 def pck_crl_mismatch(pck_crl: x509.CertificateRevocationList, pck_ca: x509.Certificate,
@@ -252,18 +275,14 @@ def _first(found: list[Mismatch], where: str, where_root_crl: str) -> str:
     return f"{where_root_crl if found[0].field.startswith('intel_root_crl') else where}: {found[0]}{more}"
 
 
-def _pck_crl(crl: x509.CertificateRevocationList, chain_pem: bytes | None, root: x509.Certificate,
-             root_crl: x509.CertificateRevocationList, where: Callable[[str], str]) -> tuple[str, ...]:
-    if crl.issuer == root.subject:
-        raise BadCollateral(f"{where(PCK_CRL)}: issuer: the root CA's, expected a PCK CA's (is it {ROOT_CRL}?)")
-    if chain_pem is None:
+def _pck_crl(found: CollateralSet, root: x509.Certificate, where: Callable[[str], str]) -> tuple[str, ...]:
+    if found.pck_crl_chain is None:
         # The issuer chain travels in a PCS header, not in the five files: the quote's own PCK CA checks it when
         # the set is served (evidence_endpoint.py), and every client does.
         return (f"{PCK_CRL}: signature not checked ({PCK_CRL_CHAIN} absent): checked against the quote's PCK CA "
                 f"when served",)
-    chain = _parsed(where(PCK_CRL_CHAIN), lambda data: pem_chain(data, "pck_crl_issuer_chain"), chain_pem)
-    pck_ca = _under_root(chain, "pck_ca", root, root_crl, where(PCK_CRL_CHAIN), where(ROOT_CRL))
-    problem = pck_crl_mismatch(crl, pck_ca, f"the PCK CA of {where(PCK_CRL_CHAIN)}")
+    pck_ca = _under_root(found.pck_crl_chain, "pck_ca", root, found.root_crl, where(PCK_CRL_CHAIN), where(ROOT_CRL))
+    problem = pck_crl_mismatch(found.pck_crl, pck_ca, f"the PCK CA of {where(PCK_CRL_CHAIN)}")
     if problem is not None:
         raise UntrustedCollateral(f"{where(PCK_CRL)}: {problem}")
     return ()

@@ -223,14 +223,22 @@ class Found:
     problem: str | None
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    found: co.CollateralSet | None  # None: nothing that parses
+    problem: str | None             # why it does not parse, or does not verify under the root
+
+
 @dataclass
 class ServedCollateral:
     """The cache as the evidence endpoint reads it: `for_platform` is called in worker threads, per request; the
-    files are stat'ed each time and read and checked again only when they changed."""
+    files are stat'ed each time and read and checked again only when they changed. A set that parses is served
+    even when it does not verify under the server's root (planted by hand, say): the client is the judge, and its
+    refusal names what is wrong; the operator gets the warning."""
 
     collateral_dir: Path
     root: x509.Certificate
-    _sets: dict[bytes, tuple[Stamp, co.CollateralSet | str]] = field(default_factory=dict)
+    _sets: dict[bytes, tuple[Stamp, _Loaded]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def for_platform(self, platform: co.Platform, now: datetime) -> Found:
@@ -242,20 +250,24 @@ class ServedCollateral:
         if loaded is None:
             return Found(None, f"no TDX collateral for FMSPC {fmspc} in {self.collateral_dir / TDX}: serving quotes "
                                f"without it, which clients refuse; {todo}")
-        if isinstance(loaded, str):
-            return Found(None, f"TDX collateral for FMSPC {fmspc} unusable ({loaded}): serving quotes without it; "
-                               f"{todo}")
-        mismatch = co.pck_crl_mismatch(loaded.pck_crl, platform.pck_ca)
+        found = loaded.found
+        if found is None:
+            return Found(None, f"TDX collateral for FMSPC {fmspc} unusable ({loaded.problem}): serving quotes "
+                               f"without it; {todo}")
+        if loaded.problem is not None:
+            return Found(found, f"TDX collateral for FMSPC {fmspc} does not verify under evidence.intel_root "
+                                f"({loaded.problem}): serving it, clients will refuse it; {todo}")
+        mismatch = co.pck_crl_mismatch(found.pck_crl, platform.pck_ca)
         if mismatch is not None:
-            return Found(loaded, f"TDX collateral for FMSPC {fmspc}: {co.PCK_CRL}: {mismatch}: serving it, clients "
-                                 f"will refuse it; {todo}")
-        what, when = loaded.first_deadline()
+            return Found(found, f"TDX collateral for FMSPC {fmspc}: {co.PCK_CRL}: {mismatch}: serving it, clients "
+                                f"will refuse it; {todo}")
+        what, when = found.first_deadline()
         if when < now:
-            return Found(loaded, f"TDX collateral for FMSPC {fmspc} expired: {what} {iso(when)}, "
-                                 f"{co.age(when, now)}: serving it, clients will refuse it; {todo}")
-        return Found(loaded, None)
+            return Found(found, f"TDX collateral for FMSPC {fmspc} expired: {what} {iso(when)}, "
+                                f"{co.age(when, now)}: serving it, clients will refuse it; {todo}")
+        return Found(found, None)
 
-    def _load(self, fmspc: bytes) -> co.CollateralSet | str | None:
+    def _load(self, fmspc: bytes) -> _Loaded | None:
         directory = set_dir(self.collateral_dir, fmspc)
         stamp = _stamp(directory)
         if stamp is None:
@@ -264,11 +276,16 @@ class ServedCollateral:
             cached = self._sets.get(fmspc)
         if cached is not None and cached[0] == stamp:
             return cached[1]
+        names = names_in(directory)
         try:
-            loaded: co.CollateralSet | str = co.check(read_documents(directory), self.root, fmspc=fmspc,
-                                                      names=names_in(directory))
+            found = co.parse(read_documents(directory), fmspc=fmspc, names=names)
         except co.CollateralError as exc:
-            loaded = str(exc)
+            loaded = _Loaded(None, str(exc))
+        else:
+            try:
+                loaded = _Loaded(co.verify(found, self.root, names=names), None)
+            except co.CollateralError as exc:
+                loaded = _Loaded(found, str(exc))
         with self._lock:
             self._sets[fmspc] = (stamp, loaded)
         return loaded

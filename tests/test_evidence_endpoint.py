@@ -419,24 +419,33 @@ def test_without_collateral_the_quote_goes_out_alone_one_warning_and_an_import_i
     assert "expired 2 days ago: serving it, clients will refuse it; run `enclave-ike collateral fetch" in expired[0]
 
 
-def test_collateral_that_does_not_verify_or_is_another_pck_cas_is_said_once(tmp_path, caplog):
+def test_collateral_that_does_not_parse_verify_or_match_the_quote_is_said_once(tmp_path, caplog):
     pki, now = FakeIntel.instance(), datetime.now(UTC)
     caplog.set_level(logging.INFO, "enclave_ike.evidence")
-    planted = fake_collateral(FakeIntel(), now + timedelta(days=20))  # another root's, planted by hand
-    (tmp_path / "tdx" / "50806f000000").mkdir(parents=True)
-    for name, data in planted.items():
-        (tmp_path / "tdx" / "50806f000000" / name).write_bytes(data)
+    cached = tmp_path / "tdx" / "50806f000000"
     with tdx_endpoint(pki, tmp_path) as port:
-        assert Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE)).collateral.tdx_tcb_info is None
+        # Planted by hand: garbage is not served; a set under another root is, and the client refuses it.
+        put(tmp_path, {**fake_collateral(pki, now + timedelta(days=20)), "qe-identity.json": b"{"})
+        assert Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE)).collateral == Collateral()
+        forged = fake_collateral(FakeIntel(), now + timedelta(days=20))
+        for name, data in forged.items():
+            (cached / name).write_bytes(data)
+        served = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+        assert served.collateral.tdx_tcb_signing_chain == forged["tcb-signing-chain.pem"]
+        refused = appraise(served, NONCE, tdx_spec(), TrustAnchors(intel_root=pki.root), now)
+        assert not refused.ok and "tcb_signing_chain.root" in {m.field for m in refused.mismatches}
+        # The CRL of a PCK CA other than the quote's: served, said.
         other_ca = fake_collateral(pki, now + timedelta(days=20))
         other_ca["pck-crl.der"] = pki.crl(pki.ca, key=pki.tcb_key).public_bytes(serialization.Encoding.DER)
         put(tmp_path, other_ca)
-        served = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
-    assert served.collateral.crls[0] == other_ca["pck-crl.der"]  # served: the client is the judge
-    first, second = warnings_of(caplog)
-    assert first.startswith("TDX collateral for FMSPC 50806f000000 unusable (")
-    assert "tcb-signing-chain.pem: root" in first
-    assert "pck-crl.der: signature: not made by the quote's PCK CA CN=Test SGX PCK Platform CA" in second
+        for _ in range(2):
+            served = Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE))
+    assert served.collateral.crls[0] == other_ca["pck-crl.der"]
+    garbage, foreign, other = warnings_of(caplog)
+    assert garbage.startswith("TDX collateral for FMSPC 50806f000000 unusable (") and "qe-identity.json" in garbage
+    assert foreign.startswith("TDX collateral for FMSPC 50806f000000 does not verify under evidence.intel_root (")
+    assert "tcb-signing-chain.pem: root" in foreign and "serving it, clients will refuse it" in foreign
+    assert "pck-crl.der: signature: not made by the quote's PCK CA CN=Test SGX PCK Platform CA" in other
 
 
 def test_sim_evidence_is_unchanged_by_a_collateral_cache(tmp_path):
