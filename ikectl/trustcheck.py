@@ -3,18 +3,21 @@
     ikectl trust check FILE [--spec FILE|INLINE] [--collateral DIR] [--certs DIR] [--anchors vendor|sim]
                             [--at TIME] [--strict] [--json]
 
-FILE (or - for stdin) is a raw TDX quote, a raw SEV-SNP report, a sim report, or enclave-ike's evidence envelope;
-which one is told from its first bytes (`detect`). Every field a spec can pin or a reader wants (MRTD, RTMR0-3,
-MEASUREMENT, the report data, SVNs and TCB values, the chip ID, ...) is printed under the names the vendors give
-them, then every check the verifier ran, whether the evidence is authentic, the TCB status when the verifier computes
-one, and whether a measurement spec matches. Nothing is fetched and nothing is pinned.
+FILE (or - for stdin) is a raw TDX quote, a raw SEV-SNP report, Azure's HCL report (the vTPM's, wrapping an SEV-SNP
+report), a sim report, or enclave-ike's evidence envelope; which one is told from its first bytes (`detect`). Every
+field a spec can pin or a reader wants (MRTD, RTMR0-3, MEASUREMENT, the report data, SVNs and TCB values, the chip
+ID, ...) is printed under the names the vendors give them, then every check the verifier ran, whether the evidence
+is authentic, the TCB status when the verifier computes one, and whether a measurement spec matches. Nothing is
+fetched and nothing is pinned.
 
 What the verifiers need beside the evidence: the vendors' roots, those that ship with the package or those [trust]
 intel_root / amd_arks name instead (`--anchors sim`: the simulated root, NOT SECURE); for a raw TDX quote, Intel's
 collateral (`--collateral DIR`: the TCB info, the QE identity, the TCB signing certificate and the PCK CA's and
 root's CRLs, as Intel's PCS serves them); for a raw SEV-SNP report, the VCEK and the ASK (`--certs DIR`: the VCEK
 and AMD KDS's cert_chain, optionally the ARK's CRL), or for a VLEK-signed report the VLEK and the ASVK (KDS's vlek
-cert_chain); the key that signed and a VLEK's CSP ID are shown (KEY_CERTIFICATE, CSP_ID).
+cert_chain); the key that signed and a VLEK's CSP ID are shown (KEY_CERTIFICATE, CSP_ID). An Azure HCL report is
+judged as the SEV-SNP report it wraps (its VCEK and chain as Azure's IMDS serves them also do), and its runtime data
+must be what that report's REPORT_DATA binds; the vTPM's attestation key and user data are shown (HCL_*).
 An envelope carries both; the options replace what it carries. Files in a DIR are told apart by their contents.
 
 Exit codes (docs/attestation.md, "Checking evidence: trust check"): 0 the evidence is authentic (every signature,
@@ -58,7 +61,7 @@ from ikecommon.attestation import sim as sim_evidence
 from ikecommon.attestation.binding import binding_mismatches
 from ikecommon.attestation.certs import der_certificate, der_crl, pem_chain
 from ikecommon.attestation.outcome import AUTHENTICITY, Check, CheckKind
-from ikecommon.attestation.snp import SnpReport, TcbVersion, verify_report
+from ikecommon.attestation.snp import SnpReport, TcbVersion, hcl, verify_report
 from ikecommon.attestation.snp.vcek import AMD, CSP_ID, vlek_extensions
 from ikecommon.attestation.tdx import (
     QeIdentity,
@@ -83,13 +86,14 @@ MAX_DIR_FILES = 64
 VCEK_HW_ID = f"{AMD}.4"  # the chip ID: only a VCEK has it
 TCB_SIGNING_CN = "TCB Signing"
 NOT_EVIDENCE = ("not attestation evidence: none of a TDX quote (attestation key type 2 or 3 and TEE type 0x81 or "
-                "0x00 at bytes 2 and 4), an SEV-SNP report (a version below 256, then guest policy bit 17 set), a sim "
-                "report (EIKE-SIM) or an evidence envelope (a JSON object)")
+                "0x00 at bytes 2 and 4), an SEV-SNP report (a version below 256, then guest policy bit 17 set), an "
+                "Azure HCL report (HCLA), a sim report (EIKE-SIM) or an evidence envelope (a JSON object)")
 
 
 class Format(StrEnum):
     TDX_QUOTE = "tdx-quote"
     SNP_REPORT = "sev-snp-report"
+    AZURE_HCL_REPORT = "azure-hcl-report"
     SIM_REPORT = "sim-report"
     ENVELOPE = "envelope"
 
@@ -295,6 +299,8 @@ def detect(data: bytes) -> Format:
     """Which kind of evidence `data` is, from its first bytes; NotEvidence when it is none."""
     if data.startswith(sim_evidence.MAGIC):
         return Format.SIM_REPORT
+    if data.startswith(hcl.SIGNATURE):
+        return Format.AZURE_HCL_REPORT
     if data.lstrip()[:1] in (b"{", b"["):
         return Format.ENVELOPE
     if len(data) >= 8 and _le(data, 2, 2) in (2, 3) and _le(data, 4, 4) in (0x00, 0x81):
@@ -316,13 +322,16 @@ def check(file: str, data: bytes, inputs: Inputs, spec: MeasurementSpec | None, 
     envelope = Envelope.decode(data) if kind_format == Format.ENVELOPE else None
     kind = envelope.evidence.kind if envelope else {Format.TDX_QUOTE: EvidenceKind.TDX,
                                                     Format.SNP_REPORT: EvidenceKind.SEV_SNP,
+                                                    Format.AZURE_HCL_REPORT: EvidenceKind.SEV_SNP,
                                                     Format.SIM_REPORT: EvidenceKind.SIM}[kind_format]
     for option, given, used_by in (("--collateral", inputs.collateral_dir, EvidenceKind.TDX),
                                    ("--certs", inputs.certs_dir, EvidenceKind.SEV_SNP)):
         if given is not None and kind != used_by:
             raise UsageError(f"{option} is for {used_by} evidence; {file} is {kind} evidence")
     evidence = envelope.evidence.data if envelope else data
-    if kind == EvidenceKind.TDX:
+    if kind_format == Format.AZURE_HCL_REPORT:
+        judged = _azure_hcl(data, inputs)
+    elif kind == EvidenceKind.TDX:
         judged = _tdx(evidence, envelope, inputs)
     elif kind == EvidenceKind.SEV_SNP:
         judged = _snp(evidence, envelope, inputs)
@@ -504,6 +513,48 @@ def _envelope_certs(envelope: Envelope | None) -> SnpCerts | None:
                                      for n, crl in enumerate(envelope.collateral.crls, start=1)))
 
 
+# --- Azure HCL ---
+
+def _azure_hcl(data: bytes, inputs: Inputs) -> _Judged:
+    """The SEV-SNP report inside, judged as a raw one, and the runtime data it binds (the vTPM's keys, user data)."""
+    report = hcl.HclReport.parse(data)
+    inner = _snp(report.hw_report, None, inputs)
+    runtime = report.runtime_data
+    mismatches = report.binding_mismatches()
+    ak = runtime.attestation_key
+    config = dict(runtime.vm_configuration)
+    report_type, request_type = report.request_data.report_type, report.header.request_type
+    fields = (
+        _int("HCL_VERSION", report.header.version),
+        _int("HCL_REQUEST_TYPE", request_type, f"{request_type} ({hcl.REQUEST_TYPES.get(request_type, 'unknown')})"),
+        _int("HCL_REPORT_TYPE", report_type, f"{report_type} ({hcl.REPORT_TYPES[report_type]})"),
+        _hex("HCL_RUNTIME_DATA_SHA256", hashlib.sha256(runtime.raw).digest()),
+        Field("HCL_RUNTIME_DATA_BOUND", not mismatches, "yes: REPORT_DATA is its SHA-256, then 32 zero bytes"
+              if not mismatches else "NO: REPORT_DATA is not its SHA-256 followed by 32 zero bytes"),
+        Field("HCL_KEYS", [{"kid": k.kid, "kty": k.kty, "key_ops": list(k.key_ops), "bits": k.bits,
+                            "sha256": None if k.sha256 is None else k.sha256.hex()} for k in runtime.keys],
+              ", ".join(f"{k.kid} ({k.kty}{f' {k.bits}' if k.bits else ''}{''.join(', ' + op for op in k.key_ops)})"
+                        for k in runtime.keys)),
+        _hex("HCL_AK_SHA256", ak.sha256) if ak is not None and ak.sha256 is not None
+        else Field("HCL_AK_SHA256", None, f"none (no RSA key {hcl.AK_KID})"),
+        _hex("HCL_USER_DATA", runtime.user_data) if runtime.user_data is not None
+        else Field("HCL_USER_DATA", None, "none"),
+        Field("HCL_VM_CONFIGURATION", config, " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())),
+    )
+    padding = "" if not report.padding else f" ({len(report.padding)} of them zeros after the report)" \
+        if not any(report.padding) else f" ({len(report.padding)} of them after the report, not signed)"
+    description = f"Azure HCL report v{report.header.version}, {len(data)} bytes{padding}, holding an " \
+        f"{inner.description}"
+    not_verified = inner.not_verified
+    if not_verified and inputs.certs_dir is None:  # then the VCEK is among what is missing
+        not_verified += ("; an Azure VM's IMDS serves both as one JSON document (THIM: vcekCert, certificateChain), "
+                         "which --certs DIR reads")
+    checks = inner.checks + (Check.of("HCL runtime data binding", CheckKind.BINDING, mismatches),) \
+        if not not_verified else ()
+    return replace(inner, description=description, fields=fields + inner.fields, checks=checks,
+                   not_verified=not_verified)
+
+
 # --- sim ---
 
 def _sim(data: bytes, inputs: Inputs) -> _Judged:
@@ -630,6 +681,7 @@ def _classify(path: Path, data: bytes, found: _Contents) -> None:
             return  # not a document we use
         if isinstance(document, dict):
             found.json.append((path, document, data))
+            found.certs += [(path, cert) for cert in _thim_certs(document, path.name)]
         return
     if b"-----BEGIN CERTIFICATE-----" in data:
         found.certs += [(path, cert) for cert in pem_chain(data, path.name)]
@@ -647,6 +699,15 @@ def _classify(path: Path, data: bytes, found: _Contents) -> None:
         pass
     with contextlib.suppress(EvidenceFormatError):  # neither: a file the verifiers do not use (a README, ...)
         found.crls.append((path, der_crl(data, path.name)))
+
+
+def _thim_certs(document: dict[str, Any], name: str) -> list[x509.Certificate]:
+    """Azure IMDS's THIM document (metadata/THIM/amd/certification): the VCEK ("vcekCert") and the ASK and ARK
+    ("certificateChain"), PEM; none from another document."""
+    vcek, chain = document.get("vcekCert"), document.get("certificateChain")
+    if not isinstance(vcek, str) or not isinstance(chain, str):
+        return []
+    return list(pem_chain(f"{vcek}\n{chain}".encode(), f"{name} (THIM)"))
 
 
 def _pem_crls(data: bytes, name: str) -> list[x509.CertificateRevocationList]:

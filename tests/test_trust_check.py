@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from attestation_vectors import SNP, TDX, VECTORS
+from attestation_vectors import AZURE, SNP, TDX, VECTORS
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from trust_servers import sim_spec
@@ -518,3 +518,158 @@ def test_a_tdx_15_quote_with_the_v4_collateral_is_exit_1(config_file, collateral
     passed = {c["name"]: c["passed"] for c in document["checks"]}
     assert passed["quote signature"] and passed["QE report signature"] and passed["attestation key binding"]
     assert not passed["TCB info"] and document["authentic"] is False
+
+
+# --- Azure HCL reports: trustee's real report and its VCEK (SOURCES.md, sev-snp/azure/) ------------------------------
+
+HCL = AZURE / "trustee_hcl_report.bin"
+HCL_PUBLISHED = {"HCL_RUNTIME_DATA_SHA256": "b3fbad6514c83caeb0380882145e49f794229ef37c421b91fc47ff93556bafac",
+                 "HCL_AK_SHA256": "d47d5d33abcef6082883a1b3c54b80bc6be7606c6f822eae23822b42edbc8f5f",
+                 "MEASUREMENT": "9ac48fcac8a2d88aeeff8d427ad4f2be0e3917c748a18bdf52cc317e7fe20308"
+                                "b459d5ef1a12e0c22944eb386d17c315"}
+HCL_CHECKS = ["report signature", "VCEK certificate chain", "VCEK binding", "guest policy", "HCL runtime data binding"]
+
+
+@pytest.fixture
+def azure_certs(tmp_path: Path) -> Path:
+    """trustee's vcek.pem: the VCEK, then the Milan ASK and ARK."""
+    directory = tmp_path / "azure-certs"
+    directory.mkdir()
+    shutil.copy(AZURE / "trustee_vcek.pem", directory)
+    return directory
+
+
+def _flipped_user_data(tmp_path: Path) -> Path:
+    """One bit of the runtime data flipped ("user-data" starts "1" instead of "0"): still JSON, no longer bound."""
+    data = bytearray(HCL.read_bytes())
+    data[data.index(b'"user-data":"') + len(b'"user-data":"')] ^= 1
+    return _patched(tmp_path, "flipped.bin", bytes(data))
+
+
+def test_the_hcl_values_here_are_sources_mds():
+    for value in HCL_PUBLISHED.values():
+        assert value in SOURCES
+
+
+def test_an_azure_hcl_report_prints_its_fields_and_verifies(config_file, azure_certs, capsys):
+    assert check(config_file, HCL, "--certs", azure_certs) == 0  # now: the VCEK is valid until 2030-05-02
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "format:      azure-hcl-report (Azure HCL report v1, 2600 bytes (254 of them zeros after the report), " \
+           "holding an SEV-SNP report v2, 1184 bytes)" in out
+    assert "evidence:    sev-snp\n" in out
+    fields = text_fields(out)
+    for name, value in HCL_PUBLISHED.items():
+        assert fields[name] == value, name
+    assert list(fields)[:9] == ["HCL_VERSION", "HCL_REQUEST_TYPE", "HCL_REPORT_TYPE", "HCL_RUNTIME_DATA_SHA256",
+                                "HCL_RUNTIME_DATA_BOUND", "HCL_KEYS", "HCL_AK_SHA256", "HCL_USER_DATA",
+                                "HCL_VM_CONFIGURATION"]  # the wrapper's, then the SEV-SNP report's
+    assert (fields["HCL_VERSION"], fields["HCL_REQUEST_TYPE"], fields["HCL_REPORT_TYPE"]) == \
+        ("1", "2 (AK certificate)", "2 (SEV-SNP)")
+    assert fields["HCL_RUNTIME_DATA_BOUND"] == "yes: REPORT_DATA is its SHA-256, then 32 zero bytes"
+    assert fields["HCL_KEYS"] == "HCLAkPub (RSA 2048, sign), HCLEkPub (RSA 2048, encrypt)"
+    assert fields["HCL_USER_DATA"] == "00" * 64
+    assert fields["HCL_VM_CONFIGURATION"] == 'console-enabled=true secure-boot=true tpm-enabled=true ' \
+                                             'vmUniqueId="911B0EF8-9DBA-48B0-B275-4E4DF2D39252"'
+    assert fields["REPORT_DATA"] == HCL_PUBLISHED["HCL_RUNTIME_DATA_SHA256"] + "00" * 32
+    assert re.findall(r"^  (ok  |FAIL)  (.*) \(", out, re.M) == [("ok  ", name) for name in HCL_CHECKS]
+    assert "accepted:    yes" in out and out.rstrip().endswith("result:      ok")
+
+
+def test_an_azure_hcl_report_json(config_file, azure_certs, capsys):
+    assert check(config_file, HCL, "--certs", azure_certs, "--json") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == JSON_KEYS  # the keys of every other format
+    fields = document["fields"]
+    assert {name: fields[name] for name in HCL_PUBLISHED} == HCL_PUBLISHED
+    assert (fields["HCL_VERSION"], fields["HCL_REQUEST_TYPE"], fields["HCL_REPORT_TYPE"],
+            fields["HCL_RUNTIME_DATA_BOUND"], fields["HCL_USER_DATA"]) == (1, 2, 2, True, "00" * 64)
+    assert fields["HCL_KEYS"][0] == {"kid": "HCLAkPub", "kty": "RSA", "key_ops": ["sign"], "bits": 2048,
+                                     "sha256": HCL_PUBLISHED["HCL_AK_SHA256"]}
+    assert fields["HCL_VM_CONFIGURATION"]["vmUniqueId"] == "911B0EF8-9DBA-48B0-B275-4E4DF2D39252"
+    assert [c["name"] for c in document["checks"]] == HCL_CHECKS
+    assert (document["format"], document["evidence"], document["authentic"], document["accepted"],
+            document["result"]) == ("azure-hcl-report", "sev-snp", True, True, "ok")
+
+
+def test_an_azure_hcl_report_spec_matches_or_not(config_file, azure_certs, tmp_path, capsys):
+    good = spec_file(tmp_path, "sev-snp", {0: HCL_PUBLISHED["MEASUREMENT"]})
+    assert check(config_file, HCL, "--certs", azure_certs, "--spec", good) == 0
+    assert "spec:        entry 'sev-snp-entry' matches" in capsys.readouterr().out
+    bad = spec_file(tmp_path, "sev-snp", {0: SNP_PUBLISHED["MEASUREMENT"]}, "bad.json")
+    assert check(config_file, HCL, "--certs", azure_certs, "--spec", bad, "--json") == 1
+    assert json.loads(capsys.readouterr().out)["reason"] == "no entry of the spec matches"
+
+
+def test_one_bit_of_runtime_data_flipped_is_not_authentic(config_file, azure_certs, tmp_path, capsys):
+    assert check(config_file, _flipped_user_data(tmp_path), "--certs", azure_certs, "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["fields"]["HCL_RUNTIME_DATA_BOUND"] is False
+    assert document["fields"]["HCL_USER_DATA"] == "10" + "00" * 63
+    binding = document["checks"][-1]
+    assert binding["name"] == "HCL runtime data binding" and not binding["passed"]
+    assert [m["field"] for m in binding["mismatches"]] == ["report_data"]
+    assert binding["mismatches"][0]["actual"] == HCL_PUBLISHED["HCL_RUNTIME_DATA_SHA256"] + "00" * 32
+    assert all(c["passed"] for c in document["checks"][:-1])  # the SEV-SNP report itself is intact
+    assert document["reason"] == "not authentic (HCL runtime data binding failed)"
+
+
+def test_an_azure_hcl_report_without_its_vcek_prints_and_is_exit_2(config_file, tmp_path, capsys):
+    assert check(config_file, _flipped_user_data(tmp_path)) == 2
+    out, err = capsys.readouterr()
+    assert text_fields(out)["HCL_RUNTIME_DATA_BOUND"] == "NO: REPORT_DATA is not its SHA-256 followed by 32 zero " \
+                                                         "bytes"  # shown even though no check ran
+    assert "checks:      none ran: an SEV-SNP report needs its VCEK and the ASK" in out
+    assert err.endswith("an Azure VM's IMDS serves both as one JSON document (THIM: vcekCert, certificateChain), "
+                        "which --certs DIR reads\n") and err.count("\n") == 1
+
+
+def test_certs_dir_reads_imdss_thim_document(config_file, tmp_path, capsys):
+    """Built here from trustee's real VCEK and chain, in the shape az-snp-vtpm reads from IMDS (src/imds.rs)."""
+    vcek, *chain = x509.load_pem_x509_certificates((AZURE / "trustee_vcek.pem").read_bytes())
+    directory = tmp_path / "thim"
+    directory.mkdir()
+    pem = [cert.public_bytes(serialization.Encoding.PEM).decode() for cert in (vcek, *chain)]
+    (directory / "thim.json").write_text(json.dumps({"vcekCert": pem[0], "certificateChain": "".join(pem[1:]),
+                                                     "tcbm": "7308000000000003"}))
+    assert check(config_file, HCL, "--certs", directory) == 0
+    assert "authentic:   yes" in capsys.readouterr().out
+
+
+def test_the_azure_cvm_tooling_report_is_not_its_repositorys_vceks(config_file, azure_certs, capsys):
+    """Bound to its runtime data, but trustee's VCEK is another chip's (that repository ships none for it)."""
+    assert check(config_file, AZURE / "az_cvm_vtpm_hcl_report_snp.bin", "--certs", azure_certs, "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    passed = {c["name"]: c["passed"] for c in document["checks"]}
+    assert passed == {"report signature": False, "VCEK certificate chain": True, "VCEK binding": False,
+                      "guest policy": True, "HCL runtime data binding": True}
+    assert document["fields"]["HCL_USER_DATA"] is None and document["fields"]["HCL_KEYS"][0]["kid"] == "HCLAkPub"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda d: AZURE / "az_cvm_vtpm_hcl_report_tdx.bin",
+     "unsupported evidence: HCL report type 4 (TDX) (supported: 2 (SEV-SNP))"),
+    (lambda d: _patched(d, "truncated.bin", HCL.read_bytes()[:1000]),
+     "malformed evidence: hcl_report.hw_report at offset 32: needs 1184 bytes, 968 remain"),
+    (lambda d: _patched(d, "json.bin", HCL.read_bytes().replace(b'{"keys"', b'["keys"', 1)),
+     "malformed evidence: hcl_report.runtime_data at offset 1243: not JSON: Expecting ',' delimiter"),
+    (lambda d: _patched(d, "snp-v6.bin", HCL.read_bytes()[:32] + b"\x06" + HCL.read_bytes()[33:]),
+     "unsupported evidence: SEV-SNP report version 6 (supported: 2 to 5)"),
+], ids=["tdx", "truncated", "runtime-data", "inner-v6"])
+def test_unusable_azure_hcl_reports_are_exit_2_and_one_line(config_file, azure_certs, tmp_path, capsys, make,
+                                                            message):
+    path = make(tmp_path)
+    assert check(config_file, path, "--certs", azure_certs) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"ikectl: error: {path}: {message}") and err.count("\n") == 1, err
+
+
+def test_collateral_is_not_for_an_azure_hcl_report(config_file, tmp_path, capsys):
+    assert check(config_file, HCL, "--collateral", tmp_path) == 2
+    assert f"--collateral is for tdx evidence; {HCL} is sev-snp evidence" in capsys.readouterr().err
+
+
+def test_detect_an_azure_hcl_report():
+    assert trustcheck.detect(HCL.read_bytes()) == trustcheck.Format.AZURE_HCL_REPORT
+    assert trustcheck.detect(b"HCLA") == trustcheck.Format.AZURE_HCL_REPORT  # and HclReport.parse says what is wrong
