@@ -1,5 +1,6 @@
 """AMD SEV-SNP: the attestation report (`report`), the VCEK's and VLEK's AMD extensions (`vcek`), guest policy rules
-(`policy`), the verifier (`verify`), and what differs between Milan, Genoa and Turin (`products`)."""
+(`policy`), the verifier (`verify`), what differs between Milan, Genoa and Turin (`products`), and Azure's HCL
+report, which wraps a report (`hcl`)."""
 
 from .policy import GuestPolicy, SnpPolicy
 from .products import MILAN_GENOA_TCB, TURIN_TCB, Product, TcbLayout
