@@ -1,7 +1,7 @@
 """The vendors' roots that ship with the package (ikecommon/attestation/roots.py): each loads, is a self-signed CA and
 is the certificate its pinned fingerprint names; they are the roots of the real evidence vectors, so the real Milan
-report verifies with them alone, and `ikectl trust check` does with a config that names no roots; the fingerprints
-docs/attestation.md and SOURCES.md print are the files'; a file that was altered is refused, loudly."""
+and Turin reports verify with them alone, and `ikectl trust check` does with a config that names no roots; the
+fingerprints docs/attestation.md and SOURCES.md print are the files'; a file that was altered is refused, loudly."""
 
 from __future__ import annotations
 
@@ -68,16 +68,21 @@ def test_only_roots_ship_and_every_file_is_declared():
 
 def test_the_intel_root_and_the_arks_are_the_vectors_roots():
     assert roots.intel_sgx_root() == x509.load_pem_x509_certificate((TDX / "intel_sgx_root_ca.pem").read_bytes())
-    assert roots.amd_arks()[:2] == (vector_ark("milan"), vector_ark("genoa"))
+    assert roots.amd_arks() == (vector_ark("milan"), vector_ark("genoa"), vector_ark("turin"))
     assert [root.name for root in SHIPPED if root.vendor == Vendor.AMD] == ["ARK-Milan", "ARK-Genoa", "ARK-Turin"]
     assert TrustAnchors.shipped() == TrustAnchors(intel_root=roots.intel_sgx_root(), amd_arks=roots.amd_arks())
 
 
-def test_the_real_milan_report_verifies_with_the_shipped_arks_alone():
-    ask, _ = load_ask_ark((SNP / "amd_ask_ark_milan.pem").read_bytes())  # the ARK of the vector is not used
+@pytest.mark.parametrize(("product", "at", "policy"), [
+    ("milan", AT, SnpPolicy(allow_debug=True)),  # launched with DEBUG allowed
+    ("turin", datetime(2025, 10, 1, tzinfo=UTC), None),  # its VCEK is valid from 2025-07-17
+])
+def test_the_real_reports_verify_with_the_shipped_arks_alone(product, at, policy):
+    ask, _ = load_ask_ark((SNP / f"amd_ask_ark_{product}.pem").read_bytes())  # the ARK of the vector is not used
     ark = next(ark for ark in roots.amd_arks() if ark.subject == ask.issuer)
-    result = verify_report(MILAN_REPORT.read_bytes(), vcek=load_vcek((SNP / "snp_vcek_milan.der").read_bytes()),
-                           ask=ask, ark=ark, at=AT, policy=SnpPolicy(allow_debug=True))
+    result = verify_report((SNP / f"snp_report_{product}.bin").read_bytes(),
+                           vcek=load_vcek((SNP / f"snp_vcek_{product}.der").read_bytes()), ask=ask, ark=ark, at=at,
+                           policy=policy)
     assert result.ok, result.mismatches
 
 
