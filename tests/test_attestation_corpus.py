@@ -377,7 +377,8 @@ def _snp_cases(k: SnpKind) -> Iterator[Case]:
     ]:
         yield _case(k, f"unsupported/{variant}", lambda d=data: k.verify(d), expect)
     yield _case(k, "unsupported/product", lambda: _venice(k),
-                unsupported(f"{name}.productName", None, "SEV-SNP product 'Venice-A0' (supported"),
+                unsupported(f"{name}.productName", None,
+                            "SEV-SNP product 'Venice-A0' (supported: Milan, Genoa and Turin)"),
                 control=lambda: FakeAmd.instance(k).verify())
     yield _case(k, "chain/other-vendor", lambda: k.verify(chain=(ask, intel_root())),
                 Fails({f"{issuer}.issuer": chain_check, "ark.signature_algorithm": chain_check}))

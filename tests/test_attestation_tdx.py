@@ -141,6 +141,7 @@ def test_require_ok_raises_with_every_mismatch():
     assert [m.field for m in caught.value.mismatches] == ["tcb.level"]
     assert "tcb.level" in str(caught.value)
 
+
 # -- malformed collateral ------------------------------------------------------------------------------------
 
 def test_malformed_collateral_names_the_json_path():
@@ -188,6 +189,7 @@ def test_missing_crls_fail_closed():
     revocation = {m.field: m for m in result.mismatches if m.field.endswith(".revocation")}
     assert set(revocation) == {"pck_leaf.revocation", "pck_ca.revocation", "tcb_signer.revocation"}
     assert revocation["pck_leaf.revocation"].actual == "none supplied"
+
 
 # -- a test PKI under its own root: revocation, matching TCB levels, TD policy ------------------------------
 

@@ -49,6 +49,7 @@ def verify15(quote: bytes = QUOTE, at: datetime = AT) -> TdxVerification:
 def baseline_fields() -> set[str]:
     return fields(verify15())
 
+
 # -- parsed values -------------------------------------------------------------------------------------------------
 
 def test_header_and_body_descriptor():
@@ -127,6 +128,7 @@ def test_one_bit_flipped_in_the_pck_leaf_signature():
     end = LAYOUT.pck_chain + pem.index(b"-----END CERTIFICATE-----")
     result = verify15(flipped(QUOTE, end - 10, 1))
     assert fields(result) - baseline_fields() == {"pck_leaf.signature"}
+
 
 # -- a body of type 2 and what the signature covers ---------------------------------------------------------------
 
