@@ -125,7 +125,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache, cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from attestation_vectors import SNP, TDX
 from cryptography import x509
@@ -140,6 +141,7 @@ from ikecommon.attestation.snp import SnpPolicy, SnpReport, SnpVerification, loa
 from ikecommon.attestation.snp.report import LAYOUT
 from ikecommon.attestation.snp.verify import load_vcek, load_vlek
 from ikecommon.attestation.tdx import TdxCollateral, TdxPolicy, TdxQuote, TdxVerification, verify_quote
+from ikectl import cli
 
 # -- bytes ------------------------------------------------------------------------------------------------------------
 
@@ -315,14 +317,23 @@ def real_collateral() -> TdxCollateral:
 
 
 @dataclass(frozen=True)
-class TdxKind:
+class Kind:
+    """A kind of real evidence: its name in the corpus ids, its file, and a time inside its validity."""
+
     name: str
     file: str
     at: datetime
 
+    DIRECTORY: ClassVar[Path]
+
     @cached_property
     def evidence(self) -> bytes:
-        return tdx_file(self.file)
+        return (self.DIRECTORY / self.file).read_bytes()
+
+
+@dataclass(frozen=True)
+class TdxKind(Kind):
+    DIRECTORY: ClassVar[Path] = TDX
 
     @cached_property
     def layout(self) -> TdxLayout:
@@ -350,17 +361,16 @@ def amd_chain(name: str) -> tuple[x509.Certificate, x509.Certificate]:
 
 
 @dataclass(frozen=True)
-class SnpKind:
+class SnpKind(Kind):
     """A report with its key (VCEK or VLEK) and its product's chain. The key is given as DER, as an envelope
     carries it: loading it is part of what is judged."""
 
-    name: str
-    file: str
     key_file: str
     chain_file: str
-    at: datetime
     policy: SnpPolicy
     other_product: str  # the same kind of chain of another product
+
+    DIRECTORY: ClassVar[Path] = SNP
 
     @property
     def key_kind(self) -> str:  # "vcek" or "vlek": how the verifier names the key and its issuer
@@ -369,10 +379,6 @@ class SnpKind:
     @property
     def issuer(self) -> str:
         return "asvk" if self.key_kind == "vlek" else "ask"
-
-    @cached_property
-    def evidence(self) -> bytes:
-        return snp_file(self.file)
 
     @cached_property
     def key_der(self) -> bytes:
@@ -400,13 +406,13 @@ class SnpKind:
 TDX_V4 = TdxKind("tdx-v4", "tdx_quote_v4_spr_e4.dat", datetime(2023, 7, 1, tzinfo=UTC))
 TDX_V5 = TdxKind("tdx-v5", "tdx_quote_v5_td15.dat", datetime(2026, 2, 3, 1, tzinfo=UTC))
 # The Milan VCEK report was launched with DEBUG set: its kind allows it, so the unmutated report verifies.
-SNP_VCEK = SnpKind("snp-vcek", "snp_report_milan.bin", "snp_vcek_milan.der", "amd_ask_ark_milan.pem",
-                   datetime(2023, 7, 1, tzinfo=UTC), SnpPolicy(allow_debug=True), "amd_ask_ark_genoa.pem")
-SNP_VLEK = SnpKind("snp-vlek", "snp_report_milan_vlek.bin", "snp_vlek_milan.der", "amd_asvk_ark_milan.pem",
-                   datetime(2025, 6, 1, tzinfo=UTC), SnpPolicy(), "amd_asvk_ark_genoa.pem")
+SNP_VCEK = SnpKind("snp-vcek", "snp_report_milan.bin", datetime(2023, 7, 1, tzinfo=UTC), "snp_vcek_milan.der",
+                   "amd_ask_ark_milan.pem", SnpPolicy(allow_debug=True), "amd_ask_ark_genoa.pem")
+SNP_VLEK = SnpKind("snp-vlek", "snp_report_milan_vlek.bin", datetime(2025, 6, 1, tzinfo=UTC), "snp_vlek_milan.der",
+                   "amd_asvk_ark_milan.pem", SnpPolicy(), "amd_asvk_ark_genoa.pem")
 # Turin (Oak Containers, version 5): its TCB_VERSION puts the FMC first, its VCEK's hwID is 8 bytes.
-SNP_TURIN = SnpKind("snp-turin", "snp_report_turin.bin", "snp_vcek_turin.der", "amd_ask_ark_turin.pem",
-                    datetime(2025, 10, 1, tzinfo=UTC), SnpPolicy(), "amd_ask_ark_milan.pem")
+SNP_TURIN = SnpKind("snp-turin", "snp_report_turin.bin", datetime(2025, 10, 1, tzinfo=UTC), "snp_vcek_turin.der",
+                    "amd_ask_ark_turin.pem", SnpPolicy(), "amd_ask_ark_milan.pem")
 KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK, SNP_TURIN)
 
 
@@ -476,3 +482,18 @@ class FakeAmd:
         kwargs.setdefault("chain", (self.ask, self.ark))
         kwargs.setdefault("key", self.vcek)
         return self.kind.verify(report or self.report(), **kwargs)
+
+
+def snp_trust_check(tmp_path: Path, report: str, ark: x509.Certificate, names: Sequence[str], *extra: str) -> int:
+    """`ikectl trust check` on the report `report` of sev-snp/, with `ark` the only AMD root trusted and the named files
+    of sev-snp/ in its --certs directory; its exit status."""
+    ark_file = tmp_path / "ark.pem"
+    ark_file.write_bytes(ark.public_bytes(serialization.Encoding.PEM))
+    config = tmp_path / "ikectl.toml"
+    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\ntrust_dir = "{tmp_path / "trust"}"\n[trust]\n'
+                      f'amd_arks = ["{ark_file}"]\n')
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for name in names:
+        (certs / name).write_bytes(snp_file(name))
+    return cli.main(["--config", str(config), "trust", "check", str(SNP / report), "--certs", str(certs), *extra])

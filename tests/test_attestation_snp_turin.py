@@ -15,9 +15,9 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from attestation_mutations import snp_trust_check
 from attestation_vectors import SNP, VECTORS
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from test_attestation_snp import PERMISSIVE, FakeAmd
 from test_attestation_snp import verify as verify_milan
 
@@ -34,7 +34,6 @@ from ikecommon.attestation.snp import (
     verify_report,
 )
 from ikecommon.attestation.snp.products import MILAN_GENOA_TCB, TURIN, TURIN_TCB
-from ikectl import cli
 
 AT = datetime(2025, 10, 1, tzinfo=UTC)  # Oak's verification time; the VCEK is valid 2025-07-17 to 2032-07-17
 
@@ -278,17 +277,9 @@ def test_a_64_byte_chip_id_is_not_turins():
 # -- ikectl trust check --------------------------------------------------------------------------------------
 
 def test_trust_check_prints_turins_tcb(tmp_path: Path, capsys):
-    ark = tmp_path / "ark-turin.pem"
-    ark.write_bytes(ask_ark()[1].public_bytes(serialization.Encoding.PEM))
-    config = tmp_path / "ikectl.toml"
-    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\ntrust_dir = "{tmp_path / "trust"}"\n[trust]\n'
-                      f'amd_arks = ["{ark}"]\n')
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    for name in ("snp_vcek_turin.der", "amd_ask_ark_turin.pem"):
-        (certs / name).write_bytes((SNP / name).read_bytes())
-    assert cli.main(["--config", str(config), "trust", "check", str(SNP / "snp_report_turin.bin"), "--certs",
-                     str(certs), "--at", "2025-10-01T00:00:00Z", "--json"]) == 0
+    certs = ("snp_vcek_turin.der", "amd_ask_ark_turin.pem")
+    assert snp_trust_check(tmp_path, "snp_report_turin.bin", ask_ark()[1], certs, "--at", "2025-10-01T00:00:00Z",
+                           "--json") == 0
     document = json.loads(capsys.readouterr().out)
     assert document["fields"]["REPORTED_TCB"] == {"raw": "0x4700000002000100", "fmc": 0, "bootloader": 1, "tee": 0,
                                                   "snp": 2, "microcode": 71}

@@ -13,10 +13,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from attestation_mutations import SNP_VCEK, SNP_VLEK, amd_chain, fields
-from attestation_vectors import SNP
+from attestation_mutations import SNP_VCEK, SNP_VLEK, amd_chain, fields, snp_trust_check
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ikecommon.attestation import VerificationFailed
 from ikecommon.attestation.snp import (
@@ -27,7 +25,6 @@ from ikecommon.attestation.snp import (
     verify_report,
     vlek_extensions,
 )
-from ikectl import cli
 
 AT = SNP_VLEK.at  # 2025-06-01
 
@@ -186,17 +183,7 @@ def test_expired_vlek():
 # -- ikectl trust check --------------------------------------------------------------------------------------------
 
 def _trust_check(tmp_path: Path, *names: str, extra: tuple[str, ...] = ("--at", "2025-06-01T00:00:00Z")) -> int:
-    ark = tmp_path / "ark-milan.pem"
-    ark.write_bytes(asvk_ark()[1].public_bytes(serialization.Encoding.PEM))
-    config = tmp_path / "ikectl.toml"
-    config.write_text(f'[paths]\nrun_dir = "{tmp_path / "run"}"\ntrust_dir = "{tmp_path / "trust"}"\n[trust]\n'
-                      f'amd_arks = ["{ark}"]\n')
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    for name in names:
-        (certs / name).write_bytes((SNP / name).read_bytes())
-    return cli.main(["--config", str(config), "trust", "check", str(SNP / "snp_report_milan_vlek.bin"),
-                     "--certs", str(certs), *extra])
+    return snp_trust_check(tmp_path, "snp_report_milan_vlek.bin", asvk_ark()[1], names, *extra)
 
 
 def _fields(out: str) -> dict[str, str]:
