@@ -1,4 +1,5 @@
-"""The roots a pin's anchors name (`--anchors vendor|sim`), for `trust add`, `trust verify` and `trust check` alike.
+"""The roots a pin's anchors name (`--anchors vendor|sim`), and the evidence policy of [trust], for `trust add`,
+`trust verify` and `trust check` alike.
 
 `vendor` is Intel's and AMD's roots as they ship with the package (ikecommon/attestation/roots.py); a [trust] key
 replaces its vendor's shipped roots with the files it names (intel_root: that root instead; amd_arks: those ARKs
@@ -8,7 +9,10 @@ offline `trust check` does not load what pins.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from ikecommon.attestation import TrustAnchors, roots
+from ikecommon.attestation.tdx import TdxPolicy
 
 from .config import TrustSettings
 from .truststore import Anchors, read_root_certificate
@@ -22,3 +26,9 @@ def trust_anchors(kind: Anchors, settings: TrustSettings) -> TrustAnchors:
     arks = (roots.amd_arks() if settings.amd_arks is None
             else tuple(read_root_certificate(path, f"trust.amd_arks[{i}]") for i, path in enumerate(settings.amd_arks)))
     return TrustAnchors(intel_root=intel, amd_arks=arks)
+
+
+def tdx_policy(settings: TrustSettings) -> TdxPolicy:
+    """[trust] collateral_grace_days and tdx_tcb_statuses (docs/attestation.md, "Collateral policy")."""
+    return TdxPolicy(accepted_tcb_statuses=frozenset(settings.tdx_tcb_statuses),
+                     collateral_grace=timedelta(days=settings.collateral_grace_days))

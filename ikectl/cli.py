@@ -420,17 +420,23 @@ def cmd_trust(args: argparse.Namespace) -> int:
         pin = trust.add(cfg, args.name, address(args.resolver, f"--resolver {args.resolver}"), args.spec, now,
                         port=args.port, anchors=Anchors(args.anchors),
                         expected_id=resolver_id(args.id, "--id") if args.id else None,
-                        warn=lambda text: logline.write(f"ikectl: WARNING: {text}", logline.WARNING))
+                        warn=_trust_warning)
         print(f"pinned {pin.name}: {pin.address} {pin.id} {pin.key.kind} key {pin.key.libreswan[:24]}... "
               f"({pin.evidence_kind} measurement {pin.measurement_id})")
     elif args.trust_command == "verify":
         outcome = trust.verify(cfg, args.name, now, say=say)
+        for note in outcome.notes:
+            _trust_warning(note)
         changed = "; a new key, now pinned" if outcome.key_changed else ""
         print(f"{args.name}: attested{changed}{'; trusted mode reloaded' if outcome.reapplied else ''}")
     else:
         blocked = trust.remove(cfg, args.name, say=say)
         say(f"removed pin {args.name}" + ("; trusted mode's conns to it deleted: DNS blocked" if blocked else ""))
     return EXIT_OK
+
+
+def _trust_warning(text: str) -> None:
+    logline.write(f"ikectl: WARNING: {text}", logline.WARNING)
 
 
 def _trust_check(args: argparse.Namespace) -> int:

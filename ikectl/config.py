@@ -36,6 +36,8 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     # --anchors vendor trusts the roots that ship with ikectl (docs/attestation.md); these replace them:
     # intel_root = "/etc/ikectl/intel-sgx-root.pem"   # for TDX evidence: this root instead
     # amd_arks = ["/etc/ikectl/ark-milan.pem"]        # for SEV-SNP evidence: these ARKs only ([] trusts none)
+    collateral_grace_days = 0           # TDX: accept Intel's collateral this long past its nextUpdate, with a note
+    tdx_tcb_statuses = ["UpToDate"]     # TDX: the platform TCB statuses accepted (others: with a note; never Revoked)
 
 Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 
@@ -155,6 +157,8 @@ class TrustSettings:
     feed_ca_file: Path | None = None  # CA certificates for the feed's https (None: the system's)
     intel_root: Path | None = None  # Intel SGX Root CA, PEM (None: the shipped one)
     amd_arks: tuple[Path, ...] | None = None  # AMD root keys, PEM (None: the shipped ARKs)
+    collateral_grace_days: int = 0  # TDX collateral accepted this long past its nextUpdate (docs/attestation.md)
+    tdx_tcb_statuses: tuple[str, ...] = ("UpToDate",)
 
 
 @dataclass(frozen=True)
@@ -421,8 +425,8 @@ def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
     trust_dir = _absolute(_table(data, "paths", source).get("trust_dir", truststore.DEFAULT_TRUST_DIR),
                           f"{source}: paths.trust_dir")
     table = _table(data, "trust", source)
-    _only(table, {"interval_s", "timeout_s", "release_key", "feed_ca_file", "intel_root", "amd_arks"},
-          f"{source}: [trust]")
+    _only(table, {"interval_s", "timeout_s", "release_key", "feed_ca_file", "intel_root", "amd_arks",
+                  "collateral_grace_days", "tdx_tcb_statuses"}, f"{source}: [trust]")
     files = {key: _absolute(table[key], f"{where}.{key}") if key in table else None
              for key in ("release_key", "feed_ca_file", "intel_root")}
     arks = (tuple(_absolute(p, f"{where}.amd_arks[{i}]") for i, p in enumerate(_list(table, "amd_arks", where)))
@@ -430,7 +434,25 @@ def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
     return trust_dir, TrustSettings(interval_s=_int(table, "interval_s", 3600, 60, 7 * 86_400, where),
                                     timeout_s=_int(table, "timeout_s", 10, 1, 120, where),
                                     release_key=files["release_key"], feed_ca_file=files["feed_ca_file"],
-                                    intel_root=files["intel_root"], amd_arks=arks)
+                                    intel_root=files["intel_root"], amd_arks=arks,
+                                    collateral_grace_days=_int(table, "collateral_grace_days", 0, 0, 90, where),
+                                    tdx_tcb_statuses=_tcb_statuses(table, where))
+
+
+# Intel's TCB statuses a platform may be accepted at; "Revoked" never is.
+TDX_TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+                    "OutOfDate", "OutOfDateConfigurationNeeded")
+
+
+def _tcb_statuses(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    statuses = _list(table, "tdx_tcb_statuses", where, ["UpToDate"])
+    for status in statuses:
+        if status not in TDX_TCB_STATUSES:
+            raise ConfigError(f"{where}.tdx_tcb_statuses: {status!r} is not a TCB status to accept (one of "
+                              f"{', '.join(TDX_TCB_STATUSES)})")
+    if not statuses:
+        raise ConfigError(f"{where}.tdx_tcb_statuses is empty: no TDX platform would ever be accepted")
+    return tuple(dict.fromkeys(statuses))
 
 
 def _absolute(value: object, where: str) -> Path:

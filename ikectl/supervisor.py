@@ -240,6 +240,8 @@ class Supervisor:
             return
         for result in trust.reattest_due(cfg, now, key_changed=self.saw_other_key()):
             _log(f"re-attested {result.name}: {'ok' if result.ok else result.reason}", INFO if result.ok else ERROR)
+            for note in result.notes:
+                _log(f"re-attested {result.name}: {note}", WARNING)
 
     def saw_other_key(self) -> bool:
         """Has pluto written, since the last round, that the trusted resolver presented another key?"""

@@ -43,10 +43,11 @@ from ikecommon.attestation import (
     VerificationFailed,
     verify_envelope,
 )
+from ikecommon.attestation.tdx import TdxPolicy
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
 from . import daemon, feed, pins, session, truststore
-from .anchors import trust_anchors
+from .anchors import tdx_policy, trust_anchors
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
 from .plan import TRUSTED_CONNS
@@ -109,6 +110,7 @@ class Attested:
     id: str
     evidence_kind: str
     measurement_id: str
+    notes: tuple[str, ...] = ()  # accepted by the policy, for the user to hear
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Reattestation:
     key_changed: bool = False  # verified, with another key (or ID) than the pin had: re-pinned
     blocked: bool = False      # failed while in use: the trusted conns were deleted, DNS is blocked
     reapplied: bool = False    # verified after a failure or a key change, and trusted mode was reloaded
+    notes: tuple[str, ...] = ()  # verified, and the policy accepted these only with a note
 
 
 # --- sources: the spec and the anchors ---
@@ -162,8 +165,9 @@ def load_spec(source: str, settings: TrustSettings, now: float,
 # --- attesting ---
 
 def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, *,
-           timeout: float = 10.0, expected_id: str | None = None) -> Attested:
-    """Fetch evidence for a fresh nonce and verify it; AttestationFailed lists every mismatch."""
+           timeout: float = 10.0, expected_id: str | None = None, policy: TdxPolicy | None = None) -> Attested:
+    """Fetch evidence for a fresh nonce and verify it; AttestationFailed lists every mismatch. What the policy
+    accepted only with a note (collateral inside its grace, a TCB status other than UpToDate) is in `notes`."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     host = str(address)
     try:
@@ -174,10 +178,11 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
     what = detail = ""
     key = None
     kind = measurement = ""
+    notes: tuple[str, ...] = ()
     try:
-        verified = verify_envelope(body, nonce, spec, anchors, _at(now))
+        verified = verify_envelope(body, nonce, spec, anchors, _at(now), tdx_policy=policy)
         key = keys.from_public_key(verified.public_key())
-        kind, measurement = verified.kind.value, verified.measurement_id
+        kind, measurement, notes = verified.kind.value, verified.measurement_id, verified.evidence.notes
     except VerificationFailed as exc:
         mismatches += exc.mismatches
     except (UnsupportedEvidence, EvidenceFormatError) as exc:
@@ -196,7 +201,7 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         counted = [f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"] if mismatches else []
         said = ", ".join(([what] if what else []) + counted)
         raise AttestationFailed(f"resolver {address} failed attestation ({said})", mismatches, what, detail)
-    return Attested(key, served, kind, measurement)
+    return Attested(key, served, kind, measurement, notes)
 
 
 def _ike_id(text: str) -> str:
@@ -216,7 +221,7 @@ def _at(now: float) -> datetime:
 def add(config: Config, name: str, resolver: Address, spec_text: str, now: float, *, port: int = DEFAULT_PORT,
         anchors: Anchors = Anchors.VENDOR, expected_id: str | None = None, warn: Say = _quiet) -> StoredPin:
     """Attest the resolver and pin it; nothing is pinned unless every check passes. `warn` hears, once the
-    arguments are found good, that sim evidence is NOT SECURE."""
+    arguments are found good, that sim evidence is NOT SECURE, and what the policy accepted only with a note."""
     truststore.check_name(name)
     source = spec_source(spec_text)
     roots = trust_anchors(anchors, config.trust)
@@ -232,7 +237,7 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
             raise UsageError(f"--spec: {exc}") from None
         try:
             attested = attest(resolver, port, spec, roots, now, timeout=config.trust.timeout_s,
-                              expected_id=expected_id)
+                              expected_id=expected_id, policy=tdx_policy(config.trust))
         except AttestationFailed as exc:
             raise exc.saying(f"{exc.sentence}: nothing pinned") from None
         except TrustError as exc:
@@ -241,6 +246,8 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
                         anchors=anchors.value, evidence_kind=attested.evidence_kind,
                         measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial)
         truststore.save(config.trust_dir, pin)
+    for note in attested.notes:
+        warn(note)
     return pin
 
 
@@ -252,7 +259,7 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
         try:
             spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
             attested = attest(pin.address, pin.port, spec, trust_anchors(Anchors(pin.anchors), config.trust), now,
-                              timeout=config.trust.timeout_s)
+                              timeout=config.trust.timeout_s, policy=tdx_policy(config.trust))
         except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
                 f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
@@ -273,7 +280,7 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
         truststore.save(config.trust_dir, updated)
     changed = (updated.key, updated.id) != (pin.key, pin.id)
     reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
-    return Reattestation(name, True, key_changed=changed, reapplied=reapplied)
+    return Reattestation(name, True, key_changed=changed, reapplied=reapplied, notes=attested.notes)
 
 
 def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:

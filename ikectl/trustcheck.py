@@ -68,6 +68,7 @@ from ikecommon.attestation.tdx import (
     TcbInfo,
     TdReportBody15,
     TdxCollateral,
+    TdxPolicy,
     TdxQuote,
     sgx_extensions,
     verify_quote,
@@ -75,7 +76,7 @@ from ikecommon.attestation.tdx import (
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
-from .anchors import trust_anchors
+from .anchors import tdx_policy, trust_anchors
 from .config import TrustSettings
 from .errors import IkectlError, UsageError
 from .truststore import Anchors
@@ -129,6 +130,7 @@ class Inputs:
     at: datetime
     collateral_dir: Path | None = None  # --collateral, read once the evidence is known to be TDX
     certs_dir: Path | None = None       # --certs, read once it is known to be SEV-SNP
+    tdx_policy: TdxPolicy = field(default_factory=TdxPolicy)  # [trust] collateral_grace_days, tdx_tcb_statuses
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ class CheckReport:
             "fields": {f.name: f.value for f in self.fields},
             "at": iso(self.at),
             "checks": [{"name": c.name, "kind": c.kind.value, "passed": c.passed,
-                        "mismatches": [_mismatch_json(m) for m in c.mismatches]} for c in self.checks],
+                        "mismatches": [_mismatch_json(m) for m in c.mismatches], "notes": list(c.notes)}
+                       for c in self.checks],
             "authentic": self.authentic,
             "accepted": self.accepted,
             "tcb_status": self.tcb_status,
@@ -229,6 +232,7 @@ class CheckReport:
             for check in self.checks:
                 lines.append(f"  {'ok  ' if check.passed else 'FAIL'}  {check.name} ({check.kind.value})")
                 lines += [f"          {m}" for m in check.mismatches]
+                lines += [f"          note: {note}" for note in check.notes]
         lines.append(f"authentic:   {_authentic_text(self)}")
         lines.append(f"accepted:    {_accepted_text(self)}")
         status = (f"{self.tcb_status} ({self.tcb_note})" if self.tcb_note else self.tcb_status) if self.tcb_status \
@@ -278,7 +282,7 @@ def run(settings: TrustSettings, file: str, *, spec: str | None, collateral: Pat
     when = parse_time(at) if at is not None else datetime.now(UTC)
     measurement_spec = load_spec(spec) if spec is not None else None
     data = read_file(file)
-    inputs = Inputs(anchors, *_roots(settings, anchors), when, collateral, certs)
+    inputs = Inputs(anchors, *_roots(settings, anchors), when, collateral, certs, tdx_policy(settings))
     try:
         report = check(file, data, inputs, measurement_spec, strict=strict)
     except UnsupportedEvidence as exc:
@@ -410,7 +414,8 @@ def _tdx(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
                        "certificate, the PCK CA's and root CA's CRLs)")
     if missing or inputs.intel_root is None or collateral is None:
         return replace(base, not_verified="; ".join(missing))
-    verification = verify_quote(quote, root=inputs.intel_root, collateral=collateral, at=inputs.at)
+    verification = verify_quote(quote, root=inputs.intel_root, collateral=collateral, at=inputs.at,
+                                policy=inputs.tdx_policy)
     status, note = _tdx_status(verification)
     return replace(base, checks=verification.checks, tcb_status=status, tcb_note=note)
 

@@ -28,6 +28,14 @@ def test_defaults_are_coffee_shop_with_discovery(tmp_path):
     assert cfg.coffee_shop.ike_timeout_ms == 300
 
 
+def test_trust_policy_defaults_and_values(tmp_path):
+    default = config.load(write(tmp_path, "")).trust
+    assert (default.collateral_grace_days, default.tdx_tcb_statuses) == (0, ("UpToDate",))
+    given = config.load(write(tmp_path, '[trust]\ncollateral_grace_days = 7\n'
+                                        'tdx_tcb_statuses = ["UpToDate", "SWHardeningNeeded", "UpToDate"]\n')).trust
+    assert (given.collateral_grace_days, given.tdx_tcb_statuses) == (7, ("UpToDate", "SWHardeningNeeded"))
+
+
 def test_trusted_with_inline_key_and_key_file(tmp_path):
     cfg = config.load(write(tmp_path, f'mode = "trusted"\n[trusted]\naddress = "192.0.2.53"\n'
                                       f'id = "@dns.example.net"\npubkey = "{EC_RAW}"\n'))
@@ -56,6 +64,11 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ("[coffee_shop]\nike_timeout_ms = 5", "ike_timeout_ms = 5: expected a whole number from 100 to 10000"),
     ("[ipsec]\nsa_lifetime_s = 5", "ipsec.sa_lifetime_s = 5: expected a whole number from 30 to 86400"),
     ("[ipsec]\nike_lifetime_s = 60", "\\[ipsec\\]: unknown key 'ike_lifetime_s'"),
+    ("[trust]\ncollateral_grace_days = 91", "trust.collateral_grace_days = 91: expected a whole number from 0 to 90"),
+    ("[trust]\ncollateral_grace_days = -1", "collateral_grace_days = -1"),
+    ('[trust]\ntdx_tcb_statuses = ["Revoked"]', "'Revoked' is not a TCB status to accept"),
+    ("[trust]\ntdx_tcb_statuses = []", "tdx_tcb_statuses is empty: no TDX platform would ever be accepted"),
+    ('[trust]\ntdx_tcb_statuses = "UpToDate"', "tdx_tcb_statuses must be a list"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as error:

@@ -180,7 +180,7 @@ def test_tdx_quote_json(config_file, collateral, capsys):
     assert all(fields[name] == "00" * 48 for name in TDX_PUBLISHED_ZERO)
     checks = {c["name"]: c for c in document["checks"]}
     assert not checks["TCB level"]["passed"] and checks["TCB level"]["mismatches"][0]["field"] == "tcb.level"
-    assert set(checks["quote signature"]) == {"name", "kind", "passed", "mismatches"}
+    assert set(checks["quote signature"]) == {"name", "kind", "passed", "mismatches", "notes"}
     assert (document["authentic"], document["accepted"], document["tcb_status"], document["spec"],
             document["result"], document["reason"]) == (True, False, None, None, "ok", "")
 
@@ -673,3 +673,22 @@ def test_collateral_is_not_for_an_azure_hcl_report(config_file, tmp_path, capsys
 def test_detect_an_azure_hcl_report():
     assert trustcheck.detect(HCL.read_bytes()) == trustcheck.Format.AZURE_HCL_REPORT
     assert trustcheck.detect(b"HCLA") == trustcheck.Format.AZURE_HCL_REPORT  # and HclReport.parse says what is wrong
+
+
+# --- the collateral policy of [trust]: the real QE identity and PCK CRL are due on 2023-07-08 ---
+
+def test_tdx_collateral_a_day_past_its_next_update_follows_the_configured_grace(tmp_path, collateral, capsys):
+    root = f'intel_root = "{TDX / "intel_sgx_root_ca.pem"}"\n'
+    late = "2023-07-09T00:00:00Z"
+    strict = _config(tmp_path, "strict.toml", root)  # and so is the PCK CRL's, a certificate check: exit 1
+    assert check(strict, QUOTE, "--collateral", collateral, "--at", late, "--json") == 1
+    document = json.loads(capsys.readouterr().out)
+    freshness = next(c for c in document["checks"] if c["name"] == "collateral freshness")
+    assert [m["field"] for m in freshness["mismatches"]] == ["qe_identity.nextUpdate"] and freshness["notes"] == []
+    graced = _config(tmp_path, "graced.toml", root + "collateral_grace_days = 2\n")
+    assert check(graced, QUOTE, "--collateral", collateral, "--at", late) == 0  # authentic; TCB level aside
+    out = capsys.readouterr().out
+    assert "  ok    collateral freshness (collateral)" in out and "  ok    PCK certificate chain" in out
+    assert ("note: qe_identity is past its nextUpdate 2023-07-08T07:24:59Z by 16.6 hours: accepted inside the 2 "
+            "days grace; the resolver's collateral needs refreshing") in out
+    assert "note: CRL of C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX PCK Platform CA is past" in out
