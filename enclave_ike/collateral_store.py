@@ -264,7 +264,8 @@ class ServedCollateral:
         what, when = found.first_deadline()
         if when < now:
             return Found(found, f"TDX collateral for FMSPC {fmspc} expired: {what} {iso(when)}, "
-                                f"{co.age(when, now)}: serving it, clients will refuse it; {todo}")
+                                f"{co.age(when, now)}: serving it, clients refuse it unless their [trust] "
+                                f"collateral_grace_days covers it; {todo}")
         return Found(found, None)
 
     def _load(self, fmspc: bytes) -> _Loaded | None:

@@ -416,7 +416,8 @@ def test_without_collateral_the_quote_goes_out_alone_one_warning_and_an_import_i
         assert stale.collateral.tdx_tcb_info == (tmp_path / "tdx/50806f000000/tcb-info.json").read_bytes()
     expired = warnings_of(caplog)[1:]
     assert len(expired) == 1 and expired[0].startswith("TDX collateral for FMSPC 50806f000000 expired: ")
-    assert "expired 2 days ago: serving it, clients will refuse it; run `enclave-ike collateral fetch" in expired[0]
+    assert "expired 2 days ago: serving it, clients refuse it unless their [trust] collateral_grace_days covers " \
+        "it; run `enclave-ike collateral fetch" in expired[0]
 
 
 def test_collateral_that_does_not_parse_verify_or_match_the_quote_is_said_once(tmp_path, caplog):

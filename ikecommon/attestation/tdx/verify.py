@@ -223,11 +223,12 @@ def subject_of(crl: x509.CertificateRevocationList) -> str:
 
 
 def _span(delta: timedelta) -> str:
-    if delta >= timedelta(days=1):
-        days = delta / timedelta(days=1)
-        return f"{days:g} day{'s' if days != 1 else ''}" if days == int(days) else f"{days:.1f} days"
-    hours = delta / timedelta(hours=1)
-    return f"{hours:.1f} hours" if hours >= 1 else f"{delta.total_seconds():.0f} s"
+    """A span as a person says it: "1 day", "2.5 days", "16.6 hours", "40 s"."""
+    for unit, size in (("day", timedelta(days=1)), ("hour", timedelta(hours=1))):
+        if delta >= size:
+            value = round(delta / size, 1)
+            return f"{value:g} {unit}{'' if value == 1 else 's'}"
+    return f"{delta.total_seconds():.0f} s"
 
 
 def _masked(value: bytes, mask: bytes) -> bytes:
