@@ -8,8 +8,9 @@ The kinds (tests/vectors/attestation; provenance in its SOURCES.md), each judged
     snp-vcek  snp_report_milan.bin, snp_vcek_milan.der, amd_ask_ark_milan.pem                   at 2023-07-01
     snp-vlek  snp_report_milan_vlek.bin, snp_vlek_milan.der, amd_asvk_ark_milan.pem             at 2025-06-01
     snp-turin snp_report_turin.bin, snp_vcek_turin.der, amd_ask_ark_turin.pem                   at 2025-10-01
+    snp-genoa snp_report_genoa.bin, snp_vcek_genoa.pem, amd_ask_ark_genoa.pem                   at 2026-02-20
 
-"SNP" below is all three SNP kinds; where they differ, the row says so (Turin reads TCB_VERSION FMC first and its
+"SNP" below is all four SNP kinds; where they differ, the row says so (Turin reads TCB_VERSION FMC first and its
 VCEK's hwID is 8 bytes, so the same bit of REPORTED_TCB is its FMC SVN, not its bootloader's).
 
 Every class applied to every kind (tests/test_attestation_corpus.py; its ids read `kind/class/variant`). What a
@@ -89,8 +90,8 @@ chain/impostor-root              TDX: a root named "Intel SGX Root CA" with anot
                                       pck_ca.signature, ...}
                                  SNP: an ARK named "ARK-Milan" with another key: Fails{ask.signature / asvk.signature}
 chain/other-product              TDX: n/a, one Intel root for every platform
-                                 SNP: Genoa's chain (Turin: Milan's): Fails{vcek.issuer / vlek.issuer}; the ASK/ASVK
-                                      under the other product's ARK: Fails{ask.issuer / asvk.issuer}
+                                 SNP: Genoa's chain (Turin, Genoa: Milan's): Fails{vcek.issuer / vlek.issuer}; the
+                                      ASK/ASVK under the other product's ARK: Fails{ask.issuer / asvk.issuer}
 chain/other-key-kind             TDX: n/a, one kind of PCK
                                  SNP: the other kind's key and chain (a VLEK for a VCEK report and back):
                                       Fails{signer_info.signing_key: binding, signature, ...}; this kind's key under
@@ -98,9 +99,11 @@ chain/other-key-kind             TDX: n/a, one kind of PCK
 chain/no-vendor-extensions       TDX: the PCK CA in the leaf's place: Format(pck_leaf.sgx_extensions)
                                  SNP: the ASK / ASVK in the key's place: Format(vcek.extensions.... / vlek....)
 time/expired                     TDX: 2053 (v4), 2034 (v5): Fails{pck_leaf.not_after, pck_ca.not_after, ...}
-                                 SNP: 2030 (VCEK), 2026 (VLEK), 2033 (Turin): Fails{vcek.not_after / vlek.not_after}
+                                 SNP: 2030 (VCEK), 2026 (VLEK), 2033 (Turin), 2032-06 (Genoa):
+                                      Fails{vcek.not_after / vlek.not_after}
 time/not-yet-valid               TDX: 2018 (v4), 2023 (v5): Fails{pck_leaf.not_before, ...}
-                                 SNP: 2021, 2024-12-01, 2025-07-01: Fails{vcek.not_before / vlek.not_before}
+                                 SNP: 2021, 2024-12-01, 2025-07-01, 2025-01-01 (Genoa):
+                                      Fails{vcek.not_before / vlek.not_before}
 crl/missing                      TDX: no CRLs: Fails{pck_leaf.revocation, pck_ca.revocation, tcb_signer.revocation}
                                  SNP: no CRL: Accepted (the ARK's CRL is checked only when the caller passes one)
 crl/forged                       TDX: the real PCK CRL with a bit of its signature flipped: Fails{pck_ca_crl.signature}
@@ -135,7 +138,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from ikecommon.attestation.certs import der_certificate
+from ikecommon.attestation.certs import der_certificate, pem_chain
 from ikecommon.attestation.outcome import Verification
 from ikecommon.attestation.snp import SnpPolicy, SnpReport, SnpVerification, load_ask_ark, verify_report
 from ikecommon.attestation.snp.report import LAYOUT
@@ -382,7 +385,8 @@ class SnpKind(Kind):
 
     @cached_property
     def key_der(self) -> bytes:
-        return snp_file(self.key_file)
+        data = snp_file(self.key_file)  # DER as AMD's KDS serves it, or PEM (Genoa's, as trustee ships it)
+        return der(pem_chain(data, self.key_file)[0]) if data.startswith(b"-----BEGIN") else data
 
     @property
     def key(self) -> x509.Certificate:
@@ -413,7 +417,10 @@ SNP_VLEK = SnpKind("snp-vlek", "snp_report_milan_vlek.bin", datetime(2025, 6, 1,
 # Turin (Oak Containers, version 5): its TCB_VERSION puts the FMC first, its VCEK's hwID is 8 bytes.
 SNP_TURIN = SnpKind("snp-turin", "snp_report_turin.bin", datetime(2025, 10, 1, tzinfo=UTC), "snp_vcek_turin.der",
                     "amd_ask_ark_turin.pem", SnpPolicy(), "amd_ask_ark_milan.pem")
-KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK, SNP_TURIN)
+# Genoa (an Azure VM's report, version 3, family 0x19 model 0x11): Milan's TCB layout and 64-byte hwID.
+SNP_GENOA = SnpKind("snp-genoa", "snp_report_genoa.bin", datetime(2026, 2, 20, tzinfo=UTC), "snp_vcek_genoa.pem",
+                    "amd_ask_ark_genoa.pem", SnpPolicy(), "amd_ask_ark_milan.pem")
+KINDS: tuple[TdxKind | SnpKind, ...] = (TDX_V4, TDX_V5, SNP_VCEK, SNP_VLEK, SNP_TURIN, SNP_GENOA)
 
 
 # -- a test PKI in AMD's place ----------------------------------------------------------------------------------------
