@@ -1,6 +1,6 @@
 """Every mutation class of the negative corpus applied to every kind of real evidence: TDX quotes v4 and v5, SEV-SNP
-reports signed by a VCEK and by a VLEK (Milan), and by a Turin VCEK. The table of classes, kinds and expected errors
-is the docstring of tests/attestation_mutations.py; the ids here read `kind/class/variant`.
+reports signed by a VCEK and by a VLEK (Milan), by a Turin VCEK and by a Genoa VCEK. The table of classes, kinds and
+expected errors is the docstring of tests/attestation_mutations.py; the ids here read `kind/class/variant`.
 
 Each case runs twice: mutated, where it must be refused with the expected error (EvidenceFormatError or
 UnsupportedEvidence naming the field) or fail the expected check with the expected mismatch fields; and its
@@ -400,7 +400,8 @@ def _snp_cases(k: SnpKind) -> Iterator[Case]:
                 malformed(f"{name}.extensions.1.3.6.1.4.1.3704.1.3.1", None))
     expired, early = {"snp-vcek": (datetime(2030, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)),
                       "snp-vlek": (datetime(2026, 1, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)),
-                      "snp-turin": (datetime(2033, 1, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC))}[k.name]
+                      "snp-turin": (datetime(2033, 1, 1, tzinfo=UTC), datetime(2025, 7, 1, tzinfo=UTC)),
+                      "snp-genoa": (datetime(2032, 6, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))}[k.name]
     yield _case(k, "time/expired", lambda: k.verify(at=expired), Fails({f"{name}.not_after": chain_check}))
     yield _case(k, "time/not-yet-valid", lambda: k.verify(at=early), Fails({f"{name}.not_before": chain_check}))
     amd = FakeAmd.instance(k)
@@ -539,7 +540,7 @@ def test_snp_tcb_is_reported_against_the_keys_spls(kind: SnpKind):
     result = kind.verify()
     reported = result.report.reported_tcb
     assert reported.raw == {"snp-vcek": 0x4405000000000002, "snp-vlek": 0xD918000000000004,  # SOURCES.md
-                            "snp-turin": 0x4700000002000100}[kind.name]
+                            "snp-turin": 0x4700000002000100, "snp-genoa": 0x541700000000000A}[kind.name]
     assert result.key.tcb.components() == reported.components()
     assert result.check(f"{kind.key_kind.upper()} binding").passed
     assert {"current_tcb", "committed_tcb", "launch_tcb"} <= set(SNP_OFFSETS)
