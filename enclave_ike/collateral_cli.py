@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ikecommon import evidence_client
-from ikecommon.attestation.envelope import Envelope, EvidenceKind
+from ikecommon.attestation.envelope import EvidenceKind
 from ikecommon.attestation.errors import EvidenceFormatError, UnsupportedEvidence
 
 from . import collateral as co
+from . import collateral_common as common
 from . import collateral_store as store
 from . import config as config_module
 from . import pcs
-from .evidence_endpoint import endpoint_address
-
-MAX_QUOTE_FILE = 1 << 20
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,21 +87,15 @@ def run(args: argparse.Namespace) -> int:
     return _fmspc(args)
 
 
-def _settings(path: Path | None) -> config_module.EvidenceConfig:
-    if path is None and not config_module.DEFAULT_PATH.exists():
-        return config_module.EvidenceConfig()
-    return config_module.load(path or config_module.DEFAULT_PATH).evidence
-
-
 def _import(args: argparse.Namespace, now: datetime) -> int:
     expected = co.parse_fmspc(args.fmspc) if args.fmspc is not None else _fmspc_named(args.directory)
-    settings = _settings(args.config)
+    settings = common.settings(args.config)
     root = store.intel_root(settings.intel_root)
     documents = store.read_documents(args.directory)
     found = co.check(documents, root, fmspc=expected, names=store.names_in(args.directory))
     target = store.set_dir(settings.collateral_dir, found.fmspc)
     store.install(documents, target)
-    _warn(found.warnings(now))
+    common.warn(found.warnings(now))
     print(_summary(f"imported FMSPC {found.fmspc.hex()} into {target}", found, now))
     return 0
 
@@ -115,7 +105,7 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
         raise co.BadCollateral("--fmspc and --quote: give one (the quote names its FMSPC)")
     if args.timeout <= 0:
         raise co.BadCollateral(f"--timeout {args.timeout:g}: must be more than 0")
-    settings = _settings(args.config) if args.out is None or args.config is not None else None
+    settings = common.settings(args.config) if args.out is None or args.config is not None else None
     root = store.intel_root(settings.intel_root if settings else None)
     if args.out is not None:
         _check_out(args.out)
@@ -132,19 +122,19 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
         raise pcs.FetchError(str(exc)) from None
     if args.out is not None:
         store.install(documents, args.out)
-        _warn(found.warnings(now))
+        common.warn(found.warnings(now))
         print(_summary(f"wrote FMSPC {fmspc.hex()} to {args.out} (import it with `enclave-ike collateral import "
                        f"{args.out}`)", found, now))
         return 0
     target = store.set_dir((settings or config_module.EvidenceConfig()).collateral_dir, fmspc)
     store.install(documents, target)
-    _warn(found.warnings(now))
+    common.warn(found.warnings(now))
     print(_summary(f"fetched FMSPC {fmspc.hex()} into {target}", found, now))
     return 0
 
 
 def _show(args: argparse.Namespace, now: datetime) -> int:
-    settings = _settings(args.config)
+    settings = common.settings(args.config)
     lines, usable = store.show(settings.collateral_dir, store.intel_root(settings.intel_root), now)
     print("\n".join(lines))
     return 0 if usable else 1
@@ -177,45 +167,16 @@ def _check_out(out: Path) -> None:
 
 def _platform(quote_file: Path | None, config_path: Path | None) -> co.Platform:
     where = str(quote_file) if quote_file is not None else "the running server's evidence"
-    data = _quote_file(quote_file) if quote_file is not None else _server_quote(config_path)
+    data = (common.evidence_file(quote_file, "--quote", "a quote") if quote_file is not None
+            else common.server_evidence(config_path, "to take the FMSPC from; give --fmspc or --quote"))
     try:
-        if data.lstrip().startswith(b"{"):
-            envelope = Envelope.decode(data.strip())
-            if envelope.evidence.kind is not EvidenceKind.TDX:
-                raise co.BadCollateral(f"{where}: {envelope.evidence.kind} evidence, not a TDX quote: it needs no "
-                                       "Intel collateral")
-            data = envelope.evidence.data
-        return co.platform_of(data)
+        quote = common.unwrap(data, EvidenceKind.TDX, where, "not a TDX quote: it needs no Intel collateral")
+        return co.platform_of(quote)
     except (EvidenceFormatError, UnsupportedEvidence) as exc:
         raise co.BadCollateral(f"{where}: {exc}") from None
-
-
-def _quote_file(path: Path) -> bytes:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_QUOTE_FILE + 1)
-    except OSError as exc:
-        raise co.BadCollateral(f"--quote {path}: cannot read it ({exc.strerror})") from None
-    if len(data) > MAX_QUOTE_FILE:
-        raise co.BadCollateral(f"--quote {path}: over {MAX_QUOTE_FILE} bytes, not a quote")
-    return data
-
-
-def _server_quote(config_path: Path | None) -> bytes:
-    config = config_module.load(config_path or config_module.DEFAULT_PATH)
-    if config.identity.auth is config_module.Auth.NULL or not config.evidence.enabled:
-        raise co.BadCollateral(f"{config.path}: the server serves no evidence to take the FMSPC from; give --fmspc "
-                               "or --quote")
-    body = evidence_client.fetch_evidence(endpoint_address(config), config.evidence.port, os.urandom(32))
-    return body
 
 
 def _summary(head: str, found: co.CollateralSet, now: datetime) -> str:
     what, when = found.first_deadline()
     return (f"{head}: tcbEvaluationDataNumber {found.tcb_info.tcb_evaluation_data_number}; first to expire: {what} "
             f"{when:%Y-%m-%d}, {co.age(when, now)}")
-
-
-def _warn(lines: tuple[str, ...]) -> None:
-    for line in lines:
-        print(f"enclave-ike: warning: {line}", file=sys.stderr)

@@ -57,7 +57,7 @@ def fetch(fmspc: bytes, pck_ca: str, *, pcs_url: str = DEFAULT_PCS_URL, root_crl
     documents: dict[str, bytes] = {}
     sources: dict[str, str] = {}
     for request in requests(fmspc, pck_ca, pcs_url, root_crl_url):
-        body, headers = _get(request.url, co.MAX_SIZE[request.file], timeout)
+        body, headers = get(request.url, co.MAX_SIZE[request.file], timeout)
         documents[request.file], sources[request.file] = body, request.url
         if request.chain_header is not None and request.chain_file is not None:
             documents[request.chain_file] = _chain(headers, request.chain_header, request.url)
@@ -78,7 +78,8 @@ def _chain(headers: Message, name: str, url: str) -> bytes:
     return pem
 
 
-def _get(url: str, limit: int, timeout: float) -> tuple[bytes, Message]:
+def get(url: str, limit: int, timeout: float) -> tuple[bytes, Message]:
+    """One GET of at most `limit` bytes within `timeout`; FetchError naming the URL for anything else."""
     if not url.lower().startswith(("https://", "http://")):
         raise FetchError(f"{url}: expected an https:// (or http://) URL")
     try:
