@@ -4,6 +4,7 @@
     enclave-ike identity [--config FILE] --format libreswan|pem|json
     enclave-ike evidence --nonce HEX [--config FILE]
     enclave-ike collateral import DIR | fetch ... | show | fmspc    (collateral_cli.py: Intel's TDX collateral)
+    enclave-ike collateral import-vcek FILE... | fetch-vcek ... | snp-id    (vcek_cli.py: AMD's SEV-SNP certificates)
 
 The identity key is made inside the enclave when `serve` starts and is never written out, so there is no key until
 a server runs: `serve` publishes its public identity (identity.publish in the config) and `identity` prints what

@@ -1,9 +1,11 @@
 """`enclave-ike collateral import|fetch|show|fmspc`: the operator's side of the collateral cache (collateral_store.py).
+The SEV-SNP commands (import-vcek, fetch-vcek, snp-id) are in vcek_cli.py; `show` lists both.
 
     enclave-ike collateral import DIR [--fmspc HEX]           check DIR's documents, make them the set for their FMSPC
     enclave-ike collateral fetch [--fmspc HEX | --quote FILE] [--pck-ca platform|processor] [--pcs-url URL]
                                  [--root-crl-url URL] [--timeout SECONDS] [--out DIR]
-    enclave-ike collateral show                               every FMSPC in the cache, its dates and what expires first
+    enclave-ike collateral show                               every FMSPC in the cache, its dates and what expires
+                                                              first; every SEV-SNP key kept
     enclave-ike collateral fmspc [--quote FILE]               the FMSPC and PCK CA of this platform
 
 Every command takes --config FILE; without it, the default config when there is one, else the defaults
@@ -18,7 +20,6 @@ changed by a command that fails. Warnings (expired documents, what was not check
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,12 +30,12 @@ from . import collateral as co
 from . import collateral_common as common
 from . import collateral_store as store
 from . import config as config_module
-from . import pcs
+from . import pcs, snp_store, vcek_cli
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    collateral = commands.add_parser("collateral", help="keep Intel's TDX collateral, which TDX evidence is served "
-                                                        "with")
+    collateral = commands.add_parser("collateral", help="keep Intel's TDX collateral and AMD's SEV-SNP certificates, "
+                                                        "which evidence is served with")
     sub = collateral.add_subparsers(dest="collateral_command", metavar="COMMAND", required=True)
     imported = sub.add_parser("import", help="check a directory of collateral documents and make it the set for "
                                              "its FMSPC (atomically; a refused set changes nothing)")
@@ -68,6 +69,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     fmspc.add_argument("--quote", type=Path, metavar="FILE", help="from this TDX quote (raw, or an envelope) "
                                                                   "instead of the running server's evidence")
     _config(fmspc)
+    vcek_cli.add_commands(sub, _config)
 
 
 def _config(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return _fetch(args, now)
     if args.collateral_command == "show":
         return _show(args, now)
+    if args.collateral_command in vcek_cli.COMMANDS:
+        return vcek_cli.run(args, now)
     return _fmspc(args)
 
 
@@ -108,7 +112,7 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
     settings = common.settings(args.config) if args.out is None or args.config is not None else None
     root = store.intel_root(settings.intel_root if settings else None)
     if args.out is not None:
-        _check_out(args.out)
+        common.check_out(args.out, co.FILES, "a collateral set")
     if args.fmspc is not None:
         fmspc, kind = co.parse_fmspc(args.fmspc), None
     else:
@@ -136,8 +140,9 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
 def _show(args: argparse.Namespace, now: datetime) -> int:
     settings = common.settings(args.config)
     lines, usable = store.show(settings.collateral_dir, store.intel_root(settings.intel_root), now)
-    print("\n".join(lines))
-    return 0 if usable else 1
+    snp_lines, snp_usable = snp_store.show(settings.collateral_dir, now)
+    print("\n".join(lines + snp_lines))
+    return 0 if usable and snp_usable else 1
 
 
 def _fmspc(args: argparse.Namespace) -> int:
@@ -153,16 +158,6 @@ def _fmspc_named(directory: Path) -> bytes | None:
         return co.parse_fmspc(name, "directory name")
     except co.BadCollateral:
         return None
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise co.BadCollateral(f"--out {out}: not a directory")
-    if out.is_dir():
-        others = sorted(set(os.listdir(out)) - set(co.FILES))
-        if others:
-            raise co.BadCollateral(f"--out {out}: holds {others[0]!r}, not a collateral set; give a new or empty "
-                                   "directory")
 
 
 def _platform(quote_file: Path | None, config_path: Path | None) -> co.Platform:

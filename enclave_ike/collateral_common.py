@@ -56,6 +56,16 @@ def unwrap(data: bytes, kind: EvidenceKind, where: str, other: str) -> bytes:
     return envelope.evidence.data
 
 
+def check_out(out: Path, names: tuple[str, ...], what: str) -> None:
+    """`--out DIR` must be new, empty, or hold only `names` (a former --out of the same kind)."""
+    if out.exists() and not out.is_dir():
+        raise co.BadCollateral(f"--out {out}: not a directory")
+    if out.is_dir():
+        others = sorted(set(os.listdir(out)) - set(names))
+        if others:
+            raise co.BadCollateral(f"--out {out}: holds {others[0]!r}, not {what}; give a new or empty directory")
+
+
 def warn(lines: tuple[str, ...]) -> None:
     for line in lines:
         print(f"enclave-ike: warning: {line}", file=sys.stderr)

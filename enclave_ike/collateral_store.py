@@ -10,6 +10,7 @@ and reads again only when a file's inode, size or mtime changes, so an import ne
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 
@@ -117,9 +119,7 @@ def install(documents: Mapping[str, bytes], target: Path) -> None:
     try:
         for name, data in documents.items():
             with open(staging / name, "xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+                _write_out(file, data)
             os.chmod(staging / name, 0o644)
         os.chmod(staging, 0o755)  # noqa: S103 - Intel's public documents, for whichever user serves them
         _swap_in(staging, target)
@@ -128,6 +128,33 @@ def install(documents: Mapping[str, bytes], target: Path) -> None:
         raise co.CollateralError(f"{target}: cannot write the set ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the new set's leftovers, or, after a swap, the old set
+
+
+def replace_file(data: bytes, target: Path) -> None:
+    """Make `target` a file holding `data`, in one rename; on failure nothing changed. CollateralError (exit 1) when
+    it cannot be written."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise co.CollateralError(f"{target.parent}: cannot write there ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            _write_out(file, data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise co.CollateralError(f"{target}: cannot write it ({exc.strerror or exc})") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _write_out(file: BinaryIO, data: bytes) -> None:
+    file.write(data)
+    file.flush()
+    os.fsync(file.fileno())
 
 
 def _swap_in(staging: Path, target: Path) -> None:

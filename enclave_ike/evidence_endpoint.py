@@ -14,7 +14,10 @@ most 64 connections at once and 2 evidence requests in flight (each asks the enc
 TDX evidence goes out with Intel's collateral for the quote's platform (the FMSPC in its PCK certificate) from the
 cache the operator fills (collateral_store.py), read again when its files change. Without a usable set, or with an
 expired one, the quote is served without it or with it, and one warning line says so and what to run (again only
-when that changes): the client decides, and it refuses what does not verify. Other evidence goes out as it is.
+when that changes): the client decides, and it refuses what does not verify. A SEV-SNP report the host gave no
+certificates for goes out with the VCEK (or VLEK) the operator cached for its chip ID and REPORTED_TCB, and its ASK
+(ASVK) and ARK (snp_store.py); without one, alone, and one warning line says what to run. Other evidence goes out as
+it is.
 
 The client side is ikecommon.evidence_client (`enclave-ike evidence` and `ikectl trust` use it).
 """
@@ -47,6 +50,7 @@ from .enclave.attest import attest
 from .enclave.base import Enclave
 from .enclave.errors import NonceError
 from .errors import EnclaveIkeError
+from .snp_store import ServedCertificates
 
 log = logging.getLogger("enclave_ike.evidence")
 
@@ -98,12 +102,14 @@ class EvidenceEndpoint:
 
     def __init__(self, enclave: Enclave, ike_id: str, addresses: Sequence[Address], port: int, *,
                  collateral: Collateral | None = None, tdx_collateral: ServedCollateral | None = None,
-                 limits: Limits | None = None) -> None:
-        """`collateral`: the same for every envelope; else, for TDX quotes, the set `tdx_collateral` has."""
+                 snp_certificates: ServedCertificates | None = None, limits: Limits | None = None) -> None:
+        """`collateral`: the same for every envelope; else, for TDX quotes, the set `tdx_collateral` has. SEV-SNP
+        reports that come without the host's certificates get those `snp_certificates` has for them."""
         self.enclave, self.ike_id, self.addresses, self.port = enclave, ike_id, tuple(addresses), port
         self.collateral, self.tdx_collateral, self.limits = collateral, tdx_collateral, limits or Limits()
+        self.snp_certificates = snp_certificates
         self._platforms: dict[bytes, co.Platform] = {}  # by the quote's PCK chain, which is the platform's
-        self._said: dict[str, str | None] = {}          # the last line logged, per FMSPC
+        self._said: dict[str, str | None] = {}          # the last line logged, per FMSPC (and "sev-snp")
         self._lock = threading.Lock()
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -205,17 +211,25 @@ class EvidenceEndpoint:
         return Response(HTTPStatus.OK, body, CMW_JSON)
 
     def _envelope(self, nonce: bytes) -> Envelope:
-        """In a worker thread: the enclave's evidence and, for a TDX quote, the cached collateral."""
+        """In a worker thread: the enclave's evidence and, for a TDX quote, the cached collateral; for a SEV-SNP
+        report without the host's certificates, the cached ones (the host's win: nothing is looked up or said)."""
         envelope = attest(self.enclave, nonce, self.collateral)
+        evidence = envelope.evidence
+        if evidence.kind is EvidenceKind.SEV_SNP and self.snp_certificates is not None and not evidence.certificates:
+            served = self.snp_certificates.for_report(evidence.data)
+            self._say("sev-snp", served.problem, "SEV-SNP reports go out with the cached certificates (the host gives "
+                                                 "none)")
+            return replace(envelope, evidence=replace(evidence, certificates=served.certificates))
         if self.collateral is not None or self.tdx_collateral is None or envelope.evidence.kind is not EvidenceKind.TDX:
             return envelope
         try:
             platform = self._platform(envelope.evidence.data)
         except AttestationError as exc:
-            self._say("?", f"TDX quote without a usable PCK certificate ({exc}): serving it without collateral")
+            self._say("?", f"TDX quote without a usable PCK certificate ({exc}): serving it without collateral", None)
             return envelope
         found = self.tdx_collateral.for_platform(platform, datetime.now(UTC))
-        self._say(platform.fmspc.hex(), found.problem)
+        fmspc = platform.fmspc.hex()
+        self._say(fmspc, found.problem, f"TDX evidence for FMSPC {fmspc} goes out with its collateral")
         return envelope if found.collateral is None else replace(envelope, collateral=found.collateral.collateral())
 
     def _platform(self, data: bytes) -> co.Platform:
@@ -231,16 +245,16 @@ class EvidenceEndpoint:
                 self._platforms[key] = known
         return known
 
-    def _say(self, fmspc: str, problem: str | None) -> None:
-        """Log what the operator should know once, when it changes, not per request."""
+    def _say(self, key: str, problem: str | None, fine: str | None) -> None:
+        """Log what the operator should know once, when it changes, not per request: the problem, else `fine`."""
         with self._lock:
-            if fmspc in self._said and self._said[fmspc] == problem:
+            if key in self._said and self._said[key] == problem:
                 return
-            self._said[fmspc] = problem
+            self._said[key] = problem
         if problem is not None:
             log.warning("%s", problem)
-        else:
-            log.info("TDX evidence for FMSPC %s goes out with its collateral", fmspc)
+        elif fine is not None:
+            log.info("%s", fine)
 
 
 def _parse(head: bytes) -> tuple[str, str, str] | Response:
@@ -266,14 +280,17 @@ def _parse(head: bytes) -> tuple[str, str, str] | Response:
 
 def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint | None:
     """The endpoint `serve` runs: none when disabled, or with NULL auth (no key, nothing to attest). A TDX enclave's
-    serves the collateral cache; a root that cannot be read is a ConfigError here, before anything is served."""
+    serves the collateral cache, a SEV-SNP enclave's the cached certificates; a root that cannot be read is a
+    ConfigError here, before anything is served."""
     if enclave is None or not config.evidence.enabled:
         return None
-    tdx = None
+    tdx, snp = None, None
     if enclave.kind is EvidenceKind.TDX:
         tdx = ServedCollateral(config.evidence.collateral_dir, intel_root(config.evidence.intel_root))
+    elif enclave.kind is EvidenceKind.SEV_SNP:
+        snp = ServedCertificates(config.evidence.collateral_dir)
     return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port,
-                            tdx_collateral=tdx)
+                            tdx_collateral=tdx, snp_certificates=snp)
 
 
 def endpoint_address(config: ServeConfig) -> str:

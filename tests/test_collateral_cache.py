@@ -140,7 +140,9 @@ def test_fake_intel_documents_import_under_its_root_and_show_dates_them(site, pk
 def test_show_with_nothing_cached_and_with_a_broken_set(site, pki):
     code, out, _ = site.run("show")
     assert code == 0
-    assert out == f"no TDX collateral in {site.cache / 'tdx'} (enclave-ike collateral import DIR, or fetch)\n"
+    assert out == (f"no TDX collateral in {site.cache / 'tdx'} (enclave-ike collateral import DIR, or fetch)\n"
+                   f"no SEV-SNP certificates in {site.cache / 'snp'} (enclave-ike collateral import-vcek FILE..., or "
+                   "fetch-vcek)\n")
     write_dir(site.set_dir, {**current(pki), co.QE_IDENTITY: b"{"})  # planted by hand, not imported
     code, out, _ = site.run("show")
     assert code == 1 and out.startswith(f"{FMSPC}  unusable: {site.set_dir / co.QE_IDENTITY}: qe_identity")
