@@ -184,10 +184,6 @@ def check(cert: x509.Certificate, issuer: x509.Certificate, *, where: str, issue
     if product is None:
         raise co.BadCollateral(f"{where}: productName {extensions.product_name!r}: not a product of {names()}")
     ark = shipped_ark(product)
-    if ark_given is not None and ark_given != ark:
-        raise co.UntrustedCollateral(f"{issuer_where}: ARK: expected the shipped ARK-{product.name} (sha256 "
-                                     f"{roots.fingerprint(ark)[:16]}...), got {subject(ark_given)} (sha256 "
-                                     f"{roots.fingerprint(ark_given)[:16]}...)")
     kind, name = extensions.kind, extensions.kind.lower()
     chain = [Named(name, cert), Named(ISSUER[kind].lower(), issuer)]
     # Any moment does: times are said by KeyCertificate.warnings instead.
@@ -197,6 +193,10 @@ def check(cert: x509.Certificate, issuer: x509.Certificate, *, where: str, issue
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         place = where if found[0].field.startswith(f"{name}.") else issuer_where
         raise co.UntrustedCollateral(f"{place}: {found[0]}{more}")
+    if ark_given is not None and ark_given != ark:
+        raise co.UntrustedCollateral(f"{issuer_where}: ARK: expected the shipped ARK-{product.name} (sha256 "
+                                     f"{roots.fingerprint(ark)[:16]}...), got {subject(ark_given)} (sha256 "
+                                     f"{roots.fingerprint(ark_given)[:16]}...)")
     if isinstance(extensions, VcekExtensions):
         return KeyCertificate(kind, product, extensions.tcb, extensions.hw_id, None, cert, issuer, ark)
     return KeyCertificate(kind, product, extensions.tcb, None, extensions.csp_id, cert, issuer, ark)
