@@ -39,7 +39,8 @@
     enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
     port = 4501                         # TCP, on every listen address
     collateral_dir = "/var/lib/enclave-ike/collateral"   # Intel's TDX collateral, per FMSPC, that TDX evidence
-                                        # is served with (`enclave-ike collateral import|fetch` fill it)
+                                        # is served with (`enclave-ike collateral import|fetch` fill it), and
+                                        # AMD's SEV-SNP certificates (`import-vcek|fetch-vcek`)
     intel_root = "/path/to/root.pem"    # the Intel SGX Root CA the collateral must chain to; default: the one
                                         # shipped with enclave-ike
 
