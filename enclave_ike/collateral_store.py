@@ -85,21 +85,28 @@ def read_documents(directory: Path) -> dict[str, bytes]:
 
 
 def _read(dir_fd: int, directory: Path, name: str) -> bytes | None:
-    where = directory / name
+    data = read_file(Path(name), co.MAX_SIZE[name], dir_fd=dir_fd, where=directory / name)
+    if data is None and name in co.REQUIRED:
+        raise co.BadCollateral(f"{directory / name}: missing (a set is {', '.join(co.REQUIRED)})")
+    return data
+
+
+def read_file(path: Path, limit: int, *, dir_fd: int | None = None, where: Path | None = None) -> bytes | None:
+    """A regular file's bytes; None when it is not there. BadCollateral (exit 2) naming `where` (default: the path)
+    when it is not a regular file, cannot be read or is over `limit` bytes."""
+    where = where or path
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if name in co.REQUIRED:
-            raise co.BadCollateral(f"{where}: missing (a set is {', '.join(co.REQUIRED)})") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise co.BadCollateral(f"{where}: cannot read it ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             raise co.BadCollateral(f"{where}: not a regular file")
-        data = file.read(co.MAX_SIZE[name] + 1)
-    if len(data) > co.MAX_SIZE[name]:
-        raise co.BadCollateral(f"{where}: more than the {co.MAX_SIZE[name]} bytes a client accepts")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise co.BadCollateral(f"{where}: more than the {limit} bytes a client accepts")
     return data
 
 

@@ -16,7 +16,6 @@ collateral_store.install; the chain files are each replaced in one rename, befor
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -79,20 +78,7 @@ def cached_chain(cache: Path, product: Product, kind: str) -> tuple[bytes, bytes
 
 
 def _read(path: Path) -> bytes | None:
-    """A regular file's bytes; None when it is not there. BadCollateral (exit 2) when it is not a file or too big."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise co.BadCollateral(f"{path}: cannot read it ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise co.BadCollateral(f"{path}: not a regular file")
-        data = file.read(sc.MAX_CERTIFICATE_FILE + 1)
-    if len(data) > sc.MAX_CERTIFICATE_FILE:
-        raise co.BadCollateral(f"{path}: more than {sc.MAX_CERTIFICATE_FILE} bytes, not a certificate")
-    return data
+    return store.read_file(path, sc.MAX_CERTIFICATE_FILE)
 
 
 def _load(cache: Path, product: Product, directory: Path, kind: str) -> sc.KeyCertificate:
