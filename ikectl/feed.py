@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from ikecommon import strictjson
 from ikecommon.attestation.spec import MAX_SPEC, MeasurementSpec, SpecFormatError
 
 from .errors import IkectlError, UsageError
@@ -164,26 +165,11 @@ def _json(raw: bytes, field: str, limit: int) -> Any:
     if len(raw) > limit:
         raise FeedError(f"{field}: {len(raw)} bytes, more than the {limit} allowed")
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique(field), parse_constant=_no_constant)
-    except UnicodeDecodeError:
-        raise FeedError(f"{field}: not UTF-8") from None
-    except (ValueError, RecursionError) as exc:  # a duplicate member raises FeedError itself
-        raise FeedError(f"{field}: not JSON ({exc})") from None
-
-
-def _unique(field: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for key, value in items:
-            if key in found:
-                raise FeedError(f"{field}: member {key[:40]!r} appears twice")
-            found[key] = value
-        return found
-    return pairs
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+        return strictjson.loads(raw)
+    except strictjson.JsonError as exc:
+        if exc.member is not None:
+            raise FeedError(f"{field}: member {exc.member[:40]!r} appears twice") from None
+        raise FeedError(f"{field}: {exc.detail}") from None
 
 
 def _time(value: object, field: str) -> datetime:

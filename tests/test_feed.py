@@ -101,7 +101,7 @@ def test_malformed_signatures_are_refused(mutate, field):
     (json.dumps({"version": 1, "serial": 1, "expires": "2999-01-01T00:00:00Z", "spec": [{"x": 1}]}).encode(),
      "feed.spec[0].x: unknown field"),
     (b'{"version": 1, "version": 1}', "feed: member 'version' appears twice"),
-    (b"[1, NaN]", "feed: not JSON"),
+    (b"[1, NaN]", "feed: NaN is not JSON"),
     (b"\xff", "feed: not UTF-8"),
     (b" " * (feed.MAX_DOCUMENT + 1), "feed: 69633 bytes, more than the 69632 allowed"),
 ])

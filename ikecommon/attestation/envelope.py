@@ -38,6 +38,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .. import strictjson
 from .binding import NONCE_MAX, NONCE_MIN
 from .certs import pem_chain
 from .errors import EvidenceFormatError, UnsupportedEvidence
@@ -193,33 +194,13 @@ def _decode(data: bytes) -> Envelope:
 
 def _json_object(data: bytes) -> dict[str, Any]:
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EnvelopeFormatError("envelope", exc.start, "not UTF-8") from None
-    try:
-        document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise EnvelopeFormatError("envelope", exc.pos, f"not JSON: {exc.msg}") from None
-    except ValueError as exc:  # an integer too long to convert, for one
-        raise EnvelopeFormatError("envelope", None, f"not JSON: {exc}") from None
-    except RecursionError:
-        raise EnvelopeFormatError("envelope", None, "nested too deeply") from None
+        document = strictjson.loads(data)
+    except strictjson.JsonError as exc:
+        where = "envelope" if exc.member is None else f"envelope.{_label(exc.member)}"
+        raise EnvelopeFormatError(where, exc.offset, exc.detail) from None
     if not isinstance(document, dict):
         raise EnvelopeFormatError("envelope", None, f"expected a JSON object (a CMW collection), got {_show(document)}")
     return document
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise EnvelopeFormatError(f"envelope.{_label(key)}", None, "duplicate member")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> None:
-    raise EnvelopeFormatError("envelope", None, f"{name} is not JSON")
 
 
 def _record(record: object, label: str) -> tuple[str, str, int | None]:

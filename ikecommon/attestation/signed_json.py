@@ -8,13 +8,13 @@ problem is an EvidenceFormatError naming the JSON path.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .. import strictjson
 from .errors import EvidenceFormatError
 from .times import parse_iso
 
@@ -45,31 +45,31 @@ def parse_signed(document: bytes, body_key: str, what: str) -> SignedJson:
 
 def _members(text: str, what: str) -> dict[str, tuple[Any, str]]:
     """The top-level object's members, each with its value's source text."""
-    decoder, members = json.JSONDecoder(), {}
+    decoder, members = strictjson.decoder(), {}
     at = _skip(text, 0)
     if not text.startswith("{", at):
         raise EvidenceFormatError(what, at, "expected a JSON object")
     at = _skip(text, at + 1)
     try:
-        while not text.startswith("}", at):
-            key, at = decoder.raw_decode(text, at)
-            at = _skip(text, at)
-            if not isinstance(key, str) or not text.startswith(":", at):
-                raise EvidenceFormatError(what, at, "expected a member name and ':'")
-            start = _skip(text, at + 1)
-            value, at = decoder.raw_decode(text, start)
-            if key in members:
-                raise EvidenceFormatError(f"{what}.{key}", start, "member appears twice")
-            members[key] = (value, text[start:at])
-            at = _skip(text, at)
-            if text.startswith(",", at):
-                at = _skip(text, at + 1)
-            elif not text.startswith("}", at):
-                raise EvidenceFormatError(what, at, "expected ',' or '}'")
-    except json.JSONDecodeError as exc:
-        raise EvidenceFormatError(what, exc.pos, f"not JSON: {exc.msg}") from None
-    except RecursionError:
-        raise EvidenceFormatError(what, None, "JSON nested too deeply") from None
+        with strictjson.translated():
+            while not text.startswith("}", at):
+                key, at = decoder.raw_decode(text, at)
+                at = _skip(text, at)
+                if not isinstance(key, str) or not text.startswith(":", at):
+                    raise EvidenceFormatError(what, at, "expected a member name and ':'")
+                start = _skip(text, at + 1)
+                value, at = decoder.raw_decode(text, start)
+                if key in members:
+                    raise EvidenceFormatError(f"{what}.{key}", start, "member appears twice")
+                members[key] = (value, text[start:at])
+                at = _skip(text, at)
+                if text.startswith(",", at):
+                    at = _skip(text, at + 1)
+                elif not text.startswith("}", at):
+                    raise EvidenceFormatError(what, at, "expected ',' or '}'")
+    except strictjson.JsonError as exc:
+        raise EvidenceFormatError(what if exc.member is None else f"{what}.{exc.member}", exc.offset,
+                                  exc.detail) from None
     if _skip(text, at + 1) != len(text):
         raise EvidenceFormatError(what, at + 1, "text after the JSON object")
     return members

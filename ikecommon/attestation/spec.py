@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import strictjson
 from .envelope import EvidenceKind
 from .errors import AttestationError, Mismatch
 
@@ -103,14 +104,11 @@ class MeasurementSpec:
         if len(data) > MAX_SPEC:
             raise SpecFormatError("spec", f"{len(data)} bytes, more than the {MAX_SPEC} allowed")
         try:
-            document = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                                  parse_constant=_no_constant)
-        except UnicodeDecodeError:
-            raise SpecFormatError("spec", "not UTF-8") from None
-        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
-            raise SpecFormatError("spec", f"not JSON: {exc}") from None
-        except RecursionError:
-            raise SpecFormatError("spec", "nested too deeply") from None
+            document = strictjson.loads(data)
+        except strictjson.JsonError as exc:
+            if exc.member is not None:
+                raise SpecFormatError(f"spec.{_label(exc.member)}", "duplicate field") from None
+            raise SpecFormatError("spec", exc.detail) from None
         if not isinstance(document, list) or not document:
             raise SpecFormatError("spec", "expected a non-empty JSON list of measurement entries")
         if len(document) > MAX_ENTRIES:
@@ -252,19 +250,6 @@ def _gunzip(compressed: bytes) -> bytes:
     if inflater.unused_data:
         raise SpecFormatError("spec.inline", "data after the gzip member")
     return data
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise SpecFormatError(f"spec.{_label(key)}", "duplicate field")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> None:
-    raise SpecFormatError("spec", f"{name} is not JSON")
 
 
 def _label(key: str) -> str:

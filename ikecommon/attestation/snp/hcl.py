@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,6 +34,7 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ... import strictjson
 from ..errors import EvidenceFormatError, Mismatch
 from ..wire import Reader, check_sizes, le
 from .report import REPORT_SIZE, SnpReport
@@ -225,35 +225,13 @@ def binding_mismatches(report_data: bytes, runtime_data: bytes) -> list[Mismatch
 
 def _json_object(raw: bytes, where: str, offset: int) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EvidenceFormatError(where, offset + exc.start, "not UTF-8") from None
-    try:
-        document = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicates(pairs, where, offset),
-                              parse_constant=lambda name: _no_constant(name, where, offset))
-    except json.JSONDecodeError as exc:
-        raise EvidenceFormatError(where, offset + exc.pos, f"not JSON: {exc.msg}") from None
-    except ValueError as exc:  # an integer too long to convert, for one
-        raise EvidenceFormatError(where, offset, f"not JSON: {exc}") from None
-    except RecursionError:
-        raise EvidenceFormatError(where, offset, "nested too deeply") from None
+        document = strictjson.loads(raw)
+    except strictjson.JsonError as exc:
+        field = where if exc.member is None else f"{where}.{exc.member[:40]}"
+        raise EvidenceFormatError(field, offset + (exc.offset or 0), exc.detail) from None
     if not isinstance(document, dict):
         raise EvidenceFormatError(where, offset, "expected a JSON object")
     return document
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]], where: str, offset: int) -> dict[str, Any]:
-    # A duplicate name could read one way here and another way in a second verifier.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise EvidenceFormatError(f"{where}.{key[:40]}", offset, "duplicate member")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str, where: str, offset: int) -> None:
-    raise EvidenceFormatError(where, offset, f"{name} is not JSON")
 
 
 def _key(jwk: object, where: str, offset: int) -> HclKey:
