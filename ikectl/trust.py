@@ -12,7 +12,7 @@ checking that it still does.
 root, NOT SECURE), the binding of that nonce and the envelope's key, and the registers against the measurement spec
 (a file, gzip+base64url inline, or an https governance feed signed by [trust] release_key, see feed.py). Then it
 asks the endpoint for the IKE ID and pins key and ID in the trust store (truststore.py). Any mismatch, or evidence
-that is unsupported (a TDX quote v5, say) or malformed: nothing is pinned, and AttestationFailed says which and lists
+that is unsupported (an SGX quote, say) or malformed: nothing is pinned, and AttestationFailed says which and lists
 every mismatch.
 
 `verify` (and `reattest_due`, which a supervisor calls periodically) does the same against the pin's own spec and
