@@ -37,7 +37,7 @@ from ikecommon.attestation.chain import Named, subject, verify_chain
 from ikecommon.attestation.envelope import Collateral
 from ikecommon.attestation.errors import EvidenceFormatError, Mismatch
 from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxQuote, sgx_extensions
-from ikecommon.attestation.tdx.verify import QE_IDENTITY_ID, TCB_INFO_ID
+from ikecommon.attestation.tdx.verify import QE_IDENTITY_ID, TCB_INFO_ID, tcb_signer_mismatches
 from ikecommon.attestation.times import aware, iso
 from ikecommon.errors import UsageError
 
@@ -201,6 +201,8 @@ def verify(found: CollateralSet, root: x509.Certificate, *, names: Mapping[str, 
 
     signer = _under_root(found.signing_chain, "tcb_signer", root, found.root_crl, where(SIGNING_CHAIN),
                          where(ROOT_CRL))
+    for mismatch in tcb_signer_mismatches(found.signing_chain, root):
+        raise UntrustedCollateral(f"{where(SIGNING_CHAIN)}: {mismatch}")
     for name, document in ((TCB_INFO, found.tcb_info), (QE_IDENTITY, found.qe_identity)):
         if not ecdsa.verify_p256_raw(signer.public_key(), document.signature, document.signed):
             raise UntrustedCollateral(f"{where(name)}: signature: not made by the TCB signing key ({_cn(signer)} "

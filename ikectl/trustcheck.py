@@ -85,7 +85,7 @@ JSON_VERSION = 1
 MAX_FILE = 1 << 20       # evidence is at most a few dozen KiB, an envelope 256 KiB
 MAX_DIR_FILES = 64
 VCEK_HW_ID = f"{AMD}.4"  # the chip ID: only a VCEK has it
-TCB_SIGNING_CN = "TCB Signing"
+TCB_SIGNING_CN = "TCB Signing"  # finds the file; verify_quote requires the exact name
 NOT_EVIDENCE = ("not attestation evidence: none of a TDX quote (attestation key type 2 or 3 and TEE type 0x81 or "
                 "0x00 at bytes 2 and 4), an SEV-SNP report (a version below 256, then guest policy bit 17 set), an "
                 "Azure HCL report (HCLA), a sim report (EIKE-SIM) or an evidence envelope (a JSON object)")

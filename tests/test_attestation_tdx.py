@@ -10,11 +10,13 @@ collateral under its own root; the verifier code path is the same.
 """
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from attestation_mutations import TDX_V4, fields, flipped, intel_collateral, pck_chain, tdx_file
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon.attestation import EvidenceFormatError, VerificationFailed
@@ -354,6 +356,39 @@ def test_pck_chain_must_end_in_a_pck_certificate():
     (name,) = [m for m in result.mismatches if m.field != "tcb.level"]
     assert name.field == "pck_leaf.subject"
     assert "Test SGX Something Else" in name.actual
+
+
+# --- only Intel's TCB Signing certificate speaks for collateral (found by an adversarial review) ---
+
+def _signed_by(pki: FakeIntel, key, chain: tuple[x509.Certificate, ...]) -> TdxCollateral:
+    """Collateral that says the platform is UpToDate, signed with `key` and shipped with `chain`."""
+    tcb_info = pki.signed_json("tcbInfo", up_to_date_tcb_info(), key)
+    qe_identity = pki.signed_json("enclaveIdentity", real_qe_identity(), key)
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    return replace(TdxCollateral.load(tcb_info=tcb_info, qe_identity=qe_identity, tcb_signing_chain=pem, crls=()),
+                   crls=(pki.crl(pki.ca), pki.crl(pki.root)))
+
+
+@pytest.mark.parametrize("signer", ["pck_leaf", "pck_ca"])
+def test_collateral_signed_by_another_certificate_under_the_root_is_refused(signer):
+    """A PCK key taken from one out-of-date platform must not sign a TCB info that clears it."""
+    pki = FakeIntel.instance()
+    key, chain = {"pck_leaf": (pki.leaf_key, (pki.leaf, pki.ca, pki.root)),
+                  "pck_ca": (pki.ca_key, (pki.ca, pki.root))}[signer]
+    result = fake_verify(pki, collateral=_signed_by(pki, key, chain))
+    assert not result.check("TCB signing chain").passed and not result.ok
+    assert "tcb_signer.subject" in fields(result)
+    assert fake_verify(pki, collateral=_signed_by(pki, pki.tcb_key, (pki.tcb_signer, pki.root))).ok  # the control
+
+
+def test_a_tcb_signer_that_is_a_ca_or_not_issued_by_the_root_is_refused():
+    pki = FakeIntel.instance()
+    ca_signer = pki._cert("Intel SGX TCB Signing", pki.tcb_key, (pki.root, pki.root_key), ca=True, path_length=0)
+    assert "tcb_signer.basic_constraints" in fields(fake_verify(pki, collateral=_signed_by(
+        pki, pki.tcb_key, (ca_signer, pki.root))))
+    deep = pki._cert("Intel SGX TCB Signing", pki.tcb_key, (pki.ca, pki.ca_key), ca=False)
+    assert {"tcb_signing_chain", "tcb_signer.issuer"} <= fields(fake_verify(pki, collateral=_signed_by(
+        pki, pki.tcb_key, (deep, pki.ca, pki.root))))
 
 
 def test_verification_time_must_be_timezone_aware():

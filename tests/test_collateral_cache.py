@@ -159,10 +159,16 @@ def other_pki_documents(pki: FakeIntel) -> dict[str, bytes]:
 
 REFUSED: list[tuple[str, Callable[[FakeIntel, dict[str, bytes]], dict[str, bytes]], tuple[str, ...], int, str]] = [
     ("signature flipped", lambda pki, d: {**d, co.TCB_INFO: flip_signature(d[co.TCB_INFO])}, (), 1,
-     r"set/tcb-info\.json: signature: not made by the TCB signing key \(Test SGX TCB Signing in .*set/"
+     r"set/tcb-info\.json: signature: not made by the TCB signing key \(Intel SGX TCB Signing in .*set/"
      r"tcb-signing-chain\.pem\)$"),
     ("QE identity signed by another key", lambda pki, d: {**d, co.QE_IDENTITY: pki.signed_json(
         "enclaveIdentity", real_qe_identity(), key=pki.ca_key)}, (), 1, r"set/qe-identity\.json: signature: not made"),
+    ("signed by the PCK CA, not the TCB signing key", lambda pki, d: {
+        **d, co.TCB_INFO: pki.signed_json("tcbInfo", up_to_date_tcb_info(), key=pki.ca_key),
+        co.QE_IDENTITY: pki.signed_json("enclaveIdentity", real_qe_identity(), key=pki.ca_key),
+        co.SIGNING_CHAIN: pem(pki.ca, pki.root)}, (), 1,
+     r"set/tcb-signing-chain\.pem: tcb_signer\.subject: expected the common name 'Intel SGX TCB Signing', got "
+     r"CN=Test SGX PCK Platform CA"),
     ("chain to another root", lambda pki, d: other_pki_documents(pki), (), 1,
      r"set/tcb-signing-chain\.pem: root: expected the configured root CN=Test SGX Root CA,O=enclave-ike tests "
      r"\(sha256 "),

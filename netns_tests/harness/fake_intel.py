@@ -93,7 +93,7 @@ class FakeIntel:
                                                     .pck_chain_pem)[0]
         self.sgx = real_leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS)).value
         self.leaf = self.pck_certificate("Test SGX PCK Certificate")
-        self.tcb_signer = self._cert("Test SGX TCB Signing", self.tcb_key, issued_by_root, ca=False)
+        self.tcb_signer = self._cert("Intel SGX TCB Signing", self.tcb_key, issued_by_root, ca=False)
 
     KEYS, CERTS = ("root_key", "ca_key", "leaf_key", "tcb_key", "attestation_key"), ("root", "ca", "leaf", "tcb_signer")
 

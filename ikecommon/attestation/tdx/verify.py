@@ -41,6 +41,7 @@ from .tcb import UP_TO_DATE, TcbAssessment, assess, module_identity
 TCB_INFO_ID, TCB_INFO_VERSION = "TDX", 3
 QE_IDENTITY_ID, QE_IDENTITY_VERSION = "TD_QE", 2
 PCK_CN = "SGX PCK Certificate"
+TCB_SIGNER_CN = "Intel SGX TCB Signing"
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ def verify_quote(evidence: bytes | TdxQuote, *, root: x509.Certificate, collater
               + _chain_to_root("pck_chain", pck_chain, ("pck_leaf", "pck_ca"), root, at, collateral.crls,
                                policy.collateral_grace)),
         Check.of("TCB signing chain", CheckKind.CERTIFICATES,
-              _chain_to_root("tcb_signing_chain", collateral.tcb_signing_chain, ("tcb_signer",), root, at,
-                             collateral.crls, policy.collateral_grace)),
+              tcb_signer_mismatches(collateral.tcb_signing_chain, root)
+              + _chain_to_root("tcb_signing_chain", collateral.tcb_signing_chain, ("tcb_signer",), root, at,
+                               collateral.crls, policy.collateral_grace)),
         Check.of("TCB info signature", CheckKind.SIGNATURE,
               _collateral_signature("tcb_info", tcb_info.signed, tcb_info.signature, signer)),
         Check.of("QE identity signature", CheckKind.SIGNATURE,
@@ -176,6 +178,31 @@ def _chain_to_root(what: str, certs: Sequence[x509.Certificate], names: Sequence
     labels = [names[i] if i < len(names) else f"{names[-1]}{i}" for i in range(len(certs))]
     return found + verify_chain([Named(label, cert) for label, cert in zip(labels, certs, strict=True)],
                                 Named("intel_root", root), at, crls, require_crls=True, crl_grace=crl_grace)
+
+
+def tcb_signer_mismatches(chain: Sequence[x509.Certificate], root: x509.Certificate) -> list[Mismatch]:
+    """Only Intel's TCB Signing certificate speaks for collateral: an end-entity certificate the root issued
+    directly, named "Intel SGX TCB Signing". Any other certificate under the root (a PCK CA, one platform's PCK
+    certificate) must not: with it, one platform's key could sign a TCB info that clears that platform's TCB."""
+    below_root = [cert for cert in chain if cert.subject != cert.issuer]
+    if not below_root:
+        return []  # the chain check says there is no certificate under the root
+    signer, found = below_root[0], []
+    if len(below_root) != 1:
+        found.append(Mismatch("tcb_signing_chain", "the TCB signing certificate, issued by the root itself",
+                              f"{len(below_root)} certificates under the root"))
+    names = [a.value for a in signer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [TCB_SIGNER_CN]:
+        found.append(Mismatch("tcb_signer.subject", f"the common name {TCB_SIGNER_CN!r}", subject(signer)))
+    if signer.issuer != root.subject:
+        found.append(Mismatch("tcb_signer.issuer", subject(root), signer.issuer.rfc4514_string()))
+    try:
+        constraints = signer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        found.append(Mismatch("tcb_signer.basic_constraints", "CA:FALSE (an end-entity certificate)", "CA:TRUE"))
+    return found
 
 
 def _pck_leaf_name(leaf: x509.Certificate) -> list[Mismatch]:
