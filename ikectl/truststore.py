@@ -217,13 +217,21 @@ def locked(trust_dir: Path) -> Iterator[None]:
 
 
 def read_root_certificate(path: Path, where: str) -> x509.Certificate:
-    """A vendor root the config names ([trust] intel_root, amd_arks): one PEM certificate, or a usage error naming
-    the setting."""
+    """A vendor root the config names ([trust] intel_root, amd_arks): one self-issued PEM certificate, or a usage
+    error naming the setting (whether it verifies is the chain check's to say)."""
     from cryptography import x509  # noqa: PLC0415 - only the trust commands read roots
 
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as exc:
         raise UsageError(f"{where} {path}: cannot read it ({exc.strerror})") from None
     except ValueError:
         raise UsageError(f"{where} {path}: not a PEM certificate") from None
+    if len(certificates) != 1:
+        # AMD's KDS cert_chain is ASK then ARK: taking its first would trust the ASK as a root.
+        raise UsageError(f"{where} {path}: {len(certificates)} certificates; expected one root certificate")
+    (root,) = certificates
+    if root.issuer != root.subject:
+        raise UsageError(f"{where} {path}: {root.subject.rfc4514_string()} is not a root (issued by "
+                         f"{root.issuer.rfc4514_string()})")
+    return root

@@ -692,3 +692,18 @@ def test_tdx_collateral_a_day_past_its_next_update_follows_the_configured_grace(
     assert ("note: qe_identity is past its nextUpdate 2023-07-08T07:24:59Z by 16.6 hours: accepted inside the 2 "
             "days grace; the resolver's collateral needs refreshing") in out
     assert "note: CRL of C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX PCK Platform CA is past" in out
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("amd_ask_ark_milan.pem", "2 certificates; expected one root certificate"),  # AMD KDS's cert_chain: ASK, ARK
+    ("ask_only.pem", "CN=SEV-Milan,O=Advanced Micro Devices,ST=CA,L=Santa Clara,C=US,OU=Engineering is not a root "
+                     "(issued by CN=ARK-Milan"),
+])
+def test_a_configured_ark_that_is_not_one_root_is_exit_2(tmp_path, certs, capsys, name, message):
+    chain = (SNP / "amd_ask_ark_milan.pem").read_bytes()
+    path = tmp_path / name
+    path.write_bytes(chain if name.startswith("amd_") else chain[:chain.index(b"-----END CERTIFICATE-----") + 26])
+    config = _config(tmp_path, "ikectl.toml", f'amd_arks = ["{path}"]\n')
+    assert check(config, REPORT, "--certs", certs, "--at", AT) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ikectl: error: trust.amd_arks[0] {path}: ") and message in err, err
