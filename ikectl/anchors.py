@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from ikecommon.attestation import TrustAnchors, roots
+from ikecommon.attestation.snp import MILAN_GENOA_TCB, TURIN_TCB, SnpPolicy, TcbVersion
 from ikecommon.attestation.tdx import TdxPolicy
 
 from .config import TrustSettings
@@ -32,3 +33,13 @@ def tdx_policy(settings: TrustSettings) -> TdxPolicy:
     """[trust] collateral_grace_days and tdx_tcb_statuses (docs/attestation.md, "Collateral policy")."""
     return TdxPolicy(accepted_tcb_statuses=frozenset(settings.tdx_tcb_statuses),
                      collateral_grace=timedelta(days=settings.collateral_grace_days))
+
+
+def snp_policy(settings: TrustSettings) -> SnpPolicy:
+    """[trust] snp_minimum_tcb and snp_vmpl; the rest is SnpPolicy's defaults (no debug, no migration agent). One
+    minimum applies to every product, compared by component: a Turin FMC minimum refuses Milan and Genoa."""
+    minimum = None
+    if settings.snp_minimum_tcb is not None:
+        svns = dict(settings.snp_minimum_tcb)
+        minimum = TcbVersion.of(TURIN_TCB if "fmc" in svns else MILAN_GENOA_TCB, **svns)
+    return SnpPolicy(minimum_tcb=minimum, vmpl=settings.snp_vmpl)

@@ -38,6 +38,8 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     # amd_arks = ["/etc/ikectl/ark-milan.pem"]        # for SEV-SNP evidence: these ARKs only ([] trusts none)
     collateral_grace_days = 0           # TDX: accept Intel's collateral this long past its nextUpdate, with a note
     tdx_tcb_statuses = ["UpToDate"]     # TDX: the platform TCB statuses accepted (others: with a note; never Revoked)
+    # snp_minimum_tcb = { bootloader = 2, tee = 0, snp = 5, microcode = 68 }  # SEV-SNP: REPORTED_TCB at least this
+    # snp_vmpl = 0                      # SEV-SNP: the VMPL reports must come from (default: any)
 
 Per-network policy, for `ikectl nm-dispatch` (docs/networkmanager.md):
 
@@ -159,6 +161,8 @@ class TrustSettings:
     amd_arks: tuple[Path, ...] | None = None  # AMD root keys, PEM (None: the shipped ARKs)
     collateral_grace_days: int = 0  # TDX collateral accepted this long past its nextUpdate (docs/attestation.md)
     tdx_tcb_statuses: tuple[str, ...] = ("UpToDate",)
+    snp_minimum_tcb: tuple[tuple[str, int], ...] | None = None  # (component, SVN); fmc for Turin
+    snp_vmpl: int | None = None
 
 
 @dataclass(frozen=True)
@@ -426,7 +430,7 @@ def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
                           f"{source}: paths.trust_dir")
     table = _table(data, "trust", source)
     _only(table, {"interval_s", "timeout_s", "release_key", "feed_ca_file", "intel_root", "amd_arks",
-                  "collateral_grace_days", "tdx_tcb_statuses"}, f"{source}: [trust]")
+                  "collateral_grace_days", "tdx_tcb_statuses", "snp_minimum_tcb", "snp_vmpl"}, f"{source}: [trust]")
     files = {key: _absolute(table[key], f"{where}.{key}") if key in table else None
              for key in ("release_key", "feed_ca_file", "intel_root")}
     arks = (tuple(_absolute(p, f"{where}.amd_arks[{i}]") for i, p in enumerate(_list(table, "amd_arks", where)))
@@ -436,12 +440,32 @@ def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
                                     release_key=files["release_key"], feed_ca_file=files["feed_ca_file"],
                                     intel_root=files["intel_root"], amd_arks=arks,
                                     collateral_grace_days=_int(table, "collateral_grace_days", 0, 0, 90, where),
-                                    tdx_tcb_statuses=_tcb_statuses(table, where))
+                                    tdx_tcb_statuses=_tcb_statuses(table, where),
+                                    snp_minimum_tcb=_snp_minimum_tcb(table, where),
+                                    snp_vmpl=_int(table, "snp_vmpl", 0, 0, 3, where) if "snp_vmpl" in table else None)
 
 
 # Intel's TCB statuses a platform may be accepted at; "Revoked" never is.
 TDX_TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
                     "OutOfDate", "OutOfDateConfigurationNeeded")
+
+
+SNP_TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode")  # and "fmc", Turin's
+
+
+def _snp_minimum_tcb(table: Mapping[str, Any], where: str) -> tuple[tuple[str, int], ...] | None:
+    if "snp_minimum_tcb" not in table:
+        return None
+    value, key = table["snp_minimum_tcb"], f"{where}.snp_minimum_tcb"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table such as {{ bootloader = 2, tee = 0, snp = 5, microcode = 68 }}")
+    missing = [name for name in SNP_TCB_COMPONENTS if name not in value]
+    unknown = [name for name in value if name not in (*SNP_TCB_COMPONENTS, "fmc")]
+    if missing or unknown:
+        raise ConfigError(f"{key}: expected {', '.join(SNP_TCB_COMPONENTS)} (and fmc for Turin)"
+                          + (f"; missing {', '.join(missing)}" if missing else "")
+                          + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else ""))
+    return tuple((name, _int(value, name, 0, 0, 255, key)) for name in (*SNP_TCB_COMPONENTS, "fmc") if name in value)
 
 
 def _tcb_statuses(table: Mapping[str, Any], where: str) -> tuple[str, ...]:

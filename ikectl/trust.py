@@ -43,11 +43,12 @@ from ikecommon.attestation import (
     VerificationFailed,
     verify_envelope,
 )
+from ikecommon.attestation.snp import SnpPolicy
 from ikecommon.attestation.tdx import TdxPolicy
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
 from . import daemon, feed, pins, session, truststore
-from .anchors import tdx_policy, trust_anchors
+from .anchors import snp_policy, tdx_policy, trust_anchors
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
 from .plan import TRUSTED_CONNS
@@ -165,7 +166,8 @@ def load_spec(source: str, settings: TrustSettings, now: float,
 # --- attesting ---
 
 def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, *,
-           timeout: float = 10.0, expected_id: str | None = None, policy: TdxPolicy | None = None) -> Attested:
+           timeout: float = 10.0, expected_id: str | None = None, policy: TdxPolicy | None = None,
+           snp_policy: SnpPolicy | None = None) -> Attested:
     """Fetch evidence for a fresh nonce and verify it; AttestationFailed lists every mismatch. What the policy
     accepted only with a note (collateral inside its grace, a TCB status other than UpToDate) is in `notes`."""
     nonce = secrets.token_bytes(NONCE_SIZE)
@@ -180,7 +182,8 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
     kind = measurement = ""
     notes: tuple[str, ...] = ()
     try:
-        verified = verify_envelope(body, nonce, spec, anchors, _at(now), tdx_policy=policy)
+        verified = verify_envelope(body, nonce, spec, anchors, _at(now), tdx_policy=policy,
+                                   snp_policy=snp_policy)
         key = keys.from_public_key(verified.public_key())
         kind, measurement, notes = verified.kind.value, verified.measurement_id, verified.evidence.notes
     except VerificationFailed as exc:
@@ -237,7 +240,8 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
             raise UsageError(f"--spec: {exc}") from None
         try:
             attested = attest(resolver, port, spec, roots, now, timeout=config.trust.timeout_s,
-                              expected_id=expected_id, policy=tdx_policy(config.trust))
+                              expected_id=expected_id, policy=tdx_policy(config.trust),
+                              snp_policy=snp_policy(config.trust))
         except AttestationFailed as exc:
             raise exc.saying(f"{exc.sentence}: nothing pinned") from None
         except TrustError as exc:
@@ -259,7 +263,8 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
         try:
             spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
             attested = attest(pin.address, pin.port, spec, trust_anchors(Anchors(pin.anchors), config.trust), now,
-                              timeout=config.trust.timeout_s, policy=tdx_policy(config.trust))
+                              timeout=config.trust.timeout_s, policy=tdx_policy(config.trust),
+                              snp_policy=snp_policy(config.trust))
         except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
                 f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())

@@ -61,7 +61,7 @@ from ikecommon.attestation import sim as sim_evidence
 from ikecommon.attestation.binding import binding_mismatches
 from ikecommon.attestation.certs import der_certificate, der_crl, pem_chain
 from ikecommon.attestation.outcome import AUTHENTICITY, Check, CheckKind
-from ikecommon.attestation.snp import SnpReport, TcbVersion, hcl, verify_report
+from ikecommon.attestation.snp import SnpPolicy, SnpReport, TcbVersion, hcl, verify_report
 from ikecommon.attestation.snp.vcek import AMD, CSP_ID, vlek_extensions
 from ikecommon.attestation.tdx import (
     QeIdentity,
@@ -76,7 +76,7 @@ from ikecommon.attestation.tdx import (
 from ikecommon.attestation.tdx.verify import TdxVerification
 from ikecommon.attestation.times import iso
 
-from .anchors import tdx_policy, trust_anchors
+from .anchors import snp_policy, tdx_policy, trust_anchors
 from .config import TrustSettings
 from .errors import IkectlError, UsageError
 from .truststore import Anchors
@@ -131,6 +131,7 @@ class Inputs:
     collateral_dir: Path | None = None  # --collateral, read once the evidence is known to be TDX
     certs_dir: Path | None = None       # --certs, read once it is known to be SEV-SNP
     tdx_policy: TdxPolicy = field(default_factory=TdxPolicy)  # [trust] collateral_grace_days, tdx_tcb_statuses
+    snp_policy: SnpPolicy = field(default_factory=SnpPolicy)  # [trust] snp_minimum_tcb, snp_vmpl
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,8 @@ def run(settings: TrustSettings, file: str, *, spec: str | None, collateral: Pat
     when = parse_time(at) if at is not None else datetime.now(UTC)
     measurement_spec = load_spec(spec) if spec is not None else None
     data = read_file(file)
-    inputs = Inputs(anchors, *_roots(settings, anchors), when, collateral, certs, tdx_policy(settings))
+    inputs = Inputs(anchors, *_roots(settings, anchors), when, collateral, certs, tdx_policy(settings),
+                    snp_policy(settings))
     try:
         report = check(file, data, inputs, measurement_spec, strict=strict)
     except UnsupportedEvidence as exc:
@@ -493,7 +495,8 @@ def _snp(data: bytes, envelope: Envelope | None, inputs: Inputs) -> _Judged:
         return replace(base, not_verified="; ".join(missing))
     # The ARK that issued this ASK; with none, the first one, and the chain check names both issuers.
     ark = next((ark for ark in inputs.amd_arks if ark.subject == certs.ask.issuer), inputs.amd_arks[0])
-    verification = verify_report(report, vcek=certs.vcek, ask=certs.ask, ark=ark, at=inputs.at, crls=certs.crls)
+    verification = verify_report(report, vcek=certs.vcek, ask=certs.ask, ark=ark, at=inputs.at, crls=certs.crls,
+                                 policy=inputs.snp_policy)
     return replace(base, checks=verification.checks)
 
 

@@ -36,6 +36,14 @@ def test_trust_policy_defaults_and_values(tmp_path):
     assert (given.collateral_grace_days, given.tdx_tcb_statuses) == (7, ("UpToDate", "SWHardeningNeeded"))
 
 
+def test_snp_policy_keys(tmp_path):
+    assert config.load(write(tmp_path, "")).trust.snp_minimum_tcb is None
+    text = "[trust]\nsnp_vmpl = 0\nsnp_minimum_tcb = { microcode = 68, snp = 5, tee = 0, bootloader = 2 }\n"
+    given = config.load(write(tmp_path, text)).trust
+    assert given.snp_vmpl == 0
+    assert given.snp_minimum_tcb == (("bootloader", 2), ("tee", 0), ("snp", 5), ("microcode", 68))
+
+
 def test_trusted_with_inline_key_and_key_file(tmp_path):
     cfg = config.load(write(tmp_path, f'mode = "trusted"\n[trusted]\naddress = "192.0.2.53"\n'
                                       f'id = "@dns.example.net"\npubkey = "{EC_RAW}"\n'))
@@ -69,6 +77,12 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ('[trust]\ntdx_tcb_statuses = ["Revoked"]', "'Revoked' is not a TCB status to accept"),
     ("[trust]\ntdx_tcb_statuses = []", "tdx_tcb_statuses is empty: no TDX platform would ever be accepted"),
     ('[trust]\ntdx_tcb_statuses = "UpToDate"', "tdx_tcb_statuses must be a list"),
+    ("[trust]\nsnp_minimum_tcb = 5", "snp_minimum_tcb: expected a table"),
+    ("[trust]\nsnp_minimum_tcb = { bootloader = 2, tee = 0, snp = 5 }", "; missing microcode"),
+    ("[trust]\nsnp_minimum_tcb = { bootloader = 2, tee = 0, snp = 5, microcode = 68, psp = 1 }", "; unknown 'psp'"),
+    ("[trust]\nsnp_minimum_tcb = { bootloader = 2, tee = 0, snp = 500, microcode = 68 }",
+     "snp_minimum_tcb.snp = 500: expected a whole number from 0 to 255"),
+    ("[trust]\nsnp_vmpl = 4", "trust.snp_vmpl = 4: expected a whole number from 0 to 3"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as error:

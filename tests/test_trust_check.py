@@ -707,3 +707,22 @@ def test_a_configured_ark_that_is_not_one_root_is_exit_2(tmp_path, certs, capsys
     assert check(config, REPORT, "--certs", certs, "--at", AT) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ikectl: error: trust.amd_arks[0] {path}: ") and message in err, err
+
+
+# --- [trust] snp_minimum_tcb and snp_vmpl: the Milan report's REPORTED_TCB is bl 2 tee 0 snp 5 ucode 68, VMPL 0 ---
+
+@pytest.mark.parametrize(("policy", "fields"), [
+    ("snp_minimum_tcb = { bootloader = 2, tee = 0, snp = 5, microcode = 68 }\n", []),
+    ("snp_minimum_tcb = { bootloader = 2, tee = 0, snp = 6, microcode = 69 }\n",
+     ["reported_tcb.snp", "reported_tcb.microcode"]),
+    ("snp_minimum_tcb = { fmc = 0, bootloader = 2, tee = 0, snp = 5, microcode = 68 }\n", ["reported_tcb.fmc"]),
+    ("snp_vmpl = 1\n", ["vmpl"]),
+])
+def test_the_snp_policy_of_trust_is_applied(tmp_path, certs, capsys, policy, fields):
+    arks = [str(_ark("milan", tmp_path))]
+    config = _config(tmp_path, "ikectl.toml", f"amd_arks = {json.dumps(arks)}\n{policy}")
+    check(config, REPORT, "--certs", certs, "--at", AT, "--json")
+    document = json.loads(capsys.readouterr().out)
+    found = [m["field"] for c in document["checks"] for m in c["mismatches"] if m["field"] != "policy.debug"]
+    assert found == fields
+    assert document["authentic"] is True  # a policy, not the evidence's authenticity
