@@ -436,7 +436,7 @@ class _PlaceholderSigner(Signer):
     def algorithm(self) -> SignatureScheme:
         return SIGNATURE_SCHEMES[0]
 
-    def sign(self, data: bytes) -> bytes:
+    def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
         raise ConfigError("the placeholder signer signs nothing")
 
     def public_key(self) -> PublicKey:

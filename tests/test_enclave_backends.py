@@ -40,10 +40,11 @@ from enclave_ike.enclave import (
     channel,
 )
 from enclave_ike.enclave.cert_table import ARK, ASK, VCEK, VLEK, build_cert_table, parse_cert_table, snp_certificates
-from enclave_ike.enclave.channel import MAX_FRAME, Frame, Op, Status
+from enclave_ike.enclave.channel import HASH_SIZE, MAX_FRAME, Frame, Op, Status
 from enclave_ike.enclave.sim_child import answer
 from enclave_ike.enclave.tsm import ConfigFs
-from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, SoftwareSigner
+from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256, SoftwareSigner
+from enclave_ike.ikev2.errors import UnsupportedAlgorithm
 from ikecommon.attestation import (
     EvidenceKind,
     MeasurementEntry,
@@ -87,7 +88,7 @@ def test_every_backend_is_an_enclave(sim: SimEnclave, tmp_path: Path) -> None:
 
 def test_software_enclave_signs_and_attests() -> None:
     enclave, nonce = SoftwareEnclave(), os.urandom(32)
-    verify_ecdsa(enclave, b"octets", enclave.signer().sign(b"octets"))
+    verify_ecdsa(enclave, b"octets", enclave.signer().sign(b"octets", enclave.signer().algorithm))
     verified = verify_envelope(attest(enclave, nonce), nonce, SIM_SPEC, TrustAnchors.simulated(), NOW)
     assert verified.public_key() == enclave.signer().public_key()
 
@@ -106,16 +107,31 @@ def test_sim_key_lives_in_another_process(sim: SimEnclave) -> None:
 
 def test_sim_signs_with_its_key(sim: SimEnclave) -> None:
     assert sim.signer().algorithm == ECDSA_SHA256
-    for data in (b"", b"IKE_AUTH octets", os.urandom(MAX_FRAME - 1)):
-        verify_ecdsa(sim, data, sim.signer().sign(data))
+    for data in (b"", b"IKE_AUTH octets", os.urandom(MAX_FRAME - 1 - HASH_SIZE)):
+        verify_ecdsa(sim, data, sim.signer().sign(data, sim.signer().algorithm))
     with pytest.raises(InvalidSignature):
-        verify_ecdsa(sim, b"other", sim.signer().sign(b"octets"))
+        verify_ecdsa(sim, b"other", sim.signer().sign(b"octets", sim.signer().algorithm))
+
+
+def test_sim_signs_under_the_hash_it_is_asked_for(sim: SimEnclave) -> None:
+    """RFC 7427: the hash is the peer's choice; the child signs under the one named in the SIGN request."""
+    signer = sim.signer()
+    assert signer.schemes == (ECDSA_SHA256, ECDSA_SHA512, ECDSA_SHA384)
+    key = signer.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    for scheme in signer.schemes:
+        key.verify(signer.sign(b"octets", scheme), b"octets", ec.ECDSA(scheme.hasher()))
+    with pytest.raises(UnsupportedAlgorithm):
+        signer.sign(b"octets", RSA_PSS_SHA256)
+    refused = answer(Frame(Op.SIGN, (1).to_bytes(HASH_SIZE, "big") + b"octets"), SoftwareSigner(
+        ec.generate_private_key(ec.SECP256R1())), DEFAULT_REGISTERS)
+    assert refused.code == Status.ERROR and b"hash 1" in refused.payload
 
 
 def test_sim_with_a_p384_key() -> None:
     with SimEnclave(key_type="ecdsa-p384") as enclave:
         assert enclave.signer().algorithm == ECDSA_SHA384
-        verify_ecdsa(enclave, b"x", enclave.signer().sign(b"x"))
+        verify_ecdsa(enclave, b"x", enclave.signer().sign(b"x", enclave.signer().algorithm))
 
 
 def test_sim_evidence_verifies_end_to_end(sim: SimEnclave) -> None:
@@ -142,7 +158,7 @@ def test_a_slow_sim_start_is_waited_for_by_the_startup_timeout_not_the_call_time
     slow_python.chmod(0o755)
     monkeypatch.setattr("enclave_ike.enclave.sim.sys.executable", str(slow_python))
     with SimEnclave(timeout=1.0, startup_timeout=30.0) as enclave:
-        verify_ecdsa(enclave, b"data", enclave.signer().sign(b"data"))
+        verify_ecdsa(enclave, b"data", enclave.signer().sign(b"data", enclave.signer().algorithm))
     with pytest.raises(EnclaveError, match="timed out"):
         SimEnclave(timeout=30.0, startup_timeout=0.5)
 
@@ -161,7 +177,8 @@ def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
     answers = {"public key": 0, "signature": 0, "report": 0, "refused": 0}
     for code in range(256):
-        for payload in (b"", b"\x01", bytes(64), os.urandom(65), os.urandom(4096)):
+        for payload in (b"", b"\x01", bytes(64), b"\xff" + os.urandom(64), b"\xff" + os.urandom(4095),
+                        b"\x00\x02" + os.urandom(100), b"\x00\x04IKE_AUTH octets"):
             try:
                 reply = sim._call(code, payload)  # type: ignore[arg-type]
             except EnclaveError as refused:
@@ -171,15 +188,18 @@ def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
             if code == Op.PUBLIC_KEY:
                 assert reply == public and payload == b""
                 answers["public key"] += 1
-            elif code == Op.SIGN:
-                verify_ecdsa(sim, payload, reply)
+            elif code == Op.SIGN:  # the hash (SHA2-256 = 2, SHA2-512 = 4), then the data
+                scheme = {2: ECDSA_SHA256, 4: ECDSA_SHA512}[int.from_bytes(payload[:HASH_SIZE], "big")]
+                key = sim.signer().public_key()
+                assert isinstance(key, ec.EllipticCurvePublicKey)
+                key.verify(reply, payload[HASH_SIZE:], ec.ECDSA(scheme.hasher()))
                 answers["signature"] += 1
             else:
                 assert code == Op.EVIDENCE and len(payload) == 64
                 assert SimReport.decode(reply).report_data == payload
                 assert verify_sim_report(reply, root=sim_root_certificate(), at=NOW).ok
                 answers["report"] += 1
-    assert answers == {"public key": 1, "signature": 5, "report": 1, "refused": 256 * 5 - 7}
+    assert answers == {"public key": 1, "signature": 2, "report": 1, "refused": 256 * 7 - 4}
 
 
 @settings(max_examples=300, deadline=None)
@@ -201,7 +221,7 @@ def test_no_answer_contains_the_private_key(code: int, payload: bytes) -> None:
 def test_a_malformed_frame_ends_the_child(sim: SimEnclave) -> None:
     sim._socket.sendall((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(EnclaveGone):
-        sim.signer().sign(b"x")
+        sim.signer().sign(b"x", sim.signer().algorithm)
     assert wait_gone(sim.pid)
 
 
@@ -211,7 +231,7 @@ def test_close_stops_the_child() -> None:
     enclave.close()
     assert wait_gone(pid)
     with pytest.raises(EnclaveGone, match="closed"):
-        enclave.signer().sign(b"x")
+        enclave.signer().sign(b"x", enclave.signer().algorithm)
 
 
 def test_a_killed_child_is_reported() -> None:
@@ -468,4 +488,4 @@ def test_sign_after_replace_is_still_the_same_key(sim: SimEnclave) -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     result = appraise(replace(envelope, ike_key=other), nonce, SIM_SPEC, TrustAnchors.simulated(), NOW)
     assert [m.field for m in result.mismatches] == ["report_data"]
-    verify_ecdsa(sim, b"still", sim.signer().sign(b"still"))
+    verify_ecdsa(sim, b"still", sim.signer().sign(b"still", sim.signer().algorithm))

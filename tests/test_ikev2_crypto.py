@@ -534,6 +534,16 @@ def test_identifiers_match_what_cryptography_writes_in_certificates():
     assert c.ECDSA_SHA256.identifier in _self_signed(EC_KEY, hashes.SHA256())
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
     assert unhex(IDENTIFIERS["pss-sha256-strict"]["der"]) in _self_signed(RSA_KEY, hashes.SHA256(), pss)
+    for scheme, digest in ((c.RSA_PSS_SHA384, hashes.SHA384()), (c.RSA_PSS_SHA512, hashes.SHA512())):
+        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+        written = _self_signed(RSA_KEY, digest, pss)
+        assert c._pss_identifier(digest.digest_size * 8, trailer=False) in written
+        strict = c._pss_identifier(digest.digest_size * 8, trailer=False)
+        assert c.decode_signature_auth(bytes([len(strict)]) + strict + b"s")[0] == scheme
+    # ecdsa-with-SHA384/512 name no curve: a P-256 key may sign under either (RFC 7427 A.3.2, A.3.3)
+    assert c.ECDSA_SHA384.identifier in _self_signed(EC_KEY, hashes.SHA384())
+    assert c.ECDSA_SHA512.identifier in _self_signed(EC_KEY, hashes.SHA512())
+
 
 
 EC_KEY = ec.derive_private_key(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, ec.SECP256R1())
@@ -559,19 +569,35 @@ def test_signature_auth_sign_and_verify(key):
         c.verify_signature_auth(signer.public_key(), auth, octets, accept=())
 
 
+@pytest.mark.parametrize("key, schemes", [
+    (EC_KEY, (c.ECDSA_SHA256, c.ECDSA_SHA512, c.ECDSA_SHA384)),
+    (ec.derive_private_key(7, ec.SECP384R1()), (c.ECDSA_SHA384, c.ECDSA_SHA512, c.ECDSA_SHA256)),
+    (RSA_KEY, (c.RSA_PSS_SHA256, c.RSA_PSS_SHA512, c.RSA_PSS_SHA384)),
+], ids=["p256", "p384", "rsa"])
+def test_every_scheme_of_a_key_signs_and_verifies(key, schemes):
+    """The key's own hash first, then the others strongest first; each signature verifies under its hash."""
+    signer = c.SoftwareSigner(key)
+    assert signer.schemes == schemes and signer.algorithm == schemes[0]
+    for scheme in schemes:
+        auth = c.sign_auth(signer, b"octets", scheme)
+        assert auth.data[1:1 + auth.data[0]] == scheme.identifier
+        assert c.verify_signature_auth(signer.public_key(), auth, b"octets") == scheme
+
+
 def test_ecdsa_signature_value_is_der_and_deterministic():
     signer = c.SoftwareSigner(EC_KEY)
-    signature = signer.sign(b"data")
+    signature = signer.sign(b"data", c.ECDSA_SHA256)
     r, s = decode_dss_signature(signature)  # DER Ecdsa-Sig-Value, not RFC 4754's r | s
     assert r > 0 and s > 0
-    assert signer.sign(b"data") == signature
+    assert signer.sign(b"data", c.ECDSA_SHA256) == signature
 
 
 def test_strict_der_pss_identifier_is_accepted():
     signer = c.SoftwareSigner(RSA_KEY)
     octets = b"octets"
     strict = unhex(IDENTIFIERS["pss-sha256-strict"]["der"])
-    auth = Authentication(AuthMethod.DIGITAL_SIGNATURE, bytes([len(strict)]) + strict + signer.sign(octets))
+    signature = signer.sign(octets, c.RSA_PSS_SHA256)
+    auth = Authentication(AuthMethod.DIGITAL_SIGNATURE, bytes([len(strict)]) + strict + signature)
     assert c.verify_signature_auth(signer.public_key(), auth, octets) == c.RSA_PSS_SHA256
 
 
@@ -600,7 +626,7 @@ def test_signature_from_the_wrong_key_type_fails():
 
 def test_signer_interface_has_no_way_to_the_private_key():
     public = {name for name in dir(c.SoftwareSigner(EC_KEY)) if not name.startswith("_")}
-    assert public == {"algorithm", "sign", "public_key"}
+    assert public == {"algorithm", "schemes", "sign", "public_key"}
     assert c.Signer.__abstractmethods__ == {"algorithm", "sign", "public_key"}
 
 

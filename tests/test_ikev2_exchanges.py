@@ -10,8 +10,10 @@ import itertools
 from ipaddress import IPv4Address
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from enclave_ike.apply import ChildSaTable, DeletePolicy, DeleteSa
 from enclave_ike.ikev2 import crypto as c
 from enclave_ike.ikev2.config import (
     DnsSelectors,
@@ -29,6 +31,7 @@ from enclave_ike.ikev2.constants import (
     DhGroup,
     EncrId,
     ExchangeType,
+    HashAlgorithm,
     HeaderFlag,
     IntegId,
     NotifyType,
@@ -52,6 +55,8 @@ from enclave_ike.ikev2.events import (
 from enclave_ike.ikev2.initiator import Initiator, exchange
 from enclave_ike.ikev2.negotiation import narrow_to_dns
 from enclave_ike.ikev2.payloads import (
+    Authentication,
+    IdentificationResponder,
     Message,
     Notify,
     TrafficSelector,
@@ -255,6 +260,169 @@ def test_initiator_refuses_a_responder_with_the_wrong_key():
     assert not of(i_events, IkeSaEstablished)
     assert ini.sa.state is State.DELETED
     assert "does not verify" in of(i_events, ProtocolErrorEvent)[0].detail
+
+
+# --- RFC 7427: the hash of our AUTH is one the peer listed ---
+
+class OneSchemeSigner(c.Signer):
+    """A key that signs with one scheme only, whatever the peer listed (to play an initiator that ignores us)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, scheme: c.SignatureScheme) -> None:
+        self._key, self._scheme = key, scheme
+
+    @property
+    def algorithm(self) -> c.SignatureScheme:
+        return self._scheme
+
+    def sign(self, data: bytes, scheme: c.SignatureScheme) -> bytes:
+        return self._key.sign(data, ec.ECDSA(scheme.hasher()))
+
+    def public_key(self) -> c.PublicKey:
+        return self._key.public_key()
+
+
+SHA1_ONLY = c.SignatureScheme("sha1 (listed, never used)", b"\x30\x00", HashAlgorithm.SHA1, "ecdsa")
+"""Makes the test initiator list SHA-1 alone in SIGNATURE_HASH_ALGORITHMS."""
+ASN1 = {  # RFC 7427 appendix A (ECDSA) and RFC 4055 (PSS with MGF1 of the same hash, salt = digest length)
+    c.ECDSA_SHA256: "300a06082a8648ce3d040302", c.ECDSA_SHA384: "300a06082a8648ce3d040303",
+    c.ECDSA_SHA512: "300a06082a8648ce3d040304",
+    c.RSA_PSS_SHA384: "304606092a864886f70d01010a3039a00f300d06096086480165030402020500a11c301a06092a864886f70d"
+                      "010108300d06096086480165030402020500a203020130a303020101",
+}
+
+
+def responder_auth(ini: Initiator, transcript) -> tuple[Authentication, bytes]:
+    """The responder's AUTH payload, decrypted from its IKE_AUTH response, and the octets it must sign."""
+    _, payloads = c.decrypt_message(ini.sa._in, transcript[3].data)
+    (auth,) = [p for p in payloads if isinstance(p, Authentication)]
+    (idr,) = [p for p in payloads if isinstance(p, IdentificationResponder)]
+    octets = c.signed_octets(ini.sa.suite.prf, transcript[1].data, ini.sa._ni, ini.sa._keys.sk_pr, idr.encode())
+    return auth, octets
+
+
+def signature_config(key, peer_schemes=c.SIGNATURE_SCHEMES, *, announce=True):
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(key))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_key=key.public_key(), responder_id=RESOLVER_ID,
+                           signature_schemes=peer_schemes, announce_hashes=announce)
+    return icfg, rcfg
+
+
+@pytest.mark.parametrize("key, peer_schemes, announce, chosen", [
+    (ECDSA_KEY, (c.ECDSA_SHA384,), True, c.ECDSA_SHA384),
+    (ECDSA_KEY, (c.ECDSA_SHA512,), True, c.ECDSA_SHA512),
+    (ECDSA_KEY, (c.ECDSA_SHA256, c.ECDSA_SHA384), True, c.ECDSA_SHA256),  # P-256's own hash first
+    (ECDSA_KEY, (c.ECDSA_SHA384, c.ECDSA_SHA512), True, c.ECDSA_SHA512),  # then the strongest
+    (ECDSA_KEY, c.SIGNATURE_SCHEMES, False, c.ECDSA_SHA256),  # no notify: the key's own, as before RFC 7427
+    (RSA_KEY, (c.RSA_PSS_SHA384,), True, c.RSA_PSS_SHA384),
+    (RSA_KEY, c.SIGNATURE_SCHEMES, True, c.RSA_PSS_SHA256),
+], ids=["p256/384", "p256/512", "p256/256+384", "p256/384+512", "p256/no-notify", "rsa/384", "rsa/all"])
+def test_our_auth_uses_a_hash_the_peer_listed(key, peer_schemes, announce, chosen):
+    icfg, rcfg = signature_config(key, peer_schemes, announce=announce)
+    ini, resp, i_events, _, transcript = establish(icfg, rcfg)
+    init_request = message(transcript[0].data)
+    listed = [n for n in init_request.find_all(Notify) if n.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS]
+    assert len(listed) == announce
+    assert resp.views()[0].state is State.ESTABLISHED and of(i_events, IkeSaEstablished)
+    auth, octets = responder_auth(ini, transcript)
+    assert auth.method == AuthMethod.DIGITAL_SIGNATURE
+    length = auth.data[0]
+    assert auth.data[1:1 + length] == chosen.identifier
+    if chosen in ASN1:
+        assert chosen.identifier == bytes.fromhex(ASN1[chosen])
+    signature = auth.data[1 + length:]
+    digest = {HashAlgorithm.SHA2_256: hashes.SHA256(), HashAlgorithm.SHA2_384: hashes.SHA384(),
+              HashAlgorithm.SHA2_512: hashes.SHA512()}[chosen.hash_algorithm]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        key.public_key().verify(signature, octets, ec.ECDSA(digest))
+    else:
+        key.public_key().verify(signature, octets, padding.PSS(padding.MGF1(digest), digest.digest_size), digest)
+
+
+@pytest.mark.parametrize("listed", [(SHA1_ONLY,), (c.RSA_PSS_SHA256, SHA1_ONLY)], ids=["sha1", "sha1+pss256"])
+def test_no_hash_we_can_sign_with_is_authentication_failed(listed):
+    """An ECDSA key can sign SHA-256 for an RSA-only peer too (the hash is what is listed, not the key type); only
+    a list without SHA-2 leaves nothing: AUTHENTICATION_FAILED in the IKE_AUTH response, one line naming the list."""
+    icfg, rcfg = signature_config(ECDSA_KEY, listed)
+    ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    if len(listed) == 2:  # SHA-256 is listed: ecdsa-with-SHA256, which this initiator then refuses to verify
+        assert len(resp) == 1 and ini.sa.state is State.DELETED
+        return
+    (error,) = of(r_events, ProtocolErrorEvent)
+    assert error.answered == NotifyType.AUTHENTICATION_FAILED
+    assert "lists SHA1" in error.detail and "SHA2_256, SHA2_512, SHA2_384" in error.detail
+    assert not of(r_events, IkeSaEstablished) and not of(r_events, ChildSaEstablished) and len(resp) == 0
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
+
+
+def test_the_signer_refuses_a_scheme_of_another_key_type():
+    with pytest.raises(c.UnsupportedAlgorithm):
+        c.SoftwareSigner(ECDSA_KEY).sign(b"x", c.RSA_PSS_SHA256)
+    assert c.choose_scheme(c.SoftwareSigner(ECDSA_KEY), (HashAlgorithm.IDENTITY, HashAlgorithm.SHA2_384)) \
+        == c.ECDSA_SHA384
+    assert c.choose_scheme(c.SoftwareSigner(ECDSA_KEY), None) == c.ECDSA_SHA256
+
+
+def test_a_peer_auth_under_a_hash_we_did_not_announce_is_refused():
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+                           signature_schemes=(c.ECDSA_SHA256,),
+                           peer_keys=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID,
+                           signer=OneSchemeSigner(OTHER_ECDSA_KEY, c.ECDSA_SHA384))
+    ini, resp, _, r_events, transcript = establish(icfg, rcfg)
+    (notify,) = [n for n in message(transcript[1].data).find_all(Notify)
+                 if n.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS]
+    assert notify.data == bytes([0, 2])  # we announced SHA2-256 only
+    (error,) = of(r_events, ProtocolErrorEvent)
+    assert error.answered == NotifyType.AUTHENTICATION_FAILED
+    assert "SHA2_384 is not among the hashes we announced (SHA2_256)" in error.detail
+    assert len(resp) == 0 and ini.sa.state is State.DELETED
+    # the same initiator with SHA-256 is accepted
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID,
+                           signer=OneSchemeSigner(OTHER_ECDSA_KEY, c.ECDSA_SHA256))
+    _, resp, _, r_events, _ = establish(icfg, rcfg)
+    assert of(r_events, IkeSaEstablished)[0].peer_auth == AuthMethod.DIGITAL_SIGNATURE
+
+
+# --- RFC 7296 2.21.2: the initiator refuses our AUTH afterwards ---
+
+@pytest.mark.parametrize("notify_type", [NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SYNTAX, 8191],
+                         ids=["authentication-failed", "invalid-syntax", "unknown-error"])
+def test_an_error_notify_in_informational_tears_the_sa_down(notify_type):
+    ini, resp, _, r_events, _ = establish()
+    ini.create_child_sa(1.0)
+    exchange(ini, resp, 1.0)
+    r_events += drain(resp)
+    table = ChildSaTable()
+    for event in r_events:
+        table.plan(event)
+    assert len(table) == 2 and len(resp.views()[0].children) == 2
+    ini.send_custom_request(2.0, ExchangeType.INFORMATIONAL, [Notify(notify_type)])
+    transcript = exchange(ini, resp, 2.0)
+    assert [d.direction for d in transcript] == ["i->r", "r->i"]
+    (answer,) = of(ini.events(), ResponseReceived)
+    assert answer.payloads == ()  # an empty INFORMATIONAL response
+    deleted = of(drain(resp), SaDeleted)
+    assert [e.protocol for e in deleted] == [ProtocolId.ESP, ProtocolId.ESP, ProtocolId.IKE]
+    assert "in an INFORMATIONAL request" in deleted[-1].reason
+    if notify_type == NotifyType.AUTHENTICATION_FAILED:
+        assert deleted[-1].reason == ("the peer reported AUTHENTICATION_FAILED (24) in an INFORMATIONAL request: "
+                                      "it refused our AUTH")
+    assert len(resp) == 0 and not resp.views()
+    operations = [op for event in deleted for op in table.plan(event)]
+    assert len(table) == 0
+    assert sum(isinstance(op, DeleteSa) for op in operations) == 4
+    assert any(isinstance(op, DeletePolicy) for op in operations)
+
+
+def test_a_status_notify_in_informational_changes_nothing():
+    ini, resp, *_ = establish()
+    before = resp.views()[0]
+    ini.send_custom_request(2.0, ExchangeType.INFORMATIONAL, [Notify(40000), Notify(NotifyType.INITIAL_CONTACT)])
+    exchange(ini, resp, 2.0)
+    after = resp.views()[0]
+    assert of(ini.events(), ResponseReceived)[0].payloads == ()
+    assert after.state is State.ESTABLISHED and after.children == before.children
+    assert not of(drain(resp), SaDeleted)
 
 
 def test_invalid_ke_payload_retry():

@@ -6,7 +6,8 @@ A request's code is an Op, a reply's a Status. There are three requests, and non
 contains private key material:
 
     PUBLIC_KEY  (no payload)         -> OK, SubjectPublicKeyInfo DER
-    SIGN        (the data to sign)   -> OK, the signature (RFC 7427 value: DER ECDSA-Sig-Value)
+    SIGN        (uint16_be(RFC 7427 hash number) || the data to sign)
+                                     -> OK, the signature under that hash (RFC 7427 value: DER ECDSA-Sig-Value)
     EVIDENCE    (64 bytes)           -> OK, a sim report binding those bytes
     anything else                    -> ERROR, a UTF-8 reason
 """
@@ -21,6 +22,8 @@ from .errors import ChannelError
 
 MAX_FRAME = 64 * 1024
 _LENGTH_SIZE = 4
+HASH_SIZE = 2
+"""The SIGN payload starts with the RFC 7427 hash number (SIGNATURE_HASH_ALGORITHMS' 16-bit values)."""
 
 
 class Op(IntEnum):

@@ -24,13 +24,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ikecommon.attestation.envelope import Evidence, EvidenceKind
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, MAX_REGISTERS, REGISTER_SIZE
 
-from ..ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, PublicKey, SignatureScheme, Signer
+from ..ikev2.crypto import PublicKey, SignatureScheme, Signer, ecdsa_schemes
+from ..ikev2.errors import UnsupportedAlgorithm
 from . import channel
-from .channel import Frame, Op, Status
+from .channel import HASH_SIZE, Frame, Op, Status
 from .errors import ChannelError, EnclaveError, EnclaveGone, EnclaveUnavailable
 from .key_types import KEY_TYPES
 
-_SCHEMES = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384}
+_CURVES = frozenset(("secp256r1", "secp384r1"))
 STOP_TIMEOUT = 2.0
 STARTUP_TIMEOUT = 60.0
 
@@ -67,10 +68,10 @@ class SimEnclave:
             self.close()
             raise
         ours.settimeout(timeout)
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _SCHEMES:
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
             self.close()
             raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
-        self._signer = _ProcessSigner(self._call, key, _SCHEMES[key.curve.name])
+        self._signer = _ProcessSigner(self._call, key, ecdsa_schemes(key.curve.name))
 
     @property
     def pid(self) -> int:
@@ -120,15 +121,21 @@ class _ProcessSigner(Signer):
     """Signs by asking the sim enclave process; holds only the public key."""
 
     def __init__(self, call: Callable[[Op, bytes], bytes], key: ec.EllipticCurvePublicKey,
-                 scheme: SignatureScheme) -> None:
-        self._call, self._key, self._scheme = call, key, scheme
+                 schemes: tuple[SignatureScheme, ...]) -> None:
+        self._call, self._key, self._schemes = call, key, schemes
 
     @property
     def algorithm(self) -> SignatureScheme:
-        return self._scheme
+        return self._schemes[0]
 
-    def sign(self, data: bytes) -> bytes:
-        return self._call(Op.SIGN, data)
+    @property
+    def schemes(self) -> tuple[SignatureScheme, ...]:
+        return self._schemes
+
+    def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
+        if scheme not in self._schemes:
+            raise UnsupportedAlgorithm(f"sim enclave: this key does not sign with {scheme.name}")
+        return self._call(Op.SIGN, scheme.hash_algorithm.to_bytes(HASH_SIZE, "big") + data)
 
     def public_key(self) -> PublicKey:
         return self._key

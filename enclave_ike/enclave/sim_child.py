@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
 
 from ..ikev2.crypto import Signer, SoftwareSigner
-from .channel import Frame, Op, Status, receive, send
+from .channel import HASH_SIZE, Frame, Op, Status, receive, send
 from .errors import ChannelError
 from .key_types import KEY_TYPES
 
@@ -37,12 +37,23 @@ def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...]) -> Fram
         return Frame(Status.OK, signer.public_key().public_bytes(serialization.Encoding.DER,
                                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
     if request.code == Op.SIGN:
-        return Frame(Status.OK, signer.sign(request.payload))
+        return _sign(request.payload, signer)
     if request.code == Op.EVIDENCE:
         if len(request.payload) != REPORT_DATA_SIZE:
             return _refuse(f"EVIDENCE takes {REPORT_DATA_SIZE} bytes of report data, got {len(request.payload)}")
         return Frame(Status.OK, make_sim_report(request.payload, registers).encode())
     return _refuse(f"unknown request {request.code}")
+
+
+def _sign(payload: bytes, signer: Signer) -> Frame:
+    """SIGN: the RFC 7427 hash number, then the data; a hash this key does not sign with is refused."""
+    if len(payload) < HASH_SIZE:
+        return _refuse(f"SIGN takes a {HASH_SIZE}-byte hash number before the data")
+    hash_algorithm = int.from_bytes(payload[:HASH_SIZE], "big")
+    scheme = next((s for s in signer.schemes if s.hash_algorithm == hash_algorithm), None)
+    if scheme is None:
+        return _refuse(f"this key does not sign with hash {hash_algorithm}")
+    return Frame(Status.OK, signer.sign(payload[HASH_SIZE:], scheme))
 
 
 def _refuse(reason: str) -> Frame:

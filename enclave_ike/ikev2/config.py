@@ -267,6 +267,9 @@ class InitiatorConfig:
     responder_key: PublicKey | None = field(default=None, repr=False)
     responder_id: Identity | None = None
     signature_schemes: tuple[SignatureScheme, ...] = SIGNATURE_SCHEMES
+    announce_hashes: bool = True
+    """Send SIGNATURE_HASH_ALGORITHMS (the hashes of `signature_schemes`) in IKE_SA_INIT; False plays a peer
+    without RFC 7427's notify."""
     ike_suites: tuple[IkeSuite, ...] = DEFAULT_IKE_SUITES[:1]
     first_group: int | None = None
     esp_suites: tuple[ChildSuite, ...] = DEFAULT_ESP_SUITES[:1]

@@ -705,13 +705,16 @@ def _der_oid(dotted: str) -> bytes:
 
 _SEQUENCE, _NULL, _INTEGER = 0x30, b"\x05\x00", 0x02
 _OID_ECDSA = {256: "1.2.840.10045.4.3.2", 384: "1.2.840.10045.4.3.3", 512: "1.2.840.10045.4.3.4"}
-_OID_RSASSA_PSS, _OID_MGF1, _OID_SHA256 = "1.2.840.113549.1.1.10", "1.2.840.113549.1.1.8", "2.16.840.1.101.3.4.2.1"
+_OID_RSASSA_PSS, _OID_MGF1 = "1.2.840.113549.1.1.10", "1.2.840.113549.1.1.8"
+_OID_SHA2 = {256: "2.16.840.1.101.3.4.2.1", 384: "2.16.840.1.101.3.4.2.2", 512: "2.16.840.1.101.3.4.2.3"}
 
 
-def _pss_sha256_identifier(trailer: bool) -> bytes:
-    sha256 = _der(_SEQUENCE, _der_oid(_OID_SHA256) + _NULL)
-    params = (_der(0xA0, sha256) + _der(0xA1, _der(_SEQUENCE, _der_oid(_OID_MGF1) + sha256))
-              + _der(0xA2, _der(_INTEGER, bytes([32]))))
+def _pss_identifier(bits: int, trailer: bool) -> bytes:
+    """RSASSA-PSS-params (RFC 4055): hashAlgorithm SHA-`bits`, MGF1 with the same hash, saltLength = the digest
+    length, and (RFC 7427 A.4.3 spells it out) trailerField 1."""
+    digest = _der(_SEQUENCE, _der_oid(_OID_SHA2[bits]) + _NULL)
+    params = (_der(0xA0, digest) + _der(0xA1, _der(_SEQUENCE, _der_oid(_OID_MGF1) + digest))
+              + _der(0xA2, _der(_INTEGER, bytes([bits // 8]))))
     if trailer:
         params += _der(0xA3, _der(_INTEGER, b"\x01"))
     return _der(_SEQUENCE, _der_oid(_OID_RSASSA_PSS) + _der(_SEQUENCE, params))
@@ -742,13 +745,50 @@ ECDSA_SHA384 = SignatureScheme("ecdsa-with-SHA384", _der(_SEQUENCE, _der_oid(_OI
                                HashAlgorithm.SHA2_384, "ecdsa")
 ECDSA_SHA512 = SignatureScheme("ecdsa-with-SHA512", _der(_SEQUENCE, _der_oid(_OID_ECDSA[512])),
                                HashAlgorithm.SHA2_512, "ecdsa")
-RSA_PSS_SHA256 = SignatureScheme("RSASSA-PSS-SHA256", _pss_sha256_identifier(trailer=True),
+RSA_PSS_SHA256 = SignatureScheme("RSASSA-PSS-SHA256", _pss_identifier(256, trailer=True),
                                  HashAlgorithm.SHA2_256, "rsa-pss")
 """RFC 7427 A.4.3 spells the PSS parameters with an explicit trailerField; that is what we send."""
+RSA_PSS_SHA384 = SignatureScheme("RSASSA-PSS-SHA384", _pss_identifier(384, trailer=True),
+                                 HashAlgorithm.SHA2_384, "rsa-pss")
+RSA_PSS_SHA512 = SignatureScheme("RSASSA-PSS-SHA512", _pss_identifier(512, trailer=True),
+                                 HashAlgorithm.SHA2_512, "rsa-pss")
 
-SIGNATURE_SCHEMES = (ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256)
+SIGNATURE_SCHEMES = (ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256, RSA_PSS_SHA384, RSA_PSS_SHA512)
 _BY_IDENTIFIER = {scheme.identifier: scheme for scheme in SIGNATURE_SCHEMES}
-_BY_IDENTIFIER[_pss_sha256_identifier(trailer=False)] = RSA_PSS_SHA256  # the same parameters in strict DER
+for _pss, _bits in ((RSA_PSS_SHA256, 256), (RSA_PSS_SHA384, 384), (RSA_PSS_SHA512, 512)):
+    _BY_IDENTIFIER[_pss_identifier(_bits, trailer=False)] = _pss  # the same parameters in strict DER
+
+_ECDSA_BY_CURVE = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384, "secp521r1": ECDSA_SHA512}
+
+
+def _own_hash_first(natural: SignatureScheme, kind: Literal["ecdsa", "rsa-pss"]) -> tuple[SignatureScheme, ...]:
+    """A key's schemes in order of preference: the hash that matches the key's strength first (a longer hash adds
+    nothing: ECDSA truncates the digest to the curve's order), then the other SHA-2 hashes, strongest first."""
+    others = sorted((s for s in SIGNATURE_SCHEMES if s.kind == kind and s != natural),
+                    key=lambda s: s.hash_algorithm, reverse=True)
+    return (natural, *others)
+
+
+def ecdsa_schemes(curve: str) -> tuple[SignatureScheme, ...]:
+    """What an ECDSA key on `curve` (a `cryptography` curve name) signs with, preferred first. RFC 7427's
+    ecdsa-with-SHA256/384/512 identifiers name no curve, so every curve may use every hash."""
+    natural = _ECDSA_BY_CURVE.get(curve)
+    if natural is None:
+        raise UnsupportedAlgorithm(f"ECDSA on {curve} is not implemented")
+    return _own_hash_first(natural, "ecdsa")
+
+
+RSA_PSS_SCHEMES = _own_hash_first(RSA_PSS_SHA256, "rsa-pss")
+"""What an RSA key signs with, preferred first: RSASSA-PSS with MGF1 of the same hash and a salt of the digest's
+length. PKCS#1 v1.5 is not implemented."""
+
+
+def hash_name(algorithm: int) -> str:
+    """SHA2_256, IDENTITY, ... or `hash 9` for a number RFC 7427's registry does not name here."""
+    try:
+        return HashAlgorithm(algorithm).name
+    except ValueError:
+        return f"hash {algorithm}"
 
 
 def _verify_with(scheme: SignatureScheme, key: PublicKey, signature: bytes, data: bytes) -> None:
@@ -769,11 +809,17 @@ class Signer(ABC):
     @property
     @abstractmethod
     def algorithm(self) -> SignatureScheme:
-        """The RFC 7427 scheme this key signs with."""
+        """The scheme this key signs with when the peer names no hashes (no SIGNATURE_HASH_ALGORITHMS)."""
+
+    @property
+    def schemes(self) -> tuple[SignatureScheme, ...]:
+        """Every RFC 7427 scheme this key can sign with, preferred first; `algorithm` is among them."""
+        return (self.algorithm,)
 
     @abstractmethod
-    def sign(self, data: bytes) -> bytes:
-        """The signature value of `data` (for ECDSA the DER Ecdsa-Sig-Value, for RSA-PSS the raw octets)."""
+    def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
+        """The signature value of `data` under `scheme`, one of `schemes` (for ECDSA the DER Ecdsa-Sig-Value, for
+        RSA-PSS the raw octets). Another scheme raises UnsupportedAlgorithm."""
 
     @abstractmethod
     def public_key(self) -> PublicKey:
@@ -782,24 +828,27 @@ class Signer(ABC):
 
 class SoftwareSigner(Signer):
     """A signer holding its key in this process: for tests and demos. ECDSA uses deterministic nonces (RFC 6979),
-    so signatures are reproducible. Key types: ECDSA P-256/384/521 (with SHA-256/384/512) and RSA (PSS, SHA-256)."""
+    so signatures are reproducible. Key types: ECDSA P-256/384/521 and RSA (PSS), each with SHA-256/384/512."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
         self._key = key
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            schemes = {"secp256r1": ECDSA_SHA256, "secp384r1": ECDSA_SHA384, "secp521r1": ECDSA_SHA512}
-            if key.curve.name not in schemes:
-                raise UnsupportedAlgorithm(f"ECDSA on {key.curve.name} is not implemented")
-            self._scheme = schemes[key.curve.name]
+            self._schemes = ecdsa_schemes(key.curve.name)
         else:
-            self._scheme = RSA_PSS_SHA256
+            self._schemes = RSA_PSS_SCHEMES
 
     @property
     def algorithm(self) -> SignatureScheme:
-        return self._scheme
+        return self._schemes[0]
 
-    def sign(self, data: bytes) -> bytes:
-        digest = self._scheme.hasher()
+    @property
+    def schemes(self) -> tuple[SignatureScheme, ...]:
+        return self._schemes
+
+    def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
+        if scheme not in self._schemes:
+            raise UnsupportedAlgorithm(f"this key does not sign with {scheme.name}")
+        digest = scheme.hasher()
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             return self._key.sign(data, ec.ECDSA(digest, deterministic_signing=True))
         return self._key.sign(data, padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest)
@@ -826,18 +875,40 @@ def decode_signature_auth(data: bytes) -> tuple[SignatureScheme, bytes]:
     return scheme, signature
 
 
-def sign_auth(signer: Signer, octets: bytes) -> Authentication:
-    """The AUTH payload (method DIGITAL_SIGNATURE) over our signed octets."""
-    return Authentication(AuthMethod.DIGITAL_SIGNATURE, encode_signature_auth(signer.algorithm, signer.sign(octets)))
+def choose_scheme(signer: Signer, peer_hashes: Sequence[int] | None) -> SignatureScheme:
+    """The scheme of our AUTH (RFC 7427 section 4): without the peer's SIGNATURE_HASH_ALGORITHMS the key's own
+    (`signer.algorithm`); with it, the first of `signer.schemes` whose hash the peer listed. No overlap is
+    AuthenticationFailed: we cannot make an AUTH the peer would accept."""
+    if peer_hashes is None:
+        return signer.algorithm
+    for scheme in signer.schemes:
+        if scheme.hash_algorithm in peer_hashes:
+            return scheme
+    listed = ", ".join(hash_name(h) for h in peer_hashes) or "none"
+    ours = ", ".join(hash_name(s.hash_algorithm) for s in signer.schemes)
+    raise AuthenticationFailed(f"AUTH: the peer's SIGNATURE_HASH_ALGORITHMS lists {listed}; our key signs with "
+                               f"{ours} only, so no AUTH we can make is acceptable to it")
+
+
+def sign_auth(signer: Signer, octets: bytes, scheme: SignatureScheme | None = None) -> Authentication:
+    """The AUTH payload (method DIGITAL_SIGNATURE) over our signed octets, under `scheme` (default: the key's own)."""
+    chosen = signer.algorithm if scheme is None else scheme
+    return Authentication(AuthMethod.DIGITAL_SIGNATURE, encode_signature_auth(chosen, signer.sign(octets, chosen)))
 
 
 def verify_signature_auth(public_key: PublicKey, auth: Authentication, octets: bytes,
                           accept: Collection[SignatureScheme] = SIGNATURE_SCHEMES) -> SignatureScheme:
     """Verify the peer's AUTH payload (method DIGITAL_SIGNATURE) over its signed octets with its pinned public key;
-    returns the scheme used. Any failure is AuthenticationFailed (or DecodeError for a truncated payload)."""
+    returns the scheme used. `accept` is what we verify; the hashes of its schemes are what we announced in
+    SIGNATURE_HASH_ALGORITHMS, and a signature under another hash is refused by name. Any failure is
+    AuthenticationFailed (or DecodeError for a truncated payload)."""
     if auth.method != AuthMethod.DIGITAL_SIGNATURE:
         raise AuthenticationFailed(f"AUTH: method {auth.method}, expected digital signature (14)")
     scheme, signature = decode_signature_auth(auth.data)
+    announced = sorted({s.hash_algorithm for s in accept})
+    if scheme.hash_algorithm not in announced:
+        raise AuthenticationFailed(f"AUTH: signed with {scheme.name}, but {hash_name(scheme.hash_algorithm)} is not "
+                                   f"among the hashes we announced ({', '.join(hash_name(h) for h in announced)})")
     if scheme not in accept:
         raise AuthenticationFailed(f"AUTH: {scheme.name} is not accepted here")
     try:

@@ -40,7 +40,9 @@ from .crypto import (
     IkeKeys,
     IkeSuite,
     RandomSource,
+    SignatureScheme,
     SkCipher,
+    choose_scheme,
     derive_child_keys,
     derive_ike_keys,
     encrypt_message,
@@ -109,6 +111,7 @@ from .payloads import (
     TrafficSelector,
     TrafficSelectorsInitiator,
     TrafficSelectorsResponder,
+    decode_hash_algorithms,
     decode_payloads,
     encode_hash_algorithms,
 )
@@ -368,10 +371,24 @@ def _name(exchange: int) -> str:
 
 
 def _hash_algorithms(config: ResponderConfig | InitiatorConfig) -> bytes:
-    algorithms = {scheme.hash_algorithm for scheme in config.signature_schemes}
-    if config.signer is not None:
-        algorithms.add(config.signer.algorithm.hash_algorithm)
-    return encode_hash_algorithms(sorted(algorithms))
+    """Our SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4): the hashes of the schemes we verify, and so accept."""
+    return encode_hash_algorithms(sorted({scheme.hash_algorithm for scheme in config.signature_schemes}))
+
+
+def _peer_hash_algorithms(inbound: Inbound) -> tuple[int, ...] | None:
+    """The hashes the peer's SIGNATURE_HASH_ALGORITHMS lists (every such notify, in order), or None without one.
+    Numbers we do not know stay as they came; a list of odd length is a DecodeError."""
+    notifies = inbound.notifies(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if not notifies:
+        return None
+    return tuple(h for notify in notifies for h in decode_hash_algorithms(notify.data))
+
+
+def _notify_name(notify_type: int) -> str:
+    try:
+        return f"{NotifyType(notify_type).name} ({notify_type})"
+    except ValueError:
+        return f"error notify {notify_type}"
 
 
 def _peer_identity(id_type: int, data: bytes) -> Identity:
@@ -422,6 +439,8 @@ class IkeSa:
         self.peer_auth: int | None = None
         self.children: dict[bytes, ChildSa] = {}
         self._established = False
+        self.peer_hashes: tuple[int, ...] | None = None
+        """The peer's SIGNATURE_HASH_ALGORITHMS from IKE_SA_INIT (RFC 7427); None when it sent none."""
         # message IDs (RFC 7296 2.3, window size 1)
         self._peer_next_id = 0
         self._last_request: bytes | None = None
@@ -896,6 +915,7 @@ class IkeSa:
         shared = dh.shared_secret(ke.data)
         nr = self._random(config.nonce_size)
         nat = self._nat_status(inbound, ZERO_SPI)
+        peer_hashes = _peer_hash_algorithms(inbound)
         keys = derive_ike_keys(suite, skeyseed(suite.prf, ni, nr, shared), ni, nr, self.spi_i, self.spi_r)
         chosen = Proposal(proposal.number, ProtocolId.IKE, b"", suite.transforms())
         payloads: list[Payload] = [SecurityAssociation((chosen,)), KeyExchange(suite.dh_group, dh.public_key),
@@ -903,7 +923,7 @@ class IkeSa:
                                    Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, _hash_algorithms(config))]
         # commit
         self._install_keys(suite, keys)
-        self._ni, self._nr, self.nat = ni, nr, nat
+        self._ni, self._nr, self.nat, self.peer_hashes = ni, nr, nat, peer_hashes
         self._init_request = inbound.data
         self.peer = inbound.source
         self._init_response = self._respond(inbound, payloads, protected=False)
@@ -934,8 +954,10 @@ class IkeSa:
             raise AuthenticationFailed(f"AUTH: method {auth.method} is not accepted here")
         idr = IdentificationResponder(config.local_id.id_type, config.local_id.data)
         our_octets = signed_octets(suite.prf, self._init_response, self._ni, keys.sk_pr, idr.encode())
-        our_auth = (Authentication(AuthMethod.NULL, null_auth(suite.prf, keys.sk_pr, our_octets))
-                    if config.signer is None else sign_auth(config.signer, our_octets))
+        if config.signer is None:
+            our_auth = Authentication(AuthMethod.NULL, null_auth(suite.prf, keys.sk_pr, our_octets))
+        else:  # RFC 7427: a hash the peer listed, or AUTHENTICATION_FAILED when our key can make none of them
+            our_auth = sign_auth(config.signer, our_octets, choose_scheme(config.signer, self.peer_hashes))
         child_payloads: tuple[Payload, ...]
         child: tuple[ChildSa, ChildSaEstablished] | None = None
         child_error: RemoteProtocolError | None = None
@@ -1084,6 +1106,16 @@ class IkeSa:
         if any(d.protocol == ProtocolId.IKE for d in deletes):
             self._respond(inbound, (), protected=True)  # RFC 7296 1.4.1: an empty response
             return Outcome.CLOSED
+        error = inbound.error_notify()
+        if error is not None:
+            # RFC 7296 2.21.2: an initiator that refuses our AUTH says AUTHENTICATION_FAILED in an INFORMATIONAL
+            # request and forgets the SA; so does any error notify here. The SA and its Child SAs go; the answer
+            # is empty.
+            self._respond(inbound, (), protected=True)
+            self._close_reason = (f"the peer reported {_notify_name(error.notify_type)} in an INFORMATIONAL request"
+                                  + (": it refused our AUTH" if error.notify_type == NotifyType.AUTHENTICATION_FAILED
+                                     else ""))
+            return Outcome.CLOSED
         gone: list[ChildSa] = []
         for delete in deletes:
             if delete.protocol != ProtocolId.ESP:
@@ -1111,8 +1143,9 @@ class IkeSa:
         if context.cookie is not None:
             payloads.append(Notify(NotifyType.COOKIE, context.cookie))  # first (RFC 7296 2.6)
         payloads += [offer_ike(config.ike_suites), KeyExchange(context.dh.group, context.dh.public_key),
-                     Nonce(context.nonce), *self._nat_hashes(ZERO_SPI),
-                     Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, _hash_algorithms(config))]
+                     Nonce(context.nonce), *self._nat_hashes(ZERO_SPI)]
+        if config.announce_hashes:
+            payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, _hash_algorithms(config)))
         self._init_request = self._send_request(ExchangeType.IKE_SA_INIT, payloads, context)
 
     def _on_ike_sa_init_response(self, inbound: Inbound) -> Outcome:
@@ -1151,6 +1184,7 @@ class IkeSa:
         if ke.group != suite.dh_group or ke.group != context.dh.group:
             raise NoProposalChosen(f"KE: group {ke.group} does not match the chosen group {suite.dh_group}")
         shared = context.dh.shared_secret(ke.data)
+        peer_hashes = _peer_hash_algorithms(inbound)
         spi_r = inbound.header.spi_r
         keys = derive_ike_keys(suite, skeyseed(suite.prf, context.nonce, nr, shared), context.nonce, nr,
                                self.spi_i, spi_r)
@@ -1159,15 +1193,25 @@ class IkeSa:
         self._install_keys(suite, keys)
         self._ni, self._nr, self._init_response = context.nonce, nr, inbound.data
         self.nat = self._nat_status(inbound, spi_r)
+        self.peer_hashes = peer_hashes
         self._send_auth(config)
         return Outcome.DONE
+
+    def _initiator_scheme(self, config: InitiatorConfig) -> SignatureScheme | None:
+        """(test initiator) A hash the responder listed; with no overlap the key's own, for the responder to judge."""
+        if config.signer is None:
+            return None
+        try:
+            return choose_scheme(config.signer, self.peer_hashes)
+        except AuthenticationFailed:
+            return config.signer.algorithm
 
     def _send_auth(self, config: InitiatorConfig) -> None:
         suite, keys = self._ike_keys()
         idi = IdentificationInitiator(config.local_id.id_type, config.local_id.data)
         octets = signed_octets(suite.prf, self._init_request, self._nr, keys.sk_pi, idi.encode())
         auth = (Authentication(AuthMethod.NULL, null_auth(suite.prf, keys.sk_pi, octets))
-                if config.signer is None else sign_auth(config.signer, octets))
+                if config.signer is None else sign_auth(config.signer, octets, self._initiator_scheme(config)))
         offered = esp_offer_suites(config.esp_suites, in_ike_auth=True)
         esp_spi = self._spis.esp()
         payloads: list[Payload] = [idi]
