@@ -350,6 +350,14 @@ def test_debug_td_is_refused_unless_allowed():
     assert fields(fake_verify(pki, debug, policy=TdxPolicy(allow_debug=True))) == {"tcb.level"}
 
 
+def test_migratable_td_is_refused_unless_allowed():
+    pki = FakeIntel.instance()
+    migratable = pki.quote(td_attributes=bytes.fromhex("0000006000000000"))  # MIGRATABLE and PKS, as a host may set
+    assert fields(fake_verify(pki, migratable)) - {"tcb.level"} == {"body.td_attributes.migratable"}
+    assert fields(fake_verify(pki, migratable, policy=TdxPolicy(allow_migratable=True))) == {"tcb.level"}
+    assert fields(fake_verify(pki, pki.quote(td_attributes=bytes.fromhex("0000004000000000")))) == {"tcb.level"}
+
+
 def test_pck_chain_must_end_in_a_pck_certificate():
     pki = FakeIntel.instance()
     result = fake_verify(pki, pki.quote(leaf=pki.pck_certificate("Test SGX Something Else")))

@@ -66,6 +66,7 @@ class TdxCollateral:
 class TdxPolicy:
     accepted_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     allow_debug: bool = False
+    allow_migratable: bool = False  # a migratable TD's state may leave this platform through a migration TD
     # How long past its nextUpdate collateral (TCB info, QE identity, CRLs) is still accepted, with a note. Intel
     # publishes before nextUpdate; a grace covers a resolver whose operator refreshes its cache late.
     collateral_grace: timedelta = timedelta(0)
@@ -319,7 +320,12 @@ def _tcb_status(tcb: TcbAssessment, policy: TdxPolicy) -> tuple[list[Mismatch], 
 
 
 def _td_policy(quote: TdxQuote, policy: TdxPolicy) -> list[Mismatch]:
-    debug = quote.body.td_attributes[0] & 1
-    if debug and not policy.allow_debug:
-        return [Mismatch("body.td_attributes.debug", "0 (a debug TD's memory is readable by the host)", "1")]
-    return []
+    """TD_ATTRIBUTES (little-endian): DEBUG is bit 0, MIGRATABLE bit 29. The host sets them at launch, outside MRTD,
+    so only this check (not the measurement spec) can refuse them."""
+    attributes, found = int.from_bytes(quote.body.td_attributes, "little"), []
+    if attributes & 1 and not policy.allow_debug:
+        found.append(Mismatch("body.td_attributes.debug", "0 (a debug TD's memory is readable by the host)", "1"))
+    if attributes >> 29 & 1 and not policy.allow_migratable:
+        found.append(Mismatch("body.td_attributes.migratable", "0 (a migratable TD's state can be moved to another "
+                              "platform by a migration TD this verifier has not seen)", "1"))
+    return found
