@@ -354,6 +354,23 @@ def test_no_hash_we_can_sign_with_is_authentication_failed(listed):
     assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
 
 
+def test_a_malformed_hash_list_in_ike_sa_init_is_dropped():
+    """An odd number of octets is no list of 16-bit numbers: a DecodeError, which IKE_SA_INIT may not answer
+    (INVALID_SYNTAX only inside SK), so nothing is answered and nothing kept."""
+    def odd_list(direction: str, data: bytes) -> bytes:
+        m = message(data)
+        if direction != "i->r" or m.header.exchange != ExchangeType.IKE_SA_INIT:
+            return data
+        payloads = tuple(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, b"\x00\x02\x00")
+                         if isinstance(p, Notify) and p.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS else p
+                         for p in m.payloads)
+        return Message(m.header, payloads).encode()
+    icfg, rcfg = signature_config(ECDSA_KEY)
+    ini, resp = initiator(icfg), responder(rcfg)
+    transcript = exchange(ini, resp, 0.0, intercept=odd_list)
+    assert [d.direction for d in transcript] == ["i->r"] and len(resp) == 0
+
+
 def test_the_signer_refuses_a_scheme_of_another_key_type():
     with pytest.raises(c.UnsupportedAlgorithm):
         c.SoftwareSigner(ECDSA_KEY).sign(b"x", c.RSA_PSS_SHA256)
