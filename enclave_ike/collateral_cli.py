@@ -125,7 +125,7 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
     except co.BadCollateral as exc:  # the PCS's answer, not the operator's input
         raise pcs.FetchError(str(exc)) from None
     if args.out is not None:
-        store.install(documents, args.out)
+        store.install(documents, args.out, keep_replaced=False)
         common.warn(found.warnings(now))
         print(_summary(f"wrote FMSPC {fmspc.hex()} to {args.out} (import it with `enclave-ike collateral import "
                        f"{args.out}`)", found, now))

@@ -3,9 +3,12 @@ the files), filled by `enclave-ike collateral import|fetch` and read by the evid
 
 A set is replaced whole: the new one is written to a temporary directory beside it and swapped in with one
 rename(2) (renameat2 RENAME_EXCHANGE where the filesystem has it, so the path never goes missing), and a failure
-before the swap leaves the old set as it was. Readers open the set's directory once and read every file through
-it, so a swap in the middle of a read cannot mix two sets. `ServedCollateral` keeps the last set it read per FMSPC
-and reads again only when a file's inode, size or mtime changes, so an import needs no restart.
+before the swap leaves the old set as it was. The set replaced is kept beside it (`.<name>.replaced-set`) until
+the next install, so a reader that opened it a moment before still finds every file. Readers open the set's directory
+once and read every file through it, so a swap in the middle of a read cannot mix two sets; a read that finds a
+file gone from a directory no longer at the path (two installs during one read) reads again from the path.
+`ServedCollateral` keeps the last set it read per FMSPC and reads again only when a file's inode, size or mtime
+changes, so an import needs no restart.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .config import ConfigError
 
 TDX = "tdx"
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_READ_ATTEMPTS = 3
 
 
 def set_dir(collateral_dir: Path, fmspc: bytes) -> Path:
@@ -71,17 +75,39 @@ def _shipped_root() -> x509.Certificate:
 
 def read_documents(directory: Path) -> dict[str, bytes]:
     """The collateral files in `directory` (the optional one only when present), read through one directory
-    handle. BadCollateral (exit 2) naming the file for one that is missing, not a regular file or too big."""
+    handle. BadCollateral (exit 2) naming the file for one that is missing, not a regular file or too big. When
+    that directory was replaced during the read (and the set it held removed by a later install), the set now at
+    the path is read instead, a few times at most."""
+    attempts = _READ_ATTEMPTS
+    while True:
+        fd = _open_dir(directory)
+        try:
+            return {name: data for name in co.FILES if (data := _read(fd, directory, name)) is not None}
+        except co.BadCollateral:
+            attempts -= 1
+            if attempts == 0 or not _replaced(fd, directory):
+                raise
+        finally:
+            os.close(fd)
+
+
+def _open_dir(directory: Path) -> int:
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         raise co.BadCollateral(f"{directory}: no such directory") from None
     except OSError as exc:
         raise co.BadCollateral(f"{directory}: cannot read it ({exc.strerror})") from None
+
+
+def _replaced(dir_fd: int, directory: Path) -> bool:
+    """Whether the directory open as `dir_fd` is no longer the one at `directory`."""
+    opened = os.fstat(dir_fd)
     try:
-        return {name: data for name in co.FILES if (data := _read(fd, directory, name)) is not None}
-    finally:
-        os.close(fd)
+        now = os.stat(directory)
+    except OSError:
+        return True
+    return (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino)
 
 
 def _read(dir_fd: int, directory: Path, name: str) -> bytes | None:
@@ -115,9 +141,10 @@ def names_in(directory: Path) -> dict[str, str]:
     return {name: str(directory / name) for name in co.FILES}
 
 
-def install(documents: Mapping[str, bytes], target: Path) -> None:
-    """Make `target` a directory holding exactly these documents, in one step; on failure nothing changed.
-    CollateralError (exit 1) when the directory cannot be written."""
+def install(documents: Mapping[str, bytes], target: Path, *, keep_replaced: bool = True) -> None:
+    """Make `target` a directory holding exactly these documents, in one step; on failure nothing changed. The set
+    it replaces is kept (`keep_replaced`, for readers: see the module's docstring) until the next install, which
+    removes it. CollateralError (exit 1) when the directory cannot be written."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -132,9 +159,25 @@ def install(documents: Mapping[str, bytes], target: Path) -> None:
         _swap_in(staging, target)
         _fsync_dir(target.parent)
     except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # the new set's leftovers
         raise co.CollateralError(f"{target}: cannot write the set ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # the new set's leftovers, or, after a swap, the old set
+    _retire(staging, target, keep_replaced)
+
+
+def _retire(old: Path, target: Path, keep: bool) -> None:
+    """After a swap: remove the set kept from the install before, and keep the one just replaced (now at `old`, if
+    there was one) in its place; or remove it at once. Best effort: the new set is in, whatever happens here."""
+    kept = replaced_dir(target)
+    shutil.rmtree(kept, ignore_errors=True)
+    if keep and os.path.isdir(old):
+        with contextlib.suppress(OSError):
+            os.rename(old, kept)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replaced_dir(target: Path) -> Path:
+    """Where the set `target` held before the last install is kept until the next one."""
+    return target.with_name(f".{target.name}.replaced-set")  # not a staging name: mkdtemp adds 8 characters
 
 
 def replace_file(data: bytes, target: Path) -> None:

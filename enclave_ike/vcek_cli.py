@@ -173,7 +173,7 @@ def _fetch(args: argparse.Namespace, now: datetime) -> int:
         common.check_out(args.out, (kds.VCEK_FILE, kds.CHAIN_FILE), "a fetched VCEK")
     fetched = kds.fetch_vcek(product, hw_id, tcb, kds_url=args.kds_url, timeout=args.timeout)
     if cache is None:
-        store.install(fetched.documents, args.out)
+        store.install(fetched.documents, args.out, keep_replaced=False)
         common.warn(fetched.key.warnings(now))
         print(f"wrote the {fetched.key.describe()} to {args.out} (import it with `enclave-ike collateral import-vcek "
               f"{args.out / kds.VCEK_FILE} {args.out / kds.CHAIN_FILE}`)")

@@ -234,13 +234,73 @@ def test_the_cache_swaps_sets_whole_even_without_renameat2(site, pki, monkeypatc
     assert site.kept() == first
     monkeypatch.setattr(store, "_exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
     assert site.run("import", str(write_dir(site.tmp_path / "b", second)))[0] == 0
-    assert site.kept() == second and sorted(p.name for p in (site.cache / "tdx").iterdir()) == [FMSPC]
+    assert site.kept() == second and sorted(p.name for p in (site.cache / "tdx").iterdir()) == [
+        f".{FMSPC}.replaced-set", FMSPC]  # the set replaced, kept for a reader until the next import
+    assert read_dir(store.replaced_dir(site.set_dir)) == first
     with_chain = {**second, co.PCK_CRL_CHAIN: pem(pki.ca, pki.root)}
     monkeypatch.undo()
     assert site.run("import", str(write_dir(site.tmp_path / "c", with_chain)))[0] == 0
     assert site.kept() == with_chain
     assert site.run("import", str(write_dir(site.tmp_path / "d", first)))[0] == 0
     assert site.kept() == first  # the optional file of the set before does not linger
+
+
+@pytest.mark.parametrize("imports", [1, 2, 5])
+def test_a_read_that_imports_overtake_still_gets_one_whole_set(site, pki, monkeypatch, imports):
+    """The endpoint opens the set's directory, imports swap other sets in (and remove the ones they replaced), then
+    it reads the files: every file is there, all from one set."""
+    sets = [current(pki, NOW + (20 + i) * DAY) for i in range(imports + 1)]
+    store.install(sets[0], site.set_dir)
+    read = store._read
+    overtaken = []
+
+    def read_late(dir_fd: int, directory: Path, name: str) -> bytes | None:
+        if not overtaken:
+            overtaken.append(name)
+            for documents in sets[1:]:
+                store.install(documents, site.set_dir)
+        return read(dir_fd, directory, name)
+
+    monkeypatch.setattr(store, "_read", read_late)
+    got = store.read_documents(site.set_dir)
+    assert overtaken and got in sets
+    assert sorted(p.name for p in (site.cache / "tdx").iterdir()) == [f".{FMSPC}.replaced-set", FMSPC]
+
+
+def test_imports_while_the_endpoint_reads_never_leave_a_quote_without_collateral(tmp_path, pki, monkeypatch):
+    monkeypatch.setattr(store.os, "fsync", lambda fd: None)  # the race, not the disk: 200 imports in a second or two
+    served = store.ServedCollateral(tmp_path, pki.root)
+    platform = co.platform_of(pki.quote())
+    sets = [current(pki), current(pki, NOW + 30 * DAY)]
+    store.install(sets[0], store.set_dir(tmp_path, platform.fmspc))
+    stop, reads, problems = threading.Event(), [0, 0], []
+
+    def serve() -> None:
+        while not stop.is_set():
+            found = served.for_platform(platform, NOW)
+            if found.collateral is None or found.problem is not None:
+                problems.append(found.problem)
+            reads[0] += 1
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert store.read_documents(store.set_dir(tmp_path, platform.fmspc)) in sets
+            except co.CollateralError as exc:
+                problems.append(str(exc))
+            reads[1] += 1
+
+    readers = [threading.Thread(target=serve), threading.Thread(target=serve), threading.Thread(target=read)]
+    for thread in readers:
+        thread.start()
+    try:
+        for i in range(200):
+            store.install(sets[i % 2], store.set_dir(tmp_path, platform.fmspc))
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert problems == [] and min(reads) > 0
 
 
 def test_a_cache_that_cannot_be_written_is_exit_1(site, pki, tmp_path):
