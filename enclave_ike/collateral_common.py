@@ -4,6 +4,7 @@ settings, evidence read from a file or asked of the running server, and warning 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -27,8 +28,12 @@ def settings(path: Path | None) -> config_module.EvidenceConfig:
 def evidence_file(path: Path, option: str, what: str) -> bytes:
     """The bytes of a quote or report file (`option` names it in errors), bounded so a wrong file stops early."""
     try:
-        with path.open("rb") as file:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a FIFO or a device: not read, not waited on
+                raise co.BadCollateral(f"{option} {path}: not a regular file")
             data = file.read(MAX_EVIDENCE_FILE + 1)
+    except IsADirectoryError:
+        raise co.BadCollateral(f"{option} {path}: not a regular file") from None
     except OSError as exc:
         raise co.BadCollateral(f"{option} {path}: cannot read it ({exc.strerror})") from None
     if len(data) > MAX_EVIDENCE_FILE:

@@ -127,10 +127,18 @@ def read_file(path: Path, limit: int, *, dir_fd: int | None = None, where: Path 
         return None
     except OSError as exc:
         raise co.BadCollateral(f"{where}: cannot read it ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device: before any read
             raise co.BadCollateral(f"{where}: not a regular file")
-        data = file.read(limit + 1)
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise co.BadCollateral(f"{where}: cannot read it ({exc.strerror})") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise co.BadCollateral(f"{where}: more than the {limit} bytes a client accepts")
     return data
@@ -359,6 +367,8 @@ class ServedCollateral:
             found = co.parse(read_documents(directory), fmspc=fmspc, names=names)
         except co.CollateralError as exc:
             loaded = _Loaded(None, str(exc))
+        except OSError as exc:  # read_documents names the file for what it foresees; this is for the rest
+            loaded = _Loaded(None, f"{directory}: cannot read it ({exc.strerror or exc})")
         else:
             try:
                 loaded = _Loaded(co.verify(found, self.root, names=names), None)

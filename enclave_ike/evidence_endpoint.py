@@ -202,7 +202,7 @@ class EvidenceEndpoint:
         try:
             envelope = await asyncio.to_thread(self._envelope, nonce)
             body = envelope.encode()
-        except EnclaveIkeError as exc:
+        except (EnclaveIkeError, OSError) as exc:  # an OSError here is the server's, not the client going away
             log.error("evidence for %s: %s", peer, exc)
             return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"no evidence: {exc}")
         finally:

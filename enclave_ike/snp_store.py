@@ -62,9 +62,10 @@ def install(cache: Path, key: sc.KeyCertificate) -> Path:
     """Keep a checked key, its product's chain first; the directory it is kept in."""
     where = product_dir(cache, key.product)
     issuer, ark = key.chain_pem()
-    for name, data in ((sc.ISSUER_FILE[key.kind], issuer), (sc.ARK_FILE, ark)):
-        if _read(where / name) != data:
-            store.replace_file(data, where / name)
+    chain = ((sc.ISSUER_FILE[key.kind], issuer), (sc.ARK_FILE, ark))
+    stale = [(name, data) for name, data in chain if _read(where / name) != data]  # both read before either is written
+    for name, data in stale:
+        store.replace_file(data, where / name)
     target = key_dir(cache, key)
     store.install({sc.KEY_FILE[key.kind]: key.der()}, target)
     return target
@@ -172,7 +173,7 @@ class ServedCertificates:
                               "without certificates, which clients refuse")
         try:
             found = self._vlek(report, products) if vlek else self._vcek(report, products)
-        except (co.CollateralError, AttestationError) as exc:
+        except (co.CollateralError, AttestationError, OSError) as exc:
             return Served((), f"SEV-SNP certificates in {self.collateral_dir / SNP} unusable ({exc}): serving "
                               "reports without them, which clients refuse")
         if found is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import threading
 import time
@@ -211,6 +212,22 @@ def test_a_refused_import_is_one_line_and_keeps_the_set_it_had(site, pki, change
     assert err.startswith("enclave-ike: ") and re.search(error, err.removeprefix("enclave-ike: ").strip()), err
     assert site.kept() == before
     assert sorted(p.name for p in (site.cache / "tdx").iterdir()) == [FMSPC]  # no temporary directory left
+
+
+@pytest.mark.parametrize("plant", ["directory", "fifo"])
+def test_something_not_a_regular_file_in_the_set_is_one_line_and_changes_nothing(site, pki, plant):
+    assert site.run("import", str(write_dir(site.tmp_path / "first", current(pki))))[0] == 0
+    before = site.kept()
+    source = write_dir(site.tmp_path / "set", {k: v for k, v in current(pki).items() if k != co.TCB_INFO})
+    (source / co.TCB_INFO).mkdir() if plant == "directory" else os.mkfifo(source / co.TCB_INFO)
+    code, out, err = site.run("import", str(source), "--fmspc", FMSPC)
+    assert (code, out, err) == (2, "", f"enclave-ike: {source / co.TCB_INFO}: not a regular file\n")
+    assert site.kept() == before
+    # Planted in the cache by hand: show names it and exits 1.
+    (site.set_dir / co.QE_IDENTITY).unlink()
+    (site.set_dir / co.QE_IDENTITY).mkdir()
+    code, out, _ = site.run("show")
+    assert code == 1 and f"{FMSPC}  unusable: {site.set_dir / co.QE_IDENTITY}: not a regular file" in out
 
 
 def test_a_directory_named_after_another_fmspc_is_refused(site, pki):

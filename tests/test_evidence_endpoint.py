@@ -449,6 +449,33 @@ def test_collateral_that_does_not_parse_verify_or_match_the_quote_is_said_once(t
     assert "pck-crl.der: signature: not made by the quote's PCK CA CN=Test SGX PCK Platform CA" in other
 
 
+def test_a_directory_where_a_collateral_file_should_be_is_said_and_the_quote_goes_out_alone(tmp_path, caplog):
+    pki, now = FakeIntel.instance(), datetime.now(UTC)
+    caplog.set_level(logging.INFO, "enclave_ike.evidence")
+    cached = tmp_path / "tdx" / "50806f000000"
+    put(tmp_path, fake_collateral(pki, now + timedelta(days=20)))
+    (cached / "qe-identity.json").unlink()
+    (cached / "qe-identity.json").mkdir()  # by hand
+    with tdx_endpoint(pki, tmp_path) as port:
+        for _ in range(2):  # answered, not closed unanswered
+            assert Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE)).collateral == Collateral()
+    (line,) = warnings_of(caplog)
+    assert line.startswith(f"TDX collateral for FMSPC 50806f000000 unusable ({cached / 'qe-identity.json'}: not a "
+                           "regular file): serving quotes without it; run `enclave-ike collateral fetch")
+
+
+class FailingEnclave(SoftwareEnclave):
+    def evidence(self, report_data: bytes):
+        raise PermissionError(13, "Permission denied", "/sys/kernel/config/tsm/report")
+
+
+def test_an_os_error_making_evidence_is_503_and_logged_not_a_silent_close(caplog):
+    with running_endpoint(FailingEnclave()) as endpoint, \
+            pytest.raises(EndpointError, match=r"503 no evidence: .*Permission denied"):
+        fetch_evidence("127.0.0.1", port_of(endpoint), NONCE)
+    assert any("Permission denied" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
 def test_sim_evidence_is_unchanged_by_a_collateral_cache(tmp_path):
     put(tmp_path, fake_collateral(FakeIntel.instance(), datetime.now(UTC) + timedelta(days=20)))
     loop = BackgroundLoop()

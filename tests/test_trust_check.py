@@ -249,6 +249,16 @@ def test_collateral_without_tcb_info_is_exit_2(config_file, collateral, capsys):
                                        "with \"tcbInfo\")\n")
 
 
+@pytest.mark.parametrize("option", ["--collateral", "--certs"])
+def test_a_directory_where_a_document_should_be_is_named(config_file, collateral, certs, capsys, option):
+    directory = collateral if option == "--collateral" else certs
+    planted = directory / ("tdx_tcbinfo_v3_fmspc_50806f000000.json" if option == "--collateral" else "vcek.der")
+    planted.unlink(missing_ok=True)
+    planted.mkdir()
+    assert check(config_file, QUOTE if option == "--collateral" else REPORT, option, directory) == 2
+    assert capsys.readouterr() == ("", f"ikectl: error: {option} {planted}: not a regular file\n")
+
+
 # --- SEV-SNP ------------------------------------------------------------------------------------------------------
 
 def test_milan_report_prints_the_published_values_and_verifies(config_file, certs, capsys):

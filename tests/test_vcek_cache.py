@@ -10,6 +10,7 @@ evidence then verifies under the shipped ARKs."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from datetime import UTC, datetime
@@ -427,3 +428,30 @@ def test_a_cache_without_the_chain_is_said_and_the_report_goes_out_alone(site, c
     assert line.startswith(f"SEV-SNP certificates in {site.cache / 'snp'} unusable (") and "ask.pem: missing" in line
 
 
+
+
+@pytest.mark.parametrize("name", ["vcek.der", "ask.pem", "ark.pem"])
+def test_a_directory_where_a_cached_certificate_should_be_is_said_and_the_report_goes_out_alone(site, caplog, name):
+    assert site.run("import-vcek", vector("snp_vcek_milan.der"), vector("amd_ask_ark_milan.pem"))[0] == 0
+    planted = site.path("milan", MILAN_CHIP, MILAN_TCB, name) if name == "vcek.der" else site.path("milan", name)
+    planted.unlink()
+    planted.mkdir()  # by hand
+    (served,) = envelopes(FakeSnpEnclave("snp_report_milan.bin"), site.cache)
+    assert served.evidence.certificates == ()
+    (line,) = said(caplog, "WARNING")
+    assert line.startswith(f"SEV-SNP certificates in {site.cache / 'snp'} unusable ({planted}: not a regular file)")
+    code, out, _ = site.run("show")
+    assert code == 1 and f"unusable: {planted}: not a regular file" in out
+    if name != "vcek.der":  # an import that needs the chain file says which one, exit 2, and changes nothing
+        before = tree(site.cache)
+        code, out, err = site.run("import-vcek", vector("snp_vcek_milan.der"), vector("amd_ask_ark_milan.pem"))
+        assert (code, out, err) == (2, "", f"enclave-ike: {planted}: not a regular file\n")
+        assert tree(site.cache) == before and planted.is_dir()
+
+
+def test_a_directory_or_a_fifo_given_as_a_certificate_file_is_one_line(site):
+    fifo = site.tmp_path / "vcek.der"
+    os.mkfifo(fifo)  # not waited on
+    for given in (site.tmp_path, fifo):
+        code, out, err = site.run("import-vcek", str(given))
+        assert (code, out, err) == (2, "", f"enclave-ike: import-vcek {given}: not a regular file\n")
