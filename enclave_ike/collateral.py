@@ -37,7 +37,13 @@ from ikecommon.attestation.chain import Named, subject, verify_chain
 from ikecommon.attestation.envelope import Collateral
 from ikecommon.attestation.errors import EvidenceFormatError, Mismatch
 from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxQuote, sgx_extensions
-from ikecommon.attestation.tdx.verify import QE_IDENTITY_ID, TCB_INFO_ID, tcb_signer_mismatches
+from ikecommon.attestation.tdx.verify import (
+    QE_IDENTITY_ID,
+    QE_IDENTITY_VERSION,
+    TCB_INFO_ID,
+    TCB_INFO_VERSION,
+    tcb_signer_mismatches,
+)
 from ikecommon.attestation.times import aware, iso
 from ikecommon.errors import UsageError
 
@@ -160,7 +166,7 @@ def check(documents: Mapping[str, bytes], root: x509.Certificate, *, fmspc: byte
 def parse(documents: Mapping[str, bytes], *, fmspc: bytes | None = None,
           names: Mapping[str, str] | None = None) -> CollateralSet:
     """The set read, not yet judged: BadCollateral for a document that is missing, too big, does not parse, is not
-    the TDX kind, or is for another FMSPC."""
+    the TDX kind or the version clients take (TCB info 3, QE identity 2), or is for another FMSPC."""
     def where(name: str) -> str:
         return (names or {}).get(name, name)
 
@@ -183,9 +189,15 @@ def parse(documents: Mapping[str, bytes], *, fmspc: bytes | None = None,
                                 documents[PCK_CRL_CHAIN])
     if tcb_info.id != TCB_INFO_ID:
         raise BadCollateral(f"{where(TCB_INFO)}: tcbInfo.id: expected {TCB_INFO_ID!r} (TDX), got {tcb_info.id!r}")
+    if tcb_info.version != TCB_INFO_VERSION:  # what every client requires (ikecommon's verify_quote)
+        raise BadCollateral(f"{where(TCB_INFO)}: tcbInfo.version: expected {TCB_INFO_VERSION}, got "
+                            f"{tcb_info.version}")
     if qe_identity.id != QE_IDENTITY_ID:
         raise BadCollateral(f"{where(QE_IDENTITY)}: enclaveIdentity.id: expected {QE_IDENTITY_ID!r}, "
                             f"got {qe_identity.id!r}")
+    if qe_identity.version != QE_IDENTITY_VERSION:
+        raise BadCollateral(f"{where(QE_IDENTITY)}: enclaveIdentity.version: expected {QE_IDENTITY_VERSION}, got "
+                            f"{qe_identity.version}")
     if fmspc is not None and tcb_info.fmspc != fmspc:
         raise BadCollateral(f"{where(TCB_INFO)}: tcbInfo.fmspc: expected {fmspc.hex()}, got {tcb_info.fmspc.hex()}")
     if pck_crl.issuer == root_crl.issuer:

@@ -193,6 +193,11 @@ REFUSED: list[tuple[str, Callable[[FakeIntel, dict[str, bytes]], dict[str, bytes
     ("an SGX TCB info", lambda pki, d: {**d, co.TCB_INFO: pki.signed_json("tcbInfo", {**up_to_date_tcb_info(),
                                                                                      "id": "SGX"})}, (), 2,
      r"set/tcb-info\.json: tcbInfo\.id: expected 'TDX' \(TDX\), got 'SGX'$"),
+    ("a TCB info of version 2", lambda pki, d: {**d, co.TCB_INFO: pki.signed_json("tcbInfo", {
+        **up_to_date_tcb_info(), "version": 2})}, (), 2, r"set/tcb-info\.json: tcbInfo\.version: expected 3, got 2$"),
+    ("a QE identity of version 1", lambda pki, d: {**d, co.QE_IDENTITY: pki.signed_json("enclaveIdentity", {
+        **real_qe_identity(), "version": 1})}, (), 2,
+     r"set/qe-identity\.json: enclaveIdentity\.version: expected 2, got 1$"),
     ("truncated DER", lambda pki, d: {**d, co.ROOT_CRL: d[co.ROOT_CRL][:-7]}, (), 2,
      r"set/root-ca-crl\.der: root_ca_crl: not a DER CRL"),
     ("the root CRL as the PCK CRL", lambda pki, d: {**d, co.PCK_CRL: d[co.ROOT_CRL]}, (), 2,

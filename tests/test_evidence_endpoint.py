@@ -464,6 +464,21 @@ def test_a_directory_where_a_collateral_file_should_be_is_said_and_the_quote_goe
                            "regular file): serving quotes without it; run `enclave-ike collateral fetch")
 
 
+def test_collateral_of_a_version_clients_refuse_is_unusable(tmp_path, caplog):
+    pki, now = FakeIntel.instance(), datetime.now(UTC)
+    caplog.set_level(logging.INFO, "enclave_ike.evidence")
+    issued, due = now - timedelta(days=10), now + timedelta(days=20)
+    with tdx_endpoint(pki, tmp_path) as port:
+        for name, member, document in (
+                ("tcb-info.json", "tcbInfo", {**dated(up_to_date_tcb_info(), issued, due), "version": 2}),
+                ("qe-identity.json", "enclaveIdentity", {**dated(real_qe_identity(), issued, due), "version": 1})):
+            put(tmp_path, {**fake_collateral(pki, due), name: pki.signed_json(member, document)})  # planted by hand
+            assert Envelope.decode(fetch_evidence("127.0.0.1", port, NONCE)).collateral == Collateral()
+    tcb_info, qe_identity = warnings_of(caplog)
+    assert "unusable (" in tcb_info and "tcb-info.json: tcbInfo.version: expected 3, got 2" in tcb_info
+    assert "unusable (" in qe_identity and "qe-identity.json: enclaveIdentity.version: expected 2, got 1" in qe_identity
+
+
 class FailingEnclave(SoftwareEnclave):
     def evidence(self, report_data: bytes):
         raise PermissionError(13, "Permission denied", "/sys/kernel/config/tsm/report")
