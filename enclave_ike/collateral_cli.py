@@ -59,7 +59,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="the Intel SGX Root CA's CRL (default: Intel's, IntelSGXRootCA.der on "
                             "certificates.trustedservices.intel.com)")
     fetch.add_argument("--timeout", type=float, default=pcs.DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                       help=f"for each request (default {pcs.DEFAULT_TIMEOUT_S:g})")
+                       help=f"for each request, all of it, however slowly it comes (default {pcs.DEFAULT_TIMEOUT_S:g})")
     fetch.add_argument("--out", type=Path, metavar="DIR", help="write the checked set to DIR (new or empty) instead "
                                                                "of importing it")
     _config(fetch)

@@ -1,5 +1,6 @@
 """Fetching a collateral set from Intel's Provisioning Certification Service (API v4), for `enclave-ike collateral
-fetch`. Plain HTTPS GETs with urllib (the environment's proxy settings apply), each bounded by a timeout and a size:
+fetch`. Plain HTTPS GETs with urllib (the environment's proxy settings apply), each bounded by a size and, as a
+whole, by a timeout:
 
     GET {pcs}/tdx/certification/v4/tcb?fmspc=FMSPC            tcb-info.json; header TCB-Info-Issuer-Chain
     GET {pcs}/tdx/certification/v4/qe/identity                 qe-identity.json
@@ -13,6 +14,9 @@ tcb-signing-chain.pem and pck-crl-issuer-chain.pem. Nothing fetched is trusted: 
 
 from __future__ import annotations
 
+import http.client
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ DEFAULT_ROOT_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXR
 TCB_INFO_CHAIN = "TCB-Info-Issuer-Chain"
 PCK_CRL_CHAIN = "SGX-PCK-CRL-Issuer-Chain"
 DEFAULT_TIMEOUT_S = 30.0
+_CHUNK = 16 * 1024
 
 
 class FetchError(co.CollateralError):
@@ -79,12 +84,55 @@ def _chain(headers: Message, name: str, url: str) -> bytes:
 
 
 def get(url: str, limit: int, timeout: float) -> tuple[bytes, Message]:
-    """One GET of at most `limit` bytes within `timeout`; FetchError naming the URL for anything else."""
+    """One GET of at most `limit` bytes, all of it (connecting, the headers, the whole body) within `timeout`
+    seconds; FetchError naming the URL for anything else. A server that answers slowly, a byte at a time, is cut
+    off at the deadline as a silent one is: the request runs in a daemon thread the caller stops waiting for."""
     if not url.lower().startswith(("https://", "http://")):
         raise FetchError(f"{url}: expected an https:// (or http://) URL")
+    deadline = time.monotonic() + timeout
+    progress = _Progress()
+    outcome: list[tuple[bytes, Message] | BaseException] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(_get(url, limit, timeout, deadline, progress))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name=f"GET {url}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        if not progress.answered:
+            raise FetchError(f"{url}: no answer within {timeout:g} s")
+        of = f"the {progress.declared}" if progress.declared is not None else "an unknown number of"
+        raise FetchError(f"{url}: no complete answer within {timeout:g} s ({progress.received} of {of} bytes)")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@dataclass
+class _Progress:
+    """How far the request got, for the message when it does not finish in time (written by the request's thread)."""
+
+    answered: bool = False       # the status line and headers arrived
+    declared: int | None = None  # the body's Content-Length
+    received: int = 0            # bytes of the body so far
+
+
+def _get(url: str, limit: int, timeout: float, deadline: float, progress: _Progress) -> tuple[bytes, Message]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - the scheme is checked above
-            body = answer.read(limit + 1)
+            progress.answered, progress.declared = True, answer.length
+            if answer.length is not None and answer.length > limit:
+                raise FetchError(f"{url}: more than the {limit} bytes a client accepts (Content-Length "
+                                 f"{answer.length})")
+            body = _body(answer, url, limit, timeout, deadline, progress)
+            if len(body) <= limit and answer.length:  # the connection closed before the Content-Length was read
+                raise FetchError(f"{url}: incomplete answer: {len(body)} of the {progress.declared} bytes its "
+                                 f"Content-Length announced")
             headers = answer.headers
     except urllib.error.HTTPError as exc:
         said = exc.headers.get("Error-Message") or exc.headers.get("Error-Code") or ""
@@ -94,9 +142,29 @@ def get(url: str, limit: int, timeout: float) -> tuple[bytes, Message]:
             raise FetchError(f"{url}: no answer within {timeout:g} s") from None
         raise FetchError(f"{url}: {getattr(exc.reason, 'strerror', None) or exc.reason}") from None
     except TimeoutError:
-        raise FetchError(f"{url}: no answer within {timeout:g} s") from None
+        raise FetchError(f"{url}: no {'complete ' if progress.answered else ''}answer within {timeout:g} s") from None
+    except http.client.IncompleteRead as exc:
+        raise FetchError(f"{url}: incomplete answer: the connection closed after {len(exc.partial)} bytes of a "
+                         "chunk") from None
+    except http.client.HTTPException as exc:
+        raise FetchError(f"{url}: not an HTTP answer ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise FetchError(f"{url}: {exc.strerror or exc}") from None
     if len(body) > limit:
         raise FetchError(f"{url}: more than the {limit} bytes a client accepts")
     return body, headers
+
+
+def _body(answer: http.client.HTTPResponse, url: str, limit: int, timeout: float, deadline: float,
+          progress: _Progress) -> bytes:
+    """The body, read a chunk at a time until it ends or passes `limit`; FetchError at the deadline."""
+    chunks: list[bytes] = []
+    while progress.received <= limit:
+        if time.monotonic() >= deadline:
+            raise FetchError(f"{url}: no complete answer within {timeout:g} s")
+        chunk = answer.read1(min(_CHUNK, limit + 1 - progress.received))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        progress.received += len(chunk)
+    return b"".join(chunks)

@@ -70,7 +70,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     fetch.add_argument("--kds-url", default=kds.DEFAULT_KDS_URL, metavar="URL",
                        help=f"AMD's KDS, or a mirror with the same paths (default {kds.DEFAULT_KDS_URL})")
     fetch.add_argument("--timeout", type=float, default=pcs.DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                       help=f"for each request (default {pcs.DEFAULT_TIMEOUT_S:g})")
+                       help=f"for each request, all of it, however slowly it comes (default {pcs.DEFAULT_TIMEOUT_S:g})")
     fetch.add_argument("--out", type=Path, metavar="DIR",
                        help=f"write {kds.VCEK_FILE} and {kds.CHAIN_FILE} to DIR (new or empty) instead of keeping them")
     snp_id = sub.add_parser("snp-id",

@@ -364,11 +364,14 @@ def test_fmspc_from_a_quote_file_or_an_envelope(site, pki, tmp_path):
 # --- fetch, from a PCS on 127.0.0.1 ---
 
 Route = tuple[int, bytes, dict[str, str]]
+DRIP, CUT = "X-Test-Drip", "X-Test-Cut"
 
 
 @contextmanager
 def fake_pcs(routes: dict[str, Route], delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
-    """A PCS on 127.0.0.1 answering path?query with (status, body, headers); yields its URL and the requests seen."""
+    """A PCS on 127.0.0.1 answering path?query with (status, body, headers); yields its URL and the requests seen.
+    Two headers are not sent but act: DRIP (seconds) sends the body a byte at a time, that long apart; CUT (a byte
+    count) closes the connection after that much of the body, under the whole body's Content-Length."""
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -376,11 +379,19 @@ def fake_pcs(routes: dict[str, Route], delay: float = 0.0) -> Iterator[tuple[str
             seen.append(self.path)
             time.sleep(delay)
             status, body, headers = routes.get(self.path, (404, b"", {"Error-Message": "no such thing"}))
+            headers = dict(headers)
+            drip, cut = float(headers.pop(DRIP, 0)), int(headers.pop(CUT, len(body)))
             self.send_response(status)
             for name, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                for at in range(0, cut, 1 if drip else max(cut, 1)):
+                    self.wfile.write(body[at:at + 1] if drip else body[:cut])
+                    self.wfile.flush()
+                    time.sleep(drip)
+            except OSError:
+                pass  # the client gave up
 
         def log_message(self, *args: object) -> None:
             pass
@@ -502,6 +513,29 @@ def test_a_silent_pcs_and_a_closed_port_are_one_line(site, pki):
     assert code == 1 and err.startswith("enclave-ike: http://127.0.0.1:9/tdx/certification/v4/tcb?fmspc=")
     code, _, err = site.run(*fetch_args("file:///etc", "--fmspc", FMSPC))
     assert code == 1 and "expected an https:// (or http://) URL" in err
+
+
+def test_the_timeout_bounds_each_whole_request_and_a_short_body_is_incomplete(site, pki):
+    """A PCS that sends a byte every 0.2 s never lets one read wait a whole --timeout: the timeout still ends it."""
+    documents = current(pki)
+    assert site.run("import", str(write_dir(site.tmp_path / "first", documents)))[0] == 0
+    before = site.kept()
+    tcb = f"/tdx/certification/v4/tcb?fmspc={FMSPC}"
+    with fake_pcs(changed_route("/tcb?", lambda r: (r[0], r[1], {**r[2], DRIP: "0.2"}))(
+            pcs_routes(pki, documents))) as (url, _):
+        started = time.monotonic()
+        code, out, err = site.run(*fetch_args(url, "--fmspc", FMSPC, "--timeout", "1"))
+        took = time.monotonic() - started
+    assert took < 2.0, took
+    size = len(documents[co.TCB_INFO])
+    late = rf"enclave-ike: {re.escape(url + tcb)}: no complete answer within 1 s \(\d of the {size} bytes\)"
+    assert (code, out) == (1, "") and re.fullmatch(late + "\n", err), err
+    with fake_pcs(changed_route("/tcb?", lambda r: (r[0], r[1], {**r[2], CUT: "10"}))(
+            pcs_routes(pki, documents))) as (url, _):
+        code, out, err = site.run(*fetch_args(url, "--fmspc", FMSPC))
+    assert (code, out, err) == (1, "", f"enclave-ike: {url + tcb}: incomplete answer: 10 of the "
+                                       f"{len(documents[co.TCB_INFO])} bytes its Content-Length announced\n")
+    assert site.kept() == before
 
 
 def test_without_intel_root_the_root_shipped_with_the_package_is_the_one(tmp_path, capsys, pki):

@@ -22,7 +22,7 @@ from attestation_vectors import SNP
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_collateral_cache import fake_pcs, read_dir
+from test_collateral_cache import DRIP, fake_pcs, read_dir
 from trust_servers import BackgroundLoop, port_of
 
 from enclave_ike import cli
@@ -303,6 +303,15 @@ def test_a_silent_kds_and_bad_arguments_are_one_line(site):
                                 "--timeout", "0.5")
         assert time.monotonic() - started < 2.5
     assert code == 1 and err.strip().endswith(f"{TURIN_URL}: no answer within 0.5 s")
+    dripping = {**kds_routes(), "/vcek/v1/Turin/cert_chain": (200, (SNP / "amd_ask_ark_turin.pem").read_bytes(),
+                                                              {DRIP: "0.2"})}
+    with fake_pcs(dripping) as (url, _):  # a byte every 0.2 s: the timeout bounds the whole request all the same
+        started = time.monotonic()
+        code, _, err = site.run("fetch-vcek", "--report", vector("snp_report_turin.bin"), "--kds-url", url,
+                                "--timeout", "1")
+        assert time.monotonic() - started < 2.0
+    assert code == 1 and re.search(r"/vcek/v1/Turin/cert_chain: no complete answer within 1 s \(\d of the \d+ bytes\)$",
+                                   err.strip()), err
     for argv, words in ((("--report", vector("snp_report_milan.bin")), "does not name its CPU: give --product"),
                         (("--report", vector("snp_report_turin.bin"), "--product", "Milan"), "from a Turin CPU"),
                         (("--chip-id", MILAN_CHIP, "--tcb", MILAN_TCB), "--chip-id: give --product too"),
