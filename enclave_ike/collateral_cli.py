@@ -168,6 +168,9 @@ def _platform(quote_file: Path | None, config_path: Path | None) -> co.Platform:
         quote = common.unwrap(data, EvidenceKind.TDX, where, "not a TDX quote: it needs no Intel collateral")
         return co.platform_of(quote)
     except (EvidenceFormatError, UnsupportedEvidence) as exc:
+        if common.parses_as(data, EvidenceKind.SEV_SNP):
+            raise co.BadCollateral(f"{where}: an SEV-SNP report, not a TDX quote: use `enclave-ike collateral snp-id "
+                                   f"--report {where}` (and fetch-vcek)") from None
         raise co.BadCollateral(f"{where}: {exc}") from None
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ikecommon import evidence_client
 from ikecommon.attestation.envelope import Envelope, EvidenceKind
+from ikecommon.attestation.errors import EvidenceFormatError, UnsupportedEvidence
+from ikecommon.attestation.snp import SnpReport
+from ikecommon.attestation.tdx import TdxQuote
 
 from . import collateral as co
 from . import config as config_module
@@ -59,6 +62,19 @@ def unwrap(data: bytes, kind: EvidenceKind, where: str, other: str) -> bytes:
     if envelope.evidence.kind is not kind:
         raise co.BadCollateral(f"{where}: {envelope.evidence.kind} evidence, {other}")
     return envelope.evidence.data
+
+
+def parses_as(data: bytes, kind: EvidenceKind) -> bool:
+    """Whether raw `data` is well-formed evidence of `kind` (a TDX quote or a SEV-SNP report), to say so when it was
+    given where the other kind was expected."""
+    parse = {EvidenceKind.TDX: TdxQuote.parse, EvidenceKind.SEV_SNP: SnpReport.parse}.get(kind)
+    if parse is None:
+        return False
+    try:
+        parse(data)
+    except (EvidenceFormatError, UnsupportedEvidence):
+        return False
+    return True
 
 
 def check_out(out: Path, names: tuple[str, ...], what: str) -> None:

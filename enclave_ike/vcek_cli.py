@@ -224,4 +224,7 @@ def _report(path: Path | None, config_path: Path | None) -> SnpReport:
         return SnpReport.parse(common.unwrap(data, EvidenceKind.SEV_SNP, where, "not a SEV-SNP report: TDX needs "
                                              "`enclave-ike collateral fetch` instead"))
     except (EvidenceFormatError, UnsupportedEvidence) as exc:
+        if common.parses_as(data, EvidenceKind.TDX):
+            raise co.BadCollateral(f"{where}: a TDX quote, not an SEV-SNP report: use `enclave-ike collateral fmspc "
+                                   f"--quote {where}` (and fetch)") from None
         raise co.BadCollateral(f"{where}: {exc}") from None

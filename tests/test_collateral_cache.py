@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote as urlquote
 
 import pytest
-from attestation_vectors import TDX
+from attestation_vectors import SNP, TDX
 from cryptography.hazmat.primitives import serialization
 
 from enclave_ike import cli
@@ -359,6 +359,11 @@ def test_fmspc_from_a_quote_file_or_an_envelope(site, pki, tmp_path):
     quote.write_bytes(b"\x04\x00" + bytes(40))
     code, _, err = site.run("fmspc", "--quote", str(quote))
     assert code == 2 and err.startswith(f"enclave-ike: {quote}: ") and err.count("\n") == 1
+    report = SNP / "snp_report_milan.bin"  # the other TEE's evidence is named for what it is, not "SGX"
+    for command in ("fmspc", "fetch"):
+        code, out, err = site.run(command, "--quote", str(report))
+        assert (code, out, err) == (2, "", f"enclave-ike: {report}: an SEV-SNP report, not a TDX quote: use "
+                                           f"`enclave-ike collateral snp-id --report {report}` (and fetch-vcek)\n")
 
 
 # --- fetch, from a PCS on 127.0.0.1 ---

@@ -18,7 +18,7 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
-from attestation_vectors import SNP
+from attestation_vectors import SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -221,6 +221,11 @@ def test_snp_id_prints_what_fetch_vcek_needs(site, tmp_path):
     (tmp_path / "short.bin").write_bytes((SNP / "snp_report_turin.bin").read_bytes()[:100])
     code, _, err = site.run("snp-id", "--report", str(tmp_path / "short.bin"))
     assert code == 2 and err.startswith(f"enclave-ike: {tmp_path / 'short.bin'}: snp_report") and err.count("\n") == 1
+    quote = TDX / "tdx_quote_v4_spr_e4.dat"  # the other TEE's evidence is named for what it is
+    for command in ("snp-id", "fetch-vcek"):
+        code, out, err = site.run(command, "--report", str(quote))
+        assert (code, out, err) == (2, "", f"enclave-ike: {quote}: a TDX quote, not an SEV-SNP report: use "
+                                           f"`enclave-ike collateral fmspc --quote {quote}` (and fetch)\n")
 
 
 # --- fetch-vcek, from a KDS on 127.0.0.1 ---
