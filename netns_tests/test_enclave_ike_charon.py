@@ -1,0 +1,339 @@
+"""Interop: strongSwan's charon as initiator against enclave-ike's responder.
+
+    client 10.84.1.2 (charon) -- router -- resolver 10.84.2.53 (enclave-ike + unbound)
+
+charon runs from Debian's packages unpacked by scripts/setup (buildtools/strongswan.py; netns_tests/harness/charon.py).
+It has no NULL authentication, so it signs with a raw ECDSA P-256 key, which the server pins by hand
+(netns_tests/harness/enclave_ike_peers.py: the config file cannot pin client keys yet), and it pins the server's
+key from `enclave-ike identity --format pem`.
+
+The tests marked `host` need no ESP: the server runs with `apply.mode = "none"` and charon keeps its Child SAs in
+its own userspace IPsec stack (kernel-libipsec), so neither side adds an SA to the kernel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from netns_tests.harness import procs
+from netns_tests.harness.capture import Capture
+from netns_tests.harness.charon import Charon, CharonConfig
+from netns_tests.harness.dnsclient import query
+from netns_tests.harness.topology import Topology
+from netns_tests.harness.unbound import Unbound
+from netns_tests.scenarios.resolver_world import World, build_world
+
+CLIENT, RESOLVER = "10.84.1.2", "10.84.2.53"
+CLIENT_ID, RESOLVER_ID = "client.charon.example", "resolver.enclave.example"
+CONN = "dns"
+CLIENT_RE, RESOLVER_RE = re.escape(CLIENT), re.escape(RESOLVER)
+
+
+@pytest.fixture
+def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> World:
+    return build_world(topology, tmp_path, unbound, "10.84")
+
+
+@pytest.fixture
+def client_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def enclave_ike(world: World, client_key: ec.EllipticCurvePrivateKey) -> Iterator[Callable[..., procs.Daemon]]:
+    """Factory: `enclave_ike(apply="none")` serves with signature auth and the client's key pinned by hand."""
+    started: list[procs.Daemon] = []
+
+    def start(*, apply: str = "none", suites: str = "") -> procs.Daemon:
+        config = world.workdir / "enclave-ike.toml"
+        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
+                          f'[identity]\nbackend = "sim"\nkey_type = "ecdsa-p256"\nid = "@{RESOLVER_ID}"\n'
+                          f'auth = "signature"\npublish = "{world.workdir / "identity.json"}"\n\n'
+                          f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n{suites}')
+        pem = world.workdir / "client-pub.pem"
+        pem.write_bytes(client_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "netns_tests.harness.enclave_ike_peers",
+                                                   "--config", str(config), "--peer", f"@{CLIENT_ID}={pem}", "-v"],
+                              world.workdir / "enclave-ike.log", netns=world.resolver.netns)
+        started.append(daemon)
+        daemon.start()
+        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        daemon.stop()
+
+
+@pytest.fixture
+def charon(world: World, tmp_path: Path) -> Iterator[Callable[..., Charon]]:
+    """Factory: `charon(CharonConfig(...))` starts charon in the client's namespace and loads its config."""
+    started: list[Charon] = []
+
+    def start(config: CharonConfig) -> Charon:
+        daemon = Charon(world.topo, world.client, tmp_path / "charon-client")
+        started.append(daemon)
+        daemon.write_config(config)
+        daemon.start()
+        daemon.load_all()
+        return daemon
+
+    yield start
+    for daemon in reversed(started):
+        daemon.stop()
+
+
+def server_pem(world: World) -> bytes:
+    """What the operator publishes: `enclave-ike identity --format pem`, run beside the server."""
+    proc = world.topo.run(world.resolver, [sys.executable, "-m", "enclave_ike.cli", "identity", "--config",
+                                           str(world.workdir / "enclave-ike.toml"), "--format", "pem"])
+    assert proc.stdout.startswith("-----BEGIN PUBLIC KEY-----"), proc.stdout
+    return proc.stdout.encode()
+
+
+def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, proposals: str = "default",
+                   esp_proposals: str = "aes256gcm16,aes128-sha256", extra: str = "",
+                   charon_options: dict[str, str] | None = None) -> CharonConfig:
+    """One connection: charon signs with its raw ECDSA key and pins the server's; a tunnel Child SA for udp/53."""
+    private = client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+    public = client_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    connections = f"""  {CONN} {{
+    version = 2
+    local_addrs = {CLIENT}
+    remote_addrs = {RESOLVER}
+    proposals = {proposals}
+{extra}
+    local {{
+      auth = pubkey
+      id = @{CLIENT_ID}
+      pubkeys = client.pem
+    }}
+    remote {{
+      auth = pubkey
+      id = @{RESOLVER_ID}
+      pubkeys = resolver.pem
+    }}
+    children {{
+      {CONN} {{
+        local_ts = dynamic[udp]
+        remote_ts = {RESOLVER}/32[udp/53]
+        mode = tunnel
+        esp_proposals = {esp_proposals}
+        start_action = none
+      }}
+    }}
+  }}"""
+    files = {"private/client.pem": private, "pubkey/client.pem": public, "pubkey/resolver.pem": server_pem(world)}
+    return CharonConfig(connections, files, kernel_sas=False, charon_options=charon_options or {})
+
+
+SERVER_ESTABLISHED = (rf"IKE SA (\S+) established with {CLIENT_RE}:\d+ \(peer {CLIENT_ID}, "
+                      rf"signature auth; we are {RESOLVER_ID}\); (\S+)")
+
+
+def child_sas(sa: dict[str, Any]) -> list[dict[str, Any]]:
+    children = sa.get("child-sas", {})
+    return [child for child in children.values() if isinstance(child, dict)]
+
+
+@pytest.mark.host  # IKE only: apply.mode none, charon's Child SA in userspace
+def test_charon_raw_ecdsa_key_completes_ike_auth(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                 charon: Callable[..., Charon],
+                                                 client_key: ec.EllipticCurvePrivateKey) -> None:
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    # charon authenticated enclave-ike's key (the one pinned from `identity --format pem`), and the other way round.
+    assert sa["remote-id"] == RESOLVER_ID and sa["local-id"] == CLIENT_ID, sa
+    client.wait_for_log(rf"authentication of '{RESOLVER_ID}' with ECDSA_WITH_SHA256_DER successful", timeout=5.0)
+    server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    server.wait_for_log(rf"Child SA established under IKE SA .* tunnel .*{RESOLVER_RE} proto 17 "
+                        r"port 53", timeout=10.0)
+    children = child_sas(sa)
+    assert [child["state"] for child in children] == ["INSTALLED"], sa
+    # IKE only as far as the kernel goes: the Child SA lives in charon's userspace, XFRM holds nothing.
+    for table in ("state", "policy"):
+        assert world.topo.run(world.client, ["ip", "xfrm", table]).stdout.strip() == "", table
+    assert "errno 38" not in client.log_text() and "unable to install" not in client.log_text()
+    # charon's Delete ends the IKE SA on both sides.
+    client.terminate(CONN)
+    server.wait_for_log(rf"IKE SA {sa['initiator-spi']}/{sa['responder-spi']} deleted", timeout=5.0)
+    assert client.list_sas() == []
+
+
+@pytest.mark.host  # IKE only
+def test_charon_refuses_enclave_ike_under_the_wrong_pin(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                       charon: Callable[..., Charon],
+                                                       client_key: ec.EllipticCurvePrivateKey) -> None:
+    enclave_ike()
+    config = raw_key_config(world, client_key)
+    wrong = ec.generate_private_key(ec.SECP256R1()).public_key()
+    files = {**config.files, "pubkey/resolver.pem": wrong.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
+    client = charon(CharonConfig(config.connections, files, config.kernel_sas))
+    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
+    assert "initiate failed" in out, out
+    client.wait_for_log(r"signature validation failed", timeout=5.0)
+    client.wait_for_log(r"generating INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]", timeout=5.0)
+    assert client.established(CONN) is None
+
+
+PROPOSALS = {
+    # charon's proposal -> the suite enclave-ike logs for the IKE SA
+    "aes256gcm16-prfsha256-x25519": "AES_GCM_16_256/HMAC_SHA2_256/CURVE25519",
+    "aes256-sha256-ecp256": "AES_CBC_256/HMAC_SHA2_256/HMAC_SHA2_256_128/ECP_256",
+    "aes128-sha256-modp2048": "AES_CBC_128/HMAC_SHA2_256/HMAC_SHA2_256_128/MODP_2048",
+}
+
+
+@pytest.mark.host  # IKE only
+@pytest.mark.parametrize("proposal", list(PROPOSALS))
+def test_charon_proposals_complete(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                   charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey,
+                                   proposal: str) -> None:
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key, proposals=proposal))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    match = server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    assert match.group(2) == PROPOSALS[proposal], match.group(0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+@pytest.mark.host  # IKE only
+def test_charon_rekeys_the_ike_sa(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                  charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey) -> None:
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key))
+    client.initiate(CONN)
+    before = client.wait_established(CONN)
+    client.swanctl("--rekey", "--ike", CONN)
+    wait = time.monotonic() + 10.0
+    after = before
+    while time.monotonic() < wait:
+        after = client.established(CONN) or before
+        if after["initiator-spi"] != before["initiator-spi"]:
+            break
+        time.sleep(0.1)
+    assert after["initiator-spi"] != before["initiator-spi"], (before, after)
+    old = f"{before['initiator-spi']}/{before['responder-spi']}"
+    server.wait_for_log(rf"IKE SA {old} rekeyed: now {after['initiator-spi']}/{after['responder-spi']}",
+                        timeout=10.0)
+    # The Child SA moved to the new IKE SA, and the old IKE SA was deleted by charon.
+    assert [child["state"] for child in child_sas(after)] == ["INSTALLED"], after
+    server.wait_for_log(rf"IKE SA {old} deleted", timeout=10.0)
+    assert [sa["initiator-spi"] for sa in client.list_sas()] == [after["initiator-spi"]]
+
+
+@pytest.mark.host  # IKE only
+def test_charon_dpd_is_answered(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey) -> None:
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key, extra="    dpd_delay = 1s"))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    # charon sends a DPD (an empty INFORMATIONAL request) after a second without traffic; three answered ones.
+    for _ in range(3):
+        client.wait_for_log(r"sending DPD request", timeout=5.0)
+    client.wait_for_log(r"parsed INFORMATIONAL response \d+ \[ \]", timeout=5.0)
+    time.sleep(3.5)
+    text = client.log_text(this_run_only=True)
+    requests = text.count("sending DPD request")
+    responses = len([line for line in text.splitlines() if "parsed INFORMATIONAL response" in line])
+    assert requests >= 3 and responses >= requests - 1, (requests, responses)
+    assert "retransmit" not in text, procs.tail(text)
+    still = client.established(CONN)
+    assert still is not None and still["initiator-spi"] == sa["initiator-spi"], still
+    assert server.running() and " deleted" not in server.log_text()
+
+
+def self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.host  # IKE only
+def test_charon_self_signed_certificate_completes_ike_auth(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                           charon: Callable[..., Charon],
+                                                           client_key: ec.EllipticCurvePrivateKey) -> None:
+    """charon sends its self-signed certificate (CERT payload) and signs with its key, which the server pins."""
+    server = enclave_ike()
+    config = raw_key_config(world, client_key, extra="    send_cert = always")  # default: only when asked
+    connections = config.connections.replace("pubkeys = client.pem", "certs = client.pem")
+    files = {**config.files, "x509/client.pem": self_signed(client_key, CLIENT_ID)}
+    del files["pubkey/client.pem"]
+    client = charon(CharonConfig(connections, files, config.kernel_sas))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    client.wait_for_log(r"sending end entity cert", timeout=5.0)
+    server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+@pytest.mark.host  # IKE only
+def test_charon_rekeys_the_child_sa(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                    charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey) -> None:
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key))
+    client.initiate(CONN)
+    before = child_sas(client.wait_established(CONN))[0]
+    client.swanctl("--rekey", "--child", CONN)
+    server.wait_for_log(rf"Child SA rekeyed under IKE SA .*: old in 0x{before['spi-out']} out 0x{before['spi-in']}; "
+                        r"new in 0x(\S+)", timeout=10.0)
+    deadline = time.monotonic() + 10.0
+    children = [before]
+    while time.monotonic() < deadline:
+        sa = client.established(CONN)
+        children = child_sas(sa) if sa else []
+        if [child["spi-in"] for child in children if child["state"] == "INSTALLED"] not in ([], [before["spi-in"]]):
+            break
+        time.sleep(0.1)
+    installed = [child for child in children if child["state"] == "INSTALLED"]
+    assert len(installed) == 1 and installed[0]["spi-in"] != before["spi-in"], children
+
+
+def test_dns_answered_over_charon_esp(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                      charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey,
+                                      capture: Callable[..., Capture]) -> None:
+    """Needs ESP in the kernel (the VM): charon's Child SA (kernel-netlink) and enclave-ike's carry DNS to unbound."""
+    wire = capture(world.router, world.router.interface_to(world.client).ifname)
+    server = enclave_ike(apply="kernel")
+    config = raw_key_config(world, client_key)
+    client = charon(CharonConfig(config.connections, config.files, kernel_sas=True))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+    server.wait_for_log(r"Child SA established", timeout=5.0)
+    assert "apply: " not in server.log_text(), "enclave-ike could not install the Child SA"
+    for host in (world.client, world.resolver):
+        states = world.topo.run(host, ["ip", "xfrm", "state"]).stdout
+        assert "proto esp" in states, (host.name, states)
+    answers = [query(world.topo, world.client, RESOLVER, timeout=5.0) for _ in range(10)]
+    time.sleep(0.2)
+    wire.stop()
+    counts = wire.count(world.client.addresses()).peer(RESOLVER)
+    assert [a.answered for a in answers] == [True] * len(answers)
+    assert counts.esp_out >= len(answers) and counts.esp_in >= len(answers), counts
+    assert counts.plaintext_dns == 0, counts
