@@ -13,7 +13,7 @@ What is checked, each as its own Check (see docs/attestation.md, "Verifiers"):
   caller's grace (TdxPolicy.collateral_grace, none by default); one used inside the grace passes with a note;
 - the TCB level of the platform, the TDX module and the QE, against the statuses the caller accepts (a status other
   than UpToDate that the caller accepts passes with a note naming it and its advisories);
-- the TD's own policy (no debug TD unless allowed).
+- the TD's own policy (no debug and no migratable TD unless allowed).
 """
 
 from __future__ import annotations
@@ -222,32 +222,30 @@ def _collateral_signature(what: str, signed: bytes, signature: bytes,
 
 
 def _freshness(collateral: TdxCollateral, at: datetime, grace: timedelta) -> tuple[list[Mismatch], list[str]]:
-    """The documents' dates against the caller's time. A CRL past its nextUpdate beyond the grace is the chain
-    check's mismatch (`pck_ca_crl.next_update`); inside the grace it is noted here with the documents."""
+    """The documents' dates against the caller's time, and a note for each CRL used inside the grace (past it, a CRL
+    is the chain check's mismatch, `pck_ca_crl.next_update`)."""
     found: list[Mismatch] = []
-    dates = [("tcb_info", collateral.tcb_info.issue_date, collateral.tcb_info.next_update),
-             ("qe_identity", collateral.qe_identity.issue_date, collateral.qe_identity.next_update)]
-    for what, issued, _ in dates:
-        if issued > at:
-            found.append(Mismatch(f"{what}.issueDate", f"at or before {iso(at)}", iso(issued)))
-    dates += [(f"CRL of {subject_of(crl)}", crl.last_update_utc, crl.next_update_utc)
-              for crl in collateral.crls if crl.next_update_utc is not None]
-    notes = []
-    for what, _, next_update in dates:
-        late = at - next_update
-        if late <= timedelta(0):
-            continue
-        if late <= grace:
-            notes.append(f"{what} is past its nextUpdate {iso(next_update)} by {_span(late)}: accepted inside the "
-                         f"{_span(grace)} grace; the resolver's collateral needs refreshing")
-        elif not what.startswith("CRL"):
+    notes: list[str] = []
+    for what, document in (("tcb_info", collateral.tcb_info), ("qe_identity", collateral.qe_identity)):
+        if document.issue_date > at:
+            found.append(Mismatch(f"{what}.issueDate", f"at or before {iso(at)}", iso(document.issue_date)))
+        late = at - document.next_update
+        if late > grace:
             within = f" (nextUpdate plus the {_span(grace)} grace)" if grace else ""
-            found.append(Mismatch(f"{what}.nextUpdate", f"at or after {iso(at - grace)}{within}", iso(next_update)))
+            found.append(Mismatch(f"{what}.nextUpdate", f"at or after {iso(at - grace)}{within}",
+                                  iso(document.next_update)))
+        elif late > timedelta(0):
+            notes.append(_late(what, document.next_update, late, grace))
+    for crl in collateral.crls:
+        if crl.next_update_utc is not None and timedelta(0) < at - crl.next_update_utc <= grace:
+            notes.append(_late(f"CRL of {crl.issuer.rfc4514_string()}", crl.next_update_utc,
+                               at - crl.next_update_utc, grace))
     return found, notes
 
 
-def subject_of(crl: x509.CertificateRevocationList) -> str:
-    return crl.issuer.rfc4514_string()
+def _late(what: str, next_update: datetime, late: timedelta, grace: timedelta) -> str:
+    return (f"{what} is past its nextUpdate {iso(next_update)} by {_span(late)}: accepted inside the {_span(grace)} "
+            "grace; the resolver's collateral needs refreshing")
 
 
 def _span(delta: timedelta) -> str:
