@@ -20,7 +20,15 @@
                                         # enclave v1" NUL. A test starts "a different build" with other values
 
     [peers]
-    allow_null = true                   # clients authenticate with NULL (ikectl's trusted mode does)
+    anonymous = ["null", "raw-key", "certificate"]   # how clients whose key is not pinned may come in, as
+                                        # unauthenticated clients: NULL (RFC 7619), or a signature by the raw
+                                        # public key (RFC 7670) or certificate they send; [] for a private resolver
+    allow_null = true                   # older spelling: true = "null" is in anonymous; false alone = anonymous = []
+
+    [[peers.pinned]]                    # a client key pinned for an identity (any number of tables)
+    id = "@client.example"              # @fqdn or an IP address, as the client's IDi says
+    pubkey_file = "/etc/enclave-ike/clients/client.pem"   # a PEM public key (ECDSA or RSA), or instead:
+    # certificate_file = "/etc/enclave-ike/clients/client-cert.pem"  # a PEM or DER certificate: its key is pinned
 
     [suites]                            # accepted algorithms, most preferred first (IKE and ESP alike)
     encryption = ["aes-gcm-16-256", "aes-gcm-16-128", "aes-cbc-256", "aes-cbc-128"]
@@ -57,11 +65,16 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from ikecommon import evidence_client, tomlfile
 
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
-from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
+from .ikev2.constants import DhGroup, EncrId, IdType, IntegId, PrfId
 from .ikev2.crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
 from .ikev2.errors import PolicyError
 
@@ -191,7 +204,8 @@ class ServeConfig:
     dns_addresses: tuple[Address, ...]
     dns_protocols: tuple[int, ...] = (ike.IP_PROTO_UDP, ike.IP_PROTO_TCP)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
-    allow_null_peers: bool = True
+    anonymous: frozenset[ike.PeerAuth] = ike.ANONYMOUS_METHODS
+    pinned: tuple[ike.PinnedPeer, ...] = ()
     suites: Suites = field(default_factory=Suites)
     apply: ApplyMode = ApplyMode.KERNEL
     cookie_threshold: int = 64
@@ -203,7 +217,8 @@ class ServeConfig:
                 local_id=self.identity.ike_identity,
                 dns=ike.DnsSelectors(self.dns_addresses, self.dns_protocols),
                 signer=signer,
-                allow_null_peers=self.allow_null_peers,
+                anonymous=self.anonymous,
+                peer_keys=self.pinned,
                 ike_suites=self.suites.ike_suites(),
                 esp_suites=self.suites.esp_suites(),
                 limits=ike.Limits(cookie_threshold=self.cookie_threshold),
@@ -336,11 +351,7 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     dns_addresses = dns.addresses("addresses", listen.addresses)
     dns_protocols = tuple(PROTOCOLS[p] for p in dns.choices("protocols", PROTOCOLS, ("udp", "tcp")))
     identity = _identity(tables["identity"])
-    peers = tables["peers"]
-    allow_null = peers.get("allow_null", bool, True)
-    if not allow_null:
-        raise peers.error("allow_null", "false leaves no way for a client to authenticate (pinned client keys "
-                                        "are not configurable yet)")
+    anonymous, pinned = _peers(tables["peers"])
     suites = _suites(tables["suites"])
     apply = tables["apply"].enum("mode", ApplyMode, ApplyMode.KERNEL)
     limits = tables["limits"]
@@ -352,10 +363,98 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     evidence = _evidence(tables["evidence"])
     for table in tables.values():
         table.finish()
-    config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, allow_null, suites, apply, threshold,
-                         evidence)
+    config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
+                         threshold, evidence)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
+
+
+ANONYMOUS: dict[str, ike.PeerAuth] = {
+    "null": ike.PeerAuth.NULL,
+    "raw-key": ike.PeerAuth.RAW_KEY,
+    "certificate": ike.PeerAuth.CERTIFICATE,
+}
+MAX_KEY_FILE = 64 * 1024
+
+
+def _peers(table: _Table) -> tuple[frozenset[ike.PeerAuth], tuple[ike.PinnedPeer, ...]]:
+    """[peers]: `anonymous` (with `allow_null`, its older spelling) and the [[peers.pinned]] tables."""
+    allow_null = table.get("allow_null", bool, True) if "allow_null" in table.data else None
+    if "anonymous" in table.data:
+        table.used.add("anonymous")
+        names = table.data["anonymous"]
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise table.error("anonymous", f"expected a list of strings, got {names!r}")
+        for name in names:
+            if name not in ANONYMOUS:
+                raise table.error("anonymous", f"{name!r} is not one of {', '.join(ANONYMOUS)}")
+        if len(set(names)) != len(names):
+            raise table.error("anonymous", "lists a value twice")
+        anonymous = frozenset(ANONYMOUS[name] for name in names)
+        if allow_null is not None and allow_null != (ike.PeerAuth.NULL in anonymous):
+            raise table.error("allow_null", f"{str(allow_null).lower()} contradicts peers.anonymous = {names!r} "
+                                            "(allow_null is the older spelling of \"null\" in anonymous; set one)")
+    elif allow_null is False:  # the operator refused unauthenticated clients: a private resolver
+        anonymous = frozenset()
+    else:
+        anonymous = ike.ANONYMOUS_METHODS
+    pinned = _pinned(table)
+    if not anonymous and not pinned:
+        key = "anonymous" if "anonymous" in table.data else "allow_null"
+        raise table.error(key, "no client could authenticate: no anonymous method is accepted and no client key "
+                               "is pinned ([[peers.pinned]])")
+    return anonymous, pinned
+
+
+def _pinned(table: _Table) -> tuple[ike.PinnedPeer, ...]:
+    if "pinned" not in table.data:
+        return ()
+    table.used.add("pinned")
+    entries = table.data["pinned"]
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise table.error("pinned", "expected tables ([[peers.pinned]] with id and pubkey_file or certificate_file)")
+    out: list[ike.PinnedPeer] = []
+    for index, entry in enumerate(entries):
+        sub = _Table(table.path, f"peers.pinned[{index}]", entry)
+        text = sub.get("id", str)
+        identity = parse_id(text, f"{sub.path}: {sub.name}.id")
+        if identity.id_type == IdType.ID_NULL:
+            raise sub.error("id", "%null names no one; a pinned key needs an identity (@fqdn or an address)")
+        if identity in (peer.identity for peer in out):
+            raise sub.error("id", f"{text!r} is pinned twice")
+        files = [key for key in ("pubkey_file", "certificate_file") if key in entry]
+        if len(files) != 1:
+            raise sub.error("pubkey_file", "set exactly one of pubkey_file and certificate_file")
+        path = _absolute(sub, files[0], "")
+        key = _load_pinned_key(sub, files[0], path)
+        sub.finish()
+        out.append(ike.PinnedPeer(identity, key))
+    return tuple(out)
+
+
+def _load_pinned_key(table: _Table, key: str, path: Path) -> PublicKey:
+    """The public key of a PEM public key file, or of a PEM or DER certificate (not validated: it only carries the
+    key). ECDSA and RSA keys only."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise table.error(key, f"{path}: cannot read it ({exc.strerror})") from None
+    if len(data) > MAX_KEY_FILE:
+        raise table.error(key, f"{path}: over {MAX_KEY_FILE} bytes")
+    try:
+        if key == "pubkey_file":
+            public_key = serialization.load_pem_public_key(data)
+        elif data.lstrip().startswith(b"-----BEGIN"):
+            public_key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            public_key = x509.load_der_x509_certificate(data).public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        what = "a PEM public key" if key == "pubkey_file" else "a PEM or DER X.509 certificate"
+        raise table.error(key, f"{path}: not {what}") from None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise table.error(key, f"{path}: holds a {type(public_key).__name__}; only ECDSA and RSA keys can be pinned")
+    return public_key
 
 
 def _listen(table: _Table) -> Listen:

@@ -39,7 +39,7 @@ from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
 from .evidence_endpoint import EvidenceEndpoint, for_config
 from .ikev2.config import Endpoint
-from .ikev2.constants import AuthMethod, DhGroup, EncrId, IntegId, PrfId
+from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
 from .ikev2.cookies import COOKIE_SECRET_SIZE
 from .ikev2.crypto import ChildSuite, IkeSuite, SoftwareSigner
 from .ikev2.events import (
@@ -345,9 +345,8 @@ def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type
     """One log line per event."""
     sa = f"IKE SA {event.ike_spi_i.hex()}/{event.ike_spi_r.hex()}"
     if isinstance(event, IkeSaEstablished):
-        auth = "NULL" if event.peer_auth == AuthMethod.NULL else "signature"
-        return (f"{sa} established with {event.peer} (peer {event.peer_id}, {auth} auth; we are {event.local_id}); "
-                f"{_suite(event.suite)}")
+        return (f"{sa} established with {event.peer} (peer {event.peer_id}, {event.credential}; "
+                f"we are {event.local_id}); {_suite(event.suite)}")
     if isinstance(event, ChildSaEstablished):
         return f"Child SA established under {sa}: {_child(event)}"
     if isinstance(event, ChildSaRekeyed):

@@ -117,8 +117,8 @@ def test_pluto_pins_enclave_ike_ecdsa_key(world: World, pluto: Callable[..., Plu
     client.whack("--initiate", "--name", "ikectl-trusted-udp", "--asynchronous")
     match = client.wait_for_log(rf"{ESTABLISHED_IKE}.*", timeout=20.0)
     assert "ECDSA" in client.log_text() or "ecdsa" in match.group(0).lower() or "P-256" in client.log_text()
-    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.1\.2:\d+ \(peer ID_NULL, NULL auth; we are "
-                        r"resolver\.enclave\.example\)", timeout=10.0)
+    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.1\.2:\d+ \(peer ID_NULL, NULL auth, unauthenticated; "
+                        r"we are resolver\.enclave\.example\)", timeout=10.0)
     server.wait_for_log(r"Child SA established under IKE SA .* tunnel .*10\.78\.2\.53 proto 17 port 53", timeout=10.0)
     assert server.running()
 

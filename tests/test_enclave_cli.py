@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from enclave_ike import cli
 from enclave_ike import config as cfg
 from enclave_ike.apply import AddSa, ApplyError, ChildSaTable, DeletePolicy, DeleteSa, SetPolicy
-from enclave_ike.ikev2.config import Endpoint, Mode
+from enclave_ike.ikev2.config import ANONYMOUS_METHODS, Endpoint, Identity, Mode, PeerAuth
 from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
 from enclave_ike.ikev2.crypto import ChildSuite
 from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
@@ -82,7 +87,31 @@ BAD = [
     ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nencryption = ["des"]\n', "suites.encryption: 'des' is not"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nesn = true\n', "suites.esn: true needs ESN SAs"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\ncookie_threshold = -1\n', "limits.cookie_threshold: -1"),
-    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = false\n', "peers.allow_null: false leaves"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = false\n',
+     "peers.allow_null: no client could authenticate: no anonymous method is accepted and no client key is pinned"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nanonymous = []\n', "peers.anonymous: no client could authenticate"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nanonymous = ["psk"]\n',
+     "peers.anonymous: 'psk' is not one of null, raw-key, certificate"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nanonymous = ["null", "null"]\n',
+     "peers.anonymous: lists a value twice"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nanonymous = "null"\n', "peers.anonymous: expected a list"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = true\nanonymous = ["raw-key"]\n',
+     "peers.allow_null: true contradicts peers.anonymous = ['raw-key'] (allow_null is the older spelling of "
+     "\"null\" in anonymous; set one)"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = false\nanonymous = ["null"]\n',
+     "peers.allow_null: false contradicts"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_nul = true\n', "peers.allow_nul: unknown key"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\npinned = 1\n', "peers.pinned: expected tables"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[[peers.pinned]]\npubkey_file = "/k.pem"\n',
+     "peers.pinned[0].id: missing (required)"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[[peers.pinned]]\nid = "%null"\npubkey_file = "/k.pem"\n',
+     "peers.pinned[0].id: %null names no one"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[[peers.pinned]]\nid = "@c"\n',
+     "peers.pinned[0].pubkey_file: set exactly one of pubkey_file and certificate_file"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[[peers.pinned]]\nid = "@c"\npubkey_file = "k.pem"\n',
+     "peers.pinned[0].pubkey_file: 'k.pem' must be an absolute path"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[[peers.pinned]]\nid = "@c"\npubkey_file = "/nonexistent/k.pem"\n',
+     "peers.pinned[0].pubkey_file: /nonexistent/k.pem: cannot read it (No such file or directory)"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[dns]\nprotocols = ["icmp"]\n', "dns.protocols: 'icmp' is not"),
     ("[listen\n", "not valid TOML"),
     ('listen = 1\n', "listen: expected a table"),
@@ -227,3 +256,65 @@ def test_planner_refuses_what_xfrm_cannot_hold():
     with pytest.raises(ApplyError, match="ports 1000-2000"):
         table.plan(child(b"\x00\x00\x10\x01", b"\x00\x00\x20\x02", peer_ports=(1000, 2000)))
     assert len(table) == 0
+
+
+def _pem_files(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A PEM public key and a self-signed PEM certificate of another key; the first key's SPKI DER."""
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    pub = tmp_path / "client.pem"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(other.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(other, hashes.SHA256()))
+    crt = tmp_path / "other.crt"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return pub, crt, key.public_key().public_bytes(serialization.Encoding.DER,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_peers_default_to_every_anonymous_method(tmp_path):
+    config = cfg.load(write(tmp_path, GOOD))
+    assert config.anonymous == ANONYMOUS_METHODS and config.pinned == ()
+    assert config.responder_config(None).anonymous == ANONYMOUS_METHODS
+    only_null = cfg.load(write(tmp_path, GOOD + '[peers]\nanonymous = ["null"]\nallow_null = true\n'))
+    assert only_null.anonymous == {PeerAuth.NULL}
+    assert cfg.load(write(tmp_path, GOOD + "[peers]\nallow_null = true\n")).anonymous == ANONYMOUS_METHODS
+
+
+def test_pinned_clients_from_a_public_key_and_a_certificate(tmp_path):
+    pub, crt, der = _pem_files(tmp_path)
+    text = GOOD + (f'[peers]\nanonymous = []\n\n[[peers.pinned]]\nid = "@client.example"\npubkey_file = "{pub}"\n\n'
+                   f'[[peers.pinned]]\nid = "192.0.2.7"\ncertificate_file = "{crt}"\n')
+    config = cfg.load(write(tmp_path, text))
+    assert config.anonymous == frozenset()
+    assert [str(peer.identity) for peer in config.pinned] == ["client.example", "192.0.2.7"]
+    assert config.pinned[0].public_key.public_bytes(serialization.Encoding.DER,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo) == der
+    responder = config.responder_config(None)
+    assert responder.pinned_key(Identity.fqdn("client.example")) is config.pinned[0].public_key
+    # allow_null = false alone, the older spelling of a private resolver, works once a key is pinned
+    private = cfg.load(write(tmp_path, GOOD + f'[peers]\nallow_null = false\n[[peers.pinned]]\nid = "@c"\n'
+                                             f'pubkey_file = "{pub}"\n'))
+    assert private.anonymous == frozenset() and len(private.pinned) == 1
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('id = "@c"\npubkey_file = "{crt}"\n', "peers.pinned[0].pubkey_file: {crt}: not a PEM public key"),
+    ('id = "@c"\ncertificate_file = "{pub}"\n', "peers.pinned[0].certificate_file: {pub}: not a PEM or DER X.509"),
+    ('id = "@c"\npubkey_file = "{pub}"\ncertificate_file = "{crt}"\n', "set exactly one of"),
+    ('id = "@c"\npubkey_file = "{pub}"\nkey = 1\n', "peers.pinned[0].key: unknown key"),
+    ('id = "@c"\npubkey_file = "{pub}"\n\n[[peers.pinned]]\nid = "@c"\npubkey_file = "{pub}"\n',
+     "peers.pinned[1].id: '@c' is pinned twice"),
+    ('id = 7\npubkey_file = "{pub}"\n', "peers.pinned[0].id: expected a string"),
+])
+def test_bad_pinned_client_names_the_key(tmp_path, entry, message):
+    pub, crt, _ = _pem_files(tmp_path)
+    text = GOOD + "[[peers.pinned]]\n" + entry.replace("{pub}", str(pub)).replace("{crt}", str(crt))
+    path = write(tmp_path, text)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    assert message.replace("{pub}", str(pub)).replace("{crt}", str(crt)) in str(info.value)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)

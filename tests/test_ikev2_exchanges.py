@@ -5,13 +5,16 @@ Every exchange of RFC 7296 that the responder implements is completed here, and 
 Child SA keys (the only keys that leave the core, in the events). The hostile cases check the RFC's answer (or its
 silence) and that nothing established moved: `views()` before and after are compared whole."""
 
+import datetime
 import hashlib
 import itertools
 from ipaddress import IPv4Address
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
 
 from enclave_ike.apply import ChildSaTable, DeletePolicy, DeleteSa
 from enclave_ike.ikev2 import crypto as c
@@ -22,12 +25,15 @@ from enclave_ike.ikev2.config import (
     InitiatorConfig,
     Limits,
     Mode,
+    PeerAuth,
+    PeerCredential,
     PinnedPeer,
     ResponderConfig,
     Timers,
 )
 from enclave_ike.ikev2.constants import (
     AuthMethod,
+    CertEncoding,
     DhGroup,
     EncrId,
     ExchangeType,
@@ -56,6 +62,7 @@ from enclave_ike.ikev2.initiator import Initiator, exchange
 from enclave_ike.ikev2.negotiation import narrow_to_dns
 from enclave_ike.ikev2.payloads import (
     Authentication,
+    Certificate,
     IdentificationResponder,
     Message,
     Notify,
@@ -216,7 +223,7 @@ def test_a_wide_initiator_proposal_is_narrowed_to_its_own_address():
         "rsapss-resp/ecdsa-init"])
 def test_rfc7427_signatures(responder_key, initiator_key):
     rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(responder_key),
-                           allow_null_peers=initiator_key is None,
+                           anonymous=frozenset({PeerAuth.NULL}) if initiator_key is None else frozenset(),
                            peer_keys=() if initiator_key is None else (
                                PinnedPeer(CLIENT_ID, initiator_key.public_key()),))
     icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_key=responder_key.public_key(),
@@ -235,7 +242,7 @@ def test_rfc7427_signatures(responder_key, initiator_key):
 
 
 def test_wrong_pinned_key_fails_authentication_and_leaves_no_state():
-    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, anonymous=frozenset(),
                            peer_keys=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
     icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID, signer=c.SoftwareSigner(ECDSA_KEY))
     ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
@@ -246,7 +253,7 @@ def test_wrong_pinned_key_fails_authentication_and_leaves_no_state():
 
 
 def test_null_initiator_refused_where_null_is_not_allowed():
-    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, anonymous=frozenset(),
                            peer_keys=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
     _, resp, i_events, _, _ = establish(rcfg=rcfg)
     assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
@@ -380,7 +387,7 @@ def test_the_signer_refuses_a_scheme_of_another_key_type():
 
 
 def test_a_peer_auth_under_a_hash_we_did_not_announce_is_refused():
-    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False,
+    rcfg = ResponderConfig(local_id=Identity.null(), dns=DNS, anonymous=frozenset(),
                            signature_schemes=(c.ECDSA_SHA256,),
                            peer_keys=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
     icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID,
@@ -812,7 +819,7 @@ def test_the_responder_deletes():
 
 
 def test_initial_contact_replaces_the_old_sa_of_an_authenticated_identity():
-    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY), allow_null_peers=False,
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY), anonymous=frozenset(),
                            peer_keys=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
     icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=CLIENT_ID, signer=c.SoftwareSigner(ECDSA_KEY),
                            responder_key=ECDSA_KEY.public_key())
@@ -1015,7 +1022,7 @@ def test_events_keep_keys_out_of_repr_and_policy_is_checked():
     with pytest.raises(PolicyError):
         ResponderConfig(local_id=Identity.null(), dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY))
     with pytest.raises(PolicyError):
-        ResponderConfig(local_id=Identity.null(), dns=DNS, allow_null_peers=False)
+        ResponderConfig(local_id=Identity.null(), dns=DNS, anonymous=frozenset())
     with pytest.raises(PolicyError):
         DnsSelectors(())
     with pytest.raises(PolicyError):
@@ -1049,3 +1056,186 @@ def test_the_responder_retransmits_its_own_request_then_gives_up():
     assert len({s[0][0] for s in sent if s}) == 1 and sum(1 for s in sent if s) == 6  # Timers.retransmit_tries
     assert deadline is None and len(resp) == 0
     assert [e.protocol for e in of(drain(resp), SaDeleted)] == [ProtocolId.ESP, ProtocolId.IKE]
+
+
+# --- who the initiator is: pinned, NULL, raw key, certificate (RFC 7619, RFC 7670, RFC 7296 3.6) ---
+
+def spki(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def certificate(key, name: str, issuer_key=None, issuer: str | None = None) -> bytes:
+    """A DER certificate for `key`: self-signed, or issued by `issuer_key` under the name `issuer`."""
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer or name)]))
+            .public_key(key.public_key()).serial_number(7).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(issuer_key or key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def anonymous_responder(*methods: PeerAuth, pinned: tuple[PinnedPeer, ...] = ()) -> ResponderConfig:
+    return ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(OTHER_ECDSA_KEY),
+                           anonymous=frozenset(methods), peer_keys=pinned)
+
+
+def null_initiator(local_id: Identity | None = None) -> InitiatorConfig:
+    return InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=local_id or Identity.null(),
+                           responder_key=OTHER_ECDSA_KEY.public_key(), responder_id=RESOLVER_ID)
+
+
+def signing_initiator(key, *certs: Certificate, local_id: Identity = CLIENT_ID) -> InitiatorConfig:
+    return InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), local_id=local_id, signer=c.SoftwareSigner(key),
+                           certificates=certs, responder_key=OTHER_ECDSA_KEY.public_key(), responder_id=RESOLVER_ID)
+
+
+def credential_of(icfg: InitiatorConfig, rcfg: ResponderConfig) -> PeerCredential:
+    ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    (event,) = of(r_events, IkeSaEstablished)
+    assert of(i_events, IkeSaEstablished) and ini.sa.state is State.ESTABLISHED
+    assert resp.views()[0].peer_credential == event.credential
+    return event.credential
+
+
+def refusal(icfg: InitiatorConfig, rcfg: ResponderConfig) -> str:
+    """The responder's one-line reason for refusing IKE_AUTH with AUTHENTICATION_FAILED; nothing is left."""
+    ini, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    assert [e.notify for e in of(i_events, PeerErrorNotified)] == [NotifyType.AUTHENTICATION_FAILED]
+    (error,) = of(r_events, ProtocolErrorEvent)
+    assert error.answered == NotifyType.AUTHENTICATION_FAILED
+    assert not of(r_events, IkeSaEstablished) and len(resp) == 0 and ini.sa.state is State.DELETED
+    return error.detail
+
+
+def test_a_pinned_identity_is_authenticated_by_its_pinned_key():
+    rcfg = anonymous_responder(pinned=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
+    credential = credential_of(signing_initiator(ECDSA_KEY), rcfg)
+    assert credential == PeerCredential(PeerAuth.PINNED, hashlib.sha256(spki(ECDSA_KEY)).digest())
+    assert credential.authenticated
+    assert str(credential) == f"signature auth, pinned key sha256 {credential.key_sha256.hex()}"
+    # with every anonymous method allowed, a pinned identity still has to sign with its pinned key
+    rcfg = anonymous_responder(PeerAuth.NULL, PeerAuth.RAW_KEY, PeerAuth.CERTIFICATE,
+                               pinned=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
+    cert = Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(ECDSA_KEY))
+    assert "does not verify" in refusal(signing_initiator(ECDSA_KEY, cert), rcfg)
+    null_client = null_initiator(CLIENT_ID)
+    assert "has a pinned key and must sign with it" in refusal(null_client, rcfg)
+
+
+def test_null_is_unauthenticated():
+    credential = credential_of(null_initiator(), anonymous_responder(PeerAuth.NULL))
+    assert credential == PeerCredential(PeerAuth.NULL) and not credential.authenticated
+    assert str(credential) == "NULL auth, unauthenticated"
+
+
+@pytest.mark.parametrize("key", [ECDSA_KEY, RSA_KEY], ids=["ecdsa", "rsa-pss"])
+def test_a_raw_public_key_nobody_pinned_comes_in_unauthenticated(key):
+    cert = Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(key))
+    credential = credential_of(signing_initiator(key, cert), anonymous_responder(PeerAuth.RAW_KEY))
+    fingerprint = hashlib.sha256(spki(key)).digest()
+    assert credential == PeerCredential(PeerAuth.RAW_KEY, fingerprint) and not credential.authenticated
+    assert str(credential) == f"signature auth, unauthenticated: raw key sha256 {fingerprint.hex()}"
+
+
+def test_a_self_signed_certificate_comes_in_unauthenticated():
+    cert = Certificate(CertEncoding.X509_SIGNATURE, certificate(ECDSA_KEY, "client.example"))
+    credential = credential_of(signing_initiator(ECDSA_KEY, cert), anonymous_responder(PeerAuth.CERTIFICATE))
+    assert credential == PeerCredential(PeerAuth.CERTIFICATE, hashlib.sha256(spki(ECDSA_KEY)).digest(),
+                                        "CN=client.example", self_signed=True)
+    assert str(credential).startswith("signature auth, unauthenticated: certificate 'CN=client.example' "
+                                      "(self-signed), key sha256 ")
+
+
+def test_a_certificate_from_some_ca_only_carries_the_key():
+    """We do not validate certificates: one issued by a CA we do not know is as good as self-signed, and as
+    unauthenticated; the CA certificate that follows it is ignored."""
+    ca = ec.generate_private_key(ec.SECP256R1())
+    leaf = Certificate(CertEncoding.X509_SIGNATURE, certificate(ECDSA_KEY, "client.example", ca, "Some CA"))
+    chain = Certificate(CertEncoding.X509_SIGNATURE, certificate(ca, "Some CA"))
+    credential = credential_of(signing_initiator(ECDSA_KEY, leaf, chain), anonymous_responder(PeerAuth.CERTIFICATE))
+    assert credential.kind is PeerAuth.CERTIFICATE and not credential.self_signed
+    assert "(not self-signed, issuer not checked)" in str(credential)
+
+
+def test_a_signature_without_a_cert_payload_or_a_pin_is_refused():
+    detail = refusal(signing_initiator(ECDSA_KEY), anonymous_responder(PeerAuth.NULL, PeerAuth.RAW_KEY,
+                                                                       PeerAuth.CERTIFICATE))
+    assert detail == ("AUTH: a signature, but no key is pinned for client.example and no CERT payload carries the "
+                      "key (a raw public key or a certificate)")
+
+
+@pytest.mark.parametrize("accepted, client, reason", [
+    ((PeerAuth.RAW_KEY, PeerAuth.CERTIFICATE), "null", "NULL authentication is not accepted here"),
+    ((PeerAuth.NULL, PeerAuth.CERTIFICATE), "raw-key", "clients with a raw public key we do not know are not "
+                                                       "accepted here"),
+    ((PeerAuth.NULL, PeerAuth.RAW_KEY), "certificate", "clients with a certificate we do not know are not "
+                                                       "accepted here"),
+])
+def test_an_anonymous_method_that_is_not_accepted_is_refused(accepted, client, reason):
+    icfg = {
+        "null": null_initiator(),
+        "raw-key": signing_initiator(ECDSA_KEY, Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(ECDSA_KEY))),
+        "certificate": signing_initiator(ECDSA_KEY, Certificate(CertEncoding.X509_SIGNATURE,
+                                                                certificate(ECDSA_KEY, "c"))),
+    }[client]
+    assert reason in refusal(icfg, anonymous_responder(*accepted))
+
+
+def test_a_private_resolver_refuses_every_unpinned_client():
+    rcfg = anonymous_responder(pinned=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),))
+    other = Identity.fqdn("stranger.example")
+    for icfg in (null_initiator(),
+                 signing_initiator(ECDSA_KEY, Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(ECDSA_KEY)),
+                                   local_id=other)):
+        assert "not accepted here" in refusal(icfg, rcfg)
+
+
+@pytest.mark.parametrize("cert, reason", [
+    (Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(OTHER_ECDSA_KEY)), "signature does not verify"),
+    (Certificate(CertEncoding.X509_SIGNATURE, certificate(OTHER_ECDSA_KEY, "c")), "signature does not verify"),
+    (Certificate(CertEncoding.RAW_PUBLIC_KEY, b"\x30\x03junk"), "is not a DER SubjectPublicKeyInfo"),
+    (Certificate(CertEncoding.X509_SIGNATURE, spki(ECDSA_KEY)), "X.509 certificate does not parse"),
+    (Certificate(CertEncoding.HASH_URL_X509_CERT, b"x" * 20), "encoding 12 is not accepted here"),
+    (Certificate(CertEncoding.RAW_PUBLIC_KEY, x509.load_der_x509_certificate(certificate(
+        ec.generate_private_key(ec.SECP256R1()), "c")).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)), "signature does not verify"),
+], ids=["raw-key-of-another", "certificate-of-another", "raw-key-garbage", "certificate-garbage", "hash-and-url",
+        "raw-key-of-a-third"])
+def test_a_cert_payload_whose_key_does_not_verify_the_auth_is_refused(cert, reason):
+    assert reason in refusal(signing_initiator(ECDSA_KEY, cert), anonymous_responder(PeerAuth.RAW_KEY,
+                                                                                      PeerAuth.CERTIFICATE))
+
+
+def test_unauthenticated_identities_never_replace_each_other():
+    """INITIAL_CONTACT from a raw key nobody pinned names no one: a second client claiming the same ID (and another
+    key) does not remove the first one's SA."""
+    resp = responder(anonymous_responder(PeerAuth.RAW_KEY))
+    for seed, key in ((b"first", ECDSA_KEY), (b"second", OTHER_ECDSA_KEY)):
+        icfg = signing_initiator(key, Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(key)))
+        exchange(initiator(icfg, seed=seed), resp, 0.0)
+    events = drain(resp)
+    assert len(of(events, IkeSaEstablished)) == 2 and all(e.initial_contact for e in of(events, IkeSaEstablished))
+    assert len(resp) == 2 and not of(events, SaDeleted)
+
+
+def test_the_credential_survives_an_ike_rekey():
+    rcfg = anonymous_responder(PeerAuth.RAW_KEY)
+    ini, resp, *_ = establish(signing_initiator(ECDSA_KEY, Certificate(CertEncoding.RAW_PUBLIC_KEY, spki(ECDSA_KEY))),
+                              rcfg)
+    before = resp.views()[0].peer_credential
+    ini.sa.rekey(1.0)
+    exchange(ini, resp, 1.0)
+    after = [v.peer_credential for v in resp.views() if v.state is State.ESTABLISHED]
+    assert before is not None and before.kind is PeerAuth.RAW_KEY and after == [before]
+
+
+def test_policy_of_anonymous_methods():
+    with pytest.raises(PolicyError, match="no initiator could authenticate"):
+        anonymous_responder()
+    with pytest.raises(PolicyError, match="not a way to come in anonymously"):
+        anonymous_responder(PeerAuth.PINNED)
+    with pytest.raises(PolicyError, match="pinned twice"):
+        anonymous_responder(pinned=(PinnedPeer(CLIENT_ID, ECDSA_KEY.public_key()),
+                                    PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key())))

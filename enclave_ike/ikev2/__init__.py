@@ -4,7 +4,18 @@ state machine (`state`) with its typed `events`, stateless cookies (`cookies`), 
 (`responder`) and a test initiator on the same core (`initiator`). Nothing in this package touches a socket, the
 clock, the kernel or a global source of randomness."""
 
-from .config import DnsSelectors, Endpoint, Identity, InitiatorConfig, Mode, PinnedPeer, ResponderConfig
+from .config import (
+    ANONYMOUS_METHODS,
+    DnsSelectors,
+    Endpoint,
+    Identity,
+    InitiatorConfig,
+    Mode,
+    PeerAuth,
+    PeerCredential,
+    PinnedPeer,
+    ResponderConfig,
+)
 from .constants import (
     AuthMethod,
     DhGroup,
@@ -45,6 +56,7 @@ from .responder import Responder
 from .state import IkeSa, State
 
 __all__ = [
+    "ANONYMOUS_METHODS",
     "AuthMethod",
     "AuthenticationFailed",
     "ChildSaNotFound",
@@ -75,6 +87,8 @@ __all__ = [
     "NotifyType",
     "Payload",
     "PayloadType",
+    "PeerAuth",
+    "PeerCredential",
     "PinnedPeer",
     "PolicyError",
     "PrfId",

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from .constants import AuthMethod, DhGroup, EncrId, IdType, IntegId, PrfId
 from .crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
 from .errors import PolicyError
-from .payloads import Address, TrafficSelector
+from .payloads import Address, Certificate, TrafficSelector
 
 IP_PROTO_TCP = 6
 IP_PROTO_UDP = 17
@@ -99,6 +99,56 @@ class PinnedPeer:
 
     identity: Identity
     public_key: PublicKey = field(repr=False)
+
+
+class PeerAuth(Enum):
+    """What an initiator proved in IKE_AUTH. Only PINNED authenticates it; the others are unauthenticated clients
+    (opportunistic, RFC 7619's sense), which differ in what they hold: nothing (NULL, RFC 7619), the private key of
+    a raw public key (RFC 7670) or of a certificate (RFC 7296 3.6) they sent and we did not validate."""
+
+    PINNED = "pinned"
+    NULL = "null"
+    RAW_KEY = "raw-key"
+    CERTIFICATE = "certificate"
+
+    @property
+    def authenticated(self) -> bool:
+        return self is PeerAuth.PINNED
+
+
+ANONYMOUS_METHODS: frozenset[PeerAuth] = frozenset({PeerAuth.NULL, PeerAuth.RAW_KEY, PeerAuth.CERTIFICATE})
+"""Every way an initiator whose key is not pinned may come in: a public resolver's default."""
+
+
+@dataclass(frozen=True)
+class PeerCredential:
+    """What an initiator proved, kept on its IKE SA and reported in `IkeSaEstablished`. `key_sha256` is the SHA-256
+    of the DER SubjectPublicKeyInfo that verified its AUTH (empty for NULL); for a certificate, `subject` is its
+    subject as RFC 4514 text and `self_signed` whether it verifies under its own key (neither is checked further:
+    the certificate only carries the key)."""
+
+    kind: PeerAuth
+    key_sha256: bytes = b""
+    subject: str = ""
+    self_signed: bool = False
+
+    @property
+    def authenticated(self) -> bool:
+        return self.kind.authenticated
+
+    def __str__(self) -> str:
+        """For logs: `NULL auth, unauthenticated`, `signature auth, pinned key sha256 ...`, `signature auth,
+        unauthenticated: raw key sha256 ...`, `signature auth, unauthenticated: certificate 'CN=...' (self-signed),
+        key sha256 ...`."""
+        if self.kind is PeerAuth.NULL:
+            return "NULL auth, unauthenticated"
+        fingerprint = f"sha256 {self.key_sha256.hex()}"
+        if self.kind is PeerAuth.PINNED:
+            return f"signature auth, pinned key {fingerprint}"
+        if self.kind is PeerAuth.RAW_KEY:
+            return f"signature auth, unauthenticated: raw key {fingerprint}"
+        signed = "self-signed" if self.self_signed else "not self-signed, issuer not checked"
+        return f"signature auth, unauthenticated: certificate {self.subject!r} ({signed}), key {fingerprint}"
 
 
 @dataclass(frozen=True)
@@ -213,8 +263,11 @@ class ResponderConfig:
     """The responder's policy.
 
     - `signer`: our AUTH is an RFC 7427 signature made by it; None means NULL authentication (RFC 7619).
-    - `allow_null_peers`: whether initiators may authenticate with NULL (coffee-shop clients);
-      `peer_keys`: initiators that authenticate with a signature, each by identity and pinned key.
+    - `anonymous`: how an initiator whose identity has no pinned key may come in, as an unauthenticated client:
+      NULL (RFC 7619), or a signature by the key of the raw public key (RFC 7670) or certificate it sends in a CERT
+      payload (RAW_KEY, CERTIFICATE). Empty: a private resolver, pinned peers only.
+      `peer_keys`: initiators that authenticate with a signature, each by identity and pinned key. A pinned
+      identity must sign with its pinned key: it is never accepted anonymously.
     - `ike_suites`, `esp_suites`: accepted algorithms, most preferred first.
     - `dns`: the selectors every Child SA is narrowed to; `modes`: the encapsulations accepted (transport is
       chosen when the initiator asks for it with USE_TRANSPORT_MODE and it is allowed here).
@@ -223,7 +276,7 @@ class ResponderConfig:
     local_id: Identity
     dns: DnsSelectors
     signer: Signer | None = None
-    allow_null_peers: bool = True
+    anonymous: frozenset[PeerAuth] = frozenset({PeerAuth.NULL})
     peer_keys: tuple[PinnedPeer, ...] = ()
     signature_schemes: tuple[SignatureScheme, ...] = SIGNATURE_SCHEMES
     ike_suites: tuple[IkeSuite, ...] = DEFAULT_IKE_SUITES
@@ -236,8 +289,14 @@ class ResponderConfig:
     def __post_init__(self) -> None:
         _check_common(self.ike_suites, self.esp_suites, self.nonce_size, "responder")
         _check_auth(self.signer, self.local_id, "responder")
-        if not self.allow_null_peers and not self.peer_keys:
-            raise PolicyError("responder: no initiator could authenticate (NULL refused and no pinned peer keys)")
+        if PeerAuth.PINNED in self.anonymous:
+            raise PolicyError("responder: a pinned key is not a way to come in anonymously")
+        if not self.anonymous and not self.peer_keys:
+            raise PolicyError("responder: no initiator could authenticate (no anonymous method and no pinned peer "
+                              "keys)")
+        identities = [peer.identity for peer in self.peer_keys]
+        if len(set(identities)) != len(identities):
+            raise PolicyError("responder: an identity is pinned twice")
         if not self.modes:
             raise PolicyError("responder: allow at least one of transport and tunnel mode")
         if not self.signature_schemes:
@@ -264,6 +323,9 @@ class InitiatorConfig:
     tsr: tuple[TrafficSelector, ...]
     local_id: Identity = field(default_factory=Identity.null)
     signer: Signer | None = None
+    certificates: tuple[Certificate, ...] = ()
+    """CERT payloads sent in IKE_AUTH after IDi (RFC 7296 3.6; the first carries the key that signs): a raw public
+    key (RFC 7670) or a certificate, for a responder that has not pinned our key."""
     responder_key: PublicKey | None = field(default=None, repr=False)
     responder_id: Identity | None = None
     signature_schemes: tuple[SignatureScheme, ...] = SIGNATURE_SCHEMES

@@ -22,14 +22,27 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import constant_time, hashes, hmac
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
+from cryptography.hazmat.primitives import constant_time, hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import dh, ec, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.utils import CryptographyDeprecationWarning
 
-from .constants import AuthMethod, DhGroup, EncrId, EsnId, HashAlgorithm, IntegId, PrfId, ProtocolId, TransformType
+from .constants import (
+    AuthMethod,
+    CertEncoding,
+    DhGroup,
+    EncrId,
+    EsnId,
+    HashAlgorithm,
+    IntegId,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
 from .errors import (
     AuthenticationFailed,
     DecodeError,
@@ -916,6 +929,66 @@ def verify_signature_auth(public_key: PublicKey, auth: Authentication, octets: b
     except InvalidSignature:
         raise AuthenticationFailed(f"AUTH: the {scheme.name} signature does not verify") from None
     return scheme
+
+
+@dataclass(frozen=True)
+class PresentedKey:
+    """The public key an initiator sent in its first CERT payload (RFC 7296 3.6: the one whose key verifies AUTH):
+    from a raw public key (RFC 7670, encoding 15: a DER SubjectPublicKeyInfo) or an X.509 certificate (encoding 4,
+    DER). The certificate is not validated: it only carries the key. `sha256` is the SHA-256 of the key's DER
+    SubjectPublicKeyInfo; `subject` (RFC 4514) and `self_signed` describe a certificate."""
+
+    encoding: int
+    public_key: PublicKey = field(repr=False)
+    sha256: bytes
+    subject: str = ""
+    self_signed: bool = False
+
+
+def key_sha256(public_key: PublicKey) -> bytes:
+    """SHA-256 of the key's DER SubjectPublicKeyInfo: the fingerprint logs and configs show."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize()
+
+
+def presented_key(encoding: int, data: bytes) -> PresentedKey:
+    """The key of a CERT payload's data. An encoding other than 4 and 15, data that does not parse, or a key that is
+    neither ECDSA nor RSA is AuthenticationFailed, naming what was wrong."""
+    subject, self_signed = "", False
+    if encoding == CertEncoding.RAW_PUBLIC_KEY:
+        try:
+            key = serialization.load_der_public_key(data)
+        except (ValueError, TypeError, CryptographyUnsupported):
+            raise AuthenticationFailed("CERT: the raw public key (RFC 7670) is not a DER SubjectPublicKeyInfo") \
+                from None
+        what = "raw public key"
+    elif encoding == CertEncoding.X509_SIGNATURE:
+        try:
+            cert = x509.load_der_x509_certificate(data)
+            key = cert.public_key()
+            subject = cert.subject.rfc4514_string()
+        except (ValueError, TypeError, CryptographyUnsupported):
+            raise AuthenticationFailed("CERT: the X.509 certificate does not parse (DER)") from None
+        self_signed = _self_signed(cert)
+        what = "certificate"
+    else:
+        raise AuthenticationFailed(f"CERT: encoding {encoding} is not accepted here (only X.509 certificate, 4, and "
+                                   "raw public key, 15)")
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise AuthenticationFailed(f"CERT: the {what} holds a {type(key).__name__}; only ECDSA and RSA keys sign "
+                                   "here")
+    return PresentedKey(encoding, key, key_sha256(key), subject, self_signed)
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    """Issuer is subject and the signature verifies under the certificate's own key."""
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature, CryptographyUnsupported):
+        return False
+    return True
 
 
 # --- NAT detection (RFC 7296 2.23) ---

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Endpoint, Identity, Mode
+from .config import Endpoint, Identity, Mode, PeerCredential
 from .constants import ProtocolId
 from .crypto import ChildSuite, IkeSuite
 from .payloads import Payload, TrafficSelector
@@ -33,7 +33,8 @@ class NatStatus:
 
 @dataclass(frozen=True)
 class IkeSaEstablished:
-    """IKE_AUTH completed: the peer is authenticated (or NULL-authenticated, `peer_auth` says which)."""
+    """IKE_AUTH completed. `credential` says what the peer proved: a pinned key (authenticated), or nothing about
+    who it is (NULL, or a raw key or certificate it sent: unauthenticated)."""
 
     ike_spi_i: bytes
     ike_spi_r: bytes
@@ -47,6 +48,7 @@ class IkeSaEstablished:
     nat: NatStatus
     initial_contact: bool
     """The peer sent INITIAL_CONTACT: other IKE SAs with the same authenticated identity are stale."""
+    credential: PeerCredential
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections import Counter, deque
 from typing import Final
 
 from .config import Endpoint, Identity, ResponderConfig
-from .constants import AuthMethod, ExchangeType, HeaderFlag, NotifyType
+from .constants import ExchangeType, HeaderFlag, NotifyType
 from .cookies import COOKIE_SECRET_SIZE, CookieSecrets, cookie_and_nonce, make_cookie, verify_cookie
 from .crypto import RandomSource
 from .errors import InvalidMajorVersion, RemoteProtocolError, UnsupportedCriticalPayload
@@ -283,7 +283,8 @@ class Responder:
         successor, sa.successor = sa.successor, None
         if successor is not None and successor.state is not State.DELETED:
             self._register(successor, self._address[spi], None)
-            if successor.peer_id is not None and successor.peer_auth != AuthMethod.NULL:
+            credential = successor.peer_credential
+            if successor.peer_id is not None and credential is not None and credential.authenticated:
                 self._by_identity.setdefault(successor.peer_id, set()).add(successor.own_spi)
             self._collect(successor, now)
         if sa.state is State.DELETED:
@@ -299,9 +300,10 @@ class Responder:
                 self._rebuild_timers()
 
     def _initial_contact(self, sa: IkeSa, event: IkeSaEstablished, now: float) -> None:
-        """RFC 7296 2.4: INITIAL_CONTACT from an authenticated identity makes its other IKE SAs stale. A NULL
-        identity names no one, so it never removes another peer's SA."""
-        if event.peer_auth == AuthMethod.NULL:
+        """RFC 7296 2.4: INITIAL_CONTACT from an authenticated identity makes its other IKE SAs stale. The identity
+        of an unauthenticated peer (NULL, or a raw key or certificate we did not pin) names no one, so it never
+        removes another peer's SA."""
+        if not event.credential.authenticated:
             return
         others = self._by_identity.setdefault(event.peer_id, set())
         if event.initial_contact:

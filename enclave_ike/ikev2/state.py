@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Final, TypeVar
 
-from .config import Endpoint, Identity, InitiatorConfig, Mode, ResponderConfig
-from .constants import AuthMethod, DhGroup, ExchangeType, HeaderFlag, NotifyType, ProtocolId
+from .config import Endpoint, Identity, InitiatorConfig, Mode, PeerAuth, PeerCredential, ResponderConfig
+from .constants import AuthMethod, CertEncoding, DhGroup, ExchangeType, HeaderFlag, NotifyType, ProtocolId
 from .crypto import (
     ChildKeys,
     ChildSuite,
@@ -46,8 +46,10 @@ from .crypto import (
     derive_child_keys,
     derive_ike_keys,
     encrypt_message,
+    key_sha256,
     nat_detection_hash,
     null_auth,
+    presented_key,
     rekey_skeyseed,
     sign_auth,
     signed_octets,
@@ -96,6 +98,7 @@ from .negotiation import (
 from .payloads import (
     IKE_SPI_SIZE,
     Authentication,
+    Certificate,
     Delete,
     Encrypted,
     IdentificationInitiator,
@@ -185,6 +188,7 @@ class IkeSaView:
     peer: Endpoint
     peer_id: Identity | None
     peer_auth: int | None
+    peer_credential: PeerCredential | None
     children: tuple[ChildSa, ...]
     next_peer_request: int
     next_own_request: int
@@ -437,6 +441,8 @@ class IkeSa:
         self.nat = NatStatus()
         self.peer_id: Identity | None = None
         self.peer_auth: int | None = None
+        self.peer_credential: PeerCredential | None = None
+        """What the peer proved in IKE_AUTH (responder: pinned key, NULL, raw key, certificate)."""
         self.children: dict[bytes, ChildSa] = {}
         self._established = False
         self.peer_hashes: tuple[int, ...] | None = None
@@ -540,8 +546,8 @@ class IkeSa:
 
     def view(self) -> IkeSaView:
         return IkeSaView(self.state, self.role, self.spi_i, self.spi_r, self.suite, self.peer, self.peer_id,
-                         self.peer_auth, tuple(self.children.values()), self._peer_next_id, self._next_id,
-                         self._pending.message_id if self._pending else None, self._last_response)
+                         self.peer_auth, self.peer_credential, tuple(self.children.values()), self._peer_next_id,
+                         self._next_id, self._pending.message_id if self._pending else None, self._last_response)
 
     @property
     def own_spi(self) -> bytes:
@@ -941,17 +947,7 @@ class IkeSa:
             raise AuthenticationFailed("IKE_AUTH: no AUTH payload (EAP is not offered here)")
         peer_id = _peer_identity(idi.id_type, idi.data)
         octets = signed_octets(suite.prf, self._init_request, self._nr, keys.sk_pi, idi.encode())
-        if auth.method == AuthMethod.NULL:
-            if not config.allow_null_peers:
-                raise AuthenticationFailed("AUTH: NULL authentication is not accepted here")
-            verify_mac_auth(null_auth(suite.prf, keys.sk_pi, octets), auth, AuthMethod.NULL)
-        elif auth.method == AuthMethod.DIGITAL_SIGNATURE:
-            public_key = config.pinned_key(peer_id)
-            if public_key is None:
-                raise AuthenticationFailed(f"AUTH: no key is pinned for {peer_id}")
-            verify_signature_auth(public_key, auth, octets, accept=config.signature_schemes)
-        else:
-            raise AuthenticationFailed(f"AUTH: method {auth.method} is not accepted here")
+        credential = self._verify_initiator(config, inbound, peer_id, auth, octets)
         idr = IdentificationResponder(config.local_id.id_type, config.local_id.data)
         our_octets = signed_octets(suite.prf, self._init_response, self._ni, keys.sk_pr, idr.encode())
         if config.signer is None:
@@ -966,17 +962,53 @@ class IkeSa:
         except (NoProposalChosen, TsUnacceptable, InvalidKePayload) as exc:  # 2.21.2: the IKE SA still comes up
             child_payloads, child_error = (Notify(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN, exc.notify_data),), exc
         # commit
-        self.peer_id, self.peer_auth = peer_id, auth.method
+        self.peer_id, self.peer_auth, self.peer_credential = peer_id, auth.method, credential
         self._respond(inbound, (idr, our_auth, *child_payloads), protected=True)
         self._established = True
         self._events.append(IkeSaEstablished(self.spi_i, self.spi_r, self.local, self.peer, config.local_id, peer_id,
                                              auth.method, suite, self.nat,
-                                             inbound.has(NotifyType.INITIAL_CONTACT)))
+                                             inbound.has(NotifyType.INITIAL_CONTACT), credential))
         if child is not None:
             self._add_child(*child)
         if child_error is not None:
             self._report(inbound.header, child_error.notify, f"Child SA refused: {child_error}")
         return Outcome.DONE
+
+    def _verify_initiator(self, config: ResponderConfig, inbound: Inbound, peer_id: Identity, auth: Authentication,
+                          octets: bytes) -> PeerCredential:
+        """Who the initiator is, from its AUTH (checked, changes nothing). An identity with a pinned key must sign
+        with that key. Anyone else comes in unauthenticated, by one of `config.anonymous`: NULL (RFC 7619), or a
+        signature by the key of the raw public key (RFC 7670) or certificate in its first CERT payload (RFC 7296
+        3.6), which proves possession of that key for this exchange and nothing about who holds it."""
+        pinned = config.pinned_key(peer_id)
+        if pinned is not None:
+            if auth.method != AuthMethod.DIGITAL_SIGNATURE:
+                raise AuthenticationFailed(f"AUTH: {peer_id} has a pinned key and must sign with it (RFC 7427, "
+                                           f"method 14); it used method {auth.method}")
+            verify_signature_auth(pinned, auth, octets, accept=config.signature_schemes)
+            return PeerCredential(PeerAuth.PINNED, key_sha256(pinned))
+        if auth.method == AuthMethod.NULL:
+            if PeerAuth.NULL not in config.anonymous:
+                raise AuthenticationFailed(f"AUTH: NULL authentication is not accepted here, and no key is pinned "
+                                           f"for {peer_id}")
+            suite, keys = self._ike_keys()
+            verify_mac_auth(null_auth(suite.prf, keys.sk_pi, octets), auth, AuthMethod.NULL)
+            return PeerCredential(PeerAuth.NULL)
+        if auth.method != AuthMethod.DIGITAL_SIGNATURE:
+            raise AuthenticationFailed(f"AUTH: method {auth.method} is not accepted here (NULL, 13, and digital "
+                                       "signature, 14, are)")
+        certs = inbound.all(Certificate)
+        if not certs:
+            raise AuthenticationFailed(f"AUTH: a signature, but no key is pinned for {peer_id} and no CERT payload "
+                                       "carries the key (a raw public key or a certificate)")
+        presented = presented_key(certs[0].encoding, certs[0].data)
+        kind = PeerAuth.RAW_KEY if presented.encoding == CertEncoding.RAW_PUBLIC_KEY else PeerAuth.CERTIFICATE
+        if kind not in config.anonymous:
+            what = "a raw public key" if kind is PeerAuth.RAW_KEY else "a certificate"
+            raise AuthenticationFailed(f"AUTH: no key is pinned for {peer_id}, and clients with {what} we do not "
+                                       "know are not accepted here")
+        verify_signature_auth(presented.public_key, auth, octets, accept=config.signature_schemes)
+        return PeerCredential(kind, presented.sha256, presented.subject, presented.self_signed)
 
     def _answer_child(self, inbound: Inbound, ni: bytes, nr: bytes,
                       ke: KeyExchange | None) -> tuple[tuple[Payload, ...], tuple[ChildSa, ChildSaEstablished]]:
@@ -1095,6 +1127,7 @@ class IkeSa:
         new._now = self._now
         new._install_keys(suite, keys)
         new.nat, new.peer_id, new.peer_auth, new._established = self.nat, self.peer_id, self.peer_auth, True
+        new.peer_credential = self.peer_credential
         new.children, self.children = self.children, {}
         self.successor = new
         self._events.append(IkeSaRekeyed(self.spi_i, self.spi_r, spi_i, spi_r, suite))
@@ -1214,7 +1247,7 @@ class IkeSa:
                 if config.signer is None else sign_auth(config.signer, octets, self._initiator_scheme(config)))
         offered = esp_offer_suites(config.esp_suites, in_ike_auth=True)
         esp_spi = self._spis.esp()
-        payloads: list[Payload] = [idi]
+        payloads: list[Payload] = [idi, *config.certificates]
         if config.initial_contact:
             payloads.append(Notify(NotifyType.INITIAL_CONTACT))
         if config.responder_id is not None:
@@ -1255,9 +1288,12 @@ class IkeSa:
             child = self._accept_child(inbound, context.esp_spi, context.offered, context.mode, context.tsi,
                                        context.tsr, self._ni, self._nr, None)
         # commit
-        self.peer_id, self.peer_auth, self._established = peer_id, auth.method, True
+        credential = (PeerCredential(PeerAuth.NULL) if config.responder_key is None
+                      else PeerCredential(PeerAuth.PINNED, key_sha256(config.responder_key)))
+        self.peer_id, self.peer_auth, self.peer_credential = peer_id, auth.method, credential
+        self._established = True
         self._events.append(IkeSaEstablished(self.spi_i, self.spi_r, self.local, self.peer, config.local_id, peer_id,
-                                             auth.method, suite, self.nat, False))
+                                             auth.method, suite, self.nat, False, credential))
         if child is not None:
             self._add_child(*child)
         else:
