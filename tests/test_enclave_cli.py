@@ -17,12 +17,19 @@ from cryptography.x509.oid import NameOID
 from enclave_ike import cli
 from enclave_ike import config as cfg
 from enclave_ike.apply import AddSa, ApplyError, ChildSaTable, DeletePolicy, DeleteSa, SetPolicy
-from enclave_ike.ikev2.config import ANONYMOUS_METHODS, Endpoint, Identity, Mode, PeerAuth
-from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
-from enclave_ike.ikev2.crypto import ChildSuite
-from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
+from enclave_ike.ikev2.config import ANONYMOUS_METHODS, Endpoint, Identity, Mode, PeerAuth, PeerCredential
+from enclave_ike.ikev2.constants import AuthMethod, DhGroup, EncrId, IntegId, PrfId, ProtocolId
+from enclave_ike.ikev2.crypto import ChildSuite, IkeSuite
+from enclave_ike.ikev2.events import (
+    ChildSaEstablished,
+    ChildSaKeys,
+    ChildSaRekeyed,
+    IkeSaEstablished,
+    NatStatus,
+    SaDeleted,
+)
 from enclave_ike.ikev2.payloads import TrafficSelector
-from enclave_ike.server import PublishedIdentity, open_enclave
+from enclave_ike.server import PublishedIdentity, describe, open_enclave
 from ikecommon import keys
 
 GOOD = """
@@ -318,3 +325,23 @@ def test_bad_pinned_client_names_the_key(tmp_path, entry, message):
         cfg.load(path)
     assert message.replace("{pub}", str(pub)).replace("{crt}", str(crt)) in str(info.value)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("credential", "text"), [
+    (PeerCredential(PeerAuth.NULL), "peer ID_NULL, NULL auth, unauthenticated; we are resolver.example"),
+    (PeerCredential(PeerAuth.PINNED, bytes(32)), f"signature auth, pinned key sha256 {'00' * 32}; we are"),
+    (PeerCredential(PeerAuth.RAW_KEY, b"\xab" * 32), f"signature auth, unauthenticated: raw key sha256 {'ab' * 32};"),
+    (PeerCredential(PeerAuth.CERTIFICATE, b"\x01" * 32, "CN=c", self_signed=True),
+     f"signature auth, unauthenticated: certificate 'CN=c' (self-signed), key sha256 {'01' * 32}; we are"),
+])
+def test_serve_logs_what_the_client_proved(credential, text):
+    peer_id = Identity.null() if credential.kind is PeerAuth.NULL else Identity.fqdn("client.example")
+    event = IkeSaEstablished(b"\x01" * 8, b"\x02" * 8, Endpoint(ip_address("192.0.2.53"), 500),
+                             Endpoint(ip_address("192.0.2.7"), 4500), Identity.fqdn("resolver.example"), peer_id,
+                             AuthMethod.NULL if credential.kind is PeerAuth.NULL else AuthMethod.DIGITAL_SIGNATURE,
+                             IkeSuite(EncrId.ENCR_AES_GCM_16, 256, PrfId.PRF_HMAC_SHA2_256, IntegId.NONE,
+                                      DhGroup.CURVE25519), NatStatus(), False, credential)
+    line = describe(event)
+    assert line.startswith("IKE SA 0101010101010101/0202020202020202 established with 192.0.2.7:4500 (peer ")
+    assert text in line
+    assert ("unauthenticated" in line) is (credential.kind is not PeerAuth.PINNED)
