@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from enclave_ike.apply import ChildSaTable, DeletePolicy, DeleteSa
@@ -1206,6 +1206,19 @@ def test_a_private_resolver_refuses_every_unpinned_client():
 def test_a_cert_payload_whose_key_does_not_verify_the_auth_is_refused(cert, reason):
     assert reason in refusal(signing_initiator(ECDSA_KEY, cert), anonymous_responder(PeerAuth.RAW_KEY,
                                                                                       PeerAuth.CERTIFICATE))
+
+
+def test_presented_keys_are_ecdsa_or_rsa_of_bounded_size():
+    big = rsa.RSAPublicNumbers(65537, (1 << 8199) | 1).public_key()  # no need for primes: only parsed
+    big_der = big.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(c.AuthenticationFailed, match="RSA key of 8200 bits; at most 8192"):
+        c.presented_key(CertEncoding.RAW_PUBLIC_KEY, big_der)
+    edwards = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(c.AuthenticationFailed, match=r"holds a .*Ed25519PublicKey; only ECDSA and RSA"):
+        c.presented_key(CertEncoding.RAW_PUBLIC_KEY, edwards)
+    presented = c.presented_key(CertEncoding.RAW_PUBLIC_KEY, spki(RSA_KEY))
+    assert presented.sha256 == hashlib.sha256(spki(RSA_KEY)).digest() and presented.subject == ""
 
 
 def test_unauthenticated_identities_never_replace_each_other():

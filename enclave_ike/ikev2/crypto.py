@@ -945,6 +945,10 @@ class PresentedKey:
     self_signed: bool = False
 
 
+MAX_PRESENTED_RSA_BITS = 8192
+"""Anyone may send a key: this bounds what verifying its signature costs us."""
+
+
 def key_sha256(public_key: PublicKey) -> bytes:
     """SHA-256 of the key's DER SubjectPublicKeyInfo: the fingerprint logs and configs show."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -979,6 +983,9 @@ def presented_key(encoding: int, data: bytes) -> PresentedKey:
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise AuthenticationFailed(f"CERT: the {what} holds a {type(key).__name__}; only ECDSA and RSA keys sign "
                                    "here")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size > MAX_PRESENTED_RSA_BITS:
+        raise AuthenticationFailed(f"CERT: the {what} holds an RSA key of {key.key_size} bits; at most "
+                                   f"{MAX_PRESENTED_RSA_BITS} here")
     return PresentedKey(encoding, key, key_sha256(key), subject, self_signed)
 
 
