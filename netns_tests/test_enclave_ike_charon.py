@@ -3,9 +3,9 @@
     client 10.84.1.2 (charon) -- router -- resolver 10.84.2.53 (enclave-ike + unbound)
 
 charon runs from Debian's packages unpacked by scripts/setup (buildtools/strongswan.py; netns_tests/harness/charon.py).
-It has no NULL authentication, so it signs with a raw ECDSA P-256 key, which the server pins by hand
-(netns_tests/harness/enclave_ike_peers.py: the config file cannot pin client keys yet), and it pins the server's
-key from `enclave-ike identity --format pem`.
+It has no NULL authentication, so it signs with a raw ECDSA P-256 key or a self-signed certificate, and it pins the
+server's key from `enclave-ike identity --format pem`. `enclave-ike serve` either pins the client's key in its config
+(`[[peers.pinned]]`) or takes it as an unauthenticated client (`peers.anonymous`), from the certificate it sends.
 
 The tests marked `host` need no ESP: the server runs with `apply.mode = "none"` and charon keeps its Child SAs in
 its own userspace IPsec stack (kernel-libipsec), so neither side adds an SA to the kernel.
@@ -14,6 +14,7 @@ its own userspace IPsec stack (kernel-libipsec), so neither side adds an SA to t
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
 import sys
 import time
@@ -51,22 +52,33 @@ def client_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+def public_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def fingerprint(key: ec.EllipticCurvePrivateKey) -> str:
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 @pytest.fixture
 def enclave_ike(world: World, client_key: ec.EllipticCurvePrivateKey) -> Iterator[Callable[..., procs.Daemon]]:
-    """Factory: `enclave_ike(apply="none")` serves with signature auth and the client's key pinned by hand."""
+    """Factory: `enclave_ike(apply="none")` runs `enclave-ike serve` with signature auth. `peers` is its [peers]
+    section; by default the client's key is pinned there (`[[peers.pinned]]`, from a PEM file)."""
     started: list[procs.Daemon] = []
 
-    def start(*, apply: str = "none", suites: str = "") -> procs.Daemon:
+    def start(*, apply: str = "none", suites: str = "", peers: str | None = None) -> procs.Daemon:
         config = world.workdir / "enclave-ike.toml"
+        pem = world.workdir / "client-pub.pem"
+        pem.write_bytes(public_pem(client_key))
+        if peers is None:
+            peers = f'[peers]\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\npubkey_file = "{pem}"\n'
         config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
                           f'[identity]\nbackend = "sim"\nkey_type = "ecdsa-p256"\nid = "@{RESOLVER_ID}"\n'
                           f'auth = "signature"\npublish = "{world.workdir / "identity.json"}"\n\n'
-                          f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n{suites}')
-        pem = world.workdir / "client-pub.pem"
-        pem.write_bytes(client_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                             serialization.PublicFormat.SubjectPublicKeyInfo))
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "netns_tests.harness.enclave_ike_peers",
-                                                   "--config", str(config), "--peer", f"@{CLIENT_ID}={pem}", "-v"],
+                          f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n\n{peers}\n{suites}')
+        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
+                                                   str(config), "-v"],
                               world.workdir / "enclave-ike.log", netns=world.resolver.netns)
         started.append(daemon)
         daemon.start()
@@ -80,11 +92,12 @@ def enclave_ike(world: World, client_key: ec.EllipticCurvePrivateKey) -> Iterato
 
 @pytest.fixture
 def charon(world: World, tmp_path: Path) -> Iterator[Callable[..., Charon]]:
-    """Factory: `charon(CharonConfig(...))` starts charon in the client's namespace and loads its config."""
+    """Factory: `charon(CharonConfig(...))` starts charon in the client's namespace and loads its config; a second
+    charon in one test takes another `workdir`."""
     started: list[Charon] = []
 
-    def start(config: CharonConfig) -> Charon:
-        daemon = Charon(world.topo, world.client, tmp_path / "charon-client")
+    def start(config: CharonConfig, workdir: str = "charon-client") -> Charon:
+        daemon = Charon(world.topo, world.client, tmp_path / workdir)
         started.append(daemon)
         daemon.write_config(config)
         daemon.start()
@@ -110,8 +123,7 @@ def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, prop
     """One connection: charon signs with its raw ECDSA key and pins the server's; a tunnel Child SA for udp/53."""
     private = client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption())
-    public = client_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = public_pem(client_key)
     connections = f"""  {CONN} {{
     version = 2
     local_addrs = {CLIENT}
@@ -143,7 +155,7 @@ def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, prop
 
 
 SERVER_ESTABLISHED = (rf"IKE SA (\S+) established with {CLIENT_RE}:\d+ \(peer {CLIENT_ID}, "
-                      rf"signature auth; we are {RESOLVER_ID}\); (\S+)")
+                      rf"signature auth, pinned key sha256 [0-9a-f]{{64}}; we are {RESOLVER_ID}\); (\S+)")
 
 
 def child_sas(sa: dict[str, Any]) -> list[dict[str, Any]]:
@@ -274,20 +286,95 @@ def self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-@pytest.mark.host  # IKE only
-def test_charon_self_signed_certificate_completes_ike_auth(world: World, enclave_ike: Callable[..., procs.Daemon],
-                                                           charon: Callable[..., Charon],
-                                                           client_key: ec.EllipticCurvePrivateKey) -> None:
-    """charon sends its self-signed certificate (CERT payload) and signs with its key, which the server pins."""
-    server = enclave_ike()
+def certificate_config(world: World, client_key: ec.EllipticCurvePrivateKey) -> CharonConfig:
+    """charon sends its self-signed certificate (CERT payload) and signs with its key."""
     config = raw_key_config(world, client_key, extra="    send_cert = always")  # default: only when asked
     connections = config.connections.replace("pubkeys = client.pem", "certs = client.pem")
     files = {**config.files, "x509/client.pem": self_signed(client_key, CLIENT_ID)}
     del files["pubkey/client.pem"]
-    client = charon(CharonConfig(connections, files, config.kernel_sas))
+    return CharonConfig(connections, files, config.kernel_sas)
+
+
+@pytest.mark.host  # IKE only
+def test_charon_self_signed_certificate_completes_ike_auth(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                           charon: Callable[..., Charon],
+                                                           client_key: ec.EllipticCurvePrivateKey) -> None:
+    """charon sends its self-signed certificate and signs with its key, which the server pins from that certificate
+    (`certificate_file`): the pin wins over the anonymous way in."""
+    cert = world.workdir / "client-cert.pem"
+    cert.write_bytes(self_signed(client_key, CLIENT_ID))
+    server = enclave_ike(peers=f'[peers]\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\ncertificate_file = "{cert}"\n')
+    client = charon(certificate_config(world, client_key))
     client.initiate(CONN)
     sa = client.wait_established(CONN)
     client.wait_for_log(r"sending end entity cert", timeout=5.0)
+    match = server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    assert fingerprint(client_key) in match.group(0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+@pytest.mark.host  # IKE only
+def test_charon_self_signed_certificate_without_a_pin_is_an_unauthenticated_client(
+        world: World, enclave_ike: Callable[..., procs.Daemon], charon: Callable[..., Charon],
+        client_key: ec.EllipticCurvePrivateKey) -> None:
+    """A public resolver (the default `peers.anonymous`, nothing pinned): charon's signature verifies with the key of
+    the certificate it sent, so IKE_AUTH completes; charon pins enclave-ike's key; the server logs the client as
+    unauthenticated, with the certificate's subject and the key's SHA-256."""
+    server = enclave_ike(peers="")
+    client = charon(certificate_config(world, client_key))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    assert sa["remote-id"] == RESOLVER_ID and sa["local-id"] == CLIENT_ID, sa
+    client.wait_for_log(rf"authentication of '{RESOLVER_ID}' with ECDSA_WITH_SHA256_DER successful", timeout=5.0)
+    server.wait_for_log(rf"IKE SA \S+ established with {CLIENT_RE}:\d+ \(peer {CLIENT_ID}, signature auth, "
+                        rf"unauthenticated: certificate 'CN={CLIENT_ID}' \(self-signed\), key sha256 "
+                        rf"{fingerprint(client_key)}; we are {RESOLVER_ID}\)", timeout=10.0)
+    server.wait_for_log(r"Child SA established under IKE SA .* tunnel", timeout=10.0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+@pytest.mark.host  # IKE only
+def test_charon_raw_key_without_a_pin_is_refused_for_want_of_a_cert_payload(
+        world: World, enclave_ike: Callable[..., procs.Daemon], charon: Callable[..., Charon],
+        client_key: ec.EllipticCurvePrivateKey) -> None:
+    """strongSwan 5.9.8 does not send a raw public key in a CERT payload (it knows no RFC 7670 encoding 15), even
+    with `send_cert = always`: a server that has not pinned the key has nothing to verify the signature with, and
+    says so. (The raw-key way in is tested with our own initiator, tests/test_ikev2_exchanges.py.)"""
+    server = enclave_ike(peers="")
+    client = charon(raw_key_config(world, client_key, extra="    send_cert = always"))
+    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
+    assert "initiate failed" in out, out
+    client.wait_for_log(r"received AUTHENTICATION_FAILED notify error", timeout=5.0)
+    server.wait_for_log(rf"AUTH: a signature, but no key is pinned for {CLIENT_ID} and no CERT payload carries the "
+                        r"key", timeout=5.0)
+    assert client.list_sas() == [] and " established with " not in server.log_text()
+
+
+@pytest.mark.host  # IKE only
+def test_a_private_resolver_refuses_an_unpinned_charon_and_takes_a_pinned_one(
+        world: World, enclave_ike: Callable[..., procs.Daemon], charon: Callable[..., Charon],
+        client_key: ec.EllipticCurvePrivateKey) -> None:
+    """`peers.anonymous = []` with one pinned key: charon with a self-signed certificate of another key is refused
+    (AUTHENTICATION_FAILED, no SA on either side); charon with the pinned key comes in, authenticated."""
+    pem = world.workdir / "client-pub.pem"
+    server = enclave_ike(peers=f'[peers]\nanonymous = []\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\n'
+                               f'pubkey_file = "{pem}"\n')
+    stranger_key = ec.generate_private_key(ec.SECP256R1())
+    config = certificate_config(world, stranger_key)
+    stranger = CharonConfig(config.connections.replace(f"id = @{CLIENT_ID}", "id = @stranger.charon.example"),
+                            {**config.files, "x509/client.pem": self_signed(stranger_key, "stranger.charon.example")},
+                            config.kernel_sas)
+    client = charon(stranger)
+    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
+    assert "initiate failed" in out, out
+    client.wait_for_log(r"received AUTHENTICATION_FAILED notify error", timeout=5.0)
+    server.wait_for_log(r"AUTH: no key is pinned for stranger\.charon\.example, and clients with a certificate we "
+                        r"do not know are not accepted here", timeout=5.0)
+    assert client.list_sas() == [] and " established with " not in server.log_text()
+    client.stop()
+    pinned = charon(raw_key_config(world, client_key), workdir="charon-pinned")
+    pinned.initiate(CONN)
+    sa = pinned.wait_established(CONN)
     server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
     assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
 
