@@ -348,6 +348,12 @@ def _wait_for_traps(ex: Execution, whack: Whack, resolvers: tuple[Address, ...])
 
 def _reload_conns(step: ReloadConns, ex: Execution) -> None:
     whack = ex.whack
+    if any(name in TRUSTED_CONNS for name in step.names):
+        # The trusted conn's %defaultroute is looked up when it is added, and pluto routes it only from an address
+        # it listens on: if the host's address changed since `up` (no hook told ikectl yet), pluto knows none, the
+        # route fails and DNS stays blocked (a random walk found it: move the address, then flush XFRM).
+        with contextlib.suppress(IkectlError):
+            whack.listen()
     for name in step.names:
         with contextlib.suppress(IkectlError):  # not loaded: nothing to take away
             whack.delete(name)

@@ -374,6 +374,15 @@ def test_ipv6_only_network_with_an_ipv4_pin_fails_closed(world):
     no_plaintext_while_trusted(world)
 
 
+def test_traps_flushed_after_the_address_moved_come_back_without_an_up(world):
+    """Walk seed 1401636691 (CI, 2026-12-05): trusted mode up, the host's address moves (no hook runs), another
+    program flushes XFRM. The supervisor loaded the conns again but pluto, listening on no address the host still
+    has, could not route them: DNS stayed blocked until the next `up`. It rescans the interfaces first now."""
+    steps(world, Action("mode", Mode.TRUSTED), Action("up"), Action("move_address"), Action("flush_xfrm"))
+    assert all(policies.covered(world.table(), ip_address(TRUSTED), proto) for proto in (6, 17))
+    no_plaintext_while_trusted(world)
+
+
 def test_an_uplink_failover_says_why_dns_is_blocked(world):
     """Queries refused with EPERM after the failover, and status said "no DNS sent yet"."""
     steps(world, Action("mode", Mode.TRUSTED), Action("up"), Action("fail_over"))
