@@ -532,8 +532,8 @@ class _PlaceholderSigner(Signer):
     """Stands in for the enclave's signer while the config is checked: nothing is signed with it."""
 
     @property
-    def algorithm(self) -> SignatureScheme:
-        return SIGNATURE_SCHEMES[0]
+    def schemes(self) -> tuple[SignatureScheme, ...]:
+        return SIGNATURE_SCHEMES[:1]
 
     def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
         raise ConfigError("the placeholder signer signs nothing")

@@ -278,8 +278,8 @@ class OneSchemeSigner(c.Signer):
         self._key, self._scheme = key, scheme
 
     @property
-    def algorithm(self) -> c.SignatureScheme:
-        return self._scheme
+    def schemes(self) -> tuple[c.SignatureScheme, ...]:
+        return (self._scheme,)
 
     def sign(self, data: bytes, scheme: c.SignatureScheme) -> bytes:
         return self._key.sign(data, ec.ECDSA(scheme.hasher()))

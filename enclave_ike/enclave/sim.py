@@ -125,10 +125,6 @@ class _ProcessSigner(Signer):
         self._call, self._key, self._schemes = call, key, schemes
 
     @property
-    def algorithm(self) -> SignatureScheme:
-        return self._schemes[0]
-
-    @property
     def schemes(self) -> tuple[SignatureScheme, ...]:
         return self._schemes
 

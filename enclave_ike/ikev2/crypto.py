@@ -821,13 +821,13 @@ class Signer(ABC):
 
     @property
     @abstractmethod
-    def algorithm(self) -> SignatureScheme:
-        """The scheme this key signs with when the peer names no hashes (no SIGNATURE_HASH_ALGORITHMS)."""
+    def schemes(self) -> tuple[SignatureScheme, ...]:
+        """Every RFC 7427 scheme this key can sign with, preferred first."""
 
     @property
-    def schemes(self) -> tuple[SignatureScheme, ...]:
-        """Every RFC 7427 scheme this key can sign with, preferred first; `algorithm` is among them."""
-        return (self.algorithm,)
+    def algorithm(self) -> SignatureScheme:
+        """The scheme this key signs with when the peer names no hashes (no SIGNATURE_HASH_ALGORITHMS)."""
+        return self.schemes[0]
 
     @abstractmethod
     def sign(self, data: bytes, scheme: SignatureScheme) -> bytes:
@@ -849,10 +849,6 @@ class SoftwareSigner(Signer):
             self._schemes = ecdsa_schemes(key.curve.name)
         else:
             self._schemes = RSA_PSS_SCHEMES
-
-    @property
-    def algorithm(self) -> SignatureScheme:
-        return self._schemes[0]
 
     @property
     def schemes(self) -> tuple[SignatureScheme, ...]:
