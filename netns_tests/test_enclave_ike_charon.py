@@ -8,7 +8,9 @@ server's key from `enclave-ike identity --format pem`. `enclave-ike serve` eithe
 (`[[peers.pinned]]`) or takes it as an unauthenticated client (`peers.anonymous`), from the certificate it sends.
 
 The tests marked `host` need no ESP: the server runs with `apply.mode = "none"` and charon keeps its Child SAs in
-its own userspace IPsec stack (kernel-libipsec), so neither side adds an SA to the kernel.
+its own userspace IPsec stack (kernel-libipsec), so neither side adds an SA to the kernel. The port-float test is the
+exception: kernel-libipsec fakes a NAT, which would move IKE to 4500 by itself, so there charon uses the kernel,
+its Child SA fails on the host (no ESP) and only its IKE SA is tested.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from netns_tests.harness import procs
@@ -64,17 +66,19 @@ def fingerprint(key: ec.EllipticCurvePrivateKey) -> str:
 @pytest.fixture
 def enclave_ike(world: World, client_key: ec.EllipticCurvePrivateKey) -> Iterator[Callable[..., procs.Daemon]]:
     """Factory: `enclave_ike(apply="none")` runs `enclave-ike serve` with signature auth. `peers` is its [peers]
-    section; by default the client's key is pinned there (`[[peers.pinned]]`, from a PEM file)."""
+    section; by default the client's key is pinned there (`[[peers.pinned]]`, from a PEM file). `backend` and
+    `key_type` are [identity]'s (RSA needs the software backend: the sim enclave holds ECDSA keys only)."""
     started: list[procs.Daemon] = []
 
-    def start(*, apply: str = "none", suites: str = "", peers: str | None = None) -> procs.Daemon:
+    def start(*, apply: str = "none", suites: str = "", peers: str | None = None, backend: str = "sim",
+              key_type: str = "ecdsa-p256") -> procs.Daemon:
         config = world.workdir / "enclave-ike.toml"
         pem = world.workdir / "client-pub.pem"
         pem.write_bytes(public_pem(client_key))
         if peers is None:
             peers = f'[peers]\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\npubkey_file = "{pem}"\n'
         config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                          f'[identity]\nbackend = "sim"\nkey_type = "ecdsa-p256"\nid = "@{RESOLVER_ID}"\n'
+                          f'[identity]\nbackend = "{backend}"\nkey_type = "{key_type}"\nid = "@{RESOLVER_ID}"\n'
                           f'auth = "signature"\npublish = "{world.workdir / "identity.json"}"\n\n'
                           f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n\n{peers}\n{suites}')
         daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
@@ -118,9 +122,11 @@ def server_pem(world: World) -> bytes:
 
 
 def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, proposals: str = "default",
-                   esp_proposals: str = "aes256gcm16,aes128-sha256", extra: str = "",
-                   charon_options: dict[str, str] | None = None) -> CharonConfig:
-    """One connection: charon signs with its raw ECDSA key and pins the server's; a tunnel Child SA for udp/53."""
+                   esp_proposals: str = "aes256gcm16,aes128-sha256", extra: str = "", remote_auth: str = "pubkey",
+                   charon_options: dict[str, str] | None = None, kernel_sas: bool = False) -> CharonConfig:
+    """One connection: charon signs with its raw ECDSA key and pins the server's; a tunnel Child SA for udp/53.
+    `remote_auth` is how the server must authenticate (`pubkey-sha384`: only under SHA-384, and charon's
+    SIGNATURE_HASH_ALGORITHMS then lists that hash alone)."""
     private = client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption())
     public = public_pem(client_key)
@@ -136,7 +142,7 @@ def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, prop
       pubkeys = client.pem
     }}
     remote {{
-      auth = pubkey
+      auth = {remote_auth}
       id = @{RESOLVER_ID}
       pubkeys = resolver.pem
     }}
@@ -151,7 +157,7 @@ def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, prop
     }}
   }}"""
     files = {"private/client.pem": private, "pubkey/client.pem": public, "pubkey/resolver.pem": server_pem(world)}
-    return CharonConfig(connections, files, kernel_sas=False, charon_options=charon_options or {})
+    return CharonConfig(connections, files, kernel_sas=kernel_sas, charon_options=charon_options or {})
 
 
 SERVER_ESTABLISHED = (rf"IKE SA (\S+) established with {CLIENT_RE}:\d+ \(peer {CLIENT_ID}, "
@@ -190,10 +196,66 @@ def test_charon_raw_ecdsa_key_completes_ike_auth(world: World, enclave_ike: Call
 
 
 @pytest.mark.host  # IKE only
+def test_charon_pins_an_rsa_3072_key_and_gets_rsa_pss(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                      charon: Callable[..., Charon],
+                                                      client_key: ec.EllipticCurvePrivateKey) -> None:
+    """`key_type = "rsa"` (software backend): charon pins the 3072-bit key from `identity --format pem`, and our
+    AUTH is RSASSA-PSS (RFC 7427 with RFC 8247's preference) under SHA-256, the key's own hash."""
+    server = enclave_ike(backend="software", key_type="rsa")
+    server.wait_for_log(r"identity @resolver\.enclave\.example leftrsasigkey=0s", timeout=1.0)
+    published = serialization.load_pem_public_key(server_pem(world))
+    assert isinstance(published, rsa.RSAPublicKey) and published.key_size == 3072, published
+    client = charon(raw_key_config(world, client_key))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    assert sa["remote-id"] == RESOLVER_ID, sa
+    client.wait_for_log(r"sending supported signature hash algorithms: sha256 sha384 sha512", timeout=1.0)
+    client.wait_for_log(rf"authentication of '{RESOLVER_ID}' with RSA_EMSA_PSS_SHA2_256_SALT_32 successful",
+                        timeout=5.0)
+    server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+# (identity.key_type, the one hash charon accepts) -> charon's `remote.auth`, and the scheme it logs for our AUTH.
+# RFC 7427: ECDSA's ecdsa-with-SHA384/512 name no curve, so the P-256 key signs under them; RSA signs RSASSA-PSS with
+# a salt of the hash's size, which charon accepts only as `rsa/pss-...` (its `pubkey-sha384` means PKCS#1 v1.5 for
+# an RSA key, and refuses our AUTH: `constraint checking failed`).
+ONE_HASH = {
+    ("ecdsa-p256", "sha384"): ("pubkey-sha384", "ECDSA_WITH_SHA384_DER"),
+    ("ecdsa-p256", "sha512"): ("pubkey-sha512", "ECDSA_WITH_SHA512_DER"),
+    ("rsa", "sha384"): ("rsa/pss-sha384", "RSA_EMSA_PSS_SHA2_384_SALT_48"),
+    ("rsa", "sha512"): ("rsa/pss-sha512", "RSA_EMSA_PSS_SHA2_512_SALT_64"),
+}
+
+
+@pytest.mark.host  # IKE only
+@pytest.mark.parametrize(("key_type", "hash_name"), list(ONE_HASH))
+def test_charon_offering_one_hash_gets_an_auth_under_it(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                                        charon: Callable[..., Charon],
+                                                        client_key: ec.EllipticCurvePrivateKey, key_type: str,
+                                                        hash_name: str) -> None:
+    """charon with `remote { auth = pubkey-sha384 }` lists only SHA-384 in SIGNATURE_HASH_ALGORITHMS and accepts
+    only an AUTH under it; enclave-ike signs under that hash, not its key's own SHA-256, and IKE_AUTH completes."""
+    remote_auth, scheme = ONE_HASH[key_type, hash_name]
+    server = enclave_ike(backend="software" if key_type == "rsa" else "sim", key_type=key_type)
+    client = charon(raw_key_config(world, client_key, remote_auth=remote_auth))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    client.wait_for_log(rf"(?m)sending supported signature hash algorithms: {hash_name}$", timeout=1.0)
+    client.wait_for_log(rf"authentication of '{RESOLVER_ID}' with {scheme} successful", timeout=5.0)
+    server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0)
+    assert [child["state"] for child in child_sas(sa)] == ["INSTALLED"], sa
+
+
+@pytest.mark.host  # IKE only
 def test_charon_refuses_enclave_ike_under_the_wrong_pin(world: World, enclave_ike: Callable[..., procs.Daemon],
                                                        charon: Callable[..., Charon],
                                                        client_key: ec.EllipticCurvePrivateKey) -> None:
-    enclave_ike()
+    """charon pins another key, so our AUTH fails its check: it reports AUTHENTICATION_FAILED in an INFORMATIONAL
+    request (RFC 7296 2.21.2) and destroys its IKE SA. enclave-ike had reported the IKE SA and its Child SA
+    established when its IKE_AUTH response left; it deletes both. Within 1 s of charon's report neither side
+    holds an SA."""
+    server = enclave_ike()
     config = raw_key_config(world, client_key)
     wrong = ec.generate_private_key(ec.SECP256R1()).public_key()
     files = {**config.files, "pubkey/resolver.pem": wrong.public_bytes(
@@ -202,8 +264,23 @@ def test_charon_refuses_enclave_ike_under_the_wrong_pin(world: World, enclave_ik
     out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
     assert "initiate failed" in out, out
     client.wait_for_log(r"signature validation failed", timeout=5.0)
-    client.wait_for_log(r"generating INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]", timeout=5.0)
-    assert client.established(CONN) is None
+    report = client.wait_for_log(r"generating INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]", timeout=5.0)
+    spi = server.wait_for_log(SERVER_ESTABLISHED, timeout=5.0).group(1)
+    reason = r"the peer reported AUTHENTICATION_FAILED \(24\) in an INFORMATIONAL request: it refused our AUTH"
+    deleted = [rf"Child SA in 0x\S+ out 0x\S+ deleted: {reason}", rf"IKE SA {spi} deleted: {reason}"]
+
+    def both_empty() -> bool:
+        text = server.log_text()
+        return all(re.search(line, text) for line in deleted) and client.list_sas() == []
+
+    deadline = client.logged_at(report) + 1.0
+    while not (empty := both_empty()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert empty, (f"an SA is left {time.time() - deadline + 1.0:.2f} s after charon's AUTH_FAILED report",
+                   client.list_sas(), procs.tail(server.log_text()))
+    # Nothing else was ever established on the server, and nothing is left on the client.
+    assert len(re.findall(r"IKE SA \S+ established", server.log_text())) == 1, server.log_text()
+    assert client.established(CONN) is None and client.list_sas() == []
 
 
 PROPOSALS = {
@@ -273,6 +350,63 @@ def test_charon_dpd_is_answered(world: World, enclave_ike: Callable[..., procs.D
     still = client.established(CONN)
     assert still is not None and still["initiator-spi"] == sa["initiator-spi"], still
     assert server.running() and " deleted" not in server.log_text()
+
+
+# How charon is configured -> the port IKE uses from IKE_AUTH on.
+FLOATS = {
+    "mobike": ("    mobike = yes", 4500),  # RFC 4555: with NAT-T known from IKE_SA_INIT, IKE_AUTH goes to 4500
+    "encap": ("    mobike = no\n    encap = yes", 4500),  # charon fakes a NAT (a wrong NATD hash) for ESP in UDP
+    "neither": ("    mobike = no", 500),  # the control: nothing moves IKE off 500
+}
+
+
+@pytest.mark.host  # IKE only: charon's Child SA fails on the host's kernel, its IKE SA stays
+@pytest.mark.parametrize("how", list(FLOATS))
+def test_charon_floats_to_port_4500(world: World, enclave_ike: Callable[..., procs.Daemon],
+                                    charon: Callable[..., Charon], client_key: ec.EllipticCurvePrivateKey,
+                                    how: str) -> None:
+    """charon moves IKE from 500 to 4500 after IKE_SA_INIT, for MOBIKE or for `encap = yes`: enclave-ike answers
+    IKE_AUTH on 4500, and the IKE SA works there (DPD answered on 4500, no retransmission). Only the faked NAT
+    makes enclave-ike want ESP in UDP; after a MOBIKE float without a NAT its Child SA is plain ESP, as charon's is
+    (RFC 7296 2.23: UDP encapsulation when a NAT is detected, not because of the port).
+
+    charon loads kernel-netlink alone here (`kernel_sas=True`): kernel-libipsec fakes a NAT for every SA, which
+    would float IKE whatever the config says. The host's kernel then refuses the ESP SA (errno 38) and charon keeps
+    the IKE SA without its Child SA (`failed to establish CHILD_SA, keeping IKE_SA`), which is all this tests."""
+    extra, port = FLOATS[how]
+    server = enclave_ike()
+    client = charon(raw_key_config(world, client_key, extra=f"{extra}\n    dpd_delay = 1s", kernel_sas=True))
+    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
+    assert "failed to establish CHILD_SA, keeping IKE_SA" in out, out  # the host's kernel, not IKE
+    sa = client.established(CONN)
+    assert sa is not None, out
+    assert ("faking NAT situation" in client.log_text()) is (how == "encap")
+    server.wait_for_log(rf"IKE SA \S+ established with {CLIENT_RE}:{port} \(peer {CLIENT_ID}, ", timeout=5.0)
+    server.wait_for_log(r"Child SA in \S+ out \S+ deleted: deleted by the peer", timeout=5.0)
+    applied = server.log_text()
+    assert ("a NAT was detected and ESP in UDP is not supported" in applied) is (how == "encap"), applied
+    plain_esp = rf"apply \(mode none, not applied\): add SA spi 0x\S+ {CLIENT_RE} -> {RESOLVER_RE} tunnel "
+    assert (re.search(plain_esp, applied) is None) is (how == "encap"), applied
+    # DPD every second after the float: three answered.
+    def answered() -> int:
+        text = client.log_text(this_run_only=True)
+        first = text.find("sending DPD request")
+        return 0 if first < 0 else text[first:].count("parsed INFORMATIONAL response")
+
+    procs.wait_until(lambda: answered() >= 3, 6.0, "three DPD exchanges", interval=0.1)
+    text = client.log_text(this_run_only=True)
+    init = text.index("parsed IKE_SA_INIT response 0")
+    # IKE_SA_INIT on 500; from IKE_AUTH on, every packet either way (IKE_AUTH, the Child SA's Delete, each DPD)
+    # on `port` at both ends: enclave-ike answers where charon moved.
+    before = re.findall(r"(?:sending|received) packet: from (\S+) to (\S+)", text[:init])
+    after = re.findall(r"(?:sending|received) packet: from (\S+) to (\S+)", text[init:])
+    assert before == [(f"{CLIENT}[500]", f"{RESOLVER}[500]"), (f"{RESOLVER}[500]", f"{CLIENT}[500]")], before
+    assert len(after) >= 2 + 2 + 6 and set(after) == {(f"{CLIENT}[{port}]", f"{RESOLVER}[{port}]"),
+                                                      (f"{RESOLVER}[{port}]", f"{CLIENT}[{port}]")}, after
+    assert "retransmit" not in text, procs.tail(text)
+    still = client.established(CONN)
+    assert still is not None and still["initiator-spi"] == sa["initiator-spi"], still
+    assert not re.search(r"IKE SA \S+ deleted", server.log_text()), server.log_text()
 
 
 def self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> bytes:

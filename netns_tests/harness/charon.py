@@ -17,6 +17,7 @@ kernel-netlink still gives it addresses and interfaces. With `kernel_sas=True` (
 
 from __future__ import annotations
 
+import datetime
 import re
 import shutil
 import subprocess
@@ -44,6 +45,7 @@ USERSPACE_IPSEC_OPTIONS = ("    kernel-libipsec {\n      allow_peer_ts = yes\n  
                            "    kernel-netlink {\n      fwmark = !0x42\n    }\n")
 SWANCTL_PLUGINS = ("openssl", "pem", "pkcs1", "pkcs8", "x509", "pubkey", "constraints", "sha2", "random", "nonce")
 UNIX_PATH_MAX = 108
+_TIMESTAMP = re.compile(r"(\d\d):(\d\d):(\d\d)\.(\d\d\d) ")  # filelog: time_format = %H:%M:%S, time_add_ms
 
 
 def tree() -> strongswan.Tree:
@@ -162,6 +164,20 @@ class Charon(Daemon):
     def list_sas(self) -> list[dict[str, Any]]:
         """Every IKE SA as a dict (`name`, `state`, `child-sas` ...), as `swanctl --list-sas --raw` prints it."""
         return [sa for event in parse_raw(self.swanctl("--list-sas", "--raw")) for sa in _named(event)]
+
+    def logged_at(self, match: re.Match[str]) -> float:
+        """When charon wrote the log line that `match` (from `wait_for_log`) is in, as `time.time()` would say: from
+        the line's `%H:%M:%S.mmm` prefix (filelog's time_format with time_add_ms) and today's local date."""
+        line_start = match.string.rfind("\n", 0, match.start()) + 1
+        stamp = _TIMESTAMP.match(match.string, line_start)
+        if stamp is None:
+            raise HarnessError(f"{self.name}: no timestamp on {match.string[line_start:match.end()]!r}")
+        now = datetime.datetime.now()
+        hour, minute, second, milli = (int(part) for part in stamp.groups())
+        logged = now.replace(hour=hour, minute=minute, second=second, microsecond=milli * 1000)
+        if logged > now + datetime.timedelta(hours=12):  # written before midnight, read after
+            logged -= datetime.timedelta(days=1)
+        return logged.timestamp()
 
     def established(self, name: str) -> dict[str, Any] | None:
         for sa in self.list_sas():
