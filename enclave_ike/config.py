@@ -42,6 +42,14 @@
 
     [limits]
     cookie_threshold = 64               # half-open IKE SAs before COOKIEs are demanded
+    max_half_open = 10000               # IKE SAs waiting for IKE_AUTH, in all and per client address: past
+    max_half_open_per_peer = 8          #   these a new IKE_SA_INIT is refused (counted in the log)
+    max_sas = 100000                    # IKE SAs in all: past it a new IKE_SA_INIT is refused (counted)
+    max_sas_per_peer = 32               # established IKE SAs per client address: past it the one heard from
+                                        #   least recently is replaced by the newest (counted)
+    max_child_sas = 8                   # Child SAs per IKE SA (DNS needs two; rekeys briefly add one each)
+    liveness_s = 30                     # a client silent this long is asked whether it is alive (RFC 7296 2.4);
+    liveness_timeout_s = 15             #   silent this much longer, its SAs are removed; liveness_s = 0: never
 
     [evidence]                          # the evidence endpoint (evidence_endpoint.py), signature auth only
     enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
@@ -208,7 +216,8 @@ class ServeConfig:
     pinned: tuple[ike.PinnedPeer, ...] = ()
     suites: Suites = field(default_factory=Suites)
     apply: ApplyMode = ApplyMode.KERNEL
-    cookie_threshold: int = 64
+    limits: ike.Limits = field(default_factory=ike.Limits)
+    timers: ike.Timers = field(default_factory=lambda: ike.Timers(liveness=DEFAULT_LIVENESS_S))
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
@@ -221,7 +230,8 @@ class ServeConfig:
                 peer_keys=self.pinned,
                 ike_suites=self.suites.ike_suites(),
                 esp_suites=self.suites.esp_suites(),
-                limits=ike.Limits(cookie_threshold=self.cookie_threshold),
+                limits=self.limits,
+                timers=self.timers,
             )
         except PolicyError as exc:
             raise ConfigError(f"{self.path}: {exc}") from None
@@ -354,19 +364,48 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     anonymous, pinned = _peers(tables["peers"])
     suites = _suites(tables["suites"])
     apply = tables["apply"].enum("mode", ApplyMode, ApplyMode.KERNEL)
-    limits = tables["limits"]
-    threshold = limits.get("cookie_threshold", int, 64)
-    if threshold < 0:
-        raise limits.error("cookie_threshold", f"{threshold} is negative")
+    limits, timers = _limits(tables["limits"])
     if apply is ApplyMode.KERNEL and suites.esn:
         raise tables["suites"].error("esn", "true needs ESN SAs, which apply.mode = \"kernel\" cannot install")
     evidence = _evidence(tables["evidence"])
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
-                         threshold, evidence)
+                         limits, timers, evidence)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
+
+
+DEFAULT_LIVENESS_S = 30.0
+DEFAULT_LIVENESS_TIMEOUT_S = 15.0
+MAX_SECONDS = 86_400
+LIMITS = ("cookie_threshold", "max_half_open", "max_half_open_per_peer", "max_sas", "max_sas_per_peer",
+          "max_child_sas")
+
+
+def _limits(table: _Table) -> tuple[ike.Limits, ike.Timers]:
+    defaults = ike.Limits()
+    values: dict[str, int] = {}
+    for key in LIMITS:
+        value = table.get(key, int, getattr(defaults, key))
+        if value < 0:
+            raise table.error(key, f"{value} is negative")
+        values[key] = value
+    if values["max_sas_per_peer"] < 1:
+        raise table.error("max_sas_per_peer", "0 would refuse every client; the least is 1")
+    liveness = _seconds(table, "liveness_s", DEFAULT_LIVENESS_S, zero_allowed=True)
+    timeout = _seconds(table, "liveness_timeout_s", DEFAULT_LIVENESS_TIMEOUT_S, zero_allowed=False)
+    return ike.Limits(**values), ike.Timers(liveness=liveness or None, liveness_timeout=timeout)
+
+
+def _seconds(table: _Table, key: str, default: float, *, zero_allowed: bool) -> float:
+    table.used.add(key)
+    value = table.data.get(key, default)
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not (value > 0 or (zero_allowed and value == 0)) or value > MAX_SECONDS):
+        least = "0 or more" if zero_allowed else "more than 0"
+        raise table.error(key, f"expected seconds ({least}, at most {MAX_SECONDS}), got {value!r}")
+    return float(value)
 
 
 ANONYMOUS: dict[str, ike.PeerAuth] = {

@@ -21,7 +21,7 @@ import os
 import secrets
 import signal
 import tempfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,9 +48,11 @@ from .ikev2.events import (
     Event,
     IkeSaEstablished,
     IkeSaRekeyed,
+    PeerAlive,
     PeerErrorNotified,
     ProtocolErrorEvent,
     SaDeleted,
+    SignatureRequested,
 )
 from .ikev2.payloads import TrafficSelector
 from .ikev2.responder import Responder
@@ -61,6 +63,7 @@ NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NATT_KEEPALIVE = b"\xff"  # RFC 3948 section 2.3
 ROUTES_MAX = 65_536  # peers whose last socket we remember
 COOKIE_ROTATION_S = 300.0
+COUNTS_INTERVAL_S = 60.0  # how often the limits' refusals and removals are logged, as counts
 SHUTDOWN_GRACE_S = 0.3
 RSA_BITS = 3072
 IDENTITY_VERSION = 1
@@ -187,6 +190,8 @@ class Server:
         self._operations: asyncio.Queue[Operation | _Send | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._counts_logged: Counter[str] = Counter()
+        self._signing: set[asyncio.Task[None]] = set()
         self.apply_failures = 0
 
     async def start(self) -> None:
@@ -210,11 +215,15 @@ class Server:
                 raise
         self._worker = asyncio.create_task(self._apply_worker())
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
+        self._loop.call_later(COUNTS_INTERVAL_S, self._log_counts_periodically)
 
     async def stop(self) -> None:
         """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
         if self.evidence is not None:
             await self.evidence.stop()
+        self.log_counts()
+        for task in self._signing:
+            task.cancel()
         now = self._loop.time()
         for view in self.responder.views():
             self.responder.delete(view.spi_r, now)
@@ -305,6 +314,18 @@ class Server:
             log.error("timer: %s", exc)
         self._flush()
 
+    def log_counts(self) -> None:
+        """One line for what the limits refused or removed since the last one, as counts: no address, no SPI."""
+        current = self.responder.counts
+        new = current - self._counts_logged
+        if new:
+            log.warning("limits: %s", "; ".join(f"{what}: {count}" for what, count in sorted(new.items())))
+        self._counts_logged = Counter(current)
+
+    def _log_counts_periodically(self) -> None:
+        self.log_counts()
+        self._loop.call_later(COUNTS_INTERVAL_S, self._log_counts_periodically)
+
     def _rotate_cookie_secret(self) -> None:
         self.responder.rotate_cookie_secret(secrets.token_bytes(COOKIE_SECRET_SIZE))
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
@@ -313,7 +334,12 @@ class Server:
 
     def _on_event(self, event: Event) -> bool:
         """Log the event and queue its kernel operations; True when it queued any."""
-        log.info("%s", describe(event))
+        if isinstance(event, SignatureRequested):
+            task = self._loop.create_task(self._sign(event))
+            self._signing.add(task)
+            task.add_done_callback(self._signing.discard)
+            return False
+        log.log(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s", describe(event))
         try:
             operations = self.table.plan(event)
         except ApplyError as exc:
@@ -323,6 +349,22 @@ class Server:
         for op in operations:
             self._operations.put_nowait(op)
         return bool(operations)
+
+    async def _sign(self, request: SignatureRequested) -> None:
+        """Sign in a worker thread (a deferred signer waits on its enclave), then let the IKE SA answer. Other
+        peers are served meanwhile."""
+        signer = self.responder.config.signer
+        try:
+            if signer is None:
+                raise EnclaveIkeError("no signer")
+            signature = await asyncio.to_thread(signer.sign, request.data, request.scheme)
+        except EnclaveIkeError as exc:
+            log.error("IKE SA %s/%s: our signature failed: %s", request.ike_spi_i.hex(), request.ike_spi_r.hex(),
+                      exc)
+            self.responder.fail_signature(request.ike_spi_r, self._loop.time(), str(exc))
+        else:
+            self.responder.complete_signature(request.ike_spi_r, self._loop.time(), signature)
+        self._flush()
 
     async def _apply_worker(self) -> None:
         while (op := await self._operations.get()) is not None:
@@ -361,6 +403,8 @@ def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type
         return f"{sa}: protocol error in exchange {event.exchange} message {event.message_id}: {event.detail}"
     if isinstance(event, PeerErrorNotified):
         return f"{sa}: the peer answered with notify {event.notify}: {event.detail}"
+    if isinstance(event, PeerAlive):
+        return f"{sa}: the peer answered a liveness check"
     return f"{sa}: {type(event).__name__}"
 
 

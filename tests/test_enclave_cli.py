@@ -68,7 +68,18 @@ def test_minimal_config_is_null_auth_and_kernel_apply(tmp_path):
     config = cfg.load(write(tmp_path, '[listen]\naddresses = ["2001:db8::53"]\n'))
     assert config.identity.auth is cfg.Auth.NULL
     assert config.apply is cfg.ApplyMode.KERNEL
-    assert config.cookie_threshold == 64
+    assert config.limits.cookie_threshold == 64
+    assert (config.timers.liveness, config.timers.liveness_timeout) == (30.0, 15.0)  # dead peers go by default
+
+
+def test_limits_and_liveness_reach_the_core(tmp_path):
+    config = cfg.load(write(tmp_path, '[listen]\naddresses = ["192.0.2.1"]\n[limits]\nmax_sas_per_peer = 4\n'
+                                      'max_half_open = 10\nliveness_s = 2.5\nliveness_timeout_s = 1\n'))
+    core = config.responder_config(None)
+    assert (core.limits.max_sas_per_peer, core.limits.max_half_open, core.limits.max_sas) == (4, 10, 100_000)
+    assert (core.timers.liveness, core.timers.liveness_timeout) == (2.5, 1.0)
+    off = cfg.load(write(tmp_path, '[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness_s = 0\n'))
+    assert off.responder_config(None).timers.liveness is None
 
 
 BAD = [
@@ -94,6 +105,17 @@ BAD = [
     ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nencryption = ["des"]\n', "suites.encryption: 'des' is not"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[suites]\nesn = true\n', "suites.esn: true needs ESN SAs"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\ncookie_threshold = -1\n', "limits.cookie_threshold: -1"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nmax_sas = -5\n', "limits.max_sas: -5 is negative"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nmax_sas_per_peer = 0\n',
+     "limits.max_sas_per_peer: 0 would refuse every client"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nmax_sas = true\n', "limits.max_sas: expected an integer"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness_s = -1\n',
+     "limits.liveness_s: expected seconds (0 or more, at most 86400), got -1"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness_s = "30"\n', "limits.liveness_s: expected seconds"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness_s = nan\n', "limits.liveness_s: expected seconds"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness_timeout_s = 0\n',
+     "limits.liveness_timeout_s: expected seconds (more than 0, at most 86400), got 0"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[limits]\nliveness = 30\n', "limits.liveness: unknown key"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nallow_null = false\n',
      "peers.allow_null: no client could authenticate: no anonymous method is accepted and no client key is pinned"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[peers]\nanonymous = []\n', "peers.anonymous: no client could authenticate"),

@@ -57,6 +57,7 @@ from enclave_ike.ikev2.events import (
     ProtocolErrorEvent,
     ResponseReceived,
     SaDeleted,
+    SignatureRequested,
 )
 from enclave_ike.ikev2.initiator import Initiator, exchange
 from enclave_ike.ikev2.negotiation import narrow_to_dns
@@ -773,6 +774,173 @@ def test_ike_sa_rekey_moves_the_children():
     ini.rekey(13.0)
     exchange(ini, resp, 13.0)
     assert of(ini.events(), IkeSaRekeyed) and len(resp) == 1 and resp.views()[0].state is State.ESTABLISHED
+
+
+# --- a deferred signer: the signature is asked for, the event loop never waits on it ---
+
+class DeferredSigner(c.SoftwareSigner):
+    """Signs like the software signer, but says it must not be called inline (like the sim enclave's)."""
+
+    deferred = True
+
+
+def deferred_pair(seed: bytes = b"initiator", local: Endpoint = I_END) -> tuple[Initiator, ResponderConfig]:
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=DeferredSigner(ECDSA_KEY))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_key=ECDSA_KEY.public_key(),
+                           responder_id=RESOLVER_ID)
+    return Initiator(icfg, local=local, peer=R_END, random=seeded(seed), now=0.0), rcfg
+
+
+def requested_signatures(resp: Responder) -> list:
+    return of(drain(resp), SignatureRequested)
+
+
+def test_a_deferred_signer_is_asked_and_the_ike_auth_answer_waits_for_it():
+    ini, rcfg = deferred_pair()
+    resp = responder(rcfg)
+    exchange(ini, resp, 0.0)  # IKE_SA_INIT answered; IKE_AUTH taken, not answered
+    (request,) = requested_signatures(resp)
+    (view,) = resp.views()
+    assert view.state is State.SIGNING and resp.half_open == 1 and not ini.sa.established
+    # the initiator retransmits: not answered (no answer exists yet), nothing else moves
+    ini.handle_timer(ini.get_timer())
+    exchange(ini, resp, 0.5)
+    assert resp.views()[0].state is State.SIGNING and not requested_signatures(resp)
+    # meanwhile another client is answered
+    other, _ = deferred_pair(b"other", Endpoint(IPv4Address("10.0.0.2"), 500))
+    resp.receive(other.datagrams_to_send()[0][0], other.local, 0.6)
+    assert len(resp.datagrams_to_send()) == 1
+    # the signature comes back: the answer goes out and verifies under the pinned key
+    signature = ECDSA_KEY.sign(request.data, ec.ECDSA(hashes.SHA256()))
+    resp.complete_signature(view.spi_r, 1.0, signature)
+    exchange(ini, resp, 1.0)
+    assert ini.sa.established and of(ini.events(), IkeSaEstablished)
+    assert [type(e) for e in drain(resp)][:2] == [IkeSaEstablished, ChildSaEstablished]
+    assert resp.half_open == 1  # the other client's
+
+
+def test_a_forged_deferred_signature_is_refused_by_the_initiator():
+    ini, rcfg = deferred_pair()
+    resp = responder(rcfg)
+    exchange(ini, resp, 0.0)
+    (request,) = requested_signatures(resp)
+    resp.complete_signature(resp.views()[0].spi_r, 1.0, OTHER_ECDSA_KEY.sign(request.data,
+                                                                                ec.ECDSA(hashes.SHA256())))
+    exchange(ini, resp, 1.0)
+    assert not ini.sa.established
+
+
+def test_a_failed_or_late_signature_leaves_no_state():
+    ini, rcfg = deferred_pair()
+    resp = responder(rcfg)
+    exchange(ini, resp, 0.0)
+    requested_signatures(resp)
+    spi = resp.views()[0].spi_r
+    resp.fail_signature(spi, 1.0, "the enclave is gone")
+    assert len(resp) == 0 and resp.half_open == 0 and not resp.datagrams_to_send()
+    resp.complete_signature(spi, 2.0, b"too late")  # ignored: the SA is gone
+    # a signature that never comes ends with the half-open time
+    ini2, _ = deferred_pair(b"second")
+    exchange(ini2, resp, 10.0)
+    assert resp.views()[0].state is State.SIGNING
+    resp.handle_timer(40.0)
+    assert len(resp) == 0 and resp.half_open == 0
+
+
+# --- liveness and limits (RFC 7296 2.4) ---
+
+LIVE = Timers(liveness=10.0, liveness_timeout=5.0)
+
+
+def live_responder(**limits) -> ResponderConfig:
+    return ResponderConfig(local_id=Identity.null(), dns=DNS, timers=LIVE, limits=Limits(**limits))
+
+
+def test_a_silent_peer_is_asked_and_kept_when_it_answers():
+    ini, resp, *_ = establish(rcfg=live_responder())
+    assert resp.get_timer() == 10.0  # the IKE_AUTH request was the last thing heard, at 0
+    resp.handle_timer(10.0)
+    ((probe, _),) = resp.datagrams_to_send()
+    decoded = Message.decode(probe).header
+    assert (decoded.exchange, decoded.is_response) == (ExchangeType.INFORMATIONAL, False)
+    ini.receive(probe, R_END, 10.2)
+    exchange(ini, resp, 10.2)
+    assert of(drain(resp), PeerAlive) and len(resp) == 1
+    assert resp.get_timer() == pytest.approx(20.2)  # asked again after another silent `liveness`
+    resp.handle_timer(40.0)
+    assert len(resp) == 1  # asked at 40 (the timer was late), not yet dead
+
+
+def test_a_dead_peer_is_removed_with_its_child_sas_after_liveness_and_timeout():
+    ini, resp, *_ = establish(rcfg=live_responder())
+    child = established_child(ini, resp)
+    sent = 0
+    while (deadline := resp.get_timer()) is not None and deadline <= 100.0:
+        resp.handle_timer(deadline)
+        sent += len(resp.datagrams_to_send())  # the probe and its retransmissions, never answered
+        if not len(resp):
+            break
+    assert len(resp) == 0 and deadline == 15.0  # liveness 10 + liveness_timeout 5 after the last message
+    assert sent == 4  # sent at 10, retransmitted at 10.5, 11.5, 13.5
+    events = of(drain(resp), SaDeleted)
+    assert [(e.protocol, e.spi_out) for e in events] == [(ProtocolId.ESP, child), (ProtocolId.IKE, b"")]
+    assert all(e.reason.startswith("dead peer: nothing heard from it for 15 s") for e in events)
+    assert resp.counts == {"IKE SA removed: dead peer": 1}
+
+
+def test_a_peer_that_talks_is_never_asked():
+    ini, resp, *_ = establish(rcfg=live_responder())
+    for now in (8.0, 16.0, 24.0):
+        ini.check_liveness(now)  # its own liveness checks are traffic too
+        exchange(ini, resp, now)
+        resp.handle_timer(now)
+        assert not resp.datagrams_to_send()
+    assert resp.get_timer() == 34.0 and len(resp) == 1
+
+
+def test_a_replayed_copy_of_a_request_does_not_keep_a_dead_peer_alive():
+    ini, resp, *_ = establish(rcfg=live_responder())
+    ini.check_liveness(1.0)
+    request = ini.datagrams_to_send()[0][0]
+    resp.receive(request, I_END, 1.0)
+    resp.datagrams_to_send()
+    resp.receive(request, I_END, 9.0)  # an attacker replays the captured request: answered from the cache
+    assert len(resp.datagrams_to_send()) == 1 and resp.get_timer() == 11.0
+
+
+def test_an_address_past_max_sas_per_peer_keeps_its_newest_sas():
+    resp = responder(live_responder(max_sas_per_peer=2))
+    initiators = []
+    for n in range(3):
+        ini = initiator(seed=b"i%d" % n, now=float(n))
+        exchange(ini, resp, float(n))
+        initiators.append(ini)
+    assert len(resp) == 2 and resp.counts == {"IKE SA replaced: max_sas_per_peer": 1}
+    kept = {view.spi_i for view in resp.views()}
+    assert kept == {initiators[1].sa.spi_i, initiators[2].sa.spi_i}  # the first, heard least recently, went
+    (gone,) = [e for e in of(drain(resp), SaDeleted) if e.protocol == ProtocolId.IKE]
+    assert gone.ike_spi_i == initiators[0].sa.spi_i and "max_sas_per_peer" in gone.reason
+
+
+def test_a_replaced_peer_that_was_heard_recently_outlives_an_older_one():
+    resp = responder(live_responder(max_sas_per_peer=2))
+    first, second = initiator(seed=b"a"), initiator(seed=b"b")
+    exchange(first, resp, 0.0)
+    exchange(second, resp, 1.0)
+    first.check_liveness(2.0)
+    exchange(first, resp, 2.0)  # the first one spoke last
+    exchange(initiator(seed=b"c", now=3.0), resp, 3.0)
+    assert {view.spi_i for view in resp.views()} >= {first.sa.spi_i} and second.sa.spi_i not in {
+        view.spi_i for view in resp.views()}
+
+
+def test_max_sas_refuses_new_ike_sa_init_and_counts_it():
+    resp = responder(live_responder(max_sas=1))
+    exchange(initiator(seed=b"a"), resp, 0.0)
+    late = initiator(seed=b"b", local=Endpoint(IPv4Address("10.0.0.2"), 500))
+    exchange(late, resp, 1.0)
+    assert len(resp) == 1 and resp.counts == {"IKE_SA_INIT refused: max_sas": 1}
+    assert not late.sa.established
 
 
 # --- INFORMATIONAL ---

@@ -120,6 +120,8 @@ class SimEnclave:
 class _ProcessSigner(Signer):
     """Signs by asking the sim enclave process; holds only the public key."""
 
+    deferred = True  # a round trip to another process, which may be slow or stopped
+
     def __init__(self, call: Callable[[Op, bytes], bytes], key: ec.EllipticCurvePublicKey,
                  schemes: tuple[SignatureScheme, ...]) -> None:
         self._call, self._key, self._schemes = call, key, schemes

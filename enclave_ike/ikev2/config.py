@@ -154,16 +154,24 @@ class PeerCredential:
 @dataclass(frozen=True)
 class Timers:
     """Seconds. `retransmit` is the first retransmission timeout of our own requests, doubled on every retry, up to
-    `retransmit_tries` sends in all; `half_open` bounds the wait for IKE_AUTH after IKE_SA_INIT; `rekeyed_linger` how
-    long a rekeyed IKE SA waits for the peer to delete it."""
+    `retransmit_tries` sends in all; `half_open` bounds the wait for IKE_AUTH after IKE_SA_INIT (and for our own
+    signature after it); `rekeyed_linger` how long a rekeyed IKE SA waits for the peer to delete it.
+
+    Liveness (RFC 7296 2.4): an established IKE SA that has heard nothing authentic from its peer for `liveness`
+    seconds sends an empty INFORMATIONAL request; when still nothing has come `liveness_timeout` seconds later, the
+    peer is dead and the SA and its Child SAs are removed. So a vanished peer's SAs are gone at most `liveness +
+    liveness_timeout` after its last message. None: never asked (the peer's own deletes and INITIAL_CONTACT only)."""
 
     retransmit: float = 0.5
     retransmit_tries: int = 6
     half_open: float = 30.0
     rekeyed_linger: float = 30.0
+    liveness: float | None = None
+    liveness_timeout: float = 15.0
 
     def __post_init__(self) -> None:
-        if self.retransmit <= 0 or self.half_open <= 0 or self.rekeyed_linger <= 0:
+        if (self.retransmit <= 0 or self.half_open <= 0 or self.rekeyed_linger <= 0 or self.liveness_timeout <= 0
+                or (self.liveness is not None and self.liveness <= 0)):
             raise PolicyError("timers: every timeout must be positive")
         if self.retransmit_tries < 1:
             raise PolicyError("timers: retransmit_tries must be at least 1")
@@ -172,7 +180,13 @@ class Timers:
 @dataclass(frozen=True)
 class Limits:
     """How much state a `Responder` keeps. Half-open SAs are those waiting for IKE_AUTH; past `cookie_threshold` of
-    them every IKE_SA_INIT must carry a valid COOKIE (RFC 7296 2.6). The per-peer limits count by IP address."""
+    them every IKE_SA_INIT must carry a valid COOKIE (RFC 7296 2.6). The per-peer limits count by IP address.
+
+    Past `max_half_open`, `max_half_open_per_peer` or `max_sas` a new IKE_SA_INIT is refused (dropped, and counted).
+    `max_sas_per_peer` is kept differently: an address past it may still start IKE SAs (its half-open ones are
+    bounded), and when one of them is established, that address's established SA heard from least recently is
+    removed. Clients that vanished behind one address (crashed, suspended, a NAT's other users) so never lock the
+    next one out; a live client whose SA was replaced notices at its next exchange and starts a new one."""
 
     cookie_threshold: int = 64
     max_half_open: int = 10_000

@@ -817,7 +817,12 @@ def _verify_with(scheme: SignatureScheme, key: PublicKey, signature: bytes, data
 
 class Signer(ABC):
     """An identity key that signs AUTH payloads. Backends (software, the sim enclave, a TEE) implement it; no
-    method returns private key material."""
+    method returns private key material.
+
+    `deferred`: `sign` waits on something outside this process (a socket, a device), so the responder does not call
+    it inline: it asks with a SignatureRequested event and the server signs away from its event loop."""
+
+    deferred: bool = False
 
     @property
     @abstractmethod

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .config import Endpoint, Identity, Mode, PeerCredential
 from .constants import ProtocolId
-from .crypto import ChildSuite, IkeSuite
+from .crypto import ChildSuite, IkeSuite, SignatureScheme
 from .payloads import Payload, TrafficSelector
 
 
@@ -151,6 +151,21 @@ class PeerAlive:
 
 
 @dataclass(frozen=True)
+class SignatureRequested:
+    """Our AUTH needs a signature from a signer that must not be waited on (`Signer.deferred`): sign `data` under
+    `scheme` away from the event loop, then hand it back with `Responder.complete_signature` (or
+    `fail_signature`). The IKE SA answers its IKE_AUTH request only then."""
+
+    ike_spi_i: bytes
+    ike_spi_r: bytes
+    data: bytes
+    scheme: SignatureScheme
+
+    def __repr__(self) -> str:
+        return f"SignatureRequested({self.ike_spi_i.hex()}/{self.ike_spi_r.hex()}, {self.scheme.name})"
+
+
+@dataclass(frozen=True)
 class ResponseReceived:
     """The peer's answer to a request made with `IkeSa.send_custom_request` (tests and diagnostics): the payloads
     it carried, decrypted."""
@@ -163,4 +178,4 @@ class ResponseReceived:
 
 
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | IkeSaRekeyed | SaDeleted | ProtocolErrorEvent
-         | PeerErrorNotified | PeerAlive | ResponseReceived)
+         | PeerErrorNotified | PeerAlive | SignatureRequested | ResponseReceived)

@@ -6,11 +6,14 @@ new IKE_SA_INIT requests, and moves the SAs' datagrams and events into its own q
 `datagrams_to_send()` (each with its destination), applies `next_event()`, and calls `handle_timer(now)` at
 `get_timer()`.
 
-Bounded state (`Limits`): at most so many SAs and half-open SAs in all and per peer address; past those, a new
-IKE_SA_INIT is dropped. Past `cookie_threshold` half-open SAs, every IKE_SA_INIT must carry a COOKIE (RFC 7296
-2.6) made by the stateless `cookies` function; requests without one get a COOKIE answer and leave no state. Requests
-for an IKE SA we do not know get an unprotected INVALID_IKE_SPI answer (2.21.4), rate-limited; responses for one
-are dropped.
+Bounded state (`Limits`): at most so many SAs in all, and half-open SAs in all and per peer address; past those, a
+new IKE_SA_INIT is dropped. An address past `max_sas_per_peer` established SAs has its least recently heard one
+replaced by the newest, so clients that vanished without a Delete never lock out the next client from there; those
+that vanished are found by the SAs' liveness checks (`Timers.liveness`) and removed. Every refusal and removal for
+a limit is counted in `counts` (aggregates, no address), which the server logs. Past `cookie_threshold` half-open
+SAs, every IKE_SA_INIT must carry a COOKIE (RFC 7296 2.6) made by the stateless `cookies` function; requests
+without one get a COOKIE answer and leave no state. Requests for an IKE SA we do not know get an unprotected
+INVALID_IKE_SPI answer (2.21.4), rate-limited; responses for one are dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from .errors import InvalidMajorVersion, RemoteProtocolError, UnsupportedCritica
 from .events import Event, IkeSaEstablished
 from .payloads import IKE_HEADER_SIZE, IKE_SPI_SIZE, Address, IkeHeader, Message, Notify
 from .state import ZERO_SPI, IkeSa, IkeSaView, SpiAllocator, State, peek_header
+
+REFUSED_MAX_HALF_OPEN: Final = "IKE_SA_INIT refused: max_half_open"
+REFUSED_MAX_HALF_OPEN_PER_PEER: Final = "IKE_SA_INIT refused: max_half_open_per_peer"
+REFUSED_MAX_SAS: Final = "IKE_SA_INIT refused: max_sas"
+REPLACED_MAX_SAS_PER_PEER: Final = "IKE SA replaced: max_sas_per_peer"
+DEAD_PEER: Final = "IKE SA removed: dead peer"
 
 _FLAGS_OFFSET: Final = 19
 _EXCHANGE_OFFSET: Final = 18
@@ -50,7 +59,7 @@ class Responder:
         self._address: dict[bytes, Address] = {}  # the peer address each SA is counted under
         self._half_open: set[bytes] = set()
         self._half_open_per_peer: Counter[Address] = Counter()
-        self._sas_per_peer: Counter[Address] = Counter()
+        self._by_peer: dict[Address, set[bytes]] = {}  # our SPIs of each peer address's SAs
         self._by_identity: dict[Identity, set[bytes]] = {}
         self._timers: list[tuple[float, int, bytes]] = []
         self._sequence = itertools.count()
@@ -60,6 +69,8 @@ class Responder:
         self._tokens_at: float | None = None
         self.dropped = 0
         self.cookies_sent = 0
+        self.counts: Counter[str] = Counter()
+        """Refusals and removals for a limit, and dead peers removed, by `Limit` name (aggregates only)."""
 
     # --- the sans-I/O interface ---
 
@@ -113,6 +124,8 @@ class Responder:
             if deadline is None or deadline > now:
                 continue
             sa.handle_timer(now)
+            if sa.declared_dead:
+                self.counts[DEAD_PEER] += 1
             self._collect(sa, now)
 
     # --- what the server may ask ---
@@ -137,6 +150,21 @@ class Responder:
     def rotate_cookie_secret(self, secret: bytes) -> None:
         """Start using a new cookie secret; cookies made with the current one stay valid until the next rotation."""
         self._cookie_secrets = self._cookie_secrets.rotate(secret)
+
+    def complete_signature(self, own_spi: bytes, now: float, signature: bytes) -> None:
+        """The signature a SignatureRequested of the IKE SA with `own_spi` asked for. An SA that is gone or no
+        longer waiting (its half-open time ran out) ignores it."""
+        sa = self._sas.get(own_spi)
+        if sa is not None and sa.state is State.SIGNING:
+            sa.complete_signature(now, signature)
+            self._collect(sa, now)
+
+    def fail_signature(self, own_spi: bytes, now: float, reason: str) -> None:
+        """The signer could not make that signature: the IKE SA is removed, unanswered."""
+        sa = self._sas.get(own_spi)
+        if sa is not None and sa.state is State.SIGNING:
+            sa.fail_signature(now, reason)
+            self._collect(sa, now)
 
     def delete(self, own_spi: bytes, now: float) -> None:
         """Delete one IKE SA with the peer's knowledge (an INFORMATIONAL exchange)."""
@@ -168,11 +196,9 @@ class Responder:
         except RemoteProtocolError:
             self.dropped += 1
             return
-        limits = self.config.limits
-        if (len(self._half_open) >= limits.max_half_open
-                or self._half_open_per_peer[source.address] >= limits.max_half_open_per_peer
-                or len(self._sas) >= limits.max_sas
-                or self._sas_per_peer[source.address] >= limits.max_sas_per_peer):
+        refused = self._refusal(source.address)
+        if refused is not None:
+            self.counts[refused] += 1
             self.dropped += 1
             return
         sa = IkeSa.responder(self.config, random=self._random, spis=self._spis, local=local, peer=source,
@@ -182,6 +208,17 @@ class Responder:
         if sa.state is State.EXPECT_IKE_SA_INIT:
             sa.abandon(now, "IKE_SA_INIT not taken")
         self._collect(sa, now)
+
+    def _refusal(self, address: Address) -> str | None:
+        """The limit a new IKE SA from `address` would break, if any."""
+        limits = self.config.limits
+        if len(self._half_open) >= limits.max_half_open:
+            return REFUSED_MAX_HALF_OPEN
+        if self._half_open_per_peer[address] >= limits.max_half_open_per_peer:
+            return REFUSED_MAX_HALF_OPEN_PER_PEER
+        if len(self._sas) >= limits.max_sas:
+            return REFUSED_MAX_SAS
+        return None
 
     def _cookie_ok(self, data: bytes, header: IkeHeader, source: Endpoint) -> bool:
         """With cookies demanded: whether the request carries a valid one. If not, answer with a fresh COOKIE (no
@@ -239,7 +276,7 @@ class Responder:
         spi = sa.own_spi
         self._sas[spi] = sa
         self._address[spi] = address
-        self._sas_per_peer[address] += 1
+        self._by_peer.setdefault(address, set()).add(spi)
         if init_key is not None:
             self._by_init[init_key] = sa
             self._init_key[spi] = init_key
@@ -249,9 +286,9 @@ class Responder:
         if sa is None:
             return
         address = self._address.pop(spi)
-        self._sas_per_peer[address] -= 1
-        if not self._sas_per_peer[address]:
-            del self._sas_per_peer[address]
+        self._by_peer[address].discard(spi)
+        if not self._by_peer[address]:
+            del self._by_peer[address]
         self._set_half_open(spi, address, False)
         init_key = self._init_key.pop(spi, None)
         if init_key is not None and self._by_init.get(init_key) is sa:
@@ -290,9 +327,10 @@ class Responder:
         if sa.state is State.DELETED:
             self._unregister(spi)
             return
-        self._set_half_open(spi, self._address[spi], sa.state is State.EXPECT_IKE_AUTH)
+        self._set_half_open(spi, self._address[spi], sa.state in (State.EXPECT_IKE_AUTH, State.SIGNING))
         for event in established:
             self._initial_contact(sa, event, now)
+            self._keep_per_peer_limit(sa, now)
         deadline = sa.get_timer()
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, next(self._sequence), spi))
@@ -313,6 +351,17 @@ class Responder:
                     other.abandon(now, "INITIAL_CONTACT from the same identity")
                     self._collect(other, now)
         self._by_identity.setdefault(event.peer_id, set()).add(sa.own_spi)
+
+    def _keep_per_peer_limit(self, newest: IkeSa, now: float) -> None:
+        """Past `max_sas_per_peer` established SAs from one address, the one heard from least recently goes (see
+        `Limits`); the newest is never the one."""
+        spis = self._by_peer.get(self._address[newest.own_spi], set())
+        established = [sa for spi in spis if (sa := self._sas[spi]).established and sa is not newest]
+        excess = len(established) + 1 - self.config.limits.max_sas_per_peer
+        for sa in sorted(established, key=lambda sa: (sa.last_heard, sa.own_spi))[:max(0, excess)]:
+            sa.abandon(now, "replaced by a newer IKE SA from the same address (limits.max_sas_per_peer)")
+            self.counts[REPLACED_MAX_SAS_PER_PEER] += 1
+            self._collect(sa, now)
 
     def _rebuild_timers(self) -> None:
         self._timers = [(deadline, next(self._sequence), spi) for spi, sa in self._sas.items()

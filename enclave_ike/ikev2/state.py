@@ -45,6 +45,7 @@ from .crypto import (
     choose_scheme,
     derive_child_keys,
     derive_ike_keys,
+    encode_signature_auth,
     encrypt_message,
     key_sha256,
     nat_detection_hash,
@@ -83,6 +84,7 @@ from .events import (
     ProtocolErrorEvent,
     ResponseReceived,
     SaDeleted,
+    SignatureRequested,
 )
 from .negotiation import (
     accept_esp_choice,
@@ -138,6 +140,7 @@ class State(Enum):
 
     EXPECT_IKE_SA_INIT = "expect IKE_SA_INIT request"
     EXPECT_IKE_AUTH = "expect IKE_AUTH request"
+    SIGNING = "IKE_AUTH request accepted: expect our signature (a deferred signer)"
     EXPECT_IKE_SA_INIT_RESPONSE = "expect IKE_SA_INIT response"
     EXPECT_IKE_AUTH_RESPONSE = "expect IKE_AUTH response"
     ESTABLISHED = "established: expect CREATE_CHILD_SA and INFORMATIONAL"
@@ -160,6 +163,7 @@ class Outcome(Enum):
     REKEYED = "rekeyed"  # a new IKE SA took over the Child SAs
     CLOSED = "closed"  # the IKE SA was deleted
     REFUSED = "refused"  # an error: answered with a Notify, or dropped
+    WAITING = "waiting"  # the answer needs our signature, asked for with SignatureRequested
 
 
 # --- records ---
@@ -240,6 +244,18 @@ P = TypeVar("P", bound=Payload)
 
 
 # --- what we asked, for the responses ---
+
+@dataclass(frozen=True)
+class _Signing:
+    """An IKE_AUTH request checked and waiting for our signature: what its answer is made of."""
+
+    inbound: Inbound
+    peer_id: Identity
+    method: int
+    credential: PeerCredential
+    idr: IdentificationResponder
+    scheme: SignatureScheme
+
 
 @dataclass(frozen=True)
 class _InitRequest:
@@ -454,9 +470,17 @@ class IkeSa:
         self._next_id = 0
         self._pending: _Pending | None = None
         self._queue: deque[Callable[[], object]] = deque()
+        self._signing: _Signing | None = None
+        self._signature = b""  # handed back by complete_signature, for _on_signature
         # timers
         self._half_open_deadline: float | None = None
         self._linger_deadline: float | None = None
+        self._liveness_deadline: float | None = None  # ask whether the peer is alive (Timers.liveness)
+        self._dead_deadline: float | None = None  # the peer is dead unless heard from by then
+        self.last_heard = 0.0
+        """When the peer last sent us something authentic (ordering of SAs at a limit; liveness)."""
+        self.declared_dead = False
+        """Removed because the peer stopped answering (liveness)."""
         # out
         self._events: deque[Event] = deque()
         self._outbox: list[tuple[bytes, Endpoint]] = []
@@ -472,7 +496,7 @@ class IkeSa:
         """A new responder SA for an IKE_SA_INIT from `peer` with `spi_i`; `spi_r` is ours (from `spis`)."""
         sa = cls(Role.RESPONDER, config, random=random, spis=spis, local=local, peer=peer, spi_i=spi_i, spi_r=spi_r,
                  state=State.EXPECT_IKE_SA_INIT)
-        sa._now = now
+        sa._now = sa.last_heard = now
         return sa
 
     @classmethod
@@ -520,7 +544,9 @@ class IkeSa:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` should be called next, if ever."""
-        deadlines = [d for d in (self._half_open_deadline, self._linger_deadline,
+        liveness = ((self._liveness_deadline, self._dead_deadline) if self.state is State.ESTABLISHED
+                    else (None, None))
+        deadlines = [d for d in (self._half_open_deadline, self._linger_deadline, *liveness,
                                  self._pending.deadline if self._pending else None) if d is not None]
         return min(deadlines) if deadlines and self.state is not State.DELETED else None
 
@@ -534,6 +560,8 @@ class IkeSa:
         if self._linger_deadline is not None and now >= self._linger_deadline:
             self._teardown("rekeyed, and the peer did not delete the old IKE SA")
             return
+        if self.state is State.ESTABLISHED and self._check_liveness(now):
+            return
         pending = self._pending
         if pending is not None and now >= pending.deadline:
             if pending.tries >= self._config.timers.retransmit_tries:
@@ -543,6 +571,29 @@ class IkeSa:
             pending.tries += 1
             pending.deadline = now + self._config.timers.retransmit * 2 ** (pending.tries - 1)
             self._outbox.append((pending.data, self.peer))
+
+    def _check_liveness(self, now: float) -> bool:
+        """RFC 7296 2.4: a peer silent for `liveness` is asked (an empty INFORMATIONAL request, or whatever request
+        is already outstanding, retransmitted as usual); silent `liveness_timeout` longer, it is dead. True when
+        this removed the SA."""
+        if self._dead_deadline is not None and now >= self._dead_deadline:
+            self.declared_dead = True
+            self._teardown(f"dead peer: nothing heard from it for {now - self.last_heard:.0f} s, liveness check "
+                           "unanswered")
+            return True
+        if self._liveness_deadline is not None and now >= self._liveness_deadline:
+            self._liveness_deadline = None
+            self._dead_deadline = now + self._config.timers.liveness_timeout
+            if self._pending is None:
+                self._send_request(ExchangeType.INFORMATIONAL, (), _LivenessRequest())
+        return False
+
+    def _heard(self) -> None:
+        """The peer sent something authentic: it is alive."""
+        self.last_heard = self._now
+        self._dead_deadline = None
+        liveness = self._config.timers.liveness
+        self._liveness_deadline = None if liveness is None else self._now + liveness
 
     def view(self) -> IkeSaView:
         return IkeSaView(self.state, self.role, self.spi_i, self.spi_r, self.suite, self.peer, self.peer_id,
@@ -615,6 +666,30 @@ class IkeSa:
         self._queue.append(lambda: self._request_ike_rekey(suites))
         self._flush_queue()
 
+    def complete_signature(self, now: float, signature: bytes) -> None:
+        """Our signature for the SignatureRequested this SA asked for: the IKE_AUTH answer goes out."""
+        self._now = now
+        if self.state is not State.SIGNING or self._signing is None:
+            raise LocalProtocolError(f"no signature is awaited in {self.state.name}")
+        self._signature = signature
+        transition = TRANSITIONS[(State.SIGNING, SIGNATURE_READY, REQUEST)]
+        try:
+            outcome = transition.handler(self, self._signing.inbound)
+        except RemoteProtocolError as exc:
+            header = self._signing.inbound.header
+            self._refuse(header, self._signing.inbound.data, self._signing.inbound.source, exc, protected=True)
+            outcome = Outcome.REFUSED
+        self._signing, self._signature = None, b""
+        self._enter(transition.next_state[outcome], outcome)
+        self._flush_queue()
+
+    def fail_signature(self, now: float, reason: str) -> None:
+        """The signer could not sign: the IKE SA goes unanswered (the initiator's own timeout ends it there)."""
+        self._now = now
+        if self.state is State.SIGNING:
+            self._signing = None
+            self._teardown(f"our signer failed: {reason}")
+
     def abandon(self, now: float, reason: str) -> None:
         """Forget this IKE SA without telling the peer (INITIAL_CONTACT from it, or shutdown)."""
         self._now = now
@@ -675,7 +750,10 @@ class IkeSa:
         authenticates (a peer may re-encrypt), is answered; anything else with that ID is dropped."""
         if self._last_response is None:
             return
-        if data == self._last_request or self._authentic(data):
+        if data == self._last_request:  # answered, but a copy proves nothing: anyone on the path could replay it
+            self._outbox.append((self._last_response, source))
+        elif self._authentic(data):
+            self._heard()
             self._outbox.append((self._last_response, source))
         else:
             self.dropped += 1
@@ -760,6 +838,7 @@ class IkeSa:
         except IntegrityError:
             return None
         self.peer = source  # authenticated: the peer is where this came from (NAT, RFC 7296 2.23)
+        self._heard()
         payloads = decode_payloads(Reader(plaintext, payload="SK"), sk.first_payload, inner=True)
         return Inbound(header, data, payloads, source, protected=True)
 
@@ -838,7 +917,7 @@ class IkeSa:
             return
         if state is State.EXPECT_DELETE and self.state is not State.EXPECT_DELETE:
             self._linger_deadline = self._now + self._config.timers.rekeyed_linger
-        if state is not State.EXPECT_IKE_AUTH:
+        if state not in (State.EXPECT_IKE_AUTH, State.SIGNING):  # a signature never handed back ends it too
             self._half_open_deadline = None
         self.state = state
 
@@ -853,7 +932,7 @@ class IkeSa:
         self._pending = None
         self._queue.clear()
         self._spis.release(self.own_spi)
-        self._half_open_deadline = self._linger_deadline = None
+        self._half_open_deadline = self._linger_deadline = self._liveness_deadline = self._dead_deadline = None
         self.state = State.DELETED
 
     def _drop_child(self, child: ChildSa, reason: str) -> None:
@@ -952,8 +1031,35 @@ class IkeSa:
         our_octets = signed_octets(suite.prf, self._init_response, self._ni, keys.sk_pr, idr.encode())
         if config.signer is None:
             our_auth = Authentication(AuthMethod.NULL, null_auth(suite.prf, keys.sk_pr, our_octets))
-        else:  # RFC 7427: a hash the peer listed, or AUTHENTICATION_FAILED when our key can make none of them
-            our_auth = sign_auth(config.signer, our_octets, choose_scheme(config.signer, self.peer_hashes))
+            return self._finish_ike_auth(inbound, peer_id, auth.method, credential, idr, our_auth)
+        # RFC 7427: a hash the peer listed, or AUTHENTICATION_FAILED when our key can make none of them
+        scheme = choose_scheme(config.signer, self.peer_hashes)
+        if config.signer.deferred:
+            self._signing = _Signing(inbound, peer_id, auth.method, credential, idr, scheme)
+            self._events.append(SignatureRequested(self.spi_i, self.spi_r, our_octets, scheme))
+            return Outcome.WAITING
+        our_auth = sign_auth(config.signer, our_octets, scheme)
+        return self._finish_ike_auth(inbound, peer_id, auth.method, credential, idr, our_auth)
+
+    def _on_signature(self, inbound: Inbound) -> Outcome:
+        """Our signature came (complete_signature): answer the IKE_AUTH request that waited for it."""
+        signing = self._signing
+        if signing is None:
+            raise LocalProtocolError("no signature is awaited")
+        our_auth = Authentication(AuthMethod.DIGITAL_SIGNATURE, encode_signature_auth(signing.scheme,
+                                                                                     self._signature))
+        return self._finish_ike_auth(inbound, signing.peer_id, signing.method, signing.credential, signing.idr,
+                                     our_auth)
+
+    def _still_signing(self, inbound: Inbound) -> Outcome:
+        """A retransmitted IKE_AUTH request while our signature is on its way: its answer is not made yet."""
+        self.dropped += 1
+        return Outcome.WAITING
+
+    def _finish_ike_auth(self, inbound: Inbound, peer_id: Identity, method: int, credential: PeerCredential,
+                         idr: IdentificationResponder, our_auth: Authentication) -> Outcome:
+        config = self._responder_config()
+        suite, _ = self._ike_keys()
         child_payloads: tuple[Payload, ...]
         child: tuple[ChildSa, ChildSaEstablished] | None = None
         child_error: RemoteProtocolError | None = None
@@ -962,11 +1068,11 @@ class IkeSa:
         except (NoProposalChosen, TsUnacceptable, InvalidKePayload) as exc:  # 2.21.2: the IKE SA still comes up
             child_payloads, child_error = (Notify(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN, exc.notify_data),), exc
         # commit
-        self.peer_id, self.peer_auth, self.peer_credential = peer_id, auth.method, credential
+        self.peer_id, self.peer_auth, self.peer_credential = peer_id, method, credential
         self._respond(inbound, (idr, our_auth, *child_payloads), protected=True)
         self._established = True
         self._events.append(IkeSaEstablished(self.spi_i, self.spi_r, self.local, self.peer, config.local_id, peer_id,
-                                             auth.method, suite, self.nat,
+                                             method, suite, self.nat,
                                              inbound.has(NotifyType.INITIAL_CONTACT), credential))
         if child is not None:
             self._add_child(*child)
@@ -1125,6 +1231,7 @@ class IkeSa:
         new = IkeSa(role, self._config, random=self._random, spis=self._spis, local=self.local, peer=self.peer,
                     spi_i=spi_i, spi_r=spi_r, state=State.ESTABLISHED)
         new._now = self._now
+        new._heard()  # the rekey exchange itself was heard
         new._install_keys(suite, keys)
         new.nat, new.peer_id, new.peer_auth, new._established = self.nat, self.peer_id, self.peer_auth, True
         new.peer_credential = self.peer_credential
@@ -1447,12 +1554,18 @@ class Transition:
 
 S, X = State, ExchangeType
 REQUEST, RESPONSE = True, False
+SIGNATURE_READY: Final = 0
+"""Not an exchange type (those start at 34): our deferred signature arriving, through `complete_signature`."""
 
 TRANSITIONS: Final[Mapping[tuple[State, int, bool], Transition]] = {
     # the responder answers the original initiator's requests
     (S.EXPECT_IKE_SA_INIT, X.IKE_SA_INIT, REQUEST): Transition(IkeSa._answer_ike_sa_init, {
         Outcome.DONE: S.EXPECT_IKE_AUTH, Outcome.REFUSED: S.DELETED}),
     (S.EXPECT_IKE_AUTH, X.IKE_AUTH, REQUEST): Transition(IkeSa._answer_ike_auth, {
+        Outcome.DONE: S.ESTABLISHED, Outcome.WAITING: S.SIGNING, Outcome.REFUSED: S.DELETED}),
+    (S.SIGNING, X.IKE_AUTH, REQUEST): Transition(IkeSa._still_signing, {
+        Outcome.WAITING: S.SIGNING, Outcome.REFUSED: S.SIGNING}),
+    (S.SIGNING, SIGNATURE_READY, REQUEST): Transition(IkeSa._on_signature, {
         Outcome.DONE: S.ESTABLISHED, Outcome.REFUSED: S.DELETED}),
     (S.ESTABLISHED, X.CREATE_CHILD_SA, REQUEST): Transition(IkeSa._answer_create_child_sa, {
         Outcome.DONE: S.ESTABLISHED, Outcome.REKEYED: S.EXPECT_DELETE, Outcome.REFUSED: S.ESTABLISHED}),
