@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -350,6 +352,29 @@ def test_charon_dpd_is_answered(world: World, enclave_ike: Callable[..., procs.D
     still = client.established(CONN)
     assert still is not None and still["initiator-spi"] == sa["initiator-spi"], still
     assert server.running() and " deleted" not in server.log_text()
+
+
+LIVENESS_S, LIVENESS_TIMEOUT_S = 2, 2
+
+
+@pytest.mark.host  # IKE only
+def test_a_killed_charon_is_found_dead_and_removed_within_the_liveness_time(
+        world: World, enclave_ike: Callable[..., procs.Daemon], charon: Callable[..., Charon],
+        client_key: ec.EllipticCurvePrivateKey) -> None:
+    """charon SIGKILLed sends no Delete: enclave-ike's liveness check (RFC 7296 2.4) goes unanswered and the IKE SA
+    and its Child SA are removed within liveness_s + liveness_timeout_s."""
+    server = enclave_ike(suites=f"[limits]\nliveness_s = {LIVENESS_S}\nliveness_timeout_s = {LIVENESS_TIMEOUT_S}\n")
+    client = charon(raw_key_config(world, client_key))
+    client.initiate(CONN)
+    client.wait_established(CONN)
+    spi = server.wait_for_log(SERVER_ESTABLISHED, timeout=10.0).group(1)
+    child = server.wait_for_log(rf"Child SA established under IKE SA {spi}: in (0x[0-9a-f]+)", timeout=5.0)
+    os.kill(client.pid, signal.SIGKILL)
+    server.wait_for_log(rf"IKE SA {spi} deleted: dead peer: nothing heard from it",
+                        timeout=LIVENESS_S + LIVENESS_TIMEOUT_S + 1.5)
+    server.wait_for_log(rf"Child SA in {child.group(1)} out 0x[0-9a-f]+ deleted: dead peer", timeout=0.5)
+    server.stop()
+    assert "IKE SA removed: dead peer: 1" in server.log_text()
 
 
 # How charon is configured -> the port IKE uses from IKE_AUTH on.

@@ -173,3 +173,45 @@ def test_dns_answered_over_esp_installed_by_enclave_ike(world: World, pluto: Cal
     assert answers[0].sends == 1, answers[0]
     assert counts.esp_out >= len(answers) and counts.esp_in >= len(answers), counts
     assert counts.plaintext_dns == 0, counts
+
+
+CAFE = "10.78.3.2"
+
+
+def test_one_resolver_serves_a_trusted_and_a_coffee_shop_client(world: World, pluto: Callable[..., Pluto],
+                                                                  enclave_ike: Callable[..., procs.Daemon],
+                                                                  capture: Callable[..., Capture]) -> None:
+    """Needs ESP (the VM). One enclave-ike with a signing identity: ikectl's trusted conn pins its key and gets its
+    signature; ikectl's coffee-shop conn (opportunistic, NULL auth, rightid=%null) gets a NULL answer as ID_NULL
+    (instead of an identity it would refuse and fall back to clear). Both get DNS over ESP, 0 plaintext."""
+    cafe = world.topo.add_host("cafe")
+    world.topo.link(cafe, world.router, "10.78.3.0/24", hosts=(2, 1))
+    world.topo.default_route(cafe, world.router)
+    for host in (world.client, cafe):
+        world.topo.sysctl(host, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
+    wires = {host.name: capture(world.router, world.router.interface_to(host).ifname)
+             for host in (world.client, cafe)}
+    server = enclave_ike(auth="signature", apply="kernel")
+    trusted_pluto(world, pluto, pinned_identity(world))
+    coffee = pluto(cafe, run=False)
+    coffee.init_nss()
+    render.write_tree(render.render_tree(render.Profile(Mode.COFFEE_SHOP, opportunistic=(ip_address(RESOLVER),))),
+                      coffee.dir)
+    coffee.start()
+    coffee.addconn("--autoall")
+    answers = {}
+    for host in (world.client, cafe):
+        answers[host.name] = [query(world.topo, host, RESOLVER, timeout=15.0, retry_every=20.0)]
+        answers[host.name] += [query(world.topo, host, RESOLVER, timeout=5.0) for _ in range(4)]
+    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.1\.2:\d+ \(peer ID_NULL, NULL auth, unauthenticated; "
+                        r"we are resolver\.enclave\.example\)", timeout=5.0)
+    server.wait_for_log(r"IKE SA \S+ established with 10\.78\.3\.2:\d+ \(peer ID_NULL, NULL auth, unauthenticated; "
+                        r"we are ID_NULL\)", timeout=5.0)
+    time.sleep(0.2)
+    for host in (world.client, cafe):
+        wire = wires[host.name]
+        wire.stop()
+        counts = wire.count(host.addresses()).peer(RESOLVER)
+        assert all(a.answered for a in answers[host.name]), (host.name, answers[host.name])
+        assert counts.esp_out >= 5 and counts.esp_in >= 5, (host.name, counts)
+        assert counts.plaintext_dns == 0, (host.name, counts)

@@ -847,6 +847,40 @@ def test_a_failed_or_late_signature_leaves_no_state():
     assert len(resp) == 0 and resp.half_open == 0
 
 
+# --- one resolver for both kinds of client ---
+
+def test_a_signing_resolver_answers_a_client_that_asks_for_id_null_with_null_auth():
+    """Coffee-shop clients (libreswan's opportunistic conns: NULL auth, IDr ID_NULL) get an unauthenticated
+    resolver from a signing one that accepts NULL clients; they would refuse any identity or signature."""
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=DeferredSigner(ECDSA_KEY))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_id=Identity.null())
+    _, _, i_events, r_events, _ = establish(icfg, rcfg)
+    (i_ike,) = of(i_events, IkeSaEstablished)
+    (r_ike,) = of(r_events, IkeSaEstablished)
+    assert (i_ike.peer_id, i_ike.peer_auth) == (Identity.null(), AuthMethod.NULL)
+    assert r_ike.local_id == Identity.null() and not r_ike.credential.authenticated
+    assert not of(r_events, SignatureRequested) and of(r_events, ChildSaEstablished)
+
+
+def test_a_client_naming_the_resolver_or_no_one_gets_its_signature():
+    for wanted in (RESOLVER_ID, None):
+        rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY))
+        icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_id=wanted,
+                               responder_key=ECDSA_KEY.public_key())
+        _, _, i_events, r_events, _ = establish(icfg, rcfg)
+        (i_ike,) = of(i_events, IkeSaEstablished)
+        assert (i_ike.peer_id, i_ike.peer_auth) == (RESOLVER_ID, AuthMethod.DIGITAL_SIGNATURE)
+        assert of(r_events, IkeSaEstablished)[0].local_id == RESOLVER_ID
+
+
+def test_a_private_resolver_never_answers_as_id_null():
+    rcfg = ResponderConfig(local_id=RESOLVER_ID, dns=DNS, signer=c.SoftwareSigner(ECDSA_KEY), anonymous=frozenset(),
+                           peer_keys=(PinnedPeer(CLIENT_ID, OTHER_ECDSA_KEY.public_key()),))
+    icfg = InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,), responder_id=Identity.null())
+    _, resp, i_events, r_events, _ = establish(icfg, rcfg)
+    assert not of(i_events, IkeSaEstablished) and not of(r_events, IkeSaEstablished) and len(resp) == 0
+
+
 # --- liveness and limits (RFC 7296 2.4) ---
 
 LIVE = Timers(liveness=10.0, liveness_timeout=5.0)

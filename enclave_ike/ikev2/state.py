@@ -32,7 +32,7 @@ from enum import Enum
 from typing import ClassVar, Final, TypeVar
 
 from .config import Endpoint, Identity, InitiatorConfig, Mode, PeerAuth, PeerCredential, ResponderConfig
-from .constants import AuthMethod, CertEncoding, DhGroup, ExchangeType, HeaderFlag, NotifyType, ProtocolId
+from .constants import AuthMethod, CertEncoding, DhGroup, ExchangeType, HeaderFlag, IdType, NotifyType, ProtocolId
 from .crypto import (
     ChildKeys,
     ChildSuite,
@@ -417,6 +417,16 @@ def _peer_identity(id_type: int, data: bytes) -> Identity:
         return Identity(id_type, data)
     except LocalProtocolError:
         raise AuthenticationFailed(f"ID: type {id_type} with {len(data)} octets of data names no one") from None
+
+
+def _asks_for_a_null_responder(inbound: Inbound, auth: Authentication) -> bool:
+    """An initiator that authenticates with NULL and names ID_NULL as the responder it wants (IDr, RFC 7296 3.5;
+    libreswan's opportunistic conns, `rightid=%null`) expects a NULL AUTH back and refuses any identity (RFC 7619
+    section 3). A signing responder that also accepts NULL clients answers it so, as an unauthenticated resolver:
+    it pinned nothing, so it loses nothing, and coffee-shop clients get ESP from a resolver that trusted clients
+    pin. A client naming us by our ID, or naming no one, gets our signature."""
+    wanted = inbound.optional(IdentificationResponder, "IDr")
+    return wanted is not None and wanted.id_type == IdType.ID_NULL and auth.method == AuthMethod.NULL
 
 
 def _child_keys(keys: ChildKeys, role: Role) -> ChildSaKeys:
@@ -1027,9 +1037,11 @@ class IkeSa:
         peer_id = _peer_identity(idi.id_type, idi.data)
         octets = signed_octets(suite.prf, self._init_request, self._nr, keys.sk_pi, idi.encode())
         credential = self._verify_initiator(config, inbound, peer_id, auth, octets)
-        idr = IdentificationResponder(config.local_id.id_type, config.local_id.data)
+        anonymous_both_ways = _asks_for_a_null_responder(inbound, auth) and PeerAuth.NULL in config.anonymous
+        ours = Identity.null() if anonymous_both_ways else config.local_id
+        idr = IdentificationResponder(ours.id_type, ours.data)
         our_octets = signed_octets(suite.prf, self._init_response, self._ni, keys.sk_pr, idr.encode())
-        if config.signer is None:
+        if config.signer is None or anonymous_both_ways:
             our_auth = Authentication(AuthMethod.NULL, null_auth(suite.prf, keys.sk_pr, our_octets))
             return self._finish_ike_auth(inbound, peer_id, auth.method, credential, idr, our_auth)
         # RFC 7427: a hash the peer listed, or AUTHENTICATION_FAILED when our key can make none of them
@@ -1058,7 +1070,6 @@ class IkeSa:
 
     def _finish_ike_auth(self, inbound: Inbound, peer_id: Identity, method: int, credential: PeerCredential,
                          idr: IdentificationResponder, our_auth: Authentication) -> Outcome:
-        config = self._responder_config()
         suite, _ = self._ike_keys()
         child_payloads: tuple[Payload, ...]
         child: tuple[ChildSa, ChildSaEstablished] | None = None
@@ -1071,8 +1082,8 @@ class IkeSa:
         self.peer_id, self.peer_auth, self.peer_credential = peer_id, method, credential
         self._respond(inbound, (idr, our_auth, *child_payloads), protected=True)
         self._established = True
-        self._events.append(IkeSaEstablished(self.spi_i, self.spi_r, self.local, self.peer, config.local_id, peer_id,
-                                             method, suite, self.nat,
+        self._events.append(IkeSaEstablished(self.spi_i, self.spi_r, self.local, self.peer,
+                                             Identity(idr.id_type, idr.data), peer_id, method, suite, self.nat,
                                              inbound.has(NotifyType.INITIAL_CONTACT), credential))
         if child is not None:
             self._add_child(*child)
