@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -161,7 +162,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.server.datagram_received(self, data, Endpoint.parse(str(addr[0]).split("%")[0], int(addr[1])))
+        self.server.datagram_received(self, data, _endpoint(addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("%s: %s", self.local, exc)  # ICMP errors for what we sent: the peer is gone, IKE will time out
@@ -169,6 +170,12 @@ class _Udp(asyncio.DatagramProtocol):
     def send(self, data: bytes, peer: Endpoint) -> None:
         if self.transport is not None:
             self.transport.sendto(NON_ESP_MARKER + data if self.natt else data, (str(peer.address), peer.port))
+
+
+@functools.lru_cache(maxsize=4096)
+def _endpoint(host: str, port: int) -> Endpoint:
+    """The peer of a datagram, parsed once per address and port (not once per datagram)."""
+    return Endpoint.parse(str(host).split("%")[0], int(port))
 
 
 @dataclass(frozen=True)
@@ -293,8 +300,11 @@ class Server:
     # --- the clock ---
 
     def _arm_timer(self) -> None:
+        """One loop timer at the responder's deadline. A timer already armed for an earlier time stays: it fires
+        early, the responder finds nothing due, and the timer is armed again (one re-arm per firing instead of a
+        cancel and a new timer for nearly every datagram, as each new SA's deadline is later than the last's)."""
         deadline = self.responder.get_timer()
-        if deadline == self._timer_at and self._timer is not None:
+        if self._timer is not None and self._timer_at is not None and (deadline is None or self._timer_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -333,7 +343,8 @@ class Server:
     # --- events ---
 
     def _on_event(self, event: Event) -> bool:
-        """Log the event and queue its kernel operations; True when it queued any."""
+        """Log the event and queue its kernel operations; True when it queued any. With apply.mode = "none" nothing
+        is queued: the operations that would have been applied are logged, one line for the event's."""
         if isinstance(event, SignatureRequested):
             task = self._loop.create_task(self._sign(event))
             self._signing.add(task)
@@ -345,6 +356,10 @@ class Server:
         except ApplyError as exc:
             self.apply_failures += 1
             log.error("apply: %s", exc)
+            return False
+        if self.config.apply is ApplyMode.NONE:
+            if operations:
+                log.info("apply (mode none, not applied): %s", "; ".join(map(str, operations)))
             return False
         for op in operations:
             self._operations.put_nowait(op)
@@ -371,7 +386,7 @@ class Server:
             if isinstance(op, _Send):
                 self._send(op.datagrams)
                 continue
-            if self.config.apply is ApplyMode.NONE:
+            if self.config.apply is ApplyMode.NONE:  # only the teardown at stop comes here in mode none
                 log.info("apply (mode none, not applied): %s", op)
                 continue
             try:

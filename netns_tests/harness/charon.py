@@ -69,6 +69,8 @@ class CharonConfig:
     files: Mapping[str, bytes] = field(default_factory=dict)
     kernel_sas: bool = False
     charon_options: Mapping[str, str] = field(default_factory=dict)  # extra `charon { key = value }` lines
+    log_levels: Mapping[str, int] = field(default_factory=lambda: {"default": 1, "ike": 2, "cfg": 2})
+    """filelog levels by subsystem (charon's own default is 1 for all; the tests read level 2's ike and cfg lines)."""
 
 
 class Charon(Daemon):
@@ -103,6 +105,7 @@ class Charon(Daemon):
         options = {"install_routes": "no", "install_virtual_ip": "no", "retransmit_tries": "3",
                    "retransmit_timeout": "1.0", **config.charon_options}
         option_text = "".join(f"  {key} = {value}\n" for key, value in options.items())
+        levels = "".join(f"      {subsystem} = {level}\n" for subsystem, level in config.log_levels.items())
         self.conf.write_text(
             "charon {\n"
             f"  load = {' '.join(self.plugins)}\n"
@@ -112,7 +115,7 @@ class Charon(Daemon):
             f"{'' if config.kernel_sas else USERSPACE_IPSEC_OPTIONS}"
             "  }\n"
             "  filelog {\n"
-            "    stderr {\n      default = 1\n      ike = 2\n      cfg = 2\n      time_format = %H:%M:%S\n"
+            f"    stderr {{\n{levels}      time_format = %H:%M:%S\n"
             "      time_add_ms = yes\n      flush_line = yes\n    }\n"
             "  }\n"
             "}\n"
