@@ -26,13 +26,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Final, cast
+from typing import Final
 
 from enclave_ike.ikev2 import crypto as c
 from enclave_ike.ikev2.config import DnsSelectors, Endpoint, Identity, InitiatorConfig, ResponderConfig
 from enclave_ike.ikev2.constants import DhGroup, EncrId, ExchangeType, HeaderFlag, NotifyType, PrfId, ProtocolId
 from enclave_ike.ikev2.errors import IkeError, LocalProtocolError
-from enclave_ike.ikev2.events import ChildSaEstablished, ResponseReceived
+from enclave_ike.ikev2.events import ChildSaEstablished
 from enclave_ike.ikev2.initiator import Datagram, Direction, Initiator, exchange
 from enclave_ike.ikev2.negotiation import offer_esp, offer_ike
 from enclave_ike.ikev2.payloads import (
@@ -58,6 +58,7 @@ from enclave_ike.ikev2.payloads import (
 from enclave_ike.ikev2.responder import Responder
 from enclave_ike.ikev2.state import IkeSaView, State
 from enclave_ike.ikev2.wire import Reader
+from fuzz.probe import ProbingInitiator
 
 IKE_HEADER: Final = 28
 NOW: Final = 1.0
@@ -436,14 +437,16 @@ refuses new Child SAs) before a new insider takes over."""
 class Insider:
     """A test initiator and a responder with an established NULL-authenticated IKE SA between them."""
 
-    initiator: Initiator
+    initiator: ProbingInitiator
     responder: Responder
     now: float = 1.0
     rekeyed_requests: int = 0
 
     @classmethod
     def start(cls, seed: bytes = b"insider") -> Insider:
-        ini, resp = initiator(seed), responder(seed + b"-r")
+        ini = ProbingInitiator(InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,)), local=I_END, peer=R_END,
+                               random=seeded(seed), now=0.0)
+        resp = responder(seed + b"-r")
         exchange(ini, resp, 0.0)
         if not ini.sa.established:
             raise Violation("the insider's IKE SA did not establish")
@@ -477,10 +480,11 @@ class Insider:
             return
         self.now += 1.0
         # exchange types without a name (40) are sent on purpose
-        self.initiator.send_custom_request(self.now, cast(ExchangeType, exchange_type), payloads)
+        self.initiator.probe(self.now, exchange_type, payloads)
         exchange(self.initiator, self.responder, self.now, intercept=_check_response)
         stats["insider_requests"] += 1
-        stats["insider_answered"] += sum(isinstance(e, ResponseReceived) for e in self.initiator.events())
+        stats["insider_answered"] += len(self.initiator.answers())
+        self.initiator.events()
         while (event := self.responder.next_event()) is not None:
             stats["insider_" + type(event).__name__] += 1
             if isinstance(event, ChildSaEstablished) and len(event.keys.encr_in) != event.suite.encryption.key_size:

@@ -176,12 +176,12 @@ def test_a_killed_clients_kernel_sas_are_removed_within_the_liveness_time(
     server = enclave_ike(auth="null", apply="kernel", limits=f"liveness_s = {LIVENESS_S}\nliveness_timeout_s = "
                                                 f"{LIVENESS_TIMEOUT_S}")
     client = null_pluto(world, pluto)
-    spi_in, _ = kill_and_await_removal(world, server, client)
+    kill_and_await_removal(world, server, client)
     procs.wait_until(lambda: "proto esp" not in world.topo.run(world.resolver, ["ip", "xfrm", "state"]).stdout,
                      timeout=2.0, what="the resolver's kernel without ESP SAs")
     policies = world.topo.run(world.resolver, ["ip", "xfrm", "policy"]).stdout
     assert CLIENT not in policies, policies
-    server.wait_for_log(rf"delete SA spi {spi_in} ", timeout=0.5)
+    assert "apply: " not in server.log_text(), "enclave-ike could not remove what it installed"
 
 
 @pytest.mark.host  # IKE only (apply.mode none)

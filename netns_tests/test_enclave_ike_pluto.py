@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave_ike.server import PublishedIdentity
 from ikecommon import keys
 from ikectl import render
 from ikectl.config import Mode, TrustedResolver
@@ -82,6 +83,15 @@ def pinned_identity(world: World) -> keys.PinnedKey:
     line = proc.stdout.strip()
     assert line.startswith("leftecdsakey=0s"), line
     return keys.parse(line)
+
+
+def published_pin(world: World) -> keys.PinnedKey:
+    """The key the running server published (identity.json), read here: a second Python process costs tens of
+    seconds of imports under TCG on a busy host. `enclave-ike identity` itself is tested by the tests above."""
+    path = world.workdir / "identity.json"
+    identity = PublishedIdentity.from_json(path.read_text(), str(path))
+    assert identity.libreswan is not None
+    return keys.parse(identity.libreswan)
 
 
 def trusted_pluto(world: World, pluto: Callable[..., Pluto], pin: keys.PinnedKey) -> Pluto:
@@ -192,7 +202,7 @@ def test_one_resolver_serves_a_trusted_and_a_coffee_shop_client(world: World, pl
     wires = {host.name: capture(world.router, world.router.interface_to(host).ifname)
              for host in (world.client, cafe)}
     server = enclave_ike(auth="signature", apply="kernel")
-    trusted_pluto(world, pluto, pinned_identity(world))
+    trusted_pluto(world, pluto, published_pin(world))
     coffee = pluto(cafe, run=False)
     coffee.init_nss()
     render.write_tree(render.render_tree(render.Profile(Mode.COFFEE_SHOP, opportunistic=(ip_address(RESOLVER),))),

@@ -55,11 +55,11 @@ from enclave_ike.ikev2.events import (
     PeerAlive,
     PeerErrorNotified,
     ProtocolErrorEvent,
-    ResponseReceived,
     SaDeleted,
     SignatureRequested,
 )
 from enclave_ike.ikev2.initiator import Initiator, exchange
+from enclave_ike.ikev2.initiator_sa import InitiatorSa
 from enclave_ike.ikev2.negotiation import narrow_to_dns
 from enclave_ike.ikev2.payloads import (
     Authentication,
@@ -71,7 +71,9 @@ from enclave_ike.ikev2.payloads import (
     UnknownPayload,
 )
 from enclave_ike.ikev2.responder import Responder
-from enclave_ike.ikev2.state import TRANSITIONS, Outcome, State
+from enclave_ike.ikev2.responder_sa import ResponderSa
+from enclave_ike.ikev2.state import TRANSITIONS, IkeSa, Outcome, State
+from fuzz.probe import ProbingInitiator
 
 I_END = Endpoint(IPv4Address("10.0.0.1"), 500)
 R_END = Endpoint(IPv4Address("10.0.0.53"), 500)
@@ -147,6 +149,16 @@ def establish(icfg: InitiatorConfig | None = None, rcfg: ResponderConfig | None 
     return ini, resp, ini.events(), drain(resp), transcript
 
 
+def establish_probing() -> tuple[ProbingInitiator, Responder, list]:
+    """An established NULL IKE SA whose initiator can also send requests outside the table (fuzz/probe.py)."""
+    ini = ProbingInitiator(InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,)), local=I_END, peer=R_END,
+                           random=seeded(b"initiator"), now=0.0)
+    resp = responder()
+    exchange(ini, resp, 0.0)
+    ini.events()
+    return ini, resp, drain(resp)
+
+
 def established_child(ini: Initiator, resp: Responder) -> bytes:
     """The initiator's inbound SPI of its only Child SA."""
     (spi,) = ini.sa.children
@@ -168,6 +180,31 @@ def test_transition_table_is_data_and_complete():
         assert Outcome.REFUSED in transition.next_state, key
     assert (State.EXPECT_IKE_SA_INIT, ExchangeType.IKE_SA_INIT, True) in TRANSITIONS
     assert (State.ESTABLISHED, ExchangeType.IKE_SA_INIT, True) not in TRANSITIONS
+
+
+def test_every_handler_in_the_table_belongs_to_a_role():
+    """The table names handlers; each resolves on the shared core or on exactly the role that takes it: the
+    responder's IKE_SA_INIT, IKE_AUTH and CREATE_CHILD_SA answers, the initiator's responses to its requests."""
+    for key, transition in TRANSITIONS.items():
+        on_responder, on_initiator = hasattr(ResponderSa, transition.handler), hasattr(InitiatorSa, transition.handler)
+        assert on_responder or on_initiator, key
+        shared = hasattr(IkeSa, transition.handler)
+        if not shared:
+            assert on_responder != on_initiator, key
+    assert not hasattr(InitiatorSa, "_answer_ike_auth") and not hasattr(ResponderSa, "_on_ike_auth_response")
+    assert not hasattr(IkeSa, "send_custom_request")  # probing lives in fuzz/probe.py, outside production
+
+
+def test_commands_waiting_for_the_outstanding_request_are_in_the_view():
+    ini, resp, *_ = establish()
+    child = established_child(ini, resp)
+    ini.check_liveness(1.0)
+    ini.rekey_child_sa(1.0, child)
+    ini.delete(1.0)
+    queued = ini.sa.view().queued
+    assert queued == (f"rekey Child SA 0x{child.hex()}", "delete IKE SA (deleted locally)")
+    exchange(ini, resp, 1.0)
+    assert ini.sa.view().queued == () and ini.sa.state is State.DELETED
 
 
 # --- IKE_SA_INIT and IKE_AUTH ---
@@ -413,7 +450,7 @@ def test_a_peer_auth_under_a_hash_we_did_not_announce_is_refused():
 @pytest.mark.parametrize("notify_type", [NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SYNTAX, 8191],
                          ids=["authentication-failed", "invalid-syntax", "unknown-error"])
 def test_an_error_notify_in_informational_tears_the_sa_down(notify_type):
-    ini, resp, _, r_events, _ = establish()
+    ini, resp, r_events = establish_probing()
     ini.create_child_sa(1.0)
     exchange(ini, resp, 1.0)
     r_events += drain(resp)
@@ -421,10 +458,10 @@ def test_an_error_notify_in_informational_tears_the_sa_down(notify_type):
     for event in r_events:
         table.plan(event)
     assert len(table) == 2 and len(resp.views()[0].children) == 2
-    ini.send_custom_request(2.0, ExchangeType.INFORMATIONAL, [Notify(notify_type)])
+    ini.probe(2.0, ExchangeType.INFORMATIONAL, [Notify(notify_type)])
     transcript = exchange(ini, resp, 2.0)
     assert [d.direction for d in transcript] == ["i->r", "r->i"]
-    (answer,) = of(ini.events(), ResponseReceived)
+    (answer,) = ini.answers()
     assert answer.payloads == ()  # an empty INFORMATIONAL response
     deleted = of(drain(resp), SaDeleted)
     assert [e.protocol for e in deleted] == [ProtocolId.ESP, ProtocolId.ESP, ProtocolId.IKE]
@@ -440,12 +477,12 @@ def test_an_error_notify_in_informational_tears_the_sa_down(notify_type):
 
 
 def test_a_status_notify_in_informational_changes_nothing():
-    ini, resp, *_ = establish()
+    ini, resp, _ = establish_probing()
     before = resp.views()[0]
-    ini.send_custom_request(2.0, ExchangeType.INFORMATIONAL, [Notify(40000), Notify(NotifyType.INITIAL_CONTACT)])
+    ini.probe(2.0, ExchangeType.INFORMATIONAL, [Notify(40000), Notify(NotifyType.INITIAL_CONTACT)])
     exchange(ini, resp, 2.0)
     after = resp.views()[0]
-    assert of(ini.events(), ResponseReceived)[0].payloads == ()
+    assert ini.answers()[0].payloads == ()
     assert after.state is State.ESTABLISHED and after.children == before.children
     assert not of(drain(resp), SaDeleted)
 
@@ -1160,14 +1197,14 @@ def test_truncated_messages():
 
 
 def test_authenticated_but_malformed_requests_are_answered_invalid_syntax():
-    ini, resp, *_ = establish()
+    ini, resp, _ = establish_probing()
     before = resp.views()[0]
     truncated_nonce = UnknownPayload(PayloadType.NONCE, b"short")
-    ini.send_custom_request(1.0, ExchangeType.CREATE_CHILD_SA, [truncated_nonce])
-    ini.send_custom_request(1.0, ExchangeType.CREATE_CHILD_SA, [])  # no SA, no Nonce
-    ini.send_custom_request(1.0, ExchangeType.IKE_AUTH, [])  # an exchange with no entry in ESTABLISHED
+    ini.probe(1.0, ExchangeType.CREATE_CHILD_SA, [truncated_nonce])
+    ini.probe(1.0, ExchangeType.CREATE_CHILD_SA, [])  # no SA, no Nonce
+    ini.probe(1.0, ExchangeType.IKE_AUTH, [])  # an exchange with no entry in ESTABLISHED
     exchange(ini, resp, 1.0)
-    answers = of(ini.events(), ResponseReceived)
+    answers = ini.answers()
     assert [[n.notify_type for n in a.payloads] for a in answers] == [[NotifyType.INVALID_SYNTAX]] * 3
     assert [e.answered for e in of(drain(resp), ProtocolErrorEvent)] == [NotifyType.INVALID_SYNTAX] * 3
     after = resp.views()[0]

@@ -51,8 +51,10 @@ from .errors import (
     UnsupportedAlgorithm,
     UnsupportedCriticalPayload,
 )
+from .initiator_sa import InitiatorSa
 from .payloads import IkeHeader, Message, Payload
 from .responder import Responder
+from .responder_sa import ResponderSa
 from .state import IkeSa, State
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "IkeHeader",
     "IkeSa",
     "InitiatorConfig",
+    "InitiatorSa",
     "IntegId",
     "IntegrityError",
     "InvalidKePayload",
@@ -96,6 +99,7 @@ __all__ = [
     "RemoteProtocolError",
     "Responder",
     "ResponderConfig",
+    "ResponderSa",
     "State",
     "TemporaryFailure",
     "TransformType",

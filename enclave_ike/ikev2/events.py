@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .config import Endpoint, Identity, Mode, PeerCredential
 from .constants import ProtocolId
 from .crypto import ChildSuite, IkeSuite, SignatureScheme
-from .payloads import Payload, TrafficSelector
+from .payloads import TrafficSelector
 
 
 @dataclass(frozen=True)
@@ -165,17 +165,5 @@ class SignatureRequested:
         return f"SignatureRequested({self.ike_spi_i.hex()}/{self.ike_spi_r.hex()}, {self.scheme.name})"
 
 
-@dataclass(frozen=True)
-class ResponseReceived:
-    """The peer's answer to a request made with `IkeSa.send_custom_request` (tests and diagnostics): the payloads
-    it carried, decrypted."""
-
-    ike_spi_i: bytes
-    ike_spi_r: bytes
-    exchange: int
-    message_id: int
-    payloads: tuple[Payload, ...]
-
-
 Event = (IkeSaEstablished | ChildSaEstablished | ChildSaRekeyed | IkeSaRekeyed | SaDeleted | ProtocolErrorEvent
-         | PeerErrorNotified | PeerAlive | SignatureRequested | ResponseReceived)
+         | PeerErrorNotified | PeerAlive | SignatureRequested)

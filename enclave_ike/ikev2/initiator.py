@@ -15,25 +15,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .config import Endpoint, InitiatorConfig, Mode
-from .constants import ExchangeType
 from .crypto import ChildSuite, IkeSuite, RandomSource
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import Event
-from .payloads import Payload
+from .initiator_sa import InitiatorSa
 from .responder import Responder
-from .state import IkeSa, SpiAllocator, State, peek_header
+from .state import SpiAllocator, State, peek_header
 
 
 class Initiator:
     """The initiator's IKE SA (and its rekeyed successors) behind the same interface as `Responder`."""
 
     def __init__(self, config: InitiatorConfig, *, local: Endpoint, peer: Endpoint, random: RandomSource,
-                 now: float) -> None:
+                 now: float, sa_type: type[InitiatorSa] = InitiatorSa) -> None:
         self.config = config
         self.local = local
         self._spis = SpiAllocator(random)
-        self.sa = IkeSa.initiator(config, random=random, spis=self._spis, local=local, peer=peer, now=now)
-        self._sas: list[IkeSa] = [self.sa]
+        self.sa = sa_type.start(config, random=random, spis=self._spis, local=local, peer=peer, now=now)
+        self._sas: list[InitiatorSa] = [self.sa]
         self._events: deque[Event] = deque()
         self._outbox: list[tuple[bytes, Endpoint]] = []
         self._collect()
@@ -98,12 +97,6 @@ class Initiator:
 
     def check_liveness(self, now: float) -> None:
         self.sa.check_liveness(now)
-        self._collect()
-
-    def send_custom_request(self, now: float, exchange: ExchangeType, payloads: Sequence[Payload]) -> None:
-        if not self.sa.established:
-            raise LocalProtocolError("the IKE SA is not established")
-        self.sa.send_custom_request(now, exchange, payloads)
         self._collect()
 
     def _collect(self) -> None:

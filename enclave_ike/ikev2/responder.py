@@ -30,7 +30,8 @@ from .crypto import RandomSource
 from .errors import InvalidMajorVersion, RemoteProtocolError, UnsupportedCriticalPayload
 from .events import Event, IkeSaEstablished
 from .payloads import IKE_HEADER_SIZE, IKE_SPI_SIZE, Address, IkeHeader, Message, Notify
-from .state import ZERO_SPI, IkeSa, IkeSaView, SpiAllocator, State, peek_header
+from .responder_sa import ResponderSa
+from .state import ZERO_SPI, IkeSaView, SpiAllocator, State, peek_header
 
 REFUSED_MAX_HALF_OPEN: Final = "IKE_SA_INIT refused: max_half_open"
 REFUSED_MAX_HALF_OPEN_PER_PEER: Final = "IKE_SA_INIT refused: max_half_open_per_peer"
@@ -53,8 +54,8 @@ class Responder:
         self._random = random
         self._spis = SpiAllocator(random)
         self._cookie_secrets = cookie_secrets or CookieSecrets(random(COOKIE_SECRET_SIZE))
-        self._sas: dict[bytes, IkeSa] = {}  # by our SPI
-        self._by_init: dict[tuple[Address, bytes], IkeSa] = {}  # by (peer address, SPIi) of its IKE_SA_INIT
+        self._sas: dict[bytes, ResponderSa] = {}  # by our SPI
+        self._by_init: dict[tuple[Address, bytes], ResponderSa] = {}  # by (peer address, SPIi) of its IKE_SA_INIT
         self._init_key: dict[bytes, tuple[Address, bytes]] = {}
         self._address: dict[bytes, Address] = {}  # the peer address each SA is counted under
         self._half_open: set[bytes] = set()
@@ -141,7 +142,7 @@ class Responder:
     def __len__(self) -> int:
         return len(self._sas)
 
-    def sa(self, own_spi: bytes) -> IkeSa | None:
+    def sa(self, own_spi: bytes) -> ResponderSa | None:
         return self._sas.get(own_spi)
 
     def views(self) -> list[IkeSaView]:
@@ -201,7 +202,7 @@ class Responder:
             self.counts[refused] += 1
             self.dropped += 1
             return
-        sa = IkeSa.responder(self.config, random=self._random, spis=self._spis, local=local, peer=source,
+        sa = ResponderSa.answering(self.config, random=self._random, spis=self._spis, local=local, peer=source,
                              spi_i=header.spi_i, spi_r=self._spis.ike(), now=now)
         self._register(sa, source.address, key)
         sa.receive(data, now, source)
@@ -272,7 +273,7 @@ class Responder:
 
     # --- bookkeeping ---
 
-    def _register(self, sa: IkeSa, address: Address, init_key: tuple[Address, bytes] | None) -> None:
+    def _register(self, sa: ResponderSa, address: Address, init_key: tuple[Address, bytes] | None) -> None:
         spi = sa.own_spi
         self._sas[spi] = sa
         self._address[spi] = address
@@ -308,7 +309,7 @@ class Responder:
             if not self._half_open_per_peer[address]:
                 del self._half_open_per_peer[address]
 
-    def _collect(self, sa: IkeSa, now: float) -> None:
+    def _collect(self, sa: ResponderSa, now: float) -> None:
         """Move the SA's datagrams and events out, follow its state in the indexes, adopt a rekeyed successor."""
         spi = sa.own_spi
         self._outbox += sa.datagrams_to_send()
@@ -337,7 +338,7 @@ class Responder:
             if len(self._timers) > 4 * len(self._sas) + 1024:
                 self._rebuild_timers()
 
-    def _initial_contact(self, sa: IkeSa, event: IkeSaEstablished, now: float) -> None:
+    def _initial_contact(self, sa: ResponderSa, event: IkeSaEstablished, now: float) -> None:
         """RFC 7296 2.4: INITIAL_CONTACT from an authenticated identity makes its other IKE SAs stale. The identity
         of an unauthenticated peer (NULL, or a raw key or certificate we did not pin) names no one, so it never
         removes another peer's SA."""
@@ -352,7 +353,7 @@ class Responder:
                     self._collect(other, now)
         self._by_identity.setdefault(event.peer_id, set()).add(sa.own_spi)
 
-    def _keep_per_peer_limit(self, newest: IkeSa, now: float) -> None:
+    def _keep_per_peer_limit(self, newest: ResponderSa, now: float) -> None:
         """Past `max_sas_per_peer` established SAs from one address, the one heard from least recently goes (see
         `Limits`); the newest is never the one."""
         spis = self._by_peer.get(self._address[newest.own_spi], set())
