@@ -4,8 +4,9 @@ UDP on port 500 and 4500 of every listen address feeds one sans-I/O `Responder` 
 armed with `loop.call_at`); what it wants sent goes out on the socket its peer last used, with the non-ESP marker
 (four zero octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Its events are logged
 one line each, and the Child SA events are planned into XFRM operations (`apply.ChildSaTable`) that one worker task
-runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous). A kernel that refuses is logged and the
-server carries on.
+runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous), an event's operations in one trip. A
+kernel that refuses is logged and the server carries on. With `apply.mode = "none"` the operations are only logged,
+one line per event, and nothing waits for them.
 
 At start the server opens the configured enclave, publishes its public identity (`PublishedIdentity`, JSON) where
 `enclave-ike identity` reads it, and logs the libreswan line that pins it.
@@ -194,7 +195,7 @@ class Server:
         self._routes: OrderedDict[Endpoint, _Udp] = OrderedDict()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._operations: asyncio.Queue[Operation | _Send | None] = asyncio.Queue()
+        self._operations: asyncio.Queue[tuple[Operation, ...] | _Send | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counts_logged: Counter[str] = Counter()
@@ -237,8 +238,9 @@ class Server:
         self._flush()
         if self.responder.views():
             await asyncio.sleep(SHUTDOWN_GRACE_S)  # let the deletes leave (their answers are not awaited)
-        for op in self.table.teardown():
-            self._operations.put_nowait(op)
+        teardown = tuple(self.table.teardown())
+        if teardown:
+            self._operations.put_nowait(teardown)
         self._operations.put_nowait(None)
         if self._worker is not None:
             await self._worker
@@ -361,8 +363,8 @@ class Server:
             if operations:
                 log.info("apply (mode none, not applied): %s", "; ".join(map(str, operations)))
             return False
-        for op in operations:
-            self._operations.put_nowait(op)
+        if operations:
+            self._operations.put_nowait(tuple(operations))
         return bool(operations)
 
     async def _sign(self, request: SignatureRequested) -> None:
@@ -382,20 +384,34 @@ class Server:
         self._flush()
 
     async def _apply_worker(self) -> None:
-        while (op := await self._operations.get()) is not None:
-            if isinstance(op, _Send):
-                self._send(op.datagrams)
+        """Each event's operations in one trip to a worker thread (not one per operation), in order; then the
+        answers that waited for them."""
+        while (item := await self._operations.get()) is not None:
+            if isinstance(item, _Send):
+                self._send(item.datagrams)
                 continue
             if self.config.apply is ApplyMode.NONE:  # only the teardown at stop comes here in mode none
-                log.info("apply (mode none, not applied): %s", op)
+                log.info("apply (mode none, not applied): %s", "; ".join(map(str, item)))
                 continue
+            for op, error in zip(item, await asyncio.to_thread(self._run, item), strict=True):
+                if error is not None:
+                    self.apply_failures += 1
+                    log.error("apply: %s", error)
+                else:
+                    log.debug("applied: %s", op)
+
+    def _run(self, operations: tuple[Operation, ...]) -> list[ApplyError | None]:
+        """In the worker thread: every operation, each one's failure or None (a failure stops none of the others,
+        as when each went on its own)."""
+        errors: list[ApplyError | None] = []
+        for op in operations:
             try:
-                await asyncio.to_thread(self.applier.run, op)
+                self.applier.run(op)
             except ApplyError as exc:
-                self.apply_failures += 1
-                log.error("apply: %s", exc)
+                errors.append(exc)
             else:
-                log.debug("applied: %s", op)
+                errors.append(None)
+        return errors
 
 
 def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type
