@@ -36,6 +36,7 @@ from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.charon import Charon, CharonConfig
 from netns_tests.harness.dnsclient import query
+from netns_tests.harness.enclave_ike import config_text, servers, signing_identity
 from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
 from netns_tests.scenarios.resolver_world import World, build_world
@@ -70,30 +71,18 @@ def enclave_ike(world: World, client_key: ec.EllipticCurvePrivateKey) -> Iterato
     """Factory: `enclave_ike(apply="none")` runs `enclave-ike serve` with signature auth. `peers` is its [peers]
     section; by default the client's key is pinned there (`[[peers.pinned]]`, from a PEM file). `backend` and
     `key_type` are [identity]'s (RSA needs the software backend: the sim enclave holds ECDSA keys only)."""
-    started: list[procs.Daemon] = []
+    with servers(world.resolver, world.workdir, verbose=True) as serve:
+        def start(*, apply: str = "none", suites: str = "", peers: str | None = None, backend: str = "sim",
+                  key_type: str = "ecdsa-p256") -> procs.Daemon:
+            pem = world.workdir / "client-pub.pem"
+            pem.write_bytes(public_pem(client_key))
+            if peers is None:
+                peers = f'[peers]\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\npubkey_file = "{pem}"\n'
+            identity = signing_identity(f"@{RESOLVER_ID}", backend=backend, key_type=key_type)
+            return serve(config_text(RESOLVER, identity=identity, workdir=world.workdir, apply=apply,
+                                     extra=f"[evidence]\nenabled = false\n\n{peers}\n{suites}"))
 
-    def start(*, apply: str = "none", suites: str = "", peers: str | None = None, backend: str = "sim",
-              key_type: str = "ecdsa-p256") -> procs.Daemon:
-        config = world.workdir / "enclave-ike.toml"
-        pem = world.workdir / "client-pub.pem"
-        pem.write_bytes(public_pem(client_key))
-        if peers is None:
-            peers = f'[peers]\n\n[[peers.pinned]]\nid = "@{CLIENT_ID}"\npubkey_file = "{pem}"\n'
-        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                          f'[identity]\nbackend = "{backend}"\nkey_type = "{key_type}"\nid = "@{RESOLVER_ID}"\n'
-                          f'auth = "signature"\npublish = "{world.workdir / "identity.json"}"\n\n'
-                          f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n\n{peers}\n{suites}')
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
-                                                   str(config), "-v"],
-                              world.workdir / "enclave-ike.log", netns=world.resolver.netns)
-        started.append(daemon)
-        daemon.start()
-        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ service) has the figures, and what happens at saturation.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import pytest
 
 from netns_tests.harness import procs
 from netns_tests.harness.dnsclient import query
+from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers
 from netns_tests.harness.flood import Flood, RssSampler, route_spoofed_sources
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Host, Topology
@@ -83,24 +83,12 @@ def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -
 @pytest.fixture
 def serve(world: World) -> Iterator[Callable[..., procs.Daemon]]:
     """Factory: `serve(apply=...)` runs `enclave-ike serve` (NULL auth) in the resolver's namespace."""
-    started: list[procs.Daemon] = []
+    with servers(world.resolver, world.workdir) as start_server:
+        def start(*, apply: str) -> procs.Daemon:
+            return start_server(config_text(RESOLVER, identity=NULL_IDENTITY, workdir=world.workdir, apply=apply,
+                                     extra=f"[limits]\ncookie_threshold = {COOKIE_THRESHOLD}\n"))
 
-    def start(*, apply: str) -> procs.Daemon:
-        config = world.workdir / "enclave-ike.toml"
-        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                          f'[identity]\nauth = "null"\npublish = "{world.workdir / "identity.json"}"\n\n'
-                          f'[apply]\nmode = "{apply}"\n\n[limits]\ncookie_threshold = {COOKIE_THRESHOLD}\n')
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
-                                                   str(config)], world.workdir / "enclave-ike.log",
-                              netns=world.resolver.netns)
-        started.append(daemon)
-        daemon.start()
-        daemon.wait_for_log(r"listening on ", timeout=120.0)  # ~20 s in the VM, more when the host is busy
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 @pytest.fixture

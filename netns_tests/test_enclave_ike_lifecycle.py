@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from netns_tests.harness import procs
+from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers, signing_identity
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
@@ -54,26 +55,13 @@ def enclave_ike(world: World) -> Iterator[Callable[..., procs.Daemon]]:
     """Factory: `enclave_ike(auth=..., apply=..., limits=...)` runs `enclave-ike serve` in the resolver's namespace,
     with anonymous NULL clients: with `auth="signature"` its key is in the sim enclave, with "null" it has none
     (what pluto's NULL conn expects); `limits` is the body of its [limits] section."""
-    started: list[procs.Daemon] = []
+    with servers(world.resolver, world.workdir) as serve:
+        def start(*, auth: str = "signature", apply: str = "none", limits: str = "") -> procs.Daemon:
+            identity = signing_identity(RESOLVER_ID) if auth == "signature" else NULL_IDENTITY
+            return serve(config_text(RESOLVER, identity=identity, workdir=world.workdir, apply=apply,
+                                     extra=f"[evidence]\nenabled = false\n\n[limits]\n{limits}\n"))
 
-    def start(*, auth: str = "signature", apply: str = "none", limits: str = "") -> procs.Daemon:
-        config = world.workdir / "enclave-ike.toml"
-        identity = (f'backend = "sim"\nkey_type = "ecdsa-p256"\nid = "{RESOLVER_ID}"\nauth = "signature"\n'
-                    if auth == "signature" else 'auth = "null"\n')
-        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                          f'[identity]\n{identity}publish = "{world.workdir / "identity.json"}"\n\n'
-                          f'[apply]\nmode = "{apply}"\n\n[evidence]\nenabled = false\n\n[limits]\n{limits}\n')
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
-                                                   str(config)], world.workdir / "enclave-ike.log",
-                              netns=world.resolver.netns)
-        started.append(daemon)
-        daemon.start()
-        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 def server_pem(world: World) -> Path:

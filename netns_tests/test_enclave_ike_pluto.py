@@ -29,6 +29,7 @@ from ikectl.config import Mode, TrustedResolver
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
+from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers, signing_identity
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
@@ -46,34 +47,16 @@ def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -
     return build_world(topology, tmp_path, unbound, "10.78")
 
 
-def write_config(world: World, *, auth: str, apply: str) -> Path:
-    identity = (f'backend = "sim"\nkey_type = "ecdsa-p256"\nid = "{RESOLVER_ID}"\nauth = "signature"\n'
-                if auth == "signature" else 'auth = "null"\n')
-    path = world.workdir / "enclave-ike.toml"
-    path.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                    f'[identity]\n{identity}publish = "{world.workdir / "identity.json"}"\n\n'
-                    f'[apply]\nmode = "{apply}"\n')
-    return path
-
-
 @pytest.fixture
 def enclave_ike(world: World) -> Iterator[Callable[..., procs.Daemon]]:
-    """Factory: `enclave_ike(auth=..., apply=...)` runs `enclave-ike serve` in the resolver's namespace."""
-    started: list[procs.Daemon] = []
+    """Factory: `enclave_ike(auth=..., apply=...)` runs `enclave-ike serve` in the resolver's namespace: with
+    `auth="signature"` its ECDSA key is in the sim enclave, with "null" it has none."""
+    with servers(world.resolver, world.workdir) as serve:
+        def start(*, auth: str, apply: str) -> procs.Daemon:
+            identity = signing_identity(RESOLVER_ID) if auth == "signature" else NULL_IDENTITY
+            return serve(config_text(RESOLVER, identity=identity, workdir=world.workdir, apply=apply))
 
-    def start(*, auth: str, apply: str) -> procs.Daemon:
-        config = write_config(world, auth=auth, apply=apply)
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
-                                                   str(config)], world.workdir / "enclave-ike.log",
-                              netns=world.resolver.netns)
-        started.append(daemon)
-        daemon.start()
-        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
+        yield start
 
 
 def pinned_identity(world: World) -> keys.PinnedKey:

@@ -31,6 +31,7 @@ from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
+from netns_tests.harness.enclave_ike import config_text, servers, signing_identity
 from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
 from netns_tests.scenarios.resolver_world import World, build_world
@@ -50,27 +51,18 @@ def world(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -
 def enclave_ike(world: World) -> Iterator[Callable[[bytes], procs.Daemon]]:
     """Factory: `enclave_ike(build)` (re)starts `enclave-ike serve` as that build (its sim register 0)."""
     running: list[procs.Daemon] = []
+    identity = signing_identity(RESOLVER_ID)
+    with servers(world.resolver, world.workdir) as serve:
+        def start(build: bytes) -> procs.Daemon:
+            for daemon in running:
+                daemon.stop()
+            daemon = serve(config_text(RESOLVER, identity=f'{identity}sim_registers = ["{build.hex()}"]\n',
+                                       workdir=world.workdir, apply="kernel", extra="[evidence]\nport = 4501\n"))
+            running.append(daemon)
+            daemon.wait_for_log(r"evidence endpoint on 10\.79\.2\.53:4501", timeout=60.0)
+            return daemon
 
-    def start(build: bytes) -> procs.Daemon:
-        for daemon in running:
-            daemon.stop()
-        config = world.workdir / "enclave-ike.toml"
-        config.write_text(f'[listen]\naddresses = ["{RESOLVER}"]\n\n'
-                          f'[identity]\nbackend = "sim"\nid = "{RESOLVER_ID}"\nauth = "signature"\n'
-                          f'publish = "{world.workdir / "identity.json"}"\nsim_registers = ["{build.hex()}"]\n\n'
-                          '[apply]\nmode = "kernel"\n\n[evidence]\nport = 4501\n')
-        daemon = procs.Daemon("enclave-ike@dns", [sys.executable, "-m", "enclave_ike.cli", "serve", "--config",
-                                                   str(config)], world.workdir / "enclave-ike.log",
-                              netns=world.resolver.netns)
-        running.append(daemon)
-        daemon.start()
-        daemon.wait_for_log(r"evidence endpoint on 10\.79\.2\.53:4501", timeout=60.0)
-        daemon.wait_for_log(r"listening on ", timeout=120.0)  # imports take seconds under TCG
-        return daemon
-
-    yield start
-    for daemon in reversed(running):
-        daemon.stop()
+        yield start
 
 
 def published_key(world: World) -> keys.PinnedKey:

@@ -1,0 +1,58 @@
+"""`enclave-ike serve` in a namespace, for the netns tests: one way to write its config and start it.
+
+    with servers(world.resolver, world.workdir) as serve:
+        daemon = serve(config_text(RESOLVER, identity=SIGNING, apply="none", workdir=world.workdir))
+
+`servers` stops every server it started when the block ends; each `serve` writes `enclave-ike.toml` in the work
+dir, starts the server with its log in `enclave-ike.log` there, and returns once it listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from . import procs
+from .topology import Host
+
+LISTEN_TIMEOUT_S = 120.0  # imports take seconds under TCG, more on a busy host
+
+NULL_IDENTITY = 'auth = "null"\n'
+
+
+def signing_identity(resolver_id: str, *, backend: str = "sim", key_type: str = "ecdsa-p256") -> str:
+    """The [identity] body of a server that signs with a key in its enclave (`resolver_id`: "@name")."""
+    return f'backend = "{backend}"\nkey_type = "{key_type}"\nid = "{resolver_id}"\nauth = "signature"\n'
+
+
+def config_text(address: str, *, identity: str, workdir: Path, apply: str = "none", extra: str = "") -> str:
+    """A whole config: listen on `address`, the [identity] body `identity` (published into `workdir`), the apply
+    mode, and `extra` (more sections, TOML) at the end."""
+    return (f'[listen]\naddresses = ["{address}"]\n\n'
+            f'[identity]\n{identity}publish = "{workdir / "identity.json"}"\n\n'
+            f'[apply]\nmode = "{apply}"\n\n{extra}')
+
+
+@contextlib.contextmanager
+def servers(host: Host, workdir: Path, *, name: str = "enclave-ike@dns",
+            verbose: bool = False) -> Iterator[Callable[[str], procs.Daemon]]:
+    """A factory that (re)starts `enclave-ike serve` in `host` with a config's text; all stopped at the end."""
+    started: list[procs.Daemon] = []
+
+    def serve(text: str) -> procs.Daemon:
+        config = workdir / "enclave-ike.toml"
+        config.write_text(text)
+        argv = [sys.executable, "-m", "enclave_ike.cli", "serve", "--config", str(config), *(["-v"] if verbose else [])]
+        daemon = procs.Daemon(name, argv, workdir / "enclave-ike.log", netns=host.netns)
+        started.append(daemon)
+        daemon.start()
+        daemon.wait_for_log(r"listening on ", timeout=LISTEN_TIMEOUT_S)
+        return daemon
+
+    try:
+        yield serve
+    finally:
+        for daemon in reversed(started):
+            daemon.stop()
