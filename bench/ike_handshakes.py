@@ -1,10 +1,11 @@
 """Benchmark: IKE handshakes per second and CPU per handshake of enclave-ike against libreswan's pluto and
 strongSwan's charon as the responder, same load.
 
-    .venv/bin/python bench/ike_handshakes.py --host --auth null            # enclave-ike, pluto: IKE only, here
-    .venv/bin/python bench/ike_handshakes.py --host --auth ecdsa           # enclave-ike, pluto, charon: IKE only
-    .venv/bin/python bench/ike_handshakes.py [--auth null|ecdsa]           # with kernel SAs (in the VM here)
-    options: [--seconds 15] [--rounds 3] [--concurrency 16] [--responders enclave-ike,pluto,charon]
+    PYTHONPATH=. .venv/bin/python bench/ike_handshakes.py --host --auth null    # enclave-ike, pluto: IKE only, here
+    PYTHONPATH=. .venv/bin/python bench/ike_handshakes.py --host --auth ecdsa   # enclave-ike, pluto, charon
+    PYTHONPATH=. .venv/bin/python bench/ike_handshakes.py [--auth null|ecdsa]   # with kernel SAs (in the VM here)
+    options: [--seconds 15] [--rounds 3] [--concurrency 16] [--responders enclave-ike,pluto,charon] [--keep]
+             [--profile FILE]: enclave-ike under cProfile (CPU time)
 
 The responders run at once, each in a namespace of its own behind one router; one load generator, in another
 namespace, drives them in turn, round by round (A B C A B C ...), so that a drift of the machine's speed hits all:
@@ -168,7 +169,7 @@ class Client:
     def __init__(self, address: IPv4Address, target: IPv4Address, keys: Keys | None, ike_only: bool) -> None:
         self.local, self.peer = Endpoint(address, IKE_PORT), Endpoint(target, IKE_PORT)
         self.config = initiator_config(address, target, keys)
-        self.ike_only = ike_only  # count the IKE SA (pluto without kernel SAs: its Child SA fails, see above)
+        self.ike_only = ike_only  # count at the IKE SA (pluto without kernel SAs: its Child SA fails, see above)
         self.sock, self.natt = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
         # 4500 with the non-ESP marker (RFC 3948) for a responder that claims a NAT: charon with kernel-libipsec
         for sock, port in ((self.sock, IKE_PORT), (self.natt, NATT_PORT)):
@@ -177,7 +178,6 @@ class Client:
         self.initiator: Initiator | None = None
         self.started = 0.0
         self.established = False
-
 
     def begin(self, now: float) -> None:
         self.initiator = Initiator(self.config, local=self.local, peer=self.peer, random=os.urandom, now=now)
@@ -564,7 +564,9 @@ def main() -> None:
     procs.install_exit_hooks()  # SIGTERM unwinds like Ctrl-C: the VM goes with us
     if not args.host and os.environ.get("IKECTL_IN_GUEST") != "1" and not probe_esp().available:
         out = Path(tempfile.mkdtemp(prefix="ikt-bench-vm-"))
-        vm = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], print)
+        root = str(Path(__file__).resolve().parents[1])  # netns_tests and buildtools, beside bench/
+        vm = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], print,
+                       env={"PYTHONPATH": root})
         raise SystemExit(vm.returncode)
     run(args)
 
