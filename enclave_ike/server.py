@@ -15,6 +15,7 @@ At start the server opens the configured enclave, publishes its public identity 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -23,7 +24,7 @@ import os
 import secrets
 import signal
 import tempfile
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,13 +59,14 @@ from .ikev2.events import (
 )
 from .ikev2.payloads import TrafficSelector
 from .ikev2.responder import Responder
+from .ikev2.state import State
 
 log = logging.getLogger("enclave_ike")
 
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
 NATT_KEEPALIVE = b"\xff"  # RFC 3948 section 2.3
-ROUTES_MAX = 65_536  # peers whose last socket we remember
 COOKIE_ROTATION_S = 300.0
+SIGNING_THREADS = 4  # signatures at once (the sim enclave serves one at a time; a TEE's signer may serve more)
 COUNTS_INTERVAL_S = 60.0  # how often the limits' refusals and removals are logged, as counts
 SHUTDOWN_GRACE_S = 0.3
 RSA_BITS = 3072
@@ -183,7 +185,7 @@ def _endpoint(host: str, port: int) -> Endpoint:
 class _Send:
     """Datagrams the apply worker sends once the operations queued before them are done."""
 
-    datagrams: tuple[tuple[bytes, Endpoint], ...]
+    datagrams: tuple[tuple[bytes, Endpoint, Endpoint], ...]
 
 
 class Server:
@@ -192,14 +194,21 @@ class Server:
         self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
         self.table = ChildSaTable()
         self._sockets: list[_Udp] = []
-        self._routes: OrderedDict[Endpoint, _Udp] = OrderedDict()
+        self._by_local: dict[Endpoint, _Udp] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._operations: asyncio.Queue[tuple[Operation, ...] | _Send | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counts_logged: Counter[str] = Counter()
-        self._signing: set[asyncio.Task[None]] = set()
+        # Signing has threads of its own, so a backlog of signatures never delays the kernel operations (the
+        # default executor). Requests are taken newest first: under a flood the newest have the most half-open time
+        # left, and one whose IKE SA is gone by its turn is skipped, so the signer works for SAs that can still use
+        # its signature and a client arriving after a flood is answered.
+        self._sign_requests: asyncio.LifoQueue[SignatureRequested] = asyncio.LifoQueue()
+        self._signing = [asyncio.create_task(self._signing_worker()) for _ in range(SIGNING_THREADS)]
+        self._signers = concurrent.futures.ThreadPoolExecutor(max_workers=SIGNING_THREADS,
+                                                              thread_name_prefix="enclave-ike-sign")
         self.apply_failures = 0
 
     async def start(self) -> None:
@@ -215,6 +224,7 @@ class Server:
                     self._close_sockets()
                     raise ServeError(f"cannot listen on {local}: {exc.strerror or exc}") from None
                 self._sockets.append(protocol)
+                self._by_local[local] = protocol
         if self.evidence is not None:  # the evidence endpoint (TCP), beside IKE
             try:
                 await self.evidence.start()
@@ -232,6 +242,7 @@ class Server:
         self.log_counts()
         for task in self._signing:
             task.cancel()
+        self._signers.shutdown(wait=False, cancel_futures=True)
         now = self._loop.time()
         for view in self.responder.views():
             self.responder.delete(view.spi_r, now)
@@ -264,18 +275,15 @@ class Server:
                 log.debug("ESP in UDP from %s dropped: not handled in userspace", source)
                 return
             data = data[len(NON_ESP_MARKER):]
-        self._routes[source] = sock
-        self._routes.move_to_end(source)
-        if len(self._routes) > ROUTES_MAX:
-            self._routes.popitem(last=False)
         try:
             self.responder.receive(data, source, self._loop.time(), local=sock.local)
         except EnclaveIkeError as exc:  # the enclave could not sign: this exchange fails, the server goes on
             log.error("%s: %s", source, exc)
         self._flush()
 
-    def _socket_for(self, peer: Endpoint) -> _Udp:
-        sock = self._routes.get(peer)
+    def _socket_for(self, local: Endpoint, peer: Endpoint) -> _Udp:
+        """The socket bound to `local` (the responder says which: no unauthenticated datagram decides it)."""
+        sock = self._by_local.get(local)
         if sock is not None:
             return sock
         natt = peer.port == self.config.listen.natt_port
@@ -283,7 +291,7 @@ class Server:
                     self._sockets[0])
 
     def _flush(self) -> None:
-        outgoing = list(self.responder.datagrams_to_send())
+        outgoing = self.responder.outgoing()
         queued = False
         while (event := self.responder.next_event()) is not None:
             queued = self._on_event(event) or queued
@@ -295,9 +303,9 @@ class Server:
             self._send(outgoing)
         self._arm_timer()
 
-    def _send(self, datagrams: Iterable[tuple[bytes, Endpoint]]) -> None:
-        for data, peer in datagrams:
-            self._socket_for(peer).send(data, peer)
+    def _send(self, datagrams: Iterable[tuple[bytes, Endpoint, Endpoint]]) -> None:
+        for data, peer, local in datagrams:
+            self._socket_for(local, peer).send(data, peer)
 
     # --- the clock ---
 
@@ -348,9 +356,7 @@ class Server:
         """Log the event and queue its kernel operations; True when it queued any. With apply.mode = "none" nothing
         is queued: the operations that would have been applied are logged, one line for the event's."""
         if isinstance(event, SignatureRequested):
-            task = self._loop.create_task(self._sign(event))
-            self._signing.add(task)
-            task.add_done_callback(self._signing.discard)
+            self._sign_requests.put_nowait(event)
             return False
         log.log(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s", describe(event))
         try:
@@ -367,15 +373,22 @@ class Server:
             self._operations.put_nowait(tuple(operations))
         return bool(operations)
 
+    async def _signing_worker(self) -> None:
+        while True:
+            await self._sign(await self._sign_requests.get())
+
     async def _sign(self, request: SignatureRequested) -> None:
-        """Sign in a worker thread (a deferred signer waits on its enclave), then let the IKE SA answer. Other
+        """Sign in a signing thread (a deferred signer waits on its enclave), then let the IKE SA answer. Other
         peers are served meanwhile."""
         signer = self.responder.config.signer
+        sa = self.responder.sa(request.ike_spi_r)
+        if sa is None or sa.state is not State.SIGNING:
+            return  # gone (its half-open time ran out) before its turn: sign nothing for it
         try:
             if signer is None:
                 raise EnclaveIkeError("no signer")
-            signature = await asyncio.to_thread(signer.sign, request.data, request.scheme)
-        except EnclaveIkeError as exc:
+            signature = await self._loop.run_in_executor(self._signers, signer.sign, request.data, request.scheme)
+        except Exception as exc:  # whatever the enclave raised: this IKE SA fails, the server goes on
             log.error("IKE SA %s/%s: our signature failed: %s", request.ike_spi_i.hex(), request.ike_spi_r.hex(),
                       exc)
             self.responder.fail_signature(request.ike_spi_r, self._loop.time(), str(exc))

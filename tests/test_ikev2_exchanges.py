@@ -60,14 +60,17 @@ from enclave_ike.ikev2.events import (
 )
 from enclave_ike.ikev2.initiator import Initiator, exchange
 from enclave_ike.ikev2.initiator_sa import InitiatorSa
-from enclave_ike.ikev2.negotiation import narrow_to_dns
+from enclave_ike.ikev2.negotiation import narrow_to_dns, offer_esp
 from enclave_ike.ikev2.payloads import (
     Authentication,
     Certificate,
     IdentificationResponder,
     Message,
+    Nonce,
     Notify,
     TrafficSelector,
+    TrafficSelectorsInitiator,
+    TrafficSelectorsResponder,
     UnknownPayload,
 )
 from enclave_ike.ikev2.responder import Responder
@@ -149,11 +152,11 @@ def establish(icfg: InitiatorConfig | None = None, rcfg: ResponderConfig | None 
     return ini, resp, ini.events(), drain(resp), transcript
 
 
-def establish_probing() -> tuple[ProbingInitiator, Responder, list]:
+def establish_probing(rcfg: ResponderConfig | None = None) -> tuple[ProbingInitiator, Responder, list]:
     """An established NULL IKE SA whose initiator can also send requests outside the table (fuzz/probe.py)."""
     ini = ProbingInitiator(InitiatorConfig(tsi=(HOST_I,), tsr=(UDP_TO_R,)), local=I_END, peer=R_END,
                            random=seeded(b"initiator"), now=0.0)
-    resp = responder()
+    resp = responder(rcfg)
     exchange(ini, resp, 0.0)
     ini.events()
     return ini, resp, drain(resp)
@@ -724,6 +727,39 @@ def test_child_sas_per_ike_sa_are_bounded_but_rekeys_still_answered():
     ini.rekey_child_sa(3.0, next(iter(ini.sa.children)))
     exchange(ini, resp, 3.0)
     assert len(of(drain(resp), ChildSaRekeyed)) == 1 and len(resp.views()[0].children) == 2
+
+
+def rekey_payloads(ini: ProbingInitiator, old_spi: bytes, new_spi: bytes) -> list:
+    """A CREATE_CHILD_SA rekey of the Child SA the initiator receives on with `old_spi`, its new one `new_spi`."""
+    (child,) = list(ini.sa.children.values())[:1]
+    return [Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP, spi=old_spi),
+            offer_esp(ini.config.esp_suites, new_spi, in_ike_auth=False), Nonce(b"n" * 32),
+            TrafficSelectorsInitiator(child.local_ts), TrafficSelectorsResponder(child.remote_ts)]
+
+
+def test_rekeys_without_deletes_cannot_grow_the_child_sas_without_bound():
+    """A rekeyed Child SA stays until the peer deletes it: rekeying along a chain, or the same one again, without
+    ever deleting is refused once max_child_sas rekeyed ones wait (adversarial review: 40 rekeys of one Child SA
+    left 41 Child SAs and 80 kernel SAs)."""
+    ini, resp, _ = establish_probing(ResponderConfig(local_id=Identity.null(), dns=DNS,
+                                                     limits=Limits(max_child_sas=2)))
+    first = next(iter(ini.sa.children))
+    spi = first
+    refused = []
+    for n in range(6):
+        new_spi = bytes((0x10, 0, 0, n + 1))
+        ini.probe(1.0 + n, ExchangeType.CREATE_CHILD_SA, rekey_payloads(ini, spi, new_spi))
+        exchange(ini, resp, 1.0 + n)
+        (answer,) = ini.answers()
+        notifies = [p.notify_type for p in answer.payloads if isinstance(p, Notify)]
+        refused.append(notifies == [NotifyType.NO_ADDITIONAL_SAS])
+        spi = spi if notifies else new_spi  # rekey the newest Child SA next: a chain
+    assert refused == [False, False, True, True, True, True]
+    assert len(resp.views()[0].children) == 3  # the first, its rekey, that one's rekey: then no more
+    ini.probe(10.0, ExchangeType.CREATE_CHILD_SA, rekey_payloads(ini, first, bytes((0x20, 0, 0, 1))))
+    exchange(ini, resp, 10.0)
+    (again,) = ini.answers()
+    assert [n.notify_type for n in again.payloads if isinstance(n, Notify)] == [NotifyType.NO_ADDITIONAL_SAS]
 
 
 def test_create_child_sa_invalid_ke_and_no_proposal():

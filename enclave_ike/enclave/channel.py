@@ -18,7 +18,7 @@ import socket
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .errors import ChannelError
+from .errors import ChannelError, ChannelIdle
 
 MAX_FRAME = 64 * 1024
 _LENGTH_SIZE = 4
@@ -62,8 +62,12 @@ def send(sock: socket.socket, frame: Frame) -> None:
 
 
 def receive(sock: socket.socket) -> Frame | None:
-    """The next frame, or None when the peer closed the channel between frames."""
-    first = sock.recv(_LENGTH_SIZE)
+    """The next frame, or None when the peer closed the channel between frames. ChannelIdle when none begins
+    within the socket's timeout (a timeout inside a frame is an OSError: the stream is out of step then)."""
+    try:
+        first = sock.recv(_LENGTH_SIZE)
+    except TimeoutError:
+        raise ChannelIdle("no frame within the timeout") from None
     if not first:
         return None
     length = int.from_bytes(first + _read_exact(sock, _LENGTH_SIZE - len(first)), "big")

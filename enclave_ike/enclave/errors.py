@@ -17,6 +17,10 @@ class EnclaveGone(EnclaveError):
     """The process holding the key has exited or stopped answering; its key is gone with it."""
 
 
+class ChannelIdle(EnclaveError):
+    """No frame began on the channel to the sim enclave within the timeout: the stream is still in step."""
+
+
 class ChannelError(EnclaveError):
     """A malformed frame on the channel to the sim enclave process."""
 

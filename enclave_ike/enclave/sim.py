@@ -28,7 +28,7 @@ from ..ikev2.crypto import PublicKey, SignatureScheme, Signer, ecdsa_schemes
 from ..ikev2.errors import UnsupportedAlgorithm
 from . import channel
 from .channel import HASH_SIZE, Frame, Op, Status
-from .errors import ChannelError, EnclaveError, EnclaveGone, EnclaveUnavailable
+from .errors import ChannelError, ChannelIdle, EnclaveError, EnclaveGone, EnclaveUnavailable
 from .key_types import KEY_TYPES
 
 _CURVES = frozenset(("secp256r1", "secp384r1"))
@@ -61,6 +61,7 @@ class SimEnclave:
         ours.settimeout(startup_timeout)
         self._process, self._socket, self._lock = process, ours, threading.Lock()
         self._closed = False
+        self._owed = 0  # replies to requests that timed out, still to come (and to be skipped) in order
         self._finalizer = weakref.finalize(self, _stop, process, ours)
         try:
             key = serialization.load_der_public_key(self._call(Op.PUBLIC_KEY))
@@ -102,8 +103,19 @@ class SimEnclave:
             if self._closed:
                 raise EnclaveGone("sim enclave: closed")
             try:
+                # A slow or stopped enclave is not a dead one: a request that timed out before its reply began
+                # leaves the stream in step, and its late reply is skipped here before the next request.
+                while self._owed:
+                    if channel.receive(self._socket) is None:
+                        break
+                    self._owed -= 1
                 channel.send(self._socket, Frame(op, payload))
+                self._owed += 1
                 reply = channel.receive(self._socket)
+                self._owed -= 1
+            except ChannelIdle:
+                raise EnclaveError(f"sim enclave (pid {self.pid}): timed out, no answer within "
+                                   f"{self._socket.gettimeout():g} s") from None
             except (OSError, ChannelError) as exc:
                 self._closed = True  # the stream may be out of step now: never read a stale reply as fresh
                 raise EnclaveGone(f"sim enclave (pid {self.pid}){_exited(self._process) or f': {exc}'}") from None

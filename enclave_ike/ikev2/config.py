@@ -195,7 +195,7 @@ class Limits:
     max_sas_per_peer: int = 32
     invalid_spi_answers_per_second: int = 10
     # Child SAs per IKE SA: DNS needs two (udp/53, tcp/53), a rekey briefly adds one each. More is a peer
-    # filling the kernel's SA table: answered with NO_ADDITIONAL_SAS (rekeys are always answered).
+    # filling the kernel's SA table: answered with NO_ADDITIONAL_SAS, rekeys too (an old Child SA stays until deleted).
     max_child_sas: int = 8
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, deque
+from ipaddress import IPv6Address, IPv6Network
 from typing import Final
 
 from .config import Endpoint, Identity, ResponderConfig
@@ -39,9 +40,17 @@ REFUSED_MAX_SAS: Final = "IKE_SA_INIT refused: max_sas"
 REPLACED_MAX_SAS_PER_PEER: Final = "IKE SA replaced: max_sas_per_peer"
 DEAD_PEER: Final = "IKE SA removed: dead peer"
 
+PeerKey = Address | IPv6Network
+"""What the per-peer limits count by: an IPv4 address, or an IPv6 /64 (one subscriber's prefix, whose addresses
+cost it nothing)."""
+
 _FLAGS_OFFSET: Final = 19
 _EXCHANGE_OFFSET: Final = 18
 _MESSAGE_ID_OFFSET: Final = 20
+
+
+def peer_key(address: Address) -> PeerKey:
+    return IPv6Network((address, 64), strict=False) if isinstance(address, IPv6Address) else address
 
 
 class Responder:
@@ -57,15 +66,16 @@ class Responder:
         self._sas: dict[bytes, ResponderSa] = {}  # by our SPI
         self._by_init: dict[tuple[Address, bytes], ResponderSa] = {}  # by (peer address, SPIi) of its IKE_SA_INIT
         self._init_key: dict[bytes, tuple[Address, bytes]] = {}
-        self._address: dict[bytes, Address] = {}  # the peer address each SA is counted under
+        self._address: dict[bytes, PeerKey] = {}  # the peer address (IPv6: /64) each SA is counted under
         self._half_open: set[bytes] = set()
-        self._half_open_per_peer: Counter[Address] = Counter()
-        self._by_peer: dict[Address, set[bytes]] = {}  # our SPIs of each peer address's SAs
+        self._half_open_per_peer: Counter[PeerKey] = Counter()
+        self._by_peer: dict[PeerKey, set[bytes]] = {}  # our SPIs of each peer address's SAs
         self._by_identity: dict[Identity, set[bytes]] = {}
         self._timers: list[tuple[float, int, bytes]] = []
         self._sequence = itertools.count()
         self._events: deque[Event] = deque()
-        self._outbox: list[tuple[bytes, Endpoint]] = []
+        self._outbox: list[tuple[bytes, Endpoint, Endpoint]] = []
+        self._receiving_on = local
         self._tokens = float(config.limits.invalid_spi_answers_per_second)
         self._tokens_at: float | None = None
         self.dropped = 0
@@ -76,7 +86,10 @@ class Responder:
     # --- the sans-I/O interface ---
 
     def receive(self, data: bytes, source: Endpoint, now: float, local: Endpoint | None = None) -> None:
-        """Handle one datagram (for port 4500, already without its non-ESP marker) that `source` sent us."""
+        """Handle one datagram (for port 4500, already without its non-ESP marker) that `source` sent us on
+        `local` (ours)."""
+        local = local or self.local
+        self._receiving_on = local
         try:
             header = peek_header(data)
         except InvalidMajorVersion:
@@ -86,7 +99,7 @@ class Responder:
             self.dropped += 1
             return
         if header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response and header.spi_r == ZERO_SPI:
-            self._receive_init(header, data, source, now, local or self.local)
+            self._receive_init(header, data, source, now, local)
             return
         own = header.spi_r if header.is_initiator else header.spi_i
         sa = self._sas.get(own)
@@ -96,10 +109,16 @@ class Responder:
             else:
                 self._answer_invalid_spi(header, source, now)
             return
-        sa.receive(data, now, source)
+        sa.receive(data, now, source, local)
         self._collect(sa, now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        return [(data, peer) for data, peer, _ in self.outgoing()]
+
+    def outgoing(self) -> list[tuple[bytes, Endpoint, Endpoint]]:
+        """What to send: each datagram with its destination and the local endpoint to send it from (the one its
+        IKE SA's peer last reached with a new authenticated message; for an answer without an SA, the one the
+        request came in on)."""
         out, self._outbox = self._outbox, []
         return out
 
@@ -197,20 +216,20 @@ class Responder:
         except RemoteProtocolError:
             self.dropped += 1
             return
-        refused = self._refusal(source.address)
+        refused = self._refusal(peer_key(source.address))
         if refused is not None:
             self.counts[refused] += 1
             self.dropped += 1
             return
         sa = ResponderSa.answering(self.config, random=self._random, spis=self._spis, local=local, peer=source,
                              spi_i=header.spi_i, spi_r=self._spis.ike(), now=now)
-        self._register(sa, source.address, key)
+        self._register(sa, peer_key(source.address), key)
         sa.receive(data, now, source)
         if sa.state is State.EXPECT_IKE_SA_INIT:
             sa.abandon(now, "IKE_SA_INIT not taken")
         self._collect(sa, now)
 
-    def _refusal(self, address: Address) -> str | None:
+    def _refusal(self, address: PeerKey) -> str | None:
         """The limit a new IKE SA from `address` would break, if any."""
         limits = self.config.limits
         if len(self._half_open) >= limits.max_half_open:
@@ -240,7 +259,7 @@ class Responder:
 
     def _answer_stateless(self, header: IkeHeader, notify: Notify, source: Endpoint) -> None:
         answer = IkeHeader(header.spi_i, header.spi_r, header.exchange, HeaderFlag.RESPONSE, header.message_id)
-        self._outbox.append((Message(answer, (notify,)).encode(), source))
+        self._outbox.append((Message(answer, (notify,)).encode(), source, self._receiving_on))
 
     def _take_token(self, now: float) -> bool:
         rate = self.config.limits.invalid_spi_answers_per_second
@@ -273,7 +292,7 @@ class Responder:
 
     # --- bookkeeping ---
 
-    def _register(self, sa: ResponderSa, address: Address, init_key: tuple[Address, bytes] | None) -> None:
+    def _register(self, sa: ResponderSa, address: PeerKey, init_key: tuple[Address, bytes] | None) -> None:
         spi = sa.own_spi
         self._sas[spi] = sa
         self._address[spi] = address
@@ -299,7 +318,7 @@ class Responder:
             if not self._by_identity[sa.peer_id]:
                 del self._by_identity[sa.peer_id]
 
-    def _set_half_open(self, spi: bytes, address: Address, half_open: bool) -> None:
+    def _set_half_open(self, spi: bytes, address: PeerKey, half_open: bool) -> None:
         if half_open and spi not in self._half_open:
             self._half_open.add(spi)
             self._half_open_per_peer[address] += 1
@@ -312,7 +331,7 @@ class Responder:
     def _collect(self, sa: ResponderSa, now: float) -> None:
         """Move the SA's datagrams and events out, follow its state in the indexes, adopt a rekeyed successor."""
         spi = sa.own_spi
-        self._outbox += sa.datagrams_to_send()
+        self._outbox += [(data, peer, sa.local) for data, peer in sa.datagrams_to_send()]
         established: list[IkeSaEstablished] = []
         while (event := sa.next_event()) is not None:
             self._events.append(event)
@@ -325,6 +344,7 @@ class Responder:
             if successor.peer_id is not None and credential is not None and credential.authenticated:
                 self._by_identity.setdefault(successor.peer_id, set()).add(successor.own_spi)
             self._collect(successor, now)
+            self._keep_per_peer_limit(successor, now)  # a rekey is one more SA until the old one is deleted
         if sa.state is State.DELETED:
             self._unregister(spi)
             return
@@ -355,11 +375,16 @@ class Responder:
 
     def _keep_per_peer_limit(self, newest: ResponderSa, now: float) -> None:
         """Past `max_sas_per_peer` established SAs from one address, the one heard from least recently goes (see
-        `Limits`); the newest is never the one."""
-        spis = self._by_peer.get(self._address[newest.own_spi], set())
+        `Limits`), rekeyed ones waiting for their deletion first; the newest is never the one."""
+        address = self._address.get(newest.own_spi)
+        if address is None:
+            return
+        spis = self._by_peer.get(address, set())
         established = [sa for spi in spis if (sa := self._sas[spi]).established and sa is not newest]
         excess = len(established) + 1 - self.config.limits.max_sas_per_peer
-        for sa in sorted(established, key=lambda sa: (sa.last_heard, sa.own_spi))[:max(0, excess)]:
+        oldest_first = sorted(established, key=lambda sa: (sa.state is not State.EXPECT_DELETE, sa.last_heard,
+                                                             sa.own_spi))
+        for sa in oldest_first[:max(0, excess)]:
             sa.abandon(now, "replaced by a newer IKE SA from the same address (limits.max_sas_per_peer)")
             self.counts[REPLACED_MAX_SAS_PER_PEER] += 1
             self._collect(sa, now)

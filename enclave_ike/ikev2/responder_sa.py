@@ -101,7 +101,8 @@ def _asks_for_a_null_responder(inbound: Inbound, auth: Authentication) -> bool:
     it pinned nothing, so it loses nothing, and coffee-shop clients get ESP from a resolver that trusted clients
     pin. A client naming us by our ID, or naming no one, gets our signature."""
     wanted = inbound.optional(IdentificationResponder, "IDr")
-    return wanted is not None and wanted.id_type == IdType.ID_NULL and auth.method == AuthMethod.NULL
+    return (wanted is not None and wanted.id_type == IdType.ID_NULL and not wanted.data
+            and auth.method == AuthMethod.NULL)
 
 
 
@@ -340,7 +341,12 @@ class ResponderSa(IkeSa):
             old = next((c for c in self.children.values() if c.spi_out == rekey[0].spi), None)
             if old is None:
                 raise ChildSaNotFound(f"REKEY_SA: no Child SA with SPI {rekey[0].spi.hex()}")
-        elif len(self.children) >= config.limits.max_child_sas:
+            # A rekeyed Child SA stays until the peer deletes it: rekeying without deleting (again and again, or
+            # along a chain) would grow the kernel's SA table, so at most max_child_sas may wait for deletion.
+            if old.spi_in in self._replaced or len(self._replaced) >= config.limits.max_child_sas:
+                raise RemoteProtocolError(f"CREATE_CHILD_SA: {len(self._replaced)} rekeyed Child SAs not deleted "
+                                          "yet (or this one is one of them)", notify=NotifyType.NO_ADDITIONAL_SAS)
+        elif len(self.children) - len(self._replaced) >= config.limits.max_child_sas:
             raise RemoteProtocolError(f"CREATE_CHILD_SA: already {len(self.children)} Child SAs on this IKE SA",
                                       notify=NotifyType.NO_ADDITIONAL_SAS)
         nr = self._random(config.nonce_size)
@@ -351,6 +357,7 @@ class ResponderSa(IkeSa):
         if old is None:
             self._events.append(event)
         else:
+            self._replaced.add(old.spi_in)
             self._events.append(ChildSaRekeyed(self.spi_i, self.spi_r, old.spi_in, old.spi_out, event))
         return Outcome.DONE
 

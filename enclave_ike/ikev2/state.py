@@ -393,6 +393,7 @@ class IkeSa:
                  spis: SpiAllocator, local: Endpoint, peer: Endpoint, spi_i: bytes, spi_r: bytes,
                  state: State, now: float) -> None:
         self.role = role
+        self._receiving_on = local
         self.state = state
         self.local = local
         self.peer = peer
@@ -427,6 +428,7 @@ class IkeSa:
         self._next_id = 0
         self._pending: Pending | None = None
         self._queue: deque[Command] = deque()
+        self._replaced: set[bytes] = set()  # inbound SPIs of Child SAs we answered a rekey of, until deleted
         # timers
         self._half_open_deadline: float | None = None
         self._linger_deadline: float | None = None
@@ -443,10 +445,12 @@ class IkeSa:
         self.dropped = 0
         self._close_reason = "deleted by the peer"
 
-    def receive(self, data: bytes, now: float, source: Endpoint | None = None) -> None:
-        """Handle one datagram from `source` (the peer's current endpoint when None)."""
+    def receive(self, data: bytes, now: float, source: Endpoint | None = None, local: Endpoint | None = None) -> None:
+        """Handle one datagram from `source` (the peer's current endpoint when None), received on `local` (ours;
+        the SA's when None)."""
         self._now = now
         source = source or self.peer
+        self._receiving_on = local or self.local
         if self.state is State.DELETED:
             self.dropped += 1
             return
@@ -495,6 +499,8 @@ class IkeSa:
         pending = self._pending
         if pending is not None and now >= pending.deadline:
             if pending.tries >= self._config.timers.retransmit_tries:
+                # a liveness check whose retransmissions ran out before liveness_timeout: dead all the same
+                self.declared_dead = self._dead_deadline is not None
                 self._teardown(f"no answer to {exchange_name(pending.exchange)} request {pending.message_id} "
                                f"after {pending.tries} sends")
                 return
@@ -517,6 +523,12 @@ class IkeSa:
             if self._pending is None:
                 self._send_request(ExchangeType.INFORMATIONAL, (), LivenessRequest())
         return False
+
+    def _note_source(self, source: Endpoint) -> None:
+        """A new authenticated message: the peer is where it came from (NAT, RFC 7296 2.23), and alive. Copies of
+        old messages never come here (anyone on the path could replay them)."""
+        self.peer, self.local = source, self._receiving_on
+        self._heard()
 
     def _heard(self) -> None:
         """The peer sent something authentic: it is alive."""
@@ -599,6 +611,8 @@ class IkeSa:
         if inbound is None:
             self.dropped += 1
             return
+        if inbound.protected and self.state is not State.SIGNING:  # in SIGNING, only its IKE_AUTH again
+            self._note_source(source)
         if transition is None:
             unexpected = RemoteProtocolError(f"{exchange_name(header.exchange)} request not expected in "
                                              f"{self.state.name}")
@@ -620,10 +634,9 @@ class IkeSa:
         authenticates (a peer may re-encrypt), is answered; anything else with that ID is dropped."""
         if self._last_response is None:
             return
-        if data == self._last_request:  # answered, but a copy proves nothing: anyone on the path could replay it
-            self._outbox.append((self._last_response, source))
-        elif self._authentic(data):
-            self._heard()
+        # Answered, but neither an identical copy nor a re-encrypted one is new: anyone on the path could have
+        # captured it, so it moves no address (RFC 7296 2.23) and keeps no dead peer alive.
+        if data == self._last_request or self._authentic(data):
             self._outbox.append((self._last_response, source))
         else:
             self.dropped += 1
@@ -671,6 +684,8 @@ class IkeSa:
             self.dropped += 1
             return
         self._pending = None
+        if inbound.protected:
+            self._note_source(source)
         inbound = dataclasses.replace(inbound, context=pending.context)
         try:
             outcome = self._handle(transition, inbound)
@@ -703,8 +718,6 @@ class IkeSa:
             plaintext = self._in.open(data[:len(data) - len(sk.data)], sk.data)
         except IntegrityError:
             return None
-        self.peer = source  # authenticated: the peer is where this came from (NAT, RFC 7296 2.23)
-        self._heard()
         payloads = decode_payloads(Reader(plaintext, payload="SK"), sk.first_payload, inner=True)
         return Inbound(header, data, payloads, source, protected=True)
 
@@ -789,7 +802,11 @@ class IkeSa:
                 self._teardown(self._close_reason if outcome is Outcome.CLOSED else "refused")
             return
         if state is State.EXPECT_DELETE and self.state is not State.EXPECT_DELETE:
-            self._linger_deadline = self._now + self._config.timers.rekeyed_linger
+            timers = self._config.timers
+            linger = timers.rekeyed_linger
+            if timers.liveness is not None:  # a vanished peer's old SA goes no later than its new one would
+                linger = min(linger, timers.liveness + timers.liveness_timeout)
+            self._linger_deadline = self._now + linger
         if state not in (State.EXPECT_IKE_AUTH, State.SIGNING):  # a signature never handed back ends it too
             self._half_open_deadline = None
         self.state = state
@@ -810,6 +827,7 @@ class IkeSa:
 
     def _drop_child(self, child: ChildSa, reason: str) -> None:
         del self.children[child.spi_in]
+        self._replaced.discard(child.spi_in)
         self._spis.release(child.spi_in)
         self._events.append(SaDeleted(self.spi_i, self.spi_r, ProtocolId.ESP, reason, child.spi_in, child.spi_out))
 
