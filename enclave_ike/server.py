@@ -1,8 +1,10 @@
 """`enclave-ike serve`: the only place where enclave-ike touches sockets and the clock.
 
 UDP on port 500 and 4500 of every listen address feeds one sans-I/O `Responder` (`now=loop.time()`, its timer
-armed with `loop.call_at`); what it wants sent goes out on the socket its peer last used, with the non-ESP marker
-(four zero octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Its events are logged
+armed with `loop.call_at`); what it wants sent goes out on the socket the responder names for it (the one the IKE
+SA's peer last reached with a new authenticated message: `Responder.outgoing`), with the non-ESP marker (four zero
+octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Signatures asked of a deferred
+signer are made on signing threads of their own, newest request first. Its events are logged
 one line each, and the Child SA events are planned into XFRM operations (`apply.ChildSaTable`) that one worker task
 runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous), an event's operations in one trip. A
 kernel that refuses is logged and the server carries on. With `apply.mode = "none"` the operations are only logged,
