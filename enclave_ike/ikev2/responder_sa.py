@@ -105,8 +105,6 @@ def _asks_for_a_null_responder(inbound: Inbound, auth: Authentication) -> bool:
             and auth.method == AuthMethod.NULL)
 
 
-
-
 class ResponderSa(IkeSa):
     """An IKE SA we answer: built waiting for the initiator's IKE_SA_INIT."""
 

@@ -272,8 +272,6 @@ class LivenessRequest(RequestContext):
     pass
 
 
-
-
 @dataclass
 class Pending:
     """Our outstanding request (window size 1) and its retransmission schedule."""
