@@ -76,18 +76,7 @@ def gather_policies() -> tuple[xfrm.Policy, ...]:
 def gather(run_dir: Path) -> plan.Facts:
     table = gather_policies()
     return plan.Facts(policies=table, protection=protection(table), pluto=_pluto_facts(run_dir),
-                      larval_drop=xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires(),
-                      live_reqids=live_reqids(table))
-
-
-def live_reqids(table: tuple[xfrm.Policy, ...]) -> frozenset[int]:
-    """The reqids of live SAs among those of pluto's outbound policies without an inbound twin (plan.unrouted):
-    the SAs are read only when there are such policies (traps, mostly), not in every round."""
-    unpaired = policies.unpaired_reqids(table)
-    if not unpaired:
-        return frozenset()
-    with xfrm.XfrmClient() as client:
-        return frozenset(sa.reqid for sa in client.sas() if not sa.larval and sa.reqid in unpaired)
+                      larval_drop=xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires())
 
 
 def esp_refused(store: StateStore) -> str | None:
