@@ -316,6 +316,15 @@ class _Table:
             raise self.error(key, f"{value} is not a UDP port (1-65535)")
         return value
 
+    def seconds(self, key: str, default: float, *, zero_allowed: bool) -> float:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not (value > 0 or (zero_allowed and value == 0)) or value > MAX_SECONDS):
+            least = "0 or more" if zero_allowed else "more than 0"
+            raise self.error(key, f"expected seconds ({least}, at most {MAX_SECONDS}), got {value!r}")
+        return float(value)
+
     def addresses(self, key: str, default: tuple[Address, ...] | None = None) -> tuple[Address, ...]:
         if key not in self.data and default is not None:
             self.used.add(key)
@@ -393,19 +402,9 @@ def _limits(table: _Table) -> tuple[ike.Limits, ike.Timers]:
         values[key] = value
     if values["max_sas_per_peer"] < 1:
         raise table.error("max_sas_per_peer", "0 would refuse every client; the least is 1")
-    liveness = _seconds(table, "liveness_s", DEFAULT_LIVENESS_S, zero_allowed=True)
-    timeout = _seconds(table, "liveness_timeout_s", DEFAULT_LIVENESS_TIMEOUT_S, zero_allowed=False)
+    liveness = table.seconds("liveness_s", DEFAULT_LIVENESS_S, zero_allowed=True)
+    timeout = table.seconds("liveness_timeout_s", DEFAULT_LIVENESS_TIMEOUT_S, zero_allowed=False)
     return ike.Limits(**values), ike.Timers(liveness=liveness or None, liveness_timeout=timeout)
-
-
-def _seconds(table: _Table, key: str, default: float, *, zero_allowed: bool) -> float:
-    table.used.add(key)
-    value = table.data.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not (value > 0 or (zero_allowed and value == 0)) or value > MAX_SECONDS):
-        least = "0 or more" if zero_allowed else "more than 0"
-        raise table.error(key, f"expected seconds ({least}, at most {MAX_SECONDS}), got {value!r}")
-    return float(value)
 
 
 ANONYMOUS: dict[str, ike.PeerAuth] = {

@@ -251,9 +251,7 @@ class Server:
         self._flush()
         if self.responder.views():
             await asyncio.sleep(SHUTDOWN_GRACE_S)  # let the deletes leave (their answers are not awaited)
-        teardown = tuple(self.table.teardown())
-        if teardown:
-            self._operations.put_nowait(teardown)
+        self._queue_operations(self.table.teardown())
         self._operations.put_nowait(None)
         if self._worker is not None:
             await self._worker
@@ -355,8 +353,7 @@ class Server:
     # --- events ---
 
     def _on_event(self, event: Event) -> bool:
-        """Log the event and queue its kernel operations; True when it queued any. With apply.mode = "none" nothing
-        is queued: the operations that would have been applied are logged, one line for the event's."""
+        """Log the event and queue its kernel operations; True when it queued any."""
         if isinstance(event, SignatureRequested):
             self._sign_requests.put_nowait(event)
             return False
@@ -367,13 +364,19 @@ class Server:
             self.apply_failures += 1
             log.error("apply: %s", exc)
             return False
-        if self.config.apply is ApplyMode.NONE:
-            if operations:
-                log.info("apply (mode none, not applied): %s", "; ".join(map(str, operations)))
+        return self._queue_operations(operations)
+
+    def _queue_operations(self, operations: Iterable[Operation]) -> bool:
+        """Queue an event's operations for the apply worker, in one trip; True when it queued any. With apply.mode
+        = "none" nothing is queued: they are logged, one line for the event's."""
+        batch = tuple(operations)
+        if not batch:
             return False
-        if operations:
-            self._operations.put_nowait(tuple(operations))
-        return bool(operations)
+        if self.config.apply is ApplyMode.NONE:
+            log.info("apply (mode none, not applied): %s", "; ".join(map(str, batch)))
+            return False
+        self._operations.put_nowait(batch)
+        return True
 
     async def _signing_worker(self) -> None:
         while True:
@@ -404,9 +407,6 @@ class Server:
         while (item := await self._operations.get()) is not None:
             if isinstance(item, _Send):
                 self._send(item.datagrams)
-                continue
-            if self.config.apply is ApplyMode.NONE:  # only the teardown at stop comes here in mode none
-                log.info("apply (mode none, not applied): %s", "; ".join(map(str, item)))
                 continue
             for op, error in zip(item, await asyncio.to_thread(self._run, item), strict=True):
                 if error is not None:

@@ -518,8 +518,8 @@ class IkeSa:
         if self._liveness_deadline is not None and now >= self._liveness_deadline:
             self._liveness_deadline = None
             self._dead_deadline = now + self._config.timers.liveness_timeout
-            if self._pending is None:
-                self._send_request(ExchangeType.INFORMATIONAL, (), LivenessRequest())
+            if self._pending is None:  # else the outstanding request, retransmitted as usual, asks
+                self.check_liveness(now)
         return False
 
     def _note_source(self, source: Endpoint) -> None:
