@@ -10,11 +10,13 @@ Where the netns tests run:
   nothing is skipped.
 IKECTL_NETNS_RUNNER=host|vm|auto (default auto) overrides the choice.
 
+The guest tests are shared among IKECTL_VM_SHARDS VMs (default 2) that run side by side: see `vmshards.py`.
+
 Tests marked `host` need no ESP packets to flow (namespaces, XFRM policies, IKE that fails before any SA,
 bad input): they always run here, at native speed instead of under TCG, first, while the VM works; the unit
 tests follow, then the guest's results. Guest tests marked `timing` (they measure, and a busy host skews
-that) run last in the guest, when this process has little left to do. The check that the VM run left no
-qemu behind runs after everything.
+that) run last in the first VM, when this process and the other VMs have little left to do. The check that
+the VM runs left no qemu behind runs after everything.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from . import packages
+from . import packages, vmshards
 from .kernel import probe_esp
 from .procs import HarnessError
 from .vm import VmError, VmResult, VmSpec, run_in_vm
@@ -41,11 +43,12 @@ NETNS_DIR = Path(__file__).resolve().parents[1]
 
 
 class VmSession:
-    """One VM boot per pytest session for all selected guest items, in a thread from the session's start."""
+    """One VM boot for its share of the selected guest items, in a thread from the session's start."""
 
-    def __init__(self, config: pytest.Config, nodeids: list[str]) -> None:
+    def __init__(self, config: pytest.Config, nodeids: list[str], name: str = "vm") -> None:
         self.config = config
         self.nodeids = nodeids
+        self.name = name  # the prefix of its console lines here
         self.result: VmResult | None = None
         self.error: str | None = None
         self.tests: dict[str, dict[str, Any]] = {}
@@ -68,7 +71,7 @@ class VmSession:
             with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
                 reporter.write_line("")
                 for line in self.console:
-                    reporter.write_line(f"vm| {line}")
+                    reporter.write_line(f"{self.name}| {line}")
         self.shown = True
 
     def stop(self) -> None:
@@ -123,7 +126,7 @@ class VmSession:
         self.pgid = pgid
 
 
-VM_SESSION = pytest.StashKey[VmSession | None]()
+VM_SESSIONS = pytest.StashKey[list[VmSession]]()
 
 
 class GuestTestFailed(Exception):
@@ -134,8 +137,7 @@ class GuestItem(pytest.Item):
     """A netns test that ran in the VM; this item reports what happened to it there."""
 
     def runtest(self) -> None:
-        session = self.config.stash[VM_SESSION]
-        assert session is not None
+        session = next(s for s in self.config.stash[VM_SESSIONS] if self.nodeid in s.nodeids)
         session.wait()
         entry = session.tests.get(self.nodeid)
         if entry is None and session.error is not None:
@@ -178,7 +180,7 @@ def _is_netns_item(item: pytest.Item) -> bool:
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: the guest runs exactly what is selected
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    config.stash[VM_SESSION] = None
+    config.stash[VM_SESSIONS] = []
     netns_items = [i for i in items if _is_netns_item(i)]
     if not netns_items:
         return
@@ -195,10 +197,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     # The Debian package's test last of all: it waits for the packages the host builds meanwhile.
     packaged = [i for i in guests if i.nodeid.startswith(packages.TEST_FILE)]
     timing = [i for i in timing if i not in packaged]
-    guest_ids = ([i.nodeid for i in guests if i not in timing and i not in packaged] + [i.nodeid for i in timing]
-                 + [i.nodeid for i in packaged])
-    if guest_ids:  # only host tests selected: no VM to boot
-        config.stash[VM_SESSION] = VmSession(config, guest_ids)
+    shards = vmshards.shard([i.nodeid for i in guests if i not in timing and i not in packaged],
+                            [i.nodeid for i in timing] + [i.nodeid for i in packaged], vm_shards(),
+                            vmshards.load_costs())
+    # Only host tests selected: no VM to boot; fewer guest tests than VMs: fewer VMs.
+    config.stash[VM_SESSIONS] = [VmSession(config, ids, name=f"vm{n}" if len(shards) > 1 else "vm")
+                                 for n, ids in enumerate(shards, 1) if ids]
     others = [i for i in items if not _is_netns_item(i)]
     replaced = [GuestItem.from_parent(i.parent, name=i.name) for i in guests if i.parent is not None]
     items[:] = [i for i in host if i not in last] + others + replaced + last
@@ -207,18 +211,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 @pytest.hookimpl(tryfirst=True)  # before pytest's own loop runs the first test
 def pytest_runtestloop(session: pytest.Session) -> None:
     """The VM starts working before the first test here."""
-    vm = session.config.stash.get(VM_SESSION, None)
-    if vm is not None and not session.config.option.collectonly:
-        vm.start()
+    if not session.config.option.collectonly:
+        for vm in session.config.stash.get(VM_SESSIONS, []):
+            vm.start()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    vm = session.config.stash.get(VM_SESSION, None)
-    if vm is not None:
+    for vm in session.config.stash.get(VM_SESSIONS, []):
         vm.stop()
 
 
+def vm_shards() -> int:
+    """How many VMs share the guest tests (IKECTL_VM_SHARDS, default 2)."""
+    value = os.environ.get("IKECTL_VM_SHARDS", "2")
+    if not value.isdigit() or not 1 <= int(value) <= 8:
+        raise pytest.UsageError(f"IKECTL_VM_SHARDS={value!r}: expected a number of VMs from 1 to 8")
+    return int(value)
+
+
 @pytest.fixture(scope="session")
-def vm_session(request: pytest.FixtureRequest) -> VmSession | None:
-    """The VM run of this session, or None when no netns test ran in the VM."""
-    return request.config.stash.get(VM_SESSION, None)
+def vm_sessions(request: pytest.FixtureRequest) -> list[VmSession]:
+    """The VM runs of this session; none when no netns test ran in a VM."""
+    return request.config.stash.get(VM_SESSIONS, [])

@@ -1,0 +1,78 @@
+"""How the guest tests are shared among VMs that run at the same time.
+
+Under TCG one VM keeps about one of this machine's two cores busy (its guest runs one test at a time, mostly one
+Python process), so two VMs side by side finish the netns suite in a little over half the time. Tests are
+placed by their expected duration (`vm_costs.json`, seconds measured in the VM) so the shards end together:
+longest first, each to the shard with the least work so far (the LPT rule). The timing tests go last in the
+first shard, after the other shards' share of the suite: they measure, and by then the other VMs are done.
+
+Refresh the durations from a guest report after the suite changed:
+
+    python -m netns_tests.harness.vmshards /tmp/ikt-vm-*/report.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+COSTS_FILE = Path(__file__).with_name("vm_costs.json")
+UNKNOWN_COST = 80.0  # seconds: a test not measured yet costs about what a typical netns test does
+
+
+def load_costs(path: Path | None = None) -> dict[str, float]:
+    """Node id -> seconds in the VM (from COSTS_FILE by default); empty when the file is missing or unreadable:
+    placement is then by count."""
+    try:
+        document = json.loads((path or COSTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {str(k): float(v) for k, v in document.items() if isinstance(v, int | float) and v >= 0}
+
+
+def shard(tests: Sequence[str], timed_last: Sequence[str], shards: int,
+          costs: dict[str, float]) -> list[list[str]]:
+    """`tests` placed on `shards` VMs, each shard in the order given; `timed_last` appended to the first shard.
+
+    Every shard but the first may come back empty (fewer tests than VMs)."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    known = [costs[t] for t in tests if t in costs]
+    fallback = statistics.median(known) if known else UNKNOWN_COST
+    cost = {t: costs.get(t, fallback) for t in tests}
+    load = [0.0] * shards
+    home: dict[str, int] = {}
+    for test in sorted(tests, key=lambda t: -cost[t]):
+        chosen = min(range(shards), key=lambda i: (load[i], i))
+        home[test] = chosen
+        load[chosen] += cost[test]
+    placed = [[t for t in tests if home[t] == i] for i in range(shards)]
+    placed[0].extend(timed_last)
+    return placed
+
+
+def costs_from_report(report: Path) -> dict[str, float]:
+    """The passed tests' durations in a guest report (`guest_report.py`), rounded to the second."""
+    tests = json.loads(report.read_text())["tests"]
+    return {node: round(entry["duration"]) for node, entry in tests.items() if entry["outcome"] == "passed"}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(f"usage: python -m netns_tests.harness.vmshards REPORT.json...\n{__doc__}", file=sys.stderr)
+        return 2
+    costs = load_costs()
+    for name in argv[1:]:
+        costs.update(costs_from_report(Path(name)))
+    COSTS_FILE.write_text(json.dumps(dict(sorted(costs.items())), indent=1) + "\n")
+    print(f"{COSTS_FILE}: {len(costs)} tests, {sum(costs.values()) / 60:.0f} min in one VM")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
