@@ -18,6 +18,8 @@
     sim_registers = ["<96 hex digits>"]  # sim and software backends: the simulated measurement (1 to 16
                                         # registers of 48 bytes); default: SHA-384 of "enclave-ike simulated
                                         # enclave v1" NUL. A test starts "a different build" with other values
+    sim_sign_delay_s = 0                # sim backend: seconds each signature takes (a slow enclave; below 10,
+                                        # the sim channel's timeout)
 
     [peers]
     anonymous = ["null", "raw-key", "certificate"]   # how clients whose key is not pinned may come in, as
@@ -80,6 +82,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ikecommon import evidence_client, tomlfile
 
+from .enclave.sim import REPLY_TIMEOUT as SIM_TIMEOUT_S
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
 from .ikev2.constants import DhGroup, EncrId, IdType, IntegId, PrfId
@@ -162,6 +165,7 @@ class IdentityConfig:
     auth: Auth = Auth.NULL
     publish: Path = DEFAULT_PUBLISH
     sim_registers: tuple[bytes, ...] = ()  # () : the backend's default measurement
+    sim_sign_delay_s: float = 0.0  # the sim enclave waits this long before each signature (a slow enclave)
 
     @property
     def ike_identity(self) -> ike.Identity:
@@ -517,7 +521,13 @@ def _identity(table: _Table) -> IdentityConfig:
     if not publish.is_absolute():
         raise table.error("publish", f"{str(publish)!r} must be an absolute path")
     registers = _sim_registers(table, backend)
-    return IdentityConfig(backend, key_type, local_id, auth, publish, registers)
+    delay = table.seconds("sim_sign_delay_s", 0.0, zero_allowed=True)
+    if delay and backend is not Backend.SIM:
+        raise table.error("sim_sign_delay_s", f"belongs to the sim backend, not {backend.value}")
+    if delay >= SIM_TIMEOUT_S:
+        raise table.error("sim_sign_delay_s", f"{delay:g} s: every signature would outlast the sim channel's "
+                                              f"{SIM_TIMEOUT_S:g} s timeout")
+    return IdentityConfig(backend, key_type, local_id, auth, publish, registers, delay)
 
 
 def _sim_registers(table: _Table, backend: Backend) -> tuple[bytes, ...]:

@@ -88,7 +88,8 @@ def open_enclave(config: ServeConfig) -> Enclave | None:
         return None
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if identity.backend is Backend.SIM:
-        return SimEnclave(key_type=identity.key_type.value, registers=identity.sim_registers or DEFAULT_REGISTERS)
+        return SimEnclave(key_type=identity.key_type.value, registers=identity.sim_registers or DEFAULT_REGISTERS,
+                          sign_delay=identity.sim_sign_delay_s)
     if identity.key_type is KeyType.RSA:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
     else:

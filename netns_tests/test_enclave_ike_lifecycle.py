@@ -9,7 +9,9 @@ and an enclave that is slow to sign.
 2. 1,000 clients from one address (each its own port, like a NAT's users), each authenticating and vanishing:
    every one is answered at once (the address's least recently heard SA is replaced past `max_sas_per_peer`),
    and the replacements are logged as one aggregate count, with no client address in it.
-3. A stopped enclave: the sim enclave process is stopped (SIGSTOP) while a client waits for its IKE_AUTH answer;
+3. A slow enclave (2 s per signature): while one client's signature is being made, a coffee-shop client (which
+   asks for no signature) completes its whole handshake, and the first completes when its signature is made.
+   A stopped enclave: the sim enclave process is stopped (SIGSTOP) while a client waits for its IKE_AUTH answer;
    another client's IKE_SA_INIT is answered meanwhile, and both complete once the enclave runs again.
 
 The clients of 2 and 3 are the project's own initiator core (netns_tests/harness/ike_clients.py).
@@ -43,6 +45,7 @@ RESOLVER_ID = "@resolver.enclave.example"
 LIVENESS_S, LIVENESS_TIMEOUT_S = 2, 2
 SLACK_S = 1.5  # the server's timer and the log's reader
 SIM_TIMEOUT_S = 10.0  # SimEnclave's timeout for a signature
+SIGN_DELAY_S = 2.0  # the slow enclave's time per signature
 
 
 @pytest.fixture
@@ -56,8 +59,11 @@ def enclave_ike(world: World) -> Iterator[Callable[..., procs.Daemon]]:
     with anonymous NULL clients: with `auth="signature"` its key is in the sim enclave, with "null" it has none
     (what pluto's NULL conn expects); `limits` is the body of its [limits] section."""
     with servers(world.resolver, world.workdir) as serve:
-        def start(*, auth: str = "signature", apply: str = "none", limits: str = "") -> procs.Daemon:
+        def start(*, auth: str = "signature", apply: str = "none", limits: str = "", sign_delay: float = 0.0) \
+                -> procs.Daemon:
             identity = signing_identity(RESOLVER_ID) if auth == "signature" else NULL_IDENTITY
+            if sign_delay:
+                identity += f"sim_sign_delay_s = {sign_delay}\n"
             return serve(config_text(RESOLVER, identity=identity, workdir=world.workdir, apply=apply,
                                      extra=f"[evidence]\nenabled = false\n\n[limits]\n{limits}\n"))
 
@@ -76,10 +82,12 @@ class IkeClients:
     """netns_tests/harness/ike_clients.py running in the client's namespace, pinning the server's key; its JSON
     lines are read as they come."""
 
-    def __init__(self, world: World, *args: str) -> None:
+    def __init__(self, world: World, *args: str, null_server: bool = False) -> None:
+        # null_server: ask for an ID_NULL resolver (RFC 7619, as coffee-shop clients do): no signature is made
+        server = ("--server-id", "%null") if null_server else ("--pin", str(server_pem(world)), "--server-id",
+                                                                RESOLVER_ID)
         argv = ["ip", "netns", "exec", world.client.netns, sys.executable, "-m", "netns_tests.harness.ike_clients",
-                "--server", RESOLVER, "--source", CLIENT, "--pin", str(server_pem(world)), "--server-id",
-                RESOLVER_ID, *args]
+                "--server", RESOLVER, "--source", CLIENT, *server, *args]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[dict[str, Any]] = []
@@ -185,6 +193,28 @@ def test_a_thousand_vanished_clients_behind_one_address_never_lock_out_the_next(
     assert "limits: IKE SA replaced: max_sas_per_peer: 969" in log, log[-3000:]
     counts = [line for line in log.splitlines() if "limits: " in line]
     assert all(CLIENT not in line for line in counts), counts
+
+
+@pytest.mark.host  # IKE only (apply.mode none)
+def test_a_slow_enclave_does_not_delay_a_client_that_needs_no_signature(world: World,
+                                                                         enclave_ike: Callable[..., procs.Daemon],
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    enclave_ike(sign_delay=SIGN_DELAY_S)
+    signed = IkeClients(world, "--timeout", "30")
+    anonymous = IkeClients(world, "--timeout", "30", "--go-on-stdin", null_server=True)
+    assert anonymous.wait_for("ready", timeout=30.0)
+    assert signed.wait_for("init_answered", timeout=30.0)
+    asked = time.monotonic()  # its IKE_AUTH request goes out now: its signature takes SIGN_DELAY_S from here
+    anonymous.go()
+    assert anonymous.summary(timeout=30.0) == {"established": 1, "failed": 0}
+    took = time.monotonic() - asked
+    assert not signed.wait_for("established", timeout=0.0), "the signed client finished first: was it slow at all?"
+    assert signed.summary(timeout=30.0) == {"established": 1, "failed": 0}
+    signed_at = next(line["t"] for line in signed.lines if line.get("event") == "established")
+    assert signed_at - asked >= SIGN_DELAY_S * 0.9  # the enclave really was slow
+    with capsys.disabled():
+        print(f"\nslow enclave ({SIGN_DELAY_S:g} s a signature): the coffee-shop client's handshake took "
+              f"{took * 1000:.0f} ms; the signed client's IKE_AUTH {signed_at - asked:.2f} s")
 
 
 @pytest.mark.host  # IKE only (apply.mode none)

@@ -163,6 +163,15 @@ def test_a_slow_sim_start_is_waited_for_by_the_startup_timeout_not_the_call_time
         SimEnclave(timeout=30.0, startup_timeout=0.5)
 
 
+def test_a_slow_sim_enclave_takes_its_delay_for_each_signature() -> None:
+    with SimEnclave(sign_delay=0.3) as enclave:
+        for _ in range(2):
+            started = time.monotonic()
+            signature = enclave.signer().sign(b"data", enclave.signer().algorithm)
+            assert time.monotonic() - started >= 0.3
+            verify_ecdsa(enclave, b"data", signature)
+
+
 def test_sim_refuses_bad_registers_and_key_types() -> None:
     with pytest.raises(EnclaveError, match="registers"):
         SimEnclave(registers=(b"short",))

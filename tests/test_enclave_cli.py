@@ -82,6 +82,12 @@ def test_limits_and_liveness_reach_the_core(tmp_path):
     assert off.responder_config(None).timers.liveness is None
 
 
+def test_a_slow_sim_enclave_is_configured_in_seconds_per_signature(tmp_path):
+    body = '[listen]\naddresses = ["192.0.2.1"]\n[identity]\n'
+    assert cfg.load(write(tmp_path, body)).identity.sim_sign_delay_s == 0.0
+    assert cfg.load(write(tmp_path, body + "sim_sign_delay_s = 2.5\n")).identity.sim_sign_delay_s == 2.5
+
+
 BAD = [
     ("", "listen.addresses: missing"),
     ('[listen]\naddresses = ["not-an-ip"]\n', "listen.addresses: 'not-an-ip' is not an IP address"),
@@ -98,6 +104,12 @@ BAD = [
     ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nauth = "signature"\n',
      "identity.id: auth = \"signature\" needs an identity"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nid = "bad id!"\n', "identity.id: 'bad id!' is not"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nsim_sign_delay_s = 10\n',
+     "identity.sim_sign_delay_s: 10 s: every signature would outlast the sim channel's 10 s timeout"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nsim_sign_delay_s = -1\n',
+     "identity.sim_sign_delay_s: expected seconds (0 or more"),
+    ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\nbackend = "software"\nsim_sign_delay_s = 1\n',
+     "identity.sim_sign_delay_s: belongs to the sim backend, not software"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[identity]\npublish = "relative.json"\n',
      "identity.publish: 'relative.json' must be an absolute path"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[apply]\nmode = "userspace"\n',

@@ -34,20 +34,23 @@ from .key_types import KEY_TYPES
 _CURVES = frozenset(("secp256r1", "secp384r1"))
 STOP_TIMEOUT = 2.0
 STARTUP_TIMEOUT = 60.0
+REPLY_TIMEOUT = 10.0  # a signature or a report slower than this is an error (the next request skips its reply)
 
 
 class SimEnclave:
     kind = EvidenceKind.SIM
 
     def __init__(self, *, key_type: str = "ecdsa-p256", registers: Sequence[bytes] = DEFAULT_REGISTERS,
-                 timeout: float = 10.0, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+                 timeout: float = REPLY_TIMEOUT, startup_timeout: float = STARTUP_TIMEOUT,
+                 sign_delay: float = 0.0) -> None:
         if not 1 <= len(registers) <= MAX_REGISTERS or any(len(r) != REGISTER_SIZE for r in registers):
             raise EnclaveError(f"registers: 1 to {MAX_REGISTERS} values of {REGISTER_SIZE} bytes each")
         if key_type not in KEY_TYPES:
             raise EnclaveError(f"key type {key_type!r}: expected one of {', '.join(sorted(KEY_TYPES))}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "enclave_ike.enclave.sim_child", "--fd", str(theirs.fileno()),
-                "--key", key_type, *(f"--register={register.hex()}" for register in registers)]
+                "--key", key_type, *(f"--register={register.hex()}" for register in registers),
+                *([f"--sign-delay={sign_delay}"] if sign_delay else [])]
         try:
             process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL)

@@ -3,6 +3,9 @@ socket, and exits when that socket closes, which happens when enclave-ike exits,
 created here and no request returns it. SimEnclave starts it:
 
     python -m enclave_ike.enclave.sim_child --fd N [--key ecdsa-p256|ecdsa-p384] [--register HEX]...
+                                            [--sign-delay SECONDS]
+
+`--sign-delay` makes every signature that much slower: a slow enclave, for tests of the server around it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +33,7 @@ REPORT_DATA_SIZE = 64
 _PR_SET_DUMPABLE = 4
 
 
-def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...]) -> Frame:
+def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> Frame:
     """The reply to one request. Every reply is a public key, a signature, a sim report or a refusal."""
     if request.code == Op.PUBLIC_KEY:
         if request.payload:
@@ -37,6 +41,7 @@ def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...]) -> Fram
         return Frame(Status.OK, signer.public_key().public_bytes(serialization.Encoding.DER,
                                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
     if request.code == Op.SIGN:
+        time.sleep(sign_delay)
         return _sign(request.payload, signer)
     if request.code == Op.EVIDENCE:
         if len(request.payload) != REPORT_DATA_SIZE:
@@ -60,9 +65,9 @@ def _refuse(reason: str) -> Frame:
     return Frame(Status.ERROR, reason.encode())
 
 
-def serve(sock: socket.socket, signer: Signer, registers: tuple[bytes, ...]) -> None:
+def serve(sock: socket.socket, signer: Signer, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> None:
     while (request := receive(sock)) is not None:
-        send(sock, answer(request, signer, registers))
+        send(sock, answer(request, signer, registers, sign_delay))
 
 
 def _harden() -> None:
@@ -77,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--key", choices=sorted(KEY_TYPES), default="ecdsa-p256")
     parser.add_argument("--register", action="append", default=[], type=bytes.fromhex)
+    parser.add_argument("--sign-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is enclave-ike's to handle; it closes the channel
     _harden()
@@ -84,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signer = SoftwareSigner(ec.generate_private_key(KEY_TYPES[args.key]()))
     with socket.socket(fileno=args.fd) as sock:
         try:
-            serve(sock, signer, registers)
+            serve(sock, signer, registers, args.sign_delay)
         except (ChannelError, OSError) as exc:
             print(f"sim enclave: {exc}", file=sys.stderr)
             return 1
