@@ -1029,6 +1029,32 @@ def test_an_address_past_max_sas_per_peer_keeps_its_newest_sas():
     assert gone.ike_spi_i == initiators[0].sa.spi_i and "max_sas_per_peer" in gone.reason
 
 
+def test_a_replaced_peer_is_told_with_a_delete_and_its_answer_is_not_awaited():
+    resp = responder(live_responder(max_sas_per_peer=1))
+    first = initiator(seed=b"first")
+    exchange(first, resp, 0.0)
+    first.events()
+    told = []
+
+    def to_the_first(direction, data):  # the responder's Delete goes to the first client, not to the second
+        if direction == "r->i" and data[:8] == first.sa.spi_i:
+            told.append(data)
+            return None
+        return data
+    exchange(initiator(seed=b"second", now=1.0), resp, 1.0, intercept=to_the_first)
+    assert len(resp) == 1 and resp.counts == {"IKE SA replaced: max_sas_per_peer": 1}
+    (delete,) = told
+    header = Message.decode(delete).header
+    assert (header.exchange, header.is_response) == (ExchangeType.INFORMATIONAL, False)
+    first.receive(delete, R_END, 1.1)
+    assert not first.sa.established  # it knows at once, and deletes its Child SA
+    assert [e.protocol for e in of(first.events(), SaDeleted)] == [ProtocolId.ESP, ProtocolId.IKE]
+    (answer, _), = first.datagrams_to_send()
+    resp.receive(answer, I_END, 1.1)  # the answer finds no SA: dropped, nothing sent
+    assert resp.datagrams_to_send() == [] and len(resp) == 1
+    assert resp.get_timer() is not None and resp.get_timer() > 1.1  # nothing of the first is waited for
+
+
 def test_a_replaced_peer_that_was_heard_recently_outlives_an_older_one():
     resp = responder(live_responder(max_sas_per_peer=2))
     first, second = initiator(seed=b"a"), initiator(seed=b"b")

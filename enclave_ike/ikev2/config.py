@@ -186,7 +186,7 @@ class Limits:
     `max_sas_per_peer` is kept differently: an address past it may still start IKE SAs (its half-open ones are
     bounded), and when one of them is established, that address's established SA heard from least recently is
     removed. Clients that vanished behind one address (crashed, suspended, a NAT's other users) so never lock the
-    next one out; a live client whose SA was replaced notices at its next exchange and starts a new one."""
+    next one out; a live client whose SA was replaced is told with a Delete (not waited for) and can start again."""
 
     cookie_threshold: int = 64
     max_half_open: int = 10_000

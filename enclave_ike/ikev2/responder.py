@@ -385,7 +385,8 @@ class Responder:
         oldest_first = sorted(established, key=lambda sa: (sa.state is not State.EXPECT_DELETE, sa.last_heard,
                                                              sa.own_spi))
         for sa in oldest_first[:max(0, excess)]:
-            sa.abandon(now, "replaced by a newer IKE SA from the same address (limits.max_sas_per_peer)")
+            sa.delete_without_waiting(now, "replaced by a newer IKE SA from the same address "
+                                           "(limits.max_sas_per_peer)")
             self.counts[REPLACED_MAX_SAS_PER_PEER] += 1
             self._collect(sa, now)
 

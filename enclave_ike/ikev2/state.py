@@ -577,6 +577,21 @@ class IkeSa:
         if self.state is not State.DELETED:
             self._teardown(reason)
 
+    def delete_without_waiting(self, now: float, reason: str) -> None:
+        """Forget this IKE SA now, telling the peer with one INFORMATIONAL request carrying a Delete whose answer is
+        not awaited (as charon and pluto do when they must make room): a live peer learns at once that its SAs are
+        gone and can start again, instead of at its next exchange. With a request of ours outstanding (window size
+        1) no other may be sent, and the SA is forgotten silently, as by `abandon`."""
+        self._now = now
+        if self.state is State.DELETED:
+            return
+        if self.established and self._pending is None:
+            header = IkeHeader(self.spi_i, self.spi_r, ExchangeType.INFORMATIONAL, self._flags(response=False),
+                               self._next_id)
+            self._outbox.append((self._encode(header, (Delete(ProtocolId.IKE, 0),), protected=True), self.peer))
+            self._next_id += 1
+        self._teardown(reason)
+
     def _addressed_to_us(self, header: IkeHeader) -> bool:
         """The SPIs are ours and the I flag names the peer's role (RFC 7296 3.1)."""
         if header.is_initiator != (self.role is Role.RESPONDER):
