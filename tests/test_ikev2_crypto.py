@@ -3,7 +3,6 @@ and against independent recomputations with the standard library's hmac and hash
 
 import hashlib
 import hmac as std_hmac
-import itertools
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -45,6 +44,7 @@ from enclave_ike.ikev2.payloads import (
     TrafficSelectorsInitiator,
     Transform,
 )
+from fuzz.generators import seeded
 
 VECTORS = Path(__file__).parent / "vectors" / "ikev2"
 
@@ -65,18 +65,6 @@ def load(name: str) -> list[dict[str, str]]:
 
 def unhex(value: str) -> bytes:
     return bytes.fromhex(value.replace(" ", ""))
-
-
-def seeded(seed: bytes) -> c.RandomSource:
-    """A deterministic RandomSource: SHA-256 in counter mode."""
-    counter = itertools.count()
-
-    def random(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(seed + next(counter).to_bytes(8, "big")).digest()
-        return out[:n]
-    return random
 
 
 HASHLIB = {PrfId.PRF_HMAC_SHA1: "sha1", PrfId.PRF_HMAC_SHA2_256: "sha256", PrfId.PRF_HMAC_SHA2_384: "sha384",
@@ -543,7 +531,6 @@ def test_identifiers_match_what_cryptography_writes_in_certificates():
     # ecdsa-with-SHA384/512 name no curve: a P-256 key may sign under either (RFC 7427 A.3.2, A.3.3)
     assert c.ECDSA_SHA384.identifier in _self_signed(EC_KEY, hashes.SHA384())
     assert c.ECDSA_SHA512.identifier in _self_signed(EC_KEY, hashes.SHA512())
-
 
 
 EC_KEY = ec.derive_private_key(0x1234_5678_9ABC_DEF0_1234_5678_9ABC_DEF0, ec.SECP256R1())

@@ -7,7 +7,6 @@ silence) and that nothing established moved: `views()` before and after are comp
 
 import datetime
 import hashlib
-import itertools
 from ipaddress import IPv4Address
 
 import pytest
@@ -76,6 +75,7 @@ from enclave_ike.ikev2.payloads import (
 from enclave_ike.ikev2.responder import Responder
 from enclave_ike.ikev2.responder_sa import ResponderSa
 from enclave_ike.ikev2.state import TRANSITIONS, IkeSa, Outcome, State
+from fuzz.generators import seeded
 from fuzz.probe import ProbingInitiator
 
 I_END = Endpoint(IPv4Address("10.0.0.1"), 500)
@@ -97,18 +97,6 @@ OTHER_ECDSA_KEY = ec.derive_private_key(0xBAD_C0DE, ec.SECP256R1())
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RESOLVER_ID = Identity.fqdn("resolver.example")
 CLIENT_ID = Identity.fqdn("client.example")
-
-
-def seeded(seed: bytes) -> c.RandomSource:
-    """A deterministic RandomSource: SHA-256 in counter mode."""
-    counter = itertools.count()
-
-    def random(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(seed + next(counter).to_bytes(8, "big")).digest()
-        return out[:n]
-    return random
 
 
 def responder(config: ResponderConfig | None = None, seed: bytes = b"responder", **kwargs) -> Responder:

@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaRekeyed, SaDelet
 from enclave_ike.ikev2.initiator import Initiator
 from enclave_ike.ikev2.payloads import TrafficSelector
 from enclave_ike.ikev2.responder import Responder
+from fuzz.generators import seeded
 
 RESOLVER = Endpoint(IPv4Address("192.0.2.53"), 500)
 ADDRESSES = (IPv4Address("198.51.100.1"), IPv4Address("198.51.100.2"))
@@ -45,17 +45,6 @@ LIVENESS, LIVENESS_TIMEOUT = 10.0, 5.0
 MAX_SAS, MAX_SAS_PER_PEER = 5, 3
 ESTABLISHED = ("ESTABLISHED", "EXPECT_DELETE")
 DEAD, REPLACED = "IKE SA removed: dead peer", "IKE SA replaced: max_sas_per_peer"
-
-
-def seeded(seed: bytes):
-    counter = itertools.count()
-
-    def random(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            out += hashlib.sha256(seed + next(counter).to_bytes(8, "big")).digest()
-        return out[:n]
-    return random
 
 
 @dataclass
