@@ -12,12 +12,13 @@ from enum import IntEnum, IntFlag
 
 def known(enum: type[IntEnum], value: int) -> int:
     """`enum(value)` when the value is named there, else the plain int: unknown numbers stay as they came."""
-    return _members(enum).get(value, value)
+    return members(enum).get(value, value)
 
 
 @functools.cache
-def _members(enum: type[IntEnum]) -> dict[int, IntEnum]:
-    """Value -> member, built once per enum: `enum(value)` on every decoded field cost 5% of a handshake."""
+def members(enum: type[IntEnum]) -> dict[int, IntEnum]:
+    """Value -> member, built once per enum: `enum(value)` on every decoded field cost 5% of a handshake. The codec
+    keeps these and calls `.get(value, value)` itself: `known` for the price of one call."""
     return {member.value: member for member in enum}
 
 

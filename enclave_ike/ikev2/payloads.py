@@ -43,9 +43,10 @@ from .constants import (
     TransformType,
     TsType,
     known,
+    members,
 )
 from .errors import DecodeError, InvalidMajorVersion, LocalProtocolError, UnsupportedCriticalPayload
-from .wire import Reader, Writer
+from .wire import Layout, Reader, Writer
 
 Address = IPv4Address | IPv6Address
 
@@ -67,12 +68,50 @@ _TRANSFORM_IDS: dict[int, type[EncrId] | type[PrfId] | type[IntegId] | type[DhGr
 }
 
 
+# value -> member, for the fields decoded on every message (`known` without its call)
+_PAYLOAD_TYPES, _EXCHANGES, _PROTOCOLS = members(PayloadType), members(ExchangeType), members(ProtocolId)
+_TRANSFORM_TYPES, _NOTIFY_TYPES = members(TransformType), members(NotifyType)
+_PAYLOAD_NAMES = {value: member.name for value, member in _PAYLOAD_TYPES.items()}
+_HEADER_FLAGS = tuple(HeaderFlag(value) for value in range(256))  # IntFlag's constructor is slow, its values few
+# members used on every payload, as module constants: in Python 3.11 `PayloadType.SK` is a descriptor call (0.4 us)
+_NONE, _SK = PayloadType.NONE, PayloadType.SK
+_ENCRYPTED = frozenset((PayloadType.SK, PayloadType.SKF))
+_TS_IPV4, _TS_IPV6 = TsType.TS_IPV4_ADDR_RANGE, TsType.TS_IPV6_ADDR_RANGE
+_KEY_LENGTH = TransformAttributeType.KEY_LENGTH
+_RESPONSE, _INITIATOR = int(HeaderFlag.RESPONSE), int(HeaderFlag.INITIATOR)
+
+# fixed parts read or written in one struct call (see wire.Layout), field names as the errors give them
+_GENERIC_HEADER = Layout(("next payload", "B"), ("critical", "B"), ("payload length", "H"))
+_IKE_HEADER = Layout(("initiator spi", f"{IKE_SPI_SIZE}s"), ("responder spi", f"{IKE_SPI_SIZE}s"),
+                     ("next payload", "B"), ("version", "B"), ("exchange type", "B"), ("flags", "B"),
+                     ("message id", "I"), ("length", "I"))
+_IKE_HEADER_TAIL = Layout(("next payload", "B"), ("version", "B"), ("exchange type", "B"), ("flags", "B"),
+                          ("message id", "I"), ("length", "I"))  # written after the SPIs, whose sizes are checked
+# a substructure's Last Substruc octet is read and checked on its own, before the rest of its header
+_PROPOSAL_HEADER = Layout(("last substruc", "B"), ("reserved", "x"), ("proposal length", "H"))
+_PROPOSAL_HEADER_REST = Layout(("reserved", "x"), ("proposal length", "H"))
+_PROPOSAL = Layout(("proposal number", "B"), ("protocol id", "B"), ("spi size", "B"), ("number of transforms", "B"))
+_TRANSFORM_HEADER = Layout(("last substruc", "B"), ("reserved", "x"), ("transform length", "H"))
+_TRANSFORM_HEADER_REST = Layout(("reserved", "x"), ("transform length", "H"))
+_TRANSFORM = Layout(("transform type", "B"), ("reserved", "x"), ("transform id", "H"))
+_KE = Layout(("dh group", "H"), ("reserved", "2x"))
+_AUTH = Layout(("auth method", "B"), ("reserved", "3x"))
+_ID = Layout(("id type", "B"), ("reserved", "3s"))
+_NOTIFY = Layout(("protocol id", "B"), ("spi size", "B"), ("notify message type", "H"))
+_DELETE = Layout(("protocol id", "B"), ("spi size", "B"), ("number of spis", "H"))
+_TS_COUNT = Layout(("number of tss", "B"), ("reserved", "3x"))
+_TS_HEADER = Layout(("ts type", "B"), ("ip protocol id", "B"), ("selector length", "H"))
+_TS_FIXED = Layout(("ts type", "B"), ("ip protocol id", "B"), ("selector length", "H"), ("start port", "H"),
+                   ("end port", "H"))
+_TS_BODIES = {size: Layout(("start port", "H"), ("end port", "H"), ("starting address", f"{size}s"),
+                           ("ending address", f"{size}s")) for size in (4, 16)}
+_FRAGMENT = Layout(("fragment number", "H"), ("total fragments", "H"))
+
+
 def payload_name(payload_type: int) -> str:
     """The RFC's name for a payload type ("SA", "TSi", ...), or "payload N"."""
-    try:
-        return PayloadType(payload_type).name
-    except ValueError:
-        return f"payload {payload_type}"
+    name = _PAYLOAD_NAMES.get(payload_type)
+    return f"payload {payload_type}" if name is None else name
 
 
 # --- SA payload substructures (RFC 7296 3.3) ---
@@ -124,21 +163,18 @@ class Transform:
     @property
     def key_length(self) -> int | None:
         for attr in self.attributes:
-            if attr.type == TransformAttributeType.KEY_LENGTH and isinstance(attr.value, int):
+            if attr.type == _KEY_LENGTH and isinstance(attr.value, int):
                 return attr.value
         return None
 
     def encode(self) -> bytes:
-        w = Writer().u8(self.type, "transform type").u8(0, "reserved").u16(self.id, "transform id")
-        for attr in self.attributes:
-            w.bytes(attr.encode(), "attribute")
-        return w.getvalue()
+        fixed = _TRANSFORM.pack(self.type, self.id)
+        return b"".join([fixed, *(attr.encode() for attr in self.attributes)]) if self.attributes else fixed
 
     @classmethod
     def decode(cls, r: Reader) -> Transform:
-        transform_type = known(TransformType, r.u8("transform type"))
-        r.skip(1, "reserved")
-        raw_id = r.u16("transform id")
+        raw_type, raw_id = r.fields(_TRANSFORM)
+        transform_type = _TRANSFORM_TYPES.get(raw_type, raw_type)
         ids = _TRANSFORM_IDS.get(transform_type)
         transform_id = known(ids, raw_id) if ids is not None else raw_id
         attrs: list[TransformAttribute] = []
@@ -160,20 +196,17 @@ class Proposal:
         return tuple(t for t in self.transforms if t.type == transform_type)
 
     def encode(self) -> bytes:
-        w = Writer().u8(self.number, "proposal number").u8(self.protocol, "protocol id")
-        w.u8(len(self.spi), "spi size").u8(len(self.transforms), "number of transforms").bytes(self.spi, "spi")
+        out = [_PROPOSAL.pack(self.number, self.protocol, len(self.spi), len(self.transforms)), self.spi]
         for i, transform in enumerate(self.transforms):
             body = transform.encode()
-            w.u8(_LAST if i == len(self.transforms) - 1 else _MORE_TRANSFORMS, "last substruc").u8(0, "reserved")
-            w.u16(4 + len(body), "transform length").bytes(body, "transform")
-        return w.getvalue()
+            last = _LAST if i == len(self.transforms) - 1 else _MORE_TRANSFORMS
+            out += (_TRANSFORM_HEADER.pack(last, 4 + len(body)), body)
+        return b"".join(out)
 
     @classmethod
     def decode(cls, r: Reader) -> Proposal:
-        number = r.u8("proposal number")
-        protocol = known(ProtocolId, r.u8("protocol id"))
-        spi_size = r.u8("spi size")
-        count = r.u8("number of transforms")
+        number, raw_protocol, spi_size, count = r.fields(_PROPOSAL)
+        protocol = _PROTOCOLS.get(raw_protocol, raw_protocol)
         spi = r.bytes(spi_size, "spi")
         transforms: list[Transform] = []
         for i in range(count):
@@ -181,8 +214,7 @@ class Proposal:
             if last != (_LAST if i == count - 1 else _MORE_TRANSFORMS):
                 raise DecodeError(r.payload, "transform last substruc",
                                   f"{last} on transform {i + 1} of {count}")
-            r.skip(1, "reserved")
-            length = r.u16("transform length")
+            length, = r.fields(_TRANSFORM_HEADER_REST)
             if length < 8:
                 raise DecodeError(r.payload, "transform length", f"{length} is shorter than the 8-octet header")
             with r.restrict(length - 4, "transform length"):
@@ -202,12 +234,12 @@ class SecurityAssociation:
     def encode(self) -> bytes:
         if not self.proposals:
             raise LocalProtocolError("SA payload: needs at least one proposal")
-        w = Writer()
+        out: list[bytes] = []
         for i, proposal in enumerate(self.proposals):
             body = proposal.encode()
-            w.u8(_LAST if i == len(self.proposals) - 1 else _MORE_PROPOSALS, "last substruc").u8(0, "reserved")
-            w.u16(4 + len(body), "proposal length").bytes(body, "proposal")
-        return w.getvalue()
+            last = _LAST if i == len(self.proposals) - 1 else _MORE_PROPOSALS
+            out += (_PROPOSAL_HEADER.pack(last, 4 + len(body)), body)
+        return b"".join(out)
 
     @classmethod
     def decode(cls, r: Reader) -> SecurityAssociation:
@@ -216,8 +248,7 @@ class SecurityAssociation:
             last = r.u8("proposal last substruc")
             if last not in (_LAST, _MORE_PROPOSALS):
                 raise DecodeError(r.payload, "proposal last substruc", f"{last} is neither 0 nor 2")
-            r.skip(1, "reserved")
-            length = r.u16("proposal length")
+            length, = r.fields(_PROPOSAL_HEADER_REST)
             if length < 8:
                 raise DecodeError(r.payload, "proposal length", f"{length} is shorter than the 8-octet header")
             with r.restrict(length - 4, "proposal length"):
@@ -236,13 +267,12 @@ class KeyExchange:
     data: bytes
 
     def encode(self) -> bytes:
-        return Writer().u16(self.group, "dh group").u16(0, "reserved").bytes(self.data, "key exchange data").getvalue()
+        return _KE.pack(self.group) + self.data
 
     @classmethod
     def decode(cls, r: Reader) -> KeyExchange:
-        group = known(DhGroup, r.u16("dh group"))
-        r.skip(2, "reserved")
-        return cls(group, r.rest("key exchange data"))
+        group, = r.fields(_KE)
+        return cls(known(DhGroup, group), r.rest("key exchange data"))
 
 
 @dataclass(frozen=True)
@@ -280,9 +310,8 @@ class _Identification:
 
     @classmethod
     def _decode_fields(cls, r: Reader) -> tuple[int, bytes, bytes]:
-        id_type = known(IdType, r.u8("id type"))
-        reserved = r.bytes(3, "reserved")
-        return id_type, r.rest("identification data"), reserved
+        id_type, reserved = r.fields(_ID)
+        return known(IdType, id_type), r.rest("identification data"), reserved
 
 
 @dataclass(frozen=True)
@@ -346,14 +375,12 @@ class Authentication:
     data: bytes
 
     def encode(self) -> bytes:
-        w = Writer().u8(self.method, "auth method").bytes(b"\0\0\0", "reserved")
-        return w.bytes(self.data, "authentication data").getvalue()
+        return _AUTH.pack(self.method) + self.data
 
     @classmethod
     def decode(cls, r: Reader) -> Authentication:
-        method = known(AuthMethod, r.u8("auth method"))
-        r.skip(3, "reserved")
-        return cls(method, r.rest("authentication data"))
+        method, = r.fields(_AUTH)
+        return cls(known(AuthMethod, method), r.rest("authentication data"))
 
 
 @dataclass(frozen=True)
@@ -371,17 +398,14 @@ class Notify:
         return self.notify_type < 16384
 
     def encode(self) -> bytes:
-        w = Writer().u8(self.protocol, "protocol id").u8(len(self.spi), "spi size")
-        w.u16(self.notify_type, "notify message type").bytes(self.spi, "spi")
-        return w.bytes(self.data, "notification data").getvalue()
+        return _NOTIFY.pack(self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
 
     @classmethod
     def decode(cls, r: Reader) -> Notify:
-        protocol = known(ProtocolId, r.u8("protocol id"))
-        spi_size = r.u8("spi size")
-        notify_type = known(NotifyType, r.u16("notify message type"))
+        protocol, spi_size, notify_type = r.fields(_NOTIFY)
         spi = r.bytes(spi_size, "spi")
-        return cls(notify_type, r.rest("notification data"), protocol, spi)
+        return cls(_NOTIFY_TYPES.get(notify_type, notify_type), r.rest("notification data"),
+                   _PROTOCOLS.get(protocol, protocol), spi)
 
 
 @dataclass(frozen=True)
@@ -402,9 +426,8 @@ class Delete:
 
     @classmethod
     def decode(cls, r: Reader) -> Delete:
-        protocol = known(ProtocolId, r.u8("protocol id"))
-        spi_size = r.u8("spi size")
-        count = r.u16("number of spis")
+        raw_protocol, spi_size, count = r.fields(_DELETE)
+        protocol = _PROTOCOLS.get(raw_protocol, raw_protocol)
         if spi_size * count != r.remaining:
             raise DecodeError(r.payload, "number of spis",
                               f"{count} SPIs of {spi_size} octets do not fill the {r.remaining} octets left")
@@ -439,26 +462,22 @@ class TrafficSelector:
 
     @property
     def ts_type(self) -> int:
-        return TsType.TS_IPV4_ADDR_RANGE if self.start_address.version == 4 else TsType.TS_IPV6_ADDR_RANGE
+        return _TS_IPV4 if self.start_address.version == 4 else _TS_IPV6
 
     def encode(self) -> bytes:
         if self.start_address.version != self.end_address.version:
             raise LocalProtocolError("traffic selector: start and end addresses of different families")
         size = 4 if self.start_address.version == 4 else 16
-        w = Writer().u8(self.ts_type, "ts type").u8(self.protocol, "ip protocol id")
-        w.u16(8 + 2 * size, "selector length").u16(self.start_port, "start port").u16(self.end_port, "end port")
-        return w.bytes(self.start_address.packed, "starting address").bytes(self.end_address.packed,
-                                                                           "ending address").getvalue()
+        fixed = _TS_FIXED.pack(self.ts_type, self.protocol, 8 + 2 * size, self.start_port, self.end_port)
+        return fixed + self.start_address.packed + self.end_address.packed
 
     @classmethod
     def decode_body(cls, r: Reader, ts_type: int, protocol: int) -> TrafficSelector:
         """The fields after TS type, IP protocol and selector length, which the container has read."""
-        start_port, end_port = r.u16("start port"), r.u16("end port")
-        size = 4 if ts_type == TsType.TS_IPV4_ADDR_RANGE else 16
+        size = 4 if ts_type == _TS_IPV4 else 16
         family = IPv4Address if size == 4 else IPv6Address
-        start = family(r.bytes(size, "starting address"))
-        end = family(r.bytes(size, "ending address"))
-        return cls(start, end, protocol, start_port, end_port)
+        start_port, end_port, start, end = r.fields(_TS_BODIES[size])
+        return cls(family(start), family(end), protocol, start_port, end_port)
 
 
 @dataclass(frozen=True)
@@ -494,12 +513,10 @@ class _TrafficSelectors:
 
     @staticmethod
     def _decode_selectors(r: Reader) -> tuple[AnyTrafficSelector, ...]:
-        count = r.u8("number of tss")
-        r.skip(3, "reserved")
+        count, = r.fields(_TS_COUNT)
         selectors: list[AnyTrafficSelector] = []
         for _ in range(count):
-            ts_type, second = r.u8("ts type"), r.u8("ip protocol id")
-            length = r.u16("selector length")
+            ts_type, second, length = r.fields(_TS_HEADER)
             expected = _TS_LENGTHS.get(ts_type)
             if expected is not None and length != expected:
                 raise DecodeError(r.payload, "selector length", f"{length} for TS type {ts_type}, must be {expected}")
@@ -560,12 +577,11 @@ class EncryptedFragment:
     data: bytes
 
     def encode(self) -> bytes:
-        w = Writer().u16(self.number, "fragment number").u16(self.total, "total fragments")
-        return w.bytes(self.data, "encrypted data").getvalue()
+        return _FRAGMENT.pack(self.number, self.total) + self.data
 
     @classmethod
     def decode(cls, r: Reader, first_payload: int) -> EncryptedFragment:
-        number, total = r.u16("fragment number"), r.u16("total fragments")
+        number, total = r.fields(_FRAGMENT)
         if not 1 <= number <= total:
             raise DecodeError(r.payload, "fragment number", f"fragment {number} of {total}")
         return cls(first_payload, number, total, r.rest("encrypted data"))
@@ -586,6 +602,8 @@ class UnknownPayload:
 Payload = (SecurityAssociation | KeyExchange | Nonce | IdentificationInitiator | IdentificationResponder
            | Certificate | CertificateRequest | Authentication | Notify | Delete | VendorId
            | TrafficSelectorsInitiator | TrafficSelectorsResponder | Encrypted | EncryptedFragment | UnknownPayload)
+
+_ENCRYPTED_CLASSES = (Encrypted, EncryptedFragment)  # a tuple: `A | B` would build a union on every call
 
 _DECODERS: dict[int, Callable[[Reader], Payload]] = {
     PayloadType.SA: SecurityAssociation.decode,
@@ -615,32 +633,30 @@ class PayloadHeader:
     length: int
 
     def encode(self) -> bytes:
-        w = Writer().u8(self.next_payload, "next payload").u8(_CRITICAL if self.critical else 0, "critical")
-        return w.u16(self.length, "payload length").getvalue()
+        return _GENERIC_HEADER.pack(self.next_payload, _CRITICAL if self.critical else 0, self.length)
 
     @classmethod
     def decode(cls, r: Reader) -> PayloadHeader:
-        next_payload = known(PayloadType, r.u8("next payload"))
-        critical = bool(r.u8("critical") & _CRITICAL)
-        return cls(next_payload, critical, r.u16("payload length"))
+        next_payload, critical, length = r.fields(_GENERIC_HEADER)
+        return cls(_PAYLOAD_TYPES.get(next_payload, next_payload), bool(critical & _CRITICAL), length)
 
 
 def encode_payloads(payloads: Sequence[Payload]) -> tuple[int, bytes]:
     """Chain `payloads` with generic headers. Returns the type of the first (for the Next Payload field that
     precedes the chain) and the bytes."""
-    out = bytearray()
+    out: list[bytes] = []
+    last = len(payloads) - 1
     for i, payload in enumerate(payloads):
-        if isinstance(payload, Encrypted | EncryptedFragment):
-            if i != len(payloads) - 1:
+        if isinstance(payload, _ENCRYPTED_CLASSES):
+            if i != last:
                 raise LocalProtocolError(f"{payload_name(payload.payload_type)} must be the last payload")
             next_type = payload.first_payload
         else:
-            next_type = payloads[i + 1].payload_type if i + 1 < len(payloads) else PayloadType.NONE
+            next_type = payloads[i + 1].payload_type if i < last else _NONE
         body = payload.encode()
-        critical = payload.critical if isinstance(payload, UnknownPayload) else False
-        out += PayloadHeader(next_type, critical, PAYLOAD_HEADER_SIZE + len(body)).encode()
-        out += body
-    return (payloads[0].payload_type if payloads else PayloadType.NONE), bytes(out)
+        critical = _CRITICAL if isinstance(payload, UnknownPayload) and payload.critical else 0
+        out += (_GENERIC_HEADER.pack(next_type, critical, PAYLOAD_HEADER_SIZE + len(body)), body)
+    return (payloads[0].payload_type if payloads else _NONE), b"".join(out)
 
 
 def decode_payloads(r: Reader, first_type: int, *, inner: bool = False) -> tuple[Payload, ...]:
@@ -648,38 +664,38 @@ def decode_payloads(r: Reader, first_type: int, *, inner: bool = False) -> tuple
     for the plaintext of an Encrypted payload, where another Encrypted payload is not allowed."""
     payloads: list[Payload] = []
     payload_type = first_type
-    while payload_type != PayloadType.NONE:
+    while payload_type != _NONE:
         name = payload_name(payload_type)
         if r.at_end():
             raise DecodeError(name, "next payload", "announced by the payload before, but nothing follows")
-        with r.naming(name):
-            header = PayloadHeader.decode(r)
-            if header.length < PAYLOAD_HEADER_SIZE:
-                raise DecodeError(name, "payload length", f"{header.length} is shorter than the generic header")
-        with r.restrict(header.length - PAYLOAD_HEADER_SIZE, "payload length", payload=name):
-            payloads.append(_decode_one(r, payload_type, header, inner=inner))
-        if payload_type in (PayloadType.SK, PayloadType.SKF):
+        next_payload, critical, length = r.fields(_GENERIC_HEADER, payload=name)  # no PayloadHeader: one per payload
+        if length < PAYLOAD_HEADER_SIZE:
+            raise DecodeError(name, "payload length", f"{length} is shorter than the generic header")
+        next_payload = _PAYLOAD_TYPES.get(next_payload, next_payload)
+        with r.restrict(length - PAYLOAD_HEADER_SIZE, "payload length", payload=name):
+            payloads.append(_decode_one(r, payload_type, next_payload, bool(critical & _CRITICAL), inner=inner))
+        if payload_type in _ENCRYPTED:
             if not r.at_end():
                 raise DecodeError(name, "next payload", f"{r.remaining} octets follow the Encrypted payload, "
                                                         "which must be the last")
             return tuple(payloads)
-        payload_type = header.next_payload
+        payload_type = next_payload
     if not r.at_end():
         raise DecodeError(r.payload, "next payload", f"{r.remaining} octets after the last payload")
     return tuple(payloads)
 
 
-def _decode_one(r: Reader, payload_type: int, header: PayloadHeader, *, inner: bool) -> Payload:
-    if payload_type in (PayloadType.SK, PayloadType.SKF):
+def _decode_one(r: Reader, payload_type: int, next_payload: int, critical: bool, *, inner: bool) -> Payload:
+    if payload_type in _ENCRYPTED:
         if inner:
             raise DecodeError(r.payload, "next payload", "an Encrypted payload inside an Encrypted payload")
-        if payload_type == PayloadType.SK:
-            return Encrypted.decode(r, header.next_payload)
-        return EncryptedFragment.decode(r, header.next_payload)
+        if payload_type == _SK:
+            return Encrypted.decode(r, next_payload)
+        return EncryptedFragment.decode(r, next_payload)
     decode = _DECODERS.get(payload_type)
     if decode is not None:
         return decode(r)
-    if header.critical:
+    if critical:
         raise UnsupportedCriticalPayload(payload_type)
     return UnknownPayload(payload_type, r.rest("payload data"))
 
@@ -701,33 +717,30 @@ class IkeHeader:
 
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(int(self.flags) & _RESPONSE)  # int's &, not IntFlag's (a Python method)
 
     @property
     def is_initiator(self) -> bool:
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(int(self.flags) & _INITIATOR)
 
     def encode(self, next_payload: int, length: int) -> bytes:
-        w = Writer().bytes(self.spi_i, "initiator spi", size=IKE_SPI_SIZE)
-        w.bytes(self.spi_r, "responder spi", size=IKE_SPI_SIZE).u8(next_payload, "next payload")
-        w.u8((self.major_version << 4) | self.minor_version, "version")
-        w.u8(self.exchange, "exchange type").u8(int(self.flags), "flags")
-        return w.u32(self.message_id, "message id").u32(length, "length").getvalue()
+        for spi, name in ((self.spi_i, "initiator spi"), (self.spi_r, "responder spi")):
+            if len(spi) != IKE_SPI_SIZE:
+                raise LocalProtocolError(f"{name}: must be {IKE_SPI_SIZE} octets, not {len(spi)}")
+        version = (self.major_version << 4) | self.minor_version
+        tail = _IKE_HEADER_TAIL.pack(next_payload, version, self.exchange, self.flags, self.message_id, length)
+        return b"".join((self.spi_i, self.spi_r, tail))
 
     @classmethod
     def decode(cls, r: Reader) -> tuple[IkeHeader, int, int]:
         """Read the 28-octet header: (header, next payload, length)."""
-        with r.naming("IKE header"):
-            spi_i, spi_r = r.bytes(IKE_SPI_SIZE, "initiator spi"), r.bytes(IKE_SPI_SIZE, "responder spi")
-            next_payload = known(PayloadType, r.u8("next payload"))
-            version = r.u8("version")
-            exchange = known(ExchangeType, r.u8("exchange type"))
-            flags = HeaderFlag(r.u8("flags"))
-            message_id, length = r.u32("message id"), r.u32("length")
+        spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = r.fields(
+            _IKE_HEADER, payload="IKE header")
         major, minor = version >> 4, version & 0x0F
         if major != IKE_MAJOR_VERSION:
             raise InvalidMajorVersion(f"IKE header: major version {major}, this is IKEv2")
-        return cls(spi_i, spi_r, exchange, flags, message_id, major, minor), next_payload, length
+        header = cls(spi_i, spi_r, _EXCHANGES.get(exchange, exchange), _HEADER_FLAGS[flags], message_id, major, minor)
+        return header, _PAYLOAD_TYPES.get(next_payload, next_payload), length
 
 
 P = TypeVar("P", bound=Payload)

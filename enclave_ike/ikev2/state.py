@@ -176,7 +176,7 @@ class Inbound:
     """For a response: what our request asked."""
 
     def all(self, kind: type[P]) -> tuple[P, ...]:
-        return tuple(p for p in self.payloads if isinstance(p, kind))
+        return tuple([p for p in self.payloads if isinstance(p, kind)])  # a list: cheaper than a generator
 
     def one(self, kind: type[P], what: str) -> P:
         found = self.all(kind)
