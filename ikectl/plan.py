@@ -50,6 +50,9 @@ class Facts:
     pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names (another one's is stopped whatever it does)
     larval_drop: bool = True
     acq_expires_s: int = 30
+    # The reqids of the kernel's live SAs, read when an outbound policy of pluto's has no inbound twin
+    # (policies.unpaired_reqids): the SA's inbound policy may have been deleted (`unrouted`).
+    live_reqids: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -299,20 +302,29 @@ def admitted(record: RunState) -> tuple[Address, ...]:
                  if str(a) not in record.upkeep.excluded and str(a) not in record.unprotected)
 
 
+def _whole(facts: Facts, resolver: Address) -> bool:
+    """pluto's policies for DNS to `resolver` are in: an outbound one per protocol (trap, SA or shunt), and the
+    inbound one of an SA that DNS goes out through. Another program deleting only the inbound one of a tunnel-mode
+    SA left the outbound one looking whole while the kernel dropped every answer, for good (the walk in the VM, seed
+    2722371450: coffee-shop DNS to an IPv6 resolver unanswered, its SAs and the other policies in place)."""
+    return all(policies.covered(facts.policies, resolver, proto)
+               and not policies.inbound_lost(facts.policies, resolver, proto, facts.live_reqids) for proto in (6, 17))
+
+
 def unrouted(record: RunState, facts: Facts) -> tuple[str, ...]:
-    """The conns whose policies pluto no longer holds (no trap, SA or shunt for a resolver they cover), while our
-    pluto runs: what another program's flush leaves. pluto itself removes and adds policies in every rekey and
-    negotiation, so the supervisor routes them only once they have stayed missing a while (`repair`)."""
+    """The conns whose policies pluto no longer holds (no trap, SA or shunt for a resolver they cover, or an SA
+    without its inbound policy), while our pluto runs: what another program's flush or delete leaves. pluto itself
+    removes and adds policies in every rekey and negotiation, so the supervisor routes them only once they have
+    stayed missing a while (`repair`)."""
     if not _pluto_running_after(facts):
         return ()
     if record.mode == Mode.TRUSTED:
         if record.blocked is not None or record.trusted is None:
             return ()
-        routed = all(policies.covered(facts.policies, record.trusted, proto) for proto in (6, 17))
-        return () if routed else TRUSTED_CONNS
+        return () if _whole(facts, record.trusted) else TRUSTED_CONNS
     # A member pluto dropped itself (liveness) is the upkeep's, which routes it again after retry_after_s.
     members = [a for a in admitted(record) if str(a) not in record.upkeep.lost_at]
-    bare = [a for a in members if not all(policies.covered(facts.policies, a, proto) for proto in (6, 17))]
+    bare = [a for a in members if not _whole(facts, a)]
     return tuple(dict.fromkeys(OE_CONNS[a.version] for a in bare))
 
 

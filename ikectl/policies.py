@@ -52,6 +52,29 @@ def covered(policies: Iterable[Policy], resolver: Address, proto: int) -> bool:
                for p in policies)
 
 
+def _reqids(policies: Iterable[Policy], resolver: Address, proto: int, direction: Direction) -> set[int]:
+    return {t.reqid for p in policies if p.direction == direction and p.selector.proto == proto
+            and pluto_dns_peer(p) == resolver for t in p.templates if t.reqid}
+
+
+def unpaired_reqids(policies: Collection[Policy]) -> set[int]:
+    """The reqids of pluto's outbound policies for DNS that no inbound policy of pluto's names: a trap's (pluto
+    puts inbound policies in only with an SA), or an SA's whose inbound policy another program deleted."""
+    inbound = {t.reqid for p in policies if p.direction == Direction.IN and pluto_dns_peer(p) is not None
+               for t in p.templates}
+    return {t.reqid for p in policies if p.direction == Direction.OUT and pluto_dns_peer(p) is not None
+            for t in p.templates if t.reqid and t.reqid not in inbound}
+
+
+def inbound_lost(policies: Collection[Policy], resolver: Address, proto: int, live_reqids: Collection[int]) -> bool:
+    """Does DNS to `resolver` over `proto` go out through a live SA (its outbound policy names the reqid of an SA in
+    the kernel, `live_reqids`) whose inbound policy is gone? The SA is tunnel mode: the kernel then drops every
+    decrypted answer (XfrmInNoPols) while the outbound policy looks whole, and pluto, which believes its policies
+    are in, never puts it back."""
+    inbound = _reqids(policies, resolver, proto, Direction.IN)
+    return any(r in live_reqids and r not in inbound for r in _reqids(policies, resolver, proto, Direction.OUT))
+
+
 def clear_pass(policy: Policy) -> bool:
     """Lets matching packets out in clear: an outbound allow with nothing to go through."""
     return policy.direction == Direction.OUT and policy.action == Action.ALLOW and not policy.templates

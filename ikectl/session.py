@@ -67,16 +67,22 @@ def _pluto_facts(run_dir: Path) -> plan.PlutoFacts:
     return plan.PlutoFacts(pid, found is not None and found.stopped)
 
 
-def gather_policies() -> tuple[xfrm.Policy, ...]:
-    """The kernel's policies of this namespace (not the per-socket ones)."""
-    with xfrm.XfrmClient() as client:
-        return tuple(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
-
-
 def gather(run_dir: Path) -> plan.Facts:
-    table = gather_policies()
+    # One netlink client for both reads: under TCG making one took seconds.
+    with xfrm.XfrmClient() as client:
+        table = tuple(p for p in client.policies() if p.direction <= xfrm.Direction.FWD)
+        live = live_reqids(client, table)
     return plan.Facts(policies=table, protection=protection(table), pluto=_pluto_facts(run_dir),
-                      larval_drop=xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires())
+                      larval_drop=xfrm.larval_drop(), acq_expires_s=xfrm.acq_expires(), live_reqids=live)
+
+
+def live_reqids(client: xfrm.XfrmClient, table: tuple[xfrm.Policy, ...]) -> frozenset[int]:
+    """The reqids of live SAs among those of pluto's outbound policies without an inbound twin (plan.unrouted):
+    the SAs are read only when there are such policies (traps, mostly), not in every round."""
+    unpaired = policies.unpaired_reqids(table)
+    if not unpaired:
+        return frozenset()
+    return frozenset(sa.reqid for sa in client.sas() if not sa.larval and sa.reqid in unpaired)
 
 
 def esp_refused(store: StateStore) -> str | None:

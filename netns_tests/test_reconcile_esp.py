@@ -2,7 +2,8 @@
 DNS flows (udp and tcp, 50 queries a second, to the pinned resolver and to another): no plaintext port-53 packet
 on the wire, both backstops back at once, DNS inside ESP again, and `status` says what happened. And coffee-shop's
 clear fallback really expires: once retry_after_s has passed, the next query goes over ESP to a resolver that has
-gained IKE. Each prints what it measured (docs/performance.md quotes them).
+gained IKE. Each prints what it measured (docs/performance.md quotes them). And another program deleting only the
+inbound policy of an established SA: DNS is answered again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from ikecommon.xfrm import XfrmClient
+from ikecommon.xfrm import Direction, XfrmClient
+from ikectl import policies
 from ikectl.config import Mode
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.tables import Restoration, removed_and_restored
 from netns_tests.scenarios import walk
-from netns_tests.scenarios.walk import OE4, PLAIN4, TRUSTED, Action
+from netns_tests.scenarios.walk import OE4, OE6, PLAIN4, PLAIN6, TRUSTED, Action
 
 RATE = 50  # queries a second, half udp, half tcp
 
@@ -130,3 +132,32 @@ def test_coffee_shop_tries_ike_again_after_retry_after_s_and_goes_over_esp(world
         print(f"\ncoffee-shop retry: first query over ESP {first_esp - retry_ends:.2f} s after retry_after_s "
               f"({walk.RETRY_AFTER_S} s) ended")
     world.check()
+
+
+def _out_packets(world: walk.World, resolver: str) -> int:
+    with XfrmClient(world.client.netns) as client:
+        return sum(sa.counters.packets for sa in client.sas() if not sa.larval and sa.dst == ip_address(resolver))
+
+
+def test_an_established_sa_whose_inbound_policy_another_program_deleted_is_answered_again(world):
+    """The walk (seed 2722371450, step 33): another program deleted the in policy of the tunnel-mode SA that
+    coffee-shop DNS to an IPv6 resolver went through. The kernel dropped every answer (XfrmInNoPols) while the out
+    policy, the SAs and the rest looked whole, and nothing put it back: the supervisor loads the group again."""
+    for action in (Action("resolvers", (OE6, PLAIN6)), Action("resolver_ike", True), Action("up")):
+        world.apply(action)
+    deadline = time.monotonic() + 30
+    while True:  # an answer through the SA (not a clear fallback of a negotiation that was slow under TCG)
+        before = _out_packets(world, OE6)
+        if query(world.topo, world.client, OE6, timeout=2).answered and _out_packets(world, OE6) > before:
+            break
+        assert time.monotonic() < deadline, f"no answer from {OE6} over ESP within 30 s\n{world.diagnosis()}"
+    inbound = [p for p in world.table() if p.direction == Direction.IN and p.templates and p.selector.proto == 17
+               and policies.pluto_dns_peer(p) == ip_address(OE6)]
+    assert len(inbound) == 1, inbound
+    with XfrmClient(world.client.netns) as client:
+        client.delete_policy(inbound[0])
+    try:
+        world.check()  # coffee-shop answers every resolver
+    except walk.Violation as exc:
+        raise AssertionError(f"{exc}\nthe supervisor's log:\n{world.supervisor_log(40)}") from None
+    assert any("were removed by another program: loaded again" in note for note in walk_status_notes(world))

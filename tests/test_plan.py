@@ -11,6 +11,7 @@ import pytest
 
 from ikecommon.keys import PinnedKey
 from ikecommon.xfrm import Direction, Policy, Selector, Template
+from ikecommon.xfrm import Mode as Mode_
 from ikectl import backstop, plan, policies, protect
 from ikectl.config import Mode, TrustedResolver
 from ikectl.nft import TableState
@@ -264,6 +265,37 @@ def test_coffee_shop_names_the_groups_of_members_that_lost_their_traps():
     dropped = replace(members, upkeep=UpkeepRecord(lost_at={"2001:db8::53": 100.0}))
     assert plan.unrouted(dropped, facts) == ()  # pluto dropped it itself: the upkeep routes it after retry_after_s
     assert plan.repair(members, facts, backstop_wanted=False) == ()
+
+
+def sa_policies(address, proto=17, reqid=16445, src="10.0.0.1") -> tuple[Policy, Policy, Policy]:
+    """pluto's out, in and fwd policies of an established tunnel-mode SA for DNS with `address` over `proto`."""
+    out = Template(Mode_.TUNNEL, reqid, ip_address(src), ip_address(address))
+    back = Template(Mode_.TUNNEL, reqid, ip_address(address), ip_address(src))
+    forth, reply = (Selector.of(f"{src}/32", f"{address}/32", proto, dport=53),
+                    Selector.of(f"{address}/32", f"{src}/32", proto, sport=53))
+    return (Policy(forth, Direction.OUT, 3407872, templates=(out,)),
+            Policy(reply, Direction.IN, 3407872, templates=(back,)),
+            Policy(reply, Direction.FWD, 3407872, templates=(back,)))
+
+
+@pytest.mark.parametrize("mode", [Mode.COFFEE_SHOP, Mode.TRUSTED])
+def test_an_established_sa_whose_inbound_policy_another_program_deleted_is_loaded_again(mode):
+    """The walk in the VM (seed 2722371450): with the in policy of a tunnel-mode SA gone, the kernel drops every
+    answer while the out policy still looks whole. Only a live SA makes a lone out policy broken: a trap is one."""
+    resolver = PINNED if mode == Mode.TRUSTED else A
+    conns = plan.TRUSTED_CONNS if mode == Mode.TRUSTED else (plan.OE_CONNS[4],)
+    out, inbound, fwd = sa_policies(resolver)
+    tcp = sa_policies(resolver, proto=6, reqid=16441)
+    facts = Facts(policies=(out, inbound, fwd, *tcp), protection=BOTH, pluto=RUNNING, live_reqids=frozenset({16445}))
+    assert plan.unrouted(record(mode, resolver), facts) == ()
+    lost = replace(facts, policies=(out, fwd, *tcp))
+    assert policies.unpaired_reqids(lost.policies) == {16445}
+    assert plan.unrouted(record(mode, resolver), lost) == conns
+    # Its fwd policy is for packets this host forwards: DNS of its own does without it.
+    assert plan.unrouted(record(mode, resolver), replace(facts, policies=(out, inbound, *tcp))) == ()
+    # A trap: the out policy alone, and no live SA by its reqid.
+    traps = Facts(policies=(out, *tcp), protection=BOTH, pluto=RUNNING, live_reqids=frozenset())
+    assert plan.unrouted(record(mode, resolver), traps) == ()
 
 
 def test_a_clear_pass_to_a_managed_resolver_in_trusted_mode_is_removed_by_the_watch():

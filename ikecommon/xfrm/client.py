@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import ip_address
 
+from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
@@ -35,6 +36,12 @@ from .model import Address, Policy, SaInfo, SaSpec, algorithm
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 DEFAULT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.SA, Group.POLICY)
 ACK_TIMEOUT_S = 5.0  # PreparedPolicies: the kernel answers at once, or something is badly wrong
+# pyroute2 does its namespace work (create, sockets in another netns) in a forked helper and gives it 2 s to answer.
+# A loaded machine is slower: under TCG, with two VMs side by side, the guest's ESP probe timed out there. Waiting
+# longer costs nothing when the helper is quick.
+NETNS_HELPER_TIMEOUT_S = 30
+pyroute2_config.default_communicate_timeout = max(pyroute2_config.default_communicate_timeout,
+                                                  NETNS_HELPER_TIMEOUT_S)
 
 
 class XfrmClient:
