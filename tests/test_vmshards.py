@@ -25,6 +25,16 @@ def test_longest_first_evens_out_the_shards_and_keeps_the_given_order_within_eac
         assert shard == order
 
 
+def test_a_vm_that_starts_late_gets_less_work():
+    costs = {t: 100.0 for t in "abcdef"}
+    placed = vmshards.shard(list("abcdef"), [], 2, costs, late_start=200.0)
+    assert [len(shard) for shard in placed] == [4, 2]  # the first: 400 s from 0; the second: 200 s from 200
+    assert vmshards.host_part_seconds(0, 0) == 0.0 < vmshards.host_part_seconds(2400, 110)
+    # and a slower one too: 500 s on the first from 0 against 200 s (100 s each at 2x) from 200 on the second
+    placed = vmshards.shard(list("abcdef"), [], 2, costs, late_start=200.0, late_slowdown=2.0)
+    assert [len(shard) for shard in placed] == [5, 1]
+
+
 def test_an_unmeasured_test_costs_the_median_of_the_measured_ones():
     placed = vmshards.shard(["new", "a", "b", "c"], [], 2, {"a": 10, "b": 100, "c": 300})
     # new costs 100: c alone on one VM, a + b + new on the other.

@@ -48,9 +48,9 @@ class VmSpec:
     timeout: float = 45 * 60.0
 
     @classmethod
-    def default(cls) -> VmSpec:
+    def default(cls, cpus: int = 2) -> VmSpec:
         timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "3600"))
-        return cls(kernel=find_debian_kernel(), timeout=timeout)
+        return cls(kernel=find_debian_kernel(), cpus=int(os.environ.get("IKECTL_VM_CPUS", cpus)), timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ Where the netns tests run:
   nothing is skipped.
 IKECTL_NETNS_RUNNER=host|vm|auto (default auto) overrides the choice.
 
-The guest tests are shared among IKECTL_VM_SHARDS VMs (default 2) that run side by side: see `vmshards.py`.
+The guest tests are shared among IKECTL_VM_SHARDS VMs (default 2): the first boots as the session starts, the
+others when the host's own tests are done (the first guest item to report starts them); see `vmshards.py`.
 
 Tests marked `host` need no ESP packets to flow (namespaces, XFRM policies, IKE that fails before any SA,
 bad input): they always run here, at native speed instead of under TCG, first, while the VM works; the unit
@@ -45,10 +46,11 @@ NETNS_DIR = Path(__file__).resolve().parents[1]
 class VmSession:
     """One VM boot for its share of the selected guest items, in a thread from the session's start."""
 
-    def __init__(self, config: pytest.Config, nodeids: list[str], name: str = "vm") -> None:
+    def __init__(self, config: pytest.Config, nodeids: list[str], name: str = "vm", cpus: int = 2) -> None:
         self.config = config
         self.nodeids = nodeids
         self.name = name  # the prefix of its console lines here
+        self.cpus = cpus
         self.result: VmResult | None = None
         self.error: str | None = None
         self.tests: dict[str, dict[str, Any]] = {}
@@ -57,10 +59,12 @@ class VmSession:
         self.shown = False
         self.pgid: int | None = None  # the VM's process group, to kill if this session ends first
         self.builder: subprocess.Popen[bytes] | None = None  # scripts/package, for the Debian package's test
-        self.thread = threading.Thread(target=self._run, name="vm", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        """Boot it, unless it was started already."""
+        if self.thread.ident is None:
+            self.thread.start()
 
     def wait(self) -> None:
         """Until the VM run is over; then show its console once."""
@@ -108,7 +112,8 @@ class VmSession:
                 self.builder = packages.start_build(built)
                 show(f"building the Debian packages on the host meanwhile ({built})")
                 passed[packages.PACKAGES_ENV] = str(built)
-            self.result = run_in_vm(VmSpec.default(), self.outdir, argv, show, env=passed, on_start=self._started)
+            self.result = run_in_vm(VmSpec.default(self.cpus), self.outdir, argv, show, env=passed,
+                                    on_start=self._started)
             show(f"VM done: booted in {self.result.boot_seconds:.1f} s, "
                  f"ran {self.result.total_seconds:.1f} s in all, guest pytest exit {self.result.returncode}")
         except (VmError, HarnessError, OSError, ValueError) as exc:  # in a thread: every item reports the reason
@@ -137,7 +142,10 @@ class GuestItem(pytest.Item):
     """A netns test that ran in the VM; this item reports what happened to it there."""
 
     def runtest(self) -> None:
-        session = next(s for s in self.config.stash[VM_SESSIONS] if self.nodeid in s.nodeids)
+        sessions = self.config.stash[VM_SESSIONS]
+        for late in sessions[1:]:  # the host's own tests are done: the other VMs have the cores to themselves now
+            late.start()
+        session = next(s for s in sessions if self.nodeid in s.nodeids)
         session.wait()
         entry = session.tests.get(self.nodeid)
         if entry is None and session.error is not None:
@@ -197,23 +205,28 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     # The Debian package's test last of all: it waits for the packages the host builds meanwhile.
     packaged = [i for i in guests if i.nodeid.startswith(packages.TEST_FILE)]
     timing = [i for i in timing if i not in packaged]
+    others = [i for i in items if not _is_netns_item(i)]
+    late_start = vmshards.host_part_seconds(len(others), len(host))
     shards = vmshards.shard([i.nodeid for i in guests if i not in timing and i not in packaged],
                             [i.nodeid for i in timing] + [i.nodeid for i in packaged], vm_shards(),
-                            vmshards.load_costs())
+                            vmshards.load_costs(), late_start, vmshards.ONE_VCPU_SLOWDOWN)
     # Only host tests selected: no VM to boot; fewer guest tests than VMs: fewer VMs.
-    config.stash[VM_SESSIONS] = [VmSession(config, ids, name=f"vm{n}" if len(shards) > 1 else "vm")
+    # Two vCPUs for the first VM (its timing tests need them: a flood and pluto on one vCPU, pluto's Child SA took
+    # over 30 s), one for the others: with two each, four vCPU threads and the host's tests on 2 cores made every
+    # guest spin on locks whose holder was not running (a boot took 170-225 s instead of 58).
+    config.stash[VM_SESSIONS] = [VmSession(config, ids, name=f"vm{n}" if len(shards) > 1 else "vm",
+                                           cpus=2 if n == 1 else 1)
                                  for n, ids in enumerate(shards, 1) if ids]
-    others = [i for i in items if not _is_netns_item(i)]
     replaced = [GuestItem.from_parent(i.parent, name=i.name) for i in guests if i.parent is not None]
     items[:] = [i for i in host if i not in last] + others + replaced + last
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own loop runs the first test
 def pytest_runtestloop(session: pytest.Session) -> None:
-    """The VM starts working before the first test here."""
-    if not session.config.option.collectonly:
-        for vm in session.config.stash.get(VM_SESSIONS, []):
-            vm.start()
+    """The first VM starts working before the first test here (the others once the host's own tests are done)."""
+    sessions = session.config.stash.get(VM_SESSIONS, [])
+    if sessions and not session.config.option.collectonly:
+        sessions[0].start()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
