@@ -50,8 +50,8 @@ class Facts:
     pluto: PlutoFacts = PlutoFacts()  # in the run dir the intent names (another one's is stopped whatever it does)
     larval_drop: bool = True
     acq_expires_s: int = 30
-    # The reqids of the kernel's live SAs, read when an outbound policy of pluto's has no inbound twin
-    # (policies.unpaired_reqids): the SA's inbound policy may have been deleted (`unrouted`).
+    # The reqids of the kernel's live SAs, read when an outbound policy of pluto's has a forward twin but no inbound
+    # one (policies.unpaired_reqids): another program may have deleted the SA's inbound policy (`unrouted`).
     live_reqids: frozenset[int] = frozenset()
 
 

@@ -58,21 +58,24 @@ def _reqids(policies: Iterable[Policy], resolver: Address, proto: int, direction
 
 
 def unpaired_reqids(policies: Collection[Policy]) -> set[int]:
-    """The reqids of pluto's outbound policies for DNS that no inbound policy of pluto's names: a trap's (pluto
-    puts inbound policies in only with an SA), or an SA's whose inbound policy another program deleted."""
-    inbound = {t.reqid for p in policies if p.direction == Direction.IN and pluto_dns_peer(p) is not None
-               for t in p.templates}
-    return {t.reqid for p in policies if p.direction == Direction.OUT and pluto_dns_peer(p) is not None
-            for t in p.templates if t.reqid and t.reqid not in inbound}
+    """The reqids of pluto's outbound policies for DNS whose SA's forward policy is in but whose inbound policy is
+    not: another program deleted it. pluto puts an SA's inbound and forward policies in together, and a trap (an
+    outbound policy alone) has neither, so a trap is never one of these, whatever SA its reqid may share."""
+    def named(direction: Direction) -> set[int]:
+        return {t.reqid for p in policies if p.direction == direction and pluto_dns_peer(p) is not None
+                for t in p.templates if t.reqid}
+    return (named(Direction.OUT) & named(Direction.FWD)) - named(Direction.IN)
 
 
 def inbound_lost(policies: Collection[Policy], resolver: Address, proto: int, live_reqids: Collection[int]) -> bool:
     """Does DNS to `resolver` over `proto` go out through a live SA (its outbound policy names the reqid of an SA in
-    the kernel, `live_reqids`) whose inbound policy is gone? The SA is tunnel mode: the kernel then drops every
-    decrypted answer (XfrmInNoPols) while the outbound policy looks whole, and pluto, which believes its policies
-    are in, never puts it back."""
+    the kernel, `live_reqids`) whose inbound policy is gone while its forward policy is in? The SA is tunnel mode:
+    the kernel then drops every decrypted answer (XfrmInNoPols) while the outbound policy looks whole, and pluto,
+    which believes its policies are in, never puts it back."""
+    outbound = _reqids(policies, resolver, proto, Direction.OUT)
+    forward = _reqids(policies, resolver, proto, Direction.FWD)
     inbound = _reqids(policies, resolver, proto, Direction.IN)
-    return any(r in live_reqids and r not in inbound for r in _reqids(policies, resolver, proto, Direction.OUT))
+    return any(r in live_reqids and r in forward and r not in inbound for r in outbound)
 
 
 def clear_pass(policy: Policy) -> bool:

@@ -77,8 +77,8 @@ def gather(run_dir: Path) -> plan.Facts:
 
 
 def live_reqids(client: xfrm.XfrmClient, table: tuple[xfrm.Policy, ...]) -> frozenset[int]:
-    """The reqids of live SAs among those of pluto's outbound policies without an inbound twin (plan.unrouted):
-    the SAs are read only when there are such policies (traps, mostly), not in every round."""
+    """The reqids of live SAs among those of pluto's outbound policies whose SA lost its inbound policy
+    (plan.unrouted): the SAs are read only when there are such policies, which is almost never."""
     unpaired = policies.unpaired_reqids(table)
     if not unpaired:
         return frozenset()

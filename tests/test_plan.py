@@ -296,6 +296,11 @@ def test_an_established_sa_whose_inbound_policy_another_program_deleted_is_loade
     # A trap: the out policy alone, and no live SA by its reqid.
     traps = Facts(policies=(out, *tcp), protection=BOTH, pluto=RUNNING, live_reqids=frozenset())
     assert plan.unrouted(record(mode, resolver), traps) == ()
+    # A trap whose reqid a live SA shares (an SA left after a flush, or an instance of the trap's conn): still a
+    # trap, with neither in nor fwd policy, and never reloaded for it (the tcp SA's policies are whole)
+    shared = replace(traps, live_reqids=frozenset({16445, 16441}))
+    assert policies.unpaired_reqids(shared.policies) == set()
+    assert plan.unrouted(record(mode, resolver), shared) == ()
 
 
 def test_a_clear_pass_to_a_managed_resolver_in_trusted_mode_is_removed_by_the_watch():
