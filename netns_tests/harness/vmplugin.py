@@ -209,7 +209,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     late_start = vmshards.host_part_seconds(len(others), len(host))
     shards = vmshards.shard([i.nodeid for i in guests if i not in timing and i not in packaged],
                             [i.nodeid for i in timing] + [i.nodeid for i in packaged], vm_shards(),
-                            vmshards.load_costs(), late_start, vmshards.ONE_VCPU_SLOWDOWN)
+                            vmshards.load_costs(), late_start, vmshards.LATE_VM_RELATIVE_TIME)
     # Only host tests selected: no VM to boot; fewer guest tests than VMs: fewer VMs.
     # Two vCPUs for the first VM (its timing tests need them: a flood and pluto on one vCPU, pluto's Child SA took
     # over 30 s), one for the others: with two each, four vCPU threads and the host's tests on 2 cores made every
