@@ -4,6 +4,8 @@ without a stub retry), clear and fast where it does not, and `status` says which
 import time
 from pathlib import Path
 
+import pytest
+
 from ikecommon import xfrm
 from ikectl import plan
 from netns_tests.harness.dnsclient import query
@@ -18,6 +20,10 @@ def write_config(run_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
+# The profile gives an IKE answer 0.3 s (retransmit-timeout), and the clear answer must come within 0.5 s: with the
+# host's own tests beside the guest, the coffee resolver's IKE_AUTH answer once came 24 ms after that and DNS to it
+# went unanswered (CI at da7876d; docs/modes.md, "Open"). Run where the host is quiet.
+@pytest.mark.timing
 def test_encrypted_where_it_can_clear_and_fast_where_it_cannot(world: Lab, run_dir: Path, tmp_path: Path):
     config = write_config(run_dir, tmp_path)
     client = world.hosts["client"]
