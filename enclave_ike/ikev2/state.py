@@ -586,10 +586,7 @@ class IkeSa:
         if self.state is State.DELETED:
             return
         if self.established and self._pending is None:
-            header = IkeHeader(self.spi_i, self.spi_r, ExchangeType.INFORMATIONAL, self._flags(response=False),
-                               self._next_id)
-            self._outbox.append((self._encode(header, (Delete(ProtocolId.IKE, 0),), protected=True), self.peer))
-            self._next_id += 1
+            self._request_delete_ike(reason)  # sent once: the teardown drops it from retransmission
         self._teardown(reason)
 
     def _addressed_to_us(self, header: IkeHeader) -> bool:
