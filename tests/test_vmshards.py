@@ -31,7 +31,7 @@ def test_a_vm_that_starts_late_gets_less_work():
     assert [len(shard) for shard in placed] == [4, 2]  # the first: 400 s from 0; the second: 200 s from 200
     assert vmshards.host_part_seconds(0, 0) == 0.0 < vmshards.host_part_seconds(2400, 110)
     # and a slower one too: 500 s on the first from 0 against 200 s (100 s each at 2x) from 200 on the second
-    placed = vmshards.shard(list("abcdef"), [], 2, costs, late_start=200.0, late_slowdown=2.0)
+    placed = vmshards.shard(list("abcdef"), [], 2, costs, late_start=200.0, late_relative_time=2.0)
     assert [len(shard) for shard in placed] == [5, 1]
 
 

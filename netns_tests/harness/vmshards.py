@@ -44,10 +44,10 @@ def load_costs(path: Path | None = None) -> dict[str, float]:
 
 
 def shard(tests: Sequence[str], timed_last: Sequence[str], shards: int, costs: dict[str, float],
-          late_start: float = 0.0, late_slowdown: float = 1.0) -> list[list[str]]:
+          late_start: float = 0.0, late_relative_time: float = 1.0) -> list[list[str]]:
     """`tests` placed on `shards` VMs, each shard in the order given; `timed_last` appended to the first shard.
-    Every shard but the first starts `late_start` seconds after it and takes `late_slowdown` times as long for a
-    test (fewer vCPUs).
+    Every shard but the first starts `late_start` seconds after it and takes `late_relative_time` times its time
+    for a test.
 
     Every shard but the first may come back empty (fewer tests than VMs)."""
     if shards < 1:
@@ -56,7 +56,7 @@ def shard(tests: Sequence[str], timed_last: Sequence[str], shards: int, costs: d
     fallback = statistics.median(known) if known else UNKNOWN_COST
     cost = {t: costs.get(t, fallback) for t in tests}
     load = [0.0] + [late_start] * (shards - 1)
-    factor = [1.0] + [late_slowdown] * (shards - 1)
+    factor = [1.0] + [late_relative_time] * (shards - 1)
     home: dict[str, int] = {}
     for test in sorted(tests, key=lambda t: -cost[t]):
         chosen = min(range(shards), key=lambda i: (load[i] + cost[test] * factor[i], i))
