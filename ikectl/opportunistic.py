@@ -12,7 +12,12 @@ pluto 4.10 leaves holes that break the coffee-shop promise (seen in the VM and o
 - a resolver without IKE gets a clear-fallback shunt, which libreswan installs for the whole protocol at
   priority 0 and, when it expires after `shuntlifetime`, forgets without deleting from the kernel: the pass
   policy outranks the trap for ever, and IKE is never tried again. ikectl deletes it once it is `retry_after_s`
-  old and routes the group again, so the next query tries IKE.
+  old and routes the group again, so the next query tries IKE;
+- a resolver answers IKE_SA_INIT but its IKE_AUTH answer comes after `ike_timeout_ms` (a loaded resolver, a long
+  path): pluto gives up and passes DNS in clear, while the resolver completed the exchange and now requires ESP
+  from this client and sends its answers in ESP. The clear fallback is answered by nothing (measured in the VM:
+  12 of 12 queries over 24 s), until the resolver drops its side. ikectl tries IKE again after 1 s, then 2, 4 ...
+  while the answers keep coming late (up to `retry_after_s`): the new SA replaces the resolver's half.
 
 `upkeep` is called at the end of `ikectl up` and then every second by the supervisor. It reads only the part of
 pluto's log written since a resolver was (re)admitted, so an old refusal is not acted on twice, and of that only
@@ -38,6 +43,8 @@ from .whack import Whack
 REFUSED = "the resolver refused the DNS-only Child SA"
 ESP_REFUSED = "the kernel refused the ESP SA (Function not implemented): no ESP in this kernel"
 LIVENESS = "the resolver stopped answering IKE liveness checks"
+LATE_AUTH = "the resolver answered IKE, but its IKE_AUTH answer came after ike_timeout_ms"
+_ESTABLISHED = "established"
 
 
 def _peer_pattern(address: str) -> re.Pattern[str]:
@@ -47,19 +54,27 @@ def _peer_pattern(address: str) -> re.Pattern[str]:
 
 def last_word(log: list[str], address: str) -> str | None:
     """pluto's last word on the resolver at `address`: a refused Child SA, an SA the kernel refused, a failed
-    liveness check, or None (nothing, or an established Child SA after them)."""
+    liveness check, an IKE_AUTH answer that came too late, or None (nothing, or an established Child SA after
+    them)."""
+    word = _last_event(log, address)
+    return None if word == _ESTABLISHED else word
+
+
+def _last_event(log: list[str], address: str) -> str | None:
     peer = _peer_pattern(address)
     for line in reversed(log):
         if not peer.search(line):
             continue
         if "established Child SA" in line:
-            return None
+            return _ESTABLISHED
         if re.search(r"Add SA .*(?:Function not implemented|errno 38)", line):
             return ESP_REFUSED
         if re.search(r"TS_UNACCEPTABLE|NO_PROPOSAL_CHOSEN", line):
             return REFUSED
         if "liveness action" in line:
             return LIVENESS
+        if "no acceptable response to our first encrypted message" in line:  # STATE_V2_PARENT_I2 timed out
+            return LATE_AUTH
     return None
 
 
@@ -81,7 +96,7 @@ def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], n
     retry = float(state.retry_after_s)
     in_groups = tuple(a for a in state.resolvers if str(a) not in state.unprotected)  # excluded or not
     excluded, offsets = dict(record.excluded), dict(record.log_offset)
-    lost, clear_since = dict(record.lost_at), dict(record.clear_since)
+    lost, clear_since, late = dict(record.lost_at), dict(record.clear_since), dict(record.late_auth)
     readmit = [address for address, exclusion in record.excluded.items() if exclusion.until <= now]
     for address in readmit:
         del excluded[address]
@@ -103,12 +118,17 @@ def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], n
             continue
         offset = offsets.get(address, 0)
         since = log[offset - start:] if start <= offset <= end else log  # else: a new log, pluto restarted
-        failed = last_word(since.decode(errors="replace").splitlines(), address)
+        event = _last_event(since.decode(errors="replace").splitlines(), address)
+        failed = None if event == _ESTABLISHED else event
+        if event == _ESTABLISHED:
+            late.pop(address, None)
+        elif event == LATE_AUTH:
+            late[address] = late.get(address, 0) + 1
         if failed in (REFUSED, ESP_REFUSED):
             excluded[address] = Exclusion(until=now + retry, reason=failed)
             continue
         offsets[address] = end  # read up to here; the next round goes on from it
-        passes = _expired_clear(table, resolver, clear_since, now, retry)
+        passes = _expired_clear(table, resolver, clear_since, now, clear_retry_s(retry, late.get(address, 0)))
         stale_passes += passes
         reroute = _lost(table, resolver, lost, now, retry, dropped=failed == LIVENESS) or bool(passes) or reroute
     dropped = [ip_address(a) for a in excluded if a not in record.excluded or a in readmit]  # excluded now
@@ -118,7 +138,16 @@ def upkeep(run: daemon.RunDir, state: RunState, kernel: Iterable[xfrm.Policy], n
     _delete(stale_passes)
     if readmitted or dropped or reroute:
         reload(run, members, dropped)
-    return Upkeep(excluded, offsets, lost, clear_since)
+    return Upkeep(excluded, offsets, lost, clear_since, late)
+
+
+def clear_retry_s(retry_after_s: float, late_answers: int) -> float:
+    """How long a clear fallback stands before IKE is tried again. After IKE_AUTH answers that came too late the
+    resolver most likely holds an SA that drops this client's clear DNS: try again soon, backing off (1 s, 2,
+    4 ...) while the answers keep coming late, so a resolver that is slow for good is not asked every second."""
+    if late_answers <= 0:
+        return retry_after_s
+    return min(retry_after_s, 2.0 ** min(late_answers - 1, 16))
 
 
 def _expired_clear(table: list[xfrm.Policy], resolver: Address, clear_since: dict[str, float], now: float,
@@ -166,7 +195,8 @@ def _delete(found: list[xfrm.Policy]) -> None:
 def retry_at(state: RunState, address: str) -> float | None:
     """When IKE is tried again with a resolver in its clear fallback (seconds since the epoch), if it is in one."""
     since = state.upkeep.clear_since.get(address)
-    return since + state.retry_after_s if since is not None else None
+    late = state.upkeep.late_auth.get(address, 0)
+    return since + clear_retry_s(state.retry_after_s, late) if since is not None else None
 
 
 def moved_groups(run: daemon.RunDir, members: Iterable[Address]) -> dict[str, tuple[Address, Address]]:

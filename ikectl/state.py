@@ -63,18 +63,20 @@ class Upkeep:
     log_offset: Mapping[str, int] = field(default_factory=dict)  # pluto's log size when each was (re)admitted
     lost_at: Mapping[str, float] = field(default_factory=dict)  # when a member's policies were found gone
     clear_since: Mapping[str, float] = field(default_factory=dict)  # when its clear-fallback policy was first seen
+    late_auth: Mapping[str, int] = field(default_factory=dict)  # IKE_AUTH answers too late in a row
 
     def to_json(self) -> dict[str, Any]:
         return {"excluded": {a: {"until": e.until, "reason": e.reason} for a, e in self.excluded.items()},
                 "log_offset": dict(self.log_offset), "lost_at": dict(self.lost_at),
-                "clear_since": dict(self.clear_since)}
+                "clear_since": dict(self.clear_since), "late_auth": dict(self.late_auth)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Upkeep:
         return cls(excluded={a: Exclusion(float(e["until"]), str(e["reason"])) for a, e in data["excluded"].items()},
                    log_offset={a: int(v) for a, v in data["log_offset"].items()},
                    lost_at={a: float(v) for a, v in data["lost_at"].items()},
-                   clear_since={a: float(v) for a, v in data["clear_since"].items()})
+                   clear_since={a: float(v) for a, v in data["clear_since"].items()},
+                   late_auth={a: int(v) for a, v in data.get("late_auth", {}).items()})  # absent from older records
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,9 @@ def _coffee_shop(seen: Seen) -> tuple[Verdict, str]:
     if seen.clear_pass:
         retry = opportunistic.retry_at(record, address)
         when = f"in {_age(retry - seen.now)}" if retry is not None and retry > seen.now else "with the next query"
+        if seen.log_word == opportunistic.LATE_AUTH:
+            return Verdict.CLEAR, (f"{opportunistic.LATE_AUTH}: the resolver may drop DNS in clear until IKE is tried "
+                                   f"again {when}")
         return Verdict.CLEAR, f"no IKE answer; DNS passes in clear, IKE is tried again {when}"
     if seen.log_word in (opportunistic.LIVENESS, opportunistic.ESP_REFUSED, opportunistic.REFUSED):
         return Verdict.CLEAR, f"{seen.log_word}; DNS passes in clear, IKE is tried again later"

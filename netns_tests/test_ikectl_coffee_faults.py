@@ -1,5 +1,6 @@
-"""Coffee-shop mode with a half-working resolver: IKE answers but the Child SA is refused, or the resolver's
-IPsec dies mid-session. DNS is answered within 2 s and from then on, and `status` says what happened.
+"""Coffee-shop mode with a half-working resolver: IKE answers but the Child SA is refused, the resolver's
+IPsec dies mid-session, or its IKE_AUTH answer comes too late. DNS is answered within seconds and from then on,
+and `status` says what happened.
 
 The site: client -- router (capture) -- dns (unbound + pluto, NULL auth).
 """
@@ -63,6 +64,52 @@ def test_a_resolver_that_refuses_the_child_sa_is_answered_in_clear_within_2_s(ca
     assert row["state"] == "clear" and "refused the DNS-only Child SA" in row["reason"], row
     assert "TS_UNACCEPTABLE" in server.log_text()  # the resolver did speak IKE, and said no
     assert site.plaintext([RESOLVER])[RESOLVER] >= 2  # in clear, as coffee-shop allows
+
+
+def delay_ike_auth_answers(site: Site, delay_ms: int) -> Callable[[], None]:
+    """The router holds the resolver's IKE_AUTH answers (IKE exchange type 35, UDP from port 500) for
+    `delay_ms` on their way to the client; everything else passes at once. Returns what lifts the delay."""
+    dev = site.router.interface_to(site.client).ifname
+    run = site.topo.run
+    run(site.router, ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio"])
+    run(site.router, ["tc", "qdisc", "add", "dev", dev, "parent", "1:3", "handle", "30:", "netem", "delay",
+                      f"{delay_ms}ms"])
+    # 46 = 20 (IPv4 header) + 8 (UDP) + 18 (the exchange type's offset in the IKE header).
+    run(site.router, ["tc", "filter", "add", "dev", dev, "protocol", "ip", "parent", "1:0", "prio", "1", "u32",
+                      "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", "500", "0xffff",
+                      "match", "u8", "35", "0xff", "at", "46", "flowid", "1:3"])
+
+    def lift() -> None:
+        run(site.router, ["tc", "qdisc", "del", "dev", dev, "root"])
+    return lift
+
+
+def test_a_resolver_whose_ike_auth_answer_came_too_late_is_answered_encrypted_soon(cafe: tuple[Site, Host],
+                                                                                  pluto: Callable[..., Pluto],
+                                                                                  run_dir: Path):
+    """pluto gives up IKE_AUTH after ike_timeout_ms (300) and passes DNS in clear; the resolver, whose answer
+    was on its way, completed the exchange and drops clear DNS from this client. Before the upkeep knew the case,
+    DNS to it went unanswered until retry_after_s (60 s here). Now IKE is tried again after 1 s."""
+    site, resolver = cafe
+    server = pluto(resolver, PlutoConfig(conns=responder_conns()))
+    server.addconn("--autoall")
+    lift = delay_ike_auth_answers(site, delay_ms=600)
+    site.up()
+    site.query(RESOLVER, timeout=2)  # meets the trap if `up` did not negotiate already
+    client_log = run_dir / "pluto.log"
+    deadline = time.monotonic() + 10
+    while "no acceptable response to our first encrypted message" not in client_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, site.diagnosis(run_dir)
+        time.sleep(0.2)
+    assert "established Child SA" in server.log_text()  # the resolver's half, requiring ESP from the client
+    lift()  # the resolver answers in time from now on
+    lifted = time.monotonic()
+    answer = site.query(RESOLVER, timeout=20, retry_every=0.5)
+    recovered = time.monotonic() - lifted
+    assert answer.answered and recovered < 6.0, (recovered, answer, site.diagnosis(run_dir))
+    later = site.queries_for(RESOLVER, 2.0) + site.queries_for(RESOLVER, 1.0, tcp=True)
+    assert all(a.answered for a in later), later
+    assert site.status()[RESOLVER]["state"] == "NULL-encrypted", site.diagnosis(run_dir)
 
 
 def test_a_resolver_whose_ipsec_dies_mid_session_is_answered_again_within_2_s(cafe: tuple[Site, Host],

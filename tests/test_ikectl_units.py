@@ -78,6 +78,9 @@ def test_coffee_shop_verdicts():
     fallback = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW - 20}))
     assert decide(fallback, clear_pass=True)[1] == (
         "no IKE answer; DNS passes in clear, IKE is tried again in 40 seconds")
+    late = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW}, late_auth={str(PINNED): 3}))
+    assert decide(late, clear_pass=True, log_word=opportunistic.LATE_AUTH)[1] == (
+        f"{opportunistic.LATE_AUTH}: the resolver may drop DNS in clear until IKE is tried again in 4 seconds")
     overdue = replace(COFFEE, upkeep=Upkeep(clear_since={str(PINNED): NOW - 600}))
     assert decide(overdue, clear_pass=True)[1].endswith("IKE is tried again with the next query")
     excluded = replace(COFFEE, upkeep=Upkeep(excluded={str(PINNED): Exclusion(NOW + 30, opportunistic.REFUSED)}))

@@ -21,6 +21,11 @@ ESP_REFUSAL = (f'ERROR: "private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #2: netl
                f"esp.5c05828d@{A}: Function not implemented (errno 38)\n")
 LIVENESS_FAILED = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #1: liveness action - clearing connection kind '
                    "CK_INSTANCE\n")  # as pluto 4.10 wrote it in the VM
+LATE_AUTH = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #1: STATE_V2_PARENT_I2: 0.3 second timeout exceeded '
+             "after 1 retransmits.  Possible authentication failure: no acceptable response to our first encrypted "
+             "message\n")  # as pluto 4.10 wrote it in the VM
+ESTABLISHED = (f'"private-or-clear#{A}/32-(0--17--53)"[1] ...{A} #4: initiator established Child SA using #3; '
+               "IPsec tunnel [10.0.0.1-10.0.0.1:0-65535 0] -> [192.0.2.53-192.0.2.53:53-53 17]\n")
 
 
 def trap(address: str, proto: int) -> Policy:
@@ -137,6 +142,37 @@ def test_a_clear_fallback_pluto_forgot_is_deleted_after_retry_so_ike_is_tried_ag
     due = opportunistic.upkeep(run, state, table, now=105.0)
     assert deleted == table[:2] and due.clear_since == {}
     assert ("route", "private-or-clear") in whack.calls
+
+
+def test_a_late_ike_auth_answer_gets_ike_tried_again_soon_backing_off_while_it_stays_late(pluto):
+    """The resolver answered IKE_SA_INIT, its IKE_AUTH answer came after ike_timeout_ms: pluto fell back to clear
+    while the resolver finished the exchange and now drops this client's clear DNS (in the VM: 12 of 12 queries
+    unanswered over 24 s). The clear fallback stands 1 s, not retry_after_s; then 2 s while answers stay late."""
+    run, whack, deleted = pluto
+    table = [clear_fallback(A, 17), clear_fallback(A, 6), trap(A, 17), trap(A, 6)]
+    state = record(A, retry=60)
+    run.log.write_text(LATE_AUTH)
+    first = opportunistic.upkeep(run, state, table, now=100.0)
+    assert first.late_auth == {A: 1} and first.clear_since == {A: 100.0} and deleted == []
+    assert opportunistic.retry_at(replace(state, upkeep=first), A) == 101.0
+    state = replace(state, upkeep=first)
+    again = opportunistic.upkeep(run, state, table, now=101.0)
+    assert deleted == table[:2] and ("route", "private-or-clear") in whack.calls
+    assert again.late_auth == {A: 1}  # the same late answer is not counted twice
+    with run.log.open("a") as log:
+        log.write(LATE_AUTH)  # IKE tried again, and again too late
+    state = replace(state, upkeep=again)
+    second = opportunistic.upkeep(run, state, table, now=102.0)
+    assert second.late_auth == {A: 2} and opportunistic.retry_at(replace(state, upkeep=second), A) == 104.0
+    with run.log.open("a") as log:
+        log.write(ESTABLISHED)
+    settled = opportunistic.upkeep(run, replace(state, upkeep=second), traps(A), now=103.0)
+    assert settled.late_auth == {} and settled.clear_since == {}
+
+
+def test_the_retry_after_late_answers_backs_off_to_retry_after_s():
+    assert [opportunistic.clear_retry_s(60, n) for n in range(9)] == [60, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert opportunistic.clear_retry_s(5, 10_000) == 5
 
 
 def test_a_group_pluto_dropped_is_reloaded_after_retry(pluto):
