@@ -53,6 +53,12 @@
     liveness_s = 30                     # a client silent this long is asked whether it is alive (RFC 7296 2.4);
     liveness_timeout_s = 15             #   silent this much longer, its SAs are removed; liveness_s = 0: never
 
+    [privacy]                           # what leaves the enclave (diagnostics.py)
+    enabled = true                      # lines naming a client (address, port, ID, SPI, when) stay in a ring in
+                                        #   the enclave, dumped to the log only on SIGUSR1 (announced there);
+                                        #   the log gets the server's own lines and counts over all clients
+    ring_lines = 2000                   # the ring keeps this many newest lines (1 to 1000000)
+
     [evidence]                          # the evidence endpoint (evidence_endpoint.py), signature auth only
     enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
     port = 4501                         # TCP, on every listen address
@@ -82,6 +88,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ikecommon import evidence_client, tomlfile
 
+from .diagnostics import DEFAULT_RING_LINES, MAX_RING_LINES, PrivacyConfig
 from .enclave.sim import REPLY_TIMEOUT as SIM_TIMEOUT_S
 from .errors import EnclaveIkeError
 from .ikev2 import config as ike
@@ -223,6 +230,7 @@ class ServeConfig:
     limits: ike.Limits = field(default_factory=ike.Limits)
     timers: ike.Timers = field(default_factory=lambda: ike.Timers(liveness=DEFAULT_LIVENESS_S))
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
         try:
@@ -353,7 +361,7 @@ def _kind_name(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
 
 
-SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "evidence")
+SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "privacy", "evidence")
 
 
 def load(path: Path = DEFAULT_PATH) -> ServeConfig:
@@ -381,12 +389,20 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     if apply is ApplyMode.KERNEL and suites.esn:
         raise tables["suites"].error("esn", "true needs ESN SAs, which apply.mode = \"kernel\" cannot install")
     evidence = _evidence(tables["evidence"])
+    privacy = _privacy(tables["privacy"])
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
-                         limits, timers, evidence)
+                         limits, timers, evidence, privacy)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
+
+
+def _privacy(table: _Table) -> PrivacyConfig:
+    ring_lines = table.get("ring_lines", int, DEFAULT_RING_LINES)
+    if not 1 <= ring_lines <= MAX_RING_LINES:
+        raise table.error("ring_lines", f"{ring_lines} is not between 1 and {MAX_RING_LINES}")
+    return PrivacyConfig(enabled=table.get("enabled", bool, True), ring_lines=ring_lines)
 
 
 DEFAULT_LIVENESS_S = 30.0

@@ -46,6 +46,7 @@ from ikecommon.evidence_client import CMW_JSON, IDENTITY_VERSION, EndpointError,
 from . import collateral as co
 from .collateral_store import ServedCollateral, intel_root
 from .config import DEFAULT_EVIDENCE_PORT, ServeConfig
+from .diagnostics import Diagnostics
 from .enclave.attest import attest
 from .enclave.base import Enclave
 from .enclave.errors import NonceError
@@ -115,6 +116,14 @@ class EvidenceEndpoint:
         self._connections: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self.bound: list[tuple[str, int]] = []  # (address, port) actually bound (port 0 picks one)
+        # Lines naming a client: the server's Diagnostics (privacy) once it has one, else the log.
+        self.diagnostics: Diagnostics | None = None
+
+    def _client_line(self, level: int, message: str, *args: object) -> None:
+        if self.diagnostics is not None:
+            self.diagnostics.client(level, message, *args)
+        else:
+            log.log(level, message, *args)
 
     async def start(self) -> None:
         for address in self.addresses:
@@ -203,11 +212,11 @@ class EvidenceEndpoint:
             envelope = await asyncio.to_thread(self._envelope, nonce)
             body = envelope.encode()
         except (EnclaveIkeError, OSError) as exc:  # an OSError here is the server's, not the client going away
-            log.error("evidence for %s: %s", peer, exc)
+            self._client_line(logging.ERROR, "evidence for %s: %s", peer, exc)
             return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"no evidence: {exc}")
         finally:
             self._in_flight -= 1
-        log.debug("evidence for %s, nonce %s", peer, nonce.hex())
+        self._client_line(logging.DEBUG, "evidence for %s, nonce %s", peer, nonce.hex())
         return Response(HTTPStatus.OK, body, CMW_JSON)
 
     def _envelope(self, nonce: bytes) -> Envelope:

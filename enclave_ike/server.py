@@ -40,6 +40,7 @@ from ikecommon.attestation.sim import DEFAULT_REGISTERS
 
 from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier, Operation
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
+from .diagnostics import Diagnostics
 from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
 from .evidence_endpoint import EvidenceEndpoint, for_config
@@ -193,8 +194,12 @@ class _Send:
 
 class Server:
     def __init__(self, config: ServeConfig, responder: Responder, applier: Applier,
-                 evidence: EvidenceEndpoint | None = None) -> None:
+                 evidence: EvidenceEndpoint | None = None, diagnostics: Diagnostics | None = None) -> None:
         self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
+        # Every line that names a client goes through here: to the log, or with privacy on to the enclave's ring.
+        self.diagnostics = diagnostics or Diagnostics(log, config.privacy)
+        if evidence is not None:
+            evidence.diagnostics = self.diagnostics
         self.table = ChildSaTable()
         self._sockets: list[_Udp] = []
         self._by_local: dict[Endpoint, _Udp] = {}
@@ -204,6 +209,8 @@ class Server:
         self._worker: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._counts_logged: Counter[str] = Counter()
+        self._activity_logged: Counter[str] = Counter()
+        self._failures_logged: Counter[str] = Counter()
         # Signing has threads of its own, so a backlog of signatures never delays the kernel operations (the
         # default executor). Requests are taken newest first: under a flood the newest have the most half-open time
         # left, and one whose IKE SA is gone by its turn is skipped, so the signer works for SAs that can still use
@@ -273,13 +280,15 @@ class Server:
             if data == NATT_KEEPALIVE:
                 return
             if not data.startswith(NON_ESP_MARKER):
-                log.debug("ESP in UDP from %s dropped: not handled in userspace", source)
+                self.diagnostics.count("ESP in UDP dropped (not handled in userspace)")
+                self.diagnostics.client(logging.DEBUG, "ESP in UDP from %s dropped: not handled in userspace", source)
                 return
             data = data[len(NON_ESP_MARKER):]
         try:
             self.responder.receive(data, source, self._loop.time(), local=sock.local)
         except EnclaveIkeError as exc:  # the enclave could not sign: this exchange fails, the server goes on
-            log.error("%s: %s", source, exc)
+            self.diagnostics.fail("exchanges failed")
+            self.diagnostics.client(logging.ERROR, "%s: %s", source, exc)
         self._flush()
 
     def _socket_for(self, local: Endpoint, peer: Endpoint) -> _Udp:
@@ -332,16 +341,24 @@ class Server:
         try:
             self.responder.handle_timer(now)
         except EnclaveIkeError as exc:
-            log.error("timer: %s", exc)
+            self.diagnostics.fail("timer errors")
+            self.diagnostics.client(logging.ERROR, "timer: %s", exc)
         self._flush()
 
     def log_counts(self) -> None:
-        """One line for what the limits refused or removed since the last one, as counts: no address, no SPI."""
-        current = self.responder.counts
-        new = current - self._counts_logged
+        """What the limits refused or removed, what went wrong and what happened since the last call, each as one
+        line of counts over every client: no address, no SPI, no moment of one client's."""
+        self._log_new(logging.WARNING, "limits", self.responder.counts, self._counts_logged)
+        self._log_new(logging.ERROR, "failures", self.diagnostics.failures, self._failures_logged)
+        self._log_new(logging.INFO, "activity", self.diagnostics.counts, self._activity_logged)
+
+    @staticmethod
+    def _log_new(level: int, name: str, counts: Counter[str], logged: Counter[str]) -> None:
+        new = counts - logged
         if new:
-            log.warning("limits: %s", "; ".join(f"{what}: {count}" for what, count in sorted(new.items())))
-        self._counts_logged = Counter(current)
+            log.log(level, "%s: %s", name, "; ".join(f"{what}: {count}" for what, count in sorted(new.items())))
+        logged.clear()
+        logged.update(counts)
 
     def _log_counts_periodically(self) -> None:
         self.log_counts()
@@ -358,12 +375,13 @@ class Server:
         if isinstance(event, SignatureRequested):
             self._sign_requests.put_nowait(event)
             return False
-        log.log(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s", describe(event))
+        self.diagnostics.count(_activity(event))
+        self.diagnostics.client(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s",
+                                _Described(event))
         try:
             operations = self.table.plan(event)
         except ApplyError as exc:
-            self.apply_failures += 1
-            log.error("apply: %s", exc)
+            self._apply_failed(exc)
             return False
         return self._queue_operations(operations)
 
@@ -374,7 +392,7 @@ class Server:
         if not batch:
             return False
         if self.config.apply is ApplyMode.NONE:
-            log.info("apply (mode none, not applied): %s", "; ".join(map(str, batch)))
+            self.diagnostics.client(logging.INFO, "apply (mode none, not applied): %s", _Joined(batch))
             return False
         self._operations.put_nowait(batch)
         return True
@@ -395,8 +413,9 @@ class Server:
                 raise EnclaveIkeError("no signer")
             signature = await self._loop.run_in_executor(self._signers, signer.sign, request.data, request.scheme)
         except Exception as exc:  # whatever the enclave raised: this IKE SA fails, the server goes on
-            log.error("IKE SA %s/%s: our signature failed: %s", request.ike_spi_i.hex(), request.ike_spi_r.hex(),
-                      exc)
+            self.diagnostics.fail("signatures failed")
+            self.diagnostics.client(logging.ERROR, "IKE SA %s/%s: our signature failed: %s", request.ike_spi_i.hex(),
+                                    request.ike_spi_r.hex(), exc)
             self.responder.fail_signature(request.ike_spi_r, self._loop.time(), str(exc))
         else:
             self.responder.complete_signature(request.ike_spi_r, self._loop.time(), signature)
@@ -411,10 +430,14 @@ class Server:
                 continue
             for op, error in zip(item, await asyncio.to_thread(self._run, item), strict=True):
                 if error is not None:
-                    self.apply_failures += 1
-                    log.error("apply: %s", error)
+                    self._apply_failed(error)
                 else:
-                    log.debug("applied: %s", op)
+                    self.diagnostics.client(logging.DEBUG, "applied: %s", op)
+
+    def _apply_failed(self, error: ApplyError) -> None:
+        self.apply_failures += 1
+        self.diagnostics.fail("kernel operations failed")
+        self.diagnostics.client(logging.ERROR, "apply: %s", error)
 
     def _run(self, operations: tuple[Operation, ...]) -> list[ApplyError | None]:
         """In the worker thread: every operation, each one's failure or None (a failure stops none of the others,
@@ -455,6 +478,20 @@ def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type
     return f"{sa}: {type(event).__name__}"
 
 
+_ACTIVITY: dict[type, str] = {
+    IkeSaEstablished: "IKE SAs established", ChildSaEstablished: "Child SAs established",
+    ChildSaRekeyed: "Child SAs rekeyed", IkeSaRekeyed: "IKE SAs rekeyed", ProtocolErrorEvent: "protocol errors",
+    PeerErrorNotified: "error notifies from peers", PeerAlive: "liveness checks answered",
+}
+
+
+def _activity(event: Event) -> str:
+    """What an event counts as in the log's aggregate lines."""
+    if isinstance(event, SaDeleted):
+        return "Child SAs deleted" if event.spi_in else "IKE SAs deleted"
+    return _ACTIVITY.get(type(event), type(event).__name__)
+
+
 def _child(event: ChildSaEstablished) -> str:
     ts = "; ".join(f"{_ts(ours)} <-> {_ts(theirs)}" for ours, theirs in zip(event.local_ts, event.remote_ts,
                                                                              strict=False))
@@ -482,6 +519,30 @@ def _ts(ts: TrafficSelector) -> str:
     return f"{addresses} proto {ts.protocol} port {ports}"
 
 
+class _Described:
+    """An event's line, made only if it is written (with privacy on, only if the ring is dumped)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def __str__(self) -> str:
+        return describe(self.event)
+
+
+class _Joined:
+    """Operations as one line, made only if it is written."""
+
+    __slots__ = ("operations",)
+
+    def __init__(self, operations: tuple[Operation, ...]) -> None:
+        self.operations = operations
+
+    def __str__(self) -> str:
+        return "; ".join(map(str, self.operations))
+
+
 # --- running ---
 
 async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
@@ -501,6 +562,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         identity.publish(config.identity.publish)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, server.diagnostics.dump, "SIGUSR1 (the operator)")
         log.info("listening on %s (ports %d and %d), protecting DNS on %s; apply mode %s; identity %s %s",
                  ", ".join(map(str, config.listen.addresses)), config.listen.ike_port, config.listen.natt_port,
                  ", ".join(map(str, config.dns_addresses)), config.apply.value, config.identity.id,

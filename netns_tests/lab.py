@@ -87,9 +87,13 @@ publish = "{publish}"
 
 [apply]
 mode = "kernel"
+
+[privacy]
+enabled = false
 """
 """The trusted resolver's `enclave-ike serve` config: the key is made inside the sim enclave when serve starts,
-AUTH is an RFC 7427 ECDSA signature made there, and the Child SAs go into the resolver namespace's XFRM."""
+AUTH is an RFC 7427 ECDSA signature made there, and the Child SAs go into the resolver namespace's XFRM. Privacy
+is off: the lab's report shows the resolver's SAs from its log lines about each client."""
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,14 @@ class IkeClients:
     """netns_tests/harness/ike_clients.py running in the client's namespace, pinning the server's key; its JSON
     lines are read as they come."""
 
-    def __init__(self, world: World, *args: str, null_server: bool = False) -> None:
+    def __init__(self, world: World, *args: str, null_server: bool = False, addresses: tuple[str, str] = (
+            CLIENT, RESOLVER)) -> None:
         # null_server: ask for an ID_NULL resolver (RFC 7619, as coffee-shop clients do): no signature is made
         server = ("--server-id", "%null") if null_server else ("--pin", str(server_pem(world)), "--server-id",
                                                                 RESOLVER_ID)
+        source, resolver = addresses
         argv = ["ip", "netns", "exec", world.client.netns, sys.executable, "-m", "netns_tests.harness.ike_clients",
-                "--server", RESOLVER, "--source", CLIENT, *server, *args]
+                "--server", resolver, "--source", source, *server, *args]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[dict[str, Any]] = []

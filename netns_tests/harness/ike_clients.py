@@ -9,6 +9,8 @@ else deletes its IKE SA. `--concurrency` clients run at a time. One JSON line pe
 
     {"client": 3, "event": "init_answered" | "established" | "failed", "t": <monotonic seconds>, "detail": "..."}
 
+("established" also gives the client's UDP port and its IKE SA's SPIs, "spi": "<SPIi hex>/<SPIr hex>".)
+
 and a last line {"summary": {"established": N, "failed": M}}. The tests read these lines; nothing here asserts.
 """
 
@@ -79,7 +81,9 @@ class Client:
         while (event := initiator.next_event()) is not None:
             if isinstance(event, ChildSaEstablished) and not self.established:
                 self.established = True
-                emit(client=self.number, event="established", t=now)
+                sa = initiator.sa
+                emit(client=self.number, event="established", t=now, port=initiator.local.port,
+                     spi=f"{sa.spi_i.hex()}/{sa.spi_r.hex()}")
                 if self.vanish:
                     return self.finish()
                 initiator.delete(now)
