@@ -1,0 +1,109 @@
+"""Attacks on enclave-ike's privacy promise (docs/enclave-ike.md, "## Privacy"), as pure logic: with privacy on,
+nothing `serve` writes outside the enclave names a client or tells when one came. The host-side attacks (a real
+`serve`, real clients) are netns_tests/test_enclave_ike_privacy_attacks.py. Tests marked xfail (strict) are leaks
+found; the others held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enclave_ike import config as config_module
+from enclave_ike.diagnostics import Diagnostics, PrivacyConfig
+from enclave_ike.enclave import SoftwareEnclave
+from enclave_ike.evidence_endpoint import EvidenceEndpoint, Response, _parse
+from enclave_ike.ikev2.config import Endpoint
+from enclave_ike.server import _Udp
+
+CONFIG = Path("/etc/enclave-ike/enclave-ike.toml")
+LISTEN = {"listen": {"addresses": ["192.0.2.53"]}, "identity": {"backend": "sim", "id": "@resolver.example"}}
+
+
+# --- a careless user's config ---
+
+def test_a_config_without_a_privacy_section_keeps_privacy_on():
+    """The promise is the default's: a config that never mentions [privacy] gets it."""
+    assert config_module.parse(LISTEN, CONFIG).privacy == PrivacyConfig(enabled=True)
+
+
+@pytest.mark.parametrize("privacy", [{"enabled": "false"}, {"enabled": 0}, {"enable": False}, {"ring_lines": 0},
+                                     {"ring_lines": -1}, {"ring_lines": True}])
+def test_a_mistyped_privacy_section_is_refused_not_taken_as_off(privacy):
+    """`enabled = "false"`, `enabled = 0`, a misspelled key, a ring of nothing: a ConfigError (nothing starts), not
+    privacy quietly off or a ring that keeps nothing."""
+    with pytest.raises(config_module.ConfigError, match="privacy"):
+        config_module.parse({**LISTEN, "privacy": privacy}, CONFIG)
+
+
+# --- the evidence endpoint ---
+
+@pytest.mark.xfail(strict=True, reason="urlsplit's ValueError for a target like '//[' is not turned into a 400: "
+                                       "it escapes the endpoint")
+@pytest.mark.parametrize("target", ["//[", "//]", "//[::1/evidence?nonce=00", "//x]/evidence"])
+def test_a_target_the_url_parser_refuses_is_answered_400(target):
+    """Leak (see netns_tests/test_enclave_ike_privacy_attacks.py::
+    test_an_evidence_request_with_an_unparsable_target_writes_nothing): evidence_endpoint._parse calls
+    urllib.parse.urlsplit on the request target unguarded; for a target with an unbalanced "[" or "]" in what
+    urlsplit takes for a netloc it raises ValueError("Invalid IPv6 URL"), which nothing above catches."""
+    request = f"GET {target} HTTP/1.1\r\n\r\n".encode()
+    answer = _parse(request)
+    assert isinstance(answer, Response) and answer.status == 400, answer
+
+
+@pytest.mark.xfail(strict=True, reason="the loop's exception handler writes a traceback to the log at the moment "
+                                       "one client sent a bad request target")
+def test_no_request_makes_the_endpoint_call_the_loops_exception_handler():
+    """The same, end to end in one process: an endpoint on loopback, the privacy ring as its Diagnostics, and a
+    client that sends `GET //[ HTTP/1.1`. asyncio's StreamReaderProtocol hands the ValueError to the loop's
+    exception handler (by default: "Unhandled exception in client_connected_cb" and a traceback to the log, outside
+    the enclave, when that one client came); the client gets no answer."""
+
+    async def attack() -> tuple[list[dict[str, object]], bytes]:
+        loop = asyncio.get_running_loop()
+        handled: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: handled.append(context))
+        endpoint = EvidenceEndpoint(SoftwareEnclave(ec.generate_private_key(ec.SECP256R1())), "@resolver.example",
+                                    [ip_address("127.0.0.1")], 0)
+        endpoint.diagnostics = Diagnostics(logging.getLogger("test.privacy"), PrivacyConfig())
+        await endpoint.start()
+        try:
+            reader, writer = await asyncio.open_connection(*endpoint.bound[0])
+            writer.write(b"GET //[ HTTP/1.1\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 5.0)
+            writer.close()
+            await asyncio.sleep(0.1)
+        finally:
+            await endpoint.stop()
+        return handled, answer
+
+    handled, answer = asyncio.run(attack())
+    assert handled == [] and answer.startswith(b"HTTP/1.1 400 "), (handled, answer)
+
+
+# --- serve -v ---
+
+class _NoServer:
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="with -v, a failed send to a client (or an ICMP error for one) is logged "
+                                       "directly, outside Diagnostics: a line at the moment of that client's exchange")
+def test_a_socket_error_about_one_client_goes_to_the_ring_not_the_log(caplog):
+    """Leak, `serve -v` only: server._Udp.error_received writes `log.debug("%s: %s", self.local, exc)` straight to
+    the log, not through Diagnostics. asyncio calls it when sendto() to a peer fails (EACCES/EPERM for an answer
+    the host's routes or firewall refuse, ENETUNREACH, ...) or when an ICMP error comes back for what was sent: each
+    time in the middle of one client's exchange, so the line (without the address) tells when that client was
+    there, which the promise keeps in the ring. Reproduce: `serve -v` with privacy on, `ip route add prohibit
+    <client>/32` in the resolver's namespace, the client sends IKE_SA_INIT: the log gets
+    "enclave-ike: <local>:500: [Errno 13] Permission denied" then."""
+    caplog.set_level(logging.DEBUG, "enclave_ike")
+    sock = _Udp(_NoServer(), Endpoint(ip_address("192.0.2.53"), 500), natt=False)  # type: ignore[arg-type]
+    sock.error_received(PermissionError(13, "Permission denied"))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("enclave_ike")] == []
