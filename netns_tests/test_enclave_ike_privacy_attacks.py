@@ -214,6 +214,37 @@ def test_a_client_connected_to_the_evidence_endpoint_when_serve_stops_is_not_tol
     assert new_lines(server, before) == [], text[before:]
 
 
+
+@pytest.mark.host  # IKE only (apply.mode none)
+def test_a_flood_of_evidence_connections_past_the_limits_leaves_no_line(world: World,
+                                                                        enclave_ike: Callable[..., procs.Daemon]):
+    """A client opens 80 connections to the evidence endpoint at once (the limit is 64: the rest are closed
+    unanswered), sends nothing on most, asks for evidence on ten at the same moment (two in flight at most: the
+    rest get 503), and lets the silent ones run into the 5 s read timeout. Nothing is written while it does."""
+    server = enclave_ike(extra="")
+    server.wait_for_log(r"evidence endpoint on ", timeout=10.0)
+    before = len(server.log_text())
+    out = in_client(world, textwrap.dedent(f"""
+        import socket, time
+        held = []
+        for _ in range(80):
+            try:
+                held.append(socket.create_connection(("{RESOLVER}", 4501), timeout=10))
+            except OSError:
+                pass
+        for s in held[:10]:
+            s.sendall(b"GET /evidence?nonce=" + b"cd" * 32 + b" HTTP/1.1\\r\\n\\r\\n")
+        answers = [s.recv(100)[:12] for s in held[:10]]
+        time.sleep(6.5)
+        for s in held:
+            s.close()
+        print(len(held), sorted(set(answers)))
+    """))
+    assert "b'HTTP/1.1 200'" in out and "b'HTTP/1.1 503'" in out, out
+    settle(server)
+    assert new_lines(server, before) == [], server.log_text()[before:]
+
+
 # --- hostile datagrams on 500 and 4500 ---
 
 GARBAGE = """
@@ -373,6 +404,27 @@ def test_verbose_serve_says_nothing_when_an_answer_to_a_client_cannot_be_sent(
     assert new_lines(server, before) == [], server.log_text()[before:]
 
 
+
+@pytest.mark.host  # IKE only (apply.mode none)
+def test_a_client_mid_signature_when_serve_stops_is_not_told(world: World, enclave_ike: Callable[..., procs.Daemon]):
+    """A slow enclave (sim_sign_delay_s = 3): a client's IKE_AUTH waits for the signature when the operator stops
+    `serve`. Neither serve nor the sim enclave's child (whose stderr is serve's) writes anything but the server's
+    own stop lines: nothing tells that a client was in the middle of a handshake then."""
+    identity = signing_identity(RESOLVER_ID) + "sim_sign_delay_s = 3\n"
+    with servers(world.resolver, world.workdir) as serve:
+        server = serve(config_text(RESOLVER, identity=identity, workdir=world.workdir, privacy=True,
+                                   extra=NO_EVIDENCE))
+        before = len(server.log_text())
+        clients = IkeClients(world, "--timeout", "10", addresses=(CLIENT, RESOLVER))
+        time.sleep(1.5)  # IKE_SA_INIT answered, IKE_AUTH in, its signature under way
+        server.stop()
+        clients.summary(timeout=30.0)
+        time.sleep(3.0)  # the sim child finishes its signature and finds the channel gone
+    text = server.log_text()
+    assert new_lines(server, before) == [], text[before:]
+    assert found({CLIENT}, text) == set(), text
+
+
 # --- strongSwan's charon: a client with a real IKE ID (an FQDN) ---
 
 charon = charon_tests.charon  # fixtures: charon in the client's namespace, and its key
@@ -385,7 +437,7 @@ def charon_server(world: World, client_key: ec.EllipticCurvePrivateKey) -> Itera
     `peers` says otherwise; `verbose` for `serve -v`."""
     stack: list[contextlib.ExitStack] = []
 
-    def start(*, peers: str | None = None, verbose: bool = False) -> procs.Daemon:
+    def start(*, peers: str | None = None, verbose: bool = False, more: str = "") -> procs.Daemon:
         pem = world.workdir / "client-pub.pem"
         pem.write_bytes(public_pem(client_key))
         if peers is None:
@@ -394,7 +446,7 @@ def charon_server(world: World, client_key: ec.EllipticCurvePrivateKey) -> Itera
         stack.append(exits)
         serve = exits.enter_context(servers(world.resolver, world.workdir, verbose=verbose))
         return serve(config_text(CHARON_RESOLVER, identity=signing_identity(f"@{CHARON_RESOLVER_ID}"),
-                                 workdir=world.workdir, privacy=True, extra=f"{NO_EVIDENCE}\n{peers}"))
+                                 workdir=world.workdir, privacy=True, extra=f"{NO_EVIDENCE}\n{more}\n{peers}"))
 
     yield start
     for exits in reversed(stack):
@@ -433,6 +485,24 @@ def test_charon_with_an_fqdn_id_is_named_only_in_the_operators_dump(
     server.wait_for_log(r"ring \S+Z: IKE SA \S+ deleted", timeout=10.0)
     dump = server.log_text()[server.log_text().index(DUMPED):]
     assert found(known, dump) == known, dump
+
+
+@pytest.mark.host  # IKE only
+def test_charon_sent_back_for_another_ke_group_is_not_named(
+        world: World, charon_server: Callable[..., procs.Daemon], charon: Callable[..., Charon],
+        client_key: ec.EllipticCurvePrivateKey) -> None:
+    """charon's KE is for modp2048, its proposal also offers curve25519, the server's only group: the server
+    answers INVALID_KE_PAYLOAD, charon tries again and comes in. No line at the moment of either, no name."""
+    server = charon_server(more='[suites]\ngroups = ["curve25519"]\n')
+    before = len(server.log_text())
+    client = charon(raw_key_config(world, client_key, proposals="aes256gcm16-prfsha256-modp2048-x25519"))
+    client.initiate(CONN)
+    sa = client.wait_established(CONN)
+    client.wait_for_log(r"peer didn.t accept DH group MODP_2048, it requested CURVE_25519", timeout=5.0)
+    settle(server)
+    text = written_outside(world, server)
+    assert found(charon_known(sa), text) == set(), text
+    assert new_lines(server, before) == [], text[before:]
 
 
 @pytest.mark.host  # IKE only
