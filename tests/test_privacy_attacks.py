@@ -12,14 +12,22 @@ from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_ike import config as config_module
 from enclave_ike.diagnostics import Diagnostics, PrivacyConfig
 from enclave_ike.enclave import SoftwareEnclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, Response, _parse
-from enclave_ike.ikev2.config import Endpoint
-from enclave_ike.server import _Udp
+from enclave_ike.ikev2 import crypto as c
+from enclave_ike.ikev2.config import DnsSelectors, Endpoint, Identity, InitiatorConfig, PeerAuth, ResponderConfig
+from enclave_ike.ikev2.constants import CertEncoding, IdType
+from enclave_ike.ikev2.events import IkeSaEstablished
+from enclave_ike.ikev2.initiator import Initiator, exchange
+from enclave_ike.ikev2.payloads import Certificate, TrafficSelector
+from enclave_ike.ikev2.responder import Responder
+from enclave_ike.server import _Udp, describe
+from fuzz.generators import seeded
 
 CONFIG = Path("/etc/enclave-ike/enclave-ike.toml")
 LISTEN = {"listen": {"addresses": ["192.0.2.53"]}, "identity": {"backend": "sim", "id": "@resolver.example"}}
@@ -107,3 +115,42 @@ def test_a_socket_error_about_one_client_goes_to_the_ring_not_the_log(caplog):
     sock = _Udp(_NoServer(), Endpoint(ip_address("192.0.2.53"), 500), natt=False)  # type: ignore[arg-type]
     sock.error_received(PermissionError(13, "Permission denied"))
     assert [r.getMessage() for r in caplog.records if r.name.startswith("enclave_ike")] == []
+
+
+# --- what a client writes into the dump ---
+
+@pytest.mark.xfail(strict=True, reason="a client's IKE ID is written raw: control characters (a newline) in an "
+                                       "ID_FQDN make lines of their own in the dump, posing as the server's")
+def test_a_clients_id_cannot_make_a_line_of_its_own():
+    """Log injection (integrity of what the operator reads, not a leak by itself): Identity.__str__ returns an
+    ID_FQDN or ID_RFC822_ADDR as its ASCII bytes, control characters included, and server.describe puts it in the
+    "established with" line. An anonymous client (raw key, allowed by default) with the ID
+    "x\\nenclave-ike: privacy: diagnostics ring dumped ...: 0 lines about clients follow" gets, in the operator's
+    SIGUSR1 dump (and in every log with privacy off), a line that is not prefixed "ring <time>Z:" and reads as the
+    server's own: a forged end of the dump, after which the client's following lines look like lines the server
+    wrote outside any dump. A host-side filter that keeps "ring ...Z:" lines in and ships the rest would ship
+    client-chosen text."""
+    forged = "enclave-ike: privacy: diagnostics ring dumped as asked by SIGUSR1 (the operator): 0 lines about " \
+             "clients follow"
+    i_end, r_end = Endpoint(ip_address("10.0.0.1"), 500), Endpoint(ip_address("10.0.0.53"), 500)
+    server_key, client = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    resolver_id = Identity.fqdn("resolver.example")
+    rcfg = ResponderConfig(local_id=resolver_id, dns=DnsSelectors((r_end.address,)),
+                           signer=c.SoftwareSigner(server_key), anonymous=frozenset({PeerAuth.RAW_KEY}))
+    spki = client.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    icfg = InitiatorConfig(tsi=(TrafficSelector(i_end.address, i_end.address),),
+                           tsr=(TrafficSelector(r_end.address, r_end.address, 17),),
+                           local_id=Identity(IdType.ID_FQDN, f"x\n{forged}".encode()),
+                           signer=c.SoftwareSigner(client),
+                           certificates=(Certificate(CertEncoding.RAW_PUBLIC_KEY, spki),),
+                           responder_key=server_key.public_key(), responder_id=resolver_id)
+    ini = Initiator(icfg, local=i_end, peer=r_end, random=seeded(b"i"), now=0.0)
+    resp = Responder(rcfg, local=r_end, random=seeded(b"r"))
+    exchange(ini, resp, 0.0)
+    events = []
+    while (event := resp.next_event()) is not None:
+        events.append(event)
+    (established,) = [e for e in events if isinstance(e, IkeSaEstablished)]
+    line = describe(established)
+    assert "\n" not in line, line
