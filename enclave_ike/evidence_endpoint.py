@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
 from ikecommon.attestation.envelope import Collateral, Envelope, EvidenceKind
@@ -164,6 +164,12 @@ class EvidenceEndpoint:
                 await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
         except (OSError, TimeoutError):
             pass  # the client went away or stalled: nothing to tell it
+        except asyncio.CancelledError:
+            pass  # serve is stopping. Ended quietly: asyncio 3.11 logs a traceback for a cancelled handler task
+        except Exception as exc:  # asyncio's handler would log it, at the moment this client asked
+            if self.diagnostics is not None:
+                self.diagnostics.fail("evidence requests failed")
+            self._client_line(logging.ERROR, "evidence request from %s failed: %r", peer, exc)
         finally:
             self._connections.discard(task)
             writer.close()
@@ -283,8 +289,11 @@ def _parse(head: bytes) -> tuple[str, str, str] | Response:
         name, _, value = header.partition(":")
         if name.strip().lower().encode() in _BODY_HEADERS and value.strip() not in ("", "0"):
             return Response.text(HTTPStatus.BAD_REQUEST, "a request here has no body")
-    split = urlsplit(target)
-    return method, split.path, split.query
+    # Origin-form only (RFC 9112 3.2.1): "/path?query". urlsplit would read "//x" as a host, and raise for "//[".
+    path, _, query = target.partition("?")
+    if path.startswith("//"):
+        return Response.text(HTTPStatus.BAD_REQUEST, "expected a target like /evidence?nonce=HEX")
+    return method, path, query
 
 
 def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint | None:

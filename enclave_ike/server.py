@@ -172,7 +172,10 @@ class _Udp(asyncio.DatagramProtocol):
         self.server.datagram_received(self, data, _endpoint(addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("%s: %s", self.local, exc)  # ICMP errors for what we sent: the peer is gone, IKE will time out
+        # A failed send or an ICMP error for what we sent: about one peer, at the moment of its exchange (the peer is
+        # gone, or unreachable; IKE will time out).
+        self.server.diagnostics.count("answers that could not be sent")
+        self.server.diagnostics.client(logging.DEBUG, "%s: %s", self.local, exc)
 
     def send(self, data: bytes, peer: Endpoint) -> None:
         if self.transport is not None:

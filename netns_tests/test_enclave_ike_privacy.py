@@ -88,7 +88,9 @@ def test_the_operators_dump_is_announced_and_only_then_names_clients(world: Worl
     before = len(server.log_text())
     os.kill(server.pid, signal.SIGUSR1)
     server.wait_for_log(re.escape(DUMPED) + r": (\d+) lines about clients follow", timeout=10.0)
-    server.wait_for_log(r"ring \S+Z: IKE SA \S+ deleted: deleted by the peer", timeout=10.0)
+    # The dump is written line by line: wait for its last handshake's last line before reading it.
+    procs.wait_until(lambda: len(re.findall(r"ring \S+Z: IKE SA \S+ deleted: deleted by the peer",
+                                            server.log_text())) == CLIENTS, 10.0, "the whole dump")
     text = server.log_text()
     assert found(known, text[:before]) == set()
     dump = text[text.index(DUMPED):]

@@ -1,7 +1,7 @@
 """Attacks on enclave-ike's privacy promise (docs/enclave-ike.md, "## Privacy"), as pure logic: with privacy on,
 nothing `serve` writes outside the enclave names a client or tells when one came. The host-side attacks (a real
-`serve`, real clients) are netns_tests/test_enclave_ike_privacy_attacks.py. Tests marked xfail (strict) are leaks
-found; the others held.
+`serve`, real clients) are netns_tests/test_enclave_ike_privacy_attacks.py. Each test whose docstring says "Leak"
+failed when it was written and passes since the fix; the others held from the start.
 """
 
 from __future__ import annotations
@@ -56,8 +56,6 @@ def test_a_mistyped_privacy_section_is_refused_not_taken_as_off(privacy):
 
 # --- the evidence endpoint ---
 
-@pytest.mark.xfail(strict=True, reason="urlsplit's ValueError for a target like '//[' is not turned into a 400: "
-                                       "it escapes the endpoint")
 @pytest.mark.parametrize("target", ["//[", "//]", "//[::1/evidence?nonce=00", "//x]/evidence"])
 def test_a_target_the_url_parser_refuses_is_answered_400(target):
     """Leak (see netns_tests/test_enclave_ike_privacy_attacks.py::
@@ -69,8 +67,6 @@ def test_a_target_the_url_parser_refuses_is_answered_400(target):
     assert isinstance(answer, Response) and answer.status == 400, answer
 
 
-@pytest.mark.xfail(strict=True, reason="the loop's exception handler writes a traceback to the log at the moment "
-                                       "one client sent a bad request target")
 def test_no_request_makes_the_endpoint_call_the_loops_exception_handler():
     """The same, end to end in one process: an endpoint on loopback, the privacy ring as its Diagnostics, and a
     client that sends `GET //[ HTTP/1.1`. asyncio's StreamReaderProtocol hands the ValueError to the loop's
@@ -102,12 +98,13 @@ def test_no_request_makes_the_endpoint_call_the_loops_exception_handler():
 
 # --- serve -v ---
 
-class _NoServer:
-    pass
+class _BareServer:
+    """What _Udp needs of its server: the Diagnostics every line about a peer goes through (privacy on)."""
+
+    def __init__(self) -> None:
+        self.diagnostics = Diagnostics(logging.getLogger("enclave_ike"), PrivacyConfig())
 
 
-@pytest.mark.xfail(strict=True, reason="with -v, a failed send to a client (or an ICMP error for one) is logged "
-                                       "directly, outside Diagnostics: a line at the moment of that client's exchange")
 def test_a_socket_error_about_one_client_goes_to_the_ring_not_the_log(caplog):
     """Leak, `serve -v` only: server._Udp.error_received writes `log.debug("%s: %s", self.local, exc)` straight to
     the log, not through Diagnostics. asyncio calls it when sendto() to a peer fails (EACCES/EPERM for an answer
@@ -117,15 +114,15 @@ def test_a_socket_error_about_one_client_goes_to_the_ring_not_the_log(caplog):
     <client>/32` in the resolver's namespace, the client sends IKE_SA_INIT: the log gets
     "enclave-ike: <local>:500: [Errno 13] Permission denied" then."""
     caplog.set_level(logging.DEBUG, "enclave_ike")
-    sock = _Udp(_NoServer(), Endpoint(ip_address("192.0.2.53"), 500), natt=False)  # type: ignore[arg-type]
+    server = _BareServer()
+    sock = _Udp(server, Endpoint(ip_address("192.0.2.53"), 500), natt=False)  # type: ignore[arg-type]
     sock.error_received(PermissionError(13, "Permission denied"))
     assert [r.getMessage() for r in caplog.records if r.name.startswith("enclave_ike")] == []
+    assert len(server.diagnostics) == 1 and server.diagnostics.counts == {"answers that could not be sent": 1}
 
 
 # --- what a client writes into the dump ---
 
-@pytest.mark.xfail(strict=True, reason="a client's IKE ID is written raw: control characters (a newline) in an "
-                                       "ID_FQDN make lines of their own in the dump, posing as the server's")
 def test_a_clients_id_cannot_make_a_line_of_its_own():
     """Log injection (integrity of what the operator reads, not a leak by itself): Identity.__str__ returns an
     ID_FQDN or ID_RFC822_ADDR as its ASCII bytes, control characters included, and server.describe puts it in the
@@ -180,8 +177,6 @@ def _serial_zero_certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
     return _der(0x30, tbs + bytes.fromhex("300a06082a8648ce3d040302") + _der(0x03, b"\x00" + signature))
 
 
-@pytest.mark.xfail(strict=True, reason="parsing a client's certificate with a serial of 0 emits a "
-                                       "CryptographyDeprecationWarning, which Python writes to stderr (the log)")
 def test_parsing_a_clients_certificate_warns_nothing():
     """Leak (see netns_tests/test_enclave_ike_privacy_attacks.py::
     test_a_client_certificate_with_a_serial_of_zero_writes_nothing): enclave_ike/ikev2/crypto.py presented_key

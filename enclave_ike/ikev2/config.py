@@ -84,13 +84,19 @@ class Identity:
     def __str__(self) -> str:
         if self.id_type == IdType.ID_NULL:
             return "ID_NULL"
-        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR) and self.data.isascii():
+        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR) and _printable(self.data):
             return self.data.decode("ascii")
         if self.id_type == IdType.ID_IPV4_ADDR and len(self.data) == 4:
             return str(IPv4Address(self.data))
         if self.id_type == IdType.ID_IPV6_ADDR and len(self.data) == 16:
             return str(IPv6Address(self.data))
         return f"{self.id_type}:{self.data.hex()}"
+
+
+def _printable(data: bytes) -> bool:
+    """Printable ASCII only: a peer's ID goes into log lines, where a newline or an escape sequence of its choosing
+    would make text that reads as ours."""
+    return all(0x20 <= octet < 0x7F for octet in data)
 
 
 @dataclass(frozen=True)

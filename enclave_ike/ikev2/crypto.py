@@ -970,13 +970,17 @@ def presented_key(encoding: int, data: bytes) -> PresentedKey:
                 from None
         what = "raw public key"
     elif encoding == CertEncoding.X509_SIGNATURE:
-        try:
-            cert = x509.load_der_x509_certificate(data)
-            key = cert.public_key()
-            subject = cert.subject.rfc4514_string()
-        except (ValueError, TypeError, CryptographyUnsupported):
-            raise AuthenticationFailed("CERT: the X.509 certificate does not parse (DER)") from None
-        self_signed = _self_signed(cert)
+        # A peer's certificate may be one cryptography warns about (a serial number of 0): Python would print that
+        # warning outside the enclave, at the moment this peer came.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            try:
+                cert = x509.load_der_x509_certificate(data)
+                key = cert.public_key()
+                subject = cert.subject.rfc4514_string()
+            except (ValueError, TypeError, CryptographyUnsupported):
+                raise AuthenticationFailed("CERT: the X.509 certificate does not parse (DER)") from None
+            self_signed = _self_signed(cert)
         what = "certificate"
     else:
         raise AuthenticationFailed(f"CERT: encoding {encoding} is not accepted here (only X.509 certificate, 4, and "
