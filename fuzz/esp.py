@@ -23,17 +23,13 @@ window moved by a refused packet ...), exits 1 and saves the input as JSON under
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import random
 import sys
-import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,6 +48,7 @@ from enclave_ike.esp import (
 from enclave_ike.ikev2.constants import EncrId, IntegId
 from enclave_ike.ikev2.crypto import GCM_SALT_SIZE, ChildSuite
 
+from . import driver
 from .generators import mutate
 
 NOW = 1000.0
@@ -148,14 +145,6 @@ class Input:
     """How many packets the lane had sealed when the input was drawn (a replay seals as many first)."""
     plaintext: bytes = b""
     """What an authentic forged packet encrypts (trailer included)."""
-
-
-class Failure(Exception):
-    """The run stopped at `item`."""
-
-    def __init__(self, item: Input, reason: str, trace: str) -> None:
-        super().__init__(reason)
-        self.item, self.reason, self.trace = item, reason, trace
 
 
 class Fuzzer:
@@ -298,80 +287,28 @@ def expected_for(plaintext: bytes) -> tuple[bytes, int]:
     return plaintext[:inner_length], next_header
 
 
-def input_rng(seed: int, index: int) -> random.Random:
-    return random.Random(f"{seed}/{index}")  # noqa: S311 - test inputs, not keys
-
-
-def run(inputs: int, seed: int, progress: int, out: Callable[[str], None]) -> tuple[Fuzzer, float]:
-    fuzzer = Fuzzer()
-    start = time.perf_counter()
-    for index in range(inputs):
-        item = fuzzer.draw(input_rng(seed, index))
-        try:
-            fuzzer.apply(item)
-        except Exception as exc:
-            reason = f"input {index} (seed {seed}, {item.kind}, lane {item.lane}): {type(exc).__name__}: {exc}"
-            raise Failure(item, reason, traceback.format_exc()) from exc
-        done = index + 1
-        if progress and done % progress == 0:
-            elapsed = time.perf_counter() - start
-            out(f"{done:>9} inputs  {elapsed:8.1f} s  {done / elapsed:6.0f}/s  "
-                f"refused {sum(fuzzer.typed.values())}  accepted {fuzzer.stats['accepted']}  failures 0")
-    return fuzzer, time.perf_counter() - start
-
-
-def save(item: Input, reason: str, trace: str, directory: Path, seed: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"esp-seed{seed}-{int(time.time())}.json"
-    record = {"kind": item.kind, "lane": item.lane, "sealed_upto": item.sealed_upto, "data": item.data.hex(),
-              "plaintext": item.plaintext.hex(), "reason": reason, "traceback": trace}
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
-
-
-def replay(path: Path) -> int:
-    record = json.loads(path.read_text())
-    item = Input(record["kind"], bytes.fromhex(record["data"]), record["lane"], record["sealed_upto"],
+def _load(record: dict[str, Any]) -> Input:
+    """A saved input back (`--replay`): the fields `TARGET.to_json` wrote."""
+    return Input(record["kind"], bytes.fromhex(record["data"]), record["lane"], record["sealed_upto"],
                  bytes.fromhex(record["plaintext"]))
-    fuzzer = Fuzzer()
-    try:
-        fuzzer.apply(item)
-    except Exception as exc:
-        print(traceback.format_exc(), file=sys.stderr, end="")
-        print(f"{path}: {item.kind} fails again: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(f"{path}: {item.kind} passed on a freshly built world; {dict(fuzzer.stats)}; refused {dict(fuzzer.typed)}")
-    return 0
+
+
+TARGET: driver.Target[Input, Fuzzer] = driver.Target(
+    name="esp",
+    description=__doc__.split("\n\n")[0],
+    fuzzer=Fuzzer,
+    describe=lambda item: f"{item.kind}, lane {item.lane}",
+    to_json=lambda item: {"kind": item.kind, "lane": item.lane, "sealed_upto": item.sealed_upto,
+                          "data": item.data.hex(), "plaintext": item.plaintext.hex()},
+    from_json=_load,
+    progress=lambda fuzzer: f"refused {sum(fuzzer.typed.values())}  accepted {fuzzer.stats['accepted']}",
+    totals=lambda fuzzer: f"accepted {fuzzer.stats['accepted']}, refused {sum(fuzzer.typed.values())}",
+    typed=("refused by reason", "refused"),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuzz.esp", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", type=int, default=100_000, help="how many inputs (default 100000)")
-    parser.add_argument("--seed", type=int, default=1, help="the run's seed (default 1)")
-    parser.add_argument("--progress", type=int, default=100_000, help="print progress every N inputs (0: never)")
-    parser.add_argument("--crash-dir", type=Path, default=Path("fuzz/crashes"),
-                        help="where a failing input is saved (default fuzz/crashes)")
-    parser.add_argument("--replay", type=Path, help="run one saved input against a freshly built world")
-    args = parser.parse_args(argv)
-    if args.inputs < 0 or args.progress < 0:
-        parser.error("--inputs and --progress must not be negative")
-    if args.replay is not None:
-        return replay(args.replay)
-    try:
-        fuzzer, elapsed = run(args.inputs, args.seed, args.progress, print)
-    except Failure as failure:
-        path = save(failure.item, failure.reason, failure.trace, args.crash_dir, args.seed)
-        print(failure.trace, file=sys.stderr, end="")
-        print(f"fuzz esp: FAILED at {failure.reason}; input saved to {path}", file=sys.stderr)
-        return 1
-    rate = args.inputs / elapsed if elapsed else 0.0
-    print(f"fuzz esp: {args.inputs} inputs in {elapsed:.1f} s ({rate:.0f}/s), seed {args.seed}: accepted "
-          f"{fuzzer.stats['accepted']}, refused {sum(fuzzer.typed.values())}; other exceptions 0; "
-          f"property violations 0")
-    for title, counter in (("inputs", fuzzer.kinds), ("refused by reason", fuzzer.typed),
-                           ("outcomes", fuzzer.stats)):
-        print(f"  {title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counter.items())))
-    return 0
+    return driver.main(TARGET, argv)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,18 @@ is the summary: count, time, rate, and what the inputs met.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import sys
-import time
-import traceback
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from enclave_ike.errors import EnclaveIkeError
 from enclave_ike.ikev2 import crypto as c
 from enclave_ike.ikev2.constants import EncrId, ExchangeType, HeaderFlag, IntegId, PrfId
 from enclave_ike.ikev2.payloads import IkeHeader, Nonce, Payload, encode_payloads
 
+from . import driver
 from .generators import (
     SOURCES,
     Insider,
@@ -77,14 +73,6 @@ class Input:
     exchange: int = 0
     payloads: tuple[Payload, ...] | None = field(default=None, repr=False)
     """The insider's payloads as generated (`data` holds their encoding, when they have one)."""
-
-
-class Failure(Exception):
-    """The run stopped at `item`."""
-
-    def __init__(self, item: Input, reason: str, trace: str) -> None:
-        super().__init__(reason)
-        self.item, self.reason, self.trace = item, reason, trace
 
 
 class Fuzzer:
@@ -213,83 +201,37 @@ class Fuzzer:
         raise ValueError(f"no target {name!r}")
 
 
-def input_rng(seed: int, index: int) -> random.Random:
-    return random.Random(f"{seed}/{index}")  # noqa: S311 - test inputs, not keys
-
-
-def run(inputs: int, seed: int, progress: int, out: Callable[[str], None]) -> tuple[Fuzzer, float]:
-    fuzzer = Fuzzer()
-    start = time.perf_counter()
-    for index in range(inputs):
-        item = fuzzer.draw(input_rng(seed, index))
-        try:
-            fuzzer.apply(item)
-        except Exception as exc:
-            reason = f"input {index} (seed {seed}, {item.kind}): {type(exc).__name__}: {exc}"
-            raise Failure(item, reason, traceback.format_exc()) from exc
-        done = index + 1
-        if progress and done % progress == 0:
-            elapsed = time.perf_counter() - start
-            out(f"{done:>9} inputs  {elapsed:8.1f} s  {done / elapsed:6.0f}/s  "
-                f"typed errors {sum(fuzzer.typed.values())}  failures 0")
-    return fuzzer, time.perf_counter() - start
-
-
-def save(item: Input, reason: str, trace: str, directory: Path, seed: int) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"ikev2-seed{seed}-{int(time.time())}.json"
-    record = {"kind": item.kind, "target": item.target, "source": item.source, "first_payload": item.first_payload,
-              "exchange": item.exchange, "data": item.data.hex(), "reason": reason, "traceback": trace}
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
-
-
-def replay(path: Path) -> int:
-    record = json.loads(path.read_text())
-    item = Input(record["kind"], bytes.fromhex(record["data"]), record["target"], record["source"],
+def _load(record: dict[str, Any]) -> Input:
+    """A saved input back (`--replay`): the fields `TARGET.to_json` wrote."""
+    return Input(record["kind"], bytes.fromhex(record["data"]), record["target"], record["source"],
                  record["first_payload"], record["exchange"])
-    fuzzer = Fuzzer()
-    try:
-        fuzzer.apply(item)
-    except Exception as exc:
-        print(traceback.format_exc(), file=sys.stderr, end="")
-        print(f"{path}: {item.kind} fails again: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(f"{path}: {item.kind} passed on a freshly built world; {dict(fuzzer.stats)}; typed {dict(fuzzer.typed)}")
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuzz.ikev2", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", type=int, default=100_000, help="how many inputs (default 100000)")
-    parser.add_argument("--seed", type=int, default=1, help="the run's seed (default 1)")
-    parser.add_argument("--progress", type=int, default=100_000, help="print progress every N inputs (0: never)")
-    parser.add_argument("--crash-dir", type=Path, default=Path("fuzz/crashes"),
-                        help="where a failing input is saved (default fuzz/crashes)")
-    parser.add_argument("--replay", type=Path, help="run one saved input against a freshly built world")
-    args = parser.parse_args(argv)
-    if args.inputs < 0 or args.progress < 0:
-        parser.error("--inputs and --progress must not be negative")
-    if args.replay is not None:
-        return replay(args.replay)
-    try:
-        fuzzer, elapsed = run(args.inputs, args.seed, args.progress, print)
-    except Failure as failure:
-        path = save(failure.item, failure.reason, failure.trace, args.crash_dir, args.seed)
-        print(failure.trace, file=sys.stderr, end="")
-        print(f"fuzz ikev2: FAILED at {failure.reason}; input saved to {path}", file=sys.stderr)
-        return 1
+def _totals(fuzzer: Fuzzer) -> str:
     kinds = fuzzer.kinds
     decoder = sum(v for k, v in kinds.items() if k.startswith(("decode", "decrypt", "signature")))
     state = sum(v for k, v in kinds.items() if k.startswith("state-"))
     insider = sum(v for k, v in kinds.items() if k.startswith("insider"))
-    rate = args.inputs / elapsed if elapsed else 0.0
-    print(f"fuzz ikev2: {args.inputs} inputs in {elapsed:.1f} s ({rate:.0f}/s), seed {args.seed}: decoder {decoder}, "
-          f"state machine {state}, insider {insider}; typed errors {sum(fuzzer.typed.values())}; other exceptions 0; "
-          f"property violations 0")
-    for title, counter in (("inputs", kinds), ("typed errors", fuzzer.typed), ("outcomes", fuzzer.stats)):
-        print(f"  {title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counter.items())))
-    return 0
+    return (f"decoder {decoder}, state machine {state}, insider {insider}; "
+            f"typed errors {sum(fuzzer.typed.values())}")
+
+
+TARGET: driver.Target[Input, Fuzzer] = driver.Target(
+    name="ikev2",
+    description=__doc__.split("\n\n")[0],
+    fuzzer=Fuzzer,
+    describe=lambda item: item.kind,
+    to_json=lambda item: {"kind": item.kind, "target": item.target, "source": item.source,
+                          "first_payload": item.first_payload, "exchange": item.exchange, "data": item.data.hex()},
+    from_json=_load,
+    progress=lambda fuzzer: f"typed errors {sum(fuzzer.typed.values())}",
+    totals=_totals,
+    typed=("typed errors", "typed"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return driver.main(TARGET, argv)
 
 
 if __name__ == "__main__":
