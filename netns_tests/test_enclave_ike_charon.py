@@ -151,6 +151,15 @@ def raw_key_config(world: World, client_key: ec.EllipticCurvePrivateKey, *, prop
     return CharonConfig(connections, files, kernel_sas=kernel_sas, charon_options=charon_options or {})
 
 
+def wrong_pin_config(world: World, client_key: ec.EllipticCurvePrivateKey) -> CharonConfig:
+    """`raw_key_config` with another key pinned for the server, so charon refuses the server's AUTH."""
+    config = raw_key_config(world, client_key)
+    wrong = ec.generate_private_key(ec.SECP256R1()).public_key()
+    files = {**config.files, "pubkey/resolver.pem": wrong.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
+    return CharonConfig(config.connections, files, config.kernel_sas)
+
+
 SERVER_ESTABLISHED = (rf"IKE SA (\S+) established with {CLIENT_RE}:\d+ \(peer {CLIENT_ID}, "
                       rf"signature auth, pinned key sha256 [0-9a-f]{{64}}; we are {RESOLVER_ID}\); (\S+)")
 
@@ -247,11 +256,7 @@ def test_charon_refuses_enclave_ike_under_the_wrong_pin(world: World, enclave_ik
     established when its IKE_AUTH response left; it deletes both. Within 1 s of charon's report neither side
     holds an SA."""
     server = enclave_ike()
-    config = raw_key_config(world, client_key)
-    wrong = ec.generate_private_key(ec.SECP256R1()).public_key()
-    files = {**config.files, "pubkey/resolver.pem": wrong.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
-    client = charon(CharonConfig(config.connections, files, config.kernel_sas))
+    client = charon(wrong_pin_config(world, client_key))
     out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
     assert "initiate failed" in out, out
     client.wait_for_log(r"signature validation failed", timeout=5.0)

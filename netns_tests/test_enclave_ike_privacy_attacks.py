@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from netns_tests import test_enclave_ike_charon as charon_tests
@@ -40,7 +39,14 @@ from netns_tests.harness.topology import Topology
 from netns_tests.harness.unbound import Unbound
 from netns_tests.scenarios.resolver_world import World, build_world
 from netns_tests.test_enclave_ike_charon import CLIENT as CHARON_CLIENT
-from netns_tests.test_enclave_ike_charon import CLIENT_ID, CONN, certificate_config, public_pem, raw_key_config
+from netns_tests.test_enclave_ike_charon import (
+    CLIENT_ID,
+    CONN,
+    certificate_config,
+    public_pem,
+    raw_key_config,
+    wrong_pin_config,
+)
 from netns_tests.test_enclave_ike_charon import RESOLVER as CHARON_RESOLVER
 from netns_tests.test_enclave_ike_charon import RESOLVER_ID as CHARON_RESOLVER_ID
 from netns_tests.test_enclave_ike_lifecycle import IkeClients
@@ -517,12 +523,29 @@ def charon_server(world: World, client_key: ec.EllipticCurvePrivateKey) -> Itera
         exits.close()
 
 
+AUTHENTICATION_FAILED = r"received AUTHENTICATION_FAILED notify error"  # what a refused charon logs
+
+
 def charon_known(sa: dict[str, Any] | None = None) -> set[str]:
     """What names charon's client: its address, its ID, and the SPIs of its IKE SA when it had one."""
     known = {CHARON_CLIENT, CLIENT_ID}
     if sa is not None:
         known |= {sa["initiator-spi"], sa["responder-spi"]}
     return known
+
+
+def refused_unnamed(world: World, server: procs.Daemon, charon: Callable[..., Charon], config: CharonConfig,
+                    refusal: str) -> None:
+    """charon with `config` fails to come in (it logs `refusal`): the server wrote no line then and names nobody."""
+    before = len(server.log_text())
+    client = charon(config)
+    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
+    assert "initiate failed" in out, out
+    client.wait_for_log(refusal, timeout=5.0)
+    settle(server)
+    text = written_outside(world, server)
+    assert found(charon_known(), text) == set(), text
+    assert new_lines(server, before) == [], text[before:]
 
 
 @pytest.mark.host  # IKE only: apply.mode none, charon's Child SA in userspace
@@ -576,16 +599,8 @@ def test_charon_refused_for_a_signature_by_another_key_is_not_named(
     """A hostile charon claims the pinned ID @client.charon.example but signs with another key: its AUTH fails
     (AUTHENTICATION_FAILED). The refusal is not written at the moment it happens and names nobody."""
     server = charon_server()
-    before = len(server.log_text())
     impostor = ec.generate_private_key(ec.SECP256R1())
-    client = charon(raw_key_config(world, impostor))
-    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
-    assert "initiate failed" in out, out
-    client.wait_for_log(r"received AUTHENTICATION_FAILED notify error", timeout=5.0)
-    settle(server)
-    text = written_outside(world, server)
-    assert found(charon_known(), text) == set(), text
-    assert new_lines(server, before) == [], text[before:]
+    refused_unnamed(world, server, charon, raw_key_config(world, impostor), AUTHENTICATION_FAILED)
 
 
 @pytest.mark.host  # IKE only
@@ -598,15 +613,7 @@ def test_an_unpinned_charon_refused_by_a_private_resolver_is_not_named(
     other.write_bytes(public_pem(ec.generate_private_key(ec.SECP256R1())))
     server = charon_server(peers=f'[peers]\nanonymous = []\n\n[[peers.pinned]]\nid = "@other.charon.example"\n'
                                  f'pubkey_file = "{other}"\n')
-    before = len(server.log_text())
-    client = charon(certificate_config(world, client_key))
-    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
-    assert "initiate failed" in out, out
-    client.wait_for_log(r"received AUTHENTICATION_FAILED notify error", timeout=5.0)
-    settle(server)
-    text = written_outside(world, server)
-    assert found(charon_known(), text) == set(), text
-    assert new_lines(server, before) == [], text[before:]
+    refused_unnamed(world, server, charon, certificate_config(world, client_key), AUTHENTICATION_FAILED)
 
 
 @pytest.mark.host  # IKE only
@@ -616,16 +623,5 @@ def test_charon_refusing_the_servers_key_is_not_named(
     """charon pins another server key: it reports AUTHENTICATION_FAILED in an INFORMATIONAL request and the server
     deletes what it had established. Nothing is written then, nobody is named."""
     server = charon_server()
-    before = len(server.log_text())
-    config = raw_key_config(world, client_key)
-    wrong = ec.generate_private_key(ec.SECP256R1()).public_key()
-    files = {**config.files, "pubkey/resolver.pem": wrong.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)}
-    client = charon(CharonConfig(config.connections, files, config.kernel_sas))
-    out = client.swanctl("--initiate", "--child", CONN, "--timeout", "10", check=False)
-    assert "initiate failed" in out, out
-    client.wait_for_log(r"generating INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]", timeout=5.0)
-    settle(server)
-    text = written_outside(world, server)
-    assert found(charon_known(), text) == set(), text
-    assert new_lines(server, before) == [], text[before:]
+    refused_unnamed(world, server, charon, wrong_pin_config(world, client_key),
+                    r"generating INFORMATIONAL request \d+ \[ N\(AUTH_FAILED\) \]")
