@@ -113,6 +113,13 @@ def test_sim_signs_with_its_key(sim: SimEnclave) -> None:
         verify_ecdsa(sim, b"other", sim.signer().sign(b"octets", sim.signer().algorithm))
 
 
+def test_sim_enclave_outlives_the_operators_sigusr1(sim: SimEnclave) -> None:
+    """`systemctl kill -s USR1 enclave-ike` (serve's ring dump) reaches the sim enclave's process too."""
+    os.kill(sim.pid, signal.SIGUSR1)
+    time.sleep(0.2)
+    verify_ecdsa(sim, b"IKE_AUTH octets", sim.signer().sign(b"IKE_AUTH octets", sim.signer().algorithm))
+
+
 def test_sim_signs_under_the_hash_it_is_asked_for(sim: SimEnclave) -> None:
     """RFC 7427: the hash is the peer's choice; the child signs under the one named in the SIGN request."""
     signer = sim.signer()
