@@ -258,16 +258,20 @@ def test_interface_down_and_up_never_leaks_and_dns_comes_back(site: Trusted):
 def test_sa_rekeys_under_load_keep_dns_answered_inside_esp(site: Trusted):
     site.configure(DNS4, extra="[ipsec]\nsa_lifetime_s = 30\n")  # rekeyed every 20 s
     site.up()
-    spis: set[int] = set()
-    answers = []
+    answers, seen = [], []  # each query's answer, and the outbound SAs in the kernel right after it
     deadline = time.monotonic() + 50
     while time.monotonic() < deadline:
         answers.append(site.query(DNS4, timeout=3, retry_every=0.5))
         with XfrmClient(site.client.netns) as xfrm:
-            spis |= {sa.spi for sa in xfrm.sas() if str(sa.dst) == DNS4 and not sa.larval}
-    assert len(spis) >= 3, spis  # the first Child SA and at least two rekeys
+            seen.append({sa.spi for sa in xfrm.sas() if str(sa.dst) == DNS4 and not sa.larval})
+    generations = list(dict.fromkeys(spi for spis in seen for spi in sorted(spis)))  # by first sight
+    assert len(generations) >= 3, generations  # the first Child SA and at least two rekeys
     unanswered = [a for a in answers if not a.answered]
-    assert not unanswered and len(answers) >= 100, (len(answers), unanswered)
+    assert not unanswered, (len(answers), unanswered)
+    # The load went on across the rekeys: queries while each SA but the newest was in (counted, not timed: how many
+    # fit in 50 s depends on how busy the host running the guest is: 88 in one CI run, 100 and more in others).
+    while_in = {spi: sum(spi in spis for spis in seen) for spi in generations[:-1]}
+    assert all(count >= 5 for count in while_in.values()), while_in
     no_plaintext(site)
 
 
