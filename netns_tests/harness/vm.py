@@ -49,7 +49,7 @@ class VmSpec:
 
     @classmethod
     def default(cls, cpus: int = 2) -> VmSpec:
-        timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "3600"))
+        timeout = float(os.environ.get("IKECTL_VM_TIMEOUT", "4800"))  # under CI's 90 minutes, with room for a slow host
         return cls(kernel=find_debian_kernel(), cpus=int(os.environ.get("IKECTL_VM_CPUS", cpus)), timeout=timeout)
 
 
