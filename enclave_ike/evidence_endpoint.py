@@ -46,7 +46,7 @@ from ikecommon.evidence_client import CMW_JSON, IDENTITY_VERSION, EndpointError,
 from . import collateral as co
 from .collateral_store import ServedCollateral, intel_root
 from .config import DEFAULT_EVIDENCE_PORT, ServeConfig
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, PrivacyConfig
 from .enclave.attest import attest
 from .enclave.base import Enclave
 from .enclave.errors import NonceError
@@ -116,14 +116,8 @@ class EvidenceEndpoint:
         self._connections: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self.bound: list[tuple[str, int]] = []  # (address, port) actually bound (port 0 picks one)
-        # Lines naming a client: the server's Diagnostics (privacy) once it has one, else the log.
-        self.diagnostics: Diagnostics | None = None
-
-    def _client_line(self, level: int, message: str, *args: object) -> None:
-        if self.diagnostics is not None:
-            self.diagnostics.client(level, message, *args)
-        else:
-            log.log(level, message, *args)
+        # Lines naming a client: to the log until the server hands over its own Diagnostics (and its privacy).
+        self.diagnostics = Diagnostics(log, PrivacyConfig(enabled=False))
 
     async def start(self) -> None:
         for address in self.addresses:
@@ -167,9 +161,8 @@ class EvidenceEndpoint:
         except asyncio.CancelledError:
             pass  # serve is stopping. Ended quietly: asyncio 3.11 logs a traceback for a cancelled handler task
         except Exception as exc:  # asyncio's handler would log it, at the moment this client asked
-            if self.diagnostics is not None:
-                self.diagnostics.fail("evidence requests failed")
-            self._client_line(logging.ERROR, "evidence request from %s failed: %r", peer, exc)
+            self.diagnostics.fail("evidence requests failed")
+            self.diagnostics.client(logging.ERROR, "evidence request from %s failed: %r", peer, exc)
         finally:
             self._connections.discard(task)
             writer.close()
@@ -218,11 +211,11 @@ class EvidenceEndpoint:
             envelope = await asyncio.to_thread(self._envelope, nonce)
             body = envelope.encode()
         except (EnclaveIkeError, OSError) as exc:  # an OSError here is the server's, not the client going away
-            self._client_line(logging.ERROR, "evidence for %s: %s", peer, exc)
+            self.diagnostics.client(logging.ERROR, "evidence for %s: %s", peer, exc)
             return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"no evidence: {exc}")
         finally:
             self._in_flight -= 1
-        self._client_line(logging.DEBUG, "evidence for %s, nonce %s", peer, nonce.hex())
+        self.diagnostics.client(logging.DEBUG, "evidence for %s, nonce %s", peer, nonce.hex())
         return Response(HTTPStatus.OK, body, CMW_JSON)
 
     def _envelope(self, nonce: bytes) -> Envelope:
