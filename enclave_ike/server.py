@@ -197,10 +197,10 @@ class _Send:
 
 class Server:
     def __init__(self, config: ServeConfig, responder: Responder, applier: Applier,
-                 evidence: EvidenceEndpoint | None = None, diagnostics: Diagnostics | None = None) -> None:
+                 evidence: EvidenceEndpoint | None = None) -> None:
         self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
         # Every line that names a client goes through here: to the log, or with privacy on to the enclave's ring.
-        self.diagnostics = diagnostics or Diagnostics(log, config.privacy)
+        self.diagnostics = Diagnostics(log, config.privacy)
         if evidence is not None:
             evidence.diagnostics = self.diagnostics
         self.table = ChildSaTable()
