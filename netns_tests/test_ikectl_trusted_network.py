@@ -268,10 +268,11 @@ def test_sa_rekeys_under_load_keep_dns_answered_inside_esp(site: Trusted):
     assert len(generations) >= 3, generations  # the first Child SA and at least two rekeys
     unanswered = [a for a in answers if not a.answered]
     assert not unanswered, (len(answers), unanswered)
-    # The load went on across the rekeys: queries while each SA but the newest was in (counted, not timed: how many
-    # fit in 50 s depends on how busy the host running the guest is: 88 in one CI run, 100 and more in others).
-    while_in = {spi: sum(spi in spis for spis in seen) for spi in generations[:-1]}
-    assert all(count >= 5 for count in while_in.values()), while_in
+    # The load went on across the rekeys: at least three SAs each carried 5 queries or more (counted, not timed: how
+    # many fit in 50 s depends on how busy the host running the guest is). Not every SA: one made by a rekey
+    # collision (both ends rekeying at once) may be deleted after a query or two, as RFC 7296 2.8.1 has it.
+    while_in = {spi: sum(spi in spis for spis in seen) for spi in generations}
+    assert sum(count >= 5 for count in while_in.values()) >= 3, f"queries while each SA was in: {while_in}"
     no_plaintext(site)
 
 
