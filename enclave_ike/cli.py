@@ -1,6 +1,7 @@
 """The `enclave-ike` command line. Exit codes: 0 success, 1 operation failed, 2 bad usage or config.
 
     enclave-ike serve --config FILE [-v]
+    enclave-ike forward --listen ADDRESS... --enclave SOCKET [--ike-port 500] [--natt-port 4500]
     enclave-ike identity [--config FILE] --format libreswan|pem|json
     enclave-ike evidence --nonce HEX [--config FILE]
     enclave-ike collateral import DIR | fetch ... | show | fmspc    (collateral_cli.py: Intel's TDX collateral)
@@ -21,14 +22,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 
 from ikecommon import evidence_client
 from ikecommon.attestation.envelope import Envelope
 
-from . import __version__, collateral_cli, evidence_endpoint, server
+from . import __version__, collateral_cli, evidence_endpoint, forwarder, server
 from . import config as config_module
 from .errors import EnclaveIkeError
+from .ikev2.payloads import Address
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                        help=f"TOML config file (default {config_module.DEFAULT_PATH})")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every datagram-level decision too")
+    forward = commands.add_parser("forward", help="relay UDP 500/4500 between the network and an enclave (run it "
+                                                  "outside the enclave: it holds no key)")
+    forward.add_argument("--listen", required=True, nargs="+", type=_address, metavar="ADDRESS",
+                         help="the host addresses clients reach (the enclave's listen.addresses)")
+    forward.add_argument("--enclave", required=True, metavar="SOCKET",
+                         help="the Unix socket `enclave-ike serve` listens on (its listen.relay)")
+    forward.add_argument("--ike-port", type=_port, default=500, metavar="PORT")
+    forward.add_argument("--natt-port", type=_port, default=4500, metavar="PORT")
     identity = commands.add_parser("identity", help="print the running server's public identity")
     identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                           help="the running server's config (where it published its identity)")
@@ -65,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     run: dict[str, Callable[[], int]] = {
         "serve": lambda: _serve(args.config, args.verbose),
+        "forward": lambda: _forward(args.listen, (args.ike_port, args.natt_port), args.enclave),
         "evidence": lambda: _evidence(args.config, args.nonce),
         "identity": lambda: _identity(args.config, args.format),
         "collateral": lambda: collateral_cli.run(args),
@@ -84,6 +96,27 @@ def _serve(path: Path, verbose: bool) -> int:
                         format="enclave-ike: %(message)s")
     asyncio.run(server.serve(config))
     return EXIT_OK
+
+
+def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str) -> int:
+    if ports[0] == ports[1]:
+        raise config_module.ConfigError(f"--natt-port {ports[1]}: must differ from --ike-port")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="enclave-ike forward: %(message)s")
+    asyncio.run(forwarder.forward(addresses, ports, enclave))
+    return EXIT_OK
+
+
+def _address(text: str) -> Address:
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UDP port (1-65535)")
+    return int(text)
 
 
 def _identity(path: Path, output: str) -> int:

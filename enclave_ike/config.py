@@ -3,7 +3,9 @@
     [listen]
     addresses = ["10.77.4.53"]          # required: where IKE is answered (one socket pair per address)
     ike_port = 500                      # IKE
-    natt_port = 4500                    # IKE behind NAT, with the non-ESP marker (RFC 3948)
+    natt_port = 4500                    # IKE behind NAT, with the non-ESP marker (RFC 3948), and ESP in UDP
+    relay = "/run/enclave-ike/relay.sock"   # optional: take the datagrams of `enclave-ike forward` (outside the
+                                        # enclave) on this Unix socket instead of binding UDP sockets
 
     [dns]
     addresses = ["10.77.4.53"]          # what the Child SAs protect (udp/53, tcp/53); default: listen.addresses
@@ -40,7 +42,11 @@
     esn = false                         # ikecommon.xfrm installs SAs without ESN
 
     [apply]
-    mode = "kernel"                     # kernel: Child SAs into this namespace's XFRM | none: log them only
+    mode = "kernel"                     # kernel: Child SAs into this namespace's XFRM | userspace: ESP ends in
+                                        # enclave-ike (UDP 4500, RFC 3948), DNS goes on to `resolver` | none: log
+    resolver = "127.0.0.1:53"           # userspace: the resolver inside the enclave (udp), "address:port"
+    query_timeout_s = 5                 # userspace: how long an answer is awaited
+    max_queries_in_flight = 1024        # userspace: queries awaiting the resolver at once; past it, dropped
 
     [limits]
     cookie_threshold = 64               # half-open IKE SAs before COOKIEs are demanded
@@ -128,6 +134,7 @@ class Auth(enum.Enum):
 
 class ApplyMode(enum.Enum):
     KERNEL = "kernel"
+    USERSPACE = "userspace"
     NONE = "none"
 
 
@@ -162,6 +169,16 @@ class Listen:
     addresses: tuple[Address, ...]
     ike_port: int = 500
     natt_port: int = 4500
+    relay: Path | None = None  # the forwarder's Unix socket, instead of UDP sockets
+
+
+@dataclass(frozen=True)
+class Userspace:
+    """apply.mode = "userspace": where decrypted DNS goes, and how much of it may wait."""
+
+    resolver: ike.Endpoint = field(default_factory=lambda: ike.Endpoint(IPv4Address("127.0.0.1"), 53))
+    query_timeout_s: float = 5.0
+    max_queries_in_flight: int = 1024
 
 
 @dataclass(frozen=True)
@@ -231,6 +248,7 @@ class ServeConfig:
     timers: ike.Timers = field(default_factory=lambda: ike.Timers(liveness=DEFAULT_LIVENESS_S))
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    userspace: Userspace = field(default_factory=Userspace)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
         try:
@@ -385,17 +403,42 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     anonymous, pinned = _peers(tables["peers"])
     suites = _suites(tables["suites"])
     apply = tables["apply"].enum("mode", ApplyMode, ApplyMode.KERNEL)
+    userspace = _userspace(tables["apply"])
     limits, timers = _limits(tables["limits"])
-    if apply is ApplyMode.KERNEL and suites.esn:
-        raise tables["suites"].error("esn", "true needs ESN SAs, which apply.mode = \"kernel\" cannot install")
+    if apply is not ApplyMode.NONE and suites.esn:
+        raise tables["suites"].error("esn", f"true needs ESN SAs, which apply.mode = \"{apply.value}\" cannot "
+                                            "install")
+    if listen.relay is not None and apply is ApplyMode.KERNEL:
+        raise tables["listen"].error("relay", "the forwarder relays UDP only: ESP must end in enclave-ike "
+                                              "(apply.mode = \"userspace\"), not in a kernel that never sees it")
     evidence = _evidence(tables["evidence"])
     privacy = _privacy(tables["privacy"])
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
-                         limits, timers, evidence, privacy)
+                         limits, timers, evidence, privacy, userspace)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
+
+
+MAX_QUERIES_IN_FLIGHT = 1_000_000
+
+
+def _userspace(table: _Table) -> Userspace:
+    defaults = Userspace()
+    text = table.get("resolver", str, f"{defaults.resolver.address}:{defaults.resolver.port}")
+    host, _, port = text.rpartition(":")
+    try:
+        resolver = ike.Endpoint.parse(host.strip("[]"), int(port))
+    except (ValueError, PolicyError):
+        raise table.error("resolver", f"{text!r} is not \"address:port\" (\"[v6 address]:port\" for IPv6)") from None
+    if resolver.port == 0:
+        raise table.error("resolver", f"{text!r}: port 0")
+    in_flight = table.get("max_queries_in_flight", int, defaults.max_queries_in_flight)
+    if not 1 <= in_flight <= MAX_QUERIES_IN_FLIGHT:
+        raise table.error("max_queries_in_flight", f"{in_flight} is not between 1 and {MAX_QUERIES_IN_FLIGHT}")
+    return Userspace(resolver, table.seconds("query_timeout_s", defaults.query_timeout_s, zero_allowed=False),
+                     in_flight)
 
 
 def _privacy(table: _Table) -> PrivacyConfig:
@@ -520,7 +563,12 @@ def _listen(table: _Table) -> Listen:
     ike_port, natt_port = table.port("ike_port", 500), table.port("natt_port", 4500)
     if ike_port == natt_port:
         raise table.error("natt_port", f"must differ from listen.ike_port ({ike_port})")
-    return Listen(addresses, ike_port, natt_port)
+    relay = None
+    if "relay" in table.data:
+        relay = Path(table.get("relay", str))
+        if not relay.is_absolute():
+            raise table.error("relay", f"{str(relay)!r} must be an absolute path")
+    return Listen(addresses, ike_port, natt_port, relay)
 
 
 def _identity(table: _Table) -> IdentityConfig:

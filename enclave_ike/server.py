@@ -38,11 +38,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ikecommon import keys
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
 
+from . import upstream
 from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier, Operation
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
+from .datapath import DnsQuery, EspDatapath
 from .diagnostics import Diagnostics
 from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
+from .esp import EspError
 from .evidence_endpoint import EvidenceEndpoint, for_config
 from .ikev2.config import Endpoint
 from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
@@ -63,6 +66,8 @@ from .ikev2.events import (
 from .ikev2.payloads import TrafficSelector
 from .ikev2.responder import Responder
 from .ikev2.state import State
+from .relay import Relayed
+from .relay_server import Relay
 
 log = logging.getLogger("enclave_ike")
 
@@ -178,8 +183,29 @@ class _Udp(asyncio.DatagramProtocol):
         self.server.diagnostics.client(logging.DEBUG, "%s: %s", self.local, exc)
 
     def send(self, data: bytes, peer: Endpoint) -> None:
+        """An IKE message (behind the non-ESP marker on port 4500)."""
+        self.send_esp(NON_ESP_MARKER + data if self.natt else data, peer)
+
+    def send_esp(self, packet: bytes, peer: Endpoint) -> None:
+        """A datagram as is: an ESP packet on port 4500 (RFC 3948)."""
         if self.transport is not None:
-            self.transport.sendto(NON_ESP_MARKER + data if self.natt else data, (str(peer.address), peer.port))
+            self.transport.sendto(packet, (str(peer.address), peer.port))
+
+
+class _RelayPort:
+    """A listen endpoint whose datagrams come and go through `enclave-ike forward` (like `_Udp`, for the server)."""
+
+    def __init__(self, relay: Relay, local: Endpoint, natt: bool) -> None:
+        self.relay, self.local, self.natt = relay, local, natt
+
+    def send(self, data: bytes, peer: Endpoint) -> None:
+        self.send_esp(NON_ESP_MARKER + data if self.natt else data, peer)
+
+    def send_esp(self, packet: bytes, peer: Endpoint) -> None:
+        self.relay.send(Relayed(self.local, peer, packet))
+
+
+_Port = _Udp | _RelayPort
 
 
 @functools.lru_cache(maxsize=4096)
@@ -204,8 +230,14 @@ class Server:
         if evidence is not None:
             evidence.diagnostics = self.diagnostics
         self.table = ChildSaTable()
-        self._sockets: list[_Udp] = []
-        self._by_local: dict[Endpoint, _Udp] = {}
+        self._sockets: list[_Port] = []
+        self._by_local: dict[Endpoint, _Port] = {}
+        self.relay: Relay | None = None
+        # apply.mode = "userspace": ESP ends here, and the queries it carried wait for the resolver as tasks.
+        self.datapath = EspDatapath() if config.apply is ApplyMode.USERSPACE else None
+        self._queries: set[asyncio.Task[None]] = set()
+        self._esp_logged: Counter[str] = Counter()
+        self._drops_logged: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._operations: asyncio.Queue[tuple[Operation, ...] | _Send | None] = asyncio.Queue()
@@ -226,9 +258,17 @@ class Server:
 
     async def start(self) -> None:
         listen = self.config.listen
+        if listen.relay is not None:
+            self.relay = Relay(listen.relay, self._relayed, self.diagnostics)
+            await self.relay.start()
         for address in listen.addresses:
             for port, natt in ((listen.ike_port, False), (listen.natt_port, True)):
                 local = Endpoint(address, port)
+                if self.relay is not None:
+                    relayed = _RelayPort(self.relay, local, natt)
+                    self._sockets.append(relayed)
+                    self._by_local[local] = relayed
+                    continue
                 try:
                     _, protocol = await self._loop.create_datagram_endpoint(
                         lambda local=local, natt=natt: _Udp(self, local, natt),  # type: ignore[misc]
@@ -268,21 +308,29 @@ class Server:
             await self._worker
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._queries:
+            task.cancel()
+        await asyncio.gather(*self._queries, return_exceptions=True)
         self._close_sockets()
+        if self.relay is not None:
+            await self.relay.stop()
 
     def _close_sockets(self) -> None:
         for sock in self._sockets:
-            if sock.transport is not None:
+            if isinstance(sock, _Udp) and sock.transport is not None:
                 sock.transport.close()
         self._sockets.clear()
 
     # --- datagrams in and out ---
 
-    def datagram_received(self, sock: _Udp, data: bytes, source: Endpoint) -> None:
+    def datagram_received(self, sock: _Port, data: bytes, source: Endpoint) -> None:
         if sock.natt:
             if data == NATT_KEEPALIVE:
                 return
             if not data.startswith(NON_ESP_MARKER):
+                if self.datapath is not None:
+                    self._esp_received(sock, data, source)
+                    return
                 self.diagnostics.count("ESP in UDP dropped (not handled in userspace)")
                 self.diagnostics.client(logging.DEBUG, "ESP in UDP from %s dropped: not handled in userspace", source)
                 return
@@ -294,7 +342,15 @@ class Server:
             self.diagnostics.client(logging.ERROR, "%s: %s", source, exc)
         self._flush()
 
-    def _socket_for(self, local: Endpoint, peer: Endpoint) -> _Udp:
+    def _relayed(self, datagram: Relayed) -> None:
+        """A datagram the forwarder took in on one of our listen endpoints."""
+        port = self._by_local.get(datagram.local)
+        if port is None:  # the forwarder listens where this config does not: nothing here answers for it
+            self.diagnostics.count("relayed datagrams for an endpoint not listened on")
+            return
+        self.datagram_received(port, datagram.payload, datagram.peer)
+
+    def _socket_for(self, local: Endpoint, peer: Endpoint) -> _Port:
         """The socket bound to `local` (the responder says which: no unauthenticated datagram decides it)."""
         sock = self._by_local.get(local)
         if sock is not None:
@@ -354,6 +410,9 @@ class Server:
         self._log_new(logging.WARNING, "limits", self.responder.counts, self._counts_logged)
         self._log_new(logging.ERROR, "failures", self.diagnostics.failures, self._failures_logged)
         self._log_new(logging.INFO, "activity", self.diagnostics.counts, self._activity_logged)
+        if self.datapath is not None:
+            self._log_new(logging.INFO, "ESP", self.datapath.counts, self._esp_logged)
+            self._log_new(logging.WARNING, "ESP drops", self.datapath.drops, self._drops_logged)
 
     @staticmethod
     def _log_new(level: int, name: str, counts: Counter[str], logged: Counter[str]) -> None:
@@ -381,6 +440,12 @@ class Server:
         self.diagnostics.count(_activity(event))
         self.diagnostics.client(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s",
                                 _Described(event))
+        if self.datapath is not None:  # userspace ESP: in place before the answer that completes a Child SA leaves
+            try:
+                self.datapath.apply(event, self._loop.time())
+            except EspError as exc:
+                self._apply_failed(ApplyError(f"userspace ESP: {exc}"))
+            return False
         try:
             operations = self.table.plan(event)
         except ApplyError as exc:
@@ -399,6 +464,34 @@ class Server:
             return False
         self._operations.put_nowait(batch)
         return True
+
+    # --- userspace ESP ---
+
+    def _esp_received(self, sock: _Port, packet: bytes, source: Endpoint) -> None:
+        """An ESP packet on port 4500: its DNS query goes on to the resolver, its answer back inside ESP."""
+        assert self.datapath is not None
+        query = self.datapath.receive(packet, source, sock.local, self._loop.time())
+        if query is None:
+            return
+        if len(self._queries) >= self.config.userspace.max_queries_in_flight:
+            self.datapath.drops["queries past max_queries_in_flight"] += 1
+            return
+        task = self._loop.create_task(self._resolve(query))
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
+
+    async def _resolve(self, query: DnsQuery) -> None:
+        assert self.datapath is not None
+        userspace = self.config.userspace
+        self.datapath.counts["DNS queries"] += 1
+        answer = await upstream.ask_udp(userspace.resolver, query.payload, userspace.query_timeout_s)
+        if answer is None:
+            self.datapath.drops["queries the resolver did not answer"] += 1
+            return
+        self.datapath.counts["DNS answers"] += 1
+        out = self.datapath.answer(query, answer, self._loop.time())
+        if out is not None:
+            self._socket_for(out.local, out.peer).send_esp(out.packet, out.peer)
 
     async def _signing_worker(self) -> None:
         while True:

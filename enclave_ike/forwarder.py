@@ -1,0 +1,170 @@
+"""`enclave-ike forward`: the untrusted relay between the network and an enclave that has no network of its own.
+
+    enclave-ike forward --listen 192.0.2.53 --enclave /run/enclave-ike/relay.sock
+
+It binds UDP ports 500 and 4500 of each `--listen` address on the host and carries every datagram, as is, over one
+stream to `enclave-ike serve` (whose config names the same socket as `listen.relay`), and every datagram the enclave
+sends back out of the matching socket (relay.py's frames). It holds no key and parses nothing past the frame: it
+sees what any router on the path sees, IKE and ESP. When the enclave is away it drops datagrams (counted) and
+reconnects every second. Its log has counts only, never a client's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import EnclaveIkeError
+from .ikev2.config import Endpoint
+from .ikev2.payloads import Address
+from .relay import FrameReader, Relayed, RelayError
+
+log = logging.getLogger("enclave_ike")
+
+RECONNECT_S = 1.0
+COUNTS_INTERVAL_S = 60.0
+READ_SIZE = 1 << 16
+MAX_BUFFERED = 4 << 20
+
+
+class ForwardError(EnclaveIkeError):
+    """The forwarder could not start (a port that would not bind)."""
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, forwarder: Forwarder, local: Endpoint) -> None:
+        self.forwarder, self.local = forwarder, local
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.forwarder.inbound(Relayed(self.local, Endpoint.parse(str(addr[0]).split("%")[0], int(addr[1])), data))
+
+    def error_received(self, exc: Exception) -> None:
+        self.forwarder.counts["send errors"] += 1
+
+
+class Forwarder:
+    def __init__(self, addresses: Sequence[Address], ports: Sequence[int], enclave: str) -> None:
+        self.addresses, self.ports, self.enclave = tuple(addresses), tuple(ports), enclave
+        self.counts: Counter[str] = Counter()
+        self._logged: Counter[str] = Counter()
+        self._sockets: dict[Endpoint, _Socket] = {}
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for address in self.addresses:
+            for port in self.ports:
+                local = Endpoint(address, port)
+                try:
+                    _, sock = await loop.create_datagram_endpoint(lambda local=local: _Socket(self, local),  # type: ignore[misc]
+                                                                  local_addr=(str(address), port))
+                except OSError as exc:
+                    self.close()
+                    raise ForwardError(f"cannot listen on {local}: {exc.strerror or exc}") from None
+                self._sockets[local] = sock
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            if sock.transport is not None:
+                sock.transport.close()
+        self._sockets.clear()
+        if self._writer is not None:
+            self._writer.close()
+
+    def inbound(self, datagram: Relayed) -> None:
+        """From the network to the enclave."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            self.counts["dropped: the enclave is not connected"] += 1
+        elif writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+            self.counts["dropped: the enclave reads too slowly"] += 1
+        else:
+            writer.write(datagram.encode())
+            self.counts["to the enclave"] += 1
+
+    def outbound(self, datagram: Relayed) -> None:
+        """From the enclave to the network."""
+        sock = self._sockets.get(datagram.local)
+        if sock is None or sock.transport is None:
+            self.counts["dropped: the enclave named a port not forwarded"] += 1
+            return
+        sock.transport.sendto(datagram.payload, (str(datagram.peer.address), datagram.peer.port))
+        self.counts["from the enclave"] += 1
+
+    async def relay(self, stop: asyncio.Event) -> None:
+        """Connect to the enclave, and again whenever it goes away, until `stop`."""
+        reported = False
+        while not stop.is_set():
+            try:
+                reader, self._writer = await asyncio.open_unix_connection(self.enclave)
+            except OSError as exc:
+                if not reported:
+                    log.warning("cannot reach the enclave at %s (%s); trying every %g s", self.enclave,
+                                exc.strerror or exc, RECONNECT_S)
+                    reported = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RECONNECT_S)
+                continue
+            log.info("connected to the enclave at %s", self.enclave)
+            reported = False
+            reading, stopping = asyncio.create_task(self._read(reader)), asyncio.create_task(stop.wait())
+            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+            for task in (reading, stopping):
+                task.cancel()
+            self._writer.close()
+            self._writer = None
+            if not stop.is_set():
+                log.warning("the enclave closed the relay; reconnecting")
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        frames = FrameReader()
+        try:
+            while data := await reader.read(READ_SIZE):
+                for datagram in frames.feed(data):
+                    self.outbound(datagram)
+        except RelayError as exc:
+            log.error("the enclave sent a broken frame (%s); reconnecting", exc)
+        except ConnectionError:
+            pass
+
+    def log_counts(self) -> None:
+        new = self.counts - self._logged
+        if new:
+            log.info("relayed: %s", "; ".join(f"{what}: {count}" for what, count in sorted(new.items())))
+        self._logged = Counter(self.counts)
+
+
+async def forward(addresses: Sequence[Address], ports: Sequence[int], enclave: str,
+                  stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or `stop` is set)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    forwarder = Forwarder(addresses, ports, enclave)
+    await forwarder.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("forwarding UDP %s on %s to the enclave at %s", " and ".join(map(str, ports)),
+             ", ".join(map(str, addresses)), enclave)
+
+    async def counts() -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL_S)
+            forwarder.log_counts()
+
+    counting = asyncio.create_task(counts())
+    try:
+        await forwarder.relay(stop)
+    finally:
+        counting.cancel()
+        forwarder.close()
+        forwarder.log_counts()
+        log.info("stopped")

@@ -1,0 +1,100 @@
+"""The enclave's end of the forwarder: a Unix socket that `enclave-ike forward` connects to (relay.py's frames).
+
+One forwarder at a time: a new connection replaces the one before (a restarted forwarder is served at once). A
+frame that breaks the layout closes that connection (the forwarder reconnects). Datagrams to send while no
+forwarder is connected, or while it does not read fast enough, are dropped and counted: IKE and DNS retransmit.
+Nothing logged here names a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from .diagnostics import Diagnostics
+from .errors import EnclaveIkeError
+from .relay import FrameReader, Relayed, RelayError
+
+log = logging.getLogger("enclave_ike")
+
+READ_SIZE = 1 << 16
+MAX_BUFFERED = 4 << 20  # octets waiting for a slow forwarder; past it new datagrams are dropped
+
+
+class RelayListenError(EnclaveIkeError):
+    """The forwarder's socket could not be made."""
+
+
+class Relay:
+    def __init__(self, path: Path, deliver: Callable[[Relayed], None], diagnostics: Diagnostics) -> None:
+        self.path, self.deliver, self.diagnostics = path, deliver, diagnostics
+        self._server: asyncio.AbstractServer | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):  # a socket left by a server that died: ours to replace
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        try:
+            self._server = await asyncio.start_unix_server(self._connected, path=str(self.path))
+            os.chmod(self.path, 0o600)  # only its owner (the forwarder runs as the same user, or root) connects
+        except OSError as exc:
+            raise RelayListenError(f"cannot listen for the forwarder on {self.path}: {exc.strerror or exc}") from None
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._writer is not None:
+            self._writer.close()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    def send(self, datagram: Relayed) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            self.diagnostics.count("datagrams dropped: no forwarder connected")
+            return
+        if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+            self.diagnostics.count("datagrams dropped: the forwarder reads too slowly")
+            return
+        writer.write(datagram.encode())
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._readers.add(task)
+        if self._writer is not None:
+            self._writer.close()
+            log.info("relay: a new forwarder connected; the one before is closed")
+        else:
+            log.info("relay: the forwarder connected")
+        self._writer = writer
+        frames = FrameReader()
+        try:
+            while data := await reader.read(READ_SIZE):
+                for datagram in frames.feed(data):
+                    self.deliver(datagram)
+        except RelayError as exc:
+            log.error("relay: the forwarder sent a broken frame (%s); its connection is closed", exc)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+                log.warning("relay: the forwarder disconnected")
+            if task is not None:
+                self._readers.discard(task)

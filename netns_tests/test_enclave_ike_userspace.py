@@ -1,0 +1,170 @@
+"""enclave-ike with userspace ESP behind the untrusted forwarder, on the host (no kernel ESP anywhere).
+
+    client 10.88.1.2 -- router -- resolver host 10.88.2.53 (enclave-ike forward: UDP 500/4500, no key)
+                                        |  Unix socket (relay frames)
+                                    enclave (a namespace with loopback only: enclave-ike serve, apply.mode =
+                                             "userspace"; unbound on 127.0.0.1)
+
+The client is the project's own initiator core with userspace ESP (netns_tests/harness/esp_client.py): IKE on
+port 500, DNS queries inside ESP in UDP on port 4500. Captures on the router's wire and on the resolver host's
+own interface (the forwarder's side) count plaintext port-53 packets: none, while every query is answered. The
+resolver host's kernel and the enclave's hold no XFRM state at all.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ikecommon.xfrm import XfrmClient
+from netns_tests.harness import procs
+from netns_tests.harness.capture import Capture
+from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers
+from netns_tests.harness.topology import Host, Topology
+from netns_tests.harness.unbound import Unbound, UnboundConfig
+
+PREFIX = "10.88"
+CLIENT, RESOLVER = f"{PREFIX}.1.2", f"{PREFIX}.2.53"
+
+
+class Site:
+    def __init__(self, topo: Topology, workdir: Path, unbound: Callable[..., Unbound]) -> None:
+        self.topo, self.workdir = topo, workdir
+        self.client, router, self.resolver = topo.add_host("client"), topo.add_router("router"), topo.add_host("dns")
+        self.enclave = topo.add_host("enclave")  # loopback only: its one way out is the forwarder's socket
+        topo.link(self.client, router, f"{PREFIX}.1.0/24", hosts=(2, 1))
+        topo.link(self.resolver, router, f"{PREFIX}.2.0/24", hosts=(53, 1))
+        topo.default_route(self.client, router)
+        topo.default_route(self.resolver, router)
+        self.router = router
+        unbound(self.enclave, UnboundConfig(addresses=[ip_address("127.0.0.1")]))
+        self.relay = workdir / "relay.sock"
+        self.forwarders: list[procs.Daemon] = []
+
+    def forward(self) -> procs.Daemon:
+        """`enclave-ike forward` on the resolver host, once it reached the enclave."""
+        forwarder = procs.Daemon(f"enclave-ike-forward@dns-{len(self.forwarders)}", [
+            sys.executable, "-m", "enclave_ike.cli", "forward", "--listen", RESOLVER, "--enclave", str(self.relay)],
+            self.workdir / f"forward-{len(self.forwarders)}.log", netns=self.resolver.netns)
+        self.forwarders.append(forwarder)
+        forwarder.start()
+        forwarder.wait_for_log("connected to the enclave", timeout=60.0)
+        return forwarder
+
+    def capture(self, host: Host, peer: Host, name: str) -> Capture:
+        capture = Capture(host, host.interface_to(peer).ifname, self.workdir / f"{name}.pcap")
+        capture.start()
+        return capture
+
+    def queries(self, *args: str) -> list[dict[str, Any]]:
+        argv = ["ip", "netns", "exec", self.client.netns, sys.executable, "-m", "netns_tests.harness.esp_client",
+                "--server", RESOLVER, "--source", CLIENT, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+        lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert lines and "summary" in lines[-1], (proc.stdout, proc.stderr)
+        return lines
+
+
+@pytest.fixture
+def site(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) -> Site:
+    return Site(topology, tmp_path, unbound)
+
+
+@pytest.fixture
+def enclave(site: Site) -> Iterator[Callable[..., procs.Daemon]]:
+    """`enclave(privacy=...)`: enclave-ike serve in the enclave namespace, then the forwarder on the resolver host."""
+    with servers(site.enclave, site.workdir) as serve:
+        def start(privacy: bool = False) -> procs.Daemon:
+            text = config_text(RESOLVER, identity=NULL_IDENTITY, workdir=site.workdir, apply="userspace",
+                               privacy=privacy)
+            daemon = serve(text.replace("[listen]\n", f'[listen]\nrelay = "{site.relay}"\n', 1))
+            site.forward()
+            return daemon
+
+        try:
+            yield start
+        finally:
+            for forwarder in site.forwarders:
+                forwarder.stop()
+
+
+def summary(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = lines[-1]["summary"]
+    return result
+
+
+@pytest.mark.host  # userspace ESP: no kernel SA anywhere
+def test_dns_is_answered_through_userspace_esp_with_no_plaintext_on_either_wire(site: Site,
+                                                                                enclave: Callable[..., procs.Daemon]):
+    server = enclave()
+    wire, host_side = site.capture(site.router, site.resolver, "router"), site.capture(site.resolver, site.router,
+                                                                                       "resolver-host")
+    lines = site.queries("--queries", "10")
+    wire.stop()
+    host_side.stop()
+    assert summary(lines) == {"answered": 10, "unanswered": 0, "rekeys": 0}, lines
+    answers = [line for line in lines if line.get("event") == "answer"]
+    assert all(a["rcode"] == "NOERROR" and a["answer"] == ["10.77.0.80"] for a in answers), answers
+    for capture in (wire, host_side):
+        count = capture.count([CLIENT]).peer(RESOLVER)
+        assert count.plaintext_dns == 0, (capture.name, count)
+        assert count.esp_out >= 10 and count.esp_in >= 10, (capture.name, count)  # every query and answer
+    for host in (site.resolver, site.enclave):
+        with XfrmClient(host.netns) as xfrm:
+            assert xfrm.sas() == [] and xfrm.policies() == [], host.name
+    server.stop()
+    assert re.search(r"ESP: .*DNS answers: 10; DNS queries: 10", server.log_text()), server.log_text()
+
+
+@pytest.mark.host  # userspace ESP: no kernel SA anywhere
+def test_rekeys_under_load_keep_every_query_answered(site: Site, enclave: Callable[..., procs.Daemon]):
+    enclave()
+    lines = site.queries("--queries", "30", "--rekey-every", "7")
+    assert summary(lines) == {"answered": 30, "unanswered": 0, "rekeys": 4}, lines
+    spis = {line["spi_in"] for line in lines if line.get("event") in ("established", "rekeyed")}
+    assert len(spis) == 5
+
+
+@pytest.mark.host  # userspace ESP: no kernel SA anywhere
+def test_a_restarted_forwarder_is_used_again_and_sees_only_counts(site: Site, enclave: Callable[..., procs.Daemon]):
+    server = enclave()
+    assert summary(site.queries("--queries", "2"))["answered"] == 2
+    # The forwarder is killed and started again: the enclave takes the new connection, clients are served again.
+    first = site.forwarders[0]
+    first.stop(sig=signal.SIGKILL)
+    server.wait_for_log("relay: the forwarder disconnected", timeout=10.0)
+    site.forward()
+    assert summary(site.queries("--queries", "2"))["answered"] == 2
+    site.forwarders[1].stop()  # its last line: the counts
+    for forwarder in site.forwarders:
+        text = forwarder.log_text()
+        assert CLIENT not in text and "10.88.1." not in text, text
+    assert re.search(r"relayed: .*from the enclave: \d+; to the enclave: \d+", site.forwarders[1].log_text())
+
+
+@pytest.mark.host  # userspace ESP: no kernel SA anywhere
+@pytest.mark.parametrize("privacy", [True, False], ids=["privacy-on", "privacy-off"])
+def test_what_leaves_the_enclave_names_no_client_and_no_query(site: Site, enclave: Callable[..., procs.Daemon],
+                                                              privacy: bool):
+    """Everything written outside the enclave: serve's log (its stderr is what journald would keep) and the
+    forwarder's. With privacy off the same scan finds the client (so it can fail); query names are never logged."""
+    server = enclave(privacy=privacy)
+    lines = site.queries("--queries", "3")
+    assert summary(lines)["answered"] == 3
+    server.stop()
+    site.forwarders[0].stop()
+    spis = {line[key] for line in lines if line.get("event") == "established" for key in ("spi_in", "spi_out")}
+    known = {CLIENT, *spis}
+    written = server.log_text() + site.forwarders[0].log_text()
+    hits = {k for k in known if re.search(rf"{re.escape(k)}(?![0-9a-f])", written)}
+    assert hits == (set() if privacy else known), written
+    assert "lab.example" not in written

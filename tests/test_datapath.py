@@ -1,0 +1,203 @@
+"""Userspace ESP for DNS (enclave_ike/datapath.py): a client made of the ESP core's own SAs (keys mirrored) sends
+queries in; every hostile packet is dropped and counted, never answered; rekey hand-over; deletion; UDP checksums
+checked by scapy."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from ipaddress import ip_address
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+
+from enclave_ike.datapath import DnsQuery, EspDatapath, udp_datagram
+from enclave_ike.esp import Direction, EspConfigError, EspSaParams, InboundSa, Lifetime, OutboundSa
+from enclave_ike.ikev2.config import Endpoint, Mode
+from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
+from enclave_ike.ikev2.crypto import ChildSuite
+from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
+from enclave_ike.ikev2.payloads import TrafficSelector
+
+NOW = 100.0
+RESOLVER, CLIENT, NATTED = ip_address("192.0.2.53"), ip_address("10.0.0.7"), ip_address("198.51.100.9")
+LOCAL = Endpoint(RESOLVER, 4500)
+SOURCE = Endpoint(NATTED, 40123)
+GCM = ChildSuite(EncrId.ENCR_AES_GCM_16, 256)
+CBC = ChildSuite(EncrId.ENCR_AES_CBC, 256, IntegId.AUTH_HMAC_SHA2_256_128)
+QUERY = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+
+
+def child(spi_in: int, spi_out: int, suite: ChildSuite = GCM, mode: Mode = Mode.TRANSPORT) -> ChildSaEstablished:
+    def key(size: int) -> bytes:
+        return os.urandom(size)
+    encr, integ = suite.encryption.key_size, suite.integrity.key_size if suite.integrity else 0
+    return ChildSaEstablished(
+        b"I" * 8, b"R" * 8, spi_in.to_bytes(4, "big"), spi_out.to_bytes(4, "big"), ProtocolId.ESP, mode, suite,
+        (TrafficSelector(RESOLVER, RESOLVER, 17, 53, 53),), (TrafficSelector(CLIENT, CLIENT, 17, 0, 65535),),
+        Endpoint(RESOLVER, 500), Endpoint(NATTED, 500), True, ChildSaKeys(key(encr), key(integ), key(encr), key(integ)))
+
+
+@dataclass
+class Client:
+    """The client's side of one Child SA: what it sends is what the datapath's inbound SA opens."""
+
+    out: OutboundSa
+    into: InboundSa
+
+    @classmethod
+    def of(cls, event: ChildSaEstablished) -> Client:
+        k = event.keys
+        return cls(OutboundSa(EspSaParams(int.from_bytes(event.spi_in, "big"), Direction.OUTBOUND, event.suite,
+                                          k.encr_in, k.integ_in), NOW),
+                   InboundSa(EspSaParams(int.from_bytes(event.spi_out, "big"), Direction.INBOUND, event.suite,
+                                         k.encr_out, k.integ_out), NOW))
+
+    def query(self, payload: bytes = QUERY, sport: int = 33333, dport: int = 53, next_header: int = 17) -> bytes:
+        return self.out.seal(udp_datagram(CLIENT, RESOLVER, sport, dport, payload), next_header, NOW)
+
+
+def installed(event: ChildSaEstablished | None = None) -> tuple[EspDatapath, Client, ChildSaEstablished]:
+    event = event or child(0x1001, 0x2001)
+    path = EspDatapath()
+    path.apply(event, NOW)
+    return path, Client.of(event), event
+
+
+@pytest.mark.parametrize("suite", [GCM, CBC], ids=["aes-gcm", "aes-cbc-hmac"])
+def test_a_query_in_and_its_answer_out(suite: ChildSuite):
+    path, client, _ = installed(child(0x1001, 0x2001, suite))
+    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    assert query == DnsQuery(1, SOURCE, LOCAL, 33333, 53, QUERY)
+    out = path.answer(query, b"answer", NOW)
+    assert out is not None and (out.peer, out.local) == (SOURCE, LOCAL)
+    inner, next_header = client.into.open(out.packet, NOW)
+    assert next_header == 17
+    udp = UDP(inner)
+    assert (udp.sport, udp.dport, bytes(udp.payload)) == (53, 33333, b"answer")
+    # The checksum is over the client's own address (its traffic selector), not the NAT's: scapy recomputes it.
+    rebuilt = IP(bytes(IP(src=str(RESOLVER), dst=str(CLIENT)) / UDP(inner)))
+    assert rebuilt[UDP].chksum == udp.chksum
+    assert path.counts["ESP packets in"] == path.counts["ESP packets out"] == 1 and not path.drops
+
+
+def test_udp_checksums_agree_with_scapy_for_both_families():
+    for src, dst, layer in (("192.0.2.1", "192.0.2.2", IP), ("2001:db8::1", "2001:db8::2", IPv6)):
+        for payload in (b"", b"x", b"odd length payload", os.urandom(600)):
+            ours = udp_datagram(ip_address(src), ip_address(dst), 53, 4444, payload)
+            theirs = bytes(layer(src=src, dst=dst) / UDP(sport=53, dport=4444) / payload)[-len(ours):]
+            assert ours == theirs
+
+
+def hostile(client: Client, good: bytes) -> dict[str, bytes]:
+    flipped = bytearray(client.query())  # a new sequence number: a flipped copy of `good` would count as a replay
+    flipped[-1] ^= 1
+    return {
+        "truncated": good[:6],
+        "unknown SPI": b"\x00\x00\x99\x99" + good[4:],
+        "icv": bytes(flipped),
+        "replay": good,
+        "protocol 6": client.query(next_header=6),
+        "outside the traffic selectors": client.query(dport=5353),
+        "UDP length": client.out.seal(udp_datagram(CLIENT, RESOLVER, 1, 53, QUERY)[:-3], 17, NOW),
+        "short UDP": client.out.seal(b"\x00\x01", 17, NOW),
+    }
+
+
+def test_every_hostile_packet_is_dropped_counted_and_never_answered():
+    path, client, _ = installed()
+    good = client.query()
+    assert path.receive(good, SOURCE, LOCAL, NOW) is not None
+    for reason, packet in hostile(client, good).items():
+        before = path.drops[reason]
+        assert path.receive(packet, SOURCE, LOCAL, NOW) is None, reason
+        assert path.drops[reason] == before + 1, (reason, path.drops)
+    assert path.counts["ESP packets out"] == 0
+
+
+def test_reordered_within_the_window_is_taken_outside_it_is_dropped():
+    path, client, _ = installed()
+    packets = [client.query() for _ in range(70)]
+    assert path.receive(packets[1], SOURCE, LOCAL, NOW) is not None
+    assert path.receive(packets[0], SOURCE, LOCAL, NOW) is not None  # late but inside the window
+    assert path.receive(packets[69], SOURCE, LOCAL, NOW) is not None
+    assert path.receive(packets[2], SOURCE, LOCAL, NOW) is None  # 67 behind the newest: left of a 64 window
+    assert path.drops == {"window": 1}
+
+
+def test_a_dummy_packet_is_taken_silently():
+    path, client, _ = installed()
+    assert path.receive(client.out.seal(b"", 59, NOW), SOURCE, LOCAL, NOW) is None
+    assert path.counts["dummy packets"] == 1 and not path.drops
+
+
+def test_rekey_hands_over_without_losing_a_packet():
+    path, old_client, old = installed()
+    new = child(0x1002, 0x2002)
+    path.apply(ChildSaRekeyed(b"I" * 8, b"R" * 8, old.spi_in, old.spi_out, new), NOW)
+    new_client = Client.of(new)
+    # Until the peer uses the new pair, answers go out on the old one (the peer may not have installed the new).
+    query = path.receive(old_client.query(), SOURCE, LOCAL, NOW)
+    assert query is not None
+    out = path.answer(query, b"a1", NOW)
+    assert out is not None and old_client.into.open(out.packet, NOW)[0].endswith(b"a1")
+    # The peer's first packet on the new pair moves the answers to it; the old inbound SA still works.
+    query = path.receive(new_client.query(), SOURCE, LOCAL, NOW)
+    assert query is not None
+    out = path.answer(query, b"a2", NOW)
+    assert out is not None and new_client.into.open(out.packet, NOW)[0].endswith(b"a2")
+    assert path.receive(old_client.query(), SOURCE, LOCAL, NOW) is not None
+    path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", old.spi_in, old.spi_out), NOW)
+    assert path.receive(old_client.query(), SOURCE, LOCAL, NOW) is None
+    assert path.receive(new_client.query(), SOURCE, LOCAL, NOW) is not None
+    assert len(path) == 1 and path.inbound_spis() == {0x1002}
+
+
+def test_deleting_the_old_pair_before_the_peer_used_the_new_one_moves_answers_to_it():
+    path, _, old = installed()
+    new = child(0x1002, 0x2002)
+    path.apply(ChildSaRekeyed(b"I" * 8, b"R" * 8, old.spi_in, old.spi_out, new), NOW)
+    new_client = Client.of(new)
+    earlier = DnsQuery(1, SOURCE, LOCAL, 33333, 53, QUERY)
+    path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", old.spi_in, old.spi_out), NOW)
+    out = path.answer(earlier, b"late answer", NOW)
+    assert out is not None and new_client.into.open(out.packet, NOW)[0].endswith(b"late answer")
+
+
+def test_an_answer_after_its_sa_was_deleted_is_dropped():
+    path, client, event = installed()
+    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    assert query is not None
+    path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "deleted by the peer", event.spi_in, event.spi_out), NOW)
+    assert path.answer(query, b"too late", NOW) is None
+    assert path.drops == {"answer after its SA was deleted": 1} and len(path) == 0
+
+
+def test_tunnel_mode_is_refused_with_nothing_installed():
+    path = EspDatapath()
+    with pytest.raises(EspConfigError, match="transport mode only"):
+        path.apply(child(0x1001, 0x2001, mode=Mode.TUNNEL), NOW)
+    assert len(path) == 0 and not path.inbound_spis()
+
+
+def test_hard_lifetime_stops_the_sa_in_both_directions():
+    path = EspDatapath(Lifetime(hard_bytes=200))
+    event = child(0x1001, 0x2001)
+    path.apply(event, NOW)
+    client = Client.of(event)
+    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    assert query is not None
+    assert path.answer(query, b"y" * 300, NOW) is None
+    assert path.receive(client.query(b"z" * 300), SOURCE, LOCAL, NOW) is None
+    assert path.drops["expired"] == 2
+
+
+def test_other_events_and_unknown_deletions_change_nothing():
+    path, _, event = installed()
+    path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.IKE, "gone"), NOW)
+    path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "gone", b"\x00\x00\x77\x77", b"\x00\x00\x88\x88"), NOW)
+    rekey_of_unknown = ChildSaRekeyed(b"I" * 8, b"R" * 8, b"\x00\x00\x77\x77", b"\x00\x00\x88\x88",
+                                      replace(event, spi_in=b"\x00\x00\x10\x09", spi_out=b"\x00\x00\x20\x09"))
+    path.apply(rekey_of_unknown, NOW)  # becomes a flow of its own
+    assert len(path) == 2 and path.inbound_spis() == {0x1001, 0x1009}

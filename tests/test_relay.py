@@ -1,0 +1,73 @@
+"""The forwarder's framing (enclave_ike/relay.py): round trips in pieces of any size, and garbage refused with a
+RelayError (never another exception, never a frame made up)."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enclave_ike.ikev2.config import Endpoint
+from enclave_ike.relay import MAX_PAYLOAD, FrameReader, Relayed, RelayError
+
+V4 = Relayed(Endpoint(ip_address("192.0.2.53"), 4500), Endpoint(ip_address("198.51.100.7"), 40000),
+             b"\x00" * 4 + b"ike")
+V6 = Relayed(Endpoint(ip_address("2001:db8::53"), 500), Endpoint(ip_address("2001:db8::7"), 500), b"esp" * 100)
+EMPTY = Relayed(V4.local, V4.peer, b"")
+
+
+def test_frames_round_trip_whole_and_one_octet_at_a_time():
+    stream = b"".join(f.encode() for f in (V4, V6, EMPTY))
+    assert FrameReader().feed(stream) == [V4, V6, EMPTY]
+    reader, frames = FrameReader(), []
+    for octet in stream:
+        frames += reader.feed(bytes([octet]))
+    assert frames == [V4, V6, EMPTY] and reader.pending == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=300), st.integers(0, 65535), st.integers(0, 65535)),
+                max_size=8),
+       st.lists(st.integers(1, 400), max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_any_split_of_any_frames_gives_them_back(specs, cuts):
+    frames = [Relayed(Endpoint(ip_address("::1" if v6 else "127.0.0.1"), lp),
+                      Endpoint(ip_address("2001:db8::9" if v6 else "10.0.0.9"), pp), payload)
+              for v6, payload, lp, pp in specs]
+    stream = b"".join(f.encode() for f in frames)
+    reader, got, at = FrameReader(), [], 0
+    for cut in cuts:
+        got += reader.feed(stream[at:at + cut])
+        at += cut
+    got += reader.feed(stream[at:])
+    assert got == frames and reader.pending == 0
+
+
+@pytest.mark.parametrize(("stream", "message"), [
+    (b"\x02\x04", "frame version 2"),
+    (b"\x01\x05", "address family 5"),
+    (b"\x00", "frame version 0"),
+])
+def test_a_broken_frame_is_refused_by_name(stream: bytes, message: str):
+    with pytest.raises(RelayError, match=message):
+        FrameReader().feed(stream)
+
+
+def test_what_cannot_be_framed_is_refused():
+    with pytest.raises(RelayError, match="different address families"):
+        Relayed(V4.local, V6.peer, b"").encode()
+    with pytest.raises(RelayError, match="does not fit"):
+        Relayed(V4.local, V4.peer, bytes(MAX_PAYLOAD + 1)).encode()
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=500, deadline=None)
+def test_garbage_is_a_relay_error_or_frames_that_encode_back_to_it(data):
+    reader = FrameReader()
+    try:
+        frames = reader.feed(data)
+    except RelayError:
+        return
+    consumed = b"".join(f.encode() for f in frames)
+    assert data.startswith(consumed) and len(data) - len(consumed) == reader.pending
