@@ -9,8 +9,9 @@ forwarder in front of the enclave) sees only ESP. `EspDatapath` keeps the Child 
   that it installed it) or the old pair is deleted (RFC 7296 2.8 leaves the moment to the implementation).
 - `receive(packet, source, now)` opens an ESP packet (a UDP port-4500 datagram without the non-ESP marker,
   RFC 3948) into a `DnsQuery`, or drops it: every drop is counted by reason in `drops` and nothing about a dropped
-  packet is ever answered. Only UDP to a port the Child SA's traffic selectors allow gets through (transport mode:
-  the inner packet is the UDP datagram itself).
+  packet is ever answered. Only UDP between the addresses and ports of the Child SA's traffic selectors gets
+  through. In tunnel mode the inner packet is an IP packet (RFC 4303 3.1.2: IPv4 or IPv6, unfragmented, no IPv6
+  extension headers); in transport mode it is the UDP datagram itself, between the SA's own addresses.
 - `answer(query, payload, now)` seals the resolver's answer into an ESP packet to the client, or None when the
   query's flow is gone.
 
@@ -24,11 +25,10 @@ import os
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from .esp import (
     Direction,
-    EspConfigError,
     EspError,
     EspSaParams,
     InboundSa,
@@ -53,6 +53,8 @@ class DnsQuery:
     flow: int
     peer: Endpoint  # where the ESP packet came from: the answer goes back there
     local: Endpoint
+    client: Address  # the query's own source and destination (the inner packet's, in tunnel mode)
+    server: Address
     client_port: int
     server_port: int
     payload: bytes = field(repr=False)
@@ -70,6 +72,7 @@ class Outgoing:
 @dataclass
 class _Flow:
     number: int
+    mode: Mode
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     local_address: Address
@@ -82,8 +85,57 @@ def _spi(value: bytes) -> int:
     return int.from_bytes(value, "big")
 
 
-def _in_ports(selectors: tuple[TrafficSelector, ...], protocol: int, port: int) -> bool:
-    return any(ts.protocol in (0, protocol) and ts.start_port <= port <= ts.end_port for ts in selectors)
+def _allows(selectors: tuple[TrafficSelector, ...], address: Address, protocol: int, port: int) -> bool:
+    return any(ts.protocol in (0, protocol) and ts.start_port <= port <= ts.end_port
+               and ts.start_address.version == address.version
+               and int(ts.start_address) <= int(address) <= int(ts.end_address)
+               for ts in selectors)
+
+
+IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # version+IHL, TOS, total length, ID, flags+offset, TTL, protocol ...
+IPV6_HEADER = struct.Struct("!IHBB16s16s")  # version+class+label, payload length, next header, hop limit, addresses
+IP_IN_ESP = {4: 4, 6: 41}  # RFC 4303's next header for a tunnelled IPv4 / IPv6 packet
+DONT_FRAGMENT = 0x4000
+TTL = 64
+
+
+class _Refused(Exception):
+    """An inner packet that is not one DNS datagram this SA may carry; the reason is a drop counter's name."""
+
+
+def parse_ip(packet: bytes) -> tuple[Address, Address, int, bytes]:
+    """(source, destination, protocol, payload) of an unfragmented IPv4 or IPv6 packet; `_Refused` otherwise."""
+    if not packet:
+        raise _Refused("short IP packet")
+    version = packet[0] >> 4
+    if version == 4:
+        if len(packet) < IPV4_HEADER.size:
+            raise _Refused("short IP packet")
+        first, _, total, _, fragment, _, protocol, _, src, dst = IPV4_HEADER.unpack_from(packet)
+        header = (first & 0x0F) * 4
+        if header < IPV4_HEADER.size or total != len(packet) or total < header:
+            raise _Refused("IP length")
+        if fragment & 0x3FFF:  # more fragments, or an offset: DNS over UDP here is one whole datagram
+            raise _Refused("IP fragment")
+        return IPv4Address(src), IPv4Address(dst), protocol, packet[header:]
+    if version == 6:
+        if len(packet) < IPV6_HEADER.size:
+            raise _Refused("short IP packet")
+        _, length, next_header, _, src, dst = IPV6_HEADER.unpack_from(packet)
+        if length != len(packet) - IPV6_HEADER.size:
+            raise _Refused("IP length")
+        return IPv6Address(src), IPv6Address(dst), next_header, packet[IPV6_HEADER.size:]
+    raise _Refused(f"IP version {version}")
+
+
+def ip_packet(source: Address, destination: Address, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 (don't fragment, ID 0: RFC 6864) or IPv6 header for `payload`, and the payload."""
+    if isinstance(source, IPv4Address):
+        total = IPV4_HEADER.size + len(payload)
+        header = IPV4_HEADER.pack(0x45, 0, total, 0, DONT_FRAGMENT, TTL, protocol, 0, source.packed,
+                                  destination.packed)
+        return header[:10] + _checksum(header).to_bytes(2, "big") + header[12:] + payload
+    return IPV6_HEADER.pack(6 << 28, len(payload), protocol, TTL, source.packed, destination.packed) + payload
 
 
 def _checksum(data: bytes) -> int:
@@ -137,7 +189,7 @@ class EspDatapath:
         userspace ESP cannot use) with nothing installed."""
         if isinstance(event, ChildSaEstablished):
             inbound, outbound = self._pair(event, now)
-            flow = _Flow(next(self._numbers), event.local_ts, event.remote_ts, event.local.address,
+            flow = _Flow(next(self._numbers), event.mode, event.local_ts, event.remote_ts, event.local.address,
                          {inbound.params.spi: inbound}, outbound)
             self._flows[flow.number] = flow
             self._by_spi[inbound.params.spi] = flow
@@ -154,9 +206,6 @@ class EspDatapath:
             self._delete(_spi(event.spi_in), _spi(event.spi_out))
 
     def _pair(self, event: ChildSaEstablished, now: float) -> tuple[InboundSa, OutboundSa]:
-        if event.mode is not Mode.TRANSPORT:
-            raise EspConfigError(f"Child SA 0x{event.spi_in.hex()}: {event.mode.value} mode; userspace ESP carries "
-                           "transport mode only")
         keys = event.keys
         inbound = InboundSa(EspSaParams(_spi(event.spi_in), Direction.INBOUND, event.suite, keys.encr_in,
                                         keys.integ_in, self.lifetime), now)
@@ -199,24 +248,34 @@ class EspDatapath:
         if next_header == NEXT_HEADER_NONE:
             self.counts["dummy packets"] += 1
             return None
-        if next_header != IP_PROTO_UDP:
-            self.drops[f"protocol {next_header}"] += 1
+        try:
+            return self._query(flow, next_header, inner, source, local)
+        except _Refused as refused:
+            self.drops[str(refused)] += 1
             return None
-        return self._udp_query(flow, inner, source, local)
 
-    def _udp_query(self, flow: _Flow, inner: bytes, source: Endpoint, local: Endpoint) -> DnsQuery | None:
-        if len(inner) < UDP_HEADER.size:
-            self.drops["short UDP"] += 1
-            return None
-        client_port, server_port, length, _ = UDP_HEADER.unpack_from(inner)
-        if length != len(inner):  # transport mode: the inner packet is exactly one datagram
-            self.drops["UDP length"] += 1
-            return None
-        if not (_in_ports(flow.local_ts, IP_PROTO_UDP, server_port)
-                and _in_ports(flow.remote_ts, IP_PROTO_UDP, client_port)):
-            self.drops["outside the traffic selectors"] += 1
-            return None
-        return DnsQuery(flow.number, source, local, client_port, server_port, inner[UDP_HEADER.size:])
+    def _query(self, flow: _Flow, next_header: int, inner: bytes, source: Endpoint, local: Endpoint) -> DnsQuery:
+        if flow.mode is Mode.TUNNEL:
+            if next_header not in IP_IN_ESP.values():
+                raise _Refused(f"next header {next_header}")
+            client, server, protocol, segment = parse_ip(inner)
+            if IP_IN_ESP[client.version] != next_header:
+                raise _Refused(f"next header {next_header}")
+        else:
+            client, server = self._client_address(flow, source), flow.local_address
+            protocol, segment = next_header, inner
+        if protocol != IP_PROTO_UDP:
+            raise _Refused(f"protocol {protocol}")
+        if len(segment) < UDP_HEADER.size:
+            raise _Refused("short UDP")
+        client_port, server_port, length, _ = UDP_HEADER.unpack_from(segment)
+        if length != len(segment):  # one datagram, exactly
+            raise _Refused("UDP length")
+        if not (_allows(flow.local_ts, server, IP_PROTO_UDP, server_port)
+                and _allows(flow.remote_ts, client, IP_PROTO_UDP, client_port)):
+            raise _Refused("outside the traffic selectors")
+        return DnsQuery(flow.number, source, local, client, server, client_port, server_port,
+                        segment[UDP_HEADER.size:])
 
     def answer(self, query: DnsQuery, payload: bytes, now: float) -> Outgoing | None:
         """The resolver's answer to `query`, sealed for its client; None when its Child SA is gone meanwhile (or
@@ -225,10 +284,13 @@ class EspDatapath:
         if flow is None:
             self.drops["answer after its SA was deleted"] += 1
             return None
-        client = self._client_address(flow, query.peer)
-        datagram = udp_datagram(flow.local_address, client, query.server_port, query.client_port, payload)
+        datagram = udp_datagram(query.server, query.client, query.server_port, query.client_port, payload)
         try:
-            packet = flow.outbound.seal(datagram, IP_PROTO_UDP, now)
+            if flow.mode is Mode.TUNNEL:
+                packet = flow.outbound.seal(ip_packet(query.server, query.client, IP_PROTO_UDP, datagram),
+                                            IP_IN_ESP[query.client.version], now)
+            else:
+                packet = flow.outbound.seal(datagram, IP_PROTO_UDP, now)
         except EspError as exc:
             self.drops[exc.reason] += 1
             return None

@@ -22,6 +22,8 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
 
     [ipsec]
     sa_lifetime_s = 28800               # Child SA lifetime (rekeyed a third before its end); default libreswan's
+    encapsulation = false               # true: ESP always in UDP port 4500 (RFC 3948), as a resolver whose ESP
+                                        # ends in userspace needs (enclave-ike's apply.mode = "userspace")
 
     [paths]
     run_dir = "/run/ikectl"             # the rendered tree, pluto's NSS db, socket and log, ikectl's state
@@ -231,6 +233,7 @@ class Config:
     trust_dir: Path = truststore.DEFAULT_TRUST_DIR
     trust: TrustSettings = field(default_factory=TrustSettings)
     sa_lifetime_s: int | None = None  # None: libreswan's default
+    encapsulation: bool = False  # ESP in UDP even without a NAT ([ipsec] encapsulation)
 
     def pin(self, name: str) -> TrustedResolver:
         for pin in self.pins:
@@ -298,13 +301,16 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(nm_table, {"budget_s"}, f"{source}: [nm]")
     nm = NmSettings(budget_s=_int(nm_table, "budget_s", NmSettings.budget_s, *NM_BUDGET_S, f"{source}: nm"))
     ipsec_table = _table(data, "ipsec", source)
-    _only(ipsec_table, {"sa_lifetime_s"}, f"{source}: [ipsec]")
+    _only(ipsec_table, {"sa_lifetime_s", "encapsulation"}, f"{source}: [ipsec]")
     sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
                    if "sa_lifetime_s" in ipsec_table else None)
+    encapsulation = ipsec_table.get("encapsulation", False)
+    if not isinstance(encapsulation, bool):
+        raise ConfigError(f"{source}: ipsec.encapsulation = {encapsulation!r}: expected true or false")
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
                   run_dir=run_dir, log_dir=log_dir, default_mode=default_mode, default_pin=default_pin,
                   networks=networks, pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested,
-                  trust_dir=trust_dir, trust=trust)
+                  trust_dir=trust_dir, trust=trust, encapsulation=encapsulation)
 
 
 def default_log_dir() -> Path:

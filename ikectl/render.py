@@ -53,19 +53,22 @@ class Profile:
     liveness_ms: int = 1000  # coffee-shop: an idle SA is probed this often; a dead resolver is dropped
     shunt_lifetime_s: int = 60  # coffee-shop: how long a resolver without IKE stays clear before IKE is retried
     sa_lifetime_s: int | None = None  # None: libreswan's default (8 h); short ones are for rekey tests
+    encapsulation: bool = False  # ESP in UDP 4500 even without a NAT (a resolver whose ESP ends in userspace)
 
     @classmethod
     def from_config(cls, config: Config, resolvers: tuple[Address, ...],
                     sources: Mapping[int, Address] | None = None) -> Profile:
         if config.mode == Mode.TRUSTED:
-            return cls(Mode.TRUSTED, trusted=config.trusted, sa_lifetime_s=config.sa_lifetime_s)
+            return cls(Mode.TRUSTED, trusted=config.trusted, sa_lifetime_s=config.sa_lifetime_s,
+                       encapsulation=config.encapsulation)
         # pluto retransmits at interval, 2x, 4x ... until the timeout: half the IKE timeout makes the
         # first two tries fit in it.
         return cls(Mode.COFFEE_SHOP, opportunistic=resolvers, sources=dict(sources or {}),
                    retransmit_interval_ms=max(50, config.coffee_shop.ike_timeout_ms // 2),
                    retransmit_timeout_ms=config.coffee_shop.ike_timeout_ms,
                    liveness_ms=config.coffee_shop.liveness_ms,
-                   shunt_lifetime_s=config.coffee_shop.retry_after_s, sa_lifetime_s=config.sa_lifetime_s)
+                   shunt_lifetime_s=config.coffee_shop.retry_after_s, sa_lifetime_s=config.sa_lifetime_s,
+                   encapsulation=config.encapsulation)
 
     def groups(self) -> list[Group]:
         """The opportunistic group conns: one per address family that has a member, or a resolver this host can

@@ -71,6 +71,7 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ('[trusted]\naddress = "192.0.2.53"\nid = "@x.example"\npubkey_file = "/no/such.pub"', "cannot read"),
     ("[coffee_shop]\nike_timeout_ms = 5", "ike_timeout_ms = 5: expected a whole number from 100 to 10000"),
     ("[ipsec]\nsa_lifetime_s = 5", "ipsec.sa_lifetime_s = 5: expected a whole number from 30 to 86400"),
+    ("[ipsec]\nencapsulation = \"yes\"", "ipsec.encapsulation = 'yes': expected true or false"),
     ("[ipsec]\nike_lifetime_s = 60", "\\[ipsec\\]: unknown key 'ike_lifetime_s'"),
     ("[trust]\ncollateral_grace_days = 91", "trust.collateral_grace_days = 91: expected a whole number from 0 to 90"),
     ("[trust]\ncollateral_grace_days = -1", "collateral_grace_days = -1"),
@@ -100,6 +101,15 @@ def test_short_sa_lifetimes_and_the_coffee_shop_retry_reach_the_rendered_conns(t
     assert "\tsalifetime=60s\n\trekeymargin=20s\n" in conf and "\tshuntlifetime=30s\n" in conf
     assert "salifetime" not in render.render_tree(render.Profile.from_config(
         config.load(write(tmp_path, '[resolvers]\naddresses = ["192.0.2.53"]')), cfg.resolvers))["ipsec.conf"]
+
+
+def test_encapsulation_reaches_both_modes_conns(tmp_path):
+    cfg = config.load(write(tmp_path, '[ipsec]\nencapsulation = true\n[resolvers]\naddresses = ["192.0.2.53"]'))
+    assert cfg.encapsulation
+    conf = render.render_tree(render.Profile.from_config(cfg, cfg.resolvers))["ipsec.conf"]
+    assert "\tencapsulation=yes\n" in conf
+    plain = config.load(write(tmp_path, '[resolvers]\naddresses = ["192.0.2.53"]'))
+    assert "encapsulation" not in render.render_tree(render.Profile.from_config(plain, cfg.resolvers))["ipsec.conf"]
 
 
 def test_missing_file(tmp_path):

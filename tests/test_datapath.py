@@ -12,8 +12,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from enclave_ike.datapath import DnsQuery, EspDatapath, udp_datagram
-from enclave_ike.esp import Direction, EspConfigError, EspSaParams, InboundSa, Lifetime, OutboundSa
+from enclave_ike.datapath import DnsQuery, EspDatapath, ip_packet, parse_ip, udp_datagram
+from enclave_ike.esp import Direction, EspSaParams, InboundSa, Lifetime, OutboundSa
 from enclave_ike.ikev2.config import Endpoint, Mode
 from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
 from enclave_ike.ikev2.crypto import ChildSuite
@@ -69,7 +69,7 @@ def installed(event: ChildSaEstablished | None = None) -> tuple[EspDatapath, Cli
 def test_a_query_in_and_its_answer_out(suite: ChildSuite):
     path, client, _ = installed(child(0x1001, 0x2001, suite))
     query = path.receive(client.query(), SOURCE, LOCAL, NOW)
-    assert query == DnsQuery(1, SOURCE, LOCAL, 33333, 53, QUERY)
+    assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
     out = path.answer(query, b"answer", NOW)
     assert out is not None and (out.peer, out.local) == (SOURCE, LOCAL)
     inner, next_header = client.into.open(out.packet, NOW)
@@ -159,7 +159,7 @@ def test_deleting_the_old_pair_before_the_peer_used_the_new_one_moves_answers_to
     new = child(0x1002, 0x2002)
     path.apply(ChildSaRekeyed(b"I" * 8, b"R" * 8, old.spi_in, old.spi_out, new), NOW)
     new_client = Client.of(new)
-    earlier = DnsQuery(1, SOURCE, LOCAL, 33333, 53, QUERY)
+    earlier = DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
     path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", old.spi_in, old.spi_out), NOW)
     out = path.answer(earlier, b"late answer", NOW)
     assert out is not None and new_client.into.open(out.packet, NOW)[0].endswith(b"late answer")
@@ -174,11 +174,55 @@ def test_an_answer_after_its_sa_was_deleted_is_dropped():
     assert path.drops == {"answer after its SA was deleted": 1} and len(path) == 0
 
 
-def test_tunnel_mode_is_refused_with_nothing_installed():
-    path = EspDatapath()
-    with pytest.raises(EspConfigError, match="transport mode only"):
-        path.apply(child(0x1001, 0x2001, mode=Mode.TUNNEL), NOW)
-    assert len(path) == 0 and not path.inbound_spis()
+def tunnelled(client: Client, src: str = str(CLIENT), dst: str = str(RESOLVER), sport: int = 33333,
+              dport: int = 53, payload: bytes = QUERY, **ip: object) -> bytes:
+    """A query in tunnel mode: the whole IPv4 packet inside ESP, made by scapy."""
+    packet = bytes(IP(src=src, dst=dst, **ip) / UDP(sport=sport, dport=dport) / payload)
+    return client.out.seal(packet, 4, NOW)
+
+
+def test_tunnel_mode_carries_whole_ip_packets_both_ways():
+    path, client, _ = installed(child(0x1001, 0x2001, mode=Mode.TUNNEL))
+    query = path.receive(tunnelled(client), SOURCE, LOCAL, NOW)
+    assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
+    out = path.answer(query, b"answer", NOW)
+    assert out is not None
+    inner, next_header = client.into.open(out.packet, NOW)
+    assert next_header == 4
+    packet = IP(inner)
+    assert (packet.src, packet.dst, packet[UDP].sport, packet[UDP].dport) == (str(RESOLVER), str(CLIENT), 53, 33333)
+    assert bytes(packet[UDP].payload) == b"answer"
+    del packet.chksum, packet[UDP].chksum  # scapy computes both checksums again: they must be ours
+    assert bytes(packet) == inner
+
+
+def test_tunnel_mode_refuses_what_is_not_one_dns_datagram_between_the_selectors():
+    path, client, _ = installed(child(0x1001, 0x2001, mode=Mode.TUNNEL))
+    cases = {
+        "outside the traffic selectors": [tunnelled(client, src="10.0.0.8"), tunnelled(client, dst="192.0.2.54"),
+                                          tunnelled(client, dport=54)],
+        "IP fragment": [tunnelled(client, flags="MF"), tunnelled(client, frag=10)],
+        "protocol 6": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER), proto=6) / (b"x" * 20)), 4, NOW)],
+        "next header 17": [client.query()],  # a transport-mode packet on a tunnel-mode SA
+        "next header 41": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER)) / UDP() / b"x"), 41, NOW)],
+        "IP length": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER)) / UDP() / b"x") + b"junk", 4, NOW)],
+        "short IP packet": [client.out.seal(b"\x45\x00", 4, NOW)],
+        "IP version 5": [client.out.seal(b"\x55" + bytes(30), 4, NOW)],
+    }
+    for reason, packets in cases.items():
+        for packet in packets:
+            assert path.receive(packet, SOURCE, LOCAL, NOW) is None, reason
+        assert path.drops[reason] == len(packets), (reason, path.drops)
+    assert path.counts["ESP packets out"] == 0
+
+
+def test_ip_headers_agree_with_scapy():
+    for src, dst in (("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")):
+        ours = ip_packet(ip_address(src), ip_address(dst), 17, b"payload!")
+        layer = IP(src=src, dst=dst, flags="DF", ttl=64, id=0, proto=17) if "." in src else \
+            IPv6(src=src, dst=dst, hlim=64, nh=17)
+        assert ours == bytes(layer / b"payload!")
+        assert parse_ip(ours) == (ip_address(src), ip_address(dst), 17, b"payload!")
 
 
 def test_hard_lifetime_stops_the_sa_in_both_directions():

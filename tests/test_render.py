@@ -27,6 +27,8 @@ PROFILES = {
         ip_address("2001:db8::53"), "@dns6.example.net", RSA_KEY)),
     "trusted-short-lifetimes": render.Profile(Mode.TRUSTED, sa_lifetime_s=60, trusted=TrustedResolver(
         ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
+    "trusted-encapsulated": render.Profile(Mode.TRUSTED, encapsulation=True, trusted=TrustedResolver(
+        ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
 }
 
 
