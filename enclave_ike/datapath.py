@@ -7,13 +7,15 @@ forwarder in front of the enclave) sees only ESP. `EspDatapath` keeps the Child 
   ones that rekey it form one *flow*. Rekey hand-over loses nothing: the new inbound SA works at once, the old one
   until its own `SaDeleted`; answers go out on the old outbound SA until the peer sends on the new pair (proof
   that it installed it) or the old pair is deleted (RFC 7296 2.8 leaves the moment to the implementation).
-- `receive(packet, source, now)` opens an ESP packet (a UDP port-4500 datagram without the non-ESP marker,
-  RFC 3948) into a `DnsQuery`, or drops it: every drop is counted by reason in `drops` and nothing about a dropped
-  packet is ever answered. Only UDP between the addresses and ports of the Child SA's traffic selectors gets
-  through. In tunnel mode the inner packet is an IP packet (RFC 4303 3.1.2: IPv4 or IPv6, unfragmented, no IPv6
-  extension headers); in transport mode it is the UDP datagram itself, between the SA's own addresses.
-- `answer(query, payload, now)` seals the resolver's answer into an ESP packet to the client, or None when the
-  query's flow is gone.
+- `receive(packet, source, local, now)` opens an ESP packet (a UDP port-4500 datagram without the non-ESP marker,
+  RFC 3948) into the DNS queries it completes, or drops it: every drop is counted by reason in `drops`, and
+  nothing about a dropped packet is ever answered. Only UDP and TCP between the addresses and ports of the Child
+  SA's traffic selectors get through. In tunnel mode the inner packet is an IP packet (RFC 4303 3.1.2); in
+  transport mode it is the UDP datagram or TCP segment itself, between the SA's own addresses.
+- TCP (DNS over TCP, RFC 7766) ends here too (`tcp.TcpConnection`, one per client port, kept across rekeys);
+  its handshake and acknowledgements, and `handle_timer`'s retransmissions, go to the outbox.
+- `answer(query, payload, now)` seals the resolver's answer for the client (None: the resolver gave none).
+- `take_outgoing()` hands over the ESP packets to send, each with the endpoints it goes between.
 
 Nothing here reads the clock or touches a socket.
 """
@@ -22,28 +24,22 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 
-from .esp import (
-    Direction,
-    EspError,
-    EspSaParams,
-    InboundSa,
-    Lifetime,
-    OutboundSa,
-    Truncated,
-)
-from .ikev2.config import IP_PROTO_UDP, Endpoint, Mode
+from .esp import Direction, EspError, EspSaParams, InboundSa, Lifetime, OutboundSa, Truncated
+from .ikev2.config import Endpoint, Mode
 from .ikev2.constants import ProtocolId
 from .ikev2.crypto import RandomSource
 from .ikev2.events import ChildSaEstablished, ChildSaRekeyed, Event, SaDeleted
 from .ikev2.payloads import Address, TrafficSelector
+from .inet import IP_PROTO_TCP, IP_PROTO_UDP, InetRefused, ip_packet, parse_ip, parse_udp, udp_datagram
+from .tcp import SYN, Segment, TcpConnection, reset_for
 
 NEXT_HEADER_NONE = 59  # RFC 4303 2.6: a dummy packet, discarded
-UDP_HEADER = struct.Struct("!HHHH")  # source port, destination port, length, checksum
+IP_IN_ESP = {4: 4, 6: 41}  # RFC 4303's next header for a tunnelled IPv4 / IPv6 packet
+MAX_TCP_CONNECTIONS = 4096  # in all; past it a SYN is answered with a reset
+MAX_TCP_PER_FLOW = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +54,7 @@ class DnsQuery:
     client_port: int
     server_port: int
     payload: bytes = field(repr=False)
+    protocol: int = IP_PROTO_UDP
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,21 @@ class _Flow:
     pending: tuple[int, OutboundSa] | None = None  # a rekey's (new inbound SPI, new outbound SA), not yet in use
 
 
+@dataclass
+class _Tcp:
+    """One TCP connection, and where its segments go."""
+
+    connection: TcpConnection
+    flow: int
+    client: Address
+    server: Address
+    peer: Endpoint
+    local: Endpoint
+
+
+_TcpKey = tuple[int, Address, int, int]  # flow, client address, client port, server port
+
+
 def _spi(value: bytes) -> int:
     return int.from_bytes(value, "big")
 
@@ -92,77 +104,6 @@ def _allows(selectors: tuple[TrafficSelector, ...], address: Address, protocol: 
                for ts in selectors)
 
 
-IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")  # version+IHL, TOS, total length, ID, flags+offset, TTL, protocol ...
-IPV6_HEADER = struct.Struct("!IHBB16s16s")  # version+class+label, payload length, next header, hop limit, addresses
-IP_IN_ESP = {4: 4, 6: 41}  # RFC 4303's next header for a tunnelled IPv4 / IPv6 packet
-DONT_FRAGMENT = 0x4000
-TTL = 64
-
-
-class _Refused(Exception):
-    """An inner packet that is not one DNS datagram this SA may carry; the reason is a drop counter's name."""
-
-
-def parse_ip(packet: bytes) -> tuple[Address, Address, int, bytes]:
-    """(source, destination, protocol, payload) of an unfragmented IPv4 or IPv6 packet; `_Refused` otherwise."""
-    if not packet:
-        raise _Refused("short IP packet")
-    version = packet[0] >> 4
-    if version == 4:
-        if len(packet) < IPV4_HEADER.size:
-            raise _Refused("short IP packet")
-        first, _, total, _, fragment, _, protocol, _, src, dst = IPV4_HEADER.unpack_from(packet)
-        header = (first & 0x0F) * 4
-        if header < IPV4_HEADER.size or total != len(packet) or total < header:
-            raise _Refused("IP length")
-        if fragment & 0x3FFF:  # more fragments, or an offset: DNS over UDP here is one whole datagram
-            raise _Refused("IP fragment")
-        return IPv4Address(src), IPv4Address(dst), protocol, packet[header:]
-    if version == 6:
-        if len(packet) < IPV6_HEADER.size:
-            raise _Refused("short IP packet")
-        _, length, next_header, _, src, dst = IPV6_HEADER.unpack_from(packet)
-        if length != len(packet) - IPV6_HEADER.size:
-            raise _Refused("IP length")
-        return IPv6Address(src), IPv6Address(dst), next_header, packet[IPV6_HEADER.size:]
-    raise _Refused(f"IP version {version}")
-
-
-def ip_packet(source: Address, destination: Address, protocol: int, payload: bytes) -> bytes:
-    """An IPv4 (don't fragment, ID 0: RFC 6864) or IPv6 header for `payload`, and the payload."""
-    if isinstance(source, IPv4Address):
-        total = IPV4_HEADER.size + len(payload)
-        header = IPV4_HEADER.pack(0x45, 0, total, 0, DONT_FRAGMENT, TTL, protocol, 0, source.packed,
-                                  destination.packed)
-        return header[:10] + _checksum(header).to_bytes(2, "big") + header[12:] + payload
-    return IPV6_HEADER.pack(6 << 28, len(payload), protocol, TTL, source.packed, destination.packed) + payload
-
-
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def udp_datagram(source: Address, destination: Address, source_port: int, destination_port: int,
-                 payload: bytes) -> bytes:
-    """A UDP header and payload with its checksum over the pseudo-header of `source` and `destination`."""
-    length = UDP_HEADER.size + len(payload)
-    if length > 0xFFFF:
-        raise ValueError(f"a UDP payload of {len(payload)} octets does not fit a datagram")
-    if isinstance(source, IPv4Address):
-        pseudo = source.packed + destination.packed + struct.pack("!BBH", 0, IP_PROTO_UDP, length)
-    else:
-        pseudo = source.packed + destination.packed + struct.pack("!I3xB", length, IP_PROTO_UDP)
-    header = UDP_HEADER.pack(source_port, destination_port, length, 0)
-    checksum = _checksum(pseudo + header + payload) or 0xFFFF  # 0 means "no checksum" (RFC 768)
-    return UDP_HEADER.pack(source_port, destination_port, length, checksum) + payload
-
-
 class EspDatapath:
     """The Child SAs of userspace ESP; see the module's docstring."""
 
@@ -172,6 +113,8 @@ class EspDatapath:
         self._flows: dict[int, _Flow] = {}
         self._by_spi: dict[int, _Flow] = {}
         self._numbers = itertools.count(1)
+        self._tcp: dict[_TcpKey, _Tcp] = {}
+        self._outbox: list[Outgoing] = []
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
 
@@ -181,6 +124,14 @@ class EspDatapath:
 
     def inbound_spis(self) -> set[int]:
         return set(self._by_spi)
+
+    @property
+    def tcp_connections(self) -> int:
+        return len(self._tcp)
+
+    def take_outgoing(self) -> list[Outgoing]:
+        out, self._outbox = self._outbox, []
+        return out
 
     # --- Child SAs from the IKE core ---
 
@@ -224,79 +175,155 @@ class EspDatapath:
             flow.outbound, flow.pending = flow.pending[1], None  # the old pair is gone: the new one takes over
         if not flow.inbound:
             del self._flows[flow.number]
+            for key in [key for key in self._tcp if key[0] == flow.number]:
+                del self._tcp[key]  # nothing can reach their client any more
 
-    # --- packets ---
+    # --- packets in ---
 
-    def receive(self, packet: bytes, source: Endpoint, local: Endpoint, now: float) -> DnsQuery | None:
-        """The DNS query in an ESP packet, or None: dropped (counted in `drops`) or a dummy packet."""
+    def receive(self, packet: bytes, source: Endpoint, local: Endpoint, now: float) -> list[DnsQuery]:
+        """The DNS queries an ESP packet completes: none when it was dropped (counted in `drops`), a dummy, or TCP
+        that completed no message."""
         try:
             if len(packet) < 8:
                 raise Truncated(f"{len(packet)} octets: no ESP header")
             flow = self._by_spi.get(_spi(packet[:4]))
             if flow is None:
                 self.drops["unknown SPI"] += 1
-                return None
+                return []
             sa = flow.inbound[_spi(packet[:4])]
             inner, next_header = sa.open(packet, now)
         except EspError as exc:
             self.drops[exc.reason] += 1
-            return None
+            return []
         self.counts["ESP packets in"] += 1
         self.counts["ESP octets in"] += len(packet)
         if flow.pending is not None and flow.pending[0] == sa.params.spi:  # the peer uses the new pair: so do we
             flow.outbound, flow.pending = flow.pending[1], None
         if next_header == NEXT_HEADER_NONE:
             self.counts["dummy packets"] += 1
-            return None
+            return []
         try:
-            return self._query(flow, next_header, inner, source, local)
-        except _Refused as refused:
+            return self._queries(flow, next_header, inner, source, local, now)
+        except InetRefused as refused:
             self.drops[str(refused)] += 1
-            return None
+            return []
 
-    def _query(self, flow: _Flow, next_header: int, inner: bytes, source: Endpoint, local: Endpoint) -> DnsQuery:
+    def _queries(self, flow: _Flow, next_header: int, inner: bytes, source: Endpoint, local: Endpoint,
+                 now: float) -> list[DnsQuery]:
         if flow.mode is Mode.TUNNEL:
             if next_header not in IP_IN_ESP.values():
-                raise _Refused(f"next header {next_header}")
+                raise InetRefused(f"next header {next_header}")
             client, server, protocol, segment = parse_ip(inner)
             if IP_IN_ESP[client.version] != next_header:
-                raise _Refused(f"next header {next_header}")
+                raise InetRefused(f"next header {next_header}")
         else:
             client, server = self._client_address(flow, source), flow.local_address
             protocol, segment = next_header, inner
-        if protocol != IP_PROTO_UDP:
-            raise _Refused(f"protocol {protocol}")
-        if len(segment) < UDP_HEADER.size:
-            raise _Refused("short UDP")
-        client_port, server_port, length, _ = UDP_HEADER.unpack_from(segment)
-        if length != len(segment):  # one datagram, exactly
-            raise _Refused("UDP length")
-        if not (_allows(flow.local_ts, server, IP_PROTO_UDP, server_port)
-                and _allows(flow.remote_ts, client, IP_PROTO_UDP, client_port)):
-            raise _Refused("outside the traffic selectors")
-        return DnsQuery(flow.number, source, local, client, server, client_port, server_port,
-                        segment[UDP_HEADER.size:])
+        if protocol == IP_PROTO_UDP:
+            client_port, server_port, payload = parse_udp(segment)
+            self._check_selectors(flow, client, server, protocol, client_port, server_port)
+            return [DnsQuery(flow.number, source, local, client, server, client_port, server_port, payload)]
+        if protocol == IP_PROTO_TCP:
+            tcp = Segment.parse(segment)
+            self._check_selectors(flow, client, server, protocol, tcp.source_port, tcp.destination_port)
+            return self._tcp_segment(flow, client, server, tcp, source, local, now)
+        raise InetRefused(f"protocol {protocol}")
 
-    def answer(self, query: DnsQuery, payload: bytes, now: float) -> Outgoing | None:
-        """The resolver's answer to `query`, sealed for its client; None when its Child SA is gone meanwhile (or
-        its outbound SA refuses: counted in `drops`)."""
+    @staticmethod
+    def _check_selectors(flow: _Flow, client: Address, server: Address, protocol: int, client_port: int,
+                         server_port: int) -> None:
+        if not (_allows(flow.local_ts, server, protocol, server_port)
+                and _allows(flow.remote_ts, client, protocol, client_port)):
+            raise InetRefused("outside the traffic selectors")
+
+    def _tcp_segment(self, flow: _Flow, client: Address, server: Address, segment: Segment, source: Endpoint,
+                     local: Endpoint, now: float) -> list[DnsQuery]:
+        key = (flow.number, client, segment.source_port, segment.destination_port)
+        tcp = self._tcp.get(key)
+        if tcp is None:
+            refused = self._refuse_tcp(flow, segment)
+            if refused is not None:
+                self.drops[refused] += 1
+                reset = reset_for(segment)
+                if reset is not None:
+                    self._seal_segments(flow, client, server, source, local, [reset], now)
+                return []
+            tcp = _Tcp(TcpConnection(segment, int.from_bytes(self._random(4), "big"), now), flow.number, client,
+                       server, source, local)
+            self._tcp[key] = tcp
+            self.counts["TCP connections"] += 1
+            messages = []
+        else:
+            tcp.peer = source  # the answers follow the client's latest authentic packet
+            messages = tcp.connection.receive(segment, now)
+        self._flush_tcp(key, tcp, now)
+        return [DnsQuery(flow.number, source, local, client, server, segment.source_port, segment.destination_port,
+                         message, IP_PROTO_TCP) for message in messages]
+
+    def _refuse_tcp(self, flow: _Flow, segment: Segment) -> str | None:
+        """Why a segment for no connection opens none (a reset tells the client), or None: a SYN that may."""
+        if segment.flags != SYN:
+            return "TCP segment for no connection"
+        if len(self._tcp) >= MAX_TCP_CONNECTIONS or \
+                sum(key[0] == flow.number for key in self._tcp) >= MAX_TCP_PER_FLOW:
+            return "TCP connections past the limit"
+        return None
+
+    # --- packets out ---
+
+    def answer(self, query: DnsQuery, payload: bytes | None, now: float) -> None:
+        """The resolver's answer to `query` (None: it gave none), sealed for its client into the outbox; dropped
+        (counted) when the query's Child SA or connection is gone meanwhile."""
         flow = self._flows.get(query.flow)
         if flow is None:
             self.drops["answer after its SA was deleted"] += 1
-            return None
-        datagram = udp_datagram(query.server, query.client, query.server_port, query.client_port, payload)
+            return
+        if query.protocol == IP_PROTO_TCP:
+            key = (query.flow, query.client, query.client_port, query.server_port)
+            tcp = self._tcp.get(key)
+            if tcp is None:
+                self.drops["answer after its TCP connection closed"] += 1
+                return
+            tcp.connection.answer(payload, now)
+            self._flush_tcp(key, tcp, now)
+            return
+        if payload is None:
+            return
+        try:
+            datagram = udp_datagram(query.server, query.client, query.server_port, query.client_port, payload)
+        except InetRefused as refused:
+            self.drops[str(refused)] += 1
+            return
+        self._seal(flow, query.client, query.server, IP_PROTO_UDP, datagram, query.peer, query.local, now)
+
+    def _flush_tcp(self, key: _TcpKey, tcp: _Tcp, now: float) -> None:
+        connection = tcp.connection
+        flow = self._flows.get(tcp.flow)
+        if flow is not None and connection.outbox:
+            self._seal_segments(flow, tcp.client, tcp.server, tcp.peer, tcp.local, list(connection.outbox), now)
+        connection.outbox.clear()
+        if connection.closed:
+            del self._tcp[key]
+
+    def _seal_segments(self, flow: _Flow, client: Address, server: Address, peer: Endpoint, local: Endpoint,
+                       segments: list[Segment], now: float) -> None:
+        for segment in segments:
+            self._seal(flow, client, server, IP_PROTO_TCP, segment.encode(server, client), peer, local, now)
+
+    def _seal(self, flow: _Flow, client: Address, server: Address, protocol: int, segment: bytes, peer: Endpoint,
+              local: Endpoint, now: float) -> None:
         try:
             if flow.mode is Mode.TUNNEL:
-                packet = flow.outbound.seal(ip_packet(query.server, query.client, IP_PROTO_UDP, datagram),
-                                            IP_IN_ESP[query.client.version], now)
+                packet = flow.outbound.seal(ip_packet(server, client, protocol, segment), IP_IN_ESP[client.version],
+                                            now)
             else:
-                packet = flow.outbound.seal(datagram, IP_PROTO_UDP, now)
+                packet = flow.outbound.seal(segment, protocol, now)
         except EspError as exc:
             self.drops[exc.reason] += 1
-            return None
+            return
         self.counts["ESP packets out"] += 1
         self.counts["ESP octets out"] += len(packet)
-        return Outgoing(packet, query.peer, query.local)
+        self._outbox.append(Outgoing(packet, peer, local))
 
     @staticmethod
     def _client_address(flow: _Flow, peer: Endpoint) -> Address:
@@ -306,3 +333,16 @@ class EspDatapath:
             if ts.start_address == ts.end_address and ts.start_address.version == flow.local_address.version:
                 return ts.start_address
         return peer.address
+
+    # --- the clock (TCP's retransmissions and idle connections) ---
+
+    def get_timer(self) -> float | None:
+        deadlines = [t for tcp in self._tcp.values() if (t := tcp.connection.get_timer()) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for key, tcp in list(self._tcp.items()):
+            deadline = tcp.connection.get_timer()
+            if deadline is not None and deadline <= now:
+                tcp.connection.handle_timer(now)
+                self._flush_tcp(key, tcp, now)

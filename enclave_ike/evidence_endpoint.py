@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
@@ -51,6 +52,8 @@ from .enclave.attest import attest
 from .enclave.base import Enclave
 from .enclave.errors import NonceError
 from .errors import EnclaveIkeError
+from .relay import evidence_socket
+from .relay_server import listen_unix
 from .snp_store import ServedCertificates
 
 log = logging.getLogger("enclave_ike.evidence")
@@ -103,10 +106,13 @@ class EvidenceEndpoint:
 
     def __init__(self, enclave: Enclave, ike_id: str, addresses: Sequence[Address], port: int, *,
                  collateral: Collateral | None = None, tdx_collateral: ServedCollateral | None = None,
-                 snp_certificates: ServedCertificates | None = None, limits: Limits | None = None) -> None:
+                 snp_certificates: ServedCertificates | None = None, limits: Limits | None = None,
+                 unix_path: Path | None = None) -> None:
         """`collateral`: the same for every envelope; else, for TDX quotes, the set `tdx_collateral` has. SEV-SNP
-        reports that come without the host's certificates get those `snp_certificates` has for them."""
+        reports that come without the host's certificates get those `snp_certificates` has for them. With
+        `unix_path` it listens there instead (behind `enclave-ike forward`, which carries TCP `port` to it)."""
         self.enclave, self.ike_id, self.addresses, self.port = enclave, ike_id, tuple(addresses), port
+        self.unix_path = unix_path
         self.collateral, self.tdx_collateral, self.limits = collateral, tdx_collateral, limits or Limits()
         self.snp_certificates = snp_certificates
         self._platforms: dict[bytes, co.Platform] = {}  # by the quote's PCK chain, which is the platform's
@@ -120,6 +126,16 @@ class EvidenceEndpoint:
         self.diagnostics = Diagnostics(log, PrivacyConfig(enabled=False))
 
     async def start(self) -> None:
+        if self.unix_path is not None:
+            try:
+                self._servers.append(await listen_unix(self._connection, self.unix_path,
+                                                       limit=self.limits.request_bytes))
+            except OSError as exc:
+                raise EndpointError(f"evidence endpoint: cannot listen on {self.unix_path}: "
+                                    f"{exc.strerror or exc}") from None
+            log.info("evidence endpoint on %s (relayed from tcp port %d): GET /evidence?nonce=HEX", self.unix_path,
+                     self.port)
+            return
         for address in self.addresses:
             try:
                 server = await asyncio.start_server(self._connection, str(address), self.port,
@@ -143,6 +159,9 @@ class EvidenceEndpoint:
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
         self._servers.clear()
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                self.unix_path.unlink()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -300,8 +319,10 @@ def for_config(config: ServeConfig, enclave: Enclave | None) -> EvidenceEndpoint
         tdx = ServedCollateral(config.evidence.collateral_dir, intel_root(config.evidence.intel_root))
     elif enclave.kind is EvidenceKind.SEV_SNP:
         snp = ServedCertificates(config.evidence.collateral_dir)
+    relay = config.listen.relay
     return EvidenceEndpoint(enclave, config.identity.id, config.listen.addresses, config.evidence.port,
-                            tdx_collateral=tdx, snp_certificates=snp)
+                            tdx_collateral=tdx, snp_certificates=snp,
+                            unix_path=evidence_socket(relay) if relay is not None else None)
 
 
 def endpoint_address(config: ServeConfig) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 
 from .errors import EnclaveIkeError
 from .ikev2.config import Endpoint
@@ -26,6 +27,12 @@ _FIXED = struct.Struct("!BB")
 _PORT = struct.Struct("!H")
 _ADDRESS_SIZE = {4: 4, 6: 16}
 MAX_PAYLOAD = 0xFFFF
+
+
+def evidence_socket(relay: Path) -> Path:
+    """Where the enclave's evidence endpoint listens behind the forwarder, which carries TCP port 4501 there as a
+    plain byte stream (HTTP inside): beside the datagram socket, named after it."""
+    return relay.with_name(relay.name + ".evidence")
 
 
 class RelayError(EnclaveIkeError):

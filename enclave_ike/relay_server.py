@@ -13,8 +13,9 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from .diagnostics import Diagnostics
 from .errors import EnclaveIkeError
@@ -30,24 +31,34 @@ class RelayListenError(EnclaveIkeError):
     """The forwarder's socket could not be made."""
 
 
+async def listen_unix(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], path: Path,
+                      **kwargs: Any) -> asyncio.Server:
+    """A Unix stream server at `path`, which only its owner may connect to. A socket left there by a server that
+    died is replaced (anything else at that path is an error)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    server = await asyncio.start_unix_server(handler, path=str(path), **kwargs)
+    os.chmod(path, 0o600)
+    return server
+
+
 class Relay:
     def __init__(self, path: Path, deliver: Callable[[Relayed], None], diagnostics: Diagnostics) -> None:
         self.path, self.deliver, self.diagnostics = path, deliver, diagnostics
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):  # a socket left by a server that died: ours to replace
-            if stat.S_ISSOCK(self.path.lstat().st_mode):
-                self.path.unlink()
         try:
-            self._server = await asyncio.start_unix_server(self._connected, path=str(self.path))
-            os.chmod(self.path, 0o600)  # only its owner (the forwarder runs as the same user, or root) connects
+            self._server = await listen_unix(self._connected, self.path)
         except OSError as exc:
             raise RelayListenError(f"cannot listen for the forwarder on {self.path}: {exc.strerror or exc}") from None
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         if self._writer is not None:
@@ -91,10 +102,13 @@ class Relay:
             log.error("relay: the forwarder sent a broken frame (%s); its connection is closed", exc)
         except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            pass  # serve is stopping. Ended quietly: asyncio 3.11 logs a traceback for a cancelled handler task
         finally:
             writer.close()
             if self._writer is writer:
                 self._writer = None
-                log.warning("relay: the forwarder disconnected")
+                if not self._stopping:
+                    log.warning("relay: the forwarder disconnected")
             if task is not None:
                 self._readers.discard(task)

@@ -47,7 +47,7 @@ from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
 from .errors import EnclaveIkeError
 from .esp import EspError
 from .evidence_endpoint import EvidenceEndpoint, for_config
-from .ikev2.config import Endpoint
+from .ikev2.config import IP_PROTO_TCP, Endpoint
 from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
 from .ikev2.cookies import COOKIE_SECRET_SIZE
 from .ikev2.crypto import ChildSuite, IkeSuite, SoftwareSigner
@@ -77,6 +77,7 @@ COOKIE_ROTATION_S = 300.0
 SIGNING_THREADS = 4  # signatures at once (the sim enclave serves one at a time; a TEE's signer may serve more)
 COUNTS_INTERVAL_S = 60.0  # how often the limits' refusals and removals are logged, as counts
 SHUTDOWN_GRACE_S = 0.3
+TCP_TICK_S = 0.25  # userspace ESP's TCP timers are looked at this often
 RSA_BITS = 3072
 IDENTITY_VERSION = 1
 
@@ -237,6 +238,7 @@ class Server:
         self.datapath = EspDatapath() if config.apply is ApplyMode.USERSPACE else None
         self._queries: set[asyncio.Task[None]] = set()
         self._esp_logged: Counter[str] = Counter()
+        self._tcp_tick: asyncio.TimerHandle | None = None
         self._drops_logged: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -308,6 +310,8 @@ class Server:
             await self._worker
         if self._timer is not None:
             self._timer.cancel()
+        if self._tcp_tick is not None:
+            self._tcp_tick.cancel()
         for task in self._queries:
             task.cancel()
         await asyncio.gather(*self._queries, return_exceptions=True)
@@ -468,30 +472,49 @@ class Server:
     # --- userspace ESP ---
 
     def _esp_received(self, sock: _Port, packet: bytes, source: Endpoint) -> None:
-        """An ESP packet on port 4500: its DNS query goes on to the resolver, its answer back inside ESP."""
-        assert self.datapath is not None
-        query = self.datapath.receive(packet, source, sock.local, self._loop.time())
-        if query is None:
-            return
-        if len(self._queries) >= self.config.userspace.max_queries_in_flight:
-            self.datapath.drops["queries past max_queries_in_flight"] += 1
-            return
-        task = self._loop.create_task(self._resolve(query))
-        self._queries.add(task)
-        task.add_done_callback(self._queries.discard)
+        """An ESP packet on port 4500: the DNS queries it completes go on to the resolver, their answers (and TCP's
+        own segments) back inside ESP."""
+        datapath = self.datapath
+        assert datapath is not None
+        now = self._loop.time()
+        for query in datapath.receive(packet, source, sock.local, now):
+            if len(self._queries) >= self.config.userspace.max_queries_in_flight:
+                datapath.drops["queries past max_queries_in_flight"] += 1
+                datapath.answer(query, None, now)  # a TCP connection stops waiting for it
+                continue
+            task = self._loop.create_task(self._resolve(query))
+            self._queries.add(task)
+            task.add_done_callback(self._queries.discard)
+        self._send_esp()
 
     async def _resolve(self, query: DnsQuery) -> None:
-        assert self.datapath is not None
+        datapath = self.datapath
+        assert datapath is not None
         userspace = self.config.userspace
-        self.datapath.counts["DNS queries"] += 1
-        answer = await upstream.ask_udp(userspace.resolver, query.payload, userspace.query_timeout_s)
+        datapath.counts[f"DNS queries over {'TCP' if query.protocol == IP_PROTO_TCP else 'UDP'}"] += 1
+        ask = upstream.ask_tcp if query.protocol == IP_PROTO_TCP else upstream.ask_udp
+        answer = await ask(userspace.resolver, query.payload, userspace.query_timeout_s)
         if answer is None:
-            self.datapath.drops["queries the resolver did not answer"] += 1
-            return
-        self.datapath.counts["DNS answers"] += 1
-        out = self.datapath.answer(query, answer, self._loop.time())
-        if out is not None:
+            datapath.drops["queries the resolver did not answer"] += 1
+        else:
+            datapath.counts["DNS answers"] += 1
+        datapath.answer(query, answer, self._loop.time())
+        self._send_esp()
+
+    def _send_esp(self) -> None:
+        assert self.datapath is not None
+        for out in self.datapath.take_outgoing():
             self._socket_for(out.local, out.peer).send_esp(out.packet, out.peer)
+        if self.datapath.tcp_connections and self._tcp_tick is None:
+            self._tcp_tick = self._loop.call_later(TCP_TICK_S, self._on_tcp_tick)
+
+    def _on_tcp_tick(self) -> None:
+        """TCP's retransmissions and idle closes, a few times a second while connections exist (one scan, not a
+        loop timer per connection)."""
+        self._tcp_tick = None
+        if self.datapath is not None:
+            self.datapath.handle_timer(self._loop.time())
+            self._send_esp()
 
     async def _signing_worker(self) -> None:
         while True:
@@ -659,6 +682,7 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, server.diagnostics.dump, "SIGUSR1 (the operator)")
+        loop.add_signal_handler(signal.SIGHUP, _declined_reload, config.path)
         log.info("listening on %s (ports %d and %d), protecting DNS on %s; apply mode %s; identity %s %s",
                  ", ".join(map(str, config.listen.addresses)), config.listen.ike_port, config.listen.natt_port,
                  ", ".join(map(str, config.dns_addresses)), config.apply.value, config.identity.id,
@@ -673,6 +697,13 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikecommon.xfrm
         if isinstance(enclave, SimEnclave):
             enclave.close()
+
+
+def _declined_reload(path: Path) -> None:
+    """SIGHUP: the identity key, the IKE SAs and their Child SAs live in this process; a new config could change
+    the listen addresses or the identity under them. It is declined, said so, and the server goes on."""
+    log.warning("SIGHUP: the config is not reloaded (%s is read at start only); serve goes on unchanged. Restart it "
+                "to apply a new config: its clients re-run IKE, and pin again if the identity changed", path)
 
 
 def _unpublish(path: Path) -> None:

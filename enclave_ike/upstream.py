@@ -44,3 +44,27 @@ async def ask_udp(resolver: Endpoint, query: bytes, timeout: float) -> bytes | N
         return None
     finally:
         transport.close()
+
+
+async def ask_tcp(resolver: Endpoint, query: bytes, timeout: float) -> bytes | None:
+    """The same over TCP (RFC 7766: each message behind its two-octet length), for a query that came over TCP: its
+    answer may be larger than UDP carries. A connection of its own, closed after the answer."""
+    if len(query) < DNS_ID_SIZE or len(query) > 0xFFFF:
+        return None
+
+    async def exchange() -> bytes | None:
+        reader, writer = await asyncio.open_connection(str(resolver.address), resolver.port)
+        try:
+            writer.write(len(query).to_bytes(2, "big") + query)
+            await writer.drain()
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                answer = await reader.readexactly(size)
+                if answer[:DNS_ID_SIZE] == query[:DNS_ID_SIZE]:
+                    return answer
+        finally:
+            writer.close()
+
+    with contextlib.suppress(TimeoutError, OSError, asyncio.IncompleteReadError):
+        return await asyncio.wait_for(exchange(), timeout)
+    return None

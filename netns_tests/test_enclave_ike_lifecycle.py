@@ -243,3 +243,22 @@ def test_a_stopped_enclave_does_not_stall_other_clients(world: World,
         os.kill(child, signal.SIGCONT)
     assert first.summary(timeout=40.0) == {"established": 1, "failed": 0}
     assert second.summary(timeout=40.0) == {"established": 1, "failed": 0}
+
+
+@pytest.mark.host  # IKE only (apply.mode none)
+def test_sighup_is_declined_and_the_server_goes_on_with_its_identity(world: World,
+                                                                    enclave_ike: Callable[..., procs.Daemon]) -> None:
+    """A reload would change the identity or the addresses under live SAs: serve says it declines, and keeps its
+    key, its published identity and its clients (before this, SIGHUP ended serve with identity.json left behind)."""
+    server = enclave_ike()
+    published = (world.workdir / "identity.json").read_text()
+    first = IkeClients(world)
+    assert first.summary(timeout=30.0) == {"established": 1, "failed": 0}
+    for _ in range(2):  # a second one too: the handler stays
+        os.kill(server.pid, signal.SIGHUP)
+        server.wait_for_log(r"SIGHUP: the config is not reloaded", timeout=10.0)
+    assert server.running()
+    assert (world.workdir / "identity.json").read_text() == published
+    second = IkeClients(world)
+    assert second.summary(timeout=30.0) == {"established": 1, "failed": 0}
+    assert server.log_text().count("SIGHUP: the config is not reloaded") == 2

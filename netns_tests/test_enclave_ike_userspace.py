@@ -14,6 +14,7 @@ resolver host's kernel and the enclave's hold no XFRM state at all.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,15 +26,22 @@ from typing import Any
 
 import pytest
 
+from enclave_ike.server import PublishedIdentity
+from ikecommon import keys
 from ikecommon.xfrm import XfrmClient
+from ikectl import plan, render
+from ikectl.config import Mode, TrustedResolver
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture
-from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers
+from netns_tests.harness.dnsclient import query
+from netns_tests.harness.enclave_ike import NULL_IDENTITY, config_text, servers, signing_identity
+from netns_tests.harness.pluto import Pluto
 from netns_tests.harness.topology import Host, Topology
 from netns_tests.harness.unbound import Unbound, UnboundConfig
 
 PREFIX = "10.88"
 CLIENT, RESOLVER = f"{PREFIX}.1.2", f"{PREFIX}.2.53"
+RESOLVER_ID = "@resolver.enclave.example"
 
 
 class Site:
@@ -83,8 +91,8 @@ def site(topology: Topology, tmp_path: Path, unbound: Callable[..., Unbound]) ->
 def enclave(site: Site) -> Iterator[Callable[..., procs.Daemon]]:
     """`enclave(privacy=...)`: enclave-ike serve in the enclave namespace, then the forwarder on the resolver host."""
     with servers(site.enclave, site.workdir) as serve:
-        def start(privacy: bool = False) -> procs.Daemon:
-            text = config_text(RESOLVER, identity=NULL_IDENTITY, workdir=site.workdir, apply="userspace",
+        def start(privacy: bool = False, identity: str = NULL_IDENTITY) -> procs.Daemon:
+            text = config_text(RESOLVER, identity=identity, workdir=site.workdir, apply="userspace",
                                privacy=privacy)
             daemon = serve(text.replace("[listen]\n", f'[listen]\nrelay = "{site.relay}"\n', 1))
             site.forward()
@@ -122,7 +130,7 @@ def test_dns_is_answered_through_userspace_esp_with_no_plaintext_on_either_wire(
         with XfrmClient(host.netns) as xfrm:
             assert xfrm.sas() == [] and xfrm.policies() == [], host.name
     server.stop()
-    assert re.search(r"ESP: .*DNS answers: 10; DNS queries: 10", server.log_text()), server.log_text()
+    assert re.search(r"ESP: .*DNS answers: 10; DNS queries over UDP: 10", server.log_text()), server.log_text()
 
 
 @pytest.mark.host  # userspace ESP: no kernel SA anywhere
@@ -168,3 +176,64 @@ def test_what_leaves_the_enclave_names_no_client_and_no_query(site: Site, enclav
     hits = {k for k in known if re.search(rf"{re.escape(k)}(?![0-9a-f])", written)}
     assert hits == (set() if privacy else known), written
     assert "lab.example" not in written
+
+
+def test_ikectl_trusted_mode_gets_dns_through_userspace_esp_behind_the_forwarder(site: Site,
+                                                                                enclave: Callable[..., procs.Daemon],
+                                                                                pluto: Callable[..., Pluto]):
+    """Needs ESP in the client's kernel (the VM). The conn `ikectl up` renders in trusted mode with
+    [ipsec] encapsulation = true, enclave-ike's key pinned: pluto's kernel sends ESP in UDP to port 4500, the
+    forwarder relays it, the enclave opens it and asks unbound on its loopback; TCP ends in enclave-ike's own TCP.
+    0 plaintext port-53 packets on the router and on the resolver host's side; no XFRM state outside the client."""
+    enclave(identity=signing_identity(RESOLVER_ID))
+    published = site.workdir / "identity.json"
+    identity = PublishedIdentity.from_json(published.read_text(), str(published))
+    assert identity.libreswan is not None
+    site.topo.sysctl(site.client, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
+    # As `ikectl up` does: the tcp/53 trap's ACQUIRE is not held up for the kernel's default 30 s by the larval
+    # state the udp/53 trap left (docs/modes.md).
+    site.topo.sysctl(site.client, "net.core.xfrm_acq_expires", str(plan.ACQ_EXPIRES_S))
+    wire, host_side = site.capture(site.router, site.client, "router"), site.capture(site.resolver, site.router,
+                                                                                     "resolver-host")
+    client = pluto(site.client, run=False)
+    client.init_nss()
+    profile = render.Profile(Mode.TRUSTED, encapsulation=True, trusted=TrustedResolver(
+        ip_address(RESOLVER), RESOLVER_ID, keys.parse(identity.libreswan)))
+    render.write_tree(render.render_tree(profile), client.dir)
+    client.start()
+    client.addconn("--autoall")
+    answers = [query(site.topo, site.client, RESOLVER, timeout=20.0, retry_every=2.0)]
+    answers += [query(site.topo, site.client, RESOLVER, timeout=5.0) for _ in range(9)]
+    over_tcp = [query(site.topo, site.client, RESOLVER, timeout=20.0, tcp=True)]  # its own Child SA (tcp/53)
+    over_tcp += [query(site.topo, site.client, RESOLVER, rdtype=rdtype, timeout=5.0, tcp=True)
+                 for rdtype in ("A", "AAAA", "TXT")]
+    wire.stop()
+    host_side.stop()
+    assert all(a.answered for a in answers), answers
+    assert all(a.answered for a in over_tcp), over_tcp
+    for capture in (wire, host_side):
+        count = capture.count([CLIENT]).peer(RESOLVER)
+        assert count.plaintext_dns == 0, (capture.name, count)
+        assert count.esp_out >= 10 and count.esp_in >= 10, (capture.name, count)
+    states = site.topo.run(site.client, ["ip", "xfrm", "state"]).stdout
+    assert "encap type espinudp sport 4500 dport 4500" in states, states
+    for host in (site.resolver, site.enclave):
+        with XfrmClient(host.netns) as xfrm:
+            assert xfrm.sas() == [] and xfrm.policies() == [], host.name
+
+
+FETCH = ("import sys; from ikecommon.attestation.envelope import Envelope; from ikecommon import evidence_client as e; "
+         "print(e.fetch_identity(sys.argv[1], 4501)); "
+         "print(Envelope.decode(e.fetch_evidence(sys.argv[1], 4501, bytes.fromhex(sys.argv[2]))).nonce.hex())")
+
+
+@pytest.mark.host  # evidence over TCP through the forwarder: no ESP
+def test_the_evidence_endpoint_is_reached_through_the_forwarder(site: Site, enclave: Callable[..., procs.Daemon]):
+    """A client attests the enclave before pinning its key: its evidence endpoint listens beside the relay socket, and
+    the forwarder pipes TCP port 4501 to it (the enclave has no address of its own)."""
+    enclave(identity=signing_identity(RESOLVER_ID))
+    nonce = os.urandom(32).hex()
+    proc = site.topo.run(site.client, [sys.executable, "-c", FETCH, RESOLVER, nonce])
+    assert proc.stdout.split() == [RESOLVER_ID, nonce], proc.stdout
+    site.forwarders[0].stop()  # its last line: the counts
+    assert "evidence connections: 2" in site.forwarders[0].log_text()

@@ -12,13 +12,14 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from enclave_ike.datapath import DnsQuery, EspDatapath, ip_packet, parse_ip, udp_datagram
+from enclave_ike.datapath import DnsQuery, EspDatapath, Outgoing
 from enclave_ike.esp import Direction, EspSaParams, InboundSa, Lifetime, OutboundSa
 from enclave_ike.ikev2.config import Endpoint, Mode
 from enclave_ike.ikev2.constants import EncrId, IntegId, ProtocolId
 from enclave_ike.ikev2.crypto import ChildSuite
 from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
 from enclave_ike.ikev2.payloads import TrafficSelector
+from enclave_ike.inet import ip_packet, parse_ip, udp_datagram
 
 NOW = 100.0
 RESOLVER, CLIENT, NATTED = ip_address("192.0.2.53"), ip_address("10.0.0.7"), ip_address("198.51.100.9")
@@ -58,6 +59,21 @@ class Client:
         return self.out.seal(udp_datagram(CLIENT, RESOLVER, sport, dport, payload), next_header, NOW)
 
 
+def one(path: EspDatapath, packet: bytes) -> DnsQuery | None:
+    """The one query a UDP packet gives, or None."""
+    queries = path.receive(packet, SOURCE, LOCAL, NOW)
+    assert len(queries) <= 1, queries
+    return queries[0] if queries else None
+
+
+def answered(path: EspDatapath, query: DnsQuery, payload: bytes) -> Outgoing | None:
+    """The one ESP packet the answer to a UDP query becomes, or None."""
+    path.answer(query, payload, NOW)
+    out = path.take_outgoing()
+    assert len(out) <= 1, out
+    return out[0] if out else None
+
+
 def installed(event: ChildSaEstablished | None = None) -> tuple[EspDatapath, Client, ChildSaEstablished]:
     event = event or child(0x1001, 0x2001)
     path = EspDatapath()
@@ -68,9 +84,9 @@ def installed(event: ChildSaEstablished | None = None) -> tuple[EspDatapath, Cli
 @pytest.mark.parametrize("suite", [GCM, CBC], ids=["aes-gcm", "aes-cbc-hmac"])
 def test_a_query_in_and_its_answer_out(suite: ChildSuite):
     path, client, _ = installed(child(0x1001, 0x2001, suite))
-    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    query = one(path, client.query())
     assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
-    out = path.answer(query, b"answer", NOW)
+    out = answered(path, query, b"answer")
     assert out is not None and (out.peer, out.local) == (SOURCE, LOCAL)
     inner, next_header = client.into.open(out.packet, NOW)
     assert next_header == 17
@@ -98,7 +114,7 @@ def hostile(client: Client, good: bytes) -> dict[str, bytes]:
         "unknown SPI": b"\x00\x00\x99\x99" + good[4:],
         "icv": bytes(flipped),
         "replay": good,
-        "protocol 6": client.query(next_header=6),
+        "protocol 1": client.query(next_header=1),
         "outside the traffic selectors": client.query(dport=5353),
         "UDP length": client.out.seal(udp_datagram(CLIENT, RESOLVER, 1, 53, QUERY)[:-3], 17, NOW),
         "short UDP": client.out.seal(b"\x00\x01", 17, NOW),
@@ -108,10 +124,10 @@ def hostile(client: Client, good: bytes) -> dict[str, bytes]:
 def test_every_hostile_packet_is_dropped_counted_and_never_answered():
     path, client, _ = installed()
     good = client.query()
-    assert path.receive(good, SOURCE, LOCAL, NOW) is not None
+    assert one(path, good) is not None
     for reason, packet in hostile(client, good).items():
         before = path.drops[reason]
-        assert path.receive(packet, SOURCE, LOCAL, NOW) is None, reason
+        assert one(path, packet) is None, reason
         assert path.drops[reason] == before + 1, (reason, path.drops)
     assert path.counts["ESP packets out"] == 0
 
@@ -119,16 +135,16 @@ def test_every_hostile_packet_is_dropped_counted_and_never_answered():
 def test_reordered_within_the_window_is_taken_outside_it_is_dropped():
     path, client, _ = installed()
     packets = [client.query() for _ in range(70)]
-    assert path.receive(packets[1], SOURCE, LOCAL, NOW) is not None
-    assert path.receive(packets[0], SOURCE, LOCAL, NOW) is not None  # late but inside the window
-    assert path.receive(packets[69], SOURCE, LOCAL, NOW) is not None
-    assert path.receive(packets[2], SOURCE, LOCAL, NOW) is None  # 67 behind the newest: left of a 64 window
+    assert one(path, packets[1]) is not None
+    assert one(path, packets[0]) is not None  # late but inside the window
+    assert one(path, packets[69]) is not None
+    assert one(path, packets[2]) is None  # 67 behind the newest: left of a 64 window
     assert path.drops == {"window": 1}
 
 
 def test_a_dummy_packet_is_taken_silently():
     path, client, _ = installed()
-    assert path.receive(client.out.seal(b"", 59, NOW), SOURCE, LOCAL, NOW) is None
+    assert one(path, client.out.seal(b"", 59, NOW)) is None
     assert path.counts["dummy packets"] == 1 and not path.drops
 
 
@@ -138,19 +154,19 @@ def test_rekey_hands_over_without_losing_a_packet():
     path.apply(ChildSaRekeyed(b"I" * 8, b"R" * 8, old.spi_in, old.spi_out, new), NOW)
     new_client = Client.of(new)
     # Until the peer uses the new pair, answers go out on the old one (the peer may not have installed the new).
-    query = path.receive(old_client.query(), SOURCE, LOCAL, NOW)
+    query = one(path, old_client.query())
     assert query is not None
-    out = path.answer(query, b"a1", NOW)
+    out = answered(path, query, b"a1")
     assert out is not None and old_client.into.open(out.packet, NOW)[0].endswith(b"a1")
     # The peer's first packet on the new pair moves the answers to it; the old inbound SA still works.
-    query = path.receive(new_client.query(), SOURCE, LOCAL, NOW)
+    query = one(path, new_client.query())
     assert query is not None
-    out = path.answer(query, b"a2", NOW)
+    out = answered(path, query, b"a2")
     assert out is not None and new_client.into.open(out.packet, NOW)[0].endswith(b"a2")
-    assert path.receive(old_client.query(), SOURCE, LOCAL, NOW) is not None
+    assert one(path, old_client.query()) is not None
     path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", old.spi_in, old.spi_out), NOW)
-    assert path.receive(old_client.query(), SOURCE, LOCAL, NOW) is None
-    assert path.receive(new_client.query(), SOURCE, LOCAL, NOW) is not None
+    assert one(path, old_client.query()) is None
+    assert one(path, new_client.query()) is not None
     assert len(path) == 1 and path.inbound_spis() == {0x1002}
 
 
@@ -161,16 +177,16 @@ def test_deleting_the_old_pair_before_the_peer_used_the_new_one_moves_answers_to
     new_client = Client.of(new)
     earlier = DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
     path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "rekeyed", old.spi_in, old.spi_out), NOW)
-    out = path.answer(earlier, b"late answer", NOW)
+    out = answered(path, earlier, b"late answer")
     assert out is not None and new_client.into.open(out.packet, NOW)[0].endswith(b"late answer")
 
 
 def test_an_answer_after_its_sa_was_deleted_is_dropped():
     path, client, event = installed()
-    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    query = one(path, client.query())
     assert query is not None
     path.apply(SaDeleted(b"I" * 8, b"R" * 8, ProtocolId.ESP, "deleted by the peer", event.spi_in, event.spi_out), NOW)
-    assert path.answer(query, b"too late", NOW) is None
+    assert answered(path, query, b"too late") is None
     assert path.drops == {"answer after its SA was deleted": 1} and len(path) == 0
 
 
@@ -183,9 +199,9 @@ def tunnelled(client: Client, src: str = str(CLIENT), dst: str = str(RESOLVER), 
 
 def test_tunnel_mode_carries_whole_ip_packets_both_ways():
     path, client, _ = installed(child(0x1001, 0x2001, mode=Mode.TUNNEL))
-    query = path.receive(tunnelled(client), SOURCE, LOCAL, NOW)
+    query = one(path, tunnelled(client))
     assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, 33333, 53, QUERY)
-    out = path.answer(query, b"answer", NOW)
+    out = answered(path, query, b"answer")
     assert out is not None
     inner, next_header = client.into.open(out.packet, NOW)
     assert next_header == 4
@@ -202,7 +218,7 @@ def test_tunnel_mode_refuses_what_is_not_one_dns_datagram_between_the_selectors(
         "outside the traffic selectors": [tunnelled(client, src="10.0.0.8"), tunnelled(client, dst="192.0.2.54"),
                                           tunnelled(client, dport=54)],
         "IP fragment": [tunnelled(client, flags="MF"), tunnelled(client, frag=10)],
-        "protocol 6": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER), proto=6) / (b"x" * 20)), 4, NOW)],
+        "protocol 1": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER), proto=1) / (b"x" * 20)), 4, NOW)],
         "next header 17": [client.query()],  # a transport-mode packet on a tunnel-mode SA
         "next header 41": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER)) / UDP() / b"x"), 41, NOW)],
         "IP length": [client.out.seal(bytes(IP(src=str(CLIENT), dst=str(RESOLVER)) / UDP() / b"x") + b"junk", 4, NOW)],
@@ -211,7 +227,7 @@ def test_tunnel_mode_refuses_what_is_not_one_dns_datagram_between_the_selectors(
     }
     for reason, packets in cases.items():
         for packet in packets:
-            assert path.receive(packet, SOURCE, LOCAL, NOW) is None, reason
+            assert one(path, packet) is None, reason
         assert path.drops[reason] == len(packets), (reason, path.drops)
     assert path.counts["ESP packets out"] == 0
 
@@ -230,10 +246,10 @@ def test_hard_lifetime_stops_the_sa_in_both_directions():
     event = child(0x1001, 0x2001)
     path.apply(event, NOW)
     client = Client.of(event)
-    query = path.receive(client.query(), SOURCE, LOCAL, NOW)
+    query = one(path, client.query())
     assert query is not None
-    assert path.answer(query, b"y" * 300, NOW) is None
-    assert path.receive(client.query(b"z" * 300), SOURCE, LOCAL, NOW) is None
+    assert answered(path, query, b"y" * 300) is None
+    assert one(path, client.query(b"z" * 300)) is None
     assert path.drops["expired"] == 2
 
 

@@ -113,9 +113,11 @@ def test_sim_signs_with_its_key(sim: SimEnclave) -> None:
         verify_ecdsa(sim, b"other", sim.signer().sign(b"octets", sim.signer().algorithm))
 
 
-def test_sim_enclave_outlives_the_operators_sigusr1(sim: SimEnclave) -> None:
-    """`systemctl kill -s USR1 enclave-ike` (serve's ring dump) reaches the sim enclave's process too."""
-    os.kill(sim.pid, signal.SIGUSR1)
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGHUP], ids=["usr1", "hup"])
+def test_sim_enclave_outlives_the_operators_signals(sim: SimEnclave, sig: int) -> None:
+    """`systemctl kill -s USR1 enclave-ike` (serve's ring dump) and `-s HUP` (a reload serve declines) reach the sim
+    enclave's process too."""
+    os.kill(sim.pid, sig)
     time.sleep(0.2)
     verify_ecdsa(sim, b"IKE_AUTH octets", sim.signer().sign(b"IKE_AUTH octets", sim.signer().algorithm))
 

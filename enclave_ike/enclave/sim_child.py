@@ -85,9 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sign-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is enclave-ike's to handle; it closes the channel
-    # The operator's SIGUSR1 asks serve for its diagnostics ring; `systemctl kill -s USR1` sends it to every process
-    # of the unit, and its default action here would end the enclave.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # The operator's SIGUSR1 asks serve for its diagnostics ring, SIGHUP is a reload serve declines; `systemctl kill`
+    # sends them to every process of the unit, and their default action here would end the enclave.
+    for sig in (signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     _harden()
     registers = tuple(args.register) or DEFAULT_REGISTERS
     signer = SoftwareSigner(ec.generate_private_key(KEY_TYPES[args.key]()))

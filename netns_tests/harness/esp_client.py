@@ -30,12 +30,12 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from enclave_ike.datapath import udp_datagram
 from enclave_ike.esp import Direction, EspError, EspSaParams, InboundSa, OutboundSa
 from enclave_ike.ikev2.config import IP_PROTO_UDP, Endpoint, InitiatorConfig
 from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaRekeyed, Event
 from enclave_ike.ikev2.initiator import Initiator
 from enclave_ike.ikev2.payloads import TrafficSelector
+from enclave_ike.inet import udp_datagram
 
 CLIENT_PORT = 35353  # the inner UDP source port of every query
 
