@@ -2,7 +2,7 @@
 
     enclave-ike serve --config FILE [-v]
     enclave-ike forward --listen ADDRESS... --enclave SOCKET [--ike-port 500] [--natt-port 4500]
-                        [--evidence-port 4501 | --no-evidence]
+                        [--evidence-port 4501 | --no-evidence] [--metrics-port 9464 | --no-metrics]
     enclave-ike identity [--config FILE] --format libreswan|pem|json
     enclave-ike evidence --nonce HEX [--config FILE]
     enclave-ike collateral import DIR | fetch ... | show | fmspc    (collateral_cli.py: Intel's TDX collateral)
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--evidence-port", type=_port, default=config_module.DEFAULT_EVIDENCE_PORT, metavar="PORT",
                          help="TCP port piped to the enclave's evidence endpoint (default %(default)s)")
     forward.add_argument("--no-evidence", action="store_true", help="pipe no evidence port (a NULL-auth enclave)")
+    forward.add_argument("--metrics-port", type=_port, default=config_module.DEFAULT_METRICS_PORT, metavar="PORT",
+                         help="TCP port piped to the enclave's metrics endpoint (default %(default)s)")
+    forward.add_argument("--no-metrics", action="store_true", help="pipe no metrics port")
     identity = commands.add_parser("identity", help="print the running server's public identity")
     identity.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                           help="the running server's config (where it published its identity)")
@@ -81,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: dict[str, Callable[[], int]] = {
         "serve": lambda: _serve(args.config, args.verbose),
         "forward": lambda: _forward(args.listen, (args.ike_port, args.natt_port), args.enclave,
-                                    None if args.no_evidence else args.evidence_port),
+                                    None if args.no_evidence else args.evidence_port,
+                                    None if args.no_metrics else args.metrics_port),
         "evidence": lambda: _evidence(args.config, args.nonce),
         "identity": lambda: _identity(args.config, args.format),
         "collateral": lambda: collateral_cli.run(args),
@@ -103,11 +107,14 @@ def _serve(path: Path, verbose: bool) -> int:
     return EXIT_OK
 
 
-def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evidence_port: int | None) -> int:
+def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evidence_port: int | None,
+             metrics_port: int | None) -> int:
     if ports[0] == ports[1]:
         raise config_module.ConfigError(f"--natt-port {ports[1]}: must differ from --ike-port")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="enclave-ike forward: %(message)s")
-    asyncio.run(forwarder.forward(addresses, ports, enclave, evidence_port))
+    if evidence_port is not None and evidence_port == metrics_port:
+        raise config_module.ConfigError(f"--metrics-port {metrics_port}: must differ from --evidence-port")
+    asyncio.run(forwarder.forward(addresses, ports, enclave, evidence_port, metrics_port))
     return EXIT_OK
 
 

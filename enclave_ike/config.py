@@ -65,6 +65,15 @@
                                         #   the log gets the server's own lines and counts over all clients
     ring_lines = 2000                   # the ring keeps this many newest lines (1 to 1000000)
 
+    [metrics]                           # aggregate metrics (metrics.py): GET /metrics, Prometheus text format
+    enabled = true
+    port = 9464                         # TCP, on every listen address (behind the forwarder: piped to a socket)
+    top_domains = false                 # release the most queried domains: per window, only those at least
+    top_n = 10                          #   top_k distinct clients asked for, with Laplace noise of scale
+    top_k = 20                          #   1/top_epsilon on the count (topdomains.py)
+    top_epsilon = 1.0
+    top_window_s = 3600
+
     [evidence]                          # the evidence endpoint (evidence_endpoint.py), signature auth only
     enabled = true                      # GET /evidence?nonce=HEX and GET /identity over HTTP/1.1
     port = 4501                         # TCP, on every listen address
@@ -101,6 +110,7 @@ from .ikev2 import config as ike
 from .ikev2.constants import DhGroup, EncrId, IdType, IntegId, PrfId
 from .ikev2.crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
 from .ikev2.errors import PolicyError
+from .topdomains import TopDomainsConfig
 
 Address = IPv4Address | IPv6Address
 DEFAULT_PATH = Path("/etc/enclave-ike/enclave-ike.toml")
@@ -170,6 +180,18 @@ class Listen:
     ike_port: int = 500
     natt_port: int = 4500
     relay: Path | None = None  # the forwarder's Unix socket, instead of UDP sockets
+
+
+DEFAULT_METRICS_PORT = 9464
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: the endpoint, and what the top-domains release may contain."""
+
+    enabled: bool = True
+    port: int = DEFAULT_METRICS_PORT
+    top: TopDomainsConfig = field(default_factory=TopDomainsConfig)
 
 
 @dataclass(frozen=True)
@@ -249,6 +271,7 @@ class ServeConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     userspace: Userspace = field(default_factory=Userspace)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
         try:
@@ -379,7 +402,7 @@ def _kind_name(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
 
 
-SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "privacy", "evidence")
+SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "privacy", "metrics", "evidence")
 
 
 def load(path: Path = DEFAULT_PATH) -> ServeConfig:
@@ -413,15 +436,33 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
                                               "(apply.mode = \"userspace\"), not in a kernel that never sees it")
     evidence = _evidence(tables["evidence"])
     privacy = _privacy(tables["privacy"])
+    metrics = _metrics(tables["metrics"])
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
-                         limits, timers, evidence, privacy, userspace)
+                         limits, timers, evidence, privacy, userspace, metrics)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
 
 
 MAX_QUERIES_IN_FLIGHT = 1_000_000
+
+
+def _metrics(table: _Table) -> MetricsConfig:
+    defaults = TopDomainsConfig()
+    top_n = table.get("top_n", int, defaults.top_n)
+    k = table.get("top_k", int, defaults.k)
+    epsilon = table.data.get("top_epsilon", defaults.epsilon)
+    table.used.add("top_epsilon")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0.01 <= epsilon <= 100:
+        raise table.error("top_epsilon", f"expected a number from 0.01 to 100, got {epsilon!r}")
+    if not 1 <= top_n <= 1000:
+        raise table.error("top_n", f"{top_n} is not between 1 and 1000")
+    if not 2 <= k <= defaults.client_cap:
+        raise table.error("top_k", f"{k} is not between 2 and {defaults.client_cap}")
+    top = TopDomainsConfig(enabled=table.get("top_domains", bool, False), top_n=top_n, k=k, epsilon=float(epsilon),
+                           window_s=table.seconds("top_window_s", defaults.window_s, zero_allowed=False))
+    return MetricsConfig(table.get("enabled", bool, True), table.port("port", DEFAULT_METRICS_PORT), top)
 
 
 def _userspace(table: _Table) -> Userspace:

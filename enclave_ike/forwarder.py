@@ -4,27 +4,29 @@
 
 It binds UDP ports 500 and 4500 of each `--listen` address on the host and carries every datagram, as is, over one
 stream to `enclave-ike serve` (whose config names the same socket as `listen.relay`), and every datagram the enclave
-sends back out of the matching socket (relay.py's frames). TCP connections to the evidence port (4501) are piped as
-byte streams to the enclave's evidence endpoint (the socket beside, `relay.evidence_socket`). It holds no key and
-parses nothing past the frame: it sees what any router on the path sees, IKE, ESP, and evidence that is public
-anyway. When the enclave is away it drops datagrams (counted) and reconnects every second. Its log has counts only,
-never a client's address.
+sends back out of the matching socket (relay.py's frames). TCP connections to the evidence port (4501) and the
+metrics port (9464) are piped as byte streams to the enclave's endpoints (the sockets beside the relay's). It holds
+no key and parses nothing past the frame: it sees what any router on the path sees, IKE, ESP, evidence that is
+public anyway, and aggregate metrics. When the enclave is away it drops datagrams (counted) and reconnects every
+second. Its log has counts only, never a client's address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import EnclaveIkeError
 from .ikev2.config import Endpoint
 from .ikev2.payloads import Address
+from .metrics_endpoint import metrics_socket
 from .relay import FrameReader, Relayed, RelayError, evidence_socket
 
 log = logging.getLogger("enclave_ike")
@@ -33,8 +35,8 @@ RECONNECT_S = 1.0
 COUNTS_INTERVAL_S = 60.0
 READ_SIZE = 1 << 16
 MAX_BUFFERED = 4 << 20
-MAX_EVIDENCE_PIPES = 64
-EVIDENCE_PIPE_TIMEOUT_S = 30.0
+MAX_PIPES = 64  # TCP connections piped at once (evidence and metrics together)
+PIPE_TIMEOUT_S = 30.0
 
 
 class ForwardError(EnclaveIkeError):
@@ -58,14 +60,15 @@ class _Socket(asyncio.DatagramProtocol):
 
 class Forwarder:
     def __init__(self, addresses: Sequence[Address], ports: Sequence[int], enclave: str,
-                 evidence_port: int | None = None) -> None:
+                 pipes: Mapping[int, Path] | None = None) -> None:
+        """`pipes`: TCP port -> the enclave's Unix socket its connections are piped to."""
         self.addresses, self.ports, self.enclave = tuple(addresses), tuple(ports), enclave
-        self.evidence_port = evidence_port
+        self.pipes = dict(pipes or {})
         self.counts: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._sockets: dict[Endpoint, _Socket] = {}
         self._writer: asyncio.StreamWriter | None = None
-        self._evidence_servers: list[asyncio.Server] = []
+        self._tcp_servers: list[asyncio.Server] = []
         self._pipes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -80,46 +83,47 @@ class Forwarder:
                     self.close()
                     raise ForwardError(f"cannot listen on {local}: {exc.strerror or exc}") from None
                 self._sockets[local] = sock
-            if self.evidence_port is not None:
+            for port, socket_path in self.pipes.items():
                 try:
-                    self._evidence_servers.append(await asyncio.start_server(self._evidence, str(address),
-                                                                             self.evidence_port, reuse_address=True))
+                    self._tcp_servers.append(await asyncio.start_server(
+                        functools.partial(self._pipe, socket_path), str(address), port, reuse_address=True))
                 except OSError as exc:
                     self.close()
-                    raise ForwardError(f"cannot listen on {address} tcp port {self.evidence_port}: "
-                                       f"{exc.strerror or exc}") from None
+                    raise ForwardError(f"cannot listen on {address} tcp port {port}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         for sock in self._sockets.values():
             if sock.transport is not None:
                 sock.transport.close()
         self._sockets.clear()
-        for server in self._evidence_servers:
+        for server in self._tcp_servers:
             server.close()
         for task in self._pipes:
             task.cancel()
         if self._writer is not None:
             self._writer.close()
 
-    async def _evidence(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One TCP connection to the evidence port, piped to the enclave's endpoint as bytes, both ways."""
+    async def _pipe(self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP connection to a piped port (evidence, metrics), carried to the enclave's socket as bytes, both
+        ways."""
         task = asyncio.current_task()
-        if task is None or len(self._pipes) >= MAX_EVIDENCE_PIPES:
-            self.counts["evidence connections refused: too many at once"] += 1
+        what = socket_path.suffix.lstrip(".") or "tcp"
+        if task is None or len(self._pipes) >= MAX_PIPES:
+            self.counts[f"{what} connections refused: too many at once"] += 1
             writer.close()
             return
         self._pipes.add(task)
         try:
-            inner_reader, inner_writer = await asyncio.open_unix_connection(str(evidence_socket(Path(self.enclave))))
+            inner_reader, inner_writer = await asyncio.open_unix_connection(str(socket_path))
         except OSError:
-            self.counts["evidence connections refused: the enclave is not listening"] += 1
+            self.counts[f"{what} connections refused: the enclave is not listening"] += 1
             writer.close()
             self._pipes.discard(task)
             return
-        self.counts["evidence connections"] += 1
+        self.counts[f"{what} connections"] += 1
         try:
-            await asyncio.wait_for(asyncio.gather(_pipe(reader, inner_writer), _pipe(inner_reader, writer)),
-                                   EVIDENCE_PIPE_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.gather(_copy(reader, inner_writer), _copy(inner_reader, writer)),
+                                   PIPE_TIMEOUT_S)
         except (TimeoutError, OSError):
             pass
         finally:
@@ -190,7 +194,7 @@ class Forwarder:
         self._logged = Counter(self.counts)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy until end of stream, then pass the end on."""
     while data := await reader.read(READ_SIZE):
         writer.write(data)
@@ -199,17 +203,22 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.write_eof()
 
 
-async def forward(addresses: Sequence[Address], ports: Sequence[int], enclave: str, evidence_port: int | None = None,
+async def forward(addresses: Sequence[Address], ports: Sequence[int], enclave: str,
+                  evidence_port: int | None = None, metrics_port: int | None = None,
                   stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (or `stop` is set)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    forwarder = Forwarder(addresses, ports, enclave, evidence_port)
+    relay = Path(enclave)
+    pipes = {port: path for port, path in ((evidence_port, evidence_socket(relay)),
+                                           (metrics_port, metrics_socket(relay))) if port is not None}
+    forwarder = Forwarder(addresses, ports, enclave, pipes)
     await forwarder.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("forwarding UDP %s%s on %s to the enclave at %s", " and ".join(map(str, ports)),
-             f" and TCP {evidence_port} (evidence)" if evidence_port else "", ", ".join(map(str, addresses)), enclave)
+             "".join(f" and TCP {port} ({path.suffix.lstrip('.')})" for port, path in pipes.items()),
+             ", ".join(map(str, addresses)), enclave)
 
     async def counts() -> None:
         while True:

@@ -66,8 +66,11 @@ from .ikev2.events import (
 from .ikev2.payloads import TrafficSelector
 from .ikev2.responder import Responder
 from .ikev2.state import State
+from .metrics import Metrics
+from .metrics_endpoint import MetricsEndpoint, metrics_socket
 from .relay import Relayed
 from .relay_server import Relay
+from .topdomains import TopDomains
 
 log = logging.getLogger("enclave_ike")
 
@@ -226,6 +229,7 @@ class Server:
     def __init__(self, config: ServeConfig, responder: Responder, applier: Applier,
                  evidence: EvidenceEndpoint | None = None) -> None:
         self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
+        self._loop = asyncio.get_running_loop()
         # Every line that names a client goes through here: to the log, or with privacy on to the enclave's ring.
         self.diagnostics = Diagnostics(log, config.privacy)
         if evidence is not None:
@@ -237,6 +241,18 @@ class Server:
         # apply.mode = "userspace": ESP ends here, and the queries it carried wait for the resolver as tasks.
         self.datapath = EspDatapath() if config.apply is ApplyMode.USERSPACE else None
         self._queries: set[asyncio.Task[None]] = set()
+        # Aggregate metrics for the operator's scraper (metrics.py), the top domains only when asked for.
+        top = config.metrics.top
+        self.metrics = Metrics(TopDomains(top, self._loop.time(), secrets.SystemRandom().random) if top.enabled
+                               else None, ike_sas=lambda: len(self.responder.views()))
+        if self.datapath is not None:
+            self.metrics.watch_esp(self.datapath.counts, self.datapath.drops)
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        if config.metrics.enabled:
+            relay = config.listen.relay
+            self.metrics_endpoint = MetricsEndpoint(lambda: self.metrics.render(self._loop.time()),
+                                                    config.listen.addresses, config.metrics.port,
+                                                    metrics_socket(relay) if relay is not None else None)
         self._esp_logged: Counter[str] = Counter()
         self._tcp_tick: asyncio.TimerHandle | None = None
         self._drops_logged: Counter[str] = Counter()
@@ -244,7 +260,6 @@ class Server:
         self._timer_at: float | None = None
         self._operations: asyncio.Queue[tuple[Operation, ...] | _Send | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
         self._counts_logged: Counter[str] = Counter()
         self._activity_logged: Counter[str] = Counter()
         self._failures_logged: Counter[str] = Counter()
@@ -280,20 +295,26 @@ class Server:
                     raise ServeError(f"cannot listen on {local}: {exc.strerror or exc}") from None
                 self._sockets.append(protocol)
                 self._by_local[local] = protocol
-        if self.evidence is not None:  # the evidence endpoint (TCP), beside IKE
-            try:
-                await self.evidence.start()
-            except EnclaveIkeError:
-                self._close_sockets()
-                raise
+        try:
+            for endpoint in (self.evidence, self.metrics_endpoint):  # TCP (or relayed) beside IKE
+                if endpoint is not None:
+                    await endpoint.start()
+        except EnclaveIkeError:
+            if self.evidence is not None:
+                await self.evidence.stop()
+            self._close_sockets()
+            if self.relay is not None:
+                await self.relay.stop()
+            raise
         self._worker = asyncio.create_task(self._apply_worker())
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
         self._loop.call_later(COUNTS_INTERVAL_S, self._log_counts_periodically)
 
     async def stop(self) -> None:
         """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
-        if self.evidence is not None:
-            await self.evidence.stop()
+        for endpoint in (self.evidence, self.metrics_endpoint):
+            if endpoint is not None:
+                await endpoint.stop()
         self.log_counts()
         for task in self._signing:
             task.cancel()
@@ -444,6 +465,10 @@ class Server:
         self.diagnostics.count(_activity(event))
         self.diagnostics.client(logging.DEBUG if isinstance(event, PeerAlive) else logging.INFO, "%s",
                                 _Described(event))
+        if isinstance(event, IkeSaEstablished):
+            self.metrics.handshakes.labels(auth=event.credential.kind.value).inc()
+        elif isinstance(event, ChildSaEstablished):
+            self.metrics.child_sas.labels(suite=_suite(event.suite)).inc()
         if self.datapath is not None:  # userspace ESP: in place before the answer that completes a Child SA leaves
             try:
                 self.datapath.apply(event, self._loop.time())
@@ -491,13 +516,17 @@ class Server:
         datapath = self.datapath
         assert datapath is not None
         userspace = self.config.userspace
-        datapath.counts[f"DNS queries over {'TCP' if query.protocol == IP_PROTO_TCP else 'UDP'}"] += 1
+        transport = "TCP" if query.protocol == IP_PROTO_TCP else "UDP"
+        datapath.counts[f"DNS queries over {transport}"] += 1
+        asked = self._loop.time()
+        self.metrics.query(query.payload, transport.lower(), query.client.packed, asked)
         ask = upstream.ask_tcp if query.protocol == IP_PROTO_TCP else upstream.ask_udp
         answer = await ask(userspace.resolver, query.payload, userspace.query_timeout_s)
         if answer is None:
             datapath.drops["queries the resolver did not answer"] += 1
         else:
             datapath.counts["DNS answers"] += 1
+            self.metrics.answer(answer, self._loop.time() - asked)
         datapath.answer(query, answer, self._loop.time())
         self._send_esp()
 

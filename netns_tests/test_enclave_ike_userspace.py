@@ -42,6 +42,8 @@ from netns_tests.harness.unbound import Unbound, UnboundConfig
 PREFIX = "10.88"
 CLIENT, RESOLVER = f"{PREFIX}.1.2", f"{PREFIX}.2.53"
 RESOLVER_ID = "@resolver.enclave.example"
+SCRAPE = ("import sys, urllib.request; "
+          "sys.stdout.write(urllib.request.urlopen(f'http://{sys.argv[1]}:9464/metrics', timeout=10).read().decode())")
 
 
 class Site:
@@ -163,16 +165,19 @@ def test_a_restarted_forwarder_is_used_again_and_sees_only_counts(site: Site, en
 @pytest.mark.parametrize("privacy", [True, False], ids=["privacy-on", "privacy-off"])
 def test_what_leaves_the_enclave_names_no_client_and_no_query(site: Site, enclave: Callable[..., procs.Daemon],
                                                               privacy: bool):
-    """Everything written outside the enclave: serve's log (its stderr is what journald would keep) and the
-    forwarder's. With privacy off the same scan finds the client (so it can fail); query names are never logged."""
+    """Everything written outside the enclave: serve's log (its stderr is what journald would keep), the
+    forwarder's, and a metrics scrape. With privacy off the same scan finds the client (so it can fail); query names
+    are never written."""
     server = enclave(privacy=privacy)
     lines = site.queries("--queries", "3")
     assert summary(lines)["answered"] == 3
+    scraped = site.topo.run(site.client, [sys.executable, "-c", SCRAPE, RESOLVER]).stdout
+    assert "enclave_ike_dns_queries_total" in scraped
     server.stop()
     site.forwarders[0].stop()
     spis = {line[key] for line in lines if line.get("event") == "established" for key in ("spi_in", "spi_out")}
     known = {CLIENT, *spis}
-    written = server.log_text() + site.forwarders[0].log_text()
+    written = server.log_text() + site.forwarders[0].log_text() + scraped
     hits = {k for k in known if re.search(rf"{re.escape(k)}(?![0-9a-f])", written)}
     assert hits == (set() if privacy else known), written
     assert "lab.example" not in written
@@ -237,3 +242,27 @@ def test_the_evidence_endpoint_is_reached_through_the_forwarder(site: Site, encl
     assert proc.stdout.split() == [RESOLVER_ID, nonce], proc.stdout
     site.forwarders[0].stop()  # its last line: the counts
     assert "evidence connections: 2" in site.forwarders[0].log_text()
+
+
+@pytest.mark.host  # userspace ESP: no kernel SA anywhere
+def test_a_scrape_through_the_forwarder_counts_a_known_workload(site: Site, enclave: Callable[..., procs.Daemon]):
+    """The operator's scraper reaches the enclave's metrics through the forwarder (TCP 9464 piped to the socket
+    beside the relay): after one client's 12 queries, the counts are exactly those, with no client in any label."""
+    enclave(privacy=True)
+    lines = site.queries("--queries", "12")
+    assert summary(lines)["answered"] == 12
+    text = site.topo.run(site.client, [sys.executable, "-c", SCRAPE, RESOLVER]).stdout
+    expected = {
+        'enclave_ike_ike_sas_established_total{auth="null"}': 1.0,
+        'enclave_ike_child_sas_established_total{suite="AES_GCM_16_256"}': 1.0,
+        'enclave_ike_dns_queries_total{qtype="A",transport="udp"}': 12.0,
+        'enclave_ike_dns_answers_total{rcode="NOERROR"}': 12.0,
+        'enclave_ike_esp_packets_total{direction="in"}': 12.0,
+        'enclave_ike_esp_packets_total{direction="out"}': 12.0,
+        "enclave_ike_dns_resolver_seconds_count": 12.0,
+    }
+    found = {key: float(m.group(1)) for key in expected
+             if (m := re.search(rf"^{re.escape(key)} (\S+)$", text, re.MULTILINE))}
+    assert found == expected, text
+    spis = {line[key] for line in lines if line.get("event") == "established" for key in ("spi_in", "spi_out")}
+    assert not any(known in text for known in (CLIENT, *spis, "lab.example")), text

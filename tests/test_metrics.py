@@ -1,0 +1,202 @@
+"""Aggregate metrics (enclave_ike/metrics.py, metrics_endpoint.py) and the top-domains release
+(enclave_ike/topdomains.py): counts after a known workload, scraped over HTTP; a skewed synthetic workload on both
+sides of the k-anonymity threshold, with no noise and with real noise."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import statistics
+from collections import Counter
+from ipaddress import ip_address
+
+import dns.message
+import dns.rcode
+import pytest
+
+from enclave_ike.metrics import Metrics, query_type, response_code
+from enclave_ike.metrics_endpoint import MetricsEndpoint
+from enclave_ike.topdomains import Released, TopDomains, TopDomainsConfig, TopDomainsError, laplace, registered_part
+
+NOW = 1000.0
+NO_NOISE = 0.5  # the uniform draw whose Laplace sample is 0
+
+
+def query(name: str, rdtype: str = "A") -> bytes:
+    return dns.message.make_query(name, rdtype).to_wire()
+
+
+def answer(name: str, rcode: dns.rcode.Rcode = dns.rcode.NOERROR) -> bytes:
+    response = dns.message.make_response(dns.message.make_query(name, "A"))
+    response.set_rcode(rcode)
+    return response.to_wire()
+
+
+def value(text: str, metric: str) -> float:
+    match = re.search(rf"^{re.escape(metric)} (\S+)$", text, re.MULTILINE)
+    assert match, (metric, text)
+    return float(match.group(1))
+
+
+def client(number: int) -> bytes:
+    return ip_address(f"10.1.{number // 250}.{number % 250 + 1}").packed
+
+
+def test_a_known_workload_is_counted_by_closed_label_sets_only():
+    esp_counts, drops = Counter({"ESP packets in": 12, "ESP octets in": 960, "ESP packets out": 10}), Counter()
+    metrics = Metrics(ike_sas=lambda: 3)
+    metrics.watch_esp(esp_counts, drops)
+    metrics.handshakes.labels(auth="null").inc()
+    metrics.handshakes.labels(auth="pinned").inc(2)
+    for name, rdtype in (("www.example.com", "A"), ("www.example.com", "AAAA"), ("x.example.org", "TYPE65400")):
+        metrics.query(query(name, rdtype), "udp", client(1), NOW)
+    metrics.query(b"\x00\x01garbage", "tcp", client(1), NOW)
+    metrics.answer(answer("www.example.com"), 0.004)
+    metrics.answer(answer("www.example.com", dns.rcode.NXDOMAIN), 0.3)
+    drops["icv"] += 2
+    text = metrics.render(NOW).decode()
+    assert value(text, 'enclave_ike_ike_sas_established_total{auth="null"}') == 1
+    assert value(text, 'enclave_ike_ike_sas_established_total{auth="pinned"}') == 2
+    assert value(text, "enclave_ike_ike_sas") == 3
+    assert value(text, 'enclave_ike_dns_queries_total{qtype="A",transport="udp"}') == 1
+    assert value(text, 'enclave_ike_dns_queries_total{qtype="AAAA",transport="udp"}') == 1
+    assert value(text, 'enclave_ike_dns_queries_total{qtype="other",transport="udp"}') == 1  # a rare type marks no one
+    assert value(text, 'enclave_ike_dns_queries_total{qtype="unparseable",transport="tcp"}') == 1
+    assert value(text, 'enclave_ike_dns_answers_total{rcode="NOERROR"}') == 1
+    assert value(text, 'enclave_ike_dns_answers_total{rcode="NXDOMAIN"}') == 1
+    assert value(text, 'enclave_ike_dns_resolver_seconds_bucket{le="0.005"}') == 1
+    assert value(text, "enclave_ike_dns_resolver_seconds_count") == 2
+    assert value(text, 'enclave_ike_esp_packets_total{direction="in"}') == 12  # read at the scrape
+    assert value(text, 'enclave_ike_esp_octets_total{direction="in"}') == 960
+    assert value(text, 'enclave_ike_esp_drops_total{reason="icv"}') == 2
+    assert "example" not in text and "10.1." not in text  # no name, no client, without the top-domains release
+    assert "enclave_ike_top_domain" not in text
+
+
+def test_query_types_and_codes_are_read_from_the_wire():
+    assert query_type(query("a.example.", "MX")) == ("MX", "a.example.")
+    assert query_type(b"") == ("unparseable", None)
+    assert response_code(answer("a.example.", dns.rcode.SERVFAIL)) == "SERVFAIL"
+    assert response_code(b"\x00") == "unparseable"
+
+
+# --- the top-domains release ---
+
+def skewed(top: TopDomains, now: float, k: int) -> None:
+    """A skewed workload: one domain asked by 5k clients, one by exactly k, one by k - 1 clients that each ask 100
+    times (many queries, too few clients), and a long tail of names asked once."""
+    for number in range(5 * k):
+        top.observe("www.Popular.EXAMPLE.", client(number), now)
+    for number in range(k):
+        top.observe(f"host{number}.edge.example", client(number), now)  # one domain: edge.example
+    for number in range(k - 1):
+        for _ in range(100):
+            top.observe("rare.example", client(1000 + number), now)
+    for number in range(300):
+        top.observe(f"tail{number}.example", client(number), now)
+
+
+def test_only_domains_at_least_k_clients_asked_for_are_released_whatever_the_query_count():
+    config = TopDomainsConfig(enabled=True, k=10, top_n=5, window_s=60)
+    top = TopDomains(config, NOW, lambda: NO_NOISE)
+    skewed(top, NOW, config.k)
+    assert top.release == ()  # nothing before the window ends
+    top.tick(NOW + 60)
+    assert top.release == (Released("popular.example", 50), Released("edge.example", 10))
+    assert top.released_at == NOW + 60
+
+
+def test_the_release_is_frozen_for_its_window_and_the_next_starts_empty():
+    config = TopDomainsConfig(enabled=True, k=3, window_s=60)
+    top = TopDomains(config, NOW, lambda: NO_NOISE)
+    for number in range(5):
+        top.observe("a.example", client(number), NOW)
+    top.tick(NOW + 60)
+    first = top.release
+    for number in range(10):  # a new window: new clients of another name
+        top.observe("b.example", client(number), NOW + 70)
+    assert top.release == first == (Released("a.example", 5),)  # a scrape in between shows only the last release
+    top.tick(NOW + 120)
+    assert top.release == (Released("b.example", 10),)
+
+
+def test_with_real_noise_below_k_is_never_released_and_far_above_always_is():
+    config = TopDomainsConfig(enabled=True, k=10, top_n=10, epsilon=0.5, window_s=60)
+    uniform = secrets.SystemRandom().random
+    released: Counter[str] = Counter()
+    counts = []
+    for window in range(200):
+        top = TopDomains(config, NOW, uniform)
+        skewed(top, NOW, config.k)
+        top.tick(NOW + 60)
+        names = {r.domain: r.clients for r in top.release}
+        released.update(names.keys())
+        counts.append(names["popular.example"])
+        assert "rare.example" not in names and not any(n.startswith("tail") for n in names), (window, names)
+        assert all(count >= config.k for count in names.values())
+    assert released["popular.example"] == 200
+    assert 0 < released["edge.example"] < 200  # exactly k clients: the noise decides, either way
+    assert abs(statistics.mean(counts) - 50) < 1.5 and statistics.pstdev(counts) > 1  # noisy, not biased
+
+
+def test_memory_is_bounded_and_the_rarest_domain_goes_first():
+    config = TopDomainsConfig(enabled=True, k=2, top_n=1, max_domains=5, client_cap=3, window_s=60)
+    top = TopDomains(config, NOW, lambda: NO_NOISE)
+    for number in range(10):
+        top.observe("heavy.example", client(number), NOW)  # counted up to the cap
+    for number in range(50):
+        top.observe(f"n{number}.example", client(number), NOW)
+    top.tick(NOW + 60)
+    assert top.release == (Released("heavy.example", 3),)
+
+
+def test_names_are_cut_to_their_registered_part_and_bad_settings_are_refused():
+    assert registered_part("WWW.Example.COM.", 2) == "example.com"
+    assert registered_part("a.b.c.d", 3) == "b.c.d"
+    assert registered_part(".", 2) is None
+    assert laplace(2.0, lambda: NO_NOISE) == 0
+    with pytest.raises(TopDomainsError):
+        TopDomainsConfig(k=1)
+    with pytest.raises(TopDomainsError):
+        TopDomainsConfig(epsilon=0)
+
+
+def test_the_release_is_scraped_as_one_gauge_per_domain():
+    config = TopDomainsConfig(enabled=True, k=2, window_s=60)
+    top = TopDomains(config, NOW, lambda: NO_NOISE)
+    for number in range(4):
+        top.observe('odd"name\\.example', client(number), NOW)
+    metrics = Metrics(top)
+    text = metrics.render(NOW + 60).decode()  # the scrape ends the window
+    assert 'enclave_ike_top_domain_clients{domain="odd\\"name\\\\.example"} 4' in text
+
+
+# --- the endpoint ---
+
+async def _fetch(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+def test_the_endpoint_serves_get_metrics_and_refuses_the_rest():
+    async def run() -> list[bytes]:
+        endpoint = MetricsEndpoint(lambda: b"metric 1\n", [ip_address("127.0.0.1")], 0)
+        await endpoint.start()
+        port = endpoint.bound[0][1]
+        try:
+            return [await _fetch(port, request) for request in (
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
+                b"POST /metrics HTTP/1.1\r\n\r\n", b"\x00\xff garbage\r\n\r\n")]
+        finally:
+            await endpoint.stop()
+
+    ok, not_found, post, garbage = asyncio.run(run())
+    assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nmetric 1\n")
+    assert b"Content-Type: text/plain; version=0.0.4" in ok
+    assert not_found.startswith(b"HTTP/1.1 404 ")
+    assert post.startswith(b"HTTP/1.1 400 ") and garbage.startswith(b"HTTP/1.1 400 ")
