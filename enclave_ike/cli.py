@@ -33,6 +33,7 @@ from . import __version__, collateral_cli, evidence_endpoint, forwarder, server
 from . import config as config_module
 from .errors import EnclaveIkeError
 from .ikev2.payloads import Address
+from .relay import socket_path_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -114,6 +115,8 @@ def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evi
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="enclave-ike forward: %(message)s")
     if evidence_port is not None and evidence_port == metrics_port:
         raise config_module.ConfigError(f"--metrics-port {metrics_port}: must differ from --evidence-port")
+    if (problem := socket_path_problem(Path(enclave))) is not None:
+        raise config_module.ConfigError(f"--enclave {enclave!r}: {problem}")
     asyncio.run(forwarder.forward(addresses, ports, enclave, evidence_port, metrics_port))
     return EXIT_OK
 

@@ -110,6 +110,7 @@ from .ikev2 import config as ike
 from .ikev2.constants import DhGroup, EncrId, IdType, IntegId, PrfId
 from .ikev2.crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
 from .ikev2.errors import PolicyError
+from .relay import socket_path_problem
 from .topdomains import TopDomainsConfig
 
 Address = IPv4Address | IPv6Address
@@ -609,6 +610,8 @@ def _listen(table: _Table) -> Listen:
         relay = Path(table.get("relay", str))
         if not relay.is_absolute():
             raise table.error("relay", f"{str(relay)!r} must be an absolute path")
+        if (problem := socket_path_problem(relay)) is not None:
+            raise table.error("relay", f"{str(relay)!r} {problem}")
     return Listen(addresses, ike_port, natt_port, relay)
 
 

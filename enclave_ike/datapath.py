@@ -4,9 +4,10 @@ With `apply.mode = "userspace"` no kernel holds an SA: ESP ends here, inside the
 forwarder in front of the enclave) sees only ESP. `EspDatapath` keeps the Child SAs the IKE core negotiated:
 
 - `apply(event, now)` takes `ChildSaEstablished`, `ChildSaRekeyed` and `SaDeleted` (ESP). A Child SA and the
-  ones that rekey it form one *flow*. Rekey hand-over loses nothing: the new inbound SA works at once, the old one
-  until its own `SaDeleted`; answers go out on the old outbound SA until the peer sends on the new pair (proof
-  that it installed it) or the old pair is deleted (RFC 7296 2.8 leaves the moment to the implementation).
+  ones that rekey it form one *flow* of SA pairs. Rekey hand-over loses nothing: the new inbound SA works at once,
+  the old one until its own `SaDeleted`; answers go out on the old outbound SA until the peer sends on the new
+  pair (proof that it installed it), and whenever the pair in use is deleted they move to the newest pair left
+  (the old one again, when the peer deleted the new pair as the loser of a simultaneous rekey, RFC 7296 2.8.1).
 - `receive(packet, source, local, now)` opens an ESP packet (a UDP port-4500 datagram without the non-ESP marker,
   RFC 3948) into the DNS queries it completes, or drops it: every drop is counted by reason in `drops`, and
   nothing about a dropped packet is ever answered. Only UDP and TCP between the addresses and ports of the Child
@@ -55,6 +56,7 @@ class DnsQuery:
     server_port: int
     payload: bytes = field(repr=False)
     protocol: int = IP_PROTO_UDP
+    connection: int = 0  # TCP: the serial of the connection it came on (its answer goes on that one only)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,12 @@ class _Flow:
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
     local_address: Address
-    inbound: dict[int, InboundSa]
-    outbound: OutboundSa
-    pending: tuple[int, OutboundSa] | None = None  # a rekey's (new inbound SPI, new outbound SA), not yet in use
+    pairs: dict[int, tuple[InboundSa, OutboundSa]]  # by inbound SPI, oldest first
+    current: int  # the inbound SPI of the pair whose outbound SA the answers use
+
+    @property
+    def outbound(self) -> OutboundSa:
+        return self.pairs[self.current][1]
 
 
 @dataclass
@@ -83,6 +88,7 @@ class _Tcp:
     """One TCP connection, and where its segments go."""
 
     connection: TcpConnection
+    serial: int  # told apart from a later connection on the same ports
     flow: int
     client: Address
     server: Address
@@ -114,6 +120,7 @@ class EspDatapath:
         self._by_spi: dict[int, _Flow] = {}
         self._numbers = itertools.count(1)
         self._tcp: dict[_TcpKey, _Tcp] = {}
+        self._serials = itertools.count(1)
         self._outbox: list[Outgoing] = []
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -140,18 +147,18 @@ class EspDatapath:
         userspace ESP cannot use) with nothing installed."""
         if isinstance(event, ChildSaEstablished):
             inbound, outbound = self._pair(event, now)
+            spi = inbound.params.spi
             flow = _Flow(next(self._numbers), event.mode, event.local_ts, event.remote_ts, event.local.address,
-                         {inbound.params.spi: inbound}, outbound)
+                         {spi: (inbound, outbound)}, spi)
             self._flows[flow.number] = flow
-            self._by_spi[inbound.params.spi] = flow
+            self._by_spi[spi] = flow
         elif isinstance(event, ChildSaRekeyed):
             old = self._by_spi.get(_spi(event.old_spi_in))
             if old is None:  # the old one was never ours (or is gone): the new one is a flow of its own
                 self.apply(event.new, now)
                 return
             inbound, outbound = self._pair(event.new, now)
-            old.inbound[inbound.params.spi] = inbound
-            old.pending = (inbound.params.spi, outbound)
+            old.pairs[inbound.params.spi] = (inbound, outbound)  # in use once the peer sends on it
             self._by_spi[inbound.params.spi] = old
         elif isinstance(event, SaDeleted) and event.protocol == ProtocolId.ESP:
             self._delete(_spi(event.spi_in), _spi(event.spi_out))
@@ -168,12 +175,10 @@ class EspDatapath:
         flow = self._by_spi.pop(spi_in, None)
         if flow is None:
             return
-        del flow.inbound[spi_in]
-        if flow.pending is not None and flow.pending[0] == spi_in:  # the rekey's own pair went first
-            flow.pending = None
-        elif flow.outbound.params.spi == spi_out and flow.pending is not None:
-            flow.outbound, flow.pending = flow.pending[1], None  # the old pair is gone: the new one takes over
-        if not flow.inbound:
+        del flow.pairs[spi_in]
+        if flow.pairs and flow.current == spi_in:
+            flow.current = next(reversed(flow.pairs))  # the newest pair left takes over
+        if not flow.pairs:
             del self._flows[flow.number]
             for key in [key for key in self._tcp if key[0] == flow.number]:
                 del self._tcp[key]  # nothing can reach their client any more
@@ -190,15 +195,15 @@ class EspDatapath:
             if flow is None:
                 self.drops["unknown SPI"] += 1
                 return []
-            sa = flow.inbound[_spi(packet[:4])]
+            sa = flow.pairs[_spi(packet[:4])][0]
             inner, next_header = sa.open(packet, now)
         except EspError as exc:
             self.drops[exc.reason] += 1
             return []
         self.counts["ESP packets in"] += 1
         self.counts["ESP octets in"] += len(packet)
-        if flow.pending is not None and flow.pending[0] == sa.params.spi:  # the peer uses the new pair: so do we
-            flow.outbound, flow.pending = flow.pending[1], None
+        if sa.params.spi != flow.current and sa.params.spi == next(reversed(flow.pairs)):
+            flow.current = sa.params.spi  # the peer uses the newest pair: so do we
         if next_header == NEXT_HEADER_NONE:
             self.counts["dummy packets"] += 1
             return []
@@ -248,8 +253,8 @@ class EspDatapath:
                 if reset is not None:
                     self._seal_segments(flow, client, server, source, local, [reset], now)
                 return []
-            tcp = _Tcp(TcpConnection(segment, int.from_bytes(self._random(4), "big"), now), flow.number, client,
-                       server, source, local)
+            tcp = _Tcp(TcpConnection(segment, int.from_bytes(self._random(4), "big"), now), next(self._serials),
+                       flow.number, client, server, source, local)
             self._tcp[key] = tcp
             self.counts["TCP connections"] += 1
             messages = []
@@ -258,7 +263,7 @@ class EspDatapath:
             messages = tcp.connection.receive(segment, now)
         self._flush_tcp(key, tcp, now)
         return [DnsQuery(flow.number, source, local, client, server, segment.source_port, segment.destination_port,
-                         message, IP_PROTO_TCP) for message in messages]
+                         message, IP_PROTO_TCP, tcp.serial) for message in messages]
 
     def _refuse_tcp(self, flow: _Flow, segment: Segment) -> str | None:
         """Why a segment for no connection opens none (a reset tells the client), or None: a SYN that may."""
@@ -281,7 +286,7 @@ class EspDatapath:
         if query.protocol == IP_PROTO_TCP:
             key = (query.flow, query.client, query.client_port, query.server_port)
             tcp = self._tcp.get(key)
-            if tcp is None:
+            if tcp is None or tcp.serial != query.connection:
                 self.drops["answer after its TCP connection closed"] += 1
                 return
             tcp.connection.answer(payload, now)

@@ -29,6 +29,21 @@ _ADDRESS_SIZE = {4: 4, 6: 16}
 MAX_PAYLOAD = 0xFFFF
 
 
+UNIX_PATH_MAX = 107  # octets of a Unix socket's path on Linux (sun_path is 108 with its NUL)
+LONGEST_SUFFIX = ".evidence"  # of the sockets made beside the relay's (.evidence, .metrics)
+
+
+def socket_path_problem(relay: Path) -> str | None:
+    """Why `relay` (and the sockets beside it) cannot be Unix sockets, or None."""
+    raw = bytes(relay)
+    if b"\x00" in raw:
+        return "holds a NUL octet"
+    if len(raw) + len(LONGEST_SUFFIX) > UNIX_PATH_MAX:
+        return (f"is {len(raw)} octets: a Unix socket's path holds {UNIX_PATH_MAX}, and the evidence socket beside "
+                f"it adds {len(LONGEST_SUFFIX)}")
+    return None
+
+
 def evidence_socket(relay: Path) -> Path:
     """Where the enclave's evidence endpoint listens behind the forwarder, which carries TCP port 4501 there as a
     plain byte stream (HTTP inside): beside the datagram socket, named after it."""

@@ -10,8 +10,12 @@ A process enclave has no kernel of its own to end TCP in, so enclave-ike does it
 - Sending: answers are queued, cut into MSS-sized segments within the client's window, and sent again from the
   first unacknowledged octet when the retransmission timer fires (RFC 6298's initial 1 s, doubled each time); after
   `MAX_RETRANSMITS` the connection is reset.
-- Closing: the client's FIN is acknowledged and ours follows once every answer is acknowledged; a connection idle
-  for `IDLE_TIMEOUT_S` with nothing outstanding is closed by us (RFC 7766 6.2.3). A RST ends it at once.
+- Closing: the client's FIN is acknowledged and ours follows once every answer is out. A connection idle for
+  `IDLE_TIMEOUT_S` is closed by us (RFC 7766 6.2.3), where idle means that no DNS octet came in and nothing we
+  sent was newly acknowledged (a bare or duplicate ACK, a keepalive, keeps nothing open): with nothing owed, with
+  a FIN; with answers stuck behind a window the client keeps at 0, with a reset. A RST ends it at once.
+- Bounded: at most `MAX_HELD` octets of answers wait for one client (past that the connection is reset: a client
+  that does not read its answers gets no more), and the reassembly buffer holds one message at most.
 
 `TcpConnection` is one connection; it returns the DNS messages a segment completed and keeps the segments to
 send in `outbox` (see `Segment`). It never reads the clock: callers pass `now`.
@@ -37,6 +41,7 @@ INITIAL_RTO_S = 1.0
 MAX_RTO_S = 60.0
 MAX_RETRANSMITS = 6
 IDLE_TIMEOUT_S = 30.0
+MAX_HELD = 256 * 1024  # octets of answers unsent or unacknowledged per connection
 MOD = 1 << 32
 
 
@@ -157,9 +162,8 @@ class TcpConnection:
             return []
         if not segment.flags & ACK:
             return []
-        self.last_activity = now
         self._acknowledged(segment, now)
-        messages = self._data(segment)
+        messages = self._data(segment, now)
         if segment.flags & FIN and not self._peer_fin \
                 and (segment.seq + len(segment.payload)) % MOD == self.rcv_nxt and self.state is not State.SYN_RECEIVED:
             self._peer_fin = True
@@ -187,10 +191,11 @@ class TcpConnection:
             acked -= 1  # our FIN
         del self._sent[:acked]
         self.snd_una, self.peer_window = ack, segment.window
+        self.last_activity = now  # new octets acknowledged: the client reads
         self._retransmits, self._rto = 0, INITIAL_RTO_S
         self._retransmit_at = now + self._rto if self.snd_una != self.snd_nxt else None
 
-    def _data(self, segment: Segment) -> list[bytes]:
+    def _data(self, segment: Segment, now: float) -> list[bytes]:
         if not segment.payload or self.state is State.SYN_RECEIVED:
             return []
         behind = (self.rcv_nxt - segment.seq) % MOD
@@ -202,11 +207,11 @@ class TcpConnection:
             self._ack()
             return []
         if self._fin_seq is not None or self._peer_fin:  # new data nothing can answer any more
-            self._emit(RST | ACK, self.snd_nxt, b"")
-            self.state = State.CLOSED
+            self._reset()
             return []
         self._received += payload
         self.rcv_nxt = (self.rcv_nxt + len(payload)) % MOD
+        self.last_activity = now  # new DNS octets
         self._ack()
         messages = []
         while len(self._received) >= 2:
@@ -228,6 +233,9 @@ class TcpConnection:
         resolver gave none (the client's own timeout handles that query)."""
         self.pending_answers = max(0, self.pending_answers - 1)
         if message is not None and self._fin_seq is None and not self.closed and len(message) <= 0xFFFF:
+            if len(self._unsent) + len(self._sent) + 2 + len(message) > MAX_HELD:
+                self._reset()  # the client does not read its answers: it gets no more
+                return
             self._unsent += len(message).to_bytes(2, "big") + message
         self._push(now)
 
@@ -280,13 +288,20 @@ class TcpConnection:
             self.last_activity = now
             if self.state is State.ESTABLISHED and not self._unsent and not self._sent and self.pending_answers == 0:
                 self._close(now)  # idle: RFC 7766 6.2.3 lets the server close
-            elif self.state is not State.ESTABLISHED:
+            elif self.state is State.ESTABLISHED:
+                self._reset()  # answers stuck behind a window the client keeps shut
+            else:
                 self.state = State.CLOSED  # a half-open or half-closed connection that went quiet
+
+    def _reset(self) -> None:
+        self._emit(RST | ACK, self.snd_nxt, b"")
+        self.state = State.CLOSED
+        self._unsent.clear()
+        self._sent.clear()
 
     def _retransmit(self, now: float) -> None:
         if self._retransmits >= MAX_RETRANSMITS:
-            self._emit(RST | ACK, self.snd_nxt, b"")
-            self.state = State.CLOSED
+            self._reset()
             return
         self._retransmits += 1
         self._rto = min(self._rto * 2, MAX_RTO_S)

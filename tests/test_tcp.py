@@ -106,7 +106,7 @@ def test_a_query_over_tcp_is_answered_and_the_connection_closed_by_the_client(pa
     syn_ack = client.connect()
     assert dict(syn_ack.options)["MSS"] == tcp.OUR_MSS and len(syn_ack.options) == 1  # no SACK, scaling, stamps
     [query] = client.send("PA", framed(QUERY))
-    assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, CLIENT_PORT, 53, QUERY, 6)
+    assert query == DnsQuery(1, SOURCE, LOCAL, CLIENT, RESOLVER, CLIENT_PORT, 53, QUERY, 6, connection=1)
     [ack] = client.received()
     assert ack.flags == "A" and ack.ack == client.seq
     path.answer(query, b"the answer", NOW)
