@@ -53,7 +53,7 @@ from .enclave.base import Enclave
 from .enclave.errors import NonceError
 from .errors import EnclaveIkeError
 from .relay import evidence_socket
-from .relay_server import listen_unix
+from .relay_server import admit, close_servers, listen_unix
 from .snp_store import ServedCertificates
 
 log = logging.getLogger("enclave_ike.evidence")
@@ -150,25 +150,12 @@ class EvidenceEndpoint:
                  ", ".join(hostport(a, p) for a, p in self.bound))
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for server in self._servers:
-            await server.wait_closed()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        self._servers.clear()
-        if self.unix_path is not None:
-            with contextlib.suppress(OSError):
-                self.unix_path.unlink()
+        await close_servers(self._servers, self._connections, self.unix_path)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._connections) >= self.limits.connections:
-            writer.close()
+        task = admit(self._connections, self.limits.connections, writer)
+        if task is None:
             return
-        self._connections.add(task)
         peer = writer.get_extra_info("peername")
         try:
             response = await self._answer(reader, peer)

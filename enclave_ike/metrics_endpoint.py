@@ -9,14 +9,13 @@ within 5 s; at most 16 connections at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import EnclaveIkeError
 from .ikev2.payloads import Address
-from .relay_server import listen_unix
+from .relay_server import admit, close_servers, listen_unix
 
 log = logging.getLogger("enclave_ike")
 
@@ -68,23 +67,12 @@ class MetricsEndpoint:
         log.info("metrics endpoint on %s: GET /metrics", where)
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        self._servers.clear()
-        if self.unix_path is not None:
-            with contextlib.suppress(OSError):
-                self.unix_path.unlink()
+        await close_servers(self._servers, self._connections, self.unix_path)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._connections) >= MAX_CONNECTIONS:
-            writer.close()
+        task = admit(self._connections, MAX_CONNECTIONS, writer)
+        if task is None:
             return
-        self._connections.add(task)
         try:
             writer.write(await self._answer(reader))
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)

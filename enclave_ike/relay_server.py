@@ -43,6 +43,34 @@ async def listen_unix(handler: Callable[[asyncio.StreamReader, asyncio.StreamWri
     return server
 
 
+def admit(connections: set[asyncio.Task[None]], limit: int,
+          writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:
+    """The current handler task, counted in `connections`; None (and the connection closed) past `limit`."""
+    task = asyncio.current_task()
+    if task is None or len(connections) >= limit:
+        writer.close()
+        return None
+    connections.add(task)
+    return task
+
+
+async def close_servers(servers: list[asyncio.Server], connections: set[asyncio.Task[None]],
+                        unix_path: Path | None) -> None:
+    """Stop listening, end the connections being served, and remove the Unix socket if there is one."""
+    for server in servers:
+        server.close()
+    for task in list(connections):
+        task.cancel()
+    for server in servers:
+        await server.wait_closed()
+    if connections:
+        await asyncio.gather(*connections, return_exceptions=True)
+    servers.clear()
+    if unix_path is not None:
+        with contextlib.suppress(OSError):
+            unix_path.unlink()
+
+
 class Relay:
     def __init__(self, path: Path, deliver: Callable[[Relayed], None], diagnostics: Diagnostics) -> None:
         self.path, self.deliver, self.diagnostics = path, deliver, diagnostics
