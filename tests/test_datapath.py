@@ -20,6 +20,7 @@ from enclave_ike.ikev2.crypto import ChildSuite
 from enclave_ike.ikev2.events import ChildSaEstablished, ChildSaKeys, ChildSaRekeyed, SaDeleted
 from enclave_ike.ikev2.payloads import TrafficSelector
 from enclave_ike.inet import ip_packet, parse_ip, udp_datagram
+from fuzz import datapath as fuzz_datapath
 
 NOW = 100.0
 RESOLVER, CLIENT, NATTED = ip_address("192.0.2.53"), ip_address("10.0.0.7"), ip_address("198.51.100.9")
@@ -261,3 +262,12 @@ def test_other_events_and_unknown_deletions_change_nothing():
                                       replace(event, spi_in=b"\x00\x00\x10\x09", spi_out=b"\x00\x00\x20\x09"))
     path.apply(rekey_of_unknown, NOW)  # becomes a flow of its own
     assert len(path) == 2 and path.inbound_spis() == {0x1001, 0x1009}
+
+
+def test_the_fuzz_target_runs_clean_and_can_fail(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """fuzz/datapath.py with a small count (the 1,000,000-input run is on demand, docs/esp.md); with the connection
+    limit it checks lowered to 0, the first connection it opens is a violation: the property can fail."""
+    assert fuzz_datapath.main(["--inputs", "3000", "--seed", "3", "--progress", "0"]) == 0
+    monkeypatch.setattr(fuzz_datapath, "MAX_TCP_CONNECTIONS", 0)
+    assert fuzz_datapath.main(["--inputs", "3000", "--progress", "0", "--crash-dir", str(tmp_path)]) == 1
+    assert list(tmp_path.glob("datapath-seed1-*.json"))
