@@ -27,7 +27,8 @@ from .errors import EnclaveIkeError
 from .ikev2.config import Endpoint
 from .ikev2.payloads import Address
 from .metrics_endpoint import metrics_socket
-from .relay import FrameReader, Relayed, RelayError, evidence_socket
+from .relay import Relayed, RelayError, evidence_socket
+from .relay_server import read_frames
 
 log = logging.getLogger("enclave_ike")
 
@@ -177,11 +178,8 @@ class Forwarder:
                 log.warning("the enclave closed the relay; reconnecting")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        frames = FrameReader()
         try:
-            while data := await reader.read(READ_SIZE):
-                for datagram in frames.feed(data):
-                    self.outbound(datagram)
+            await read_frames(reader, self.outbound)
         except RelayError as exc:
             log.error("the enclave sent a broken frame (%s); reconnecting", exc)
         except ConnectionError:

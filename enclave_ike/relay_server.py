@@ -71,6 +71,15 @@ async def close_servers(servers: list[asyncio.Server], connections: set[asyncio.
             unix_path.unlink()
 
 
+async def read_frames(reader: asyncio.StreamReader, deliver: Callable[[Relayed], None]) -> None:
+    """Every frame of a relay stream to `deliver`, until the stream ends; a broken frame raises `RelayError`. Both
+    ends of the relay (serve's and the forwarder's) read this way."""
+    frames = FrameReader()
+    while data := await reader.read(READ_SIZE):
+        for datagram in frames.feed(data):
+            deliver(datagram)
+
+
 class Relay:
     def __init__(self, path: Path, deliver: Callable[[Relayed], None], diagnostics: Diagnostics) -> None:
         self.path, self.deliver, self.diagnostics = path, deliver, diagnostics
@@ -121,11 +130,8 @@ class Relay:
         else:
             log.info("relay: the forwarder connected")
         self._writer = writer
-        frames = FrameReader()
         try:
-            while data := await reader.read(READ_SIZE):
-                for datagram in frames.feed(data):
-                    self.deliver(datagram)
+            await read_frames(reader, self.deliver)
         except RelayError as exc:
             log.error("relay: the forwarder sent a broken frame (%s); its connection is closed", exc)
         except ConnectionError:
