@@ -17,28 +17,33 @@ the nonce and that key. Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
-from ikecommon import evidence_client
-from ikecommon.attestation.envelope import Envelope
+from ikecommon import lean_pyroute2
 
-from . import __version__, collateral_cli, evidence_endpoint, forwarder, server
+from . import __version__
 from . import config as config_module
 from .errors import EnclaveIkeError
-from .ikev2.payloads import Address
 from .relay import socket_path_problem
 
+# Each command imports what it runs when it runs (the server, the forwarder, the collateral tools): a process pays
+# only for its own command, which matters most where every import is slow (serve's start under TCG).
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COLLATERAL_HELP = "keep Intel's TDX collateral and AMD's SEV-SNP certificates, which evidence is served with"
+
+Address = IPv4Address | IPv6Address
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_collateral: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `with_collateral`, `collateral` is listed but takes no arguments (a command
+    line that does not name it never reaches its subcommands, and they import the collateral tools)."""
     parser = argparse.ArgumentParser(
         prog="enclave-ike",
         description="An IKEv2 responder whose identity key lives inside a TEE.",
@@ -72,13 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                           help="the running server's config")
     evidence.add_argument("--nonce", required=True, metavar="HEX", help="16 to 64 bytes as hex, fresh for each use")
-    collateral_cli.add_commands(commands)
+    if with_collateral:
+        from . import collateral_cli  # noqa: PLC0415
+
+        collateral_cli.add_commands(commands, COLLATERAL_HELP)
+    else:
+        commands.add_parser("collateral", help=COLLATERAL_HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    lean_pyroute2.use()  # before anything imports pyroute2: only the modules the XFRM client uses (kernel mode)
+    parser = build_parser(with_collateral="collateral" in arguments)
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -89,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     None if args.no_metrics else args.metrics_port),
         "evidence": lambda: _evidence(args.config, args.nonce),
         "identity": lambda: _identity(args.config, args.format),
-        "collateral": lambda: collateral_cli.run(args),
+        "collateral": lambda: _collateral(args),
     }
     try:
         return run[args.command]()
@@ -101,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(path: Path, verbose: bool) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from . import server  # noqa: PLC0415
+
     config = config_module.load(path)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="enclave-ike: %(message)s")
@@ -117,6 +133,10 @@ def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evi
         raise config_module.ConfigError(f"--metrics-port {metrics_port}: must differ from --evidence-port")
     if (problem := socket_path_problem(Path(enclave))) is not None:
         raise config_module.ConfigError(f"--enclave {enclave!r}: {problem}")
+    import asyncio  # noqa: PLC0415
+
+    from . import forwarder  # noqa: PLC0415
+
     asyncio.run(forwarder.forward(addresses, ports, enclave, evidence_port, metrics_port))
     return EXIT_OK
 
@@ -144,7 +164,9 @@ def _identity(path: Path, output: str) -> int:
                               "key is made inside the enclave at start and never stored)") from None
     except OSError as exc:
         raise EnclaveIkeError(f"{publish}: cannot read it ({exc.strerror})") from None
-    identity = server.PublishedIdentity.from_json(text, str(publish))
+    from .server import PublishedIdentity  # noqa: PLC0415
+
+    identity = PublishedIdentity.from_json(text, str(publish))
     if not _alive(identity.pid):
         raise EnclaveIkeError(f"{publish}: stale: the server that published it (pid {identity.pid}) is not running, "
                               "and its key died with it")
@@ -158,7 +180,18 @@ def _identity(path: Path, output: str) -> int:
     return EXIT_OK
 
 
+def _collateral(args: argparse.Namespace) -> int:
+    from . import collateral_cli  # noqa: PLC0415
+
+    return collateral_cli.run(args)
+
+
 def _evidence(path: Path, nonce_hex: str) -> int:
+    from ikecommon import evidence_client  # noqa: PLC0415
+    from ikecommon.attestation.envelope import Envelope  # noqa: PLC0415
+
+    from . import evidence_endpoint  # noqa: PLC0415
+
     nonce = evidence_endpoint.parse_nonce(nonce_hex, "--nonce")  # bad hex: exit 2 before anything else
     config = config_module.load(path)
     if config.identity.auth is config_module.Auth.NULL:

@@ -33,9 +33,8 @@ from . import config as config_module
 from . import pcs, snp_store, vcek_cli
 
 
-def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    collateral = commands.add_parser("collateral", help="keep Intel's TDX collateral and AMD's SEV-SNP certificates, "
-                                                        "which evidence is served with")
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
+    collateral = commands.add_parser("collateral", help=help_text)
     sub = collateral.add_subparsers(dest="collateral_command", metavar="COMMAND", required=True)
     imported = sub.add_parser("import", help="check a directory of collateral documents and make it the set for "
                                              "its FMSPC (atomically; a refused set changes nothing)")

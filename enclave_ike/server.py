@@ -43,7 +43,10 @@ from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier,
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
 from .datapath import DnsQuery, EspDatapath
 from .diagnostics import Diagnostics
-from .enclave import Enclave, SimEnclave, SoftwareEnclave, TsmEnclave
+from .enclave.base import Enclave
+from .enclave.sim import SimEnclave
+from .enclave.software import SoftwareEnclave
+from .enclave.tsm import TsmEnclave
 from .errors import EnclaveIkeError
 from .esp import EspError
 from .evidence_endpoint import EvidenceEndpoint, for_config

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ikecommon.attestation import TrustAnchors, roots
+from ikecommon.attestation import roots
 from ikecommon.attestation.snp import MILAN_GENOA_TCB, TURIN_TCB, SnpPolicy, TcbVersion
 from ikecommon.attestation.tdx import TdxPolicy
+from ikecommon.attestation.verify import TrustAnchors
 
 from .config import TrustSettings
 from .truststore import Anchors, read_root_certificate

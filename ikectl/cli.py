@@ -35,7 +35,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, lean_pyroute2, logline, signals
+from ikecommon import lean_pyroute2
+
+from . import __version__, config, logline, signals
 from .config import Address, CoffeeShop, Config, ConfigError, Mode, TrustedResolver, address, resolver_id
 from .errors import IkectlError, UsageError
 from .truststore import DEFAULT_PORT, Anchors

@@ -20,9 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ikecommon import xfrm
+from ikecommon import lean_pyroute2, xfrm
 
-from . import lean_pyroute2
 from .errors import UsageError
 
 MAX_MINUTES = 120  # a login takes minutes; anything longer is a mode change, not a portal window

@@ -34,7 +34,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ikecommon import xfrm
+from ikecommon import lean_pyroute2, xfrm
 
 from . import (
     backstop,
@@ -42,7 +42,6 @@ from . import (
     daemon,
     execute,
     journal,
-    lean_pyroute2,
     logline,
     nft,
     opportunistic,

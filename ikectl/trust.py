@@ -33,18 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ikecommon import keys
-from ikecommon.attestation import (
-    EvidenceFormatError,
-    MeasurementSpec,
-    Mismatch,
-    SpecFormatError,
-    TrustAnchors,
-    UnsupportedEvidence,
-    VerificationFailed,
-    verify_envelope,
-)
+from ikecommon.attestation.errors import EvidenceFormatError, Mismatch, UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.snp import SnpPolicy
+from ikecommon.attestation.spec import MeasurementSpec, SpecFormatError
 from ikecommon.attestation.tdx import TdxPolicy
+from ikecommon.attestation.verify import TrustAnchors, verify_envelope
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
 
 from . import daemon, feed, pins, session, truststore

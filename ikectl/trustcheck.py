@@ -48,21 +48,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from ikecommon.attestation import (
-    Envelope,
-    EvidenceFormatError,
-    EvidenceKind,
-    MeasurementSpec,
-    Mismatch,
-    SpecFormatError,
-    UnsupportedEvidence,
-)
 from ikecommon.attestation import sim as sim_evidence
 from ikecommon.attestation.binding import binding_mismatches
 from ikecommon.attestation.certs import der_certificate, der_crl, pem_chain
+from ikecommon.attestation.envelope import Envelope, EvidenceKind
+from ikecommon.attestation.errors import EvidenceFormatError, Mismatch, UnsupportedEvidence
 from ikecommon.attestation.outcome import AUTHENTICITY, Check, CheckKind
 from ikecommon.attestation.snp import SnpPolicy, SnpReport, TcbVersion, hcl, verify_report
 from ikecommon.attestation.snp.vcek import AMD, CSP_ID, vlek_extensions
+from ikecommon.attestation.spec import MeasurementSpec, SpecFormatError
 from ikecommon.attestation.tdx import (
     QeIdentity,
     TcbInfo,

@@ -190,20 +190,22 @@ class Lab:
 
     def _build(self) -> None:
         topo = self.topo
-        self.say("building namespaces: client, router, coffee, plain, trusted")
-        client, router = topo.add_host("client"), topo.add_router("router")
-        topo.link(client, router, "10.77.1.0/24", "fd77:1::/64")
-        self.hosts = {"client": client, "router": router}
-        for resolver in RESOLVERS:
-            host = topo.add_host(resolver.name)
+        # enclave-ike is a Python server: its start takes the longest by far under TCG (~20 s), so it starts as
+        # soon as its namespace has its address, and the rest of the world is built while it loads.
+        self.say("building namespaces: router, trusted, then client, coffee, plain")
+        router = topo.add_router("router")
+        built: dict[str, Host] = {}
+        for resolver in sorted(RESOLVERS, key=lambda r: r.name != "trusted"):
+            host = built[resolver.name] = topo.add_host(resolver.name)
             topo.link(host, router, resolver.subnet, None, hosts=(53, 1))
             topo.default_route(host, router)
-            self.hosts[resolver.name] = host
+            if resolver.name == "trusted":
+                self.say("starting enclave-ike serve on trusted (sim enclave; its ECDSA key is made inside it)")
+                trusted = self._launch_enclave_ike(host, resolver.address)
+        client = topo.add_host("client")
+        topo.link(client, router, "10.77.1.0/24", "fd77:1::/64")
         topo.default_route(client, router)
-        # enclave-ike is a Python server: its imports take the longest by far under TCG (tens of seconds), so it
-        # starts first and the other daemons start while it loads.
-        self.say("starting enclave-ike serve on trusted (sim enclave; its ECDSA key is made inside it)")
-        trusted = self._launch_enclave_ike(self.hosts["trusted"], "10.77.4.53")
+        self.hosts = {"client": client, "router": router} | {r.name: built[r.name] for r in RESOLVERS}
         if self.with_client_pluto:
             # Queue the packet that triggers IKE instead of dropping it, so the first query is answered
             # without waiting for the stub's retry. (ikectl does this itself where it runs the client.)

@@ -104,9 +104,11 @@ def test_a_resolver_whose_ike_auth_answer_came_too_late_is_answered_encrypted_so
     assert "established Child SA" in server.log_text()  # the resolver's half, requiring ESP from the client
     lift()  # the resolver answers in time from now on
     lifted = time.monotonic()
-    answer = site.query(RESOLVER, timeout=20, retry_every=0.5)
+    answer = site.query(RESOLVER, timeout=40, retry_every=0.5)
     recovered = time.monotonic() - lifted
-    assert answer.answered and recovered < 6.0, (recovered, answer, site.diagnosis(run_dir))
+    # Before the fix the outage lasted retry_after_s (60 s). Quiet guests recover in 2-4 s; one in CI took 8 s
+    # (pluto's own "assign_holdpass failed" on the second try), so the bound separates the cases, not speeds.
+    assert answer.answered and recovered < 20.0, (recovered, answer, site.diagnosis(run_dir))
     later = site.queries_for(RESOLVER, 2.0) + site.queries_for(RESOLVER, 1.0, tcp=True)
     assert all(a.answered for a in later), later
     assert site.status()[RESOLVER]["state"] == "NULL-encrypted", site.diagnosis(run_dir)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ikecommon import keys
-from ikecommon.attestation import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
 from netns_tests.harness.capture import Capture

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from ikecommon import keys
-from ikecommon.attestation import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 from ikecommon.attestation.tdx import TdxQuote
 from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs

@@ -17,22 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from enclave_ike.enclave import NonceError, SoftwareEnclave, attest
-from ikecommon.attestation import (
-    Collateral,
-    Envelope,
-    Evidence,
-    EvidenceKind,
-    MeasurementEntry,
-    MeasurementSpec,
-    TrustAnchors,
-    VerificationFailed,
-    appraise,
-    verify_envelope,
-)
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.errors import NonceError
+from enclave_ike.enclave.software import SoftwareEnclave
 from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN, binding_mismatches, report_data
+from ikecommon.attestation.envelope import Collateral, Envelope, Evidence, EvidenceKind
+from ikecommon.attestation.errors import VerificationFailed
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
 from ikecommon.attestation.snp import load_ask_ark
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.verify import TrustAnchors, appraise, verify_envelope
 
 VECTOR_TIME = datetime(2023, 7, 1, tzinfo=UTC)  # inside every validity period of the vectors
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -41,7 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ikecommon.attestation import AttestationError, EvidenceFormatError, UnsupportedEvidence
+from ikecommon.attestation.errors import AttestationError, EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.outcome import Verification
 from ikecommon.attestation.snp import SnpReport, TcbVersion
 from ikecommon.attestation.snp.report import REPORT_SIZE, SIGNED_SIZE

@@ -17,23 +17,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.enclave import SoftwareEnclave, attest
-from ikecommon.attestation import (
-    AttestationError,
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
+from ikecommon.attestation.envelope import (
+    ENVELOPE_TYPE,
+    EVIDENCE_MEDIA_TYPES,
+    MAX_ENVELOPE,
     Collateral,
     Envelope,
     EnvelopeFormatError,
     Evidence,
-    EvidenceFormatError,
     EvidenceKind,
-    MeasurementEntry,
-    MeasurementSpec,
-    TrustAnchors,
-    UnsupportedEvidence,
-    appraise,
 )
-from ikecommon.attestation.envelope import ENVELOPE_TYPE, EVIDENCE_MEDIA_TYPES, MAX_ENVELOPE
+from ikecommon.attestation.errors import AttestationError, EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.verify import TrustAnchors, appraise
 
 NONCE = bytes(range(32))
 SIM = attest(SoftwareEnclave(ec.derive_private_key(7, ec.SECP256R1())), NONCE)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ikecommon.attestation import AttestationError, EvidenceFormatError, UnsupportedEvidence
+from ikecommon.attestation.errors import AttestationError, EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.snp import SnpReport, load_ask_ark, load_vcek, verify_report
 from ikecommon.attestation.snp.hcl import RUNTIME_DATA_OFFSET, HclReport
 from ikecommon.attestation.tdx import QeIdentity, TcbInfo, TdxCollateral, TdxQuote, verify_quote

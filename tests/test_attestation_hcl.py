@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ikecommon.attestation import EvidenceFormatError, UnsupportedEvidence
+from ikecommon.attestation.errors import EvidenceFormatError, UnsupportedEvidence
 from ikecommon.attestation.snp import verify_report
 from ikecommon.attestation.snp.hcl import (
     HASH_TYPE_OFFSET,

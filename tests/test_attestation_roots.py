@@ -16,9 +16,11 @@ from attestation_vectors import SNP, TDX
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ikecommon.attestation import ShippedRootError, TrustAnchors, roots, sim_root_certificate
-from ikecommon.attestation.roots import SHIPPED, ShippedRoot, Vendor
+from ikecommon.attestation import roots
+from ikecommon.attestation.roots import SHIPPED, ShippedRoot, ShippedRootError, Vendor
+from ikecommon.attestation.sim import sim_root_certificate
 from ikecommon.attestation.snp import SnpPolicy, load_ask_ark, load_vcek, verify_report
+from ikecommon.attestation.verify import TrustAnchors
 from ikectl import anchors, cli, config
 from ikectl.truststore import Anchors
 

@@ -18,16 +18,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.enclave import SoftwareEnclave, attest
-from ikecommon.attestation import (
-    EvidenceFormatError,
-    MeasurementEntry,
-    MeasurementSpec,
-    TrustAnchors,
-    UnsupportedEvidence,
-    VerificationFailed,
-    verify_envelope,
-)
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
+from ikecommon.attestation.errors import EvidenceFormatError, UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.sim import (
     DEFAULT_REGISTERS,
     HEADER_SIZE,
@@ -43,6 +36,8 @@ from ikecommon.attestation.sim import (
     sim_root_key,
     verify_sim_report,
 )
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.verify import TrustAnchors, verify_envelope
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 ROOT = sim_root_certificate()

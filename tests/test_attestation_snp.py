@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ikecommon.attestation import UnsupportedEvidence, VerificationFailed
+from ikecommon.attestation.errors import UnsupportedEvidence, VerificationFailed
 from ikecommon.attestation.snp import (
     SnpPolicy,
     SnpReport,

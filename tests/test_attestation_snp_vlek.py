@@ -16,7 +16,7 @@ import pytest
 from attestation_mutations import SNP_VCEK, SNP_VLEK, amd_chain, fields, snp_trust_check
 from cryptography import x509
 
-from ikecommon.attestation import VerificationFailed
+from ikecommon.attestation.errors import VerificationFailed
 from ikecommon.attestation.snp import (
     SnpPolicy,
     SnpReport,

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ikecommon.attestation import AttestationError, EvidenceKind, MeasurementEntry, MeasurementSpec, SpecFormatError
-from ikecommon.attestation.spec import MAX_INLINE, MAX_SPEC
+from ikecommon.attestation.envelope import EvidenceKind
+from ikecommon.attestation.errors import AttestationError
+from ikecommon.attestation.spec import MAX_INLINE, MAX_SPEC, MeasurementEntry, MeasurementSpec, SpecFormatError
 
 # The two examples of a public post by the BuilderNet (Flashbots) team on addressing TEE web services, unchanged: the
 # measurements file of their attested-TLS proxy, and a spec passed gzipped and base64-encoded as the userinfo of

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ikecommon.attestation import EvidenceFormatError, VerificationFailed
+from ikecommon.attestation.errors import EvidenceFormatError, VerificationFailed
 from ikecommon.attestation.tdx import (
     TdxCollateral,
     TdxPolicy,

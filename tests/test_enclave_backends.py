@@ -28,35 +28,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.enclave import (
-    Enclave,
-    EnclaveError,
-    EnclaveGone,
-    EnclaveUnavailable,
-    SimEnclave,
-    SoftwareEnclave,
-    TsmEnclave,
-    attest,
-    channel,
-)
+from enclave_ike.enclave import channel
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.base import Enclave
 from enclave_ike.enclave.cert_table import ARK, ASK, VCEK, VLEK, build_cert_table, parse_cert_table, snp_certificates
 from enclave_ike.enclave.channel import HASH_SIZE, MAX_FRAME, Frame, Op, Status
+from enclave_ike.enclave.errors import EnclaveError, EnclaveGone, EnclaveUnavailable
+from enclave_ike.enclave.sim import SimEnclave
 from enclave_ike.enclave.sim_child import answer
-from enclave_ike.enclave.tsm import ConfigFs
+from enclave_ike.enclave.software import SoftwareEnclave
+from enclave_ike.enclave.tsm import ConfigFs, TsmEnclave
 from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256, SoftwareSigner
 from enclave_ike.ikev2.errors import UnsupportedAlgorithm
-from ikecommon.attestation import (
-    EvidenceKind,
-    MeasurementEntry,
-    MeasurementSpec,
-    SimReport,
-    TrustAnchors,
-    appraise,
-    verify_envelope,
-)
 from ikecommon.attestation.binding import report_data
-from ikecommon.attestation.sim import DEFAULT_REGISTERS, sim_root_certificate, verify_sim_report
+from ikecommon.attestation.envelope import EvidenceKind
+from ikecommon.attestation.sim import DEFAULT_REGISTERS, SimReport, sim_root_certificate, verify_sim_report
 from ikecommon.attestation.snp import load_ask_ark
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.verify import TrustAnchors, appraise, verify_envelope
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 SIM_SPEC = MeasurementSpec((MeasurementEntry("sim-default", "sim", ((0, DEFAULT_REGISTERS[0]),)),))
@@ -263,7 +252,7 @@ def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
     """A parent killed with SIGKILL closes nothing on purpose; the kernel closes its end and the child exits."""
     script = textwrap.dedent("""
         import sys, time
-        from enclave_ike.enclave import SimEnclave
+        from enclave_ike.enclave.sim import SimEnclave
         enclave = SimEnclave()
         print(enclave.pid, flush=True)
         time.sleep(60)

@@ -27,13 +27,14 @@ from trust_servers import BackgroundLoop, hostile_endpoint, port_of, running_end
 from enclave_ike import cli, collateral_store
 from enclave_ike import config as cfg
 from enclave_ike.collateral_store import ServedCollateral
-from enclave_ike.enclave import EnclaveError, SoftwareEnclave
+from enclave_ike.enclave.errors import EnclaveError
+from enclave_ike.enclave.software import SoftwareEnclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, Limits, for_config, parse_nonce
 from enclave_ike.server import serve
-from ikecommon.attestation import Envelope, MeasurementEntry, MeasurementSpec, TrustAnchors, verify_envelope
-from ikecommon.attestation.envelope import Collateral, Evidence, EvidenceKind
+from ikecommon.attestation.envelope import Collateral, Envelope, Evidence, EvidenceKind
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 from ikecommon.attestation.tdx import TdxQuote
-from ikecommon.attestation.verify import appraise
+from ikecommon.attestation.verify import TrustAnchors, appraise, verify_envelope
 from ikecommon.evidence_client import CMW_JSON, EndpointError, fetch, fetch_evidence, fetch_identity
 from netns_tests.harness.fake_intel import REAL_QUOTE, FakeIntel, dated, real_qe_identity, up_to_date_tcb_info
 

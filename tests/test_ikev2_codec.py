@@ -7,20 +7,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.ikev2 import (
-    DecodeError,
+from enclave_ike.ikev2.constants import (
+    DhGroup,
+    EncrId,
     ExchangeType,
+    HashAlgorithm,
     HeaderFlag,
-    IkeError,
-    IkeHeader,
-    InvalidMajorVersion,
-    LocalProtocolError,
-    Message,
+    IdType,
     NotifyType,
     PayloadType,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
+from enclave_ike.ikev2.errors import (
+    DecodeError,
+    IkeError,
+    InvalidMajorVersion,
+    LocalProtocolError,
     UnsupportedCriticalPayload,
 )
-from enclave_ike.ikev2.constants import DhGroup, EncrId, HashAlgorithm, IdType, PrfId, ProtocolId, TransformType
 from enclave_ike.ikev2.payloads import (
     Authentication,
     Certificate,
@@ -30,7 +36,9 @@ from enclave_ike.ikev2.payloads import (
     EncryptedFragment,
     IdentificationInitiator,
     IdentificationResponder,
+    IkeHeader,
     KeyExchange,
+    Message,
     Nonce,
     Notify,
     OpaqueTrafficSelector,

@@ -17,25 +17,34 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.ikev2 import (
-    AuthenticationFailed,
-    DecodeError,
+from enclave_ike.ikev2 import crypto as c
+from enclave_ike.ikev2.constants import (
+    AuthMethod,
+    DhGroup,
+    EncrId,
     ExchangeType,
     HeaderFlag,
-    IkeHeader,
+    IdType,
+    IntegId,
+    NotifyType,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
+from enclave_ike.ikev2.errors import (
+    AuthenticationFailed,
+    DecodeError,
     IntegrityError,
     InvalidKeyExchange,
     LocalProtocolError,
     NoProposalChosen,
-    NotifyType,
     UnsupportedAlgorithm,
 )
-from enclave_ike.ikev2 import crypto as c
-from enclave_ike.ikev2.constants import AuthMethod, DhGroup, EncrId, IdType, IntegId, PrfId, ProtocolId, TransformType
 from enclave_ike.ikev2.payloads import (
     Authentication,
     Delete,
     IdentificationInitiator,
+    IkeHeader,
     Message,
     Nonce,
     Notify,

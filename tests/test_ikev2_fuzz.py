@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ikev2_codec import SAMPLES, messages
 
-from enclave_ike.ikev2 import ExchangeType, HeaderFlag, IkeError, IkeHeader
 from enclave_ike.ikev2 import crypto as c
-from enclave_ike.ikev2.constants import EncrId, IdType, IntegId, PayloadType, PrfId
-from enclave_ike.ikev2.payloads import IdentificationInitiator, Nonce, decode_payloads
+from enclave_ike.ikev2.constants import EncrId, ExchangeType, HeaderFlag, IdType, IntegId, PayloadType, PrfId
+from enclave_ike.ikev2.errors import IkeError
+from enclave_ike.ikev2.payloads import IdentificationInitiator, IkeHeader, Nonce, decode_payloads
 from enclave_ike.ikev2.wire import Reader
 from fuzz.generators import decode, mutate, with_length
 

@@ -131,7 +131,7 @@ def test_ikectls_own_processes_load_pyroute2_without_its_package_init():
     ikecommon.xfrm gets pyroute2 as it is."""
     code = """
 import json, sys
-from ikectl import lean_pyroute2
+from ikecommon import lean_pyroute2
 lean_pyroute2.use()
 from ikecommon.xfrm import client
 from ikectl import routes

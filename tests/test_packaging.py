@@ -89,7 +89,8 @@ def test_a_pipx_install_renders_from_its_own_templates(pipx_install: Path, tmp_p
 
 def test_a_pipx_install_loads_the_shipped_roots_from_its_own_files(pipx_install: Path, tmp_path: Path) -> None:
     loaded = subprocess.run([str(pipx_install.parent / "home/venvs/ikectl/bin/python"), "-c",
-                             "from ikecommon.attestation import TrustAnchors, roots\n"
+                             "from ikecommon.attestation import roots\n"
+                             "from ikecommon.attestation.verify import TrustAnchors\n"
                              "anchors = TrustAnchors.shipped()\n"
                              "print(len(anchors.amd_arks), roots.certificate.cache_info().currsize, roots.__file__)"],
                             cwd=tmp_path, capture_output=True, text=True, check=False)

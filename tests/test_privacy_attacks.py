@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from enclave_ike import config as config_module
 from enclave_ike.diagnostics import Diagnostics, PrivacyConfig
-from enclave_ike.enclave import SoftwareEnclave
+from enclave_ike.enclave.software import SoftwareEnclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, Response, _parse
 from enclave_ike.ikev2 import crypto as c
 from enclave_ike.ikev2.config import DnsSelectors, Endpoint, Identity, InitiatorConfig, PeerAuth, ResponderConfig

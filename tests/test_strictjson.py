@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ikecommon import strictjson
-from ikecommon.attestation import EvidenceFormatError, MeasurementSpec, SpecFormatError
 from ikecommon.attestation.envelope import Envelope, EnvelopeFormatError
+from ikecommon.attestation.errors import EvidenceFormatError
 from ikecommon.attestation.signed_json import parse_signed
+from ikecommon.attestation.spec import MeasurementSpec, SpecFormatError
 
 
 @pytest.mark.parametrize(("text", "detail", "offset", "member"), [

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from trust_servers import RESOLVER_ID, hostile_endpoint, https_server, port_of, running_endpoint, sim_spec
 
-from enclave_ike.enclave import SoftwareEnclave, attest
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
 from ikecommon import keys
-from ikecommon.attestation import Envelope, report_data
-from ikecommon.attestation.envelope import Collateral
+from ikecommon.attestation.binding import report_data
+from ikecommon.attestation.envelope import Collateral, Envelope
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
 from ikectl import config, daemon, feed, pins, plan, session, status, trust, truststore
 from ikectl.config import Mode

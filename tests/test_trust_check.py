@@ -18,8 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from trust_servers import sim_spec
 
-from enclave_ike.enclave import SoftwareEnclave, attest
-from ikecommon.attestation import Collateral, Envelope, Evidence, EvidenceKind, MeasurementEntry, MeasurementSpec
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
+from ikecommon.attestation.envelope import Collateral, Envelope, Evidence, EvidenceKind
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 from ikectl import cli, trustcheck
 
 AT = "2023-07-01T00:00:00Z"  # inside every validity period of the vectors, as go-tdx-guest and go-sev-guest test

@@ -30,8 +30,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_trust_check import text_fields
 
-from enclave_ike.enclave import SoftwareEnclave, attest
-from ikecommon.attestation import Collateral, Envelope, Evidence, EvidenceKind, report_data
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
+from ikecommon.attestation.binding import report_data
+from ikecommon.attestation.envelope import Collateral, Envelope, Evidence, EvidenceKind
 from ikecommon.attestation.sim import SimReport
 from ikecommon.attestation.snp import SnpReport, hcl
 from ikecommon.attestation.spec import ATTESTATION_TYPE_OF, ATTESTATION_TYPES, MeasurementEntry, MeasurementSpec

@@ -12,8 +12,9 @@ import pytest
 from attestation_vectors import TDX
 from trust_servers import RESOLVER_ID, hostile_endpoint, port_of, running_endpoint, sim_spec
 
-from enclave_ike.enclave import SoftwareEnclave, attest
-from ikecommon.attestation import Envelope, Evidence, EvidenceKind
+from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.software import SoftwareEnclave
+from ikecommon.attestation.envelope import Envelope, Evidence, EvidenceKind
 from ikectl import cli, truststore
 
 OTHER_BUILD = bytes(range(48))

@@ -27,13 +27,14 @@ from trust_servers import BackgroundLoop, port_of
 
 from enclave_ike import cli
 from enclave_ike import config as cfg
-from enclave_ike.enclave import SoftwareEnclave
+from enclave_ike.enclave.software import SoftwareEnclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, for_config
 from enclave_ike.snp_store import ServedCertificates
-from ikecommon.attestation import MeasurementEntry, MeasurementSpec, TrustAnchors, roots
+from ikecommon.attestation import roots
 from ikecommon.attestation.envelope import Envelope, Evidence, EvidenceKind
 from ikecommon.attestation.snp import SnpPolicy, SnpReport
-from ikecommon.attestation.verify import appraise
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from ikecommon.attestation.verify import TrustAnchors, appraise
 from ikecommon.evidence_client import fetch_evidence
 
 MILAN_CHIP = ("3ac3fe21e13fb0990eb28a802e3fb6a29483a6b0753590c951bdd3b8e53786184ca39e359669a2b76a1936776b564ea464cdce4"

@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 
 from enclave_ike.enclave.base import Enclave
 from enclave_ike.evidence_endpoint import EvidenceEndpoint, Limits
-from ikecommon.attestation import MeasurementEntry, MeasurementSpec
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 
 T = TypeVar("T")
 LOCALHOST = "127.0.0.1"

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from enclave_ike import cli, server
 from enclave_ike.config import KeyType, ServeConfig
-from enclave_ike.enclave import Enclave, TsmEnclave
-from enclave_ike.enclave.tsm import ConfigFs
+from enclave_ike.enclave.base import Enclave
+from enclave_ike.enclave.tsm import ConfigFs, TsmEnclave
 from enclave_ike.ikev2.crypto import SoftwareSigner
 
 from .fake_intel import FakeIntel

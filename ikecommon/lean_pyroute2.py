@@ -1,10 +1,11 @@
-"""Load the pyroute2 modules ikectl uses without pyroute2's package `__init__`.
+"""Load the pyroute2 modules the programs use without pyroute2's package `__init__`.
 
 pyroute2 0.9's `__init__` imports every netlink family it supports (IPDB, NDB, conntrack, nl80211,
-wireguard, plan9, ...) to export their names, and Python runs it before any submodule. ikectl uses only
-the netlink socket, the message classes, netns and IPRoute, which import what they need themselves.
+wireguard, plan9, ...) to export their names, and Python runs it before any submodule. ikectl and enclave-ike
+use only the netlink socket, the message classes, netns and IPRoute, which import what they need themselves.
 The package `__init__` is 75 of the 100 ms `ikecommon.xfrm.client` took to import on these machines, and
 the NetworkManager hook must have the backstop in place within 150 ms of its call (docs/performance.md).
+A program calls `use()` first thing; a library must not (it would change what `import pyroute2` gives its user).
 
 `use()` registers an empty package module for `pyroute2` with the real package's path, so submodule
 imports find their files as usual. It does nothing once pyroute2 itself is loaded. A later
