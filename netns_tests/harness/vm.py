@@ -121,8 +121,26 @@ def staged_trees() -> list[Path]:
     return trees
 
 
+# The project's packages, byte-compiled before they are packed: the guest cannot write bytecode into its read-only
+# tree, and a host run with PYTHONDONTWRITEBYTECODE=1 (as CI's may be) writes none either, so without this every
+# Python process in the guest compiled every project module it imported from source (ikectl's `status` modules:
+# 0.1 s here, seconds under TCG).
+COMPILED_PACKAGES = ("ikecommon", "ikectl", "enclave_ike", "netns_tests")
+
+
+def compile_project() -> None:
+    """Write current bytecode for the project's packages (compileall writes it whatever PYTHONDONTWRITEBYTECODE
+    says; ~1 s when most is up to date)."""
+    done = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
+                           *(str(PROJECT_ROOT / name) for name in COMPILED_PACKAGES)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    if done.returncode != 0:
+        raise VmError(f"could not byte-compile the project for the guest: {done.stdout.strip()[-2000:]}")
+
+
 def build_stage(outdir: Path) -> Path:
-    """Pack the staged trees into `outdir/stage.tar` (host side; a few seconds)."""
+    """Pack the staged trees into `outdir/stage.tar` (host side; a few seconds), the project byte-compiled."""
+    compile_project()
     archive = outdir / "stage.tar"
     archive.unlink(missing_ok=True)
     for index, tree in enumerate(staged_trees()):
