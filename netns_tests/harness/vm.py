@@ -100,7 +100,11 @@ def session_pids(sid: int) -> list[int]:
 # Parts of the standard library nothing in the guest imports: its own test suite, GUIs, installers.
 _STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages",
                 "dist-packages", "config-*")
-_PROJECT_SKIP = (".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis")
+# The project tree without its history and caches, and its venv without the tools nothing in the guest runs (the
+# type checker and linter, pip, virtme-ng itself): 125 of the venv's 196 MB, unpacked at every boot.
+_PROJECT_SKIP = (".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis",
+                 "*/site-packages/mypy", "*/site-packages/mypyc", "*/site-packages/*__mypyc*",
+                 "*/site-packages/pip", "*/site-packages/virtme", "*/site-packages/virtme_ng", "*/.venv/bin/ruff")
 GUEST_STAGE_ROOT = "/run/ikt-stage"
 
 
