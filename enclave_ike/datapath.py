@@ -39,6 +39,7 @@ from .tcp import SYN, Segment, TcpConnection, reset_for
 
 NEXT_HEADER_NONE = 59  # RFC 4303 2.6: a dummy packet, discarded
 IP_IN_ESP = {4: 4, 6: 41}  # RFC 4303's next header for a tunnelled IPv4 / IPv6 packet
+_IP_NEXT_HEADERS = frozenset(IP_IN_ESP.values())
 MAX_TCP_CONNECTIONS = 4096  # in all; past it a SYN is answered with a reset
 MAX_TCP_PER_FLOW = 64
 
@@ -68,6 +69,25 @@ class Outgoing:
     local: Endpoint
 
 
+# A traffic selector as the numbers every packet is compared with: protocol (0: any), port range, IP version,
+# address range.
+_Range = tuple[int, int, int, int, int, int]
+
+
+def _ranges(selectors: tuple[TrafficSelector, ...]) -> tuple[_Range, ...]:
+    return tuple((ts.protocol, ts.start_port, ts.end_port, ts.start_address.version, int(ts.start_address),
+                  int(ts.end_address)) for ts in selectors)
+
+
+def _allows(ranges: tuple[_Range, ...], address: Address, protocol: int, port: int) -> bool:
+    version, value = address.version, int(address)
+    for ts_protocol, low_port, high_port, ts_version, low, high in ranges:
+        if (ts_protocol in (0, protocol) and low_port <= port <= high_port and ts_version == version
+                and low <= value <= high):
+            return True
+    return False
+
+
 @dataclass
 class _Flow:
     number: int
@@ -77,6 +97,11 @@ class _Flow:
     local_address: Address
     pairs: dict[int, tuple[InboundSa, OutboundSa]]  # by inbound SPI, oldest first
     current: int  # the inbound SPI of the pair whose outbound SA the answers use
+    local_ranges: tuple[_Range, ...] = field(init=False)  # local_ts and remote_ts as _allows compares them
+    remote_ranges: tuple[_Range, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.local_ranges, self.remote_ranges = _ranges(self.local_ts), _ranges(self.remote_ts)
 
     @property
     def outbound(self) -> OutboundSa:
@@ -101,13 +126,6 @@ _TcpKey = tuple[int, Address, int, int]  # flow, client address, client port, se
 
 def _spi(value: bytes) -> int:
     return int.from_bytes(value, "big")
-
-
-def _allows(selectors: tuple[TrafficSelector, ...], address: Address, protocol: int, port: int) -> bool:
-    return any(ts.protocol in (0, protocol) and ts.start_port <= port <= ts.end_port
-               and ts.start_address.version == address.version
-               and int(ts.start_address) <= int(address) <= int(ts.end_address)
-               for ts in selectors)
 
 
 class EspDatapath:
@@ -191,11 +209,12 @@ class EspDatapath:
         try:
             if len(packet) < 8:
                 raise Truncated(f"{len(packet)} octets: no ESP header")
-            flow = self._by_spi.get(_spi(packet[:4]))
+            spi = _spi(packet[:4])
+            flow = self._by_spi.get(spi)
             if flow is None:
                 self.drops["unknown SPI"] += 1
                 return []
-            sa = flow.pairs[_spi(packet[:4])][0]
+            sa = flow.pairs[spi][0]
             inner, next_header = sa.open(packet, now)
         except EspError as exc:
             self.drops[exc.reason] += 1
@@ -216,7 +235,7 @@ class EspDatapath:
     def _queries(self, flow: _Flow, next_header: int, inner: bytes, source: Endpoint, local: Endpoint,
                  now: float) -> list[DnsQuery]:
         if flow.mode is Mode.TUNNEL:
-            if next_header not in IP_IN_ESP.values():
+            if next_header not in _IP_NEXT_HEADERS:
                 raise InetRefused(f"next header {next_header}")
             client, server, protocol, segment = parse_ip(inner)
             if IP_IN_ESP[client.version] != next_header:
@@ -237,8 +256,8 @@ class EspDatapath:
     @staticmethod
     def _check_selectors(flow: _Flow, client: Address, server: Address, protocol: int, client_port: int,
                          server_port: int) -> None:
-        if not (_allows(flow.local_ts, server, protocol, server_port)
-                and _allows(flow.remote_ts, client, protocol, client_port)):
+        if not (_allows(flow.local_ranges, server, protocol, server_port)
+                and _allows(flow.remote_ranges, client, protocol, client_port)):
             raise InetRefused("outside the traffic selectors")
 
     def _tcp_segment(self, flow: _Flow, client: Address, server: Address, segment: Segment, source: Endpoint,

@@ -19,6 +19,7 @@ or touches a socket: callers pass `now`. RFC 3948 framing helpers for UDP port 4
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -169,6 +170,10 @@ class EspSaParams:
                                  f"{MAX_REPLAY_WINDOW}")
 
 
+# RFC 4303 2.4's padding octets 1, 2, 3, ... for each pad length an octet can say.
+_PADDING = tuple(bytes(range(1, length + 1)) for length in range(256))
+
+
 # --- the SA ---
 
 class _EspSa:
@@ -195,11 +200,17 @@ class _EspSa:
             self._integrity: Integrity = integrity
             self._iv_size, self._icv_size, self._align = AES_BLOCK, integrity.icv_size, AES_BLOCK
         self._spi = params.spi.to_bytes(4, "big")
+        self._overhead = HEADER_SIZE + self._iv_size + self._icv_size
+        # The hard limits as numbers every packet compares with (infinity: none); the soft ones only matter to
+        # lifetime_state, which the server asks now and then, not per packet.
+        limits = params.lifetime
+        self._hard_seconds = math.inf if limits.hard_seconds is None else limits.hard_seconds
+        self._hard_bytes = math.inf if limits.hard_bytes is None else limits.hard_bytes
 
     @property
     def overhead(self) -> int:
         """Octets of header, IV and ICV around the encrypted part."""
-        return HEADER_SIZE + self._iv_size + self._icv_size
+        return self._overhead
 
     def lifetime_state(self, now: float) -> LifetimeState:
         limits = self.params.lifetime
@@ -213,12 +224,13 @@ class _EspSa:
         return LifetimeState.LIVE
 
     def _check_alive(self, now: float, size: int) -> None:
-        """Refuse once hard-expired, and a packet that would carry the byte count past the hard limit."""
-        if self.lifetime_state(now) is LifetimeState.HARD_EXPIRED:
+        """Refuse once hard-expired (as lifetime_state says it), and a packet that would carry the byte count past
+        the hard limit."""
+        if self.bytes >= self._hard_bytes or now - self.created >= self._hard_seconds:
             raise Expired(f"SA {self.params.spi:#x} passed its hard lifetime")
-        hard = self.params.lifetime.hard_bytes
-        if hard is not None and self.bytes + size > hard:
-            raise Expired(f"SA {self.params.spi:#x}: {size} more octets would pass its hard limit of {hard}")
+        if self.bytes + size > self._hard_bytes:
+            raise Expired(f"SA {self.params.spi:#x}: {size} more octets would pass its hard limit of "
+                          f"{self.params.lifetime.hard_bytes}")
 
     def _count(self, size: int) -> None:
         self.bytes += size
@@ -250,7 +262,7 @@ class OutboundSa(_EspSa):
             raise SequenceExhausted(f"SA {self.params.spi:#x} sent {MAX_SEQ} packets: rekey it")
         seq = self._last_seq + 1
         pad_length = -(len(inner_packet) + 2) % self._align
-        plaintext = inner_packet + bytes(range(1, pad_length + 1)) + bytes((pad_length, next_header))
+        plaintext = inner_packet + _PADDING[pad_length] + bytes((pad_length, next_header))
         header = self._spi + seq.to_bytes(4, "big")
         if self._aead:
             iv = ((self._iv_base + seq) % 2**64).to_bytes(GCM_IV_SIZE, "big")
@@ -311,7 +323,7 @@ class InboundSa(_EspSa):
             raise Truncated(f"{len(packet)} octets: no ESP header")
         if packet[:4] != self._spi:
             raise WrongSpi(f"SPI {packet[:4].hex()}, this SA is {self._spi.hex()}")
-        encrypted = len(packet) - self.overhead
+        encrypted = len(packet) - self._overhead
         if encrypted < (2 if self._aead else AES_BLOCK):
             raise Truncated(f"{len(packet)} octets: shorter than the smallest packet of this suite")
         if not self._aead and encrypted % AES_BLOCK:
@@ -324,7 +336,8 @@ class InboundSa(_EspSa):
         if pad_length > len(plaintext) - 2:
             raise BadPadding(f"pad length {pad_length} is longer than the {len(plaintext) - 2} octets before it")
         inner_length = len(plaintext) - 2 - pad_length
-        if not constant_time.bytes_eq(plaintext[inner_length:-2], bytes(range(1, pad_length + 1))):
+        # Checked after the ICV: the padding is authentic and its sender knows it, so no constant-time compare.
+        if plaintext[inner_length:-2] != _PADDING[pad_length]:
             raise BadPadding("padding octets are not 1, 2, 3, ... (RFC 4303 2.4)")
         self._check_alive(now, inner_length)
         self.window.accept(seq)  # only now: the packet is authentic and well formed

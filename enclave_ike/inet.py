@@ -8,6 +8,7 @@ a drop counter.
 
 from __future__ import annotations
 
+import functools
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
@@ -26,12 +27,13 @@ class InetRefused(Exception):
 
 
 def internet_checksum(data: bytes) -> int:
-    """RFC 1071's one's complement sum, complemented."""
+    """RFC 1071's one's complement sum, complemented. The data read as one big-endian number is the sum of its
+    16-bit words times powers of 2**16, and 2**16 is 1 modulo 0xFFFF, so that number modulo 0xFFFF is their one's
+    complement sum (end-around carries included), where a nonzero multiple of 0xFFFF sums to 0xFFFF, not 0."""
     if len(data) % 2:
         data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
-        total = (total & 0xFFFF) + (total >> 16)
+    value = int.from_bytes(data, "big")
+    total = value % 0xFFFF or (0xFFFF if value else 0)
     return ~total & 0xFFFF
 
 
@@ -77,15 +79,22 @@ def parse_ip(packet: bytes) -> tuple[Address, Address, int, bytes]:
             raise InetRefused("IP length")
         if fragment & 0x3FFF:  # more fragments, or an offset: a DNS datagram here is one whole packet
             raise InetRefused("IP fragment")
-        return IPv4Address(src), IPv4Address(dst), protocol, packet[header:]
+        return _address(src), _address(dst), protocol, packet[header:]
     if version == 6:
         if len(packet) < IPV6_HEADER.size:
             raise InetRefused("short IP packet")
         _, length, next_header, _, src, dst = IPV6_HEADER.unpack_from(packet)
         if length != len(packet) - IPV6_HEADER.size:
             raise InetRefused("IP length")
-        return IPv6Address(src), IPv6Address(dst), next_header, packet[IPV6_HEADER.size:]
+        return _address(src), _address(dst), next_header, packet[IPV6_HEADER.size:]
     raise InetRefused(f"IP version {version}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _address(packed: bytes) -> Address:
+    """The address object for 4 or 16 octets; the same few clients send most packets, and making an ipaddress
+    object costs more than the rest of parse_ip."""
+    return IPv4Address(packed) if len(packed) == 4 else IPv6Address(packed)
 
 
 def ip_packet(source: Address, destination: Address, protocol: int, payload: bytes) -> bytes:
