@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
 from pathlib import Path
@@ -183,14 +184,11 @@ def test_what_leaves_the_enclave_names_no_client_and_no_query(site: Site, enclav
     assert "lab.example" not in written
 
 
-def test_ikectl_trusted_mode_gets_dns_through_userspace_esp_behind_the_forwarder(site: Site,
-                                                                                enclave: Callable[..., procs.Daemon],
-                                                                                pluto: Callable[..., Pluto]):
-    """Needs ESP in the client's kernel (the VM). The conn `ikectl up` renders in trusted mode with
-    [ipsec] encapsulation = true, enclave-ike's key pinned: pluto's kernel sends ESP in UDP to port 4500, the
-    forwarder relays it, the enclave opens it and asks unbound on its loopback; TCP ends in enclave-ike's own TCP.
-    0 plaintext port-53 packets on the router and on the resolver host's side; no XFRM state outside the client."""
-    enclave(identity=signing_identity(RESOLVER_ID))
+def trusted_client(site: Site, enclave: Callable[..., procs.Daemon], pluto: Callable[..., Pluto],
+                   sa_lifetime_s: int | None = None) -> procs.Daemon:
+    """enclave-ike (signing, userspace ESP) behind the forwarder, and the client's pluto with the tree `ikectl up`
+    renders in trusted mode with [ipsec] encapsulation = true and the enclave's key pinned; returns the server."""
+    server = enclave(identity=signing_identity(RESOLVER_ID))
     published = site.workdir / "identity.json"
     identity = PublishedIdentity.from_json(published.read_text(), str(published))
     assert identity.libreswan is not None
@@ -198,15 +196,25 @@ def test_ikectl_trusted_mode_gets_dns_through_userspace_esp_behind_the_forwarder
     # As `ikectl up` does: the tcp/53 trap's ACQUIRE is not held up for the kernel's default 30 s by the larval
     # state the udp/53 trap left (docs/modes.md).
     site.topo.sysctl(site.client, "net.core.xfrm_acq_expires", str(plan.ACQ_EXPIRES_S))
-    wire, host_side = site.capture(site.router, site.client, "router"), site.capture(site.resolver, site.router,
-                                                                                     "resolver-host")
     client = pluto(site.client, run=False)
     client.init_nss()
-    profile = render.Profile(Mode.TRUSTED, encapsulation=True, trusted=TrustedResolver(
+    profile = render.Profile(Mode.TRUSTED, encapsulation=True, sa_lifetime_s=sa_lifetime_s, trusted=TrustedResolver(
         ip_address(RESOLVER), RESOLVER_ID, keys.parse(identity.libreswan)))
     render.write_tree(render.render_tree(profile), client.dir)
     client.start()
     client.addconn("--autoall")
+    return server
+
+
+def test_ikectl_trusted_mode_gets_dns_through_userspace_esp_behind_the_forwarder(site: Site,
+                                                                                enclave: Callable[..., procs.Daemon],
+                                                                                pluto: Callable[..., Pluto]):
+    """Needs ESP in the client's kernel (the VM). pluto's kernel sends ESP in UDP to port 4500, the forwarder relays
+    it, the enclave opens it and asks unbound on its loopback; TCP ends in enclave-ike's own TCP. 0 plaintext
+    port-53 packets on the router and on the resolver host's side; no XFRM state outside the client."""
+    wire, host_side = site.capture(site.router, site.client, "router"), site.capture(site.resolver, site.router,
+                                                                                     "resolver-host")
+    trusted_client(site, enclave, pluto)
     answers = [query(site.topo, site.client, RESOLVER, timeout=20.0, retry_every=2.0)]
     answers += [query(site.topo, site.client, RESOLVER, timeout=5.0) for _ in range(9)]
     over_tcp = [query(site.topo, site.client, RESOLVER, timeout=20.0, tcp=True)]  # its own Child SA (tcp/53)
@@ -225,6 +233,31 @@ def test_ikectl_trusted_mode_gets_dns_through_userspace_esp_behind_the_forwarder
     for host in (site.resolver, site.enclave):
         with XfrmClient(host.netns) as xfrm:
             assert xfrm.sas() == [] and xfrm.policies() == [], host.name
+
+
+def test_rekeys_under_load_keep_dns_answered_through_userspace_esp(site: Site,
+                                                                  enclave: Callable[..., procs.Daemon],
+                                                                  pluto: Callable[..., Pluto]):
+    """Needs ESP in the client's kernel (the VM). Child SAs of 30 s, rekeyed by pluto 10 s before their end, while
+    the client queries for 50 s: every query answered, at least three outbound SAs seen in the client's kernel, and
+    still 0 plaintext port-53 packets on either wire."""
+    wire, host_side = site.capture(site.router, site.client, "router"), site.capture(site.resolver, site.router,
+                                                                                     "resolver-host")
+    server = trusted_client(site, enclave, pluto, sa_lifetime_s=30)
+    answers, seen = [], set()
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline:
+        answers.append(query(site.topo, site.client, RESOLVER, timeout=5.0, retry_every=0.5))
+        with XfrmClient(site.client.netns) as xfrm:
+            seen |= {sa.spi for sa in xfrm.sas() if str(sa.dst) == RESOLVER and not sa.larval}
+    wire.stop()
+    host_side.stop()
+    unanswered = [a for a in answers if not a.answered]
+    assert not unanswered, (len(answers), unanswered)
+    assert len(seen) >= 3, seen  # the first Child SA and at least two rekeys
+    assert server.log_text().count("Child SA rekeyed") >= 2, server.log_text()
+    for capture in (wire, host_side):
+        assert capture.count([CLIENT]).peer(RESOLVER).plaintext_dns == 0, capture.name
 
 
 FETCH = ("import sys; from ikecommon.attestation.envelope import Envelope; from ikecommon import evidence_client as e; "
