@@ -236,10 +236,10 @@ class EspDatapath:
                  now: float) -> list[DnsQuery]:
         if flow.mode is Mode.TUNNEL:
             if next_header not in _IP_NEXT_HEADERS:
-                raise InetRefused(f"next header {next_header}")
+                raise InetRefused("unexpected next header")
             client, server, protocol, segment = parse_ip(inner)
             if IP_IN_ESP[client.version] != next_header:
-                raise InetRefused(f"next header {next_header}")
+                raise InetRefused("unexpected next header")
         else:
             client, server = self._client_address(flow, source), flow.local_address
             protocol, segment = next_header, inner
@@ -251,7 +251,7 @@ class EspDatapath:
             tcp = Segment.parse(segment)
             self._check_selectors(flow, client, server, protocol, tcp.source_port, tcp.destination_port)
             return self._tcp_segment(flow, client, server, tcp, source, local, now)
-        raise InetRefused(f"protocol {protocol}")
+        raise InetRefused("neither UDP nor TCP")
 
     @staticmethod
     def _check_selectors(flow: _Flow, client: Address, server: Address, protocol: int, client_port: int,
