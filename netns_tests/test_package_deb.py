@@ -181,7 +181,12 @@ def test_the_debian_packages_install_protect_dns_over_esp_and_purge_without_a_tr
     for hook in ("/usr/lib/NetworkManager/dispatcher.d/10-ikectl",
                  "/usr/lib/NetworkManager/dispatcher.d/pre-up.d/10-ikectl"):
         assert Path(hook).read_text().splitlines()[-1].startswith("exec /usr/bin/ikectl --config /etc/ikectl/")
-    units = [Path("/lib/systemd/system/ikectl.service"), Path("/lib/systemd/system/enclave-ike.service")]
+    units = [Path(f"/lib/systemd/system/{name}.service") for name in
+             ("ikectl", "enclave-ike", "enclave-ike-forward", "unbound-enclave")]
+    # The process enclave's pieces: the forwarder's unit (above) and unbound's config for the enclave, with the guide.
+    assert "log-queries: no" in Path("/usr/share/enclave-ike/unbound-enclave.conf").read_text()
+    assert Path("/usr/share/doc/enclave-ike/operator-guide.md.gz").exists() or \
+        Path("/usr/share/doc/enclave-ike/operator-guide.md").exists()
     verified = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True,
                               timeout=300, check=False)
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr

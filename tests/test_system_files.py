@@ -12,6 +12,8 @@ from pathlib import Path
 SYSTEM = Path(__file__).resolve().parent.parent / "system"
 UNBOUND = SYSTEM / "unbound-enclave.conf"
 FORWARD = SYSTEM / "enclave-ike-forward.service"
+UNBOUND_UNIT = SYSTEM / "unbound-enclave.service"
+DEBIAN = SYSTEM.parent / "debian"
 
 
 def settings(text: str) -> dict[str, list[str]]:
@@ -46,3 +48,23 @@ def test_the_forwarder_unit_binds_low_ports_and_nothing_more():
     assert unit["CapabilityBoundingSet"] == unit["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert unit["NoNewPrivileges"] == "yes" and unit["ProtectSystem"] == "strict"
     assert "AF_NETLINK" not in unit["RestrictAddressFamilies"]
+
+
+def unit_settings(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_the_enclave_resolvers_unit_runs_the_shipped_config_where_the_package_puts_it():
+    unit = unit_settings(UNBOUND_UNIT)
+    installed = [line.split() for line in (DEBIAN / "enclave-ike.install").read_text().splitlines()]
+    target = next(f"/{where.rstrip('/')}/{Path(source).name}" for source, where in installed
+                  if source == "system/unbound-enclave.conf")
+    assert unit["ExecStart"].split() == ["/usr/sbin/unbound", "-d", "-p", "-c", target]
+    assert unit["ExecStartPre"].split() == ["/usr/sbin/unbound-checkconf", target]
+    assert unit["Conflicts"] == "unbound.service" and unit["NoNewPrivileges"] == "yes"
+    assert "CAP_NET_ADMIN" not in unit["CapabilityBoundingSet"] and "CAP_SYS_ADMIN" not in unit["CapabilityBoundingSet"]
+    for name in ("enclave-ike-forward", "unbound-enclave"):  # the package installs both units
+        link = DEBIAN / f"enclave-ike.{name}.service"
+        assert link.resolve() == (SYSTEM / f"{name}.service").resolve()
+        assert f"--name={name}" in (DEBIAN / "rules").read_text()
