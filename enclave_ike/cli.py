@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from pathlib import Path
 
 from ikecommon import lean_pyroute2
@@ -37,8 +37,6 @@ from .relay import socket_path_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COLLATERAL_HELP = "keep Intel's TDX collateral and AMD's SEV-SNP certificates, which evidence is served with"
-
-Address = IPv4Address | IPv6Address
 
 
 def build_parser(with_collateral: bool = True) -> argparse.ArgumentParser:
@@ -124,8 +122,8 @@ def _serve(path: Path, verbose: bool) -> int:
     return EXIT_OK
 
 
-def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evidence_port: int | None,
-             metrics_port: int | None) -> int:
+def _forward(addresses: list[config_module.Address], ports: tuple[int, int], enclave: str,
+             evidence_port: int | None, metrics_port: int | None) -> int:
     if ports[0] == ports[1]:
         raise config_module.ConfigError(f"--natt-port {ports[1]}: must differ from --ike-port")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="enclave-ike forward: %(message)s")
@@ -141,7 +139,7 @@ def _forward(addresses: list[Address], ports: tuple[int, int], enclave: str, evi
     return EXIT_OK
 
 
-def _address(text: str) -> Address:
+def _address(text: str) -> config_module.Address:
     try:
         return ip_address(text)
     except ValueError:

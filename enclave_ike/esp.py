@@ -215,8 +215,7 @@ class _EspSa:
     def lifetime_state(self, now: float) -> LifetimeState:
         limits = self.params.lifetime
         age = now - self.created
-        if ((limits.hard_bytes is not None and self.bytes >= limits.hard_bytes)
-                or (limits.hard_seconds is not None and age >= limits.hard_seconds)):
+        if self.bytes >= self._hard_bytes or age >= self._hard_seconds:  # as _check_alive refuses
             return LifetimeState.HARD_EXPIRED
         if ((limits.soft_bytes is not None and self.bytes >= limits.soft_bytes)
                 or (limits.soft_seconds is not None and age >= limits.soft_seconds)):

@@ -41,18 +41,17 @@ def test_the_enclave_resolver_listens_on_loopback_only_and_logs_no_query():
     assert found["verbosity"] == ["0"] and found["control-enable"] == ["no"]
 
 
+def unit_settings(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
 def test_the_forwarder_unit_binds_low_ports_and_nothing_more():
-    text = FORWARD.read_text()
-    unit = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    unit = unit_settings(FORWARD)
     assert unit["ExecStart"].split()[:2] == ["/usr/bin/enclave-ike", "forward"]
     assert unit["CapabilityBoundingSet"] == unit["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert unit["NoNewPrivileges"] == "yes" and unit["ProtectSystem"] == "strict"
     assert "AF_NETLINK" not in unit["RestrictAddressFamilies"]
-
-
-def unit_settings(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
 def test_the_enclave_resolvers_unit_runs_the_shipped_config_where_the_package_puts_it():
