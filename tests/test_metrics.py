@@ -13,9 +13,12 @@ from ipaddress import ip_address
 
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from enclave_ike.metrics import Metrics, query_type, response_code
+from enclave_ike.metrics import HEADER_SIZE, KNOWN_TYPES, Metrics, query_type, question_name, response_code
 from enclave_ike.metrics_endpoint import MetricsEndpoint
 from enclave_ike.topdomains import Released, TopDomains, TopDomainsConfig, TopDomainsError, laplace, registered_part
 
@@ -75,10 +78,45 @@ def test_a_known_workload_is_counted_by_closed_label_sets_only():
 
 
 def test_query_types_and_codes_are_read_from_the_wire():
-    assert query_type(query("a.example.", "MX")) == ("MX", "a.example.")
-    assert query_type(b"") == ("unparseable", None)
+    assert query_type(query("a.example.", "MX")) == "MX"
+    assert query_type(query("a.example.", "LOC")) == "other"
+    assert question_name(query("A.Example.", "MX")) == "A.Example."
+    assert query_type(b"") == "unparseable" and question_name(b"") is None
     assert response_code(answer("a.example.", dns.rcode.SERVFAIL)) == "SERVFAIL"
     assert response_code(b"\x00") == "unparseable"
+
+
+def test_what_is_no_query_is_counted_unparseable():
+    good = query("a.example.", "AAAA")
+    header = good[:HEADER_SIZE]
+    assert query_type(header[:4] + b"\x00\x00" + header[6:] + good[HEADER_SIZE:]) == "unparseable"  # QDCOUNT 0
+    assert query_type(header + b"\xc0\x0c" + b"\x00\x01\x00\x01") == "unparseable"  # compressed first name
+    assert query_type(header + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01") == "unparseable"  # label of 64
+    longest = b"".join(b"\x3f" + b"a" * 63 for _ in range(3)) + b"\x3d" + b"a" * 61 + b"\x00"  # 255 octets
+    assert query_type(header + longest + b"\x00\x01\x00\x01") == "A"
+    assert query_type(header + longest[:-1] + b"\x01a\x00" + b"\x00\x01\x00\x01") == "unparseable"  # 257
+    bare = dns.message.make_query("a.example.", "AAAA", use_edns=False).to_wire()  # the question ends the message
+    assert query_type(bare) == "AAAA"
+    assert all(query_type(bare[:cut]) == "unparseable" for cut in range(len(bare)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(st.from_regex(r"[a-z0-9-]{1,63}", fullmatch=True), min_size=1, max_size=3),
+       rdtype=st.sampled_from(["A", "AAAA", "MX", "TXT", "LOC", "HINFO", "ANY", "HTTPS", "TYPE65000"]),
+       edns=st.booleans())
+def test_the_type_read_from_the_wire_is_dnspythons(names, rdtype, edns):
+    wire = dns.message.make_query(".".join(names) + ".", rdtype, use_edns=edns).to_wire()
+    expected = dns.rdatatype.to_text(dns.message.from_wire(wire).question[0].rdtype)
+    assert query_type(wire) == (expected if expected in KNOWN_TYPES else "other")
+    assert question_name(wire) == ".".join(names) + "."
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_octets_get_a_label_and_never_raise(data):
+    assert query_type(data) in KNOWN_TYPES | {"other", "unparseable"}
+    assert response_code(data) in set(response_code(bytes(4 * [code])) for code in range(16)) | {"unparseable"}
+    question_name(data)
 
 
 # --- the top-domains release ---
