@@ -27,17 +27,20 @@ from .errors import EnclaveIkeError
 from .ikev2.config import Endpoint
 from .ikev2.payloads import Address
 from .metrics_endpoint import metrics_socket
-from .relay import Relayed, RelayError, evidence_socket
-from .relay_server import read_frames
+from .relay import Relayed, evidence_socket, socket_peer
+from .relay_server import FrameStream
 
 log = logging.getLogger("enclave_ike")
 
 RECONNECT_S = 1.0
 COUNTS_INTERVAL_S = 60.0
 READ_SIZE = 1 << 16
-MAX_BUFFERED = 4 << 20
 MAX_PIPES = 64  # TCP connections piped at once (evidence and metrics together)
 PIPE_TIMEOUT_S = 30.0
+
+
+_DROPPED = {"not connected": "dropped: the enclave is not connected",
+            "reads too slowly": "dropped: the enclave reads too slowly"}
 
 
 class ForwardError(EnclaveIkeError):
@@ -53,7 +56,7 @@ class _Socket(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.forwarder.inbound(Relayed(self.local, Endpoint.parse(str(addr[0]).split("%")[0], int(addr[1])), data))
+        self.forwarder.inbound(Relayed(self.local, socket_peer(addr[0], addr[1]), data))
 
     def error_received(self, exc: Exception) -> None:
         self.forwarder.counts["send errors"] += 1
@@ -68,7 +71,7 @@ class Forwarder:
         self.counts: Counter[str] = Counter()
         self._logged: Counter[str] = Counter()
         self._sockets: dict[Endpoint, _Socket] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._enclave: FrameStream | None = None
         self._tcp_servers: list[asyncio.Server] = []
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -101,8 +104,8 @@ class Forwarder:
             server.close()
         for task in self._pipes:
             task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        if self._enclave is not None:
+            self._enclave.close()
 
     async def _pipe(self, socket_path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection to a piped port (evidence, metrics), carried to the enclave's socket as bytes, both
@@ -134,14 +137,8 @@ class Forwarder:
 
     def inbound(self, datagram: Relayed) -> None:
         """From the network to the enclave."""
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            self.counts["dropped: the enclave is not connected"] += 1
-        elif writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-            self.counts["dropped: the enclave reads too slowly"] += 1
-        else:
-            writer.write(datagram.encode())
-            self.counts["to the enclave"] += 1
+        dropped = self._enclave.send(datagram) if self._enclave is not None else "not connected"
+        self.counts["to the enclave" if dropped is None else _DROPPED[dropped]] += 1
 
     def outbound(self, datagram: Relayed) -> None:
         """From the enclave to the network."""
@@ -154,10 +151,11 @@ class Forwarder:
 
     async def relay(self, stop: asyncio.Event) -> None:
         """Connect to the enclave, and again whenever it goes away, until `stop`."""
+        loop = asyncio.get_running_loop()
         reported = False
         while not stop.is_set():
             try:
-                reader, self._writer = await asyncio.open_unix_connection(self.enclave)
+                _, enclave = await loop.create_unix_connection(lambda: FrameStream(self.outbound), self.enclave)
             except OSError as exc:
                 if not reported:
                     log.warning("cannot reach the enclave at %s (%s); trying every %g s", self.enclave,
@@ -168,22 +166,16 @@ class Forwarder:
                 continue
             log.info("connected to the enclave at %s", self.enclave)
             reported = False
-            reading, stopping = asyncio.create_task(self._read(reader)), asyncio.create_task(stop.wait())
-            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-            for task in (reading, stopping):
-                task.cancel()
-            self._writer.close()
-            self._writer = None
-            if not stop.is_set():
+            self._enclave = enclave
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((enclave.closed, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            enclave.close()
+            self._enclave = None
+            if enclave.error is not None:
+                log.error("the enclave sent a broken frame (%s); reconnecting", enclave.error)
+            elif not stop.is_set():
                 log.warning("the enclave closed the relay; reconnecting")
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            await read_frames(reader, self.outbound)
-        except RelayError as exc:
-            log.error("the enclave sent a broken frame (%s); reconnecting", exc)
-        except ConnectionError:
-            pass
 
     def log_counts(self) -> None:
         new = self.counts - self._logged

@@ -14,6 +14,7 @@ is no way to find the next frame boundary).
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -63,14 +64,34 @@ class Relayed:
     payload: bytes = field(repr=False)
 
     def encode(self) -> bytes:
-        if self.local.address.version != self.peer.address.version:
-            raise RelayError(f"local {self.local} and peer {self.peer} are of different address families")
         if len(self.payload) > MAX_PAYLOAD:
             raise RelayError(f"a payload of {len(self.payload)} octets does not fit a UDP datagram")
-        return b"".join((_FIXED.pack(VERSION, self.local.address.version),
-                         self.local.address.packed, _PORT.pack(self.local.port),
-                         self.peer.address.packed, _PORT.pack(self.peer.port),
-                         _PORT.pack(len(self.payload)), self.payload))
+        return b"".join((_header(self.local, self.peer), _PORT.pack(len(self.payload)), self.payload))
+
+
+# A relay carries the datagrams of a few endpoints and of each client's: their parts of the frame are made once.
+
+@functools.lru_cache(maxsize=4096)
+def _header(local: Endpoint, peer: Endpoint) -> bytes:
+    """A frame's octets up to the payload length."""
+    if local.address.version != peer.address.version:
+        raise RelayError(f"local {local} and peer {peer} are of different address families")
+    return b"".join((_FIXED.pack(VERSION, local.address.version), local.address.packed, _PORT.pack(local.port),
+                     peer.address.packed, _PORT.pack(peer.port)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _endpoint(family: int, raw: bytes) -> Endpoint:
+    """An endpoint as a frame holds it: the address's octets, then the port's."""
+    address = IPv4Address(raw[:-_PORT.size]) if family == 4 else IPv6Address(raw[:-_PORT.size])
+    return Endpoint(address, int.from_bytes(raw[-_PORT.size:], "big"))
+
+
+@functools.lru_cache(maxsize=4096)
+def socket_peer(host: str, port: int) -> Endpoint:
+    """The peer of a datagram as asyncio gives it (host text, port; an IPv6 scope dropped), parsed once per address
+    and port, not once per datagram."""
+    return Endpoint.parse(str(host).split("%")[0], int(port))
 
 
 class FrameReader:
@@ -108,11 +129,9 @@ class FrameReader:
         (length,) = _PORT.unpack_from(buffer, header - _PORT.size)
         if len(buffer) < header + length:
             return None
-        address = IPv4Address if family == 4 else IPv6Address
-        at = _FIXED.size
-        local = Endpoint(address(bytes(buffer[at:at + size])), _PORT.unpack_from(buffer, at + size)[0])
-        at += size + _PORT.size
-        peer = Endpoint(address(bytes(buffer[at:at + size])), _PORT.unpack_from(buffer, at + size)[0])
+        at, width = _FIXED.size, size + _PORT.size
+        local = _endpoint(family, bytes(buffer[at:at + width]))
+        peer = _endpoint(family, bytes(buffer[at + width:at + 2 * width]))
         payload = bytes(buffer[header:header + length])
         del buffer[:header + length]
         return Relayed(local, peer, payload)

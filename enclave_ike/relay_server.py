@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .diagnostics import Diagnostics
 from .errors import EnclaveIkeError
@@ -23,8 +23,9 @@ from .relay import FrameReader, Relayed, RelayError
 
 log = logging.getLogger("enclave_ike")
 
-READ_SIZE = 1 << 16
 MAX_BUFFERED = 4 << 20  # octets waiting for a slow forwarder; past it new datagrams are dropped
+
+_Server = TypeVar("_Server", bound=asyncio.AbstractServer)
 
 
 class RelayListenError(EnclaveIkeError):
@@ -35,10 +36,14 @@ async def listen_unix(handler: Callable[[asyncio.StreamReader, asyncio.StreamWri
                       **kwargs: Any) -> asyncio.Server:
     """A Unix stream server at `path`, which only its owner may connect to. A socket left there by a server that
     died is replaced (anything else at that path is an error)."""
+    return await _owner_only(path, lambda: asyncio.start_unix_server(handler, path=str(path), **kwargs))
+
+
+async def _owner_only(path: Path, listen: Callable[[], Awaitable[_Server]]) -> _Server:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(path.lstat().st_mode):
             path.unlink()
-    server = await asyncio.start_unix_server(handler, path=str(path), **kwargs)
+    server = await listen()
     os.chmod(path, 0o600)
     return server
 
@@ -71,26 +76,70 @@ async def close_servers(servers: list[asyncio.Server], connections: set[asyncio.
             unix_path.unlink()
 
 
-async def read_frames(reader: asyncio.StreamReader, deliver: Callable[[Relayed], None]) -> None:
-    """Every frame of a relay stream to `deliver`, until the stream ends; a broken frame raises `RelayError`. Both
-    ends of the relay (serve's and the forwarder's) read this way."""
-    frames = FrameReader()
-    while data := await reader.read(READ_SIZE):
-        for datagram in frames.feed(data):
-            deliver(datagram)
+class FrameStream(asyncio.Protocol):
+    """One end of a relay stream, serve's or the forwarder's: each frame goes to `deliver` as soon as the octets
+    that complete it arrive (in the loop's own callback: a reader task woken per read cost more than the frame),
+    `send` writes one. A frame that breaks the layout closes the stream; `error` says why. `connected` is called
+    with the stream once it is (on a server's side), and `closed` is done when the stream is."""
+
+    def __init__(self, deliver: Callable[[Relayed], None],
+                 connected: Callable[[FrameStream], None] | None = None) -> None:
+        self.deliver, self._connected = deliver, connected
+        self.frames = FrameReader()
+        self.transport: asyncio.WriteTransport | None = None
+        self.error: RelayError | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, datagram: Relayed) -> str | None:
+        """Write `datagram` as a frame; or the reason it was dropped (the caller counts it)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return "not connected"
+        if transport.get_write_buffer_size() > MAX_BUFFERED:
+            return "reads too slowly"
+        transport.write(datagram.encode())
+        return None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._connected is not None:
+            self._connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.frames.feed(data)
+        except RelayError as exc:
+            self.error = exc
+            self.close()
+            return
+        for frame in frames:
+            self.deliver(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Relay:
     def __init__(self, path: Path, deliver: Callable[[Relayed], None], diagnostics: Diagnostics) -> None:
         self.path, self.deliver, self.diagnostics = path, deliver, diagnostics
         self._server: asyncio.AbstractServer | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        self._forwarder: FrameStream | None = None
         self._stopping = False
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await listen_unix(self._connected, self.path)
+            self._server = await _owner_only(self.path, lambda: loop.create_unix_server(
+                lambda: FrameStream(self.deliver, connected=self._connected), path=str(self.path)))
         except OSError as exc:
             raise RelayListenError(f"cannot listen for the forwarder on {self.path}: {exc.strerror or exc}") from None
 
@@ -98,51 +147,38 @@ class Relay:
         self._stopping = True
         if self._server is not None:
             self._server.close()
-        if self._writer is not None:
-            self._writer.close()
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._forwarder is not None:
+            self._forwarder.close()
+            await self._forwarder.closed
         with contextlib.suppress(OSError):
             self.path.unlink()
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._forwarder is not None and self._forwarder.open
 
     def send(self, datagram: Relayed) -> None:
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            self.diagnostics.count("datagrams dropped: no forwarder connected")
-            return
-        if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-            self.diagnostics.count("datagrams dropped: the forwarder reads too slowly")
-            return
-        writer.write(datagram.encode())
+        dropped = self._forwarder.send(datagram) if self._forwarder is not None else "not connected"
+        if dropped is not None:
+            self.diagnostics.count(_DROPPED[dropped])
 
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._readers.add(task)
-        if self._writer is not None:
-            self._writer.close()
+    def _connected(self, stream: FrameStream) -> None:
+        if self._forwarder is not None:
+            self._forwarder.close()
             log.info("relay: a new forwarder connected; the one before is closed")
         else:
             log.info("relay: the forwarder connected")
-        self._writer = writer
-        try:
-            await read_frames(reader, self.deliver)
-        except RelayError as exc:
-            log.error("relay: the forwarder sent a broken frame (%s); its connection is closed", exc)
-        except ConnectionError:
-            pass
-        except asyncio.CancelledError:
-            pass  # serve is stopping. Ended quietly: asyncio 3.11 logs a traceback for a cancelled handler task
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
-                if not self._stopping:
-                    log.warning("relay: the forwarder disconnected")
-            if task is not None:
-                self._readers.discard(task)
+        self._forwarder = stream
+        stream.closed.add_done_callback(lambda _: self._lost(stream))
+
+    def _lost(self, stream: FrameStream) -> None:
+        if stream.error is not None:
+            log.error("relay: the forwarder sent a broken frame (%s); its connection is closed", stream.error)
+        if self._forwarder is stream:
+            self._forwarder = None
+            if not self._stopping:
+                log.warning("relay: the forwarder disconnected")
+
+
+_DROPPED = {"not connected": "datagrams dropped: no forwarder connected",
+            "reads too slowly": "datagrams dropped: the forwarder reads too slowly"}
