@@ -71,7 +71,7 @@ from .ikev2.responder import Responder
 from .ikev2.state import State
 from .metrics import Metrics
 from .metrics_endpoint import MetricsEndpoint, metrics_socket
-from .relay import Relayed
+from .relay import Relayed, socket_peer
 from .relay_server import Relay
 from .topdomains import TopDomains
 
@@ -181,7 +181,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.server.datagram_received(self, data, _endpoint(addr[0], addr[1]))
+        self.server.datagram_received(self, data, socket_peer(addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         # A failed send or an ICMP error for what we sent: about one peer, at the moment of its exchange (the peer is
@@ -215,12 +215,6 @@ class _RelayPort:
 _Port = _Udp | _RelayPort
 
 
-@functools.lru_cache(maxsize=4096)
-def _endpoint(host: str, port: int) -> Endpoint:
-    """The peer of a datagram, parsed once per address and port (not once per datagram)."""
-    return Endpoint.parse(str(host).split("%")[0], int(port))
-
-
 @dataclass(frozen=True)
 class _Send:
     """Datagrams the apply worker sends once the operations queued before them are done."""
@@ -241,9 +235,11 @@ class Server:
         self._sockets: list[_Port] = []
         self._by_local: dict[Endpoint, _Port] = {}
         self.relay: Relay | None = None
-        # apply.mode = "userspace": ESP ends here, and the queries it carried wait for the resolver as tasks.
+        # apply.mode = "userspace": ESP ends here, and the queries it carried go on to the resolver (over UDP on one
+        # socket, each TCP query as a task of its own).
         self.datapath = EspDatapath() if config.apply is ApplyMode.USERSPACE else None
-        self._queries: set[asyncio.Task[None]] = set()
+        self._udp_resolver: upstream.UdpResolver | None = None
+        self._tcp_queries: set[asyncio.Task[None]] = set()
         # Aggregate metrics for the operator's scraper (metrics.py), the top domains only when asked for.
         top = config.metrics.top
         self.metrics = Metrics(TopDomains(top, self._loop.time(), secrets.SystemRandom().random) if top.enabled
@@ -277,7 +273,10 @@ class Server:
         self.apply_failures = 0
 
     async def start(self) -> None:
-        listen = self.config.listen
+        listen, userspace = self.config.listen, self.config.userspace
+        if self.datapath is not None:
+            self._udp_resolver = upstream.UdpResolver(userspace.resolver, userspace.query_timeout_s)
+            await self._udp_resolver.start()
         if listen.relay is not None:
             self.relay = Relay(listen.relay, self._relayed, self.diagnostics)
             await self.relay.start()
@@ -336,9 +335,9 @@ class Server:
             self._timer.cancel()
         if self._tcp_tick is not None:
             self._tcp_tick.cancel()
-        for task in self._queries:
+        for task in self._tcp_queries:
             task.cancel()
-        await asyncio.gather(*self._queries, return_exceptions=True)
+        await asyncio.gather(*self._tcp_queries, return_exceptions=True)
         self._close_sockets()
         if self.relay is not None:
             await self.relay.stop()
@@ -348,6 +347,8 @@ class Server:
             if isinstance(sock, _Udp) and sock.transport is not None:
                 sock.transport.close()
         self._sockets.clear()
+        if self._udp_resolver is not None:
+            self._udp_resolver.close()
 
     # --- datagrams in and out ---
 
@@ -506,31 +507,41 @@ class Server:
         assert datapath is not None
         now = self._loop.time()
         for query in datapath.receive(packet, source, sock.local, now):
-            if len(self._queries) >= self.config.userspace.max_queries_in_flight:
-                datapath.drops["queries past max_queries_in_flight"] += 1
-                datapath.answer(query, None, now)  # a TCP connection stops waiting for it
-                continue
-            task = self._loop.create_task(self._resolve(query))
-            self._queries.add(task)
-            task.add_done_callback(self._queries.discard)
+            self._ask(query, now)
         self._send_esp()
 
-    async def _resolve(self, query: DnsQuery) -> None:
+    def _ask(self, query: DnsQuery, now: float) -> None:
+        datapath, udp = self.datapath, self._udp_resolver
+        assert datapath is not None and udp is not None
+        if udp.in_flight + len(self._tcp_queries) >= self.config.userspace.max_queries_in_flight:
+            datapath.drops["queries past max_queries_in_flight"] += 1
+            datapath.answer(query, None, now)  # a TCP connection stops waiting for it
+            return
+        tcp = query.protocol == IP_PROTO_TCP
+        datapath.counts["DNS queries over TCP" if tcp else "DNS queries over UDP"] += 1
+        self.metrics.query(query.payload, "tcp" if tcp else "udp", query.client.packed, now)
+        if tcp:
+            task = self._loop.create_task(self._ask_tcp(query, now))
+            self._tcp_queries.add(task)
+            task.add_done_callback(self._tcp_queries.discard)
+        else:
+            udp.ask(query.payload, functools.partial(self._answered, query, now))
+
+    async def _ask_tcp(self, query: DnsQuery, asked: float) -> None:
+        userspace = self.config.userspace
+        self._answered(query, asked, await upstream.ask_tcp(userspace.resolver, query.payload,
+                                                            userspace.query_timeout_s))
+
+    def _answered(self, query: DnsQuery, asked: float, answer: bytes | None) -> None:
         datapath = self.datapath
         assert datapath is not None
-        userspace = self.config.userspace
-        transport = "TCP" if query.protocol == IP_PROTO_TCP else "UDP"
-        datapath.counts[f"DNS queries over {transport}"] += 1
-        asked = self._loop.time()
-        self.metrics.query(query.payload, transport.lower(), query.client.packed, asked)
-        ask = upstream.ask_tcp if query.protocol == IP_PROTO_TCP else upstream.ask_udp
-        answer = await ask(userspace.resolver, query.payload, userspace.query_timeout_s)
+        now = self._loop.time()
         if answer is None:
             datapath.drops["queries the resolver did not answer"] += 1
         else:
             datapath.counts["DNS answers"] += 1
-            self.metrics.answer(answer, self._loop.time() - asked)
-        datapath.answer(query, answer, self._loop.time())
+            self.metrics.answer(answer, now - asked)
+        datapath.answer(query, answer, now)
         self._send_esp()
 
     def _send_esp(self) -> None:

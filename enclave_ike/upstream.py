@@ -1,49 +1,120 @@
-"""The resolver inside the enclave, as userspace ESP asks it: one DNS query over UDP, its answer as bytes.
+"""The resolver inside the enclave, as userspace ESP asks it: DNS queries over UDP and TCP, their answers as bytes.
 
-The query goes on as the client sent it (enclave-ike does not parse DNS: the resolver does, and answers FORMERR
-to what it cannot read). Each query has a connected socket of its own, so the kernel picks a fresh source port and
-only the resolver's address can answer it; an answer must also carry the query's ID. No answer within the timeout
-is None (the client's stub retries, as it would over a lossy path).
+A query goes on as the client sent it (enclave-ike does not parse DNS: the resolver does, and answers FORMERR to
+what it cannot read), except for its ID over UDP. Every UDP query shares one socket connected to the resolver
+(`UdpResolver`): a socket and a transport made per query cost more than the rest of a query's path through
+serve. So each query in flight gets an ID of its own on that socket, drawn at random among those not in use, and its
+answer gets the client's ID back; only the resolver's address can answer a connected socket, and an answer must
+carry an ID in flight. (The resolver is meant to be inside the enclave, on its loopback, where nothing off the path
+can answer at all; the random ID is for a resolver configured elsewhere.) No answer within the timeout is None (the
+client's stub retries, as it would over a lossy path). TCP queries, rare and for large answers, take a connection
+each (`ask_tcp`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+from collections.abc import Callable
+from typing import Any
 
+from .errors import EnclaveIkeError
 from .ikev2.config import Endpoint
 
 DNS_ID_SIZE = 2
+MAX_IN_FLIGHT = 1 << 16  # queries on the UDP socket at once: one per ID
+
+Answered = Callable[[bytes | None], None]
 
 
-class _Answer(asyncio.DatagramProtocol):
-    def __init__(self, query_id: bytes) -> None:
-        self.query_id = query_id
-        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if data[:DNS_ID_SIZE] == self.query_id and not self.answer.done():
-            self.answer.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable: no resolver listens
-        if not self.answer.done():
-            self.answer.set_exception(exc)
+class UpstreamError(EnclaveIkeError):
+    """The socket to the resolver could not be made."""
 
 
-async def ask_udp(resolver: Endpoint, query: bytes, timeout: float) -> bytes | None:
-    """The resolver's answer to `query`, or None: no answer in time, or the resolver refused the datagram."""
-    if len(query) < DNS_ID_SIZE:
-        return None
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(lambda: _Answer(query[:DNS_ID_SIZE]),
-                                                              remote_addr=(str(resolver.address), resolver.port))
-    try:
-        transport.sendto(query)
-        with contextlib.suppress(TimeoutError, OSError):
-            return await asyncio.wait_for(protocol.answer, timeout)
-        return None
-    finally:
-        transport.close()
+class UdpResolver(asyncio.DatagramProtocol):
+    """UDP queries to one resolver over one connected socket. `ask(query, answered)` calls `answered` once: with
+    the answer, or with None at the timeout or when the resolver refused the datagram (never after `close`)."""
+
+    def __init__(self, resolver: Endpoint, timeout: float) -> None:
+        self.resolver, self.timeout = resolver, timeout
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        # ID on the socket -> (the client's ID, who waits, deadline); in the order asked, so in deadline order.
+        self._waiting: dict[int, tuple[bytes, Answered, float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._loop.create_datagram_endpoint(lambda: self, remote_addr=(str(self.resolver.address),
+                                                                                 self.resolver.port))
+        except OSError as exc:
+            raise UpstreamError(f"cannot open a socket to the resolver {self.resolver}: {exc.strerror or exc}") \
+                from None
+
+    def close(self) -> None:
+        """Stop; the queries still waiting are forgotten (serve is stopping)."""
+        self._waiting.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    def ask(self, query: bytes, answered: Answered) -> None:
+        if self._transport is None or len(query) < DNS_ID_SIZE or len(self._waiting) >= MAX_IN_FLIGHT:
+            answered(None)
+            return
+        while (query_id := secrets.randbits(16)) in self._waiting:
+            pass
+        self._waiting[query_id] = (query[:DNS_ID_SIZE], answered, self._loop.time() + self.timeout)
+        if self._expiry is None:
+            self._expiry = self._loop.call_later(self.timeout, self._expire)
+        self._transport.sendto(query_id.to_bytes(DNS_ID_SIZE, "big") + query[DNS_ID_SIZE:])
+
+    # --- asyncio's side ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        waiting = self._waiting.pop(int.from_bytes(data[:DNS_ID_SIZE], "big"), None) \
+            if len(data) >= DNS_ID_SIZE else None
+        if waiting is not None:
+            client_id, answered, _ = waiting
+            answered(client_id + data[DNS_ID_SIZE:])
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP port unreachable (no resolver listens): the datagram it is about is not named, so every query
+        waiting now is answered None; the stubs retry."""
+        self._answer_all_none()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._answer_all_none()
+
+    def _answer_all_none(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for _, answered, _ in waiting.values():
+            answered(None)
+
+    def _expire(self) -> None:
+        """Answer None to the queries past their deadline (the oldest, first in the dict), then wait for the next."""
+        self._expiry = None
+        now, waiting = self._loop.time(), self._waiting
+        while waiting:
+            query_id = next(iter(waiting))
+            _, answered, deadline = waiting[query_id]
+            if deadline > now:
+                self._expiry = self._loop.call_at(deadline, self._expire)
+                return
+            del waiting[query_id]
+            answered(None)
 
 
 async def ask_tcp(resolver: Endpoint, query: bytes, timeout: float) -> bytes | None:
