@@ -15,8 +15,9 @@ namespace and its own unbound serving the lab zone:
 The load in each client namespace is one process with `--concurrency` queries in flight over UDP (each answered
 query is replaced at once; a query unanswered after 2 s counts as lost and is replaced), for `--seconds`; the paths
 take turns round by round (plain kernel user plain ...), so that a drift of the machine's speed hits all. Reported:
-answers per second, median and 99th-percentile latency, and each ESP path's ratio to plain DNS measured in the same
-round. Results: docs/performance.md.
+answers per second, median and 99th-percentile latency, each ESP path's ratio to plain DNS measured in the same
+round, and the CPU per answer of the load process and of each daemon on the path (under TCG the guest's CPUs are
+the bottleneck). Results: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,12 +63,13 @@ class LoadReport:
     answers: int = 0
     lost: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the load process's own
     latencies_ms: list[float] = field(default_factory=list)
 
 
 def load(server: str, concurrency: int, seconds: float) -> LoadReport:
     """`concurrency` queries in flight, each from its own socket, replaced when answered or lost."""
-    report = LoadReport(seconds=seconds)
+    report, cpu = LoadReport(seconds=seconds), time.process_time()
     socks: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> socket, query id, sent at
 
     def send(sock: socket.socket) -> None:
@@ -100,6 +102,7 @@ def load(server: str, concurrency: int, seconds: float) -> LoadReport:
                 send(sock)
     for sock, _, _ in socks.values():
         sock.close()
+    report.cpu_seconds = time.process_time() - cpu
     return report
 
 
@@ -111,47 +114,66 @@ class Round:
     rate: float
     median_ms: float
     p99_ms: float
+    cpu_ms: dict[str, float]  # CPU per answer: the load process's, and each daemon's of this path
 
 
-def measure(topo: Topology, client: Host, path: str, server: str, args: argparse.Namespace, work: Path) -> Round:
+def cpu_seconds(pid: int) -> float:
+    """User and system time of one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(topo: Topology, client: Host, daemons: dict[str, procs.Daemon], path: str, server: str,
+            args: argparse.Namespace, work: Path) -> Round:
     out = work / f"load-{path}.json"
+    before = {name: cpu_seconds(daemon.pid) for name, daemon in daemons.items()}
     topo.run(client, [sys.executable, str(Path(__file__).resolve()), "--load", server, "--concurrency",
                       str(args.concurrency), "--seconds", str(args.seconds), "--report", str(out)],
              timeout=args.seconds + 60)
+    spent = {name: cpu_seconds(daemon.pid) - before[name] for name, daemon in daemons.items()}
     data = LoadReport(**json.loads(out.read_text()))
     latencies = sorted(data.latencies_ms) or [float("nan")]
+    per_answer = {name: 1e3 * seconds / max(data.answers, 1)
+                  for name, seconds in {"load": data.cpu_seconds, **spent}.items()}
     return Round(path, data.answers, data.lost, data.answers / data.seconds, statistics.median(latencies),
-                 latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))])
+                 latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], per_answer)
 
 
-def build(topo: Topology, work: Path, daemons: list[procs.Daemon]) -> dict[str, Host]:
+def build(topo: Topology, work: Path, daemons: list[procs.Daemon]) -> dict[str, tuple[Host, dict[str, procs.Daemon]]]:
+    """Each path's client, and the daemons whose CPU is counted for it."""
     router = topo.add_router("router")
-    clients: dict[str, Host] = {}
+    paths: dict[str, tuple[Host, dict[str, procs.Daemon]]] = {}
     for path, (prefix, server) in PATHS.items():
         client, resolver = topo.add_host(f"c-{path}"), topo.add_host(f"r-{path}")
         topo.link(client, router, f"{prefix}.0/24", hosts=(2, 1))
         topo.link(resolver, router, f"{server.rsplit('.', 1)[0]}.0/24", hosts=(53, 1))
         topo.default_route(client, router)
         topo.default_route(resolver, router)
-        clients[path] = client
+        watched: dict[str, procs.Daemon] = {}
+
+        def watch(name: str, daemon: procs.Daemon, watched: dict[str, procs.Daemon] = watched) -> None:
+            watched[name] = daemon
+            daemons.append(daemon)  # stopped at the end, newest first
+
         if path == "plain":
-            daemons.append(unbound(resolver, work / "unbound-plain", server))
+            watch("unbound", unbound(resolver, work / "unbound-plain", server))
         elif path == "kernel":
-            daemons.append(unbound(resolver, work / "unbound-kernel", server))
-            daemons.append(serve(resolver, work / "kernel", server, "kernel", None))
-            daemons.append(client_pluto(topo, client, work / "kernel", server, encapsulation=False))
+            watch("unbound", unbound(resolver, work / "unbound-kernel", server))
+            watch("serve", serve(resolver, work / "kernel", server, "kernel", None))
+            watch("pluto", client_pluto(topo, client, work / "kernel", server, encapsulation=False))
         else:
             enclave = topo.add_host("enclave")
-            daemons.append(unbound(enclave, work / "unbound-user", "127.0.0.1"))
-            daemons.append(serve(enclave, work / "user", server, "userspace", work / "user" / "relay.sock"))
+            watch("unbound", unbound(enclave, work / "unbound-user", "127.0.0.1"))
+            watch("serve", serve(enclave, work / "user", server, "userspace", work / "user" / "relay.sock"))
             forwarder = procs.Daemon("forward", [sys.executable, "-m", "enclave_ike.cli", "forward", "--listen",
                                                  server, "--enclave", str(work / "user" / "relay.sock")],
                                      work / "user" / "forward.log", netns=resolver.netns)
+            watch("forward", forwarder)
             forwarder.start()
             forwarder.wait_for_log("connected to the enclave", timeout=120.0)
-            daemons.append(forwarder)
-            daemons.append(client_pluto(topo, client, work / "user", server, encapsulation=True))
-    return clients
+            watch("pluto", client_pluto(topo, client, work / "user", server, encapsulation=True))
+        paths[path] = (client, watched)
+    return paths
 
 
 def unbound(host: Host, directory: Path, address: str) -> Unbound:
@@ -215,17 +237,18 @@ def run(args: argparse.Namespace) -> None:
     daemons: list[procs.Daemon] = []
     with Topology() as topo:
         try:
-            clients = build(topo, work, daemons)
-            for path, (_, server) in PATHS.items():  # warm-up: the SAs come up, caches fill
-                measure(topo, clients[path], path, server, argparse.Namespace(**{**vars(args), "seconds": 3.0}),
-                        work)
+            paths = build(topo, work, daemons)
+            warm_up = argparse.Namespace(**{**vars(args), "seconds": 3.0})
+            for path, (_, server) in PATHS.items():  # the SAs come up, caches fill
+                measure(topo, *paths[path], path, server, warm_up, work)
             rounds = []
             for number in range(args.rounds):
                 for path, (_, server) in PATHS.items():
-                    result = measure(topo, clients[path], path, server, args, work)
+                    result = measure(topo, *paths[path], path, server, args, work)
                     rounds.append(result)
                     print(f"round {number + 1} {path}: {result.rate:.1f} answers/s, median {result.median_ms:.2f} ms,"
-                          f" p99 {result.p99_ms:.2f} ms, {result.lost} lost", flush=True)
+                          f" p99 {result.p99_ms:.2f} ms, {result.lost} lost; CPU ms per answer: "
+                          + ", ".join(f"{name} {ms:.2f}" for name, ms in result.cpu_ms.items()), flush=True)
             report(rounds)
         except BaseException:
             print(f"bench: the logs are in {work}", file=sys.stderr)
