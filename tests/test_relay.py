@@ -1,8 +1,10 @@
 """The forwarder's framing (enclave_ike/relay.py): round trips in pieces of any size, and garbage refused with a
-RelayError (never another exception, never a frame made up)."""
+RelayError (never another exception, never a frame made up); the frames one loop turn sends leave in one write
+(relay_server.FrameStream)."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import ip_address
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from enclave_ike.ikev2.config import Endpoint
 from enclave_ike.relay import MAX_PAYLOAD, FrameReader, Relayed, RelayError
+from enclave_ike.relay_server import FrameStream
 
 V4 = Relayed(Endpoint(ip_address("192.0.2.53"), 4500), Endpoint(ip_address("198.51.100.7"), 40000),
              b"\x00" * 4 + b"ike")
@@ -71,3 +74,41 @@ def test_garbage_is_a_relay_error_or_frames_that_encode_back_to_it(data):
         return
     consumed = b"".join(f.encode() for f in frames)
     assert data.startswith(consumed) and len(data) - len(consumed) == reader.pending
+
+
+class _Transport(asyncio.WriteTransport):
+    """What FrameStream writes to: the writes recorded, open until closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_the_frames_of_one_loop_turn_leave_in_one_write_and_none_after_the_stream_closed():
+    async def scenario() -> tuple[list[bytes], list[bytes], str | None]:
+        stream, transport = FrameStream(lambda frame: None), _Transport()
+        stream.connection_made(transport)
+        assert stream.send(V4) is None and stream.send(V6) is None and transport.writes == []
+        await asyncio.sleep(0)  # the loop's turn ends
+        written = list(transport.writes)
+        assert stream.send(EMPTY) is None
+        transport.close()  # closed before the turn ended: what was queued is not written
+        await asyncio.sleep(0)
+        return written, transport.writes, stream.send(V4)
+
+    written, after, refused = asyncio.run(scenario())
+    assert written == [V4.encode() + V6.encode()] and FrameReader().feed(written[0]) == [V4, V6]
+    assert after == written and refused == "not connected"
