@@ -446,7 +446,7 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     return config
 
 
-MAX_QUERIES_IN_FLIGHT = 1_000_000
+MAX_QUERIES_IN_FLIGHT = 32_768  # half the IDs of the one socket UDP queries share (upstream.MAX_IN_FLIGHT)
 
 
 def _metrics(table: _Table) -> MetricsConfig:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .dnswire import HEADER_SIZE, question_type
 from .topdomains import TopDomains
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -31,29 +32,14 @@ KNOWN_TYPES = frozenset({"A", "AAAA", "CNAME", "MX", "NS", "PTR", "SOA", "SRV", 
                          "SVCB", "CAA", "NAPTR", "ANY"})
 _TYPE_LABELS = {int(dns.rdatatype.from_text(name)): name for name in KNOWN_TYPES}
 _RCODE_LABELS = tuple(dns.rcode.to_text(dns.rcode.Rcode(code)) for code in range(16))
-HEADER_SIZE = 12
-MAX_LABEL = 63  # a longer length octet is a compression pointer or a label type RFC 6891 retired
-MAX_NAME = 255  # octets of a name on the wire, its root label included
 
 
 def query_type(query: bytes) -> str:
     """The first question's type as a label: "other" for a type outside `KNOWN_TYPES` (a label per rare type would
-    let one client mark its queries), "unparseable" for what is no query.
-
-    Every query is counted, so this reads the question itself rather than having dnspython build a message (about
-    3 against 80 microseconds): the name's labels are skipped to the type behind them. A query's first name is
-    never compressed (RFC 1035 4.1.4: a pointer names an earlier occurrence, and only the header precedes it), so
-    a pointer there is unparseable too."""
-    if len(query) < HEADER_SIZE or query[4:6] == b"\x00\x00":  # QDCOUNT 0
-        return "unparseable"
-    at = HEADER_SIZE
-    while (length := query[at] if at < len(query) else None) != 0:
-        if length is None or length > MAX_LABEL or at + 1 + length - HEADER_SIZE >= MAX_NAME:
-            return "unparseable"
-        at += 1 + length
-    if at + 5 > len(query):  # the root octet, then type and class
-        return "unparseable"
-    return _TYPE_LABELS.get(int.from_bytes(query[at + 1:at + 3], "big"), "other")
+    let one client mark its queries), "unparseable" for what is no query (dnswire reads it: every query is
+    counted)."""
+    qtype = question_type(query)
+    return "unparseable" if qtype is None else _TYPE_LABELS.get(qtype, "other")
 
 
 def question_name(query: bytes) -> str | None:

@@ -93,6 +93,7 @@ class FrameStream(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._queued: list[bytes] = []
+        self._queued_size = 0
 
     @property
     def open(self) -> bool:
@@ -103,21 +104,25 @@ class FrameStream(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return "not connected"
-        if transport.get_write_buffer_size() > MAX_BUFFERED:
+        if transport.get_write_buffer_size() + self._queued_size > MAX_BUFFERED:
             return "reads too slowly"
         if not self._queued:
             self._loop.call_soon(self._write)
-        self._queued.append(datagram.encode())
+        frame = datagram.encode()
+        self._queued.append(frame)
+        self._queued_size += len(frame)
         return None
 
     def _write(self) -> None:
-        queued, self._queued = self._queued, []
+        queued, self._queued, self._queued_size = self._queued, [], 0
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(queued))
 
     def close(self) -> None:
+        """Close now: what is still buffered for the other end is dropped. The other end may have stopped reading,
+        and a graceful close would wait for it (with the buffer held) for ever."""
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

@@ -125,7 +125,7 @@ BAD = [
     ('[listen]\naddresses = ["192.0.2.1"]\n[apply]\nresolver = "127.0.0.1:0"\n',
      "apply.resolver: '127.0.0.1:0': port 0"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[apply]\nmax_queries_in_flight = 0\n',
-     "apply.max_queries_in_flight: 0 is not between 1 and 1000000"),
+     "apply.max_queries_in_flight: 0 is not between 1 and 32768"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[apply]\nquery_timeout_s = -1\n', "apply.query_timeout_s: expected seconds"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[metrics]\ntop_k = 1\n', "metrics.top_k: 1 is not between 2 and 1000"),
     ('[listen]\naddresses = ["192.0.2.1"]\n[metrics]\ntop_epsilon = 0\n',

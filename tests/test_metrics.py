@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.metrics import HEADER_SIZE, KNOWN_TYPES, Metrics, query_type, question_name, response_code
+from enclave_ike.dnswire import HEADER_SIZE
+from enclave_ike.metrics import KNOWN_TYPES, Metrics, query_type, question_name, response_code
 from enclave_ike.metrics_endpoint import MetricsEndpoint
 from enclave_ike.topdomains import Released, TopDomains, TopDomainsConfig, TopDomainsError, laplace, registered_part
 

@@ -5,15 +5,20 @@ RelayError (never another exception, never a frame made up); the frames one loop
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enclave_ike.diagnostics import Diagnostics, PrivacyConfig
 from enclave_ike.ikev2.config import Endpoint
 from enclave_ike.relay import MAX_PAYLOAD, FrameReader, Relayed, RelayError
-from enclave_ike.relay_server import FrameStream
+from enclave_ike.relay_server import MAX_BUFFERED, FrameStream, Relay
 
 V4 = Relayed(Endpoint(ip_address("192.0.2.53"), 4500), Endpoint(ip_address("198.51.100.7"), 40000),
              b"\x00" * 4 + b"ike")
@@ -112,3 +117,45 @@ def test_the_frames_of_one_loop_turn_leave_in_one_write_and_none_after_the_strea
     written, after, refused = asyncio.run(scenario())
     assert written == [V4.encode() + V6.encode()] and FrameReader().feed(written[0]) == [V4, V6]
     assert after == written and refused == "not connected"
+
+
+def test_frames_queued_in_one_turn_count_against_the_buffer_limit():
+    async def scenario() -> list[str | None]:
+        stream, transport = FrameStream(lambda frame: None), _Transport()
+        stream.connection_made(transport)
+        big = Relayed(V4.local, V4.peer, b"x" * MAX_PAYLOAD)
+        return [stream.send(big) for _ in range(MAX_BUFFERED // MAX_PAYLOAD + 2)]
+
+    results = asyncio.run(scenario())
+    assert results[0] is None and results[-1] == "reads too slowly"  # found by a review: 12 MB went in at once
+
+
+def test_serve_stops_at_once_when_the_forwarder_stopped_reading(tmp_path: Path):
+    """A connected forwarder that reads nothing while serve sends it megabytes: stop() must not wait for it (found
+    by a review: a graceful close waited for ever for the buffer to drain)."""
+    async def scenario() -> tuple[float, Counter[str]]:
+        diagnostics = Diagnostics(logging.getLogger("test"), PrivacyConfig())
+        relay = Relay(tmp_path / "relay.sock", lambda frame: None, diagnostics)
+        await relay.start()
+        _, writer = await asyncio.open_unix_connection(str(tmp_path / "relay.sock"))  # reads 128 KiB, then no more
+        await until(lambda: relay.connected)
+        big = Relayed(V4.local, V4.peer, b"x" * MAX_PAYLOAD)
+        for _ in range(200):
+            relay.send(big)
+            await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(relay.stop(), 5.0)
+        writer.close()
+        return loop.time() - started, diagnostics.counts
+
+    took, counts = asyncio.run(scenario())
+    assert took < 1.0
+    assert counts["datagrams dropped: the forwarder reads too slowly"] > 0
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)

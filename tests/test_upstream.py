@@ -12,11 +12,13 @@ from ipaddress import ip_address
 from typing import Any
 
 import dns.message
+import dns.name
 import pytest
 import uvloop
 
+from enclave_ike.config import MAX_QUERIES_IN_FLIGHT
 from enclave_ike.ikev2.config import Endpoint
-from enclave_ike.upstream import UdpResolver
+from enclave_ike.upstream import MAX_IN_FLIGHT, UdpResolver
 
 TIMEOUT_S = 0.3
 
@@ -190,3 +192,98 @@ def test_closing_forgets_the_queries_in_flight_and_later_queries_get_none(run: R
 
     waiting, after = run(scenario())
     assert waiting == [] and after == [None]
+
+
+def test_a_late_answer_never_reaches_the_next_query_given_its_id(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver answers a query after it timed out, when its ID on the socket went to another client's query:
+    that answer repeats the first query's question, so the second query does not take it (found by a review: a
+    client could have collected other clients' late answers with its own ID on them)."""
+    monkeypatch.setattr("enclave_ike.upstream.secrets.randbits", lambda bits: 4242)  # every query: the same ID
+
+    async def scenario() -> tuple[list[bytes | None], list[bytes | None]]:
+        server, endpoint = await resolver(answering=False)
+        upstream = UdpResolver(endpoint, TIMEOUT_S)
+        await upstream.start()
+        alice, answered = collector()
+        upstream.ask(query("secret.alice.example.", 1), answered)
+        await until(lambda: alice == [None] and len(server.held) == 1)  # timed out, unanswered
+        bob, answered = collector()
+        upstream.ask(query("www.bob.example.", 2), answered)  # gets ID 4242 too
+        await until(lambda: len(server.held) == 2)
+        server.answer(*server.held[0])  # Alice's answer, late
+        await asyncio.sleep(0.05)
+        taken_by_bob = list(bob)
+        server.answer(*server.held[1])  # Bob's own
+        await until(lambda: bool(bob))
+        upstream.close()
+        return taken_by_bob, bob
+
+    before_his_own, bob = run(scenario())
+    assert before_his_own == []
+    assert len(bob) == 1 and bob[0] is not None
+    answer = dns.message.from_wire(bob[0])
+    assert answer.id == 2 and answer.question[0].name.to_text() == "www.bob.example."
+
+
+def test_the_question_is_matched_without_case_and_a_query_without_one_takes_only_an_answer_without_one(
+        run: Run) -> None:
+    async def scenario() -> tuple[list[bytes | None], list[bytes | None], list[bytes | None]]:
+        server, endpoint = await resolver(answering=False)
+        assert server.transport is not None
+        upstream = UdpResolver(endpoint, TIMEOUT_S)
+        await upstream.start()
+        mixed, answered = collector()
+        upstream.ask(query("MiXeD.Example.", 5), answered)
+        headerless, answered_headerless = collector()
+        garbage = b"\x00\x09" + b"\x00" * 10  # a header with no question
+        upstream.ask(garbage, answered_headerless)
+        await until(lambda: len(server.held) == 2)
+        (asked, addr), (garbage_sent, _) = server.held
+        lower = dns.message.make_response(dns.message.from_wire(asked))
+        lower.question[0].name = dns.name.from_text("mixed.example.")
+        server.transport.sendto(lower.to_wire(), addr)  # the same question in another case: taken
+        server.transport.sendto(garbage_sent[:2] + b"\x81\x01" + b"\x00" * 8, addr)  # FORMERR, no question: taken
+        await until(lambda: bool(mixed) and bool(headerless))
+        other, answered = collector()
+        upstream.ask(garbage, answered)
+        await until(lambda: len(server.held) == 3)
+        with_question = dns.message.make_response(dns.message.make_query("a.example.", "A"))
+        server.transport.sendto(server.held[2][0][:2] + with_question.to_wire()[2:], addr)  # not its answer
+        await until(lambda: bool(other))  # the timeout
+        upstream.close()
+        return mixed, headerless, other
+
+    mixed, headerless, other = run(scenario())
+    assert mixed[0] is not None and dns.message.from_wire(mixed[0]).id == 5
+    assert headerless[0] is not None and headerless[0][:2] == b"\x00\x09"
+    assert other == [None]
+
+
+def test_the_timeout_timer_fires_once_per_deadline_on_a_millisecond_clock(run: Run) -> None:
+    """uvloop's clock counts milliseconds: a deadline a fraction of one ahead must not re-arm the timer at once,
+    again and again, until the clock ticks (found by a review: ~27 firings per query with a 0.3 s timeout)."""
+    fired = []
+
+    class Counting(UdpResolver):
+        def _expire(self) -> None:
+            fired.append(self._loop.time())
+            super()._expire()
+
+    async def scenario() -> list[bytes | None]:
+        _, endpoint = await resolver(answering=False)
+        upstream = Counting(endpoint, 0.1)
+        await upstream.start()
+        answers, answered = collector()
+        for number in range(20):
+            upstream.ask(query(f"q{number}.example.", number), answered)
+            await asyncio.sleep(0.013)
+        await until(lambda: len(answers) == 20)
+        upstream.close()
+        return answers
+
+    assert run(scenario()) == [None] * 20
+    assert len(fired) <= 40, len(fired)  # one per query, or a few more when two deadlines are a tick apart
+
+
+def test_the_config_allows_no_more_queries_in_flight_than_the_socket_has_ids_for() -> None:
+    assert MAX_QUERIES_IN_FLIGHT == MAX_IN_FLIGHT <= 1 << 15  # half the ID space: a free ID in about two draws
