@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_ike.dnswire import HEADER_SIZE
+from enclave_ike.dnswire import HEADER_SIZE, question_key
 from enclave_ike.metrics import KNOWN_TYPES, Metrics, query_type, question_name, response_code
 from enclave_ike.metrics_endpoint import MetricsEndpoint
 from enclave_ike.topdomains import Released, TopDomains, TopDomainsConfig, TopDomainsError, laplace, registered_part
@@ -116,6 +116,9 @@ def test_the_type_read_from_the_wire_is_dnspythons(names, rdtype, edns):
 @given(st.binary(max_size=300))
 def test_any_octets_get_a_label_and_never_raise(data):
     assert query_type(data) in KNOWN_TYPES | {"other", "unparseable"}
+    key = question_key(data)
+    assert (key is None) == (query_type(data) == "unparseable")
+    assert key is None or key[:-4] == key[:-4].lower()  # the name without case, type and class as they are
     assert response_code(data) in set(response_code(bytes(4 * [code])) for code in range(16)) | {"unparseable"}
     question_name(data)
 
