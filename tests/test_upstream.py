@@ -65,6 +65,14 @@ async def resolver(answering: bool = True) -> tuple[Resolver, Endpoint]:
     return protocol, Endpoint(ip_address("127.0.0.1"), transport.get_extra_info("sockname")[1])
 
 
+async def asking(answering: bool = True) -> tuple[Resolver, UdpResolver]:
+    """A resolver on loopback, and a started UdpResolver that asks it."""
+    server, endpoint = await resolver(answering)
+    upstream = UdpResolver(endpoint, TIMEOUT_S)
+    await upstream.start()
+    return server, upstream
+
+
 def query(name: str, query_id: int) -> bytes:
     message = dns.message.make_query(name, "A")
     message.id = query_id
@@ -85,9 +93,7 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
 
 def test_queries_with_one_client_id_each_get_their_own_answer_with_that_id_back(run: Run) -> None:
     async def scenario() -> list[bytes | None]:
-        _, endpoint = await resolver()
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
+        _, upstream = await asking()
         answers: dict[str, list[bytes | None]] = {}
         for name in ("a.example.", "b.example.", "c.example."):  # three clients that all chose ID 7
             answers[name], answered = collector()
@@ -107,9 +113,7 @@ def test_queries_with_one_client_id_each_get_their_own_answer_with_that_id_back(
 
 def test_no_answer_in_time_is_none_and_a_late_or_unknown_answer_is_ignored(run: Run) -> None:
     async def scenario() -> tuple[list[bytes | None], list[bytes | None]]:
-        server, endpoint = await resolver(answering=False)
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
+        server, upstream = await asking(answering=False)
         late, answered = collector()
         upstream.ask(query("late.example.", 1), answered)
         await until(lambda: len(server.held) == 1)
@@ -134,9 +138,7 @@ def test_no_answer_in_time_is_none_and_a_late_or_unknown_answer_is_ignored(run: 
 
 def test_an_answer_from_another_address_never_reaches_a_query(run: Run) -> None:
     async def scenario() -> list[bytes | None]:
-        server, endpoint = await resolver(answering=False)
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
+        server, upstream = await asking(answering=False)
         answers, answered = collector()
         upstream.ask(query("a.example.", 3), answered)
         await until(lambda: len(server.held) == 1)
@@ -179,9 +181,7 @@ def test_a_resolver_that_does_not_listen_answers_none_at_once_and_the_socket_kee
 
 def test_closing_forgets_the_queries_in_flight_and_later_queries_get_none(run: Run) -> None:
     async def scenario() -> tuple[list[bytes | None], list[bytes | None]]:
-        _, endpoint = await resolver(answering=False)
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
+        _, upstream = await asking(answering=False)
         waiting, answered = collector()
         upstream.ask(query("a.example.", 1), answered)
         upstream.close()
@@ -201,9 +201,7 @@ def test_a_late_answer_never_reaches_the_next_query_given_its_id(run: Run, monke
     monkeypatch.setattr("enclave_ike.upstream.secrets.randbits", lambda bits: 4242)  # every query: the same ID
 
     async def scenario() -> tuple[list[bytes | None], list[bytes | None]]:
-        server, endpoint = await resolver(answering=False)
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
+        server, upstream = await asking(answering=False)
         alice, answered = collector()
         upstream.ask(query("secret.alice.example.", 1), answered)
         await until(lambda: alice == [None] and len(server.held) == 1)  # timed out, unanswered
@@ -228,10 +226,8 @@ def test_a_late_answer_never_reaches_the_next_query_given_its_id(run: Run, monke
 def test_the_question_is_matched_without_case_and_a_query_without_one_takes_only_an_answer_without_one(
         run: Run) -> None:
     async def scenario() -> tuple[list[bytes | None], list[bytes | None], list[bytes | None]]:
-        server, endpoint = await resolver(answering=False)
+        server, upstream = await asking(answering=False)
         assert server.transport is not None
-        upstream = UdpResolver(endpoint, TIMEOUT_S)
-        await upstream.start()
         mixed, answered = collector()
         upstream.ask(query("MiXeD.Example.", 5), answered)
         headerless, answered_headerless = collector()
