@@ -117,20 +117,14 @@ class Round:
     cpu_ms: dict[str, float]  # CPU per answer: the load process's, and each daemon's of this path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system time of one process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(topo: Topology, client: Host, daemons: dict[str, procs.Daemon], path: str, server: str,
             args: argparse.Namespace, work: Path) -> Round:
     out = work / f"load-{path}.json"
-    before = {name: cpu_seconds(daemon.pid) for name, daemon in daemons.items()}
+    before = {name: procs.cpu_seconds(daemon.pid) for name, daemon in daemons.items()}
     topo.run(client, [sys.executable, str(Path(__file__).resolve()), "--load", server, "--concurrency",
                       str(args.concurrency), "--seconds", str(args.seconds), "--report", str(out)],
              timeout=args.seconds + 60)
-    spent = {name: cpu_seconds(daemon.pid) - before[name] for name, daemon in daemons.items()}
+    spent = {name: procs.cpu_seconds(daemon.pid) - before[name] for name, daemon in daemons.items()}
     data = LoadReport(**json.loads(out.read_text()))
     latencies = sorted(data.latencies_ms) or [float("nan")]
     per_answer = {name: 1e3 * seconds / max(data.answers, 1)

@@ -282,12 +282,6 @@ class Round:
         return self.cpu_s * 1e3 / self.handshakes_all if self.handshakes_all else float("inf")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads (proc(5): fields 14 and 15, after the command in parentheses)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Target:
     name: str
@@ -299,13 +293,13 @@ class Target:
 
 def measure(topo: Topology, loader: Host, target: Target, args: argparse.Namespace, work: Path) -> Round:
     report_path = work / f"load-{target.name}.json"
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = procs.cpu_seconds(target.pid)
     proc = topo.run(loader, [sys.executable, str(Path(__file__).resolve()), "--load", target.address, "--clients",
                              CLIENTS, "--concurrency", str(args.concurrency), "--seconds", str(args.seconds),
                              "--report", str(report_path), "--auth", args.auth, "--key", str(work / "client.pem"),
                              *(["--responder-key", target.pin] if target.pin else []),
                              *(["--count-ike"] if target.ike_only else [])], timeout=args.seconds + DRAIN_S + 60)
-    cpu = cpu_seconds(target.pid) - cpu_before
+    cpu = procs.cpu_seconds(target.pid) - cpu_before
     data = json.loads(report_path.read_text())
     latencies = data.pop("latencies_ms")
     report = LoadReport(**data, latencies_ms=latencies)

@@ -235,6 +235,12 @@ def install_exit_hooks() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads (proc(5): fields 14 and 15, after the command in parentheses)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pids_by_argv(*words: str) -> list[int]:
     """Every process whose argv holds all of `words` (whole arguments), in any namespace: a test looks at the
     daemons it made from outside their namespace, where ikectl's own lookups see only their namespace's."""
