@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import select
-import shutil
 import socket
 import statistics
 import sys
@@ -227,33 +226,20 @@ def report(rounds: list[Round]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="ikt-bench-dns-", dir="/run"))
-    daemons: list[procs.Daemon] = []
-    with Topology() as topo:
-        try:
-            paths = build(topo, work, daemons)
-            warm_up = argparse.Namespace(**{**vars(args), "seconds": 3.0})
-            for path, (_, server) in PATHS.items():  # the SAs come up, caches fill
-                measure(topo, *paths[path], path, server, warm_up, work)
-            rounds = []
-            for number in range(args.rounds):
-                for path, (_, server) in PATHS.items():
-                    result = measure(topo, *paths[path], path, server, args, work)
-                    rounds.append(result)
-                    print(f"round {number + 1} {path}: {result.rate:.1f} answers/s, median {result.median_ms:.2f} ms,"
-                          f" p99 {result.p99_ms:.2f} ms, {result.lost} lost; CPU ms per answer: "
-                          + ", ".join(f"{name} {ms:.2f}" for name, ms in result.cpu_ms.items()), flush=True)
-            report(rounds)
-        except BaseException:
-            print(f"bench: the logs are in {work}", file=sys.stderr)
-            raise
-        finally:
-            for daemon in reversed(daemons):
-                daemon.stop()
-    if args.keep:
-        print(f"bench: the logs are in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    with Topology() as topo, procs.bench_run("ikt-bench-dns-", args.keep) as (work, daemons):
+        paths = build(topo, work, daemons)
+        warm_up = argparse.Namespace(**{**vars(args), "seconds": 3.0})
+        for path, (_, server) in PATHS.items():  # the SAs come up, caches fill
+            measure(topo, *paths[path], path, server, warm_up, work)
+        rounds = []
+        for number in range(args.rounds):
+            for path, (_, server) in PATHS.items():
+                result = measure(topo, *paths[path], path, server, args, work)
+                rounds.append(result)
+                print(f"round {number + 1} {path}: {result.rate:.1f} answers/s, median {result.median_ms:.2f} ms,"
+                      f" p99 {result.p99_ms:.2f} ms, {result.lost} lost; CPU ms per answer: "
+                      + ", ".join(f"{name} {ms:.2f}" for name, ms in result.cpu_ms.items()), flush=True)
+        report(rounds)
 
 
 def main() -> None:

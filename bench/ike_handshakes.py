@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import select
-import shutil
 import socket
 import statistics
 import sys
@@ -444,52 +443,39 @@ def start(topo: Topology, name: str, host: Host, work: Path, args: argparse.Name
 
 def run(args: argparse.Namespace) -> None:
     procs.install_exit_hooks()
-    work = Path(tempfile.mkdtemp(prefix="ikt-bench-", dir="/run"))
     client_key = ec.generate_private_key(ec.SECP256R1())
-    (work / "client.pem").write_bytes(pem_private(client_key))
-    (work / "client-pub.pem").write_bytes(pem_public(client_key))
-    daemons: list[procs.Daemon] = []
     targets: list[Target] = []
-    with Topology() as topo:
+    with Topology() as topo, procs.bench_run("ikt-bench-", args.keep, "the responders' logs") as (work, daemons):
+        (work / "client.pem").write_bytes(pem_private(client_key))
+        (work / "client-pub.pem").write_bytes(pem_public(client_key))
         loader, hosts = build(topo, args.responders)
-        try:
-            for name in args.responders:
-                daemons.append(daemon := start(topo, name, hosts[name], work, args, client_key))
-                assert daemon.pid is not None
-                targets.append(Target(name, ADDRESSES[name], daemon.pid, args.host and name == "pluto",
-                                      getattr(daemon, "pin", "")))
-            for target in targets:  # warm-up, not counted: caches, first SA installs
-                measure(topo, loader, target, argparse.Namespace(**{**vars(args), "seconds": 2.0}), work)
-            rounds: list[Round] = []
-            core: list[float] = []
-            for number in range(args.rounds):
-                for target in targets:
-                    result = measure(topo, loader, target, args, work)
-                    rounds.append(result)
-                    print(f"round {number + 1} {target.name}: {result.handshakes} handshakes in "
-                          f"{result.seconds:.0f} s = {result.rate:.1f}/s, {result.failures} failed, latency median "
-                          f"{result.latency_median_ms:.1f} ms, responder CPU {result.cpu_ms_per_handshake:.2f} ms "
-                          f"per handshake, load generator busy {result.load_cpu:.0%}", flush=True)
-                if "enclave-ike" in args.responders:
-                    core.append(core_cpu_ms(work / "enclave-ike.toml", client_key if args.auth == "ecdsa" else None))
-                    print(f"round {number + 1} enclave-ike's core alone, in memory: {core[-1]:.2f} ms CPU per "
-                          "handshake", flush=True)
-            report(rounds, core, args)
+        for name in args.responders:
+            daemons.append(daemon := start(topo, name, hosts[name], work, args, client_key))
+            assert daemon.pid is not None
+            targets.append(Target(name, ADDRESSES[name], daemon.pid, args.host and name == "pluto",
+                                  getattr(daemon, "pin", "")))
+        for target in targets:  # warm-up, not counted: caches, first SA installs
+            measure(topo, loader, target, argparse.Namespace(**{**vars(args), "seconds": 2.0}), work)
+        rounds: list[Round] = []
+        core: list[float] = []
+        for number in range(args.rounds):
+            for target in targets:
+                result = measure(topo, loader, target, args, work)
+                rounds.append(result)
+                print(f"round {number + 1} {target.name}: {result.handshakes} handshakes in "
+                      f"{result.seconds:.0f} s = {result.rate:.1f}/s, {result.failures} failed, latency median "
+                      f"{result.latency_median_ms:.1f} ms, responder CPU {result.cpu_ms_per_handshake:.2f} ms "
+                      f"per handshake, load generator busy {result.load_cpu:.0%}", flush=True)
             if "enclave-ike" in args.responders:
-                text = daemons[args.responders.index("enclave-ike")].log_text()
-                errors = [line for line in text.splitlines() if "apply: " in line]
-                if errors:
-                    print(f"enclave-ike could not install {len(errors)} Child SA operations, e.g. {errors[0]}")
-        except BaseException:
-            print(f"bench: the responders' logs are in {work}", file=sys.stderr)
-            raise
-        finally:
-            for daemon in reversed(daemons):
-                daemon.stop()
-    if args.keep:
-        print(f"bench: the responders' logs are in {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)  # only after a run that went through
+                core.append(core_cpu_ms(work / "enclave-ike.toml", client_key if args.auth == "ecdsa" else None))
+                print(f"round {number + 1} enclave-ike's core alone, in memory: {core[-1]:.2f} ms CPU per "
+                      "handshake", flush=True)
+        report(rounds, core, args)
+        if "enclave-ike" in args.responders:
+            text = daemons[args.responders.index("enclave-ike")].log_text()
+            errors = [line for line in text.splitlines() if "apply: " in line]
+            if errors:
+                print(f"enclave-ike could not install {len(errors)} Child SA operations, e.g. {errors[0]}")
 
 
 def report(rounds: list[Round], core: list[float], args: argparse.Namespace) -> None:

@@ -11,10 +11,13 @@ import atexit
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -233,6 +236,27 @@ def install_exit_hooks() -> None:
     atexit.register(cleanup_all)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def bench_run(prefix: str, keep: bool, what: str = "the logs") -> Iterator[tuple[Path, list[Daemon]]]:
+    """A bench's working directory (under /run) and the daemons it starts: the daemons are stopped newest first
+    when the run ends; the directory is named on stderr after a run that failed, and removed after one that went
+    through unless `keep`. Enter it inside the Topology, so the daemons stop before their namespaces go."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/run"))
+    daemons: list[Daemon] = []
+    try:
+        yield work, daemons
+    except BaseException:
+        print(f"bench: {what} are in {work}", file=sys.stderr)
+        raise
+    finally:
+        for daemon in reversed(daemons):
+            daemon.stop()
+    if keep:
+        print(f"bench: {what} are in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def cpu_seconds(pid: int) -> float:
