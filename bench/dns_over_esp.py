@@ -29,7 +29,6 @@ import select
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from ipaddress import ip_address
@@ -48,7 +47,7 @@ from netns_tests.harness.kernel import probe_esp
 from netns_tests.harness.pluto import Pluto
 from netns_tests.harness.topology import Host, Topology
 from netns_tests.harness.unbound import Unbound, UnboundConfig
-from netns_tests.harness.vm import VmSpec, run_in_vm
+from netns_tests.harness.vm import rerun_in_vm
 
 PATHS = {"plain": ("10.90.1", "10.90.11.53"), "kernel": ("10.90.2", "10.90.12.53"),
          "user": ("10.90.3", "10.90.13.53")}  # client prefix, resolver address
@@ -258,11 +257,7 @@ def main() -> None:
         parser.error("--concurrency 1 to 256, --seconds > 0, --rounds >= 1")
     procs.install_exit_hooks()
     if os.environ.get("IKECTL_IN_GUEST") != "1" and not probe_esp().available:
-        out = Path(tempfile.mkdtemp(prefix="ikt-bench-vm-"))
-        root = str(Path(__file__).resolve().parents[1])
-        vm = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], print,
-                       env={"PYTHONPATH": root})
-        raise SystemExit(vm.returncode)
+        rerun_in_vm(__file__)
     run(args)
 
 

@@ -55,7 +55,6 @@ import select
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -81,7 +80,7 @@ from netns_tests.harness.charon import Charon, CharonConfig
 from netns_tests.harness.kernel import probe_esp
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Host, Topology
-from netns_tests.harness.vm import VmSpec, run_in_vm
+from netns_tests.harness.vm import rerun_in_vm
 
 IKE_PORT, NATT_PORT = 500, 4500
 NON_ESP_MARKER = b"\x00\x00\x00\x00"
@@ -543,11 +542,7 @@ def main() -> None:
         parser.error(f"--responders: with --auth {args.auth}, some of {','.join(AUTHS[args.auth])}")
     procs.install_exit_hooks()  # SIGTERM unwinds like Ctrl-C: the VM goes with us
     if not args.host and os.environ.get("IKECTL_IN_GUEST") != "1" and not probe_esp().available:
-        out = Path(tempfile.mkdtemp(prefix="ikt-bench-vm-"))
-        root = str(Path(__file__).resolve().parents[1])  # netns_tests and buildtools, beside bench/
-        vm = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], print,
-                       env={"PYTHONPATH": root})
-        raise SystemExit(vm.returncode)
+        rerun_in_vm(__file__)
     run(args)
 
 

@@ -24,10 +24,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .procs import HarnessError, tail
 
@@ -171,6 +173,15 @@ def guest_command(outdir: Path, argv: Sequence[str], env: dict[str, str] | None 
     staging = " && ".join(steps)
     return (f"if ! {{ {staging}; }}; then echo 'guest: could not stage Python into RAM' >&2; exit 1; fi; "
             f"cd {shlex.quote(str(PROJECT_ROOT))} && exec {entry}")
+
+
+def rerun_in_vm(script: str) -> NoReturn:
+    """Run `script` again in the guest, with this process's arguments and the project on PYTHONPATH, print what it
+    prints, and exit with its status: how a bench that needs ESP runs where this host's kernel has none."""
+    out = Path(tempfile.mkdtemp(prefix="ikt-bench-vm-"))
+    vm = run_in_vm(VmSpec.default(), out, [sys.executable, str(Path(script).resolve()), *sys.argv[1:]], print,
+                   env={"PYTHONPATH": str(PROJECT_ROOT)})
+    raise SystemExit(vm.returncode)
 
 
 def run_in_vm(spec: VmSpec, outdir: Path, argv: Sequence[str], on_line: Callable[[str], None],
