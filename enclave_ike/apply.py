@@ -5,16 +5,15 @@ XFRM operations (add two SAs and the policies of their traffic selectors; delete
 installed, so a rekey keeps the policies (the new SAs share the old reqid) and a deletion removes a policy only when
 no other Child SA still needs it. It touches nothing.
 
-`KernelApplier` runs the operations through `ikecommon.xfrm` in the current network namespace (synchronously: the
-server calls it through `asyncio.to_thread`); `LogApplier` only describes them (hosts without ESP). Kernel errors
-come back as `ApplyError` lines; they never stop the server.
+`KernelApplier` runs the operations through `ikecommon.xfrm` in the current network namespace, an event's in one
+netlink datagram (synchronously: the server calls it through `asyncio.to_thread`); `LogApplier` only describes them
+(hosts without ESP). Kernel errors come back as `ApplyError` lines; they never stop the server.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network, summarize_address_range
 from typing import Protocol
@@ -225,8 +224,9 @@ def _port(ts: TrafficSelector, proto: int) -> int | None:
 # --- executors ---
 
 class Applier(Protocol):
-    def run(self, op: Operation) -> None:
-        """Carry out one operation; raise ApplyError if it fails."""
+    def run(self, operations: Sequence[Operation]) -> list[ApplyError | None]:
+        """Carry out the operations in order: for each, None (done) or why it failed. A failure stops none of the
+        others."""
         ...
 
     def close(self) -> None:
@@ -234,43 +234,61 @@ class Applier(Protocol):
 
 
 class KernelApplier:
-    """Operations into XFRM of the current network namespace, through ikecommon.xfrm (synchronous: call it from a
-    thread in asyncio code)."""
+    """Operations into XFRM of the current network namespace, through ikecommon.xfrm, all of one call in one
+    netlink datagram (synchronous: call it from a thread in asyncio code)."""
 
-    def __init__(self, client: Callable[[], xfrm.XfrmClient] = xfrm.XfrmClient) -> None:
-        # Made on first use, in the worker thread: pyroute2's synchronous socket runs an event loop of its
-        # own and cannot be created where asyncio's loop is running (RuntimeError, seen in the VM).
-        self._factory = client
-        self._client: xfrm.XfrmClient | None = None
+    def __init__(self, batches: Callable[[], xfrm.Batches] = xfrm.Batches) -> None:
+        self._factory = batches  # the socket is made on first use
+        self._batches: xfrm.Batches | None = None
 
-    def run(self, op: Operation) -> None:
-        try:
-            if self._client is None:
-                self._client = self._factory()
-            if isinstance(op, AddSa):
-                self._client.add_sa(op.spec)
-            elif isinstance(op, DeleteSa):
-                with contextlib.suppress(xfrm.NotFound):  # gone already (expired): what we wanted
-                    self._client.delete_sa(op.dst, op.spi)
-            elif isinstance(op, SetPolicy):
-                self._client.update_policy(op.policy)
+    def run(self, operations: Sequence[Operation]) -> list[ApplyError | None]:
+        results: list[ApplyError | None] = [None] * len(operations)
+        sent: list[int] = []
+        requests: list[xfrm.Request] = []
+        for index, op in enumerate(operations):
+            try:
+                requests.append(_request(op))
+            except xfrm.InvalidXfrmInput as exc:  # nothing to send for this one; the others go
+                results[index] = ApplyError(str(exc))
             else:
-                with contextlib.suppress(xfrm.NotFound):
-                    self._client.delete_policy(op.policy)
-        except xfrm.XfrmError as exc:
-            raise ApplyError(str(exc)) from None
+                sent.append(index)
+        try:
+            if self._batches is None:
+                self._batches = self._factory()
+            refusals = self._batches.run(requests)
+        except xfrm.XfrmError as exc:  # no answer from the kernel: none of them is known to be done
+            return [ApplyError(str(exc))] * len(operations)
+        for index, refused in zip(sent, refusals, strict=True):
+            if refused is not None and not _gone_already(operations[index], refused):
+                results[index] = ApplyError(str(refused))
+        return results
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+
+def _request(op: Operation) -> xfrm.Request:
+    if isinstance(op, AddSa):
+        return xfrm.Request.add_sa(op.spec)
+    if isinstance(op, DeleteSa):
+        return xfrm.Request.delete_sa(op.dst, op.spi)
+    if isinstance(op, SetPolicy):
+        return xfrm.Request.update_policy(op.policy)
+    return xfrm.Request.delete_policy(op.policy)
+
+
+def _gone_already(op: Operation, refused: xfrm.KernelRefused) -> bool:
+    """Deleting what is not there (an SA that expired) is what was wanted."""
+    return isinstance(refused, xfrm.NotFound) and isinstance(op, DeleteSa | DeletePolicy)
 
 
 class LogApplier:
     """Applies nothing: for hosts without ESP (apply.mode = "none"). The server logs every operation anyway."""
 
-    def run(self, op: Operation) -> None:
-        return None
+    def run(self, operations: Sequence[Operation]) -> list[ApplyError | None]:
+        return [None] * len(operations)
 
     def close(self) -> None:
         return None

@@ -6,9 +6,9 @@ SA's peer last reached with a new authenticated message: `Responder.outgoing`), 
 octets, RFC 3948 section 2.2) added on 4500 and stripped from what arrives there. Signatures asked of a deferred
 signer are made on signing threads of their own, newest request first. Its events are logged
 one line each, and the Child SA events are planned into XFRM operations (`apply.ChildSaTable`) that one worker task
-runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous), an event's operations in one trip. A
-kernel that refuses is logged and the server carries on. With `apply.mode = "none"` the operations are only logged,
-one line per event, and nothing waits for them.
+runs in order through `asyncio.to_thread` (ikecommon.xfrm is synchronous), an event's operations in one trip and one
+netlink datagram. A kernel that refuses is logged and the server carries on. With `apply.mode = "none"` the
+operations are only logged, one line per event, and nothing waits for them.
 
 At start the server opens the configured enclave, publishes its public identity (`PublishedIdentity`, JSON) where
 `enclave-ike identity` reads it, and logs the libreswan line that pins it.
@@ -590,7 +590,7 @@ class Server:
             if isinstance(item, _Send):
                 self._send(item.datagrams)
                 continue
-            for op, error in zip(item, await asyncio.to_thread(self._run, item), strict=True):
+            for op, error in zip(item, await asyncio.to_thread(self.applier.run, item), strict=True):
                 if error is not None:
                     self._apply_failed(error)
                 else:
@@ -600,19 +600,6 @@ class Server:
         self.apply_failures += 1
         self.diagnostics.fail("kernel operations failed")
         self.diagnostics.client(logging.ERROR, "apply: %s", error)
-
-    def _run(self, operations: tuple[Operation, ...]) -> list[ApplyError | None]:
-        """In the worker thread: every operation, each one's failure or None (a failure stops none of the others,
-        as when each went on its own)."""
-        errors: list[ApplyError | None] = []
-        for op in operations:
-            try:
-                self.applier.run(op)
-            except ApplyError as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
 
 
 def describe(event: Event) -> str:  # noqa: PLR0911 - one return per event type

@@ -14,16 +14,19 @@ from ikecommon.xfrm import (
     Acquire,
     Action,
     AlreadyExists,
+    Batches,
     Direction,
     EspUnsupported,
     Flushed,
     InvalidXfrmInput,
     Lifetime,
     Mode,
+    NotFound,
     Policy,
     PolicyAdded,
     PolicyDeleted,
     PreparedPolicies,
+    Request,
     SaExpired,
     SaSpec,
     Selector,
@@ -112,6 +115,45 @@ def test_prepared_policies_come_back_after_a_flush_and_replace_themselves_otherw
         prepared.put_back()
         back = [replace(p, index=0) for p in xfrm.policies()]
         assert sorted(back, key=str) == sorted(wanted, key=str)  # the trap was another's: not ours to restore
+
+
+@pytest.mark.host  # policies (SA adds are refused here, which the test expects)
+def test_a_batch_answers_each_request_and_a_refusal_stops_none_of_the_others(topology, pair):
+    """One datagram, one answer per request in order; the kernel's refusals are typed and carry its words."""
+    client, _ = pair
+    out_sa, _ = sa_pair(secrets.token_bytes(20), 0x3001, 0x3002, "10.88.0.1", "10.88.0.53")
+    with Batches(client.netns) as batches:
+        results = batches.run([Request.update_policy(TRAP), Request.delete_policy(BACKSTOP), Request.add_sa(out_sa),
+                               Request.update_policy(BACKSTOP), Request.update_policy(BACKSTOP)])
+        assert [type(r) for r in results[:2]] == [type(None), NotFound] and results[3:] == [None, None]
+        assert "delete policy fd88::1/128 -> ::/0 proto 6 dport 53 dir out" in str(results[1])
+        if probe_esp().available:
+            assert results[2] is None
+        else:
+            assert isinstance(results[2], EspUnsupported)
+            assert str(results[2]).endswith("Requested AEAD algorithm not found")
+        with XfrmClient(client.netns) as xfrm:
+            assert sorted(str(replace(p, index=0)) for p in xfrm.policies()) == sorted(map(str, (TRAP, BACKSTOP)))
+        assert batches.run([]) == []
+
+
+@pytest.mark.host  # policies only
+def test_a_batch_too_large_for_one_datagram_goes_in_several(topology, pair):
+    """A shutdown's teardown: 2,000 requests (about 370 KB, more than a socket buffer holds) all answered."""
+    client, _ = pair
+    policies = [Policy(Selector.of("10.88.0.1/32", f"10.{90 + n // 250}.{n % 250}.53/32", "udp", dport=53),
+                       Direction.OUT, 1000, templates=(Template(Mode.TRANSPORT),)) for n in range(1000)]
+    with Batches(client.netns) as batches:
+        adds = [Request.update_policy(p) for p in policies]
+        assert sum(len(r.message) for r in adds) > 1 << 17
+        assert batches.run(adds) == [None] * 1000
+        with XfrmClient(client.netns) as xfrm:
+            assert len(xfrm.policies()) == 1000
+        deletes = [Request.delete_policy(p) for p in policies] * 2  # the second 1,000 find nothing
+        results = batches.run(deletes)
+        assert results[:1000] == [None] * 1000 and all(isinstance(r, NotFound) for r in results[1000:])
+        with XfrmClient(client.netns) as xfrm:
+            assert xfrm.policies() == []
 
 
 @pytest.mark.host  # policies and ACQUIREs only

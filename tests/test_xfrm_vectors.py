@@ -144,9 +144,27 @@ def test_a_refusal_reads_as_its_sequence_number_and_errno():
     raw = buffers("kernel-error-policy-delete-absent")[0]
     seq = int.from_bytes(raw[28:32], "little")  # the request's, in its header that the error quotes
     assert raw[24:26] == b"\x14\x00"  # ... a DELPOLICY
-    assert list(decode.acks(raw)) == [(seq, -2)]  # ENOENT
+    assert list(decode.acks(raw)) == [(seq, -2, None)]  # ENOENT, without an extended ack
     ack = struct.pack("=IHHIIi", 36, 2, 0x100, 7, 0, 0) + bytes(16)
-    assert list(decode.acks(ack + raw)) == [(7, 0), (seq, -2)]
+    assert list(decode.acks(ack + raw)) == [(7, 0, None), (seq, -2, None)]
     for cut in (raw[:10], raw[:18], raw[:-1]):
         with pytest.raises(XfrmDecodeError):
             list(decode.acks(cut))
+
+
+def test_an_extended_ack_carries_the_kernels_words():
+    """The kernel's refusal of an SA add where it has no ESP, as iproute2 got it (extended ack, request quoted in
+    full): the words after the quote are read; cut short or capped, they are left out, never misread."""
+    raw = buffers("kernel-error-state-add-no-esp-ext-ack")[0]
+    seq = int.from_bytes(raw[28:32], "little")
+    assert list(decode.acks(raw)) == [(seq, -38, "Requested AEAD algorithm not found")]  # ENOSYS
+    attribute = raw[-40:]  # the NLMSGERR_ATTR_MSG attribute: 39 bytes and a pad
+    assert attribute[2:4] == b"\x01\x00"
+    capped = bytearray(raw[:36] + attribute)  # the same answer to a socket with NETLINK_CAP_ACK
+    capped[0:4] = len(capped).to_bytes(4, "little")
+    capped[6:8] = (0x300).to_bytes(2, "little")
+    assert list(decode.acks(bytes(capped))) == [(seq, -38, "Requested AEAD algorithm not found")]
+    for broken in (raw[:-40] + b"\x00\xff" + attribute[2:],  # an attribute longer than the message
+                   raw[:-40] + b"\x02\x00" + attribute[2:],  # shorter than its own header
+                   raw[:-40] + attribute[:2] + b"\x02\x00" + attribute[4:]):  # of another type
+        assert list(decode.acks(broken)) == [(seq, -38, None)]

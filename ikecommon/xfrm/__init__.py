@@ -37,8 +37,10 @@ from .model import (
 
 if TYPE_CHECKING:
     from .client import (
+        Batches,
         EspSupport,
         PreparedPolicies,
+        Request,
         XfrmClient,
         acq_expires,
         event_socket,
@@ -62,8 +64,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
-    **dict.fromkeys(("EspSupport", "PreparedPolicies", "XfrmClient", "acq_expires", "event_socket", "events",
-                     "larval_drop", "monitor", "probe_esp", "set_acq_expires", "set_larval_drop"), "client"),
+    **dict.fromkeys(("Batches", "EspSupport", "PreparedPolicies", "Request", "XfrmClient", "acq_expires",
+                     "event_socket", "events", "larval_drop", "monitor", "probe_esp", "set_acq_expires",
+                     "set_larval_drop"), "client"),
     **dict.fromkeys(("Acquire", "Flushed", "PolicyAdded", "PolicyDeleted", "PolicyExpired", "SaAdded", "SaDeleted",
                      "SaExpired", "XfrmEvent"), "codec"),
 }
@@ -98,6 +101,7 @@ __all__ = [
     "Algorithm",
     "AlgorithmInfo",
     "AlreadyExists",
+    "Batches",
     "Direction",
     "EspSupport",
     "EspUnsupported",
@@ -113,6 +117,7 @@ __all__ = [
     "PolicyDeleted",
     "PolicyExpired",
     "PreparedPolicies",
+    "Request",
     "SaAdded",
     "SaCounters",
     "SaDeleted",

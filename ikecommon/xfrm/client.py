@@ -17,7 +17,8 @@ import os
 import secrets
 import select
 import socket
-from collections.abc import AsyncGenerator, Iterable, Iterator
+import struct
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -35,7 +36,7 @@ from .model import Address, Policy, SaInfo, SaSpec, algorithm
 
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 DEFAULT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.SA, Group.POLICY)
-ACK_TIMEOUT_S = 5.0  # PreparedPolicies: the kernel answers at once, or something is badly wrong
+ACK_TIMEOUT_S = 5.0  # Batches: the kernel answers at once, or something is badly wrong
 # pyroute2 does its namespace work (create, sockets in another netns) in a forked helper and gives it 2 s to answer.
 # A loaded machine is slower: under TCG, with two VMs side by side, the guest's ESP probe timed out there. Waiting
 # longer costs nothing when the helper is quick.
@@ -117,26 +118,62 @@ class XfrmClient:
                       NLM_F_REQUEST | NLM_F_ACK)
 
 
-class PreparedPolicies:
-    """Policies encoded once and put back, whenever asked, in one datagram of UPDPOLICY requests (each adds its
-    policy or replaces it with itself). The supervisor's answer to a flush: under emulation, encoding the
-    backstop with pyroute2 and reading the table first took hundreds of milliseconds, the kernel's work a few."""
+@dataclass(frozen=True)
+class Request:
+    """One XFRM request encoded once, for `Batches.run`, which sends many in one datagram. `operation` is what a
+    refusal calls it. Input is checked when the request is made (InvalidXfrmInput: nothing is ever sent)."""
 
-    def __init__(self, policies: Iterable[Policy], netns: str | None = None) -> None:
-        self.policies = tuple(policies)
-        chunks = []
-        for seq, policy in enumerate(self.policies, 1):
-            _addable(policy)
-            msg = codec.encode_policy(policy)
-            msg["header"] = {"type": int(MsgType.UPDPOLICY), "flags": NLM_F_REQUEST | NLM_F_ACK,
-                             "sequence_number": seq}
-            msg.encode()
-            chunks.append(bytes(msg.data))
-        self._batch = b"".join(chunks)
+    operation: str
+    message: bytes  # the whole netlink message; its sequence number is set when it is sent
+
+    @classmethod
+    def add_sa(cls, spec: SaSpec) -> Request:
+        return cls._of(f"add SA spi 0x{spec.spi:08x} {spec.src} -> {spec.dst}", codec.encode_sa(spec), MsgType.NEWSA)
+
+    @classmethod
+    def delete_sa(cls, dst: Address, spi: int) -> Request:
+        return cls._of(f"delete SA spi 0x{spi:08x} to {dst}", codec.encode_sa_id(dst, spi), MsgType.DELSA)
+
+    @classmethod
+    def update_policy(cls, policy: Policy) -> Request:
+        """Add the policy, or replace the one with the same selector, direction and mark."""
+        _addable(policy)
+        return cls._of(f"update policy {_describe(policy)}", codec.encode_policy(policy), MsgType.UPDPOLICY)
+
+    @classmethod
+    def delete_policy(cls, policy: Policy) -> Request:
+        _settable(policy)
+        return cls._of(f"delete policy {_describe(policy)}", codec.encode_policy_id(policy), MsgType.DELPOLICY)
+
+    @classmethod
+    def _of(cls, operation: str, msg: m.XfrmMsg, msg_type: MsgType) -> Request:
+        msg["header"] = {"type": int(msg_type), "flags": NLM_F_REQUEST | NLM_F_ACK, "sequence_number": 0}
+        msg.encode()
+        return cls(operation, bytes(msg.data))
+
+
+SEQUENCE_NUMBER = struct.Struct("=I")
+SEQUENCE_OFFSET = 8  # in struct nlmsghdr: length (4), type (2), flags (2), then the sequence number
+# Per datagram: well under the send buffer (212,992 bytes by default), and few enough answers for the receive
+# buffer, which counts each answer at its allocated size: 136 answers at once overflowed it here (ENOBUFS).
+MAX_DATAGRAM, MAX_REQUESTS = 32 << 10, 64
+NETLINK_CAP_ACK = 10  # a refusal quotes the request's header only, not all of it
+NETLINK_EXT_ACK = 11  # and adds the kernel's own words
+
+
+class Batches:
+    """Requests sent in one datagram, the kernel's answer to each read back: one system call each way, where
+    `XfrmClient` makes a round trip (and pyroute2 runs an event loop) per request. Not thread-safe: one caller
+    at a time."""
+
+    def __init__(self, netns: str | None = None) -> None:
         self._sock = _netlink_socket(netns)
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self._sock.settimeout(ACK_TIMEOUT_S)
+        self._sequence = 0  # numbers go on rising, so a late answer to a batch that timed out matches nothing
 
-    def __enter__(self) -> PreparedPolicies:
+    def __enter__(self) -> Batches:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -145,25 +182,74 @@ class PreparedPolicies:
     def close(self) -> None:
         self._sock.close()
 
+    def run(self, requests: Sequence[Request]) -> list[KernelRefused | None]:
+        """Send them all and wait for every answer: for each request, in order, None (done) or the kernel's
+        refusal. The kernel carries out each on its own: a refusal stops none of the others. XfrmError if it does
+        not answer within ACK_TIMEOUT_S. Many requests (a shutdown's teardown) go in several datagrams."""
+        while select.select([self._sock], [], [], 0)[0]:  # answers to a batch that timed out: not ours
+            self._sock.recv(1 << 16)
+        results: list[KernelRefused | None] = []
+        chunk: list[Request] = []
+        size = 0
+        for request in requests:
+            if chunk and (size + len(request.message) > MAX_DATAGRAM or len(chunk) == MAX_REQUESTS):
+                results += self._one_datagram(chunk)
+                chunk, size = [], 0
+            chunk.append(request)
+            size += (len(request.message) + 3) & ~3
+        if chunk:
+            results += self._one_datagram(chunk)
+        return results
+
+    def _one_datagram(self, requests: Sequence[Request]) -> list[KernelRefused | None]:
+        first = self._sequence + 1
+        datagram = bytearray()
+        for number, request in enumerate(requests, first):
+            offset = len(datagram)
+            datagram += request.message
+            SEQUENCE_NUMBER.pack_into(datagram, offset + SEQUENCE_OFFSET, number & 0xFFFF_FFFF)
+            datagram += bytes(-len(datagram) % 4)  # netlink messages start on 4-byte boundaries
+        self._sequence = (self._sequence + len(requests)) & 0xFFFF_FFFF
+        self._sock.send(datagram)
+        waiting = {(first + i) & 0xFFFF_FFFF: i for i in range(len(requests))}
+        results: list[KernelRefused | None] = [None] * len(requests)
+        try:
+            while waiting:
+                for number, error, words in decode.acks(self._sock.recv(1 << 16)):
+                    index = waiting.pop(number, None)
+                    if index is not None and error:
+                        results[index] = refusal(requests[index].operation, -error, words)
+        except TimeoutError:
+            raise XfrmError(f"the kernel did not answer {len(waiting)} of {len(requests)} XFRM requests within "
+                            f"{ACK_TIMEOUT_S:g} s") from None
+        return results
+
+
+class PreparedPolicies:
+    """Policies encoded once and put back, whenever asked, in one datagram of UPDPOLICY requests (each adds its
+    policy or replaces it with itself). The supervisor's answer to a flush: under emulation, encoding the
+    backstop with pyroute2 and reading the table first took hundreds of milliseconds, the kernel's work a few."""
+
+    def __init__(self, policies: Iterable[Policy], netns: str | None = None) -> None:
+        self.policies = tuple(policies)
+        self._requests = [Request.update_policy(policy) for policy in self.policies]
+        self._batches = Batches(netns)
+
+    def __enter__(self) -> PreparedPolicies:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._batches.close()
+
     def put_back(self) -> None:
         """Send them all and wait for the kernel's answer to each: KernelRefused naming the first it refused,
         XfrmError if it did not answer within ACK_TIMEOUT_S."""
-        while select.select([self._sock], [], [], 0)[0]:  # late answers to a put_back that timed out: not ours
-            self._sock.recv(1 << 16)
-        self._sock.send(self._batch)
-        waiting, refused = set(range(1, len(self.policies) + 1)), {}
-        try:
-            while waiting:
-                for seq, error in decode.acks(self._sock.recv(1 << 16)):
-                    waiting.discard(seq)
-                    if error:
-                        refused[seq] = error
-        except TimeoutError:
-            raise XfrmError(f"the kernel did not answer {len(waiting)} policy updates within "
-                            f"{ACK_TIMEOUT_S:g} s") from None
+        refused = [error for error in self._batches.run(self._requests) if error is not None]
         if refused:
-            seq = min(refused)
-            raise refusal(f"update policy {_describe(self.policies[seq - 1])}", -refused[seq], None)
+            raise refused[0]
 
 
 def _settable(policy: Policy) -> None:

@@ -51,24 +51,24 @@ def check(msg: Any) -> Record:
     return Record(msg_type, m.message_fields(msg), attributes(msg))
 
 
-def _split(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    """Each netlink message in a datagram as (its bytes, type, sequence number); XfrmDecodeError where one does
-    not fit."""
+def _split(data: bytes) -> Iterator[tuple[bytes, int, int, int]]:
+    """Each netlink message in a datagram as (its bytes, type, flags, sequence number); XfrmDecodeError where one
+    does not fit."""
     offset = 0
     while offset < len(data):
         if len(data) - offset < NLMSG_HEADER.size:
             raise XfrmDecodeError(f"{len(data) - offset} trailing bytes: shorter than a netlink header")
-        length, msg_type, _flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
+        length, msg_type, flags, seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
         if length < NLMSG_HEADER.size or offset + length > len(data):
             raise XfrmDecodeError(f"netlink length {length} at offset {offset} does not fit the {len(data)}-byte "
                                   "datagram")
-        yield data[offset:offset + length], msg_type, seq
+        yield data[offset:offset + length], msg_type, flags, seq
         offset += (length + 3) & ~3
 
 
 def parse(data: bytes) -> Iterator[Record]:
     """Every XFRM message in a netlink datagram (NOOP and DONE skipped), checked."""
-    for chunk, msg_type, _seq in _split(data):
+    for chunk, msg_type, _flags, _seq in _split(data):
         if msg_type == NLMSG_ERROR:
             raise XfrmDecodeError("an error message where an XFRM message was expected")
         if msg_type not in (NLMSG_NOOP, NLMSG_DONE):
@@ -76,16 +76,39 @@ def parse(data: bytes) -> Iterator[Record]:
 
 
 ERROR_CODE = struct.Struct("=i")
+ATTR_HEADER = struct.Struct("=HH")
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # the request is quoted by its header alone; attributes follow
+NLMSGERR_ATTR_MSG = 1  # the kernel's own words (extended ack)
+QUOTED = NLMSG_HEADER.size + ERROR_CODE.size  # where the quoted request starts
 
 
-def acks(data: bytes) -> Iterator[tuple[int, int]]:
-    """(sequence number, error) of each NLMSG_ERROR in a datagram of answers to requests: error 0 is an ack,
-    a negative errno a refusal. Other messages are skipped; a message that does not fit is XfrmDecodeError."""
-    for chunk, msg_type, seq in _split(data):
+def acks(data: bytes) -> Iterator[tuple[int, int, str | None]]:
+    """(sequence number, error, the kernel's words) of each NLMSG_ERROR in a datagram of answers to requests:
+    error 0 is an ack, a negative errno a refusal, whose words come with an extended ack (NETLINK_EXT_ACK) and are
+    None otherwise. Other messages are skipped; a message that does not fit is XfrmDecodeError."""
+    for chunk, msg_type, flags, seq in _split(data):
         if msg_type == NLMSG_ERROR:
-            if len(chunk) < NLMSG_HEADER.size + ERROR_CODE.size:
+            if len(chunk) < QUOTED:
                 raise XfrmDecodeError(f"an error message of {len(chunk)} bytes has no error code")
-            yield seq, ERROR_CODE.unpack_from(chunk, NLMSG_HEADER.size)[0]
+            error = ERROR_CODE.unpack_from(chunk, NLMSG_HEADER.size)[0]
+            yield seq, error, _kernel_words(chunk, flags) if error and flags & NLM_F_ACK_TLVS else None
+
+
+def _kernel_words(chunk: bytes, flags: int) -> str | None:
+    """NLMSGERR_ATTR_MSG of an extended ack, or None where there is none or the attributes do not fit (they only
+    explain the error, which is already known)."""
+    if len(chunk) < QUOTED + NLMSG_HEADER.size:
+        return None
+    quoted = NLMSG_HEADER.size if flags & NLM_F_CAPPED else NLMSG_HEADER.unpack_from(chunk, QUOTED)[0]
+    offset = QUOTED + ((quoted + 3) & ~3)
+    while offset + ATTR_HEADER.size <= len(chunk):
+        length, kind = ATTR_HEADER.unpack_from(chunk, offset)
+        if length < ATTR_HEADER.size or offset + length > len(chunk):
+            return None
+        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:  # the top two bits are flags
+            return chunk[offset + ATTR_HEADER.size:offset + length].split(b"\0", 1)[0].decode(errors="replace")
+        offset += (length + 3) & ~3
+    return None
 
 
 def _decode_one(chunk: bytes, msg_type: int) -> Record:
