@@ -160,12 +160,17 @@ def kill_and_await_removal(world: World, server: procs.Daemon, client: Pluto) ->
 @pytest.mark.host  # IKE only (apply.mode none)
 def test_a_killed_client_is_found_dead_and_removed_within_the_liveness_time(
         world: World, pluto: Callable[..., Pluto], enclave_ike: Callable[..., procs.Daemon]) -> None:
+    """On this host's kernel pluto cannot install its Child SA (no ESP): it drops the IKE SA without a Delete and
+    starts another at once, so the client may leave more than one IKE SA behind. Every one is found dead."""
     server = enclave_ike(auth="null", limits=f"liveness_s = {LIVENESS_S}\nliveness_timeout_s = {LIVENESS_TIMEOUT_S}")
     client = null_pluto(world, pluto)
     _, took = kill_and_await_removal(world, server, client)
     assert took >= LIVENESS_S  # it was asked, not removed at once
+    established = len(re.findall(rf"IKE SA \S+ established with {re.escape(CLIENT)}:", server.log_text()))
+    procs.wait_until(lambda: len(re.findall(r"IKE SA \S+ deleted: dead peer", server.log_text())) == established,
+                     timeout=LIVENESS_S + LIVENESS_TIMEOUT_S + SLACK_S, what="every IKE SA of the client found dead")
     server.stop()
-    assert "IKE SA removed: dead peer: 1" in server.log_text()
+    assert f"IKE SA removed: dead peer: {established}" in server.log_text()
 
 
 def test_a_killed_clients_kernel_sas_are_removed_within_the_liveness_time(
