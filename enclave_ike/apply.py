@@ -255,12 +255,13 @@ class KernelApplier:
         try:
             if self._batches is None:
                 self._batches = self._factory()
-            refusals = self._batches.run(requests)
-        except xfrm.XfrmError as exc:  # no answer from the kernel: none of them is known to be done
-            return [ApplyError(str(exc))] * len(operations)
-        for index, refused in zip(sent, refusals, strict=True):
-            if refused is not None and not _gone_already(operations[index], refused):
-                results[index] = ApplyError(str(refused))
+        except xfrm.XfrmError as exc:  # no socket: nothing was sent
+            answers: list[xfrm.XfrmError | None] = [exc] * len(requests)
+        else:
+            answers = self._batches.run(requests)
+        for index, answer in zip(sent, answers, strict=True):
+            if answer is not None and not _gone_already(operations[index], answer):
+                results[index] = ApplyError(str(answer))
         return results
 
     def close(self) -> None:
@@ -279,9 +280,9 @@ def _request(op: Operation) -> xfrm.Request:
     return xfrm.Request.delete_policy(op.policy)
 
 
-def _gone_already(op: Operation, refused: xfrm.KernelRefused) -> bool:
+def _gone_already(op: Operation, answer: xfrm.XfrmError) -> bool:
     """Deleting what is not there (an SA that expired) is what was wanted."""
-    return isinstance(refused, xfrm.NotFound) and isinstance(op, DeleteSa | DeletePolicy)
+    return isinstance(answer, xfrm.NotFound) and isinstance(op, DeleteSa | DeletePolicy)
 
 
 class LogApplier:

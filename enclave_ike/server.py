@@ -590,7 +590,11 @@ class Server:
             if isinstance(item, _Send):
                 self._send(item.datagrams)
                 continue
-            for op, error in zip(item, await asyncio.to_thread(self.applier.run, item), strict=True):
+            try:
+                errors = await asyncio.to_thread(self.applier.run, item)
+            except Exception as exc:  # an applier's bug: this worker must go on, or no answer waiting here leaves
+                errors = [ApplyError(f"{op}: {exc!r}") for op in item]
+            for op, error in zip(item, errors, strict=True):
                 if error is not None:
                     self._apply_failed(error)
                 else:

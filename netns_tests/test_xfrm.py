@@ -2,6 +2,7 @@
 arrive, flushing touches only what the project owns, and SAs carry traffic (where the kernel has ESP)."""
 
 import asyncio
+import errno
 import re
 import secrets
 from dataclasses import replace
@@ -124,8 +125,10 @@ def test_a_batch_answers_each_request_and_a_refusal_stops_none_of_the_others(top
     out_sa, _ = sa_pair(secrets.token_bytes(20), 0x3001, 0x3002, "10.88.0.1", "10.88.0.53")
     with Batches(client.netns) as batches:
         results = batches.run([Request.update_policy(TRAP), Request.delete_policy(BACKSTOP), Request.add_sa(out_sa),
-                               Request.update_policy(BACKSTOP), Request.update_policy(BACKSTOP)])
-        assert [type(r) for r in results[:2]] == [type(None), NotFound] and results[3:] == [None, None]
+                               Request.update_policy(BACKSTOP), Request.update_policy(BACKSTOP),
+                               Request.delete_sa(ip_address("10.88.0.53"), 0x3999)])
+        assert [type(r) for r in results[:2]] == [type(None), NotFound] and results[3:5] == [None, None]
+        assert isinstance(results[5], NotFound) and results[5].errno == errno.ESRCH  # no such SA: the kernel's word
         assert "delete policy fd88::1/128 -> ::/0 proto 6 dport 53 dir out" in str(results[1])
         if probe_esp().available:
             assert results[2] is None

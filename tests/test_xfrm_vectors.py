@@ -166,5 +166,7 @@ def test_an_extended_ack_carries_the_kernels_words():
     assert list(decode.acks(bytes(capped))) == [(seq, -38, "Requested AEAD algorithm not found")]
     for broken in (raw[:-40] + b"\x00\xff" + attribute[2:],  # an attribute longer than the message
                    raw[:-40] + b"\x02\x00" + attribute[2:],  # shorter than its own header
-                   raw[:-40] + attribute[:2] + b"\x02\x00" + attribute[4:]):  # of another type
+                   raw[:-40] + attribute[:2] + b"\x02\x00" + attribute[4:],  # of another type
+                   raw[:20] + b"\x08\x00\x00\x00" + raw[24:],  # a quoted request shorter than its header
+                   raw[:20] + b"\xff\xff\x00\x00" + raw[24:]):  # or longer than the answer
         assert list(decode.acks(broken)) == [(seq, -38, None)]

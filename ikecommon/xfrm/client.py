@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import select
 import socket
 import struct
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
@@ -31,7 +30,7 @@ from pyroute2.netlink.nlsocket import NetlinkSocket
 from . import codec, decode
 from . import messages as m
 from .constants import NETLINK_XFRM, Action, Direction, Group, MsgType
-from .errors import InvalidXfrmInput, KernelRefused, XfrmError, refusal
+from .errors import InvalidXfrmInput, KernelRefused, XfrmDecodeError, XfrmError, refusal
 from .model import Address, Policy, SaInfo, SaSpec, algorithm
 
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
@@ -157,6 +156,7 @@ SEQUENCE_OFFSET = 8  # in struct nlmsghdr: length (4), type (2), flags (2), then
 # Per datagram: well under the send buffer (212,992 bytes by default), and few enough answers for the receive
 # buffer, which counts each answer at its allocated size: 136 answers at once overflowed it here (ENOBUFS).
 MAX_DATAGRAM, MAX_REQUESTS = 32 << 10, 64
+MAX_STALE_READS = 1024  # before a batch: more than any earlier batch can have left behind
 NETLINK_CAP_ACK = 10  # a refusal quotes the request's header only, not all of it
 NETLINK_EXT_ACK = 11  # and adds the kernel's own words
 
@@ -168,8 +168,13 @@ class Batches:
 
     def __init__(self, netns: str | None = None) -> None:
         self._sock = _netlink_socket(netns)
-        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        try:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self._sock.connect((0, 0))  # answers from the kernel only, never from another process
+        except OSError as exc:
+            self._sock.close()
+            raise XfrmError(f"a netlink socket for XFRM requests: {exc.strerror or exc}") from None
         self._sock.settimeout(ACK_TIMEOUT_S)
         self._sequence = 0  # numbers go on rising, so a late answer to a batch that timed out matches nothing
 
@@ -182,26 +187,38 @@ class Batches:
     def close(self) -> None:
         self._sock.close()
 
-    def run(self, requests: Sequence[Request]) -> list[KernelRefused | None]:
-        """Send them all and wait for every answer: for each request, in order, None (done) or the kernel's
-        refusal. The kernel carries out each on its own: a refusal stops none of the others. XfrmError if it does
-        not answer within ACK_TIMEOUT_S. Many requests (a shutdown's teardown) go in several datagrams."""
-        while select.select([self._sock], [], [], 0)[0]:  # answers to a batch that timed out: not ours
-            self._sock.recv(1 << 16)
-        results: list[KernelRefused | None] = []
-        chunk: list[Request] = []
-        size = 0
-        for request in requests:
-            if chunk and (size + len(request.message) > MAX_DATAGRAM or len(chunk) == MAX_REQUESTS):
-                results += self._one_datagram(chunk)
-                chunk, size = [], 0
-            chunk.append(request)
-            size += (len(request.message) + 3) & ~3
-        if chunk:
-            results += self._one_datagram(chunk)
+    def run(self, requests: Sequence[Request]) -> list[XfrmError | None]:
+        """Send them all and wait for every answer. For each request, in order: None (done), the kernel's refusal
+        (a KernelRefused), or an XfrmError saying that no answer came (none within ACK_TIMEOUT_S, a socket error,
+        an answer that does not decode), so whether the kernel did it is not known. The kernel carries out each
+        request on its own: a refusal stops none of the others. Many requests (a shutdown's teardown) go in
+        several datagrams; after one that failed, the rest are not sent. Never raises."""
+        self._drain()
+        results: list[XfrmError | None] = []
+        failure: XfrmError | None = None
+        for datagram in _datagrams(requests):
+            if failure is not None:
+                results += [XfrmError(f"{r.operation}: not sent: {failure}") for r in datagram]
+            else:
+                answers, failure = self._one_datagram(datagram)
+                results += answers
         return results
 
-    def _one_datagram(self, requests: Sequence[Request]) -> list[KernelRefused | None]:
+    def _drain(self) -> None:
+        """Answers to a batch that failed are not the next one's: read and drop whatever is queued."""
+        self._sock.setblocking(False)  # a timeout would make every read wait for it
+        try:
+            for _ in range(MAX_STALE_READS):
+                try:
+                    self._sock.recv(1 << 16)
+                except BlockingIOError:
+                    return
+                except OSError:  # a pending error (ENOBUFS) of that batch: reported there already
+                    continue
+        finally:
+            self._sock.settimeout(ACK_TIMEOUT_S)
+
+    def _one_datagram(self, requests: Sequence[Request]) -> tuple[list[XfrmError | None], XfrmError | None]:
         first = self._sequence + 1
         datagram = bytearray()
         for number, request in enumerate(requests, first):
@@ -210,19 +227,40 @@ class Batches:
             SEQUENCE_NUMBER.pack_into(datagram, offset + SEQUENCE_OFFSET, number & 0xFFFF_FFFF)
             datagram += bytes(-len(datagram) % 4)  # netlink messages start on 4-byte boundaries
         self._sequence = (self._sequence + len(requests)) & 0xFFFF_FFFF
-        self._sock.send(datagram)
         waiting = {(first + i) & 0xFFFF_FFFF: i for i in range(len(requests))}
-        results: list[KernelRefused | None] = [None] * len(requests)
+        results: list[XfrmError | None] = [None] * len(requests)
         try:
+            self._sock.send(datagram)
             while waiting:
                 for number, error, words in decode.acks(self._sock.recv(1 << 16)):
                     index = waiting.pop(number, None)
                     if index is not None and error:
                         results[index] = refusal(requests[index].operation, -error, words)
         except TimeoutError:
-            raise XfrmError(f"the kernel did not answer {len(waiting)} of {len(requests)} XFRM requests within "
-                            f"{ACK_TIMEOUT_S:g} s") from None
-        return results
+            failure = XfrmError(f"the kernel did not answer within {ACK_TIMEOUT_S:g} s")
+        except XfrmDecodeError as exc:
+            failure = XfrmError(f"an answer from the kernel does not decode: {exc}")
+        except OSError as exc:
+            failure = XfrmError(f"the netlink socket failed: {exc.strerror or exc}")
+        else:
+            return results, None
+        for index in waiting.values():
+            results[index] = XfrmError(f"{requests[index].operation}: {failure}")
+        return results, failure
+
+
+def _datagrams(requests: Sequence[Request]) -> Iterator[list[Request]]:
+    """The requests in runs of at most MAX_REQUESTS and MAX_DATAGRAM bytes (one request, however long, at least)."""
+    chunk: list[Request] = []
+    size = 0
+    for request in requests:
+        if chunk and (size + len(request.message) > MAX_DATAGRAM or len(chunk) == MAX_REQUESTS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(request)
+        size += (len(request.message) + 3) & ~3
+    if chunk:
+        yield chunk
 
 
 class PreparedPolicies:
@@ -247,9 +285,9 @@ class PreparedPolicies:
     def put_back(self) -> None:
         """Send them all and wait for the kernel's answer to each: KernelRefused naming the first it refused,
         XfrmError if it did not answer within ACK_TIMEOUT_S."""
-        refused = [error for error in self._batches.run(self._requests) if error is not None]
-        if refused:
-            raise refused[0]
+        failed = [error for error in self._batches.run(self._requests) if error is not None]
+        if failed:
+            raise failed[0]
 
 
 def _settable(policy: Policy) -> None:

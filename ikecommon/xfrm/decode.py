@@ -100,6 +100,8 @@ def _kernel_words(chunk: bytes, flags: int) -> str | None:
     if len(chunk) < QUOTED + NLMSG_HEADER.size:
         return None
     quoted = NLMSG_HEADER.size if flags & NLM_F_CAPPED else NLMSG_HEADER.unpack_from(chunk, QUOTED)[0]
+    if quoted < NLMSG_HEADER.size or QUOTED + quoted > len(chunk):  # a quote that does not fit: no words
+        return None
     offset = QUOTED + ((quoted + 3) & ~3)
     while offset + ATTR_HEADER.size <= len(chunk):
         length, kind = ATTR_HEADER.unpack_from(chunk, offset)

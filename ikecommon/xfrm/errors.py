@@ -29,7 +29,8 @@ class KernelRefused(XfrmError):
 
 
 class NotFound(KernelRefused):
-    """ENOENT: no such policy or SA."""
+    """No such policy or SA: ENOENT, and ESRCH for an SA (what the kernel answers to deleting one that is not
+    there)."""
 
 
 class AlreadyExists(KernelRefused):
@@ -41,7 +42,7 @@ class EspUnsupported(KernelRefused):
 
 
 def refusal(operation: str, errno: int, detail: str | None) -> KernelRefused:
-    if errno == errno_codes.ENOENT:
+    if errno == errno_codes.ENOENT or (errno == errno_codes.ESRCH and operation.startswith("delete SA")):
         return NotFound(operation, errno, detail)
     if errno == errno_codes.EEXIST:
         return AlreadyExists(operation, errno, detail)
