@@ -62,12 +62,13 @@ class LoadReport:
     lost: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # the load process's own
+    system_seconds: float = 0.0  # of which in the kernel
     latencies_ms: list[float] = field(default_factory=list)
 
 
 def load(server: str, concurrency: int, seconds: float) -> LoadReport:
     """`concurrency` queries in flight, each from its own socket, replaced when answered or lost."""
-    report, cpu = LoadReport(seconds=seconds), time.process_time()
+    report, started = LoadReport(seconds=seconds), os.times()
     socks: dict[int, tuple[socket.socket, int, float]] = {}  # fd -> socket, query id, sent at
 
     def send(sock: socket.socket) -> None:
@@ -100,7 +101,9 @@ def load(server: str, concurrency: int, seconds: float) -> LoadReport:
                 send(sock)
     for sock, _, _ in socks.values():
         sock.close()
-    report.cpu_seconds = time.process_time() - cpu
+    ended = os.times()
+    report.cpu_seconds = ended.user + ended.system - started.user - started.system
+    report.system_seconds = ended.system - started.system
     return report
 
 
@@ -112,21 +115,23 @@ class Round:
     rate: float
     median_ms: float
     p99_ms: float
-    cpu_ms: dict[str, float]  # CPU per answer: the load process's, and each daemon's of this path
+    cpu_ms: dict[str, tuple[float, float]]  # CPU per answer, all and in the kernel: the load's, each daemon's
 
 
 def measure(topo: Topology, client: Host, daemons: dict[str, procs.Daemon], path: str, server: str,
             args: argparse.Namespace, work: Path) -> Round:
     out = work / f"load-{path}.json"
-    before = {name: procs.cpu_seconds(daemon.pid) for name, daemon in daemons.items()}
+    before = {name: procs.cpu_times(daemon.pid) for name, daemon in daemons.items()}
     topo.run(client, [sys.executable, str(Path(__file__).resolve()), "--load", server, "--concurrency",
                       str(args.concurrency), "--seconds", str(args.seconds), "--report", str(out)],
              timeout=args.seconds + 60)
-    spent = {name: procs.cpu_seconds(daemon.pid) - before[name] for name, daemon in daemons.items()}
+    after = {name: procs.cpu_times(daemon.pid) for name, daemon in daemons.items()}
     data = LoadReport(**json.loads(out.read_text()))
+    spent = {"load": (data.cpu_seconds, data.system_seconds),
+             **{name: (sum(after[name]) - sum(before[name]), after[name][1] - before[name][1]) for name in daemons}}
     latencies = sorted(data.latencies_ms) or [float("nan")]
-    per_answer = {name: 1e3 * seconds / max(data.answers, 1)
-                  for name, seconds in {"load": data.cpu_seconds, **spent}.items()}
+    per_answer = {name: (1e3 * cpu / max(data.answers, 1), 1e3 * system / max(data.answers, 1))
+                  for name, (cpu, system) in spent.items()}
     return Round(path, data.answers, data.lost, data.answers / data.seconds, statistics.median(latencies),
                  latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], per_answer)
 
@@ -217,6 +222,10 @@ def report(rounds: list[Round]) -> None:
               f"({', '.join(f'{r.rate:.0f}' for r in results):20}) {median_ms:9.2f} {p99_ms:7.2f}"
               f" {sum(r.lost for r in results):5}  {statistics.median(ratios):.2f} "
               f"({', '.join(f'{x:.2f}' for x in ratios)})")
+    print("CPU per answer, every process on the path together (median of the rounds; in the kernel): " + ", ".join(
+        f"{path} {statistics.median(sum(ms for ms, _ in r.cpu_ms.values()) for r in results):.2f} ms "
+        f"({statistics.median(sum(system for _, system in r.cpu_ms.values()) for r in results):.2f})"
+        for path, results in by_path.items()))
     user, kernel = by_path["user"], by_path["kernel"]
     print(f"userspace / kernel ESP: {statistics.median(u.rate / k.rate for u, k in zip(user, kernel, strict=True)):.2f}"
           " (rate, median of the rounds' ratios); median latency "
@@ -236,8 +245,9 @@ def run(args: argparse.Namespace) -> None:
                 result = measure(topo, *paths[path], path, server, args, work)
                 rounds.append(result)
                 print(f"round {number + 1} {path}: {result.rate:.1f} answers/s, median {result.median_ms:.2f} ms,"
-                      f" p99 {result.p99_ms:.2f} ms, {result.lost} lost; CPU ms per answer: "
-                      + ", ".join(f"{name} {ms:.2f}" for name, ms in result.cpu_ms.items()), flush=True)
+                      f" p99 {result.p99_ms:.2f} ms, {result.lost} lost; CPU ms per answer (in the kernel): "
+                      + ", ".join(f"{name} {ms:.2f} ({system:.2f})" for name, (ms, system) in result.cpu_ms.items()),
+                      flush=True)
         report(rounds)
 
 

@@ -259,10 +259,18 @@ def bench_run(prefix: str, keep: bool, what: str = "the logs") -> Iterator[tuple
         shutil.rmtree(work, ignore_errors=True)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads (proc(5): fields 14 and 15, after the command in parentheses)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds, all its threads (proc(5): fields 14 and 15, after the command in
+    parentheses): its own code, and the kernel's work on its behalf (system calls, and the softirqs it was
+    interrupted by)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads."""
+    return sum(cpu_times(pid))
 
 
 def pids_by_argv(*words: str) -> list[int]:
