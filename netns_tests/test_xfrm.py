@@ -301,6 +301,8 @@ def test_on_this_host_an_sa_installs_or_fails_with_a_typed_error(topology):
 def test_a_missing_namespace_is_a_clear_error():
     with pytest.raises(XfrmError, match="no network namespace named 'ikt-no-such-ns'"):
         XfrmClient("ikt-no-such-ns")
+    with pytest.raises(XfrmError, match="no network namespace named 'ikt-no-such-ns'"):
+        Batches("ikt-no-such-ns")
 
 
 @pytest.mark.host  # policies and ACQUIREs only

@@ -167,15 +167,18 @@ class Batches:
     at a time."""
 
     def __init__(self, netns: str | None = None) -> None:
-        self._sock = _netlink_socket(netns)
+        sock: socket.socket | None = None
         try:
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            self._sock.connect((0, 0))  # answers from the kernel only, never from another process
-        except OSError as exc:
-            self._sock.close()
+            sock = _netlink_socket(netns)
+            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            sock.connect((0, 0))  # answers from the kernel only, never from another process
+            sock.settimeout(ACK_TIMEOUT_S)
+        except OSError as exc:  # out of descriptors or memory, or a kernel older than these options
+            if sock is not None:
+                sock.close()
             raise XfrmError(f"a netlink socket for XFRM requests: {exc.strerror or exc}") from None
-        self._sock.settimeout(ACK_TIMEOUT_S)
+        self._sock = sock
         self._sequence = 0  # numbers go on rising, so a late answer to a batch that timed out matches nothing
 
     def __enter__(self) -> Batches:
