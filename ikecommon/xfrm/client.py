@@ -127,28 +127,26 @@ class Request:
 
     @classmethod
     def add_sa(cls, spec: SaSpec) -> Request:
-        return cls._of(f"add SA spi 0x{spec.spi:08x} {spec.src} -> {spec.dst}", codec.encode_sa(spec), MsgType.NEWSA)
+        return cls._of(f"add SA spi 0x{spec.spi:08x} {spec.src} -> {spec.dst}", codec.sa_parts(spec), MsgType.NEWSA)
 
     @classmethod
     def delete_sa(cls, dst: Address, spi: int) -> Request:
-        return cls._of(f"delete SA spi 0x{spi:08x} to {dst}", codec.encode_sa_id(dst, spi), MsgType.DELSA)
+        return cls._of(f"delete SA spi 0x{spi:08x} to {dst}", codec.sa_id_parts(dst, spi), MsgType.DELSA)
 
     @classmethod
     def update_policy(cls, policy: Policy) -> Request:
         """Add the policy, or replace the one with the same selector, direction and mark."""
         _addable(policy)
-        return cls._of(f"update policy {_describe(policy)}", codec.encode_policy(policy), MsgType.UPDPOLICY)
+        return cls._of(f"update policy {_describe(policy)}", codec.policy_parts(policy), MsgType.UPDPOLICY)
 
     @classmethod
     def delete_policy(cls, policy: Policy) -> Request:
         _settable(policy)
-        return cls._of(f"delete policy {_describe(policy)}", codec.encode_policy_id(policy), MsgType.DELPOLICY)
+        return cls._of(f"delete policy {_describe(policy)}", codec.policy_id_parts(policy), MsgType.DELPOLICY)
 
     @classmethod
-    def _of(cls, operation: str, msg: m.XfrmMsg, msg_type: MsgType) -> Request:
-        msg["header"] = {"type": int(msg_type), "flags": NLM_F_REQUEST | NLM_F_ACK, "sequence_number": 0}
-        msg.encode()
-        return cls(operation, bytes(msg.data))
+    def _of(cls, operation: str, parts: m.Parts, msg_type: MsgType) -> Request:
+        return cls(operation, parts.pack(int(msg_type), NLM_F_REQUEST | NLM_F_ACK))
 
 
 SEQUENCE_NUMBER = struct.Struct("=I")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network
-from typing import Any
+from typing import Any, cast
 
 from . import messages as m
 from .constants import XFRM_INF, Action, Direction, Mode, MsgType
@@ -133,17 +133,17 @@ def policy_values(policy: Policy, prefix: str = "") -> dict[str, Any]:
     }
 
 
-def encode_policy(policy: Policy) -> m.userpolicy_info:
-    msg = m.userpolicy_info()
-    for name, value in policy_values(policy).items():
-        msg[name] = value
+def policy_parts(policy: Policy) -> m.Parts:
     attrs: list[list[Any]] = []
     if policy.templates:
         attrs.append(["XFRMA_TMPL", pack_templates(policy)])
     if policy.mark is not None:
         attrs.append(["XFRMA_MARK", {"v": policy.mark[0], "m": policy.mark[1]}])
-    msg["attrs"] = attrs
-    return msg
+    return m.Parts(m.userpolicy_info, policy_values(policy), attrs)
+
+
+def encode_policy(policy: Policy) -> m.userpolicy_info:
+    return cast(m.userpolicy_info, policy_parts(policy).message())
 
 
 def policy_from(fields: Mapping[str, Any], attrs: Mapping[str, Any], prefix: str = "") -> Policy:
@@ -161,19 +161,19 @@ def policy_from(fields: Mapping[str, Any], attrs: Mapping[str, Any], prefix: str
         raise XfrmDecodeError(f"policy does not decode: {exc}") from None
 
 
+def policy_id_parts(policy: Policy) -> m.Parts:
+    values = {**selector_values(policy.selector), "index": 0, "dir": int(policy.direction)}
+    attrs = [["XFRMA_MARK", {"v": policy.mark[0], "m": policy.mark[1]}]] if policy.mark else []
+    return m.Parts(m.userpolicy_id, values, attrs)
+
+
 def encode_policy_id(policy: Policy) -> m.userpolicy_id:
-    msg = m.userpolicy_id()
-    for name, value in selector_values(policy.selector).items():
-        msg[name] = value
-    msg["index"], msg["dir"] = 0, int(policy.direction)
-    msg["attrs"] = [["XFRMA_MARK", {"v": policy.mark[0], "m": policy.mark[1]}]] if policy.mark else []
-    return msg
+    return cast(m.userpolicy_id, policy_id_parts(policy).message())
 
 
 # --- SAs ---
 
-def encode_sa(spec: SaSpec) -> m.usersa_info:
-    msg = m.usersa_info()
+def sa_parts(spec: SaSpec) -> m.Parts:
     selector = spec.selector
     values: dict[str, Any] = selector_values(selector) if selector else {}
     family = _family_of(spec.dst)
@@ -182,8 +182,6 @@ def encode_sa(spec: SaSpec) -> m.usersa_info:
         **_infinite_lifetime(), **_lifetime(spec.lifetime), "reqid": spec.reqid, "family": family,
         "mode": int(spec.mode), "replay_window": spec.replay_window,
     })
-    for name, value in values.items():
-        msg[name] = value
     attrs: list[list[Any]] = []
     for algo in spec.algorithms:
         kernel_name = algo.name.encode()
@@ -194,8 +192,11 @@ def encode_sa(spec: SaSpec) -> m.usersa_info:
                           m.ALGO_AUTH.pack(kernel_name, len(algo.key) * 8, algo.bits) + algo.key])
         else:
             attrs.append(["XFRMA_ALG_CRYPT", m.ALGO.pack(kernel_name, len(algo.key) * 8) + algo.key])
-    msg["attrs"] = attrs
-    return msg
+    return m.Parts(m.usersa_info, values, attrs)
+
+
+def encode_sa(spec: SaSpec) -> m.usersa_info:
+    return cast(m.usersa_info, sa_parts(spec).message())
 
 
 ALGORITHM_ATTRS = {"XFRMA_ALG_AEAD": ("aead", m.ALGO_AEAD), "XFRMA_ALG_CRYPT": ("crypt", m.ALGO),
@@ -231,11 +232,13 @@ def sa_from(fields: Mapping[str, Any], attrs: Mapping[str, Any], show_keys: bool
     )
 
 
+def sa_id_parts(dst: Address, spi: int, proto: int = 50) -> m.Parts:
+    return m.Parts(m.usersa_id, {"daddr": pack_address(dst), "spi": spi, "family": _family_of(dst), "proto": proto},
+                   [])
+
+
 def encode_sa_id(dst: Address, spi: int, proto: int = 50) -> m.usersa_id:
-    msg = m.usersa_id()
-    msg["daddr"], msg["spi"], msg["family"], msg["proto"] = pack_address(dst), spi, _family_of(dst), proto
-    msg["attrs"] = []
-    return msg
+    return cast(m.usersa_id, sa_id_parts(dst, spi, proto).message())
 
 
 # --- events ---

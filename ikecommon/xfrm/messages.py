@@ -13,6 +13,7 @@ as `cdata` and are packed by the `Struct`s at the end of this module.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink import nla, nlmsg
@@ -264,3 +265,75 @@ ALGO_AEAD = ALGO_AUTH
 def message_fields(msg: XfrmMsg) -> dict[str, Any]:
     """The decoded fixed fields of a message, pads left out."""
     return {name: msg[name] for name, _ in msg.fields if not name.startswith("__")}
+
+
+# --- requests: the fields' values, then a pyroute2 message or bytes packed in one struct call ---
+# pyroute2 encodes a message field by field: about 0.1 ms of CPU for an SA add here, more than the kernel's work
+# for it, and enclave-ike sends four such requests per handshake. `Parts.pack` writes the same bytes (tests compare
+# them with pyroute2's encoding and with iproute2's) from the same declarations, each fixed part compiled once.
+
+NLMSG_HEADER = struct.Struct("=IHHII")
+NLA_HEADER = struct.Struct("=HH")
+_NLA_BY_NAME = {name: (number, kind) for number, name, kind in XFRMA_MAP}
+
+
+class _Compiled:
+    """One declaration's fixed part as one `struct.Struct`; fields in network byte order go in as bytes."""
+
+    def __init__(self, fields: Fields) -> None:
+        parts: list[str] = []
+        self.fields: list[tuple[str, Any, struct.Struct | None]] = []  # name, default, big-endian packer
+        for name, fmt in fields:
+            if fmt.endswith("x"):
+                parts.append(fmt)
+            elif fmt.startswith(">"):
+                big = struct.Struct(fmt)
+                parts.append(f"{big.size}s")
+                self.fields.append((name, 0, big))
+            else:
+                parts.append(fmt)
+                self.fields.append((name, b"" if fmt.endswith("s") else 0, None))
+        self.struct = struct.Struct("=" + "".join(parts))
+
+    def pack(self, values: dict[str, Any]) -> bytes:
+        return self.struct.pack(*(big.pack(values.get(name, default)) if big else values.get(name, default)
+                                  for name, default, big in self.fields))
+
+
+_COMPILED: dict[type, _Compiled] = {}
+
+
+def _compiled(cls: type) -> _Compiled:
+    compiled = _COMPILED.get(cls)
+    if compiled is None:
+        compiled = _COMPILED[cls] = _Compiled(cls.fields)  # type: ignore[attr-defined]
+    return compiled
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A message to send, before encoding: its class (the fixed part's declaration), the values of its fields
+    (unset ones are zero), and its attributes as [name, value] (raw bytes, or the fields of a declared attribute
+    such as XFRMA_MARK)."""
+
+    cls: type[XfrmMsg]
+    values: dict[str, Any]
+    attrs: list[list[Any]]
+
+    def message(self) -> XfrmMsg:
+        """As pyroute2's message, for XfrmClient's requests."""
+        msg = self.cls()
+        for name, value in self.values.items():
+            msg[name] = value
+        msg["attrs"] = self.attrs
+        return msg
+
+    def pack(self, msg_type: int, flags: int, seq: int = 0) -> bytes:
+        """The bytes pyroute2 would encode for `message()` with this header, in a few struct calls."""
+        body = bytearray(_compiled(self.cls).pack(self.values))
+        for name, value in self.attrs:
+            number, kind = _NLA_BY_NAME[name]
+            payload = value if kind == "cdata" else _compiled(getattr(XfrmNla, kind)).pack(value)
+            body += NLA_HEADER.pack(NLA_HEADER.size + len(payload), number) + payload
+            body += bytes(-len(body) % 4)
+        return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), msg_type, flags, seq, 0) + body
