@@ -142,7 +142,8 @@ def test_a_batch_answers_each_request_and_a_refusal_stops_none_of_the_others(top
 
 @pytest.mark.host  # policies only
 def test_a_batch_too_large_for_one_datagram_goes_in_several(topology, pair):
-    """A shutdown's teardown: 2,000 requests (about 370 KB, more than a socket buffer holds) all answered."""
+    """A shutdown's teardown: 1,000 policy updates (252 KB, more than a socket's buffer holds), then 2,000
+    deletes, every one answered."""
     client, _ = pair
     policies = [Policy(Selector.of("10.88.0.1/32", f"10.{90 + n // 250}.{n % 250}.53/32", "udp", dport=53),
                        Direction.OUT, 1000, templates=(Template(Mode.TRANSPORT),)) for n in range(1000)]
