@@ -17,8 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 
 from . import messages as m
 from .errors import XfrmDecodeError
-
-NLMSG_HEADER = struct.Struct("=IHHII")
+from .messages import NLA_HEADER, NLMSG_HEADER
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,6 @@ def parse(data: bytes) -> Iterator[Record]:
 
 
 ERROR_CODE = struct.Struct("=i")
-ATTR_HEADER = struct.Struct("=HH")
 NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # the request is quoted by its header alone; attributes follow
 NLMSGERR_ATTR_MSG = 1  # the kernel's own words (extended ack)
 QUOTED = NLMSG_HEADER.size + ERROR_CODE.size  # where the quoted request starts
@@ -103,12 +101,12 @@ def _kernel_words(chunk: bytes, flags: int) -> str | None:
     if quoted < NLMSG_HEADER.size or QUOTED + quoted > len(chunk):  # a quote that does not fit: no words
         return None
     offset = QUOTED + ((quoted + 3) & ~3)
-    while offset + ATTR_HEADER.size <= len(chunk):
-        length, kind = ATTR_HEADER.unpack_from(chunk, offset)
-        if length < ATTR_HEADER.size or offset + length > len(chunk):
+    while offset + NLA_HEADER.size <= len(chunk):
+        length, kind = NLA_HEADER.unpack_from(chunk, offset)
+        if length < NLA_HEADER.size or offset + length > len(chunk):
             return None
         if kind & 0x3FFF == NLMSGERR_ATTR_MSG:  # the top two bits are flags
-            return chunk[offset + ATTR_HEADER.size:offset + length].split(b"\0", 1)[0].decode(errors="replace")
+            return chunk[offset + NLA_HEADER.size:offset + length].split(b"\0", 1)[0].decode(errors="replace")
         offset += (length + 3) & ~3
     return None
 

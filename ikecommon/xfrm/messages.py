@@ -272,8 +272,8 @@ def message_fields(msg: XfrmMsg) -> dict[str, Any]:
 # for it, and enclave-ike sends four such requests per handshake. `Parts.pack` writes the same bytes (tests compare
 # them with pyroute2's encoding and with iproute2's) from the same declarations, each fixed part compiled once.
 
-NLMSG_HEADER = struct.Struct("=IHHII")
-NLA_HEADER = struct.Struct("=HH")
+NLMSG_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, sequence number, port id
+NLA_HEADER = struct.Struct("=HH")  # struct nlattr: length, type
 _NLA_BY_NAME = {name: (number, kind) for number, name, kind in XFRMA_MAP}
 
 
