@@ -38,7 +38,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
+from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN
 from ikecommon.attestation.envelope import Collateral, Envelope, EvidenceKind
 from ikecommon.attestation.errors import AttestationError
 from ikecommon.attestation.tdx import TdxQuote
@@ -214,7 +214,7 @@ class EvidenceEndpoint:
                                  ("Retry-After", "1"))
         self._in_flight += 1
         try:
-            envelope = await asyncio.to_thread(self._envelope, nonce)
+            envelope = await asyncio.to_thread(self.envelope, nonce)
             body = envelope.encode()
         except (EnclaveIkeError, OSError) as exc:  # an OSError here is the server's, not the client going away
             self.diagnostics.client(logging.ERROR, "evidence for %s: %s", peer, exc)
@@ -224,10 +224,11 @@ class EvidenceEndpoint:
         self.diagnostics.client(logging.DEBUG, "evidence for %s, nonce %s", peer, nonce.hex())
         return Response(HTTPStatus.OK, body, CMW_JSON)
 
-    def _envelope(self, nonce: bytes) -> Envelope:
-        """In a worker thread: the enclave's evidence and, for a TDX quote, the cached collateral; for a SEV-SNP
-        report without the host's certificates, the cached ones (the host's win: nothing is looked up or said)."""
-        envelope = attest(self.enclave, nonce, self.collateral)
+    def envelope(self, nonce: bytes, label: bytes = LABEL, key_spki: bytes | None = None) -> Envelope:
+        """In a worker thread: the enclave's evidence (attest's arguments) and, for a TDX quote, the cached
+        collateral; for a SEV-SNP report without the host's certificates, the cached ones (the host's win: nothing
+        is looked up or said). Key release's envelopes go out with the same."""
+        envelope = attest(self.enclave, nonce, self.collateral, label, key_spki)
         evidence = envelope.evidence
         if evidence.kind is EvidenceKind.SEV_SNP and self.snp_certificates is not None and not evidence.certificates:
             served = self.snp_certificates.for_report(evidence.data)

@@ -53,7 +53,7 @@ from .evidence_endpoint import EvidenceEndpoint, for_config
 from .ikev2.config import IP_PROTO_TCP, Endpoint
 from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
 from .ikev2.cookies import COOKIE_SECRET_SIZE
-from .ikev2.crypto import ChildSuite, IkeSuite, SoftwareSigner
+from .ikev2.crypto import ChildSuite, IkeSuite
 from .ikev2.events import (
     ChildSaEstablished,
     ChildSaRekeyed,
@@ -109,7 +109,7 @@ def open_enclave(config: ServeConfig) -> Enclave | None:
         key = ec.generate_private_key(ec.SECP256R1())
     if identity.backend is Backend.SOFTWARE:
         return SoftwareEnclave(key, registers=identity.sim_registers or DEFAULT_REGISTERS)
-    return TsmEnclave(SoftwareSigner(key))
+    return TsmEnclave(key)
 
 
 @dataclass(frozen=True)

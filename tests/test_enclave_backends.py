@@ -33,12 +33,13 @@ from enclave_ike.enclave.attest import attest
 from enclave_ike.enclave.base import Enclave
 from enclave_ike.enclave.cert_table import ARK, ASK, VCEK, VLEK, build_cert_table, parse_cert_table, snp_certificates
 from enclave_ike.enclave.channel import HASH_SIZE, MAX_FRAME, Frame, Op, Status
+from enclave_ike.enclave.custody import Custody
 from enclave_ike.enclave.errors import EnclaveError, EnclaveGone, EnclaveUnavailable
 from enclave_ike.enclave.sim import SimEnclave
 from enclave_ike.enclave.sim_child import answer
 from enclave_ike.enclave.software import SoftwareEnclave
 from enclave_ike.enclave.tsm import ConfigFs, TsmEnclave
-from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256, SoftwareSigner
+from enclave_ike.ikev2.crypto import ECDSA_SHA256, ECDSA_SHA384, ECDSA_SHA512, RSA_PSS_SHA256
 from enclave_ike.ikev2.errors import UnsupportedAlgorithm
 from ikecommon.attestation.binding import report_data
 from ikecommon.attestation.envelope import EvidenceKind
@@ -121,7 +122,7 @@ def test_sim_signs_under_the_hash_it_is_asked_for(sim: SimEnclave) -> None:
         key.verify(signer.sign(b"octets", scheme), b"octets", ec.ECDSA(scheme.hasher()))
     with pytest.raises(UnsupportedAlgorithm):
         signer.sign(b"octets", RSA_PSS_SHA256)
-    refused = answer(Frame(Op.SIGN, (1).to_bytes(HASH_SIZE, "big") + b"octets"), SoftwareSigner(
+    refused = answer(Frame(Op.SIGN, (1).to_bytes(HASH_SIZE, "big") + b"octets"), Custody(
         ec.generate_private_key(ec.SECP256R1())), DEFAULT_REGISTERS)
     assert refused.code == Status.ERROR and b"hash 1" in refused.payload
 
@@ -179,10 +180,11 @@ def test_sim_refuses_bad_registers_and_key_types() -> None:
 
 def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
     """All 256 request codes, with payloads of several sizes: each answer is the public key, a valid signature
-    over the payload, a valid sim report of the payload, or a refusal."""
+    over the payload, a valid sim report of the payload, a fresh recipient key, or a refusal (SEAL and IMPORT refuse
+    payloads that are not a P-256 key and a sealed key)."""
     public = sim.signer().public_key().public_bytes(serialization.Encoding.DER,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
-    answers = {"public key": 0, "signature": 0, "report": 0, "refused": 0}
+    answers = {"public key": 0, "signature": 0, "report": 0, "recipient": 0, "refused": 0}
     for code in range(256):
         for payload in (b"", b"\x01", bytes(64), b"\xff" + os.urandom(64), b"\xff" + os.urandom(4095),
                         b"\x00\x02" + os.urandom(100), b"\x00\x04IKE_AUTH octets"):
@@ -201,12 +203,17 @@ def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
                 assert isinstance(key, ec.EllipticCurvePublicKey)
                 key.verify(reply, payload[HASH_SIZE:], ec.ECDSA(scheme.hasher()))
                 answers["signature"] += 1
+            elif code == Op.RECIPIENT:
+                recipient = serialization.load_der_public_key(reply)
+                assert isinstance(recipient, ec.EllipticCurvePublicKey) and recipient.curve.name == "secp256r1"
+                assert reply != public and payload == b""
+                answers["recipient"] += 1
             else:
                 assert code == Op.EVIDENCE and len(payload) == 64
                 assert SimReport.decode(reply).report_data == payload
                 assert verify_sim_report(reply, root=sim_root_certificate(), at=NOW).ok
                 answers["report"] += 1
-    assert answers == {"public key": 1, "signature": 2, "report": 1, "refused": 256 * 7 - 4}
+    assert answers == {"public key": 1, "signature": 2, "report": 1, "recipient": 1, "refused": 256 * 7 - 5}
 
 
 @settings(max_examples=300, deadline=None)
@@ -219,7 +226,7 @@ def test_no_answer_contains_the_private_key(code: int, payload: bytes) -> None:
                                  serialization.NoEncryption()),
                key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
                                  serialization.NoEncryption())]
-    reply = answer(Frame(code, payload), SoftwareSigner(key), DEFAULT_REGISTERS)
+    reply = answer(Frame(code, payload), Custody(key), DEFAULT_REGISTERS)
     assert reply.code in (Status.OK, Status.ERROR)
     assert not any(secret in reply.payload for secret in secrets)
     assert b"PRIVATE" not in reply.payload
@@ -430,10 +437,10 @@ def test_tsm_with_the_real_configfs_operations_on_a_tree(tmp_path: Path) -> None
         enclave.evidence(bytes(64))
 
 
-def test_tsm_keeps_its_signer_in_the_guest(tmp_path: Path) -> None:
-    signer = SoftwareSigner(ec.generate_private_key(ec.SECP256R1()))
-    enclave = TsmEnclave(signer, reports=FakeKernel.tree(tmp_path), fs=FakeKernel("tdx_guest"))
-    assert enclave.signer() is signer
+def test_tsm_keeps_its_key_in_the_guest(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    enclave = TsmEnclave(key, reports=FakeKernel.tree(tmp_path), fs=FakeKernel("tdx_guest"))
+    assert enclave.signer().public_key() == key.public_key()
     envelope = attest(enclave, os.urandom(16))
     assert envelope.evidence.data[TDX_REPORT_DATA:TDX_REPORT_DATA + 64] == report_data(envelope.nonce,
                                                                                         envelope.ike_key)

@@ -27,3 +27,19 @@ class Enclave(Protocol):
     def evidence(self, report_data: bytes) -> Evidence:
         """Evidence whose report data is exactly these 64 bytes (see attestation/binding.py)."""
         ...
+
+    # Key release between replicas (enclave_ike/release): the identity key leaves only sealed to another enclave's
+    # ephemeral key, and comes in only sealed to ours.
+
+    def release_recipient(self) -> bytes:
+        """A fresh ephemeral P-256 public key (SubjectPublicKeyInfo DER), kept inside, to receive a sealed key with."""
+        ...
+
+    def seal_identity(self, recipient_spki: bytes, info: bytes) -> bytes:
+        """The identity key sealed (HPKE, enclave/sealing.py) to that recipient key, with that context."""
+        ...
+
+    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes) -> None:
+        """Make the sealed key (which must be the key `expected_spki` names) the identity key; `signer()` returns
+        its signer from now on. SealError, and nothing changed, otherwise."""
+        ...

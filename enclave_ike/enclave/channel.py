@@ -2,14 +2,21 @@
 
     frame = uint32_be(length) || code (1 byte) || payload (length - 1 bytes),  1 <= length <= MAX_FRAME
 
-A request's code is an Op, a reply's a Status. There are three requests, and none of them has an answer that
-contains private key material:
+A request's code is an Op, a reply's a Status. No answer contains private key material in the clear:
 
     PUBLIC_KEY  (no payload)         -> OK, SubjectPublicKeyInfo DER
     SIGN        (uint16_be(RFC 7427 hash number) || the data to sign)
                                      -> OK, the signature under that hash (RFC 7427 value: DER ECDSA-Sig-Value)
     EVIDENCE    (64 bytes)           -> OK, a sim report binding those bytes
+    RECIPIENT   (no payload)         -> OK, a fresh ephemeral P-256 key's SubjectPublicKeyInfo DER (custody.py)
+    SEAL        (field(recipient SPKI) || field(info))
+                                     -> OK, the identity key sealed to that key (HPKE, sealing.py)
+    IMPORT      (field(info) || field(expected SPKI) || field(sealed key))
+                                     -> OK, the new identity key's SubjectPublicKeyInfo DER
     anything else                    -> ERROR, a UTF-8 reason
+
+where field(x) = uint16_be(len(x)) || x. SEAL hands the key out sealed to whatever public key enclave-ike names:
+enclave-ike decides, after verifying that key's evidence (enclave_ike/release), as the code inside a real TEE would.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ class Op(IntEnum):
     PUBLIC_KEY = 1
     SIGN = 2
     EVIDENCE = 3
+    RECIPIENT = 4
+    SEAL = 5
+    IMPORT = 6
 
 
 class Status(IntEnum):
@@ -55,6 +65,28 @@ class Frame:
         if not body:
             raise ChannelError("empty frame")
         return cls(body[0], body[1:])
+
+
+def fields(*values: bytes) -> bytes:
+    """Values one after another, each after its uint16_be length (SEAL's and IMPORT's payloads)."""
+    if any(len(value) > 0xFFFF for value in values):
+        raise ChannelError("a field over 65535 bytes")
+    return b"".join(len(value).to_bytes(2, "big") + value for value in values)
+
+
+def split_fields(payload: bytes, count: int) -> tuple[bytes, ...] | None:
+    """The `count` fields of a payload that holds exactly those, else None."""
+    values, at = [], 0
+    for _ in range(count):
+        if at + 2 > len(payload):
+            return None
+        length = int.from_bytes(payload[at:at + 2], "big")
+        at += 2
+        if at + length > len(payload):
+            return None
+        values.append(payload[at:at + length])
+        at += length
+    return tuple(values) if at == len(payload) else None
 
 
 def send(sock: socket.socket, frame: Frame) -> None:

@@ -6,3 +6,4 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import ec
 
 KEY_TYPES: dict[str, type[ec.EllipticCurve]] = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1}
+CURVES = frozenset(("secp256r1", "secp384r1"))  # the curves of KEY_TYPES, as cryptography names them

@@ -29,9 +29,9 @@ from ..ikev2.errors import UnsupportedAlgorithm
 from . import channel
 from .channel import HASH_SIZE, Frame, Op, Status
 from .errors import ChannelError, ChannelIdle, EnclaveError, EnclaveGone, EnclaveUnavailable
-from .key_types import KEY_TYPES
+from .key_types import CURVES, KEY_TYPES
+from .sealing import SealError
 
-_CURVES = frozenset(("secp256r1", "secp384r1"))
 STOP_TIMEOUT = 2.0
 STARTUP_TIMEOUT = 60.0
 REPLY_TIMEOUT = 10.0  # a signature or a report slower than this is an error (the next request skips its reply)
@@ -67,15 +67,17 @@ class SimEnclave:
         self._owed = 0  # replies to requests that timed out, still to come (and to be skipped) in order
         self._finalizer = weakref.finalize(self, _stop, process, ours)
         try:
-            key = serialization.load_der_public_key(self._call(Op.PUBLIC_KEY))
+            self._signer = self._process_signer(self._call(Op.PUBLIC_KEY))
         except EnclaveError:
             self.close()
             raise
         ours.settimeout(timeout)
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _CURVES:
-            self.close()
+
+    def _process_signer(self, spki: bytes) -> _ProcessSigner:
+        key = serialization.load_der_public_key(spki)
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in CURVES:
             raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
-        self._signer = _ProcessSigner(self._call, key, ecdsa_schemes(key.curve.name))
+        return _ProcessSigner(self._call, key, ecdsa_schemes(key.curve.name))
 
     @property
     def pid(self) -> int:
@@ -88,6 +90,20 @@ class SimEnclave:
         if len(report_data) != 64:
             raise EnclaveError(f"report data must be 64 bytes, got {len(report_data)}")
         return Evidence(EvidenceKind.SIM, self._call(Op.EVIDENCE, report_data))
+
+    def release_recipient(self) -> bytes:
+        return self._call(Op.RECIPIENT)
+
+    def seal_identity(self, recipient_spki: bytes, info: bytes) -> bytes:
+        return self._call(Op.SEAL, channel.fields(recipient_spki, info))
+
+    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes) -> None:
+        """The child opens the key and checks it (custody.py); its refusal is a SealError here."""
+        try:
+            spki = self._call(Op.IMPORT, channel.fields(info, expected_spki, sealed))
+        except EnclaveRefused as exc:
+            raise SealError(exc.reason) from None
+        self._signer = self._process_signer(spki)
 
     def close(self) -> None:
         """Close the channel and wait for the child to exit (killing it if it does not)."""
@@ -126,7 +142,7 @@ class SimEnclave:
                 self._closed = True
                 raise EnclaveGone(f"sim enclave (pid {self.pid}){_exited(self._process) or ' closed the channel'}")
         if reply.code == Status.ERROR:
-            raise EnclaveError(f"sim enclave refused: {reply.payload.decode('utf-8', 'replace')}")
+            raise EnclaveRefused(reply.payload.decode("utf-8", "replace"))
         if reply.code != Status.OK:
             raise EnclaveError(f"sim enclave: unknown reply status {reply.code}")
         return reply.payload
@@ -152,6 +168,14 @@ class _ProcessSigner(Signer):
 
     def public_key(self) -> PublicKey:
         return self._key
+
+
+class EnclaveRefused(EnclaveError):
+    """The sim enclave answered with a refusal; `reason` is its words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"sim enclave refused: {reason}")
+        self.reason = reason
 
 
 def _exited(process: subprocess.Popen[bytes]) -> str:

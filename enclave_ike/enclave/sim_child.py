@@ -1,6 +1,6 @@
-"""The sim enclave process. It generates the IKE key, answers PUBLIC_KEY, SIGN and EVIDENCE (channel.py) on one
-socket, and exits when that socket closes, which happens when enclave-ike exits, however it exits. The key is
-created here and no request returns it. SimEnclave starts it:
+"""The sim enclave process. It generates the IKE key, answers the requests of channel.py on one socket, and exits when
+that socket closes, which happens when enclave-ike exits, however it exits. The key is created here (or released to
+it sealed, by another replica) and no request returns it unsealed. SimEnclave starts it:
 
     python -m enclave_ike.enclave.sim_child --fd N [--key ecdsa-p256|ecdsa-p384] [--register HEX]...
                                             [--sign-delay SECONDS]
@@ -24,30 +24,59 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
 
-from ..ikev2.crypto import Signer, SoftwareSigner
-from .channel import HASH_SIZE, Frame, Op, Status, receive, send
-from .errors import ChannelError
-from .key_types import KEY_TYPES
+from ..ikev2.crypto import Signer
+from .channel import HASH_SIZE, Frame, Op, Status, receive, send, split_fields
+from .custody import Custody
+from .errors import ChannelError, EnclaveError
+from .key_types import CURVES, KEY_TYPES
 
 REPORT_DATA_SIZE = 64
 _PR_SET_DUMPABLE = 4
 
 
-def answer(request: Frame, signer: Signer, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> Frame:
-    """The reply to one request. Every reply is a public key, a signature, a sim report or a refusal."""
-    if request.code == Op.PUBLIC_KEY:
-        if request.payload:
-            return _refuse("PUBLIC_KEY takes no payload")
-        return Frame(Status.OK, signer.public_key().public_bytes(serialization.Encoding.DER,
-                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
-    if request.code == Op.SIGN:
+def answer(request: Frame, custody: Custody, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> Frame:
+    """The reply to one request. Every reply is a public key, a signature, a sim report, a sealed key or a
+    refusal."""
+    code, payload = request.code, request.payload
+    if code in (Op.PUBLIC_KEY, Op.RECIPIENT):
+        if payload:
+            return _refuse(f"{Op(code).name} takes no payload")
+        return Frame(Status.OK, _spki(custody.signer) if code == Op.PUBLIC_KEY else custody.release_recipient())
+    if code == Op.SIGN:
         time.sleep(sign_delay)
-        return _sign(request.payload, signer)
-    if request.code == Op.EVIDENCE:
-        if len(request.payload) != REPORT_DATA_SIZE:
-            return _refuse(f"EVIDENCE takes {REPORT_DATA_SIZE} bytes of report data, got {len(request.payload)}")
-        return Frame(Status.OK, make_sim_report(request.payload, registers).encode())
-    return _refuse(f"unknown request {request.code}")
+        return _sign(payload, custody.signer)
+    if code == Op.EVIDENCE:
+        return _evidence(payload, registers)
+    if code in (Op.SEAL, Op.IMPORT):
+        return _release(request, custody)
+    return _refuse(f"unknown request {code}")
+
+
+def _evidence(report_data: bytes, registers: tuple[bytes, ...]) -> Frame:
+    if len(report_data) != REPORT_DATA_SIZE:
+        return _refuse(f"EVIDENCE takes {REPORT_DATA_SIZE} bytes of report data, got {len(report_data)}")
+    return Frame(Status.OK, make_sim_report(report_data, registers).encode())
+
+
+def _release(request: Frame, custody: Custody) -> Frame:
+    """SEAL: the identity key sealed to a recipient key; IMPORT: a sealed key becomes the identity key."""
+    sealing = request.code == Op.SEAL
+    parts = split_fields(request.payload, 2 if sealing else 3)
+    if parts is None:
+        return _refuse("SEAL takes two fields: recipient key, info" if sealing
+                       else "IMPORT takes three fields: info, expected key, sealed key")
+    try:
+        if sealing:
+            return Frame(Status.OK, custody.seal_identity(*parts))
+        custody.import_identity(parts[2], parts[0], parts[1])
+    except EnclaveError as exc:
+        return _refuse(str(exc))
+    return Frame(Status.OK, _spki(custody.signer))
+
+
+def _spki(signer: Signer) -> bytes:
+    return signer.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _sign(payload: bytes, signer: Signer) -> Frame:
@@ -65,9 +94,9 @@ def _refuse(reason: str) -> Frame:
     return Frame(Status.ERROR, reason.encode())
 
 
-def serve(sock: socket.socket, signer: Signer, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> None:
+def serve(sock: socket.socket, custody: Custody, registers: tuple[bytes, ...], sign_delay: float = 0.0) -> None:
     while (request := receive(sock)) is not None:
-        send(sock, answer(request, signer, registers, sign_delay))
+        send(sock, answer(request, custody, registers, sign_delay))
 
 
 def _harden() -> None:
@@ -91,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     _harden()
     registers = tuple(args.register) or DEFAULT_REGISTERS
-    signer = SoftwareSigner(ec.generate_private_key(KEY_TYPES[args.key]()))
+    custody = Custody(ec.generate_private_key(KEY_TYPES[args.key]()), curves=CURVES)
     with socket.socket(fileno=args.fd) as sock:
         try:
-            serve(sock, signer, registers, args.sign_delay)
+            serve(sock, custody, registers, args.sign_delay)
         except (ChannelError, OSError) as exc:
             print(f"sim enclave: {exc}", file=sys.stderr)
             return 1

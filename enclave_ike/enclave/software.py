@@ -10,20 +10,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ikecommon.attestation.envelope import Evidence, EvidenceKind
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
 
-from ..ikev2.crypto import Signer, SoftwareSigner
+from .custody import Custody, HeldInProcess
 from .errors import EnclaveError
 
 
-class SoftwareEnclave:
+class SoftwareEnclave(HeldInProcess):
     kind = EvidenceKind.SIM
 
     def __init__(self, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None, *,
                  registers: Sequence[bytes] = DEFAULT_REGISTERS) -> None:
-        self._signer = SoftwareSigner(key or ec.generate_private_key(ec.SECP256R1()))
+        self._custody = Custody(key or ec.generate_private_key(ec.SECP256R1()))
         self._registers = tuple(registers)
-
-    def signer(self) -> Signer:
-        return self._signer
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != 64:

@@ -15,7 +15,8 @@ behaves as that document says. One report, per the ABI:
     rmdir  <name>
 
 Each evidence() call uses an entry of its own, so concurrent callers do not share one. The guest is the TEE here:
-the IKE key stays in this process, inside the confidential VM, unless the caller passes another Signer.
+the IKE key stays in this process, inside the confidential VM (and leaves it only sealed to another attested
+enclave: custody.py).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon.attestation.envelope import Evidence, EvidenceKind
 
-from ..ikev2.crypto import Signer, SoftwareSigner
 from .cert_table import snp_certificates
+from .custody import Custody, HeldInProcess
 from .errors import EnclaveError, EnclaveUnavailable
+from .sealing import IdentityKey
 
 REPORTS = Path("/sys/kernel/config/tsm/report")
 PROVIDERS = {"tdx_guest": EvidenceKind.TDX, "sev_guest": EvidenceKind.SEV_SNP}
@@ -73,13 +75,13 @@ class ConfigFs:
         return data
 
 
-class TsmEnclave:
-    def __init__(self, signer: Signer | None = None, *, reports: Path = REPORTS, privlevel: int | None = None,
+class TsmEnclave(HeldInProcess):
+    def __init__(self, key: IdentityKey | None = None, *, reports: Path = REPORTS, privlevel: int | None = None,
                  fs: ConfigFs | None = None) -> None:
         if not reports.is_dir():
             raise EnclaveUnavailable(f"{reports}: no configfs-tsm here (not a TDX or SEV-SNP guest, a kernel "
                                      "before 6.7, or configfs not mounted)")
-        self._signer = signer or SoftwareSigner(ec.generate_private_key(ec.SECP256R1()))
+        self._custody = Custody(key or ec.generate_private_key(ec.SECP256R1()))
         self._reports, self._privlevel, self._fs = reports, privlevel, fs or ConfigFs()
         self._kind: EvidenceKind | None = None
 
@@ -89,9 +91,6 @@ class TsmEnclave:
             with self._entry() as entry:
                 self._kind = self._provider(entry)
         return self._kind
-
-    def signer(self) -> Signer:
-        return self._signer
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != INBLOB_SIZE:

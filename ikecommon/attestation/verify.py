@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .binding import binding_mismatches
+from .binding import LABEL, binding_mismatches
 from .certs import der_certificate, der_crl
 from .envelope import Collateral, Envelope, EnvelopeFormatError, EvidenceKind
 from .errors import Mismatch, VerificationFailed
@@ -104,16 +104,17 @@ class Appraisal:
 
 def verify_envelope(envelope: Envelope | bytes, nonce: bytes, spec: MeasurementSpec, anchors: TrustAnchors,
                     at: datetime, *, tdx_policy: TdxPolicy | None = None, snp_policy: SnpPolicy | None = None,
-                    tdx_collateral: TdxCollateral | None = None) -> Verified:
+                    tdx_collateral: TdxCollateral | None = None, label: bytes = LABEL) -> Verified:
     """The key to pin, or VerificationFailed with every mismatch."""
     return appraise(envelope, nonce, spec, anchors, at, tdx_policy=tdx_policy, snp_policy=snp_policy,
-                    tdx_collateral=tdx_collateral).require()
+                    tdx_collateral=tdx_collateral, label=label).require()
 
 
 def appraise(envelope: Envelope | bytes, nonce: bytes, spec: MeasurementSpec, anchors: TrustAnchors, at: datetime,
              *, tdx_policy: TdxPolicy | None = None, snp_policy: SnpPolicy | None = None,
-             tdx_collateral: TdxCollateral | None = None) -> Appraisal:
-    """Every check, none skipped because another failed. `tdx_collateral` replaces the envelope's."""
+             tdx_collateral: TdxCollateral | None = None, label: bytes = LABEL) -> Appraisal:
+    """Every check, none skipped because another failed. `tdx_collateral` replaces the envelope's. `label` is the
+    purpose the report data must bind (binding.py): a client's IKE key by default, or a key release's."""
     if isinstance(envelope, bytes):
         envelope = Envelope.decode(envelope)
     kind = envelope.evidence.kind
@@ -126,7 +127,7 @@ def appraise(envelope: Envelope | bytes, nonce: bytes, spec: MeasurementSpec, an
     replayed = [] if envelope.nonce == nonce else [Mismatch("nonce", f"{nonce.hex()} (the nonce sent)",
                                                             envelope.nonce.hex())]
     binding = Check.of("key and nonce binding", CheckKind.BINDING,
-                       binding_mismatches(report_data, nonce, envelope.ike_key) + replayed)
+                       binding_mismatches(report_data, nonce, envelope.ike_key, label) + replayed)
     matched = spec.match(kind, registers)
     measurements = Check.of("measurements", CheckKind.POLICY, matched.mismatches)
     return Appraisal(kind, envelope.ike_key, evidence, binding, measurements, matched.measurement_id, registers)

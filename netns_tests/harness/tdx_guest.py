@@ -22,7 +22,6 @@ from enclave_ike import cli, server
 from enclave_ike.config import KeyType, ServeConfig
 from enclave_ike.enclave.base import Enclave
 from enclave_ike.enclave.tsm import ConfigFs, TsmEnclave
-from enclave_ike.ikev2.crypto import SoftwareSigner
 
 from .fake_intel import FakeIntel
 
@@ -67,7 +66,7 @@ def main(argv: Sequence[str]) -> int:
     def open_enclave(config: ServeConfig) -> Enclave | None:
         key = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
                if config.identity.key_type is KeyType.RSA else ec.generate_private_key(ec.SECP256R1()))
-        return TsmEnclave(SoftwareSigner(key), reports=reports, fs=FakeTdxConfigFs(pki))
+        return TsmEnclave(key, reports=reports, fs=FakeTdxConfigFs(pki))
 
     server.open_enclave = open_enclave  # the one seam: the rest is enclave-ike's `serve`
     return cli.main(argv[1:])

@@ -1,0 +1,123 @@
+"""The two messages of a key release, as JSON, and the HPKE context that ties the sealed key to its request.
+
+    KeyRequest  {"type": "enclave-ike key request v1",
+                 "challenge": HEX,      the holder's single-use nonce (POST /release/challenge)
+                 "nonce": HEX,          the joiner's fresh nonce, for the holder's evidence
+                 "evidence": B64URL}    an evidence envelope: ike-key = the joiner's ephemeral P-256 key, nonce =
+                                        the challenge, report data bound under KEY_REQUEST_LABEL
+    KeyGrant    {"type": "enclave-ike key grant v1",
+                 "evidence": B64URL,    an evidence envelope: ike-key = the service's identity key, nonce = the
+                                        joiner's nonce, report data bound under KEY_GRANT_LABEL
+                 "sealed": B64URL}      the identity key, sealed to the ephemeral key (enclave/sealing.py) with
+                                        info = seal_info(the request's bytes, the identity key)
+
+B64URL is base64url without padding. Decoding is strict (strictjson: no duplicate members; no unknown member; sizes
+bounded): a malformed message is a MessageError naming the member, before anything is verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ikecommon import strictjson
+from ikecommon.attestation.binding import KEY_GRANT_LABEL, NONCE_MAX, NONCE_MIN
+from ikecommon.attestation.envelope import MAX_ENVELOPE
+
+from ..enclave.sealing import MAX_SEALED
+from .errors import MessageError
+
+REQUEST_TYPE = "enclave-ike key request v1"
+GRANT_TYPE = "enclave-ike key grant v1"
+MAX_MESSAGE = MAX_ENVELOPE * 4 // 3 + MAX_SEALED * 4 // 3 + 1024
+_HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    challenge: bytes
+    nonce: bytes
+    evidence: bytes  # the envelope, as the joiner's enclave made it
+
+    def encode(self) -> bytes:
+        return _encode({"type": REQUEST_TYPE, "challenge": self.challenge.hex(), "nonce": self.nonce.hex(),
+                        "evidence": _b64(self.evidence)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> KeyRequest:
+        members = _members(data, "request", REQUEST_TYPE, ("challenge", "nonce", "evidence"))
+        return cls(_nonce(members, "challenge", "request"), _nonce(members, "nonce", "request"),
+                   _bytes(members, "evidence", "request", MAX_ENVELOPE))
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    evidence: bytes
+    sealed: bytes
+
+    def encode(self) -> bytes:
+        return _encode({"type": GRANT_TYPE, "evidence": _b64(self.evidence), "sealed": _b64(self.sealed)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> KeyGrant:
+        members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"))
+        return cls(_bytes(members, "evidence", "grant", MAX_ENVELOPE), _bytes(members, "sealed", "grant", MAX_SEALED))
+
+
+def seal_info(request: bytes, identity_spki: bytes) -> bytes:
+    """HPKE's info for the key granted to `request` (its exact bytes): a sealed key opens for that request only,
+    and only as the key the grant's evidence attests."""
+    return (KEY_GRANT_LABEL + hashlib.sha256(request).digest() + hashlib.sha256(identity_spki).digest())
+
+
+def _encode(members: dict[str, str]) -> bytes:
+    return json.dumps(members, separators=(",", ":")).encode("ascii")
+
+
+def _members(data: bytes, what: str, type_: str, names: tuple[str, ...]) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE:
+        raise MessageError(what, f"{len(data)} bytes, more than {MAX_MESSAGE}")
+    try:
+        members = strictjson.loads(data)
+    except strictjson.JsonError as exc:
+        raise MessageError(what, f"not strict JSON: {exc.detail}") from None
+    if not isinstance(members, dict):
+        raise MessageError(what, "not a JSON object")
+    if members.get("type") != type_:
+        raise MessageError(f"{what}.type", f"expected {type_!r}, got {str(members.get('type'))[:60]!r}")
+    unknown = sorted(set(members) - {"type", *names})
+    missing = [name for name in names if name not in members]
+    if unknown or missing:
+        raise MessageError(what, "; ".join(([f"unknown member {', '.join(unknown)}"] if unknown else [])
+                                           + ([f"missing {', '.join(missing)}"] if missing else [])))
+    return members
+
+
+def _nonce(members: dict[str, Any], name: str, what: str) -> bytes:
+    value = members[name]
+    if not isinstance(value, str) or not _HEX.fullmatch(value):
+        raise MessageError(f"{what}.{name}", f"expected {NONCE_MIN} to {NONCE_MAX} bytes as lower-case hex")
+    return bytes.fromhex(value)
+
+
+def _bytes(members: dict[str, Any], name: str, what: str, limit: int) -> bytes:
+    value = members[name]
+    if not isinstance(value, str) or not _BASE64URL.fullmatch(value) or len(value) % 4 == 1:
+        raise MessageError(f"{what}.{name}", "expected base64url without padding")
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise MessageError(f"{what}.{name}", "expected base64url without padding") from None
+    if not decoded or len(decoded) > limit or _b64(decoded) != value:
+        raise MessageError(f"{what}.{name}", f"expected 1 to {limit} bytes in canonical base64url")
+    return decoded
+
+
+def _b64(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")
