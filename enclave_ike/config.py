@@ -83,6 +83,18 @@
     intel_root = "/path/to/root.pem"    # the Intel SGX Root CA the collateral must chain to; default: the one
                                         # shipped with enclave-ike
 
+    [release]                           # one identity key for many replicas (release/, docs/scale-out.md)
+    source = "new"                      # new: a new key at start | peers: the key of a replica that holds it
+    peers = ["enclave-ike-0.example:4502"]   # source = "peers": who to ask (a name: all its addresses)
+    when_alone = "exit"                 # source = "peers", no peer answers within join_timeout_s: exit (status
+                                        #   1) | new-key: start the service's key (the first replica; the last
+                                        #   holder died). A peer that answers and refuses never leads to new-key
+    join_timeout_s = 60
+    listen = ["10.0.0.2:4502"]          # where this replica gives the key to others (address[:port]); [] never
+    spec = "/etc/enclave-ike/service-spec.json"   # the measurement spec peers must match, both ways (needed
+                                        #   with peers or listen)
+    anchors = "vendors"                 # vendors: Intel's and AMD's roots | sim: the simulated root (NOT SECURE)
+
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
 """
 
@@ -102,6 +114,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ikecommon import evidence_client, tomlfile
+from ikecommon.attestation.errors import AttestationError
+from ikecommon.attestation.spec import MeasurementSpec
 
 from .diagnostics import DEFAULT_RING_LINES, MAX_RING_LINES, PrivacyConfig
 from .enclave.sim import REPLY_TIMEOUT as SIM_TIMEOUT_S
@@ -254,6 +268,46 @@ class Suites:
         return tuple(out)
 
 
+class KeySource(enum.Enum):
+    NEW = "new"
+    PEERS = "peers"
+
+
+class WhenAlone(enum.Enum):
+    EXIT = "exit"
+    NEW_KEY = "new-key"
+
+
+class Anchors(enum.Enum):
+    VENDORS = "vendors"
+    SIM = "sim"
+
+
+DEFAULT_RELEASE_PORT = 4502
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return evidence_client.hostport(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """[release]: where the identity key comes from, and who this replica gives it to (enclave_ike/release)."""
+
+    source: KeySource = KeySource.NEW
+    peers: tuple[HostPort, ...] = ()
+    when_alone: WhenAlone = WhenAlone.EXIT
+    join_timeout_s: float = 60.0
+    listen: tuple[HostPort, ...] = ()
+    spec: MeasurementSpec | None = None
+    anchors: Anchors = Anchors.VENDORS
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything `enclave-ike serve` runs with. `responder_config(signer)` is the sans-I/O core's policy."""
@@ -273,6 +327,7 @@ class ServeConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     userspace: Userspace = field(default_factory=Userspace)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
     def responder_config(self, signer: Signer | None) -> ike.ResponderConfig:
         try:
@@ -403,7 +458,8 @@ def _kind_name(kind: type) -> str:
     return {str: "a string", int: "an integer", bool: "true or false"}.get(kind, kind.__name__)
 
 
-SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "privacy", "metrics", "evidence")
+SECTIONS = ("listen", "dns", "identity", "peers", "suites", "apply", "limits", "privacy", "metrics", "evidence",
+            "release")
 
 
 def load(path: Path = DEFAULT_PATH) -> ServeConfig:
@@ -438,10 +494,11 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     evidence = _evidence(tables["evidence"])
     privacy = _privacy(tables["privacy"])
     metrics = _metrics(tables["metrics"])
+    release = _release(tables["release"], identity)
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
-                         limits, timers, evidence, privacy, userspace, metrics)
+                         limits, timers, evidence, privacy, userspace, metrics, release)
     config.responder_config(None if identity.auth is Auth.NULL else _PlaceholderSigner())  # the core's checks
     return config
 
@@ -664,6 +721,55 @@ def _evidence(table: _Table) -> EvidenceConfig:
     collateral_dir = _absolute(table, "collateral_dir", str(DEFAULT_COLLATERAL_DIR))
     intel_root = _absolute(table, "intel_root", "") if "intel_root" in table.data else None
     return EvidenceConfig(enabled, port, collateral_dir, intel_root)
+
+
+def _release(table: _Table, identity: IdentityConfig) -> ReleaseConfig:
+    source = table.enum("source", KeySource, KeySource.NEW)
+    peers = tuple(_host_port(table, "peers", text) for text in table.strings("peers", ()))
+    listen = tuple(_host_port(table, "listen", text) for text in table.strings("listen", ()))
+    for where in listen:
+        try:
+            ip_address(where.host)
+        except ValueError:
+            raise table.error("listen", f"{where.host!r} is not an IP address") from None
+    when_alone = table.enum("when_alone", WhenAlone, WhenAlone.EXIT)
+    join_timeout = table.seconds("join_timeout_s", 60.0, zero_allowed=True)
+    anchors = table.enum("anchors", Anchors, Anchors.VENDORS)
+    spec = None
+    if "spec" in table.data:
+        spec_path = _absolute(table, "spec", "")
+        try:
+            spec = MeasurementSpec.load(spec_path)
+        except (AttestationError, OSError) as exc:
+            raise table.error("spec", f"{spec_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if source is KeySource.PEERS and not peers:
+        raise table.error("peers", "missing: source = \"peers\" needs the replicas to ask")
+    if source is not KeySource.PEERS:
+        for key in ("peers", "when_alone", "join_timeout_s"):
+            if key in table.data:
+                raise table.error(key, "belongs to source = \"peers\"")
+    if (source is KeySource.PEERS or listen) and spec is None:
+        raise table.error("spec", "missing: key release needs the measurement spec every replica must match")
+    if spec is not None and source is not KeySource.PEERS and not listen:
+        raise table.error("spec", "key release is off (source = \"new\", no listen): nothing uses the spec")
+    if (source is KeySource.PEERS or listen) and identity.auth is Auth.NULL:
+        raise table.error("source" if source is KeySource.PEERS else "listen",
+                          "NULL authentication has no identity key to release")
+    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors)
+
+
+def _host_port(table: _Table, key: str, text: str) -> HostPort:
+    """"host", "host:port", "[v6]" or "[v6]:port" (an IPv6 address alone has no port)."""
+    host, port = text, str(DEFAULT_RELEASE_PORT)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = rest.removeprefix(":") if rest.startswith(":") else "x"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 0xFFFF or any(c in host for c in "/[] "):
+        raise table.error(key, f"{text!r} is not host[:port] (or [v6 address][:port])")
+    return HostPort(host, int(port))
 
 
 def _absolute(table: _Table, key: str, default: str) -> Path:

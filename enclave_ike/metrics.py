@@ -92,6 +92,8 @@ class Metrics:
                                registry=registry)
         self.answers = Counter("enclave_ike_dns_answers", "DNS answers from the resolver, by RCODE", ["rcode"],
                                registry=registry)
+        self.key_releases = Counter("enclave_ike_key_releases", "Key release requests from other replicas, by "
+                                    "result (granted, refused)", ["result"], registry=registry)
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.latency = Histogram("enclave_ike_dns_resolver_seconds", "Time the resolver took to answer",
                                  buckets=LATENCY_BUCKETS, registry=registry)

@@ -43,6 +43,7 @@ from .apply import Applier, ApplyError, ChildSaTable, KernelApplier, LogApplier,
 from .config import ApplyMode, Auth, Backend, KeyType, ServeConfig
 from .datapath import DnsQuery, EspDatapath
 from .diagnostics import Diagnostics
+from .enclave import attest
 from .enclave.base import Enclave
 from .enclave.sim import SimEnclave
 from .enclave.software import SoftwareEnclave
@@ -73,6 +74,8 @@ from .metrics import Metrics
 from .metrics_endpoint import MetricsEndpoint, metrics_socket
 from .relay import Relayed, socket_peer
 from .relay_server import Relay
+from .release import service as key_release
+from .release.endpoint import ReleaseEndpoint
 from .topdomains import TopDomains
 
 log = logging.getLogger("enclave_ike")
@@ -224,8 +227,9 @@ class _Send:
 
 class Server:
     def __init__(self, config: ServeConfig, responder: Responder, applier: Applier,
-                 evidence: EvidenceEndpoint | None = None) -> None:
+                 evidence: EvidenceEndpoint | None = None, release: ReleaseEndpoint | None = None) -> None:
         self.config, self.responder, self.applier, self.evidence = config, responder, applier, evidence
+        self.release = release
         self._loop = asyncio.get_running_loop()
         # Every line that names a client goes through here: to the log, or with privacy on to the enclave's ring.
         self.diagnostics = Diagnostics(log, config.privacy)
@@ -246,6 +250,8 @@ class Server:
                                else None, ike_sas=lambda: len(self.responder.views()))
         if self.datapath is not None:
             self.metrics.watch_esp(self.datapath.counts, self.datapath.drops)
+        if release is not None:
+            release.counted = lambda result: self.metrics.key_releases.labels(result=result).inc()
         self.metrics_endpoint: MetricsEndpoint | None = None
         if config.metrics.enabled:
             relay = config.listen.relay
@@ -298,12 +304,11 @@ class Server:
                 self._sockets.append(protocol)
                 self._by_local[local] = protocol
         try:
-            for endpoint in (self.evidence, self.metrics_endpoint):  # TCP (or relayed) beside IKE
-                if endpoint is not None:
-                    await endpoint.start()
+            for endpoint in self._endpoints():  # TCP (or relayed) beside IKE
+                await endpoint.start()
         except EnclaveIkeError:
-            if self.evidence is not None:
-                await self.evidence.stop()
+            for endpoint in self._endpoints():
+                await endpoint.stop()
             self._close_sockets()
             if self.relay is not None:
                 await self.relay.stop()
@@ -312,11 +317,13 @@ class Server:
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
         self._loop.call_later(COUNTS_INTERVAL_S, self._log_counts_periodically)
 
+    def _endpoints(self) -> list[EvidenceEndpoint | MetricsEndpoint | ReleaseEndpoint]:
+        return [e for e in (self.evidence, self.metrics_endpoint, self.release) if e is not None]
+
     async def stop(self) -> None:
         """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
-        for endpoint in (self.evidence, self.metrics_endpoint):
-            if endpoint is not None:
-                await endpoint.stop()
+        for endpoint in self._endpoints():
+            await endpoint.stop()
         self.log_counts()
         for task in self._signing:
             task.cancel()
@@ -705,11 +712,18 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     enclave = await asyncio.to_thread(open_enclave, config)
     applier: Applier = KernelApplier() if config.apply is ApplyMode.KERNEL else LogApplier()
     try:
+        evidence = for_config(config, enclave)
+        release = None
+        if enclave is not None:  # the key: a new one, or the service's from another replica (release/)
+            envelopes = evidence.envelope if evidence is not None else attest.envelopes(enclave)
+            source = await asyncio.to_thread(key_release.join, config.release, enclave, envelopes, log.info)
+            log.info("identity key: %s", source)
+            release = key_release.endpoint(config.release, enclave, envelopes)
         signer = enclave.signer() if enclave is not None else None
         responder = Responder(config.responder_config(signer),
                               local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
                               random=secrets.token_bytes)
-        server = Server(config, responder, applier, evidence=for_config(config, enclave))
+        server = Server(config, responder, applier, evidence=evidence, release=release)
         await server.start()
         identity = PublishedIdentity.of(config, enclave)
         identity.publish(config.identity.publish)

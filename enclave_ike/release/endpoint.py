@@ -1,0 +1,164 @@
+"""The holder's key release endpoint, HTTP/1.1 on TCP `[release] listen` (default port 4502):
+
+    POST /release/challenge   (no body)            200 application/json {"challenge": HEX}: single use, 30 s
+    POST /release/key         (a KeyRequest)       200 application/json: the KeyGrant
+                                                   400 a request that does not parse; 403 refused (one line why)
+
+Plain HTTP on purpose, like the evidence endpoint: what crosses is evidence, which authenticates itself, and a key
+sealed to a key that evidence binds; TLS would add nothing either side relies on. POST because a challenge is state.
+Bounds: a head of at most 8 KiB and a body of at most messages.MAX_MESSAGE, read within 10 s; at most 16
+connections, and one grant in the making at a time (it verifies evidence and asks the enclave for a report and a
+seal; more get 503). Each grant and each refusal is logged on one line with the counts so far, and counted in
+`enclave_ike_key_releases`; nothing of any DNS client is involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from ikecommon.evidence_client import hostport
+
+from ..errors import EnclaveIkeError
+from ..evidence_endpoint import Response
+from ..relay_server import admit, close_servers
+from .errors import MessageError, Refused
+from .holder import Holder
+from .messages import MAX_MESSAGE
+
+log = logging.getLogger("enclave_ike.release")
+
+DEFAULT_PORT = 4502
+MAX_HEAD = 8192
+READ_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 16
+ROUTES = ("/release/challenge", "/release/key")
+
+
+class ReleaseEndpointError(EnclaveIkeError):
+    """The release endpoint could not listen."""
+
+
+@dataclass
+class Tally:
+    granted: int = 0
+    refused: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.granted} granted, {self.refused} refused since start"
+
+
+class ReleaseEndpoint:
+    def __init__(self, holder: Holder, listen: Sequence[tuple[str, int]], *,
+                 counted: Callable[[str], None] = lambda result: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`counted("granted" | "refused")` for each answered request (the metrics); `clock` is wall time (the
+        evidence's validity is judged at it)."""
+        self.holder, self.listen, self.counted, self._clock = holder, tuple(listen), counted, clock
+        self.tally = Tally()
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._granting = asyncio.Lock()
+        self.bound: list[tuple[str, int]] = []
+
+    async def start(self) -> None:
+        for address, port in self.listen:
+            try:
+                server = await asyncio.start_server(self._connection, address, port, limit=MAX_HEAD,
+                                                    reuse_address=True)
+            except OSError as exc:
+                await self.stop()
+                raise ReleaseEndpointError(f"release endpoint: cannot listen on {hostport(address, port)} (tcp): "
+                                           f"{exc.strerror or exc}") from None
+            self._servers.append(server)
+            self.bound += [(address, int(sock.getsockname()[1])) for sock in server.sockets]
+        log.info("key release endpoint on %s (tcp): POST /release/challenge, POST /release/key",
+                 ", ".join(hostport(a, p) for a, p in self.bound))
+
+    async def stop(self) -> None:
+        await close_servers(self._servers, self._connections, None)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = admit(self._connections, MAX_CONNECTIONS, writer)
+        if task is None:
+            return
+        peer = writer.get_extra_info("peername")
+        try:
+            response = await asyncio.wait_for(self._read(reader), READ_TIMEOUT_S)
+            if isinstance(response, tuple):
+                response = await self._route(*response, peer[0] if peer else "?")
+            writer.write(response.encode())
+            await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer went away or stalled, or serve is stopping
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _read(self, reader: asyncio.StreamReader) -> tuple[str, bytes] | Response:
+        """(path, body) of a POST, or the error to answer with."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return Response.text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"head over {MAX_HEAD} bytes")
+        line, *headers = head[:-4].decode("latin-1").split("\r\n")
+        parts = line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return Response.text(HTTPStatus.BAD_REQUEST, "expected a request line: POST /release/... HTTP/1.1")
+        method, path, _ = parts
+        if path not in ROUTES:
+            return Response.text(HTTPStatus.NOT_FOUND, f"{path[:80]}: not here ({', '.join(ROUTES)})")
+        if method != "POST":
+            return Response.text(HTTPStatus.METHOD_NOT_ALLOWED, f"{method[:20]}: only POST", ("Allow", "POST"))
+        length = _body_length(headers)
+        if isinstance(length, Response):
+            return length
+        return path, await reader.readexactly(length)
+
+    async def _route(self, path: str, body: bytes, peer: str) -> Response:
+        if path == "/release/challenge":
+            if body:
+                return Response.text(HTTPStatus.BAD_REQUEST, "/release/challenge takes no body")
+            challenge = self.holder.challenge(self._clock())
+            return Response(HTTPStatus.OK, json.dumps({"challenge": challenge.hex()}).encode() + b"\n",
+                            "application/json")
+        if self._granting.locked():
+            return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, "busy granting; try again", ("Retry-After", "1"))
+        async with self._granting:
+            try:
+                granted = await asyncio.to_thread(self.holder.grant, body, self._clock())
+            except (MessageError, Refused) as exc:
+                self.tally.refused += 1
+                self.counted("refused")
+                log.warning("key release to %s refused: %s; %s", peer, exc, self.tally)
+                status = HTTPStatus.BAD_REQUEST if isinstance(exc, MessageError) else HTTPStatus.FORBIDDEN
+                return Response.text(status, f"refused: {exc}")
+            except EnclaveIkeError as exc:  # our enclave could not make evidence or seal: not the joiner's fault
+                log.error("key release to %s failed: %s", peer, exc)
+                return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot grant now: {exc}")
+        self.tally.granted += 1
+        self.counted("granted")
+        log.info("key release: granted the service key to %s (%s evidence matching %r); %s", peer, granted.kind,
+                 granted.measurement_id, self.tally)
+        return Response(HTTPStatus.OK, granted.grant, "application/json")
+
+
+def _body_length(headers: list[str]) -> int | Response:
+    """The Content-Length (0 without one), or the error to answer with."""
+    fields = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in headers)}
+    if "transfer-encoding" in fields:
+        return Response.text(HTTPStatus.BAD_REQUEST, "a body with Content-Length only")
+    length = fields.get("content-length", "0")
+    if not length.isdigit():
+        return Response.text(HTTPStatus.BAD_REQUEST, f"Content-Length {length[:20]!r}: not a number")
+    if int(length) > MAX_MESSAGE:
+        return Response.text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Content-Length {length}: at most {MAX_MESSAGE}")
+    return int(length)

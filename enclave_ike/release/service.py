@@ -1,0 +1,59 @@
+"""What `serve` does with key release: obtain the service's key before anything is served, and give it to other
+replicas once it is running (the config's [release])."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ikecommon.attestation.verify import TrustAnchors
+
+from ..config import Anchors, KeySource, ReleaseConfig, WhenAlone
+from ..enclave.attest import MakeEnvelope
+from ..enclave.base import Enclave
+from .appraise import Appraiser
+from .endpoint import ReleaseEndpoint
+from .errors import ReleaseError
+from .holder import Holder
+from .obtain import NoHolder, obtain
+
+
+class JoinFailed(ReleaseError):
+    """This replica has no key it may serve with: serve does not start."""
+
+
+def appraiser(config: ReleaseConfig) -> Appraiser:
+    if config.spec is None:
+        raise ReleaseError("[release] has no spec")
+    anchors = TrustAnchors.simulated() if config.anchors is Anchors.SIM else TrustAnchors.shipped()
+    return Appraiser(config.spec, anchors)
+
+
+def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None]) -> str:
+    """Put the service's key in `enclave` as the config says; where it came from, in words. JoinFailed when the
+    replica must not start."""
+    if config.source is KeySource.NEW:
+        return "a new key"
+    peers = ", ".join(map(str, config.peers))
+    say(f"asking {peers} for the service key (within {config.join_timeout_s:g} s)")
+    try:
+        obtained = obtain(enclave, appraiser(config), config.peers, within=config.join_timeout_s,
+                          own={where.host for where in config.listen}, make_envelope=make_envelope, say=say)
+    except NoHolder as exc:
+        if exc.answered:
+            raise JoinFailed(f"{exc}: replicas answered but none gave the key, so none is made here (a second key "
+                             "would split the service's identity)") from None
+        if config.when_alone is WhenAlone.EXIT:
+            raise JoinFailed(f"{exc}; with when_alone = \"exit\" no new key is made") from None
+        say(f"no replica answered within {config.join_timeout_s:g} s: this replica starts the service's key "
+            "(when_alone = \"new-key\"); clients pinned to an earlier key must attest again")
+        return "a new service key (no replica answered)"
+    return (f"the service key from {obtained.source} ({obtained.holder.kind.value} evidence matching "
+            f"{obtained.holder.measurement_id!r})")
+
+
+def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope) -> ReleaseEndpoint | None:
+    """The holder's endpoint, when [release] listen names where."""
+    if not config.listen:
+        return None
+    holder = Holder(enclave, appraiser(config), make_envelope)
+    return ReleaseEndpoint(holder, [(where.host, where.port) for where in config.listen])
