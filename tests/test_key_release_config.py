@@ -1,0 +1,89 @@
+"""[release] in enclave-ike's config: where the identity key comes from, who it is given to, and every mistake as one
+line naming the key (exit status 2), before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from enclave_ike import config as cfg
+from ikecommon.attestation.sim import DEFAULT_REGISTERS
+from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+
+BASE = """
+[listen]
+addresses = ["192.0.2.53"]
+
+[identity]
+backend = "sim"
+id = "@dns.service.example"
+publish = "{dir}/identity.json"
+
+[release]
+"""
+SPEC = MeasurementSpec((MeasurementEntry("build", "sim", ((0, DEFAULT_REGISTERS[0]),)),))
+
+
+def load(tmp_path: Path, release: str, base: str = BASE) -> cfg.ServeConfig:
+    (tmp_path / "spec.json").write_bytes(SPEC.encode())
+    path = tmp_path / "enclave-ike.toml"
+    path.write_text(base.replace("{dir}", str(tmp_path)) + release.replace("{dir}", str(tmp_path)))
+    return cfg.load(path)
+
+
+def test_no_release_section_means_a_new_key_given_to_nobody(tmp_path: Path) -> None:
+    release = load(tmp_path, "").release
+    assert release == cfg.ReleaseConfig()
+    assert (release.source, release.listen, release.spec) == (cfg.KeySource.NEW, (), None)
+
+
+def test_a_joining_replica(tmp_path: Path) -> None:
+    release = load(tmp_path, 'source = "peers"\npeers = ["enclave-ike-0.enclave-ike:4502", "10.0.0.1", '
+                             '"[2001:db8::1]:9000", "[2001:db8::2]", '
+                             '"2001:db8::4"]\nwhen_alone = "new-key"\njoin_timeout_s = 5\n'
+                             'listen = ["10.0.0.2", "[2001:db8::3]:4600"]\nspec = "{dir}/spec.json"\n'
+                             'anchors = "sim"\n').release
+    assert release.source is cfg.KeySource.PEERS and release.when_alone is cfg.WhenAlone.NEW_KEY
+    assert [str(p) for p in release.peers] == ["enclave-ike-0.enclave-ike:4502", "10.0.0.1:4502",
+                                               "[2001:db8::1]:9000", "[2001:db8::2]:4502",
+                                               "[2001:db8::4]:4502"]  # a bare IPv6 address has no port
+    assert [str(p) for p in release.listen] == ["10.0.0.2:4502", "[2001:db8::3]:4600"]
+    assert release.spec == SPEC and release.anchors is cfg.Anchors.SIM and release.join_timeout_s == 5
+
+
+BAD = [
+    ('source = "vault"\n', "release.source: 'vault' is not one of new, peers"),
+    ('source = "peers"\nspec = "{dir}/spec.json"\n', "release.peers: missing: source = \"peers\" needs"),
+    ('source = "peers"\npeers = ["10.0.0.1"]\n', "release.spec: missing: key release needs the measurement spec"),
+    ('listen = ["10.0.0.2"]\n', "release.spec: missing"),
+    ('spec = "{dir}/spec.json"\n', "release.spec: key release is off"),
+    ('peers = ["10.0.0.1"]\n', "release.peers: belongs to source = \"peers\""),
+    ('when_alone = "new-key"\n', "release.when_alone: belongs to source"),
+    ('source = "peers"\npeers = ["10.0.0.1:99999"]\nspec = "{dir}/spec.json"\n',
+     "release.peers: '10.0.0.1:99999' is not host[:port]"),
+    ('source = "peers"\npeers = ["[2001:db8::1]x"]\nspec = "{dir}/spec.json"\n', "is not host[:port]"),
+    ('source = "peers"\npeers = [":4502"]\nspec = "{dir}/spec.json"\n', "release.peers: ':4502' is not"),
+    ('listen = ["resolver.example"]\nspec = "{dir}/spec.json"\n', "release.listen: 'resolver.example' is not an IP"),
+    ('listen = ["10.0.0.2"]\nspec = "spec.json"\n', "release.spec: 'spec.json' must be an absolute path"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/absent.json"\n', "absent.json: No such file or directory"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/enclave-ike.toml"\n', "release.spec: "),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nanchors = "none"\n', "release.anchors: 'none' is not one"),
+    ('source = "peers"\npeers = ["10.0.0.1"]\nspec = "{dir}/spec.json"\njoin_timeout_s = -1\n',
+     "release.join_timeout_s: expected seconds"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nport = 4502\n', "release.port: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("release", "message"), BAD)
+def test_bad_release_config_names_the_key(tmp_path: Path, release: str, message: str) -> None:
+    with pytest.raises(cfg.ConfigError) as info:
+        load(tmp_path, release)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+
+
+def test_null_auth_has_no_key_to_release(tmp_path: Path) -> None:
+    base = BASE.replace('id = "@dns.service.example"\n', 'auth = "null"\n')
+    with pytest.raises(cfg.ConfigError, match=r"release\.listen: NULL authentication has no identity key"):
+        load(tmp_path, 'listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\n', base)
