@@ -752,24 +752,30 @@ def _release(table: _Table, identity: IdentityConfig) -> ReleaseConfig:
         raise table.error("spec", "missing: key release needs the measurement spec every replica must match")
     if spec is not None and source is not KeySource.PEERS and not listen:
         raise table.error("spec", "key release is off (source = \"new\", no listen): nothing uses the spec")
+    if anchors is Anchors.SIM and identity.backend is Backend.TSM:
+        raise table.error("anchors", "\"sim\" trusts evidence anyone can make (NOT SECURE): with the tsm backend "
+                                     "it would give the real key to anyone; use \"vendors\"")
     if (source is KeySource.PEERS or listen) and identity.auth is Auth.NULL:
         raise table.error("source" if source is KeySource.PEERS else "listen",
                           "NULL authentication has no identity key to release")
     return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors)
 
 
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
 def _host_port(table: _Table, key: str, text: str) -> HostPort:
-    """"host", "host:port", "[v6]" or "[v6]:port" (an IPv6 address alone has no port)."""
-    host, port = text, str(DEFAULT_RELEASE_PORT)
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = rest.removeprefix(":") if rest.startswith(":") else "x"
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 0xFFFF or any(c in host for c in "/[] "):
-        raise table.error(key, f"{text!r} is not host[:port] (or [v6 address][:port])")
-    return HostPort(host, int(port))
+    """"host", "host:port", "[v6]" or "[v6]:port" (an IPv6 address goes in brackets, so a port is never misread)."""
+    match = _HOST_PORT.fullmatch(text)
+    port = int(match["port"] or DEFAULT_RELEASE_PORT) if match else 0
+    if match is None or not 1 <= port <= 0xFFFF:
+        raise table.error(key, f"{text!r} is not host[:port] or [IPv6 address][:port]")
+    if match["v6"] is not None:
+        try:
+            IPv6Address(match["v6"])
+        except ValueError:
+            raise table.error(key, f"{text!r}: {match['v6']!r} is not an IPv6 address") from None
+    return HostPort(match["v6"] or match["host"], port)
 
 
 def _absolute(table: _Table, key: str, default: str) -> Path:

@@ -40,14 +40,12 @@ def test_no_release_section_means_a_new_key_given_to_nobody(tmp_path: Path) -> N
 
 def test_a_joining_replica(tmp_path: Path) -> None:
     release = load(tmp_path, 'source = "peers"\npeers = ["enclave-ike-0.enclave-ike:4502", "10.0.0.1", '
-                             '"[2001:db8::1]:9000", "[2001:db8::2]", '
-                             '"2001:db8::4"]\nwhen_alone = "new-key"\njoin_timeout_s = 5\n'
+                             '"[2001:db8::1]:9000", "[2001:db8::2]"]\nwhen_alone = "new-key"\njoin_timeout_s = 5\n'
                              'listen = ["10.0.0.2", "[2001:db8::3]:4600"]\nspec = "{dir}/spec.json"\n'
                              'anchors = "sim"\n').release
     assert release.source is cfg.KeySource.PEERS and release.when_alone is cfg.WhenAlone.NEW_KEY
     assert [str(p) for p in release.peers] == ["enclave-ike-0.enclave-ike:4502", "10.0.0.1:4502",
-                                               "[2001:db8::1]:9000", "[2001:db8::2]:4502",
-                                               "[2001:db8::4]:4502"]  # a bare IPv6 address has no port
+                                               "[2001:db8::1]:9000", "[2001:db8::2]:4502"]
     assert [str(p) for p in release.listen] == ["10.0.0.2:4502", "[2001:db8::3]:4600"]
     assert release.spec == SPEC and release.anchors is cfg.Anchors.SIM and release.join_timeout_s == 5
 
@@ -62,7 +60,14 @@ BAD = [
     ('when_alone = "new-key"\n', "release.when_alone: belongs to source"),
     ('source = "peers"\npeers = ["10.0.0.1:99999"]\nspec = "{dir}/spec.json"\n',
      "release.peers: '10.0.0.1:99999' is not host[:port]"),
+    ('source = "peers"\npeers = ["2001:db8::1:4502"]\nspec = "{dir}/spec.json"\n',
+     "release.peers: '2001:db8::1:4502' is not host[:port] or [IPv6 address][:port]"),
+    ('source = "peers"\npeers = ["r:\u00b2"]\nspec = "{dir}/spec.json"\n', "release.peers: 'r:\u00b2' is not"),
+    ('source = "peers"\npeers = ["r:\u0664\u0665"]\nspec = "{dir}/spec.json"\n', "is not host[:port]"),
+    ('source = "peers"\npeers = ["[::1"]\nspec = "{dir}/spec.json"\n', "release.peers: '[::1' is not"),
+    ('source = "peers"\npeers = ["[1:2:3]"]\nspec = "{dir}/spec.json"\n', "'1:2:3' is not an IPv6 address"),
     ('source = "peers"\npeers = ["[2001:db8::1]x"]\nspec = "{dir}/spec.json"\n', "is not host[:port]"),
+    ('source = "peers"\npeers = ["a b:1"]\nspec = "{dir}/spec.json"\n', "is not host[:port]"),
     ('source = "peers"\npeers = [":4502"]\nspec = "{dir}/spec.json"\n', "release.peers: ':4502' is not"),
     ('listen = ["resolver.example"]\nspec = "{dir}/spec.json"\n', "release.listen: 'resolver.example' is not an IP"),
     ('listen = ["10.0.0.2"]\nspec = "spec.json"\n', "release.spec: 'spec.json' must be an absolute path"),
@@ -81,6 +86,13 @@ def test_bad_release_config_names_the_key(tmp_path: Path, release: str, message:
         load(tmp_path, release)
     assert message in str(info.value)
     assert "\n" not in str(info.value) and info.value.exit_code == 2
+
+
+def test_sim_anchors_with_a_real_tee_are_refused(tmp_path: Path) -> None:
+    """Sim evidence can be made by anyone: trusting it on a tsm backend would release the real key to anyone."""
+    with pytest.raises(cfg.ConfigError, match=r"release\.anchors: \"sim\" trusts evidence anyone can make"):
+        load(tmp_path, 'listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nanchors = "sim"\n',
+             BASE.replace('backend = "sim"', 'backend = "tsm"'))
 
 
 def test_null_auth_has_no_key_to_release(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from enclave_ike.config import HostPort
 from enclave_ike.enclave.attest import envelopes
+from enclave_ike.enclave.errors import EnclaveError
 from enclave_ike.enclave.sealing import spki
 from enclave_ike.enclave.software import SoftwareEnclave
 from enclave_ike.release.appraise import Appraiser
@@ -20,6 +22,7 @@ from enclave_ike.release.endpoint import ReleaseEndpoint
 from enclave_ike.release.holder import Holder
 from enclave_ike.release.messages import MAX_MESSAGE
 from enclave_ike.release.obtain import NoHolder, obtain
+from ikecommon.attestation.envelope import Envelope
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
 from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
 from ikecommon.attestation.verify import TrustAnchors
@@ -84,7 +87,7 @@ def test_a_refusal_means_a_peer_answered(running: Running, holder_enclave: Softw
     said: list[str] = []
     with pytest.raises(NoHolder) as info:
         obtain(joiner, APPRAISER, [HostPort("127.0.0.1", running.port)], within=0, say=said.append)
-    assert info.value.answered
+    assert info.value.present
     assert "the holder said 403 refused: the joiner's evidence does not verify: spec[build].measurements.0" in \
         str(info.value)
     where = f"127.0.0.1:{running.port}"
@@ -101,7 +104,7 @@ def test_we_refuse_a_holder_of_another_build() -> None:
     try:
         with pytest.raises(NoHolder, match=r"the holder's evidence does not verify: spec\[build\]") as info:
             obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", served.port)], within=0)
-        assert info.value.answered and served.counted == ["granted"]  # it gave; we did not take
+        assert info.value.present and served.counted == ["granted"]  # it gave; we did not take
     finally:
         served.close()
 
@@ -114,14 +117,21 @@ def test_nobody_listening_is_no_answer() -> None:
     clock = iter(range(100)).__next__
     with pytest.raises(NoHolder, match=r"within 3 s \(.*127\.0\.0\.1:\d+: Connection refused") as info:
         obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", port), HostPort("no-such-host.invalid", 4502)],
-               within=3, clock=lambda: float(clock()), sleep=sleeps.append)
-    assert not info.value.answered and "no-such-host.invalid:4502: does not resolve" in str(info.value)
+               within=3, monotonic=lambda: float(clock()), sleep=sleeps.append)
+    assert not info.value.present and "no-such-host.invalid:4502: does not resolve" in str(info.value)
     assert sleeps and all(0 <= pause <= 1 for pause in sleeps)
 
 
-def test_our_own_addresses_are_not_asked(running: Running) -> None:
+def test_a_peer_on_our_address_but_another_port_is_asked(running: Running) -> None:
+    joiner = SoftwareEnclave()
+    obtain(joiner, APPRAISER, [HostPort("127.0.0.1", running.port)], within=0, own={"127.0.0.1:4502"})
+    assert running.counted == ["granted"]
+
+
+def test_our_own_endpoint_is_not_asked(running: Running) -> None:
     with pytest.raises(NoHolder, match="no peer address to ask"):
-        obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", running.port)], within=0, own={"127.0.0.1"})
+        obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", running.port)], within=0,
+               own={f"127.0.0.1:{running.port}"})
     assert running.counted == []
 
 
@@ -148,3 +158,107 @@ def test_a_challenge_is_fresh_each_time(running: Running) -> None:
     first = exchange(running.port, b"POST /release/challenge HTTP/1.1\r\n\r\n")
     second = exchange(running.port, b"POST /release/challenge HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
     assert first[0] == second[0] == 200 and first[1] != second[1]
+
+
+def test_a_content_length_of_other_digits_is_one_line() -> None:
+    holder = SoftwareEnclave()
+    served = Running(ReleaseEndpoint(Holder(holder, APPRAISER, envelopes(holder)), [("127.0.0.1", 0)]))
+    try:
+        code, body = exchange(served.port, b"POST /release/key HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+        assert code == 400 and b"not a number" in body
+    finally:
+        served.close()
+
+
+def test_past_the_connection_caps_a_joiner_is_told_and_sees_a_holder(running: Running) -> None:
+    """Idle connections fill this address's share: the next one gets a 503 at once, not a reset, so a joiner knows
+    a holder is there and does not start a key of its own."""
+    idle = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(4)]
+    try:
+        code, body = exchange(running.port, b"POST /release/challenge HTTP/1.1\r\n\r\n")
+        assert code == 503 and b"too many connections" in body
+        with pytest.raises(NoHolder, match="the holder said 503") as info:
+            obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", running.port)], within=0)
+        assert info.value.present
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_slow_head_is_cut_off(running: Running) -> None:
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"POST /release/key HTTP/1.1\r\n")
+        assert sock.recv(100) == b""  # closed after HEAD_TIMEOUT_S, unanswered
+
+
+def test_a_holder_whose_enclave_fails_is_there() -> None:
+    """Its 503 is an answer: a joiner must not take it for an empty service and start a key of its own."""
+    enclave = SoftwareEnclave()
+
+    def broken(nonce: bytes, label: bytes, key: bytes | None) -> Envelope:
+        raise EnclaveError("sim enclave (pid 1): timed out")
+
+    served = Running(ReleaseEndpoint(Holder(enclave, APPRAISER, broken), [("127.0.0.1", 0)]))
+    try:
+        with pytest.raises(NoHolder, match="the holder said 503 cannot grant now: sim enclave") as info:
+            obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", served.port)], within=0)
+        assert info.value.present
+    finally:
+        served.close()
+
+
+class FakePeer:
+    """A TCP peer that answers every connection with `answer`, a byte every `drip` seconds if given."""
+
+    def __init__(self, answer: bytes, drip: float = 0.0) -> None:
+        self.answer, self.drip = answer, drip
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                try:
+                    if not self.drip:
+                        conn.sendall(self.answer)
+                    for byte in self.answer if self.drip else b"":
+                        conn.sendall(bytes([byte]))
+                        time.sleep(self.drip)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("body", [b'{"challenge": "ab"}', b'""', b"[" * 100_000, b'{"challenge": "zz"}'])
+def test_a_peer_answering_nonsense_is_skipped_for_the_next(running: Running, body: bytes) -> None:
+    odd = FakePeer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    said: list[str] = []
+    try:
+        obtained = obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", odd.port),
+                                                          HostPort("127.0.0.1", running.port)], within=5,
+                          say=said.append)
+    finally:
+        odd.close()
+    assert obtained.source == f"127.0.0.1:{running.port}"
+    assert said == [f"key release from 127.0.0.1:{odd.port} refused: challenge: not a JSON object with a challenge "
+                    "of 16 to 64 bytes as hex"]
+
+
+def test_a_dripping_peer_cannot_hold_the_joiner_past_its_window() -> None:
+    slow = FakePeer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100, drip=0.2)
+    began = time.monotonic()
+    try:
+        with pytest.raises(NoHolder) as info:
+            obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", slow.port)], within=1, timeout=10)
+    finally:
+        slow.close()
+    assert time.monotonic() - began < 5  # the request's bound is the window's end (at least 1 s), not per read
+    assert info.value.present

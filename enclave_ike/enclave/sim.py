@@ -1,9 +1,13 @@
-"""The `sim` backend: the IKE key lives in a separate process that only signs.
+"""The `sim` backend: the IKE key lives in a separate process that only signs, and hands it out only sealed.
 
 enclave-ike starts `sim_child` with one end of a socketpair and keeps the other. The child generates the key and
-answers three requests (channel.py): the public key, a signature, and a sim report for given report data. No
-request returns private key material, and the key never exists in enclave-ike's own memory. The child exits when
-the channel closes, so it dies with enclave-ike even when enclave-ike is killed (the kernel closes its end).
+answers the requests of channel.py: the public key, a signature, a sim report for given report data, and for key
+release between replicas an ephemeral recipient key, the identity key sealed to a public key, and the import of a
+sealed key. No request returns the key unsealed, so the key never exists in enclave-ike's own memory. But the
+child seals to whatever public key enclave-ike names and imports whatever sealed key it is given: enclave-ike
+decides, after verifying the other replica's evidence (enclave_ike/release), as the code inside a real TEE would.
+The child exits when the channel closes, so it dies with enclave-ike even when enclave-ike is killed (the kernel
+closes its end).
 
 The process boundary shows the shape of a real enclave, not its protection: the child runs as the same user on the
 same kernel, and its evidence is signed by the simulated root (NOT SECURE, see attestation/sim.py).
@@ -78,6 +82,13 @@ class SimEnclave:
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in CURVES:
             raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
         return _ProcessSigner(self._call, key, ecdsa_schemes(key.curve.name))
+
+    def problem(self) -> str | None:
+        """None while the child runs and the channel is open; else what happened to it (for GET /health)."""
+        code = self._process.poll()
+        if code is not None:
+            return f"the sim enclave (pid {self.pid}) exited with status {code}: its key is gone"
+        return "the channel to the sim enclave is closed" if self._closed else None
 
     @property
     def pid(self) -> int:

@@ -6,10 +6,11 @@
 
 Plain HTTP on purpose, like the evidence endpoint: what crosses is evidence, which authenticates itself, and a key
 sealed to a key that evidence binds; TLS would add nothing either side relies on. POST because a challenge is state.
-Bounds: a head of at most 8 KiB and a body of at most messages.MAX_MESSAGE, read within 10 s; at most 16
-connections, and one grant in the making at a time (it verifies evidence and asks the enclave for a report and a
-seal; more get 503). Each grant and each refusal is logged on one line with the counts so far, and counted in
-`enclave_ike_key_releases`; nothing of any DNS client is involved.
+Bounds: a head of at most 8 KiB read within 2 s, and a body of at most messages.MAX_MESSAGE read within 10 s; at
+most 16 connections, 4 from one address (more get 503 at once: a joiner that is turned away must see a holder
+there, not an absence), and one grant in the making at a time (it verifies evidence and asks the enclave for a
+report and a seal; more get 503). Each grant and each refusal is logged on one line with the counts so far, and
+counted in `enclave_ike_key_releases`; nothing of any DNS client is involved.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,7 +30,7 @@ from ikecommon.evidence_client import hostport
 
 from ..errors import EnclaveIkeError
 from ..evidence_endpoint import Response
-from ..relay_server import admit, close_servers
+from ..relay_server import close_servers
 from .errors import MessageError, Refused
 from .holder import Holder
 from .messages import MAX_MESSAGE
@@ -36,8 +39,11 @@ log = logging.getLogger("enclave_ike.release")
 
 DEFAULT_PORT = 4502
 MAX_HEAD = 8192
+HEAD_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 16
+MAX_PER_ADDRESS = 4
+_DIGITS = re.compile(r"[0-9]{1,9}")
 ROUTES = ("/release/challenge", "/release/key")
 
 
@@ -64,6 +70,7 @@ class ReleaseEndpoint:
         self.tally = Tally()
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._by_address: Counter[str] = Counter()
         self._granting = asyncio.Lock()
         self.bound: list[tuple[str, int]] = []
 
@@ -85,20 +92,29 @@ class ReleaseEndpoint:
         await close_servers(self._servers, self._connections, None)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = admit(self._connections, MAX_CONNECTIONS, writer)
-        if task is None:
-            return
+        task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        if task is None or len(self._connections) >= MAX_CONNECTIONS or self._by_address[address] >= MAX_PER_ADDRESS:
+            await _turn_away(reader, writer)
+            return
+        self._connections.add(task)
+        self._by_address[address] += 1
         try:
-            response = await asyncio.wait_for(self._read(reader), READ_TIMEOUT_S)
+            response = await self._read(reader)
             if isinstance(response, tuple):
-                response = await self._route(*response, peer[0] if peer else "?")
+                response = await self._route(*response, address)
             writer.write(response.encode())
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT_S)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # the peer went away or stalled, or serve is stopping
+        except Exception as exc:  # one line, never asyncio's traceback per request
+            log.error("key release request from %s failed: %r", address, exc)
         finally:
             self._connections.discard(task)
+            self._by_address[address] -= 1
+            if not self._by_address[address]:
+                del self._by_address[address]
             writer.close()
             with contextlib.suppress(OSError, TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -106,7 +122,7 @@ class ReleaseEndpoint:
     async def _read(self, reader: asyncio.StreamReader) -> tuple[str, bytes] | Response:
         """(path, body) of a POST, or the error to answer with."""
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
         except asyncio.LimitOverrunError:
             return Response.text(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"head over {MAX_HEAD} bytes")
         line, *headers = head[:-4].decode("latin-1").split("\r\n")
@@ -121,13 +137,13 @@ class ReleaseEndpoint:
         length = _body_length(headers)
         if isinstance(length, Response):
             return length
-        return path, await reader.readexactly(length)
+        return path, await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT_S)
 
     async def _route(self, path: str, body: bytes, peer: str) -> Response:
         if path == "/release/challenge":
             if body:
                 return Response.text(HTTPStatus.BAD_REQUEST, "/release/challenge takes no body")
-            challenge = self.holder.challenge(self._clock())
+            challenge = self.holder.challenge()
             return Response(HTTPStatus.OK, json.dumps({"challenge": challenge.hex()}).encode() + b"\n",
                             "application/json")
         if self._granting.locked():
@@ -157,8 +173,21 @@ def _body_length(headers: list[str]) -> int | Response:
     if "transfer-encoding" in fields:
         return Response.text(HTTPStatus.BAD_REQUEST, "a body with Content-Length only")
     length = fields.get("content-length", "0")
-    if not length.isdigit():
+    if not _DIGITS.fullmatch(length):
         return Response.text(HTTPStatus.BAD_REQUEST, f"Content-Length {length[:20]!r}: not a number")
     if int(length) > MAX_MESSAGE:
         return Response.text(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"Content-Length {length}: at most {MAX_MESSAGE}")
     return int(length)
+
+
+async def _turn_away(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A 503 past the connection caps, then a close the peer sees as one (its request read and dropped, at most a
+    second: closing with it unread would reset the connection before the answer is read)."""
+    with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                             asyncio.CancelledError):
+        writer.write(Response.text(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections; try again",
+                                   ("Retry-After", "1")).encode())
+        writer.write_eof()
+        await asyncio.wait_for(writer.drain(), 1.0)
+        await asyncio.wait_for(reader.read(MAX_HEAD), 1.0)
+    writer.close()

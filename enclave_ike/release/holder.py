@@ -3,20 +3,30 @@ evidence matching the service's spec, an enclave that holds the ephemeral key th
 
 A request is refused, and nothing leaves the enclave, when:
 - it does not parse (MessageError);
-- its challenge is not one this holder issued and has not yet taken (a replayed request), or is older than
-  CHALLENGE_TTL_S (a stale one): every challenge is taken by the first request that names it, whatever follows;
+- its challenge is not one this holder issued, was already taken (a replayed request: every challenge is taken by
+  the first request that names it, whatever follows), or is older than CHALLENGE_TTL_S (a stale one);
 - its evidence does not verify against the spec, or binds another key, another challenge or another purpose
   (KEY_REQUEST_LABEL: a client's evidence for the IKE key never passes for a request);
 - its key is not one the HPKE suite can seal to (enclave/sealing.py).
 
-Sans-I/O: the caller passes `now` and gets bytes or an exception; endpoint.py serves it.
+Challenges are stateless until used: issued-at (this process's monotonic clock) || 16 random bytes || a MAC of
+both under a key that lives and dies with the holder. Nothing is stored per challenge issued, so a flood of
+challenge requests evicts nobody's; a used challenge is remembered until it would be stale anyway (their number is
+bounded by the rate of requests, which the endpoint takes one at a time).
+
+Sans-I/O apart from its clock: the caller passes the wall time the evidence is judged at; endpoint.py serves it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
+import struct
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,9 +39,10 @@ from .appraise import Appraiser
 from .errors import Refused
 from .messages import KeyGrant, KeyRequest, seal_info
 
-CHALLENGE_SIZE = 32
 CHALLENGE_TTL_S = 30.0  # a joiner asks for a challenge and sends its request at once; evidence takes < 1 s
-MAX_CHALLENGES = 256    # outstanding at once; past it the oldest is forgotten (its request is then refused)
+_ISSUED = struct.Struct(">d")  # when, on the holder's monotonic clock
+_RANDOM_SIZE = _MAC_SIZE = 16
+CHALLENGE_SIZE = _ISSUED.size + _RANDOM_SIZE + _MAC_SIZE
 
 
 @dataclass(frozen=True)
@@ -43,27 +54,25 @@ class Granted:
 
 class Holder:
     def __init__(self, enclave: Enclave, appraiser: Appraiser, make_envelope: MakeEnvelope, *,
-                 ttl: float = CHALLENGE_TTL_S, max_challenges: int = MAX_CHALLENGES) -> None:
+                 ttl: float = CHALLENGE_TTL_S, monotonic: Callable[[], float] = time.monotonic) -> None:
         """`make_envelope` makes this enclave's evidence (the evidence endpoint's, which adds vendor
-        collateral)."""
+        collateral); `monotonic` times the challenges (a wall clock that steps must not age them)."""
         self._enclave, self._appraiser, self._make_envelope = enclave, appraiser, make_envelope
-        self._ttl, self._max = ttl, max_challenges
-        self._challenges: OrderedDict[bytes, float] = OrderedDict()  # challenge -> when issued
+        self._ttl, self._monotonic = ttl, monotonic
+        self._mac_key = secrets.token_bytes(32)
+        self._used: OrderedDict[bytes, float] = OrderedDict()  # challenge -> when used, oldest first
         self._lock = threading.Lock()
 
-    def challenge(self, now: float) -> bytes:
+    def challenge(self) -> bytes:
         """A fresh single-use challenge for one request."""
-        challenge = secrets.token_bytes(CHALLENGE_SIZE)
-        with self._lock:
-            self._challenges[challenge] = now
-            while len(self._challenges) > self._max:
-                self._challenges.popitem(last=False)
-        return challenge
+        issued = _ISSUED.pack(self._monotonic()) + secrets.token_bytes(_RANDOM_SIZE)
+        return issued + self._mac(issued)
 
     def grant(self, body: bytes, now: float) -> Granted:
-        """The grant for this request; MessageError or Refused (naming why) otherwise."""
+        """The grant for this request, its evidence judged at wall time `now`; MessageError or Refused (naming
+        why) otherwise."""
         request = KeyRequest.decode(body)
-        self._take(request.challenge, now)
+        self._take(request.challenge)
         verified = self._appraiser.verify(request.evidence, request.challenge, KEY_REQUEST_LABEL,
                                           datetime.fromtimestamp(now, UTC), "the joiner's")
         identity = spki(self._enclave.signer().public_key())
@@ -74,12 +83,22 @@ class Holder:
         envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, None)
         return Granted(KeyGrant(envelope.encode(), sealed).encode(), verified.measurement_id, verified.kind.value)
 
-    def _take(self, challenge: bytes, now: float) -> None:
+    def _mac(self, issued: bytes) -> bytes:
+        return hmac.new(self._mac_key, issued, hashlib.sha256).digest()[:_MAC_SIZE]
+
+    def _take(self, challenge: bytes) -> None:
+        issued, mac = challenge[:-_MAC_SIZE], challenge[-_MAC_SIZE:]
+        if len(challenge) != CHALLENGE_SIZE or not hmac.compare_digest(mac, self._mac(issued)):
+            raise Refused("the challenge is not one this holder issued (another holder's, or from before a "
+                          "restart)")
+        at = _ISSUED.unpack_from(issued)[0]
+        now = self._monotonic()
         with self._lock:
-            issued = self._challenges.pop(challenge, None)
-            for old in [c for c, at in self._challenges.items() if now - at > self._ttl]:
-                del self._challenges[old]
-        if issued is None:
-            raise Refused("the challenge is not one this holder issued, or was already used (a replayed request)")
-        if now - issued > self._ttl:
-            raise Refused(f"the challenge is stale: issued {now - issued:.0f} s ago, valid for {self._ttl:g} s")
+            # Used more than a TTL ago means issued more than a TTL ago: stale anyway, no need to remember it.
+            while self._used and now - next(iter(self._used.values())) > self._ttl:
+                self._used.popitem(last=False)
+            if challenge in self._used:
+                raise Refused("the challenge was already used (a replayed request)")
+            if now - at > self._ttl:
+                raise Refused(f"the challenge is stale: issued {now - at:.0f} s ago, valid for {self._ttl:g} s")
+            self._used[challenge] = now

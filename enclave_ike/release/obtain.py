@@ -2,27 +2,33 @@
 import the key; round after round until one gives it or the time is up.
 
 Peers are `host:port` (a name resolves to all its addresses, so one headless Service name covers every replica);
-our own release addresses are skipped. The outcome when none gives the key says whether any of them *answered*: a
-peer that answered and refused (or that we refused) holds a key we may not have or must not take, so making a key of
-our own would split the service's identity; only a service where nobody answers may start a new key
-(`[release] when_alone = "new-key"`).
+our own release endpoints are skipped. The outcome when none gives the key says whether any peer is *present*: a
+peer that answered at all (refused us, was refused, was busy, broke off after accepting the connection, sent
+nonsense) may hold a key we may not have or must not take, so making a key of our own would split the service's
+identity. Only a service where every peer is absent (connection refused, no route, no connection within the time,
+a name that does not exist) may start a new key (`[release] when_alone = "new-key"`). Each request is bounded as
+a whole (not per read), and never past the end of the join window.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
+import asyncio
+import errno
+import os
 import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from ikecommon import strictjson
+from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
 from ikecommon.attestation.verify import Verified
 from ikecommon.evidence_client import hostport
 
 from ..config import HostPort
 from ..enclave.attest import MakeEnvelope
 from ..enclave.base import Enclave
+from ..errors import EnclaveIkeError
 from .appraise import Appraiser
 from .errors import MessageError, Refused, ReleaseError, Unreachable
 from .joiner import Joiner
@@ -30,6 +36,8 @@ from .messages import MAX_MESSAGE
 
 ROUND_PAUSE_S = 1.0
 REQUEST_TIMEOUT_S = 10.0
+MAX_HEAD = 8192
+_ABSENT = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL))
 
 
 @dataclass(frozen=True)
@@ -39,10 +47,10 @@ class Obtained:
 
 
 class NoHolder(ReleaseError):
-    """No peer gave the key in time. `answered`: some peer answered (and refused us, or we refused it)."""
+    """No peer gave the key in time. `present`: some peer is there (it answered, or failed after accepting)."""
 
-    def __init__(self, reasons: dict[str, str], answered: bool, seconds: float) -> None:
-        self.reasons, self.answered = reasons, answered
+    def __init__(self, reasons: dict[str, str], present: bool, seconds: float) -> None:
+        self.reasons, self.present = reasons, present
         said = "; ".join(f"{peer}: {reason}" for peer, reason in reasons.items()) or "no peer address to ask"
         super().__init__(f"no replica gave the service key within {seconds:g} s ({said})")
 
@@ -50,74 +58,117 @@ class NoHolder(ReleaseError):
 def obtain(enclave: Enclave, appraiser: Appraiser, peers: Sequence[HostPort], *, within: float,
            own: Collection[str] = (), make_envelope: MakeEnvelope | None = None,
            say: Callable[[str], None] = lambda line: None, clock: Callable[[], float] = time.time,
-           sleep: Callable[[float], None] = time.sleep, timeout: float = REQUEST_TIMEOUT_S) -> Obtained:
-    """The key from the first peer that gives it (now in `enclave`), or NoHolder after `within` seconds."""
-    start = clock()
+           monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+           timeout: float = REQUEST_TIMEOUT_S) -> Obtained:
+    """The key from the first peer that gives it (now in `enclave`), or NoHolder after `within` seconds. `own`:
+    our release endpoints, as address:port; `clock` is wall time (the evidence is judged at it)."""
+    start = monotonic()
     reasons: dict[str, str] = {}
-    answered = False
+    present = False
     while True:
-        for target in _addresses(peers, own, reasons):
+        targets, resolving = _addresses(peers, own, reasons)
+        present = present or resolving
+        for target in targets:
+            left = within - (monotonic() - start)
             try:
-                return Obtained(target, _ask(enclave, appraiser, target, make_envelope, clock, timeout))
+                return Obtained(target, _ask(enclave, appraiser, target, make_envelope, clock,
+                                             max(1.0, min(timeout, left))))
             except Unreachable as exc:
                 reasons[target] = str(exc)
-            except (Refused, MessageError) as exc:
-                answered = True
+            except (ReleaseError, EnclaveIkeError) as exc:  # it answered (or our enclave failed: not absence)
+                present = True
                 if reasons.get(target) != str(exc):
                     say(f"key release from {target} refused: {exc}")
                 reasons[target] = str(exc)
-        if clock() - start >= within:
-            raise NoHolder(reasons, answered, within)
-        sleep(min(ROUND_PAUSE_S, max(0.0, within - (clock() - start))))
+        if monotonic() - start >= within:
+            raise NoHolder(reasons, present, within)
+        sleep(min(ROUND_PAUSE_S, max(0.0, within - (monotonic() - start))))
 
 
-def _addresses(peers: Sequence[HostPort], own: Collection[str], reasons: dict[str, str]) -> list[str]:
-    """Every address:port the peers name now (resolved again each round: replicas come and go)."""
+def _addresses(peers: Sequence[HostPort], own: Collection[str],
+               reasons: dict[str, str]) -> tuple[list[str], bool]:
+    """Every address:port the peers name now (resolved again each round: replicas come and go), and whether a name
+    failed to resolve for a reason other than not existing (a peer may be there: not absence)."""
     found: list[str] = []
+    uncertain = False
     for peer in peers:
         try:
             infos = socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             reasons[str(peer)] = f"does not resolve: {exc}"
+            uncertain = uncertain or getattr(exc, "errno", None) != socket.EAI_NONAME
             continue
         for info in infos:
-            address = str(info[4][0])
-            target = hostport(address, peer.port)
-            if address not in own and target not in found:
+            target = hostport(str(info[4][0]), peer.port)
+            if target not in own and target not in found:
                 found.append(target)
-    return found
+    return found, uncertain
 
 
 def _ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: MakeEnvelope | None,
          clock: Callable[[], float], timeout: float) -> Verified:
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
-    body = _post(host, int(port), "/release/challenge", b"", timeout)
+    deadline = time.monotonic() + timeout
+    body = _post(host, int(port), "/release/challenge", b"", deadline)
     try:
-        document = json.loads(body)
-        challenge = bytes.fromhex(document["challenge"])
-    except (ValueError, TypeError, KeyError):
-        raise MessageError("challenge", "not a JSON object with a hex challenge") from None
+        document = strictjson.loads(body)
+        challenge = bytes.fromhex(document["challenge"]) if isinstance(document, dict) else b""
+    except (strictjson.JsonError, ValueError, TypeError, KeyError):
+        challenge = b""
+    if not NONCE_MIN <= len(challenge) <= NONCE_MAX:
+        raise MessageError("challenge", f"not a JSON object with a challenge of {NONCE_MIN} to {NONCE_MAX} bytes "
+                                        "as hex")
     joiner = Joiner(enclave, appraiser, make_envelope)
-    grant = _post(host, int(port), "/release/key", joiner.request(challenge), timeout)
+    grant = _post(host, int(port), "/release/key", joiner.request(challenge), deadline)
     return joiner.accept(grant, clock())
 
 
-def _post(host: str, port: int, path: str, body: bytes, timeout: float) -> bytes:
-    """The body of a 200 answer; Refused with the holder's line for a 4xx, Unreachable for no answer or a 5xx."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def _post(host: str, port: int, path: str, body: bytes, deadline: float) -> bytes:
+    """The body of a 200 answer. Unreachable when nothing is there to connect to (refused, no route, no connection
+    in time); Refused for any other answer or failure once connected: the peer is there."""
     try:
-        connection.request("POST", path, body, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        answer = response.read(MAX_MESSAGE + 1)
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__) from None
-    finally:
-        connection.close()
-    if len(answer) > MAX_MESSAGE:
-        raise MessageError(path, f"answer over {MAX_MESSAGE} bytes")
-    if response.status == 200:
+        status, answer = asyncio.run(_exchange(host, port, path, body, deadline))
+    except Unreachable:
+        raise
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise Refused(f"the holder failed after accepting the connection: {reason}") from None
+    if status == 200:
         return answer
     line = answer.decode("utf-8", "replace").strip().splitlines()
-    said = f"{response.status} {line[0][:300] if line else response.reason}"
-    raise (Refused if 400 <= response.status < 500 else Unreachable)(f"the holder said {said}")
+    raise Refused(f"the holder said {status} {line[0][:300] if line else ''}".rstrip())
+
+
+async def _exchange(host: str, port: int, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD),
+                                                max(0.1, deadline - time.monotonic()))
+    except TimeoutError:
+        raise Unreachable("no connection within the time") from None
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            raise Unreachable(os.strerror(exc.errno)) from None
+        raise
+    try:
+        return await asyncio.wait_for(_request(reader, writer, host, port, path, body),
+                                      max(0.1, deadline - time.monotonic()))
+    finally:
+        writer.close()
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, path: str,
+                   body: bytes) -> tuple[int, bytes]:
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: {hostport(host, port)}\r\nConnection: close\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode("ascii") + body)
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    parts = head.split("\r\n", 1)[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {head[:60]!r}")
+    answer = await reader.read(MAX_MESSAGE + 1)
+    while answer and len(answer) <= MAX_MESSAGE and (more := await reader.read(MAX_MESSAGE + 1 - len(answer))):
+        answer += more
+    if len(answer) > MAX_MESSAGE:
+        raise ValueError(f"an answer over {MAX_MESSAGE} bytes")
+    return int(parts[1]), answer

@@ -21,11 +21,14 @@ class JoinFailed(ReleaseError):
     """This replica has no key it may serve with: serve does not start."""
 
 
-def appraiser(config: ReleaseConfig) -> Appraiser:
+def appraiser(config: ReleaseConfig, say: Callable[[str], None] = lambda line: None) -> Appraiser:
     if config.spec is None:
         raise ReleaseError("[release] has no spec")
-    anchors = TrustAnchors.simulated() if config.anchors is Anchors.SIM else TrustAnchors.shipped()
-    return Appraiser(config.spec, anchors)
+    if config.anchors is Anchors.SIM:
+        say("key release trusts the SIMULATED attestation root (anchors = \"sim\"): NOT SECURE, anyone can make "
+            "evidence it accepts; for tests and demos only")
+        return Appraiser(config.spec, TrustAnchors.simulated())
+    return Appraiser(config.spec, TrustAnchors.shipped())
 
 
 def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None]) -> str:
@@ -36,11 +39,11 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
     peers = ", ".join(map(str, config.peers))
     say(f"asking {peers} for the service key (within {config.join_timeout_s:g} s)")
     try:
-        obtained = obtain(enclave, appraiser(config), config.peers, within=config.join_timeout_s,
-                          own={where.host for where in config.listen}, make_envelope=make_envelope, say=say)
+        obtained = obtain(enclave, appraiser(config, say), config.peers, within=config.join_timeout_s,
+                          own={str(where) for where in config.listen}, make_envelope=make_envelope, say=say)
     except NoHolder as exc:
-        if exc.answered:
-            raise JoinFailed(f"{exc}: replicas answered but none gave the key, so none is made here (a second key "
+        if exc.present:
+            raise JoinFailed(f"{exc}: replicas are there but none gave the key, so none is made here (a second key "
                              "would split the service's identity)") from None
         if config.when_alone is WhenAlone.EXIT:
             raise JoinFailed(f"{exc}; with when_alone = \"exit\" no new key is made") from None
@@ -51,9 +54,10 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
             f"{obtained.holder.measurement_id!r})")
 
 
-def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope) -> ReleaseEndpoint | None:
+def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope,
+             say: Callable[[str], None]) -> ReleaseEndpoint | None:
     """The holder's endpoint, when [release] listen names where."""
     if not config.listen:
         return None
-    holder = Holder(enclave, appraiser(config), make_envelope)
+    holder = Holder(enclave, appraiser(config, say), make_envelope)
     return ReleaseEndpoint(holder, [(where.host, where.port) for where in config.listen])
