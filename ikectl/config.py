@@ -24,6 +24,10 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     sa_lifetime_s = 28800               # Child SA lifetime (rekeyed a third before its end); default libreswan's
     encapsulation = false               # true: ESP always in UDP port 4500 (RFC 3948), as a resolver whose ESP
                                         # ends in userspace needs (enclave-ike's apply.mode = "userspace")
+    trusted_liveness_ms = 1000          # trusted: an SA that has heard nothing this long is checked (RFC 7296 2.4)
+    trusted_dead_after_ms = 3000        # trusted: no answer to the check (or to IKE) this long: the resolver's IKE
+                                        # SA is dead, and IKE starts again while DNS is held; a replica behind the
+                                        # same address with the same key takes over (docs/scale-out.md)
 
     [paths]
     run_dir = "/run/ikectl"             # the rendered tree, pluto's NSS db, socket and log, ikectl's state
@@ -234,6 +238,8 @@ class Config:
     trust: TrustSettings = field(default_factory=TrustSettings)
     sa_lifetime_s: int | None = None  # None: libreswan's default
     encapsulation: bool = False  # ESP in UDP even without a NAT ([ipsec] encapsulation)
+    trusted_liveness_ms: int = 1000
+    trusted_dead_after_ms: int = 3000
 
     def pin(self, name: str) -> TrustedResolver:
         for pin in self.pins:
@@ -301,16 +307,20 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(nm_table, {"budget_s"}, f"{source}: [nm]")
     nm = NmSettings(budget_s=_int(nm_table, "budget_s", NmSettings.budget_s, *NM_BUDGET_S, f"{source}: nm"))
     ipsec_table = _table(data, "ipsec", source)
-    _only(ipsec_table, {"sa_lifetime_s", "encapsulation"}, f"{source}: [ipsec]")
+    _only(ipsec_table, {"sa_lifetime_s", "encapsulation", "trusted_liveness_ms", "trusted_dead_after_ms"},
+          f"{source}: [ipsec]")
     sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
                    if "sa_lifetime_s" in ipsec_table else None)
     encapsulation = ipsec_table.get("encapsulation", False)
     if not isinstance(encapsulation, bool):
         raise ConfigError(f"{source}: ipsec.encapsulation = {encapsulation!r}: expected true or false")
+    liveness = _int(ipsec_table, "trusted_liveness_ms", 1000, 200, 600_000, f"{source}: ipsec")
+    dead_after = _int(ipsec_table, "trusted_dead_after_ms", 3000, 1000, 600_000, f"{source}: ipsec")
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
                   run_dir=run_dir, log_dir=log_dir, default_mode=default_mode, default_pin=default_pin,
                   networks=networks, pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested,
-                  trust_dir=trust_dir, trust=trust, encapsulation=encapsulation)
+                  trust_dir=trust_dir, trust=trust, encapsulation=encapsulation, trusted_liveness_ms=liveness,
+                  trusted_dead_after_ms=dead_after)
 
 
 def default_log_dir() -> Path:

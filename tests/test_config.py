@@ -72,6 +72,8 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ("[coffee_shop]\nike_timeout_ms = 5", "ike_timeout_ms = 5: expected a whole number from 100 to 10000"),
     ("[ipsec]\nsa_lifetime_s = 5", "ipsec.sa_lifetime_s = 5: expected a whole number from 30 to 86400"),
     ("[ipsec]\nencapsulation = \"yes\"", "ipsec.encapsulation = 'yes': expected true or false"),
+    ("[ipsec]\ntrusted_liveness_ms = 50", "ipsec.trusted_liveness_ms = 50: expected a whole number from 200"),
+    ("[ipsec]\ntrusted_dead_after_ms = 100", "ipsec.trusted_dead_after_ms = 100: expected a whole number from 1000"),
     ("[ipsec]\nike_lifetime_s = 60", "\\[ipsec\\]: unknown key 'ike_lifetime_s'"),
     ("[trust]\ncollateral_grace_days = 91", "trust.collateral_grace_days = 91: expected a whole number from 0 to 90"),
     ("[trust]\ncollateral_grace_days = -1", "collateral_grace_days = -1"),
@@ -110,6 +112,18 @@ def test_encapsulation_reaches_both_modes_conns(tmp_path):
     assert "\tencapsulation=yes\n" in conf
     plain = config.load(write(tmp_path, '[resolvers]\naddresses = ["192.0.2.53"]'))
     assert "encapsulation" not in render.render_tree(render.Profile.from_config(plain, cfg.resolvers))["ipsec.conf"]
+
+
+def test_trusted_liveness_reaches_the_trusted_conn(tmp_path):
+    """A resolver that stops answering is found and negotiated again (a replica of the same service takes over)."""
+    pin = f'[trusted]\naddress = "192.0.2.53"\nid = "@dns.example"\npubkey = "{EC_RAW}"\n'
+    default = config.load(write(tmp_path, 'mode = "trusted"\n' + pin))
+    conf = render.render_tree(render.Profile.from_config(default, ()))["ipsec.conf"]
+    assert "\tretransmit-timeout=3000ms\n\tdpddelay=1000ms\n\tdpdaction=restart\n" in conf
+    tuned = config.load(write(tmp_path, 'mode = "trusted"\n' + pin + '[ipsec]\ntrusted_liveness_ms = 500\n'
+                                        'trusted_dead_after_ms = 4000\n'))
+    conf = render.render_tree(render.Profile.from_config(tuned, ()))["ipsec.conf"]
+    assert "\tretransmit-timeout=4000ms\n\tdpddelay=500ms\n\tdpdaction=restart\n" in conf
 
 
 def test_missing_file(tmp_path):
