@@ -1,8 +1,10 @@
-"""`GET /metrics` over HTTP/1.1 for the operator's scraper: one request per connection, on TCP `[metrics] port` of
-the listen addresses, or on a Unix socket beside the relay (behind `enclave-ike forward`, which pipes the port).
+"""`GET /metrics` over HTTP/1.1 for the operator's scraper, and `GET /health` for an orchestrator's readiness check:
+one request per connection, on TCP `[metrics] port` of the listen addresses, or on a Unix socket beside the relay
+(behind `enclave-ike forward`, which pipes the port).
 
-Everything it serves is aggregate (metrics.py); a request gets a 200 with the text format, anything else a 404 or a
-400, and nothing about the requester is logged. Requests are small and bounded: a head of at most 8 KiB, read
+Everything it serves is aggregate (metrics.py); `/metrics` gets a 200 with the text format, `/health` a 200 "ok"
+while serve is up and whole (listening, its enclave alive) or a 503 with the one-line reason, anything else a 404
+or a 400, and nothing about the requester is logged. Requests are small and bounded: a head of at most 8 KiB, read
 within 5 s; at most 16 connections at once.
 """
 
@@ -42,8 +44,10 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
 
 class MetricsEndpoint:
     def __init__(self, render: Callable[[], bytes], addresses: Sequence[Address], port: int,
-                 unix_path: Path | None = None) -> None:
+                 unix_path: Path | None = None, health: Callable[[], str | None] = lambda: None) -> None:
+        """`health()`: None while serve is fine, else what is wrong (one line)."""
         self.render, self.addresses, self.port, self.unix_path = render, tuple(addresses), port, unix_path
+        self.health = health
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
@@ -64,7 +68,7 @@ class MetricsEndpoint:
             await self.stop()
             raise MetricsEndpointError(f"metrics endpoint: cannot listen on port {self.port}: "
                                        f"{exc.strerror or exc}") from None
-        log.info("metrics endpoint on %s: GET /metrics", where)
+        log.info("metrics endpoint on %s: GET /metrics, GET /health", where)
 
     async def stop(self) -> None:
         await close_servers(self._servers, self._connections, self.unix_path)
@@ -90,6 +94,11 @@ class MetricsEndpoint:
         request_line = head.split(b"\r\n", 1)[0].split(b" ")
         if len(request_line) != 3 or request_line[0] != b"GET" or not request_line[2].startswith(b"HTTP/1."):
             return _response("400 Bad Request", b"bad request\n")
-        if request_line[1].split(b"?", 1)[0] != b"/metrics":
-            return _response("404 Not Found", b"only /metrics is here\n")
+        path = request_line[1].split(b"?", 1)[0]
+        if path == b"/health":
+            problem = self.health()
+            return (_response("200 OK", b"ok\n") if problem is None
+                    else _response("503 Service Unavailable", problem.encode() + b"\n"))
+        if path != b"/metrics":
+            return _response("404 Not Found", b"only /metrics and /health are here\n")
         return _response("200 OK", self.render(), CONTENT_TYPE)

@@ -27,7 +27,7 @@ import secrets
 import signal
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -257,7 +257,10 @@ class Server:
             relay = config.listen.relay
             self.metrics_endpoint = MetricsEndpoint(lambda: self.metrics.render(self._loop.time()),
                                                     config.listen.addresses, config.metrics.port,
-                                                    metrics_socket(relay) if relay is not None else None)
+                                                    metrics_socket(relay) if relay is not None else None,
+                                                    health=self.health)
+        self.enclave_problem: Callable[[], str | None] = lambda: None  # serve sets the enclave's own check
+        self.serving = False
         self._esp_logged: Counter[str] = Counter()
         self._tcp_tick: asyncio.TimerHandle | None = None
         self._drops_logged: Counter[str] = Counter()
@@ -314,14 +317,24 @@ class Server:
                 await self.relay.stop()
             raise
         self._worker = asyncio.create_task(self._apply_worker())
+        self.serving = True
         self._loop.call_later(COOKIE_ROTATION_S, self._rotate_cookie_secret)
         self._loop.call_later(COUNTS_INTERVAL_S, self._log_counts_periodically)
 
     def _endpoints(self) -> list[EvidenceEndpoint | MetricsEndpoint | ReleaseEndpoint]:
         return [e for e in (self.evidence, self.metrics_endpoint, self.release) if e is not None]
 
+    def health(self) -> str | None:
+        """None while serving and whole; else why not (GET /health: an orchestrator's readiness)."""
+        if not self.serving:
+            return "not serving (starting or stopping)"
+        if self._worker is None or self._worker.done():
+            return "the worker that applies Child SAs has stopped"
+        return self.enclave_problem()
+
     async def stop(self) -> None:
         """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
+        self.serving = False
         for endpoint in self._endpoints():
             await endpoint.stop()
         self.log_counts()
@@ -718,12 +731,14 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             envelopes = evidence.envelope if evidence is not None else attest.envelopes(enclave)
             source = await asyncio.to_thread(key_release.join, config.release, enclave, envelopes, log.info)
             log.info("identity key: %s", source)
-            release = key_release.endpoint(config.release, enclave, envelopes)
+            release = key_release.endpoint(config.release, enclave, envelopes, log.warning)
         signer = enclave.signer() if enclave is not None else None
         responder = Responder(config.responder_config(signer),
                               local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
                               random=secrets.token_bytes)
         server = Server(config, responder, applier, evidence=evidence, release=release)
+        if isinstance(enclave, SimEnclave):
+            server.enclave_problem = enclave.problem
         await server.start()
         identity = PublishedIdentity.of(config, enclave)
         identity.publish(config.identity.publish)

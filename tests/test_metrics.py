@@ -5,11 +5,15 @@ sides of the k-anonymity threshold, with no noise and with real noise."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
+import signal
+import socket
 import statistics
 from collections import Counter
 from ipaddress import ip_address
+from pathlib import Path
 
 import dns.message
 import dns.rcode
@@ -18,9 +22,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enclave_ike.apply import LogApplier
+from enclave_ike.config import ApplyMode, Auth, IdentityConfig, Listen, MetricsConfig, ServeConfig
 from enclave_ike.dnswire import HEADER_SIZE, question_key
+from enclave_ike.enclave.sim import SimEnclave
+from enclave_ike.ikev2.config import Endpoint
+from enclave_ike.ikev2.responder import Responder
 from enclave_ike.metrics import KNOWN_TYPES, Metrics, query_type, question_name, response_code
 from enclave_ike.metrics_endpoint import MetricsEndpoint
+from enclave_ike.server import Server
 from enclave_ike.topdomains import Released, TopDomains, TopDomainsConfig, TopDomainsError, laplace, registered_part
 
 NOW = 1000.0
@@ -242,3 +252,62 @@ def test_the_endpoint_serves_get_metrics_and_refuses_the_rest():
     assert b"Content-Type: text/plain; version=0.0.4" in ok
     assert not_found.startswith(b"HTTP/1.1 404 ")
     assert post.startswith(b"HTTP/1.1 400 ") and garbage.startswith(b"HTTP/1.1 400 ")
+
+
+def test_health_is_ok_while_fine_and_503_with_the_reason_otherwise():
+    problems: list[str | None] = [None, "the sim enclave (pid 7) exited with status 1: its key is gone"]
+
+    async def run() -> list[bytes]:
+        endpoint = MetricsEndpoint(lambda: b"", [ip_address("127.0.0.1")], 0, health=lambda: problems[0])
+        await endpoint.start()
+        port = endpoint.bound[0][1]
+        try:
+            fine = await _fetch(port, b"GET /health HTTP/1.1\r\n\r\n")
+            problems.pop(0)
+            return [fine, await _fetch(port, b"GET /health HTTP/1.1\r\n\r\n")]
+        finally:
+            await endpoint.stop()
+
+    fine, broken = asyncio.run(run())
+    assert fine.startswith(b"HTTP/1.1 200 OK\r\n") and fine.endswith(b"\r\n\r\nok\n")
+    assert broken.startswith(b"HTTP/1.1 503 ") and broken.endswith(b"exited with status 1: its key is gone\n")
+
+
+def _free_udp_ports(count: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_serve_is_unhealthy_until_started_and_when_its_sim_enclave_dies():
+    """The server's own answer, from its state: not serving yet, serving, its enclave's process killed, stopped."""
+    ike_port, natt_port = _free_udp_ports(2)
+    address = ip_address("127.0.0.1")
+    config = ServeConfig(path=Path("/nonexistent"), listen=Listen((address,), ike_port, natt_port),
+                         dns_addresses=(address,), apply=ApplyMode.NONE, metrics=MetricsConfig(enabled=False),
+                         identity=IdentityConfig(id="@resolver.example", auth=Auth.SIGNATURE))
+
+    async def run() -> list[str | None]:
+        with SimEnclave() as enclave:
+            responder = Responder(config.responder_config(enclave.signer()), local=Endpoint(address, ike_port),
+                                  random=os.urandom)
+            server = Server(config, responder, LogApplier())
+            server.enclave_problem = enclave.problem
+            seen = [server.health()]
+            await server.start()
+            seen.append(server.health())
+            os.kill(enclave.pid, signal.SIGKILL)
+            enclave._process.wait()
+            seen.append(server.health())
+            await server.stop()
+            seen.append(server.health())
+        return seen
+
+    before, serving, killed, stopped = asyncio.run(run())
+    assert before == stopped == "not serving (starting or stopping)"
+    assert serving is None
+    assert killed is not None and "exited with status -9: its key is gone" in killed
