@@ -6,24 +6,36 @@
     replica-4 10.81.4.2 --+     (another build: refused)
 
 Real `enclave-ike serve` processes with the sim backend (the key in each one's sim enclave process), real sim
-evidence checked against a spec, HPKE between them over TCP. IKE and ESP are not involved: these run on the host.
+evidence checked against a spec, HPKE between them over TCP. The first tests need no ESP and run on the host.
+
+The last one is the service as a client meets it, in the VM (kernel ESP): the three replicas each have the service
+address 10.82.0.53 on their loopback and unbound on it, and the router reaches it over equal-cost next hops (the
+default L3 hash keeps a client's IKE and ESP on one replica):
+
+    client 10.82.1.2 -- router (capture) ==ECMP==> replica1 10.82.11.2 | replica2 10.82.12.2 | replica3 10.82.13.2
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
 from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
+from netns_tests.conftest import IKECTL
 from netns_tests.harness import procs
+from netns_tests.harness.dnsclient import query
 from netns_tests.harness.enclave_ike import LISTEN_TIMEOUT_S, config_text, signing_identity
 from netns_tests.harness.topology import Host, Topology
+from netns_tests.harness.unbound import UnboundConfig
 
 SERVICE_ID = "@dns.service.example"
 BUILD = bytes.fromhex("5e" * 48)
@@ -63,7 +75,7 @@ def replicas(topology: Topology, tmp_path: Path) -> list[Replica]:
 
 
 @pytest.fixture
-def start(replicas: list[Replica]) -> Iterator[object]:
+def start() -> Iterator[object]:
     started: list[procs.Daemon] = []
 
     def run(replica: Replica, text: str, wait: str | None = r"listening on ") -> procs.Daemon:
@@ -101,7 +113,7 @@ def test_replicas_obtain_the_first_ones_key_and_another_build_is_refused(replica
     said = refused.log_text()
     assert "key release from 10.81.1.2:4502 refused: the holder said 403 refused: the joiner's evidence does not " \
            "verify: spec[resolver-build].measurements.0: expected 5e5e" in said
-    assert "replicas answered but none gave the key, so none is made here" in said
+    assert "replicas are there but none gave the key, so none is made here" in said
     assert "listening on" not in said and not (other.workdir / "identity.json").exists()
     holder.wait_for_log(r"key release to 10\.81\.4\.2 refused: the joiner's evidence does not verify: "
                         r"spec\[resolver-build\]\.measurements\.0: expected 5e5e[0-9a-f]* \(SIM0\), got 0b0b")
@@ -121,3 +133,153 @@ def test_alone_a_replica_exits_or_starts_a_new_key_as_told(replicas: list[Replic
     founder = start(first, first.config(alone + 'when_alone = "new-key"\n'))
     assert "this replica starts the service's key (when_alone = \"new-key\")" in founder.log_text()
     assert "identity key: a new service key (no replica answered)" in founder.log_text()
+
+
+# --- three replicas behind one address, trusted clients with one pin ---------------------------------------------
+
+SERVICE = "10.82.0.53"
+FAILOVER_S = 10.0
+
+
+@dataclass
+class Service:
+    topo: Topology
+    client: Host
+    router: Host
+    replicas: list[Replica]
+
+    def route(self, *alive: Replica) -> None:
+        """The service address as equal-cost next hops over these replicas (L3 hash: one client, one replica)."""
+        hops = [arg for replica in alive for arg in ("nexthop", "via", replica.address)]
+        self.topo.run(self.router, ["ip", "route", "replace", f"{SERVICE}/32", *hops])
+
+    def holding(self, client: str) -> list[Replica]:
+        """The replicas whose kernel has ESP SAs with this client."""
+        return [r for r in self.replicas[:3]
+                if client in self.topo.run(r.host, ["ip", "xfrm", "state"], check=False).stdout]
+
+
+@pytest.fixture
+def service(topology: Topology, tmp_path: Path, unbound) -> Service:
+    client, router = topology.add_host("client"), topology.add_router("router")
+    topology.link(client, router, "10.82.1.0/24", hosts=(2, 1))
+    topology.default_route(client, router)
+    replicas = []
+    for number in range(1, 5):
+        host = topology.add_host(f"replica{number}")
+        topology.link(host, router, f"10.82.1{number}.0/24", hosts=(2, 1))
+        topology.default_route(host, router)
+        topology.run(host, ["ip", "address", "add", f"{SERVICE}/32", "dev", "lo"])
+        workdir = tmp_path / f"replica{number}"
+        workdir.mkdir()
+        replicas.append(Replica(host, f"10.82.1{number}.2", workdir))
+        if number <= 3:
+            unbound(host, UnboundConfig(addresses=[ip_address(SERVICE)]))
+    spec = MeasurementSpec((MeasurementEntry("resolver-build", "sim", ((0, BUILD),)),))
+    (tmp_path / "spec.json").write_bytes(spec.encode())
+    found = Service(topology, client, router, replicas)
+    found.route(*replicas[:3])
+    return found
+
+
+def _replica_config(replica: Replica, release: str, build: bytes = BUILD) -> str:
+    identity = signing_identity(SERVICE_ID) + f'sim_registers = ["{build.hex()}"]\n'
+    return config_text(SERVICE, identity=identity, workdir=replica.workdir, apply="kernel",
+                       extra=f'[evidence]\nport = 4501\n\n[metrics]\nenabled = false\n\n[release]\n'
+                             f'spec = "{replica.workdir.parent / "spec.json"}"\nanchors = "sim"\n'
+                             f'listen = ["{replica.address}"]\n{release}')
+
+
+def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Service, start, run_dir: Path,
+                                                                    capture, tmp_path: Path) -> None:
+    """Three replicas behind one ECMP address share one attested key (the second and third obtain it from the
+    first; another build is refused). A trusted client pins the service once; its replica is SIGKILLed and the
+    route withdrawn; its DNS is answered through another replica within 10 s, with the same pin, and the router
+    sees 0 plaintext port-53 packets from start to end."""
+    topo, client = service.topo, service.client
+    topo.sysctl(client, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
+    wire = capture(service.router, service.router.interface_to(client).ifname)
+    first, second, third, other = service.replicas
+    daemons = {first.host.name: start(first, _replica_config(first, ""), r"listening on ")}
+    joining = f'source = "peers"\npeers = ["{first.address}:4502"]\njoin_timeout_s = 60\n'
+    for replica in (second, third):
+        daemons[replica.host.name] = start(replica, _replica_config(replica, joining))
+    assert first.published_key() == second.published_key() == third.published_key()
+    refused = start(other, _replica_config(other, joining.replace("60", "5"), build=OTHER_BUILD), wait=None)
+    procs.wait_until(lambda: not refused.running(), 120.0, "the other build's replica to give up")
+    assert "the joiner's evidence does not verify: spec[resolver-build].measurements.0" in refused.log_text()
+
+    config = tmp_path / "ikectl.toml"
+    trust_dir = tmp_path / "trust"
+    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
+                      f'trust_dir = "{trust_dir}"\n')
+    ikectl = [str(IKECTL), "--config", str(config)]
+    added = topo.run(client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
+                              str(tmp_path / "spec.json"), "--anchors", "sim"], check=False, timeout=180)
+    assert added.returncode == 0, added.stderr
+    pin = (trust_dir / "dns.json").read_text()
+    up = topo.run(client, [*ikectl, "up"], check=False, timeout=180)
+    assert up.returncode == 0, up.stderr
+    assert query(topo, client, SERVICE, timeout=30.0).answered
+    [serving] = service.holding("10.82.1.2")
+
+    killed_at = time.monotonic()
+    daemons[serving.host.name].stop(sig=signal.SIGKILL)
+    service.route(*(r for r in (first, second, third) if r is not serving))
+    while not query(topo, client, SERVICE, timeout=1.0).answered:
+        assert time.monotonic() - killed_at < 30.0, "no answer through another replica within 30 s"
+    took = time.monotonic() - killed_at
+    assert took < FAILOVER_S, f"answered again after {took:.1f} s"
+    # The killed replica's kernel keeps its SAs (nothing removed them); the client's new ones are elsewhere.
+    assert [r for r in service.holding("10.82.1.2") if r is not serving]
+    assert all(query(topo, client, SERVICE, timeout=5.0).answered for _ in range(3))
+    assert query(topo, client, SERVICE, tcp=True, timeout=5.0).answered
+    assert (trust_dir / "dns.json").read_text() == pin  # not pinned again
+
+    wire.stop()
+    counts = wire.count(client.addresses()).peer(SERVICE)
+    assert counts.plaintext_dns == 0, counts
+    assert counts.esp_out >= 5 and counts.esp_in >= 5, counts
+
+
+def test_when_the_last_holder_dies_a_new_key_is_made_and_clients_attest_again(service: Service, start,
+                                                                              run_dir: Path, capture,
+                                                                              tmp_path: Path) -> None:
+    """The only holder is SIGKILLed: its key is gone. A replica started with when_alone = "new-key" finds nobody
+    and makes a new key; the client sees another key in IKE, its supervisor re-attests the service on its own
+    (same spec), pins the new key and DNS is answered over ESP again; 0 plaintext port-53 packets throughout."""
+    topo, client = service.topo, service.client
+    topo.sysctl(client, "net.core.xfrm_larval_drop", "0")
+    wire = capture(service.router, service.router.interface_to(client).ifname)
+    first, second = service.replicas[:2]
+    service.route(first)
+    holder = start(first, _replica_config(first, ""))
+    config = tmp_path / "ikectl.toml"
+    trust_dir = tmp_path / "trust"
+    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
+                      f'trust_dir = "{trust_dir}"\n')
+    ikectl = [str(IKECTL), "--config", str(config)]
+    added = topo.run(client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
+                              str(tmp_path / "spec.json"), "--anchors", "sim"], check=False, timeout=180)
+    assert added.returncode == 0, added.stderr
+    old_key = json.loads((trust_dir / "dns.json").read_text())["key"]
+    assert topo.run(client, [*ikectl, "up"], check=False, timeout=180).returncode == 0
+    assert query(topo, client, SERVICE, timeout=30.0).answered
+
+    holder.stop(sig=signal.SIGKILL)
+    service.route(second)
+    founder = start(second, _replica_config(second, f'source = "peers"\npeers = ["{first.address}:4502"]\n'
+                                                    'join_timeout_s = 3\nwhen_alone = "new-key"\n'))
+    assert "identity key: a new service key (no replica answered)" in founder.log_text()
+    assert second.published_key() != first.published_key()
+    killed_at = time.monotonic()
+    while not query(topo, client, SERVICE, timeout=1.0).answered:
+        assert time.monotonic() - killed_at < 90.0, "the client did not attest the new key within 90 s"
+    pin = json.loads((trust_dir / "dns.json").read_text())
+    assert pin["key"] != old_key and pin["result"] == "ok"
+    assert all(query(topo, client, SERVICE, timeout=5.0).answered for _ in range(3))
+
+    wire.stop()
+    counts = wire.count(client.addresses()).peer(SERVICE)
+    assert counts.plaintext_dns == 0, counts
+    assert counts.esp_out >= 4 and counts.esp_in >= 4, counts
