@@ -15,8 +15,12 @@ import contextlib
 import json
 from http import HTTPStatus
 from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
 from .errors import Error
+
+if TYPE_CHECKING:
+    import asyncio
 
 DEFAULT_PORT = 4501  # TCP
 CMW_JSON = "application/cmw+json"  # draft-ietf-rats-msg-wrap: a CMW collection in JSON
@@ -75,25 +79,31 @@ async def _get(address: str, port: int, target: str, limit: int) -> tuple[int, b
         writer.write(f"GET {target} HTTP/1.1\r\nHost: {hostport(address, port)}\r\nConnection: close\r\n"
                      f"Accept: {CMW_JSON}, application/json\r\n\r\n".encode("ascii"))
         await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *headers = head[:-4].split("\r\n")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
-        body = await reader.read(limit + 1)
-        while body and len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
-            body += more
-        if len(body) > limit:
-            raise OSError(f"answer over {limit} bytes")
-        length = next((value.strip() for name, _, value in (h.partition(":") for h in headers)
-                       if name.strip().lower() == "content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) != len(body)):
-            raise OSError(f"answer of {len(body)} bytes, Content-Length {length}")
-        return int(parts[1]), body
+        return await read_answer(reader, limit)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def read_answer(reader: asyncio.StreamReader, limit: int) -> tuple[int, bytes]:
+    """(status, body) of an HTTP/1.x answer that ends with the connection (`Connection: close`): a body of at most
+    `limit` bytes, its Content-Length (if any) checked. OSError for anything else. Key release's joiner uses it too."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status_line, *headers = head[:-4].split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit()):
+        raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
+    body = await reader.read(limit + 1)
+    while body and len(body) <= limit and (more := await reader.read(limit + 1 - len(body))):
+        body += more
+    if len(body) > limit:
+        raise OSError(f"answer over {limit} bytes")
+    length = next((value.strip() for name, _, value in (h.partition(":") for h in headers)
+                   if name.strip().lower() == "content-length"), None)
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) != len(body)):
+        raise OSError(f"answer of {len(body)} bytes, Content-Length {length}")
+    return int(parts[1]), body
 
 
 def hostport(address: str, port: int) -> str:

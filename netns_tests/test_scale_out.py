@@ -190,6 +190,24 @@ def _replica_config(replica: Replica, release: str, build: bytes = BUILD) -> str
                              f'listen = ["{replica.address}"]\n{release}')
 
 
+def pin_the_service_and_go_up(service: Service, run_dir: Path, tmp_path: Path) -> Path:
+    """`ikectl trust add` of the service address (whichever replica answers) and trusted `up`, answered over ESP;
+    the trust dir."""
+    config = tmp_path / "ikectl.toml"
+    trust_dir = tmp_path / "trust"
+    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
+                      f'trust_dir = "{trust_dir}"\n')
+    ikectl = [str(IKECTL), "--config", str(config)]
+    added = service.topo.run(service.client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
+                                              str(tmp_path / "spec.json"), "--anchors", "sim"],
+                             check=False, timeout=180)
+    assert added.returncode == 0, added.stderr
+    up = service.topo.run(service.client, [*ikectl, "up"], check=False, timeout=180)
+    assert up.returncode == 0, up.stderr
+    assert query(service.topo, service.client, SERVICE, timeout=30.0).answered
+    return trust_dir
+
+
 def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Service, start, run_dir: Path,
                                                                     capture, tmp_path: Path) -> None:
     """Three replicas behind one ECMP address share one attested key (the second and third obtain it from the
@@ -209,18 +227,8 @@ def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Serv
     procs.wait_until(lambda: not refused.running(), 120.0, "the other build's replica to give up")
     assert "the joiner's evidence does not verify: spec[resolver-build].measurements.0" in refused.log_text()
 
-    config = tmp_path / "ikectl.toml"
-    trust_dir = tmp_path / "trust"
-    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
-                      f'trust_dir = "{trust_dir}"\n')
-    ikectl = [str(IKECTL), "--config", str(config)]
-    added = topo.run(client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
-                              str(tmp_path / "spec.json"), "--anchors", "sim"], check=False, timeout=180)
-    assert added.returncode == 0, added.stderr
+    trust_dir = pin_the_service_and_go_up(service, run_dir, tmp_path)
     pin = (trust_dir / "dns.json").read_text()
-    up = topo.run(client, [*ikectl, "up"], check=False, timeout=180)
-    assert up.returncode == 0, up.stderr
-    assert query(topo, client, SERVICE, timeout=30.0).answered
     [serving] = service.holding("10.82.1.2")
 
     killed_at = time.monotonic()
@@ -254,17 +262,8 @@ def test_when_the_last_holder_dies_a_new_key_is_made_and_clients_attest_again(se
     first, second = service.replicas[:2]
     service.route(first)
     holder = start(first, _replica_config(first, ""))
-    config = tmp_path / "ikectl.toml"
-    trust_dir = tmp_path / "trust"
-    config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
-                      f'trust_dir = "{trust_dir}"\n')
-    ikectl = [str(IKECTL), "--config", str(config)]
-    added = topo.run(client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
-                              str(tmp_path / "spec.json"), "--anchors", "sim"], check=False, timeout=180)
-    assert added.returncode == 0, added.stderr
+    trust_dir = pin_the_service_and_go_up(service, run_dir, tmp_path)
     old_key = json.loads((trust_dir / "dns.json").read_text())["key"]
-    assert topo.run(client, [*ikectl, "up"], check=False, timeout=180).returncode == 0
-    assert query(topo, client, SERVICE, timeout=30.0).answered
 
     holder.stop(sig=signal.SIGKILL)
     service.route(second)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ikecommon import strictjson
 from ikecommon.attestation.binding import NONCE_MAX, NONCE_MIN
 from ikecommon.attestation.verify import Verified
-from ikecommon.evidence_client import hostport
+from ikecommon.evidence_client import hostport, read_answer
 
 from ..config import HostPort
 from ..enclave.attest import MakeEnvelope
@@ -162,13 +162,4 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
     writer.write(f"POST {path} HTTP/1.1\r\nHost: {hostport(host, port)}\r\nConnection: close\r\n"
                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode("ascii") + body)
     await writer.drain()
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    parts = head.split("\r\n", 1)[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {head[:60]!r}")
-    answer = await reader.read(MAX_MESSAGE + 1)
-    while answer and len(answer) <= MAX_MESSAGE and (more := await reader.read(MAX_MESSAGE + 1 - len(answer))):
-        answer += more
-    if len(answer) > MAX_MESSAGE:
-        raise ValueError(f"an answer over {MAX_MESSAGE} bytes")
-    return int(parts[1]), answer
+    return await read_answer(reader, MAX_MESSAGE)
