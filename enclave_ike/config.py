@@ -84,7 +84,8 @@
                                         # shipped with enclave-ike
 
     [release]                           # one identity key for many replicas (release/, docs/scale-out.md)
-    source = "new"                      # new: a new key at start | peers: the key of a replica that holds it
+    source = "new"                      # new: a new key at start | peers: the key of a replica that holds it |
+                                        #   kbs: the key from Trustee's key broker (release/kbs.py)
     peers = ["enclave-ike-0.example:4502"]   # source = "peers": who to ask (a name: all its addresses)
     when_alone = "exit"                 # source = "peers", no peer answers within join_timeout_s: exit (status
                                         #   1) | new-key: start the service's key (the first replica; the last
@@ -94,6 +95,8 @@
     spec = "/etc/enclave-ike/service-spec.json"   # the measurement spec peers must match, both ways (needed
                                         #   with peers or listen)
     anchors = "vendors"                 # vendors: Intel's and AMD's roots | sim: the simulated root (NOT SECURE)
+    kbs_resource = "default/enclave-ike/identity-key"   # source = "kbs": repository/type/tag of a PEM PKCS#8 key
+    cdh_url = "http://127.0.0.1:8006"   # source = "kbs": the pod's confidential data hub
 
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
 """
@@ -125,6 +128,7 @@ from .ikev2.constants import DhGroup, EncrId, IdType, IntegId, PrfId
 from .ikev2.crypto import SIGNATURE_SCHEMES, ChildSuite, IkeSuite, PublicKey, SignatureScheme, Signer
 from .ikev2.errors import PolicyError
 from .relay import socket_path_problem
+from .release.kbs import cdh_endpoint
 from .topdomains import TopDomainsConfig
 
 Address = IPv4Address | IPv6Address
@@ -271,6 +275,7 @@ class Suites:
 class KeySource(enum.Enum):
     NEW = "new"
     PEERS = "peers"
+    KBS = "kbs"
 
 
 class WhenAlone(enum.Enum):
@@ -284,6 +289,8 @@ class Anchors(enum.Enum):
 
 
 DEFAULT_RELEASE_PORT = 4502
+DEFAULT_CDH_URL = "http://127.0.0.1:8006"
+_KBS_RESOURCE = re.compile(r"[A-Za-z0-9._-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,8 @@ class ReleaseConfig:
     listen: tuple[HostPort, ...] = ()
     spec: MeasurementSpec | None = None
     anchors: Anchors = Anchors.VENDORS
+    kbs_resource: str | None = None  # source = "kbs": repository/type/tag at Trustee's key broker
+    cdh_url: str = DEFAULT_CDH_URL   # the pod's confidential data hub, which asks the key broker
 
 
 @dataclass(frozen=True)
@@ -742,23 +751,45 @@ def _release(table: _Table, identity: IdentityConfig) -> ReleaseConfig:
             spec = MeasurementSpec.load(spec_path)
         except (AttestationError, OSError) as exc:
             raise table.error("spec", f"{spec_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    resource, cdh_url = _kbs(table, source)
+    for key, owner in (("peers", KeySource.PEERS), ("when_alone", KeySource.PEERS)):
+        if key in table.data and source is not owner:
+            raise table.error(key, f"belongs to source = \"{owner.value}\"")
+    if "join_timeout_s" in table.data and source is KeySource.NEW:
+        raise table.error("join_timeout_s", "belongs to source = \"peers\" or \"kbs\"")
     if source is KeySource.PEERS and not peers:
         raise table.error("peers", "missing: source = \"peers\" needs the replicas to ask")
-    if source is not KeySource.PEERS:
-        for key in ("peers", "when_alone", "join_timeout_s"):
-            if key in table.data:
-                raise table.error(key, "belongs to source = \"peers\"")
     if (source is KeySource.PEERS or listen) and spec is None:
         raise table.error("spec", "missing: key release needs the measurement spec every replica must match")
     if spec is not None and source is not KeySource.PEERS and not listen:
-        raise table.error("spec", "key release is off (source = \"new\", no listen): nothing uses the spec")
+        raise table.error("spec", "key release is off (no peers to ask, no listen): nothing uses the spec")
     if anchors is Anchors.SIM and identity.backend is Backend.TSM:
         raise table.error("anchors", "\"sim\" trusts evidence anyone can make (NOT SECURE): with the tsm backend "
                                      "it would give the real key to anyone; use \"vendors\"")
-    if (source is KeySource.PEERS or listen) and identity.auth is Auth.NULL:
-        raise table.error("source" if source is KeySource.PEERS else "listen",
+    if (source is not KeySource.NEW or listen) and identity.auth is Auth.NULL:
+        raise table.error("source" if source is not KeySource.NEW else "listen",
                           "NULL authentication has no identity key to release")
-    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors)
+    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors, resource, cdh_url)
+
+
+def _kbs(table: _Table, source: KeySource) -> tuple[str | None, str]:
+    """kbs_resource and cdh_url, which belong to source = "kbs" (release/kbs.py)."""
+    if source is not KeySource.KBS:
+        for key in ("kbs_resource", "cdh_url"):
+            if key in table.data:
+                raise table.error(key, "belongs to source = \"kbs\"")
+        return None, DEFAULT_CDH_URL
+    if "kbs_resource" not in table.data:
+        raise table.error("kbs_resource", "missing: source = \"kbs\" needs the key's repository/type/tag")
+    resource = table.get("kbs_resource", str)
+    if not _KBS_RESOURCE.fullmatch(resource):
+        raise table.error("kbs_resource", f"{resource!r} is not repository/type/tag")
+    cdh_url = table.get("cdh_url", str, DEFAULT_CDH_URL)
+    try:
+        cdh_endpoint(cdh_url)
+    except ValueError as exc:
+        raise table.error("cdh_url", f"{cdh_url!r}: {exc}") from None
+    return resource, cdh_url
 
 
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")

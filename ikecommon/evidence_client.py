@@ -53,21 +53,22 @@ def fetch_identity(address: str, port: int, timeout: float = 10.0) -> str:
     return str(document["id"])
 
 
-def fetch(address: str, port: int, target: str, limit: int, timeout: float) -> bytes:
-    """GET target from address:port; the body of a 200 answer, at most `limit` bytes, all within `timeout`."""
+def fetch(address: str, port: int, target: str, limit: int, timeout: float, what: str = "evidence endpoint") -> bytes:
+    """GET target from address:port; the body of a 200 answer, at most `limit` bytes, all within `timeout`. Errors
+    name the server as `what` (key release's key broker source uses this too)."""
     import asyncio
 
-    where = hostport(address, port)
+    where = f"{what} {hostport(address, port)}"
     try:
         status, body = asyncio.run(asyncio.wait_for(_get(address, port, target, limit), timeout))
     except TimeoutError:
-        raise EndpointError(f"evidence endpoint {where}: no answer within {timeout:g} s") from None
+        raise EndpointError(f"{where}: no answer within {timeout:g} s") from None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise EndpointError(f"evidence endpoint {where}: {reason}") from None
+        raise EndpointError(f"{where}: {reason}") from None
     if status != HTTPStatus.OK:
         said = body.decode("utf-8", "replace").strip().splitlines()
-        raise EndpointError(f"evidence endpoint {where}: {status} {said[0][:200] if said else ''}".rstrip())
+        raise EndpointError(f"{where}: {status} {said[0][:200] if said else ''}".rstrip())
     return body
 
 

@@ -14,6 +14,7 @@ from .appraise import Appraiser
 from .endpoint import ReleaseEndpoint
 from .errors import ReleaseError
 from .holder import Holder
+from .kbs import obtain_from_kbs
 from .obtain import NoHolder, obtain
 
 
@@ -36,6 +37,16 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
     replica must not start."""
     if config.source is KeySource.NEW:
         return "a new key"
+    if config.source is KeySource.KBS:
+        assert config.kbs_resource is not None  # the config requires it
+        say(f"asking the key broker for {config.kbs_resource} through {config.cdh_url} (within "
+            f"{config.join_timeout_s:g} s)")
+        try:
+            fingerprint = obtain_from_kbs(enclave, config.cdh_url, config.kbs_resource,
+                                          within=config.join_timeout_s, say=say)
+        except ReleaseError as exc:
+            raise JoinFailed(str(exc)) from None
+        return f"the service key from the key broker ({config.kbs_resource}, SHA-256 {fingerprint[:16]}...)"
     peers = ", ".join(map(str, config.peers))
     say(f"asking {peers} for the service key (within {config.join_timeout_s:g} s)")
     try:
