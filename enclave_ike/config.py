@@ -90,6 +90,7 @@
     when_alone = "exit"                 # source = "peers", no peer answers within join_timeout_s: exit (status
                                         #   1) | new-key: start the service's key (the first replica; the last
                                         #   holder died). A peer that answers and refuses never leads to new-key
+    founder = "enclave-ike-0"           # with new-key: only the replica whose host name this is may start it
     join_timeout_s = 60
     listen = ["10.0.0.2:4502"]          # where this replica gives the key to others (address[:port]); [] never
     spec = "/etc/enclave-ike/service-spec.json"   # the measurement spec peers must match, both ways (needed
@@ -315,6 +316,7 @@ class ReleaseConfig:
     anchors: Anchors = Anchors.VENDORS
     kbs_resource: str | None = None  # source = "kbs": repository/type/tag at Trustee's key broker
     cdh_url: str = DEFAULT_CDH_URL   # the pod's confidential data hub, which asks the key broker
+    founder: str | None = None       # when_alone = "new-key": only the replica with this host name may start a key
 
 
 @dataclass(frozen=True)
@@ -503,7 +505,9 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     evidence = _evidence(tables["evidence"])
     privacy = _privacy(tables["privacy"])
     metrics = _metrics(tables["metrics"])
-    release = _release(tables["release"], identity)
+    taken = {port: f"{name}.port" for name, port, enabled in (("evidence", evidence.port, evidence.enabled),
+                                                                ("metrics", metrics.port, metrics.enabled)) if enabled}
+    release = _release(tables["release"], identity, taken)
     for table in tables.values():
         table.finish()
     config = ServeConfig(path, listen, dns_addresses, dns_protocols, identity, anonymous, pinned, suites, apply,
@@ -732,29 +736,22 @@ def _evidence(table: _Table) -> EvidenceConfig:
     return EvidenceConfig(enabled, port, collateral_dir, intel_root)
 
 
-def _release(table: _Table, identity: IdentityConfig) -> ReleaseConfig:
+def _release(table: _Table, identity: IdentityConfig, taken: Mapping[int, str]) -> ReleaseConfig:
+    """`taken`: the TCP ports serve's other endpoints listen on, and which."""
     source = table.enum("source", KeySource, KeySource.NEW)
     peers = tuple(_host_port(table, "peers", text) for text in table.strings("peers", ()))
-    listen = tuple(_host_port(table, "listen", text) for text in table.strings("listen", ()))
-    for where in listen:
-        try:
-            ip_address(where.host)
-        except ValueError:
-            raise table.error("listen", f"{where.host!r} is not an IP address") from None
+    listen = _release_listen(table, taken)
     when_alone = table.enum("when_alone", WhenAlone, WhenAlone.EXIT)
+    founder = table.get("founder", str, "") or None
     join_timeout = table.seconds("join_timeout_s", 60.0, zero_allowed=True)
     anchors = table.enum("anchors", Anchors, Anchors.VENDORS)
-    spec = None
-    if "spec" in table.data:
-        spec_path = _absolute(table, "spec", "")
-        try:
-            spec = MeasurementSpec.load(spec_path)
-        except (AttestationError, OSError) as exc:
-            raise table.error("spec", f"{spec_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    spec = _release_spec(table)
     resource, cdh_url = _kbs(table, source)
-    for key, owner in (("peers", KeySource.PEERS), ("when_alone", KeySource.PEERS)):
+    for key, owner in (("peers", KeySource.PEERS), ("when_alone", KeySource.PEERS), ("founder", KeySource.PEERS)):
         if key in table.data and source is not owner:
             raise table.error(key, f"belongs to source = \"{owner.value}\"")
+    if founder is not None and when_alone is not WhenAlone.NEW_KEY:
+        raise table.error("founder", "belongs to when_alone = \"new-key\" (who may start the key)")
     if "join_timeout_s" in table.data and source is KeySource.NEW:
         raise table.error("join_timeout_s", "belongs to source = \"peers\" or \"kbs\"")
     if source is KeySource.PEERS and not peers:
@@ -769,7 +766,31 @@ def _release(table: _Table, identity: IdentityConfig) -> ReleaseConfig:
     if (source is not KeySource.NEW or listen) and identity.auth is Auth.NULL:
         raise table.error("source" if source is not KeySource.NEW else "listen",
                           "NULL authentication has no identity key to release")
-    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors, resource, cdh_url)
+    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors, resource, cdh_url, founder)
+
+
+def _release_listen(table: _Table, taken: Mapping[int, str]) -> tuple[HostPort, ...]:
+    listen = tuple(_host_port(table, "listen", text) for text in table.strings("listen", ()))
+    for where in listen:
+        try:
+            ip_address(where.host)
+        except ValueError:
+            raise table.error("listen", f"{where.host!r} is not an IP address") from None
+        if where.port in taken:
+            raise table.error("listen", f"{str(where)!r}: port {where.port} is {taken[where.port]} already")
+    if len(set(listen)) != len(listen):
+        raise table.error("listen", "lists an address twice")
+    return listen
+
+
+def _release_spec(table: _Table) -> MeasurementSpec | None:
+    if "spec" not in table.data:
+        return None
+    spec_path = _absolute(table, "spec", "")
+    try:
+        return MeasurementSpec.load(spec_path)
+    except (AttestationError, OSError) as exc:
+        raise table.error("spec", f"{spec_path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _kbs(table: _Table, source: KeySource) -> tuple[str | None, str]:

@@ -52,7 +52,7 @@ from .errors import EnclaveIkeError
 from .esp import EspError
 from .evidence_endpoint import EvidenceEndpoint, for_config
 from .ikev2.config import IP_PROTO_TCP, Endpoint
-from .ikev2.constants import DhGroup, EncrId, IntegId, PrfId
+from .ikev2.constants import DhGroup, EncrId, ExchangeType, IntegId, PrfId
 from .ikev2.cookies import COOKIE_SECRET_SIZE
 from .ikev2.crypto import ChildSuite, IkeSuite
 from .ikev2.events import (
@@ -261,6 +261,7 @@ class Server:
                                                     health=self.health)
         self.enclave_problem: Callable[[], str | None] = lambda: None  # serve sets the enclave's own check
         self.serving = False
+        self._stopping = False
         self._esp_logged: Counter[str] = Counter()
         self._tcp_tick: asyncio.TimerHandle | None = None
         self._drops_logged: Counter[str] = Counter()
@@ -333,8 +334,9 @@ class Server:
         return self.enclave_problem()
 
     async def stop(self) -> None:
-        """Tell every peer its IKE SA is gone, remove what was installed, close the sockets."""
-        self.serving = False
+        """Tell every peer its IKE SA is gone, remove what was installed, close the sockets. A client told so, or
+        any other, that starts a new IKE SA meanwhile gets no answer: it would be one more to tell."""
+        self.serving, self._stopping = False, True
         for endpoint in self._endpoints():
             await endpoint.stop()
         self.log_counts()
@@ -384,6 +386,9 @@ class Server:
                 self.diagnostics.client(logging.DEBUG, "ESP in UDP from %s dropped: not handled in userspace", source)
                 return
             data = data[len(NON_ESP_MARKER):]
+        if self._stopping and _starts_an_ike_sa(data):  # nothing new here: the client goes to another replica
+            self.diagnostics.count("IKE_SA_INIT requests dropped while stopping")
+            return
         try:
             self.responder.receive(data, source, self._loop.time(), local=sock.local)
         except EnclaveIkeError as exc:  # the enclave could not sign: this exchange fails, the server goes on
@@ -702,6 +707,11 @@ class _Described:
 
     def __str__(self) -> str:
         return describe(self.event)
+
+
+def _starts_an_ike_sa(message: bytes) -> bool:
+    """An IKE_SA_INIT request (RFC 7296 3.1: exchange type 34, no responder SPI yet)."""
+    return len(message) >= 28 and message[18] == ExchangeType.IKE_SA_INIT and message[8:16] == bytes(8)
 
 
 class _Joined:

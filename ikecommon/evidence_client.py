@@ -103,7 +103,7 @@ async def read_answer(reader: asyncio.StreamReader, limit: int) -> tuple[int, by
     length = next((value.strip() for name, _, value in (h.partition(":") for h in headers)
                    if name.strip().lower() == "content-length"), None)
     if length is not None and (not (length.isascii() and length.isdigit()) or int(length) != len(body)):
-        raise OSError(f"answer of {len(body)} bytes, Content-Length {length}")
+        raise OSError(f"answer of {len(body)} bytes, Content-Length {length[:20]!r}")
     return int(parts[1]), body
 
 

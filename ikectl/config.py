@@ -18,13 +18,14 @@ rendered or touched. Every error names the file and the key, and is a ConfigErro
     [coffee_shop]
     ike_timeout_ms = 300                # no IKE answer by then: DNS passes in clear
     retry_after_s = 60                  # and IKE is tried again after this long
-    liveness_ms = 1000                  # an idle SA is checked this often; a resolver whose IPsec died is dropped
+    liveness_ms = 1000                  # an idle SA is checked this often (whole seconds: pluto counts in seconds);
+                                        # a resolver whose IPsec died is dropped
 
     [ipsec]
     sa_lifetime_s = 28800               # Child SA lifetime (rekeyed a third before its end); default libreswan's
     encapsulation = false               # true: ESP always in UDP port 4500 (RFC 3948), as a resolver whose ESP
                                         # ends in userspace needs (enclave-ike's apply.mode = "userspace")
-    trusted_liveness_ms = 1000          # trusted: an SA that has heard nothing this long is checked (RFC 7296 2.4)
+    trusted_liveness_s = 1              # trusted: an SA is checked (RFC 7296 2.4) when it has heard nothing this long
     trusted_dead_after_ms = 3000        # trusted: no answer to the check (or to IKE) this long: the resolver's IKE
                                         # SA is dead, and IKE starts again while DNS is held; a replica behind the
                                         # same address with the same key takes over (docs/scale-out.md)
@@ -238,7 +239,7 @@ class Config:
     trust: TrustSettings = field(default_factory=TrustSettings)
     sa_lifetime_s: int | None = None  # None: libreswan's default
     encapsulation: bool = False  # ESP in UDP even without a NAT ([ipsec] encapsulation)
-    trusted_liveness_ms: int = 1000
+    trusted_liveness_s: int = 1
     trusted_dead_after_ms: int = 3000
 
     def pin(self, name: str) -> TrustedResolver:
@@ -283,7 +284,7 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(cs_table, {"ike_timeout_ms", "retry_after_s", "liveness_ms"}, f"{source}: [coffee_shop]")
     coffee = CoffeeShop(ike_timeout_ms=_int(cs_table, "ike_timeout_ms", 300, 100, 10_000, f"{source}: coffee_shop"),
                         retry_after_s=_int(cs_table, "retry_after_s", 60, 5, 86_400, f"{source}: coffee_shop"),
-                        liveness_ms=_int(cs_table, "liveness_ms", 1000, 200, 600_000, f"{source}: coffee_shop"))
+                        liveness_ms=_whole_seconds_ms(cs_table, "liveness_ms", f"{source}: coffee_shop"))
     paths = _table(data, "paths", source)
     _only(paths, {"run_dir", "log_dir", "trust_dir"}, f"{source}: [paths]")
     run_dir = _own_dir(paths.get("run_dir", DEFAULT_RUN_DIR), f"{source}: paths.run_dir", DEFAULT_RUN_DIR)
@@ -307,19 +308,19 @@ def from_mapping(data: Mapping[str, Any], source: str) -> Config:
     _only(nm_table, {"budget_s"}, f"{source}: [nm]")
     nm = NmSettings(budget_s=_int(nm_table, "budget_s", NmSettings.budget_s, *NM_BUDGET_S, f"{source}: nm"))
     ipsec_table = _table(data, "ipsec", source)
-    _only(ipsec_table, {"sa_lifetime_s", "encapsulation", "trusted_liveness_ms", "trusted_dead_after_ms"},
+    _only(ipsec_table, {"sa_lifetime_s", "encapsulation", "trusted_liveness_s", "trusted_dead_after_ms"},
           f"{source}: [ipsec]")
     sa_lifetime = (_int(ipsec_table, "sa_lifetime_s", 0, 30, 86_400, f"{source}: ipsec")
                    if "sa_lifetime_s" in ipsec_table else None)
     encapsulation = ipsec_table.get("encapsulation", False)
     if not isinstance(encapsulation, bool):
         raise ConfigError(f"{source}: ipsec.encapsulation = {encapsulation!r}: expected true or false")
-    liveness = _int(ipsec_table, "trusted_liveness_ms", 1000, 200, 600_000, f"{source}: ipsec")
+    liveness = _int(ipsec_table, "trusted_liveness_s", 1, 1, 600, f"{source}: ipsec")
     dead_after = _int(ipsec_table, "trusted_dead_after_ms", 3000, 1000, 600_000, f"{source}: ipsec")
     return Config(mode=mode, resolvers=addresses, discover=discover, trusted=trusted, coffee_shop=coffee,
                   run_dir=run_dir, log_dir=log_dir, default_mode=default_mode, default_pin=default_pin,
                   networks=networks, pins=pins, portal=portal, nm=nm, sa_lifetime_s=sa_lifetime, attested=attested,
-                  trust_dir=trust_dir, trust=trust, encapsulation=encapsulation, trusted_liveness_ms=liveness,
+                  trust_dir=trust_dir, trust=trust, encapsulation=encapsulation, trusted_liveness_s=liveness,
                   trusted_dead_after_ms=dead_after)
 
 
@@ -540,6 +541,16 @@ def _list(table: Mapping[str, Any], name: str, where: str, default: list[Any] | 
     value = table.get(name, default if default is not None else [])
     if not isinstance(value, list):
         raise ConfigError(f"{where}: {name} must be a list")
+    return value
+
+
+def _whole_seconds_ms(table: Mapping[str, Any], key: str, where: str) -> int:
+    """A liveness interval in ms that libreswan 4.10 honours: it counts dpddelay in whole seconds, and one under a
+    second turns liveness off."""
+    value = _int(table, key, 1000, 1000, 600_000, where)
+    if value % 1000:
+        raise ConfigError(f"{where}.{key} = {value}: expected whole seconds (1000, 2000, ...): pluto counts "
+                          "liveness in seconds")
     return value
 
 

@@ -54,7 +54,7 @@ class Profile:
     shunt_lifetime_s: int = 60  # coffee-shop: how long a resolver without IKE stays clear before IKE is retried
     sa_lifetime_s: int | None = None  # None: libreswan's default (8 h); short ones are for rekey tests
     encapsulation: bool = False  # ESP in UDP 4500 even without a NAT (a resolver whose ESP ends in userspace)
-    trusted_liveness_ms: int = 1000  # trusted: an SA that has heard nothing this long is checked
+    trusted_liveness_s: int = 1  # trusted: an SA that has heard nothing this long is checked
     trusted_dead_after_ms: int = 3000  # trusted: no answer this long: IKE starts again (DNS held)
 
     @classmethod
@@ -62,7 +62,7 @@ class Profile:
                     sources: Mapping[int, Address] | None = None) -> Profile:
         if config.mode == Mode.TRUSTED:
             return cls(Mode.TRUSTED, trusted=config.trusted, sa_lifetime_s=config.sa_lifetime_s,
-                       encapsulation=config.encapsulation, trusted_liveness_ms=config.trusted_liveness_ms,
+                       encapsulation=config.encapsulation, trusted_liveness_s=config.trusted_liveness_s,
                        trusted_dead_after_ms=config.trusted_dead_after_ms)
         # pluto retransmits at interval, 2x, 4x ... until the timeout: half the IKE timeout makes the
         # first two tries fit in it.

@@ -72,7 +72,9 @@ def test_trusted_with_inline_key_and_key_file(tmp_path):
     ("[coffee_shop]\nike_timeout_ms = 5", "ike_timeout_ms = 5: expected a whole number from 100 to 10000"),
     ("[ipsec]\nsa_lifetime_s = 5", "ipsec.sa_lifetime_s = 5: expected a whole number from 30 to 86400"),
     ("[ipsec]\nencapsulation = \"yes\"", "ipsec.encapsulation = 'yes': expected true or false"),
-    ("[ipsec]\ntrusted_liveness_ms = 50", "ipsec.trusted_liveness_ms = 50: expected a whole number from 200"),
+    ("[ipsec]\ntrusted_liveness_s = 0", "ipsec.trusted_liveness_s = 0: expected a whole number from 1"),
+    ("[coffee_shop]\nliveness_ms = 500", "coffee_shop.liveness_ms = 500: expected a whole number from 1000"),
+    ("[coffee_shop]\nliveness_ms = 1500", "coffee_shop.liveness_ms = 1500: expected whole seconds"),
     ("[ipsec]\ntrusted_dead_after_ms = 100", "ipsec.trusted_dead_after_ms = 100: expected a whole number from 1000"),
     ("[ipsec]\nike_lifetime_s = 60", "\\[ipsec\\]: unknown key 'ike_lifetime_s'"),
     ("[trust]\ncollateral_grace_days = 91", "trust.collateral_grace_days = 91: expected a whole number from 0 to 90"),
@@ -119,11 +121,11 @@ def test_trusted_liveness_reaches_the_trusted_conn(tmp_path):
     pin = f'[trusted]\naddress = "192.0.2.53"\nid = "@dns.example"\npubkey = "{EC_RAW}"\n'
     default = config.load(write(tmp_path, 'mode = "trusted"\n' + pin))
     conf = render.render_tree(render.Profile.from_config(default, ()))["ipsec.conf"]
-    assert "\tretransmit-timeout=3000ms\n\tdpddelay=1000ms\n\tdpdaction=restart\n" in conf
-    tuned = config.load(write(tmp_path, 'mode = "trusted"\n' + pin + '[ipsec]\ntrusted_liveness_ms = 500\n'
+    assert "\tretransmit-timeout=3000ms\n\tdpddelay=1s\n\tdpdaction=restart\n" in conf
+    tuned = config.load(write(tmp_path, 'mode = "trusted"\n' + pin + '[ipsec]\ntrusted_liveness_s = 2\n'
                                         'trusted_dead_after_ms = 4000\n'))
     conf = render.render_tree(render.Profile.from_config(tuned, ()))["ipsec.conf"]
-    assert "\tretransmit-timeout=4000ms\n\tdpddelay=500ms\n\tdpdaction=restart\n" in conf
+    assert "\tretransmit-timeout=4000ms\n\tdpddelay=2s\n\tdpdaction=restart\n" in conf
 
 
 def test_missing_file(tmp_path):

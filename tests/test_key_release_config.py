@@ -77,6 +77,13 @@ BAD = [
     ('source = "peers"\npeers = ["10.0.0.1"]\nspec = "{dir}/spec.json"\njoin_timeout_s = -1\n',
      "release.join_timeout_s: expected seconds"),
     ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nport = 4502\n', "release.port: unknown key"),
+    ('listen = ["10.0.0.2:4501"]\nspec = "{dir}/spec.json"\n', "release.listen: '10.0.0.2:4501': port 4501 is "
+                                                              "evidence.port already"),
+    ('listen = ["10.0.0.2:9464"]\nspec = "{dir}/spec.json"\n', "port 9464 is metrics.port already"),
+    ('listen = ["10.0.0.2", "10.0.0.2:4502"]\nspec = "{dir}/spec.json"\n', "release.listen: lists an address twice"),
+    ('source = "peers"\npeers = ["10.0.0.1"]\nspec = "{dir}/spec.json"\nfounder = "r-0"\n',
+     "release.founder: belongs to when_alone = \"new-key\""),
+    ('founder = "r-0"\n', "release.founder: belongs to source = \"peers\""),
 ]
 
 
@@ -86,6 +93,12 @@ def test_bad_release_config_names_the_key(tmp_path: Path, release: str, message:
         load(tmp_path, release)
     assert message in str(info.value)
     assert "\n" not in str(info.value) and info.value.exit_code == 2
+
+
+def test_a_port_only_clashes_with_an_endpoint_that_is_on(tmp_path: Path) -> None:
+    release = load(tmp_path, 'listen = ["10.0.0.2:9464"]\nspec = "{dir}/spec.json"\n',
+                   BASE.replace("[release]", "[metrics]\nenabled = false\n\n[release]")).release
+    assert [str(where) for where in release.listen] == ["10.0.0.2:9464"]
 
 
 def test_sim_anchors_with_a_real_tee_are_refused(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from enclave_ike.config import HostPort
+from enclave_ike.config import HostPort, ReleaseConfig, load
 from enclave_ike.enclave.attest import envelopes
 from enclave_ike.enclave.errors import EnclaveError
 from enclave_ike.enclave.sealing import spki
@@ -22,6 +23,7 @@ from enclave_ike.release.endpoint import ReleaseEndpoint
 from enclave_ike.release.holder import Holder
 from enclave_ike.release.messages import MAX_MESSAGE
 from enclave_ike.release.obtain import NoHolder, obtain
+from enclave_ike.release.service import JoinFailed, join
 from ikecommon.attestation.envelope import Envelope
 from ikecommon.attestation.sim import DEFAULT_REGISTERS
 from ikecommon.attestation.spec import MeasurementEntry, MeasurementSpec
@@ -262,3 +264,73 @@ def test_a_dripping_peer_cannot_hold_the_joiner_past_its_window() -> None:
         slow.close()
     assert time.monotonic() - began < 5  # the request's bound is the window's end (at least 1 s), not per read
     assert info.value.present
+
+
+def test_a_peer_that_answered_the_challenge_and_vanished_is_there() -> None:
+    """It answered, so it may hold the key: its later absence must not let a joiner start a key of its own."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            body = b'{"challenge": "' + b"ab" * 40 + b'"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        server.close()  # gone before the request
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    with pytest.raises(NoHolder, match="answered the challenge, then not the request") as info:
+        obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", port)], within=0)
+    assert info.value.present
+
+
+def test_a_peer_whose_connection_never_opens_is_not_absence() -> None:
+    """SYNs dropped (here: a full accept queue; in life a partition or a firewall) may hide a holder."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    queued = [socket.create_connection(("127.0.0.1", port), timeout=2)]  # the queue (of one) is full
+    try:
+        with pytest.raises(NoHolder, match="no connection within the time") as info:
+            obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", port)], within=1)
+        assert info.value.present
+    finally:
+        for sock in queued:
+            sock.close()
+        server.close()
+
+
+def test_what_a_peer_says_reaches_the_log_as_one_printable_line() -> None:
+    body = b"refused: \x1b[31mnothing\rkey release: granted the service key to you"
+    liar = FakePeer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    said: list[str] = []
+    try:
+        with pytest.raises(NoHolder):
+            obtain(SoftwareEnclave(), APPRAISER, [HostPort("127.0.0.1", liar.port)], within=0, say=said.append)
+    finally:
+        liar.close()
+    assert len(said) == 1 and all(c.isprintable() for c in said[0]) and "\x1b" not in said[0]
+
+
+def test_only_the_founder_starts_a_key_when_alone(tmp_path: Path) -> None:
+    """Every replica has the same config; the founder's host name decides which one may start the key."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    (tmp_path / "spec.json").write_bytes(SPEC.encode())
+
+    def config(founder: str) -> ReleaseConfig:
+        path = tmp_path / "enclave-ike.toml"
+        path.write_text(f'[listen]\naddresses = ["192.0.2.53"]\n[identity]\nbackend = "software"\nid = "@x.example"\n'
+                        f'publish = "{tmp_path / "identity.json"}"\n[release]\nsource = "peers"\n'
+                        f'peers = ["127.0.0.1:{port}"]\nwhen_alone = "new-key"\nfounder = "{founder}"\n'
+                        f'join_timeout_s = 0\nspec = "{tmp_path / "spec.json"}"\nanchors = "sim"\n')
+        return load(path).release
+
+    enclave = SoftwareEnclave()
+    with pytest.raises(JoinFailed, match=r"only replica-0 may start the service's key \(founder\), and this is"):
+        join(config("replica-0"), enclave, envelopes(enclave), lambda line: None)
+    assert join(config(socket.gethostname()), enclave, envelopes(enclave), lambda line: None) == \
+        "a new service key (no replica answered)"

@@ -4,9 +4,10 @@ import the key; round after round until one gives it or the time is up.
 Peers are `host:port` (a name resolves to all its addresses, so one headless Service name covers every replica);
 our own release endpoints are skipped. The outcome when none gives the key says whether any peer is *present*: a
 peer that answered at all (refused us, was refused, was busy, broke off after accepting the connection, sent
-nonsense) may hold a key we may not have or must not take, so making a key of our own would split the service's
-identity. Only a service where every peer is absent (connection refused, no route, no connection within the time,
-a name that does not exist) may start a new key (`[release] when_alone = "new-key"`). Each request is bounded as
+nonsense, answered the challenge and then vanished) may hold a key we may not have or must not take, so making a
+key of our own would split the service's identity; so may one whose connection neither opens nor fails in time
+(its packets dropped: a partition, a firewall). Only a service where every peer is absent (connection refused, no
+route, a name that does not exist) may start a new key (`[release] when_alone = "new-key"`). Each request is bounded as
 a whole (not per read), and never past the end of the join window.
 """
 
@@ -85,6 +86,11 @@ def obtain(enclave: Enclave, appraiser: Appraiser, peers: Sequence[HostPort], *,
         sleep(min(ROUND_PAUSE_S, max(0.0, within - (monotonic() - start))))
 
 
+def printable(text: str) -> str:
+    """What a peer said, safe for one log line: anything unprintable (control characters, escapes) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _addresses(peers: Sequence[HostPort], own: Collection[str],
                reasons: dict[str, str]) -> tuple[list[str], bool]:
     """Every address:port the peers name now (resolved again each round: replicas come and go), and whether a name
@@ -111,6 +117,7 @@ def _ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: Mak
     host = host.strip("[]")
     deadline = time.monotonic() + timeout
     body = _post(host, int(port), "/release/challenge", b"", deadline)
+    # It answered: whatever happens from here, a peer is there (Unreachable would say absent).
     try:
         document = strictjson.loads(body)
         challenge = bytes.fromhex(document["challenge"]) if isinstance(document, dict) else b""
@@ -120,32 +127,36 @@ def _ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: Mak
         raise MessageError("challenge", f"not a JSON object with a challenge of {NONCE_MIN} to {NONCE_MAX} bytes "
                                         "as hex")
     joiner = Joiner(enclave, appraiser, make_envelope)
-    grant = _post(host, int(port), "/release/key", joiner.request(challenge), deadline)
+    try:
+        grant = _post(host, int(port), "/release/key", joiner.request(challenge), deadline)
+    except Unreachable as exc:
+        raise Refused(f"the holder answered the challenge, then not the request: {exc}") from None
     return joiner.accept(grant, clock())
 
 
 def _post(host: str, port: int, path: str, body: bytes, deadline: float) -> bytes:
-    """The body of a 200 answer. Unreachable when nothing is there to connect to (refused, no route, no connection
-    in time); Refused for any other answer or failure once connected: the peer is there."""
+    """The body of a 200 answer. Unreachable when nothing is there to connect to (refused, no route); Refused for a
+    connection that neither opens nor fails in time, and for any other answer or failure once connected: a peer may
+    be there."""
     try:
         status, answer = asyncio.run(_exchange(host, port, path, body, deadline))
     except Unreachable:
         raise
     except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise Refused(f"the holder failed after accepting the connection: {reason}") from None
+        raise Refused(f"the holder failed after accepting the connection: {printable(reason)}") from None
     if status == 200:
         return answer
     line = answer.decode("utf-8", "replace").strip().splitlines()
-    raise Refused(f"the holder said {status} {line[0][:300] if line else ''}".rstrip())
+    raise Refused(f"the holder said {status} {printable(line[0][:300]) if line else ''}".rstrip())
 
 
 async def _exchange(host: str, port: int, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD),
                                                 max(0.1, deadline - time.monotonic()))
-    except TimeoutError:
-        raise Unreachable("no connection within the time") from None
+    except TimeoutError:  # packets dropped, not refused: maybe a peer behind a partition, so not absence
+        raise Refused("no connection within the time (a partition or a firewall?)") from None
     except OSError as exc:
         if exc.errno in _ABSENT:
             raise Unreachable(os.strerror(exc.errno)) from None

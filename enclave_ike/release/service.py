@@ -3,6 +3,7 @@ replicas once it is running (the config's [release])."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from ikecommon.attestation.verify import TrustAnchors
@@ -58,6 +59,9 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
                              "would split the service's identity)") from None
         if config.when_alone is WhenAlone.EXIT:
             raise JoinFailed(f"{exc}; with when_alone = \"exit\" no new key is made") from None
+        if config.founder is not None and socket.gethostname() != config.founder:
+            raise JoinFailed(f"{exc}; only {config.founder} may start the service's key (founder), and this is "
+                             f"{socket.gethostname()}") from None
         say(f"no replica answered within {config.join_timeout_s:g} s: this replica starts the service's key "
             "(when_alone = \"new-key\"); clients pinned to an earlier key must attest again")
         return "a new service key (no replica answered)"
