@@ -320,29 +320,47 @@ def _attested(resolver: ResolverStatus, record: RunState, config: Config, now: f
 
 
 OTHER_KEY = "the resolver presented a different key"
+_UNREACHABLE = "the resolver is unreachable from this host (Network is unreachable)"
+_KEEPS_TRYING = "no IKE answer from the resolver yet; pluto keeps trying"
 _FAILURES = (
     (r"AUTHENTICATION_FAILED|authentication failed|signature.*(?:failed|invalid)|RSA.*failed|ECDSA.*failed",
      OTHER_KEY),
     (r"Peer ID '([^']*)' mismatched", "the resolver presented another ID ({0}) than the pinned one"),
     (r"Add SA .*(?:Function not implemented|errno 38)", "the kernel refused the ESP SA (no ESP in this kernel)"),
-    (r"Network is unreachable", "the resolver is unreachable from this host (Network is unreachable)"),
+    (r"Network is unreachable", _UNREACHABLE),
     (r"No response \(or no acceptable response\) to our first IKEv2 message", "no IKE answer from the resolver"),
-    (r"STATE_V2_PARENT_I1: retransmission", "no IKE answer from the resolver yet; pluto keeps trying"),
+    (r"STATE_V2_PARENT_I1: retransmission", _KEEPS_TRYING),
     (r"TS_UNACCEPTABLE|NO_PROPOSAL_CHOSEN", "the resolver refused the DNS-only Child SA"),
 )
 
 
+
+
 def trusted_failure(log: list[str]) -> str | None:
-    """pluto's last word on the trusted conns, as a reason; None when it is an established Child SA."""
+    """pluto's last word on the trusted conns, as a reason; None when it is an established Child SA. "Keeps
+    trying" is only a last word when nothing since the last Child SA says why: with trusted mode's short IKE
+    timeout (`trusted_dead_after_ms`) each new try's retransmissions come after the ICMP error that explains them."""
+    found = None
     for line in reversed(log):
         if not any(conn in line for conn in plan.TRUSTED_CONNS):
             continue
         if "established Child SA" in line:
-            return None
-        for pattern, reason in _FAILURES:
-            match = re.search(pattern, line)
-            if match:
-                return reason.format(*match.groups())
+            return found
+        reason = _reason(line)
+        if reason is None:
+            continue
+        if found is None:
+            found = reason
+        if found != _KEEPS_TRYING or reason == _UNREACHABLE:
+            return reason
+    return found
+
+
+def _reason(line: str) -> str | None:
+    for pattern, reason in _FAILURES:
+        match = re.search(pattern, line)
+        if match:
+            return reason.format(*match.groups())
     return None
 
 

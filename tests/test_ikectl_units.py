@@ -129,6 +129,15 @@ def test_pluto_s_words_about_the_trusted_conns():
     silent = ['"ikectl-trusted-udp" #1: STATE_V2_PARENT_I1: retransmission; will wait 0.5 seconds for response']
     assert status.trusted_failure(silent).startswith("no IKE answer from the resolver")
     assert status.trusted_failure([*silent, '"ikectl-trusted-udp" #2: initiator established Child SA using #1']) is None
+    unreachable = ['ERROR: "ikectl-trusted-udp" #1: asynchronous network error report on to-router (10.79.9.53:500), '
+                   "complainant 10.79.1.1: Network is unreachable [errno 101, origin ICMP type 3 code 0 (not "
+                   "authenticated)]"]
+    # With the short IKE timeout the next try's retransmissions come after the ICMP error: it still says why.
+    retrying = [*unreachable, '"ikectl-trusted-udp" #1: STATE_V2_PARENT_I1: 3 second timeout exceeded',
+                silent[0].replace("#1", "#3"), silent[0].replace("#1", "#3")]
+    assert status.trusted_failure(retrying) == "the resolver is unreachable from this host (Network is unreachable)"
+    recovered = [*unreachable, '"ikectl-trusted-udp" #2: initiator established Child SA using #1', *silent]
+    assert status.trusted_failure(recovered).endswith("pluto keeps trying")  # an old error before an SA: forgotten
 
 
 def test_status_reads_the_tail_of_pluto_s_log_from_its_end(tmp_path):
