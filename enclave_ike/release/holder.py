@@ -19,8 +19,6 @@ Sans-I/O apart from its clock: the caller passes the wall time the evidence is j
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import struct
 import threading
@@ -29,6 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
 from ikecommon.attestation.binding import KEY_GRANT_LABEL, KEY_REQUEST_LABEL
 
@@ -84,11 +84,13 @@ class Holder:
         return Granted(KeyGrant(envelope.encode(), sealed).encode(), verified.measurement_id, verified.kind.value)
 
     def _mac(self, issued: bytes) -> bytes:
-        return hmac.new(self._mac_key, issued, hashlib.sha256).digest()[:_MAC_SIZE]
+        mac = hmac.HMAC(self._mac_key, hashes.SHA256())
+        mac.update(issued)
+        return mac.finalize()[:_MAC_SIZE]
 
     def _take(self, challenge: bytes) -> None:
         issued, mac = challenge[:-_MAC_SIZE], challenge[-_MAC_SIZE:]
-        if len(challenge) != CHALLENGE_SIZE or not hmac.compare_digest(mac, self._mac(issued)):
+        if len(challenge) != CHALLENGE_SIZE or not constant_time.bytes_eq(mac, self._mac(issued)):
             raise Refused("the challenge is not one this holder issued (another holder's, or from before a "
                           "restart)")
         at = _ISSUED.unpack_from(issued)[0]
