@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives import serialization
-
 from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN, report_data
 from ikecommon.attestation.envelope import Collateral, Envelope
 
 from .base import Enclave
 from .errors import NonceError
+from .sealing import spki
 
 
 def attest(enclave: Enclave, nonce: bytes, collateral: Collateral | None = None, label: bytes = LABEL,
@@ -19,10 +18,9 @@ def attest(enclave: Enclave, nonce: bytes, collateral: Collateral | None = None,
     `label`'s purpose, in an envelope with the key and the nonce."""
     if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
         raise NonceError(f"nonce: must be {NONCE_MIN} to {NONCE_MAX} bytes, got {len(nonce)}")
-    spki = key_spki or enclave.signer().public_key().public_bytes(serialization.Encoding.DER,
-                                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-    evidence = enclave.evidence(report_data(nonce, spki, label))
-    return Envelope(evidence, spki, nonce, collateral or Collateral())
+    key = key_spki or spki(enclave.signer().public_key())
+    evidence = enclave.evidence(report_data(nonce, key, label))
+    return Envelope(evidence, key, nonce, collateral or Collateral())
 
 
 MakeEnvelope = Callable[[bytes, bytes, "bytes | None"], Envelope]

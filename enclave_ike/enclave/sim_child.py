@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, make_sim_report
@@ -29,6 +28,7 @@ from .channel import HASH_SIZE, Frame, Op, Status, receive, send, split_fields
 from .custody import Custody
 from .errors import ChannelError, EnclaveError
 from .key_types import CURVES, KEY_TYPES
+from .sealing import spki
 
 REPORT_DATA_SIZE = 64
 _PR_SET_DUMPABLE = 4
@@ -41,7 +41,8 @@ def answer(request: Frame, custody: Custody, registers: tuple[bytes, ...], sign_
     if code in (Op.PUBLIC_KEY, Op.RECIPIENT):
         if payload:
             return _refuse(f"{Op(code).name} takes no payload")
-        return Frame(Status.OK, _spki(custody.signer) if code == Op.PUBLIC_KEY else custody.release_recipient())
+        return Frame(Status.OK, spki(custody.signer.public_key()) if code == Op.PUBLIC_KEY
+                     else custody.release_recipient())
     if code == Op.SIGN:
         time.sleep(sign_delay)
         return _sign(payload, custody.signer)
@@ -71,12 +72,7 @@ def _release(request: Frame, custody: Custody) -> Frame:
         custody.import_identity(parts[2], parts[0], parts[1])
     except EnclaveError as exc:
         return _refuse(str(exc))
-    return Frame(Status.OK, _spki(custody.signer))
-
-
-def _spki(signer: Signer) -> bytes:
-    return signer.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    return Frame(Status.OK, spki(custody.signer.public_key()))
 
 
 def _sign(payload: bytes, signer: Signer) -> Frame:
