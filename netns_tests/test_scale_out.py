@@ -48,10 +48,13 @@ class Replica:
     address: str
     workdir: Path
 
-    def config(self, release: str, build: bytes = BUILD) -> str:
+    def config(self, release: str, build: bytes = BUILD, *, listen: str | None = None, apply: str = "none",
+               evidence: str = "enabled = false") -> str:
+        """serve as this build, IKE on `listen` (default: its own address), [release] with the test's spec, sim
+        anchors, and `release`."""
         identity = signing_identity(SERVICE_ID) + f'sim_registers = ["{build.hex()}"]\n'
-        return config_text(self.address, identity=identity, workdir=self.workdir, apply="none",
-                           extra=f"[evidence]\nenabled = false\n\n[metrics]\nenabled = false\n\n[release]\n"
+        return config_text(listen or self.address, identity=identity, workdir=self.workdir, apply=apply,
+                           extra=f"[evidence]\n{evidence}\n\n[metrics]\nenabled = false\n\n[release]\n"
                                  f'spec = "{self.workdir.parent / "spec.json"}"\nanchors = "sim"\n{release}')
 
     def published_key(self) -> str:
@@ -183,11 +186,9 @@ def service(topology: Topology, tmp_path: Path, unbound) -> Service:
 
 
 def _replica_config(replica: Replica, release: str, build: bytes = BUILD) -> str:
-    identity = signing_identity(SERVICE_ID) + f'sim_registers = ["{build.hex()}"]\n'
-    return config_text(SERVICE, identity=identity, workdir=replica.workdir, apply="kernel",
-                       extra=f'[evidence]\nport = 4501\n\n[metrics]\nenabled = false\n\n[release]\n'
-                             f'spec = "{replica.workdir.parent / "spec.json"}"\nanchors = "sim"\n'
-                             f'listen = ["{replica.address}"]\n{release}')
+    """A replica of the service: IKE and evidence on the service address, kernel SAs, release on its own."""
+    return replica.config(f'listen = ["{replica.address}"]\n{release}', build, listen=SERVICE, apply="kernel",
+                          evidence="port = 4501")
 
 
 def pin_the_service_and_go_up(service: Service, run_dir: Path, tmp_path: Path) -> Path:
