@@ -86,7 +86,8 @@
     [release]                           # one identity key for many replicas (release/, docs/scale-out.md)
     source = "new"                      # new: a new key at start | peers: the key of a replica that holds it |
                                         #   kbs: the key from Trustee's key broker (release/kbs.py)
-    peers = ["enclave-ike-0.example:4502"]   # source = "peers": who to ask (a name: all its addresses)
+    peers = ["enclave-ike-0.example:4502"]   # source = "peers": who to ask (a name: all its addresses); also
+                                        #   who to follow in a rotation (source = "new" may name them for that)
     when_alone = "exit"                 # source = "peers", no peer answers within join_timeout_s: exit (status
                                         #   1) | new-key: start the service's key (the first replica; the last
                                         #   holder died). A peer that answers and refuses never leads to new-key
@@ -98,6 +99,10 @@
     anchors = "vendors"                 # vendors: Intel's and AMD's roots | sim: the simulated root (NOT SECURE)
     kbs_resource = "default/enclave-ike/identity-key"   # source = "kbs": repository/type/tag of a PEM PKCS#8 key
     cdh_url = "http://127.0.0.1:8006"   # source = "kbs": the pod's confidential data hub
+    rotate_notice_s = 86400             # SIGUSR2 starts a rotation (release/rotation.py): every replica switches
+                                        #   to the next key this long after; more than the clients' re-attestation
+                                        #   interval (ikectl [trust] interval_s), so that they stage it first
+    poll_s = 30                         # how often a replica asks its peers for a rotation's next key
 
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
 """
@@ -317,6 +322,8 @@ class ReleaseConfig:
     kbs_resource: str | None = None  # source = "kbs": repository/type/tag at Trustee's key broker
     cdh_url: str = DEFAULT_CDH_URL   # the pod's confidential data hub, which asks the key broker
     founder: str | None = None       # when_alone = "new-key": only the replica with this host name may start a key
+    rotate_notice_s: float = 86_400.0  # from a rotation's start to the switch to its next key
+    poll_s: float = 30.0             # how often the peers are asked for a rotation's next key
 
 
 @dataclass(frozen=True)
@@ -563,6 +570,7 @@ def _privacy(table: _Table) -> PrivacyConfig:
 DEFAULT_LIVENESS_S = 30.0
 DEFAULT_LIVENESS_TIMEOUT_S = 15.0
 MAX_SECONDS = 86_400
+MIN_NOTICE_S = 5.0
 LIMITS = ("cookie_threshold", "max_half_open", "max_half_open_per_peer", "max_sas", "max_sas_per_peer",
           "max_child_sas")
 
@@ -744,29 +752,39 @@ def _release(table: _Table, identity: IdentityConfig, taken: Mapping[int, str]) 
     when_alone = table.enum("when_alone", WhenAlone, WhenAlone.EXIT)
     founder = table.get("founder", str, "") or None
     join_timeout = table.seconds("join_timeout_s", 60.0, zero_allowed=True)
+    notice = table.seconds("rotate_notice_s", 86_400.0, zero_allowed=False)
+    poll = table.seconds("poll_s", 30.0, zero_allowed=False)
     anchors = table.enum("anchors", Anchors, Anchors.VENDORS)
     spec = _release_spec(table)
     resource, cdh_url = _kbs(table, source)
-    for key, owner in (("peers", KeySource.PEERS), ("when_alone", KeySource.PEERS), ("founder", KeySource.PEERS)):
+    for key, owner in (("when_alone", KeySource.PEERS), ("founder", KeySource.PEERS)):
         if key in table.data and source is not owner:
             raise table.error(key, f"belongs to source = \"{owner.value}\"")
+    if peers and source is KeySource.KBS:
+        raise table.error("peers", "belongs to source = \"peers\" or \"new\" (the key broker holds the key)")
+    if notice < MIN_NOTICE_S:
+        raise table.error("rotate_notice_s", f"at least {MIN_NOTICE_S:g} s: every replica must obtain the next key "
+                                             "before the switch")
+    if "poll_s" in table.data and not peers:
+        raise table.error("poll_s", "belongs to peers (whom to poll)")
     if founder is not None and when_alone is not WhenAlone.NEW_KEY:
         raise table.error("founder", "belongs to when_alone = \"new-key\" (who may start the key)")
     if "join_timeout_s" in table.data and source is KeySource.NEW:
         raise table.error("join_timeout_s", "belongs to source = \"peers\" or \"kbs\"")
     if source is KeySource.PEERS and not peers:
         raise table.error("peers", "missing: source = \"peers\" needs the replicas to ask")
-    if (source is KeySource.PEERS or listen) and spec is None:
+    if (peers or listen) and spec is None:
         raise table.error("spec", "missing: key release needs the measurement spec every replica must match")
-    if spec is not None and source is not KeySource.PEERS and not listen:
+    if spec is not None and not peers and not listen:
         raise table.error("spec", "key release is off (no peers to ask, no listen): nothing uses the spec")
     if anchors is Anchors.SIM and identity.backend is Backend.TSM:
         raise table.error("anchors", "\"sim\" trusts evidence anyone can make (NOT SECURE): with the tsm backend "
                                      "it would give the real key to anyone; use \"vendors\"")
-    if (source is not KeySource.NEW or listen) and identity.auth is Auth.NULL:
-        raise table.error("source" if source is not KeySource.NEW else "listen",
+    if (source is not KeySource.NEW or listen or peers) and identity.auth is Auth.NULL:
+        raise table.error("source" if source is not KeySource.NEW else "listen" if listen else "peers",
                           "NULL authentication has no identity key to release")
-    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors, resource, cdh_url, founder)
+    return ReleaseConfig(source, peers, when_alone, join_timeout, listen, spec, anchors, resource, cdh_url, founder,
+                         notice, poll)
 
 
 def _release_listen(table: _Table, taken: Mapping[int, str]) -> tuple[HostPort, ...]:

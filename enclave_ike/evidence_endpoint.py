@@ -2,8 +2,10 @@
 
     GET /evidence?nonce=HEX   200 application/cmw+json: the envelope (attestation/envelope.py) whose evidence binds
                               the client's nonce (16 to 64 bytes, as hex) and the IKE key (attestation/binding.py)
+        ...&key=next          the same for a rotation's next key (release/rotation.py); 404 when none is under way
     GET /identity             200 application/json: {"version": 1, "id": "@resolver.example"}, the IKE ID the
-                              server authenticates as. Not attested: the pinned key is what authenticates
+                              server authenticates as, and during a rotation "next": {"switch_at": UNIX} (when
+                              the next key starts to sign). Not attested: the pinned key is what authenticates
 
 Plain HTTP on purpose: evidence authenticates itself (the TEE vendor's signature over report data that binds the
 client's fresh nonce and the key), so TLS would add nothing a client may rely on, and a client never trusts anything
@@ -36,6 +38,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from ikecommon.attestation.binding import LABEL, NONCE_MAX, NONCE_MIN
@@ -55,6 +58,9 @@ from .errors import EnclaveIkeError
 from .relay import evidence_socket
 from .relay_server import admit, close_servers, listen_unix
 from .snp_store import ServedCertificates
+
+if TYPE_CHECKING:
+    from .release.keyring import KeyRing, NextKey
 
 log = logging.getLogger("enclave_ike.evidence")
 
@@ -124,6 +130,7 @@ class EvidenceEndpoint:
         self.bound: list[tuple[str, int]] = []  # (address, port) actually bound (port 0 picks one)
         # Lines naming a client: to the log until the server hands over its own Diagnostics (and its privacy).
         self.diagnostics = Diagnostics(log, PrivacyConfig(enabled=False))
+        self.keys: KeyRing | None = None  # serve's, once the key is there: a rotation's next key is served too
 
     async def start(self) -> None:
         if self.unix_path is not None:
@@ -195,26 +202,45 @@ class EvidenceEndpoint:
             return await self._evidence(query, peer)
         if query:
             return Response.text(HTTPStatus.BAD_REQUEST, "/identity takes no query")
-        body = json.dumps({"version": IDENTITY_VERSION, "id": self.ike_id}).encode()
-        return Response(HTTPStatus.OK, body + b"\n", "application/json")
+        document: dict[str, object] = {"version": IDENTITY_VERSION, "id": self.ike_id}
+        if (pending := self._next_key()) is not None:
+            document["next"] = {"switch_at": pending.switch_at}
+        return Response(HTTPStatus.OK, json.dumps(document).encode() + b"\n", "application/json")
 
-    async def _evidence(self, query: str, peer: object) -> Response:
+    def _next_key(self) -> NextKey | None:
+        return self.keys.next if self.keys is not None else None
+
+    def _wanted(self, query: str) -> tuple[bytes, bytes | None] | Response:
+        """(the nonce, the SPKI of the key the evidence binds: None for the current one), or the error to answer."""
         try:
-            fields = parse_qs(query, strict_parsing=True, max_num_fields=2)
+            fields = parse_qs(query, keep_blank_values=True, strict_parsing=True, max_num_fields=2)
         except ValueError:
             fields = {}
-        if set(fields) != {"nonce"} or len(fields["nonce"]) != 1:
-            return Response.text(HTTPStatus.BAD_REQUEST, "expected exactly one query field: nonce=HEX")
+        if "nonce" not in fields or set(fields) - {"nonce", "key"} or any(len(v) != 1 for v in fields.values()):
+            return Response.text(HTTPStatus.BAD_REQUEST, "expected the query nonce=HEX, or nonce=HEX&key=next")
         try:
             nonce = parse_nonce(fields["nonce"][0])
         except NonceError as exc:
             return Response.text(HTTPStatus.BAD_REQUEST, str(exc))
+        if "key" not in fields:
+            return nonce, None
+        if fields["key"] != ["next"]:
+            return Response.text(HTTPStatus.BAD_REQUEST, "key: only 'next' (a rotation's next key)")
+        if (pending := self._next_key()) is None:
+            return Response.text(HTTPStatus.NOT_FOUND, "no rotation under way: no next key")
+        return nonce, pending.spki
+
+    async def _evidence(self, query: str, peer: object) -> Response:
+        wanted = self._wanted(query)
+        if isinstance(wanted, Response):
+            return wanted
+        nonce, key_spki = wanted
         if self._in_flight >= self.limits.in_flight:
             return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, "busy making evidence; try again",
                                  ("Retry-After", "1"))
         self._in_flight += 1
         try:
-            envelope = await asyncio.to_thread(self.envelope, nonce)
+            envelope = await asyncio.to_thread(self.envelope, nonce, LABEL, key_spki)
             body = envelope.encode()
         except (EnclaveIkeError, OSError) as exc:  # an OSError here is the server's, not the client going away
             self.diagnostics.client(logging.ERROR, "evidence for %s: %s", peer, exc)

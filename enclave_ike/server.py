@@ -76,6 +76,8 @@ from .relay import Relayed, socket_peer
 from .relay_server import Relay
 from .release import service as key_release
 from .release.endpoint import ReleaseEndpoint
+from .release.keyring import KeyRing, NextKey
+from .release.rotation import Rotation
 from .topdomains import TopDomains
 
 log = logging.getLogger("enclave_ike")
@@ -128,9 +130,11 @@ class PublishedIdentity:
     pid: int
     listen: tuple[str, ...]
     version: int = IDENTITY_VERSION
+    next_public_key_pem: str | None = None  # during a rotation: the key every replica signs with from next_switch_at
+    next_switch_at: int | None = None
 
     @classmethod
-    def of(cls, config: ServeConfig, enclave: Enclave | None) -> PublishedIdentity:
+    def of(cls, config: ServeConfig, enclave: Enclave | None, rotating: NextKey | None = None) -> PublishedIdentity:
         pem = line = None
         if enclave is not None:
             public = enclave.signer().public_key()
@@ -140,10 +144,15 @@ class PublishedIdentity:
                 raise ServeError(f"identity: a {type(public).__name__} cannot be pinned by libreswan")
             pin = keys.from_public_key(public)
             line = f"{pin.keyword.replace('right', 'left')}={pin.libreswan}"
+        next_pem = None
+        if rotating is not None:
+            next_pem = serialization.load_der_public_key(rotating.spki).public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         return cls(id=config.identity.id, auth=config.identity.auth.value, backend=config.identity.backend.value,
                    key_type=config.identity.key_type.value if enclave is not None else None,
                    public_key_pem=pem, libreswan=line, pid=os.getpid(),
-                   listen=tuple(str(a) for a in config.listen.addresses))
+                   listen=tuple(str(a) for a in config.listen.addresses), next_public_key_pem=next_pem,
+                   next_switch_at=rotating.switch_at if rotating is not None else None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -736,12 +745,18 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     applier: Applier = KernelApplier() if config.apply is ApplyMode.KERNEL else LogApplier()
     try:
         evidence = for_config(config, enclave)
-        release = None
+        release = rotation = None
         if enclave is not None:  # the key: a new one, or the service's from another replica (release/)
             envelopes = evidence.envelope if evidence is not None else attest.envelopes(enclave)
             source = await asyncio.to_thread(key_release.join, config.release, enclave, envelopes, log.info)
             log.info("identity key: %s", source)
-            release = key_release.endpoint(config.release, enclave, envelopes, log.warning)
+            keyring = KeyRing(enclave)
+            release = key_release.endpoint(config.release, enclave, envelopes, log.warning, keyring)
+            if evidence is not None:
+                evidence.keys = keyring
+            rotation = key_release.rotation(config.release, enclave, keyring, envelopes,
+                                            lambda: PublishedIdentity.of(config, enclave, keyring.next).publish(
+                                                config.identity.publish))
         signer = enclave.signer() if enclave is not None else None
         responder = Responder(config.responder_config(signer),
                               local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
@@ -756,6 +771,13 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, server.diagnostics.dump, "SIGUSR1 (the operator)")
         loop.add_signal_handler(signal.SIGHUP, _declined_reload, config.path)
+        rotating: set[asyncio.Task[Any]] = set()
+        if rotation is not None:
+            rotating.add(asyncio.create_task(rotation.run()))
+            loop.add_signal_handler(signal.SIGUSR2, _start_rotation, rotation, rotating)
+        else:
+            loop.add_signal_handler(signal.SIGUSR2, log.warning, "SIGUSR2: no rotation: NULL authentication has no "
+                                                                 "identity key")
         log.info("listening on %s (ports %d and %d), protecting DNS on %s; apply mode %s; identity %s %s",
                  ", ".join(map(str, config.listen.addresses)), config.listen.ike_port, config.listen.natt_port,
                  ", ".join(map(str, config.dns_addresses)), config.apply.value, config.identity.id,
@@ -764,12 +786,22 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             await stop.wait()
         finally:
             log.info("stopping")
+            for task in rotating:
+                task.cancel()
             await server.stop()
             _unpublish(config.identity.publish)
     finally:
         await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikecommon.xfrm
         if isinstance(enclave, SimEnclave):
             enclave.close()
+
+
+def _start_rotation(rotation: Rotation, tasks: set[asyncio.Task[Any]]) -> None:
+    """SIGUSR2 (the operator): start a rotation of the service key here, off the loop (the enclave makes a key)."""
+    log.info("SIGUSR2: starting a rotation of the service key")
+    task = asyncio.create_task(asyncio.to_thread(rotation.start))
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def _declined_reload(path: Path) -> None:

@@ -180,11 +180,13 @@ def test_sim_refuses_bad_registers_and_key_types() -> None:
 
 def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
     """All 256 request codes, with payloads of several sizes: each answer is the public key, a valid signature
-    over the payload, a valid sim report of the payload, a fresh recipient key, or a refusal (SEAL and IMPORT refuse
-    payloads that are not a P-256 key and a sealed key)."""
+    over the payload, a valid sim report of the payload, a fresh recipient key, a next key's public key (NEXT) and
+    the switch to it (SWITCH), or a refusal (SEAL and IMPORT refuse payloads that are not a P-256 key and a sealed
+    key)."""
     public = sim.signer().public_key().public_bytes(serialization.Encoding.DER,
                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
-    answers = {"public key": 0, "signature": 0, "report": 0, "recipient": 0, "refused": 0}
+    answers = {"public key": 0, "signature": 0, "report": 0, "recipient": 0, "next": 0, "switch": 0, "refused": 0}
+    next_key = b""
     for code in range(256):
         for payload in (b"", b"\x01", bytes(64), b"\xff" + os.urandom(64), b"\xff" + os.urandom(4095),
                         b"\x00\x02" + os.urandom(100), b"\x00\x04IKE_AUTH octets"):
@@ -208,12 +210,22 @@ def test_every_request_gets_a_public_answer(sim: SimEnclave) -> None:
                 assert isinstance(recipient, ec.EllipticCurvePublicKey) and recipient.curve.name == "secp256r1"
                 assert reply != public and payload == b""
                 answers["recipient"] += 1
+            elif code == Op.NEXT:
+                found = serialization.load_der_public_key(reply)
+                assert isinstance(found, ec.EllipticCurvePublicKey) and reply != public and payload == b""
+                next_key = reply
+                answers["next"] += 1
+            elif code == Op.SWITCH:
+                assert reply == next_key and payload == b""
+                assert sim._call(Op.PUBLIC_KEY) == next_key
+                answers["switch"] += 1
             else:
                 assert code == Op.EVIDENCE and len(payload) == 64
                 assert SimReport.decode(reply).report_data == payload
                 assert verify_sim_report(reply, root=sim_root_certificate(), at=NOW).ok
                 answers["report"] += 1
-    assert answers == {"public key": 1, "signature": 2, "report": 1, "recipient": 1, "refused": 256 * 7 - 5}
+    assert answers == {"public key": 1, "signature": 2, "report": 1, "recipient": 1, "next": 1, "switch": 1,
+                       "refused": 256 * 7 - 7}
 
 
 @settings(max_examples=300, deadline=None)

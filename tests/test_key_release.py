@@ -61,7 +61,7 @@ def test_a_joiner_gets_the_holders_key_and_signs_with_it() -> None:
     joiner = Joiner(joiner_enclave, APPRAISER)
     granted = holder.grant(joiner.request(holder.challenge()), NOW)
     assert (granted.measurement_id, granted.kind) == ("resolver-v1", "sim")
-    verified = joiner.accept(granted.grant, NOW)
+    verified = joiner.accept(granted.grant, NOW).holder
     assert verified.ike_key == identity(holder_enclave) == identity(joiner_enclave)
     signer = joiner_enclave.signer()
     key = holder_enclave.signer().public_key()

@@ -50,13 +50,30 @@ def test_a_joining_replica(tmp_path: Path) -> None:
     assert release.spec == SPEC and release.anchors is cfg.Anchors.SIM and release.join_timeout_s == 5
 
 
+def test_a_first_replica_follows_its_peers_rotations(tmp_path: Path) -> None:
+    """source = "new" may name peers: not to ask for a key at start, only to follow a rotation one of them starts."""
+    release = load(tmp_path, 'peers = ["enclave-ike-peers"]\nlisten = ["10.0.0.2"]\nspec = "{dir}/spec.json"\n'
+                             'rotate_notice_s = 600\npoll_s = 2\n').release
+    assert release.source is cfg.KeySource.NEW and [str(p) for p in release.peers] == ["enclave-ike-peers:4502"]
+    assert release.rotate_notice_s == 600 and release.poll_s == 2
+    assert load(tmp_path, "").release.rotate_notice_s == 86_400
+
+
 BAD = [
     ('source = "vault"\n', "release.source: 'vault' is not one of new, peers"),
     ('source = "peers"\nspec = "{dir}/spec.json"\n', "release.peers: missing: source = \"peers\" needs"),
     ('source = "peers"\npeers = ["10.0.0.1"]\n', "release.spec: missing: key release needs the measurement spec"),
     ('listen = ["10.0.0.2"]\n', "release.spec: missing"),
     ('spec = "{dir}/spec.json"\n', "release.spec: key release is off"),
-    ('peers = ["10.0.0.1"]\n', "release.peers: belongs to source = \"peers\""),
+    ('peers = ["10.0.0.1"]\n', "release.spec: missing: key release needs the measurement spec"),
+    ('source = "kbs"\nkbs_resource = "a/b/c"\npeers = ["10.0.0.1"]\nspec = "{dir}/spec.json"\n',
+     "release.peers: belongs to source = \"peers\" or \"new\" (the key broker holds the key)"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nrotate_notice_s = 2\n',
+     "release.rotate_notice_s: at least 5 s"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\nrotate_notice_s = 90000\n',
+     "release.rotate_notice_s: expected seconds"),
+    ('listen = ["10.0.0.2"]\nspec = "{dir}/spec.json"\npoll_s = 5\n', "release.poll_s: belongs to peers"),
+    ('source = "peers"\npeers = ["10.0.0.1"]\nspec = "{dir}/spec.json"\npoll_s = 0\n', "release.poll_s: expected"),
     ('when_alone = "new-key"\n', "release.when_alone: belongs to source"),
     ('source = "peers"\npeers = ["10.0.0.1:99999"]\nspec = "{dir}/spec.json"\n',
      "release.peers: '10.0.0.1:99999' is not host[:port]"),

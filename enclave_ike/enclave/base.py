@@ -35,11 +35,23 @@ class Enclave(Protocol):
         """A fresh ephemeral P-256 public key (SubjectPublicKeyInfo DER), kept inside, to receive a sealed key with."""
         ...
 
-    def seal_identity(self, recipient_spki: bytes, info: bytes) -> bytes:
-        """The identity key sealed (HPKE, enclave/sealing.py) to that recipient key, with that context."""
+    def seal_identity(self, recipient_spki: bytes, info: bytes, key_spki: bytes | None = None) -> bytes:
+        """The key `key_spki` names (the current key by default; or the next one) sealed (HPKE, enclave/sealing.py)
+        to that recipient key, with that context. SealError for a key this enclave does not hold."""
         ...
 
-    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes) -> None:
-        """Make the sealed key (which must be the key `expected_spki` names) the identity key; `signer()` returns
-        its signer from now on. SealError, and nothing changed, otherwise."""
+    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes, *, as_next: bool = False) -> None:
+        """Make the sealed key (which must be the key `expected_spki` names) the identity key, whose signer
+        `signer()` is from now on (or, `as_next`, the next key). SealError, and nothing changed, otherwise."""
+        ...
+
+    # Rotation (enclave_ike/release/rotation.py): a next key made inside, which signs only after `switch`.
+
+    def make_next(self) -> bytes:
+        """A next key of the current one's kind, made inside (asked again: the same one); its SPKI DER."""
+        ...
+
+    def switch(self) -> bytes:
+        """The next key becomes the one `signer()` signs with, the old one is dropped; the new key's SPKI DER.
+        EnclaveError when there is no next key."""
         ...

@@ -9,10 +9,13 @@ A request's code is an Op, a reply's a Status. No answer contains private key ma
                                      -> OK, the signature under that hash (RFC 7427 value: DER ECDSA-Sig-Value)
     EVIDENCE    (64 bytes)           -> OK, a sim report binding those bytes
     RECIPIENT   (no payload)         -> OK, a fresh ephemeral P-256 key's SubjectPublicKeyInfo DER (custody.py)
-    SEAL        (field(recipient SPKI) || field(info))
-                                     -> OK, the identity key sealed to that key (HPKE, sealing.py)
-    IMPORT      (field(info) || field(expected SPKI) || field(sealed key))
-                                     -> OK, the new identity key's SubjectPublicKeyInfo DER
+    SEAL        (field(recipient SPKI) || field(info) || field(key SPKI, or empty for the current key))
+                                     -> OK, that held key sealed to the recipient key (HPKE, sealing.py)
+    IMPORT      (field(info) || field(expected SPKI) || field(sealed key) || field(b"current" or b"next"))
+                                     -> OK, the imported key's SubjectPublicKeyInfo DER
+    NEXT        (no payload)         -> OK, the next key's SubjectPublicKeyInfo DER (made now if there is none)
+    SWITCH      (no payload)         -> OK, the new current key's SubjectPublicKeyInfo DER (the next one; the old
+                                        one is gone)
     anything else                    -> ERROR, a UTF-8 reason
 
 where field(x) = uint16_be(len(x)) || x. SEAL hands the key out sealed to whatever public key enclave-ike names:
@@ -40,6 +43,8 @@ class Op(IntEnum):
     RECIPIENT = 4
     SEAL = 5
     IMPORT = 6
+    NEXT = 7
+    SWITCH = 8
 
 
 class Status(IntEnum):

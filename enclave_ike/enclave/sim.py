@@ -2,12 +2,12 @@
 
 enclave-ike starts `sim_child` with one end of a socketpair and keeps the other. The child generates the key and
 answers the requests of channel.py: the public key, a signature, a sim report for given report data, and for key
-release between replicas an ephemeral recipient key, the identity key sealed to a public key, and the import of a
-sealed key. No request returns the key unsealed, so the key never exists in enclave-ike's own memory. But the
-child seals to whatever public key enclave-ike names and imports whatever sealed key it is given: enclave-ike
-decides, after verifying the other replica's evidence (enclave_ike/release), as the code inside a real TEE would.
-The child exits when the channel closes, so it dies with enclave-ike even when enclave-ike is killed (the kernel
-closes its end).
+release between replicas an ephemeral recipient key, a held key sealed to a public key, and the import of a
+sealed key; for rotation, a next key made inside and the switch to it. No request returns a key unsealed, so no key
+ever exists in enclave-ike's own memory. But the child seals to whatever public key enclave-ike names and imports
+whatever sealed key it is given: enclave-ike decides, after verifying the other replica's evidence
+(enclave_ike/release), as the code inside a real TEE would. The child exits when the channel closes, so it dies with
+enclave-ike even when enclave-ike is killed (the kernel closes its end).
 
 The process boundary shows the shape of a real enclave, not its protection: the child runs as the same user on the
 same kernel, and its evidence is signed by the simulated root (NOT SECURE, see attestation/sim.py).
@@ -71,17 +71,17 @@ class SimEnclave:
         self._owed = 0  # replies to requests that timed out, still to come (and to be skipped) in order
         self._finalizer = weakref.finalize(self, _stop, process, ours)
         try:
-            self._signer = self._process_signer(self._call(Op.PUBLIC_KEY))
+            self._signer = _ProcessSigner(self._call, self._public(self._call(Op.PUBLIC_KEY)))
         except EnclaveError:
             self.close()
             raise
         ours.settimeout(timeout)
 
-    def _process_signer(self, spki: bytes) -> _ProcessSigner:
+    def _public(self, spki: bytes) -> ec.EllipticCurvePublicKey:
         key = serialization.load_der_public_key(spki)
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in CURVES:
             raise EnclaveError(f"sim enclave: unexpected public key {type(key).__name__}")
-        return _ProcessSigner(self._call, key, ecdsa_schemes(key.curve.name))
+        return key
 
     def problem(self) -> str | None:
         """None while the child runs and the channel is open; else what happened to it (for GET /health)."""
@@ -105,16 +105,28 @@ class SimEnclave:
     def release_recipient(self) -> bytes:
         return self._call(Op.RECIPIENT)
 
-    def seal_identity(self, recipient_spki: bytes, info: bytes) -> bytes:
-        return self._call(Op.SEAL, channel.fields(recipient_spki, info))
-
-    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes) -> None:
-        """The child opens the key and checks it (custody.py); its refusal is a SealError here."""
+    def seal_identity(self, recipient_spki: bytes, info: bytes, key_spki: bytes | None = None) -> bytes:
         try:
-            spki = self._call(Op.IMPORT, channel.fields(info, expected_spki, sealed))
+            return self._call(Op.SEAL, channel.fields(recipient_spki, info, key_spki or b""))
         except EnclaveRefused as exc:
             raise SealError(exc.reason) from None
-        self._signer = self._process_signer(spki)
+
+    def import_identity(self, sealed: bytes, info: bytes, expected_spki: bytes, *, as_next: bool = False) -> None:
+        """The child opens the key and checks it (custody.py); its refusal is a SealError here."""
+        try:
+            self._call(Op.IMPORT, channel.fields(info, expected_spki, sealed, b"next" if as_next else b"current"))
+        except EnclaveRefused as exc:
+            raise SealError(exc.reason) from None
+        if not as_next:
+            self._signer.now_signs_with(self._public(expected_spki))
+
+    def make_next(self) -> bytes:
+        return self._call(Op.NEXT)
+
+    def switch(self) -> bytes:
+        key = self._call(Op.SWITCH)
+        self._signer.now_signs_with(self._public(key))
+        return key
 
     def close(self) -> None:
         """Close the channel and wait for the child to exit (killing it if it does not)."""
@@ -164,9 +176,13 @@ class _ProcessSigner(Signer):
 
     deferred = True  # a round trip to another process, which may be slow or stopped
 
-    def __init__(self, call: Callable[[Op, bytes], bytes], key: ec.EllipticCurvePublicKey,
-                 schemes: tuple[SignatureScheme, ...]) -> None:
-        self._call, self._key, self._schemes = call, key, schemes
+    def __init__(self, call: Callable[[Op, bytes], bytes], key: ec.EllipticCurvePublicKey) -> None:
+        self._call = call
+        self.now_signs_with(key)
+
+    def now_signs_with(self, key: ec.EllipticCurvePublicKey) -> None:
+        """The child's current key changed (an import, a switch): one signer object serves the server's life."""
+        self._key, self._schemes = key, ecdsa_schemes(key.curve.name)
 
     @property
     def schemes(self) -> tuple[SignatureScheme, ...]:

@@ -28,7 +28,6 @@ from .channel import HASH_SIZE, Frame, Op, Status, receive, send, split_fields
 from .custody import Custody
 from .errors import ChannelError, EnclaveError
 from .key_types import CURVES, KEY_TYPES
-from .sealing import spki
 
 REPORT_DATA_SIZE = 64
 _PR_SET_DUMPABLE = 4
@@ -38,11 +37,10 @@ def answer(request: Frame, custody: Custody, registers: tuple[bytes, ...], sign_
     """The reply to one request. Every reply is a public key, a signature, a sim report, a sealed key or a
     refusal."""
     code, payload = request.code, request.payload
-    if code in (Op.PUBLIC_KEY, Op.RECIPIENT):
+    if code in (Op.PUBLIC_KEY, Op.RECIPIENT, Op.NEXT, Op.SWITCH):
         if payload:
             return _refuse(f"{Op(code).name} takes no payload")
-        return Frame(Status.OK, spki(custody.signer.public_key()) if code == Op.PUBLIC_KEY
-                     else custody.release_recipient())
+        return _keys(Op(code), custody)
     if code == Op.SIGN:
         time.sleep(sign_delay)
         return _sign(payload, custody.signer)
@@ -53,6 +51,17 @@ def answer(request: Frame, custody: Custody, registers: tuple[bytes, ...], sign_
     return _refuse(f"unknown request {code}")
 
 
+def _keys(op: Op, custody: Custody) -> Frame:
+    try:
+        if op == Op.PUBLIC_KEY:
+            return Frame(Status.OK, custody.current_spki())
+        if op == Op.RECIPIENT:
+            return Frame(Status.OK, custody.release_recipient())
+        return Frame(Status.OK, custody.make_next() if op == Op.NEXT else custody.switch())
+    except EnclaveError as exc:
+        return _refuse(str(exc))
+
+
 def _evidence(report_data: bytes, registers: tuple[bytes, ...]) -> Frame:
     if len(report_data) != REPORT_DATA_SIZE:
         return _refuse(f"EVIDENCE takes {REPORT_DATA_SIZE} bytes of report data, got {len(report_data)}")
@@ -60,19 +69,21 @@ def _evidence(report_data: bytes, registers: tuple[bytes, ...]) -> Frame:
 
 
 def _release(request: Frame, custody: Custody) -> Frame:
-    """SEAL: the identity key sealed to a recipient key; IMPORT: a sealed key becomes the identity key."""
+    """SEAL: a held key sealed to a recipient key; IMPORT: a sealed key becomes the current or the next key."""
     sealing = request.code == Op.SEAL
-    parts = split_fields(request.payload, 2 if sealing else 3)
+    parts = split_fields(request.payload, 3 if sealing else 4)
     if parts is None:
-        return _refuse("SEAL takes two fields: recipient key, info" if sealing
-                       else "IMPORT takes three fields: info, expected key, sealed key")
+        return _refuse("SEAL takes three fields: recipient key, info, key (empty: the current one)" if sealing
+                       else "IMPORT takes four fields: info, expected key, sealed key, slot")
     try:
         if sealing:
-            return Frame(Status.OK, custody.seal_identity(*parts))
-        custody.import_identity(parts[2], parts[0], parts[1])
+            return Frame(Status.OK, custody.seal_identity(parts[0], parts[1], parts[2] or None))
+        if parts[3] not in (b"current", b"next"):
+            return _refuse("IMPORT's slot is 'current' or 'next'")
+        custody.import_identity(parts[2], parts[0], parts[1], as_next=parts[3] == b"next")
     except EnclaveError as exc:
         return _refuse(str(exc))
-    return Frame(Status.OK, spki(custody.signer.public_key()))
+    return Frame(Status.OK, parts[1])
 
 
 def _sign(payload: bytes, signer: Signer) -> Frame:

@@ -3,6 +3,8 @@
     POST /release/challenge   (no body)            200 application/json {"challenge": HEX}: single use, 30 s
     POST /release/key         (a KeyRequest)       200 application/json: the KeyGrant
                                                    400 a request that does not parse; 403 refused (one line why)
+    GET  /release/keys                             200 application/json: the keys held (keyring.Listing), public:
+                                                   replicas poll it to follow a rotation
 
 Plain HTTP on purpose, like the evidence endpoint: what crosses is evidence, which authenticates itself, and a key
 sealed to a key that evidence binds; TLS would add nothing either side relies on. POST because a challenge is state.
@@ -44,7 +46,7 @@ READ_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 16
 MAX_PER_ADDRESS = 4
 _DIGITS = re.compile(r"[0-9]{1,9}")
-ROUTES = ("/release/challenge", "/release/key")
+ROUTES = {"/release/challenge": "POST", "/release/key": "POST", "/release/keys": "GET"}
 
 
 class ReleaseEndpointError(EnclaveIkeError):
@@ -85,7 +87,7 @@ class ReleaseEndpoint:
                                            f"{exc.strerror or exc}") from None
             self._servers.append(server)
             self.bound += [(address, int(sock.getsockname()[1])) for sock in server.sockets]
-        log.info("key release endpoint on %s (tcp): POST /release/challenge, POST /release/key",
+        log.info("key release endpoint on %s (tcp): POST /release/challenge, POST /release/key, GET /release/keys",
                  ", ".join(hostport(a, p) for a, p in self.bound))
 
     async def stop(self) -> None:
@@ -132,20 +134,26 @@ class ReleaseEndpoint:
         method, path, _ = parts
         if path not in ROUTES:
             return Response.text(HTTPStatus.NOT_FOUND, f"{path[:80]}: not here ({', '.join(ROUTES)})")
-        if method != "POST":
-            return Response.text(HTTPStatus.METHOD_NOT_ALLOWED, f"{method[:20]}: only POST", ("Allow", "POST"))
+        if method != ROUTES[path]:
+            return Response.text(HTTPStatus.METHOD_NOT_ALLOWED, f"{method[:20]}: only {ROUTES[path]}",
+                                 ("Allow", ROUTES[path]))
         length = _body_length(headers)
         if isinstance(length, Response):
             return length
         return path, await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT_S)
 
     async def _route(self, path: str, body: bytes, peer: str) -> Response:
-        if path == "/release/challenge":
-            if body:
-                return Response.text(HTTPStatus.BAD_REQUEST, "/release/challenge takes no body")
-            challenge = self.holder.challenge()
-            return Response(HTTPStatus.OK, json.dumps({"challenge": challenge.hex()}).encode() + b"\n",
-                            "application/json")
+        if path == "/release/key":
+            return await self._grant(body, peer)
+        if body:
+            return Response.text(HTTPStatus.BAD_REQUEST, f"{path} takes no body")
+        if path == "/release/keys":
+            return Response(HTTPStatus.OK, self.holder.keys.listing().encode(), "application/json")
+        challenge = self.holder.challenge()
+        return Response(HTTPStatus.OK, json.dumps({"challenge": challenge.hex()}).encode() + b"\n",
+                        "application/json")
+
+    async def _grant(self, body: bytes, peer: str) -> Response:
         if self._granting.locked():
             return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, "busy granting; try again", ("Retry-After", "1"))
         async with self._granting:
@@ -162,7 +170,8 @@ class ReleaseEndpoint:
                 return Response.text(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot grant now: {exc}")
         self.tally.granted += 1
         self.counted("granted")
-        log.info("key release: granted the service key to %s (%s evidence matching %r); %s", peer, granted.kind,
+        what = "key's successor (rotation)" if granted.next_key else "key"
+        log.info("key release: granted the service %s to %s (%s evidence matching %r); %s", what, peer, granted.kind,
                  granted.measurement_id, self.tally)
         return Response(HTTPStatus.OK, granted.grant, "application/json")
 

@@ -7,7 +7,8 @@ A request is refused, and nothing leaves the enclave, when:
   the first request that names it, whatever follows), or is older than CHALLENGE_TTL_S (a stale one);
 - its evidence does not verify against the spec, or binds another key, another challenge or another purpose
   (KEY_REQUEST_LABEL: a client's evidence for the IKE key never passes for a request);
-- its key is not one the HPKE suite can seal to (enclave/sealing.py).
+- its key is not one the HPKE suite can seal to (enclave/sealing.py);
+- it asks for a key this holder does not hold (`key`: only our current key, or a rotation's next one).
 
 Challenges are stateless until used: issued-at (this process's monotonic clock) || 16 random bytes || a MAC of
 both under a key that lives and dies with the holder. Nothing is stored per challenge issued, so a flood of
@@ -34,9 +35,10 @@ from ikecommon.attestation.binding import KEY_GRANT_LABEL, KEY_REQUEST_LABEL
 
 from ..enclave.attest import MakeEnvelope
 from ..enclave.base import Enclave
-from ..enclave.sealing import SealError, spki
+from ..enclave.sealing import SealError
 from .appraise import Appraiser
 from .errors import Refused
+from .keyring import KeyRing, NextKey
 from .messages import KeyGrant, KeyRequest, seal_info
 
 CHALLENGE_TTL_S = 30.0  # a joiner asks for a challenge and sends its request at once; evidence takes < 1 s
@@ -50,14 +52,18 @@ class Granted:
     grant: bytes            # the KeyGrant to send back
     measurement_id: str     # the spec entry the joiner's evidence matched
     kind: str               # its evidence kind
+    next_key: bool = False  # the key granted is a rotation's next key
 
 
 class Holder:
     def __init__(self, enclave: Enclave, appraiser: Appraiser, make_envelope: MakeEnvelope, *,
-                 ttl: float = CHALLENGE_TTL_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 keys: KeyRing | None = None, ttl: float = CHALLENGE_TTL_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         """`make_envelope` makes this enclave's evidence (the evidence endpoint's, which adds vendor
-        collateral); `monotonic` times the challenges (a wall clock that steps must not age them)."""
+        collateral); `keys` says which keys the enclave holds (a rotation's next key too); `monotonic` times the
+        challenges (a wall clock that steps must not age them)."""
         self._enclave, self._appraiser, self._make_envelope = enclave, appraiser, make_envelope
+        self.keys = keys or KeyRing(enclave)
         self._ttl, self._monotonic = ttl, monotonic
         self._mac_key = secrets.token_bytes(32)
         self._used: OrderedDict[bytes, float] = OrderedDict()  # challenge -> when used, oldest first
@@ -75,13 +81,20 @@ class Holder:
         self._take(request.challenge)
         verified = self._appraiser.verify(request.evidence, request.challenge, KEY_REQUEST_LABEL,
                                           datetime.fromtimestamp(now, UTC), "the joiner's")
-        identity = spki(self._enclave.signer().public_key())
+        wanted = self.keys.holds(request.key) if request.key is not None else True
+        if wanted is False:
+            raise Refused("the key asked for is not one this holder holds (neither its current key nor a "
+                          "rotation's next key)")
+        assert request.key is not None or wanted is True
+        identity = request.key if request.key is not None else self.keys.current
+        switch_at = wanted.switch_at if isinstance(wanted, NextKey) else None
         try:
-            sealed = self._enclave.seal_identity(verified.ike_key, seal_info(body, identity))
+            sealed = self._enclave.seal_identity(verified.ike_key, seal_info(body, identity, switch_at), identity)
         except SealError as exc:
             raise Refused(f"cannot seal the key to the joiner's: {exc}") from None
-        envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, None)
-        return Granted(KeyGrant(envelope.encode(), sealed).encode(), verified.measurement_id, verified.kind.value)
+        envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, identity)
+        return Granted(KeyGrant(envelope.encode(), sealed, switch_at).encode(), verified.measurement_id,
+                       verified.kind.value, switch_at is not None)
 
     def _mac(self, issued: bytes) -> bytes:
         mac = hmac.HMAC(self._mac_key, hashes.SHA256())

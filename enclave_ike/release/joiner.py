@@ -6,12 +6,17 @@ key (kept in our enclave), then the grant's checks before anything is imported:
 - the sealed key opens with our ephemeral key for exactly this request (seal_info), and is the key that evidence
   attests (enclave/sealing.py).
 
-Any failure is Refused, and our enclave's key is unchanged. One Joiner per request (a new ephemeral key each time).
+A joiner asks for the holder's current key, or names the key it wants (a rotation's next key, keyring.py): a grant
+for another key than the one named is refused. A next key goes into the enclave as its next key, with the switch
+time the grant says (bound into the HPKE context).
+
+Any failure is Refused, and our enclave's keys are unchanged. One Joiner per request (a new ephemeral key each time).
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ikecommon.attestation.binding import KEY_GRANT_LABEL, KEY_REQUEST_LABEL
@@ -28,9 +33,11 @@ NONCE_SIZE = 32
 
 
 class Joiner:
-    def __init__(self, enclave: Enclave, appraiser: Appraiser, make_envelope: MakeEnvelope | None = None) -> None:
-        """`make_envelope`: how our evidence is made (default: the enclave's, without vendor collateral)."""
-        self._enclave, self._appraiser = enclave, appraiser
+    def __init__(self, enclave: Enclave, appraiser: Appraiser, make_envelope: MakeEnvelope | None = None, *,
+                 key: bytes | None = None) -> None:
+        """`make_envelope`: how our evidence is made (default: the enclave's, without vendor collateral); `key`:
+        the key wanted (its SPKI DER), or None for the holder's current key."""
+        self._enclave, self._appraiser, self._key = enclave, appraiser, key
         self._make_envelope = make_envelope or envelopes(enclave)
         self._nonce = secrets.token_bytes(NONCE_SIZE)
         self._request: bytes | None = None
@@ -39,18 +46,29 @@ class Joiner:
         """The KeyRequest answering the holder's challenge."""
         recipient = self._enclave.release_recipient()
         envelope = self._make_envelope(challenge, KEY_REQUEST_LABEL, recipient)
-        self._request = KeyRequest(challenge, self._nonce, envelope.encode()).encode()
+        self._request = KeyRequest(challenge, self._nonce, envelope.encode(), self._key).encode()
         return self._request
 
-    def accept(self, body: bytes, now: float) -> Verified:
+    def accept(self, body: bytes, now: float) -> Accepted:
         """Check the grant and import its key; the holder's verified evidence (its key is ours now)."""
         if self._request is None:
             raise Refused("a grant before any request")
         grant = KeyGrant.decode(body)
         verified = self._appraiser.verify(grant.evidence, self._nonce, KEY_GRANT_LABEL,
                                           datetime.fromtimestamp(now, UTC), "the holder's")
+        if self._key is not None and verified.ike_key != self._key:
+            raise Refused("the holder granted another key than the one asked for")
+        if (grant.switch_at is not None) != (self._key is not None):
+            raise Refused("the holder granted a next key for the current one, or the other way round")
+        info = seal_info(self._request, verified.ike_key, grant.switch_at)
         try:
-            self._enclave.import_identity(grant.sealed, seal_info(self._request, verified.ike_key), verified.ike_key)
+            self._enclave.import_identity(grant.sealed, info, verified.ike_key, as_next=grant.switch_at is not None)
         except SealError as exc:
             raise Refused(f"the holder's sealed key: {exc}") from None
-        return verified
+        return Accepted(verified, grant.switch_at)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    holder: Verified          # the holder's verified evidence (its ike_key is the key we now hold)
+    switch_at: int | None     # a next key's switch time; None when it is our current key now

@@ -3,13 +3,16 @@
     KeyRequest  {"type": "enclave-ike key request v1",
                  "challenge": HEX,      the holder's single-use nonce (POST /release/challenge)
                  "nonce": HEX,          the joiner's fresh nonce, for the holder's evidence
-                 "evidence": B64URL}    an evidence envelope: ike-key = the joiner's ephemeral P-256 key, nonce =
+                 "evidence": B64URL,    an evidence envelope: ike-key = the joiner's ephemeral P-256 key, nonce =
                                         the challenge, report data bound under KEY_REQUEST_LABEL
+                 "key": HEX}            optional: the key wanted, as SubjectPublicKeyInfo DER (a rotation's next
+                                        key, keyring.py); without it, the holder's current key
     KeyGrant    {"type": "enclave-ike key grant v1",
                  "evidence": B64URL,    an evidence envelope: ike-key = the service's identity key, nonce = the
                                         joiner's nonce, report data bound under KEY_GRANT_LABEL
-                 "sealed": B64URL}      the identity key, sealed to the ephemeral key (enclave/sealing.py) with
-                                        info = seal_info(the request's bytes, the identity key)
+                 "sealed": B64URL,      the identity key, sealed to the ephemeral key (enclave/sealing.py) with
+                                        info = seal_info(the request's bytes, the identity key, switch_at)
+                 "switch_at": INT}      only for a next key: the Unix time every replica signs with it from
 
 B64URL is base64url without padding. Decoding is strict (strictjson: no duplicate members; no unknown member; sizes
 bounded): a malformed message is a MessageError naming the member, before anything is verified.
@@ -22,6 +25,7 @@ import binascii
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +41,8 @@ GRANT_TYPE = "enclave-ike key grant v1"
 MAX_MESSAGE = MAX_ENVELOPE * 4 // 3 + MAX_SEALED * 4 // 3 + 1024
 _HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+MAX_KEY = 2048  # an RSA-4096 SubjectPublicKeyInfo is 550 bytes
+_KEY_HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_KEY}}}")
 
 
 @dataclass(frozen=True)
@@ -44,43 +50,63 @@ class KeyRequest:
     challenge: bytes
     nonce: bytes
     evidence: bytes  # the envelope, as the joiner's enclave made it
+    key: bytes | None = None  # the key wanted (its SPKI DER); None: the holder's current key
 
     def encode(self) -> bytes:
-        return _encode({"type": REQUEST_TYPE, "challenge": self.challenge.hex(), "nonce": self.nonce.hex(),
-                        "evidence": _b64(self.evidence)})
+        members = {"type": REQUEST_TYPE, "challenge": self.challenge.hex(), "nonce": self.nonce.hex(),
+                   "evidence": _b64(self.evidence)}
+        if self.key is not None:
+            members["key"] = self.key.hex()
+        return _encode(members)
 
     @classmethod
     def decode(cls, data: bytes) -> KeyRequest:
-        members = _members(data, "request", REQUEST_TYPE, ("challenge", "nonce", "evidence"))
+        members = _members(data, "request", REQUEST_TYPE, ("challenge", "nonce", "evidence"), ("key",))
+        key = members.get("key")
+        if "key" in members and (not isinstance(key, str) or not _KEY_HEX.fullmatch(key)):
+            raise MessageError("request.key", f"expected a public key (SubjectPublicKeyInfo DER) as lower-case hex, "
+                                              f"at most {MAX_KEY} bytes")
         return cls(_nonce(members, "challenge", "request"), _nonce(members, "nonce", "request"),
-                   _bytes(members, "evidence", "request", MAX_ENVELOPE))
+                   _bytes(members, "evidence", "request", MAX_ENVELOPE), None if key is None else bytes.fromhex(key))
 
 
 @dataclass(frozen=True)
 class KeyGrant:
     evidence: bytes
     sealed: bytes
+    switch_at: int | None = None  # a next key's switch time; None for the current key
 
     def encode(self) -> bytes:
-        return _encode({"type": GRANT_TYPE, "evidence": _b64(self.evidence), "sealed": _b64(self.sealed)})
+        members: dict[str, str | int] = {"type": GRANT_TYPE, "evidence": _b64(self.evidence),
+                                         "sealed": _b64(self.sealed)}
+        if self.switch_at is not None:
+            members["switch_at"] = self.switch_at
+        return _encode(members)
 
     @classmethod
     def decode(cls, data: bytes) -> KeyGrant:
-        members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"))
-        return cls(_bytes(members, "evidence", "grant", MAX_ENVELOPE), _bytes(members, "sealed", "grant", MAX_SEALED))
+        members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"), ("switch_at",))
+        switch_at = members.get("switch_at")
+        if "switch_at" in members and (type(switch_at) is not int or not 0 < switch_at < 2**40):
+            raise MessageError("grant.switch_at", "expected a Unix time in whole seconds")
+        return cls(_bytes(members, "evidence", "grant", MAX_ENVELOPE), _bytes(members, "sealed", "grant", MAX_SEALED),
+                   switch_at)
 
 
-def seal_info(request: bytes, identity_spki: bytes) -> bytes:
+def seal_info(request: bytes, identity_spki: bytes, switch_at: int | None = None) -> bytes:
     """HPKE's info for the key granted to `request` (its exact bytes): a sealed key opens for that request only,
-    and only as the key the grant's evidence attests."""
-    return (KEY_GRANT_LABEL + hashlib.sha256(request).digest() + hashlib.sha256(identity_spki).digest())
+    only as the key the grant's evidence attests, and only in the role the grant says (the current key, or a next
+    key switched to at `switch_at`): a grant whose switch time was changed on the way does not open."""
+    role = b"current" if switch_at is None else b"next@" + str(switch_at).encode("ascii")
+    return (KEY_GRANT_LABEL + hashlib.sha256(request).digest() + hashlib.sha256(identity_spki).digest() + role)
 
 
-def _encode(members: dict[str, str]) -> bytes:
+def _encode(members: Mapping[str, str | int]) -> bytes:
     return json.dumps(members, separators=(",", ":")).encode("ascii")
 
 
-def _members(data: bytes, what: str, type_: str, names: tuple[str, ...]) -> dict[str, Any]:
+def _members(data: bytes, what: str, type_: str, names: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> dict[str, Any]:
     if len(data) > MAX_MESSAGE:
         raise MessageError(what, f"{len(data)} bytes, more than {MAX_MESSAGE}")
     try:
@@ -91,7 +117,7 @@ def _members(data: bytes, what: str, type_: str, names: tuple[str, ...]) -> dict
         raise MessageError(what, "not a JSON object")
     if members.get("type") != type_:
         raise MessageError(f"{what}.type", f"expected {type_!r}, got {str(members.get('type'))[:60]!r}")
-    unknown = sorted(set(members) - {"type", *names})
+    unknown = sorted(set(members) - {"type", *names, *optional})
     missing = [name for name in names if name not in members]
     if unknown or missing:
         raise MessageError(what, "; ".join(([f"unknown member {', '.join(unknown)}"] if unknown else [])

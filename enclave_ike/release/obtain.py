@@ -32,7 +32,8 @@ from ..enclave.base import Enclave
 from ..errors import EnclaveIkeError
 from .appraise import Appraiser
 from .errors import MessageError, Refused, ReleaseError, Unreachable
-from .joiner import Joiner
+from .joiner import Accepted, Joiner
+from .keyring import Listing
 from .messages import MAX_MESSAGE
 
 ROUND_PAUSE_S = 1.0
@@ -67,13 +68,13 @@ def obtain(enclave: Enclave, appraiser: Appraiser, peers: Sequence[HostPort], *,
     reasons: dict[str, str] = {}
     present = False
     while True:
-        targets, resolving = _addresses(peers, own, reasons)
+        targets, resolving = addresses(peers, own, reasons)
         present = present or resolving
         for target in targets:
             left = within - (monotonic() - start)
             try:
-                return Obtained(target, _ask(enclave, appraiser, target, make_envelope, clock,
-                                             max(1.0, min(timeout, left))))
+                accepted = ask(enclave, appraiser, target, make_envelope, clock, max(1.0, min(timeout, left)))
+                return Obtained(target, accepted.holder)
             except Unreachable as exc:
                 reasons[target] = str(exc)
             except (ReleaseError, EnclaveIkeError) as exc:  # it answered (or our enclave failed: not absence)
@@ -91,7 +92,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _addresses(peers: Sequence[HostPort], own: Collection[str],
+def addresses(peers: Sequence[HostPort], own: Collection[str],
                reasons: dict[str, str]) -> tuple[list[str], bool]:
     """Every address:port the peers name now (resolved again each round: replicas come and go), and whether a name
     failed to resolve for a reason other than not existing (a peer may be there: not absence)."""
@@ -111,12 +112,13 @@ def _addresses(peers: Sequence[HostPort], own: Collection[str],
     return found, uncertain
 
 
-def _ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: MakeEnvelope | None,
-         clock: Callable[[], float], timeout: float) -> Verified:
-    host, _, port = target.rpartition(":")
-    host = host.strip("[]")
+def ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: MakeEnvelope | None,
+        clock: Callable[[], float], timeout: float, key: bytes | None = None) -> Accepted:
+    """One release from the holder at `target` (address:port): its current key, or the key `key` names (a
+    rotation's next key). Unreachable when nothing is there; another ReleaseError when it answered otherwise."""
+    host, port = _split(target)
     deadline = time.monotonic() + timeout
-    body = _post(host, int(port), "/release/challenge", b"", deadline)
+    body = _post(host, port, "/release/challenge", b"", deadline)
     # It answered: whatever happens from here, a peer is there (Unreachable would say absent).
     try:
         document = strictjson.loads(body)
@@ -126,18 +128,29 @@ def _ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: Mak
     if not NONCE_MIN <= len(challenge) <= NONCE_MAX:
         raise MessageError("challenge", f"not a JSON object with a challenge of {NONCE_MIN} to {NONCE_MAX} bytes "
                                         "as hex")
-    joiner = Joiner(enclave, appraiser, make_envelope)
+    joiner = Joiner(enclave, appraiser, make_envelope, key=key)
     try:
-        grant = _post(host, int(port), "/release/key", joiner.request(challenge), deadline)
+        grant = _post(host, port, "/release/key", joiner.request(challenge), deadline)
     except Unreachable as exc:
         raise Refused(f"the holder answered the challenge, then not the request: {exc}") from None
     return joiner.accept(grant, clock())
 
 
-def _post(host: str, port: int, path: str, body: bytes, deadline: float) -> bytes:
-    """The body of a 200 answer. Unreachable when nothing is there to connect to (refused, no route); Refused for a
-    connection that neither opens nor fails in time, and for any other answer or failure once connected: a peer may
-    be there."""
+def listing(target: str, timeout: float) -> Listing:
+    """The keys the replica at `target` says it holds (GET /release/keys; unauthenticated, see keyring.py)."""
+    host, port = _split(target)
+    return Listing.decode(_post(host, port, "/release/keys", None, time.monotonic() + timeout))
+
+
+def _split(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _post(host: str, port: int, path: str, body: bytes | None, deadline: float) -> bytes:
+    """The body of a 200 answer (to a GET when `body` is None). Unreachable when nothing is there to connect to
+    (refused, no route); Refused for a connection that neither opens nor fails in time, and for any other answer or
+    failure once connected: a peer may be there."""
     try:
         status, answer = asyncio.run(_exchange(host, port, path, body, deadline))
     except Unreachable:
@@ -151,7 +164,7 @@ def _post(host: str, port: int, path: str, body: bytes, deadline: float) -> byte
     raise Refused(f"the holder said {status} {printable(line[0][:300]) if line else ''}".rstrip())
 
 
-async def _exchange(host: str, port: int, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+async def _exchange(host: str, port: int, path: str, body: bytes | None, deadline: float) -> tuple[int, bytes]:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD),
                                                 max(0.1, deadline - time.monotonic()))
@@ -169,8 +182,11 @@ async def _exchange(host: str, port: int, path: str, body: bytes, deadline: floa
 
 
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int, path: str,
-                   body: bytes) -> tuple[int, bytes]:
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: {hostport(host, port)}\r\nConnection: close\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode("ascii") + body)
+                   body: bytes | None) -> tuple[int, bytes]:
+    method = "GET" if body is None else "POST"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {hostport(host, port)}\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    writer.write((head + "\r\n").encode("ascii") + (body or b""))
     await writer.drain()
     return await read_answer(reader, MAX_MESSAGE)

@@ -16,7 +16,9 @@ from .endpoint import ReleaseEndpoint
 from .errors import ReleaseError
 from .holder import Holder
 from .kbs import obtain_from_kbs
+from .keyring import KeyRing
 from .obtain import NoHolder, obtain
+from .rotation import Rotation
 
 
 class JoinFailed(ReleaseError):
@@ -69,10 +71,24 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
             f"{obtained.holder.measurement_id!r})")
 
 
-def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope,
-             say: Callable[[str], None]) -> ReleaseEndpoint | None:
+def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None],
+             keys: KeyRing | None = None) -> ReleaseEndpoint | None:
     """The holder's endpoint, when [release] listen names where."""
     if not config.listen:
         return None
-    holder = Holder(enclave, appraiser(config, say), make_envelope)
+    holder = Holder(enclave, appraiser(config, say), make_envelope, keys=keys)
     return ReleaseEndpoint(holder, [(where.host, where.port) for where in config.listen])
+
+
+def rotation(config: ReleaseConfig, enclave: Enclave, keys: KeyRing, make_envelope: MakeEnvelope,
+             published: Callable[[], None]) -> Rotation:
+    """Rotation of the service key as [release] says: who to follow (its peers), and whether this replica may start
+    one (not when the key broker holds the key: a replica restarted would get the old key from it)."""
+    refused = None
+    if config.source is KeySource.KBS:
+        refused = ("the service key comes from the key broker ([release] source = \"kbs\"): put a new key there "
+                   "and restart the replicas one by one")
+    return Rotation(keys, enclave, notice_s=config.rotate_notice_s, poll_s=config.poll_s, peers=config.peers,
+                    own={str(where) for where in config.listen},
+                    appraiser=appraiser(config, lambda line: None) if config.peers else None,
+                    make_envelope=make_envelope, published=published, refused=refused)

@@ -1,0 +1,410 @@
+"""Rotation of the service key (enclave_ike/release/rotation.py): a next key made in one replica's enclave, released
+by name to the others through the same mutual attestation as a join, served (evidence, /identity) beside the current
+key until the switch, and signed with by every replica from the announced time; the old key is gone then.
+
+Real HPKE, real sim evidence, the real sim enclave process where keys must stay inside it, real TCP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trust_servers import BackgroundLoop, port_of, running_endpoint, sim_spec
+
+from enclave_ike.config import HostPort
+from enclave_ike.enclave.attest import envelopes
+from enclave_ike.enclave.base import Enclave
+from enclave_ike.enclave.errors import EnclaveError
+from enclave_ike.enclave.sealing import SealError, spki
+from enclave_ike.enclave.sim import SimEnclave
+from enclave_ike.enclave.software import SoftwareEnclave
+from enclave_ike.release.appraise import Appraiser
+from enclave_ike.release.endpoint import ReleaseEndpoint
+from enclave_ike.release.errors import MessageError, Refused
+from enclave_ike.release.holder import Holder
+from enclave_ike.release.joiner import Joiner
+from enclave_ike.release.keyring import KeyRing, Listing, NextKey
+from enclave_ike.release.messages import KeyGrant, KeyRequest
+from enclave_ike.release.rotation import Rotation
+from ikecommon.attestation.verify import TrustAnchors, verify_envelope
+from ikecommon.evidence_client import fetch, fetch_evidence
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC).timestamp()
+APPRAISER = Appraiser(sim_spec(), TrustAnchors.simulated())
+SWITCH_AT = int(NOW) + 600
+
+
+def identity(enclave: Enclave) -> bytes:
+    return spki(enclave.signer().public_key())
+
+
+def signs_with(enclave: Enclave, key_spki: bytes) -> bool:
+    signer = enclave.signer()
+    signature = signer.sign(b"IKE_AUTH octets", signer.schemes[0])
+    public = serialization.load_der_public_key(key_spki)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    try:
+        public.verify(signature, b"IKE_AUTH octets", ec.ECDSA(signer.schemes[0].hasher()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def grant_next(holder: Holder, joiner_enclave: Enclave, key: bytes) -> tuple[Joiner, bytes]:
+    joiner = Joiner(joiner_enclave, APPRAISER, key=key)
+    return joiner, holder.grant(joiner.request(holder.challenge()), NOW).grant
+
+
+# --- the enclave: a next key, and the switch ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["software", "sim"])
+def test_a_next_key_signs_only_after_the_switch_and_the_old_key_is_gone(backend: str) -> None:
+    with contextlib_enclave(backend) as enclave:
+        signer, current = enclave.signer(), identity(enclave)
+        nxt = enclave.make_next()
+        assert nxt != current and enclave.make_next() == nxt  # made once
+        assert signs_with(enclave, current) and not signs_with(enclave, nxt)
+        assert enclave.switch() == nxt
+        assert enclave.signer() is signer and identity(enclave) == nxt  # one signer object: the server's stays good
+        assert signs_with(enclave, nxt) and not signs_with(enclave, current)
+        recipient = SoftwareEnclave().release_recipient()
+        with pytest.raises(SealError, match="not one this enclave holds"):
+            enclave.seal_identity(recipient, b"info", current)
+        with pytest.raises(EnclaveError, match="no next key"):
+            enclave.switch()
+
+
+@contextmanager
+def contextlib_enclave(backend: str) -> Iterator[Enclave]:
+    if backend == "sim":
+        with SimEnclave() as sim:
+            yield sim
+    else:
+        yield SoftwareEnclave()
+
+
+# --- release of a next key, by name --------------------------------------------------------------------------------
+
+def test_a_next_key_is_released_by_name_with_its_switch_time_and_signs_after_the_switch() -> None:
+    with SimEnclave() as first, SimEnclave() as second:
+        ring = KeyRing(first)
+        joiner = Joiner(second, APPRAISER)  # second joins first: the same current key
+        holder = Holder(first, APPRAISER, envelopes(first), keys=ring)
+        joiner.accept(holder.grant(joiner.request(holder.challenge()), NOW).grant, NOW)
+        assert identity(second) == identity(first)
+        nxt, made = ring.start_rotation(SWITCH_AT)
+        assert made and ring.start_rotation(SWITCH_AT + 5) == (nxt, False)
+        joiner, grant = grant_next(holder, second, nxt.spki)
+        accepted = joiner.accept(grant, NOW)
+        assert accepted.switch_at == SWITCH_AT and accepted.holder.ike_key == nxt.spki
+        assert identity(second) == identity(first) != nxt.spki  # still the current key until the switch
+        assert second.switch() == nxt.spki == ring.switch()
+        assert identity(second) == identity(first) == nxt.spki and signs_with(second, nxt.spki)
+
+
+def test_a_key_the_holder_does_not_hold_is_refused_and_nothing_is_sealed() -> None:
+    holder_enclave, joiner_enclave = SoftwareEnclave(), SoftwareEnclave()
+    holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave))
+    before = identity(joiner_enclave)
+    with pytest.raises(Refused, match="not one this holder holds"):
+        grant_next(holder, joiner_enclave, identity(SoftwareEnclave()))
+    assert identity(joiner_enclave) == before
+
+
+def test_a_switch_time_changed_on_the_way_does_not_open() -> None:
+    """The switch time is bound into the HPKE context: a grant whose switch_at was rewritten (to make a replica
+    switch early, or never) opens to nothing, and the joiner's keys are unchanged."""
+    holder_enclave, joiner_enclave = SoftwareEnclave(), SoftwareEnclave()
+    ring = KeyRing(holder_enclave)
+    holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave), keys=ring)
+    nxt, _ = ring.start_rotation(SWITCH_AT)
+    joiner, body = grant_next(holder, joiner_enclave, nxt.spki)
+    grant = KeyGrant.decode(body)
+    with pytest.raises(Refused, match="does not open"):
+        joiner.accept(KeyGrant(grant.evidence, grant.sealed, SWITCH_AT - 590).encode(), NOW)
+    with pytest.raises(EnclaveError, match="no next key"):
+        joiner_enclave.switch()
+
+
+def test_a_grant_in_the_wrong_role_is_refused() -> None:
+    """Asked for the current key, a next key's grant is refused (and the other way round): a holder cannot make a
+    joiner sign with a key early, nor hold a current key as a next one."""
+    holder_enclave = SoftwareEnclave()
+    ring = KeyRing(holder_enclave)
+    holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave), keys=ring)
+    nxt, _ = ring.start_rotation(SWITCH_AT)
+    _, next_grant = grant_next(holder, SoftwareEnclave(), nxt.spki)
+    fresh = SoftwareEnclave()
+    asking_current = Joiner(fresh, APPRAISER)
+    asking_current.request(holder.challenge())
+    with pytest.raises(Refused):
+        asking_current.accept(next_grant, NOW)
+    asking_next = Joiner(fresh, APPRAISER, key=ring.current)
+    current_grant = holder.grant(asking_next.request(holder.challenge()), NOW).grant
+    with pytest.raises(Refused, match="a next key for the current one, or the other way round"):
+        asking_next.accept(current_grant, NOW)
+
+
+def test_a_grant_of_another_key_than_the_one_named_is_refused() -> None:
+    """A holder that answers a request for its next key with its current one (the request's `key` rewritten on the
+    way): its evidence verifies, but for another key than the joiner named, so nothing is imported."""
+    holder_enclave, joiner_enclave = SoftwareEnclave(), SoftwareEnclave()
+    ring = KeyRing(holder_enclave)
+    holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave), keys=ring)
+    nxt, _ = ring.start_rotation(SWITCH_AT)
+    joiner = Joiner(joiner_enclave, APPRAISER, key=nxt.spki)
+    request = json.loads(joiner.request(holder.challenge()))
+    rewritten = json.dumps({**request, "key": ring.current.hex()}, separators=(",", ":")).encode()
+    with pytest.raises(Refused, match="another key than the one asked for"):
+        joiner.accept(holder.grant(rewritten, NOW).grant, NOW)
+    with pytest.raises(EnclaveError, match="no next key"):
+        joiner_enclave.switch()
+
+
+def test_request_and_grant_members_are_strict() -> None:
+    request = KeyRequest(bytes(32), bytes(32), b"evidence", b"\x30\x59")
+    assert KeyRequest.decode(request.encode()) == request
+    assert KeyGrant.decode(KeyGrant(b"e", b"s", 1_800_000_000).encode()).switch_at == 1_800_000_000
+    document = json.loads(request.encode())
+    for bad in ("ZZ", "", "0", "AA", 7, None):
+        with pytest.raises(MessageError, match=r"request\.key"):
+            KeyRequest.decode(json.dumps({**document, "key": bad}).encode())
+    grant = json.loads(KeyGrant(b"e", b"s", 5).encode())
+    for bad_time in (0, -1, 2**40, 1.5, "1", True):
+        with pytest.raises(MessageError, match=r"grant\.switch_at"):
+            KeyGrant.decode(json.dumps({**grant, "switch_at": bad_time}).encode())
+
+
+# --- the listing ---------------------------------------------------------------------------------------------------
+
+def test_a_listing_round_trips_and_two_rotations_agree_on_one_key() -> None:
+    first, second = NextKey(b"\x01" * 91, SWITCH_AT), NextKey(b"\x02" * 91, SWITCH_AT)
+    listing = Listing(b"\x03" * 91, first)
+    assert Listing.decode(listing.encode()) == listing and Listing.decode(Listing(b"\x03").encode()).next is None
+    assert first.sorts_before(second) != second.sorts_before(first)
+    assert NextKey(b"\x09", SWITCH_AT - 1).sorts_before(NextKey(b"\x01", SWITCH_AT))  # the earlier switch wins
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400) | st.text(max_size=200).map(str.encode))
+def test_any_bytes_are_a_listing_or_a_message_error(data: bytes) -> None:
+    try:
+        Listing.decode(data)
+    except MessageError as exc:
+        assert exc.field == "listing" and "\n" not in str(exc)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"current":"00","next":{"key":"00","switch_at":1.5}}', b'{"current":"00","next":{"key":"00"}}',
+    b'{"current":"zz"}', b'{"current":"00","extra":1}', b'{"next":null}', b'[]', b'{"current":"00","next":7}',
+    b'{"current":"00","next":{"key":"00","switch_at":true}}', b'{"current":"00","current":"01"}',
+])
+def test_malformed_listings_are_refused(body: bytes) -> None:
+    with pytest.raises(MessageError, match="listing"):
+        Listing.decode(body)
+
+
+# --- replicas following a rotation over TCP ------------------------------------------------------------------------
+
+@dataclass
+class Replica:
+    enclave: SimEnclave
+    ring: KeyRing
+    endpoint: ReleaseEndpoint
+    rotation: Rotation | None = None
+    published: int = 0
+
+    @property
+    def address(self) -> HostPort:
+        return HostPort("127.0.0.1", self.endpoint.bound[0][1])
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    """Two replicas of one service (the second joined the first), each with its release endpoint on loopback."""
+    loop = BackgroundLoop()
+    made: list[Replica] = []
+    try:
+        for _ in range(2):
+            enclave = SimEnclave()
+            if made:
+                joiner = Joiner(enclave, APPRAISER)
+                holder = made[0].endpoint.holder
+                joiner.accept(holder.grant(joiner.request(holder.challenge()), NOW).grant, NOW)
+            ring = KeyRing(enclave)
+            endpoint = ReleaseEndpoint(Holder(enclave, APPRAISER, envelopes(enclave), keys=ring),
+                                       [("127.0.0.1", 0)], clock=lambda: NOW)
+            loop.run(endpoint.start())
+            made.append(Replica(enclave, ring, endpoint))
+        yield made
+    finally:
+        for replica in made:
+            loop.run(replica.endpoint.stop())
+            replica.enclave.close()
+        loop.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def follow(replicas: list[Replica], clock: Clock, notice_s: float = 600) -> None:
+    for replica in replicas:
+        others = [r.address for r in replicas if r is not replica]
+
+        def published(replica: Replica = replica) -> None:
+            replica.published += 1
+
+        replica.rotation = Rotation(replica.ring, replica.enclave, notice_s=notice_s, poll_s=1, peers=others,
+                                    appraiser=APPRAISER, published=published, clock=clock)
+
+
+def test_a_rotation_started_on_one_replica_reaches_the_other_and_both_switch_at_the_announced_time(
+        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
+    first, second = replicas
+    clock = Clock()
+    follow(replicas, clock)
+    assert first.rotation is not None and second.rotation is not None
+    old = first.ring.current
+    caplog.set_level(logging.INFO, "enclave_ike.release")
+    started = first.rotation.start()
+    assert started is not None and started.switch_at == int(NOW) + 600 and first.published == 1
+    second.rotation.poll()
+    assert second.ring.next == started and second.published == 1
+    assert "rotation: obtained the next key" in caplog.text and "(sim evidence matching 'sim-default')" in caplog.text
+    second.rotation.poll()  # held already: asked nothing more
+    assert first.endpoint.tally.granted == 1
+    clock.now = started.switch_at - 1
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.switch_if_due()
+        assert replica.ring.current == old and signs_with(replica.enclave, old)
+    clock.now = started.switch_at
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.switch_if_due()
+        assert replica.ring.current == identity(replica.enclave) == started.spki and replica.ring.next is None
+        assert signs_with(replica.enclave, started.spki)
+    assert caplog.text.count("rotation: switched from key") == 2
+
+
+def test_two_replicas_that_each_start_a_rotation_agree_on_one_next_key(replicas: list[Replica]) -> None:
+    clock = Clock()
+    follow(replicas, clock)
+    keys = [r.rotation.start() for r in replicas if r.rotation is not None]
+    assert keys[0] is not None and keys[1] is not None and keys[0].spki != keys[1].spki
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.poll()
+    winner = keys[0] if keys[0].sorts_before(keys[1]) else keys[1]
+    assert replicas[0].ring.next == replicas[1].ring.next == winner
+    clock.now = winner.switch_at
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.switch_if_due()
+    assert identity(replicas[0].enclave) == identity(replicas[1].enclave) == winner.spki
+
+
+def test_a_replica_that_missed_the_switch_says_which_peer_signs_with_another_key(
+        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
+    first, second = replicas
+    clock = Clock()
+    follow(replicas, clock)
+    assert first.rotation is not None and second.rotation is not None
+    started = first.rotation.start()
+    assert started is not None
+    clock.now = started.switch_at
+    first.rotation.switch_if_due()
+    caplog.set_level(logging.INFO, "enclave_ike.release")
+    second.rotation.poll()
+    second.rotation.poll()
+    assert second.ring.next is None and identity(second.enclave) != started.spki
+    assert caplog.text.count(f"rotation: {first.address} signs with key") == 1  # said once, not each poll
+
+
+def test_a_key_broker_replica_refuses_to_start_a_rotation(caplog: pytest.LogCaptureFixture) -> None:
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    rotation = Rotation(ring, enclave, notice_s=60, poll_s=1, refused="the key broker holds it")
+    assert rotation.start() is None and ring.next is None
+    assert "rotation not started: the key broker holds it" in caplog.text
+
+
+def test_the_run_loop_switches_on_time_without_peers() -> None:
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    clock = Clock()
+    rotation = Rotation(ring, enclave, notice_s=5, poll_s=30, clock=clock)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(rotation.run())
+        started = await asyncio.to_thread(rotation.start)
+        assert started is not None
+        await asyncio.sleep(0.2)
+        assert ring.next == started
+        clock.now = started.switch_at
+        rotation._wake()  # the loop waits at most until the switch time; the test's clock jumped there
+        for _ in range(100):
+            if ring.next is None:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        assert ring.current == started.spki == identity(enclave)
+
+    asyncio.run(scenario())
+
+
+# --- the evidence endpoint during a rotation -----------------------------------------------------------------------
+
+def test_evidence_is_served_for_both_keys_during_the_window() -> None:
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    nonce = bytes(range(32))
+    with running_endpoint(enclave) as endpoint:
+        endpoint.keys = ring
+        port = port_of(endpoint)
+        identity_doc = json.loads(fetch("127.0.0.1", port, "/identity", 4096, 5))
+        assert "next" not in identity_doc
+        with pytest.raises(Exception, match="404"):
+            fetch("127.0.0.1", port, f"/evidence?nonce={nonce.hex()}&key=next", 65536, 5)
+        nxt, _ = ring.start_rotation(SWITCH_AT)
+        assert json.loads(fetch("127.0.0.1", port, "/identity", 4096, 5))["next"] == {"switch_at": SWITCH_AT}
+        now = datetime.now(UTC)
+        current = verify_envelope(fetch_evidence("127.0.0.1", port, nonce), nonce, sim_spec(),
+                                  TrustAnchors.simulated(), now)
+        staged = verify_envelope(fetch("127.0.0.1", port, f"/evidence?nonce={nonce.hex()}&key=next", 65536, 5),
+                                 nonce, sim_spec(), TrustAnchors.simulated(), now)
+        assert current.ike_key == ring.current != staged.ike_key == nxt.spki
+        for bad in ("key=current", "key=next&key=next", "key="):
+            with pytest.raises(Exception, match="400"):
+                fetch("127.0.0.1", port, f"/evidence?nonce={nonce.hex()}&{bad}", 65536, 5)
+
+
+def test_the_release_endpoint_lists_the_keys_held(replicas: list[Replica]) -> None:
+    first = replicas[0]
+    port = first.address.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /release/keys HTTP/1.1\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert Listing.decode(answer.split(b"\r\n\r\n", 1)[1]) == Listing(first.ring.current)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /release/keys HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 405")
