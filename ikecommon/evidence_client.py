@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from http import HTTPStatus
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
@@ -32,15 +33,30 @@ class EndpointError(Error):
     """The endpoint could not start, or a client could not get an answer from one."""
 
 
-def fetch_evidence(address: str, port: int, nonce: bytes, timeout: float = 10.0) -> bytes:
-    """The envelope the endpoint at address:port makes for `nonce` (not yet verified: verify_envelope does)."""
+def fetch_evidence(address: str, port: int, nonce: bytes, timeout: float = 10.0, *, next_key: bool = False) -> bytes:
+    """The envelope the endpoint at address:port makes for `nonce` (not yet verified: verify_envelope does); with
+    `next_key`, for the next key of a rotation under way (404 when there is none)."""
     from .attestation.envelope import MAX_ENVELOPE
 
-    return fetch(address, port, f"/evidence?nonce={nonce.hex()}", MAX_ENVELOPE, timeout)
+    return fetch(address, port, f"/evidence?nonce={nonce.hex()}{'&key=next' if next_key else ''}", MAX_ENVELOPE,
+                 timeout)
+
+
+@dataclass(frozen=True)
+class ServedIdentity:
+    """What GET /identity says (unverified: the key is what is pinned)."""
+
+    id: str
+    next_switch_at: int | None = None  # a rotation under way: the resolver signs with its next key from then
 
 
 def fetch_identity(address: str, port: int, timeout: float = 10.0) -> str:
     """The IKE ID the server at address says it authenticates as (unverified: the key is what is pinned)."""
+    return fetch_served_identity(address, port, timeout).id
+
+
+def fetch_served_identity(address: str, port: int, timeout: float = 10.0) -> ServedIdentity:
+    """The IKE ID, and the switch time of a rotation under way, as the server at address says."""
     body = fetch(address, port, "/identity", MAX_IDENTITY, timeout)
     try:
         document = json.loads(body)
@@ -50,7 +66,12 @@ def fetch_identity(address: str, port: int, timeout: float = 10.0) -> str:
             or not isinstance(document.get("id"), str):
         raise EndpointError(f"evidence endpoint {hostport(address, port)}: /identity is not a version "
                             f"{IDENTITY_VERSION} identity")
-    return str(document["id"])
+    rotation = document.get("next")
+    switch_at = rotation.get("switch_at") if isinstance(rotation, dict) else None
+    if rotation is not None and (type(switch_at) is not int or switch_at <= 0):
+        raise EndpointError(f"evidence endpoint {hostport(address, port)}: /identity: next is not "
+                            '{"switch_at": UNIX TIME}')
+    return ServedIdentity(str(document["id"]), switch_at)
 
 
 def fetch(address: str, port: int, target: str, limit: int, timeout: float, what: str = "evidence endpoint") -> bytes:

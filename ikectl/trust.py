@@ -38,7 +38,7 @@ from ikecommon.attestation.snp import SnpPolicy
 from ikecommon.attestation.spec import MeasurementSpec, SpecFormatError
 from ikecommon.attestation.tdx import TdxPolicy
 from ikecommon.attestation.verify import TrustAnchors, verify_envelope
-from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_identity
+from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_served_identity
 
 from . import daemon, feed, pins, session, truststore
 from .anchors import snp_policy, tdx_policy, trust_anchors
@@ -50,6 +50,7 @@ from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin
 
 NONCE_SIZE = 32
 INLINE = "inline:"
+SWITCH_SLACK_S = 300  # the resolver's clock may run ahead of ours: its switch seen this early is its switch
 FAILED_RETRY_S = 60.0  # a failed pin is tried again this soon (at most the interval)
 SIM_WARNING = ("sim evidence is NOT SECURE: its root's private key is public, anyone can make it; "
                "for tests and demos only")
@@ -105,6 +106,8 @@ class Attested:
     evidence_kind: str
     measurement_id: str
     notes: tuple[str, ...] = ()  # accepted by the policy, for the user to hear
+    next_key: keys.PinnedKey | None = None  # a rotation's next key, verified against the same spec
+    next_switch_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,10 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         what, detail = evidence_kind_of_problem(exc), str(exc)
     except keys.PinError as exc:
         mismatches.append(Mismatch("envelope.ike-key", "a key libreswan can pin", str(exc)))
+    switch_at = None
     try:
-        served = _ike_id(fetch_identity(host, port, timeout))
+        identity = fetch_served_identity(host, port, timeout)
+        served, switch_at = _ike_id(identity.id), identity.next_switch_at
     except (EndpointError, ConfigError) as exc:
         if expected_id is None:
             mismatches.append(Mismatch("identity.id", "the IKE ID, from GET /identity (or give --id)", str(exc)))
@@ -197,7 +202,29 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         counted = [f"{len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}"] if mismatches else []
         said = ", ".join(([what] if what else []) + counted)
         raise AttestationFailed(f"resolver {address} failed attestation ({said})", mismatches, what, detail)
-    return Attested(key, served, kind, measurement, notes)
+    if switch_at is None:
+        return Attested(key, served, kind, measurement, notes)
+    staged, said_of_it = _next_key(host, port, spec, anchors, now, timeout, policy, snp_policy)
+    if staged == key:
+        staged = None
+    return Attested(key, served, kind, measurement, notes + said_of_it, staged, switch_at if staged else None)
+
+
+def _next_key(host: str, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, timeout: float,
+              policy: TdxPolicy | None, snp_policy: SnpPolicy | None) -> tuple[keys.PinnedKey | None, tuple[str, ...]]:
+    """The resolver announced a rotation: its next key, from evidence for a fresh nonce verified against the same
+    spec, to stage. A next key that does not verify is not staged, and said so: the pin itself stands (when the
+    resolver switches, trusted mode sees another key and attests again, failing closed)."""
+    nonce = secrets.token_bytes(NONCE_SIZE)
+    try:
+        body = fetch_evidence(host, port, nonce, timeout, next_key=True)
+        verified = verify_envelope(body, nonce, spec, anchors, _at(now), tdx_policy=policy, snp_policy=snp_policy)
+        return keys.from_public_key(verified.public_key()), verified.evidence.notes
+    except VerificationFailed as exc:
+        problem = "; ".join(str(m) for m in exc.mismatches[:3])
+    except (EndpointError, UnsupportedEvidence, EvidenceFormatError, keys.PinError) as exc:
+        problem = str(exc)
+    return None, (f"the resolver's announced next key did not attest, so it is not staged: {problem}",)
 
 
 def _ike_id(text: str) -> str:
@@ -241,7 +268,8 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
             raise TrustError(f"{exc}; nothing pinned") from None
         pin = StoredPin(name=name, address=resolver, port=port, id=attested.id, key=attested.key, spec=source,
                         anchors=anchors.value, evidence_kind=attested.evidence_kind,
-                        measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial)
+                        measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial,
+                        next_key=attested.next_key, next_switch_at=attested.next_switch_at)
         truststore.save(config.trust_dir, pin)
     for note in attested.notes:
         warn(note)
@@ -274,7 +302,8 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
                                             *failure.detail_lines()]), blocked) from None
         updated = replace(pin, key=attested.key, id=attested.id, evidence_kind=attested.evidence_kind,
                           measurement_id=attested.measurement_id, attested_at=now, result=OK, reason="",
-                          mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial)
+                          mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial,
+                          next_key=attested.next_key, next_switch_at=attested.next_switch_at)
         truststore.save(config.trust_dir, updated)
     changed = (updated.key, updated.id) != (pin.key, pin.id)
     reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
@@ -294,22 +323,49 @@ def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:
 def reattest_due(config: Config, now: float, key_changed: bool = False) -> list[Reattestation]:
     """Re-attest every pin whose interval ([trust] interval_s) has passed since its latest attestation (a failed one
     after at most a minute), and, with `key_changed` (pluto saw a key other than the pinned one), the pin trusted
-    mode is using, now. One pin's failure does not stop the others. For a supervisor to call periodically."""
+    mode is using, now: moved to its staged next key when the resolver's rotation is due (`promote`), else attested
+    again. One pin's failure does not stop the others. For a supervisor to call periodically."""
     results = []
     for name, item in truststore.pins(config.trust_dir):
         if isinstance(item, TrustError):
             results.append(Reattestation(name, False, str(item)))
             continue
+        in_use = key_changed and _in_use(item) is not None
         interval = config.trust.interval_s if item.ok else min(config.trust.interval_s, FAILED_RETRY_S)
-        if now - item.attested_at < interval and not (key_changed and _in_use(item)):
+        if now - item.attested_at < interval and not in_use:
             continue
         try:
-            results.append(verify(config, name, now))
+            if in_use and _rotation_due(item, now):
+                results.append(promote(config, name, now))
+            else:
+                results.append(verify(config, name, now))
         except ReattestFailed as exc:
             results.append(Reattestation(name, False, str(exc).splitlines()[0], blocked=exc.blocked))
         except (IkectlError, OSError) as exc:
             results.append(Reattestation(name, False, str(exc).splitlines()[0]))
     return results
+
+
+def _rotation_due(pin: StoredPin, now: float) -> bool:
+    """A staged next key whose switch time has come (give or take the clocks' difference)."""
+    return pin.ok and pin.next_key is not None and pin.next_switch_at is not None \
+        and now >= pin.next_switch_at - SWITCH_SLACK_S
+
+
+def promote(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reattestation:
+    """The resolver switched to its next key: the pin moves to the key it staged (verified when staged, against the
+    same spec), without fetching evidence again, and trusted mode reloads with it. If the resolver signs with yet
+    another key, pluto says so again and the next round attests it from scratch (the staged key is used up)."""
+    with truststore.locked(config.trust_dir):
+        pin = _existing(config, name)
+        if pin.next_key is None:
+            raise TrustError(f"pin {name!r} has no staged next key")
+        updated = replace(pin, key=pin.next_key, next_key=None, next_switch_at=None)
+        truststore.save(config.trust_dir, updated)
+    reapplied = _reapply(config, updated, say)
+    staged_ago = ago(now - pin.attested_at)
+    return Reattestation(name, True, key_changed=True, reapplied=reapplied,
+                         notes=(f"the resolver rotated its key: moved to the next key staged {staged_ago} ago",))
 
 
 def _existing(config: Config, name: str) -> StoredPin:
@@ -388,6 +444,9 @@ def format_listing(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['name']}  {row['address']}  {row['id']}  {result} {ago(row['age_s'])} ago  "
                      f"{row['evidence_kind']} {row['measurement_id'] or '-'}{sim}"
                      + (f"\n    {row['reason']}" if row["result"] != OK else ""))
+        if row.get("next_switch_at") is not None:
+            switch = datetime.fromtimestamp(row["next_switch_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            lines.append(f"    rotation: next key staged, the resolver switches to it at {switch}")
     return "\n".join(lines)
 
 

@@ -81,6 +81,10 @@ class StoredPin:
     reason: str = ""
     mismatches: tuple[tuple[str, str, str], ...] = ()
     feed_serial: int | None = None
+    # A rotation under way at the resolver: its next key, attested like `key` and staged here; trusted mode moves
+    # to it when the resolver signs with it (from next_switch_at, Unix time) without asking for evidence again.
+    next_key: keys.PinnedKey | None = None
+    next_switch_at: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,7 +95,10 @@ class StoredPin:
                 "id": self.id, "key": self.key.libreswan, "key_kind": self.key.kind, "spec": self.spec,
                 "anchors": self.anchors, "evidence_kind": self.evidence_kind, "measurement_id": self.measurement_id,
                 "feed_serial": self.feed_serial, "pinned_at": self.pinned_at, "attested_at": self.attested_at,
-                "result": self.result, "reason": self.reason, "mismatches": [list(m) for m in self.mismatches]}
+                "result": self.result, "reason": self.reason, "mismatches": [list(m) for m in self.mismatches],
+                "next_key": self.next_key.libreswan if self.next_key is not None else None,
+                "next_key_kind": self.next_key.kind if self.next_key is not None else None,
+                "next_switch_at": self.next_switch_at}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> StoredPin:
@@ -102,6 +109,9 @@ class StoredPin:
             if result not in (OK, FAILED):
                 raise ValueError(f"result {result!r}")
             serial = data["feed_serial"]
+            staged, switch_at = data.get("next_key"), data.get("next_switch_at")
+            if (staged is None) != (switch_at is None) or (switch_at is not None and type(switch_at) is not int):
+                raise ValueError("next_key and next_switch_at: both or neither")
             return cls(name=check_name(str(data["name"]), source), address=ip_address(str(data["address"])),
                        port=_port(data["port"]), id=str(data["id"]),
                        key=keys.parse(str(data["key"]), str(data["key_kind"]), source=f"{source}: key"),
@@ -110,7 +120,10 @@ class StoredPin:
                        pinned_at=float(data["pinned_at"]), attested_at=float(data["attested_at"]), result=result,
                        reason=str(data["reason"]),
                        mismatches=tuple((str(f), str(e), str(a)) for f, e, a in data["mismatches"]),
-                       feed_serial=None if serial is None else int(serial))
+                       feed_serial=None if serial is None else int(serial),
+                       next_key=None if staged is None else keys.parse(str(staged), str(data.get("next_key_kind")),
+                                                                       source=f"{source}: next_key"),
+                       next_switch_at=switch_at)
         except (KeyError, TypeError, ValueError, UsageError) as exc:
             raise TrustError(f"{source}: not a pin ikectl wrote ({exc})") from None
 
