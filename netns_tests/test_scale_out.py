@@ -18,6 +18,7 @@ default L3 hash keeps a client's IKE and ESP on one replica):
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -136,6 +137,33 @@ def test_alone_a_replica_exits_or_starts_a_new_key_as_told(replicas: list[Replic
     founder = start(first, first.config(alone + 'when_alone = "new-key"\n'))
     assert "this replica starts the service's key (when_alone = \"new-key\")" in founder.log_text()
     assert "identity key: a new service key (no replica answered)" in founder.log_text()
+
+
+@pytest.mark.host
+def test_a_rotation_started_on_one_replica_is_obtained_by_the_other_and_both_switch(replicas: list[Replica],
+                                                                                    start) -> None:
+    """SIGUSR2 to one replica: its enclave makes a next key; the other replica, polling, obtains it by attested
+    release; both publish it with its switch time and sign with it from then; the old key is gone."""
+    first, second = replicas[:2]
+    rotating = "poll_s = 1\nrotate_notice_s = 8\n"
+    holder = start(first, first.config(f'listen = ["{first.address}"]\npeers = ["{second.address}:4502"]\n'
+                                       + rotating))
+    joined = start(second, second.config(f'source = "peers"\npeers = ["{first.address}:4502"]\n'
+                                         f'listen = ["{second.address}"]\n' + rotating))
+    old_key = first.published_key()
+    assert second.published_key() == old_key
+    os.kill(holder.pid, signal.SIGUSR2)
+    made = holder.wait_for_log(r"rotation: next key ([0-9a-f]{16}) made; every replica signs with it from")
+    joined.wait_for_log(rf"rotation: obtained the next key {made.group(1)} from {re.escape(first.address)}:4502 "
+                        r"\(sim evidence matching 'resolver-build'\)")
+    holder.wait_for_log(r"key release: granted the service key's successor \(rotation\) to 10\.81\.2\.2")
+    published = [json.loads((r.workdir / "identity.json").read_text()) for r in (first, second)]
+    assert published[0]["next_public_key_pem"] == published[1]["next_public_key_pem"] is not None
+    assert published[0]["next_switch_at"] == published[1]["next_switch_at"]
+    for daemon in (holder, joined):
+        daemon.wait_for_log(rf"rotation: switched from key [0-9a-f]{{16}} to key {made.group(1)}", timeout=20)
+    assert first.published_key() == second.published_key() == published[0]["next_public_key_pem"] != old_key
+    assert "signs with key" not in holder.log_text() + joined.log_text()  # no split seen at any poll
 
 
 # --- three replicas behind one address, trusted clients with one pin ---------------------------------------------
@@ -283,3 +311,67 @@ def test_when_the_last_holder_dies_a_new_key_is_made_and_clients_attest_again(se
     counts = wire.count(client.addresses()).peer(SERVICE)
     assert counts.plaintext_dns == 0, counts
     assert counts.esp_out >= 4 and counts.esp_in >= 4, counts
+
+
+ROTATION_NOTICE_S = 45  # the replicas' switch, this long after the rotation starts: time to spread and to stage
+
+
+def test_a_rotation_reaches_every_replica_and_a_client_moves_to_the_staged_key(service: Service, start,
+                                                                                 run_dir: Path, capture,
+                                                                                 tmp_path: Path) -> None:
+    """A rotation started on one replica (SIGUSR2): the other obtains the next key by attested release; a client's
+    `ikectl trust verify` stages it from the service's evidence; at the announced time both replicas sign with it,
+    and the SAs already up go on. The client's replica is SIGKILLed: its IKE_AUTH through the other one meets the
+    new key, and the supervisor moves the pin to the staged key without fetching evidence; DNS is answered again,
+    and the router sees 0 plaintext port-53 packets from start to end."""
+    topo, client = service.topo, service.client
+    topo.sysctl(client, "net.core.xfrm_larval_drop", "0")
+    wire = capture(service.router, service.router.interface_to(client).ifname)
+    first, second = service.replicas[:2]
+    service.route(first, second)
+    rotating = f"poll_s = 1\nrotate_notice_s = {ROTATION_NOTICE_S}\n"
+    daemons = {first.host.name: start(first, _replica_config(first, f'peers = ["{second.address}:4502"]\n'
+                                                                    + rotating))}
+    daemons[second.host.name] = start(second, _replica_config(
+        second, f'source = "peers"\npeers = ["{first.address}:4502"]\njoin_timeout_s = 60\n' + rotating))
+    old_key = first.published_key()
+    assert second.published_key() == old_key
+    trust_dir = pin_the_service_and_go_up(service, run_dir, tmp_path)
+    ikectl = [str(IKECTL), "--config", str(tmp_path / "ikectl.toml")]
+
+    os.kill(daemons[first.host.name].pid, signal.SIGUSR2)
+    made = daemons[first.host.name].wait_for_log(r"rotation: next key ([0-9a-f]{16}) made; every replica signs "
+                                                 r"with it from .* \(in \d+ s\)", timeout=30)
+    daemons[second.host.name].wait_for_log(rf"rotation: obtained the next key {made.group(1)} from "
+                                           rf"{re.escape(first.address)}:4502 \(sim evidence matching "
+                                           r"'resolver-build'\); switching to it at", timeout=30)
+    staged = topo.run(client, [*ikectl, "trust", "verify", "dns"], check=False, timeout=120)
+    assert staged.returncode == 0, staged.stderr
+    pin = json.loads((trust_dir / "dns.json").read_text())
+    assert pin["next_key"] is not None and pin["next_key"] != pin["key"], pin
+    assert "rotation: next key staged" in topo.run(client, [*ikectl, "trust", "list"]).stdout
+
+    for replica in (first, second):
+        daemons[replica.host.name].wait_for_log(rf"rotation: switched from key [0-9a-f]{{16}} to key {made.group(1)}",
+                                                timeout=ROTATION_NOTICE_S + 30)
+    new_key = first.published_key()
+    assert new_key != old_key and second.published_key() == new_key
+    assert all(query(topo, client, SERVICE, timeout=5.0).answered for _ in range(3))  # the SAs up go on
+
+    [serving] = service.holding("10.82.1.2")
+    killed_at = time.monotonic()
+    daemons[serving.host.name].stop(sig=signal.SIGKILL)
+    service.route(*(r for r in (first, second) if r is not serving))
+    while not query(topo, client, SERVICE, timeout=1.0).answered:
+        assert time.monotonic() - killed_at < 90.0, "no answer through the other replica within 90 s"
+    moved = json.loads((trust_dir / "dns.json").read_text())
+    assert moved["key"] == pin["next_key"] and moved["next_key"] is None, moved
+    assert moved["attested_at"] == pin["attested_at"]  # moved to the staged key, not attested again
+    supervisor = (run_dir / "supervisor.log").read_text()
+    assert "the resolver rotated its key: moved to the next key staged" in supervisor, supervisor[-2000:]
+    assert all(query(topo, client, SERVICE, timeout=5.0).answered for _ in range(3))
+
+    wire.stop()
+    counts = wire.count(client.addresses()).peer(SERVICE)
+    assert counts.plaintext_dns == 0, counts
+    assert counts.esp_out >= 6 and counts.esp_in >= 6, counts
