@@ -94,6 +94,9 @@ class Metrics:
                                registry=registry)
         self.key_releases = Counter("enclave_ike_key_releases", "Key release requests from other replicas, by "
                                     "result (granted, refused)", ["result"], registry=registry)
+        self.key_switch_at = Gauge("enclave_ike_key_switch_time_seconds", "A rotation of the service key under way: "
+                                   "the Unix time every replica signs with the next key from (0: none)",
+                                   registry=registry)
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self.latency = Histogram("enclave_ike_dns_resolver_seconds", "Time the resolver took to answer",
                                  buckets=LATENCY_BUCKETS, registry=registry)

@@ -764,6 +764,8 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         server = Server(config, responder, applier, evidence=evidence, release=release)
         if isinstance(enclave, SimEnclave):
             server.enclave_problem = enclave.problem
+        if rotation is not None:
+            server.metrics.key_switch_at.set_function(lambda: _switch_time(rotation.keys.next))
         await server.start()
         identity = PublishedIdentity.of(config, enclave)
         identity.publish(config.identity.publish)
@@ -794,6 +796,10 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
         await asyncio.to_thread(applier.close)  # off the loop, like every other use of ikecommon.xfrm
         if isinstance(enclave, SimEnclave):
             enclave.close()
+
+
+def _switch_time(pending: NextKey | None) -> float:
+    return float(pending.switch_at) if pending is not None else 0.0
 
 
 def _start_rotation(rotation: Rotation, tasks: set[asyncio.Task[Any]]) -> None:

@@ -266,6 +266,7 @@ def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Serv
     while not query(topo, client, SERVICE, timeout=1.0).answered:
         assert time.monotonic() - killed_at < 30.0, "no answer through another replica within 30 s"
     took = time.monotonic() - killed_at
+    print(f"failover: answered through another replica {took:.1f} s after the SIGKILL")
     assert took < FAILOVER_S, f"answered again after {took:.1f} s"
     # The killed replica's kernel keeps its SAs (nothing removed them); the client's new ones are elsewhere.
     assert [r for r in service.holding("10.82.1.2") if r is not serving]
@@ -364,6 +365,8 @@ def test_a_rotation_reaches_every_replica_and_a_client_moves_to_the_staged_key(s
     service.route(*(r for r in (first, second) if r is not serving))
     while not query(topo, client, SERVICE, timeout=1.0).answered:
         assert time.monotonic() - killed_at < 90.0, "no answer through the other replica within 90 s"
+    print(f"rotation: answered through the other replica, on the staged key, {time.monotonic() - killed_at:.1f} s "
+          "after the SIGKILL")
     moved = json.loads((trust_dir / "dns.json").read_text())
     assert moved["key"] == pin["next_key"] and moved["next_key"] is None, moved
     assert moved["attested_at"] == pin["attested_at"]  # moved to the staged key, not attested again

@@ -408,3 +408,18 @@ def test_the_release_endpoint_lists_the_keys_held(replicas: list[Replica]) -> No
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"POST /release/keys HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 405")
+
+
+def test_a_rotation_under_way_shows_in_the_metrics() -> None:
+    from enclave_ike.metrics import Metrics  # noqa: PLC0415 - prometheus_client only here
+    from enclave_ike.server import _switch_time  # noqa: PLC0415
+
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    metrics = Metrics()
+    metrics.key_switch_at.set_function(lambda: _switch_time(ring.next))
+    assert b"enclave_ike_key_switch_time_seconds 0.0" in metrics.render(NOW)
+    ring.start_rotation(SWITCH_AT)
+    assert b"enclave_ike_key_switch_time_seconds 1.7965158e+09" in metrics.render(NOW)  # SWITCH_AT
+    ring.switch()
+    assert b"enclave_ike_key_switch_time_seconds 0.0" in metrics.render(NOW)
