@@ -100,8 +100,9 @@
     kbs_resource = "default/enclave-ike/identity-key"   # source = "kbs": repository/type/tag of a PEM PKCS#8 key
     cdh_url = "http://127.0.0.1:8006"   # source = "kbs": the pod's confidential data hub
     rotate_notice_s = 86400             # SIGUSR2 starts a rotation (release/rotation.py): every replica switches
-                                        #   to the next key this long after; more than the clients' re-attestation
-                                        #   interval (ikectl [trust] interval_s), so that they stage it first
+                                        #   to the next key this long after (at most 30 days; at least 3 polls);
+                                        #   more than the clients' re-attestation interval (ikectl [trust]
+                                        #   interval_s), so that they stage it first
     poll_s = 30                         # how often a replica asks its peers for a rotation's next key
 
 Every mistake is a `ConfigError` (exit status 2) whose one line names the file and the key.
@@ -443,13 +444,14 @@ class _Table:
             raise self.error(key, f"{value} is not a UDP port (1-65535)")
         return value
 
-    def seconds(self, key: str, default: float, *, zero_allowed: bool) -> float:
+    def seconds(self, key: str, default: float, *, zero_allowed: bool, at_most: int | None = None) -> float:
         self.used.add(key)
         value = self.data.get(key, default)
+        at_most = MAX_SECONDS if at_most is None else at_most
         if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not (value > 0 or (zero_allowed and value == 0)) or value > MAX_SECONDS):
+                or not (value > 0 or (zero_allowed and value == 0)) or value > at_most):
             least = "0 or more" if zero_allowed else "more than 0"
-            raise self.error(key, f"expected seconds ({least}, at most {MAX_SECONDS}), got {value!r}")
+            raise self.error(key, f"expected seconds ({least}, at most {at_most}), got {value!r}")
         return float(value)
 
     def addresses(self, key: str, default: tuple[Address, ...] | None = None) -> tuple[Address, ...]:
@@ -571,6 +573,8 @@ DEFAULT_LIVENESS_S = 30.0
 DEFAULT_LIVENESS_TIMEOUT_S = 15.0
 MAX_SECONDS = 86_400
 MIN_NOTICE_S = 5.0
+MIN_POLLS = 3          # a rotation's notice spans this many polls at least
+MAX_NOTICE_S = 30 * 86_400  # as enclave_ike/release/rotation.py takes from a peer
 LIMITS = ("cookie_threshold", "max_half_open", "max_half_open_per_peer", "max_sas", "max_sas_per_peer",
           "max_child_sas")
 
@@ -752,7 +756,7 @@ def _release(table: _Table, identity: IdentityConfig, taken: Mapping[int, str]) 
     when_alone = table.enum("when_alone", WhenAlone, WhenAlone.EXIT)
     founder = table.get("founder", str, "") or None
     join_timeout = table.seconds("join_timeout_s", 60.0, zero_allowed=True)
-    notice = table.seconds("rotate_notice_s", 86_400.0, zero_allowed=False)
+    notice = table.seconds("rotate_notice_s", 86_400.0, zero_allowed=False, at_most=MAX_NOTICE_S)
     poll = table.seconds("poll_s", 30.0, zero_allowed=False)
     anchors = table.enum("anchors", Anchors, Anchors.VENDORS)
     spec = _release_spec(table)
@@ -762,9 +766,9 @@ def _release(table: _Table, identity: IdentityConfig, taken: Mapping[int, str]) 
             raise table.error(key, f"belongs to source = \"{owner.value}\"")
     if peers and source is KeySource.KBS:
         raise table.error("peers", "belongs to source = \"peers\" or \"new\" (the key broker holds the key)")
-    if notice < MIN_NOTICE_S:
-        raise table.error("rotate_notice_s", f"at least {MIN_NOTICE_S:g} s: every replica must obtain the next key "
-                                             "before the switch")
+    if notice < max(MIN_NOTICE_S, MIN_POLLS * poll if peers else 0):
+        raise table.error("rotate_notice_s", f"at least {MIN_NOTICE_S:g} s and {MIN_POLLS} times poll_s "
+                                             f"({poll:g} s): every replica must obtain the next key before the switch")
     if "poll_s" in table.data and not peers:
         raise table.error("poll_s", "belongs to peers (whom to poll)")
     if founder is not None and when_alone is not WhenAlone.NEW_KEY:

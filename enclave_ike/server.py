@@ -746,17 +746,8 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         evidence = for_config(config, enclave)
         release = rotation = None
-        if enclave is not None:  # the key: a new one, or the service's from another replica (release/)
-            envelopes = evidence.envelope if evidence is not None else attest.envelopes(enclave)
-            source = await asyncio.to_thread(key_release.join, config.release, enclave, envelopes, log.info)
-            log.info("identity key: %s", source)
-            keyring = KeyRing(enclave)
-            release = key_release.endpoint(config.release, enclave, envelopes, log.warning, keyring)
-            if evidence is not None:
-                evidence.keys = keyring
-            rotation = key_release.rotation(config.release, enclave, keyring, envelopes,
-                                            lambda: PublishedIdentity.of(config, enclave, keyring.next).publish(
-                                                config.identity.publish))
+        if enclave is not None:
+            release, rotation = await _service_key(config, enclave, evidence)
         signer = enclave.signer() if enclave is not None else None
         responder = Responder(config.responder_config(signer),
                               local=Endpoint(config.listen.addresses[0], config.listen.ike_port),
@@ -798,6 +789,27 @@ async def serve(config: ServeConfig, stop: asyncio.Event | None = None) -> None:
             enclave.close()
 
 
+async def _service_key(config: ServeConfig, enclave: Enclave,
+                       evidence: EvidenceEndpoint | None) -> tuple[ReleaseEndpoint | None, Rotation]:
+    """The key (a new one, or the service's from another replica or the key broker: release/), then who this replica
+    gives it to, and how it follows the service's rotations."""
+    envelopes = evidence.envelope if evidence is not None else attest.envelopes(enclave)
+    joined = await asyncio.to_thread(key_release.join, config.release, enclave, envelopes, log.info)
+    log.info("identity key: %s", joined.said)
+    keyring = KeyRing(enclave, since=joined.since, follows=key_release.follows_rotations(config.release))
+    if config.release.listen and not keyring.follows:
+        log.warning("rotation: this replica gives its key to others but follows no rotation ([release] peers is "
+                    "empty): a rotation started on another replica is refused while this one is up; start "
+                    "rotations here")
+    release = key_release.endpoint(config.release, enclave, envelopes, log.warning, keyring)
+    if evidence is not None:
+        evidence.keys = keyring
+    rotation = key_release.rotation(config.release, enclave, keyring, envelopes,
+                                    lambda: PublishedIdentity.of(config, enclave, keyring.next).publish(
+                                        config.identity.publish))
+    return release, rotation
+
+
 def _switch_time(pending: NextKey | None) -> float:
     return float(pending.switch_at) if pending is not None else 0.0
 
@@ -807,7 +819,13 @@ def _start_rotation(rotation: Rotation, tasks: set[asyncio.Task[Any]]) -> None:
     log.info("SIGUSR2: starting a rotation of the service key")
     task = asyncio.create_task(asyncio.to_thread(rotation.start))
     tasks.add(task)
+    task.add_done_callback(_rotation_started)
     task.add_done_callback(tasks.discard)
+
+
+def _rotation_started(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("rotation not started: %s", exc)
 
 
 def _declined_reload(path: Path) -> None:

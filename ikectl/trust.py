@@ -51,6 +51,7 @@ from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin
 NONCE_SIZE = 32
 INLINE = "inline:"
 SWITCH_SLACK_S = 300  # the resolver's clock may run ahead of ours: its switch seen this early is its switch
+MAX_NOTICE_S = 30 * 86_400  # the longest rotation notice enclave-ike takes: a switch announced further ahead is a lie
 FAILED_RETRY_S = 60.0  # a failed pin is tried again this soon (at most the interval)
 SIM_WARNING = ("sim evidence is NOT SECURE: its root's private key is public, anyone can make it; "
                "for tests and demos only")
@@ -108,6 +109,7 @@ class Attested:
     notes: tuple[str, ...] = ()  # accepted by the policy, for the user to hear
     next_key: keys.PinnedKey | None = None  # a rotation's next key, verified against the same spec
     next_switch_at: int | None = None
+    announced_switch: int | None = None  # the switch time /identity announced, staged or not
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,15 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         raise AttestationFailed(f"resolver {address} failed attestation ({said})", mismatches, what, detail)
     if switch_at is None:
         return Attested(key, served, kind, measurement, notes)
+    if not now - SWITCH_SLACK_S < switch_at <= now + MAX_NOTICE_S:
+        return Attested(key, served, kind, measurement, notes + (
+            f"the resolver announced a rotation switching at Unix time {switch_at}, not within the next "
+            f"{MAX_NOTICE_S // 86_400} days: its next key is not staged",))
     staged, said_of_it = _next_key(host, port, spec, anchors, now, timeout, policy, snp_policy)
     if staged == key:
         staged = None
-    return Attested(key, served, kind, measurement, notes + said_of_it, staged, switch_at if staged else None)
+    return Attested(key, served, kind, measurement, notes + said_of_it, staged, switch_at if staged else None,
+                    switch_at)
 
 
 def _next_key(host: str, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, timeout: float,
@@ -300,14 +307,23 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
                 blocked, effect = False, f"but its trusted conns could not be deleted ({exc}): run `ikectl down`"
             raise ReattestFailed("\n".join([f"{failure.sentence}; pin {name!r} marked failed, {effect}",
                                             *failure.detail_lines()]), blocked) from None
+        staged, switch_at = attested.next_key, attested.next_switch_at
+        if staged is None and _still_staged(pin, attested):
+            staged, switch_at = pin.next_key, pin.next_switch_at  # announced as before; only its evidence failed now
         updated = replace(pin, key=attested.key, id=attested.id, evidence_kind=attested.evidence_kind,
                           measurement_id=attested.measurement_id, attested_at=now, result=OK, reason="",
                           mismatches=(), feed_serial=serial if serial is not None else pin.feed_serial,
-                          next_key=attested.next_key, next_switch_at=attested.next_switch_at)
+                          next_key=staged, next_switch_at=switch_at)
         truststore.save(config.trust_dir, updated)
     changed = (updated.key, updated.id) != (pin.key, pin.id)
     reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
     return Reattestation(name, True, key_changed=changed, reapplied=reapplied, notes=attested.notes)
+
+
+def _still_staged(pin: StoredPin, attested: Attested) -> bool:
+    """The key staged earlier stands when the resolver still announces the same rotation with the same current key,
+    and only the next key's evidence could not be had this time (a busy endpoint): it was verified when staged."""
+    return (pin.next_key is not None and attested.key == pin.key and attested.announced_switch == pin.next_switch_at)
 
 
 def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:
@@ -445,9 +461,16 @@ def format_listing(rows: list[dict[str, Any]]) -> str:
                      f"{row['evidence_kind']} {row['measurement_id'] or '-'}{sim}"
                      + (f"\n    {row['reason']}" if row["result"] != OK else ""))
         if row.get("next_switch_at") is not None:
-            switch = datetime.fromtimestamp(row["next_switch_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            switch = _when(row["next_switch_at"])
             lines.append(f"    rotation: next key staged, the resolver switches to it at {switch}")
     return "\n".join(lines)
+
+
+def _when(unix: int) -> str:
+    try:
+        return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"Unix time {unix}"
 
 
 def ago(seconds: float) -> str:

@@ -110,7 +110,8 @@ class StoredPin:
                 raise ValueError(f"result {result!r}")
             serial = data["feed_serial"]
             staged, switch_at = data.get("next_key"), data.get("next_switch_at")
-            if (staged is None) != (switch_at is None) or (switch_at is not None and type(switch_at) is not int):
+            if (staged is None) != (switch_at is None) or (switch_at is not None and (
+                    type(switch_at) is not int or not 0 < switch_at < 2**40)):
                 raise ValueError("next_key and next_switch_at: both or neither")
             return cls(name=check_name(str(data["name"]), source), address=ip_address(str(data["address"])),
                        port=_port(data["port"]), id=str(data["id"]),

@@ -332,5 +332,5 @@ def test_only_the_founder_starts_a_key_when_alone(tmp_path: Path) -> None:
     enclave = SoftwareEnclave()
     with pytest.raises(JoinFailed, match=r"only replica-0 may start the service's key \(founder\), and this is"):
         join(config("replica-0"), enclave, envelopes(enclave), lambda line: None)
-    assert join(config(socket.gethostname()), enclave, envelopes(enclave), lambda line: None) == \
+    assert join(config(socket.gethostname()), enclave, envelopes(enclave), lambda line: None).said == \
         "a new service key (no replica answered)"

@@ -142,7 +142,7 @@ def test_serve_joins_from_the_key_broker_as_configured(cdh: FakeCdh, tmp_path: P
                                'join_timeout_s = 5\n')
     enclave = SoftwareEnclave()
     said: list[str] = []
-    source = join(config.release, enclave, envelopes(enclave), said.append)
+    source = join(config.release, enclave, envelopes(enclave), said.append).said
     assert source.startswith(f"the service key from the key broker ({RESOURCE}, SHA-256 ")
     assert spki(enclave.signer().public_key()) == spki(key.public_key())
     del cdh.resources[RESOURCE]

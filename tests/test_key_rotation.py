@@ -139,22 +139,46 @@ def test_a_switch_time_changed_on_the_way_does_not_open() -> None:
 
 
 def test_a_grant_in_the_wrong_role_is_refused() -> None:
-    """Asked for the current key, a next key's grant is refused (and the other way round): a holder cannot make a
-    joiner sign with a key early, nor hold a current key as a next one."""
+    """Asked for the current key, a next key's grant is refused: a holder cannot make a joiner sign with a key
+    early. A key asked for by name may come as the holder's current key (a switch the asker missed); the asker's
+    role check decides, before anything is imported."""
     holder_enclave = SoftwareEnclave()
     ring = KeyRing(holder_enclave)
     holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave), keys=ring)
     nxt, _ = ring.start_rotation(SWITCH_AT)
-    _, next_grant = grant_next(holder, SoftwareEnclave(), nxt.spki)
     fresh = SoftwareEnclave()
     asking_current = Joiner(fresh, APPRAISER)
-    asking_current.request(holder.challenge())
-    with pytest.raises(Refused):
-        asking_current.accept(next_grant, NOW)
-    asking_next = Joiner(fresh, APPRAISER, key=ring.current)
-    current_grant = holder.grant(asking_next.request(holder.challenge()), NOW).grant
-    with pytest.raises(Refused, match="a next key for the current one, or the other way round"):
-        asking_next.accept(current_grant, NOW)
+    request = json.loads(asking_current.request(holder.challenge()))
+    rewritten = json.dumps({**request, "key": nxt.spki.hex()}, separators=(",", ":")).encode()  # on the way
+    with pytest.raises(Refused, match="granted a next key for the current one"):
+        asking_current.accept(holder.grant(rewritten, NOW).grant, NOW)
+    asking_by_name = Joiner(fresh, APPRAISER, key=ring.current)
+    current_grant = holder.grant(asking_by_name.request(holder.challenge()), NOW).grant
+    assert KeyGrant.decode(current_grant).switch_at is None and KeyGrant.decode(current_grant).since == 0
+    seen: list[tuple[int | None, int]] = []
+
+    def role(switch_at: int | None, since: int) -> str | None:
+        seen.append((switch_at, since))
+        return "it is not newer than ours"
+
+    with pytest.raises(Refused, match="it is not newer than ours"):
+        asking_by_name.accept(current_grant, NOW, role=role)
+    assert seen == [(None, 0)]
+    with pytest.raises(EnclaveError, match="no next key"):
+        fresh.switch()
+
+
+def test_a_since_changed_on_the_way_does_not_open() -> None:
+    """A current key's `since` (what makes a missed switch catch up) is bound like a switch time: a grant whose
+    since was raised, to roll a replica onto this key, opens to nothing."""
+    holder_enclave = SoftwareEnclave()
+    ring = KeyRing(holder_enclave, since=SWITCH_AT)
+    holder = Holder(holder_enclave, APPRAISER, envelopes(holder_enclave), keys=ring)
+    joiner, body = grant_next(holder, SoftwareEnclave(), ring.current)
+    grant = KeyGrant.decode(body)
+    assert grant.since == SWITCH_AT and grant.switch_at is None
+    with pytest.raises(Refused, match="does not open"):
+        joiner.accept(KeyGrant(grant.evidence, grant.sealed, None, SWITCH_AT + 1).encode(), NOW)
 
 
 def test_a_grant_of_another_key_than_the_one_named_is_refused() -> None:
@@ -182,9 +206,12 @@ def test_request_and_grant_members_are_strict() -> None:
         with pytest.raises(MessageError, match=r"request\.key"):
             KeyRequest.decode(json.dumps({**document, "key": bad}).encode())
     grant = json.loads(KeyGrant(b"e", b"s", 5).encode())
-    for bad_time in (0, -1, 2**40, 1.5, "1", True):
-        with pytest.raises(MessageError, match=r"grant\.switch_at"):
-            KeyGrant.decode(json.dumps({**grant, "switch_at": bad_time}).encode())
+    for name in ("switch_at", "since"):
+        for bad_time in (0, -1, 2**40, 1.5, "1", True, None):
+            with pytest.raises(MessageError, match=rf"grant\.{name}"):
+                KeyGrant.decode(json.dumps({**grant, name: bad_time}).encode())
+    with pytest.raises(MessageError, match=r"either next \(switch_at\) or current \(since\), not both"):
+        KeyGrant.decode(json.dumps({**grant, "since": 5}).encode())
 
 
 # --- the listing ---------------------------------------------------------------------------------------------------
@@ -321,8 +348,11 @@ def test_two_replicas_that_each_start_a_rotation_agree_on_one_next_key(replicas:
     assert identity(replicas[0].enclave) == identity(replicas[1].enclave) == winner.spki
 
 
-def test_a_replica_that_missed_the_switch_says_which_peer_signs_with_another_key(
-        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_replica_that_missed_the_switch_catches_up(replicas: list[Replica],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The second replica never polled in the window (it joined late, its clock runs ahead, it was cut off): the
+    first switched alone. At its next poll the second sees a current key made current after its own, obtains it by
+    name (the switch time bound into the grant as `since`) and switches at once."""
     first, second = replicas
     clock = Clock()
     follow(replicas, clock)
@@ -331,11 +361,54 @@ def test_a_replica_that_missed_the_switch_says_which_peer_signs_with_another_key
     assert started is not None
     clock.now = started.switch_at
     first.rotation.switch_if_due()
+    assert first.ring.since == started.switch_at
     caplog.set_level(logging.INFO, "enclave_ike.release")
     second.rotation.poll()
+    assert second.ring.next == started  # the key, and the time it became current
+    assert "rotation: this replica missed the switch to key" in caplog.text
+    second.rotation.switch_if_due()
+    assert second.ring.current == identity(second.enclave) == started.spki == first.ring.current
+    assert second.ring.since == first.ring.since
+    second.rotation.poll()  # nothing more to take
+    assert first.endpoint.tally.granted == 1
+
+
+def test_a_split_identity_ends_on_the_key_every_replica_ranks_first(replicas: list[Replica]) -> None:
+    """Two rotations switched alone at the same second (or two first keys): the same `since`, two keys. Every
+    replica ranks them alike (keyring.newer), so the one whose key ranks second takes the other's."""
+    clock = Clock()
+    follow(replicas, clock)
+    for replica in replicas:
+        assert replica.rotation is not None
+        assert replica.rotation.start() is not None
+    clock.now += 600
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.switch_if_due()
+    assert replicas[0].ring.current != replicas[1].ring.current
+    assert replicas[0].ring.since == replicas[1].ring.since
+    for replica in replicas:
+        assert replica.rotation is not None
+        replica.rotation.poll()
+        replica.rotation.switch_if_due()
+    assert replicas[0].ring.current == replicas[1].ring.current
+
+
+def test_a_peer_that_keeps_the_old_key_long_after_the_switch_is_named_once(
+        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
+    first, second = replicas
+    clock = Clock()
+    follow(replicas, clock)
+    assert first.rotation is not None and second.rotation is not None
+    started = first.rotation.start()
+    assert started is not None
     second.rotation.poll()
-    assert second.ring.next is None and identity(second.enclave) != started.spki
-    assert caplog.text.count(f"rotation: {first.address} signs with key") == 1  # said once, not each poll
+    clock.now = started.switch_at + 60
+    first.rotation.switch_if_due()  # the second cannot switch (its loop is stuck, say)
+    caplog.set_level(logging.INFO, "enclave_ike.release")
+    for _ in range(3):
+        first.rotation.poll()
+    assert caplog.text.count(f"rotation: {second.address} still signs with the old key") == 1
 
 
 def test_a_key_broker_replica_refuses_to_start_a_rotation(caplog: pytest.LogCaptureFixture) -> None:
@@ -423,3 +496,56 @@ def test_a_rotation_under_way_shows_in_the_metrics() -> None:
     assert b"enclave_ike_key_switch_time_seconds 1.7965158e+09" in metrics.render(NOW)  # SWITCH_AT
     ring.switch()
     assert b"enclave_ike_key_switch_time_seconds 0.0" in metrics.render(NOW)
+
+
+def test_a_rotation_that_would_leave_a_replica_behind_is_not_started(replicas: list[Replica],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A replica that gives no key to others while it has peers, or one whose peer follows no rotation (no peers of
+    its own, a key from the key broker): refused, one line naming why, no key made."""
+    first, second = replicas
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    silent = Rotation(ring, enclave, notice_s=60, poll_s=1, peers=[first.address], gives=False,
+                      appraiser=APPRAISER)
+    assert silent.start() is None and ring.next is None
+    assert "rotation not started: this replica gives no key to others ([release] listen is empty)" in caplog.text
+    second.ring.follows = False  # the second polls no one (a first replica without peers, or a key broker's)
+    clock = Clock()
+    follow(replicas, clock)
+    assert first.rotation is not None and first.rotation.start() is None and first.ring.next is None
+    assert f"rotation not started: the replica at {second.address} follows no rotation" in caplog.text
+
+
+def test_the_rotation_goes_on_when_publishing_or_switching_fails(caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk under the published identity, an enclave that cannot switch: one line each, the keys as the
+    enclave has them, a switch tried again after poll_s (not in a loop), and the run loop alive."""
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    clock = Clock()
+
+    def published() -> None:
+        raise OSError(28, "No space left on device")
+
+    rotation = Rotation(ring, enclave, notice_s=5, poll_s=30, published=published, clock=clock)
+    started = rotation.start()
+    assert started is not None and "rotation: cannot publish the identity: [Errno 28] No space left" in caplog.text
+    switch = enclave.switch
+    enclave.switch = lambda: (_ for _ in ()).throw(EnclaveError("the enclave is gone"))  # type: ignore[method-assign]
+    clock.now = started.switch_at
+
+    async def scenario() -> None:
+        task = asyncio.create_task(rotation.run())
+        await asyncio.sleep(0.5)
+        assert caplog.text.count("rotation: cannot switch to the next key") == 1  # tried again after 30 s only
+        enclave.switch = switch  # type: ignore[method-assign]
+        clock.now += 30
+        rotation._wake()
+        for _ in range(100):
+            if ring.next is None:
+                break
+            await asyncio.sleep(0.05)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert ring.current == started.spki == identity(enclave)

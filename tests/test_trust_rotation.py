@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from trust_servers import port_of, running_endpoint, sim_spec
 
 from enclave_ike.enclave.attest import attest
+from enclave_ike.enclave.errors import EnclaveError
 from enclave_ike.enclave.software import SoftwareEnclave
-from enclave_ike.release.keyring import KeyRing
+from enclave_ike.release.keyring import KeyRing, NextKey
 from ikecommon import keys
 from ikecommon.attestation.binding import LABEL
 from ikecommon.attestation.envelope import Envelope
@@ -129,3 +130,57 @@ def test_a_pin_written_before_rotations_existed_is_read(cfg: config.Config, spec
         pin = add(cfg, port_of(endpoint), spec_file)
     older = {k: v for k, v in pin.to_json().items() if not k.startswith("next_")}
     assert StoredPin.from_json(older, "pin") == pin
+
+
+@pytest.mark.parametrize("switch_at", [1, 10**20, "past", "far"])
+def test_a_switch_time_out_of_range_stages_nothing(cfg: config.Config, spec_file: str, switch_at: object) -> None:
+    """/identity is not attested: a switch time in the past (which would make the staged key due at once) or beyond
+    the longest notice enclave-ike takes is not believed, and nothing is staged."""
+    now = time.time()
+    value = {"past": int(now) - 3600, "far": int(now) + 31 * 86_400}.get(str(switch_at), switch_at)
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    with running_endpoint(enclave) as endpoint:
+        endpoint.keys = ring
+        ring.start_rotation(int(now) + 3600)
+        endpoint._next_key = lambda: NextKey(ring.next.spki, value)  # type: ignore[method-assign, union-attr]
+        attested = trust.attest(LOCAL, port_of(endpoint), sim_spec(),
+                                trust.trust_anchors(trust.Anchors.SIM, cfg.trust), now)
+    assert attested.next_key is None and attested.next_switch_at is None
+    assert any("its next key is not staged" in note for note in attested.notes)
+
+
+def test_a_staged_key_survives_a_busy_endpoint(cfg: config.Config, spec_file: str) -> None:
+    """Staged once; at the next re-attestation the same rotation is announced but the next key's evidence is not
+    to be had (503, the endpoint busy): the staged key stays, verified when it was staged."""
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    with running_endpoint(enclave) as endpoint:
+        endpoint.keys = ring
+        pin = add(cfg, port_of(endpoint), spec_file)
+        nxt, _ = ring.start_rotation(int(time.time()) + 3600)
+        trust.verify(cfg, "home", time.time())
+        assert truststore.load(cfg.trust_dir, "home").next_key == pinned(nxt.spki)
+        served = endpoint.envelope
+
+        def busy(nonce: bytes, label: bytes = LABEL, key_spki: bytes | None = None) -> Envelope:
+            if key_spki is not None:
+                raise EnclaveError("busy making evidence")
+            return served(nonce, label, key_spki)
+
+        endpoint.envelope = busy  # type: ignore[method-assign]
+        result = trust.verify(cfg, "home", time.time())
+    assert result.ok and any("did not attest" in note for note in result.notes)
+    stored = truststore.load(cfg.trust_dir, "home")
+    assert stored.key == pin.key and stored.next_key == pinned(nxt.spki) and stored.next_switch_at == nxt.switch_at
+
+
+def test_the_listing_of_a_pin_with_a_far_switch_time_does_not_break(cfg: config.Config, spec_file: str) -> None:
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    with running_endpoint(enclave) as endpoint:
+        endpoint.keys = ring
+        ring.start_rotation(int(time.time()) + 3600)
+        pin = add(cfg, port_of(endpoint), spec_file)
+    truststore.save(cfg.trust_dir, StoredPin.from_json({**pin.to_json(), "next_switch_at": 2**40 - 1}, "pin"))
+    assert "switches to it at Unix time 1099511627775" in trust.format_listing(trust.listing(cfg, time.time()))

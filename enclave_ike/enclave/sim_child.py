@@ -121,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sign-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is enclave-ike's to handle; it closes the channel
-    # The operator's SIGUSR1 asks serve for its diagnostics ring, SIGHUP is a reload serve declines; `systemctl kill`
-    # sends them to every process of the unit, and their default action here would end the enclave.
-    for sig in (signal.SIGUSR1, signal.SIGHUP):
+    # The operator's SIGUSR1 asks serve for its diagnostics ring, SIGUSR2 starts a rotation, SIGHUP is a reload serve
+    # declines; `systemctl kill` sends them to every process of the unit, and their default action would end the
+    # enclave (and the service key with it).
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _harden()
     registers = tuple(args.register) or DEFAULT_REGISTERS

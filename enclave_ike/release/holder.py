@@ -38,7 +38,7 @@ from ..enclave.base import Enclave
 from ..enclave.sealing import SealError
 from .appraise import Appraiser
 from .errors import Refused
-from .keyring import KeyRing, NextKey
+from .keyring import KeyRing
 from .messages import KeyGrant, KeyRequest, seal_info
 
 CHALLENGE_TTL_S = 30.0  # a joiner asks for a challenge and sends its request at once; evidence takes < 1 s
@@ -81,20 +81,18 @@ class Holder:
         self._take(request.challenge)
         verified = self._appraiser.verify(request.evidence, request.challenge, KEY_REQUEST_LABEL,
                                           datetime.fromtimestamp(now, UTC), "the joiner's")
-        wanted = self.keys.holds(request.key) if request.key is not None else True
-        if wanted is False:
+        role = self.keys.role(request.key)
+        if role is None:
             raise Refused("the key asked for is not one this holder holds (neither its current key nor a "
                           "rotation's next key)")
-        assert request.key is not None or wanted is True
-        identity = request.key if request.key is not None else self.keys.current
-        switch_at = wanted.switch_at if isinstance(wanted, NextKey) else None
+        answer = KeyGrant(b"", b"", role.switch_at, role.since)
         try:
-            sealed = self._enclave.seal_identity(verified.ike_key, seal_info(body, identity, switch_at), identity)
+            sealed = self._enclave.seal_identity(verified.ike_key, seal_info(body, role.spki, answer.role), role.spki)
         except SealError as exc:
             raise Refused(f"cannot seal the key to the joiner's: {exc}") from None
-        envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, identity)
-        return Granted(KeyGrant(envelope.encode(), sealed, switch_at).encode(), verified.measurement_id,
-                       verified.kind.value, switch_at is not None)
+        envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, role.spki)
+        return Granted(KeyGrant(envelope.encode(), sealed, role.switch_at, role.since).encode(),
+                       verified.measurement_id, verified.kind.value, role.switch_at is not None)
 
     def _mac(self, issued: bytes) -> bytes:
         mac = hmac.HMAC(self._mac_key, hashes.SHA256())

@@ -6,9 +6,10 @@ key (kept in our enclave), then the grant's checks before anything is imported:
 - the sealed key opens with our ephemeral key for exactly this request (seal_info), and is the key that evidence
   attests (enclave/sealing.py).
 
-A joiner asks for the holder's current key, or names the key it wants (a rotation's next key, keyring.py): a grant
-for another key than the one named is refused. A next key goes into the enclave as its next key, with the switch
-time the grant says (bound into the HPKE context).
+A joiner asks for the holder's current key, or names the key it wants (a rotation's next key, or a current key whose
+switch it missed, keyring.py): a grant for another key than the one named is refused. A named key goes into the
+enclave as its next key, with the switch time the grant says (bound into the HPKE context); the caller decides
+whether the role it comes in is one to take.
 
 Any failure is Refused, and our enclave's keys are unchanged. One Joiner per request (a new ephemeral key each time).
 """
@@ -16,6 +17,7 @@ Any failure is Refused, and our enclave's keys are unchanged. One Joiner per req
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -49,8 +51,10 @@ class Joiner:
         self._request = KeyRequest(challenge, self._nonce, envelope.encode(), self._key).encode()
         return self._request
 
-    def accept(self, body: bytes, now: float) -> Accepted:
-        """Check the grant and import its key; the holder's verified evidence (its key is ours now)."""
+    def accept(self, body: bytes, now: float, *, role: RoleCheck | None = None) -> Accepted:
+        """Check the grant and import its key (a named key as our next key, else as our current key); the holder's
+        verified evidence. `role(switch_at, since)` may refuse the role a named key comes in (its reason), before
+        anything is imported."""
         if self._request is None:
             raise Refused("a grant before any request")
         grant = KeyGrant.decode(body)
@@ -58,17 +62,24 @@ class Joiner:
                                           datetime.fromtimestamp(now, UTC), "the holder's")
         if self._key is not None and verified.ike_key != self._key:
             raise Refused("the holder granted another key than the one asked for")
-        if (grant.switch_at is not None) != (self._key is not None):
-            raise Refused("the holder granted a next key for the current one, or the other way round")
-        info = seal_info(self._request, verified.ike_key, grant.switch_at)
+        if self._key is None and grant.switch_at is not None:
+            raise Refused("the holder granted a next key for the current one")
+        if role is not None and (reason := role(grant.switch_at, grant.since)) is not None:
+            raise Refused(reason)
+        info = seal_info(self._request, verified.ike_key, grant.role)
         try:
-            self._enclave.import_identity(grant.sealed, info, verified.ike_key, as_next=grant.switch_at is not None)
+            self._enclave.import_identity(grant.sealed, info, verified.ike_key, as_next=self._key is not None)
         except SealError as exc:
             raise Refused(f"the holder's sealed key: {exc}") from None
-        return Accepted(verified, grant.switch_at)
+        return Accepted(verified, grant.switch_at, grant.since)
+
+
+RoleCheck = Callable[["int | None", int], "str | None"]
+"""(switch_at, since) of a grant -> None to take it, or why not."""
 
 
 @dataclass(frozen=True)
 class Accepted:
     holder: Verified          # the holder's verified evidence (its ike_key is the key we now hold)
-    switch_at: int | None     # a next key's switch time; None when it is our current key now
+    switch_at: int | None     # granted as a next key: its switch time
+    since: int = 0            # granted as a current key: when a rotation made it current (0: the first key)

@@ -11,8 +11,9 @@
                  "evidence": B64URL,    an evidence envelope: ike-key = the service's identity key, nonce = the
                                         joiner's nonce, report data bound under KEY_GRANT_LABEL
                  "sealed": B64URL,      the identity key, sealed to the ephemeral key (enclave/sealing.py) with
-                                        info = seal_info(the request's bytes, the identity key, switch_at)
-                 "switch_at": INT}      only for a next key: the Unix time every replica signs with it from
+                                        info = seal_info(the request's bytes, the identity key, its role)
+                 "switch_at": INT,      only for a next key: the Unix time every replica signs with it from
+                 "since": INT}          only for a current key that a rotation made current: that switch time
 
 B64URL is base64url without padding. Decoding is strict (strictjson: no duplicate members; no unknown member; sizes
 bounded): a malformed message is a MessageError naming the member, before anything is verified.
@@ -41,6 +42,7 @@ GRANT_TYPE = "enclave-ike key grant v1"
 MAX_MESSAGE = MAX_ENVELOPE * 4 // 3 + MAX_SEALED * 4 // 3 + 1024
 _HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+MAX_TIME = 2**40  # Unix seconds, past any real date
 MAX_KEY = 2048  # an RSA-4096 SubjectPublicKeyInfo is 550 bytes
 _KEY_HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_KEY}}}")
 
@@ -75,29 +77,41 @@ class KeyGrant:
     evidence: bytes
     sealed: bytes
     switch_at: int | None = None  # a next key's switch time; None for the current key
+    since: int = 0                # the current key's: when a rotation made it current (0: the service's first key)
 
     def encode(self) -> bytes:
         members: dict[str, str | int] = {"type": GRANT_TYPE, "evidence": _b64(self.evidence),
                                          "sealed": _b64(self.sealed)}
         if self.switch_at is not None:
             members["switch_at"] = self.switch_at
+        if self.since:
+            members["since"] = self.since
         return _encode(members)
 
     @classmethod
     def decode(cls, data: bytes) -> KeyGrant:
-        members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"), ("switch_at",))
-        switch_at = members.get("switch_at")
-        if "switch_at" in members and (type(switch_at) is not int or not 0 < switch_at < 2**40):
-            raise MessageError("grant.switch_at", "expected a Unix time in whole seconds")
+        members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"), ("switch_at", "since"))
+        for name in ("switch_at", "since"):
+            value = members.get(name)
+            if name in members and (type(value) is not int or not 0 < value < MAX_TIME):
+                raise MessageError(f"grant.{name}", "expected a Unix time in whole seconds")
+        if "switch_at" in members and "since" in members:
+            raise MessageError("grant", "a key is either next (switch_at) or current (since), not both")
         return cls(_bytes(members, "evidence", "grant", MAX_ENVELOPE), _bytes(members, "sealed", "grant", MAX_SEALED),
-                   switch_at)
+                   members.get("switch_at"), members.get("since", 0))
+
+    @property
+    def role(self) -> bytes:
+        """The role the key is granted in, as bound into the HPKE context: changed on the way, it does not open."""
+        if self.switch_at is not None:
+            return b"next@" + str(self.switch_at).encode("ascii")
+        return b"current" if not self.since else b"current@" + str(self.since).encode("ascii")
 
 
-def seal_info(request: bytes, identity_spki: bytes, switch_at: int | None = None) -> bytes:
+def seal_info(request: bytes, identity_spki: bytes, role: bytes = b"current") -> bytes:
     """HPKE's info for the key granted to `request` (its exact bytes): a sealed key opens for that request only,
-    only as the key the grant's evidence attests, and only in the role the grant says (the current key, or a next
-    key switched to at `switch_at`): a grant whose switch time was changed on the way does not open."""
-    role = b"current" if switch_at is None else b"next@" + str(switch_at).encode("ascii")
+    only as the key the grant's evidence attests, and only in the role the grant says (KeyGrant.role: the current
+    key, since when; or a next key, switched to when): a grant whose times were changed on the way does not open."""
     return (KEY_GRANT_LABEL + hashlib.sha256(request).digest() + hashlib.sha256(identity_spki).digest() + role)
 
 

@@ -32,7 +32,7 @@ from ..enclave.base import Enclave
 from ..errors import EnclaveIkeError
 from .appraise import Appraiser
 from .errors import MessageError, Refused, ReleaseError, Unreachable
-from .joiner import Accepted, Joiner
+from .joiner import Accepted, Joiner, RoleCheck
 from .keyring import Listing
 from .messages import MAX_MESSAGE
 
@@ -46,6 +46,7 @@ _ABSENT = frozenset((errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, 
 class Obtained:
     source: str           # the holder's address:port
     holder: Verified      # its verified evidence (the key is ours now)
+    since: int = 0        # when a rotation made that key the service's current one (0: the first key)
 
 
 class NoHolder(ReleaseError):
@@ -74,7 +75,7 @@ def obtain(enclave: Enclave, appraiser: Appraiser, peers: Sequence[HostPort], *,
             left = within - (monotonic() - start)
             try:
                 accepted = ask(enclave, appraiser, target, make_envelope, clock, max(1.0, min(timeout, left)))
-                return Obtained(target, accepted.holder)
+                return Obtained(target, accepted.holder, accepted.since)
             except Unreachable as exc:
                 reasons[target] = str(exc)
             except (ReleaseError, EnclaveIkeError) as exc:  # it answered (or our enclave failed: not absence)
@@ -113,9 +114,11 @@ def addresses(peers: Sequence[HostPort], own: Collection[str],
 
 
 def ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: MakeEnvelope | None,
-        clock: Callable[[], float], timeout: float, key: bytes | None = None) -> Accepted:
+        clock: Callable[[], float], timeout: float, key: bytes | None = None,
+        role: RoleCheck | None = None) -> Accepted:
     """One release from the holder at `target` (address:port): its current key, or the key `key` names (a
-    rotation's next key). Unreachable when nothing is there; another ReleaseError when it answered otherwise."""
+    rotation's next key; `role` may refuse the role it comes in, see Joiner.accept). Unreachable when nothing is
+    there; another ReleaseError when it answered otherwise."""
     host, port = _split(target)
     deadline = time.monotonic() + timeout
     body = _post(host, port, "/release/challenge", b"", deadline)
@@ -133,7 +136,7 @@ def ask(enclave: Enclave, appraiser: Appraiser, target: str, make_envelope: Make
         grant = _post(host, port, "/release/key", joiner.request(challenge), deadline)
     except Unreachable as exc:
         raise Refused(f"the holder answered the challenge, then not the request: {exc}") from None
-    return joiner.accept(grant, clock())
+    return joiner.accept(grant, clock(), role=role)
 
 
 def listing(target: str, timeout: float) -> Listing:

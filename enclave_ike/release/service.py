@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ikecommon.attestation.verify import TrustAnchors
 
@@ -35,11 +36,16 @@ def appraiser(config: ReleaseConfig, say: Callable[[str], None] = lambda line: N
     return Appraiser(config.spec, TrustAnchors.shipped())
 
 
-def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None]) -> str:
-    """Put the service's key in `enclave` as the config says; where it came from, in words. JoinFailed when the
-    replica must not start."""
+@dataclass(frozen=True)
+class Joined:
+    said: str       # where the key came from, in words
+    since: int = 0  # when a rotation made it the service's current key (0: the first key, or not from a peer)
+
+
+def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None]) -> Joined:
+    """Put the service's key in `enclave` as the config says. JoinFailed when the replica must not start."""
     if config.source is KeySource.NEW:
-        return "a new key"
+        return Joined("a new key")
     if config.source is KeySource.KBS:
         assert config.kbs_resource is not None  # the config requires it
         say(f"asking the key broker for {config.kbs_resource} through {config.cdh_url} (within "
@@ -49,7 +55,7 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
                                           within=config.join_timeout_s, say=say)
         except ReleaseError as exc:
             raise JoinFailed(str(exc)) from None
-        return f"the service key from the key broker ({config.kbs_resource}, SHA-256 {fingerprint[:16]}...)"
+        return Joined(f"the service key from the key broker ({config.kbs_resource}, SHA-256 {fingerprint[:16]}...)")
     peers = ", ".join(map(str, config.peers))
     say(f"asking {peers} for the service key (within {config.join_timeout_s:g} s)")
     try:
@@ -66,9 +72,9 @@ def join(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, s
                              f"{socket.gethostname()}") from None
         say(f"no replica answered within {config.join_timeout_s:g} s: this replica starts the service's key "
             "(when_alone = \"new-key\"); clients pinned to an earlier key must attest again")
-        return "a new service key (no replica answered)"
-    return (f"the service key from {obtained.source} ({obtained.holder.kind.value} evidence matching "
-            f"{obtained.holder.measurement_id!r})")
+        return Joined("a new service key (no replica answered)")
+    return Joined(f"the service key from {obtained.source} ({obtained.holder.kind.value} evidence matching "
+                  f"{obtained.holder.measurement_id!r})", obtained.since)
 
 
 def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelope, say: Callable[[str], None],
@@ -80,6 +86,11 @@ def endpoint(config: ReleaseConfig, enclave: Enclave, make_envelope: MakeEnvelop
     return ReleaseEndpoint(holder, [(where.host, where.port) for where in config.listen])
 
 
+def follows_rotations(config: ReleaseConfig) -> bool:
+    """This replica polls its peers, so a rotation started on another one reaches it."""
+    return bool(config.peers) and config.source is not KeySource.KBS
+
+
 def rotation(config: ReleaseConfig, enclave: Enclave, keys: KeyRing, make_envelope: MakeEnvelope,
              published: Callable[[], None]) -> Rotation:
     """Rotation of the service key as [release] says: who to follow (its peers), and whether this replica may start
@@ -89,6 +100,6 @@ def rotation(config: ReleaseConfig, enclave: Enclave, keys: KeyRing, make_envelo
         refused = ("the service key comes from the key broker ([release] source = \"kbs\"): put a new key there "
                    "and restart the replicas one by one")
     return Rotation(keys, enclave, notice_s=config.rotate_notice_s, poll_s=config.poll_s, peers=config.peers,
-                    own={str(where) for where in config.listen},
+                    own={str(where) for where in config.listen}, gives=bool(config.listen),
                     appraiser=appraiser(config, lambda line: None) if config.peers else None,
                     make_envelope=make_envelope, published=published, refused=refused)
