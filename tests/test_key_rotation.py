@@ -302,11 +302,16 @@ def follow(replicas: list[Replica], clock: Clock, notice_s: float = 600) -> None
                                     appraiser=APPRAISER, published=published, clock=clock)
 
 
-def test_a_rotation_started_on_one_replica_reaches_the_other_and_both_switch_at_the_announced_time(
-        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
-    first, second = replicas
+def following(replicas: list[Replica]) -> tuple[Replica, Replica, Clock]:
+    """Both replicas follow each other's rotations, on one test clock."""
     clock = Clock()
     follow(replicas, clock)
+    return replicas[0], replicas[1], clock
+
+
+def test_a_rotation_started_on_one_replica_reaches_the_other_and_both_switch_at_the_announced_time(
+        replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
+    first, second, clock = following(replicas)
     assert first.rotation is not None and second.rotation is not None
     old = first.ring.current
     caplog.set_level(logging.INFO, "enclave_ike.release")
@@ -353,9 +358,7 @@ def test_a_replica_that_missed_the_switch_catches_up(replicas: list[Replica],
     """The second replica never polled in the window (it joined late, its clock runs ahead, it was cut off): the
     first switched alone. At its next poll the second sees a current key made current after its own, obtains it by
     name (the switch time bound into the grant as `since`) and switches at once."""
-    first, second = replicas
-    clock = Clock()
-    follow(replicas, clock)
+    first, second, clock = following(replicas)
     assert first.rotation is not None and second.rotation is not None
     started = first.rotation.start()
     assert started is not None
@@ -396,9 +399,7 @@ def test_a_split_identity_ends_on_the_key_every_replica_ranks_first(replicas: li
 
 def test_a_peer_that_keeps_the_old_key_long_after_the_switch_is_named_once(
         replicas: list[Replica], caplog: pytest.LogCaptureFixture) -> None:
-    first, second = replicas
-    clock = Clock()
-    follow(replicas, clock)
+    first, second, clock = following(replicas)
     assert first.rotation is not None and second.rotation is not None
     started = first.rotation.start()
     assert started is not None

@@ -48,6 +48,16 @@ def add(cfg: config.Config, port: int, spec: str) -> StoredPin:
     return trust.add(cfg, "home", LOCAL, spec, time.time(), port=port, anchors=trust.Anchors.SIM)
 
 
+def pinned_during_a_rotation(cfg: config.Config, spec_file: str) -> StoredPin:
+    """`ikectl trust add` of a resolver whose rotation is under way."""
+    enclave = SoftwareEnclave()
+    ring = KeyRing(enclave)
+    with running_endpoint(enclave) as endpoint:
+        endpoint.keys = ring
+        ring.start_rotation(int(time.time()) + 3600)
+        return add(cfg, port_of(endpoint), spec_file)
+
+
 def test_a_rotation_under_way_is_staged_in_the_pin_and_listed(cfg: config.Config, spec_file: str) -> None:
     enclave = SoftwareEnclave()
     ring = KeyRing(enclave)
@@ -114,12 +124,7 @@ def test_the_pin_moves_to_its_staged_key_when_the_rotation_is_due(cfg: config.Co
 @pytest.mark.parametrize("damage", [{"next_switch_at": None}, {"next_key": None}, {"next_switch_at": 1.5},
                                     {"next_key": "0sAAAA"}])
 def test_a_pin_with_half_a_staged_key_is_not_read(cfg: config.Config, spec_file: str, damage: dict) -> None:
-    enclave = SoftwareEnclave()
-    ring = KeyRing(enclave)
-    with running_endpoint(enclave) as endpoint:
-        endpoint.keys = ring
-        ring.start_rotation(int(time.time()) + 3600)
-        pin = add(cfg, port_of(endpoint), spec_file)
+    pin = pinned_during_a_rotation(cfg, spec_file)
     assert pin.next_key is not None
     with pytest.raises(TrustError, match="not a pin ikectl wrote"):
         StoredPin.from_json({**pin.to_json(), **damage}, "pin")
@@ -176,11 +181,6 @@ def test_a_staged_key_survives_a_busy_endpoint(cfg: config.Config, spec_file: st
 
 
 def test_the_listing_of_a_pin_with_a_far_switch_time_does_not_break(cfg: config.Config, spec_file: str) -> None:
-    enclave = SoftwareEnclave()
-    ring = KeyRing(enclave)
-    with running_endpoint(enclave) as endpoint:
-        endpoint.keys = ring
-        ring.start_rotation(int(time.time()) + 3600)
-        pin = add(cfg, port_of(endpoint), spec_file)
+    pin = pinned_during_a_rotation(cfg, spec_file)
     truststore.save(cfg.trust_dir, StoredPin.from_json({**pin.to_json(), "next_switch_at": 2**40 - 1}, "pin"))
     assert "switches to it at Unix time 1099511627775" in trust.format_listing(trust.listing(cfg, time.time()))
