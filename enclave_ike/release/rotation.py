@@ -82,10 +82,10 @@ class Rotation:
         with self._lock:
             key, made = self.keys.start_rotation(int(self._clock() + self.notice_s))
         if made:
+            self._publish()
             log.info("rotation: next key %s made; every replica signs with it from %s (in %d s); until then "
                      "evidence is served for both keys (clients that re-attest stage it)", fingerprint(key.spki),
                      _when(key.switch_at), key.switch_at - int(self._clock()))
-            self._publish()
         else:
             log.info("rotation: one is already under way: next key %s, switching at %s", fingerprint(key.spki),
                      _when(key.switch_at))
@@ -171,9 +171,9 @@ class Rotation:
                 log.error("rotation: cannot switch to the next key %s (again in %g s): %s",
                           fingerprint(pending.spki), self.poll_s, exc)
                 return
+        self._publish()  # first: whoever reads the line finds the identity published
         log.info("rotation: switched from key %s to key %s: new IKE SAs are signed with it, the old key is gone",
                  fingerprint(old), fingerprint(new))
-        self._publish()
 
     # --- following ------------------------------------------------------------------------------------------------
 
@@ -233,6 +233,7 @@ class Rotation:
                 return
             adopted = NextKey(key, accepted.switch_at if accepted.switch_at is not None else accepted.since)
             self.keys.adopt(adopted)
+        self._publish()
         if accepted.switch_at is None:
             log.warning("rotation: this replica missed the switch to key %s (current at %s at %s): obtained it "
                         "(%s evidence matching %r), switching now", fingerprint(key), target,
@@ -242,7 +243,6 @@ class Rotation:
                      fingerprint(key), target, accepted.holder.kind.value, accepted.holder.measurement_id,
                      _when(adopted.switch_at))
         self._said.pop((target, "refused"), None)
-        self._publish()
         self._wake()
 
     def _say_once(self, target: str, kind: str, about: str, line: str) -> None:
