@@ -110,6 +110,7 @@ class Attested:
     next_key: keys.PinnedKey | None = None  # a rotation's next key, verified against the same spec
     next_switch_at: int | None = None
     announced_switch: int | None = None  # the switch time /identity announced, staged or not
+    next_unavailable: bool = False  # announced, but no evidence for it could be had this time
 
 
 @dataclass(frozen=True)
@@ -210,28 +211,33 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
         return Attested(key, served, kind, measurement, notes + (
             f"the resolver announced a rotation switching at Unix time {switch_at}, not within the next "
             f"{MAX_NOTICE_S // 86_400} days: its next key is not staged",))
-    staged, said_of_it = _next_key(host, port, spec, anchors, now, timeout, policy, snp_policy)
+    staged, said_of_it, unavailable = _next_key(host, port, spec, anchors, now, timeout, policy, snp_policy)
     if staged == key:
         staged = None
     return Attested(key, served, kind, measurement, notes + said_of_it, staged, switch_at if staged else None,
-                    switch_at)
+                    switch_at, unavailable)
 
 
 def _next_key(host: str, port: int, spec: MeasurementSpec, anchors: TrustAnchors, now: float, timeout: float,
-              policy: TdxPolicy | None, snp_policy: SnpPolicy | None) -> tuple[keys.PinnedKey | None, tuple[str, ...]]:
+              policy: TdxPolicy | None,
+              snp_policy: SnpPolicy | None) -> tuple[keys.PinnedKey | None, tuple[str, ...], bool]:
     """The resolver announced a rotation: its next key, from evidence for a fresh nonce verified against the same
-    spec, to stage. A next key that does not verify is not staged, and said so: the pin itself stands (when the
-    resolver switches, trusted mode sees another key and attests again, failing closed)."""
+    spec, to stage; what the policy noted; and whether its evidence could not be had at all (a busy endpoint: not a
+    verdict on the key). A next key that does not verify is not staged, and said so: the pin itself stands (when
+    the resolver switches, trusted mode sees another key and attests again, failing closed)."""
     nonce = secrets.token_bytes(NONCE_SIZE)
     try:
         body = fetch_evidence(host, port, nonce, timeout, next_key=True)
+    except EndpointError as exc:
+        return None, (f"the resolver's announced next key: no evidence for it now ({exc})",), True
+    try:
         verified = verify_envelope(body, nonce, spec, anchors, _at(now), tdx_policy=policy, snp_policy=snp_policy)
-        return keys.from_public_key(verified.public_key()), verified.evidence.notes
+        return keys.from_public_key(verified.public_key()), verified.evidence.notes, False
     except VerificationFailed as exc:
         problem = "; ".join(str(m) for m in exc.mismatches[:3])
-    except (EndpointError, UnsupportedEvidence, EvidenceFormatError, keys.PinError) as exc:
+    except (UnsupportedEvidence, EvidenceFormatError, keys.PinError) as exc:
         problem = str(exc)
-    return None, (f"the resolver's announced next key did not attest, so it is not staged: {problem}",)
+    return None, (f"the resolver's announced next key did not attest, so it is not staged: {problem}",), False
 
 
 def _ike_id(text: str) -> str:
@@ -323,7 +329,8 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
 def _still_staged(pin: StoredPin, attested: Attested) -> bool:
     """The key staged earlier stands when the resolver still announces the same rotation with the same current key,
     and only the next key's evidence could not be had this time (a busy endpoint): it was verified when staged."""
-    return (pin.next_key is not None and attested.key == pin.key and attested.announced_switch == pin.next_switch_at)
+    return (pin.next_key is not None and attested.next_unavailable and attested.key == pin.key
+            and attested.announced_switch == pin.next_switch_at)
 
 
 def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -30,6 +31,7 @@ from enclave_ike.enclave.errors import EnclaveError
 from enclave_ike.enclave.sealing import SealError, spki
 from enclave_ike.enclave.sim import SimEnclave
 from enclave_ike.enclave.software import SoftwareEnclave
+from enclave_ike.evidence_endpoint import Response
 from enclave_ike.release.appraise import Appraiser
 from enclave_ike.release.endpoint import ReleaseEndpoint
 from enclave_ike.release.errors import MessageError, Refused
@@ -550,3 +552,97 @@ def test_the_rotation_goes_on_when_publishing_or_switching_fails(caplog: pytest.
 
     asyncio.run(scenario())
     assert ring.current == started.spki == identity(enclave)
+
+
+def test_two_first_keys_stay_apart_and_are_named_once(replicas: list[Replica],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A replica of source = "new" restarted (or a partition at the service's start): two first keys (since 0).
+    Nothing says which is the service's, so neither replica moves (a coin flip would move every client); each
+    names the other once."""
+    first, second, clock = following(replicas)
+    assert first.rotation is not None and second.rotation is not None
+    fresh = SimEnclave()  # the first replica restarted: a key of its own, since 0
+    first.enclave.close()
+    first.enclave, first.ring = fresh, KeyRing(fresh)
+    first.endpoint.holder = Holder(fresh, APPRAISER, envelopes(fresh), keys=first.ring)
+    follow(replicas, clock)
+    caplog.set_level(logging.INFO, "enclave_ike.release")
+    for _ in range(2):
+        for replica in replicas:
+            assert replica.rotation is not None
+            replica.rotation.poll()
+    assert first.ring.current != second.ring.current and first.ring.next is None and second.ring.next is None
+    assert caplog.text.count("both the service's first keys (a split identity") == 2  # once each way
+
+
+def test_a_peer_whose_clock_runs_far_ahead_is_not_followed(replicas: list[Replica],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The starter's clock is a year ahead: its next key (switching in a year, by ours) and, after it switched
+    alone, its current key (current since a year from now) are both refused, with the reason; nothing is pending."""
+    first, second, clock = following(replicas)
+    assert first.rotation is not None and second.rotation is not None
+    ahead = Clock()
+    ahead.now = clock.now + 365 * 86_400
+    first.rotation = Rotation(first.ring, first.enclave, notice_s=600, poll_s=1, peers=[second.address],
+                              appraiser=APPRAISER, clock=ahead)
+    caplog.set_level(logging.INFO, "enclave_ike.release")
+    started = first.rotation.start()
+    assert started is not None
+    second.rotation.poll()
+    assert second.ring.next is None and "more than 2592000 s ahead (a clock far off?)" in caplog.text
+    ahead.now = started.switch_at
+    first.rotation.switch_if_due()
+    second.rotation._refusals_said.clear()
+    second.rotation.poll()
+    assert second.ring.next is None and "ahead of this replica's clock (a clock far off?)" in caplog.text
+
+
+def test_a_listing_that_lies_about_a_switch_time_does_not_override_the_agreed_next_key(
+        replicas: list[Replica]) -> None:
+    """A proxy lists the first replica's next key with switch time 1 (so that it would sort first): the grant
+    says the real time, and that one does not win over the next key the second already holds."""
+    first, second, clock = following(replicas)
+    assert first.rotation is not None and second.rotation is not None
+    ours = second.rotation.start()
+    clock.now += 10
+    theirs = first.ring.start_rotation(int(clock.now) + 600)[0]
+    assert ours is not None and ours.sorts_before(theirs)
+    second.rotation._obtain(str(first.address), theirs.spki, 1)  # as if listed with switch_at = 1
+    assert second.ring.next == ours
+
+
+def test_a_catch_up_that_comes_as_a_next_key_is_refused(replicas: list[Replica]) -> None:
+    """Asked for a peer's newer current key, the holder answers with it as its next key (a listing that lied about
+    which is which): refused, and the pending next key stays."""
+    first, second, clock = following(replicas)
+    assert first.rotation is not None and second.rotation is not None
+    theirs = first.ring.start_rotation(int(clock.now) + 600)[0]
+    second.rotation._obtain(str(first.address), theirs.spki, None)  # a catch-up request
+    assert second.ring.next is None and first.endpoint.tally.granted == 1  # granted, then refused by the asker
+
+
+def test_a_peer_that_answers_without_a_listing_stops_a_start(replicas: list[Replica],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that is there but does not list its keys (a build without rotation: 404) would keep the old key:
+    the start is refused, naming it. One that is not there at all (nothing listens) does not stop it."""
+    first, second, clock = following(replicas)
+    assert first.rotation is not None
+    original = ReleaseEndpoint._route
+
+    async def without_listing(self: ReleaseEndpoint, path: str, body: bytes, peer: str) -> Response:
+        if path == "/release/keys":
+            return Response.text(HTTPStatus.NOT_FOUND, "/release/keys: not here")
+        return await original(self, path, body, peer)
+
+    ReleaseEndpoint._route = without_listing  # type: ignore[method-assign]
+    try:
+        assert first.rotation.start() is None and first.ring.next is None
+    finally:
+        ReleaseEndpoint._route = original  # type: ignore[method-assign]
+    assert f"the replica at {second.address} answers, but not with the keys it holds" in caplog.text
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nobody = HostPort("127.0.0.1", unused.getsockname()[1])
+    lone = Rotation(first.ring, first.enclave, notice_s=600, poll_s=1, peers=[nobody], appraiser=APPRAISER,
+                    clock=clock)
+    assert lone.start() is not None

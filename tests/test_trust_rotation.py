@@ -76,14 +76,20 @@ def test_a_rotation_under_way_is_staged_in_the_pin_and_listed(cfg: config.Config
     assert StoredPin.from_json(json.loads(json.dumps(stored.to_json())), "pin") == stored
 
 
-def test_an_announced_next_key_that_does_not_verify_is_not_staged(cfg: config.Config, spec_file: str) -> None:
+@pytest.mark.parametrize("staged_before", [False, True])
+def test_an_announced_next_key_that_does_not_verify_is_not_staged(cfg: config.Config, spec_file: str,
+                                                                    staged_before: bool) -> None:
     """The resolver announces a rotation, but the next key's evidence comes from another build's enclave: the pin
-    keeps its current key, stages nothing, and says why."""
+    keeps its current key, stages nothing (and drops what it staged before: a verdict, not a busy endpoint), and
+    says why."""
     enclave, other_build = SoftwareEnclave(), SoftwareEnclave(registers=(bytes(range(48)),))
     ring = KeyRing(enclave)
     with running_endpoint(enclave) as endpoint:
         endpoint.keys = ring
+        if staged_before:
+            ring.start_rotation(int(time.time()) + 3600)
         pin = add(cfg, port_of(endpoint), spec_file)
+        assert (pin.next_key is not None) == staged_before
         ring.start_rotation(int(time.time()) + 3600)
         served = endpoint.envelope
 
@@ -175,7 +181,7 @@ def test_a_staged_key_survives_a_busy_endpoint(cfg: config.Config, spec_file: st
 
         endpoint.envelope = busy  # type: ignore[method-assign]
         result = trust.verify(cfg, "home", time.time())
-    assert result.ok and any("did not attest" in note for note in result.notes)
+    assert result.ok and any("announced next key: no evidence for it now" in note for note in result.notes)
     stored = truststore.load(cfg.trust_dir, "home")
     assert stored.key == pin.key and stored.next_key == pinned(nxt.spki) and stored.next_switch_at == nxt.switch_at
 

@@ -40,9 +40,13 @@ class NextKey:
 
 
 def newer(since: int, key_spki: bytes, than_since: int, than_spki: bytes) -> bool:
-    """Is the current key `key_spki` (current since `since`) the service's over the other one? The one made current
-    later; at the same time (two rotations, or two first keys, 0), the one whose SHA-256 sorts first: every replica
-    decides alike, so a service split this way ends on one key."""
+    """Is the current key `key_spki` (current since `since`) the service's over the other one? The one a rotation
+    made current later; at the same second (two rotations switched alone), the one whose SHA-256 sorts first: every
+    replica decides alike, so a service split this way ends on one key. Two first keys (since 0: a replica of
+    source = "new" restarted, a partition at the service's start) rank neither way: nothing says which is the
+    service's, and moving every replica to a key made a moment ago would make every client re-attest."""
+    if since == than_since == 0:
+        return False
     return (since, _rank(than_spki)) > (than_since, _rank(key_spki))
 
 

@@ -41,12 +41,15 @@ from ..enclave.attest import MakeEnvelope
 from ..enclave.base import Enclave
 from ..errors import EnclaveIkeError
 from .appraise import Appraiser
+from .errors import Unreachable
 from .keyring import KeyRing, NextKey, fingerprint, newer
 from .obtain import addresses, ask, listing, printable
 
 log = logging.getLogger("enclave_ike.release")
 
 LISTING_TIMEOUT_S = 5.0
+CLOCK_SLACK_S = 300  # a peer's clock may run this far ahead of ours
+REFUSALS_EVERY_S = 600  # a refused release is logged at most this often per peer (a peer may refuse every poll)
 REQUEST_TIMEOUT_S = 10.0
 # A granted switch time further ahead than the longest notice is refused (a clock far off, or a lie).
 MAX_NOTICE_S = config.MAX_NOTICE_S
@@ -68,6 +71,7 @@ class Rotation:
         self._woken = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._said: dict[tuple[str, str], str] = {}  # (peer, what) -> the last warning of that kind about it
+        self._refusals_said: dict[str, float] = {}  # peer -> when a refused release may be logged again
         self._lock = threading.Lock()  # one change of keys at a time: a start, an adoption, a switch
         self._switch_retry_at = 0.0  # after a failed switch: not again before this (wall clock)
 
@@ -101,8 +105,11 @@ class Rotation:
         for target in addresses(self._peers, self._own, {})[0]:
             try:
                 listed = listing(target, LISTING_TIMEOUT_S)
-            except EnclaveIkeError:
+            except Unreachable:
                 continue  # down or cut off: it catches up when it is back (a restart joins with the current key)
+            except EnclaveIkeError as exc:
+                return (f"the replica at {target} answers, but not with the keys it holds ({printable(str(exc))}): "
+                        "a build without rotation would keep the old key; upgrade every replica first")
             if not listed.follows:
                 return (f"the replica at {target} follows no rotation (it has no [release] peers, or its key comes "
                         "from the key broker): it would keep the old key")
@@ -191,6 +198,14 @@ class Rotation:
             elif listed.current != current and not self.keys.holds(listed.current) and \
                     newer(listed.since, listed.current, self.keys.since, current):
                 self._obtain(target, listed.current, None)
+            elif listed.current != current and not self.keys.holds(listed.current) and not newer(
+                    self.keys.since, current, listed.since, listed.current) and not (
+                    offered is not None and self.keys.holds(offered.spki)):
+                self._say_once(target, "split", fingerprint(listed.current),
+                               f"rotation: {target} signs with key {fingerprint(listed.current)}, this replica with "
+                               f"key {fingerprint(current)}, both the service's first keys (a split identity: a "
+                               "replica of source = \"new\" restarted, or a partition at the start): restart the "
+                               "replica whose key is not the service's")
             elif offered is not None and offered.spki == current and offered.switch_at + self.poll_s * 3 \
                     < self._clock():
                 self._say_once(target, "behind", fingerprint(current),
@@ -199,6 +214,7 @@ class Rotation:
                                f"{fingerprint(current)}: restart it")
             else:
                 self._said.pop((target, "behind"), None)
+                self._said.pop((target, "split"), None)
 
     def _wants(self, offered: NextKey) -> bool:
         ours = self.keys.next
@@ -213,13 +229,9 @@ class Rotation:
         ours, our_key = self.keys.since, self.keys.current
 
         def role(switch_at: int | None, since: int) -> str | None:
-            if switch_at is not None:
-                if switch_at > self._clock() + MAX_NOTICE_S:
-                    return f"its switch time {switch_at} is more than {MAX_NOTICE_S} s ahead (a clock far off?)"
-                return None
-            if not newer(since, key, ours, our_key):
-                return "it is not the service's over ours (made current earlier)"
-            return None
+            if listed_switch is None:
+                return self._not_a_catch_up(key, ours, our_key, switch_at, since)
+            return self._not_a_next_key(key, switch_at)
 
         with self._lock:
             if listed_switch is not None and not self._wants(NextKey(key, listed_switch)):
@@ -228,22 +240,46 @@ class Rotation:
                 accepted = ask(self._enclave, self._appraiser, target, self._make_envelope, self._clock,
                                REQUEST_TIMEOUT_S, key=key, role=role)
             except EnclaveIkeError as exc:
-                self._say_once(target, "refused", str(exc),
-                               f"rotation: the key {fingerprint(key)} from {target} refused: {printable(str(exc))}")
+                if self._clock() >= self._refusals_said.get(target, 0.0):
+                    self._refusals_said[target] = self._clock() + REFUSALS_EVERY_S
+                    log.warning("rotation: the key %s from %s refused: %s (said at most every %d s per peer)",
+                                fingerprint(key), target, printable(str(exc)), REFUSALS_EVERY_S)
                 return
             adopted = NextKey(key, accepted.switch_at if accepted.switch_at is not None else accepted.since)
             self.keys.adopt(adopted)
         self._publish()
         if accepted.switch_at is None:
-            log.warning("rotation: this replica missed the switch to key %s (current at %s at %s): obtained it "
-                        "(%s evidence matching %r), switching now", fingerprint(key), target,
-                        _when(adopted.switch_at), accepted.holder.kind.value, accepted.holder.measurement_id)
+            log.warning("rotation: this replica missed the switch to key %s (current at %s since %s): obtained it "
+                        "(%s evidence matching %r), switching %s", fingerprint(key), target,
+                        _when(adopted.switch_at), accepted.holder.kind.value, accepted.holder.measurement_id,
+                        "now" if adopted.switch_at <= self._clock() else "then (that clock runs ahead of ours)")
         else:
             log.info("rotation: obtained the next key %s from %s (%s evidence matching %r); switching to it at %s",
                      fingerprint(key), target, accepted.holder.kind.value, accepted.holder.measurement_id,
                      _when(adopted.switch_at))
-        self._said.pop((target, "refused"), None)
         self._wake()
+
+    def _not_a_catch_up(self, key: bytes, ours: int, our_key: bytes, switch_at: int | None, since: int) -> str | None:
+        """Why a key asked for as a peer's newer current key is not taken, or None: it must come as a current key,
+        made current already (give or take the clocks), and be the service's over ours."""
+        if switch_at is not None:
+            return "asked for a current key, it came as a next key"
+        if since > self._clock() + CLOCK_SLACK_S:
+            return f"it became current at {_when(since)}, ahead of this replica's clock (a clock far off?)"
+        if not newer(since, key, ours, our_key):
+            return "it is not the service's over ours (made current earlier)"
+        return None
+
+    def _not_a_next_key(self, key: bytes, switch_at: int | None) -> str | None:
+        """Why a key asked for as a peer's next key is not taken, or None: it must come as a next key, switching
+        within the longest notice, and win over ours with the switch time it came with (not the one listed)."""
+        if switch_at is None:
+            return "asked for a next key, it came as a current key"
+        if switch_at > self._clock() + MAX_NOTICE_S:
+            return f"its switch time {switch_at} is more than {MAX_NOTICE_S} s ahead (a clock far off?)"
+        if not self._wants(NextKey(key, switch_at)):
+            return "it does not win over this replica's next key (with the switch time it came with)"
+        return None
 
     def _say_once(self, target: str, kind: str, about: str, line: str) -> None:
         """A warning about a peer, once until what it says changes (a peer that keeps saying it is heard once)."""
