@@ -36,10 +36,6 @@ class Custody:
         with self._lock:
             return spki(self._key.public_key())
 
-    def next_spki(self) -> bytes | None:
-        with self._lock:
-            return spki(self._next.public_key()) if self._next is not None else None
-
     def make_next(self) -> bytes:
         """A next key of the current one's kind (made here, once: asked again, the same one)."""
         with self._lock:

@@ -40,6 +40,7 @@ from .appraise import Appraiser
 from .errors import Refused
 from .keyring import KeyRing
 from .messages import KeyGrant, KeyRequest, seal_info
+from .messages import role as granted_role
 
 CHALLENGE_TTL_S = 30.0  # a joiner asks for a challenge and sends its request at once; evidence takes < 1 s
 _ISSUED = struct.Struct(">d")  # when, on the holder's monotonic clock
@@ -85,9 +86,9 @@ class Holder:
         if role is None:
             raise Refused("the key asked for is not one this holder holds (neither its current key nor a "
                           "rotation's next key)")
-        answer = KeyGrant(b"", b"", role.switch_at, role.since)
+        info = seal_info(body, role.spki, granted_role(role.switch_at, role.since))
         try:
-            sealed = self._enclave.seal_identity(verified.ike_key, seal_info(body, role.spki, answer.role), role.spki)
+            sealed = self._enclave.seal_identity(verified.ike_key, info, role.spki)
         except SealError as exc:
             raise Refused(f"cannot seal the key to the joiner's: {exc}") from None
         envelope = self._make_envelope(request.nonce, KEY_GRANT_LABEL, role.spki)

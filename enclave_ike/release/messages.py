@@ -6,7 +6,8 @@
                  "evidence": B64URL,    an evidence envelope: ike-key = the joiner's ephemeral P-256 key, nonce =
                                         the challenge, report data bound under KEY_REQUEST_LABEL
                  "key": HEX}            optional: the key wanted, as SubjectPublicKeyInfo DER (a rotation's next
-                                        key, keyring.py); without it, the holder's current key
+                                        key, or a current key whose switch the asker missed: release/rotation.py);
+                                        without it, the holder's current key
     KeyGrant    {"type": "enclave-ike key grant v1",
                  "evidence": B64URL,    an evidence envelope: ike-key = the service's identity key, nonce = the
                                         joiner's nonce, report data bound under KEY_GRANT_LABEL
@@ -102,10 +103,15 @@ class KeyGrant:
 
     @property
     def role(self) -> bytes:
-        """The role the key is granted in, as bound into the HPKE context: changed on the way, it does not open."""
-        if self.switch_at is not None:
-            return b"next@" + str(self.switch_at).encode("ascii")
-        return b"current" if not self.since else b"current@" + str(self.since).encode("ascii")
+        return role(self.switch_at, self.since)
+
+
+def role(switch_at: int | None, since: int) -> bytes:
+    """The role a key is granted in, as bound into the HPKE context (seal_info): changed on the way, it does not
+    open."""
+    if switch_at is not None:
+        return b"next@" + str(switch_at).encode("ascii")
+    return b"current" if not since else b"current@" + str(since).encode("ascii")
 
 
 def seal_info(request: bytes, identity_spki: bytes, role: bytes = b"current") -> bytes:
