@@ -45,6 +45,7 @@ class AttestationView:
     anchors: str | None = None   # vendor | sim (NOT SECURE)
     measurement_id: str | None = None
     reason: str = ""
+    next_switch_at: int | None = None  # a rotation under way: the resolver's next key is staged, switching then
 
 
 def view(config: Config, now: float) -> AttestationView | None:
@@ -56,4 +57,4 @@ def view(config: Config, now: float) -> AttestationView | None:
     except TrustError as exc:
         return AttestationView(name, MISSING, reason=str(exc))
     return AttestationView(name, pin.result, pin.attested_at, max(0.0, now - pin.attested_at), pin.evidence_kind,
-                           pin.anchors, pin.measurement_id, pin.reason)
+                           pin.anchors, pin.measurement_id, pin.reason, pin.next_switch_at)

@@ -406,7 +406,11 @@ def _attestation(view: pins.AttestationView | None) -> str:
     if view.age_s is None:
         return f"attestation: pin {view.pin} {view.result}"
     sim = " (sim: NOT SECURE)" if view.anchors == "sim" else ""
-    return f"attestation {'ok' if view.result == pins.OK else 'FAILED'} {_age(view.age_s)} ago{sim}"
+    staged = ""
+    if view.next_switch_at is not None and view.attested_at is not None:
+        left = view.next_switch_at - (view.attested_at + view.age_s)  # the switch, from the moment of this view
+        staged = f"; next key staged, the resolver switches {f'in {_age(left)}' if left > 0 else 'now'}"
+    return f"attestation {'ok' if view.result == pins.OK else 'FAILED'} {_age(view.age_s)} ago{sim}{staged}"
 
 
 def _age(seconds: float) -> str:

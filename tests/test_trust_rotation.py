@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -190,3 +191,16 @@ def test_the_listing_of_a_pin_with_a_far_switch_time_does_not_break(cfg: config.
     pin = pinned_during_a_rotation(cfg, spec_file)
     truststore.save(cfg.trust_dir, StoredPin.from_json({**pin.to_json(), "next_switch_at": 2**40 - 1}, "pin"))
     assert "switches to it at Unix time 1099511627775" in trust.format_listing(trust.listing(cfg, time.time()))
+
+
+def test_status_shows_a_staged_rotation(cfg: config.Config, spec_file: str) -> None:
+    from ikectl import pins, status  # noqa: PLC0415
+
+    pin = pinned_during_a_rotation(cfg, spec_file)
+    assert pin.next_switch_at is not None
+    at = 1_800_000_000.0
+    view = pins.AttestationView(pin.name, pin.result, at, 60.0, pin.evidence_kind, pin.anchors, pin.measurement_id,
+                                "", int(at) + 3660)
+    assert status._attestation(view) == ("attestation ok 1 minute, 0 seconds ago (sim: NOT SECURE); next key "
+                                          "staged, the resolver switches in 1 hour, 0 minutes")
+    assert status._attestation(replace(view, age_s=7200.0)).endswith("the resolver switches now")
