@@ -4,6 +4,7 @@
     enclave-ike forward --listen ADDRESS... --enclave SOCKET [--ike-port 500] [--natt-port 4500]
                         [--evidence-port 4501 | --no-evidence] [--metrics-port 9464 | --no-metrics]
     enclave-ike identity [--config FILE] --format libreswan|pem|json
+    enclave-ike rotate [--config FILE] [--wait SECONDS]     (a rotation of the service key: docs/scale-out.md)
     enclave-ike evidence --nonce HEX [--config FILE]
     enclave-ike collateral import DIR | fetch ... | show | fmspc    (collateral_cli.py: Intel's TDX collateral)
     enclave-ike collateral import-vcek FILE... | fetch-vcek ... | snp-id    (vcek_cli.py: AMD's SEV-SNP certificates)
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from ipaddress import ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ikecommon import lean_pyroute2
 
@@ -32,10 +37,14 @@ from . import config as config_module
 from .errors import EnclaveIkeError
 from .relay import socket_path_problem
 
+if TYPE_CHECKING:
+    from .server import PublishedIdentity
+
 # Each command imports what it runs when it runs (the server, the forwarder, the collateral tools): a process pays
 # only for its own command, which matters most where every import is slow (serve's start under TCG).
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ROTATE_WAIT_S = 10.0
 COLLATERAL_HELP = "keep Intel's TDX collateral and AMD's SEV-SNP certificates, which evidence is served with"
 
 
@@ -71,6 +80,12 @@ def build_parser(with_collateral: bool = True) -> argparse.ArgumentParser:
                           help="the running server's config (where it published its identity)")
     identity.add_argument("--format", choices=("libreswan", "pem", "json"), default="libreswan",
                           help="libreswan's raw key (0s...), a PEM public key, or JSON")
+    rotate = commands.add_parser("rotate", help="start a rotation of the service key on the running server (SIGUSR2), "
+                                                "and say when every replica switches")
+    rotate.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
+                        help="the running server's config (where it published its identity)")
+    rotate.add_argument("--wait", type=float, default=ROTATE_WAIT_S, metavar="SECONDS",
+                        help="how long to wait for the server to announce the next key (default %(default)s)")
     evidence = commands.add_parser("evidence", help="print the running server's attestation evidence for a nonce")
     evidence.add_argument("--config", type=Path, default=config_module.DEFAULT_PATH, metavar="FILE",
                           help="the running server's config")
@@ -99,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     None if args.no_metrics else args.metrics_port),
         "evidence": lambda: _evidence(args.config, args.nonce),
         "identity": lambda: _identity(args.config, args.format),
+        "rotate": lambda: _rotate(args.config, args.wait),
         "collateral": lambda: _collateral(args),
     }
     try:
@@ -156,6 +172,19 @@ def _port(text: str) -> int:
 
 
 def _identity(path: Path, output: str) -> int:
+    config, identity = _published(path)
+    if output == "json":
+        sys.stdout.write(identity.to_json())
+        return EXIT_OK
+    value = identity.libreswan if output == "libreswan" else identity.public_key_pem
+    if value is None:
+        raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to pin")
+    print(value.rstrip("\n"))
+    return EXIT_OK
+
+
+def _published(path: Path) -> tuple[config_module.ServeConfig, PublishedIdentity]:
+    """The config, and the identity the running server published (EnclaveIkeError: none, or a dead server's)."""
     config = config_module.load(path)
     publish = config.identity.publish
     try:
@@ -165,19 +194,45 @@ def _identity(path: Path, output: str) -> int:
                               "key is made inside the enclave at start and never stored)") from None
     except OSError as exc:
         raise EnclaveIkeError(f"{publish}: cannot read it ({exc.strerror})") from None
-    from .server import PublishedIdentity  # noqa: PLC0415
+    from .server import PublishedIdentity as Published  # noqa: PLC0415
 
-    identity = PublishedIdentity.from_json(text, str(publish))
+    identity = Published.from_json(text, str(publish))
     if not _alive(identity.pid):
         raise EnclaveIkeError(f"{publish}: stale: the server that published it (pid {identity.pid}) is not running, "
                               "and its key died with it")
-    if output == "json":
-        sys.stdout.write(identity.to_json())
-        return EXIT_OK
-    value = identity.libreswan if output == "libreswan" else identity.public_key_pem
-    if value is None:
-        raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": the server has no key to pin")
-    print(value.rstrip("\n"))
+    return config, identity
+
+
+def _rotate(path: Path, wait: float) -> int:
+    """SIGUSR2 to the running server, then its published identity until it names the next key (docs/scale-out.md,
+    "Rotation"). A refusal is the server's to say, in its log: here only that none was announced in time."""
+    if not 0 < wait <= 600:
+        raise config_module.ConfigError(f"--wait {wait:g}: expected seconds, more than 0 and at most 600")
+    config, identity = _published(path)
+    if identity.public_key_pem is None:
+        raise EnclaveIkeError(f"{config.path}: identity.auth is \"null\": there is no key to rotate")
+    if identity.next_switch_at is None:
+        os.kill(identity.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + wait
+        while identity.next_switch_at is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            identity = _published(path)[1]
+        if identity.next_switch_at is None:
+            raise EnclaveIkeError(f"serve (pid {identity.pid}) announced no next key within {wait:g} s: its log "
+                                  "says why (\"rotation not started: ...\")")
+        said = "rotation started"
+    else:
+        said = "a rotation is already under way"
+    assert identity.next_public_key_pem is not None
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from .release.keyring import fingerprint  # noqa: PLC0415
+
+    der = serialization.load_pem_public_key(identity.next_public_key_pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    when = datetime.datetime.fromtimestamp(identity.next_switch_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"{said} by serve (pid {identity.pid}): next key {fingerprint(der)}; every replica switches to it "
+          f"at {when} (in {max(0, identity.next_switch_at - int(time.time()))} s)")
     return EXIT_OK
 
 

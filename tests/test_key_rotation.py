@@ -9,12 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trust_servers import BackgroundLoop, port_of, running_endpoint, sim_spec
 
+from enclave_ike import cli
 from enclave_ike.config import HostPort
 from enclave_ike.enclave.attest import envelopes
 from enclave_ike.enclave.base import Enclave
@@ -646,3 +652,65 @@ def test_a_peer_that_answers_without_a_listing_stops_a_start(replicas: list[Repl
     lone = Rotation(first.ring, first.enclave, notice_s=600, poll_s=1, peers=[nobody], appraiser=APPRAISER,
                     clock=clock)
     assert lone.start() is not None
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_enclave_ike_rotate_starts_one_on_the_running_server_and_says_when_it_switches(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`enclave-ike rotate` against a real `enclave-ike serve` (sim enclave, loopback): it signals the server, waits
+    for the published identity to name the next key, and prints its fingerprint and switch time; asked again, it
+    says the rotation is under way. Without a server, or with a NULL-auth one: one line, exit 1."""
+    publish = tmp_path / "identity.json"
+    config = tmp_path / "enclave-ike.toml"
+    config.write_text(f'[listen]\naddresses = ["127.0.0.1"]\nike_port = {_free_port(socket.SOCK_DGRAM)}\n'
+                      f'natt_port = {_free_port(socket.SOCK_DGRAM)}\n[identity]\nbackend = "sim"\n'
+                      f'id = "@resolver.example"\npublish = "{publish}"\n[apply]\nmode = "none"\n'
+                      '[evidence]\nenabled = false\n[metrics]\nenabled = false\n[release]\nrotate_notice_s = 3600\n')
+    assert cli.main(["rotate", "--config", str(config)]) == 1
+    assert "no identity published" in capsys.readouterr().err
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "enclave_ike.cli", "serve", "--config", str(config)],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            if "listening on" in log.read_text() or serve.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert "listening on" in log.read_text(), log.read_text()
+        assert cli.main(["rotate", "--config", str(config)]) == 0
+        said = capsys.readouterr().out
+        assert re.fullmatch(rf"rotation started by serve \(pid {serve.pid}\): next key [0-9a-f]{{16}}; every replica "
+                            r"switches to it at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in 3[56]\d\d s\)\n", said), said
+        fingerprint = said.split("next key ")[1][:16]
+        assert f"rotation: next key {fingerprint} made" in log.read_text()
+        assert cli.main(["rotate", "--config", str(config)]) == 0
+        assert capsys.readouterr().out.startswith(f"a rotation is already under way by serve (pid {serve.pid}): "
+                                                  f"next key {fingerprint}")
+        with pytest.raises(SystemExit):
+            cli.main(["rotate", "--config", str(config), "--wait", "soon"])
+        for wait in ("nan", "0", "601"):
+            assert cli.main(["rotate", "--config", str(config), "--wait", wait]) == 2
+            assert f"--wait {wait}: expected seconds" in capsys.readouterr().err
+    finally:
+        serve.terminate()
+        serve.wait(10)
+    assert cli.main(["rotate", "--config", str(config)]) == 1  # it unpublished on its way out
+    assert "no identity published" in capsys.readouterr().err
+
+
+def test_enclave_ike_rotate_refuses_a_null_auth_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from enclave_ike import config as cfg  # noqa: PLC0415
+    from enclave_ike.server import PublishedIdentity  # noqa: PLC0415
+
+    path = tmp_path / "enclave-ike.toml"
+    path.write_text(f'[listen]\naddresses = ["192.0.2.1"]\n[identity]\npublish = "{tmp_path / "identity.json"}"\n')
+    config = cfg.load(path)
+    PublishedIdentity.of(config, None).publish(config.identity.publish)  # as a NULL-auth serve (this pid) would
+    assert cli.main(["rotate", "--config", str(path)]) == 1
+    assert 'identity.auth is "null": there is no key to rotate' in capsys.readouterr().err
