@@ -73,10 +73,10 @@ def enclave() -> SoftwareEnclave:
 class Replica:
     """One replica: its enclave and key ring behind a release endpoint that stays on one port across restarts."""
 
-    def __init__(self, endpoint: ReleaseEndpoint, clock: Clock) -> None:
+    def __init__(self, endpoint: ReleaseEndpoint, clock: Clock, own: SoftwareEnclave) -> None:
         self.endpoint, self.clock = endpoint, clock
-        self.enclave = enclave()
-        self.ring = KeyRing(self.enclave)
+        self.enclave = own
+        self.ring = KeyRing(own)
         self.rotation: Rotation | None = None
 
     @property
@@ -113,18 +113,12 @@ class RotationWalk(RuleBasedStateMachine):
         KEYS.made = 0
         self.clock = Clock()
         self.replicas: list[Replica] = []
-        first = enclave()
-        for number in range(REPLICAS):
-            placeholder = Holder(first, APPRAISER, envelopes(first))
-            endpoint = ReleaseEndpoint(placeholder, [("127.0.0.1", 0)], clock=self.clock)
+        for _ in range(REPLICAS):
+            own = enclave()
+            endpoint = ReleaseEndpoint(Holder(own, APPRAISER, envelopes(own)), [("127.0.0.1", 0)], clock=self.clock)
             self.loop.run(endpoint.start())
-            replica = Replica(endpoint, self.clock)
-            if number:
-                replica.enclave, replica.ring = enclave(), None  # type: ignore[assignment]
-            self.replicas.append(replica)
-        self.replicas[0].enclave = first
-        self.replicas[0].ring = KeyRing(first)
-        for replica in self.replicas[1:]:
+            self.replicas.append(Replica(endpoint, self.clock, own))
+        for replica in self.replicas[1:]:  # the second and third join the first: one service key
             replica.restart_from(self.replicas[0])
         for replica in self.replicas:
             replica.serve([r.address for r in self.replicas if r is not replica])
