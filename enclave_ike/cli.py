@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import logging
 import os
 import signal
@@ -226,13 +225,14 @@ def _rotate(path: Path, wait: float) -> int:
     assert identity.next_public_key_pem is not None
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
+    from ikecommon.unixtime import utc  # noqa: PLC0415
+
     from .release.keyring import fingerprint  # noqa: PLC0415
 
     der = serialization.load_pem_public_key(identity.next_public_key_pem.encode()).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    when = datetime.datetime.fromtimestamp(identity.next_switch_at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"{said} by serve (pid {identity.pid}): next key {fingerprint(der)}; every replica switches to it "
-          f"at {when} (in {max(0, identity.next_switch_at - int(time.time()))} s)")
+          f"at {utc(identity.next_switch_at)} (in {max(0, identity.next_switch_at - int(time.time()))} s)")
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from ikecommon.attestation.spec import MeasurementSpec, SpecFormatError
 from ikecommon.attestation.tdx import TdxPolicy
 from ikecommon.attestation.verify import TrustAnchors, verify_envelope
 from ikecommon.evidence_client import EndpointError, fetch_evidence, fetch_served_identity
+from ikecommon.unixtime import utc
 
 from . import daemon, feed, pins, session, truststore
 from .anchors import snp_policy, tdx_policy, trust_anchors
@@ -468,16 +469,9 @@ def format_listing(rows: list[dict[str, Any]]) -> str:
                      f"{row['evidence_kind']} {row['measurement_id'] or '-'}{sim}"
                      + (f"\n    {row['reason']}" if row["result"] != OK else ""))
         if row.get("next_switch_at") is not None:
-            switch = _when(row["next_switch_at"])
+            switch = utc(row["next_switch_at"])
             lines.append(f"    rotation: next key staged, the resolver switches to it at {switch}")
     return "\n".join(lines)
-
-
-def _when(unix: int) -> str:
-    try:
-        return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return f"Unix time {unix}"
 
 
 def ago(seconds: float) -> str:

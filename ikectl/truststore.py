@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ikecommon import evidence_client, keys
+from ikecommon.unixtime import is_unix_time
 
 from .errors import IkectlError, UsageError
 
@@ -110,8 +111,7 @@ class StoredPin:
                 raise ValueError(f"result {result!r}")
             serial = data["feed_serial"]
             staged, switch_at = data.get("next_key"), data.get("next_switch_at")
-            if (staged is None) != (switch_at is None) or (switch_at is not None and (
-                    type(switch_at) is not int or not 0 < switch_at < 2**40)):
+            if (staged is None) != (switch_at is None) or (switch_at is not None and not is_unix_time(switch_at)):
                 raise ValueError("next_key and next_switch_at: both or neither")
             return cls(name=check_name(str(data["name"]), source), address=ip_address(str(data["address"])),
                        port=_port(data["port"]), id=str(data["id"]),

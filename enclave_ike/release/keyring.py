@@ -15,12 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ikecommon.unixtime import is_unix_time
+
 from ..enclave.base import Enclave
 from ..enclave.sealing import spki
 from .errors import MessageError, ReleaseError
 
 MAX_LISTING = 8192
-MAX_TIME = 2**40  # Unix seconds, past any real date
 
 
 def fingerprint(key_spki: bytes) -> str:
@@ -92,19 +93,15 @@ class Listing:
                 raise ValueError("expected an object with current, since, follows and maybe next")
             nxt = members.get("next")
             if nxt is not None and (not isinstance(nxt, dict) or set(nxt) != {"key", "switch_at"}
-                                    or not _time(nxt["switch_at"]) or not isinstance(nxt["key"], str)):
+                                    or not is_unix_time(nxt["switch_at"]) or not isinstance(nxt["key"], str)):
                 raise ValueError("next: expected {key, switch_at}")
             current, since, follows = members["current"], members.get("since", 0), members.get("follows", True)
-            if not isinstance(current, str) or not (since == 0 or _time(since)) or not isinstance(follows, bool):
+            if not isinstance(current, str) or not (since == 0 or is_unix_time(since)) or not isinstance(follows, bool):
                 raise ValueError("current: expected hex; since: a Unix time or 0; follows: a boolean")
             return cls(bytes.fromhex(current),
                        None if nxt is None else NextKey(bytes.fromhex(nxt["key"]), nxt["switch_at"]), since, follows)
         except (strictjson.JsonError, ValueError, KeyError) as exc:
             raise MessageError("listing", str(exc)[:200]) from None
-
-
-def _time(value: object) -> bool:
-    return type(value) is int and 0 < value < MAX_TIME
 
 
 class KeyRing:

@@ -34,6 +34,7 @@ from typing import Any
 from ikecommon import strictjson
 from ikecommon.attestation.binding import KEY_GRANT_LABEL, NONCE_MAX, NONCE_MIN
 from ikecommon.attestation.envelope import MAX_ENVELOPE
+from ikecommon.unixtime import is_unix_time
 
 from ..enclave.sealing import MAX_SEALED
 from .errors import MessageError
@@ -43,7 +44,6 @@ GRANT_TYPE = "enclave-ike key grant v1"
 MAX_MESSAGE = MAX_ENVELOPE * 4 // 3 + MAX_SEALED * 4 // 3 + 1024
 _HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{{NONCE_MIN},{NONCE_MAX}}}")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-MAX_TIME = 2**40  # Unix seconds, past any real date
 MAX_KEY = 2048  # an RSA-4096 SubjectPublicKeyInfo is 550 bytes
 _KEY_HEX = re.compile(rf"(?:[0-9a-f]{{2}}){{1,{MAX_KEY}}}")
 
@@ -94,7 +94,7 @@ class KeyGrant:
         members = _members(data, "grant", GRANT_TYPE, ("evidence", "sealed"), ("switch_at", "since"))
         for name in ("switch_at", "since"):
             value = members.get(name)
-            if name in members and (type(value) is not int or not 0 < value < MAX_TIME):
+            if name in members and not is_unix_time(value):
                 raise MessageError(f"grant.{name}", "expected a Unix time in whole seconds")
         if "switch_at" in members and "since" in members:
             raise MessageError("grant", "a key is either next (switch_at) or current (since), not both")

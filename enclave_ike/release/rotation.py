@@ -33,7 +33,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime
+
+from ikecommon.unixtime import utc
 
 from .. import config
 from ..config import HostPort
@@ -89,10 +90,10 @@ class Rotation:
             self._publish()
             log.info("rotation: next key %s made; every replica signs with it from %s (in %d s); until then "
                      "evidence is served for both keys (clients that re-attest stage it)", fingerprint(key.spki),
-                     _when(key.switch_at), key.switch_at - int(self._clock()))
+                     utc(key.switch_at), key.switch_at - int(self._clock()))
         else:
             log.info("rotation: one is already under way: next key %s, switching at %s", fingerprint(key.spki),
-                     _when(key.switch_at))
+                     utc(key.switch_at))
         self._wake()
         return key
 
@@ -251,12 +252,12 @@ class Rotation:
         if accepted.switch_at is None:
             log.warning("rotation: this replica missed the switch to key %s (current at %s since %s): obtained it "
                         "(%s evidence matching %r), switching %s", fingerprint(key), target,
-                        _when(adopted.switch_at), accepted.holder.kind.value, accepted.holder.measurement_id,
+                        utc(adopted.switch_at), accepted.holder.kind.value, accepted.holder.measurement_id,
                         "now" if adopted.switch_at <= self._clock() else "then (that clock runs ahead of ours)")
         else:
             log.info("rotation: obtained the next key %s from %s (%s evidence matching %r); switching to it at %s",
                      fingerprint(key), target, accepted.holder.kind.value, accepted.holder.measurement_id,
-                     _when(adopted.switch_at))
+                     utc(adopted.switch_at))
         self._wake()
 
     def _not_a_catch_up(self, key: bytes, ours: int, our_key: bytes, switch_at: int | None, since: int) -> str | None:
@@ -265,7 +266,7 @@ class Rotation:
         if switch_at is not None:
             return "asked for a current key, it came as a next key"
         if since > self._clock() + CLOCK_SLACK_S:
-            return f"it became current at {_when(since)}, ahead of this replica's clock (a clock far off?)"
+            return f"it became current at {utc(since)}, ahead of this replica's clock (a clock far off?)"
         if not newer(since, key, ours, our_key):
             return "it is not the service's over ours (made current earlier)"
         return None
@@ -287,9 +288,3 @@ class Rotation:
             log.warning("%s", line)
         self._said[(target, kind)] = about
 
-
-def _when(unix: int) -> str:
-    try:
-        return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return f"Unix time {unix}"
