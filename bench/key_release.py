@@ -51,6 +51,23 @@ def timed(work: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def interleaved(work: dict[str, Callable[[], object]], runs: int,
+                before: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
+    """Each item's times in ms: three warm-up calls (imports, first connections), then `runs` rounds of every item
+    in turn, so a busy moment hits every item alike. `before[name]` runs untimed before each call of that item."""
+    before = before or {}
+    for name, item in work.items():
+        for _ in range(3):
+            before.get(name, lambda: None)()
+            item()
+    times: dict[str, list[float]] = {name: [] for name in work}
+    for _ in range(runs):
+        for name, item in work.items():
+            before.get(name, lambda: None)()
+            times[name].append(timed(item))
+    return times
+
+
 def summary(name: str, times: list[float], baseline: float) -> str:
     times = sorted(times)
     median, p95 = statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)]
@@ -88,13 +105,7 @@ def main() -> None:
         work = {"baseline: one verify_envelope": lambda: verify_envelope(envelope, nonce, SPEC,
                                                                          TrustAnchors.simulated(), at),
                 "join, in memory": join_in_memory, "join, over TCP (endpoint, obtain)": join_over_tcp}
-        for item in work.values():  # warm up: imports, first connections
-            for _ in range(3):
-                item()
-        times: dict[str, list[float]] = {name: [] for name in work}
-        for _ in range(args.runs):  # interleaved, so a busy moment hits every item alike
-            for name, item in work.items():
-                times[name].append(timed(item))
+        times = interleaved(work, args.runs)
         asyncio.run_coroutine_threadsafe(endpoint.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
     baseline = statistics.median(times["baseline: one verify_envelope"])

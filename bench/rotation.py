@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
 
-from bench.key_release import APPRAISER, SPEC, summary, timed
+from bench.key_release import APPRAISER, SPEC, interleaved, summary
 from enclave_ike.config import HostPort
 from enclave_ike.enclave.attest import attest, envelopes
 from enclave_ike.enclave.sim import SimEnclave
@@ -114,15 +114,7 @@ def main() -> None:
             "client: trust verify, next staged": client["verify"],
             "client: move to the staged key": client["promote"]}
         before = {"client: move to the staged key": client["stage again"]}  # untimed
-        for name, item in work.items():  # warm up
-            for _ in range(3):
-                before.get(name, lambda: None)()
-                item()
-        times: dict[str, list[float]] = {name: [] for name in work}
-        for _ in range(args.runs):  # interleaved, so a busy moment hits every item alike
-            for name, item in work.items():
-                before.get(name, lambda: None)()
-                times[name].append(timed(item))
+        times = interleaved(work, args.runs, before)
     baseline = statistics.median(times["baseline: one verify_envelope"])
     print(f"{args.runs} runs, sim enclaves (replicas), software enclave (client's resolver), cpus {os.cpu_count()}")
     for name, values in times.items():
