@@ -185,12 +185,16 @@ def _identity(path: Path, output: str) -> int:
 def _published(path: Path) -> tuple[config_module.ServeConfig, PublishedIdentity]:
     """The config, and the identity the running server published (EnclaveIkeError: none, or a dead server's)."""
     config = config_module.load(path)
+    return config, _identity_of(config)
+
+
+def _identity_of(config: config_module.ServeConfig) -> PublishedIdentity:
     publish = config.identity.publish
     try:
         text = publish.read_text()
     except FileNotFoundError:
-        raise EnclaveIkeError(f"{publish}: no identity published; start `enclave-ike serve --config {path}` (the "
-                              "key is made inside the enclave at start and never stored)") from None
+        raise EnclaveIkeError(f"{publish}: no identity published; start `enclave-ike serve --config {config.path}` "
+                              "(the key is made inside the enclave at start and never stored)") from None
     except OSError as exc:
         raise EnclaveIkeError(f"{publish}: cannot read it ({exc.strerror})") from None
     from .server import PublishedIdentity as Published  # noqa: PLC0415
@@ -199,7 +203,7 @@ def _published(path: Path) -> tuple[config_module.ServeConfig, PublishedIdentity
     if not _alive(identity.pid):
         raise EnclaveIkeError(f"{publish}: stale: the server that published it (pid {identity.pid}) is not running, "
                               "and its key died with it")
-    return config, identity
+    return identity
 
 
 def _rotate(path: Path, wait: float) -> int:
@@ -215,7 +219,7 @@ def _rotate(path: Path, wait: float) -> int:
         deadline = time.monotonic() + wait
         while identity.next_switch_at is None and time.monotonic() < deadline:
             time.sleep(0.1)
-            identity = _published(path)[1]
+            identity = _identity_of(config)  # the config as read once: only the published file changes
         if identity.next_switch_at is None:
             raise EnclaveIkeError(f"serve (pid {identity.pid}) announced no next key within {wait:g} s: its log "
                                   "says why (\"rotation not started: ...\")")
