@@ -86,7 +86,7 @@ def client_side(stack: ExitStack, loop: BackgroundLoop, scratch: Path) -> dict[s
     spec_file = scratch / "spec.json"
     spec_file.write_bytes(SIM_SPEC.encode())
     cfg = config.Config(run_dir=scratch / "run", trust_dir=scratch / "trust")
-    pin = trust.add(cfg, "home", ip_address("127.0.0.1"), str(spec_file), time.time(),
+    pin = trust.add(cfg, "home", (ip_address("127.0.0.1"),), str(spec_file), time.time(),
                     port=evidence.bound[0][1], anchors=trust.Anchors.SIM)
     assert pin.next_key is not None  # staged at add: the rotation is under way
     return {"verify": lambda: trust.verify(cfg, "home", time.time()),

@@ -6,7 +6,8 @@ Errors are one line on stderr naming the bad input; success is quiet (-v says wh
     ikectl nm-dispatch IFACE ACTION | install-nm-hook [--uninstall] [--root DIR]
     ikectl portal allow --minutes N | close | show
     ikectl ipsec ARGS...      libreswan's `ipsec` aimed at ikectl's pluto (ARGS unchanged; ikectl's options go before)
-    ikectl trust add NAME --resolver ADDR --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim] [--id ID]
+    ikectl trust add NAME --resolver ADDR [--resolver ADDR...] --spec FILE|INLINE|URL [--port P] [--anchors vendor|sim]
+                     [--id ID]
                  | list [--json] | verify NAME | remove NAME
                  | check FILE [--spec FILE|INLINE] [--collateral DIR] [--certs DIR] [--at TIME] [--strict] [--json]
 
@@ -371,7 +372,9 @@ def _add_trust_commands(commands: _Commands) -> None:
                                                 required=True))
     add = trust_commands.add("add", help="fetch evidence for a fresh nonce, verify it, pin the key and ID")
     add.add_argument("name", metavar="NAME", help="the pin's name ([trusted] attested = \"NAME\")")
-    add.add_argument("--resolver", required=True, metavar="ADDR", help="the resolver's address (IKE and DNS)")
+    add.add_argument("--resolver", required=True, action="append", metavar="ADDR",
+                     help="the resolver's address (IKE and DNS); repeat it for a service at several addresses, "
+                          "each attested to one key and ID")
     add.add_argument("--spec", required=True, metavar="FILE|INLINE|URL",
                      help="the measurements to accept: a JSON file, gzip+base64url inline, or an https governance "
                           "feed signed by [trust] release_key")
@@ -419,12 +422,12 @@ def cmd_trust(args: argparse.Namespace) -> int:
     elif args.trust_command == "add":
         if not 1 <= args.port <= 0xFFFF:
             raise UsageError(f"--port {args.port}: expected a TCP port, 1 to 65535")
-        pin = trust.add(cfg, args.name, address(args.resolver, f"--resolver {args.resolver}"), args.spec, now,
+        pin = trust.add(cfg, args.name, tuple(address(a, f"--resolver {a}") for a in args.resolver), args.spec, now,
                         port=args.port, anchors=Anchors(args.anchors),
                         expected_id=resolver_id(args.id, "--id") if args.id else None,
                         warn=_trust_warning)
-        print(f"pinned {pin.name}: {pin.address} {pin.id} {pin.key.kind} key {pin.key.libreswan[:24]}... "
-              f"({pin.evidence_kind} measurement {pin.measurement_id})")
+        print(f"pinned {pin.name}: {','.join(map(str, pin.addresses))} {pin.id} {pin.key.kind} key "
+              f"{pin.key.libreswan[:24]}... ({pin.evidence_kind} measurement {pin.measurement_id})")
     elif args.trust_command == "verify":
         outcome = trust.verify(cfg, args.name, now, say=say)
         for note in outcome.notes:

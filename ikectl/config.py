@@ -150,10 +150,18 @@ def listed_resolver(value: object, where: str) -> Address:
 
 @dataclass(frozen=True)
 class TrustedResolver:
+    """One resolver service: its ID and key, at `address` and, when it answers at several (anycast, a second
+    family, a load balancer's other address), at each of `also` too."""
+
     address: Address
     id: str
     key: keys.PinnedKey
     attested: str | None = None  # the trust-store pin this came from, if any
+    also: tuple[Address, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return (self.address, *self.also)
 
 
 @dataclass(frozen=True)
@@ -438,7 +446,7 @@ def _trusted_or_attested(table: Mapping[str, Any], source: str,
         pin = truststore.load(trust_dir, name)
     except truststore.TrustError:
         return None, name
-    return TrustedResolver(pin.address, pin.id, pin.key, attested=name), name
+    return TrustedResolver(pin.address, pin.id, pin.key, attested=name, also=pin.also), name
 
 
 def _trust(data: Mapping[str, Any], source: str) -> tuple[Path, TrustSettings]:
@@ -520,8 +528,21 @@ def _trusted(table: Mapping[str, Any], source: str, name: str = "[trusted]") -> 
             key = keys.load(Path(str(table["pubkey_file"])), kind)
     except keys.PinError as exc:
         raise ConfigError(str(exc)) from None
-    return TrustedResolver(address=address(table["address"], f"{where}: address"),
-                           id=resolver_id(str(table["id"]), f"{where}: id"), key=key)
+    first, *also = addresses(table["address"], f"{where}: address")
+    return TrustedResolver(address=first, id=resolver_id(str(table["id"]), f"{where}: id"), key=key,
+                           also=tuple(also))
+
+
+def addresses(value: object, where: str) -> tuple[Address, ...]:
+    """One resolver's address, or its several as a list: each one once."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ConfigError(f"{where}: an empty list: give the resolver's address")
+    found = tuple(address(item, f"{where}[{i}]" if isinstance(value, list) else where) for i, item in enumerate(items))
+    repeated = [a for i, a in enumerate(found) if a in found[:i]]
+    if repeated:
+        raise ConfigError(f"{where}: {repeated[0]} is listed twice")
+    return found
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

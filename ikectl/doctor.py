@@ -137,7 +137,7 @@ def _system_pluto(config: Config) -> Check:
         return Check(name, True, "no pluto but ikectl's in this network namespace")
     shown = "; ".join(o.describe() for o in others)
     resolvers = (set(record.resolvers) if record is not None
-                 else {*config.resolvers, *([config.trusted.address] if config.trusted is not None else [])})
+                 else {*config.resolvers, *(config.trusted.addresses if config.trusted is not None else ())})
     with xfrm.XfrmClient() as client:
         found = system_pluto.conflicts(client.policies(), sorted(resolvers, key=str))
     if found:

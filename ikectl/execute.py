@@ -22,7 +22,6 @@ from .config import DEFAULT_LOG_DIR, Address, Mode
 from .errors import IkectlError
 from .plan import (
     OE_CONNS,
-    TRUSTED_CONNS,
     DeletePolicies,
     EnsureSupervisor,
     Forget,
@@ -295,13 +294,13 @@ def _load_conns(step: LoadConns, ex: Execution) -> None:
         # pluto looks at its interfaces only when told: the network may have changed under it. A rescan while a
         # switch had taken the address away shut its socket there; without another the conns cannot load.
         whack.listen()
-    names = (TRUSTED_CONNS if profile.trusted else ()) + tuple(g.conn for g in groups)
-    for name in names:
+    trusted = render.trusted_conns(len(profile.trusted.addresses)) if profile.trusted else ()
+    for name in trusted + tuple(g.conn for g in groups):
         if step.replacing:
             with contextlib.suppress(IkectlError):
                 whack.delete(name)
         whack.add(name)
-        if name in TRUSTED_CONNS:
+        if name in trusted:
             whack.route(name)
     if groups:
         opportunistic.route_groups(whack, profile.opportunistic)
@@ -348,7 +347,7 @@ def _wait_for_traps(ex: Execution, whack: Whack, resolvers: tuple[Address, ...])
 
 def _reload_conns(step: ReloadConns, ex: Execution) -> None:
     whack = ex.whack
-    if any(name in TRUSTED_CONNS for name in step.names):
+    if any(render.is_trusted_conn(name) for name in step.names):
         # The trusted conn's %defaultroute is looked up when it is added, and pluto routes it only from an address
         # it listens on: if the host's address changed since `up` (no hook told ikectl yet), pluto knows none, the
         # route fails and DNS stays blocked (a random walk found it: move the address, then flush XFRM).
@@ -362,7 +361,7 @@ def _reload_conns(step: ReloadConns, ex: Execution) -> None:
         except IkectlError as exc:
             ex.say(f"cannot load {name} again: {exc}")
             continue
-        if name in TRUSTED_CONNS:
+        if render.is_trusted_conn(name):
             with contextlib.suppress(IkectlError):  # a resolver that does not answer stays blocked
                 whack.route(name)
                 whack.initiate(name)
@@ -381,9 +380,9 @@ def _negotiate(step: Negotiate, ex: Execution) -> None:
     assert ex.intent is not None
     profile, whack = ex.intent.profile, ex.whack
     if profile.trusted is not None:
-        ex.say(f"negotiating with {profile.trusted.address}")
+        ex.say(f"negotiating with {', '.join(map(str, profile.trusted.addresses))}")
         busy = _conns_with_states(whack)
-        for name in TRUSTED_CONNS:
+        for name in render.trusted_conns(len(profile.trusted.addresses)):
             # A query that met the conn's trap may have started its negotiation already: another initiate would
             # add a second Child SA for the same traffic (seen in the VM: one on demand, one from here).
             if name not in busy:

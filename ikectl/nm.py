@@ -241,18 +241,18 @@ def policy_for(config: Config, network: NetworkKey) -> tuple[Mode, str | None, s
     return config.default_mode, config.default_pin, "unknown network, default_mode"
 
 
-def _pin_address(config: Config, pin: str | None) -> Address:
+def _pin_addresses(config: Config, pin: str | None) -> tuple[Address, ...]:
     resolver: TrustedResolver | None = config.pin(pin) if pin is not None else config.trusted
     if resolver is None:  # config.from_mapping refuses such configs; a hand-built Config may not
         raise UsageError("trusted mode without a pin: give pin = \"NAME\" or a [trusted] table")
-    return resolver.address
+    return resolver.addresses
 
 
 def _target(config: Config, mode: Mode, pin: str | None, found: tuple[Address, ...]) -> Target | None:
     found = config.resolvers or found
     if mode == Mode.TRUSTED:
         # The pinned resolver first; the others found stay listed (status shows them blocked).
-        return Target(mode, pin, resolvers.merge((_pin_address(config, pin),), found))
+        return Target(mode, pin, resolvers.merge(_pin_addresses(config, pin), found))
     return Target(mode, None, found) if found else None
 
 
@@ -534,7 +534,7 @@ def _apply_target(target: Target, config: Config, say: Callable[[str], None]) ->
     # closed: a trusted network's DNS stays blocked, never clear. Trusted protection comes first, before the
     # planner and the executor are even imported: they are most of the time to it (docs/performance.md).
     if wanted.mode == Mode.TRUSTED and wanted.trusted is not None:
-        protect.first(wanted.trusted.address, wanted.run_dir, read_here(), StateStore.here())
+        protect.first(wanted.trusted.addresses, wanted.run_dir, read_here(), StateStore.here())
     from . import session  # noqa: PLC0415 - see above
 
     session.up(wanted, say, protected=wanted.mode == Mode.TRUSTED)

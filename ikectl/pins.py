@@ -29,7 +29,7 @@ def require_usable(config: Config) -> None:
         raise TrustError(f"pin {name!r} failed attestation: {pin.reason}; trusted mode keeps DNS blocked until "
                          f"`ikectl trust verify {name}` succeeds")
     trusted = config.trusted
-    if trusted is None or (trusted.address, trusted.id, trusted.key) != (pin.address, pin.id, pin.key):
+    if trusted is None or (trusted.addresses, trusted.id, trusted.key) != (pin.addresses, pin.id, pin.key):
         raise TrustError(f"pin {name!r} changed after the config was read; run the command again")
 
 

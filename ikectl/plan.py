@@ -22,10 +22,9 @@ from . import policies
 from .config import Address, Mode
 from .observe import Protection
 from .protect import doomed, kept, managed
-from .render import Profile
+from .render import Profile, trusted_conns, trusted_pair
 from .state import Baseline, RunState
 
-TRUSTED_CONNS = ("ikectl-trusted-udp", "ikectl-trusted-tcp")
 OE_CONNS = {4: "private-or-clear", 6: "private-or-clear6"}  # one opportunistic group per address family
 # Coffee-shop: an ACQUIRE that pluto leaves unanswered holds its flow for this long, not the kernel's 30 s. pluto
 # answers none while it holds a shunt for the pair, and its clear fallback can go from under a larval state (a
@@ -66,8 +65,9 @@ class Intent:
     unprotected: Mapping[str, str] = field(default_factory=dict)  # coffee-shop: left in clear, and why
 
     @property
-    def pinned(self) -> Address | None:
-        return self.profile.trusted.address if self.profile.trusted else None
+    def pinned(self) -> tuple[Address, ...]:
+        """Trusted mode: the pinned resolver's addresses (none in coffee-shop mode)."""
+        return self.profile.trusted.addresses if self.profile.trusted else ()
 
 
 # --- the steps ----------------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def _pluto_running_after(facts: Facts) -> bool:
 
 
 def _up_trusted(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:
-    assert intent.pinned is not None
+    assert intent.pinned
     everyone = managed(intent.resolvers, record)
     keep = kept(intent.pinned, intent.run_dir, record)
     found = doomed(facts.policies, everyone, keep)
@@ -267,8 +267,8 @@ def _up_coffee_shop(intent: Intent, facts: Facts, record: RunState | None) -> tu
     loaded = loaded_mode(record, facts) if running else None
     if not running:
         steps.append(StartPluto())
-    elif loaded == Mode.TRUSTED:
-        steps.append(UnloadConns(TRUSTED_CONNS, Mode.TRUSTED))
+    elif loaded == Mode.TRUSTED and record is not None:
+        steps.append(UnloadConns(trusted_conns(len(record.trusted)), Mode.TRUSTED))
     if gone:  # resolvers the network no longer offers: nothing of pluto's for them may stay
         steps.append(RemoveLeftovers(frozenset(gone)))
     steps.append(LoadConns(replacing=loaded == Mode.COFFEE_SHOP, rescan=running))
@@ -319,9 +319,10 @@ def unrouted(record: RunState, facts: Facts) -> tuple[str, ...]:
     if not _pluto_running_after(facts):
         return ()
     if record.mode == Mode.TRUSTED:
-        if record.blocked is not None or record.trusted is None:
+        if record.blocked is not None:
             return ()
-        return () if _whole(facts, record.trusted) else TRUSTED_CONNS
+        return tuple(name for position, address in enumerate(record.trusted) if not _whole(facts, address)
+                     for name in trusted_pair(position))
     # A member pluto dropped itself (liveness) is the upkeep's, which routes it again after retry_after_s.
     members = [a for a in admitted(record) if str(a) not in record.upkeep.lost_at]
     bare = [a for a in members if not _whole(facts, a)]
@@ -339,8 +340,7 @@ def repair(record: RunState, facts: Facts, backstop_wanted: bool, route: tuple[s
         steps.append(RemoveBackstop())  # coffee-shop mode must not block what its clear fallback lets out
     if record.mode == Mode.TRUSTED:
         # The pinned resolver's traps and SAs stay, blocked or not: only a clear pass to it would leak.
-        keep = frozenset({record.trusted}) if record.trusted is not None else frozenset()
-        stray = doomed(facts.policies, managed(record.resolvers, record), keep)
+        stray = doomed(facts.policies, managed(record.resolvers, record), frozenset(record.trusted))
         if stray:
             steps.append(DeletePolicies(tuple(stray), "DNS to resolvers trusted mode does not use"))
     if route:

@@ -25,11 +25,12 @@ def managed(resolvers: Iterable[Address], record: RunState | None) -> frozenset[
     return frozenset(resolvers) | earlier
 
 
-def kept(pinned: Address, run_dir: Path, record: RunState | None) -> frozenset[Address]:
-    """The pinned resolver's own policies stay when trusted mode already holds it: they are the trusted conns'."""
+def kept(pinned: tuple[Address, ...], run_dir: Path, record: RunState | None) -> frozenset[Address]:
+    """The pinned resolver's own policies (at each of its addresses) stay when trusted mode already holds it: they
+    are the trusted conns'."""
     same = (record is not None and record.run_dir == run_dir and record.mode.value == "trusted"
             and record.trusted == pinned and record.blocked is None)
-    return frozenset({pinned}) if same else frozenset()
+    return frozenset(pinned) if same else frozenset()
 
 
 def doomed(table: Iterable[xfrm.Policy], everyone: frozenset[Address], keep: frozenset[Address]) -> list[xfrm.Policy]:
@@ -73,7 +74,7 @@ def done(store: StateStore, *, whoever: bool = False) -> None:
         marker(store).unlink(missing_ok=True)
 
 
-def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateStore) -> None:
+def first(pinned: tuple[Address, ...], run_dir: Path, record: RunState | None, store: StateStore) -> None:
     """Both backstops, then the doomed policies out. The nftables table goes first: alone it drops every port-53
     packet that leaves without IPsec, whatever the XFRM tables hold, and it needs no pyroute2, whose import is
     most of the NetworkManager hook's time to protection (docs/performance.md). The doomed policies are looked up
@@ -88,7 +89,7 @@ def first(pinned: Address, run_dir: Path, record: RunState | None, store: StateS
         except nft.NftError as exc:  # the XFRM backstop goes in all the same; then the refusal is raised
             refused = exc
     with xfrm.XfrmClient() as client:
-        found = doomed(client.policies(), managed((pinned,), record), kept(pinned, run_dir, record))
+        found = doomed(client.policies(), managed(pinned, record), kept(pinned, run_dir, record))
         for policy in backstop.policies():
             client.update_policy(policy)
         for policy in found:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +31,22 @@ ADDCONN = Path("/usr/libexec/ipsec/addconn")
 # coffee-shop has one per family. The other names are libreswan's own groups, written empty.
 OE_GROUPS = {4: "private-or-clear", 6: "private-or-clear6"}
 POLICY_GROUPS = (*OE_GROUPS.values(), "private", "clear-or-private", "clear", "block")
+
+
+def trusted_pair(position: int) -> tuple[str, str]:
+    """The trusted conns (udp/53, tcp/53) to the pinned resolver's address at `position` in its pin. The first
+    address's keep the names they had before a pin could have several."""
+    stem = "ikectl-trusted" if position == 0 else f"ikectl-trusted-{position + 1}"
+    return f"{stem}-udp", f"{stem}-tcp"
+
+
+def trusted_conns(count: int) -> tuple[str, ...]:
+    """Every trusted conn of a pin with `count` addresses."""
+    return tuple(name for position in range(count) for name in trusted_pair(position))
+
+
+def is_trusted_conn(name: str) -> bool:
+    return re.fullmatch(r"ikectl-trusted(-[0-9]+)?-(udp|tcp)", name) is not None
 
 
 class RenderError(IkectlError):
@@ -117,8 +134,10 @@ def render_tree(profile: Profile) -> dict[str, str]:
     groups = profile.groups()
     try:
         files = {
-            "ipsec.conf": env.get_template("ipsec.conf.j2").render(profile=profile, trusted=profile.trusted,
-                                                                   groups=groups, version=__version__),
+            "ipsec.conf": env.get_template("ipsec.conf.j2").render(
+                profile=profile, trusted=profile.trusted, groups=groups, version=__version__,
+                pairs=[(address, trusted_pair(position))
+                       for position, address in enumerate(profile.trusted.addresses if profile.trusted else ())]),
             "ipsec.secrets": "",
         }
         files |= {f"ipsec.d/policies/{name}": "" for name in POLICY_GROUPS}

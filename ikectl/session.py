@@ -33,7 +33,6 @@ from .observe import process, protection
 from .state import Baseline, Blocked, RunState, StateStore, Unreadable
 
 Say = Callable[[str], None]
-TRUSTED_CONNS = plan.TRUSTED_CONNS
 ESP_CACHE = "esp.json"
 LOCK_WAIT_S = 60.0  # another `up` under TCG takes up to half a minute; a stuck holder is named, never waited on
 
@@ -122,8 +121,8 @@ def intent(config: Config, record: RunState | None, esp: str | None, now: float)
     if config.mode == Mode.TRUSTED:
         if config.trusted is None:
             raise UpError("trusted mode without a trusted resolver")  # config.load refuses it; a bug guard
-        pinned = config.trusted.address
-        listed = (pinned, *(a for a in found if a != pinned))  # the others stay listed, as blocked
+        pinned = config.trusted.addresses
+        listed = (*pinned, *(a for a in found if a not in pinned))  # the others stay listed, as blocked
         if esp is not None:
             raise Blocking(f"this kernel cannot install ESP SAs ({esp}): trusted mode blocks all DNS")
         return plan.Intent(Mode.TRUSTED, config.run_dir, listed, render.Profile.from_config(config, ()))
@@ -196,7 +195,7 @@ def up(config: Config, say: Say = _quiet, config_path: Path | None = None, *, pr
 def _protect_first(config: Config, store: StateStore) -> None:
     found = store.read()
     assert config.trusted is not None
-    protect.first(config.trusted.address, config.run_dir, found if isinstance(found, RunState) else None, store)
+    protect.first(config.trusted.addresses, config.run_dir, found if isinstance(found, RunState) else None, store)
 
 
 def _up(config: Config, store: StateStore, record: RunState | None, say: Say, config_path: Path | None,
@@ -253,15 +252,15 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
             with contextlib.suppress(IkectlError):
                 whack.delete(name)
     assert config.trusted is not None
-    pinned = config.trusted.address
-    everyone = protect.managed((pinned,), record)
+    pinned = config.trusted.addresses
+    everyone = protect.managed(pinned, record)
     with xfrm.XfrmClient() as client:
         table = client.policies()
-    execute.delete(policies.leftovers(table, everyone - {pinned})
-                   + [p for p in table if policies.clear_pass(p) and policies.pluto_dns_peer(p) == pinned])
+    execute.delete(policies.leftovers(table, everyone - set(pinned))
+                   + [p for p in table if policies.clear_pass(p) and policies.pluto_dns_peer(p) in pinned])
     now = time.time()
     found = resolvers.discover(config) if record is None else record.resolvers
-    listed = (pinned, *(a for a in found if a != pinned))
+    listed = (*pinned, *(a for a in found if a not in pinned))
     supervisor = record.supervisor_pid if record is not None else None
     if not daemon.supervisor_running(supervisor):
         with contextlib.suppress(OSError):  # the watch keeps the backstops in place; DNS is blocked without it

@@ -120,7 +120,7 @@ class RunState:
     run_dir: Path
     up_at: float  # when this mode was first applied (kept across `up`s of the same mode)
     baseline: Baseline
-    trusted: Address | None = None
+    trusted: tuple[Address, ...] = ()  # trusted mode: the pinned resolver's addresses, in the pin's order
     managed: frozenset[Address] = frozenset()  # every resolver whose DNS ikectl has handled since the first `up`
     pluto_pid: int | None = None
     supervisor_pid: int | None = None
@@ -142,7 +142,9 @@ class RunState:
             "version": SCHEMA_VERSION, "mode": self.mode.value, "resolvers": [str(a) for a in self.resolvers],
             "run_dir": str(self.run_dir), "up_at": self.up_at,
             "baseline": self.baseline.to_json(),
-            "trusted": str(self.trusted) if self.trusted else None,
+            # "trusted" is the first address, as records before several addresses had it; "trusted_also" the rest.
+            "trusted": str(self.trusted[0]) if self.trusted else None,
+            "trusted_also": [str(a) for a in self.trusted[1:]],
             "managed": sorted(str(a) for a in self.managed),
             "pluto_pid": self.pluto_pid, "supervisor_pid": self.supervisor_pid,
             "config_path": str(self.config_path) if self.config_path else None,
@@ -163,7 +165,7 @@ class RunState:
             mode=Mode(data["mode"]), resolvers=tuple(ip_address(a) for a in data["resolvers"]),
             run_dir=Path(data["run_dir"]), up_at=float(data["up_at"]),
             baseline=Baseline.from_json(baseline),
-            trusted=ip_address(data["trusted"]) if data["trusted"] else None,
+            trusted=_trusted(data["trusted"], data.get("trusted_also", [])),
             managed=frozenset(ip_address(a) for a in data["managed"]),
             pluto_pid=_optional_int(data["pluto_pid"]), supervisor_pid=_optional_int(data["supervisor_pid"]),
             config_path=Path(data["config_path"]) if data["config_path"] else None,
@@ -174,6 +176,15 @@ class RunState:
             portal_until=float(data["portal_until"]) if data["portal_until"] is not None else None,
             interference=tuple(Interference(float(i["at"]), str(i["what"])) for i in data["interference"]),
         )
+
+
+def _trusted(first: object, also: object) -> tuple[Address, ...]:
+    """The pinned addresses: "trusted" then "trusted_also" (which records from before several addresses lack)."""
+    if not first:
+        return ()
+    if not isinstance(also, list):
+        raise ValueError(f"trusted_also {also!r}")
+    return (ip_address(str(first)), *(ip_address(str(a)) for a in also))
 
 
 def _optional_int(value: object) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ikecommon import xfrm
 
-from . import daemon, nft, opportunistic, pins, plan, policies, protect, routes, system_pluto
+from . import daemon, nft, opportunistic, pins, plan, policies, protect, render, routes, system_pluto
 from .config import Address, Config, Mode
 from .errors import IkectlError
 from .observe import ike_daemons, process, protection
@@ -95,7 +95,7 @@ def decide(seen: Seen) -> tuple[Verdict, str]:
 
 def _trusted(seen: Seen) -> tuple[Verdict, str]:
     record = seen.record
-    if seen.address != record.trusted:
+    if seen.address not in record.trusted:
         if record.portal_until is not None and seen.now < record.portal_until:
             return Verdict.CLEAR, f"captive-portal window open for {_age(record.portal_until - seen.now)} more"
         if seen.unguarded:
@@ -206,16 +206,17 @@ def _about(address: Address, record: RunState, traffic: list[TrafficStatus], shu
            moved_groups: dict[str, tuple[Address, Address]]) -> tuple[str | None, bool, bool, bool,
                                                                     tuple[str, str] | None, str | None]:
     trusted = record.mode == Mode.TRUSTED
-    mine = [t for t in traffic if t.peer == str(address) or (trusted and t.conn in plan.TRUSTED_CONNS)]
+    pair = render.trusted_pair(record.trusted.index(address)) if trusted and address in record.trusted else ()
+    mine = [t for t in traffic if t.peer == str(address) or t.conn in pair]
     established = mine[0].peer_id if mine else None
     has_sa = any(sa.dst == address for sa in sas)
     clear = any(policies.pluto_dns_peer(p) == address and policies.clear_pass(p) for p in table)
     clear = clear or any(s.dst.network_address == address and s.action == "%pass" for s in shunts)
     covered = any(policies.covered(table, address, proto) for proto in (6, 17))
     group = moved_groups.get(plan.OE_CONNS[address.version])
-    moved = (_moved(address, table) if trusted and address == record.trusted
+    moved = (_moved(address, table) if pair
              else (str(group[0]), str(group[1])) if group is not None else None)
-    word = trusted_failure(log) if trusted else opportunistic.last_word(log, str(address))
+    word = trusted_failure(log, pair) if trusted else opportunistic.last_word(log, str(address))
     return established, has_sa, clear, covered, moved, word
 
 
@@ -308,7 +309,7 @@ def _system_notes(others: list[system_pluto.OtherPluto], table: list[xfrm.Policy
 
 
 def _attested(resolver: ResolverStatus, record: RunState, config: Config, now: float) -> ResolverStatus:
-    if record.mode != Mode.TRUSTED or resolver.address != str(record.trusted):
+    if record.mode != Mode.TRUSTED or resolver.address not in map(str, record.trusted):
         return resolver
     view = pins.view(config, now)
     if view is None:
@@ -336,13 +337,14 @@ _FAILURES = (
 
 
 
-def trusted_failure(log: list[str]) -> str | None:
-    """pluto's last word on the trusted conns, as a reason; None when it is an established Child SA. "Keeps
-    trying" is only a last word when nothing since the last Child SA says why: with trusted mode's short IKE
-    timeout (`trusted_dead_after_ms`) each new try's retransmissions come after the ICMP error that explains them."""
+def trusted_failure(log: list[str], conns: tuple[str, ...] = render.trusted_pair(0)) -> str | None:
+    """pluto's last word on the trusted conns `conns` (one address's), as a reason; None when it is an established
+    Child SA. "Keeps trying" is only a last word when nothing since the last Child SA says why: with trusted mode's
+    short IKE timeout (`trusted_dead_after_ms`) each new try's retransmissions come after the ICMP error that
+    explains them."""
     found = None
     for line in reversed(log):
-        if not any(conn in line for conn in plan.TRUSTED_CONNS):
+        if not any(conn in line for conn in conns):
             continue
         if "established Child SA" in line:
             return found

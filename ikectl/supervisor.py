@@ -48,6 +48,7 @@ from . import (
     plan,
     policies,
     protect,
+    render,
     session,
     signals,
     status,
@@ -105,7 +106,7 @@ class Supervisor:
             return True  # an `up` or `down` is at work; the next round looks again
         if updated.mode == Mode.TRUSTED and updated.blocked is None and updated.config_path is not None:
             # Outside the lock: a re-attestation that pins a new key runs `up` again, which takes it.
-            self.reattest(updated.config_path, now)
+            self.reattest(updated.config_path, len(updated.trusted), now)
         return True
 
     def backstop_wanted(self, record: RunState) -> bool:
@@ -153,7 +154,7 @@ class Supervisor:
         if xfrm_hit.passes:
             record = self.store.read()
             if isinstance(record, RunState):
-                resolvers = protect.managed((), record) | ({record.trusted} if record.trusted else set())
+                resolvers = protect.managed(record.trusted, record)
                 with contextlib.suppress(IkectlError, OSError):
                     for policy in xfrm_hit.remove_passes(resolvers):
                         self.passes_removed.append(policies.describe(policy))
@@ -227,7 +228,7 @@ class Supervisor:
         return replace(record, pluto_pid=pid).noting(f"pluto (pid {record.pluto_pid}) exited; started again as "
                                                       f"pid {pid}", now)
 
-    def reattest(self, config_path: Path, now: float) -> None:
+    def reattest(self, config_path: Path, addresses: int, now: float) -> None:
         # Trusted mode only: trust.py brings the attestation verifiers, which `up` and a coffee-shop supervisor
         # never need.
         from . import trust  # noqa: PLC0415
@@ -237,16 +238,19 @@ class Supervisor:
         except IkectlError as exc:
             _log(f"re-attestation skipped: {exc}", WARNING)
             return
-        for result in trust.reattest_due(cfg, now, key_changed=self.saw_other_key()):
+        for result in trust.reattest_due(cfg, now, key_changed=self.saw_other_key(addresses)):
             _log(f"re-attested {result.name}: {'ok' if result.ok else result.reason}", INFO if result.ok else ERROR)
             for note in result.notes:
                 _log(f"re-attested {result.name}: {note}", WARNING)
 
-    def saw_other_key(self) -> bool:
-        """Has pluto written, since the last round, that the trusted resolver presented another key?"""
+    def saw_other_key(self, addresses: int) -> bool:
+        """Has pluto written, since the last round, that the trusted resolver presented another key (at any of
+        its `addresses`)?"""
         start, fresh = self.run.read_log(self.log_seen)
         self.log_seen = start + len(fresh)
-        return status.trusted_failure(fresh.decode(errors="replace").splitlines()) == status.OTHER_KEY
+        lines = fresh.decode(errors="replace").splitlines()
+        return any(status.trusted_failure(lines, render.trusted_pair(position)) == status.OTHER_KEY
+                   for position in range(addresses))
 
 
 def _what(step: plan.Step, facts: plan.Facts, newly_wanted: bool = False) -> str:

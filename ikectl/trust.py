@@ -45,7 +45,7 @@ from . import daemon, feed, pins, session, truststore
 from .anchors import snp_policy, tdx_policy, trust_anchors
 from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSettings, resolver_id
 from .errors import IkectlError, UsageError
-from .plan import TRUSTED_CONNS
+from .render import trusted_conns
 from .state import RunState, read_here
 from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin, TrustError
 
@@ -89,6 +89,10 @@ def evidence_kind_of_problem(exc: UnsupportedEvidence | EvidenceFormatError) -> 
     """Evidence that could not be judged, said as what it is: unsupported (a version, type or signing key not
     handled, e.g. "TDX quote version 6 (supported: 4, 5)") or malformed (where it is broken)."""
     return "unsupported evidence" if isinstance(exc, UnsupportedEvidence) else "malformed evidence"
+
+
+class Unreachable(TrustError):
+    """No evidence could be had from the resolver's endpoint at all (not a verdict on the resolver)."""
 
 
 class ReattestFailed(TrustError):
@@ -175,7 +179,7 @@ def attest(address: Address, port: int, spec: MeasurementSpec, anchors: TrustAnc
     try:
         body = fetch_evidence(host, port, nonce, timeout)
     except EndpointError as exc:
-        raise TrustError(f"resolver {address}: cannot get its evidence: {exc}") from None
+        raise Unreachable(f"resolver {address}: cannot get its evidence: {exc}") from None
     mismatches: list[Mismatch] = []
     what = detail = ""
     key = None
@@ -255,11 +259,18 @@ def _at(now: float) -> datetime:
 
 # --- the commands ---
 
-def add(config: Config, name: str, resolver: Address, spec_text: str, now: float, *, port: int = DEFAULT_PORT,
-        anchors: Anchors = Anchors.VENDOR, expected_id: str | None = None, warn: Say = _quiet) -> StoredPin:
-    """Attest the resolver and pin it; nothing is pinned unless every check passes. `warn` hears, once the
-    arguments are found good, that sim evidence is NOT SECURE, and what the policy accepted only with a note."""
+def add(config: Config, name: str, resolvers: tuple[Address, ...], spec_text: str, now: float, *,
+        port: int = DEFAULT_PORT, anchors: Anchors = Anchors.VENDOR, expected_id: str | None = None,
+        warn: Say = _quiet) -> StoredPin:
+    """Attest the resolver at each of its addresses and pin it once: nothing is pinned unless every address attests
+    against the spec with one key and one ID (one service). `warn` hears, once the arguments are found good, that
+    sim evidence is NOT SECURE, and what the policy accepted only with a note."""
     truststore.check_name(name)
+    if not resolvers:
+        raise UsageError("give the resolver's address (--resolver ADDR)")
+    repeated = [a for i, a in enumerate(resolvers) if a in resolvers[:i]]
+    if repeated:
+        raise UsageError(f"--resolver {repeated[0]} is given twice")
     source = spec_source(spec_text)
     roots = trust_anchors(anchors, config.trust)
     if anchors == Anchors.SIM:
@@ -272,22 +283,32 @@ def add(config: Config, name: str, resolver: Address, spec_text: str, now: float
             spec, serial = load_spec(source, config.trust, now)
         except SpecFormatError as exc:
             raise UsageError(f"--spec: {exc}") from None
-        try:
-            attested = attest(resolver, port, spec, roots, now, timeout=config.trust.timeout_s,
-                              expected_id=expected_id, policy=tdx_policy(config.trust),
-                              snp_policy=snp_policy(config.trust))
-        except AttestationFailed as exc:
-            raise exc.saying(f"{exc.sentence}: nothing pinned") from None
-        except TrustError as exc:
-            raise TrustError(f"{exc}; nothing pinned") from None
-        pin = StoredPin(name=name, address=resolver, port=port, id=attested.id, key=attested.key, spec=source,
+        every = [_attest_for_pin(address, port, spec, roots, now, config.trust, expected_id) for address in resolvers]
+        attested = every[0]
+        for address, other in zip(resolvers[1:], every[1:], strict=True):
+            differs = "key" if other.key != attested.key else "ID" if other.id != attested.id else None
+            if differs is not None:
+                raise TrustError(f"resolver {address} attests another {differs} than {resolvers[0]}: they are not "
+                                 "one service; nothing pinned")
+        pin = StoredPin(name=name, address=resolvers[0], port=port, id=attested.id, key=attested.key, spec=source,
                         anchors=anchors.value, evidence_kind=attested.evidence_kind,
                         measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial,
-                        next_key=attested.next_key, next_switch_at=attested.next_switch_at)
+                        next_key=attested.next_key, next_switch_at=attested.next_switch_at, also=resolvers[1:])
         truststore.save(config.trust_dir, pin)
-    for note in attested.notes:
+    for note in dict.fromkeys(note for one in every for note in one.notes):
         warn(note)
     return pin
+
+
+def _attest_for_pin(address: Address, port: int, spec: MeasurementSpec, roots: TrustAnchors, now: float,
+                    settings: TrustSettings, expected_id: str | None) -> Attested:
+    try:
+        return attest(address, port, spec, roots, now, timeout=settings.timeout_s, expected_id=expected_id,
+                      policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+    except AttestationFailed as exc:
+        raise exc.saying(f"{exc.sentence}: nothing pinned") from None
+    except TrustError as exc:
+        raise TrustError(f"{exc}; nothing pinned") from None
 
 
 def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reattestation:
@@ -297,9 +318,7 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
         pin = _existing(config, name)
         try:
             spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
-            attested = attest(pin.address, pin.port, spec, trust_anchors(Anchors(pin.anchors), config.trust), now,
-                              timeout=config.trust.timeout_s, policy=tdx_policy(config.trust),
-                              snp_policy=snp_policy(config.trust))
+            attested = _attest_any(pin, spec, config.trust, now)
         except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
                 f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
@@ -325,6 +344,21 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
     changed = (updated.key, updated.id) != (pin.key, pin.id)
     reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
     return Reattestation(name, True, key_changed=changed, reapplied=reapplied, notes=attested.notes)
+
+
+def _attest_any(pin: StoredPin, spec: MeasurementSpec, settings: TrustSettings, now: float) -> Attested:
+    """The pin's resolver, at the first of its addresses whose endpoint answers: the service is one, and one of
+    its addresses down (a replica, a path) is no verdict on it. Evidence that does not verify, at any address that
+    answers, is one. Every address stays held to the pinned key by IKE itself."""
+    unreachable: Unreachable | None = None
+    for address in pin.addresses:
+        try:
+            return attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings), now,
+                          timeout=settings.timeout_s, policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+        except Unreachable as exc:
+            unreachable = unreachable or exc
+    assert unreachable is not None  # a pin has an address
+    raise unreachable
 
 
 def _still_staged(pin: StoredPin, attested: Attested) -> bool:
@@ -404,7 +438,7 @@ def _existing(config: Config, name: str) -> StoredPin:
 def _in_use(pin: StoredPin) -> RunState | None:
     """The record, when ikectl is up in trusted mode with this pin's resolver."""
     record = read_here()
-    return record if record is not None and record.mode == Mode.TRUSTED and record.trusted == pin.address else None
+    return record if record is not None and record.mode == Mode.TRUSTED and record.trusted == pin.addresses else None
 
 
 def block(pin: StoredPin, say: Say = _quiet) -> bool:
@@ -417,9 +451,10 @@ def block(pin: StoredPin, say: Say = _quiet) -> bool:
     run = daemon.RunDir(record.run_dir)
     if daemon.pluto_pid(run) is None:
         return False
-    say(f"deleting the trusted conns to {pin.address}: only the backstops remain, DNS is blocked")
+    say(f"deleting the trusted conns to {', '.join(map(str, pin.addresses))}: only the backstops remain, DNS is "
+        "blocked")
     whack = run.whack()
-    for conn in TRUSTED_CONNS:
+    for conn in trusted_conns(len(record.trusted)):
         try:
             whack.delete(conn)
         except IkectlError as exc:
@@ -437,7 +472,7 @@ def _reapply(config: Config, pin: StoredPin, say: Say) -> bool:
     # The old conns go first (the backstop keeps DNS blocked meanwhile): after pluto failed to authenticate the
     # new key it holds failure-shunt policies for them, which `up`'s reading of the kernel's policies trips on.
     block(pin, say)
-    resolver = TrustedResolver(pin.address, pin.id, pin.key, attested=pin.name)
+    resolver = TrustedResolver(pin.address, pin.id, pin.key, attested=pin.name, also=pin.also)
     session.up(replace(config, mode=Mode.TRUSTED, trusted=resolver, run_dir=record.run_dir), say,
                config_path=record.config_path)
     return True
@@ -465,7 +500,8 @@ def format_listing(rows: list[dict[str, Any]]) -> str:
             continue
         result = "attested" if row["result"] == OK else "FAILED"
         sim = "  sim evidence: NOT SECURE" if row["anchors"] == Anchors.SIM else ""
-        lines.append(f"{row['name']}  {row['address']}  {row['id']}  {result} {ago(row['age_s'])} ago  "
+        addresses = ",".join([row["address"], *row.get("also", [])])
+        lines.append(f"{row['name']}  {addresses}  {row['id']}  {result} {ago(row['age_s'])} ago  "
                      f"{row['evidence_kind']} {row['measurement_id'] or '-'}{sim}"
                      + (f"\n    {row['reason']}" if row["result"] != OK else ""))
         if row.get("next_switch_at") is not None:

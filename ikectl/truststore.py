@@ -4,6 +4,7 @@ names; `ikectl status` shows its latest attestation. A pin holds what verified e
 latest attestation:
 
     {"version": 1, "name": "home", "address": "192.0.2.53", "port": 4501, "id": "@dns.example.net",
+     "also": ["198.51.100.53"],                            the service's other addresses (same key and ID)
      "key": "0s...", "key_kind": "ecdsa",                 the IKE key, as libreswan pins it
      "spec": "/etc/ikectl/specs/home.json",               or "https://..." (a governance feed) or "inline:H4sI..."
      "anchors": "vendor",                                 or "sim" (NOT SECURE: anyone can make sim evidence)
@@ -86,6 +87,11 @@ class StoredPin:
     # to it when the resolver signs with it (from next_switch_at, Unix time) without asking for evidence again.
     next_key: keys.PinnedKey | None = None
     next_switch_at: int | None = None
+    also: tuple[Address, ...] = ()  # the service's other addresses, attested to the same key and ID when pinned
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return (self.address, *self.also)
 
     @property
     def ok(self) -> bool:
@@ -99,7 +105,7 @@ class StoredPin:
                 "result": self.result, "reason": self.reason, "mismatches": [list(m) for m in self.mismatches],
                 "next_key": self.next_key.libreswan if self.next_key is not None else None,
                 "next_key_kind": self.next_key.kind if self.next_key is not None else None,
-                "next_switch_at": self.next_switch_at}
+                "next_switch_at": self.next_switch_at, "also": [str(a) for a in self.also]}
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> StoredPin:
@@ -113,7 +119,14 @@ class StoredPin:
             staged, switch_at = data.get("next_key"), data.get("next_switch_at")
             if (staged is None) != (switch_at is None) or (switch_at is not None and not is_unix_time(switch_at)):
                 raise ValueError("next_key and next_switch_at: both or neither")
-            return cls(name=check_name(str(data["name"]), source), address=ip_address(str(data["address"])),
+            listed = data.get("also", [])  # pins made before several addresses have none
+            if not isinstance(listed, list):
+                raise ValueError(f"also {listed!r}")
+            also = tuple(ip_address(str(a)) for a in listed)
+            address = ip_address(str(data["address"]))
+            if len({address, *also}) != 1 + len(also):
+                raise ValueError("an address listed twice")
+            return cls(name=check_name(str(data["name"]), source), address=address,
                        port=_port(data["port"]), id=str(data["id"]),
                        key=keys.parse(str(data["key"]), str(data["key_kind"]), source=f"{source}: key"),
                        spec=str(data["spec"]), anchors=str(data["anchors"]), evidence_kind=str(data["evidence_kind"]),
@@ -124,7 +137,7 @@ class StoredPin:
                        feed_serial=None if serial is None else int(serial),
                        next_key=None if staged is None else keys.parse(str(staged), str(data.get("next_key_kind")),
                                                                        source=f"{source}: next_key"),
-                       next_switch_at=switch_at)
+                       next_switch_at=switch_at, also=also)
         except (KeyError, TypeError, ValueError, UsageError) as exc:
             raise TrustError(f"{source}: not a pin ikectl wrote ({exc})") from None
 

@@ -96,7 +96,7 @@ def prove(seconds: float, say: Callable[[str], None]) -> list[ResolverProof]:
     for resolver in resolvers:
         counts = wire.peer(resolver)
         expected = ("clear or encrypted" if record.mode == Mode.COFFEE_SHOP
-                    else "encrypted" if resolver == record.trusted and record.blocked is None else "blocked")
+                    else "encrypted" if resolver in record.trusted and record.blocked is None else "blocked")
         queries, answered, blocked = tallies[resolver]
         proofs.append(ResolverProof(str(resolver), expected, queries, answered, blocked, counts.esp_out,
                                     counts.plaintext_dns_out, after.get(resolver, 0) - before.get(resolver, 0)))

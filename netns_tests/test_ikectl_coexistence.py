@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ikectl import plan
+from ikectl import plan, render
 from netns_tests.harness import procs
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.lab import Lab
@@ -62,7 +62,7 @@ def system_pluto(world: Lab) -> Iterator[Pluto]:
 @pytest.mark.parametrize("mode", ["trusted", "coffee-shop"])
 def test_ikectl_ipsec_asks_ikectls_pluto_which_plain_ipsec_does_not_reach(world, run_dir, tmp_path, mode):
     config = trusted_config(world, run_dir, tmp_path) if mode == "trusted" else coffee_config(run_dir, tmp_path)
-    conns = plan.TRUSTED_CONNS if mode == "trusted" else (plan.OE_CONNS[4],)
+    conns = render.trusted_conns(1) if mode == "trusted" else (plan.OE_CONNS[4],)
     up = ikectl(world, config, "up")
     assert up.returncode == 0, up.stderr
 

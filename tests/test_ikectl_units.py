@@ -27,7 +27,7 @@ def test_backstop_blocks_port_53_everywhere_but_loopback_and_loses_to_pluto():
 
 NOW = 2000.0
 PINNED, OTHER = ip_address("192.0.2.53"), ip_address("198.51.100.1")
-TRUSTED = RunState(Mode.TRUSTED, (PINNED, OTHER), Path("/run/x"), 1000.0, Baseline(True), trusted=PINNED)
+TRUSTED = RunState(Mode.TRUSTED, (PINNED, OTHER), Path("/run/x"), 1000.0, Baseline(True), trusted=(PINNED,))
 COFFEE = RunState(Mode.COFFEE_SHOP, (PINNED,), Path("/run/x"), 1000.0, Baseline(True))
 
 

@@ -316,7 +316,7 @@ def test_session_opens_and_closes_the_window_only_in_trusted_mode(tmp_path, monk
     record = RunState(Mode.COFFEE_SHOP, (PIN.address,), tmp_path / "run", 1.0, Baseline(True))
     store.write(record)
     assert not session.open_portal_window(500.0) and not session.close_portal_window()
-    store.write(replace(record, mode=Mode.TRUSTED, trusted=PIN.address))
+    store.write(replace(record, mode=Mode.TRUSTED, trusted=PIN.addresses))
     assert session.open_portal_window(500.0)
     opened = store.read()
     assert isinstance(opened, RunState) and opened.portal_until == 500.0

@@ -12,7 +12,7 @@ import pytest
 from ikecommon.keys import PinnedKey
 from ikecommon.xfrm import Direction, Policy, Selector, Template
 from ikecommon.xfrm import Mode as Mode_
-from ikectl import backstop, plan, policies, protect
+from ikectl import backstop, plan, policies, protect, render
 from ikectl.config import Mode, TrustedResolver
 from ikectl.nft import TableState
 from ikectl.observe import Protection
@@ -60,7 +60,7 @@ def coffee(*resolvers, run_dir=RUN) -> Intent:
 
 
 def record(mode: Mode, *resolvers, run_dir=RUN, **changes) -> RunState:
-    base = RunState(mode, resolvers, run_dir, 1.0, Baseline(True), trusted=PINNED if mode == Mode.TRUSTED else None,
+    base = RunState(mode, resolvers, run_dir, 1.0, Baseline(True), trusted=(PINNED,) if mode == Mode.TRUSTED else (),
                     pluto_pid=42)
     return replace(base, **changes)
 
@@ -158,12 +158,12 @@ def test_protection_first_is_the_same_decision_as_the_plans():
     first DeletePolicies would."""
     table = (trap(A), clear_fallback(A))
     earlier = record(Mode.COFFEE_SHOP, A)
-    first = protect.doomed(table, protect.managed((PINNED,), earlier), protect.kept(PINNED, RUN, earlier))
+    first = protect.doomed(table, protect.managed((PINNED,), earlier), protect.kept((PINNED,), RUN, earlier))
     assert first == [clear_fallback(A), trap(A)]
     steps = plan.up(trusted(), Facts(policies=table, protection=NONE), earlier)
     assert steps[1] == DeletePolicies(tuple(first), "DNS to resolvers trusted mode does not use")
-    assert protect.kept(PINNED, RUN, record(Mode.TRUSTED, PINNED)) == {PINNED}
-    assert protect.kept(PINNED, OLD_RUN, record(Mode.TRUSTED, PINNED)) == frozenset()
+    assert protect.kept((PINNED,), RUN, record(Mode.TRUSTED, PINNED)) == {PINNED}
+    assert protect.kept((PINNED,), OLD_RUN, record(Mode.TRUSTED, PINNED)) == frozenset()
 
 
 # --- coffee-shop `up` --------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_leaving_trusted_lifts_the_backstop_only_once_the_traps_are_in():
                     record(Mode.TRUSTED, PINNED))
     names = kinds(steps)
     assert names.index("LoadConns") < names.index("LiftBackstop")
-    assert UnloadConns(plan.TRUSTED_CONNS, Mode.TRUSTED) in steps
+    assert UnloadConns(render.trusted_conns(1), Mode.TRUSTED) in steps
     assert RemoveLeftovers(frozenset({PINNED})) in steps  # the pinned resolver is no longer listed
 
 
@@ -234,7 +234,7 @@ def test_down_without_a_record_still_stops_and_removes_what_the_config_names():
     (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=BOTH, pluto=RUNNING), ((), ())),
     (Facts(policies=(trap(PINNED, 17), trap(PINNED, 6)), protection=NONE, pluto=RUNNING), ((Protect(),), ())),
     (Facts(policies=(), protection=Protection(0, TableState.ABSENT), pluto=RUNNING),
-     ((Protect(),), plan.TRUSTED_CONNS)),
+     ((Protect(),), render.trusted_conns(1))),
     (Facts(policies=(), protection=BOTH, pluto=PlutoFacts(pid=42, stopped=True)), ((), ())),  # cannot be routed
 ])
 def test_trusted_repairs(facts, expected):
@@ -247,8 +247,8 @@ def test_conns_are_routed_only_when_the_supervisor_says_they_stayed_unrouted():
     """pluto swaps its own policies in every rekey: routing a conn in the middle of one lost queries (VM)."""
     facts = Facts(policies=(), protection=BOTH, pluto=RUNNING)
     assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True) == ()
-    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True, route=plan.TRUSTED_CONNS) == (
-        ReloadConns(plan.TRUSTED_CONNS),)
+    assert plan.repair(record(Mode.TRUSTED, PINNED), facts, True, route=render.trusted_conns(1)) == (
+        ReloadConns(render.trusted_conns(1)),)
 
 
 def test_an_open_portal_window_leaves_the_backstop_out():
@@ -283,7 +283,7 @@ def test_an_established_sa_whose_inbound_policy_another_program_deleted_is_loade
     """The walk in the VM (seed 2722371450): with the in policy of a tunnel-mode SA gone, the kernel drops every
     answer while the out policy still looks whole. Only a live SA makes a lone out policy broken: a trap is one."""
     resolver = PINNED if mode == Mode.TRUSTED else A
-    conns = plan.TRUSTED_CONNS if mode == Mode.TRUSTED else (plan.OE_CONNS[4],)
+    conns = render.trusted_conns(1) if mode == Mode.TRUSTED else (plan.OE_CONNS[4],)
     out, inbound, fwd = sa_policies(resolver)
     tcp = sa_policies(resolver, proto=6, reqid=16441)
     facts = Facts(policies=(out, inbound, fwd, *tcp), protection=BOTH, pluto=RUNNING, live_reqids=frozenset({16445}))

@@ -207,7 +207,7 @@ def test_an_nftables_refusal_never_keeps_the_xfrm_backstop_out(tmp_path, monkeyp
 
     monkeypatch.setattr(nft, "install", refuse)
     with pytest.raises(nft.NftError, match="refused"):
-        protect.first(A, tmp_path / "run", None, StateStore(tmp_path / "state", 1))
+        protect.first((A,), tmp_path / "run", None, StateStore(tmp_path / "state", 1))
     assert FakeXfrm.added == backstop.policies()
 
 

@@ -29,6 +29,10 @@ PROFILES = {
         ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
     "trusted-encapsulated": render.Profile(Mode.TRUSTED, encapsulation=True, trusted=TrustedResolver(
         ip_address("192.0.2.53"), "@dns.example.net", EC_KEY)),
+    # One service at several addresses: a conn pair per address, the first with the names one address has.
+    "trusted-several-addresses": render.Profile(Mode.TRUSTED, trusted=TrustedResolver(
+        ip_address("192.0.2.53"), "@dns.example.net", EC_KEY,
+        also=(ip_address("198.51.100.53"), ip_address("2001:db8::53")))),
 }
 
 
@@ -157,3 +161,16 @@ def test_cli_unknown_mode_is_a_usage_error(tmp_path: Path, capsys):
     assert exit_info.value.code == 2
     assert "invalid choice: 'paranoid'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_trusted_conns_named_are_the_conns_rendered():
+    profile = PROFILES["trusted-several-addresses"]
+    assert profile.trusted is not None
+    conf = render.render_tree(profile)["ipsec.conf"]
+    rendered = re.findall(r"^conn (ikectl-trusted-\S+)$", conf, re.MULTILINE)
+    assert tuple(rendered) == render.trusted_conns(3) == (
+        "ikectl-trusted-udp", "ikectl-trusted-tcp", "ikectl-trusted-2-udp", "ikectl-trusted-2-tcp",
+        "ikectl-trusted-3-udp", "ikectl-trusted-3-tcp")
+    assert all(render.is_trusted_conn(name) for name in rendered)
+    others = ("ikectl-trusted", "private-or-clear", "ikectl-trusted-x-udp")
+    assert not any(render.is_trusted_conn(name) for name in others)

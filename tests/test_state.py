@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from ikectl.state import (
 
 FULL = RunState(
     mode=Mode.COFFEE_SHOP, resolvers=(ip_address("192.0.2.53"), ip_address("2001:db8::53")), run_dir=Path("/run/x"),
-    up_at=1000.5, baseline=Baseline(True, ("135 OUT", "136 IN")), trusted=None,
+    up_at=1000.5, baseline=Baseline(True, ("135 OUT", "136 IN")), trusted=(),
     managed=frozenset({ip_address("192.0.2.53"), ip_address("198.51.100.9")}), pluto_pid=42, supervisor_pid=43,
     config_path=Path("/etc/ikectl/ikectl.toml"), retry_after_s=30,
     upkeep=Upkeep({"192.0.2.53": Exclusion(2000.0, "refused")}, {"192.0.2.53": 77}, {"2001:db8::53": 3.0},
@@ -49,6 +50,19 @@ def test_a_record_round_trips(tmp_path: Path):
     assert store.read() == FULL
     assert json.loads(store.path.read_text())["version"] == SCHEMA_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == [store.path.name]  # no temp file left behind
+
+
+def test_a_trusted_record_keeps_every_pinned_address_and_reads_one_written_before_there_could_be_several(
+        tmp_path: Path):
+    store = StateStore(tmp_path, 4026531840)
+    pinned = (ip_address("192.0.2.53"), ip_address("198.51.100.53"))
+    trusted = replace(FULL, mode=Mode.TRUSTED, trusted=pinned, resolvers=pinned)
+    store.write(trusted)
+    assert store.read() == trusted
+    older = {k: v for k, v in trusted.to_json().items() if k != "trusted_also"}
+    assert older["trusted"] == "192.0.2.53"  # what an older ikectl reads
+    store.path.write_text(json.dumps(older))
+    assert store.read() == replace(trusted, trusted=pinned[:1])
 
 
 def test_each_network_namespace_has_its_own_record(tmp_path: Path):

@@ -30,7 +30,7 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> daemon.RunDir:
     config = tmp_path / "ikectl.toml"
     config.write_text(f'[paths]\nrun_dir = "{run.root}"\n')
     StateStore.here().write(RunState(Mode.TRUSTED, (ip_address("192.0.2.53"),), run.root, 1.0, Baseline(True),
-                                     trusted=ip_address("192.0.2.53"), supervisor_pid=os.getpid(),
+                                     trusted=(ip_address("192.0.2.53"),), supervisor_pid=os.getpid(),
                                      config_path=config))
     run.log.write_text("pluto started\n")
     # The kernel and pluto, as the rounds see them: nothing to repair.

@@ -23,7 +23,7 @@ from ikecommon import keys
 from ikecommon.attestation.binding import report_data
 from ikecommon.attestation.envelope import Collateral, Envelope
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
-from ikectl import config, daemon, feed, pins, plan, session, status, trust, truststore
+from ikectl import config, daemon, feed, pins, render, session, status, trust, truststore
 from ikectl.config import Mode
 from ikectl.errors import UsageError
 from ikectl.state import Baseline, RunState, StateStore
@@ -66,7 +66,7 @@ def endpoint(enclave):
 
 
 def add(cfg, port, spec, **kwargs):
-    return trust.add(cfg, "home", LOCAL, spec, time.time(), port=port, anchors=trust.Anchors.SIM, **kwargs)
+    return trust.add(cfg, "home", (LOCAL,), spec, time.time(), port=port, anchors=trust.Anchors.SIM, **kwargs)
 
 
 def nothing_pinned(cfg: config.Config) -> bool:
@@ -149,14 +149,14 @@ def test_a_wrong_measurement_is_refused_and_nothing_pinned(cfg, spec_file):
 
 def test_sim_evidence_is_refused_without_the_sim_anchors(cfg, endpoint, spec_file, tmp_path):
     with pytest.raises(trust.AttestationFailed) as shipped:  # the vendors' roots that ship with the package
-        trust.add(cfg, "home", LOCAL, spec_file, time.time(), port=port_of(endpoint))
+        trust.add(cfg, "home", (LOCAL,), spec_file, time.time(), port=port_of(endpoint))
     assert [m.field for m in shipped.value.mismatches] == ["trust_anchors.sim_root"]
     root = tmp_path / "root.pem"
     other = build_sim_root_certificate()  # any root configured as a vendor root: sim evidence is not under it
     root.write_bytes(other.public_bytes(serialization.Encoding.PEM))
     vendor = replace(cfg, trust=config.TrustSettings(intel_root=root))
     with pytest.raises(trust.AttestationFailed) as info:
-        trust.add(vendor, "home", LOCAL, spec_file, time.time(), port=port_of(endpoint))
+        trust.add(vendor, "home", (LOCAL,), spec_file, time.time(), port=port_of(endpoint))
     assert [m.field for m in info.value.mismatches] == ["trust_anchors.sim_root"]
     assert nothing_pinned(cfg)
 
@@ -195,11 +195,11 @@ def test_bad_input_is_a_usage_error_before_anything_is_fetched(cfg, tmp_path, sp
     for name, spec, words in (("../x", spec_file, "a pin name"), ("home", "/nonexistent/spec.json", "no such file"),
                               ("home", "http://example/spec", "https URL"), ("home", "%%%", "not a file")):
         with pytest.raises(UsageError, match=words):
-            trust.add(cfg, name, LOCAL, spec, time.time(), port=1, anchors=trust.Anchors.SIM)
+            trust.add(cfg, name, (LOCAL,), spec, time.time(), port=1, anchors=trust.Anchors.SIM)
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     with pytest.raises(UsageError, match="--spec: spec: expected a non-empty JSON list"):
-        trust.add(cfg, "home", LOCAL, str(bad), time.time(), port=1, anchors=trust.Anchors.SIM)
+        trust.add(cfg, "home", (LOCAL,), str(bad), time.time(), port=1, anchors=trust.Anchors.SIM)
 
 
 def test_an_existing_pin_is_not_replaced(cfg, endpoint, spec_file):
@@ -309,7 +309,7 @@ def up_trusted(cfg, monkeypatch):
     """ikectl 'up' in trusted mode with 127.0.0.1, pluto 'running': what verify acts on, faked at whack's edge."""
     run = daemon.RunDir(cfg.run_dir)
     run.root.mkdir(parents=True)
-    StateStore.here().write(RunState(Mode.TRUSTED, (LOCAL,), run.root, time.time(), Baseline(True), trusted=LOCAL,
+    StateStore.here().write(RunState(Mode.TRUSTED, (LOCAL,), run.root, time.time(), Baseline(True), trusted=(LOCAL,),
                                      pluto_pid=4242))
     whack = FakeWhack()
     ups: list[config.Config] = []
@@ -345,7 +345,7 @@ def test_verify_failure_marks_the_pin_failed_and_fails_closed(cfg, endpoint, enc
     assert lines[0] == ("resolver 127.0.0.1 failed attestation (1 mismatch); pin 'home' marked failed, trusted "
                         "mode's conns to it are deleted: DNS is blocked")
     assert lines[1].startswith("  spec[sim-default].measurements.0: expected ") and info.value.blocked
-    assert whack.deleted == list(plan.TRUSTED_CONNS) and ups == []
+    assert whack.deleted == list(render.trusted_conns(1)) and ups == []
     stored = truststore.load(cfg.trust_dir, "home")
     assert stored.result == truststore.FAILED and stored.mismatches[0][0] == "spec[sim-default].measurements.0"
     assert stored.key == pinned_key(enclave)  # the failed evidence's key is never pinned
@@ -360,7 +360,7 @@ def test_conns_that_cannot_be_deleted_are_said_and_the_pin_still_fails(cfg, endp
             raise WhackError("delete", "permission denied")
 
         def traffic_status(self) -> list[TrafficStatus]:
-            return [TrafficStatus(1, plan.TRUSTED_CONNS[0], None, 0, 0, RESOLVER_ID)]
+            return [TrafficStatus(1, render.trusted_conns(1)[0], None, 0, 0, RESOLVER_ID)]
 
     add(cfg, port_of(endpoint), spec_file)
     monkeypatch.setattr(daemon.RunDir, "whack", lambda self: StuckWhack())
@@ -376,7 +376,7 @@ def test_an_unreachable_endpoint_fails_closed_too(cfg, spec_file, up_trusted, en
         add(cfg, port_of(endpoint), spec_file)
     with pytest.raises(trust.ReattestFailed, match="cannot get its evidence"):
         trust.verify(attested_config(cfg), "home", time.time())
-    assert whack.deleted == list(plan.TRUSTED_CONNS)
+    assert whack.deleted == list(render.trusted_conns(1))
     assert not truststore.load(cfg.trust_dir, "home").ok
 
 
@@ -391,7 +391,7 @@ def test_verify_with_a_new_key_of_the_same_measurement_repins_and_reloads(cfg, e
     [reloaded] = ups
     assert reloaded.mode == Mode.TRUSTED and reloaded.trusted is not None
     assert reloaded.trusted.key == pinned_key(restarted) and reloaded.trusted.attested == "home"
-    assert whack.deleted == list(plan.TRUSTED_CONNS)  # the old conns go before `up` loads the new ones
+    assert whack.deleted == list(render.trusted_conns(1))  # the old conns go before `up` loads the new ones
 
 
 def test_verify_after_a_failure_reopens_trusted_mode(cfg, endpoint, enclave, spec_file, up_trusted):
@@ -424,7 +424,7 @@ def test_remove_forgets_the_pin_and_fails_closed_when_in_use(cfg, endpoint, spec
     whack, _ = up_trusted
     add(cfg, port_of(endpoint), spec_file)
     assert trust.remove(cfg, "home") is True
-    assert nothing_pinned(cfg) and whack.deleted == list(plan.TRUSTED_CONNS)
+    assert nothing_pinned(cfg) and whack.deleted == list(render.trusted_conns(1))
 
 
 # --- reattest_due ---
@@ -455,7 +455,7 @@ def test_reattest_due_reports_failures_and_blocks(cfg, endpoint, spec_file, up_t
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
     [result] = trust.reattest_due(cfg, pin.attested_at + 3600)
     assert not result.ok and result.blocked and result.reason.startswith("resolver 127.0.0.1 failed attestation")
-    assert whack.deleted == list(plan.TRUSTED_CONNS)
+    assert whack.deleted == list(render.trusted_conns(1))
     assert trust.reattest_due(cfg, pin.attested_at + 3600 + 59) == []  # failed: retried after 60 s
     endpoint.enclave = SoftwareEnclave()
     [again] = trust.reattest_due(cfg, pin.attested_at + 3600 + 60)

@@ -46,7 +46,7 @@ def spec_file(tmp_path: Path) -> str:
 
 
 def add(cfg: config.Config, port: int, spec: str) -> StoredPin:
-    return trust.add(cfg, "home", LOCAL, spec, time.time(), port=port, anchors=trust.Anchors.SIM)
+    return trust.add(cfg, "home", (LOCAL,), spec, time.time(), port=port, anchors=trust.Anchors.SIM)
 
 
 def pinned_during_a_rotation(cfg: config.Config, spec_file: str) -> StoredPin:

@@ -54,9 +54,9 @@ class BackgroundLoop:
 
 @contextmanager
 def running_endpoint(enclave: Enclave, *, ike_id: str = RESOLVER_ID, port: int = 0,
-                     limits: Limits | None = None) -> Iterator[EvidenceEndpoint]:
+                     limits: Limits | None = None, host: str = LOCALHOST) -> Iterator[EvidenceEndpoint]:
     loop = BackgroundLoop()
-    endpoint = EvidenceEndpoint(enclave, ike_id, [ipaddress.ip_address(LOCALHOST)], port, limits=limits)
+    endpoint = EvidenceEndpoint(enclave, ike_id, [ipaddress.ip_address(host)], port, limits=limits)
     try:
         loop.run(endpoint.start())
         yield endpoint
