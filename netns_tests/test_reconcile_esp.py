@@ -23,7 +23,7 @@ from ikectl.config import Mode
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.tables import Restoration, removed_and_restored
 from netns_tests.scenarios import walk
-from netns_tests.scenarios.walk import OE4, OE6, PLAIN4, PLAIN6, TRUSTED, Action
+from netns_tests.scenarios.walk import OE4, OE6, PLAIN4, PLAIN6, TRUSTED, TRUSTED2, Action
 
 RATE = 50  # queries a second, half udp, half tcp
 
@@ -35,10 +35,11 @@ def world(topology, unbound, pluto, capture, tmp_path: Path) -> Iterator[walk.Wo
 
 
 class Stream:
-    """Queries at RATE a second from the client, alternating udp and tcp and the pinned resolver and another."""
+    """Queries at RATE a second from the client, alternating udp and tcp, and the pinned resolver's two addresses
+    and another resolver."""
 
     def __init__(self, world: walk.World) -> None:
-        self.world, self.answered, self.sent = world, {TRUSTED: 0, PLAIN4: 0}, 0
+        self.world, self.answered, self.sent = world, {TRUSTED: 0, TRUSTED2: 0, PLAIN4: 0}, 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(tcp,), daemon=True) for tcp in (False, True)]
 
@@ -56,7 +57,7 @@ class Stream:
         turn = 0
         while not self._stop.is_set():
             started = time.monotonic()
-            server = (TRUSTED, PLAIN4)[turn % 2]
+            server = (TRUSTED, TRUSTED2, PLAIN4)[turn % 3]
             turn += 1
             if query(self.world.topo, self.world.client, server, timeout=0.5, retry_every=0.5, tcp=tcp).answered:
                 self.answered[server] += 1
@@ -82,7 +83,8 @@ def described(found: Restoration) -> str:
 def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(world, capsys):
     for action in (Action("resolvers", (PLAIN4,)), Action("mode", Mode.TRUSTED), Action("up")):
         world.apply(action)
-    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # inside ESP
+    for pinned in (TRUSTED, TRUSTED2):  # one pin, two addresses: each inside ESP
+        assert query(world.topo, world.client, pinned, timeout=20).answered, pinned
     with Stream(world) as stream:
         time.sleep(2)
         xfrm_back = restored(world, ["ip", "xfrm", "policy", "flush"])
@@ -94,7 +96,8 @@ def test_flushes_during_a_query_stream_leak_nothing_and_both_layers_come_back(wo
               f"{described(xfrm_back)} after `ip xfrm policy flush`, {described(nft_back)} after `nft flush ruleset` "
               "(from the removal's first event)")
     assert stream.answered[PLAIN4] == 0
-    assert query(world.topo, world.client, TRUSTED, timeout=20).answered  # pluto's conns loaded again, a new SA
+    for pinned in (TRUSTED, TRUSTED2):  # pluto's conns loaded again, a new SA
+        assert query(world.topo, world.client, pinned, timeout=20).answered, pinned
     notes = " ".join(walk_status_notes(world))
     assert "another program removed trusted mode's protection" in notes, notes
     world.check()

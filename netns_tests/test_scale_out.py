@@ -49,7 +49,7 @@ class Replica:
     address: str
     workdir: Path
 
-    def config(self, release: str, build: bytes = BUILD, *, listen: str | None = None, apply: str = "none",
+    def config(self, release: str, build: bytes = BUILD, *, listen: tuple[str, ...] = (), apply: str = "none",
                evidence: str = "enabled = false") -> str:
         """serve as this build, IKE on `listen` (default: its own address), [release] with the test's spec, sim
         anchors, and `release`."""
@@ -169,6 +169,7 @@ def test_a_rotation_started_on_one_replica_is_obtained_by_the_other_and_both_swi
 # --- three replicas behind one address, trusted clients with one pin ---------------------------------------------
 
 SERVICE = "10.82.0.53"
+SERVICE2 = "10.82.0.54"  # the service's second address (behind the same ECMP): one pin for both
 FAILOVER_S = 10.0
 
 
@@ -180,14 +181,16 @@ class Service:
     replicas: list[Replica]
 
     def route(self, *alive: Replica) -> None:
-        """The service address as equal-cost next hops over these replicas (L3 hash: one client, one replica)."""
+        """Each service address as equal-cost next hops over these replicas (L3 hash: one client and address, one
+        replica)."""
         hops = [arg for replica in alive for arg in ("nexthop", "via", replica.address)]
-        self.topo.run(self.router, ["ip", "route", "replace", f"{SERVICE}/32", *hops])
+        for address in (SERVICE, SERVICE2):
+            self.topo.run(self.router, ["ip", "route", "replace", f"{address}/32", *hops])
 
-    def holding(self, client: str) -> list[Replica]:
-        """The replicas whose kernel has ESP SAs with this client."""
+    def holding(self, client: str, address: str = SERVICE) -> list[Replica]:
+        """The replicas whose kernel has ESP SAs between this client and the service `address`."""
         return [r for r in self.replicas[:3]
-                if client in self.topo.run(r.host, ["ip", "xfrm", "state"], check=False).stdout]
+                if f"src {address} dst {client}" in self.topo.run(r.host, ["ip", "xfrm", "state"], check=False).stdout]
 
 
 @pytest.fixture
@@ -200,12 +203,13 @@ def service(topology: Topology, tmp_path: Path, unbound) -> Service:
         host = topology.add_host(f"replica{number}")
         topology.link(host, router, f"10.82.1{number}.0/24", hosts=(2, 1))
         topology.default_route(host, router)
-        topology.run(host, ["ip", "address", "add", f"{SERVICE}/32", "dev", "lo"])
+        for address in (SERVICE, SERVICE2):
+            topology.run(host, ["ip", "address", "add", f"{address}/32", "dev", "lo"])
         workdir = tmp_path / f"replica{number}"
         workdir.mkdir()
         replicas.append(Replica(host, f"10.82.1{number}.2", workdir))
         if number <= 3:
-            unbound(host, UnboundConfig(addresses=[ip_address(SERVICE)]))
+            unbound(host, UnboundConfig(addresses=[ip_address(SERVICE), ip_address(SERVICE2)]))
     spec = MeasurementSpec((MeasurementEntry("resolver-build", "sim", ((0, BUILD),)),))
     (tmp_path / "spec.json").write_bytes(spec.encode())
     found = Service(topology, client, router, replicas)
@@ -214,35 +218,40 @@ def service(topology: Topology, tmp_path: Path, unbound) -> Service:
 
 
 def _replica_config(replica: Replica, release: str, build: bytes = BUILD) -> str:
-    """A replica of the service: IKE and evidence on the service address, kernel SAs, release on its own."""
-    return replica.config(f'listen = ["{replica.address}"]\n{release}', build, listen=SERVICE, apply="kernel",
+    """A replica of the service: IKE and evidence on the service addresses, kernel SAs, release on its own."""
+    return replica.config(f'listen = ["{replica.address}"]\n{release}', build, listen=(SERVICE, SERVICE2),
+                          apply="kernel",
                           evidence="port = 4501")
 
 
-def pin_the_service_and_go_up(service: Service, run_dir: Path, tmp_path: Path) -> Path:
-    """`ikectl trust add` of the service address (whichever replica answers) and trusted `up`, answered over ESP;
-    the trust dir."""
+def pin_the_service_and_go_up(service: Service, run_dir: Path, tmp_path: Path,
+                              addresses: tuple[str, ...] = (SERVICE,)) -> Path:
+    """`ikectl trust add` of the service at `addresses` (whichever replica answers at each) and trusted `up`,
+    answered over ESP at each; the trust dir."""
     config = tmp_path / "ikectl.toml"
     trust_dir = tmp_path / "trust"
     config.write_text(f'mode = "trusted"\n[trusted]\nattested = "dns"\n[paths]\nrun_dir = "{run_dir}"\n'
                       f'trust_dir = "{trust_dir}"\n')
     ikectl = [str(IKECTL), "--config", str(config)]
-    added = service.topo.run(service.client, [*ikectl, "trust", "add", "dns", "--resolver", SERVICE, "--spec",
+    resolvers = [arg for address in addresses for arg in ("--resolver", address)]
+    added = service.topo.run(service.client, [*ikectl, "trust", "add", "dns", *resolvers, "--spec",
                                               str(tmp_path / "spec.json"), "--anchors", "sim"],
                              check=False, timeout=180)
     assert added.returncode == 0, added.stderr
     up = service.topo.run(service.client, [*ikectl, "up"], check=False, timeout=180)
     assert up.returncode == 0, up.stderr
-    assert query(service.topo, service.client, SERVICE, timeout=30.0).answered
+    for address in addresses:
+        assert query(service.topo, service.client, address, timeout=30.0).answered, address
     return trust_dir
 
 
 def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Service, start, run_dir: Path,
                                                                     capture, tmp_path: Path) -> None:
-    """Three replicas behind one ECMP address share one attested key (the second and third obtain it from the
-    first; another build is refused). A trusted client pins the service once; its replica is SIGKILLed and the
-    route withdrawn; its DNS is answered through another replica within 10 s, with the same pin, and the router
-    sees 0 plaintext port-53 packets from start to end."""
+    """Three replicas behind one ECMP address (two, in fact: the service's second address is routed the same way)
+    share one attested key (the second and third obtain it from the first; another build is refused). A trusted
+    client pins the service once, at both addresses; the replica of its first address's SAs is SIGKILLed and the
+    routes withdrawn; its DNS to each address is answered through another replica within 10 s, with the same pin,
+    and the router sees 0 plaintext port-53 packets from start to end."""
     topo, client = service.topo, service.client
     topo.sysctl(client, "net.core.xfrm_larval_drop", "0")  # queue the query that triggers IKE
     wire = capture(service.router, service.router.interface_to(client).ifname)
@@ -256,28 +265,34 @@ def test_a_client_pinned_once_moves_to_another_replica_within_10_s(service: Serv
     procs.wait_until(lambda: not refused.running(), 120.0, "the other build's replica to give up")
     assert "the joiner's evidence does not verify: spec[resolver-build].measurements.0" in refused.log_text()
 
-    trust_dir = pin_the_service_and_go_up(service, run_dir, tmp_path)
+    trust_dir = pin_the_service_and_go_up(service, run_dir, tmp_path, (SERVICE, SERVICE2))
     pin = (trust_dir / "dns.json").read_text()
+    assert json.loads(pin)["also"] == [SERVICE2]
     [serving] = service.holding("10.82.1.2")
 
     killed_at = time.monotonic()
     daemons[serving.host.name].stop(sig=signal.SIGKILL)
     service.route(*(r for r in (first, second, third) if r is not serving))
-    while not query(topo, client, SERVICE, timeout=1.0).answered:
-        assert time.monotonic() - killed_at < 30.0, "no answer through another replica within 30 s"
-    took = time.monotonic() - killed_at
-    print(f"failover: answered through another replica {took:.1f} s after the SIGKILL")
-    assert took < FAILOVER_S, f"answered again after {took:.1f} s"
+    took = {}
+    for address in (SERVICE, SERVICE2):
+        while not query(topo, client, address, timeout=1.0).answered:
+            assert time.monotonic() - killed_at < 30.0, f"no answer from {address} through another replica in 30 s"
+        took[address] = time.monotonic() - killed_at
+    print(f"failover: answered through another replica {took[SERVICE]:.1f} s after the SIGKILL "
+          f"({took[SERVICE2]:.1f} s at the service's second address)")
+    assert max(took.values()) < FAILOVER_S, f"answered again after {took} s"
     # The killed replica's kernel keeps its SAs (nothing removed them); the client's new ones are elsewhere.
     assert [r for r in service.holding("10.82.1.2") if r is not serving]
-    assert all(query(topo, client, SERVICE, timeout=5.0).answered for _ in range(3))
-    assert query(topo, client, SERVICE, tcp=True, timeout=5.0).answered
+    for address in (SERVICE, SERVICE2):
+        assert all(query(topo, client, address, timeout=5.0).answered for _ in range(3)), address
+        assert query(topo, client, address, tcp=True, timeout=5.0).answered, address
     assert (trust_dir / "dns.json").read_text() == pin  # not pinned again
 
     wire.stop()
-    counts = wire.count(client.addresses()).peer(SERVICE)
-    assert counts.plaintext_dns == 0, counts
-    assert counts.esp_out >= 5 and counts.esp_in >= 5, counts
+    for address in (SERVICE, SERVICE2):
+        counts = wire.count(client.addresses()).peer(address)
+        assert counts.plaintext_dns == 0, (address, counts)
+        assert counts.esp_out >= 5 and counts.esp_in >= 5, (address, counts)
 
 
 def test_when_the_last_holder_dies_a_new_key_is_made_and_clients_attest_again(service: Service, start,

@@ -27,12 +27,13 @@ def signing_identity(resolver_id: str, *, backend: str = "sim", key_type: str = 
     return f'backend = "{backend}"\nkey_type = "{key_type}"\nid = "{resolver_id}"\nauth = "signature"\n'
 
 
-def config_text(address: str, *, identity: str, workdir: Path, apply: str = "none", extra: str = "",
-                privacy: bool = False) -> str:
-    """A whole config: listen on `address`, the [identity] body `identity` (published into `workdir`), the apply
-    mode, and `extra` (more sections, TOML) at the end. Privacy is off unless asked for: the tests read what the
-    server did with each client from its log (with privacy on, those lines stay in its ring)."""
-    return (f'[listen]\naddresses = ["{address}"]\n\n'
+def config_text(address: str | tuple[str, ...], *, identity: str, workdir: Path, apply: str = "none",
+                extra: str = "", privacy: bool = False) -> str:
+    """A whole config: listen on `address` (or each of several), the [identity] body `identity` (published into
+    `workdir`), the apply mode, and `extra` (more sections, TOML) at the end. Privacy is off unless asked for: the
+    tests read what the server did with each client from its log (with privacy on, those lines stay in its ring)."""
+    listened = ", ".join(f'"{a}"' for a in ((address,) if isinstance(address, str) else address))
+    return (f'[listen]\naddresses = [{listened}]\n\n'
             f'[identity]\n{identity}publish = "{workdir / "identity.json"}"\n\n'
             f'[apply]\nmode = "{apply}"\n\n[privacy]\nenabled = {"true" if privacy else "false"}\n\n{extra}')
 

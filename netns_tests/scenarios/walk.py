@@ -2,7 +2,8 @@
 own tables, /proc and the wire after every step (netns_tests/test_walk.py; long runs: scripts/soak).
 
 The world: a client with two uplinks to a router (a second one to fail over to), and behind the router
-    trusted  10.91.2.53            unbound + pluto with a pinned ECDSA key (trusted mode's resolver)
+    trusted  10.91.2.53 10.91.2.54 unbound + pluto with a pinned ECDSA key (trusted mode's resolver: one service at
+                                   two addresses, one pin)
     oe       10.91.3.53 fd91:3::53 unbound + a NULL-auth pluto that comes and goes (a resolver gains or loses IKE)
     plain    10.91.4.53 fd91:4::53 unbound only
 The router captures both of the client's links.
@@ -10,7 +11,8 @@ The router captures both of the client's links.
 The invariants (what ikectl promises, as the kernel shows it):
 - trusted: both backstops complete (within a moment of another program removing them); no policy of pluto's
   kind lets DNS to a managed resolver out in clear; any other program's policy that does is caught by a complete
-  nftables table; pluto's traps for the pinned resolver are there whenever our pluto can route them; no pluto
+  nftables table; pluto's traps for each of the pinned resolver's addresses are there whenever our pluto can route
+  them; no pluto
   of ours outside the recorded run dir; and on the wire, no plaintext port-53 packet in any trusted phase;
 - coffee-shop: no backstop; every listed resolver has pluto's policy (trap, SA or shunt) unless the record says
   why not; nothing of pluto's kind for a resolver no longer listed;
@@ -47,8 +49,11 @@ from netns_tests.harness.capture import Capture
 from netns_tests.harness.dnsclient import query
 from netns_tests.harness.pluto import Pluto, PlutoConfig
 from netns_tests.harness.topology import Topology
+from netns_tests.harness.unbound import UnboundConfig
 
 TRUSTED, OE4, OE6, PLAIN4, PLAIN6 = "10.91.2.53", "10.91.3.53", "fd91:3::53", "10.91.4.53", "fd91:4::53"
+TRUSTED2 = "10.91.2.54"  # the trusted resolver's second address: the same service, the same pin
+PINNED = (TRUSTED, TRUSTED2)
 RESOLVERS = (OE4, OE6, PLAIN4, PLAIN6, TRUSTED)
 TRUSTED_ID = "@dns.walk.example"
 RETRY_AFTER_S = 5  # the shortest the config allows: "time passes beyond retry_after_s" stays cheap
@@ -159,7 +164,11 @@ class World:
             host = topo.add_host(name)
             topo.link(host, self.router, net4, net6, hosts=(53, 1))
             topo.default_route(host, self.router)
-            unbound(host)
+            if name == "trusted":
+                topo.run(host, ["ip", "address", "add", f"{TRUSTED2}/24", "dev", host.interface_to(self.router).ifname])
+                unbound(host, UnboundConfig(addresses=[ip_address(a) for a in PINNED]))
+            else:
+                unbound(host)
             self.hosts[name] = host
         topo.run(self.router, ["ip", "route", "add", "10.91.5.0/24", "via", "10.91.6.1"])
         self.captures = [capture(self.router, self.router.interface_to(self.client).ifname),
@@ -189,7 +198,8 @@ class World:
         if server.running():
             server.stop()
         key = keys.parse(server.show_hostkey(server.new_hostkey("ecdsa"), "right")) if new_key else self.pin
-        server.write_config(PlutoConfig(conns=render.render_responder("dns", ip_address(TRUSTED), ike_id, key)))
+        server.write_config(PlutoConfig(conns="\n".join(
+            render.render_responder(f"dns{n}", ip_address(address), ike_id, key) for n, address in enumerate(PINNED))))
         server.start()
         server.addconn("--autoall")
 
@@ -200,7 +210,7 @@ class World:
         addresses = ", ".join(f'"{a}"' for a in m.resolvers)
         self.config.write_text(
             f'mode = "{m.mode.value}"\n[resolvers]\naddresses = [{addresses}]\n'
-            f'[trusted]\naddress = "{TRUSTED}"\nid = "{TRUSTED_ID}"\npubkey = "{self.pin.libreswan}"\n'
+            f'[trusted]\naddress = ["{TRUSTED}", "{TRUSTED2}"]\nid = "{TRUSTED_ID}"\npubkey = "{self.pin.libreswan}"\n'
             f"[coffee_shop]\nretry_after_s = {RETRY_AFTER_S}\n[paths]\nrun_dir = \"{self.run_dirs[m.run_dir]}\"\n")
 
     def ikectl(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -223,7 +233,7 @@ class World:
         m = self.model
         self._end_trusted_phase()
         proc = self.ikectl("up")
-        m.ever |= set(m.resolvers) | ({TRUSTED} if m.mode == Mode.TRUSTED else set())
+        m.ever |= set(m.resolvers) | (set(PINNED) if m.mode == Mode.TRUSTED else set())
         if proc.returncode == 0 or m.mode == Mode.TRUSTED:  # trusted fails closed: trusted (blocked) all the same
             m.up, m.up_source = m.mode, m.source
         elif proc.returncode not in (0, 1):
@@ -437,14 +447,13 @@ class World:
         self._check_single_pluto(record)
         pid = pluto_of(record.run_dir)
         if record.blocked is None and pid is not None and pid != self.model.frozen:
-            pinned = ip_address(TRUSTED)
-
             def routed() -> str | None:
                 table = self.table()
-                missing = [proto for proto in (6, 17) if not policies.covered(table, pinned, proto)]
+                missing = [(address, proto) for address in PINNED for proto in (6, 17)
+                           if not policies.covered(table, ip_address(address), proto)]
                 return f"no pluto policy for the pinned resolver's {missing}" if missing else None
 
-            _eventually(routed, "pluto's traps for the pinned resolver")
+            _eventually(routed, "pluto's traps for each of the pinned resolver's addresses")
         # From the wire's side: DNS to a resolver that is not pinned gets no answer (the captures count it too).
         server = (PLAIN4, OE4)[len(self.log) % 2]
         if query(self.topo, self.client, server, timeout=0.5, retry_every=0.25).answered:
