@@ -132,6 +132,8 @@ def address(value: object, where: str) -> Address:
         raise ConfigError(f"{where}: {value} cannot be a resolver")
     if getattr(addr, "scope_id", None):
         raise ConfigError(f"{where}: {value}: a scoped address (%IFACE) cannot be a resolver here")
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        raise ConfigError(f"{where}: {value}: an IPv4-mapped address: give the IPv4 address {addr.ipv4_mapped}")
     return addr
 
 
@@ -143,8 +145,6 @@ def listed_resolver(value: object, where: str) -> Address:
                           "resolver a local stub forwards to)")
     if addr.is_link_local:
         raise ConfigError(f"{where}: {value}: a link-local address needs its interface, which IPsec here cannot use")
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        raise ConfigError(f"{where}: {value}: an IPv4-mapped address: give the IPv4 address {addr.ipv4_mapped}")
     return addr
 
 
@@ -538,6 +538,8 @@ def addresses(value: object, where: str) -> tuple[Address, ...]:
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ConfigError(f"{where}: an empty list: give the resolver's address")
+    if len(items) > truststore.MAX_ADDRESSES:
+        raise ConfigError(f"{where}: {len(items)} addresses: one resolver takes at most {truststore.MAX_ADDRESSES}")
     found = tuple(address(item, f"{where}[{i}]" if isinstance(value, list) else where) for i, item in enumerate(items))
     repeated = [a for i, a in enumerate(found) if a in found[:i]]
     if repeated:

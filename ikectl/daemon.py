@@ -314,6 +314,24 @@ def supervisor_running(pid: int | None) -> bool:
     return SUPERVISOR_MODULE.encode() in cmdline and in_this_netns(pid)
 
 
+def runs_older_code(pid: int, package: Path = Path(__file__).parent) -> bool:
+    """Did `pid` start before ikectl's code on disk was last replaced (an upgrade in place, which keeps the
+    supervisor running)? Such a supervisor does not know what a newer `up` records, and would undo it. The files'
+    ctime, since dpkg keeps the archive's mtimes."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    try:
+        replaced = max(p.stat().st_ctime for p in (*package.glob("*.py"), *package.glob("templates/*.j2")))
+    except (OSError, ValueError):
+        return False
+    return replaced > started + 1  # btime is whole seconds
+
+
 def end_if_stuck(pid: int) -> bool:
     """A supervisor of this namespace that is stopped (SIGSTOP) can never let go of the lock it holds: kill it
     (`up` starts another). True when it was one, and is gone."""

@@ -209,11 +209,15 @@ def _stop_our_pluto(run: daemon.RunDir, nd_before: tuple[str, ...]) -> None:
 
 def _ensure_supervisor(_: EnsureSupervisor, ex: Execution) -> None:
     recorded = ex.record.supervisor_pid if ex.record is not None else None
-    if daemon.supervisor_running(recorded) and recorded in daemon.supervisors_of(ex.run):
+    running = daemon.supervisor_running(recorded) and recorded in daemon.supervisors_of(ex.run)
+    if running and recorded is not None and not daemon.runs_older_code(recorded):
         ex.supervisor_pid = recorded
     else:
         ex.supervisor_pid = daemon.start_supervisor(ex.run)
         ex.stack.callback(daemon.stop_supervisor, ex.supervisor_pid)
+        if running:  # only once the new one runs: the supervisor's watch never lapses
+            ex.say(f"replacing the supervisor (pid {recorded}): it runs ikectl's code from before an upgrade")
+            daemon.stop_supervisor(recorded)
     if ex.intent is not None and ex.intent.mode == Mode.TRUSTED:
         late = await_guard(ex.supervisor_pid)
         if late is not None:

@@ -245,6 +245,9 @@ def _up_trusted(intent: Intent, facts: Facts, record: RunState | None) -> tuple[
     if loaded_mode(record, facts) == Mode.COFFEE_SHOP and not _moved(intent, record):
         steps += [UnloadConns(tuple(OE_CONNS.values()), Mode.COFFEE_SHOP),
                   RemoveLeftovers(frozenset(everyone - keep))]
+    stale = stale_trusted(record, len(intent.pinned))
+    if loaded_mode(record, facts) == Mode.TRUSTED and not _moved(intent, record) and stale:
+        steps.append(UnloadConns(stale, Mode.TRUSTED))  # loading by name replaces only the conns the pin still has
     steps.append(WriteTree())
     running = _pluto_running_after(facts) and not _moved(intent, record)
     if not running:
@@ -252,6 +255,11 @@ def _up_trusted(intent: Intent, facts: Facts, record: RunState | None) -> tuple[
     steps += [LoadConns(replacing=running and loaded_mode(record, facts) == Mode.TRUSTED, rescan=running),
               Negotiate(), EnsureSupervisor(), Record()]
     return tuple(steps)
+
+
+def stale_trusted(record: RunState | None, addresses: int) -> tuple[str, ...]:
+    """The trusted conns the record's pin had beyond a pin of `addresses` addresses."""
+    return trusted_conns(len(record.trusted))[len(trusted_conns(addresses)):] if record is not None else ()
 
 
 def _up_coffee_shop(intent: Intent, facts: Facts, record: RunState | None) -> tuple[Step, ...]:

@@ -246,13 +246,15 @@ def _fail_closed(config: Config, store: StateStore, record: RunState | None, rea
     with contextlib.suppress(IkectlError):
         nft.install()
     run = daemon.RunDir(config.run_dir)
-    if daemon.pluto_pid(run) is not None and _pluto_facts(config.run_dir).stopped is False:
-        whack = run.whack(timeout_s=5.0)
-        for name in plan.OE_CONNS.values():
-            with contextlib.suppress(IkectlError):
-                whack.delete(name)
     assert config.trusted is not None
     pinned = config.trusted.addresses
+    if daemon.pluto_pid(run) is not None and _pluto_facts(config.run_dir).stopped is False:
+        whack = run.whack(timeout_s=5.0)
+        # Coffee-shop's groups, and the conns of addresses an earlier pin had and this one has not (the record
+        # written below counts only this pin's): an undone switch may have loaded them again.
+        for name in (*plan.OE_CONNS.values(), *plan.stale_trusted(record, len(pinned))):
+            with contextlib.suppress(IkectlError):
+                whack.delete(name)
     everyone = protect.managed(pinned, record)
     with xfrm.XfrmClient() as client:
         table = client.policies()
@@ -341,6 +343,19 @@ def _remaining(record: RunState | None, dirs: tuple[Path, ...]) -> list[str]:
 # backstops, so DNS to the portal's resolver passes in clear while pluto's conns still hold the trusted
 # resolver's DNS to ESP; closing puts them back. The record carries the window's end, so the supervisor's watch
 # leaves the backstops out until then. Both do nothing unless ikectl is up in trusted mode.
+
+def hold_blocked(pinned: tuple[Address, ...], reason: str, now: float, pin: str | None = None) -> bool:
+    """A pin trusted mode uses failed (`pin`) or is gone: the record says trusted mode is blocked, so that neither
+    the supervisor's repairs nor a pluto it revives load the trusted conns again from the tree on disk, which still
+    holds the pin's key; the next `up` (a pin that verifies again reapplies) replaces it. True when written."""
+    store = StateStore.here()
+    with store.lock(wait_s=LOCK_WAIT_S, unstick=daemon.end_if_stuck):
+        record = store.read()
+        if not isinstance(record, RunState) or record.mode != Mode.TRUSTED or record.trusted != pinned:
+            return False
+        store.write(replace(record, blocked=Blocked(reason, now, pin)))
+    return True
+
 
 def open_portal_window(until: float, say: Say = _quiet) -> bool:
     """Let clear DNS pass until `until` (a portal login); True when trusted mode is up and the backstops are out."""

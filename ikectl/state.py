@@ -103,6 +103,9 @@ class Blocked:
 
     reason: str
     since: float
+    # The trust-store pin whose attestation failed: the supervisor keeps re-attesting it, and one that verifies
+    # again reapplies trusted mode (any other block waits for the next `up`).
+    pin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class RunState:
             "config_path": str(self.config_path) if self.config_path else None,
             "retry_after_s": self.retry_after_s, "upkeep": self.upkeep.to_json(),
             "unprotected": dict(self.unprotected),
-            "blocked": {"reason": self.blocked.reason, "since": self.blocked.since} if self.blocked else None,
+            "blocked": ({"reason": self.blocked.reason, "since": self.blocked.since, "pin": self.blocked.pin}
+                        if self.blocked else None),
             "esp_refused": self.esp_refused, "portal_until": self.portal_until,
             "interference": [{"at": i.at, "what": i.what} for i in self.interference],
         }
@@ -171,7 +175,8 @@ class RunState:
             config_path=Path(data["config_path"]) if data["config_path"] else None,
             retry_after_s=int(data["retry_after_s"]), upkeep=Upkeep.from_json(data["upkeep"]),
             unprotected={str(a): str(why) for a, why in data["unprotected"].items()},
-            blocked=Blocked(str(blocked["reason"]), float(blocked["since"])) if blocked else None,
+            blocked=(Blocked(str(blocked["reason"]), float(blocked["since"]),
+                             str(blocked["pin"]) if blocked.get("pin") is not None else None) if blocked else None),
             esp_refused=str(data["esp_refused"]) if data["esp_refused"] is not None else None,
             portal_until=float(data["portal_until"]) if data["portal_until"] is not None else None,
             interference=tuple(Interference(float(i["at"]), str(i["what"])) for i in data["interference"]),

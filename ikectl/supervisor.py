@@ -104,7 +104,10 @@ class Supervisor:
                     self.store.write(updated)
         except StateBusy:
             return True  # an `up` or `down` is at work; the next round looks again
-        if updated.mode == Mode.TRUSTED and updated.blocked is None and updated.config_path is not None:
+        # Not after a failed `up` (re-attestation would reload trusted mode behind the user's back), but after a
+        # failed attestation: the pin is retried, and trusted mode comes back once it verifies.
+        retried = updated.blocked is None or updated.blocked.pin is not None
+        if updated.mode == Mode.TRUSTED and retried and updated.config_path is not None:
             # Outside the lock: a re-attestation that pins a new key runs `up` again, which takes it.
             self.reattest(updated.config_path, len(updated.trusted), now)
         return True

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ from .config import Address, Config, ConfigError, Mode, TrustedResolver, TrustSe
 from .errors import IkectlError, UsageError
 from .render import trusted_conns
 from .state import RunState, read_here
-from .truststore import DEFAULT_PORT, FAILED, OK, Anchors, PinMissing, StoredPin, TrustError
+from .truststore import DEFAULT_PORT, FAILED, MAX_ADDRESSES, OK, Anchors, PinMissing, StoredPin, TrustError
 
 NONCE_SIZE = 32
 INLINE = "inline:"
@@ -271,6 +272,8 @@ def add(config: Config, name: str, resolvers: tuple[Address, ...], spec_text: st
     repeated = [a for i, a in enumerate(resolvers) if a in resolvers[:i]]
     if repeated:
         raise UsageError(f"--resolver {repeated[0]} is given twice")
+    if len(resolvers) > MAX_ADDRESSES:
+        raise UsageError(f"--resolver given {len(resolvers)} times: one resolver takes at most {MAX_ADDRESSES}")
     source = spec_source(spec_text)
     roots = trust_anchors(anchors, config.trust)
     if anchors == Anchors.SIM:
@@ -284,12 +287,10 @@ def add(config: Config, name: str, resolvers: tuple[Address, ...], spec_text: st
         except SpecFormatError as exc:
             raise UsageError(f"--spec: {exc}") from None
         every = [_attest_for_pin(address, port, spec, roots, now, config.trust, expected_id) for address in resolvers]
-        attested = every[0]
-        for address, other in zip(resolvers[1:], every[1:], strict=True):
-            differs = "key" if other.key != attested.key else "ID" if other.id != attested.id else None
-            if differs is not None:
-                raise TrustError(f"resolver {address} attests another {differs} than {resolvers[0]}: they are not "
-                                 "one service; nothing pinned")
+        try:
+            attested = _one_service(list(zip(resolvers, every, strict=True)))
+        except TrustError as exc:
+            raise TrustError(f"{exc}; nothing pinned") from None
         pin = StoredPin(name=name, address=resolvers[0], port=port, id=attested.id, key=attested.key, spec=source,
                         anchors=anchors.value, evidence_kind=attested.evidence_kind,
                         measurement_id=attested.measurement_id, pinned_at=now, attested_at=now, feed_serial=serial,
@@ -318,15 +319,15 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
         pin = _existing(config, name)
         try:
             spec, serial = load_spec(pin.spec, config.trust, now, pin.feed_serial)
-            attested = _attest_any(pin, spec, config.trust, now)
+            attested = _attest_service(pin, spec, config.trust, now)
         except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
-                f"pin {name!r}: cannot attest resolver {pin.address}: {exc}", ())
+                f"pin {name!r}: cannot attest resolver {', '.join(map(str, pin.addresses))}: {exc}", ())
             truststore.save(config.trust_dir, replace(
                 pin, result=FAILED, attested_at=now, reason=failure.reason,
                 mismatches=tuple((m.field, m.expected, m.actual) for m in failure.mismatches)))
             try:
-                blocked = block(pin, say)
+                blocked = block(pin, say, why=f"pin {name!r} failed attestation: {failure.reason}", failed=True)
                 effect = ("trusted mode's conns to it are deleted: DNS is blocked" if blocked else
                           "trusted mode refuses it until it verifies: DNS to it stays blocked")
             except IkectlError as exc:
@@ -346,19 +347,33 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
     return Reattestation(name, True, key_changed=changed, reapplied=reapplied, notes=attested.notes)
 
 
-def _attest_any(pin: StoredPin, spec: MeasurementSpec, settings: TrustSettings, now: float) -> Attested:
-    """The pin's resolver, at the first of its addresses whose endpoint answers: the service is one, and one of
-    its addresses down (a replica, a path) is no verdict on it. Evidence that does not verify, at any address that
-    answers, is one. Every address stays held to the pinned key by IKE itself."""
-    unreachable: Unreachable | None = None
+def _one_service(found: list[tuple[Address, Attested]]) -> Attested:
+    """What the first address attested, when every other one attested the same key and ID."""
+    first, attested = found[0]
+    for address, other in found[1:]:
+        differs = "key" if other.key != attested.key else "ID" if other.id != attested.id else None
+        if differs is not None:
+            raise TrustError(f"resolver {address} attests another {differs} than {first}: they are not one service")
+    return attested
+
+
+def _attest_service(pin: StoredPin, spec: MeasurementSpec, settings: TrustSettings, now: float) -> Attested:
+    """The pin's resolver at each of its addresses whose endpoint answers: each must verify, and all must present
+    one key and ID, as when it was pinned. An address that does not answer (a replica, a path down) is no verdict
+    on the service, as long as one answers."""
+    found: list[tuple[Address, Attested]] = []
+    unreachable: list[Unreachable] = []
     for address in pin.addresses:
         try:
-            return attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings), now,
-                          timeout=settings.timeout_s, policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+            found.append((address, attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings),
+                                          now, timeout=settings.timeout_s, policy=tdx_policy(settings),
+                                          snp_policy=snp_policy(settings))))
         except Unreachable as exc:
-            unreachable = unreachable or exc
-    assert unreachable is not None  # a pin has an address
-    raise unreachable
+            unreachable.append(exc)
+    if not found:
+        raise unreachable[0] if len(unreachable) == 1 else Unreachable(
+            "no address of the resolver answers: " + "; ".join(map(str, unreachable)))
+    return _one_service(found)
 
 
 def _still_staged(pin: StoredPin, attested: Attested) -> bool:
@@ -373,7 +388,7 @@ def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:
     _existing(config, name)
     with truststore.locked(config.trust_dir):
         pin = _existing(config, name)
-        blocked = block(pin, say)
+        blocked = block(pin, say, why=f"pin {name!r} was removed (`ikectl trust remove`)")
         truststore.remove(config.trust_dir, name)
     return blocked
 
@@ -441,13 +456,16 @@ def _in_use(pin: StoredPin) -> RunState | None:
     return record if record is not None and record.mode == Mode.TRUSTED and record.trusted == pin.addresses else None
 
 
-def block(pin: StoredPin, say: Say = _quiet) -> bool:
-    """Fail closed: delete the trusted conns, so only the backstops remain and DNS is blocked. True when they were
-    deleted just now; False when trusted mode is not using this resolver, or pluto is not running (nothing but the
-    backstops is there then)."""
+def block(pin: StoredPin, say: Say = _quiet, *, why: str | None = None, failed: bool = False) -> bool:
+    """Fail closed: delete the trusted conns, so only the backstops remain and DNS is blocked, and with `why` (the
+    pin `failed`, or is gone) record that trusted mode is blocked, first: the supervisor would otherwise load the conns
+    again from the tree on disk, with the pin's old key. True when the conns were deleted just now; False when
+    trusted mode is not using this resolver, or pluto is not running (nothing but the backstops is there then)."""
     record = _in_use(pin)
     if record is None:
         return False
+    if why is not None:
+        session.hold_blocked(record.trusted, why, time.time(), pin.name if failed else None)
     run = daemon.RunDir(record.run_dir)
     if daemon.pluto_pid(run) is None:
         return False

@@ -58,6 +58,9 @@ class Anchors(StrEnum):
     SIM = "sim"        # the simulated root: NOT SECURE
 
 
+MAX_ADDRESSES = 8  # of one resolver: each is a pair of conns in pluto, and re-attestation asks each in turn
+
+
 class TrustError(IkectlError):
     """A pin could not be made, read, kept or used (exit code 1)."""
 
@@ -124,8 +127,8 @@ class StoredPin:
                 raise ValueError(f"also {listed!r}")
             also = tuple(ip_address(str(a)) for a in listed)
             address = ip_address(str(data["address"]))
-            if len({address, *also}) != 1 + len(also):
-                raise ValueError("an address listed twice")
+            if len({address, *also}) != 1 + len(also) or len(also) >= MAX_ADDRESSES:
+                raise ValueError("an address listed twice, or too many")
             return cls(name=check_name(str(data["name"]), source), address=address,
                        port=_port(data["port"]), id=str(data["id"]),
                        key=keys.parse(str(data["key"]), str(data["key_kind"]), source=f"{source}: key"),

@@ -6,6 +6,8 @@ repaired alone) and blocks the rest; re-attestation asks the first address that 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from dataclasses import replace
 from ipaddress import ip_address
@@ -18,7 +20,7 @@ from trust_servers import RESOLVER_ID, port_of, running_endpoint, sim_spec
 from enclave_ike.enclave.software import SoftwareEnclave
 from ikecommon import keys
 from ikecommon.xfrm import Direction, Policy, Selector, Template
-from ikectl import config, nm, pins, plan, protect, render, status, trust, truststore
+from ikectl import config, daemon, nm, pins, plan, protect, render, status, trust, truststore
 from ikectl.config import ConfigError, Mode, TrustedResolver
 from ikectl.errors import UsageError
 from ikectl.plan import Facts, PlutoFacts, ReloadConns
@@ -94,9 +96,12 @@ def test_an_address_that_does_not_answer_pins_nothing(cfg, spec_file):
     assert pinned_nothing(cfg)
 
 
-def test_an_address_given_twice_is_bad_usage_and_fetches_nothing(cfg, spec_file):
+def test_an_address_given_twice_or_too_many_is_bad_usage_and_fetches_nothing(cfg, spec_file):
     with pytest.raises(UsageError, match=r"^--resolver 127\.0\.0\.1 is given twice$"):
         add(cfg, 1, spec_file, (FIRST, SECOND, FIRST))
+    many = tuple(ip_address(f"127.0.0.{n}") for n in range(1, truststore.MAX_ADDRESSES + 2))
+    with pytest.raises(UsageError, match=r"^--resolver given 9 times: one resolver takes at most 8$"):
+        add(cfg, 1, spec_file, many)
     assert pinned_nothing(cfg)
 
 
@@ -114,6 +119,20 @@ def test_reattestation_asks_the_next_address_when_the_first_does_not_answer(cfg,
     assert not truststore.load(cfg.trust_dir, "svc").ok
 
 
+def test_reattestation_holds_every_address_that_answers_to_one_key(cfg, spec_file):
+    """As `add` did: B presenting another key (one that verifies against the spec) than A fails the pin, rather
+    than re-pinning the service to whichever address was asked."""
+    service = SoftwareEnclave()
+    with running_endpoint(service) as first:
+        with running_endpoint(service, port=port_of(first), host=str(SECOND)):
+            add(cfg, port_of(first), spec_file)
+        with running_endpoint(SoftwareEnclave(), port=port_of(first), host=str(SECOND)), \
+                pytest.raises(trust.ReattestFailed, match=r"resolver 127\.0\.0\.2 attests another key than "
+                                                          r"127\.0\.0\.1: they are not one service"):
+            trust.verify(cfg, "svc", time.time())
+    assert not truststore.load(cfg.trust_dir, "svc").ok
+
+
 def test_evidence_that_fails_at_the_first_address_is_a_verdict_not_a_reason_to_ask_the_next(cfg, spec_file):
     service = SoftwareEnclave()
     with running_endpoint(service) as first:
@@ -123,6 +142,11 @@ def test_evidence_that_fails_at_the_first_address_is_a_verdict_not_a_reason_to_a
     with running_endpoint(SoftwareEnclave(registers=(bytes(48),)), port=port), \
             running_endpoint(service, port=port, host=str(SECOND)), pytest.raises(trust.ReattestFailed):
         trust.verify(cfg, "svc", time.time())
+    assert not truststore.load(cfg.trust_dir, "svc").ok
+    with running_endpoint(service, port=port), running_endpoint(SoftwareEnclave(registers=(bytes(48),)), port=port,
+                                                                 host=str(SECOND)), \
+            pytest.raises(trust.ReattestFailed):
+        trust.verify(cfg, "svc", time.time())  # nor at the second, while the first verifies
     assert not truststore.load(cfg.trust_dir, "svc").ok
 
 
@@ -157,6 +181,10 @@ def test_a_trusted_table_takes_a_list_of_addresses():
     (["192.0.2.53", "192.0.2.53"], "t.toml: [trusted]: address: 192.0.2.53 is listed twice"),
     (["192.0.2.53", "nope"], "t.toml: [trusted]: address[1]: 'nope' is not an IP address"),
     (["192.0.2.53", 53], "t.toml: [trusted]: address[1]: expected an IP address as a string, got int"),
+    # One address in two spellings would be two conns for one peer.
+    (["192.0.2.53", "::ffff:192.0.2.53"], "t.toml: [trusted]: address[1]: ::ffff:192.0.2.53: an IPv4-mapped "
+                                          "address: give the IPv4 address 192.0.2.53"),
+    ([f"192.0.2.{n}" for n in range(1, 10)], "t.toml: [trusted]: address: 9 addresses: one resolver takes at most 8"),
 ])
 def test_a_bad_list_of_addresses_is_one_clear_line(address, said):
     with pytest.raises(ConfigError) as info:
@@ -201,6 +229,18 @@ def test_only_the_address_whose_policies_went_is_loaded_again():
     assert plan.unrouted(record(), whole) == ()
     assert plan.repair(record(), whole, backstop_wanted=False, route=render.trusted_pair(1)) == (
         ReloadConns(render.trusted_pair(1)),)
+
+
+def test_a_pin_with_fewer_addresses_unloads_the_conns_of_the_ones_it_dropped():
+    """Loading by name replaces only the conns the new pin has: ikectl-trusted-2-* (the old key, B) would stay."""
+    fewer = plan.Intent(Mode.TRUSTED, Path("/run/ikectl"), (B, OTHER),
+                        render.Profile(Mode.TRUSTED, trusted=TrustedResolver(B, "@other.example", KEY)))
+    steps = plan.up(fewer, Facts(pluto=PlutoFacts(pid=42)), record())
+    assert plan.UnloadConns(render.trusted_pair(1), Mode.TRUSTED) in steps
+    assert steps.index(plan.UnloadConns(render.trusted_pair(1), Mode.TRUSTED)) < steps.index(plan.WriteTree())
+    assert not any(isinstance(s, plan.UnloadConns) for s in plan.up(
+        plan.Intent(Mode.TRUSTED, Path("/run/ikectl"), (A, B), render.Profile(Mode.TRUSTED, trusted=SERVICE)),
+        Facts(pluto=PlutoFacts(pid=42)), record()))
 
 
 def test_leaving_trusted_mode_unloads_every_addresses_conns():
@@ -250,3 +290,21 @@ def test_blocking_a_pin_deletes_every_addresses_conns(cfg, monkeypatch):
     assert trust.block(pin)
     assert deleted == list(render.trusted_conns(2))
     assert not trust.block(replace(pin, also=()))  # a pin of A alone is not the one trusted mode uses
+
+
+def test_a_supervisor_started_before_the_code_was_replaced_is_told_apart(tmp_path):
+    """An upgrade in place keeps the supervisor running; one that runs the older code does not know what a newer
+    `up` records (it read one address of a pin of two, and deleted the other's policies as strays)."""
+    package = tmp_path / "ikectl"
+    (package / "templates").mkdir(parents=True)
+    (package / "plan.py").write_text("")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not daemon.runs_older_code(sleeper.pid, package)
+        time.sleep(2.2)  # the process's start is known to the clock tick, the boot time to the second
+        (package / "templates" / "trusted.conf.j2").write_text("")  # replaced after the process started
+        assert daemon.runs_older_code(sleeper.pid, package)
+        assert not daemon.runs_older_code(os.getpid() + 10**7, package)  # no such process: nothing to replace
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -40,7 +40,7 @@ FULL = RunState(
     config_path=Path("/etc/ikectl/ikectl.toml"), retry_after_s=30,
     upkeep=Upkeep({"192.0.2.53": Exclusion(2000.0, "refused")}, {"192.0.2.53": 77}, {"2001:db8::53": 3.0},
                   {"2001:db8::53": 4.0}),
-    unprotected={"2001:db8::53": "no route to it"}, blocked=Blocked("why", 5.0), esp_refused="no gcm",
+    unprotected={"2001:db8::53": "no route to it"}, blocked=Blocked("why", 5.0, "home"), esp_refused="no gcm",
     portal_until=6.0, interference=(Interference(7.0, "flushed"),))
 
 

@@ -95,6 +95,19 @@ def test_a_blocked_record_gets_no_upkeep_and_no_reattestation(run, monkeypatch):
     assert supervisor.Supervisor(run).tick(1.0)
 
 
+def test_a_record_blocked_by_a_failed_pin_is_re_attested_so_trusted_mode_can_come_back(run, monkeypatch):
+    """The pin failed (an endpoint down for a while, a measurement revoked): trusted mode is blocked, and the
+    supervisor keeps re-attesting the pin, which reapplies trusted mode once it verifies again."""
+    store = StateStore.here()
+    record = store.read()
+    assert isinstance(record, RunState)
+    store.write(replace(record, blocked=Blocked("pin 'home' failed attestation: x", 1.0, pin="home")))
+    asked: list[bool] = []
+    monkeypatch.setattr(supervisor.opportunistic, "upkeep", lambda *_: pytest.fail("upkeep while blocked"))
+    monkeypatch.setattr(trust, "reattest_due", lambda cfg, now, key_changed=False: asked.append(key_changed) or [])
+    assert supervisor.Supervisor(run).tick(1.0) and asked == [False]
+
+
 def test_a_pluto_that_dies_after_trusted_mode_failed_closed_is_not_started_again(run, monkeypatch):
     """The adversarial review: the failed trusted `up` had put coffee-shop's tree back on disk (its undo), and
     starting pluto from it brought back the opportunistic groups, whose clear fallbacks outrank the backstop."""

@@ -23,7 +23,7 @@ from ikecommon import keys
 from ikecommon.attestation.binding import report_data
 from ikecommon.attestation.envelope import Collateral, Envelope
 from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certificate
-from ikectl import config, daemon, feed, pins, render, session, status, trust, truststore
+from ikectl import config, daemon, feed, pins, plan, render, session, status, trust, truststore
 from ikectl.config import Mode
 from ikectl.errors import UsageError
 from ikectl.state import Baseline, RunState, StateStore
@@ -351,6 +351,13 @@ def test_verify_failure_marks_the_pin_failed_and_fails_closed(cfg, endpoint, enc
     assert stored.key == pinned_key(enclave)  # the failed evidence's key is never pinned
     with pytest.raises(truststore.TrustError, match=r"pin 'home' failed attestation: .*keeps DNS blocked"):
         pins.require_usable(attested_config(cfg))  # `ikectl up` refuses it: nothing reopened
+    # The record says blocked, so the supervisor's watch does not load the deleted conns again from the tree on
+    # disk (which still holds the key that just failed): their policies missing is no longer something to repair.
+    record = StateStore.here().read()
+    assert isinstance(record, RunState) and record.blocked is not None
+    assert record.blocked.reason.startswith("pin 'home' failed attestation: ")
+    assert plan.unrouted(record, plan.Facts(pluto=plan.PlutoFacts(pid=4242))) == ()
+    assert "failed attestation" in status.decide(status.Seen(LOCAL, record, 4242, False, now=time.time()))[1]
 
 
 def test_conns_that_cannot_be_deleted_are_said_and_the_pin_still_fails(cfg, endpoint, spec_file, up_trusted,
@@ -400,9 +407,10 @@ def test_verify_after_a_failure_reopens_trusted_mode(cfg, endpoint, enclave, spe
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
     with pytest.raises(trust.ReattestFailed):
         trust.verify(attested_config(cfg), "home", time.time())
+    assert StateStore.here().read().blocked is not None  # type: ignore[union-attr]
     endpoint.enclave = enclave  # the right build is back
     outcome = trust.verify(attested_config(cfg), "home", time.time())
-    assert outcome.ok and not outcome.key_changed and outcome.reapplied and len(ups) == 1
+    assert outcome.ok and not outcome.key_changed and outcome.reapplied and len(ups) == 1  # `up` replaces the record
     pins.require_usable(attested_config(cfg))
 
 
@@ -425,6 +433,8 @@ def test_remove_forgets_the_pin_and_fails_closed_when_in_use(cfg, endpoint, spec
     add(cfg, port_of(endpoint), spec_file)
     assert trust.remove(cfg, "home") is True
     assert nothing_pinned(cfg) and whack.deleted == list(render.trusted_conns(1))
+    record = StateStore.here().read()
+    assert isinstance(record, RunState) and record.blocked is not None and "was removed" in record.blocked.reason
 
 
 # --- reattest_due ---
