@@ -10,7 +10,10 @@ sees 0 plaintext port-53 packets from start to end.
 2. enclave-ike restarts as build A: a new key, made at start. The client's liveness check finds its SA dead, pluto
    meets the new key, and ikectl's supervisor re-attests on its own: the new key is pinned, trusted mode reloaded,
    DNS over ESP again (held, never in clear, meanwhile).
-3. enclave-ike restarts as build B. `ikectl trust verify dns` refuses it (exit 1, the register listed), deletes the
+3. The spec stops accepting build A while the resolver keeps its key: `ikectl trust verify dns` fails the pin and
+   DNS stays blocked (the supervisor does not load the deleted conns again, whose key the resolver still has);
+   the spec back, `trust verify` reapplies trusted mode.
+4. enclave-ike restarts as build B. `ikectl trust verify dns` refuses it (exit 1, the register listed), deletes the
    trusted conns; DNS stays blocked, `status` says why, and `ikectl up` refuses the failed pin.
 
 Needs ESP in the kernel: runs in the VM.
@@ -129,7 +132,19 @@ def test_attested_pin_carries_dns_over_esp_and_another_build_is_refused(world, e
     assert verified.returncode == 0, verified.stderr + policies(world)
     assert verified.stdout == "dns: attested\n"  # already pinned
 
-    # 3. Build B: refused; the trusted conns go, DNS stays blocked, `up` will not reopen it.
+    # 3. The spec revoked, the same key served: blocked, and it stays so past the supervisor's repairs (the review:
+    #    they loaded the deleted conns again within 2 s, with the key that just failed, and DNS flowed).
+    spec.write_bytes(MeasurementSpec((MeasurementEntry("build-b", "sim", ((0, BUILD_B),)),)).encode())
+    revoked = ikectl(world, config, "trust", "verify", "dns")
+    assert revoked.returncode == 1 and "marked failed" in revoked.stderr, revoked.stdout + revoked.stderr
+    assert not any(answered(world, 2.0) for _ in range(5)), policies(world)
+    assert status_row(world, config)["state"] == "blocked"
+    spec.write_bytes(MeasurementSpec((MeasurementEntry("build-a", "sim", ((0, BUILD_A),)),)).encode())
+    restored = ikectl(world, config, "trust", "verify", "dns")
+    assert restored.returncode == 0 and "trusted mode reloaded" in restored.stdout, restored.stderr
+    assert answered(world, 30.0), policies(world)
+
+    # 4. Build B: refused; the trusted conns go, DNS stays blocked, `up` will not reopen it.
     enclave_ike(BUILD_B)
     refused = ikectl(world, config, "trust", "verify", "dns")
     assert refused.returncode == 1, refused.stdout + refused.stderr

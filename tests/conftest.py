@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from trust_servers import sim_spec
 
-from ikectl import nft
+from ikectl import config, nft
 
 
 class StandInGuard:
@@ -36,3 +37,19 @@ def no_owned_tables(monkeypatch: pytest.MonkeyPatch) -> type[StandInGuard]:
     StandInGuard.made = []
     monkeypatch.setattr(nft, "Guard", StandInGuard)
     return StandInGuard
+
+
+# --- for the tests of `ikectl trust` ---
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> config.Config:
+    """A config whose run dir and trust store are the test's own."""
+    return config.Config(run_dir=tmp_path / "run", trust_dir=tmp_path / "trust")
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> str:
+    """A measurement spec that accepts the sim enclave's default build."""
+    path = tmp_path / "spec.json"
+    path.write_bytes(sim_spec().encode())
+    return str(path)

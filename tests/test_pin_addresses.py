@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from trust_servers import RESOLVER_ID, port_of, running_endpoint, sim_spec
+from trust_servers import RESOLVER_ID, port_of, running_endpoint
 
 from enclave_ike.enclave.software import SoftwareEnclave
 from ikecommon import keys
@@ -32,24 +32,19 @@ KEY = keys.from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
 SERVICE = TrustedResolver(A, "@dns.example.net", KEY, also=(B,))
 
 
-@pytest.fixture
-def cfg(tmp_path: Path) -> config.Config:
-    return config.Config(run_dir=tmp_path / "run", trust_dir=tmp_path / "trust")
-
-
-@pytest.fixture
-def spec_file(tmp_path: Path) -> str:
-    path = tmp_path / "spec.json"
-    path.write_bytes(sim_spec().encode())
-    return str(path)
-
-
 def add(cfg: config.Config, port: int, spec: str, resolvers=(FIRST, SECOND)) -> truststore.StoredPin:
     return trust.add(cfg, "svc", resolvers, spec, time.time(), port=port, anchors=trust.Anchors.SIM)
 
 
 def pinned_nothing(cfg: config.Config) -> bool:
     return not (cfg.trust_dir / "svc.json").exists()
+
+
+def pinned_at_both(cfg: config.Config, spec_file: str, service: SoftwareEnclave) -> int:
+    """The service pinned at FIRST and SECOND (both answering then); the evidence endpoints' port."""
+    with running_endpoint(service) as first, running_endpoint(service, port=port_of(first), host=str(SECOND)):
+        add(cfg, port_of(first), spec_file)
+        return port_of(first)
 
 
 # --- ikectl trust add / verify -------------------------------------------------------------------------------
@@ -107,10 +102,7 @@ def test_an_address_given_twice_or_too_many_is_bad_usage_and_fetches_nothing(cfg
 
 def test_reattestation_asks_the_next_address_when_the_first_does_not_answer(cfg, spec_file):
     service = SoftwareEnclave()
-    with running_endpoint(service) as first:
-        with running_endpoint(service, port=port_of(first), host=str(SECOND)):
-            add(cfg, port_of(first), spec_file)
-        port = port_of(first)
+    port = pinned_at_both(cfg, spec_file, service)
     with running_endpoint(service, port=port, host=str(SECOND)):  # the first address's replica is gone
         outcome = trust.verify(cfg, "svc", time.time())
     assert outcome.ok and not outcome.key_changed
@@ -123,22 +115,17 @@ def test_reattestation_holds_every_address_that_answers_to_one_key(cfg, spec_fil
     """As `add` did: B presenting another key (one that verifies against the spec) than A fails the pin, rather
     than re-pinning the service to whichever address was asked."""
     service = SoftwareEnclave()
-    with running_endpoint(service) as first:
-        with running_endpoint(service, port=port_of(first), host=str(SECOND)):
-            add(cfg, port_of(first), spec_file)
-        with running_endpoint(SoftwareEnclave(), port=port_of(first), host=str(SECOND)), \
-                pytest.raises(trust.ReattestFailed, match=r"resolver 127\.0\.0\.2 attests another key than "
-                                                          r"127\.0\.0\.1: they are not one service"):
-            trust.verify(cfg, "svc", time.time())
+    port = pinned_at_both(cfg, spec_file, service)
+    with running_endpoint(service, port=port), running_endpoint(SoftwareEnclave(), port=port, host=str(SECOND)), \
+            pytest.raises(trust.ReattestFailed, match=r"resolver 127\.0\.0\.2 attests another key than 127\.0\.0\.1: "
+                                                      r"they are not one service"):
+        trust.verify(cfg, "svc", time.time())
     assert not truststore.load(cfg.trust_dir, "svc").ok
 
 
 def test_evidence_that_fails_at_the_first_address_is_a_verdict_not_a_reason_to_ask_the_next(cfg, spec_file):
     service = SoftwareEnclave()
-    with running_endpoint(service) as first:
-        with running_endpoint(service, port=port_of(first), host=str(SECOND)):
-            add(cfg, port_of(first), spec_file)
-        port = port_of(first)
+    port = pinned_at_both(cfg, spec_file, service)
     with running_endpoint(SoftwareEnclave(registers=(bytes(48),)), port=port), \
             running_endpoint(service, port=port, host=str(SECOND)), pytest.raises(trust.ReattestFailed):
         trust.verify(cfg, "svc", time.time())
@@ -152,8 +139,7 @@ def test_evidence_that_fails_at_the_first_address_is_a_verdict_not_a_reason_to_a
 
 def test_a_pin_whose_addresses_repeat_or_are_not_a_list_is_not_read(cfg, spec_file, tmp_path):
     service = SoftwareEnclave()
-    with running_endpoint(service) as first, running_endpoint(service, port=port_of(first), host=str(SECOND)):
-        add(cfg, port_of(first), spec_file)
+    pinned_at_both(cfg, spec_file, service)
     path = cfg.trust_dir / "svc.json"
     written = json.loads(path.read_text())
     for also in (["127.0.0.1"], "127.0.0.2", ["not an address"]):

@@ -43,18 +43,6 @@ def pinned_key(enclave: SoftwareEnclave) -> keys.PinnedKey:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path) -> config.Config:
-    return config.Config(run_dir=tmp_path / "run", trust_dir=tmp_path / "trust")
-
-
-@pytest.fixture
-def spec_file(tmp_path: Path) -> str:
-    path = tmp_path / "spec.json"
-    path.write_bytes(sim_spec().encode())
-    return str(path)
-
-
-@pytest.fixture
 def enclave() -> SoftwareEnclave:
     return SoftwareEnclave()
 

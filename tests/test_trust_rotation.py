@@ -9,7 +9,6 @@ import json
 import time
 from dataclasses import replace
 from ipaddress import ip_address
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -31,18 +30,6 @@ LOCAL = ip_address("127.0.0.1")
 def pinned(key_spki: bytes) -> keys.PinnedKey:
     public = serialization.load_der_public_key(key_spki)
     return keys.from_public_key(public)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> config.Config:
-    return config.Config(run_dir=tmp_path / "run", trust_dir=tmp_path / "trust")
-
-
-@pytest.fixture
-def spec_file(tmp_path: Path) -> str:
-    path = tmp_path / "spec.json"
-    path.write_bytes(sim_spec().encode())
-    return str(path)
 
 
 def add(cfg: config.Config, port: int, spec: str) -> StoredPin:
