@@ -210,7 +210,8 @@ def _stop_our_pluto(run: daemon.RunDir, nd_before: tuple[str, ...]) -> None:
 def _ensure_supervisor(_: EnsureSupervisor, ex: Execution) -> None:
     recorded = ex.record.supervisor_pid if ex.record is not None else None
     running = daemon.supervisor_running(recorded) and recorded in daemon.supervisors_of(ex.run)
-    if running and recorded is not None and not daemon.runs_older_code(recorded):
+    # Never this process (a supervisor reapplying trusted mode runs `up` itself): it would kill itself mid-`up`.
+    if running and recorded is not None and (recorded == os.getpid() or not daemon.runs_older_code(recorded)):
         ex.supervisor_pid = recorded
     else:
         ex.supervisor_pid = daemon.start_supervisor(ex.run)
@@ -268,12 +269,14 @@ def restore_tree(root: Path, tree: dict[str, str | None]) -> None:
 def _unload_conns(step: UnloadConns, ex: Execution) -> None:
     ex.say(f"unloading the {step.mode.value} conns")
     whack = ex.whack
+    unloaded = []
     for name in step.names:
         with contextlib.suppress(IkectlError):  # not loaded
             whack.delete(name)
+            unloaded.append(name)
 
     def reload() -> None:  # the old tree is back on disk by the time this runs (the stack unwinds in order)
-        for name in step.names:
+        for name in unloaded:  # only what was loaded: a conn deleted before (a failed pin's) stays out
             with contextlib.suppress(IkectlError):
                 whack.add(name)
                 whack.route(name)

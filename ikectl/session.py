@@ -338,11 +338,7 @@ def _remaining(record: RunState | None, dirs: tuple[Path, ...]) -> list[str]:
     return left
 
 
-# --- captive-portal windows ---------------------------------------------------------------------------------
-# Trusted mode only: coffee-shop lets a portal's DNS through by itself (its clear fallback). Opening removes both
-# backstops, so DNS to the portal's resolver passes in clear while pluto's conns still hold the trusted
-# resolver's DNS to ESP; closing puts them back. The record carries the window's end, so the supervisor's watch
-# leaves the backstops out until then. Both do nothing unless ikectl is up in trusted mode.
+# --- a pin that failed --------------------------------------------------------------------------------------
 
 def hold_blocked(pinned: tuple[Address, ...], reason: str, now: float, pin: str | None = None) -> bool:
     """A pin trusted mode uses failed (`pin`) or is gone: the record says trusted mode is blocked, so that neither
@@ -356,6 +352,12 @@ def hold_blocked(pinned: tuple[Address, ...], reason: str, now: float, pin: str 
         store.write(replace(record, blocked=Blocked(reason, now, pin)))
     return True
 
+
+# --- captive-portal windows ---------------------------------------------------------------------------------
+# Trusted mode only: coffee-shop lets a portal's DNS through by itself (its clear fallback). Opening removes both
+# backstops, so DNS to the portal's resolver passes in clear while pluto's conns still hold the trusted
+# resolver's DNS to ESP; closing puts them back. The record carries the window's end, so the supervisor's watch
+# leaves the backstops out until then. Both do nothing unless ikectl is up in trusted mode.
 
 def open_portal_window(until: float, say: Say = _quiet) -> bool:
     """Let clear DNS pass until `until` (a portal login); True when trusted mode is up and the backstops are out."""

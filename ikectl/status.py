@@ -104,7 +104,9 @@ def _trusted(seen: Seen) -> tuple[Verdict, str]:
     if seen.unguarded and not seen.covered:
         return Verdict.CLEAR, UNGUARDED
     if record.blocked is not None:
-        return Verdict.BLOCKED, f"{record.blocked.reason}; the backstops keep DNS off the wire until the next `up`"
+        until = (f"`ikectl trust verify {record.blocked.pin}` succeeds" if record.blocked.pin is not None
+                 else "the next `up`")
+        return Verdict.BLOCKED, f"{record.blocked.reason}; the backstops keep DNS off the wire until {until}"
     if seen.established is not None and seen.has_sa:
         return Verdict.AUTHENTICATED, f"pinned key {seen.established}"
     if seen.pluto is None:

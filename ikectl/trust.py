@@ -24,6 +24,7 @@ the TEE at every start) the new key is pinned and trusted mode is reloaded with 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import secrets
 import time
@@ -322,12 +323,14 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
             attested = _attest_service(pin, spec, config.trust, now)
         except (IkectlError, ValueError) as exc:
             failure = exc if isinstance(exc, AttestationFailed) else AttestationFailed(
-                f"pin {name!r}: cannot attest resolver {', '.join(map(str, pin.addresses))}: {exc}", ())
+                str(exc) if isinstance(exc, TrustError)  # it names the resolver already
+                else f"cannot attest resolver {', '.join(map(str, pin.addresses))}: {exc}", ())
             truststore.save(config.trust_dir, replace(
                 pin, result=FAILED, attested_at=now, reason=failure.reason,
                 mismatches=tuple((m.field, m.expected, m.actual) for m in failure.mismatches)))
             try:
-                blocked = block(pin, say, why=f"pin {name!r} failed attestation: {failure.reason}", failed=True)
+                blocked = block(config, pin, say, why=f"pin {name!r} failed attestation: {failure.reason}",
+                                failed=True)
                 effect = ("trusted mode's conns to it are deleted: DNS is blocked" if blocked else
                           "trusted mode refuses it until it verifies: DNS to it stays blocked")
             except IkectlError as exc:
@@ -343,7 +346,9 @@ def verify(config: Config, name: str, now: float, *, say: Say = _quiet) -> Reatt
                           next_key=staged, next_switch_at=switch_at)
         truststore.save(config.trust_dir, updated)
     changed = (updated.key, updated.id) != (pin.key, pin.id)
-    reapplied = _reapply(config, updated, say) if changed or not pin.ok else False
+    # Also when an earlier round verified the pin but could not reapply it (the state lock busy, say): trusted
+    # mode is still blocked by this pin, which is good again.
+    reapplied = _reapply(config, updated, say) if changed or not pin.ok or _blocked_by(config, updated) else False
     return Reattestation(name, True, key_changed=changed, reapplied=reapplied, notes=attested.notes)
 
 
@@ -361,15 +366,18 @@ def _attest_service(pin: StoredPin, spec: MeasurementSpec, settings: TrustSettin
     """The pin's resolver at each of its addresses whose endpoint answers: each must verify, and all must present
     one key and ID, as when it was pinned. An address that does not answer (a replica, a path down) is no verdict
     on the service, as long as one answers."""
-    found: list[tuple[Address, Attested]] = []
-    unreachable: list[Unreachable] = []
-    for address in pin.addresses:
+    def one(address: Address) -> Attested | Unreachable:
         try:
-            found.append((address, attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings),
-                                          now, timeout=settings.timeout_s, policy=tdx_policy(settings),
-                                          snp_policy=snp_policy(settings))))
+            return attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings), now,
+                          timeout=settings.timeout_s, policy=tdx_policy(settings), snp_policy=snp_policy(settings))
         except Unreachable as exc:
-            unreachable.append(exc)
+            return exc
+
+    # At once: an address that does not answer costs its timeout, and the supervisor's rounds wait on this.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(pin.addresses)) as pool:
+        outcomes = list(pool.map(one, pin.addresses))
+    found = [(a, o) for a, o in zip(pin.addresses, outcomes, strict=True) if isinstance(o, Attested)]
+    unreachable = [o for o in outcomes if isinstance(o, Unreachable)]
     if not found:
         raise unreachable[0] if len(unreachable) == 1 else Unreachable(
             "no address of the resolver answers: " + "; ".join(map(str, unreachable)))
@@ -388,7 +396,7 @@ def remove(config: Config, name: str, *, say: Say = _quiet) -> bool:
     _existing(config, name)
     with truststore.locked(config.trust_dir):
         pin = _existing(config, name)
-        blocked = block(pin, say, why=f"pin {name!r} was removed (`ikectl trust remove`)")
+        blocked = block(config, pin, say, why=f"pin {name!r} was removed (`ikectl trust remove`)")
         truststore.remove(config.trust_dir, name)
     return blocked
 
@@ -403,7 +411,7 @@ def reattest_due(config: Config, now: float, key_changed: bool = False) -> list[
         if isinstance(item, TrustError):
             results.append(Reattestation(name, False, str(item)))
             continue
-        in_use = key_changed and _in_use(item) is not None
+        in_use = key_changed and _in_use(config, item) is not None
         interval = config.trust.interval_s if item.ok else min(config.trust.interval_s, FAILED_RETRY_S)
         if now - item.attested_at < interval and not in_use:
             continue
@@ -450,22 +458,42 @@ def _existing(config: Config, name: str) -> StoredPin:
 
 # --- what happens to trusted mode ---
 
-def _in_use(pin: StoredPin) -> RunState | None:
-    """The record, when ikectl is up in trusted mode with this pin's resolver."""
+def _in_use(config: Config, pin: StoredPin) -> RunState | None:
+    """The record, when ikectl is up in trusted mode with this pin: the one the config names, at its addresses
+    (another pin of the same addresses is not trusted mode's business)."""
+    if pins.attested_name(config) != pin.name:
+        return None
     record = read_here()
     return record if record is not None and record.mode == Mode.TRUSTED and record.trusted == pin.addresses else None
 
 
-def block(pin: StoredPin, say: Say = _quiet, *, why: str | None = None, failed: bool = False) -> bool:
+def _blocked_by(config: Config, pin: StoredPin) -> bool:
+    record = _in_use(config, pin)
+    return record is not None and record.blocked is not None and record.blocked.pin == pin.name
+
+
+def block(config: Config, pin: StoredPin, say: Say = _quiet, *, why: str | None = None,
+          failed: bool = False) -> bool:
     """Fail closed: delete the trusted conns, so only the backstops remain and DNS is blocked, and with `why` (the
-    pin `failed`, or is gone) record that trusted mode is blocked, first: the supervisor would otherwise load the conns
-    again from the tree on disk, with the pin's old key. True when the conns were deleted just now; False when
-    trusted mode is not using this resolver, or pluto is not running (nothing but the backstops is there then)."""
-    record = _in_use(pin)
+    pin `failed`, or is gone) record that trusted mode is blocked, first: the supervisor would otherwise load the
+    conns again from the tree on disk, with the pin's old key. A captive-portal window open then closes: without
+    the trusted conns, the pinned resolver's DNS would pass in clear. True when the conns were deleted just now;
+    False when trusted mode is not using this pin, or pluto is not running (nothing but the backstops is there
+    then)."""
+    record = _in_use(config, pin)
     if record is None:
         return False
     if why is not None:
-        session.hold_blocked(record.trusted, why, time.time(), pin.name if failed else None)
+        try:
+            session.hold_blocked(record.trusted, why, time.time(), pin.name if failed else None)
+        except IkectlError as exc:  # the conns go all the same
+            say(f"cannot record trusted mode as blocked ({exc}): the supervisor may load the conns again; run "
+                "`ikectl up`")
+        if record.portal_until is not None:
+            try:
+                session.close_portal_window(say)
+            except IkectlError as exc:
+                say(f"cannot close the captive-portal window ({exc}): run `ikectl portal close`")
     run = daemon.RunDir(record.run_dir)
     if daemon.pluto_pid(run) is None:
         return False
@@ -483,13 +511,13 @@ def block(pin: StoredPin, say: Say = _quiet, *, why: str | None = None, failed: 
 
 def _reapply(config: Config, pin: StoredPin, say: Say) -> bool:
     """Reload trusted mode with the re-verified pin, when it is the one trusted mode uses and is up."""
-    record = _in_use(pin)
-    if record is None or pins.attested_name(config) != pin.name:
+    record = _in_use(config, pin)
+    if record is None:
         return False
     say(f"reloading trusted mode with pin {pin.name!r}")
     # The old conns go first (the backstop keeps DNS blocked meanwhile): after pluto failed to authenticate the
     # new key it holds failure-shunt policies for them, which `up`'s reading of the kernel's policies trips on.
-    block(pin, say)
+    block(config, pin, say)
     resolver = TrustedResolver(pin.address, pin.id, pin.key, attested=pin.name, also=pin.also)
     session.up(replace(config, mode=Mode.TRUSTED, trusted=resolver, run_dir=record.run_dir), say,
                config_path=record.config_path)

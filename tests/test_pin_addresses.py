@@ -5,6 +5,7 @@ repaired alone) and blocks the rest; re-attestation asks the first address that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,11 +21,12 @@ from trust_servers import RESOLVER_ID, port_of, running_endpoint
 from enclave_ike.enclave.software import SoftwareEnclave
 from ikecommon import keys
 from ikecommon.xfrm import Direction, Policy, Selector, Template
-from ikectl import config, daemon, nm, pins, plan, protect, render, status, trust, truststore
+from ikectl import config, daemon, execute, nm, pins, plan, protect, render, status, trust, truststore
 from ikectl.config import ConfigError, Mode, TrustedResolver
 from ikectl.errors import UsageError
 from ikectl.plan import Facts, PlutoFacts, ReloadConns
-from ikectl.state import Baseline, RunState
+from ikectl.state import Baseline, RunState, StateStore
+from ikectl.whack import WhackError
 
 FIRST, SECOND = ip_address("127.0.0.1"), ip_address("127.0.0.2")
 A, B, OTHER = ip_address("192.0.2.53"), ip_address("198.51.100.53"), ip_address("203.0.113.9")
@@ -273,9 +275,14 @@ def test_blocking_a_pin_deletes_every_addresses_conns(cfg, monkeypatch):
     monkeypatch.setattr(trust.daemon, "pluto_pid", lambda _run: 42)
     pin = truststore.StoredPin("svc", A, 4501, "@dns.example.net", KEY, "inline:x", "sim", "sim", None, 0.0, 0.0,
                                also=(B,))
-    assert trust.block(pin)
+    using = replace(cfg, attested="svc")  # [trusted] attested = "svc"
+    assert trust.block(using, pin)
     assert deleted == list(render.trusted_conns(2))
-    assert not trust.block(replace(pin, also=()))  # a pin of A alone is not the one trusted mode uses
+    assert not trust.block(using, replace(pin, also=()))  # a pin of A alone is not the one trusted mode uses
+    # Nor is another pin of the same addresses: its failure is not trusted mode's (the review: an unused pin at
+    # the pinned addresses, failing, blocked trusted mode for good).
+    assert not trust.block(using, replace(pin, name="spare"), why="pin 'spare' failed attestation", failed=True)
+    assert deleted == list(render.trusted_conns(2))
 
 
 def test_a_supervisor_started_before_the_code_was_replaced_is_told_apart(tmp_path):
@@ -294,3 +301,66 @@ def test_a_supervisor_started_before_the_code_was_replaced_is_told_apart(tmp_pat
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# --- the executor: what a supervisor or an undo must not do ----------------------------------------------------
+
+class RecordingWhack:
+    """pluto at whack's edge: `loaded` conns delete, the others do not."""
+
+    def __init__(self, loaded: set[str]) -> None:
+        self.loaded, self.calls = loaded, []
+
+    def delete(self, name: str) -> None:
+        if name not in self.loaded:
+            raise WhackError("delete", f"no such conn {name}")
+        self.loaded.discard(name)
+        self.calls.append(("delete", name))
+
+    def add(self, name: str) -> None:
+        self.loaded.add(name)
+        self.calls.append(("add", name))
+
+    def route(self, name: str) -> None:
+        self.calls.append(("route", name))
+
+
+def execution(tmp_path: Path, whack: RecordingWhack, monkeypatch, record_: RunState | None = None) -> execute.Execution:
+    monkeypatch.setattr(daemon.RunDir, "whack", lambda self, timeout_s=15.0: whack)
+    return execute.Execution(daemon.RunDir(tmp_path / "run"), StateStore.here(), record_, lambda _line: None,
+                             contextlib.ExitStack())
+
+
+def test_undoing_an_unload_loads_again_only_the_conns_it_unloaded(tmp_path, monkeypatch):
+    """The review: a failed pin's conns, deleted when it failed, were loaded again (with its key) by the undo of a
+    later `up` that had 'unloaded' them."""
+    whack = RecordingWhack({"ikectl-trusted-udp", "ikectl-trusted-tcp"})  # B's pair went when the pin failed
+    ex = execution(tmp_path, whack, monkeypatch)
+    with ex.stack:
+        execute.run([plan.UnloadConns(render.trusted_conns(2), Mode.TRUSTED)], ex)
+        assert whack.loaded == set()
+    assert whack.loaded == {"ikectl-trusted-udp", "ikectl-trusted-tcp"}  # put back; the other pair stays out
+
+
+def test_a_supervisor_reapplying_trusted_mode_never_replaces_itself(tmp_path, monkeypatch):
+    """trust._reapply runs `up` inside the supervisor, whose pid the record holds: replacing it as one running
+    older code killed the process mid-`up`, and no supervisor was left."""
+    mine = replace(record(), supervisor_pid=os.getpid())
+    ex = execution(tmp_path, RecordingWhack(set()), monkeypatch, mine)
+    monkeypatch.setattr(daemon, "supervisor_running", lambda pid: True)
+    monkeypatch.setattr(daemon, "supervisors_of", lambda run: [os.getpid()])
+    monkeypatch.setattr(daemon, "runs_older_code", lambda pid, package=None: True)
+    monkeypatch.setattr(daemon, "start_supervisor", lambda run: pytest.fail("a second supervisor"))
+    monkeypatch.setattr(daemon, "stop_supervisor", lambda pid, timeout=5.0: pytest.fail(f"stopped {pid}"))
+    execute.run([plan.EnsureSupervisor()], ex)
+    assert ex.supervisor_pid == os.getpid()
+    stopped: list[int | None] = []
+    other = replace(mine, supervisor_pid=os.getpid() + 1)  # another process's, started before the upgrade
+    ex = execution(tmp_path, RecordingWhack(set()), monkeypatch, other)
+    monkeypatch.setattr(daemon, "supervisors_of", lambda run: [os.getpid() + 1])
+    monkeypatch.setattr(daemon, "start_supervisor", lambda run: 4242)
+    monkeypatch.setattr(daemon, "stop_supervisor", lambda pid, timeout=5.0: stopped.append(pid))
+    with ex.stack:
+        execute.run([plan.EnsureSupervisor()], ex)
+        ex.stack.pop_all()
+    assert ex.supervisor_pid == 4242 and stopped == [os.getpid() + 1]

@@ -6,6 +6,7 @@ deleted, `up` refused); `reattest_due` picks what is due; `status` shows the att
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import time
 from dataclasses import replace
@@ -26,7 +27,7 @@ from ikecommon.attestation.sim import DEFAULT_REGISTERS, build_sim_root_certific
 from ikectl import config, daemon, feed, pins, plan, render, session, status, trust, truststore
 from ikectl.config import Mode
 from ikectl.errors import UsageError
-from ikectl.state import Baseline, RunState, StateStore
+from ikectl.state import Baseline, Blocked, RunState, StateBusy, StateStore
 from ikectl.whack import TrafficStatus, WhackError
 
 LOCAL = ip_address("127.0.0.1")
@@ -361,7 +362,7 @@ def test_conns_that_cannot_be_deleted_are_said_and_the_pin_still_fails(cfg, endp
     monkeypatch.setattr(daemon.RunDir, "whack", lambda self: StuckWhack())
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
     with pytest.raises(trust.ReattestFailed, match=r"could not be deleted .*: run `ikectl down`") as info:
-        trust.verify(cfg, "home", time.time())
+        trust.verify(attested_config(cfg), "home", time.time())
     assert not info.value.blocked and not truststore.load(cfg.trust_dir, "home").ok
 
 
@@ -419,7 +420,7 @@ def test_verify_and_remove_of_an_unknown_pin_are_usage_errors(cfg):
 def test_remove_forgets_the_pin_and_fails_closed_when_in_use(cfg, endpoint, spec_file, up_trusted):
     whack, _ = up_trusted
     add(cfg, port_of(endpoint), spec_file)
-    assert trust.remove(cfg, "home") is True
+    assert trust.remove(attested_config(cfg), "home") is True
     assert nothing_pinned(cfg) and whack.deleted == list(render.trusted_conns(1))
     record = StateStore.here().read()
     assert isinstance(record, RunState) and record.blocked is not None and "was removed" in record.blocked.reason
@@ -451,12 +452,12 @@ def test_reattest_due_reports_failures_and_blocks(cfg, endpoint, spec_file, up_t
     whack, _ = up_trusted
     pin = add(cfg, port_of(endpoint), spec_file)
     endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
-    [result] = trust.reattest_due(cfg, pin.attested_at + 3600)
+    [result] = trust.reattest_due(attested_config(cfg), pin.attested_at + 3600)
     assert not result.ok and result.blocked and result.reason.startswith("resolver 127.0.0.1 failed attestation")
     assert whack.deleted == list(render.trusted_conns(1))
-    assert trust.reattest_due(cfg, pin.attested_at + 3600 + 59) == []  # failed: retried after 60 s
+    assert trust.reattest_due(attested_config(cfg), pin.attested_at + 3600 + 59) == []  # failed: retried after 60 s
     endpoint.enclave = SoftwareEnclave()
-    [again] = trust.reattest_due(cfg, pin.attested_at + 3600 + 60)
+    [again] = trust.reattest_due(attested_config(cfg), pin.attested_at + 3600 + 60)
     assert again.ok
 
 
@@ -536,3 +537,76 @@ def test_the_store_refuses_what_it_did_not_write(cfg, endpoint, spec_file):
             truststore.load(cfg.trust_dir, "home")
     listed = trust.listing(cfg, time.time())
     assert listed[0]["name"] == "home" and "error" in listed[0]
+
+
+# --- a failed pin, and what else holds the record (the second review) ---
+
+def _hold_the_state_lock(state_dir: str, netns: int, seconds: float) -> None:
+    with StateStore(Path(state_dir), netns).lock():
+        time.sleep(seconds)
+
+
+def test_a_busy_state_lock_does_not_keep_a_failed_pins_conns_in(cfg, endpoint, spec_file, up_trusted, monkeypatch):
+    whack, _ = up_trusted
+    add(cfg, port_of(endpoint), spec_file)
+    store = StateStore.here()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_the_state_lock,
+                                                         args=(str(store.root), store.netns, 3.0))
+    holder.start()
+    try:
+        time.sleep(0.5)
+        monkeypatch.setattr(session, "LOCK_WAIT_S", 0.2)
+        endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
+        said: list[str] = []
+        with pytest.raises(trust.ReattestFailed) as info:
+            trust.verify(attested_config(cfg), "home", time.time(), say=said.append)
+    finally:
+        holder.join()
+    assert info.value.blocked and whack.deleted == list(render.trusted_conns(1))
+    assert any(line.startswith("cannot record trusted mode as blocked") for line in said), said
+
+
+def test_a_pin_verified_again_whose_reapply_failed_is_reapplied_at_the_next_verify(cfg, endpoint, enclave, spec_file,
+                                                                                  up_trusted, monkeypatch):
+    _, ups = up_trusted
+    add(cfg, port_of(endpoint), spec_file)
+    endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
+    with pytest.raises(trust.ReattestFailed):
+        trust.verify(attested_config(cfg), "home", time.time())
+    endpoint.enclave = enclave
+
+    def busy(config, say=None, config_path=None):
+        raise StateBusy("another `up` holds the record")
+
+    monkeypatch.setattr(session, "up", busy)
+    with pytest.raises(StateBusy):
+        trust.verify(attested_config(cfg), "home", time.time())
+    assert truststore.load(cfg.trust_dir, "home").ok  # verified; trusted mode is still blocked by it
+    monkeypatch.setattr(session, "up", lambda config, say=None, config_path=None: ups.append(config))
+    outcome = trust.verify(attested_config(cfg), "home", time.time())
+    assert outcome.reapplied and len(ups) == 1
+
+
+def test_a_pin_that_fails_during_a_captive_portal_window_closes_it(cfg, endpoint, spec_file, up_trusted,
+                                                                   monkeypatch):
+    """The window lifts both backstops; without the trusted conns the pinned resolver's DNS would pass in clear."""
+    add(cfg, port_of(endpoint), spec_file)
+    store = StateStore.here()
+    record = store.read()
+    assert isinstance(record, RunState)
+    store.write(replace(record, portal_until=time.time() + 600))
+    installed: list[bool] = []
+    monkeypatch.setattr(session.backstop, "install", lambda: installed.append(True))
+    endpoint.enclave = SoftwareEnclave(registers=(OTHER_BUILD,))
+    with pytest.raises(trust.ReattestFailed):
+        trust.verify(attested_config(cfg), "home", time.time())
+    after = store.read()
+    assert isinstance(after, RunState) and after.portal_until is None and after.blocked is not None
+    assert installed == [True]
+
+
+def test_the_status_of_a_pin_blocked_record_says_how_to_reopen_it():
+    record = RunState(Mode.TRUSTED, (LOCAL,), Path("/run/x"), 1.0, Baseline(True), trusted=(LOCAL,),
+                      blocked=Blocked("pin 'home' failed attestation: x", 2.0, pin="home"))
+    reason = status.decide(status.Seen(LOCAL, record, 42, False, now=3.0))[1]
+    assert reason.endswith("until `ikectl trust verify home` succeeds"), reason
