@@ -196,9 +196,9 @@ Step = (Protect | DeletePolicies | RemoveLeftovers | StopRun | UnloadConns | Tun
 # --- planners -----------------------------------------------------------------------------------------------
 
 def loaded_mode(record: RunState | None, facts: Facts) -> Mode | None:
-    """The mode whose conns our running pluto holds, as far as the record tells: none when pluto is not running,
-    is stuck, or serves another run dir; none when the record is of a trusted `up` that failed (blocked: its
-    conns may or may not have loaded; they are replaced)."""
+    """The mode whose conns our running pluto may hold, as far as the record tells: none when pluto is not running
+    or is stuck. A blocked record's mode too: its conns may or may not have loaded, and a load that replaces deletes
+    each one first. (A pluto of a run dir the config no longer names is the callers' `_moved`.)"""
     if record is None or facts.pluto.pid is None or facts.pluto.stopped:
         return None
     return record.mode

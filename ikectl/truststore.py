@@ -127,6 +127,8 @@ class StoredPin:
                 raise ValueError(f"also {listed!r}")
             also = tuple(ip_address(str(a)) for a in listed)
             address = ip_address(str(data["address"]))
+            if any(isinstance(a, IPv6Address) and a.ipv4_mapped is not None for a in (address, *also)):
+                raise ValueError("an IPv4-mapped address")  # one peer in two spellings: config.address refuses it
             if len({address, *also}) != 1 + len(also) or len(also) >= MAX_ADDRESSES:
                 raise ValueError("an address listed twice, or too many")
             return cls(name=check_name(str(data["name"]), source), address=address,

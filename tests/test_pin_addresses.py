@@ -364,3 +364,11 @@ def test_a_supervisor_reapplying_trusted_mode_never_replaces_itself(tmp_path, mo
         execute.run([plan.EnsureSupervisor()], ex)
         ex.stack.pop_all()
     assert ex.supervisor_pid == 4242 and stopped == [os.getpid() + 1]
+
+
+def test_a_pin_file_with_an_ipv4_mapped_address_is_not_read(cfg, spec_file):
+    pinned_at_both(cfg, spec_file, SoftwareEnclave())
+    path = cfg.trust_dir / "svc.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "also": ["::ffff:127.0.0.1"]}))
+    with pytest.raises(truststore.TrustError, match="an IPv4-mapped address"):
+        truststore.load(cfg.trust_dir, "svc")
