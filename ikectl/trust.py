@@ -302,11 +302,17 @@ def add(config: Config, name: str, resolvers: tuple[Address, ...], spec_text: st
     return pin
 
 
+def _attest_as_set(address: Address, port: int, spec: MeasurementSpec, roots: TrustAnchors, now: float,
+                   settings: TrustSettings, expected_id: str | None = None) -> Attested:
+    """`attest` with [trust]'s timeout and evidence policies."""
+    return attest(address, port, spec, roots, now, timeout=settings.timeout_s, expected_id=expected_id,
+                  policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+
+
 def _attest_for_pin(address: Address, port: int, spec: MeasurementSpec, roots: TrustAnchors, now: float,
                     settings: TrustSettings, expected_id: str | None) -> Attested:
     try:
-        return attest(address, port, spec, roots, now, timeout=settings.timeout_s, expected_id=expected_id,
-                      policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+        return _attest_as_set(address, port, spec, roots, now, settings, expected_id)
     except AttestationFailed as exc:
         raise exc.saying(f"{exc.sentence}: nothing pinned") from None
     except TrustError as exc:
@@ -366,10 +372,11 @@ def _attest_service(pin: StoredPin, spec: MeasurementSpec, settings: TrustSettin
     """The pin's resolver at each of its addresses whose endpoint answers: each must verify, and all must present
     one key and ID, as when it was pinned. An address that does not answer (a replica, a path down) is no verdict
     on the service, as long as one answers."""
+    roots = trust_anchors(Anchors(pin.anchors), settings)  # read once: the vendors' roots are files
+
     def one(address: Address) -> Attested | Unreachable:
         try:
-            return attest(address, pin.port, spec, trust_anchors(Anchors(pin.anchors), settings), now,
-                          timeout=settings.timeout_s, policy=tdx_policy(settings), snp_policy=snp_policy(settings))
+            return _attest_as_set(address, pin.port, spec, roots, now, settings)
         except Unreachable as exc:
             return exc
 
