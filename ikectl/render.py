@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from ikecommon.keys import PinnedKey
 from . import __version__
 from .config import Address, Config, Mode, TrustedResolver
 from .errors import IkectlError
+from .truststore import MAX_ADDRESSES
 
 if TYPE_CHECKING:
     import jinja2
@@ -46,7 +46,8 @@ def trusted_conns(count: int) -> tuple[str, ...]:
 
 
 def is_trusted_conn(name: str) -> bool:
-    return re.fullmatch(r"ikectl-trusted(-[0-9]+)?-(udp|tcp)", name) is not None
+    """A name `trusted_pair` gives, for a pin of any size a pin can have."""
+    return name in trusted_conns(MAX_ADDRESSES)
 
 
 class RenderError(IkectlError):
